@@ -1,0 +1,273 @@
+"""Probes: one small class per measurement, computed on the tensor's own device.
+
+Activation probes see one module output at a time and return *partial* statistics (sums, counts,
+extremes) that merge across calls (a module used twice, gradient accumulation); the host merges
+and finalizes them off the training thread. Parameter probes see every layer's parameters at
+once, flattened into one buffer with a segment id per element, so each statistic is one
+reduction for the whole model, not one per tensor.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import numpy as np
+import torch
+
+from tview.store import schema
+
+_K = schema.HIST_HALF
+
+
+def hist_bin_index(values: torch.Tensor) -> torch.Tensor:
+    """Bin index (0..HIST_BINS-1, as float) of each value in the fixed signed-log histogram.
+
+    NaN stays NaN (not counted); +-Inf fall in the outermost bins; exact zeros in the middle bin.
+    """
+    v = values.detach().float()
+    c = v.abs().log10_().sub_(schema.HIST_LO).mul_(schema.HIST_PER_DECADE)
+    c = c.clamp_(0, _K - 0.5).floor_().add_(1).mul_(v.sign())
+    return c.add_(_K)
+
+
+def histogram(values: torch.Tensor) -> torch.Tensor:
+    """Counts [HIST_BINS] of the fixed signed-log histogram."""
+    return torch.histc(hist_bin_index(values.reshape(-1)), bins=schema.HIST_BINS, min=-0.5,
+                       max=schema.HIST_BINS - 0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Activations
+# ---------------------------------------------------------------------------------------------
+class ActivationContext:
+    """One module output and the reductions probes share (each computed once, on demand)."""
+
+    def __init__(self, x: torch.Tensor):
+        self.x = x.detach()
+        self.numel = self.x.numel()
+        self.channel_dims = (0,) + tuple(range(2, self.x.dim())) if self.x.dim() >= 2 else None
+
+    @cached_property
+    def channel_sum(self) -> torch.Tensor:
+        return self.x.sum(dim=self.channel_dims, dtype=torch.float32)
+
+    @cached_property
+    def channel_zeros(self) -> torch.Tensor:
+        return (self.x == 0).sum(dim=self.channel_dims)
+
+    @cached_property
+    def total(self) -> torch.Tensor:
+        return self.channel_sum.sum() if self.channel_dims else self.x.sum(dtype=torch.float32)
+
+    @cached_property
+    def nonfinite(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(NaN count, Inf count). On CPU they are counted only when the sum is not finite
+        (a finite sum proves there are none), which saves two passes on healthy tensors."""
+        if self.x.device.type == "cpu" and bool(torch.isfinite(self.total)):
+            zero = torch.zeros((), dtype=torch.int64)
+            return zero, zero
+        return torch.isnan(self.x).sum(), torch.isinf(self.x).sum()
+
+
+class ActivationProbe:
+    """Base: `compute` returns partial statistics; `merge` says how partials of calls combine."""
+
+    stats: tuple[str, ...] = ()
+    merge: dict[str, str] = {}
+
+    def compute(self, ctx: ActivationContext) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def finalize(self, parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+
+class ActStats(ActivationProbe):
+    """Mean, std, min, max, fraction of exact zeros ('dead' share), NaN and Inf counts."""
+
+    stats = ("act_mean", "act_std", "act_min", "act_max", "act_zero_frac", "act_nan", "act_inf")
+    merge = {"n": "sum", "sum": "sum", "sumsq": "sum", "min": "min", "max": "max", "zeros": "sum",
+             "nan": "sum", "inf": "sum"}
+
+    def compute(self, ctx):
+        x = ctx.x
+        zeros = ctx.channel_zeros.sum() if ctx.channel_dims else (x == 0).sum()
+        lo, hi = torch.aminmax(x) if ctx.numel else (x.new_zeros(()), x.new_zeros(()))
+        nan, inf = ctx.nonfinite
+        return {"n": torch.tensor(float(ctx.numel)), "sum": ctx.total,
+                "sumsq": torch.linalg.vector_norm(x, dtype=torch.float32) ** 2,
+                "min": lo, "max": hi, "zeros": zeros, "nan": nan, "inf": inf}
+
+    def finalize(self, p):
+        n = p["n"]
+        mean = p["sum"] / n
+        var = (p["sumsq"] - p["sum"] * mean) / max(n - 1, 1)
+        return {"act_mean": mean, "act_std": np.sqrt(np.maximum(var, 0)), "act_min": p["min"],
+                "act_max": p["max"], "act_zero_frac": p["zeros"] / n, "act_nan": p["nan"], "act_inf": p["inf"]}
+
+
+class ActChannelStats(ActivationProbe):
+    """Per output channel (dim 1): mean and fraction of exact zeros, to find dead filters."""
+
+    stats = ("act_channel_mean", "act_channel_zero_frac")
+    merge = {"n": "sum", "sum": "sum", "zeros": "sum"}
+
+    def compute(self, ctx):
+        if ctx.channel_dims is None:
+            return {}
+        per_channel = ctx.numel // max(ctx.x.shape[1], 1)
+        return {"n": torch.tensor(float(per_channel)), "sum": ctx.channel_sum, "zeros": ctx.channel_zeros}
+
+    def finalize(self, p):
+        if "n" not in p:
+            return {}
+        return {"act_channel_mean": p["sum"] / p["n"], "act_channel_zero_frac": p["zeros"] / p["n"]}
+
+
+class ActHistogram(ActivationProbe):
+    """Signed-log histogram of the activations, or of an evenly strided sample of `sample` values."""
+
+    stats = ("act",)
+    merge = {"counts": "sum"}
+
+    def __init__(self, sample: int | None = None):
+        self.sample = sample
+
+    def compute(self, ctx):
+        flat = ctx.x.reshape(-1)
+        if self.sample and flat.numel() > self.sample:
+            flat = flat[:: -(-flat.numel() // self.sample)]
+        return {"counts": histogram(flat)}
+
+    def finalize(self, p):
+        return {"act": p["counts"]}
+
+
+def merge_partials(probe: ActivationProbe, calls: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Combine the partials of several calls of one module in one step (host side, numpy)."""
+    calls = [c for c in calls if c]
+    if not calls:
+        return {}
+    out = dict(calls[0])
+    for c in calls[1:]:
+        for key, rule in probe.merge.items():
+            if key not in out or key not in c:
+                continue
+            if np.shape(out[key]) != np.shape(c[key]):  # e.g. a shared ReLU on several widths
+                out[key] = np.full(np.shape(out[key]), np.nan)
+            elif rule == "sum":
+                out[key] = out[key] + c[key]
+            elif rule == "min":
+                out[key] = np.minimum(out[key], c[key])
+            else:
+                out[key] = np.maximum(out[key], c[key])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameters (all layers at once)
+# ---------------------------------------------------------------------------------------------
+class ParamContext:
+    """Every recorded layer's own parameters (weight and bias together) as one flat buffer.
+
+    `segments` maps each element to its layer's position among `layer_ids`; reductions per layer
+    are one index_add / scatter_reduce each.
+    """
+
+    def __init__(self, params_per_layer: list[list[torch.Tensor]], n_layers: int, layer_ids: list[int]):
+        self.layer_ids = layer_ids
+        self.n = len(layer_ids)
+        self.n_layers = n_layers
+        self.params = [p for ps in params_per_layer for p in ps]
+        sizes = [sum(p.numel() for p in ps) for ps in params_per_layer]
+        device = self.params[0].device if self.params else torch.device("cpu")
+        self.device = device
+        self.segments = torch.repeat_interleave(torch.arange(self.n, device=device),
+                                                torch.tensor(sizes, device=device))
+        self.counts = torch.tensor(sizes, dtype=torch.float32, device=device)
+        self._per_layer = params_per_layer
+
+    def flat(self, tensors: list[torch.Tensor | None]) -> torch.Tensor:
+        parts = [(t if t is not None else torch.zeros_like(p)).detach().reshape(-1).float()
+                 for t, p in zip(tensors, self.params)]
+        return torch.cat(parts) if parts else torch.zeros(0, device=self.device)
+
+    def weights(self) -> torch.Tensor:
+        return self.flat(self.params)
+
+    def grads(self) -> tuple[torch.Tensor, list[bool]]:
+        """Flat gradients and, per layer, whether any of its parameters had a gradient."""
+        has = [any(p.grad is not None for p in ps) for ps in self._per_layer]
+        return self.flat([p.grad for p in self.params]), has
+
+    def seg_sum(self, v: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(self.n, dtype=v.dtype, device=v.device).index_add_(0, self.segments, v)
+
+    def seg_max(self, v: torch.Tensor) -> torch.Tensor:
+        out = torch.full((self.n,), float("-inf"), dtype=v.dtype, device=v.device)
+        return out.scatter_reduce_(0, self.segments, v, reduce="amax", include_self=True)
+
+    def seg_histogram(self, v: torch.Tensor) -> torch.Tensor:
+        """[n, HIST_BINS] counts: one bincount over (layer, bin) pairs."""
+        bins = hist_bin_index(v)
+        ok = ~torch.isnan(bins)
+        index = self.segments[ok] * schema.HIST_BINS + bins[ok].long()
+        return torch.bincount(index, minlength=self.n * schema.HIST_BINS).reshape(self.n, schema.HIST_BINS)
+
+
+def vector_stats(ctx: ParamContext, v: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-layer norm, mean, std, max |v|, NaN and Inf counts of a flat parameter-shaped vector."""
+    n = ctx.counts
+    s = ctx.seg_sum(v)
+    sq = ctx.seg_sum(v * v)
+    mean = s / n
+    var = (sq - s * mean) / (n - 1).clamp(min=1)
+    return {"norm": sq.sqrt(), "mean": mean, "std": var.clamp(min=0).sqrt(), "max_abs": ctx.seg_max(v.abs()),
+            "nan": ctx.seg_sum(torch.isnan(v).float()), "inf": ctx.seg_sum(torch.isinf(v).float())}
+
+
+class GradStats:
+    """grad_norm, grad_mean, grad_std, grad_max_abs, grad_nan, grad_inf per layer."""
+
+    def compute(self, ctx: ParamContext, grads: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {f"grad_{k}": v for k, v in vector_stats(ctx, grads).items()}
+
+
+class WeightStats:
+    """weight_norm, and update_ratio: |W - W at the previous recorded step| / |W|."""
+
+    def __init__(self):
+        self.previous: torch.Tensor | None = None
+
+    def compute(self, ctx: ParamContext, weights: torch.Tensor) -> dict[str, torch.Tensor]:
+        norm = ctx.seg_sum(weights * weights).sqrt()
+        out = {"weight_norm": norm}
+        if self.previous is not None and self.previous.shape == weights.shape:
+            d = weights - self.previous
+            out["update_ratio"] = ctx.seg_sum(d * d).sqrt() / norm
+        self.previous = weights.clone()
+        return out
+
+
+class Trajectory:
+    """Each layer's parameters projected on `dims` fixed random unit directions.
+
+    The directions are drawn from a generator seeded by (seed, layer name), so every rank and
+    every resumed run uses the same ones; they live on the parameters' device.
+    """
+
+    def __init__(self, ctx: ParamContext, layer_names: list[str], dims: int = 3, seed: int = 0):
+        import zlib
+
+        self.dims = dims
+        parts = []
+        for name, ps in zip(layer_names, ctx._per_layer):
+            size = sum(p.numel() for p in ps)
+            g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+            d = torch.randn(dims, size, generator=g)
+            parts.append(d / d.norm(dim=1, keepdim=True).clamp(min=1e-12))
+        self.directions = torch.cat(parts, dim=1).to(ctx.device) if parts else torch.zeros(dims, 0)
+
+    def compute(self, ctx: ParamContext, weights: torch.Tensor) -> torch.Tensor:
+        """[n_layers_with_params, dims]."""
+        return torch.stack([ctx.seg_sum(weights * d) for d in self.directions], dim=1)

@@ -1,0 +1,490 @@
+"""The Recorder: a training-loop callback that records statistics of a model into a run store."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import time
+import warnings
+import weakref
+
+import numpy as np
+import torch
+from torch import nn
+
+from tview.errors import ConfigError, RunExistsError, TviewError
+from tview.hooks import probes as P
+from tview.hooks.schedules import as_schedule, get_preset
+from tview.store import schema
+from tview.store.background import BackgroundWriter
+from tview.store.manifest import manifest_path, write_manifest
+from tview.store.records import ShardLayout, StepRecord
+
+PARAM_LAYER_TYPES = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase, nn.GroupNorm,
+                     nn.LayerNorm)
+ACTIVATION_TYPES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+                    nn.Mish, nn.Tanh, nn.Sigmoid, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus)
+MODES = ("new", "resume", "overwrite")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's model inside a DistributedDataParallel / DataParallel wrapper."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return model
+
+
+def recorded_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of every Conv, Linear, norm and activation module, in model order."""
+    return [(name, m) for name, m in model.named_modules()
+            if name and isinstance(m, PARAM_LAYER_TYPES + ACTIVATION_TYPES)]
+
+
+def _layer_info(name: str, m: nn.Module) -> dict:
+    kind = "activation" if isinstance(m, ACTIVATION_TYPES) else "param"
+    channels = (getattr(m, "out_channels", None) or getattr(m, "out_features", None)
+                or getattr(m, "num_features", None) or getattr(m, "num_channels", None))
+    return {"name": name, "type": type(m).__name__, "kind": kind, "channels": channels,
+            "params": int(sum(p.numel() for p in m.parameters(recurse=False)))}
+
+
+def _host_rss_bytes() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return float(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+        return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _to_host(tensors: list[torch.Tensor]) -> list[np.ndarray]:
+    """Every tensor to a float64 numpy array, in one device-to-host transfer."""
+    if not tensors:
+        return []
+    flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors])
+    host = flat.cpu().numpy()
+    out, offset = [], 0
+    for t in tensors:
+        n = t.numel()
+        out.append(host[offset:offset + n].reshape(tuple(t.shape)))
+        offset += n
+    return out
+
+
+class Recorder:
+    """Records a model's training into `run_dir` (one HDF5 shard per rank).
+
+    Call `step(loss=...)` once per optimizer step, after `optimizer.step()`, and `close()` at the
+    end (or use it as a context manager). Steps count from 0; `every` (an int, a list of steps or
+    a callable step -> bool) says which steps are recorded; `snapshot_every` which steps also keep
+    the conv filters and the feature maps of `probe_batch`.
+    """
+
+    def __init__(self, model: nn.Module, run_dir: str, every=10, *, preset="default", snapshot_every=None,
+                 probe_batch=None, probe_layers=None, optimizer=None, mode: str = "new",
+                 queue_size: int = 64, trajectory_dims: int = 3, seed: int = 0, start_step: int | None = None,
+                 rank: int | None = None, world_size: int | None = None, config: dict | None = None):
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if mode not in MODES:
+            raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
+        if not isinstance(queue_size, int) or queue_size < 1:
+            raise ConfigError(f"queue_size must be a positive integer, got {queue_size!r}")
+        self.model = unwrap(model)
+        self.run_dir = os.fspath(run_dir)
+        self.schedule = as_schedule(every, "every")
+        self.snapshot_schedule = as_schedule(snapshot_every if snapshot_every is not None
+                                             else (10 * every if isinstance(every, int) else 100), "snapshot_every")
+        self.preset = get_preset(preset)
+        self.optimizer = optimizer
+        dist_on = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.rank = rank if rank is not None else (torch.distributed.get_rank() if dist_on else 0)
+        self.world_size = world_size if world_size is not None else (torch.distributed.get_world_size() if dist_on else 1)
+
+        self.layers = recorded_layers(self.model)
+        if not self.layers:
+            raise ConfigError(f"{type(self.model).__name__} has no Conv, Linear, norm or activation module to record")
+        self.layer_names = [n for n, _ in self.layers]
+        self.layer_info = [_layer_info(n, m) for n, m in self.layers]
+        self.param_layer_ids = [i for i, (_, m) in enumerate(self.layers) if any(True for _ in m.parameters(recurse=False))]
+        self.filter_layers = [n for n, m in self.layers if isinstance(m, nn.modules.conv._ConvNd)]
+
+        # Probes the preset asks for
+        self.act_probes: list[P.ActivationProbe] = []
+        if self.preset.activations:
+            self.act_probes.append(P.ActStats())
+            if self.preset.channels:
+                self.act_probes.append(P.ActChannelStats())
+        self.act_hist_probe = P.ActHistogram(self.preset.act_hist_sample) if (
+            self.preset.histograms and self.preset.activations) else None
+
+        self.shard_path = os.path.join(self.run_dir, schema.shard_name(self.rank))
+        self._prepare_folder(mode)
+        self._step = self._first_step(mode, start_step)
+
+        # Probe batch: checked (and shapes learnt) by one forward now
+        self.probe_inputs = self.probe_targets = None
+        self.probe_layers: list[str] = []
+        self._fmap_shapes: dict[str, tuple] = {}
+        self._channels: dict[int, int] = {}
+        self._capture: dict[str, torch.Tensor] | None = None
+        self._recording = self._hist_now = False  # set for real once the writer exists
+        self._examples = 0
+        self._pending_act: list[tuple[int, int, dict]] = []
+        self._hooks = []
+        self._register_hooks()
+        if probe_batch is not None:
+            self._setup_probe(probe_batch, probe_layers if probe_layers is not None else self.filter_layers)
+        elif probe_layers:
+            raise ConfigError("probe_layers given without probe_batch: pass the batch whose feature maps to keep")
+
+        params = [list(self.layers[i][1].parameters(recurse=False)) for i in self.param_layer_ids]
+        self.pctx = P.ParamContext(params, len(self.layers), self.param_layer_ids) if self.param_layer_ids else None
+        self.grad_stats = P.GradStats()
+        self.weight_stats = P.WeightStats()
+        self.trajectory = (P.Trajectory(self.pctx, [self.layer_names[i] for i in self.param_layer_ids],
+                                        trajectory_dims, seed) if self.pctx and self.preset.trajectory else None)
+        self.trajectory_dims = trajectory_dims
+        self._local: dict[int, torch.Tensor] = {}
+        if self.pctx and self.world_size > 1 and self.preset.grads:
+            for k, p in enumerate(self.pctx.params):
+                self._hooks.append(p.register_hook(self._make_grad_hook(k)))
+
+        self.config = dict(config or {})
+        if self.rank == 0:
+            write_manifest(self.run_dir, self._manifest())
+        self._writer = BackgroundWriter(self.shard_path, self._finalize, resume=(mode == "resume"),
+                                        queue_size=queue_size)
+        self._layout: ShardLayout | None = None
+        self._recorded = 0
+        self._closed = False
+        self._failed = False
+        self._t_prev = time.perf_counter()
+        self._recording = self.schedule(self._step)
+        self._hist_now = self._recording and self._hist_due()
+        atexit.register(_close_at_exit, weakref.ref(self))
+
+    # -- setup ----------------------------------------------------------------------------
+    def _prepare_folder(self, mode: str):
+        if os.path.exists(self.run_dir) and not os.path.isdir(self.run_dir):
+            raise ConfigError(f"{self.run_dir}: exists and is not a folder")
+        os.makedirs(self.run_dir, exist_ok=True)
+        if not os.access(self.run_dir, os.W_OK):
+            raise ConfigError(f"{self.run_dir}: folder is not writable")
+        if os.path.exists(self.shard_path):
+            if mode == "new":
+                raise RunExistsError(f"{self.shard_path} already holds a recorded run; pass mode='resume' to "
+                                     f"continue it or mode='overwrite' to replace it, or choose a new folder")
+            if mode == "overwrite":
+                os.remove(self.shard_path)
+
+    def _first_step(self, mode: str, start_step: int | None) -> int:
+        if start_step is not None:
+            return int(start_step)
+        if mode == "resume" and os.path.exists(self.shard_path):
+            from tview.store.reader import ShardReader
+            shard = ShardReader(self.shard_path)
+            try:
+                steps = shard.steps(schema.TABLE_SCALARS)
+                return int(steps[-1]) + 1 if len(steps) else 0
+            finally:
+                shard.close()
+        return 0
+
+    def _manifest(self) -> dict:
+        return {"run_id": os.path.basename(os.path.abspath(self.run_dir)), "created_unix": time.time(),
+                "world_size": self.world_size, "layers": self.layer_info, "model": type(self.model).__name__,
+                "preset": self.preset.name, "schedule": repr(self.schedule),
+                "snapshot_schedule": repr(self.snapshot_schedule), "probe_layers": self.probe_layers,
+                "filter_layers": self.filter_layers, "trajectory_dims": self.trajectory_dims,
+                "hist": {"lo": schema.HIST_LO, "hi": schema.HIST_HI, "per_decade": schema.HIST_PER_DECADE},
+                "torch_version": torch.__version__, "config": self.config}
+
+    def _setup_probe(self, probe_batch, probe_layers):
+        x, y = (probe_batch if isinstance(probe_batch, (tuple, list)) else (probe_batch, None))
+        if not isinstance(x, torch.Tensor):
+            raise ConfigError(f"probe_batch must be a tensor or (inputs, targets), got {type(x).__name__}")
+        unknown = [n for n in probe_layers if n not in self.layer_names]
+        if unknown:
+            raise ConfigError(f"probe_layers {unknown} are not recorded layers; choose from {self.layer_names}")
+        device = next(self.model.parameters()).device
+        self.probe_inputs = x.detach().to(device)
+        self.probe_targets = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else None
+        self.probe_layers = list(probe_layers)
+        try:
+            fmaps = self._run_probe()
+        except Exception as exc:
+            raise ConfigError(f"probe_batch of shape {tuple(x.shape)} fails in the model's forward: {exc}") from exc
+        self._fmap_shapes = {n: tuple(t.shape) for n, t in fmaps.items()}
+
+    def _run_probe(self) -> dict[str, torch.Tensor]:
+        """Forward the probe batch in eval mode (no side effects) and capture the chosen layers."""
+        modes = [(m, m.training) for m in self.model.modules()]
+        self._capture = {}
+        try:
+            self.model.eval()
+            with torch.no_grad():
+                self.model(self.probe_inputs)
+            return self._capture
+        finally:
+            captured, self._capture = self._capture, None
+            for m, training in modes:
+                m.training = training
+
+    def _register_hooks(self):
+        self._hooks.append(self.model.register_forward_pre_hook(self._count_examples))
+        for i, (name, module) in enumerate(self.layers):
+            self._hooks.append(module.register_forward_hook(self._make_forward_hook(i, name)))
+
+    # -- hooks (return at once on steps that are not recorded) -----------------------------
+    def _count_examples(self, module, inputs):
+        if self._recording and module.training and inputs and isinstance(inputs[0], torch.Tensor) and inputs[0].dim():
+            self._examples += inputs[0].shape[0]
+
+    def _make_forward_hook(self, index: int, name: str):
+        def hook(module, inputs, output):
+            if self._capture is not None:
+                if name in self.probe_layers and isinstance(output, torch.Tensor):
+                    self._capture[name] = output.detach()
+                    if output.dim() >= 2:
+                        self._channels.setdefault(index, int(output.shape[1]))
+                return
+            if not self._recording or not module.training or not isinstance(output, torch.Tensor):
+                return
+            ctx = P.ActivationContext(output)
+            if ctx.channel_dims is not None:
+                self._channels.setdefault(index, int(output.shape[1]))
+            for k, probe in enumerate(self.act_probes):
+                self._pending_act.append((index, k, probe.compute(ctx)))
+            if self._hist_now and self.act_hist_probe is not None:
+                self._pending_act.append((index, len(self.act_probes), self.act_hist_probe.compute(ctx)))
+        return hook
+
+    def _make_grad_hook(self, k: int):
+        def hook(grad):
+            if self._recording:
+                if k in self._local:
+                    self._local[k] = self._local[k] + grad.detach()
+                else:
+                    self._local[k] = grad.detach().clone()
+            return None
+        return hook
+
+    def _hist_due(self) -> bool:
+        return self.preset.histograms and self._recorded % self.preset.hist_every == 0
+
+    # -- the per-step call ----------------------------------------------------------------
+    def step(self, loss=None, batch_size: int | None = None, **scalars) -> None:
+        """Close the current optimizer step. Call once per step, after optimizer.step()."""
+        now = time.perf_counter()
+        if self._closed:
+            raise TviewError(f"Recorder for {self.run_dir} is closed; step() after close()")
+        if self._failed:
+            return
+        if self._writer.error is not None:
+            self._fail()
+        if self._recording:
+            try:
+                self._record(now, loss, batch_size, scalars)
+            finally:
+                self._pending_act = []
+                self._local = {}
+                self._examples = 0
+        self._step += 1
+        self._t_prev = now
+        self._recording = self.schedule(self._step)
+        self._hist_now = self._recording and self._hist_due()
+
+    def _fail(self):
+        self._failed = True
+        self._recording = False
+        for h in self._hooks:
+            h.remove()
+        self._writer.check()
+
+    def _record(self, now: float, loss, batch_size, scalars):
+        step = self._step
+        step_time = now - self._t_prev
+        examples = batch_size if batch_size is not None else self._examples
+        host_scalars = {"step_time": step_time, "examples": float(examples),
+                        "examples_per_sec": examples / step_time if step_time > 0 else float("nan"),
+                        "host_rss_bytes": _host_rss_bytes()}
+        if self.optimizer is not None:
+            for g, group in enumerate(self.optimizer.param_groups):
+                host_scalars["lr" if g == 0 else f"lr/{g}"] = float(group.get("lr", float("nan")))
+        device = self.pctx.device if self.pctx else torch.device("cpu")
+        if device.type == "cuda":
+            host_scalars["cuda_allocated_bytes"] = float(torch.cuda.memory_allocated(device))
+            host_scalars["cuda_max_allocated_bytes"] = float(torch.cuda.max_memory_allocated(device))
+        tensor_scalars = {}
+        for name, value in ([("loss", loss)] if loss is not None else []) + list(scalars.items()):
+            if isinstance(value, torch.Tensor):
+                tensor_scalars[name] = value.detach().reshape(-1)[:1] if value.numel() else value.new_full((1,), float("nan"))
+            else:
+                try:
+                    host_scalars[name] = float(value)
+                except (TypeError, ValueError):
+                    raise ConfigError(f"step(): scalar {name}={value!r} is not a number") from None
+
+        keys, tensors = [], []
+
+        def add(key, t):
+            keys.append(key)
+            tensors.append(t)
+
+        for name, t in tensor_scalars.items():
+            add(("scalar", name), t)
+        for layer, probe, parts in self._pending_act:
+            for k, t in parts.items():
+                add(("act", layer, probe, k), t)
+        hist = self._hist_now
+        if self.pctx is not None:
+            weights = self.pctx.weights()
+            if self.preset.grads:
+                grads, has_grad = self.pctx.grads()
+                for k, t in self.grad_stats.compute(self.pctx, grads).items():
+                    add(("param", k), t)
+                if hist:
+                    add(("phist", "grad"), self.pctx.seg_histogram(grads))
+                if self._local:
+                    local = self.pctx.flat([self._local.get(k) for k in range(len(self.pctx.params))])
+                    add(("param", "local_grad_norm"), self.pctx.seg_sum(local * local).sqrt())
+            else:
+                has_grad = [True] * len(self.param_layer_ids)
+            if self.preset.weights:
+                for k, t in self.weight_stats.compute(self.pctx, weights).items():
+                    add(("param", k), t)
+                if hist:
+                    add(("phist", "weight"), self.pctx.seg_histogram(weights))
+            if self.trajectory is not None:
+                add(("trajectory",), self.trajectory.compute(self.pctx, weights))
+        else:
+            has_grad = []
+        snapshot = self.snapshot_schedule(step)
+        if snapshot:
+            for name, module in self.layers:
+                if name in self.filter_layers:
+                    add(("filters", name), module.weight)
+            if self.probe_inputs is not None:
+                for name, t in self._run_probe().items():
+                    add(("fmap", name), t)
+
+        host = _to_host(tensors)  # the one device-to-host transfer of this step
+        if self._layout is None:
+            self._layout = self._make_layout()
+        self._writer.put(self._layout, {"step": step, "wall_time": time.time(), "scalars": host_scalars,
+                                        "entries": list(zip(keys, host)), "has_grad": has_grad,
+                                        "hist": hist, "stats": bool(self.preset.grads or self.preset.weights or self.act_probes)})
+        self._recorded += 1
+
+    def _make_layout(self) -> ShardLayout:
+        layers = []
+        for i, info in enumerate(self.layer_info):
+            info = dict(info)
+            if i in self._channels:
+                info["channels"] = self._channels[i]
+            elif info["kind"] == "activation":
+                info["channels"] = None
+            layers.append(info)
+        if not self.act_probes or not self.preset.channels:
+            layers = [dict(layer, channels=None) for layer in layers]
+        filter_shapes = {n: tuple(m.weight.shape) for n, m in self.layers if n in self.filter_layers}
+        return ShardLayout(rank=self.rank, world_size=self.world_size,
+                           run_id=os.path.basename(os.path.abspath(self.run_dir)), layers=layers,
+                           trajectory_dims=self.trajectory_dims, filter_shapes=filter_shapes,
+                           feature_map_shapes=self._fmap_shapes,
+                           probe_inputs=None if self.probe_inputs is None else self.probe_inputs.cpu().numpy(),
+                           probe_targets=self.probe_targets)
+
+    # -- host side: runs on the writer thread ---------------------------------------------
+    def _finalize(self, item: dict) -> StepRecord:
+        L = len(self.layers)
+        rec = StepRecord(step=item["step"], wall_time=item["wall_time"], scalars=dict(item["scalars"]))
+        stats = {name: np.full(L, np.nan, dtype=np.float32) for name in schema.LAYER_STATS}
+        channel_stats: dict[str, dict[str, np.ndarray]] = {}
+        hist = {kind: np.zeros((L, schema.HIST_BINS), dtype=np.uint32) for kind in schema.HIST_KINDS}
+        trajectory = np.full((L, self.trajectory_dims), np.nan, dtype=np.float32)
+        act_calls: dict[tuple[int, int], list[dict]] = {}
+        calls_open: dict[tuple[int, int], dict] = {}
+        filters, fmaps = {}, {}
+        ids = np.asarray(self.param_layer_ids, dtype=np.int64)
+        no_grad = ids[~np.asarray(item["has_grad"], dtype=bool)] if len(ids) else ids
+        all_probes = self.act_probes + ([self.act_hist_probe] if self.act_hist_probe else [])
+        for key, value in item["entries"]:
+            kind = key[0]
+            if kind == "scalar":
+                rec.scalars[key[1]] = float(value[0])
+            elif kind == "act":
+                _, layer, probe, part = key
+                call = calls_open.get((layer, probe))
+                if call is None or part in call:  # a new call of this module begins
+                    call = {}
+                    calls_open[(layer, probe)] = call
+                    act_calls.setdefault((layer, probe), []).append(call)
+                call[part] = value
+            elif kind == "param":
+                stats[key[1]][ids] = value
+                if key[1].startswith("grad_") or key[1] == "local_grad_norm":
+                    stats[key[1]][no_grad] = np.nan
+            elif kind == "phist":
+                hist[key[1]][ids] = value
+            elif kind == "trajectory":
+                trajectory[ids] = value
+            elif kind == "filters":
+                filters[key[1]] = value.astype(np.float32)
+            elif kind == "fmap":
+                fmaps[key[1]] = value.astype(np.float32)
+        for (layer, probe_index), calls in act_calls.items():
+            probe = all_probes[probe_index]
+            for name, value in probe.finalize(P.merge_partials(probe, calls)).items():
+                if name in schema.CHANNEL_STATS:
+                    channel_stats.setdefault(name, {})[self.layer_names[layer]] = value.astype(np.float32)
+                elif name in schema.HIST_KINDS:
+                    hist[name][layer] = value
+                else:
+                    stats[name][layer] = value
+        if item["stats"]:
+            rec.stats, rec.channel_stats = stats, channel_stats
+            rec.trajectory = trajectory if self.trajectory is not None else None
+        if item["hist"]:
+            rec.hist = hist
+        rec.filters, rec.feature_maps = filters or None, fmaps or None
+        return rec
+
+    # -- end ------------------------------------------------------------------------------
+    @property
+    def dropped(self) -> int:
+        """Recorded steps the background writer could not keep up with (counted, never silent)."""
+        return self._writer.dropped
+
+    @property
+    def current_step(self) -> int:
+        return self._step
+
+    def close(self) -> None:
+        """Write what is queued, mark the shard closed cleanly, remove the hooks. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+        self._writer.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return f"Recorder({self.run_dir!r}, rank={self.rank}, step={self._step}, preset={self.preset.name})"
+
+
+def _close_at_exit(ref):
+    rec = ref()
+    if rec is not None and not rec._closed:
+        try:
+            rec.close()
+        except TviewError as exc:
+            warnings.warn(str(exc), RuntimeWarning)

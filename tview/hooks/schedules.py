@@ -1,0 +1,105 @@
+"""Schedules (step -> bool: record this step?) and presets (named whole configurations)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Callable, Iterable
+
+from tview.errors import ConfigError
+
+Schedule = Callable[[int], bool]
+
+
+class every:
+    """Every n-th step, starting at step `start` (default 0)."""
+
+    def __init__(self, n: int, start: int = 0):
+        if not isinstance(n, int) or n < 1:
+            raise ConfigError(f"every: n must be a positive integer, got {n!r}")
+        self.n, self.start = n, start
+
+    def __call__(self, step: int) -> bool:
+        return step >= self.start and (step - self.start) % self.n == 0
+
+    def __repr__(self):
+        return f"every({self.n})"
+
+
+class log_spaced:
+    """Steps 0..dense-1, then about `per_decade` steps per decade: dense early, sparse late."""
+
+    def __init__(self, per_decade: int = 10, dense: int = 10):
+        if per_decade < 1:
+            raise ConfigError(f"log_spaced: per_decade must be >= 1, got {per_decade!r}")
+        self.per_decade, self.dense = per_decade, dense
+
+    def __call__(self, step: int) -> bool:
+        if step < self.dense:
+            return True
+        k = round(self.per_decade * math.log10(step))
+        return any(round(10 ** (j / self.per_decade)) == step for j in (k - 1, k, k + 1))
+
+    def __repr__(self):
+        return f"log_spaced({self.per_decade})"
+
+
+class at_steps:
+    """Exactly the listed steps."""
+
+    def __init__(self, steps: Iterable[int]):
+        self.steps = frozenset(int(s) for s in steps)
+
+    def __call__(self, step: int) -> bool:
+        return step in self.steps
+
+    def __repr__(self):
+        return f"at_steps({sorted(self.steps)})"
+
+
+def as_schedule(value, name: str) -> Schedule:
+    """An int n means every(n); a list means at_steps; a callable is used as it is."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{name}: expected an int, a list of steps or a callable, got {value!r}")
+    if isinstance(value, int):
+        return every(value)
+    if isinstance(value, (list, tuple, set, frozenset, range)):
+        return at_steps(value)
+    if callable(value):
+        return value
+    raise ConfigError(f"{name}: expected an int, a list of steps or a callable, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """What a recorded step measures. hist_every: histograms on every k-th recorded step."""
+
+    name: str
+    grads: bool = True
+    weights: bool = True
+    activations: bool = True
+    channels: bool = True
+    histograms: bool = True
+    hist_every: int = 1
+    act_hist_sample: int | None = 65536  # histogram of an evenly strided sample of activations
+    trajectory: bool = True
+
+
+PRESETS = {
+    # Gradient and weight statistics only: the cheapest useful configuration.
+    "economy": Preset("economy", activations=False, channels=False, histograms=False, trajectory=False),
+    # Everything; histograms on every 10th recorded step, activation histograms of a 64k sample.
+    "default": Preset("default", hist_every=10),
+    # Everything on every recorded step, activation histograms over every element.
+    "full": Preset("full", hist_every=1, act_hist_sample=None),
+}
+
+
+def get_preset(preset, **overrides) -> Preset:
+    if isinstance(preset, Preset):
+        base = preset
+    elif preset in PRESETS:
+        base = PRESETS[preset]
+    else:
+        raise ConfigError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+    return replace(base, **overrides) if overrides else base

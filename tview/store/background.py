@@ -1,0 +1,105 @@
+"""Background writer: a thread that drains a bounded queue of StepRecords into a shard.
+
+The training thread only enqueues. A full queue drops the record and counts it (never blocks);
+a write failure is kept and raised on the training thread at its next step() or close().
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import warnings
+from typing import Callable
+
+from tview.errors import StoreWriteError
+from tview.store.records import ShardLayout, StepRecord
+from tview.store.shard import ShardWriter
+
+_STOP = object()
+
+
+class BackgroundWriter:
+    def __init__(self, path: str, finalize: Callable[[object], StepRecord], resume: bool = False,
+                 queue_size: int = 64, max_batch: int = 32):
+        self.path = path
+        self.finalize = finalize  # turns what the training thread queued into a StepRecord
+        self.resume = resume
+        self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.max_batch = max_batch
+        self.dropped = 0
+        self.written = 0
+        self.error: BaseException | None = None
+        self.writer: ShardWriter | None = None
+        self._layout: ShardLayout | None = None
+        self._thread = threading.Thread(target=self._run, name=f"tview-writer:{path}", daemon=True)
+        self._thread.start()
+
+    def put(self, layout: ShardLayout, item) -> bool:
+        """Queue one step's data; False (and counted) if the queue is full or the writer failed."""
+        if self.error is not None:
+            return False
+        self._layout = self._layout or layout
+        try:
+            self.queue.put_nowait(item)
+            return True
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 100 == 0:
+                warnings.warn(f"tview: writer for {self.path} is behind; {self.dropped} recorded step(s) dropped "
+                              f"so far (raise queue_size or record less often)", RuntimeWarning, stacklevel=3)
+            return False
+
+    def _run(self):
+        stopping = False
+        while not stopping:
+            item = self.queue.get()
+            batch = []
+            while True:
+                if item is _STOP:
+                    stopping = True
+                    break
+                batch.append(item)
+                if len(batch) >= self.max_batch:
+                    break
+                try:
+                    item = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch and self.error is None:
+                try:
+                    records = [self.finalize(x) for x in batch]
+                    if self.writer is None:
+                        self.writer = ShardWriter(self.path, self._layout, resume=self.resume)
+                    self.writer.write(records)
+                    self.writer.set_dropped(self.dropped)
+                    self.written += len(records)
+                    if self.queue.empty():  # caught up: make everything visible to readers, and durable
+                        self.writer.flush()
+                except BaseException as exc:  # kept for the training thread; the thread goes on draining
+                    self.error = exc
+
+    def check(self):
+        """Raise, on the caller's thread, a write failure from the background thread."""
+        if self.error is not None:
+            exc = self.error
+            raise StoreWriteError(f"tview could not write {self.path}: {type(exc).__name__}: {exc}") from exc
+
+    def close(self, timeout: float = 60.0):
+        """Write what is queued, mark the shard closed cleanly, close the file, report failures."""
+        while self._thread.is_alive():
+            try:
+                self.queue.put(_STOP, timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise StoreWriteError(f"tview: writer for {self.path} did not finish within {timeout:.0f} s")
+        if self.writer is not None:
+            try:
+                self.writer.set_dropped(self.dropped)
+                self.writer.close(clean=self.error is None)
+            except BaseException as exc:
+                self.error = self.error or exc
+            self.writer = None
+        self.check()
