@@ -40,10 +40,16 @@ def histogram(values: torch.Tensor) -> torch.Tensor:
 # Activations
 # ---------------------------------------------------------------------------------------------
 class ActivationContext:
-    """One module output and the reductions probes share (each computed once, on demand)."""
+    """One module output and the reductions probes share (each computed once, on demand).
 
-    def __init__(self, x: torch.Tensor):
-        self.x = x.detach()
+    With `sample_examples=k`, statistics are computed on the first k examples of the batch (a
+    view, no copy); NaN and Inf are still counted over the whole output.
+    """
+
+    def __init__(self, x: torch.Tensor, sample_examples: int | None = None):
+        self.full = x.detach()
+        sampled = sample_examples and self.full.dim() >= 2 and self.full.shape[0] > sample_examples
+        self.x = self.full[:sample_examples] if sampled else self.full
         self.numel = self.x.numel()
         self.channel_dims = (0,) + tuple(range(2, self.x.dim())) if self.x.dim() >= 2 else None
 
@@ -53,7 +59,10 @@ class ActivationContext:
 
     @cached_property
     def channel_zeros(self) -> torch.Tensor:
-        return (self.x == 0).sum(dim=self.channel_dims)
+        x = self.x
+        if x.dim() > 2 and x.is_contiguous():  # [N, C, rest]: sum the contiguous axis first (faster)
+            return (x == 0).view(x.shape[0], x.shape[1], -1).sum(-1, dtype=torch.int32).sum(0)
+        return (x == 0).sum(dim=self.channel_dims)
 
     @cached_property
     def total(self) -> torch.Tensor:
@@ -63,14 +72,17 @@ class ActivationContext:
     def nonfinite(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(NaN count, Inf count). On CPU they are counted only when the sum is not finite
         (a finite sum proves there are none), which saves two passes on healthy tensors."""
-        if self.x.device.type == "cpu" and bool(torch.isfinite(self.total)):
-            zero = torch.zeros((), dtype=torch.int64)
-            return zero, zero
-        return torch.isnan(self.x).sum(), torch.isinf(self.x).sum()
+        if self.full.device.type == "cpu":
+            total = self.total if self.x is self.full else self.full.sum()
+            if bool(torch.isfinite(total)):
+                zero = torch.zeros((), dtype=torch.int64)
+                return zero, zero
+        return torch.isnan(self.full).sum(), torch.isinf(self.full).sum()
 
 
 class ActivationProbe:
-    """Base: `compute` returns partial statistics; `merge` says how partials of calls combine."""
+    """Base: `compute` returns partial statistics; `merge` says how partials of calls combine
+    ("sum", "min" or "max"); a part not named there ("n", the element count) is summed."""
 
     stats: tuple[str, ...] = ()
     merge: dict[str, str] = {}
@@ -83,34 +95,48 @@ class ActivationProbe:
 
 
 class ActStats(ActivationProbe):
-    """Mean, std, min, max, fraction of exact zeros ('dead' share), NaN and Inf counts."""
+    """Mean, std, min, max, NaN and Inf counts: the reductions that cost about one fast pass each."""
 
-    stats = ("act_mean", "act_std", "act_min", "act_max", "act_zero_frac", "act_nan", "act_inf")
-    merge = {"n": "sum", "sum": "sum", "sumsq": "sum", "min": "min", "max": "max", "zeros": "sum",
-             "nan": "sum", "inf": "sum"}
+    stats = ("act_mean", "act_std", "act_min", "act_max", "act_nan", "act_inf")
+    merge = {"sums": "sum", "min": "min", "max": "max"}
 
     def compute(self, ctx):
         x = ctx.x
-        zeros = ctx.channel_zeros.sum() if ctx.channel_dims else (x == 0).sum()
         lo, hi = torch.aminmax(x) if ctx.numel else (x.new_zeros(()), x.new_zeros(()))
         nan, inf = ctx.nonfinite
-        return {"n": torch.tensor(float(ctx.numel)), "sum": ctx.total,
-                "sumsq": torch.linalg.vector_norm(x, dtype=torch.float32) ** 2,
-                "min": lo, "max": hi, "zeros": zeros, "nan": nan, "inf": inf}
+        sumsq = torch.linalg.vector_norm(x, dtype=torch.float32) ** 2
+        # packed: fewer tensors to move and to merge
+        sums = torch.stack([ctx.total.float(), sumsq, nan.float(), inf.float()])
+        return {"sums": sums, "min": lo, "max": hi, "n": torch.tensor(float(ctx.numel))}
 
     def finalize(self, p):
         n = p["n"]
-        mean = p["sum"] / n
-        var = (p["sumsq"] - p["sum"] * mean) / max(n - 1, 1)
+        total, sumsq, nan, inf = p["sums"]
+        mean = total / n
+        var = (sumsq - total * mean) / max(n - 1, 1)
         return {"act_mean": mean, "act_std": np.sqrt(np.maximum(var, 0)), "act_min": p["min"],
-                "act_max": p["max"], "act_zero_frac": p["zeros"] / n, "act_nan": p["nan"], "act_inf": p["inf"]}
+                "act_max": p["max"], "act_nan": nan, "act_inf": inf}
+
+
+class ActZeroFraction(ActivationProbe):
+    """Fraction of exact zeros: the 'dead' share after a ReLU (a comparison pass: costlier)."""
+
+    stats = ("act_zero_frac",)
+    merge = {"zeros": "sum"}
+
+    def compute(self, ctx):
+        zeros = ctx.channel_zeros.sum() if ctx.channel_dims else (ctx.x == 0).sum()
+        return {"n": torch.tensor(float(ctx.numel)), "zeros": zeros}
+
+    def finalize(self, p):
+        return {"act_zero_frac": p["zeros"] / p["n"]}
 
 
 class ActChannelStats(ActivationProbe):
     """Per output channel (dim 1): mean and fraction of exact zeros, to find dead filters."""
 
     stats = ("act_channel_mean", "act_channel_zero_frac")
-    merge = {"n": "sum", "sum": "sum", "zeros": "sum"}
+    merge = {"sum": "sum", "zeros": "sum"}
 
     def compute(self, ctx):
         if ctx.channel_dims is None:
@@ -150,8 +176,9 @@ def merge_partials(probe: ActivationProbe, calls: list[dict[str, np.ndarray]]) -
         return {}
     out = dict(calls[0])
     for c in calls[1:]:
-        for key, rule in probe.merge.items():
-            if key not in out or key not in c:
+        for key in out:
+            rule = probe.merge.get(key, "sum")
+            if key not in c:
                 continue
             if np.shape(out[key]) != np.shape(c[key]):  # e.g. a shared ReLU on several widths
                 out[key] = np.full(np.shape(out[key]), np.nan)
@@ -184,13 +211,15 @@ class ParamContext:
         self.device = device
         self.segments = torch.repeat_interleave(torch.arange(self.n, device=device),
                                                 torch.tensor(sizes, device=device))
-        self.counts = torch.tensor(sizes, dtype=torch.float32, device=device)
+        self.lengths = torch.tensor(sizes, device=device)
+        self.counts = self.lengths.float()
         self._per_layer = params_per_layer
 
     def flat(self, tensors: list[torch.Tensor | None]) -> torch.Tensor:
-        parts = [(t if t is not None else torch.zeros_like(p)).detach().reshape(-1).float()
+        parts = [(t if t is not None else torch.zeros_like(p)).detach().reshape(-1)
                  for t, p in zip(tensors, self.params)]
-        return torch.cat(parts) if parts else torch.zeros(0, device=self.device)
+        flat = torch.cat(parts) if parts else torch.zeros(0, device=self.device)
+        return flat if flat.dtype == torch.float32 else flat.float()
 
     def weights(self) -> torch.Tensor:
         return self.flat(self.params)
@@ -200,8 +229,12 @@ class ParamContext:
         has = [any(p.grad is not None for p in ps) for ps in self._per_layer]
         return self.flat([p.grad for p in self.params]), has
 
-    def seg_sum(self, v: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(self.n, dtype=v.dtype, device=v.device).index_add_(0, self.segments, v)
+    def seg_sum(self, rows: torch.Tensor) -> torch.Tensor:
+        """Per-layer sums: [n] for a flat vector, [k, n] for k stacked flat vectors (one call)."""
+        if rows.dim() == 1:
+            return torch.segment_reduce(rows, "sum", lengths=self.lengths)
+        lengths = self.lengths.expand(rows.shape[0], -1).contiguous()
+        return torch.segment_reduce(rows, "sum", lengths=lengths, axis=1)
 
     def seg_max(self, v: torch.Tensor) -> torch.Tensor:
         out = torch.full((self.n,), float("-inf"), dtype=v.dtype, device=v.device)
@@ -214,16 +247,24 @@ class ParamContext:
         index = self.segments[ok] * schema.HIST_BINS + bins[ok].long()
         return torch.bincount(index, minlength=self.n * schema.HIST_BINS).reshape(self.n, schema.HIST_BINS)
 
+    def seg_nonfinite(self, v: torch.Tensor, total: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-layer NaN and Inf counts; on CPU counted only when `total` (a sum over v) is not finite."""
+        if v.device.type == "cpu" and bool(torch.isfinite(total)):
+            zero = torch.zeros(self.n, device=v.device)
+            return zero, zero
+        counts = self.seg_sum(torch.stack([torch.isnan(v).float(), torch.isinf(v).float()]))
+        return counts[0], counts[1]
+
 
 def vector_stats(ctx: ParamContext, v: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-layer norm, mean, std, max |v|, NaN and Inf counts of a flat parameter-shaped vector."""
     n = ctx.counts
-    s = ctx.seg_sum(v)
-    sq = ctx.seg_sum(v * v)
+    s, sq = ctx.seg_sum(torch.stack([v, v * v]))
     mean = s / n
     var = (sq - s * mean) / (n - 1).clamp(min=1)
+    nan, inf = ctx.seg_nonfinite(v, sq.sum())
     return {"norm": sq.sqrt(), "mean": mean, "std": var.clamp(min=0).sqrt(), "max_abs": ctx.seg_max(v.abs()),
-            "nan": ctx.seg_sum(torch.isnan(v).float()), "inf": ctx.seg_sum(torch.isinf(v).float())}
+            "nan": nan, "inf": inf}
 
 
 class GradStats:
@@ -240,12 +281,13 @@ class WeightStats:
         self.previous: torch.Tensor | None = None
 
     def compute(self, ctx: ParamContext, weights: torch.Tensor) -> dict[str, torch.Tensor]:
-        norm = ctx.seg_sum(weights * weights).sqrt()
-        out = {"weight_norm": norm}
         if self.previous is not None and self.previous.shape == weights.shape:
             d = weights - self.previous
-            out["update_ratio"] = ctx.seg_sum(d * d).sqrt() / norm
-        self.previous = weights.clone()
+            sq, dsq = ctx.seg_sum(torch.stack([weights * weights, d * d]))
+            out = {"weight_norm": sq.sqrt(), "update_ratio": dsq.sqrt() / sq.sqrt()}
+        else:
+            out = {"weight_norm": ctx.seg_sum(weights * weights).sqrt()}
+        self.previous = weights  # a fresh buffer each step (flat() copies), no clone needed
         return out
 
 
@@ -270,4 +312,4 @@ class Trajectory:
 
     def compute(self, ctx: ParamContext, weights: torch.Tensor) -> torch.Tensor:
         """[n_layers_with_params, dims]."""
-        return torch.stack([ctx.seg_sum(weights * d) for d in self.directions], dim=1)
+        return ctx.seg_sum(self.directions * weights).T

@@ -58,9 +58,11 @@ def _host_rss_bytes() -> float:
 
 
 def _to_host(tensors: list[torch.Tensor]) -> list[np.ndarray]:
-    """Every tensor to a float64 numpy array, in one device-to-host transfer."""
+    """Every tensor to a float64 numpy array (copied): one device-to-host transfer for a GPU."""
     if not tensors:
         return []
+    if all(t.device.type == "cpu" for t in tensors):  # no transfer to batch: skip the concatenation
+        return [np.array(t.detach().numpy(), dtype=np.float64) for t in tensors]
     flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors])
     host = flat.cpu().numpy()
     out, offset = [], 0
@@ -110,13 +112,17 @@ class Recorder:
         self.filter_layers = [n for n, m in self.layers if isinstance(m, nn.modules.conv._ConvNd)]
 
         # Probes the preset asks for
+        # activation probes: those of every recorded step, then those of detail steps only
         self.act_probes: list[P.ActivationProbe] = []
+        self.detail_probes: list[P.ActivationProbe] = []
         if self.preset.activations:
             self.act_probes.append(P.ActStats())
+            self.detail_probes.append(P.ActZeroFraction())
             if self.preset.channels:
-                self.act_probes.append(P.ActChannelStats())
-        self.act_hist_probe = P.ActHistogram(self.preset.act_hist_sample) if (
-            self.preset.histograms and self.preset.activations) else None
+                self.detail_probes.append(P.ActChannelStats())
+            if self.preset.histograms:
+                self.detail_probes.append(P.ActHistogram(self.preset.act_hist_sample))
+        self.all_act_probes = self.act_probes + self.detail_probes
 
         self.shard_path = os.path.join(self.run_dir, schema.shard_name(self.rank))
         self._prepare_folder(mode)
@@ -128,7 +134,7 @@ class Recorder:
         self._fmap_shapes: dict[str, tuple] = {}
         self._channels: dict[int, int] = {}
         self._capture: dict[str, torch.Tensor] | None = None
-        self._recording = self._hist_now = False  # set for real once the writer exists
+        self._recording = self._detail_now = False  # set for real once the writer exists
         self._examples = 0
         self._pending_act: list[tuple[int, int, dict]] = []
         self._hooks = []
@@ -161,7 +167,7 @@ class Recorder:
         self._failed = False
         self._t_prev = time.perf_counter()
         self._recording = self.schedule(self._step)
-        self._hist_now = self._recording and self._hist_due()
+        self._detail_now = self._recording and self._detail_due()
         atexit.register(_close_at_exit, weakref.ref(self))
 
     # -- setup ----------------------------------------------------------------------------
@@ -251,13 +257,12 @@ class Recorder:
                 return
             if not self._recording or not module.training or not isinstance(output, torch.Tensor):
                 return
-            ctx = P.ActivationContext(output)
+            ctx = P.ActivationContext(output, self.preset.act_sample_examples)
             if ctx.channel_dims is not None:
                 self._channels.setdefault(index, int(output.shape[1]))
-            for k, probe in enumerate(self.act_probes):
+            probes = self.all_act_probes if self._detail_now else self.act_probes
+            for k, probe in enumerate(probes):
                 self._pending_act.append((index, k, probe.compute(ctx)))
-            if self._hist_now and self.act_hist_probe is not None:
-                self._pending_act.append((index, len(self.act_probes), self.act_hist_probe.compute(ctx)))
         return hook
 
     def _make_grad_hook(self, k: int):
@@ -270,8 +275,8 @@ class Recorder:
             return None
         return hook
 
-    def _hist_due(self) -> bool:
-        return self.preset.histograms and self._recorded % self.preset.hist_every == 0
+    def _detail_due(self) -> bool:
+        return self._recorded % self.preset.detail_every == 0
 
     # -- the per-step call ----------------------------------------------------------------
     def step(self, loss=None, batch_size: int | None = None, **scalars) -> None:
@@ -293,7 +298,7 @@ class Recorder:
         self._step += 1
         self._t_prev = now
         self._recording = self.schedule(self._step)
-        self._hist_now = self._recording and self._hist_due()
+        self._detail_now = self._recording and self._detail_due()
 
     def _fail(self):
         self._failed = True
@@ -337,7 +342,7 @@ class Recorder:
         for layer, probe, parts in self._pending_act:
             for k, t in parts.items():
                 add(("act", layer, probe, k), t)
-        hist = self._hist_now
+        hist = self._detail_now and self.preset.histograms
         if self.pctx is not None:
             weights = self.pctx.weights()
             if self.preset.grads:
@@ -349,6 +354,7 @@ class Recorder:
                 if self._local:
                     local = self.pctx.flat([self._local.get(k) for k in range(len(self.pctx.params))])
                     add(("param", "local_grad_norm"), self.pctx.seg_sum(local * local).sqrt())
+                    self._local = {}
             else:
                 has_grad = [True] * len(self.param_layer_ids)
             if self.preset.weights:
@@ -409,7 +415,7 @@ class Recorder:
         filters, fmaps = {}, {}
         ids = np.asarray(self.param_layer_ids, dtype=np.int64)
         no_grad = ids[~np.asarray(item["has_grad"], dtype=bool)] if len(ids) else ids
-        all_probes = self.act_probes + ([self.act_hist_probe] if self.act_hist_probe else [])
+        all_probes = self.all_act_probes
         for key, value in item["entries"]:
             kind = key[0]
             if kind == "scalar":

@@ -72,7 +72,12 @@ def as_schedule(value, name: str) -> Schedule:
 
 @dataclass(frozen=True)
 class Preset:
-    """What a recorded step measures. hist_every: histograms on every k-th recorded step."""
+    """What a recorded step measures.
+
+    Every recorded step: gradient, weight and trajectory statistics, scalars, and the cheap
+    activation statistics (mean, std, min, max, NaN, Inf). Every `detail_every`-th recorded step
+    also: zero fractions (overall and per channel), channel means and histograms.
+    """
 
     name: str
     grads: bool = True
@@ -80,7 +85,8 @@ class Preset:
     activations: bool = True
     channels: bool = True
     histograms: bool = True
-    hist_every: int = 1
+    detail_every: int = 1
+    act_sample_examples: int | None = None  # activation statistics on the first k examples
     act_hist_sample: int | None = 65536  # histogram of an evenly strided sample of activations
     trajectory: bool = True
 
@@ -88,10 +94,12 @@ class Preset:
 PRESETS = {
     # Gradient and weight statistics only: the cheapest useful configuration.
     "economy": Preset("economy", activations=False, channels=False, histograms=False, trajectory=False),
-    # Everything; histograms on every 10th recorded step, activation histograms of a 64k sample.
-    "default": Preset("default", hist_every=10),
+    # Everything; zero fractions, channel statistics and histograms on every 10th recorded step;
+    # activation statistics over the first 8 examples of the batch (NaN/Inf counted over all),
+    # activation histograms of a 64k-element sample of those.
+    "default": Preset("default", detail_every=10, act_sample_examples=8),
     # Everything on every recorded step, activation histograms over every element.
-    "full": Preset("full", hist_every=1, act_hist_sample=None),
+    "full": Preset("full", detail_every=1, act_hist_sample=None),
 }
 
 

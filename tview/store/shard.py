@@ -62,10 +62,13 @@ class _Table:
         n0, k = len(self), len(steps)
         for name, dset in self.columns.items():
             dset.resize(n0 + k, axis=0)
-            for i, row in enumerate(rows):
-                value = row.get(name)
-                if value is not None:
-                    dset[n0 + i] = value
+            present = [i for i, row in enumerate(rows) if row.get(name) is not None]
+            if not present:
+                continue
+            block = np.full((k,) + dset.shape[1:], dset.fillvalue, dtype=dset.dtype)
+            for i in present:
+                block[i] = rows[i][name]
+            dset[n0:n0 + k] = block  # one write per column and batch
         self.step.resize(n0 + k, axis=0)
         self.step[n0:] = np.asarray(steps, dtype=np.int64)
 

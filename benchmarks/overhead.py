@@ -1,0 +1,116 @@
+"""Training overhead of the Recorder: the same CNN trained with and without it, runs interleaved.
+
+Prints the median step-time ratio (recorder / plain) per configuration. Usage:
+    python benchmarks/overhead.py [--model resnet|lenet] [--rounds 15] [--block 10] [--batch 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import random
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+import tview
+from tview.models import LeNet5, SmallResNet
+
+
+def make(model_name: str, batch: int):
+    torch.manual_seed(0)
+    if model_name == "resnet":
+        return SmallResNet(), torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    return LeNet5(), torch.randn(batch, 1, 16, 16), torch.randint(0, 10, (batch,))
+
+
+class Trainer:
+    """One configuration: its own copy of the model, optimizer and (maybe) Recorder."""
+
+    def __init__(self, base, recorder_kwargs: dict | None, tmp: str):
+        self.model = copy.deepcopy(base)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+        self.rec = (tview.Recorder(self.model, tempfile.mkdtemp(dir=tmp), optimizer=self.opt, **recorder_kwargs)
+                    if recorder_kwargs is not None else None)
+
+    def steps(self, x, y, n: int) -> float:
+        """Wall time of n training steps."""
+        t0 = time.perf_counter()
+        for _ in range(n):
+            self.opt.zero_grad()
+            loss = F.cross_entropy(self.model(x), y)
+            loss.backward()
+            self.opt.step()
+            if self.rec is not None:
+                self.rec.step(loss=loss)
+        return time.perf_counter() - t0
+
+    def close(self) -> int:
+        if self.rec is None:
+            return 0
+        self.rec.close()
+        return self.rec.dropped
+
+
+CONFIGS = {
+    "plain": None,
+    "default, every step": {"every": 1},
+    "default, every 10th step": {"every": 10},
+    "economy, every step": {"every": 1, "preset": "economy"},
+    "full, every step": {"every": 1, "preset": "full"},
+}
+
+
+def measure(model_name: str, rounds: int, block: int, batch: int, configs=CONFIGS, seed: int = 0) -> dict[str, list[float]]:
+    """Per configuration, the time of one block of `block` steps in each round.
+
+    Every configuration trains side by side in one process; each round runs one block of each,
+    in a shuffled order, so the machine's slow and fast moments fall on all of them alike.
+    """
+    base, x, y = make(model_name, batch)
+    times = {name: [] for name in configs}
+    rng = random.Random(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainers = {name: Trainer(base, kwargs, tmp) for name, kwargs in configs.items()}
+        for t in trainers.values():
+            t.steps(x, y, 3)  # warm-up
+        for _ in range(rounds):
+            order = list(trainers)
+            rng.shuffle(order)
+            for name in order:
+                times[name].append(trainers[name].steps(x, y, block))
+        for name, t in trainers.items():
+            if t.close():
+                print(f"  note: {name}: {t.rec.dropped} recorded steps dropped by the writer", file=sys.stderr)
+    return times
+
+
+def ratios(times: dict[str, list[float]]) -> dict[str, float]:
+    """Median over rounds of (configuration block time / plain block time of the same round)."""
+    plain = times["plain"]
+    return {name: statistics.median(m / p for m, p in zip(ts, plain)) for name, ts in times.items()}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=("resnet", "lenet"), default="resnet")
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--block", type=int, default=10, help="steps per block (a multiple of 10)")
+    ap.add_argument("--batch", type=int, default=64)
+    a = ap.parse_args(argv)
+    times = measure(a.model, a.rounds, a.block, a.batch)
+    print(f"model={a.model} batch={a.batch} rounds={a.rounds} block={a.block} threads={torch.get_num_threads()}")
+    print(f"plain median step: {statistics.median(times['plain']) / a.block * 1e3:.1f} ms")
+    targets = {"default, every step": 1.05, "default, every 10th step": 1.01}
+    for name, r in ratios(times).items():
+        t = targets.get(name)
+        verdict = "" if t is None else (f"  target <= {t:.2f}x: " + ("met" if r <= t else "MISSED"))
+        print(f"{name:28s} {r:6.3f}x{verdict}")
+
+
+if __name__ == "__main__":
+    main()
