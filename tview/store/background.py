@@ -6,6 +6,7 @@ a write failure is kept and raised on the training thread at its next step() or 
 
 from __future__ import annotations
 
+import gc
 import queue
 import threading
 import time
@@ -82,6 +83,20 @@ class BackgroundWriter:
                     self.writer.flush()  # visible to SWMR readers, and on disk should the process die
                 except BaseException as exc:  # kept for the training thread; the thread goes on draining
                     self.error = exc
+                    self._abandon()
+
+    def _abandon(self):
+        """After a failed write, let go of the file now (HDF5 must not meet it again at exit)."""
+        writer, self.writer = self.writer, None
+        if writer is not None and writer.file is not None:
+            writer.tables = {}  # drop every dataset handle first, then the file
+            gc.collect()
+            try:
+                writer.file.close()
+            except BaseException:
+                pass
+            writer.file = None
+            gc.collect()
 
     def check(self):
         """Raise, on the caller's thread, a write failure from the background thread."""

@@ -24,6 +24,17 @@ def _strided(n: int, max_points: int | None) -> slice:
     return slice(0, n, stride)
 
 
+def _superblock_eof_address(path: str) -> int | None:
+    """The end-of-file address a version 2/3 superblock records (None for other versions)."""
+    with open(path, "rb") as f:
+        head = f.read(48)
+    if head[:8] != b"\x89HDF\r\n\x1a\n" or head[8] not in (2, 3):
+        return None
+    size = head[9]  # size of offsets; base, extension, then end-of-file address
+    start = 12 + 2 * size
+    return int.from_bytes(head[start:start + size], "little")
+
+
 class ShardReader:
     """One rank's shard, opened read-only in SWMR mode."""
 
@@ -44,7 +55,11 @@ class ShardReader:
             self.rank = int(attrs["rank"])
             self.layers = [layer["name"] for layer in json.loads(attrs["layers_json"])]
             for table in (schema.TABLE_SCALARS, schema.TABLE_STATS, schema.TABLE_HIST, schema.TABLE_SNAPSHOTS):
-                self.file[table]["step"]
+                self.file[table]["step"][-1:]  # reads the last chunk: a truncated file fails here
+            eoa = _superblock_eof_address(path)
+            size = os.path.getsize(path)
+            if eoa is not None and size < eoa and self.file["status/closed"][0] == 1:
+                raise CorruptShardError(f"{path}: truncated: {size} bytes on disk, the file says {eoa}")
         except TviewError:
             self.file.close()
             raise
@@ -72,8 +87,11 @@ class ShardReader:
         dset = self.dataset(table, column)
         n = min(step.shape[0], dset.shape[0])
         rows = slice(*rows.indices(n))
-        steps = step[rows]
-        values = dset[(rows,) + tuple(index)]
+        try:
+            steps = step[rows]
+            values = dset[(rows,) + tuple(index)]
+        except OSError as exc:
+            raise CorruptShardError(f"{self.path}: {table}/{column} cannot be read (damaged file?): {exc}") from None
         return steps, values
 
     def close(self):
@@ -93,6 +111,9 @@ class Run:
         self._shards: dict[int, ShardReader] = {}
         self.skip_bad_shards = skip_bad_shards
         self._open_shards()
+        if self._shards:  # a shard knows what the manifest cannot: channel counts seen in the forward
+            first = self._shards[self.ranks[0]]
+            self.layer_info = json.loads(first.file.attrs["layers_json"])
 
     def _open_shards(self):
         found = {}

@@ -1,0 +1,76 @@
+"""Shared test helpers: a tiny CNN, a training loop, and a recorded run made on the spot."""
+
+import os
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+import tview  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class TinyCNN(nn.Module):
+    """conv -> bn -> relu -> conv -> relu (the same ReLU module twice) -> linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(4, 6, 3, padding=1)
+        self.fc = nn.Linear(6 * 8 * 8, 10)
+
+    def forward(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.relu(self.conv2(x))
+        return self.fc(x.flatten(1))
+
+
+def make_data(n=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def train(model, rec, steps, x, y, lr=0.1, opt=None):
+    opt = opt or torch.optim.SGD(model.parameters(), lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        if rec is not None:
+            rec.step(loss=loss)
+    return opt
+
+
+@pytest.fixture
+def tiny():
+    torch.manual_seed(0)
+    return TinyCNN()
+
+
+@pytest.fixture
+def small_run(tmp_path):
+    """A 12-step run of TinyCNN recorded every 2 steps (full preset), snapshots every 4."""
+    torch.manual_seed(0)
+    model = TinyCNN()
+    x, y = make_data()
+    path = str(tmp_path / "run")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with tview.Recorder(model, path, every=2, snapshot_every=4, preset="full", probe_batch=x[:4], optimizer=opt) as rec:
+        train(model, rec, 12, x, y, opt=opt)
+    return path, model, x
+
+
+def python_env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+PY = sys.executable

@@ -1,0 +1,191 @@
+"""Each probe against a plain-torch re-computation of the same number."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tview
+from tview.store import schema
+from tests.conftest import TinyCNN, make_data
+
+
+def capture_outputs(model):
+    """Plain forward hooks that keep a copy of each module's outputs (a list: modules may run twice)."""
+    seen, handles = {}, []
+    for name, m in model.named_modules():
+        if name:
+            handles.append(m.register_forward_hook(
+                lambda mod, i, o, name=name: seen.setdefault(name, []).append(o.detach().clone())))
+    return seen, handles
+
+
+def one_recorded_step(tmp_path, preset="full", x=None, y=None, model=None, **kw):
+    torch.manual_seed(0)
+    model = model or TinyCNN()
+    if x is None:
+        x, y = make_data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    w_before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    rec = tview.Recorder(model, str(tmp_path / "r"), every=1, preset=preset, optimizer=opt, **kw)
+    seen, handles = capture_outputs(model)
+    opt.zero_grad()
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+    opt.step()
+    for h in handles:
+        h.remove()
+    rec.step(loss=loss)
+    rec.close()
+    return tview.open_run(str(tmp_path / "r")), model, seen, grads, w_before, loss.item()
+
+
+def stat(run, name, layer):
+    steps, values = run.stat(name, layer)
+    assert list(steps) == [0]
+    return values[0]
+
+
+def test_activation_statistics_match_torch(tmp_path):
+    run, model, seen, _, _, _ = one_recorded_step(tmp_path)
+    for layer in ("conv1", "bn1", "conv2", "relu"):
+        outs = seen[layer]
+        flat = torch.cat([o.reshape(-1) for o in outs]).double()
+        assert stat(run, "act_mean", layer) == pytest.approx(flat.mean().item(), rel=1e-4, abs=1e-6)
+        assert stat(run, "act_std", layer) == pytest.approx(flat.std().item(), rel=1e-4)
+        assert stat(run, "act_min", layer) == pytest.approx(flat.min().item(), rel=1e-6)
+        assert stat(run, "act_max", layer) == pytest.approx(flat.max().item(), rel=1e-6)
+        assert stat(run, "act_zero_frac", layer) == pytest.approx((flat == 0).double().mean().item(), abs=1e-7)
+        assert stat(run, "act_nan", layer) == 0 and stat(run, "act_inf", layer) == 0
+    # per channel, for a module run once
+    out = seen["conv2"][0]
+    np.testing.assert_allclose(stat(run, "act_channel_mean", "conv2"), out.mean(dim=(0, 2, 3)).numpy(), rtol=1e-4, atol=1e-6)
+    out = seen["bn1"][0]
+    np.testing.assert_allclose(stat(run, "act_channel_zero_frac", "bn1"),
+                               (out == 0).double().mean(dim=(0, 2, 3)).numpy(), atol=1e-7)
+    # the ReLU runs on 4 then 6 channels: no per-channel merge is possible, so NaN, not a wrong number
+    assert np.isnan(stat(run, "act_channel_mean", "relu")).all()
+    # a dead share really seen: ReLU zeros are about half of its outputs
+    assert 0.3 < stat(run, "act_zero_frac", "relu") < 0.7
+
+
+def test_activation_histogram_counts_every_element_in_the_full_preset(tmp_path):
+    run, _, seen, _, _, _ = one_recorded_step(tmp_path)
+    steps, edges, counts = run.histogram("act", "conv1")
+    values = seen["conv1"][0].reshape(-1).double().numpy()
+    assert counts[0].sum() == values.size
+    ref = reference_histogram(values)
+    assert np.abs(counts[0].astype(np.int64) - ref).sum() <= 2  # float32 vs float64 at bin edges
+
+
+def reference_histogram(values):
+    """The store's fixed signed-log bins computed with numpy: zeros in the middle, clamped ends."""
+    k = schema.HIST_HALF
+    mags = np.clip(np.floor((np.log10(np.abs(values[values != 0])) - schema.HIST_LO) * schema.HIST_PER_DECADE), 0, k - 1)
+    idx = (np.sign(values[values != 0]) * (mags + 1) + k).astype(int)
+    ref = np.bincount(idx, minlength=schema.HIST_BINS)
+    ref[k] += int((values == 0).sum())
+    return ref
+
+
+def test_gradient_statistics_cover_weight_and_bias_together(tmp_path):
+    run, model, _, grads, _, _ = one_recorded_step(tmp_path)
+    for layer in ("conv1", "bn1", "conv2", "fc"):
+        g = torch.cat([grads[f"{layer}.weight"].reshape(-1), grads[f"{layer}.bias"].reshape(-1)]).double()
+        assert stat(run, "grad_norm", layer) == pytest.approx(g.norm().item(), rel=1e-5)
+        assert stat(run, "grad_mean", layer) == pytest.approx(g.mean().item(), rel=1e-4, abs=1e-9)
+        assert stat(run, "grad_std", layer) == pytest.approx(g.std().item(), rel=1e-4)
+        assert stat(run, "grad_max_abs", layer) == pytest.approx(g.abs().max().item(), rel=1e-6)
+        assert stat(run, "grad_nan", layer) == 0
+        _, _, counts = run.histogram("grad", layer)
+        assert counts[0].sum() == g.numel()
+        np.testing.assert_array_less(np.abs(counts[0].astype(int) - reference_histogram(g.numpy())).sum(), 3)
+    # layers without parameters have no gradient statistics
+    assert np.isnan(stat(run, "grad_norm", "relu"))
+    # single process: no local gradient before an all-reduce to report
+    assert np.isnan(stat(run, "local_grad_norm", "conv1"))
+
+
+def test_weight_norm_update_ratio_and_trajectory(tmp_path):
+    torch.manual_seed(0)
+    model = TinyCNN()
+    x, y = make_data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rec = tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt, seed=7)
+    history = []
+    for _ in range(3):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        history.append(torch.cat([model.conv2.weight.detach().reshape(-1), model.conv2.bias.detach().reshape(-1)]).clone())
+        rec.step()
+    rec.close()
+    run = tview.open_run(str(tmp_path / "r"))
+    _, norms = run.stat("weight_norm", "conv2")
+    np.testing.assert_allclose(norms, [h.norm().item() for h in history], rtol=1e-5)
+    _, ratio = run.stat("update_ratio", "conv2")
+    assert np.isnan(ratio[0])  # nothing to compare the first recorded step with
+    np.testing.assert_allclose(ratio[1:], [(history[i] - history[i - 1]).norm().item() / history[i].norm().item()
+                                           for i in (1, 2)], rtol=1e-4)
+    # trajectory: projection on fixed unit directions, the same for another recorder (another rank)
+    steps, traj = run.trajectory("conv2")
+    assert traj.shape == (3, 3)
+    torch.manual_seed(0)
+    other = tview.Recorder(TinyCNN(), str(tmp_path / "r2"), every=1, seed=7, rank=1, world_size=2)
+    i = other.param_layer_ids.index(other.layer_names.index("conv2"))
+    start = int(other.pctx.lengths[:i].sum())
+    d = other.trajectory.directions[:, start:start + history[0].numel()]
+    np.testing.assert_allclose(d.norm(dim=1).numpy(), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(traj, torch.stack([d @ h for h in history]).numpy(), rtol=1e-4, atol=1e-6)
+    other.close()
+
+
+def test_scalars_loss_lr_examples(tmp_path):
+    run, _, _, _, _, loss = one_recorded_step(tmp_path)
+    assert run.scalar("loss")[1][0] == pytest.approx(loss, rel=1e-6)
+    assert run.scalar("lr")[1][0] == pytest.approx(0.1)
+    assert run.scalar("examples")[1][0] == 32  # the model input's leading dimension
+    st = run.scalar("step_time")[1][0]
+    assert run.scalar("examples_per_sec")[1][0] == pytest.approx(32 / st, rel=1e-6)
+    assert run.scalar("host_rss_bytes")[1][0] > 10e6
+
+
+def test_default_preset_samples_activations_but_counts_nan_everywhere(tmp_path):
+    x, y = make_data(n=32)
+    x[20, 0, 3, 3] = float("nan")  # in an example outside the 8-example sample
+    run, _, seen, _, _, loss = one_recorded_step(tmp_path, preset="default", x=x, y=y)
+    conv1 = seen["conv1"][0]
+    assert stat(run, "act_nan", "conv1") == torch.isnan(conv1).sum().item() > 0
+    sample = conv1[:8].double()
+    assert stat(run, "act_mean", "conv1") == pytest.approx(sample.mean().item(), rel=1e-4, abs=1e-6)
+    assert math.isnan(loss)  # NaN is data: training went on, the loss was recorded as NaN
+    assert math.isnan(run.scalar("loss")[1][0])
+    assert stat(run, "grad_nan", "fc") > 0
+
+
+def test_inf_gradients_are_counted_not_raised(tmp_path):
+    torch.manual_seed(0)
+    model = TinyCNN()
+    rec = tview.Recorder(model, str(tmp_path / "r"), every=1)
+    x, y = make_data()
+    F.cross_entropy(model(x), y).backward()
+    model.fc.weight.grad[0, :5] = float("inf")
+    rec.step()
+    rec.close()
+    run = tview.open_run(str(tmp_path / "r"))
+    assert stat(run, "grad_inf", "fc") == 5
+    assert stat(run, "grad_max_abs", "fc") == float("inf")
+
+
+def test_steps_that_are_not_recorded_leave_nothing(tmp_path, tiny):
+    x, y = make_data()
+    rec = tview.Recorder(tiny, str(tmp_path / "r"), every=tview.every(3), snapshot_every=[4])
+    from tests.conftest import train
+    train(tiny, rec, 8, x, y)
+    rec.close()
+    run = tview.open_run(str(tmp_path / "r"))
+    assert list(run.steps()) == [0, 3, 6]
+    assert list(run.snapshot_steps()) == []  # step 4 was a snapshot step but not a recorded one

@@ -1,0 +1,110 @@
+"""Command line: `tview demo`, `tview info RUN`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from tview.errors import TviewError
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def info_text(path: str) -> str:
+    """A readable summary of a run: ranks, steps, layers, what was recorded, sizes."""
+    import numpy as np
+
+    from tview.store import schema
+    from tview.store.reader import open_run
+
+    run = open_run(path, skip_bad_shards=True)
+    m = run.manifest
+    lines = [f"run      {os.path.abspath(run.path)}",
+             f"model    {m.get('model')}  preset {m.get('preset')}  schedule {m.get('schedule')}  "
+             f"snapshots {m.get('snapshot_schedule')}",
+             f"ranks    {run.world_size} expected, {len(run.ranks)} readable"]
+    lines.append("")
+    lines.append(f"{'rank':>4}  {'steps':>7}  {'last step':>9}  {'state':<10} {'dropped':>7}  {'size':>9}  problem")
+    for rank, s in run.rank_status().items():
+        p = os.path.join(run.path, schema.shard_name(rank))
+        size = _size(os.path.getsize(p)) if os.path.exists(p) else "-"
+        state = "closed" if s["closed"] else ("open" if s["problem"] is None else "unreadable")
+        last = "-" if s["last_step"] is None else str(s["last_step"])
+        lines.append(f"{rank:>4}  {s['steps']:>7}  {last:>9}  {state:<10} {s['dropped']:>7}  {size:>9}  {s['problem'] or ''}")
+    stopped = run.stopped_ranks()
+    if stopped and len(run.ranks) > 0:
+        lines.append("stopped early (not closed, behind the others): " +
+                     ", ".join(f"rank {r} at step {s}" for r, s in stopped.items()))
+    if run.ranks:
+        r0 = run.ranks[0]
+        shard = run.shard(r0)
+        lines.append("")
+        lines.append(f"recorded (rank {r0}): {shard.length(schema.TABLE_STATS)} statistics rows, "
+                     f"{shard.length(schema.TABLE_HIST)} histogram rows, "
+                     f"{shard.length(schema.TABLE_SNAPSHOTS)} snapshots (filters of {len(m.get('filter_layers', []))} "
+                     f"layers, feature maps of {len(m.get('probe_layers', []))})")
+        names = run.scalar_names(r0)
+        lines.append("scalars: " + ", ".join(names))
+        if "loss" in names:
+            steps, loss = run.scalar("loss", r0)
+            if len(steps):
+                lines.append(f"loss: {loss[0]:.4g} at step {steps[0]} -> {loss[-1]:.4g} at step {steps[-1]}")
+        nan_steps = []
+        for stat in ("grad_nan", "act_nan", "grad_inf", "act_inf"):
+            steps, values = run.stat_matrix(stat, r0)
+            bad = np.nan_to_num(values, nan=0.0).sum(axis=1) > 0
+            if bad.any():
+                nan_steps.append(f"{stat} first at step {steps[bad.argmax()]}")
+        lines.append("non-finite values: " + ("; ".join(nan_steps) if nan_steps else "none"))
+    lines.append("")
+    lines.append(f"{'layer':<24} {'type':<14} {'channels':>8} {'params':>9}")
+    for layer in run.layer_info:
+        ch = layer.get("channels") or "-"
+        lines.append(f"{layer['name']:<24} {layer['type']:<14} {ch!s:>8} {layer.get('params', 0):>9}")
+    run.close()
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="tview", description="See inside the training of CNNs, on every rank.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("demo", help="train a LeNet-5 on scikit-learn's digits across gloo ranks, recorded")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--ranks", type=int, default=2)
+    d.add_argument("--steps", type=int, default=1500)
+    d.add_argument("--every", type=int, default=2)
+    d.add_argument("--snapshot-every", type=int, default=50)
+    d.add_argument("--batch", type=int, default=32)
+    d.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    i = sub.add_parser("info", help="summarize a run")
+    i.add_argument("run")
+    a = ap.parse_args(argv)
+    try:
+        if a.command == "demo":
+            from tview.demo import run_demo
+            if a.ranks < 1 or a.steps < 1:
+                ap.error("--ranks and --steps must be at least 1")
+            print(f"training LeNet-5 on scikit-learn's digits: {a.ranks} rank(s), {a.steps} steps -> {a.out}")
+            seconds = run_demo(a.out, a.ranks, a.steps, a.every, a.snapshot_every, a.batch,
+                               mode="overwrite" if a.overwrite else "new")
+            print(f"done in {seconds} s\n")
+            print(info_text(a.out))
+            print(f"\nnext:\n  tview info {a.out}\n  python -c \"import tview; run = tview.open_run('{a.out}'); "
+                  f"print(run.scalar('loss', rank=1))\"")
+        elif a.command == "info":
+            print(info_text(a.run))
+    except TviewError as exc:
+        print(f"tview: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
