@@ -91,6 +91,10 @@ def main(argv=None) -> int:
             from tview.demo import run_demo
             if a.ranks < 1 or a.steps < 1:
                 ap.error("--ranks and --steps must be at least 1")
+            from tview.store import schema
+            existing = os.path.join(a.out, schema.shard_name(0))
+            if os.path.exists(existing) and not a.overwrite:
+                raise TviewError(f"{existing} already holds a recorded run; pass --overwrite or another --out")
             print(f"training LeNet-5 on scikit-learn's digits: {a.ranks} rank(s), {a.steps} steps -> {a.out}")
             seconds = run_demo(a.out, a.ranks, a.steps, a.every, a.snapshot_every, a.batch,
                                mode="overwrite" if a.overwrite else "new")

@@ -6,6 +6,7 @@ import glob
 import json
 import os
 import re
+import time
 
 import h5py
 import numpy as np
@@ -35,11 +36,27 @@ def _superblock_eof_address(path: str) -> int | None:
     return int.from_bytes(head[start:start + size], "little")
 
 
+def _check_not_truncated(path: str):
+    """A file shorter than its superblock's end-of-file address was truncated. A live writer may
+    have allocated space it has not written yet, so a short file gets one more look."""
+    try:
+        for attempt in range(2):
+            eoa = _superblock_eof_address(path)
+            size = os.path.getsize(path)
+            if eoa is None or size >= eoa:
+                return
+            time.sleep(0.5)
+    except OSError as exc:
+        raise CorruptShardError(f"{path}: cannot be read: {exc}") from None
+    raise CorruptShardError(f"{path}: truncated: {size} bytes on disk, its superblock says {eoa}")
+
+
 class ShardReader:
     """One rank's shard, opened read-only in SWMR mode."""
 
     def __init__(self, path: str):
         self.path = path
+        _check_not_truncated(path)  # before HDF5 reads: a SWMR reader retries damaged reads for minutes
         try:
             self.file = h5py.File(path, "r", swmr=True, libver=schema.LIBVER)
         except OSError as exc:
@@ -56,10 +73,6 @@ class ShardReader:
             self.layers = [layer["name"] for layer in json.loads(attrs["layers_json"])]
             for table in (schema.TABLE_SCALARS, schema.TABLE_STATS, schema.TABLE_HIST, schema.TABLE_SNAPSHOTS):
                 self.file[table]["step"][-1:]  # reads the last chunk: a truncated file fails here
-            eoa = _superblock_eof_address(path)
-            size = os.path.getsize(path)
-            if eoa is not None and size < eoa and self.file["status/closed"][0] == 1:
-                raise CorruptShardError(f"{path}: truncated: {size} bytes on disk, the file says {eoa}")
         except TviewError:
             self.file.close()
             raise
