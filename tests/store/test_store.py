@@ -57,8 +57,7 @@ def test_snapshots_equal_the_model_at_that_step(tmp_path):
     with torch.no_grad():
         ref = model.conv1(x[:5])
     np.testing.assert_allclose(run.feature_maps("conv1")[1], ref.numpy(), rtol=1e-6)
-    assert model.bn1.training is False  # (we set eval above); the Recorder restores modes, see next
-    assert opt is not None
+    assert opt.param_groups[0]["lr"] == 0.1
 
 
 def test_probe_forward_does_not_touch_batchnorm_statistics(tmp_path, tiny):
