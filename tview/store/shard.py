@@ -92,7 +92,6 @@ class ShardWriter:
         names = self.file[schema.TABLE_SCALARS]["names"]
         self.scalar_columns = {bytes(n).decode(): i for i, n in enumerate(names[:])}
         self.dropped_scalar_names: set[str] = set()
-        self.last_flush = time.monotonic()
 
     # -- creation -------------------------------------------------------------------------
     def _create(self, path: str) -> h5py.File:
@@ -167,11 +166,6 @@ class ShardWriter:
         f["status/closed"][0] = 0
         return f
 
-    @property
-    def last_step(self) -> int | None:
-        step = self.tables[schema.TABLE_SCALARS].step
-        return int(step[-1]) if step.shape[0] else None
-
     # -- writing --------------------------------------------------------------------------
     def _scalar_row(self, scalars: dict[str, float]) -> np.ndarray:
         row = np.full(schema.MAX_SCALARS, np.nan)
@@ -226,7 +220,6 @@ class ShardWriter:
 
     def flush(self):
         self.file.flush()
-        self.last_flush = time.monotonic()
 
     def close(self, clean: bool = True):
         if self.file:
