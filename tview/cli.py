@@ -92,13 +92,13 @@ def main(argv=None) -> int:
             if a.ranks < 1 or a.steps < 1:
                 ap.error("--ranks and --steps must be at least 1")
             from tview.store import schema
-            existing = os.path.join(a.out, schema.shard_name(0))
-            if os.path.exists(existing) and not a.overwrite:
-                raise TviewError(f"{existing} already holds a recorded run; pass --overwrite or another --out")
+            from tview.store.shard import refuse_existing_shard
+            if not a.overwrite:  # checked here: the ranks' own errors would arrive as tracebacks
+                refuse_existing_shard(os.path.join(a.out, schema.shard_name(0)), "pass --overwrite or another --out")
             print(f"training LeNet-5 on scikit-learn's digits: {a.ranks} rank(s), {a.steps} steps -> {a.out}")
             seconds = run_demo(a.out, a.ranks, a.steps, a.every, a.snapshot_every, a.batch,
                                mode="overwrite" if a.overwrite else "new")
-            print(f"done in {seconds} s\n")
+            print(f"done in {seconds:.1f} s\n")
             print(info_text(a.out))
             print(f"\nnext:\n  tview info {a.out}\n  python -c \"import tview; run = tview.open_run('{a.out}'); "
                   f"print(run.scalar('loss', rank=1))\"")

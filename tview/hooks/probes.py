@@ -30,6 +30,12 @@ def hist_bin_index(values: torch.Tensor) -> torch.Tensor:
     return c.add_(_K)
 
 
+def finite_on_cpu(total: torch.Tensor) -> bool:
+    """True when `total` (a sum over some values) lives on the CPU and is finite: then none of the
+    values is NaN or Inf, and counting them can be skipped. On a GPU this would cost a sync: False."""
+    return total.device.type == "cpu" and bool(torch.isfinite(total))
+
+
 def histogram(values: torch.Tensor) -> torch.Tensor:
     """Counts [HIST_BINS] of the fixed signed-log histogram."""
     return torch.histc(hist_bin_index(values.reshape(-1)), bins=schema.HIST_BINS, min=-0.5,
@@ -72,11 +78,9 @@ class ActivationContext:
     def nonfinite(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(NaN count, Inf count). On CPU they are counted only when the sum is not finite
         (a finite sum proves there are none), which saves two passes on healthy tensors."""
-        if self.full.device.type == "cpu":
-            total = self.total if self.x is self.full else self.full.sum()
-            if bool(torch.isfinite(total)):
-                zero = torch.zeros((), dtype=torch.int64)
-                return zero, zero
+        if self.full.device.type == "cpu" and finite_on_cpu(self.total if self.x is self.full else self.full.sum()):
+            zero = torch.zeros((), dtype=torch.int64)
+            return zero, zero
         return torch.isnan(self.full).sum(), torch.isinf(self.full).sum()
 
 
@@ -249,7 +253,7 @@ class ParamContext:
 
     def seg_nonfinite(self, v: torch.Tensor, total: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-layer NaN and Inf counts; on CPU counted only when `total` (a sum over v) is not finite."""
-        if v.device.type == "cpu" and bool(torch.isfinite(total)):
+        if finite_on_cpu(total):
             zero = torch.zeros(self.n, device=v.device)
             return zero, zero
         counts = self.seg_sum(torch.stack([torch.isnan(v).float(), torch.isinf(v).float()]))

@@ -12,13 +12,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from tview.errors import ConfigError, RunExistsError, TviewError
+from tview.errors import ConfigError, TviewError
 from tview.hooks import probes as P
 from tview.hooks.schedules import as_schedule, get_preset
 from tview.store import schema
 from tview.store.background import BackgroundWriter
 from tview.store.manifest import manifest_path, write_manifest
 from tview.store.records import ShardLayout, StepRecord
+from tview.store.shard import refuse_existing_shard
 
 PARAM_LAYER_TYPES = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase, nn.GroupNorm,
                      nn.LayerNorm)
@@ -177,12 +178,11 @@ class Recorder:
         os.makedirs(self.run_dir, exist_ok=True)
         if not os.access(self.run_dir, os.W_OK):
             raise ConfigError(f"{self.run_dir}: folder is not writable")
-        if os.path.exists(self.shard_path):
-            if mode == "new":
-                raise RunExistsError(f"{self.shard_path} already holds a recorded run; pass mode='resume' to "
-                                     f"continue it or mode='overwrite' to replace it, or choose a new folder")
-            if mode == "overwrite":
-                os.remove(self.shard_path)
+        if mode == "new":
+            refuse_existing_shard(self.shard_path, "pass mode='resume' to continue it or mode='overwrite' to "
+                                                   "replace it, or choose a new folder")
+        elif mode == "overwrite" and os.path.exists(self.shard_path):
+            os.remove(self.shard_path)
 
     def _first_step(self, mode: str, start_step: int | None) -> int:
         if start_step is not None:
@@ -354,7 +354,6 @@ class Recorder:
                 if self._local:
                     local = self.pctx.flat([self._local.get(k) for k in range(len(self.pctx.params))])
                     add(("param", "local_grad_norm"), self.pctx.seg_sum(local * local).sqrt())
-                    self._local = {}
             else:
                 has_grad = [True] * len(self.param_layer_ids)
             if self.preset.weights:
@@ -415,7 +414,6 @@ class Recorder:
         filters, fmaps = {}, {}
         ids = np.asarray(self.param_layer_ids, dtype=np.int64)
         no_grad = ids[~np.asarray(item["has_grad"], dtype=bool)] if len(ids) else ids
-        all_probes = self.all_act_probes
         for key, value in item["entries"]:
             kind = key[0]
             if kind == "scalar":
@@ -441,7 +439,7 @@ class Recorder:
             elif kind == "fmap":
                 fmaps[key[1]] = value.astype(np.float32)
         for (layer, probe_index), calls in act_calls.items():
-            probe = all_probes[probe_index]
+            probe = self.all_act_probes[probe_index]
             for name, value in probe.finalize(P.merge_partials(probe, calls)).items():
                 if name in schema.CHANNEL_STATS:
                     channel_stats.setdefault(name, {})[self.layer_names[layer]] = value.astype(np.float32)

@@ -6,7 +6,6 @@ a write failure is kept and raised on the training thread at its next step() or 
 
 from __future__ import annotations
 
-import gc
 import queue
 import threading
 import time
@@ -90,13 +89,11 @@ class BackgroundWriter:
         writer, self.writer = self.writer, None
         if writer is not None and writer.file is not None:
             writer.tables = {}  # drop every dataset handle first, then the file
-            gc.collect()
             try:
                 writer.file.close()
             except BaseException:
                 pass
             writer.file = None
-            gc.collect()
 
     def check(self):
         """Raise, on the caller's thread, a write failure from the background thread."""

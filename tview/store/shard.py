@@ -9,7 +9,7 @@ import time
 import h5py
 import numpy as np
 
-from tview.errors import CorruptShardError, SchemaVersionError
+from tview.errors import CorruptShardError, RunExistsError, SchemaVersionError
 from tview.store import schema
 from tview.store.records import ShardLayout, StepRecord
 
@@ -36,6 +36,12 @@ def _create_column(group: h5py.Group, name: str, row_shape: tuple, dtype, fill, 
         fillvalue=fill,
         **kwargs,
     )
+
+
+def refuse_existing_shard(path: str, hint: str) -> None:
+    """Raise RunExistsError if `path` (a rank's shard) exists; `hint` says how to go on."""
+    if os.path.exists(path):
+        raise RunExistsError(f"{path} already holds a recorded run; {hint}")
 
 
 class _Table:
