@@ -189,3 +189,24 @@ def test_steps_that_are_not_recorded_leave_nothing(tmp_path, tiny):
     run = tview.open_run(str(tmp_path / "r"))
     assert list(run.steps()) == [0, 3, 6]
     assert list(run.snapshot_steps()) == []  # step 4 was a snapshot step but not a recorded one
+
+
+def test_first_nonfinite_step_is_kept_per_layer_and_scalar(tmp_path, tiny):
+    x, y = make_data()
+    opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
+    rec = tview.Recorder(tiny, str(tmp_path / "r"), every=1, optimizer=opt)
+    for step in range(6):
+        xb = x.clone()
+        if step >= 3:
+            xb[0, 0, 0, 0] = float("nan")  # from step 3 on, one input pixel is NaN
+        opt.zero_grad()
+        loss = F.cross_entropy(tiny(xb), y)
+        loss.backward()
+        rec.step(loss=loss, clean=1.0)
+    rec.close()
+    run = tview.open_run(str(tmp_path / "r"))
+    first = run.first_nonfinite(0)
+    assert first["layers"]["conv1"] == 3 and first["layers"]["fc"] == 3
+    assert first["scalars"] == {"loss": 3}  # "clean" and the other scalars never were non-finite
+    steps, nan = run.stat("act_nan", "conv1")
+    assert steps[np.argmax(nan > 0)] == 3  # the same as a scan of the stored counts

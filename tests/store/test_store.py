@@ -144,10 +144,18 @@ def test_a_full_disk_surfaces_on_step_or_close_and_never_hangs(tmp_path):
     assert "rank-00000.h5" in errors[0] and "DONE" not in lines  # names the file; raised in step()
     # Known defect (see the issue note): HDF5 may crash at interpreter teardown after a failed write,
     # so the exit status is not asserted here.
-    # the file the full disk cut short is reported as truncated, by name, and the run still opens
-    with pytest.raises(tview.CorruptShardError, match="rank-00000.h5: truncated"):
-        tview.open_run(path)
-    assert "truncated" in tview.open_run(path, skip_bad_shards=True).problems[0]
+    # Where the write failed decides what is on disk: either the shard is consistent up to its last
+    # flush (then every step before it reads back), or it was cut short and is reported as
+    # truncated, by name, while the run still opens without it.
+    try:
+        run = tview.open_run(path)
+    except tview.CorruptShardError as exc:
+        assert "rank-00000.h5: truncated" in str(exc)
+        assert "truncated" in tview.open_run(path, skip_bad_shards=True).problems[0]
+    else:
+        steps = run.steps()
+        assert len(steps) > 0 and list(steps) == list(range(len(steps)))
+        assert len(run.scalar("loss")[1]) == len(steps)
 
 
 def test_not_a_run_wrong_path_and_file(tmp_path):

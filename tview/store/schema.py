@@ -14,6 +14,7 @@ GRAD_STATS = ("grad_norm", "grad_mean", "grad_std", "grad_max_abs", "grad_nan", 
 WEIGHT_STATS = ("weight_norm", "update_ratio")
 LOCAL_GRAD_STATS = ("local_grad_norm",)
 ACT_STATS = ("act_mean", "act_std", "act_min", "act_max", "act_zero_frac", "act_nan", "act_inf")
+NONFINITE_STATS = ("grad_nan", "grad_inf", "act_nan", "act_inf")  # counts of non-finite values
 LAYER_STATS = GRAD_STATS + LOCAL_GRAD_STATS + WEIGHT_STATS + ACT_STATS
 # Per output channel: one dataset [steps, channels] per layer, under stats/<name>/<layer>.
 CHANNEL_STATS = ("act_channel_mean", "act_channel_zero_frac")

@@ -152,6 +152,10 @@ class ShardWriter:
         status = f.create_group("status")
         status.create_dataset("closed", shape=(1,), dtype=np.int8, data=[0])
         status.create_dataset("dropped", shape=(1,), dtype=np.int64, data=[0])
+        # First step at which a layer's gradients or activations held NaN/Inf (-1: never), and the
+        # same for each scalar column: kept up to date so a reader finds them without a scan.
+        status.create_dataset("first_nonfinite_layer", data=np.full(L, -1, dtype=np.int64))
+        status.create_dataset("first_nonfinite_scalar", data=np.full(schema.MAX_SCALARS, -1, dtype=np.int64))
         return f
 
     def _open_for_resume(self, path: str) -> h5py.File:
@@ -194,6 +198,7 @@ class ShardWriter:
         steps = [r.step for r in records]
         self.tables[schema.TABLE_SCALARS].append(
             steps, [{"wall_time": np.float64(r.wall_time), "values": self._scalar_row(r.scalars)} for r in records])
+        self._note_nonfinite(records)
         with_stats = [r for r in records if r.stats is not None]
         if with_stats:
             rows = []
@@ -220,6 +225,28 @@ class ShardWriter:
                 row.update({f"feature_maps/{k}": v for k, v in (r.feature_maps or {}).items()})
                 rows.append(row)
             self.tables[schema.TABLE_SNAPSHOTS].append([r.step for r in with_snap], rows)
+
+    def _note_nonfinite(self, records: list[StepRecord]):
+        status = self.file["status"]
+        if "first_nonfinite_layer" not in status:  # a shard from before these were kept
+            return
+        scalar_first = status["first_nonfinite_scalar"][:]
+        layer_first = status["first_nonfinite_layer"][:]
+        changed = False
+        for r in records:
+            for name, value in r.scalars.items():
+                col = self.scalar_columns.get(name)
+                if col is not None and scalar_first[col] < 0 and not np.isfinite(value):
+                    scalar_first[col], changed = r.step, True
+            if r.stats is not None:
+                counts = sum(np.nan_to_num(np.asarray(r.stats[k], dtype=np.float64))
+                             for k in schema.NONFINITE_STATS if k in r.stats)
+                hit = (np.asarray(counts) > 0) & (layer_first < 0)
+                if hit.any():
+                    layer_first[hit], changed = r.step, True
+        if changed:
+            status["first_nonfinite_scalar"][:] = scalar_first
+            status["first_nonfinite_layer"][:] = layer_first
 
     def set_dropped(self, count: int):
         self.file["status/dropped"][0] = count
