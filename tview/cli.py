@@ -1,4 +1,4 @@
-"""Command line: `tview demo`, `tview info RUN`."""
+"""Command line: `tview demo`, `tview info RUN`, `tview dashboard RUNS`."""
 
 from __future__ import annotations
 
@@ -72,6 +72,19 @@ def info_text(path: str) -> str:
     return "\n".join(lines)
 
 
+def serve_dashboard(root: str, host: str, port: int, debug: bool = False):
+    """Serve the Dash app on host:port until interrupted."""
+    try:
+        from tview_app import create_app
+    except ImportError as exc:
+        raise TviewError(f"the dashboard needs dash and plotly: pip install 'tview[app]' ({exc})") from None
+    app = create_app(root)
+    catalog = app.server.config["TVIEW_CATALOG"]
+    print(f"tview dashboard: {len(catalog.ids)} run(s) under {catalog.root}")
+    print(f"open http://{host}:{port}/", flush=True)
+    app.run(host=host, port=port, debug=debug)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="tview", description="See inside the training of CNNs, on every rank.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -85,6 +98,11 @@ def main(argv=None) -> int:
     d.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     i = sub.add_parser("info", help="summarize a run")
     i.add_argument("run")
+    b = sub.add_parser("dashboard", help="serve the web app for a run or a folder of runs")
+    b.add_argument("runs", help="a run folder, or a folder holding runs (only runs below it can be opened)")
+    b.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    b.add_argument("--port", type=int, default=8050)
+    b.add_argument("--debug", action="store_true", help="Dash debug mode (never on unless asked: it runs code sent to it)")
     a = ap.parse_args(argv)
     try:
         if a.command == "demo":
@@ -104,6 +122,8 @@ def main(argv=None) -> int:
                   f"print(run.scalar('loss', rank=1))\"")
         elif a.command == "info":
             print(info_text(a.run))
+        elif a.command == "dashboard":
+            serve_dashboard(a.runs, a.host, a.port, a.debug)
     except TviewError as exc:
         print(f"tview: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,105 @@
+"""The tview Dash app: a run picker, a live indicator and six pages (overview, scalars, layers, ranks, filters, 3D)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import dash
+from dash import Input, Output, State, callback, dcc, html, no_update
+
+from .catalog import RunCatalog
+
+POLL_MS = 2000  # how often the app looks for new steps, ranks and runs
+
+PAGES = [  # module, path, name
+    ("overview", "/", "Overview"),
+    ("scalars", "/scalars", "Scalars"),
+    ("layers", "/layers", "Layers"),
+    ("ranks", "/ranks", "Ranks"),
+    ("filters", "/filters", "Filters"),
+    ("three_d", "/3d", "3D"),
+]
+
+
+def create_app(root: str) -> dash.Dash:
+    """The app for the runs at or below `root` (a run folder or a folder of runs). Assets are served
+    by the app itself (no CDN), so it works with no network."""
+    catalog = RunCatalog(root)
+    app = dash.Dash(__name__, use_pages=True, pages_folder="", serve_locally=True, title="tview",
+                    assets_folder=os.path.join(os.path.dirname(__file__), "assets"),
+                    suppress_callback_exceptions=True)
+    app.server.config["TVIEW_CATALOG"] = catalog
+    for order, (module, path, name) in enumerate(PAGES):
+        mod = importlib.import_module(f"{__name__}.pages.{module}")
+        dash.register_page(f"{__name__}.pages.{module}", path=path, name=name, order=order, layout=mod.layout,
+                           title=f"tview · {name}")
+    app.layout = lambda: shell(catalog)  # built on each page load: runs that appeared since are listed
+    return app
+
+
+def shell(catalog: RunCatalog) -> html.Div:
+    """What every page shares: navigation, the run picker, the live badge, the poll timer."""
+    ids = catalog.scan()
+    return html.Div([
+        html.Header([
+            html.Span("tview", className="tv-brand"),
+            html.Nav([dcc.Link(name, href=path, className="tv-nav", id=f"nav-{module}")
+                      for module, path, name in PAGES]),
+            html.Span(id="live-badge", className="tv-badge"),
+        ], className="tv-header"),
+        html.Div([
+            html.Label("runs", className="tv-label"),
+            dcc.Dropdown(id="runs", options=[{"label": i, "value": i} for i in ids], value=ids[:1], multi=True,
+                         persistence=True, persistence_type="session", placeholder="pick one or more runs"),
+            html.Span(f"{len(ids)} run(s) under {catalog.root}", id="runs-found", className="tv-note"),
+        ], className="tv-runbar"),
+        dcc.Location(id="url"),
+        dcc.Interval(id="poll", interval=POLL_MS),
+        dcc.Store(id="refresh"),  # changes only when a selected run gained steps, ranks or a problem
+        html.Main(dash.page_container, className="tv-main"),
+    ])
+
+
+def runs_from_query(search: str | None, known: list[str]) -> list[str] | None:
+    """`?runs=a,b` in the address picks runs (a link can be shared); ids not found under root are ignored."""
+    from urllib.parse import parse_qs
+    asked = parse_qs((search or "").lstrip("?")).get("runs")
+    if not asked:
+        return None
+    wanted = [r for part in asked for r in part.split(",") if r]
+    return [r for r in wanted if r in known]
+
+
+@callback(Output("runs", "value"), Input("url", "search"), State("runs", "value"))
+def pick_from_address(search, current):
+    from .common import catalog
+    picked = runs_from_query(search, catalog().scan())
+    return no_update if picked is None else picked
+
+
+def run_signature(run) -> list:
+    """What changes when a run grows: per rank the number of steps and whether it closed."""
+    return [[r, s["steps"], s["closed"], bool(s["problem"])] for r, s in run.rank_status().items()]
+
+
+@callback(Output("runs", "options"), Output("runs-found", "children"), Output("refresh", "data"),
+          Output("live-badge", "children"), Output("live-badge", "className"),
+          Input("poll", "n_intervals"), Input("runs", "value"), State("refresh", "data"))
+def poll(_, runs, previous):
+    from .common import catalog
+    from tview.render.summaries import is_live, rank_rows
+    cat = catalog()
+    ids = cat.scan()
+    signature, live = {}, []
+    for run_id in runs or []:
+        try:
+            run = cat.get(run_id)
+            signature[run_id] = run_signature(run)
+            if is_live(rank_rows(run)):
+                live.append(run_id)
+        except Exception as exc:  # shown by the pages themselves
+            signature[run_id] = str(exc)
+    badge = (f"LIVE: {', '.join(live)}", "tv-badge tv-live") if live else ("", "tv-badge")
+    return ([{"label": i, "value": i} for i in ids], f"{len(ids)} run(s) under {cat.root}",
+            signature if signature != previous else no_update, *badge)

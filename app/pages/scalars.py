@@ -1,0 +1,51 @@
+"""Scalars: loss, learning rate, step time, memory, ... over steps, one line per rank, several runs overlaid."""
+
+from __future__ import annotations
+
+from dash import Input, Output, State, callback, dcc, html
+
+from tview.render import figures
+
+from ..common import catalog, control, figures_or_message, graph, keep_choice, options
+
+layout = html.Div([
+    html.Div([
+        control("scalar", dcc.Dropdown(id="scalar-name", clearable=False, style={"width": "260px"})),
+        control("y axis", dcc.Checklist(id="scalar-log", options=[{"label": " log", "value": "log"}], value=[])),
+        control("smoothing", html.Div(dcc.Slider(id="scalar-smoothing", min=0, max=0.99, step=0.01, value=0.6,
+                                                 marks={0: "0", 0.5: "0.5", 0.9: "0.9", 0.99: "0.99"}),
+                                      style={"width": "320px"})),
+    ], className="tv-controls"),
+    graph("scalar-graph", 480),
+])
+
+
+@callback(Output("scalar-name", "options"), Output("scalar-name", "value"),
+          Input("runs", "value"), Input("refresh", "data"), State("scalar-name", "value"))
+def names(runs, _, current):
+    found = []
+    for run_id in runs or []:
+        try:
+            run = catalog().get(run_id)
+            for rank in run.ranks:
+                found += [n for n in run.scalar_names(rank) + ["wall_time"] if n not in found]
+        except Exception:
+            continue
+    opts = options(found)
+    return opts, keep_choice(current, opts, "loss")
+
+
+@callback(Output("scalar-graph", "figure"), Input("scalar-name", "value"), Input("scalar-log", "value"),
+          Input("scalar-smoothing", "value"), Input("refresh", "data"), State("runs", "value"))
+@figures_or_message(1)
+def show(name, log, smoothing, _, runs):
+    if not name:
+        return figures.message_figure("no scalar recorded yet")
+    series = []
+    for run_id in runs or []:
+        run = catalog().get(run_id)
+        for rank in run.ranks:
+            if name == "wall_time" or name in run.scalar_names(rank):
+                steps, values = run.scalar(name, rank, max_points=figures.MAX_POINTS)
+                series.append(figures.Series(f"{run_id} rank {rank}" if len(runs) > 1 else f"rank {rank}", steps, values))
+    return figures.line_figure(series, name, name, log_y="log" in (log or []), smoothing=float(smoothing or 0))

@@ -1,0 +1,138 @@
+"""The real app, started by `tview dashboard`, driven by headless Chromium: pages, figures, controls, live runs."""
+
+import re
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import PY, python_env, REPO
+
+pytestmark = pytest.mark.slow
+
+PAGES = {  # path -> graphs that must hold data
+    "/": ["overview-loss"],
+    "/scalars": ["scalar-graph"],
+    "/layers": ["layers-heatmap", "layers-histogram"],
+    "/ranks": ["ranks-stat-graph", "ranks-spread", "ranks-step-time", "ranks-throughput", "ranks-noise-scale"],
+    "/filters": ["filters-grid", "filters-maps"],
+    "/3d": ["net-3d", "traj-3d", "sim-3d"],
+}
+
+TRACES_JS = """id => {
+  const el = document.querySelector('#' + CSS.escape(id) + ' .js-plotly-plot');
+  if (!el || !el.data) return null;
+  const size = {f8: 8, f4: 4, i8: 8, u8: 8, i4: 4, u4: 4, i2: 2, u2: 2, i1: 1, u1: 1};
+  const n = a => {  // plain arrays, or plotly's typed-array JSON ({dtype, bdata, shape})
+    if (!a) return 0;
+    if (a.length !== undefined) return a.length;
+    if (a.bdata) return a.shape ? +String(a.shape).split(',')[0]
+                                : atob(a.bdata).length / (size[a.dtype.replace(/[<>|=]/, '')] || 8);
+    return 0;
+  };
+  return {title: (el.layout && el.layout.title && (el.layout.title.text || el.layout.title)) || '',
+          points: el.data.map(t => n(t.z || t.x)),
+          annotations: ((el.layout && el.layout.annotations) || []).map(a => a.text)};
+}"""
+
+
+def traces(page, graph_id, timeout=30_000):
+    """Wait until the graph drew at least one trace with points; return its title and point counts."""
+    page.wait_for_function(f"""() => {{ const r = ({TRACES_JS})('{graph_id}');
+        return r && r.points.length > 0 && r.points.some(n => n > 0); }}""", timeout=timeout)
+    return page.evaluate(TRACES_JS, graph_id)
+
+
+def test_every_page_loads_and_every_figure_has_data(server, page, tmp_path):
+    for path, graphs in PAGES.items():
+        page.goto(f"{server}{path}?runs=demo")
+        for g in graphs:
+            t = traces(page, g)
+            assert max(t["points"]) > 0, (path, g, t)
+            assert max(t["points"]) <= 5000, (path, g, t)  # downsampled on read
+        page.wait_for_timeout(300)
+        page.screenshot(path=str(tmp_path / f"page{path.replace('/', '_') or '_'}.png"), full_page=True)
+    assert page.js_errors == []
+    # The overview tells the demo's facts: 2 ranks, both closed, and what the health check found.
+    page.goto(f"{server}/?runs=demo")
+    card = page.locator(".run-card").first
+    card.wait_for()
+    text = card.inner_text()
+    assert "2 of 2 rank(s) readable" in text and "LeNet5" in text
+    assert text.count("closed") >= 2
+    assert page.locator(".tv-health li").count() >= 1
+
+
+def test_controls_change_what_is_shown(server, page):
+    page.goto(f"{server}/layers?runs=demo")
+    before = traces(page, "layers-heatmap")
+    assert "grad_norm" in before["title"]
+    page.locator("#layers-stat").click()
+    page.get_by_role("option", name="act_zero_frac", exact=True).click()
+    page.wait_for_function(f"() => ({TRACES_JS})('layers-heatmap').title.includes('act_zero_frac')", timeout=20_000)
+    page.goto(f"{server}/scalars?runs=demo")
+    assert traces(page, "scalar-graph")["title"] == "loss"
+    page.locator("#scalar-name").click()
+    page.get_by_role("option", name="step_time", exact=True).click()
+    page.wait_for_function(f"() => ({TRACES_JS})('scalar-graph').title === 'step_time'", timeout=20_000)
+    # two lines per rank with smoothing (raw + smoothed), one per rank without
+    assert len(traces(page, "scalar-graph")["points"]) == 4
+    page.locator("#scalar-smoothing [role=slider]").press("Home")  # smoothing to 0, by keyboard
+    page.wait_for_function(f"() => ({TRACES_JS})('scalar-graph').points.length === 2", timeout=20_000)
+
+
+def test_damaged_and_empty_runs_are_reported_and_the_app_keeps_serving(server, page):
+    page.goto(f"{server}/?runs=broken,empty,demo")
+    page.locator(".run-card").nth(2).wait_for(timeout=30_000)
+    cards = page.locator(".run-card")
+    broken, empty = cards.nth(0).inner_text(), cards.nth(1).inner_text()
+    assert "1 of 2 rank(s) readable" in broken
+    assert re.search(r"rank-00001\.h5: .*(truncated|damaged|not a readable)", broken), broken
+    assert "no steps recorded yet" in empty
+    assert "2 of 2 rank(s) readable" in cards.nth(2).inner_text()
+    page.goto(f"{server}/layers?runs=broken")
+    assert max(traces(page, "layers-heatmap")["points"]) > 0  # rank 0 of the damaged run still shows
+
+
+def test_a_live_run_gains_steps_on_screen(server, runs_root, page):
+    live = runs_root / "live"
+    writer = subprocess.Popen([PY, f"{REPO}/tests/store/writer_script.py", str(live), "100000", "0.02", "0"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=python_env())
+    try:
+        deadline = time.time() + 30
+        while not (live / "rank-00000.h5").exists() and time.time() < deadline:
+            time.sleep(0.2)
+        page.goto(f"{server}/?runs=live")
+        page.locator(".run-card").first.wait_for(timeout=30_000)
+        page.wait_for_function("() => document.querySelector('#live-badge').innerText.includes('LIVE')", timeout=20_000)
+
+        def shown_steps():
+            m = re.search(r"(\d+) recorded steps", page.locator(".run-card").first.inner_text())
+            return int(m.group(1)) if m else -1
+        first = shown_steps()
+        page.wait_for_function(f"""() => {{ const m = document.querySelector('.run-card').innerText
+            .match(/(\\d+) recorded steps/); return m && +m[1] > {first}; }}""", timeout=20_000)
+        assert shown_steps() > first
+        n1 = max(traces(page, "overview-loss")["points"])
+        page.wait_for_function(f"() => Math.max(...({TRACES_JS})('overview-loss').points) > {n1}", timeout=20_000)
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+def test_no_url_reaches_outside_the_folder_it_was_started_on(server, page):
+    page.goto(f"{server}/?runs=../../etc,/etc,demo/../..,demo")
+    page.locator(".run-card").first.wait_for(timeout=30_000)
+    assert page.locator(".run-card").count() == 1  # only the real run was picked
+    import json
+    import urllib.request
+    body = {"output": "..overview-body.children...overview-loss.figure..",
+            "outputs": [{"id": "overview-body", "property": "children"}, {"id": "overview-loss", "property": "figure"}],
+            "inputs": [{"id": "runs", "property": "value", "value": ["../../etc", "/etc/passwd"]},
+                       {"id": "refresh", "property": "data", "value": None}],
+            "changedPropIds": ["runs.value"], "state": []}
+    req = urllib.request.Request(f"{server}/_dash-update-component", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    text = json.dumps(json.loads(urllib.request.urlopen(req, timeout=30).read()))
+    assert "no run '../../etc' under" in text and "no run '/etc/passwd' under" in text
+    assert "root:" not in text

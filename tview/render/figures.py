@@ -1,0 +1,237 @@
+"""Pure functions from stored arrays to plotly figures; no trace holds more than MAX_POINTS points."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import plotly.graph_objects as go
+
+from tview.render.analysis import ema
+
+MAX_POINTS = 2000        # per line trace
+MAX_HEATMAP_ROWS = 1000  # steps shown in a step x something heatmap
+_MARGIN = dict(l=50, r=20, t=40, b=40)
+
+
+@dataclass
+class Series:
+    """One line: a name (a rank, a run, a layer) and its (steps, values)."""
+
+    name: str
+    steps: np.ndarray
+    values: np.ndarray
+
+
+def stride(n: int, max_points: int) -> slice:
+    """Evenly spaced rows keeping at most max_points of n, the first always included."""
+    return slice(0, n, max(1, math.ceil(n / max_points))) if n > max_points else slice(0, n)
+
+
+def _finite_or_none(values: np.ndarray) -> list:
+    """plotly's JSON cannot carry NaN/Inf: they become gaps (None)."""
+    v = np.asarray(values, dtype=np.float64)
+    return [float(x) if math.isfinite(x) else None for x in v]
+
+
+def _layout(fig: go.Figure, title: str, x_title: str = "step", y_title: str = "", **kw) -> go.Figure:
+    fig.update_layout(title=title, margin=_MARGIN, template="plotly_white", xaxis_title=x_title,
+                      yaxis_title=y_title, uirevision=title, **kw)
+    return fig
+
+
+def message_figure(message: str) -> go.Figure:
+    """An empty figure that says why it is empty."""
+    fig = go.Figure()
+    fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper", font=dict(size=14))
+    fig.update_layout(xaxis_visible=False, yaxis_visible=False, template="plotly_white", margin=_MARGIN)
+    return fig
+
+
+def line_figure(series: list[Series], title: str, y_title: str = "", log_y: bool = False, smoothing: float = 0.0,
+                mark: dict[str, str] | None = None) -> go.Figure:
+    """Lines over steps, one per series; with smoothing > 0 the raw line stays, faint, under the smoothed one.
+    mark: series name -> colour for lines to single out (e.g. the slowest rank)."""
+    if not series:
+        return message_figure("nothing recorded yet")
+    fig = go.Figure()
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+               "#bcbd22", "#17becf"]
+    for i, s in enumerate(series):
+        rows = stride(len(s.steps), MAX_POINTS)
+        x, y = np.asarray(s.steps)[rows], np.asarray(s.values, dtype=np.float64)[rows]
+        colour = (mark or {}).get(s.name, palette[i % len(palette)])
+        if smoothing > 0:
+            fig.add_trace(go.Scattergl(x=x, y=_finite_or_none(y), mode="lines", name=f"{s.name} (raw)",
+                                       line=dict(color=colour, width=1), opacity=0.25, showlegend=False,
+                                       hoverinfo="skip"))
+            y = ema(y, smoothing)
+        fig.add_trace(go.Scattergl(x=x, y=_finite_or_none(y), mode="lines", name=s.name,
+                                   line=dict(color=colour, width=3 if s.name in (mark or {}) else 1.5)))
+    _layout(fig, title, y_title=y_title, legend=dict(orientation="h", y=-0.2))
+    if log_y:
+        fig.update_yaxes(type="log")
+    return fig
+
+
+def heatmap_figure(steps: np.ndarray, labels: list[str], values: np.ndarray, title: str,
+                   colour_title: str = "", log: bool = False) -> go.Figure:
+    """A step x label heatmap (values [steps, labels]), labels on the y axis; log colours on request."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return message_figure("nothing recorded yet")
+    rows = stride(values.shape[0], MAX_HEATMAP_ROWS)
+    z = values[rows].T
+    if log:
+        with np.errstate(all="ignore"):
+            z = np.where(z > 0, np.log10(z), np.nan)
+        colour_title = f"log10 {colour_title}"
+    fig = go.Figure(go.Heatmap(x=np.asarray(steps)[rows], y=list(labels), z=[_finite_or_none(r) for r in z],
+                               colorscale="Viridis", colorbar=dict(title=colour_title), hoverongaps=False))
+    return _layout(fig, title, y_title="layer")
+
+
+def _bin_label(v: float) -> str:
+    return "0" if v == 0 else f"{v:.0e}"
+
+
+def histogram_figure(steps: np.ndarray, edges: np.ndarray, counts: np.ndarray, title: str) -> go.Figure:
+    """Histograms over time (TensorBoard's 'distributions' as a heatmap): steps down, value bins across,
+    colour = log10(1 + count). Bins empty at every step are trimmed."""
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.size == 0 or counts.sum() == 0:
+        return message_figure("no histogram recorded yet for this layer")
+    rows = stride(counts.shape[0], MAX_HEATMAP_ROWS)
+    counts, steps = counts[rows], np.asarray(steps)[rows]
+    used = np.flatnonzero(counts.sum(axis=0) > 0)
+    lo, hi = used[0], used[-1] + 1
+    edges = np.asarray(edges, dtype=np.float64)
+    centres = [_bin_label(0.0 if (edges[i] < 0 < edges[i + 1]) else
+                          math.copysign(math.sqrt(abs(edges[i] * edges[i + 1])), edges[i] + edges[i + 1]))
+               for i in range(lo, hi)]
+    fig = go.Figure(go.Heatmap(x=centres, y=steps, z=np.log10(1 + counts[:, lo:hi]), colorscale="Magma",
+                               colorbar=dict(title="log10(1+n)"),
+                               hovertemplate="step %{y}<br>bin %{x}<br>log10(1+n) %{z:.2f}<extra></extra>"))
+    _layout(fig, title, x_title="value (signed log bins)", y_title="step")
+    fig.update_xaxes(type="category")
+    return fig
+
+
+def tile(images: np.ndarray, columns: int) -> np.ndarray:
+    """Lay [n, h, w] images out on a grid `columns` wide with one NaN gap between them."""
+    images = np.asarray(images, dtype=np.float64)
+    n, h, w = images.shape
+    columns = max(1, min(columns, n))
+    rows = -(-n // columns)
+    out = np.full((rows * (h + 1) - 1, columns * (w + 1) - 1), np.nan)
+    for i in range(n):
+        r, c = divmod(i, columns)
+        out[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = images[i]
+    return out
+
+
+def image_figure(image: np.ndarray, title: str, symmetric: bool = True, x_title: str = "",
+                 y_title: str = "") -> go.Figure:
+    """A 2D array as a heatmap, rows down; a diverging scale centred on zero when symmetric."""
+    finite = np.asarray(image)[np.isfinite(image)]
+    m = float(np.abs(finite).max()) if finite.size else 1.0
+    kwargs = dict(zmin=-m, zmax=m, colorscale="RdBu_r") if symmetric else dict(colorscale="Gray")
+    fig = go.Figure(go.Heatmap(z=[_finite_or_none(r) for r in image], hoverongaps=False, **kwargs))
+    _layout(fig, title, x_title=x_title, y_title=y_title)
+    fig.update_yaxes(autorange="reversed", scaleanchor="x", showgrid=False, zeroline=False)
+    fig.update_xaxes(showgrid=False, zeroline=False)
+    return fig
+
+
+def filter_grid_figure(filters: np.ndarray, title: str, max_inputs: int = 16, max_filters: int = 128) -> go.Figure:
+    """Conv filters [Cout, Cin, kH, kW]: one row per filter, one kernel per input channel (capped)."""
+    f = np.asarray(filters)[:max_filters, :max_inputs]
+    cout, cin = f.shape[:2]
+    return image_figure(tile(f.reshape(cout * cin, *f.shape[2:]), cin), title,
+                        x_title=f"input channel (first {cin})", y_title=f"filter (first {cout})")
+
+
+def feature_map_figure(maps: np.ndarray, title: str, max_channels: int = 64) -> go.Figure:
+    """One probe example's feature maps [C, H, W], tiled on a square-ish grid."""
+    m = np.asarray(maps)[:max_channels]
+    return image_figure(tile(m, math.ceil(math.sqrt(len(m)))), title, symmetric=False)
+
+
+def network_positions(channels: list[int], spacing: float = 1.0) -> np.ndarray:
+    """3D positions of every channel: each layer a square slab of points, layers stacked along z."""
+    pts = []
+    for z, c in enumerate(channels):
+        side = math.ceil(math.sqrt(max(c, 1)))
+        idx = np.arange(c)
+        pts.append(np.stack([(idx % side - (side - 1) / 2) * spacing,
+                             (idx // side - (side - 1) / 2) * spacing,
+                             np.full(c, z * 3.0 * spacing)], axis=1))
+    return np.concatenate(pts) if pts else np.zeros((0, 3))
+
+
+def network_figure(layers: list[str], values: list[np.ndarray], title: str, colour_title: str) -> go.Figure:
+    """The network as stacked slabs of channel glyphs, coloured by a per-channel value."""
+    if not layers:
+        return message_figure("no layer with per-channel values recorded")
+    channels = [len(v) for v in values]
+    pos = network_positions(channels)
+    colour = np.concatenate([np.asarray(v, dtype=np.float64) for v in values])
+    text = [f"{layer} ch {i}" for layer, c in zip(layers, channels) for i in range(c)]
+    fig = go.Figure(go.Scatter3d(
+        x=pos[:, 0], y=pos[:, 1], z=pos[:, 2], mode="markers", text=text,
+        marker=dict(size=5, color=_finite_or_none(colour), colorscale="Viridis", colorbar=dict(title=colour_title),
+                    symbol="square", line=dict(width=0)),
+        hovertemplate="%{text}<br>%{marker.color:.3g}<extra></extra>"))
+    ticks = [i * 3.0 for i in range(len(layers))]
+    fig.update_layout(title=title, margin=_MARGIN, uirevision="network",
+                      scene=dict(zaxis=dict(tickvals=ticks, ticktext=layers, title="layer"),
+                                 xaxis=dict(visible=False), yaxis=dict(visible=False)))
+    return fig
+
+
+def trajectory_figure(steps: np.ndarray, coords: np.ndarray, title: str) -> go.Figure:
+    """A 3D path of projected weights, coloured by step."""
+    coords = np.asarray(coords, dtype=np.float64)
+    keep = np.isfinite(coords).all(axis=1)
+    steps, coords = np.asarray(steps)[keep], coords[keep]
+    if len(steps) == 0:
+        return message_figure("no weight trajectory recorded yet")
+    if coords.shape[1] < 3:
+        coords = np.pad(coords, ((0, 0), (0, 3 - coords.shape[1])))
+    rows = stride(len(steps), MAX_POINTS)
+    steps, coords = steps[rows], coords[rows]
+    fig = go.Figure(go.Scatter3d(x=coords[:, 0], y=coords[:, 1], z=coords[:, 2], mode="lines+markers",
+                                 marker=dict(size=3, color=steps, colorscale="Plasma", colorbar=dict(title="step")),
+                                 line=dict(color=steps, colorscale="Plasma", width=4), text=[f"step {s}" for s in steps],
+                                 hovertemplate="%{text}<extra></extra>"))
+    fig.update_layout(title=title, margin=_MARGIN, uirevision="trajectory",
+                      scene=dict(xaxis_title="direction 1", yaxis_title="direction 2", zaxis_title="direction 3"))
+    return fig
+
+
+def similarity_figure(coords: np.ndarray, groups: list[list[int]], title: str) -> go.Figure:
+    """Filters as points (e.g. PCA of their probe activations), one colour per similarity group, grey if alone."""
+    coords = np.asarray(coords, dtype=np.float64)
+    fig = go.Figure()
+    grouped = set(i for g in groups for i in g)
+    alone = [i for i in range(len(coords)) if i not in grouped]
+    if alone:
+        fig.add_trace(go.Scatter3d(x=coords[alone, 0], y=coords[alone, 1], z=coords[alone, 2], mode="markers",
+                                   name="no group", marker=dict(size=4, color="#bbbbbb"),
+                                   text=[f"filter {i}" for i in alone], hovertemplate="%{text}<extra></extra>"))
+    for k, g in enumerate(groups):
+        fig.add_trace(go.Scatter3d(x=coords[g, 0], y=coords[g, 1], z=coords[g, 2], mode="markers",
+                                   name=f"group {k + 1} ({len(g)})", marker=dict(size=6),
+                                   text=[f"filter {i}" for i in g], hovertemplate="%{text}<extra></extra>"))
+    fig.update_layout(title=title, margin=_MARGIN, uirevision="similarity",
+                      scene=dict(xaxis_title="PC 1", yaxis_title="PC 2", zaxis_title="PC 3"))
+    return fig
+
+
+def bar_figure(labels: list[str], values: list[float], title: str, y_title: str = "",
+               highlight: str | None = None) -> go.Figure:
+    """Bars, one highlighted (e.g. the slowest rank) in red."""
+    colours = ["#d62728" if label == highlight else "#1f77b4" for label in labels]
+    fig = go.Figure(go.Bar(x=labels, y=_finite_or_none(values), marker_color=colours))
+    return _layout(fig, title, x_title="", y_title=y_title)

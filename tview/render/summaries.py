@@ -1,0 +1,170 @@
+"""What the overview, health panel and rank views need from a Run: small dicts and arrays, read downsampled."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from tview.render import analysis
+from tview.store import schema
+from tview.store.reader import Run
+
+LIVE_SECONDS = 120.0  # a rank that wrote within this many seconds and has not closed is live
+TAIL_ROWS = 400       # rows read from the end of a per-channel table to find dead channels
+
+
+def rank_rows(run: Run) -> list[dict]:
+    """One dict per rank: steps, last step, state (closed, live, stopped, unreadable), wall time, problem."""
+    rows = []
+    now = time.time()
+    for rank, s in run.rank_status().items():
+        row = {"rank": rank, "steps": s["steps"], "last_step": s["last_step"], "dropped": s["dropped"],
+               "problem": s["problem"], "wall_seconds": None, "state": "unreadable" if s["problem"] else "closed"}
+        if s["problem"] is None and s["steps"]:
+            shard = run.shard(rank)
+            n = shard.length(schema.TABLE_SCALARS)
+            _, first = shard.read(schema.TABLE_SCALARS, "wall_time", slice(0, 1))
+            _, last = shard.read(schema.TABLE_SCALARS, "wall_time", slice(n - 1, n))
+            row["wall_seconds"] = float(last[0] - first[0])
+            if not s["closed"]:
+                row["state"] = "live" if now - float(last[0]) < LIVE_SECONDS else "stopped"
+        elif s["problem"] is None:
+            row["state"] = "no steps yet" if not s["closed"] else "closed"
+        rows.append(row)
+    return rows
+
+
+def is_live(rows: list[dict]) -> bool:
+    return any(r["state"] == "live" for r in rows)
+
+
+def run_summary(run: Run) -> dict:
+    """Ranks, steps, layers, wall time and what was recorded, for the overview."""
+    rows = rank_rows(run)
+    m = run.manifest
+    walls = [r["wall_seconds"] for r in rows if r["wall_seconds"] is not None]
+    return {
+        "path": run.path, "model": m.get("model"), "world_size": run.world_size, "ranks": rows,
+        "readable_ranks": run.ranks, "layers": len(run.layers),
+        "steps": max((r["steps"] for r in rows), default=0),
+        "last_step": max((r["last_step"] for r in rows if r["last_step"] is not None), default=None),
+        "wall_seconds": max(walls) if walls else None, "live": is_live(rows),
+        "preset": m.get("preset"), "schedule": m.get("schedule"), "snapshots": m.get("snapshot_schedule"),
+        "filter_layers": m.get("filter_layers", []), "probe_layers": m.get("probe_layers", []),
+        "problems": dict(run.problems),
+    }
+
+
+def _series(run: Run, name: str, rank: int, max_points: int):
+    try:
+        return run.scalar(name, rank, max_points=max_points)
+    except KeyError:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+
+
+def health_findings(run: Run, max_points: int = 2000) -> list[analysis.Finding]:
+    """NaN/Inf (exact first step), exploding/vanishing gradients, dead filters, diverging/slow/lagging ranks."""
+    found: list[analysis.Finding] = []
+    first, loss, step_time = {}, {}, {}
+    for rank in run.ranks:
+        first[rank] = run.first_nonfinite(rank)
+        loss[rank] = _series(run, "loss", rank, max_points)[1]
+        step_time[rank] = _series(run, "step_time", rank, max_points)[1]
+        steps, grad_norm = run.stat_matrix("grad_norm", rank, max_points=max_points)
+        found += analysis.gradient_findings(steps, grad_norm, run.layers, rank)
+    found = analysis.nonfinite_findings(first) + found
+    if run.ranks:  # dead filters, on the first readable rank (weights are the same on every rank)
+        rank = run.ranks[0]
+        shard = run.shard(rank)
+        for layer in run.layer_info:
+            key = f"act_channel_zero_frac/{layer['name']}"
+            if not layer.get("channels") or key not in shard.file[schema.TABLE_STATS]:
+                continue
+            n = shard.length(schema.TABLE_STATS)
+            _, tail = shard.read(schema.TABLE_STATS, key, slice(max(0, n - TAIL_ROWS), n))
+            dead = analysis.dead_channels(tail)
+            if len(dead):
+                found.append(analysis.Finding(
+                    "dead_filters", "warning",
+                    f"{layer['name']}: {len(dead)} of {tail.shape[1]} channels dead (zero fraction >= "
+                    f"{analysis.DEAD_ZERO_FRAC}): {', '.join(map(str, dead[:12]))}{' ...' if len(dead) > 12 else ''}",
+                    rank, layer["name"]))
+    last = {r["rank"]: r["last_step"] for r in rank_rows(run)}
+    found += analysis.rank_findings(loss, step_time, last)
+    for rank, why in sorted(run.problems.items()):
+        found.append(analysis.Finding("unreadable_rank", "error", f"rank {rank}: {why}", rank))
+    return found
+
+
+def total_norm_sq(matrix: np.ndarray) -> np.ndarray:
+    """Per step, the squared norm over all layers from per-layer norms [steps, layers] (NaN layers skipped);
+    NaN where no layer has a value."""
+    m = np.asarray(matrix, dtype=np.float64)
+    finite = np.isfinite(m)
+    return np.where(finite.any(axis=1), np.where(finite, m * m, 0).sum(axis=1), np.nan)
+
+
+def aligned(series: dict[int, tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """Restrict several ranks' (steps, values) to the steps they all have."""
+    common = None
+    for steps, _ in series.values():
+        common = steps if common is None else np.intersect1d(common, steps)
+    if common is None:
+        return np.zeros(0, dtype=np.int64), {}
+    return common, {r: v[np.isin(s, common)] for r, (s, v) in series.items()}
+
+
+def noise_scale(run: Run, max_points: int = 2000, smoothing: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, B_simple) gradient noise scale from every rank's local gradient norm against the
+    all-reduced one (needs 2+ readable ranks and local_grad_norm, recorded under DDP)."""
+    if len(run.ranks) < 2:
+        raise ValueError("the gradient noise scale needs 2 or more ranks")
+    local = {}
+    for rank in run.ranks:
+        steps, m = run.stat_matrix("local_grad_norm", rank, max_points=max_points)
+        local[rank] = (steps, total_norm_sq(m))
+    steps, local = aligned(local)
+    gsteps, g = run.stat_matrix("grad_norm", run.ranks[0], max_points=max_points)
+    g2 = total_norm_sq(g)[np.isin(gsteps, steps)]
+    keep = np.isin(steps, gsteps)
+    steps = steps[keep]
+    local_sq = np.stack([v[keep] for v in local.values()])
+    if not np.isfinite(local_sq).any():
+        raise ValueError("no local gradient norms recorded (they are recorded under DDP, with world size > 1)")
+    ex_steps, examples = run.scalar("examples", run.ranks[0], max_points=max_points)
+    b = float(np.nanmedian(examples)) if len(examples) else float("nan")
+    if not np.isfinite(b) or b <= 0:
+        raise ValueError("no batch size recorded (scalar 'examples')")
+    return steps, analysis.gradient_noise_scale(local_sq, g2, b, len(run.ranks), smoothing)
+
+
+def channel_values_at(run: Run, stat: str, step: int | None, rank: int, lookback: int = 256):
+    """Per layer with per-channel values, the latest finite row at or before `step` (None: the last):
+    (layers, [values per layer], steps they come from)."""
+    shard = run.shard(rank)
+    steps = shard.steps(schema.TABLE_STATS)
+    if len(steps) == 0:
+        return [], [], []
+    end = len(steps) if step is None else int(np.searchsorted(steps, step, side="right"))
+    start = max(0, end - lookback)
+    layers, values, at = [], [], []
+    for layer in run.layer_info:
+        key = f"{stat}/{layer['name']}"
+        if not layer.get("channels") or key not in shard.file[schema.TABLE_STATS] or end == 0:
+            continue
+        rows_steps, rows = shard.read(schema.TABLE_STATS, key, slice(start, end))
+        finite = np.flatnonzero(np.isfinite(rows).any(axis=1))
+        if len(finite):
+            layers.append(layer["name"])
+            values.append(rows[finite[-1]])
+            at.append(int(rows_steps[finite[-1]]))
+    return layers, values, at
+
+
+def summed_trajectory(run: Run, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """The whole network's path: every layer's projections summed, which is the projection of all
+    parameters on one random direction per axis (each layer's directions are independent)."""
+    shard = run.shard(rank)
+    steps, t = shard.read(schema.TABLE_STATS, "trajectory", slice(None))
+    return steps, np.nansum(t, axis=1) if t.size else np.zeros((0, shard.file.attrs["trajectory_dims"]))
