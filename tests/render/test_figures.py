@@ -1,0 +1,68 @@
+"""Figures from arrays: point caps (downsampling), NaN as gaps, tiling, histogram trimming, real runs."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tview.render import figures, summaries
+from tview.store import schema
+
+
+def points(fig):
+    return [len(t.x) if t.x is not None else len(t.z) for t in fig.data]
+
+
+def test_a_million_point_series_is_sent_as_at_most_max_points():
+    n = 1_000_000
+    fig = figures.line_figure([figures.Series("rank 0", np.arange(n), np.sin(np.arange(n) / 1e4))], "loss",
+                              smoothing=0.5)
+    assert max(points(fig)) <= figures.MAX_POINTS and len(fig.data) == 2  # raw (faint) and smoothed
+    assert fig.data[1].x[0] == 0  # the first step is kept
+    heat = figures.heatmap_figure(np.arange(n), ["a", "b"], np.ones((n, 2)), "grad_norm")
+    assert len(heat.data[0].x) <= figures.MAX_HEATMAP_ROWS
+
+
+def test_nan_and_inf_become_gaps_and_the_figure_serialises():
+    fig = figures.line_figure([figures.Series("r", np.arange(4), np.array([1.0, np.nan, np.inf, 2.0]))], "x")
+    assert list(fig.data[0].y) == [1.0, None, None, 2.0]
+    json.loads(fig.to_json())  # plotly's JSON has no NaN tokens in it
+
+
+def test_tile_places_each_image_with_nan_gaps():
+    imgs = np.arange(5 * 2 * 3, dtype=float).reshape(5, 2, 3)
+    out = figures.tile(imgs, 2)
+    assert out.shape == (3 * 3 - 1, 2 * 4 - 1)
+    assert np.array_equal(out[3:5, 4:7], imgs[3])  # image 3: row 1, column 1
+    assert np.isnan(out[2]).all() and np.isnan(out[:, 3]).all()
+
+
+def test_histogram_figure_trims_bins_empty_at_every_step():
+    counts = np.zeros((3, schema.HIST_BINS))
+    counts[:, schema.HIST_HALF] = 5           # the exact-zero bin
+    counts[1, schema.HIST_HALF + 10] = 2
+    fig = figures.histogram_figure(np.arange(3), schema.hist_edges(), counts, "h")
+    assert len(fig.data[0].x) == 11 and fig.data[0].x[0] == "0"
+    assert figures.histogram_figure(np.arange(3), schema.hist_edges(), np.zeros((3, 97)), "h").layout.annotations
+
+
+def test_network_positions_stack_layers_as_slabs():
+    pos = figures.network_positions([4, 9])
+    assert pos.shape == (13, 3)
+    assert set(pos[:4, 2]) == {0.0} and set(pos[4:, 2]) == {3.0}
+    assert np.allclose(pos[:4, :2].mean(axis=0), 0) and np.allclose(pos[4:, :2].mean(axis=0), 0)
+
+
+def test_summaries_of_a_real_run(small_run):
+    import tview
+    run = tview.open_run(small_run[0])
+    s = summaries.run_summary(run)
+    assert s["steps"] == len(run.steps()) and s["ranks"][0]["state"] == "closed" and not s["live"]
+    layers, values, at = summaries.channel_values_at(run, "act_channel_mean", None, 0)
+    for layer, v, step in zip(layers, values, at):
+        steps, ref = run.stat("act_channel_mean", layer)
+        assert np.array_equal(v, ref[list(steps).index(step)])
+    steps, t = summaries.summed_trajectory(run, 0)
+    assert np.allclose(t[0], np.nansum([run.trajectory(l)[1][0] for l in run.layers], axis=0))
+    with pytest.raises(ValueError, match="2 or more ranks"):
+        summaries.noise_scale(run)
