@@ -118,8 +118,9 @@ def main(argv=None) -> int:
                                mode="overwrite" if a.overwrite else "new")
             print(f"done in {seconds:.1f} s\n")
             print(info_text(a.out))
-            print(f"\nnext:\n  tview info {a.out}\n  python -c \"import tview; run = tview.open_run('{a.out}'); "
-                  f"print(run.scalar('loss', rank=1))\"")
+            print(f"\nnext:\n  tview dashboard {os.path.dirname(os.path.abspath(a.out))}   "
+                  f"# then open http://127.0.0.1:8050/\n  tview info {a.out}\n"
+                  f"  python -c \"import tview; run = tview.open_run('{a.out}'); print(run.scalar('loss', rank=1))\"")
         elif a.command == "info":
             print(info_text(a.run))
         elif a.command == "dashboard":
