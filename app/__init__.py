@@ -50,7 +50,7 @@ def shell(catalog: RunCatalog) -> html.Div:
         ], className="tv-header"),
         html.Div([
             html.Label("runs", className="tv-label"),
-            dcc.Dropdown(id="runs", options=[{"label": i, "value": i} for i in ids], value=ids[:1], multi=True,
+            dcc.Dropdown(id="runs", options=[{"label": i, "value": i} for i in ids], value=[], multi=True,
                          persistence=True, persistence_type="session", placeholder="pick one or more runs"),
             html.Span(f"{len(ids)} run(s) under {catalog.root}", id="runs-found", className="tv-note"),
         ], className="tv-runbar"),
@@ -73,9 +73,13 @@ def runs_from_query(search: str | None, known: list[str]) -> list[str] | None:
 
 @callback(Output("runs", "value"), Input("url", "search"), State("runs", "value"))
 def pick_from_address(search, current):
+    """Runs from the address, else the runs picked before (kept by the browser), else the first run."""
     from .common import catalog
-    picked = runs_from_query(search, catalog().scan())
-    return no_update if picked is None else picked
+    ids = catalog().scan()
+    picked = runs_from_query(search, ids)
+    if picked is not None:
+        return picked
+    return no_update if current else ids[:1]
 
 
 def run_signature(run) -> list:

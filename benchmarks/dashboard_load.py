@@ -24,7 +24,8 @@ import urllib.request
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from tview.render import figures, summaries  # noqa: E402
+from app.pages.overview import POINTS  # noqa: E402
+from tview.render import summaries  # noqa: E402
 from tview.store.reader import open_run  # noqa: E402
 from tview.store.synthetic import write_synthetic_run  # noqa: E402
 
@@ -33,7 +34,9 @@ FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-u
 DRAWN_JS = """() => {
   const card = document.querySelector('.run-card');
   const el = document.querySelector('#overview-loss .js-plotly-plot');
-  return !!(card && el && el.data && el.data.length > 0 && el.querySelector('.scatterlayer, .gl-container'));
+  // the card with its step count, and every rank's loss line drawn
+  return !!(card && /[1-9][0-9]* recorded steps/.test(card.innerText) && el && el.data &&
+            el.data.length === RANKS && el.querySelector('.gl-container, .scatterlayer'));
 }"""
 
 
@@ -41,10 +44,9 @@ def server_side(path: str) -> float:
     """Seconds to open the run and compute everything the overview shows."""
     t = time.perf_counter()
     run = open_run(path, skip_bad_shards=True)
+    loss = summaries.scalar_per_rank(run, "loss", POINTS)  # as the overview page does
     summaries.run_summary(run)
-    summaries.health_findings(run)
-    for rank in run.ranks:
-        run.scalar("loss", rank, max_points=figures.MAX_POINTS)
+    summaries.health_findings(run, POINTS, loss=loss)
     run.close()
     return time.perf_counter() - t
 
@@ -94,16 +96,17 @@ def main(argv=None):
                 browser = p.chromium.launch(executable_path=a.chromium, headless=True, args=FLAGS)
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
                 page.goto(f"{base}/?runs=steps-{sizes[0]}")  # warm up: scripts cached, as for any user
-                page.wait_for_function(DRAWN_JS, timeout=120_000)
+                page.wait_for_function(DRAWN_JS.replace("RANKS", str(a.ranks)), timeout=120_000)
                 for n in sizes:
                     run_id = f"steps-{n}"
                     server_times = [server_side(os.path.join(root, run_id)) for _ in range(a.repeat)]
                     times = []
+                    drawn = DRAWN_JS.replace("RANKS", str(a.ranks))
                     for _ in range(a.repeat):
                         page.goto("about:blank")
                         t = time.perf_counter()
                         page.goto(f"{base}/?runs={run_id}")
-                        page.wait_for_function(DRAWN_JS, timeout=120_000, polling=20)
+                        page.wait_for_function(drawn, timeout=120_000, polling=20)
                         times.append(time.perf_counter() - t)
                     rows.append((n, statistics.median(server_times), statistics.median(times)))
                     print(f"{n:>9} steps: server {rows[-1][1]:.3f} s, page drawn {rows[-1][2]:.3f} s", flush=True)

@@ -28,14 +28,19 @@ def make(model_name: str, batch: int):
     return LeNet5(), torch.randn(batch, 1, 16, 16), torch.randint(0, 10, (batch,))
 
 
-class Trainer:
-    """One configuration: its own copy of the model, optimizer and (maybe) Recorder."""
+def recorder(**kwargs):
+    """A configuration: a tview Recorder with these arguments, in its own folder under tmp."""
+    return lambda model, opt, tmp: tview.Recorder(model, tempfile.mkdtemp(dir=tmp), optimizer=opt, **kwargs)
 
-    def __init__(self, base, recorder_kwargs: dict | None, tmp: str):
+
+class Trainer:
+    """One configuration: its own copy of the model and optimizer, and (maybe) a logging tool with
+    step(loss=...) and close(), made by `attach(model, optimizer, tmp)`."""
+
+    def __init__(self, base, attach, tmp: str):
         self.model = copy.deepcopy(base)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
-        self.rec = (tview.Recorder(self.model, tempfile.mkdtemp(dir=tmp), optimizer=self.opt, **recorder_kwargs)
-                    if recorder_kwargs is not None else None)
+        self.rec = attach(self.model, self.opt, tmp) if attach is not None else None
 
     def steps(self, x, y, n: int) -> float:
         """Wall time of n training steps."""
@@ -53,15 +58,15 @@ class Trainer:
         if self.rec is None:
             return 0
         self.rec.close()
-        return self.rec.dropped
+        return getattr(self.rec, "dropped", 0)
 
 
 CONFIGS = {
     "plain": None,
-    "default, every step": {"every": 1},
-    "default, every 10th step": {"every": 10},
-    "economy, every step": {"every": 1, "preset": "economy"},
-    "full, every step": {"every": 1, "preset": "full"},
+    "default, every step": recorder(every=1),
+    "default, every 10th step": recorder(every=10),
+    "economy, every step": recorder(every=1, preset="economy"),
+    "full, every step": recorder(every=1, preset="full"),
 }
 
 
@@ -75,7 +80,7 @@ def measure(model_name: str, rounds: int, block: int, batch: int, configs=CONFIG
     times = {name: [] for name in configs}
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory() as tmp:
-        trainers = {name: Trainer(base, kwargs, tmp) for name, kwargs in configs.items()}
+        trainers = {name: Trainer(base, attach, tmp) for name, attach in configs.items()}
         for t in trainers.values():
             t.steps(x, y, 3)  # warm-up
         for _ in range(rounds):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dash import Input, Output, callback, html
+from dash import Input, Output, State, callback, html
 
 from tview.render import figures, summaries
 
 from ..common import catalog, graph
+
+POINTS = 1000  # per rank in the overview's figure and health checks: a trend, read in milliseconds
 
 layout = html.Div([html.Div(id="overview-body"), graph("overview-loss", 360)])
 
@@ -15,9 +17,9 @@ def _seconds(s):
     return "-" if s is None else (f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min")
 
 
-def run_card(run_id: str, run) -> html.Div:
+def run_card(run_id: str, run, loss: dict) -> html.Div:
     s = summaries.run_summary(run)
-    findings = summaries.health_findings(run)
+    findings = summaries.health_findings(run, POINTS, loss=loss)
     head = [html.H3([run_id, html.Span(" LIVE", className="tv-live") if s["live"] else None])]
     facts = html.P(
         f"{s['model']} · {len(s['readable_ranks'])} of {s['world_size']} rank(s) readable · "
@@ -43,8 +45,8 @@ def run_card(run_id: str, run) -> html.Div:
 
 
 @callback(Output("overview-body", "children"), Output("overview-loss", "figure"),
-          Input("runs", "value"), Input("refresh", "data"))
-def show(runs, _):
+          Input("refresh", "data"), State("runs", "value"))
+def show(_, runs):
     cat = catalog()
     cards, series = [], []
     if not runs:
@@ -52,14 +54,12 @@ def show(runs, _):
     for run_id in runs:
         try:
             run = cat.get(run_id)
-            cards.append(run_card(run_id, run))
-            for rank in run.ranks:
-                try:
-                    steps, loss = run.scalar("loss", rank, max_points=figures.MAX_POINTS)
+            loss = summaries.scalar_per_rank(run, "loss", POINTS)  # read once: for the figure and the health checks
+            cards.append(run_card(run_id, run, loss))
+            for rank, (steps, values) in loss.items():
+                if len(steps):
                     series.append(figures.Series(f"{run_id} rank {rank}" if len(runs) > 1 else f"rank {rank}",
-                                                 steps, loss))
-                except KeyError:
-                    pass
+                                                 steps, values))
         except Exception as exc:  # a run that cannot be read says so; the others are still shown
             cards.append(html.Div([html.H3(run_id), html.P(str(exc), className="tv-error")], className="tv-card run-card"))
     fig = figures.line_figure(series, "loss per rank", "loss") if series else figures.message_figure("no loss recorded yet")

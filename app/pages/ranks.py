@@ -74,7 +74,7 @@ def stat_across_ranks(stat, layer, _, runs):
 
 
 @callback(Output("ranks-step-time", "figure"), Output("ranks-throughput", "figure"),
-          Input("refresh", "data"), Input("runs", "value"))
+          Input("refresh", "data"), State("runs", "value"))
 @figures_or_message(2)
 def timing(_, runs):
     run = catalog().get(first_run(runs))
@@ -92,7 +92,7 @@ def timing(_, runs):
             figures.line_figure(lines, "examples per second per rank", "examples/s", mark={slowest: "#d62728"}))
 
 
-@callback(Output("ranks-noise-scale", "figure"), Input("refresh", "data"), Input("runs", "value"))
+@callback(Output("ranks-noise-scale", "figure"), Input("refresh", "data"), State("runs", "value"))
 @figures_or_message(1)
 def noise(_, runs):
     run = catalog().get(first_run(runs))

@@ -21,8 +21,8 @@ layout = html.Div([
 
 
 @callback(Output("scalar-name", "options"), Output("scalar-name", "value"),
-          Input("runs", "value"), Input("refresh", "data"), State("scalar-name", "value"))
-def names(runs, _, current):
+          Input("refresh", "data"), State("runs", "value"), State("scalar-name", "value"))
+def names(_, runs, current):
     found = []
     for run_id in runs or []:
         try:

@@ -128,9 +128,9 @@ def test_no_url_reaches_outside_the_folder_it_was_started_on(server, page):
     import urllib.request
     body = {"output": "..overview-body.children...overview-loss.figure..",
             "outputs": [{"id": "overview-body", "property": "children"}, {"id": "overview-loss", "property": "figure"}],
-            "inputs": [{"id": "runs", "property": "value", "value": ["../../etc", "/etc/passwd"]},
-                       {"id": "refresh", "property": "data", "value": None}],
-            "changedPropIds": ["runs.value"], "state": []}
+            "inputs": [{"id": "refresh", "property": "data", "value": None}],
+            "state": [{"id": "runs", "property": "value", "value": ["../../etc", "/etc/passwd"]}],
+            "changedPropIds": ["refresh.data"]}
     req = urllib.request.Request(f"{server}/_dash-update-component", data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"})
     text = json.dumps(json.loads(urllib.request.urlopen(req, timeout=30).read()))

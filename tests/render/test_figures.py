@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from tview.render import figures, summaries
+from tview.render import figures, layout, summaries
 from tview.store import schema
 
 
@@ -31,7 +31,7 @@ def test_nan_and_inf_become_gaps_and_the_figure_serialises():
 
 def test_tile_places_each_image_with_nan_gaps():
     imgs = np.arange(5 * 2 * 3, dtype=float).reshape(5, 2, 3)
-    out = figures.tile(imgs, 2)
+    out = layout.tile(imgs, 2)
     assert out.shape == (3 * 3 - 1, 2 * 4 - 1)
     assert np.array_equal(out[3:5, 4:7], imgs[3])  # image 3: row 1, column 1
     assert np.isnan(out[2]).all() and np.isnan(out[:, 3]).all()
@@ -47,7 +47,7 @@ def test_histogram_figure_trims_bins_empty_at_every_step():
 
 
 def test_network_positions_stack_layers_as_slabs():
-    pos = figures.network_positions([4, 9])
+    pos = layout.network_positions([4, 9])
     assert pos.shape == (13, 3)
     assert set(pos[:4, 2]) == {0.0} and set(pos[4:, 2]) == {3.0}
     assert np.allclose(pos[:4, :2].mean(axis=0), 0) and np.allclose(pos[4:, :2].mean(axis=0), 0)

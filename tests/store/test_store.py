@@ -265,3 +265,18 @@ def test_store_and_reader_work_without_torch(small_run):
     out = subprocess.run([PY, "-c", code], capture_output=True, text=True, env=python_env(), timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["6", "(6,)"]
+
+
+def test_synthetic_runs_read_back_like_recorded_ones(tmp_path):
+    from tview.store.synthetic import write_synthetic_run
+    run = tview.open_run(write_synthetic_run(str(tmp_path / "syn"), 250, ranks=3, layers=4, detail_every=100,
+                                             channel_tail=50))
+    assert run.ranks == [0, 1, 2] and len(run.layers) == 4
+    for rank in run.ranks:
+        assert list(run.steps(rank)) == list(range(250))
+        assert len(run.scalar("loss", rank)[1]) == 250 and np.isfinite(run.scalar("loss", rank)[1]).all()
+        assert run.stat_matrix("grad_norm", rank)[1].shape == (250, 4)
+        assert list(run.histogram("grad", 0, rank)[0]) == [0, 100, 200]
+        assert run.rank_status()[rank]["closed"] and run.rank_status()[rank]["last_step"] == 249
+    steps, zf = run.stat("act_channel_zero_frac", run.layers[1])
+    assert np.isnan(zf[:200]).all() and np.isfinite(zf[200:]).all()

@@ -9,6 +9,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from tview.render.analysis import ema
+from tview.render.layout import network_positions, tile
 
 MAX_POINTS = 2000        # per line trace
 MAX_HEATMAP_ROWS = 1000  # steps shown in a step x something heatmap
@@ -63,11 +64,11 @@ def line_figure(series: list[Series], title: str, y_title: str = "", log_y: bool
         x, y = np.asarray(s.steps)[rows], np.asarray(s.values, dtype=np.float64)[rows]
         colour = (mark or {}).get(s.name, palette[i % len(palette)])
         if smoothing > 0:
-            fig.add_trace(go.Scattergl(x=x, y=_finite_or_none(y), mode="lines", name=f"{s.name} (raw)",
+            fig.add_trace(go.Scatter(x=x, y=_finite_or_none(y), mode="lines", name=f"{s.name} (raw)",
                                        line=dict(color=colour, width=1), opacity=0.25, showlegend=False,
                                        hoverinfo="skip"))
             y = ema(y, smoothing)
-        fig.add_trace(go.Scattergl(x=x, y=_finite_or_none(y), mode="lines", name=s.name,
+        fig.add_trace(go.Scatter(x=x, y=_finite_or_none(y), mode="lines", name=s.name,
                                    line=dict(color=colour, width=3 if s.name in (mark or {}) else 1.5)))
     _layout(fig, title, y_title=y_title, legend=dict(orientation="h", y=-0.2))
     if log_y:
@@ -118,19 +119,6 @@ def histogram_figure(steps: np.ndarray, edges: np.ndarray, counts: np.ndarray, t
     return fig
 
 
-def tile(images: np.ndarray, columns: int) -> np.ndarray:
-    """Lay [n, h, w] images out on a grid `columns` wide with one NaN gap between them."""
-    images = np.asarray(images, dtype=np.float64)
-    n, h, w = images.shape
-    columns = max(1, min(columns, n))
-    rows = -(-n // columns)
-    out = np.full((rows * (h + 1) - 1, columns * (w + 1) - 1), np.nan)
-    for i in range(n):
-        r, c = divmod(i, columns)
-        out[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = images[i]
-    return out
-
-
 def image_figure(image: np.ndarray, title: str, symmetric: bool = True, x_title: str = "",
                  y_title: str = "") -> go.Figure:
     """A 2D array as a heatmap, rows down; a diverging scale centred on zero when symmetric."""
@@ -156,18 +144,6 @@ def feature_map_figure(maps: np.ndarray, title: str, max_channels: int = 64) -> 
     """One probe example's feature maps [C, H, W], tiled on a square-ish grid."""
     m = np.asarray(maps)[:max_channels]
     return image_figure(tile(m, math.ceil(math.sqrt(len(m)))), title, symmetric=False)
-
-
-def network_positions(channels: list[int], spacing: float = 1.0) -> np.ndarray:
-    """3D positions of every channel: each layer a square slab of points, layers stacked along z."""
-    pts = []
-    for z, c in enumerate(channels):
-        side = math.ceil(math.sqrt(max(c, 1)))
-        idx = np.arange(c)
-        pts.append(np.stack([(idx % side - (side - 1) / 2) * spacing,
-                             (idx // side - (side - 1) / 2) * spacing,
-                             np.full(c, z * 3.0 * spacing)], axis=1))
-    return np.concatenate(pts) if pts else np.zeros((0, 3))
 
 
 def network_figure(layers: list[str], values: list[np.ndarray], title: str, colour_title: str) -> go.Figure:

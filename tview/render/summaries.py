@@ -63,13 +63,19 @@ def _series(run: Run, name: str, rank: int, max_points: int):
         return np.zeros(0, dtype=np.int64), np.zeros(0)
 
 
-def health_findings(run: Run, max_points: int = 2000) -> list[analysis.Finding]:
-    """NaN/Inf (exact first step), exploding/vanishing gradients, dead filters, diverging/slow/lagging ranks."""
+def scalar_per_rank(run: Run, name: str, max_points: int = 2000) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """{rank: (steps, values)} of one scalar, downsampled; empty arrays where a rank lacks it."""
+    return {rank: _series(run, name, rank, max_points) for rank in run.ranks}
+
+
+def health_findings(run: Run, max_points: int = 2000, loss: dict | None = None) -> list[analysis.Finding]:
+    """NaN/Inf (exact first step), exploding/vanishing gradients, dead filters, diverging/slow/lagging ranks.
+    loss: scalar_per_rank(run, "loss") when the caller has read it already."""
     found: list[analysis.Finding] = []
-    first, loss, step_time = {}, {}, {}
+    loss = loss if loss is not None else scalar_per_rank(run, "loss", max_points)
+    first, step_time = {}, {}
     for rank in run.ranks:
         first[rank] = run.first_nonfinite(rank)
-        loss[rank] = _series(run, "loss", rank, max_points)[1]
         step_time[rank] = _series(run, "step_time", rank, max_points)[1]
         steps, grad_norm = run.stat_matrix("grad_norm", rank, max_points=max_points)
         found += analysis.gradient_findings(steps, grad_norm, run.layers, rank)
@@ -91,7 +97,7 @@ def health_findings(run: Run, max_points: int = 2000) -> list[analysis.Finding]:
                     f"{analysis.DEAD_ZERO_FRAC}): {', '.join(map(str, dead[:12]))}{' ...' if len(dead) > 12 else ''}",
                     rank, layer["name"]))
     last = {r["rank"]: r["last_step"] for r in rank_rows(run)}
-    found += analysis.rank_findings(loss, step_time, last)
+    found += analysis.rank_findings({r: v for r, (_, v) in loss.items()}, step_time, last)
     for rank, why in sorted(run.problems.items()):
         found.append(analysis.Finding("unreadable_rank", "error", f"rank {rank}: {why}", rank))
     return found

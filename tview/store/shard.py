@@ -68,12 +68,16 @@ class _Table:
         n0, k = len(self), len(steps)
         for name, dset in self.columns.items():
             dset.resize(n0 + k, axis=0)
-            present = [i for i, row in enumerate(rows) if row.get(name) is not None]
+            values = [row.get(name) for row in rows]
+            present = [i for i, v in enumerate(values) if v is not None]
             if not present:
                 continue
-            block = np.full((k,) + dset.shape[1:], dset.fillvalue, dtype=dset.dtype)
-            for i in present:
-                block[i] = rows[i][name]
+            if len(present) == k:
+                block = np.asarray(np.stack(values), dtype=dset.dtype)
+            else:
+                block = np.full((k,) + dset.shape[1:], dset.fillvalue, dtype=dset.dtype)
+                for i in present:
+                    block[i] = values[i]
             dset[n0:n0 + k] = block  # one write per column and batch
         self.step.resize(n0 + k, axis=0)
         self.step[n0:] = np.asarray(steps, dtype=np.int64)
@@ -95,8 +99,11 @@ class ShardWriter:
             name: _Table(self.file[name])
             for name in (schema.TABLE_SCALARS, schema.TABLE_STATS, schema.TABLE_HIST, schema.TABLE_SNAPSHOTS)
         }
-        names = self.file[schema.TABLE_SCALARS]["names"]
-        self.scalar_columns = {bytes(n).decode(): i for i, n in enumerate(names[:])}
+        self._names = self.file[schema.TABLE_SCALARS]["names"]
+        self.scalar_columns = {bytes(n).decode(): i for i, n in enumerate(self._names[:])}
+        status = self.file["status"]
+        self._first_layer = status["first_nonfinite_layer"][:] if "first_nonfinite_layer" in status else None
+        self._first_scalar = status["first_nonfinite_scalar"][:] if "first_nonfinite_scalar" in status else None
         self.dropped_scalar_names: set[str] = set()
 
     # -- creation -------------------------------------------------------------------------
@@ -179,7 +186,7 @@ class ShardWriter:
     # -- writing --------------------------------------------------------------------------
     def _scalar_row(self, scalars: dict[str, float]) -> np.ndarray:
         row = np.full(schema.MAX_SCALARS, np.nan)
-        names = self.file[schema.TABLE_SCALARS]["names"]
+        names = self._names
         for name, value in scalars.items():
             col = self.scalar_columns.get(name)
             if col is None:
@@ -227,26 +234,28 @@ class ShardWriter:
             self.tables[schema.TABLE_SNAPSHOTS].append([r.step for r in with_snap], rows)
 
     def _note_nonfinite(self, records: list[StepRecord]):
-        status = self.file["status"]
-        if "first_nonfinite_layer" not in status:  # a shard from before these were kept
+        """Keep status/first_nonfinite_{layer,scalar} (held in memory, written when they change)."""
+        if self._first_layer is None:  # a shard from before these were kept
             return
-        scalar_first = status["first_nonfinite_scalar"][:]
-        layer_first = status["first_nonfinite_layer"][:]
         changed = False
         for r in records:
             for name, value in r.scalars.items():
                 col = self.scalar_columns.get(name)
-                if col is not None and scalar_first[col] < 0 and not np.isfinite(value):
-                    scalar_first[col], changed = r.step, True
-            if r.stats is not None:
-                counts = sum(np.nan_to_num(np.asarray(r.stats[k], dtype=np.float64))
-                             for k in schema.NONFINITE_STATS if k in r.stats)
-                hit = (np.asarray(counts) > 0) & (layer_first < 0)
-                if hit.any():
-                    layer_first[hit], changed = r.step, True
+                if col is not None and self._first_scalar[col] < 0 and not np.isfinite(value):
+                    self._first_scalar[col], changed = r.step, True
+        with_stats = [r for r in records if r.stats is not None]
+        if with_stats and (self._first_layer < 0).any():
+            counts = sum(np.stack([np.asarray(r.stats[k], dtype=np.float64) for r in with_stats])
+                         for k in schema.NONFINITE_STATS if k in with_stats[0].stats)
+            bad = np.nan_to_num(np.asarray(counts)) > 0  # [records, layers]
+            hit = bad.any(axis=0) & (self._first_layer < 0)
+            if hit.any():
+                steps = np.array([r.step for r in with_stats])
+                self._first_layer[hit] = steps[bad.argmax(axis=0)[hit]]
+                changed = True
         if changed:
-            status["first_nonfinite_scalar"][:] = scalar_first
-            status["first_nonfinite_layer"][:] = layer_first
+            self.file["status/first_nonfinite_scalar"][:] = self._first_scalar
+            self.file["status/first_nonfinite_layer"][:] = self._first_layer
 
     def set_dropped(self, count: int):
         self.file["status/dropped"][0] = count

@@ -68,6 +68,7 @@ def write_synthetic_run(path: str, steps: int, ranks: int = 8, layers: int = 20,
 
         _fill(sc["values"], steps, block, scalars)
         _fill(sc["wall_time"], steps, block, lambda i, j: t0 + np.arange(i, j) * 0.05)
+        _fill(sc["step"], steps, block, lambda i, j: np.arange(i, j, dtype=np.int64))
         st = f[schema.TABLE_STATS]
         for s_i, name in enumerate(schema.LAYER_STATS):
             zero = name in schema.NONFINITE_STATS

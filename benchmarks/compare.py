@@ -1,0 +1,464 @@
+"""tview side by side with TensorBoard and Weights & Biases: overhead, write throughput, store size, load, scale.
+
+One entry point; writes docs/benchmarks.md (tables) and docs/benchmarks.json (raw numbers). Every
+figure is a ratio measured side by side in this run, with interleaved repetitions and medians.
+
+    pip install tensorboard wandb          # the peers: only for this benchmark
+    python benchmarks/compare.py [--quick] [--out docs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path[:0] = [REPO, HERE]
+
+import h5py  # noqa: E402
+
+from tview.store import schema  # noqa: E402
+from tview.store.records import ShardLayout, StepRecord  # noqa: E402
+from tview.store.shard import ShardWriter, _chunk_rows  # noqa: E402
+from tview.store.synthetic import synthetic_layers, write_synthetic_run  # noqa: E402
+
+
+def folder_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
+
+
+# -- 1. training overhead --------------------------------------------------------------------
+def overhead_configs() -> dict:
+    import peers
+    from overhead import recorder
+    return {"plain": None, "tview default, every step": recorder(every=1),
+            "tview default, every 10th step": recorder(every=10),
+            "TensorBoard histograms, every step": peers.tensorboard,
+            "wandb.watch(log='all'), every step": peers.wandb_watch}
+
+
+def overhead_section(models, rounds: int, block: int, batch: int) -> list[dict]:
+    import peers
+    from overhead import measure, ratios
+    rows = []
+    configs = overhead_configs()
+    for model in models:
+        times = measure(model, rounds, block, batch, configs=configs)
+        peers.finish_wandb()
+        plain_ms = statistics.median(times["plain"]) / block * 1e3
+        memory = {name: peak_rss_mib(model, name, batch) for name in configs}
+        for name, r in ratios(times).items():
+            rows.append({"model": model, "config": name, "step_time_ratio": r, "plain_step_ms": plain_ms,
+                         "peak_rss_mib": memory[name], "peak_rss_over_plain_mib": memory[name] - memory["plain"]})
+            print(f"  {model:6s} {name:38s} {r:6.3f}x  peak RSS {memory[name]:7.1f} MiB", flush=True)
+    return rows
+
+
+def peak_rss_mib(model: str, config: str, batch: int, steps: int = 30) -> float:
+    """Peak resident memory of a fresh process training `steps` steps with one configuration."""
+    out = subprocess.run([sys.executable, __file__, "--memory-probe", model, config, str(batch), str(steps)],
+                         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO), timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(f"memory probe {model}/{config} failed: {out.stderr[-2000:]}")
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def memory_probe(model: str, config: str, batch: int, steps: int):
+    import peers
+    from overhead import Trainer, make
+    base, x, y = make(model, batch)
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * page / 2**20
+
+    peak = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Trainer(base, overhead_configs()[config], tmp)
+        for _ in range(steps):
+            t.steps(x, y, 1)
+            peak = max(peak, rss())
+        t.close()
+        peers.finish_wandb()
+    print(peak)
+
+
+# -- 2. write throughput ---------------------------------------------------------------------
+def fake_records(n: int, layers: int, seed: int = 0) -> list[StepRecord]:
+    rng = np.random.default_rng(seed)
+    recs = []
+    for step in range(n):
+        recs.append(StepRecord(
+            step=step, wall_time=time.time(), scalars={"loss": float(rng.random()), "lr": 0.1},
+            stats={name: rng.random(layers).astype(np.float32) for name in schema.LAYER_STATS},
+            trajectory=rng.random((layers, 3)).astype(np.float32),
+            hist={k: rng.integers(0, 100, (layers, schema.HIST_BINS)).astype(np.uint32) for k in schema.HIST_KINDS}))
+    return recs
+
+
+def write_tview(path: str, records: list[StepRecord], layers: int, batch: int) -> float:
+    layout = ShardLayout(rank=0, world_size=1, run_id="bench", layers=synthetic_layers(layers, 0), trajectory_dims=3)
+    t = time.perf_counter()
+    w = ShardWriter(path, layout)
+    for i in range(0, len(records), batch):
+        w.write(records[i:i + batch])
+        w.flush()
+    w.close()
+    return time.perf_counter() - t
+
+
+def write_bare_h5py(path: str, records: list[StepRecord], layers: int, batch: int) -> float:
+    """The same arrays with bare h5py: same datasets, dtypes, chunking, SWMR and flushes; no tview code."""
+    t = time.perf_counter()
+    f = h5py.File(path, "w", libver=("v110", "v110"))
+    shapes = {"scalars/step": ((), np.int64), "scalars/wall_time": ((), np.float64),
+              "scalars/values": ((schema.MAX_SCALARS,), np.float64), "stats/step": ((), np.int64),
+              "stats/trajectory": ((layers, 3), np.float32), "hist/step": ((), np.int64)}
+    shapes.update({f"stats/{s}": ((layers,), np.float32) for s in schema.LAYER_STATS})
+    shapes.update({f"hist/{k}": ((layers, schema.HIST_BINS), np.uint32) for k in schema.HIST_KINDS})
+    dsets = {}
+    for name, (shape, dtype) in shapes.items():
+        row = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        dsets[name] = f.create_dataset(name, shape=(0,) + shape, maxshape=(None,) + shape, dtype=dtype,
+                                       chunks=(_chunk_rows(row),) + shape)
+    f.swmr_mode = True
+    for i in range(0, len(records), batch):
+        part = records[i:i + batch]
+        steps = np.array([r.step for r in part])
+        values = np.full((len(part), schema.MAX_SCALARS), np.nan)
+        values[:, 0] = [r.scalars["loss"] for r in part]
+        values[:, 1] = [r.scalars["lr"] for r in part]
+        blocks = {"scalars/step": steps, "scalars/wall_time": np.array([r.wall_time for r in part]),
+                  "scalars/values": values, "stats/step": steps, "hist/step": steps,
+                  "stats/trajectory": np.stack([r.trajectory for r in part])}
+        blocks.update({f"stats/{s}": np.stack([r.stats[s] for r in part]) for s in schema.LAYER_STATS})
+        blocks.update({f"hist/{k}": np.stack([r.hist[k] for r in part]) for k in schema.HIST_KINDS})
+        for name, block in blocks.items():
+            d = dsets[name]
+            d.resize(d.shape[0] + len(part), axis=0)
+            d[-len(part):] = block
+        f.flush()
+    f.close()
+    return time.perf_counter() - t
+
+
+def writer_section(n: int, layers: int, batch: int, repeat: int) -> dict:
+    records = fake_records(n, layers)
+    tv, bare = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(repeat):
+            order = [("tview", write_tview), ("bare", write_bare_h5py)]
+            random.Random(i).shuffle(order)
+            for name, fn in order:
+                path = os.path.join(tmp, f"{name}-{i}.h5")
+                (tv if name == "tview" else bare).append(fn(path, records, layers, batch))
+                os.remove(path)
+    ratio = statistics.median(b / t for t, b in zip(tv, bare))  # tview throughput / bare throughput
+    row = {"records": n, "layers": layers, "batch": batch, "tview_records_per_s": n / statistics.median(tv),
+           "bare_h5py_records_per_s": n / statistics.median(bare), "throughput_ratio": ratio}
+    print(f"  writer: tview {row['tview_records_per_s']:.0f} rec/s, bare h5py {row['bare_h5py_records_per_s']:.0f} "
+          f"rec/s: {ratio:.3f}x", flush=True)
+    return row
+
+
+# -- 3. store size ---------------------------------------------------------------------------
+def tview_to_tensorboard(run, logdir: str) -> None:
+    """Write what a tview run holds (scalars, layer statistics, per-channel statistics, histograms,
+    trajectories) as TensorBoard events, one folder per rank, so sizes and loads compare like for like."""
+    from torch.utils.tensorboard import SummaryWriter
+    edges = schema.hist_edges()
+    centres = schema.hist_centers()
+    for rank in run.ranks:
+        w = SummaryWriter(os.path.join(logdir, f"rank{rank}"), max_queue=10_000, flush_secs=3600)
+        for name in run.scalar_names(rank):
+            for s, v in zip(*run.scalar(name, rank)):
+                w.add_scalar(name, v, int(s))
+        for stat in schema.LAYER_STATS:
+            steps, m = run.stat_matrix(stat, rank)
+            for j, layer in enumerate(run.layers):
+                for s, v in zip(steps, m[:, j]):
+                    if np.isfinite(v):
+                        w.add_scalar(f"{stat}/{layer}", v, int(s))
+        for stat in schema.CHANNEL_STATS:
+            for layer in run.layers:
+                try:
+                    steps, m = run.stat(stat, layer, rank)
+                except KeyError:
+                    continue
+                for s, row in zip(steps, m):
+                    if np.isfinite(row).any():
+                        for c, v in enumerate(row):
+                            w.add_scalar(f"{stat}/{layer}/{c}", v, int(s))
+        for kind in schema.HIST_KINDS:
+            for layer in run.layers:
+                steps, _, counts = run.histogram(kind, layer, rank)
+                for s, c in zip(steps, counts):
+                    if c.sum() == 0:
+                        continue
+                    used = np.flatnonzero(c)
+                    w.add_histogram_raw(f"{kind}/{layer}", min=float(edges[used[0]]), max=float(edges[used[-1] + 1]),
+                                        num=int(c.sum()), sum=float((c * centres).sum()),
+                                        sum_squares=float((c * centres ** 2).sum()),
+                                        bucket_limits=edges[1:].tolist(), bucket_counts=c.tolist(), global_step=int(s))
+        for j, layer in enumerate(run.layers):
+            steps, t = run.trajectory(layer, rank)
+            for s, row in zip(steps, t):
+                if np.isfinite(row).all():
+                    for d, v in enumerate(row):
+                        w.add_scalar(f"trajectory/{layer}/{d}", v, int(s))
+        w.close()
+
+
+def size_section(steps: int) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    import tview
+    from tview.models import LeNet5
+    torch.manual_seed(0)
+    model = LeNet5()
+    x, y = torch.randn(64, 1, 16, 16), torch.randint(0, 10, (64,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "tview")
+        with tview.Recorder(model, path, every=1, snapshot_every=[], optimizer=opt) as rec:
+            for _ in range(steps):
+                opt.zero_grad()
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                opt.step()
+                rec.step(loss=loss)
+        run = tview.open_run(path)
+        tview_to_tensorboard(run, os.path.join(tmp, "tb"))
+        row = {"steps": steps, "model": "lenet", "tview_bytes": folder_bytes(path),
+               "tensorboard_bytes": folder_bytes(os.path.join(tmp, "tb"))}
+        run.close()
+    row["tensorboard_over_tview"] = row["tensorboard_bytes"] / row["tview_bytes"]
+    print(f"  size: tview {row['tview_bytes'] / 2**20:.2f} MiB, TensorBoard {row['tensorboard_bytes'] / 2**20:.2f} MiB",
+          flush=True)
+    return row
+
+
+# -- 4. load ---------------------------------------------------------------------------------
+def write_tensorboard_overview(run, logdir: str, layer: str):
+    """Per rank, what an overview needs: the loss and one layer's gradient norm, as TensorBoard events."""
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    for rank in run.ranks:
+        w = EventFileWriter(os.path.join(logdir, f"rank{rank}"), max_queue_size=100_000, flush_secs=3600)
+        steps, loss = run.scalar("loss", rank)
+        _, wall = run.scalar("wall_time", rank)
+        gsteps, g = run.stat("grad_norm", layer, rank)
+        assert np.array_equal(steps, gsteps)
+        tag = f"grad_norm/{layer}"
+        for s, t, lv, gv in zip(steps.tolist(), wall.tolist(), loss.tolist(), g.tolist()):  # step by step, as
+            w.add_event(Event(step=s, wall_time=t, summary=Summary(value=[Summary.Value(tag="loss", simple_value=lv)])))
+            w.add_event(Event(step=s, wall_time=t, summary=Summary(value=[Summary.Value(tag=tag, simple_value=gv)])))
+        w.close()  # training writes them (TensorBoard drops events whose step goes back: a restart)
+
+
+def load_tview(path: str, layer: str) -> int:
+    from tview.store.reader import open_run
+    run = open_run(path)
+    n = 0
+    for rank in run.ranks:
+        n += len(run.scalar("loss", rank)[1]) + len(run.stat("grad_norm", layer, rank)[1])
+    run.close()
+    return n
+
+
+def load_tensorboard(logdir: str, layer: str) -> int:
+    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+    n = 0
+    for sub in sorted(os.listdir(logdir)):
+        acc = EventAccumulator(os.path.join(logdir, sub), size_guidance={SCALARS: 0})  # 0: keep every event
+        acc.Reload()
+        n += len(acc.Scalars("loss")) + len(acc.Scalars(f"grad_norm/{layer}"))
+    return n
+
+
+def load_section(sizes, ranks: int, layers: int, repeat: int, root: str) -> list[dict]:
+    from tview.store.reader import open_run
+    rows = []
+    for n in sizes:
+        path, tb = os.path.join(root, f"tview-{n}"), os.path.join(root, f"tb-{n}")
+        write_synthetic_run(path, n, ranks=ranks, layers=layers)
+        run = open_run(path)
+        layer = run.layers[0]
+        write_tensorboard_overview(run, tb, layer)
+        run.close()
+        tv, tbt = [], []
+        for i in range(repeat):
+            for name in random.Random(i).sample(["tview", "tb"], 2):
+                t = time.perf_counter()
+                got = load_tview(path, layer) if name == "tview" else load_tensorboard(tb, layer)
+                (tv if name == "tview" else tbt).append(time.perf_counter() - t)
+                assert got == 2 * n * ranks, (name, got)  # both read every point
+        row = {"steps": n, "ranks": ranks, "layers": layers, "tview_s": statistics.median(tv),
+               "tensorboard_s": statistics.median(tbt), "speedup": statistics.median(b / a for a, b in zip(tv, tbt)),
+               "tview_bytes": folder_bytes(path), "tensorboard_bytes": folder_bytes(tb)}
+        rows.append(row)
+        print(f"  load {n:>7} steps: tview {row['tview_s'] * 1e3:.1f} ms, TensorBoard {row['tensorboard_s'] * 1e3:.1f} ms: "
+              f"{row['speedup']:.1f}x", flush=True)
+        shutil.rmtree(path)
+        shutil.rmtree(tb)
+    return rows
+
+
+# -- 5. scale --------------------------------------------------------------------------------
+def scale_section(rank_counts, steps: int, layers: int, repeat: int, root: str) -> list[dict]:
+    from tview.store.reader import open_run
+    rows = []
+    for ranks in rank_counts:
+        path = os.path.join(root, f"ranks-{ranks}")
+        write_synthetic_run(path, steps, ranks=ranks, layers=layers)
+        opens, reads = [], []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            run = open_run(path)
+            t1 = time.perf_counter()
+            values = [run.stat("grad_norm", run.layers[0], r)[1] for r in run.ranks]
+            t2 = time.perf_counter()
+            run.close()
+            assert len(values) == ranks and all(len(v) == steps for v in values)
+            opens.append(t1 - t)
+            reads.append(t2 - t1)
+        rows.append({"ranks": ranks, "steps": steps, "layers": layers, "open_s": statistics.median(opens),
+                     "read_one_stat_all_ranks_s": statistics.median(reads)})
+        print(f"  scale {ranks:>3} ranks: open {rows[-1]['open_s'] * 1e3:.1f} ms, one statistic across ranks "
+              f"{rows[-1]['read_one_stat_all_ranks_s'] * 1e3:.1f} ms", flush=True)
+        shutil.rmtree(path)
+    for row in rows:
+        row["vs_fewest_ranks"] = ((row["open_s"] + row["read_one_stat_all_ranks_s"]) /
+                                  (rows[0]["open_s"] + rows[0]["read_one_stat_all_ranks_s"]))
+    return rows
+
+
+# -- report ----------------------------------------------------------------------------------
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def report(results: dict) -> str:
+    lines = ["# Benchmarks: tview side by side with TensorBoard and Weights & Biases", "",
+             f"Made by `python benchmarks/compare.py{' --quick' if results['quick'] else ''}` on "
+             f"{results['machine']}, {results['date']}. Every ratio was measured in one run, side by side, "
+             "with interleaved repetitions; each figure is a median. Raw numbers: `benchmarks.json`.", ""]
+    ov = results["overhead"]
+    lines += ["## 1. Training overhead", "",
+              f"Same model, data and steps for every configuration, one process, shuffled blocks of "
+              f"{results['params']['block']} steps, {results['params']['rounds']} rounds, batch "
+              f"{results['params']['batch']}, {results['params']['threads']} torch threads, CPU. Peak memory: "
+              f"a fresh process per configuration, the largest resident set size seen after each of 30 steps.", "",
+              "| model | configuration | step time vs plain | target | peak RSS (MiB) | over plain (MiB) |",
+              "|---|---|---|---|---|---|"]
+    for r in ov:
+        target = ""
+        if r["model"] == "resnet" and r["config"] == "tview default, every step":
+            peers = [x["step_time_ratio"] for x in ov if x["model"] == "resnet" and not x["config"].startswith(("tview", "plain"))]
+            ok = r["step_time_ratio"] <= 1.05
+            target = f"<= 1.05x: {verdict(ok)}; ahead of both peers: {verdict(all(r['step_time_ratio'] < p for p in peers))}"
+        elif r["model"] == "resnet" and r["config"] == "tview default, every 10th step":
+            target = f"<= 1.01x: {verdict(r['step_time_ratio'] <= 1.01)}"
+        lines.append(f"| {r['model']} ({r['plain_step_ms']:.1f} ms/step plain) | {r['config']} | "
+                     f"{r['step_time_ratio']:.3f}x | {target} | {r['peak_rss_mib']:.0f} | {r['peak_rss_over_plain_mib']:+.0f} |")
+    w = results["writer"]
+    lines += ["", "## 2. Write throughput", "",
+              f"{w['records']} records of {w['layers']} layers (every layer statistic, trajectory, 3 histograms), "
+              f"in batches of {w['batch']} with a flush after each (as the background writer does); bare h5py "
+              "writes the same arrays into datasets of the same dtypes and chunking.", "",
+              "| tview ShardWriter | bare h5py | tview / bare | target |", "|---|---|---|---|",
+              f"| {w['tview_records_per_s']:.0f} records/s | {w['bare_h5py_records_per_s']:.0f} records/s | "
+              f"{w['throughput_ratio']:.3f}x | >= 0.8x: {verdict(w['throughput_ratio'] >= 0.8)} |"]
+    s = results["size"]
+    lines += ["", "## 3. Store size", "",
+              f"A LeNet-5 run of {s['steps']} steps recorded by tview (default preset, every step, no snapshots), "
+              "and the same content written as TensorBoard events (`add_scalar` for every scalar, layer and "
+              "per-channel statistic and trajectory coordinate; `add_histogram_raw` with the same bins).", "",
+              "| tview | TensorBoard events | TensorBoard / tview |", "|---|---|---|",
+              f"| {s['tview_bytes'] / 2**20:.2f} MiB | {s['tensorboard_bytes'] / 2**20:.2f} MiB | "
+              f"{s['tensorboard_over_tview']:.2f}x |"]
+    lines += ["", "## 4. Load", "",
+              "Time to have the data behind an overview, every point at full resolution: loss per rank and one "
+              "layer's gradient-norm series, 8 ranks. tview: `tview.open_run` on a synthetic run that holds "
+              "everything (20 layers x every statistic, histograms); TensorBoard: `EventAccumulator` "
+              "(size_guidance 0: every event kept) on event files holding only those two series, so "
+              "TensorBoard parses far less than tview stores.", "",
+              "| recorded steps | tview | TensorBoard | tview faster by | target |", "|---|---|---|---|---|"]
+    for r in results["load"]:
+        target = f">= 10x: {verdict(r['speedup'] >= 10)}" if r["steps"] == 100_000 else ""
+        lines.append(f"| {r['steps']:,} | {r['tview_s'] * 1e3:.1f} ms | {r['tensorboard_s'] * 1e3:.0f} ms | "
+                     f"{r['speedup']:.1f}x | {target} |")
+    lines += ["", "## 5. Scale", "",
+              "Synthetic runs with many ranks: time to open the run (every shard) and to read one statistic of one "
+              "layer on every rank, full resolution.", "",
+              "| ranks | steps | open | one statistic, all ranks | vs fewest ranks |", "|---|---|---|---|---|"]
+    for r in results["scale"]:
+        lines.append(f"| {r['ranks']} | {r['steps']:,} | {r['open_s'] * 1e3:.1f} ms | "
+                     f"{r['read_one_stat_all_ranks_s'] * 1e3:.1f} ms | {r['vs_fewest_ranks']:.2f}x |")
+    lines += ["", "## Notes", ""] + [f"- {n}" for n in results.get("notes", [])]
+    return "\n".join(lines) + "\n"
+
+
+NOTES = [
+    "tview's recorded-step cost is mostly fixed (hooks, about 30 small tensor reductions, one host transfer, "
+    "queueing): about 2 to 3 ms a recorded step on this 2-core CPU. On the ResNet-style CNN that is a few "
+    "percent of a step; on LeNet-5, whose step takes under 2 ms, it is larger than the step itself, so "
+    "every-step recording of a model that small costs more than 2x. Recording every 10th step divides it by 10.",
+    "On a 2-core machine the background writer's h5py work competes with torch's 2 threads; on a machine with "
+    "spare cores it runs beside training.",
+    "TensorBoard's load time grows with the number of events it parses (every event, every tag); tview reads "
+    "only the arrays asked for, so its load grows with the points read, not with what else the run holds.",
+]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, figures not meaningful")
+    ap.add_argument("--out", default=os.path.join(REPO, "docs"))
+    ap.add_argument("--memory-probe", nargs=4, metavar=("MODEL", "CONFIG", "BATCH", "STEPS"), help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.memory_probe:
+        model, config, batch, steps = a.memory_probe
+        return memory_probe(model, config, int(batch), int(steps))
+    import torch
+    q = a.quick
+    params = {"rounds": 2 if q else 9, "block": 10, "batch": 64, "threads": torch.get_num_threads()}
+    results = {"quick": q, "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+                                      f"torch {torch.__version__}, h5py {h5py.__version__}",
+               "date": time.strftime("%Y-%m-%d"), "params": params, "notes": NOTES}
+    with tempfile.TemporaryDirectory(prefix="tview-compare-") as root:
+        print("1. training overhead", flush=True)
+        results["overhead"] = overhead_section(["lenet", "resnet"], params["rounds"], params["block"], params["batch"])
+        print("2. write throughput", flush=True)
+        results["writer"] = writer_section(200 if q else 2000, 20, 64, 3 if q else 7)
+        print("3. store size", flush=True)
+        results["size"] = size_section(20 if q else 300)
+        print("4. load", flush=True)
+        results["load"] = load_section([100, 1000] if q else [1000, 10_000, 100_000], 8, 20, 2 if q else 5, root)
+        print("5. scale", flush=True)
+        results["scale"] = scale_section([8, 64] if q else [8, 64], 100 if q else 10_000, 20, 2 if q else 5, root)
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, "benchmarks.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    with open(os.path.join(a.out, "benchmarks.md"), "w") as f:
+        f.write(report(results))
+    print(f"wrote {os.path.join(a.out, 'benchmarks.md')} and benchmarks.json")
+
+
+if __name__ == "__main__":
+    main()
