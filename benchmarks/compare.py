@@ -49,7 +49,7 @@ def overhead_configs() -> dict:
             "wandb.watch(log='all'), every step": peers.wandb_watch}
 
 
-def overhead_section(models, rounds: int, block: int, batch: int) -> list[dict]:
+def overhead_section(models, rounds: int, block: int, batch: int, memory_steps: int = 30) -> list[dict]:
     import peers
     from overhead import measure, ratios
     rows = []
@@ -58,7 +58,7 @@ def overhead_section(models, rounds: int, block: int, batch: int) -> list[dict]:
         times = measure(model, rounds, block, batch, configs=configs)
         peers.finish_wandb()
         plain_ms = statistics.median(times["plain"]) / block * 1e3
-        memory = {name: peak_rss_mib(model, name, batch) for name in configs}
+        memory = {name: peak_rss_mib(model, name, batch, memory_steps) for name in configs}
         for name, r in ratios(times).items():
             rows.append({"model": model, "config": name, "step_time_ratio": r, "plain_step_ms": plain_ms,
                          "peak_rss_mib": memory[name], "peak_rss_over_plain_mib": memory[name] - memory["plain"]})
@@ -443,7 +443,8 @@ def main(argv=None):
                "date": time.strftime("%Y-%m-%d"), "params": params, "notes": NOTES}
     with tempfile.TemporaryDirectory(prefix="tview-compare-") as root:
         print("1. training overhead", flush=True)
-        results["overhead"] = overhead_section(["lenet", "resnet"], params["rounds"], params["block"], params["batch"])
+        results["overhead"] = overhead_section(["lenet", "resnet"], params["rounds"], params["block"], params["batch"],
+                                               3 if q else 30)
         print("2. write throughput", flush=True)
         results["writer"] = writer_section(200 if q else 2000, 20, 64, 3 if q else 7)
         print("3. store size", flush=True)
