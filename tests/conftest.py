@@ -74,3 +74,21 @@ def python_env():
 
 
 PY = sys.executable
+
+
+@pytest.fixture(scope="session")
+def runs_root(tmp_path_factory):
+    """A folder of runs: a 2-rank demo run, a copy whose rank 1 shard is cut short, one with no steps yet."""
+    import json
+    import shutil
+
+    from tview.demo import run_demo
+    root = tmp_path_factory.mktemp("runs")
+    run_demo(str(root / "demo"), ranks=2, steps=300, every=2, snapshot_every=50, batch=32, mode="new")
+    shutil.copytree(root / "demo", root / "broken")
+    shard = root / "broken" / "rank-00001.h5"
+    shard.write_bytes(shard.read_bytes()[:4096])  # cut short, as a full disk would
+    (root / "empty").mkdir()
+    manifest = json.loads((root / "demo" / "run.tview").read_text())
+    (root / "empty" / "run.tview").write_text(json.dumps(manifest))  # started, nothing recorded yet
+    return root

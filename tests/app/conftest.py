@@ -1,9 +1,7 @@
 """Fixtures for the dashboard: demo runs (one healthy, one with a damaged shard, one with no steps),
 the real `tview dashboard` server on a free port, and headless Debian Chromium through Playwright."""
 
-import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -23,20 +21,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def runs_root(tmp_path_factory):
-    from tview.demo import run_demo
-    root = tmp_path_factory.mktemp("runs")
-    run_demo(str(root / "demo"), ranks=2, steps=300, every=2, snapshot_every=50, batch=32, mode="new")
-    shutil.copytree(root / "demo", root / "broken")
-    shard = root / "broken" / "rank-00001.h5"
-    shard.write_bytes(shard.read_bytes()[:4096])  # cut short, as a full disk would
-    (root / "empty").mkdir()
-    manifest = json.loads((root / "demo" / "run.tview").read_text())
-    (root / "empty" / "run.tview").write_text(json.dumps(manifest))  # started, nothing recorded yet
-    return root
 
 
 def start_server(root, port):

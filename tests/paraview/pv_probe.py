@@ -1,0 +1,79 @@
+"""Run by pvbatch in the ParaView tests: loads the tview plugin, reads a run and prints what ParaView
+got as one JSON line (PROBE {...}), for the test to compare with tview.open_run."""
+
+import json
+import os
+import sys
+
+from paraview import servermanager as sm
+from paraview import simple as pv
+from vtkmodules.util import numpy_support
+
+PLUGIN = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                      "paraview_plugins", "tview_plugin.py")
+
+
+def arrays_of(data):
+    pd = data.GetPointData()
+    return {pd.GetArrayName(i): numpy_support.vtk_to_numpy(pd.GetArray(i)).tolist()
+            for i in range(pd.GetNumberOfArrays())}
+
+
+def field(data, name):
+    arr = data.GetFieldData().GetAbstractArray(name)
+    if arr is None:
+        return None
+    return arr.GetValue(0)
+
+
+def describe(data):
+    if data is None:
+        return None
+    if data.IsA("vtkMultiBlockDataSet"):
+        return {"blocks": {data.GetMetaData(i).Get(data.NAME()) if data.HasMetaData(i) else str(i):
+                           describe(data.GetBlock(i)) for i in range(data.GetNumberOfBlocks())}}
+    out = {"class": data.GetClassName(), "points": data.GetNumberOfPoints(), "arrays": arrays_of(data),
+           "tview_rank": field(data, "tview_rank"), "piece": field(data, "paraview_piece"),
+           "snapshot_step": field(data, "snapshot_step")}
+    if data.IsA("vtkImageData"):
+        out["dimensions"] = list(data.GetDimensions())
+    if data.IsA("vtkPolyData"):
+        out["positions"] = numpy_support.vtk_to_numpy(data.GetPoints().GetData()).tolist() if data.GetPoints() else []
+        out["lines"] = data.GetNumberOfLines()
+    return out
+
+
+def main():
+    args = json.loads(sys.argv[1])
+    pv.LoadPlugin(PLUGIN)
+    reader = pv.tviewRunReader(FileName=args["file"])
+    for key, value in args.get("properties", {}).items():
+        setattr(reader, key, value)
+    reader.UpdatePipelineInformation()
+    steps = list(reader.TimestepValues) if reader.TimestepValues is not None else []
+    time = args.get("time", steps[-1] if steps else None)
+    result = {"steps": steps, "layers": list(reader.GetProperty("LayersInfo")[::2])
+              if reader.GetProperty("LayersInfo") else [], "time": time}
+    if args.get("reload_after"):  # File > Reload Files on a run that is still being written
+        import time as _time
+        _time.sleep(args["reload_after"])
+        pv.ReloadFiles(reader)
+        reader.UpdatePipelineInformation()
+        result["steps_after_reload"] = list(reader.TimestepValues) if reader.TimestepValues is not None else []
+    if args.get("fetch", True) and steps:
+        reader.UpdatePipeline(time)
+        result["data"] = describe(sm.Fetch(reader))
+    if args.get("similarity") and steps:
+        sim = pv.tviewFilterSimilarityGroups(Input=reader, Layer=args["similarity"]["layer"],
+                                             Threshold=args["similarity"]["threshold"])
+        sim.UpdatePipeline(time)
+        result["similarity"] = describe(sm.Fetch(sim))
+    if args.get("spread") and steps:
+        spread = pv.tviewSpreadBetweenRanks(Input=reader, ArrayName=args["spread"])
+        spread.UpdatePipeline(time)
+        result["spread"] = describe(sm.Fetch(spread))
+    print("PROBE " + json.dumps(result))
+    sys.stdout.flush()
+
+
+main()

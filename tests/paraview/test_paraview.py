@@ -1,0 +1,165 @@
+"""The ParaView plugin in Debian's real pvbatch (clean environment, Xvfb for rendering, mpirun for 2 ranks),
+compared with tview.open_run on a run made by the demo."""
+
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+import tview
+from tview.render import analysis, layout, scene
+from tview.render.paraview_launch import clean_env
+from tests.conftest import PY, REPO, python_env
+
+pytestmark = pytest.mark.slow
+PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pv_probe.py")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def need_paraview():
+    if shutil.which("pvbatch") is None:
+        pytest.fail("pvbatch is missing: scripts/test.sh installs Debian's paraview")
+
+
+def probe(args: dict, mpi: int = 0, timeout: int = 180) -> tuple[dict | None, str]:
+    """Run pv_probe.py in pvbatch (under mpirun with `mpi` processes if given); (its JSON, all output)."""
+    env = clean_env()
+    cmd = ["pvbatch", PROBE, json.dumps(args)]
+    if mpi:
+        cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(mpi), "-x", "PYTHONPATH"] + cmd
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]  # ParaView never crashes, whatever the input
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("PROBE ")]
+    return (json.loads(lines[-1][6:]) if lines else None), out
+
+
+def nan_equal(a, b):
+    return np.allclose(np.asarray(a, dtype=float), np.asarray(b, dtype=float), equal_nan=True, rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def demo(runs_root):
+    return str(runs_root / "demo")
+
+
+def test_reader_lists_steps_layers_and_arrays_equal_to_open_run(demo):
+    run = tview.open_run(demo)
+    steps = scene.time_steps(run)
+    t = float(steps[len(steps) // 2]) + 1  # between two recorded steps: the one before is shown
+    got, _ = probe({"file": f"{demo}/run.tview", "properties": {"RankMode": 0, "Rank": 1}, "time": t})
+    assert got["steps"] == [float(s) for s in steps] == [float(s) for s in run.steps(0)]
+    assert got["layers"] == run.layers
+    blocks = got["data"]["blocks"]
+    net = blocks["network"]
+    assert net["tview_rank"] == 1 and net["points"] == sum(i["channels"] for i in run.layer_info)
+    # every per-channel and layer statistic, against the reader's own arrays
+    at = int(steps[len(steps) // 2])
+    layer_of = np.array(net["arrays"]["layer"])
+    names = [i["name"] for i in scene.channel_layers(run)]
+    for li, name in enumerate(names):
+        s, g = run.stat("grad_norm", name, rank=1)
+        assert nan_equal(np.array(net["arrays"]["grad_norm"])[layer_of == li], g[list(s).index(at)])
+        s, m = run.stat("act_channel_mean", name, rank=1)
+        rows = np.flatnonzero((s <= at) & np.isfinite(m).any(axis=1))
+        assert nan_equal(np.array(net["arrays"]["act_channel_mean"])[layer_of == li], m[rows[-1]])
+    # trajectories, filters at the latest snapshot, feature maps, fields
+    s, coords = run.trajectory("conv1", rank=1)
+    assert nan_equal(blocks["trajectories"]["blocks"]["conv1"]["positions"], coords[:, :3])
+    assert blocks["trajectories"]["blocks"]["conv1"]["lines"] == 1
+    snap, w = run.filters("conv2", at, rank=1)
+    f = blocks["filters"]["blocks"]["conv2"]
+    assert f["snapshot_step"] == snap
+    tiles = layout.tile(w.reshape(-1, *w.shape[2:]), w.shape[1])
+    assert f["dimensions"] == [tiles.shape[1], tiles.shape[0], 1]
+    assert nan_equal(f["arrays"]["weight"], tiles.reshape(-1))
+    _, maps = run.feature_maps("conv1", at, rank=1)
+    fm = blocks["feature_maps"]["blocks"]["conv1"]
+    assert fm["dimensions"] == [maps.shape[3], maps.shape[2], maps.shape[1]]
+    assert nan_equal(fm["arrays"]["activation"], maps[0].reshape(-1))
+    fs, gm = run.stat_matrix("grad_norm", rank=1)
+    field = blocks["fields"]["blocks"]["grad_norm"]
+    assert field["dimensions"] == [len(fs), len(run.layers), 1]
+    assert nan_equal(field["arrays"]["grad_norm"], gm.T.reshape(-1))
+
+
+def test_mean_and_spread_across_ranks_and_the_filters(demo):
+    run = tview.open_run(demo)
+    nets = [scene.network(run, r, None) for r in run.ranks]
+    stack = np.stack([n.arrays["local_grad_norm"] for n in nets])
+    mean, _ = probe({"file": f"{demo}/run.tview", "properties": {"RankMode": 2}})
+    spread, _ = probe({"file": f"{demo}/run.tview", "properties": {"RankMode": 3}})
+    assert nan_equal(mean["data"]["blocks"]["network"]["arrays"]["local_grad_norm"], stack.mean(axis=0))
+    assert nan_equal(spread["data"]["blocks"]["network"]["arrays"]["local_grad_norm"], stack.max(0) - stack.min(0))
+    assert np.nanmax(stack.max(0) - stack.min(0)) > 0  # local gradients do differ between ranks
+    got, _ = probe({"file": f"{demo}/run.tview", "properties": {"RankMode": 1}, "spread": "act_channel_mean",
+                    "similarity": {"layer": "conv2", "threshold": 0.5}})
+    m = np.stack([n.arrays["act_channel_mean"] for n in nets])
+    assert nan_equal(got["spread"]["arrays"]["act_channel_mean_spread"], m.max(0) - m.min(0))
+    _, maps = run.feature_maps("conv2", None, rank=0)
+    groups = analysis.similarity_groups(maps, 0.5)
+    group = np.array(got["similarity"]["arrays"]["group"])
+    assert len(group) == maps.shape[1]
+    assert sorted(sorted(np.flatnonzero(group == k).tolist()) for k in range(len(groups))) == sorted(groups)
+    assert (group == -1).sum() == maps.shape[1] - sum(len(g) for g in groups)
+
+
+def test_two_paraview_ranks_split_the_reading(demo):
+    got, out = probe({"file": f"{demo}/run.tview", "properties": {"RankMode": 1}}, mpi=2)
+    per_process = got["data"]["blocks"]  # Fetch gathers one block per ParaView process
+    assert sorted(per_process) == ["0", "1"], out[-2000:]
+    read = {}
+    for proc, data in per_process.items():
+        for name, block in data["blocks"]["network"]["blocks"].items():
+            if block is not None:
+                read[name] = (int(proc), block["piece"], block["tview_rank"])
+    assert read == {"rank 0": (0, 0, 0), "rank 1": (1, 1, 1)}  # each process read one tview rank
+
+
+def test_each_view_renders_a_picture(demo, tmp_path):
+    from PIL import Image
+    for view in ("network", "trajectory", "filters", "feature_maps", "field"):
+        out = tmp_path / f"{view}.png"
+        proc = subprocess.run([PY, "-m", "tview.cli", "render", demo, "--out", str(out), "--view", view],
+                              capture_output=True, text=True, env=python_env(), timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        img = np.asarray(Image.open(out).convert("RGB")).reshape(-1, 3)
+        background = np.bincount(np.ravel_multi_index(img.T, (256, 256, 256))).argmax()
+        drawn = np.ravel_multi_index(img.T, (256, 256, 256)) != background
+        assert drawn.mean() > 0.01, f"{view}: {drawn.mean():.4f} of the picture differs from the background"
+        assert len(np.unique(img, axis=0)) > 20, view  # a colour map, not a flat shape
+
+
+def test_bad_input_is_reported_and_paraview_goes_on(runs_root, tmp_path):
+    (tmp_path / "notarun").mkdir()
+    (tmp_path / "notarun" / "run.tview").write_text("{not json")
+    got, out = probe({"file": str(tmp_path / "notarun" / "run.tview")})
+    assert got["steps"] == [] and "unreadable manifest" in out and str(tmp_path / "notarun") in out
+    got, out = probe({"file": str(tmp_path / "missing" / "run.tview")})
+    assert got["steps"] == [] and "no such folder" in out
+    got, out = probe({"file": f"{runs_root}/broken/run.tview", "properties": {"RankMode": 1}})
+    assert "rank-00001.h5" in out and "rank 1 left out" in out
+    net = got["data"]["blocks"]["network"]["blocks"]
+    assert list(net) == ["rank 0"] and net["rank 0"]["points"] > 0  # the readable rank is still shown
+
+
+def test_reloading_follows_a_live_run(tmp_path):
+    live = tmp_path / "live"
+    writer = subprocess.Popen([PY, f"{REPO}/tests/store/writer_script.py", str(live), "100000", "0.02", "0"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=python_env())
+    try:
+        deadline = time.time() + 60
+        while not (live / "rank-00000.h5").exists() and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.5)
+        got, out = probe({"file": f"{live}/run.tview", "fetch": False, "reload_after": 2.0})
+        before, after = got["steps"], got["steps_after_reload"]
+        assert 0 < len(before) < len(after), out[-2000:]
+        assert after[:len(before)] == before
+    finally:
+        writer.kill()
+        writer.wait()

@@ -1,0 +1,61 @@
+"""The ParaView reader's logic without ParaView: network arrays, rank combinations, fields, pieces."""
+
+import numpy as np
+import pytest
+
+import tview
+from tview.render import scene
+
+
+def test_network_points_carry_the_statistics_at_a_step(small_run):
+    run = tview.open_run(small_run[0])
+    steps = scene.time_steps(run)
+    p = scene.network(run, 0, float(steps[1]) + 0.5)
+    infos = scene.channel_layers(run)
+    assert len(p.positions) == sum(i["channels"] for i in infos) == len(p.arrays["layer"])
+    for li, info in enumerate(infos):
+        sel = p.arrays["layer"] == li
+        s, g = run.stat("grad_norm", info["name"])
+        assert np.allclose(p.arrays["grad_norm"][sel], g[1], equal_nan=True)
+        s, m = run.stat("act_channel_mean", info["name"])
+        assert np.allclose(p.arrays["act_channel_mean"][sel], m[1], equal_nan=True)
+        assert list(p.arrays["channel"][sel]) == list(range(info["channels"]))
+    before = scene.network(run, 0, -1.0)  # before the first step: nothing to show yet
+    assert np.isnan(before.arrays["grad_norm"]).all()
+
+
+def test_combining_ranks_skips_missing_values():
+    a = scene.Points(np.zeros((3, 3)), {"x": np.array([1.0, np.nan, 2.0]), "layer": np.array([0, 0, 1])})
+    b = scene.Points(np.zeros((3, 3)), {"x": np.array([3.0, np.nan, np.inf]), "layer": np.array([0, 0, 1])})
+    mean = scene.combine([a, b], "mean").arrays
+    spread = scene.combine([a, b], "spread").arrays
+    assert np.allclose(mean["x"], [2.0, np.nan, 2.0], equal_nan=True)
+    assert np.allclose(spread["x"], [2.0, np.nan, 0.0], equal_nan=True)
+    assert list(mean["layer"]) == [0, 0, 1]
+    with pytest.raises(ValueError, match="combine ranks"):
+        scene.combine([a], "median")
+    with pytest.raises(KeyError, match="missing"):
+        scene.spread_of([a, scene.Points(np.zeros((3, 3)), {})], "x")
+
+
+def test_fields_leave_out_steps_where_nothing_was_recorded(small_run):
+    run = tview.open_run(small_run[0])
+    steps, values = scene.layer_field(run, "act_zero_frac", 0)
+    full_steps, full = run.stat_matrix("act_zero_frac")
+    keep = np.isfinite(full).any(axis=1)
+    assert list(steps) == list(full_steps[keep]) and values.shape == (len(run.layers), keep.sum())
+
+
+def test_pieces_split_ranks_round_robin():
+    assert scene.pieces([0, 1, 2, 3, 4], 0, 2) == [0, 2, 4]
+    assert scene.pieces([0, 1, 2, 3, 4], 1, 2) == [1, 3]
+    assert scene.pieces([0, 1], 0, 1) == [0, 1]
+
+
+def test_similarity_points_mark_groups():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(4, 6, 6))
+    maps = np.stack([base, base * 2, rng.normal(size=(4, 6, 6))], axis=1)
+    p = scene.similarity(maps, 0.9)
+    assert list(p.arrays["group"]) == [0, 0, -1] and list(p.arrays["group_size"]) == [2, 2, 1]
+    assert p.positions.shape == (3, 3)
