@@ -1,5 +1,6 @@
 """Shared test helpers: a tiny CNN, a training loop, and a recorded run made on the spot."""
 
+import contextlib
 import os
 import sys
 
@@ -92,3 +93,21 @@ def runs_root(tmp_path_factory):
     manifest = json.loads((root / "demo" / "run.tview").read_text())
     (root / "empty" / "run.tview").write_text(json.dumps(manifest))  # started, nothing recorded yet
     return root
+
+
+@contextlib.contextmanager
+def live_writer(run_dir, delay: float = 0.02):
+    """A real training process recording every step into run_dir (its shard exists on entry) until the
+    block ends; then it is killed."""
+    import subprocess
+    import time
+    writer = subprocess.Popen([PY, os.path.join(REPO, "tests", "store", "writer_script.py"), str(run_dir), "100000",
+                               str(delay), "0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=python_env())
+    try:
+        deadline = time.time() + 60
+        while not os.path.exists(os.path.join(str(run_dir), "rank-00000.h5")) and time.time() < deadline:
+            time.sleep(0.2)
+        yield writer
+    finally:
+        writer.kill()
+        writer.wait()

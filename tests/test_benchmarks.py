@@ -2,7 +2,6 @@
 (Their figures are measured by running them by hand; no time is asserted here.)"""
 
 import json
-import os
 import subprocess
 
 import pytest

@@ -4,7 +4,6 @@ the real `tview dashboard` server on a free port, and headless Debian Chromium t
 import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 

@@ -1,12 +1,10 @@
 """The real app, started by `tview dashboard`, driven by headless Chromium: pages, figures, controls, live runs."""
 
 import re
-import subprocess
-import time
 
 import pytest
 
-from tests.conftest import PY, python_env, REPO
+from tests.conftest import live_writer
 
 pytestmark = pytest.mark.slow
 
@@ -95,13 +93,7 @@ def test_damaged_and_empty_runs_are_reported_and_the_app_keeps_serving(server, p
 
 
 def test_a_live_run_gains_steps_on_screen(server, runs_root, page):
-    live = runs_root / "live"
-    writer = subprocess.Popen([PY, f"{REPO}/tests/store/writer_script.py", str(live), "100000", "0.02", "0"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=python_env())
-    try:
-        deadline = time.time() + 30
-        while not (live / "rank-00000.h5").exists() and time.time() < deadline:
-            time.sleep(0.2)
+    with live_writer(runs_root / "live"):
         page.goto(f"{server}/?runs=live")
         page.locator(".run-card").first.wait_for(timeout=30_000)
         page.wait_for_function("() => document.querySelector('#live-badge').innerText.includes('LIVE')", timeout=20_000)
@@ -115,9 +107,6 @@ def test_a_live_run_gains_steps_on_screen(server, runs_root, page):
         assert shown_steps() > first
         n1 = max(traces(page, "overview-loss")["points"])
         page.wait_for_function(f"() => Math.max(...({TRACES_JS})('overview-loss').points) > {n1}", timeout=20_000)
-    finally:
-        writer.kill()
-        writer.wait()
 
 
 def test_no_url_reaches_outside_the_folder_it_was_started_on(server, page):

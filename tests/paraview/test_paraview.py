@@ -13,7 +13,7 @@ import pytest
 import tview
 from tview.render import analysis, layout, scene
 from tview.render.paraview_launch import clean_env
-from tests.conftest import PY, REPO, python_env
+from tests.conftest import PY, live_writer, python_env
 
 pytestmark = pytest.mark.slow
 PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pv_probe.py")
@@ -149,17 +149,9 @@ def test_bad_input_is_reported_and_paraview_goes_on(runs_root, tmp_path):
 
 def test_reloading_follows_a_live_run(tmp_path):
     live = tmp_path / "live"
-    writer = subprocess.Popen([PY, f"{REPO}/tests/store/writer_script.py", str(live), "100000", "0.02", "0"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=python_env())
-    try:
-        deadline = time.time() + 60
-        while not (live / "rank-00000.h5").exists() and time.time() < deadline:
-            time.sleep(0.2)
+    with live_writer(live):
         time.sleep(1.5)
         got, out = probe({"file": f"{live}/run.tview", "fetch": False, "reload_after": 2.0})
-        before, after = got["steps"], got["steps_after_reload"]
-        assert 0 < len(before) < len(after), out[-2000:]
-        assert after[:len(before)] == before
-    finally:
-        writer.kill()
-        writer.wait()
+    before, after = got["steps"], got["steps_after_reload"]
+    assert 0 < len(before) < len(after), out[-2000:]
+    assert after[:len(before)] == before

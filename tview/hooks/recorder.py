@@ -17,7 +17,7 @@ from tview.hooks import probes as P
 from tview.hooks.schedules import as_schedule, get_preset
 from tview.store import schema
 from tview.store.background import BackgroundWriter
-from tview.store.manifest import manifest_path, write_manifest
+from tview.store.manifest import write_manifest
 from tview.store.records import ShardLayout, StepRecord
 from tview.store.shard import refuse_existing_shard
 
@@ -233,7 +233,7 @@ class Recorder:
                 self.model(self.probe_inputs)
             return self._capture
         finally:
-            captured, self._capture = self._capture, None
+            self._capture = None
             for m, training in modes:
                 m.training = training
 
