@@ -49,10 +49,16 @@ def _layer_info(name: str, m: nn.Module) -> dict:
             "params": int(sum(p.numel() for p in m.parameters(recurse=False)))}
 
 
+_STATM = {"fd": None, "pid": None}
+
+
 def _host_rss_bytes() -> float:
+    """Resident memory of this process (Linux: /proc/self/statm, kept open; elsewhere: the peak)."""
     try:
-        with open("/proc/self/statm") as f:
-            return float(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        if _STATM["pid"] != os.getpid():  # opened by this process (a forked child reopens its own)
+            _STATM["fd"] = os.open("/proc/self/statm", os.O_RDONLY)
+            _STATM["page"], _STATM["pid"] = os.sysconf("SC_PAGE_SIZE"), os.getpid()
+        return float(os.pread(_STATM["fd"], 128, 0).split()[1]) * _STATM["page"]
     except (OSError, ValueError, IndexError):
         import resource
         return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
@@ -117,7 +123,7 @@ class Recorder:
         self.act_probes: list[P.ActivationProbe] = []
         self.detail_probes: list[P.ActivationProbe] = []
         if self.preset.activations:
-            self.act_probes.append(P.ActStats())
+            (self.act_probes if self.preset.activations_every_step else self.detail_probes).append(P.ActStats())
             self.detail_probes.append(P.ActZeroFraction())
             if self.preset.channels:
                 self.detail_probes.append(P.ActChannelStats())
@@ -257,10 +263,12 @@ class Recorder:
                 return
             if not self._recording or not module.training or not isinstance(output, torch.Tensor):
                 return
+            probes = self.all_act_probes if self._detail_now else self.act_probes
+            if not probes:
+                return
             ctx = P.ActivationContext(output, self.preset.act_sample_examples)
             if ctx.channel_dims is not None:
                 self._channels.setdefault(index, int(output.shape[1]))
-            probes = self.all_act_probes if self._detail_now else self.act_probes
             for k, probe in enumerate(probes):
                 self._pending_act.append((index, k, probe.compute(ctx)))
         return hook
@@ -379,7 +387,7 @@ class Recorder:
             self._layout = self._make_layout()
         self._writer.put(self._layout, {"step": step, "wall_time": time.time(), "scalars": host_scalars,
                                         "entries": list(zip(keys, host)), "has_grad": has_grad,
-                                        "hist": hist, "stats": bool(self.preset.grads or self.preset.weights or self.act_probes)})
+                                        "hist": hist, "stats": bool(self.preset.grads or self.preset.weights or self.all_act_probes)})
         self._recorded += 1
 
     def _make_layout(self) -> ShardLayout:
@@ -391,7 +399,7 @@ class Recorder:
             elif info["kind"] == "activation":
                 info["channels"] = None
             layers.append(info)
-        if not self.act_probes or not self.preset.channels:
+        if not self.all_act_probes or not self.preset.channels:
             layers = [dict(layer, channels=None) for layer in layers]
         filter_shapes = {n: tuple(m.weight.shape) for n, m in self.layers if n in self.filter_layers}
         return ShardLayout(rank=self.rank, world_size=self.world_size,

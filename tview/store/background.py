@@ -21,7 +21,7 @@ _STOP = object()
 
 class BackgroundWriter:
     def __init__(self, path: str, finalize: Callable[[object], StepRecord], resume: bool = False,
-                 queue_size: int = 64, max_batch: int = 64, batch_seconds: float = 0.5):
+                 queue_size: int = 64, max_batch: int = 64, batch_seconds: float = 1.0):
         self.path = path
         self.finalize = finalize  # turns what the training thread queued into a StepRecord
         self.resume = resume

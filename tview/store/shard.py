@@ -44,6 +44,28 @@ def refuse_existing_shard(path: str, hint: str) -> None:
         raise RunExistsError(f"{path} already holds a recorded run; {hint}")
 
 
+class _Column:
+    """One dataset of a table, with what appending needs kept at hand (h5py's properties are slow)."""
+
+    def __init__(self, dset: h5py.Dataset):
+        self.dset = dset
+        self.row_shape = tuple(dset.shape[1:])
+        self.dtype = dset.dtype
+        self.fill = dset.fillvalue
+
+    def write(self, n0: int, block: np.ndarray):
+        """Grow to n0 + len(block) rows and write block there (HDF5's low-level calls: no h5py checks)."""
+        k = block.shape[0]
+        self.dset.id.set_extent((n0 + k,) + self.row_shape)
+        space = self.dset.id.get_space()
+        space.select_hyperslab((n0,) + (0,) * len(self.row_shape), (k,) + self.row_shape)
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        self.dset.id.write(h5py.h5s.create_simple(block.shape), space, block)
+
+    def grow(self, n: int):
+        self.dset.id.set_extent((n,) + self.row_shape)
+
+
 class _Table:
     """A group whose datasets all grow together along axis 0; 'step' is resized last."""
 
@@ -51,7 +73,10 @@ class _Table:
         self.group = group
         self.columns: dict[str, h5py.Dataset] = {}
         self._collect(group, "")
+        self._cols = {name: _Column(d) for name, d in self.columns.items()}
         self.step = group["step"]
+        self._step = _Column(self.step)
+        self._n = int(self.step.shape[0])
 
     def _collect(self, group: h5py.Group, prefix: str):
         for key, item in group.items():
@@ -61,26 +86,26 @@ class _Table:
                 self.columns[prefix + key] = item
 
     def __len__(self) -> int:
-        return int(self.step.shape[0])
+        return self._n
 
     def append(self, steps: list[int], rows: list[dict[str, np.ndarray]]):
         """Append len(steps) rows; a column missing from a row keeps its fill value (NaN or 0)."""
-        n0, k = len(self), len(steps)
-        for name, dset in self.columns.items():
-            dset.resize(n0 + k, axis=0)
+        n0, k = self._n, len(steps)
+        for name, col in self._cols.items():
             values = [row.get(name) for row in rows]
             present = [i for i, v in enumerate(values) if v is not None]
             if not present:
+                col.grow(n0 + k)  # unwritten rows read as the fill value
                 continue
             if len(present) == k:
-                block = np.asarray(np.stack(values), dtype=dset.dtype)
+                block = np.stack(values)
             else:
-                block = np.full((k,) + dset.shape[1:], dset.fillvalue, dtype=dset.dtype)
+                block = np.full((k,) + col.row_shape, col.fill, dtype=col.dtype)
                 for i in present:
                     block[i] = values[i]
-            dset[n0:n0 + k] = block  # one write per column and batch
-        self.step.resize(n0 + k, axis=0)
-        self.step[n0:] = np.asarray(steps, dtype=np.int64)
+            col.write(n0, block)  # one write per column and batch
+        self._step.write(n0, np.asarray(steps, dtype=np.int64))
+        self._n = n0 + k
 
 
 class ShardWriter:
@@ -245,9 +270,9 @@ class ShardWriter:
                     self._first_scalar[col], changed = r.step, True
         with_stats = [r for r in records if r.stats is not None]
         if with_stats and (self._first_layer < 0).any():
-            counts = sum(np.stack([np.asarray(r.stats[k], dtype=np.float64) for r in with_stats])
-                         for k in schema.NONFINITE_STATS if k in with_stats[0].stats)
-            bad = np.nan_to_num(np.asarray(counts)) > 0  # [records, layers]
+            counts = sum(np.nan_to_num(np.stack([np.asarray(r.stats[k], dtype=np.float64) for r in with_stats]))
+                         for k in schema.NONFINITE_STATS if k in with_stats[0].stats)  # NaN: not measured
+            bad = np.asarray(counts) > 0  # [records, layers]
             hit = bad.any(axis=0) & (self._first_layer < 0)
             if hit.any():
                 steps = np.array([r.step for r in with_stats])
