@@ -155,3 +155,29 @@ def test_reloading_follows_a_live_run(tmp_path):
     before, after = got["steps"], got["steps_after_reload"]
     assert 0 < len(before) < len(after), out[-2000:]
     assert after[:len(before)] == before
+
+
+def test_the_paraview_gui_loads_the_plugin_and_opens_runs(demo, tmp_path):
+    """What `tview paraview RUN` relies on: ParaView's GUI, with tview's environment, autoloads the
+    plugin and picks the tview reader for run.tview (under Xvfb here, with a script instead of a user)."""
+    from tview.render.paraview_launch import paraview_command
+    cmd = paraview_command(demo)
+    assert cmd[1] == f"--data={demo}/run.tview"
+    out = tmp_path / "gui.txt"
+    script = tmp_path / "gui_check.py"
+    script.write_text(f"""import os
+from paraview import simple as pv
+src = pv.OpenDataFile({f"{demo}/run.tview"!r})
+src.UpdatePipelineInformation()
+pv.Show(src)
+pv.Render()
+open({str(out)!r}, "w").write(f"{{src.GetXMLName()}} {{len(src.TimestepValues)}}")
+os._exit(0)
+""")
+    env = clean_env(autoload=True)
+    env.pop("DISPLAY", None)
+    proc = subprocess.run(["xvfb-run", "-a", "-s", "-screen 0 1280x1024x24", cmd[0], f"--script={script}"],
+                          env=env, capture_output=True, text=True, timeout=180)
+    assert out.exists(), proc.stdout[-2000:] + proc.stderr[-2000:]
+    reader, steps = out.read_text().split()
+    assert reader == "TviewRunReader" and int(steps) == len(tview.open_run(demo).steps(0))
