@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import tview
-from tests.conftest import PY, python_env
+from tests.conftest import PY, REPO, python_env
 
 
 @pytest.fixture(scope="module")
@@ -16,6 +16,25 @@ def ddp_run(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("ddp") / "demo")
     run_demo(path, ranks=2, steps=24, every=2, snapshot_every=10, batch=16)
     return path
+
+
+def test_local_grad_norm_is_each_ranks_own_gradient_before_the_all_reduce(tmp_path):
+    """Against plain torch: each rank recomputes its gradient on its batch with a non-DDP copy."""
+    out = str(tmp_path / "ddp")
+    proc = subprocess.run([PY, os.path.join(REPO, "tests", "ddp_local_grads.py"), out], capture_output=True,
+                          text=True, env=python_env(), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = tview.open_run(out)
+    assert run.ranks == [0, 1]
+    for rank in (0, 1):
+        ref = np.load(os.path.join(out, f"reference-{rank}.npz"))
+        for layer in ("conv1", "bn1", "conv2", "fc"):
+            steps, local = run.stat("local_grad_norm", layer, rank=rank)
+            assert list(steps) == [0, 1, 2, 3]
+            np.testing.assert_allclose(local, [ref[f"{layer}/{s}"] for s in steps], rtol=1e-4)
+    _, l0 = run.stat("local_grad_norm", "fc", rank=0)
+    _, l1 = run.stat("local_grad_norm", "fc", rank=1)
+    assert not np.allclose(l0, l1)
 
 
 def test_every_rank_writes_its_own_shard(ddp_run):
