@@ -129,7 +129,8 @@ def main(argv=None) -> int:
             print(f"done in {seconds:.1f} s\n")
             print(info_text(a.out))
             print(f"\nnext:\n  tview dashboard {os.path.dirname(os.path.abspath(a.out))}   "
-                  f"# then open http://127.0.0.1:8050/\n  tview info {a.out}\n"
+                  f"# then open http://127.0.0.1:8050/\n  tview render {a.out} --out network.png   "
+                  f"# through ParaView's pvbatch, no screen needed\n  tview info {a.out}\n"
                   f"  python -c \"import tview; run = tview.open_run('{a.out}'); print(run.scalar('loss', rank=1))\"")
         elif a.command == "info":
             print(info_text(a.run))
