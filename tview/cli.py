@@ -19,8 +19,6 @@ def _size(n: float) -> str:
 
 def info_text(path: str) -> str:
     """A readable summary of a run: ranks, steps, layers, what was recorded, sizes."""
-    import numpy as np
-
     from tview.store import schema
     from tview.store.reader import open_run
 
@@ -56,13 +54,15 @@ def info_text(path: str) -> str:
             steps, loss = run.scalar("loss", r0)
             if len(steps):
                 lines.append(f"loss: {loss[0]:.4g} at step {steps[0]} -> {loss[-1]:.4g} at step {steps[-1]}")
-        nan_steps = []
-        for stat in ("grad_nan", "act_nan", "grad_inf", "act_inf"):
-            steps, values = run.stat_matrix(stat, r0)
-            bad = np.nan_to_num(values, nan=0.0).sum(axis=1) > 0
-            if bad.any():
-                nan_steps.append(f"{stat} first at step {steps[bad.argmax()]}")
-        lines.append("non-finite values: " + ("; ".join(nan_steps) if nan_steps else "none"))
+        found = []
+        for rank in run.ranks:  # kept by the writer: no scan of the tables
+            first = run.first_nonfinite(rank)
+            if first["layers"]:
+                step = min(first["layers"].values())
+                layers = [name for name, s in first["layers"].items() if s == step]
+                found.append(f"rank {rank}: NaN/Inf first at step {step} in {', '.join(layers)}")
+            found += [f"rank {rank}: {name} NaN/Inf first at step {s}" for name, s in first["scalars"].items()]
+        lines.append("non-finite values: " + ("; ".join(found) if found else "none"))
     lines.append("")
     lines.append(f"{'layer':<24} {'type':<14} {'channels':>8} {'params':>9}")
     for layer in run.layer_info:

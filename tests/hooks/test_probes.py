@@ -213,3 +213,5 @@ def test_first_nonfinite_step_is_kept_per_layer_and_scalar(tmp_path, tiny):
     # the default preset measures activations on every 10th recorded step only: the gradients,
     # counted every step, still place the first NaN at step 3 in the activation layer bn1 too
     assert np.isnan(run.stat("act_nan", "conv1")[1][1:]).all() and first["layers"]["bn1"] == 3
+    from tview.cli import info_text
+    assert "rank 0: NaN/Inf first at step 3 in conv1, bn1, conv2, fc" in info_text(str(tmp_path / "r"))
