@@ -246,13 +246,21 @@ class TviewRunReader(VTKPythonAlgorithmBase):
                     group.SetBlock(i, _tag(make(run, layer, step, rank), run, rank, piece, step))
             output.SetBlock(block, group)
 
+        # whole-run fields: layer x step for each layer statistic, channel x step for each selected
+        # layer's per-channel statistics (x: step index, drawn about a third as tall as wide)
+        wanted = [(stat, None) for stat in stats if stat in schema.LAYER_STATS]
+        wanted += [(stat, info["name"]) for stat in stats if stat in schema.CHANNEL_STATS
+                   for info in scene.channel_layers(run, layers)]
         fields = vtkMultiBlockDataSet()
-        layer_stats = [s for s in stats if s in schema.LAYER_STATS]
-        fields.SetNumberOfBlocks(len(layer_stats))
-        for i, stat in enumerate(layer_stats):
-            fields.GetMetaData(i).Set(vtkMultiBlockDataSet.NAME(), stat)
-            steps, values = scene.layer_field(run, stat, rank)
-            if values.size:  # x: step index, y: layer, drawn about a third as tall as wide
+        fields.SetNumberOfBlocks(len(wanted))
+        for i, (stat, layer) in enumerate(wanted):
+            fields.GetMetaData(i).Set(vtkMultiBlockDataSet.NAME(), stat if layer is None else f"{stat}/{layer}")
+            try:
+                steps, values = (scene.layer_field(run, stat, rank) if layer is None
+                                 else scene.channel_field(run, stat, layer, rank))
+            except KeyError:  # a layer without per-channel values recorded
+                continue
+            if values.size:
                 img = vtk_data.image(values, stat, spacing=(1.0, max(1.0, values.shape[1] / (3.0 * len(values))), 1.0))
                 vtk_data.add_field(img, "steps", steps.astype(np.float64))
                 fields.SetBlock(i, _tag(img, run, rank, piece))

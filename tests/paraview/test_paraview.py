@@ -85,6 +85,11 @@ def test_reader_lists_steps_layers_and_arrays_equal_to_open_run(demo):
     field = blocks["fields"]["blocks"]["grad_norm"]
     assert field["dimensions"] == [len(fs), len(run.layers), 1]
     assert nan_equal(field["arrays"]["grad_norm"], gm.T.reshape(-1))
+    cs, cm = run.stat("act_channel_zero_frac", "conv2", rank=1)
+    keep = np.isfinite(cm).any(axis=1)  # per-channel statistics exist on detail steps only
+    cfield = blocks["fields"]["blocks"]["act_channel_zero_frac/conv2"]
+    assert cfield["dimensions"] == [int(keep.sum()), cm.shape[1], 1]
+    assert nan_equal(cfield["arrays"]["act_channel_zero_frac"], cm[keep].T.reshape(-1))
 
 
 def test_mean_and_spread_across_ranks_and_the_filters(demo):
