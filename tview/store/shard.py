@@ -71,19 +71,17 @@ class _Table:
 
     def __init__(self, group: h5py.Group):
         self.group = group
-        self.columns: dict[str, h5py.Dataset] = {}
+        self.columns: dict[str, _Column] = {}
         self._collect(group, "")
-        self._cols = {name: _Column(d) for name, d in self.columns.items()}
-        self.step = group["step"]
-        self._step = _Column(self.step)
-        self._n = int(self.step.shape[0])
+        self._step = _Column(group["step"])
+        self._n = int(group["step"].shape[0])
 
     def _collect(self, group: h5py.Group, prefix: str):
         for key, item in group.items():
             if isinstance(item, h5py.Group):
                 self._collect(item, prefix + key + "/")
             elif prefix or key not in ("step", "names"):  # scalars/names grows on its own
-                self.columns[prefix + key] = item
+                self.columns[prefix + key] = _Column(item)
 
     def __len__(self) -> int:
         return self._n
@@ -91,7 +89,7 @@ class _Table:
     def append(self, steps: list[int], rows: list[dict[str, np.ndarray]]):
         """Append len(steps) rows; a column missing from a row keeps its fill value (NaN or 0)."""
         n0, k = self._n, len(steps)
-        for name, col in self._cols.items():
+        for name, col in self.columns.items():
             values = [row.get(name) for row in rows]
             present = [i for i, v in enumerate(values) if v is not None]
             if not present:
@@ -241,8 +239,8 @@ class ShardWriter:
                 for stat, per_layer in (r.channel_stats or {}).items():
                     for layer, values in per_layer.items():
                         key = f"{stat}/{layer}"
-                        dset = self.tables[schema.TABLE_STATS].columns.get(key)
-                        if dset is not None and dset.shape[1:] == values.shape:
+                        col = self.tables[schema.TABLE_STATS].columns.get(key)
+                        if col is not None and col.row_shape == values.shape:
                             row[key] = values
                 rows.append(row)
             self.tables[schema.TABLE_STATS].append([r.step for r in with_stats], rows)
