@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from dash import Input, Output, State, callback, dcc, html
 
-from tview.render import figures
+from tview.render import figures, summaries
 from tview.store import schema
 
 from ..common import ALL_RANKS, catalog, control, figures_or_message, first_run, graph, keep_choice, options, rank_options
@@ -41,15 +41,11 @@ def choices(runs, rank, layer):
 
 
 def _over_ranks(run, rank, read):
-    """read(rank) -> (steps, values) for one rank, or every rank's values on their common steps."""
+    """read(rank) -> (steps, values) for one rank, or every rank's values stacked on their common steps."""
     if rank != ALL_RANKS:
         return read(int(rank))
-    parts = {r: read(r) for r in run.ranks}
-    common = None
-    for steps, _ in parts.values():
-        common = steps if common is None else np.intersect1d(common, steps)
-    stacked = np.stack([v[np.isin(s, common)] for s, v in parts.values()])
-    return common, stacked
+    steps, values = summaries.aligned({r: read(r) for r in run.ranks})
+    return steps, np.stack(list(values.values()))
 
 
 @callback(Output("layers-heatmap", "figure"), Input("layers-stat", "value"), Input("layers-rank", "value"),
