@@ -12,6 +12,7 @@ import numpy as np
 
 from tview.render.analysis import pca3, similarity_groups
 from tview.render.layout import network_positions, tile
+from tview.render.summaries import channel_values_at
 from tview.store import schema
 from tview.store.reader import Run
 
@@ -60,21 +61,19 @@ def network(run: Run, rank: int, step: float | None, layers: list[str] | None = 
     out = {"layer": np.repeat(np.arange(len(infos)), counts).astype(np.int32),
            "channel": np.concatenate([np.arange(c) for c in counts]).astype(np.int32) if counts else np.zeros(0, np.int32)}
     n = sum(counts)
+    names = [info["name"] for info in infos]
+    offsets, sizes = dict(zip(names, np.cumsum([0] + counts))), dict(zip(names, counts))
     for name in wanted:
         values = np.full(n, np.nan)
-        offset = 0
-        for info, c in zip(infos, counts):
-            if end > 0 and name in CHANNEL_ARRAYS:
-                key = f"{name}/{info['name']}"
-                if key in shard.file[schema.TABLE_STATS]:
-                    _, rows = shard.read(schema.TABLE_STATS, key, slice(max(0, end - lookback), end))
-                    finite = np.flatnonzero(np.isfinite(rows).any(axis=1))
-                    if len(finite) and rows.shape[1] == c:
-                        values[offset:offset + c] = rows[finite[-1]]
-            elif end > 0 and name in schema.LAYER_STATS:
-                _, row = shard.read(schema.TABLE_STATS, name, slice(end - 1, end), (run.layer_index(info["name"]),))
-                values[offset:offset + c] = row[0] if len(row) else np.nan
-            offset += c
+        if name in CHANNEL_ARRAYS:  # the latest recorded row at or before the step, per layer
+            for layer, row, _ in zip(*channel_values_at(run, name, step, rank, lookback)):
+                c = sizes.get(layer)
+                if c is not None and len(row) == c:
+                    values[offsets[layer]:offsets[layer] + c] = row
+        elif end > 0 and name in schema.LAYER_STATS:  # one row of [layers] per statistic
+            _, row = shard.read(schema.TABLE_STATS, name, slice(end - 1, end))
+            for layer, c in sizes.items():
+                values[offsets[layer]:offsets[layer] + c] = row[0][run.layer_index(layer)]
         out[name] = values
     return Points(network_positions(counts), out)
 
