@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 from dash import Input, Output, State, callback, dcc, html
 
 from tview.render import analysis, figures, summaries
@@ -83,9 +82,8 @@ def similarity(layer, threshold, rank, step, _, runs):
         if not layer or rank is None:
             return figures.message_figure("no probe batch recorded (pass probe_batch= to the Recorder)"), ""
         at, maps = run.feature_maps(layer, step, int(rank))
-        groups = analysis.similarity_groups(maps, float(threshold))
-        profiles = np.moveaxis(maps, 1, 0).reshape(maps.shape[1], -1)
-        fig = figures.similarity_figure(analysis.pca3(profiles), groups,
+        coords, groups = analysis.similarity_layout(maps, float(threshold))
+        fig = figures.similarity_figure(coords, groups,
                                         f"{layer} filters by probe activations at step {at} (PCA)")
         text = ([html.H4(f"{len(groups)} group(s) of filters with Pearson r >= {threshold:.2f} (pruning candidates)")] +
                 [html.P(f"group {k + 1}: filters {', '.join(map(str, g))}", className="sim-group")

@@ -211,6 +211,13 @@ def similarity_groups(activations: np.ndarray, threshold: float = 0.9) -> list[l
     return sorted((g for g in groups.values() if len(g) > 1), key=lambda g: (-len(g), g[0]))
 
 
+def similarity_layout(activations: np.ndarray, threshold: float) -> tuple[np.ndarray, list[list[int]]]:
+    """(coords [C, 3], groups): each filter placed by PCA of its probe activations [N, C, ...], and
+    the similarity groups (see similarity_groups)."""
+    a = np.asarray(activations, dtype=np.float64)
+    return pca3(np.moveaxis(a, 1, 0).reshape(a.shape[1], -1)), similarity_groups(a, threshold)
+
+
 def pearson_matrix(profiles: np.ndarray) -> np.ndarray:
     """Pearson correlation between the rows of [C, M]; rows with zero variance give NaN."""
     x = np.asarray(profiles, dtype=np.float64)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tview.render.analysis import pca3, similarity_groups
+from tview.render.analysis import similarity_layout
 from tview.render.layout import network_positions, tile
 from tview.render.summaries import channel_values_at
 from tview.store import schema
@@ -159,13 +159,11 @@ def feature_volume(run: Run, layer: str, step: float | None, rank: int, example:
 def similarity(maps: np.ndarray, threshold: float) -> Points:
     """Filters of one layer as points (PCA of their probe activations [N, C, H, W]) with their group
     (-1: none): filters whose activations correlate at Pearson r >= threshold, merged transitively."""
-    maps = np.asarray(maps, dtype=np.float64)
-    c = maps.shape[1]
-    groups = similarity_groups(maps, threshold)
+    coords, groups = similarity_layout(maps, threshold)
+    c = len(coords)
     group = np.full(c, -1, dtype=np.int32)
     for k, g in enumerate(groups):
         group[g] = k
-    coords = pca3(np.moveaxis(maps, 1, 0).reshape(c, -1))
     return Points(coords, {"group": group, "filter": np.arange(c, dtype=np.int32),
                            "group_size": np.array([len(groups[k]) if k >= 0 else 1 for k in group], dtype=np.int32)})
 
