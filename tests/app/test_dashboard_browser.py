@@ -36,8 +36,11 @@ TRACES_JS = """id => {
 
 def traces(page, graph_id, timeout=30_000):
     """Wait until the graph drew at least one trace with points; return its title and point counts."""
-    page.wait_for_function(f"""() => {{ const r = ({TRACES_JS})('{graph_id}');
-        return r && r.points.length > 0 && r.points.some(n => n > 0); }}""", timeout=timeout)
+    try:
+        page.wait_for_function(f"""() => {{ const r = ({TRACES_JS})('{graph_id}');
+            return r && r.points.length > 0 && r.points.some(n => n > 0); }}""", timeout=timeout)
+    except Exception as exc:  # say which graph, on which page, in what state
+        raise AssertionError(f"{page.url}: graph {graph_id} drew no data: {page.evaluate(TRACES_JS, graph_id)}") from exc
     return page.evaluate(TRACES_JS, graph_id)
 
 
