@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
 import re
+import threading
 import time
 
 import h5py
@@ -16,6 +18,20 @@ from tview.store import schema
 from tview.store.manifest import read_manifest
 
 _SHARD_RE = re.compile(r"rank-(\d{5})\.h5$")
+
+# h5py makes each HDF5 call atomic, not a refresh followed by a read: two threads refreshing and
+# reading the same SWMR dataset (a web server's callbacks on one open run) got HDF5 errors such as
+# "can't insert duplicate key". Every read sequence below holds this lock. HDF5 runs one call at a
+# time anyway, so the lock costs no parallelism.
+_LOCK = threading.RLock()
+
+
+def _serialized(method):
+    @functools.wraps(method)
+    def locked(*args, **kwargs):
+        with _LOCK:
+            return method(*args, **kwargs)
+    return locked
 
 
 def _strided(n: int, max_points: int | None) -> slice:
@@ -82,6 +98,7 @@ class ShardReader:
             self.file.close()
             raise CorruptShardError(f"{path}: damaged tview shard: {exc}") from None
 
+    @_serialized
     def dataset(self, table: str, column: str) -> h5py.Dataset:
         try:
             dset = self.file[table][column]
@@ -90,12 +107,15 @@ class ShardReader:
         dset.refresh()
         return dset
 
+    @_serialized
     def length(self, table: str) -> int:
         return int(self.dataset(table, "step").shape[0])
 
+    @_serialized
     def steps(self, table: str) -> np.ndarray:
         return self.dataset(table, "step")[:]
 
+    @_serialized
     def read(self, table: str, column: str, rows: slice, index=()) -> tuple[np.ndarray, np.ndarray]:
         """Rows of a column with the matching steps; never reads past the step column's length."""
         step = self.dataset(table, "step")
@@ -109,6 +129,7 @@ class ShardReader:
             raise CorruptShardError(f"{self.path}: {table}/{column} cannot be read (damaged file?): {exc}") from None
         return steps, values
 
+    @_serialized
     def close(self):
         self.file.close()
 
@@ -130,6 +151,7 @@ class Run:
             first = self._shards[self.ranks[0]]
             self.layer_info = json.loads(first.file.attrs["layers_json"])
 
+    @_serialized
     def _open_shards(self):
         found = {}
         for p in glob.glob(os.path.join(self.path, "rank-*.h5")):
@@ -160,6 +182,7 @@ class Run:
     def missing_ranks(self) -> list[int]:
         return sorted(r for r in self.problems if r not in self._shards)
 
+    @_serialized
     def refresh(self):
         """Pick up shards that appeared since opening (rows are always read fresh)."""
         self._open_shards()
@@ -181,15 +204,18 @@ class Run:
         except ValueError:
             raise KeyError(f"{self.path}: no layer {layer!r}; layers: {', '.join(self.layers)}") from None
 
+    @_serialized
     def steps(self, rank: int = 0) -> np.ndarray:
         """Recorded steps of a rank (ascending)."""
         return self.shard(rank).steps(schema.TABLE_SCALARS)
 
+    @_serialized
     def scalar_names(self, rank: int = 0) -> list[str]:
         names = self.shard(rank).dataset(schema.TABLE_SCALARS, "names")
         return [bytes(n).decode() for n in names[:]]
 
     # -- series ---------------------------------------------------------------------------
+    @_serialized
     def scalar(self, name: str, rank: int = 0, max_points: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(steps, values) of a per-step scalar: loss, lr, step_time, examples_per_sec, ..."""
         names = self.scalar_names(rank)
@@ -202,6 +228,7 @@ class Run:
         rows = _strided(shard.length(schema.TABLE_SCALARS), max_points)
         return shard.read(schema.TABLE_SCALARS, "values", rows, (names.index(name),))
 
+    @_serialized
     def stat(self, name: str, layer: str | int, rank: int = 0, max_points: int | None = None):
         """(steps, values) of a layer statistic; per-channel statistics give values [steps, C]."""
         shard = self.shard(rank)
@@ -213,6 +240,7 @@ class Run:
             raise KeyError(f"no statistic {name!r}; statistics: {', '.join(schema.LAYER_STATS + schema.CHANNEL_STATS)}")
         return shard.read(schema.TABLE_STATS, name, rows, (i,))
 
+    @_serialized
     def stat_matrix(self, name: str, rank: int = 0, max_points: int | None = None):
         """(steps, values [steps, layers]) of one statistic for every layer."""
         if name not in schema.LAYER_STATS:
@@ -220,10 +248,12 @@ class Run:
         shard = self.shard(rank)
         return shard.read(schema.TABLE_STATS, name, _strided(shard.length(schema.TABLE_STATS), max_points))
 
+    @_serialized
     def trajectory(self, layer: str | int, rank: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(steps, [steps, dims]): the layer's parameters projected on fixed random unit directions."""
         return self.shard(rank).read(schema.TABLE_STATS, "trajectory", slice(None), (self.layer_index(layer),))
 
+    @_serialized
     def histogram(self, kind: str, layer: str | int, rank: int = 0, max_points: int | None = None):
         """(steps, bin_edges, counts [steps, bins]) of 'grad', 'weight' or 'act' values."""
         if kind not in schema.HIST_KINDS:
@@ -233,6 +263,7 @@ class Run:
         steps, counts = shard.read(schema.TABLE_HIST, kind, rows, (self.layer_index(layer),))
         return steps, shard.file["hist_edges"][:], counts
 
+    @_serialized
     def _snapshot(self, group: str, layer: str, step: int | None, rank: int):
         shard = self.shard(rank)
         name = self.layers[self.layer_index(layer)]
@@ -252,6 +283,7 @@ class Run:
         _, value = shard.read(schema.TABLE_SNAPSHOTS, key, slice(i, i + 1))
         return int(steps[i]), value[0]
 
+    @_serialized
     def snapshot_steps(self, rank: int = 0) -> np.ndarray:
         return self.shard(rank).steps(schema.TABLE_SNAPSHOTS)
 
@@ -263,11 +295,13 @@ class Run:
         """(step, [N, C, H, W]) the probe batch's feature maps at the latest snapshot at or before step."""
         return self._snapshot("feature_maps", layer, step, rank)
 
+    @_serialized
     def probe_inputs(self, rank: int = 0) -> np.ndarray | None:
         probe = self.shard(rank).file["probe"]
         return probe["inputs"][:] if "inputs" in probe else None
 
     # -- health of the ranks --------------------------------------------------------------
+    @_serialized
     def rank_status(self) -> dict[int, dict]:
         """Per rank: recorded steps, last step, whether it closed cleanly, records dropped, problem."""
         status = {}
@@ -285,6 +319,7 @@ class Run:
                             "closed": bool(closed), "dropped": dropped, "problem": None}
         return status
 
+    @_serialized
     def first_nonfinite(self, rank: int = 0) -> dict[str, dict[str, int]]:
         """Where NaN/Inf first appeared on a rank: {"layers": {layer: step}, "scalars": {name: step}}
         (gradients or activations of a layer; a scalar such as the loss). Absent names: never."""
@@ -310,6 +345,7 @@ class Run:
         return {r: s["last_step"] for r, s in status.items()
                 if not s["closed"] and (s["last_step"] is None or s["last_step"] < (furthest or 0))}
 
+    @_serialized
     def close(self):
         for shard in self._shards.values():
             shard.close()
