@@ -82,9 +82,9 @@ def pick_from_address(search, current):
     return no_update if current else ids[:1]
 
 
-def run_signature(run) -> list:
-    """What changes when a run grows: per rank the number of steps and whether it closed."""
-    return [[r, s["steps"], s["closed"], bool(s["problem"])] for r, s in run.rank_status().items()]
+def run_signature(rows: list[dict]) -> list:
+    """What changes when a run grows, from summaries.rank_rows: per rank its steps, state and problem."""
+    return [[r["rank"], r["steps"], r["state"], bool(r["problem"])] for r in rows]
 
 
 @callback(Output("runs", "options"), Output("runs-found", "children"), Output("refresh", "data"),
@@ -98,9 +98,9 @@ def poll(_, runs, previous):
     signature, live = {}, []
     for run_id in runs or []:
         try:
-            run = cat.get(run_id)
-            signature[run_id] = run_signature(run)
-            if is_live(rank_rows(run)):
+            rows = rank_rows(cat.get(run_id))
+            signature[run_id] = run_signature(rows)
+            if is_live(rows):
                 live.append(run_id)
         except Exception as exc:  # shown by the pages themselves
             signature[run_id] = str(exc)

@@ -45,8 +45,9 @@ def server_side(path: str) -> float:
     t = time.perf_counter()
     run = open_run(path, skip_bad_shards=True)
     loss = summaries.scalar_per_rank(run, "loss", POINTS)  # as the overview page does
-    summaries.run_summary(run)
-    summaries.health_findings(run, POINTS, loss=loss)
+    rows = summaries.rank_rows(run)
+    summaries.run_summary(run, rows)
+    summaries.health_findings(run, POINTS, loss=loss, rows=rows)
     run.close()
     return time.perf_counter() - t
 

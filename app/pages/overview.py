@@ -18,8 +18,9 @@ def _seconds(s):
 
 
 def run_card(run_id: str, run, loss: dict) -> html.Div:
-    s = summaries.run_summary(run)
-    findings = summaries.health_findings(run, POINTS, loss=loss)
+    rows = summaries.rank_rows(run)  # read once for the summary and the health checks
+    s = summaries.run_summary(run, rows)
+    findings = summaries.health_findings(run, POINTS, loss=loss, rows=rows)
     head = [html.H3([run_id, html.Span(" LIVE", className="tv-live") if s["live"] else None])]
     facts = html.P(
         f"{s['model']} · {len(s['readable_ranks'])} of {s['world_size']} rank(s) readable · "

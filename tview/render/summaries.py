@@ -39,9 +39,10 @@ def is_live(rows: list[dict]) -> bool:
     return any(r["state"] == "live" for r in rows)
 
 
-def run_summary(run: Run) -> dict:
-    """Ranks, steps, layers, wall time and what was recorded, for the overview."""
-    rows = rank_rows(run)
+def run_summary(run: Run, rows: list[dict] | None = None) -> dict:
+    """Ranks, steps, layers, wall time and what was recorded, for the overview (rows: rank_rows(run),
+    when the caller has them)."""
+    rows = rows if rows is not None else rank_rows(run)
     m = run.manifest
     walls = [r["wall_seconds"] for r in rows if r["wall_seconds"] is not None]
     return {
@@ -68,9 +69,10 @@ def scalar_per_rank(run: Run, name: str, max_points: int = 2000) -> dict[int, tu
     return {rank: _series(run, name, rank, max_points) for rank in run.ranks}
 
 
-def health_findings(run: Run, max_points: int = 2000, loss: dict | None = None) -> list[analysis.Finding]:
+def health_findings(run: Run, max_points: int = 2000, loss: dict | None = None,
+                    rows: list[dict] | None = None) -> list[analysis.Finding]:
     """NaN/Inf (exact first step), exploding/vanishing gradients, dead filters, diverging/slow/lagging ranks.
-    loss: scalar_per_rank(run, "loss") when the caller has read it already."""
+    loss: scalar_per_rank(run, "loss"), rows: rank_rows(run), when the caller has read them already."""
     found: list[analysis.Finding] = []
     loss = loss if loss is not None else scalar_per_rank(run, "loss", max_points)
     first, step_time = {}, {}
@@ -96,7 +98,7 @@ def health_findings(run: Run, max_points: int = 2000, loss: dict | None = None) 
                     f"{layer['name']}: {len(dead)} of {tail.shape[1]} channels dead (zero fraction >= "
                     f"{analysis.DEAD_ZERO_FRAC}): {', '.join(map(str, dead[:12]))}{' ...' if len(dead) > 12 else ''}",
                     rank, layer["name"]))
-    last = {r["rank"]: r["last_step"] for r in rank_rows(run)}
+    last = {r["rank"]: r["last_step"] for r in (rows if rows is not None else rank_rows(run))}
     found += analysis.rank_findings({r: v for r, (_, v) in loss.items()}, step_time, last)
     for rank, why in sorted(run.problems.items()):
         found.append(analysis.Finding("unreadable_rank", "error", f"rank {rank}: {why}", rank))
