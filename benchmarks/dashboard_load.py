@@ -13,24 +13,21 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from app.pages.overview import POINTS  # noqa: E402
+from app.testing import CHROMIUM, CHROMIUM_FLAGS, start_dashboard  # noqa: E402
+from tview.demo import free_port  # noqa: E402
 from tview.render import summaries  # noqa: E402
 from tview.store.reader import open_run  # noqa: E402
 from tview.store.synthetic import write_synthetic_run  # noqa: E402
 
-FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
 DRAWN_JS = """() => {
   const card = document.querySelector('.run-card');
   const el = document.querySelector('#overview-loss .js-plotly-plot');
@@ -52,12 +49,6 @@ def server_side(path: str) -> float:
     return time.perf_counter() - t
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1e3,1e4,1e5,1e6")
@@ -65,7 +56,7 @@ def main(argv=None):
     ap.add_argument("--layers", type=int, default=20)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--out", default=None, help="folder for the synthetic runs (default: a temporary one, removed)")
-    ap.add_argument("--chromium", default="/usr/bin/chromium")
+    ap.add_argument("--chromium", default=CHROMIUM)
     a = ap.parse_args(argv)
     sizes = [int(float(s)) for s in a.sizes.split(",")]
     root = a.out or tempfile.mkdtemp(prefix="tview-dashboard-load-")
@@ -80,21 +71,13 @@ def main(argv=None):
                 print(f"wrote {n} steps x {a.ranks} ranks x {a.layers} layers in {time.perf_counter() - t:.1f} s "
                       f"({size / 2**30:.2f} GiB)", flush=True)
         port = free_port()
-        env = dict(os.environ, PYTHONPATH=REPO)
-        server = subprocess.Popen([sys.executable, "-m", "tview.cli", "dashboard", root, "--port", str(port)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        server = start_dashboard(root, port, os.path.join(root, "dashboard.log"), env=dict(os.environ, PYTHONPATH=REPO))
         base = f"http://127.0.0.1:{port}"
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(base, timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
         from playwright.sync_api import sync_playwright
         rows = []
         try:
             with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=a.chromium, headless=True, args=FLAGS)
+                browser = p.chromium.launch(executable_path=a.chromium, headless=True, args=CHROMIUM_FLAGS)
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
                 page.goto(f"{base}/?runs=steps-{sizes[0]}")  # warm up: scripts cached, as for any user
                 page.wait_for_function(DRAWN_JS.replace("RANKS", str(a.ranks)), timeout=120_000)
