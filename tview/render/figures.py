@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 
 from tview.render.analysis import ema
 from tview.render.layout import network_positions, tile
+from tview.store.reader import strided
 
 MAX_POINTS = 2000        # per line trace
 MAX_HEATMAP_ROWS = 1000  # steps shown in a step x something heatmap
@@ -23,11 +24,6 @@ class Series:
     name: str
     steps: np.ndarray
     values: np.ndarray
-
-
-def stride(n: int, max_points: int) -> slice:
-    """Evenly spaced rows keeping at most max_points of n, the first always included."""
-    return slice(0, n, max(1, math.ceil(n / max_points))) if n > max_points else slice(0, n)
 
 
 def _finite_or_none(values: np.ndarray) -> list:
@@ -60,7 +56,7 @@ def line_figure(series: list[Series], title: str, y_title: str = "", log_y: bool
     palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                "#bcbd22", "#17becf"]
     for i, s in enumerate(series):
-        rows = stride(len(s.steps), MAX_POINTS)
+        rows = strided(len(s.steps), MAX_POINTS)
         x, y = np.asarray(s.steps)[rows], np.asarray(s.values, dtype=np.float64)[rows]
         colour = (mark or {}).get(s.name, palette[i % len(palette)])
         if smoothing > 0:
@@ -82,7 +78,7 @@ def heatmap_figure(steps: np.ndarray, labels: list[str], values: np.ndarray, tit
     values = np.asarray(values, dtype=np.float64)
     if values.size == 0:
         return message_figure("nothing recorded yet")
-    rows = stride(values.shape[0], MAX_HEATMAP_ROWS)
+    rows = strided(values.shape[0], MAX_HEATMAP_ROWS)
     z = values[rows].T
     if log:
         with np.errstate(all="ignore"):
@@ -103,7 +99,7 @@ def histogram_figure(steps: np.ndarray, edges: np.ndarray, counts: np.ndarray, t
     counts = np.asarray(counts, dtype=np.float64)
     if counts.size == 0 or counts.sum() == 0:
         return message_figure("no histogram recorded yet for this layer")
-    rows = stride(counts.shape[0], MAX_HEATMAP_ROWS)
+    rows = strided(counts.shape[0], MAX_HEATMAP_ROWS)
     counts, steps = counts[rows], np.asarray(steps)[rows]
     used = np.flatnonzero(counts.sum(axis=0) > 0)
     lo, hi = used[0], used[-1] + 1
@@ -175,7 +171,7 @@ def trajectory_figure(steps: np.ndarray, coords: np.ndarray, title: str) -> go.F
         return message_figure("no weight trajectory recorded yet")
     if coords.shape[1] < 3:
         coords = np.pad(coords, ((0, 0), (0, 3 - coords.shape[1])))
-    rows = stride(len(steps), MAX_POINTS)
+    rows = strided(len(steps), MAX_POINTS)
     steps, coords = steps[rows], coords[rows]
     fig = go.Figure(go.Scatter3d(x=coords[:, 0], y=coords[:, 1], z=coords[:, 2], mode="lines+markers",
                                  marker=dict(size=3, color=steps, colorscale="Plasma", colorbar=dict(title="step")),

@@ -34,7 +34,8 @@ def _serialized(method):
     return locked
 
 
-def _strided(n: int, max_points: int | None) -> slice:
+def strided(n: int, max_points: int | None) -> slice:
+    """Evenly spaced rows keeping at most max_points of n (all of them for None), the first included."""
     if not max_points or n <= max_points:
         return slice(0, n)
     stride = -(-n // max_points)
@@ -221,18 +222,18 @@ class Run:
         names = self.scalar_names(rank)
         if name == "wall_time":
             shard = self.shard(rank)
-            return shard.read(schema.TABLE_SCALARS, "wall_time", _strided(shard.length(schema.TABLE_SCALARS), max_points))
+            return shard.read(schema.TABLE_SCALARS, "wall_time", strided(shard.length(schema.TABLE_SCALARS), max_points))
         if name not in names:
             raise KeyError(f"{self.path}: rank {rank} has no scalar {name!r}; scalars: {', '.join(names)}")
         shard = self.shard(rank)
-        rows = _strided(shard.length(schema.TABLE_SCALARS), max_points)
+        rows = strided(shard.length(schema.TABLE_SCALARS), max_points)
         return shard.read(schema.TABLE_SCALARS, "values", rows, (names.index(name),))
 
     @_serialized
     def stat(self, name: str, layer: str | int, rank: int = 0, max_points: int | None = None):
         """(steps, values) of a layer statistic; per-channel statistics give values [steps, C]."""
         shard = self.shard(rank)
-        rows = _strided(shard.length(schema.TABLE_STATS), max_points)
+        rows = strided(shard.length(schema.TABLE_STATS), max_points)
         i = self.layer_index(layer)
         if name in schema.CHANNEL_STATS:
             return shard.read(schema.TABLE_STATS, f"{name}/{self.layers[i]}", rows)
@@ -246,7 +247,7 @@ class Run:
         if name not in schema.LAYER_STATS:
             raise KeyError(f"no statistic {name!r}; statistics: {', '.join(schema.LAYER_STATS)}")
         shard = self.shard(rank)
-        return shard.read(schema.TABLE_STATS, name, _strided(shard.length(schema.TABLE_STATS), max_points))
+        return shard.read(schema.TABLE_STATS, name, strided(shard.length(schema.TABLE_STATS), max_points))
 
     @_serialized
     def trajectory(self, layer: str | int, rank: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -259,7 +260,7 @@ class Run:
         if kind not in schema.HIST_KINDS:
             raise KeyError(f"no histogram kind {kind!r}; kinds: {', '.join(schema.HIST_KINDS)}")
         shard = self.shard(rank)
-        rows = _strided(shard.length(schema.TABLE_HIST), max_points)
+        rows = strided(shard.length(schema.TABLE_HIST), max_points)
         steps, counts = shard.read(schema.TABLE_HIST, kind, rows, (self.layer_index(layer),))
         return steps, shard.file["hist_edges"][:], counts
 
