@@ -136,8 +136,8 @@ def test_weight_norm_update_ratio_and_trajectory(tmp_path):
     torch.manual_seed(0)
     other = tview.Recorder(TinyCNN(), str(tmp_path / "r2"), every=1, seed=7, rank=1, world_size=2)
     i = other.param_layer_ids.index(other.layer_names.index("conv2"))
-    start = int(other.pctx.lengths[:i].sum())
-    d = other.trajectory.directions[:, start:start + history[0].numel()]
+    d = other.trajectory.directions[i]
+    assert d.shape == (3, history[0].numel())
     np.testing.assert_allclose(d.norm(dim=1).numpy(), 1.0, rtol=1e-5)
     np.testing.assert_allclose(traj, torch.stack([d @ h for h in history]).numpy(), rtol=1e-4, atol=1e-6)
     other.close()
@@ -178,6 +178,10 @@ def test_inf_gradients_are_counted_not_raised(tmp_path):
     run = tview.open_run(str(tmp_path / "r"))
     assert stat(run, "grad_inf", "fc") == 5
     assert stat(run, "grad_max_abs", "fc") == float("inf")
+    assert stat(run, "grad_norm", "fc") == float("inf")
+    # counted per layer: the healthy layers report none
+    assert stat(run, "grad_inf", "conv1") == 0 and stat(run, "grad_nan", "conv1") == 0
+    assert np.isfinite(stat(run, "grad_norm", "conv1"))
 
 
 def test_steps_that_are_not_recorded_leave_nothing(tmp_path, tiny):

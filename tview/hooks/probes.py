@@ -3,8 +3,8 @@
 Activation probes see one module output at a time and return *partial* statistics (sums, counts,
 extremes) that merge across calls (a module used twice, gradient accumulation); the host merges
 and finalizes them off the training thread. Parameter probes see every layer's parameters at
-once, flattened into one buffer with a segment id per element, so each statistic is one
-reduction for the whole model, not one per tensor.
+once, flattened into one buffer, and return per-layer sums from one multi-tensor reduction for the
+whole model (not one per tensor); the host turns those sums into statistics.
 """
 
 from __future__ import annotations
@@ -194,32 +194,28 @@ def merge_partials(probe: ActivationProbe, calls: list[dict[str, np.ndarray]]) -
                 out[key] = np.maximum(out[key], c[key])
     return out
 
-
 # ---------------------------------------------------------------------------------------------
 # Parameters (all layers at once)
 # ---------------------------------------------------------------------------------------------
 class ParamContext:
     """Every recorded layer's own parameters (weight and bias together) as one flat buffer.
 
-    `segments` maps each element to its layer's position among `layer_ids`; reductions per layer
-    are one index_add / scatter_reduce each.
+    Layer k owns the k-th contiguous segment of the buffer. Per-layer reductions run over
+    `split()` views of it with torch's multi-tensor (`_foreach_*`) kernels: one call for all
+    layers, no per-element segment ids, no temporary copies.
     """
 
-    def __init__(self, params_per_layer: list[list[torch.Tensor]], n_layers: int, layer_ids: list[int]):
-        self.layer_ids = layer_ids
-        self.n = len(layer_ids)
-        self.n_layers = n_layers
+    def __init__(self, params_per_layer: list[list[torch.Tensor]]):
+        self.per_layer = params_per_layer
         self.params = [p for ps in params_per_layer for p in ps]
-        sizes = [sum(p.numel() for p in ps) for ps in params_per_layer]
-        device = self.params[0].device if self.params else torch.device("cpu")
-        self.device = device
-        self.segments = torch.repeat_interleave(torch.arange(self.n, device=device),
-                                                torch.tensor(sizes, device=device))
-        self.lengths = torch.tensor(sizes, device=device)
-        self.counts = self.lengths.float()
-        self._per_layer = params_per_layer
+        self.sizes = [sum(p.numel() for p in ps) for ps in params_per_layer]
+        self.n = len(self.sizes)
+        self.counts = np.asarray(self.sizes, dtype=np.float64)  # host side, for finalize
+        self.device = self.params[0].device if self.params else torch.device("cpu")
+        self._lengths = torch.tensor(self.sizes, device=self.device)
 
     def flat(self, tensors: list[torch.Tensor | None]) -> torch.Tensor:
+        """One float32 copy of `tensors` (one per parameter; None reads as zeros)."""
         parts = [(t if t is not None else torch.zeros_like(p)).detach().reshape(-1)
                  for t, p in zip(tensors, self.params)]
         flat = torch.cat(parts) if parts else torch.zeros(0, device=self.device)
@@ -230,68 +226,107 @@ class ParamContext:
 
     def grads(self) -> tuple[torch.Tensor, list[bool]]:
         """Flat gradients and, per layer, whether any of its parameters had a gradient."""
-        has = [any(p.grad is not None for p in ps) for ps in self._per_layer]
+        has = [any(p.grad is not None for p in ps) for ps in self.per_layer]
         return self.flat([p.grad for p in self.params]), has
 
-    def seg_sum(self, rows: torch.Tensor) -> torch.Tensor:
-        """Per-layer sums: [n] for a flat vector, [k, n] for k stacked flat vectors (one call)."""
-        if rows.dim() == 1:
-            return torch.segment_reduce(rows, "sum", lengths=self.lengths)
-        lengths = self.lengths.expand(rows.shape[0], -1).contiguous()
-        return torch.segment_reduce(rows, "sum", lengths=lengths, axis=1)
+    def split(self, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The per-layer segments of a flat vector (views)."""
+        return v.split(self.sizes)
 
-    def seg_max(self, v: torch.Tensor) -> torch.Tensor:
-        out = torch.full((self.n,), float("-inf"), dtype=v.dtype, device=v.device)
-        return out.scatter_reduce_(0, self.segments, v, reduce="amax", include_self=True)
+    def sums(self, v: torch.Tensor) -> torch.Tensor:
+        """[n] per-layer sums."""
+        return torch.segment_reduce(v, "sum", lengths=self._lengths)
 
-    def seg_histogram(self, v: torch.Tensor) -> torch.Tensor:
+    def sq_sums(self, *vs: torch.Tensor) -> torch.Tensor:
+        """[len(vs), n] per-layer sums of squares of each vector, in one multi-tensor call."""
+        views = [s for v in vs for s in self.split(v)]
+        return torch.stack(torch._foreach_norm(views)).reshape(len(vs), self.n).square()
+
+    def max_abs(self, v: torch.Tensor) -> torch.Tensor:
+        """[n] per-layer max |v| (NaN where the segment holds a NaN)."""
+        return torch.stack(torch._foreach_max(self.split(v.abs())))
+
+    def nonfinite(self, v: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+        """[2, n] per-layer NaN and Inf counts. On CPU, when `total` (a sum over v) is finite there
+        are none: zeros, without the two extra passes."""
+        if finite_on_cpu(total):
+            return torch.zeros(2, self.n)
+        return torch.stack([self.sums(torch.isnan(v).float()), self.sums(torch.isinf(v).float())])
+
+    @cached_property
+    def _segments(self) -> torch.Tensor:
+        return torch.repeat_interleave(torch.arange(self.n, device=self.device), self._lengths)
+
+    def histogram(self, v: torch.Tensor) -> torch.Tensor:
         """[n, HIST_BINS] counts: one bincount over (layer, bin) pairs."""
         bins = hist_bin_index(v)
         ok = ~torch.isnan(bins)
-        index = self.segments[ok] * schema.HIST_BINS + bins[ok].long()
+        index = self._segments[ok] * schema.HIST_BINS + bins[ok].long()
         return torch.bincount(index, minlength=self.n * schema.HIST_BINS).reshape(self.n, schema.HIST_BINS)
 
-    def seg_nonfinite(self, v: torch.Tensor, total: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-layer NaN and Inf counts; on CPU counted only when `total` (a sum over v) is not finite."""
-        if finite_on_cpu(total):
-            zero = torch.zeros(self.n, device=v.device)
-            return zero, zero
-        counts = self.seg_sum(torch.stack([torch.isnan(v).float(), torch.isinf(v).float()]))
-        return counts[0], counts[1]
+
+class ParamProbe:
+    """Base: `compute` returns per-layer partials on the device (sums, not yet statistics);
+    `finalize` turns them, on the host, into statistics named as in schema.LAYER_STATS."""
+
+    stats: tuple[str, ...] = ()
+
+    def finalize(self, parts: dict[str, np.ndarray], counts: np.ndarray) -> dict[str, np.ndarray]:
+        raise NotImplementedError
 
 
-def vector_stats(ctx: ParamContext, v: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-layer norm, mean, std, max |v|, NaN and Inf counts of a flat parameter-shaped vector."""
-    n = ctx.counts
-    s, sq = ctx.seg_sum(torch.stack([v, v * v]))
-    mean = s / n
-    var = (sq - s * mean) / (n - 1).clamp(min=1)
-    nan, inf = ctx.seg_nonfinite(v, sq.sum())
-    return {"norm": sq.sqrt(), "mean": mean, "std": var.clamp(min=0).sqrt(), "max_abs": ctx.seg_max(v.abs()),
-            "nan": nan, "inf": inf}
-
-
-class GradStats:
+class GradStats(ParamProbe):
     """grad_norm, grad_mean, grad_std, grad_max_abs, grad_nan, grad_inf per layer."""
 
+    stats = ("grad_norm", "grad_mean", "grad_std", "grad_max_abs", "grad_nan", "grad_inf")
+
     def compute(self, ctx: ParamContext, grads: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {f"grad_{k}": v for k, v in vector_stats(ctx, grads).items()}
+        sq = ctx.sq_sums(grads)[0]
+        return {"sum": ctx.sums(grads), "sq": sq, "max_abs": ctx.max_abs(grads),
+                "nonfinite": ctx.nonfinite(grads, sq.sum())}
+
+    def finalize(self, p, counts):
+        with np.errstate(invalid="ignore"):  # Inf gradients: Inf - Inf is NaN, and that is the answer
+            mean = p["sum"] / counts
+            var = (p["sq"] - p["sum"] * mean) / np.maximum(counts - 1, 1)
+        return {"grad_norm": np.sqrt(p["sq"]), "grad_mean": mean, "grad_std": np.sqrt(np.maximum(var, 0)),
+                "grad_max_abs": p["max_abs"], "grad_nan": p["nonfinite"][0], "grad_inf": p["nonfinite"][1]}
 
 
-class WeightStats:
+class LocalGradNorm(ParamProbe):
+    """local_grad_norm: under DDP, this rank's own gradient norm, before the all-reduce."""
+
+    stats = ("local_grad_norm",)
+
+    def compute(self, ctx: ParamContext, local: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"sq": ctx.sq_sums(local)[0]}
+
+    def finalize(self, p, counts):
+        return {"local_grad_norm": np.sqrt(p["sq"])}
+
+
+class WeightStats(ParamProbe):
     """weight_norm, and update_ratio: |W - W at the previous recorded step| / |W|."""
+
+    stats = ("weight_norm", "update_ratio")
 
     def __init__(self):
         self.previous: torch.Tensor | None = None
 
     def compute(self, ctx: ParamContext, weights: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.previous is not None and self.previous.shape == weights.shape:
-            d = weights - self.previous
-            sq, dsq = ctx.seg_sum(torch.stack([weights * weights, d * d]))
-            out = {"weight_norm": sq.sqrt(), "update_ratio": dsq.sqrt() / sq.sqrt()}
+            sq, dsq = ctx.sq_sums(weights, weights - self.previous)
+            out = {"sq": sq, "dsq": dsq}
         else:
-            out = {"weight_norm": ctx.seg_sum(weights * weights).sqrt()}
+            out = {"sq": ctx.sq_sums(weights)[0]}
         self.previous = weights  # a fresh buffer each step (flat() copies), no clone needed
+        return out
+
+    def finalize(self, p, counts):
+        norm = np.sqrt(p["sq"])
+        out = {"weight_norm": norm}
+        if "dsq" in p:
+            out["update_ratio"] = np.sqrt(p["dsq"]) / norm
         return out
 
 
@@ -306,14 +341,12 @@ class Trajectory:
         import zlib
 
         self.dims = dims
-        parts = []
-        for name, ps in zip(layer_names, ctx._per_layer):
-            size = sum(p.numel() for p in ps)
+        self.directions = []  # per layer, [dims, its parameter count]
+        for name, size in zip(layer_names, ctx.sizes):
             g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
             d = torch.randn(dims, size, generator=g)
-            parts.append(d / d.norm(dim=1, keepdim=True).clamp(min=1e-12))
-        self.directions = torch.cat(parts, dim=1).to(ctx.device) if parts else torch.zeros(dims, 0)
+            self.directions.append((d / d.norm(dim=1, keepdim=True).clamp(min=1e-12)).to(ctx.device))
 
     def compute(self, ctx: ParamContext, weights: torch.Tensor) -> torch.Tensor:
         """[n_layers_with_params, dims]."""
-        return ctx.seg_sum(self.directions * weights).T
+        return torch.stack([d @ w for d, w in zip(self.directions, ctx.split(weights))])

@@ -152,9 +152,11 @@ class Recorder:
             raise ConfigError("probe_layers given without probe_batch: pass the batch whose feature maps to keep")
 
         params = [list(self.layers[i][1].parameters(recurse=False)) for i in self.param_layer_ids]
-        self.pctx = P.ParamContext(params, len(self.layers), self.param_layer_ids) if self.param_layer_ids else None
+        self.pctx = P.ParamContext(params) if self.param_layer_ids else None
         self.grad_stats = P.GradStats()
+        self.local_grad_norm = P.LocalGradNorm()
         self.weight_stats = P.WeightStats()
+        self.param_probes: list[P.ParamProbe] = [self.grad_stats, self.local_grad_norm, self.weight_stats]
         self.trajectory = (P.Trajectory(self.pctx, [self.layer_names[i] for i in self.param_layer_ids],
                                         trajectory_dims, seed) if self.pctx and self.preset.trajectory else None)
         self.trajectory_dims = trajectory_dims
@@ -351,24 +353,27 @@ class Recorder:
             for k, t in parts.items():
                 add(("act", layer, probe, k), t)
         hist = self._detail_now and self.preset.histograms
+        def add_param(probe, parts):
+            index = self.param_probes.index(probe)
+            for part, t in parts.items():
+                add(("param", index, part), t)
+
         if self.pctx is not None:
             weights = self.pctx.weights()
             if self.preset.grads:
                 grads, has_grad = self.pctx.grads()
-                for k, t in self.grad_stats.compute(self.pctx, grads).items():
-                    add(("param", k), t)
+                add_param(self.grad_stats, self.grad_stats.compute(self.pctx, grads))
                 if hist:
-                    add(("phist", "grad"), self.pctx.seg_histogram(grads))
+                    add(("phist", "grad"), self.pctx.histogram(grads))
                 if self._local:
                     local = self.pctx.flat([self._local.get(k) for k in range(len(self.pctx.params))])
-                    add(("param", "local_grad_norm"), self.pctx.seg_sum(local * local).sqrt())
+                    add_param(self.local_grad_norm, self.local_grad_norm.compute(self.pctx, local))
             else:
                 has_grad = [True] * len(self.param_layer_ids)
             if self.preset.weights:
-                for k, t in self.weight_stats.compute(self.pctx, weights).items():
-                    add(("param", k), t)
+                add_param(self.weight_stats, self.weight_stats.compute(self.pctx, weights))
                 if hist:
-                    add(("phist", "weight"), self.pctx.seg_histogram(weights))
+                    add(("phist", "weight"), self.pctx.histogram(weights))
             if self.trajectory is not None:
                 add(("trajectory",), self.trajectory.compute(self.pctx, weights))
         else:
@@ -418,6 +423,7 @@ class Recorder:
         hist = {kind: np.zeros((L, schema.HIST_BINS), dtype=np.uint32) for kind in schema.HIST_KINDS}
         trajectory = np.full((L, self.trajectory_dims), np.nan, dtype=np.float32)
         act_calls: dict[tuple[int, int], list[dict]] = {}
+        param_parts: dict[int, dict[str, np.ndarray]] = {}
         calls_open: dict[tuple[int, int], dict] = {}
         filters, fmaps = {}, {}
         ids = np.asarray(self.param_layer_ids, dtype=np.int64)
@@ -435,9 +441,7 @@ class Recorder:
                     act_calls.setdefault((layer, probe), []).append(call)
                 call[part] = value
             elif kind == "param":
-                stats[key[1]][ids] = value
-                if key[1].startswith("grad_") or key[1] == "local_grad_norm":
-                    stats[key[1]][no_grad] = np.nan
+                param_parts.setdefault(key[1], {})[key[2]] = value
             elif kind == "phist":
                 hist[key[1]][ids] = value
             elif kind == "trajectory":
@@ -446,6 +450,12 @@ class Recorder:
                 filters[key[1]] = value.astype(np.float32)
             elif kind == "fmap":
                 fmaps[key[1]] = value.astype(np.float32)
+        for probe_index, parts in param_parts.items():
+            probe = self.param_probes[probe_index]
+            for name, value in probe.finalize(parts, self.pctx.counts).items():
+                stats[name][ids] = value
+                if probe is not self.weight_stats:  # gradient statistics: none where no gradient
+                    stats[name][no_grad] = np.nan
         for (layer, probe_index), calls in act_calls.items():
             probe = self.all_act_probes[probe_index]
             for name, value in probe.finalize(P.merge_partials(probe, calls)).items():
