@@ -81,6 +81,22 @@ def test_activation_histogram_counts_every_element_in_the_full_preset(tmp_path):
     assert np.abs(counts[0].astype(np.int64) - ref).sum() <= 2  # float32 vs float64 at bin edges
 
 
+def test_sampled_activation_histogram_is_runs_spread_over_the_whole_tensor(tmp_path):
+    from tview.hooks.schedules import get_preset
+    # histogram of 512 values out of conv1's 32 x 4 x 8 x 8 = 8192 (no example sampling)
+    preset = get_preset("default", act_hist_sample=512, act_sample_examples=None)
+    run, _, seen, _, _, _ = one_recorded_step(tmp_path, preset=preset)
+    _, _, counts = run.histogram("act", "conv1")
+    assert counts[0].sum() == 512
+    values = seen["conv1"][0].reshape(-1).double().numpy()
+    # the first and the last of the 64 runs of 8 consecutive values: the sample spans the tensor
+    first, last = reference_histogram(values[:8]), reference_histogram(values[-8:])
+    assert np.all(counts[0].astype(np.int64) >= first) and np.all(counts[0].astype(np.int64) >= last)
+    # and its shape is the whole tensor's: total variation distance of the normalised histograms
+    whole = reference_histogram(values) / values.size
+    assert 0.5 * np.abs(counts[0] / 512 - whole).sum() < 0.15
+
+
 def reference_histogram(values):
     """The store's fixed signed-log bins computed with numpy: zeros in the middle, clamped ends."""
     k = schema.HIST_HALF

@@ -79,14 +79,14 @@ class ActivationContext:
         """(NaN count, Inf count). On CPU they are counted only when the sum is not finite
         (a finite sum proves there are none), which saves two passes on healthy tensors."""
         if self.full.device.type == "cpu" and finite_on_cpu(self.total if self.x is self.full else self.full.sum()):
-            zero = torch.zeros((), dtype=torch.int64)
-            return zero, zero
+            return 0, 0
         return torch.isnan(self.full).sum(), torch.isinf(self.full).sum()
 
 
 class ActivationProbe:
-    """Base: `compute` returns partial statistics; `merge` says how partials of calls combine
-    ("sum", "min" or "max"); a part not named there ("n", the element count) is summed."""
+    """Base: `compute` returns partial statistics (tensors, or plain numbers known without
+    looking at the data, such as the element count "n"); `merge` says how partials of calls
+    combine ("sum", "min" or "max"); a part not named there is summed."""
 
     stats: tuple[str, ...] = ()
     merge: dict[str, str] = {}
@@ -108,14 +108,14 @@ class ActStats(ActivationProbe):
         x = ctx.x
         lo, hi = torch.aminmax(x) if ctx.numel else (x.new_zeros(()), x.new_zeros(()))
         nan, inf = ctx.nonfinite
-        sumsq = torch.linalg.vector_norm(x, dtype=torch.float32) ** 2
-        # packed: fewer tensors to move and to merge
-        sums = torch.stack([ctx.total.float(), sumsq, nan.float(), inf.float()])
-        return {"sums": sums, "min": lo, "max": hi, "n": torch.tensor(float(ctx.numel))}
+        sumsq = torch.linalg.vector_norm(x, dtype=torch.float32).square()
+        sums = torch.stack([ctx.total.float(), sumsq])  # packed: fewer tensors to move
+        return {"sums": sums, "min": lo, "max": hi, "n": float(ctx.numel), "nan": nan, "inf": inf}
 
     def finalize(self, p):
         n = p["n"]
-        total, sumsq, nan, inf = p["sums"]
+        total, sumsq = p["sums"]
+        nan, inf = p["nan"], p["inf"]
         mean = total / n
         var = (sumsq - total * mean) / max(n - 1, 1)
         return {"act_mean": mean, "act_std": np.sqrt(np.maximum(var, 0)), "act_min": p["min"],
@@ -130,7 +130,7 @@ class ActZeroFraction(ActivationProbe):
 
     def compute(self, ctx):
         zeros = ctx.channel_zeros.sum() if ctx.channel_dims else (ctx.x == 0).sum()
-        return {"n": torch.tensor(float(ctx.numel)), "zeros": zeros}
+        return {"n": float(ctx.numel), "zeros": zeros}
 
     def finalize(self, p):
         return {"act_zero_frac": p["zeros"] / p["n"]}
@@ -146,7 +146,7 @@ class ActChannelStats(ActivationProbe):
         if ctx.channel_dims is None:
             return {}
         per_channel = ctx.numel // max(ctx.x.shape[1], 1)
-        return {"n": torch.tensor(float(per_channel)), "sum": ctx.channel_sum, "zeros": ctx.channel_zeros}
+        return {"n": float(per_channel), "sum": ctx.channel_sum, "zeros": ctx.channel_zeros}
 
     def finalize(self, p):
         if "n" not in p:
@@ -155,7 +155,11 @@ class ActChannelStats(ActivationProbe):
 
 
 class ActHistogram(ActivationProbe):
-    """Signed-log histogram of the activations, or of an evenly strided sample of `sample` values."""
+    """Signed-log histogram of the activations, or of a sample of about `sample` values: 64 runs
+    of consecutive values spread evenly over the tensor (runs, not single values at a stride, so
+    the sample reads ~1k cache lines rather than one per value: 2-3x cheaper on a CNN's outputs)."""
+
+    RUNS = 64
 
     stats = ("act",)
     merge = {"counts": "sum"}
@@ -165,8 +169,10 @@ class ActHistogram(ActivationProbe):
 
     def compute(self, ctx):
         flat = ctx.x.reshape(-1)
-        if self.sample and flat.numel() > self.sample:
-            flat = flat[:: -(-flat.numel() // self.sample)]
+        n = flat.numel()
+        if self.sample and n > self.sample:
+            run = max(self.sample // self.RUNS, 1)
+            flat = flat.as_strided((self.RUNS, run), ((n - run) // (self.RUNS - 1), 1), flat.storage_offset())
         return {"counts": histogram(flat)}
 
     def finalize(self, p):
@@ -202,7 +208,9 @@ class ParamContext:
 
     Layer k owns the k-th contiguous segment of the buffer. Per-layer reductions run over
     `split()` views of it with torch's multi-tensor (`_foreach_*`) kernels: one call for all
-    layers, no per-element segment ids, no temporary copies.
+    layers, no per-element segment ids. The flat copies go into buffers kept from step to step
+    (two for the weights, so the previous recorded step's stay readable, one for the gradients,
+    one scratch): a recorded step allocates no parameter-sized memory.
     """
 
     def __init__(self, params_per_layer: list[list[torch.Tensor]]):
@@ -213,21 +221,49 @@ class ParamContext:
         self.counts = np.asarray(self.sizes, dtype=np.float64)  # host side, for finalize
         self.device = self.params[0].device if self.params else torch.device("cpu")
         self._lengths = torch.tensor(self.sizes, device=self.device)
+        self._buffers: dict[str, tuple[torch.Tensor, list[torch.Tensor]]] = {}
+        self._weights_slot = 0
 
-    def flat(self, tensors: list[torch.Tensor | None]) -> torch.Tensor:
-        """One float32 copy of `tensors` (one per parameter; None reads as zeros)."""
-        parts = [(t if t is not None else torch.zeros_like(p)).detach().reshape(-1)
-                 for t, p in zip(tensors, self.params)]
-        flat = torch.cat(parts) if parts else torch.zeros(0, device=self.device)
-        return flat if flat.dtype == torch.float32 else flat.float()
+    def _buffer(self, name: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """A kept float32 buffer of all parameters, and its per-parameter views."""
+        if name not in self._buffers:
+            flat = torch.empty(sum(self.sizes), dtype=torch.float32, device=self.device)
+            views, offset = [], 0
+            for p in self.params:
+                views.append(flat[offset:offset + p.numel()].view(p.shape))
+                offset += p.numel()
+            self._buffers[name] = (flat, views)
+        return self._buffers[name]
+
+    def gather(self, name: str, tensors: list[torch.Tensor | None]) -> torch.Tensor:
+        """Copy `tensors` (one per parameter; None reads as zeros) into kept buffer `name`, in one
+        call, and return it flat (valid until the next gather into the same name)."""
+        flat, views = self._buffer(name)
+        with torch.no_grad():
+            if all(t is not None for t in tensors):
+                torch._foreach_copy_(views, tensors)
+            else:
+                pairs = [(v, t) for v, t in zip(views, tensors) if t is not None]
+                for v, t in zip(views, tensors):
+                    if t is None:
+                        v.zero_()
+                if pairs:
+                    torch._foreach_copy_([v for v, _ in pairs], [t for _, t in pairs])
+        return flat
 
     def weights(self) -> torch.Tensor:
-        return self.flat(self.params)
+        """The weights, flat, in one of two buffers taken in turn: the previous call's stays valid."""
+        self._weights_slot ^= 1
+        return self.gather(f"weights{self._weights_slot}", self.params)
 
     def grads(self) -> tuple[torch.Tensor, list[bool]]:
-        """Flat gradients and, per layer, whether any of its parameters had a gradient."""
+        """Flat gradients (a kept buffer) and, per layer, whether any of its parameters had one."""
         has = [any(p.grad is not None for p in ps) for ps in self.per_layer]
-        return self.flat([p.grad for p in self.params]), has
+        return self.gather("grads", [p.grad for p in self.params]), has
+
+    def scratch(self) -> torch.Tensor:
+        """A parameter-sized buffer for a temporary (its contents last until the next use)."""
+        return self._buffer("scratch")[0]
 
     def split(self, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The per-layer segments of a flat vector (views)."""
@@ -244,7 +280,7 @@ class ParamContext:
 
     def max_abs(self, v: torch.Tensor) -> torch.Tensor:
         """[n] per-layer max |v| (NaN where the segment holds a NaN)."""
-        return torch.stack(torch._foreach_max(self.split(v.abs())))
+        return torch.stack(torch._foreach_max(self.split(torch.abs(v, out=self.scratch()))))
 
     def nonfinite(self, v: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
         """[2, n] per-layer NaN and Inf counts. On CPU, when `total` (a sum over v) is finite there
@@ -315,11 +351,11 @@ class WeightStats(ParamProbe):
 
     def compute(self, ctx: ParamContext, weights: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.previous is not None and self.previous.shape == weights.shape:
-            sq, dsq = ctx.sq_sums(weights, weights - self.previous)
+            sq, dsq = ctx.sq_sums(weights, torch.sub(weights, self.previous, out=ctx.scratch()))
             out = {"sq": sq, "dsq": dsq}
         else:
             out = {"sq": ctx.sq_sums(weights)[0]}
-        self.previous = weights  # a fresh buffer each step (flat() copies), no clone needed
+        self.previous = weights  # ctx.weights() fills the other buffer next time: this one stays
         return out
 
     def finalize(self, p, counts):

@@ -80,6 +80,12 @@ def _to_host(tensors: list[torch.Tensor]) -> list[np.ndarray]:
     return out
 
 
+def _in_order(values: list, host: list[np.ndarray]) -> list:
+    """`values` with each None replaced by the next of `host` (the transferred tensors, in order)."""
+    it = iter(host)
+    return [next(it) if v is None else v for v in values]
+
+
 class Recorder:
     """Records a model's training into `run_dir` (one HDF5 shard per rank).
 
@@ -341,11 +347,15 @@ class Recorder:
                 except (TypeError, ValueError):
                     raise ConfigError(f"step(): scalar {name}={value!r} is not a number") from None
 
-        keys, tensors = [], []
+        keys, values, tensors = [], [], []  # values: a plain number, or None for the next tensor
 
         def add(key, t):
             keys.append(key)
-            tensors.append(t)
+            if isinstance(t, torch.Tensor):
+                values.append(None)
+                tensors.append(t)
+            else:  # known without looking at data (a count): nothing to transfer
+                values.append(t)
 
         for name, t in tensor_scalars.items():
             add(("scalar", name), t)
@@ -366,7 +376,7 @@ class Recorder:
                 if hist:
                     add(("phist", "grad"), self.pctx.histogram(grads))
                 if self._local:
-                    local = self.pctx.flat([self._local.get(k) for k in range(len(self.pctx.params))])
+                    local = self.pctx.gather("local", [self._local.get(k) for k in range(len(self.pctx.params))])
                     add_param(self.local_grad_norm, self.local_grad_norm.compute(self.pctx, local))
             else:
                 has_grad = [True] * len(self.param_layer_ids)
@@ -391,7 +401,7 @@ class Recorder:
         if self._layout is None:
             self._layout = self._make_layout()
         self._writer.put(self._layout, {"step": step, "wall_time": time.time(), "scalars": host_scalars,
-                                        "entries": list(zip(keys, host)), "has_grad": has_grad,
+                                        "entries": list(zip(keys, _in_order(values, host))), "has_grad": has_grad,
                                         "hist": hist, "stats": bool(self.preset.grads or self.preset.weights or self.all_act_probes)})
         self._recorded += 1
 
@@ -482,6 +492,12 @@ class Recorder:
     @property
     def current_step(self) -> int:
         return self._step
+
+    def flush(self) -> None:
+        """Wait until every step recorded so far is in the shard and visible to readers (the
+        writer otherwise gathers up to a second of steps before it writes)."""
+        if not self._closed:
+            self._writer.flush()
 
     def close(self) -> None:
         """Write what is queued, mark the shard closed cleanly, remove the hooks. Idempotent."""
