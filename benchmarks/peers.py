@@ -27,6 +27,9 @@ class TensorBoardHistograms:
                 self.writer.add_histogram(f"{name}/grad", p.grad.detach(), self.n)
         self.n += 1
 
+    def flush(self):
+        self.writer.flush()
+
     def close(self):
         self.writer.close()
 

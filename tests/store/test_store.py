@@ -134,6 +134,43 @@ def test_reader_follows_a_live_writer_then_sigkill_keeps_every_flushed_step(tmp_
     assert after.stopped_ranks() == {}  # one rank: nobody is behind anybody
 
 
+def test_flush_makes_every_recorded_step_visible_before_close(tmp_path, tiny):
+    x, y = make_data()
+    rec = tview.Recorder(tiny, str(tmp_path / "r"), every=1)
+    train(tiny, rec, 5, x, y)
+    rec.flush()  # the writer would otherwise wait up to a second for more steps
+    run = tview.open_run(str(tmp_path / "r"))
+    assert list(run.steps()) == [0, 1, 2, 3, 4]
+    assert run.rank_status()[0]["closed"] is False
+    train(tiny, rec, 2, x, y)
+    rec.flush()
+    assert list(run.steps()) == [0, 1, 2, 3, 4, 5, 6]  # the open reader follows
+    run.close()
+    rec.close()
+    rec.flush()  # after close: nothing left to do, no error
+
+
+def test_a_writer_that_falls_behind_drops_counts_and_reports_never_blocks(tmp_path, tiny):
+    x, y = make_data()
+    rec = tview.Recorder(tiny, str(tmp_path / "r"), every=1, queue_size=2)
+    finalize = rec._writer.finalize
+    rec._writer.finalize = lambda item: (time.sleep(0.05), finalize(item))[1]  # a slow disk, say
+    t0 = time.perf_counter()
+    with pytest.warns(RuntimeWarning, match="rank-00000.h5 is behind; 1 recorded step"):
+        train(tiny, rec, 40, x, y)
+    assert time.perf_counter() - t0 < 40 * 0.05  # training never waited for the writer
+    dropped = rec.dropped
+    rec.close()
+    assert dropped > 0
+    run = tview.open_run(str(tmp_path / "r"))
+    assert run.rank_status()[0]["dropped"] == dropped  # in the shard, for every reader
+    assert len(run.steps()) + dropped == 40  # nothing else lost
+    info = subprocess.run([PY, "-m", "tview.cli", "info", str(tmp_path / "r")], capture_output=True, text=True,
+                          env=python_env()).stdout
+    rank0 = next(line.split() for line in info.splitlines() if line.split()[:1] == ["0"])
+    assert rank0[1:5] == [str(40 - dropped), str(run.steps()[-1]), "closed", str(dropped)], info
+
+
 def test_a_full_disk_surfaces_on_step_or_close_and_never_hangs(tmp_path):
     path = str(tmp_path / "full")
     proc = start_writer(path, 400, 0.0, 200 * 1024)  # the shard may not grow past 200 KiB

@@ -21,15 +21,17 @@ _STOP = object()
 
 class BackgroundWriter:
     def __init__(self, path: str, finalize: Callable[[object], StepRecord], resume: bool = False,
-                 queue_size: int = 64, max_batch: int = 64, batch_seconds: float = 1.0):
+                 queue_size: int = 64, batch_seconds: float = 1.0):
         self.path = path
         self.finalize = finalize  # turns what the training thread queued into a StepRecord
         self.resume = resume
         self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
-        self.max_batch = max_batch
         # Records are gathered for up to batch_seconds and written (and flushed) together: fewer,
         # larger HDF5 writes hold the GIL less often. Readers and crash-safety lag by that much.
+        # A queue half full is written at once, so fast steps are not dropped.
         self.batch_seconds = batch_seconds
+        self._wake = threading.Event()
+        self._wake_at = max(1, queue_size // 2)
         self.dropped = 0
         self.written = 0
         self.error: BaseException | None = None
@@ -45,6 +47,8 @@ class BackgroundWriter:
         self._layout = self._layout or layout
         try:
             self.queue.put_nowait(item)
+            if self.queue.qsize() >= self._wake_at:
+                self._wake.set()
             return True
         except queue.Full:
             self.dropped += 1
@@ -56,21 +60,22 @@ class BackgroundWriter:
     def _run(self):
         stopping = False
         while not stopping:
-            item = self.queue.get()
-            deadline = time.monotonic() + self.batch_seconds
-            batch = []
-            while True:
-                if item is _STOP:
-                    stopping = True
-                    break
-                batch.append(item)
-                wait = deadline - time.monotonic()
-                if len(batch) >= self.max_batch or wait <= 0:
-                    break
+            # Sleep a batch's time, unless woken early (queue half full, flush(), close()): the
+            # training thread's put() does not wake this thread, so no GIL hand-off per step.
+            self._wake.wait(self.batch_seconds)
+            self._wake.clear()
+            batch, flushed = [], []
+            while not stopping:
                 try:
-                    item = self.queue.get(timeout=wait)
+                    item = self.queue.get_nowait()
                 except queue.Empty:
                     break
+                if item is _STOP:
+                    stopping = True
+                elif isinstance(item, threading.Event):  # flush(): set once what came before is written
+                    flushed.append(item)
+                else:
+                    batch.append(item)
             if batch and self.error is None:
                 try:
                     records = [self.finalize(x) for x in batch]
@@ -83,6 +88,8 @@ class BackgroundWriter:
                 except BaseException as exc:  # kept for the training thread; the thread goes on draining
                     self.error = exc
                     self._abandon()
+            for done in flushed:
+                done.set()
 
     def _abandon(self):
         """After a failed write, let go of the file now (HDF5 must not meet it again at exit)."""
@@ -95,6 +102,20 @@ class BackgroundWriter:
                 pass
             writer.file = None
 
+    def flush(self, timeout: float = 60.0):
+        """Block until everything queued so far is written and flushed to the file."""
+        if self._thread.is_alive():
+            done = threading.Event()
+            self._wake.set()  # a full queue makes room first
+            try:
+                self.queue.put(done, timeout=timeout)
+            except queue.Full:
+                raise StoreWriteError(f"tview: writer for {self.path} accepted nothing for {timeout:.0f} s") from None
+            self._wake.set()
+            if not done.wait(timeout):
+                raise StoreWriteError(f"tview: writer for {self.path} did not flush within {timeout:.0f} s")
+        self.check()
+
     def check(self):
         """Raise, on the caller's thread, a write failure from the background thread."""
         if self.error is not None:
@@ -104,8 +125,10 @@ class BackgroundWriter:
     def close(self, timeout: float = 60.0):
         """Write what is queued, mark the shard closed cleanly, close the file, report failures."""
         while self._thread.is_alive():
+            self._wake.set()
             try:
                 self.queue.put(_STOP, timeout=0.1)
+                self._wake.set()
                 break
             except queue.Full:
                 continue
