@@ -97,6 +97,21 @@ def test_sampled_activation_histogram_is_runs_spread_over_the_whole_tensor(tmp_p
     assert 0.5 * np.abs(counts[0] / 512 - whole).sum() < 0.15
 
 
+def test_histogram_bins_match_numpy_at_zero_edges_infinities_and_nan():
+    from tview.hooks.probes import histogram
+    edges = 10.0 ** (schema.HIST_LO + np.arange(schema.HIST_HALF + 1) / schema.HIST_PER_DECADE)
+    values = np.concatenate([[0.0, 0.0, -0.0, 1e-12, -1e-12, 1e9, -1e9, 1.0, -1.0, 0.5, -3e-3],
+                             edges[1:-1] * 1.0001, -edges[1:-1] * 1.0001,
+                             np.random.default_rng(0).standard_normal(1000) * 10.0 ** np.arange(-5, 5).repeat(100)])
+    special = np.array([np.inf, -np.inf, np.nan, np.nan])
+    counts = histogram(torch.tensor(np.concatenate([values, special]), dtype=torch.float32)).numpy()
+    ref = reference_histogram(values)
+    ref[0] += 1  # -inf: outermost negative bin
+    ref[-1] += 1  # +inf: outermost positive bin
+    np.testing.assert_array_equal(counts, ref)  # NaN is not counted anywhere
+    assert counts.sum() == values.size + 2
+
+
 def reference_histogram(values):
     """The store's fixed signed-log bins computed with numpy: zeros in the middle, clamped ends."""
     k = schema.HIST_HALF
@@ -209,6 +224,23 @@ def test_steps_that_are_not_recorded_leave_nothing(tmp_path, tiny):
     run = tview.open_run(str(tmp_path / "r"))
     assert list(run.steps()) == [0, 3, 6]
     assert list(run.snapshot_steps()) == []  # step 4 was a snapshot step but not a recorded one
+
+
+def test_forward_hooks_are_attached_only_for_steps_that_compute_activation_statistics(tmp_path, tiny):
+    x, y = make_data()
+    rec = tview.Recorder(tiny, str(tmp_path / "r"), every=2)  # default preset: activations every 10th record
+    from tests.conftest import train
+    hooked = []
+    for step in range(42):
+        hooked.append(bool(tiny.conv1._forward_hooks))
+        train(tiny, rec, 1, x, y)
+    rec.close()
+    # recorded steps 0, 2, 4, ...; activation statistics on recorded steps 0, 10, 20: steps 0, 20, 40
+    assert [s for s, h in enumerate(hooked) if h] == [0, 20, 40]
+    assert not tiny.conv1._forward_hooks and not tiny._forward_pre_hooks  # nothing left after close
+    run = tview.open_run(str(tmp_path / "r"))
+    steps, mean = run.stat("act_mean", "conv1")
+    assert list(steps[~np.isnan(mean)]) == [0, 20, 40]
 
 
 def test_first_nonfinite_step_is_kept_per_layer_and_scalar(tmp_path, tiny):

@@ -25,9 +25,21 @@ def hist_bin_index(values: torch.Tensor) -> torch.Tensor:
     NaN stays NaN (not counted); +-Inf fall in the outermost bins; exact zeros in the middle bin.
     """
     v = values.detach().float()
-    c = v.abs().log10_().sub_(schema.HIST_LO).mul_(schema.HIST_PER_DECADE)
-    c = c.clamp_(0, _K - 0.5).floor_().add_(1).mul_(v.sign())
-    return c.add_(_K)
+    magnitude = torch.bucketize(v.abs(), _thresholds(v.device), right=True)  # 0..K-1
+    bins = v.sign().mul_(magnitude + 1).add_(_K)
+    return bins.masked_fill_(v != v, float("nan"))  # torch's sign(NaN) is 0: NaN would land in the zero bin
+
+
+_THRESHOLDS: dict[torch.device, torch.Tensor] = {}
+
+
+def _thresholds(device: torch.device) -> torch.Tensor:
+    """The K-1 inner magnitude bin edges 10**(HIST_LO + j/HIST_PER_DECADE), j = 1..K-1, on `device`."""
+    if device not in _THRESHOLDS:
+        j = np.arange(1, _K)
+        _THRESHOLDS[device] = torch.tensor(10.0 ** (schema.HIST_LO + j / schema.HIST_PER_DECADE),
+                                           dtype=torch.float32, device=device)
+    return _THRESHOLDS[device]
 
 
 def finite_on_cpu(total: torch.Tensor) -> bool:
@@ -267,7 +279,7 @@ class ParamContext:
 
     def split(self, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The per-layer segments of a flat vector (views)."""
-        return v.split(self.sizes)
+        return torch.split_with_sizes(v, self.sizes)
 
     def sums(self, v: torch.Tensor) -> torch.Tensor:
         """[n] per-layer sums."""

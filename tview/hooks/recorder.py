@@ -146,12 +146,11 @@ class Recorder:
         self.probe_layers: list[str] = []
         self._fmap_shapes: dict[str, tuple] = {}
         self._channels: dict[int, int] = {}
-        self._capture: dict[str, torch.Tensor] | None = None
         self._recording = self._detail_now = False  # set for real once the writer exists
         self._examples = 0
         self._pending_act: list[tuple[int, int, dict]] = []
-        self._hooks = []
-        self._register_hooks()
+        self._hooks = [self.model.register_forward_pre_hook(self._count_examples)]
+        self._act_hooks = []  # attached only for steps that compute activation statistics
         if probe_batch is not None:
             self._setup_probe(probe_batch, probe_layers if probe_layers is not None else self.filter_layers)
         elif probe_layers:
@@ -181,8 +180,7 @@ class Recorder:
         self._closed = False
         self._failed = False
         self._t_prev = time.perf_counter()
-        self._recording = self.schedule(self._step)
-        self._detail_now = self._recording and self._detail_due()
+        self._schedule()
         atexit.register(_close_at_exit, weakref.ref(self))
 
     # -- setup ----------------------------------------------------------------------------
@@ -240,35 +238,54 @@ class Recorder:
     def _run_probe(self) -> dict[str, torch.Tensor]:
         """Forward the probe batch in eval mode (no side effects) and capture the chosen layers."""
         modes = [(m, m.training) for m in self.model.modules()]
-        self._capture = {}
+        captured: dict[str, torch.Tensor] = {}
+
+        def capture(index, name):
+            def hook(module, inputs, output):
+                if isinstance(output, torch.Tensor):
+                    captured[name] = output.detach()
+                    if output.dim() >= 2:
+                        self._channels.setdefault(index, int(output.shape[1]))
+            return hook
+
+        handles = [module.register_forward_hook(capture(i, name)) for i, (name, module) in enumerate(self.layers)
+                   if name in self.probe_layers]
         try:
             self.model.eval()
             with torch.no_grad():
                 self.model(self.probe_inputs)
-            return self._capture
+            return captured
         finally:
-            self._capture = None
+            for h in handles:
+                h.remove()
             for m, training in modes:
                 m.training = training
 
-    def _register_hooks(self):
-        self._hooks.append(self.model.register_forward_pre_hook(self._count_examples))
-        for i, (name, module) in enumerate(self.layers):
-            self._hooks.append(module.register_forward_hook(self._make_forward_hook(i, name)))
+    def _set_activation_hooks(self, on: bool):
+        """Attach the forward hooks for a step that computes activation statistics; detach them
+        for the others, where every module then takes PyTorch's fast call path, hook-free."""
+        if on and not self._act_hooks:
+            self._act_hooks = [module.register_forward_hook(self._make_forward_hook(i))
+                               for i, (_, module) in enumerate(self.layers)]
+        elif not on and self._act_hooks:
+            for h in self._act_hooks:
+                h.remove()
+            self._act_hooks = []
 
-    # -- hooks (return at once on steps that are not recorded) -----------------------------
+    def _schedule(self):
+        """Decide what the current step records, and attach the hooks it needs."""
+        self._recording = self.schedule(self._step)
+        self._detail_now = self._recording and self._detail_due()
+        probes = self.all_act_probes if self._detail_now else self.act_probes
+        self._set_activation_hooks(self._recording and bool(probes))
+
+    # -- hooks -------------------------------------------------------------------------------
     def _count_examples(self, module, inputs):
         if self._recording and module.training and inputs and isinstance(inputs[0], torch.Tensor) and inputs[0].dim():
             self._examples += inputs[0].shape[0]
 
-    def _make_forward_hook(self, index: int, name: str):
+    def _make_forward_hook(self, index: int):
         def hook(module, inputs, output):
-            if self._capture is not None:
-                if name in self.probe_layers and isinstance(output, torch.Tensor):
-                    self._capture[name] = output.detach()
-                    if output.dim() >= 2:
-                        self._channels.setdefault(index, int(output.shape[1]))
-                return
             if not self._recording or not module.training or not isinstance(output, torch.Tensor):
                 return
             probes = self.all_act_probes if self._detail_now else self.act_probes
@@ -313,12 +330,12 @@ class Recorder:
                 self._examples = 0
         self._step += 1
         self._t_prev = now
-        self._recording = self.schedule(self._step)
-        self._detail_now = self._recording and self._detail_due()
+        self._schedule()
 
     def _fail(self):
         self._failed = True
         self._recording = False
+        self._set_activation_hooks(False)
         for h in self._hooks:
             h.remove()
         self._writer.check()
@@ -504,6 +521,7 @@ class Recorder:
         if self._closed:
             return
         self._closed = True
+        self._set_activation_hooks(False)
         for h in self._hooks:
             h.remove()
         self._hooks = []
