@@ -49,20 +49,23 @@ def overhead_configs() -> dict:
             "wandb.watch(log='all'), every step": peers.wandb_watch}
 
 
-def overhead_section(models, rounds: int, block: int, batch: int, memory_steps: int = 30) -> list[dict]:
+def overhead_section(models, steps: int, batch: int, flush_every: int, memory_steps: int = 30) -> list[dict]:
     import peers
-    from overhead import measure, ratios
+    from overhead import measure, ratios, spread
     rows = []
     configs = overhead_configs()
     for model in models:
-        times = measure(model, rounds, block, batch, configs=configs)
+        times = measure(model, steps, batch, configs=configs, flush_every=flush_every)
         peers.finish_wandb()
-        plain_ms = statistics.median(times["plain"]) / block * 1e3
+        plain_ms = statistics.mean(times["plain"]) * 1e3
+        errors = spread(times)
         memory = {name: peak_rss_mib(model, name, batch, memory_steps) for name in configs}
         for name, r in ratios(times).items():
-            rows.append({"model": model, "config": name, "step_time_ratio": r, "plain_step_ms": plain_ms,
+            rows.append({"model": model, "config": name, "step_time_ratio": r, "standard_error": errors[name],
+                         "plain_step_ms": plain_ms,
                          "peak_rss_mib": memory[name], "peak_rss_over_plain_mib": memory[name] - memory["plain"]})
-            print(f"  {model:6s} {name:38s} {r:6.3f}x  peak RSS {memory[name]:7.1f} MiB", flush=True)
+            print(f"  {model:6s} {name:38s} {r:6.3f}x +- {errors[name]:.3f}  peak RSS {memory[name]:7.1f} MiB",
+                  flush=True)
     return rows
 
 
@@ -360,11 +363,15 @@ def report(results: dict) -> str:
              "with interleaved repetitions; each figure is a median. Raw numbers: `benchmarks.json`.", ""]
     ov = results["overhead"]
     lines += ["## 1. Training overhead", "",
-              f"Same model, data and steps for every configuration, one process, shuffled blocks of "
-              f"{results['params']['block']} steps, {results['params']['rounds']} rounds, batch "
+              f"Same model, data and steps for every configuration, one process, the configurations taking turns "
+              f"step by step in a shuffled order, {results['params']['steps']} timed steps each; the figure is total "
+              f"time over plain training's total time (every step counts), +- its standard error from ten "
+              f"consecutive parts of the run. Each tool with a flush() (tview, TensorBoard) is flushed every "
+              f"{results['params']['flush_every']} of its steps, timed as part of that step; wandb's work in its "
+              f"own service process is not charged to it. Batch "
               f"{results['params']['batch']}, {results['params']['threads']} torch threads, CPU. Peak memory: "
               f"a fresh process per configuration, the largest resident set size seen after each of 30 steps.", "",
-              "| model | configuration | step time vs plain | target | peak RSS (MiB) | over plain (MiB) |",
+              "| model | configuration | time vs plain | target | peak RSS (MiB) | over plain (MiB) |",
               "|---|---|---|---|---|---|"]
     for r in ov:
         target = ""
@@ -375,7 +382,7 @@ def report(results: dict) -> str:
         elif r["model"] == "resnet" and r["config"] == "tview default, every 10th step":
             target = f"<= 1.01x: {verdict(r['step_time_ratio'] <= 1.01)}"
         lines.append(f"| {r['model']} ({r['plain_step_ms']:.1f} ms/step plain) | {r['config']} | "
-                     f"{r['step_time_ratio']:.3f}x | {target} | {r['peak_rss_mib']:.0f} | {r['peak_rss_over_plain_mib']:+.0f} |")
+                     f"{r['step_time_ratio']:.3f}x +- {r.get('standard_error', float('nan')):.3f} | {target} | {r['peak_rss_mib']:.0f} | {r['peak_rss_over_plain_mib']:+.0f} |")
     w = results["writer"]
     lines += ["", "## 2. Write throughput", "",
               f"{w['records']} records of {w['layers']} layers (every layer statistic, trajectory, 3 histograms), "
@@ -453,14 +460,14 @@ def main(argv=None):
         return None
     import torch
     q = a.quick
-    params = {"rounds": 2 if q else 9, "block": 10, "batch": 64, "threads": torch.get_num_threads()}
+    params = {"steps": 20 if q else 600, "flush_every": 20, "batch": 64, "threads": torch.get_num_threads()}
     results = {"quick": q, "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
                                       f"torch {torch.__version__}, h5py {h5py.__version__}",
                "date": time.strftime("%Y-%m-%d"), "params": params}
     with tempfile.TemporaryDirectory(prefix="tview-compare-") as root:
         print("1. training overhead", flush=True)
-        results["overhead"] = overhead_section(["lenet", "resnet"], params["rounds"], params["block"], params["batch"],
-                                               3 if q else 30)
+        results["overhead"] = overhead_section(["lenet", "resnet"], params["steps"], params["batch"],
+                                               params["flush_every"], 3 if q else 30)
         print("2. write throughput", flush=True)
         results["writer"] = writer_section(200 if q else 2000, 20, 64, 3 if q else 7)
         print("3. store size", flush=True)

@@ -36,5 +36,5 @@ def test_compare_writes_every_section(tmp_path):
 def test_dashboard_load_and_overhead_scripts_run():
     out = run(["benchmarks/dashboard_load.py", "--sizes", "100,1000", "--ranks", "2", "--layers", "4", "--repeat", "1"])
     assert "| 100 | 2 x 4 |" in out and "| 1,000 | 2 x 4 |" in out
-    out = run(["benchmarks/overhead.py", "--model", "lenet", "--rounds", "1"])
+    out = run(["benchmarks/overhead.py", "--model", "lenet", "--steps", "30"])
     assert "default, every step" in out and "plain" in out

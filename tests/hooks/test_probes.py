@@ -195,6 +195,10 @@ def test_default_preset_samples_activations_but_counts_nan_everywhere(tmp_path):
     assert math.isnan(loss)  # NaN is data: training went on, the loss was recorded as NaN
     assert math.isnan(run.scalar("loss")[1][0])
     assert stat(run, "grad_nan", "fc") > 0
+    # the gradient histogram counts every finite value, and no NaN
+    _, _, counts = run.histogram("grad", "fc")
+    numel = 6 * 8 * 8 * 10 + 10  # fc: weight and bias
+    assert counts[0].sum() == numel - stat(run, "grad_nan", "fc")  # Inf is counted, in the outermost bins
 
 
 def test_inf_gradients_are_counted_not_raised(tmp_path):

@@ -288,6 +288,8 @@ def test_bad_recorder_arguments_are_named(tmp_path, tiny):
         tview.Recorder(tiny, str(tmp_path / "c"), probe_batch=torch.zeros(2, 3, 8, 8))
     with pytest.raises(tview.ConfigError, match="probe_layers \\['conv9'\\]"):
         tview.Recorder(tiny, str(tmp_path / "d"), probe_batch=torch.zeros(2, 1, 8, 8), probe_layers=["conv9"])
+    with pytest.raises(tview.ConfigError, match="flush_seconds must be a positive number of seconds, got 0"):
+        tview.Recorder(tiny, str(tmp_path / "e"), flush_seconds=0)
     (tmp_path / "file").write_text("x")
     with pytest.raises(tview.ConfigError, match="exists and is not a folder"):
         tview.Recorder(tiny, str(tmp_path / "file"))

@@ -92,12 +92,14 @@ class Recorder:
     Call `step(loss=...)` once per optimizer step, after `optimizer.step()`, and `close()` at the
     end (or use it as a context manager). Steps count from 0; `every` (an int, a list of steps or
     a callable step -> bool) says which steps are recorded; `snapshot_every` which steps also keep
-    the conv filters and the feature maps of `probe_batch`.
+    the conv filters and the feature maps of `probe_batch`. The background writer gathers records
+    for `flush_seconds` and writes them together: readers, and what survives a crash, lag by that
+    much (`flush()` writes at once).
     """
 
     def __init__(self, model: nn.Module, run_dir: str, every=10, *, preset="default", snapshot_every=None,
                  probe_batch=None, probe_layers=None, optimizer=None, mode: str = "new",
-                 queue_size: int = 64, trajectory_dims: int = 3, seed: int = 0, start_step: int | None = None,
+                 queue_size: int = 64, flush_seconds: float = 1.0, trajectory_dims: int = 3, seed: int = 0, start_step: int | None = None,
                  rank: int | None = None, world_size: int | None = None, config: dict | None = None):
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -105,6 +107,8 @@ class Recorder:
             raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
         if not isinstance(queue_size, int) or queue_size < 1:
             raise ConfigError(f"queue_size must be a positive integer, got {queue_size!r}")
+        if isinstance(flush_seconds, bool) or not isinstance(flush_seconds, (int, float)) or not flush_seconds > 0:
+            raise ConfigError(f"flush_seconds must be a positive number of seconds, got {flush_seconds!r}")
         self.model = unwrap(model)
         self.run_dir = os.fspath(run_dir)
         self.schedule = as_schedule(every, "every")
@@ -174,7 +178,7 @@ class Recorder:
         if self.rank == 0:
             write_manifest(self.run_dir, self._manifest())
         self._writer = BackgroundWriter(self.shard_path, self._finalize, resume=(mode == "resume"),
-                                        queue_size=queue_size)
+                                        queue_size=queue_size, batch_seconds=float(flush_seconds))
         self._layout: ShardLayout | None = None
         self._recorded = 0
         self._closed = False
