@@ -449,9 +449,21 @@ class Recorder:
     def _finalize(self, item: dict) -> StepRecord:
         L = len(self.layers)
         rec = StepRecord(step=item["step"], wall_time=item["wall_time"], scalars=dict(item["scalars"]))
-        stats = {name: np.full(L, np.nan, dtype=np.float32) for name in schema.LAYER_STATS}
+        # only the statistics this step measured: the store fills the others with NaN (hist: 0)
+        stats: dict[str, np.ndarray] = {}
+        hist: dict[str, np.ndarray] = {}
+
+        def stat_row(name):
+            if name not in stats:
+                stats[name] = np.full(L, np.nan, dtype=np.float32)
+            return stats[name]
+
+        def hist_rows(kind):
+            if kind not in hist:
+                hist[kind] = np.zeros((L, schema.HIST_BINS), dtype=np.uint32)
+            return hist[kind]
+
         channel_stats: dict[str, dict[str, np.ndarray]] = {}
-        hist = {kind: np.zeros((L, schema.HIST_BINS), dtype=np.uint32) for kind in schema.HIST_KINDS}
         trajectory = np.full((L, self.trajectory_dims), np.nan, dtype=np.float32)
         act_calls: dict[tuple[int, int], list[dict]] = {}
         param_parts: dict[int, dict[str, np.ndarray]] = {}
@@ -474,7 +486,7 @@ class Recorder:
             elif kind == "param":
                 param_parts.setdefault(key[1], {})[key[2]] = value
             elif kind == "phist":
-                hist[key[1]][ids] = value
+                hist_rows(key[1])[ids] = value
             elif kind == "trajectory":
                 trajectory[ids] = value
             elif kind == "filters":
@@ -484,18 +496,19 @@ class Recorder:
         for probe_index, parts in param_parts.items():
             probe = self.param_probes[probe_index]
             for name, value in probe.finalize(parts, self.pctx.counts).items():
-                stats[name][ids] = value
+                row = stat_row(name)
+                row[ids] = value
                 if probe is not self.weight_stats:  # gradient statistics: none where no gradient
-                    stats[name][no_grad] = np.nan
+                    row[no_grad] = np.nan
         for (layer, probe_index), calls in act_calls.items():
             probe = self.all_act_probes[probe_index]
             for name, value in probe.finalize(P.merge_partials(probe, calls)).items():
                 if name in schema.CHANNEL_STATS:
                     channel_stats.setdefault(name, {})[self.layer_names[layer]] = value.astype(np.float32)
                 elif name in schema.HIST_KINDS:
-                    hist[name][layer] = value
+                    hist_rows(name)[layer] = value
                 else:
-                    stats[name][layer] = value
+                    stat_row(name)[layer] = value
         if item["stats"]:
             rec.stats, rec.channel_stats = stats, channel_stats
             rec.trajectory = trajectory if self.trajectory is not None else None

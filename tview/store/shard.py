@@ -269,9 +269,12 @@ class ShardWriter:
                     self._first_scalar[col], changed = r.step, True
         with_stats = [r for r in records if r.stats is not None]
         if with_stats and (self._first_layer < 0).any():
-            counts = sum(np.nan_to_num(np.stack([np.asarray(r.stats[k], dtype=np.float64) for r in with_stats]))
-                         for k in schema.NONFINITE_STATS if k in with_stats[0].stats)  # NaN: not measured
-            bad = np.asarray(counts) > 0  # [records, layers]
+            # per record and layer: any NaN or Inf counted (a statistic a record lacks, or NaN: not measured)
+            bad = np.zeros((len(with_stats), len(self._first_layer)), dtype=bool)
+            for i, r in enumerate(with_stats):
+                for k in schema.NONFINITE_STATS:
+                    if k in r.stats:
+                        bad[i] |= np.asarray(r.stats[k]) > 0  # NaN > 0 is False
             hit = bad.any(axis=0) & (self._first_layer < 0)
             if hit.any():
                 steps = np.array([r.step for r in with_stats])
