@@ -405,7 +405,7 @@ class Recorder:
                 add_param(self.weight_stats, self.weight_stats.compute(self.pctx, weights))
                 if hist:
                     add(("phist", "weight"), self.pctx.histogram(weights))
-            if self.trajectory is not None:
+            if self.trajectory is not None and self._detail_now:
                 add(("trajectory",), self.trajectory.compute(self.pctx, weights))
         else:
             has_grad = []
@@ -464,7 +464,7 @@ class Recorder:
             return hist[kind]
 
         channel_stats: dict[str, dict[str, np.ndarray]] = {}
-        trajectory = np.full((L, self.trajectory_dims), np.nan, dtype=np.float32)
+        trajectory = None
         act_calls: dict[tuple[int, int], list[dict]] = {}
         param_parts: dict[int, dict[str, np.ndarray]] = {}
         calls_open: dict[tuple[int, int], dict] = {}
@@ -488,6 +488,7 @@ class Recorder:
             elif kind == "phist":
                 hist_rows(key[1])[ids] = value
             elif kind == "trajectory":
+                trajectory = np.full((L, self.trajectory_dims), np.nan, dtype=np.float32)
                 trajectory[ids] = value
             elif kind == "filters":
                 filters[key[1]] = value.astype(np.float32)
@@ -511,7 +512,7 @@ class Recorder:
                     stat_row(name)[layer] = value
         if item["stats"]:
             rec.stats, rec.channel_stats = stats, channel_stats
-            rec.trajectory = trajectory if self.trajectory is not None else None
+            rec.trajectory = trajectory
         if item["hist"]:
             rec.hist = hist
         rec.filters, rec.feature_maps = filters or None, fmaps or None

@@ -74,10 +74,11 @@ def as_schedule(value, name: str) -> Schedule:
 class Preset:
     """What a recorded step measures.
 
-    Every recorded step: gradient, weight and trajectory statistics, scalars, and (with
+    Every recorded step: gradient and weight statistics, scalars, and (with
     `activations_every_step`) the cheap activation statistics (mean, std, min, max, NaN, Inf).
     Every `detail_every`-th recorded step also: zero fractions (overall and per channel), channel
-    means and histograms (and the cheap activation statistics when they are not every step).
+    means, histograms and the weight trajectory (and the cheap activation statistics when they are
+    not every step).
     """
 
     name: str
@@ -88,7 +89,7 @@ class Preset:
     histograms: bool = True
     detail_every: int = 1
     act_sample_examples: int | None = None  # activation statistics on the first k examples
-    act_hist_sample: int | None = 16384  # histogram of an evenly strided sample of activations
+    act_hist_sample: int | None = 16384  # histogram of a sample of activations (runs spread evenly)
     trajectory: bool = True
     activations_every_step: bool = True  # False: activation statistics on detail steps only
 
@@ -96,9 +97,9 @@ class Preset:
 PRESETS = {
     # Gradient and weight statistics only: the cheapest useful configuration.
     "economy": Preset("economy", activations=False, channels=False, histograms=False, trajectory=False),
-    # Gradient, weight and trajectory statistics and scalars on every recorded step; activation
-    # statistics (over the first 8 examples of the batch, NaN/Inf counted over all), zero fractions,
-    # channel statistics and histograms (of a 16k-element sample) on every 10th recorded step. A
+    # Gradient and weight statistics and scalars on every recorded step; activation statistics
+    # (over the first 8 examples of the batch, NaN/Inf counted over all), zero fractions, channel
+    # statistics, histograms (of a 16k-element sample) and the trajectory on every 10th recorded step. A
     # forward hook costs about as much in Python as its arithmetic, and a CNN has dozens: doing them
     # every step cost ~15% of a small ResNet's step on CPU, every 10th step ~1.5%.
     "default": Preset("default", detail_every=10, act_sample_examples=8, activations_every_step=False),

@@ -175,4 +175,7 @@ def summed_trajectory(run: Run, rank: int) -> tuple[np.ndarray, np.ndarray]:
     parameters on one random direction per axis (each layer's directions are independent)."""
     shard = run.shard(rank)
     steps, t = shard.read(schema.TABLE_STATS, "trajectory", slice(None))
-    return steps, np.nansum(t, axis=1) if t.size else np.zeros((0, shard.file.attrs["trajectory_dims"]))
+    if not t.size:
+        return steps, np.zeros((0, shard.file.attrs["trajectory_dims"]))
+    keep = ~np.isnan(t).all(axis=(1, 2))  # the steps that recorded it
+    return steps[keep], np.nansum(t[keep], axis=1)

@@ -251,8 +251,11 @@ class Run:
 
     @_serialized
     def trajectory(self, layer: str | int, rank: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """(steps, [steps, dims]): the layer's parameters projected on fixed random unit directions."""
-        return self.shard(rank).read(schema.TABLE_STATS, "trajectory", slice(None), (self.layer_index(layer),))
+        """(steps, [steps, dims]): the layer's parameters projected on fixed random unit directions,
+        at the steps that recorded it (presets record it on detail steps: other rows hold NaN)."""
+        steps, coords = self.shard(rank).read(schema.TABLE_STATS, "trajectory", slice(None), (self.layer_index(layer),))
+        keep = ~np.isnan(coords).all(axis=1)
+        return steps[keep], coords[keep]
 
     @_serialized
     def histogram(self, kind: str, layer: str | int, rank: int = 0, max_points: int | None = None):
