@@ -272,3 +272,42 @@ def test_first_nonfinite_step_is_kept_per_layer_and_scalar(tmp_path, tiny):
     assert np.isnan(run.stat("act_nan", "conv1")[1][1:]).all() and first["layers"]["bn1"] == 3
     from tview.cli import info_text
     assert "rank 0: NaN/Inf first at step 3 in conv1, bn1, conv2, fc" in info_text(str(tmp_path / "r"))
+
+
+def test_parameter_reductions_agree_between_the_numpy_and_the_torch_path():
+    """The CPU runs per-layer reductions in numpy, a GPU in torch: both against plain torch, here on CPU."""
+    from tview.hooks.probes import GradStats, ParamContext, WeightStats
+    torch.manual_seed(0)
+    model = TinyCNN()
+    per_layer = [list(m.parameters(recurse=False)) for m in (model.conv1, model.bn1, model.conv2, model.fc)]
+    F.cross_entropy(model(make_data()[0]), make_data()[1]).backward()
+    model.fc.weight.grad[0, :3] = float("nan")
+    model.conv2.weight.grad[0, 0, 0, 0] = float("inf")
+    flat = [torch.cat([p.grad.reshape(-1).double() for p in ps]) for ps in per_layer]
+    results = {}
+    for host in (True, False):
+        ctx = ParamContext(per_layer)
+        ctx.host = host
+        grads, _ = ctx.grads()
+        g = GradStats().finalize({k: np.asarray(v) for k, v in GradStats().compute(ctx, grads).items()}, ctx.counts)
+        ws = WeightStats()
+        ws.compute(ctx, ctx.weights())
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(1.5)
+        w = ws.finalize({k: np.asarray(v) for k, v in ws.compute(ctx, ctx.weights()).items()}, ctx.counts)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.div_(1.5)
+        results[host] = {**g, **w}
+    for host, r in results.items():
+        np.testing.assert_allclose(r["grad_nan"], [0, 0, 0, 3])
+        np.testing.assert_allclose(r["grad_inf"], [0, 0, 1, 0])
+        ok = [0, 1]  # the layers without NaN or Inf
+        np.testing.assert_allclose(r["grad_norm"][ok], [f.norm().item() for f in flat[:2]], rtol=1e-5)
+        np.testing.assert_allclose(r["grad_mean"][ok], [f.mean().item() for f in flat[:2]], rtol=1e-4, atol=1e-9)
+        np.testing.assert_allclose(r["grad_max_abs"], [f.abs().max().item() for f in flat], rtol=1e-6)
+        assert np.isnan(r["grad_max_abs"][3])  # a NaN in the layer: its max |g| is NaN, not a number
+        np.testing.assert_allclose(r["update_ratio"], 0.5 / 1.5, rtol=1e-5)  # W went to 1.5 W
+    for k in results[True]:
+        np.testing.assert_allclose(results[True][k], results[False][k], rtol=1e-5, equal_nan=True, err_msg=k)

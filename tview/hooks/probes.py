@@ -209,11 +209,15 @@ def merge_partials(probe: ActivationProbe, calls: list[dict[str, np.ndarray]]) -
 class ParamContext:
     """Every recorded layer's own parameters (weight and bias together) as one flat buffer.
 
-    Layer k owns the k-th contiguous segment of the buffer. Per-layer reductions run over
-    `split()` views of it with torch's multi-tensor (`_foreach_*`) kernels: one call for all
-    layers, no per-element segment ids. The flat copies go into buffers kept from step to step
-    (two for the weights, so the previous recorded step's stay readable, one for the gradients,
-    one scratch): a recorded step allocates no parameter-sized memory.
+    Layer k owns the k-th contiguous segment of the buffer. The flat copies go into buffers kept
+    from step to step (two for the weights, so the previous recorded step's stay readable, one for
+    the gradients, one scratch): a recorded step allocates no parameter-sized memory.
+
+    Per-layer reductions, one call for all layers: on a GPU, torch's multi-tensor (`_foreach_*`)
+    kernels over `split()` views, results left on the device; on the CPU, numpy's `reduceat` over
+    the same buffers (shared, not copied), results numpy arrays. In a training loop the numpy way
+    measured 1.8x faster on SmallResNet (441 against 784 us a step): about 1 us a call against
+    torch's 5-10 us and its worker threads' wake-ups.
     """
 
     def __init__(self, params_per_layer: list[list[torch.Tensor]]):
@@ -226,6 +230,8 @@ class ParamContext:
         self._lengths = torch.tensor(self.sizes, device=self.device)
         self._buffers: dict[str, tuple[torch.Tensor, list[torch.Tensor]]] = {}
         self._weights_slot = 0
+        self.host = self.device.type == "cpu" and all(self.sizes)  # reduceat needs no empty segment
+        self._starts = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(np.intp)
 
     def _buffer(self, name: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """A kept float32 buffer of all parameters, and its per-parameter views."""
@@ -272,22 +278,41 @@ class ParamContext:
         """The per-layer segments of a flat vector (views)."""
         return torch.split_with_sizes(v, self.sizes)
 
-    def sums(self, v: torch.Tensor) -> torch.Tensor:
+    def sums(self, v: torch.Tensor):
         """[n] per-layer sums."""
+        if self.host:
+            return np.add.reduceat(v.numpy(), self._starts, dtype=np.float64)
         return torch.segment_reduce(v, "sum", lengths=self._lengths)
 
-    def sq_sums(self, *vs: torch.Tensor) -> torch.Tensor:
-        """[len(vs), n] per-layer sums of squares of each vector, in one multi-tensor call."""
-        views = [s for v in vs for s in self.split(v)]
-        return torch.stack(torch._foreach_norm(views)).reshape(len(vs), self.n).square()
+    def sq_sums(self, v: torch.Tensor):
+        """[n] per-layer sums of squares."""
+        if self.host:
+            sq = np.multiply(v.numpy(), v.numpy(), out=self.scratch().numpy())
+            return np.add.reduceat(sq, self._starts, dtype=np.float64)
+        return torch.stack(torch._foreach_norm(self.split(v))).square()
 
-    def max_abs(self, v: torch.Tensor) -> torch.Tensor:
+    def sq_dist(self, a: torch.Tensor, b: torch.Tensor):
+        """[n] per-layer sums of (a - b)**2."""
+        if self.host:
+            d = np.subtract(a.numpy(), b.numpy(), out=self.scratch().numpy())
+            return np.add.reduceat(np.multiply(d, d, out=d), self._starts, dtype=np.float64)
+        return self.sq_sums(torch.sub(a, b, out=self.scratch()))
+
+    def max_abs(self, v: torch.Tensor):
         """[n] per-layer max |v| (NaN where the segment holds a NaN)."""
+        if self.host:
+            return np.maximum.reduceat(np.abs(v.numpy(), out=self.scratch().numpy()), self._starts)
         return torch.stack(torch._foreach_max(self.split(torch.abs(v, out=self.scratch()))))
 
-    def nonfinite(self, v: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    def nonfinite(self, v: torch.Tensor, total):
         """[2, n] per-layer NaN and Inf counts. On CPU, when `total` (a sum over v) is finite there
-        are none: zeros, without the two extra passes."""
+        are none: zeros, without the two extra passes (on a GPU the check would cost a sync)."""
+        if self.host:
+            if np.isfinite(total):
+                return np.zeros((2, self.n))
+            a = v.numpy()
+            return np.stack([np.add.reduceat(np.isnan(a), self._starts, dtype=np.float64),
+                             np.add.reduceat(np.isinf(a), self._starts, dtype=np.float64)])
         if finite_on_cpu(total):
             return torch.zeros(2, self.n)
         return torch.stack([self.sums(torch.isnan(v).float()), self.sums(torch.isinf(v).float())])
@@ -307,8 +332,9 @@ class ParamContext:
 
 
 class ParamProbe:
-    """Base: `compute` returns per-layer partials on the device (sums, not yet statistics);
-    `finalize` turns them, on the host, into statistics named as in schema.LAYER_STATS."""
+    """Base: `compute` returns per-layer partials (sums, not yet statistics: tensors left on a GPU,
+    numpy arrays on the CPU, see ParamContext); `finalize` turns them, on the host's writer thread,
+    into statistics named as in schema.LAYER_STATS."""
 
     stats: tuple[str, ...] = ()
 
@@ -321,8 +347,8 @@ class GradStats(ParamProbe):
 
     stats = ("grad_norm", "grad_mean", "grad_std", "grad_max_abs", "grad_nan", "grad_inf")
 
-    def compute(self, ctx: ParamContext, grads: torch.Tensor) -> dict[str, torch.Tensor]:
-        sq = ctx.sq_sums(grads)[0]
+    def compute(self, ctx: ParamContext, grads: torch.Tensor) -> dict:
+        sq = ctx.sq_sums(grads)
         return {"sum": ctx.sums(grads), "sq": sq, "max_abs": ctx.max_abs(grads),
                 "nonfinite": ctx.nonfinite(grads, sq.sum())}
 
@@ -339,8 +365,8 @@ class LocalGradNorm(ParamProbe):
 
     stats = ("local_grad_norm",)
 
-    def compute(self, ctx: ParamContext, local: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"sq": ctx.sq_sums(local)[0]}
+    def compute(self, ctx: ParamContext, local: torch.Tensor) -> dict:
+        return {"sq": ctx.sq_sums(local)}
 
     def finalize(self, p, counts):
         return {"local_grad_norm": np.sqrt(p["sq"])}
@@ -354,12 +380,10 @@ class WeightStats(ParamProbe):
     def __init__(self):
         self.previous: torch.Tensor | None = None
 
-    def compute(self, ctx: ParamContext, weights: torch.Tensor) -> dict[str, torch.Tensor]:
+    def compute(self, ctx: ParamContext, weights: torch.Tensor) -> dict:
+        out = {"sq": ctx.sq_sums(weights)}
         if self.previous is not None and self.previous.shape == weights.shape:
-            sq, dsq = ctx.sq_sums(weights, torch.sub(weights, self.previous, out=ctx.scratch()))
-            out = {"sq": sq, "dsq": dsq}
-        else:
-            out = {"sq": ctx.sq_sums(weights)[0]}
+            out["dsq"] = ctx.sq_dist(weights, self.previous)
         self.previous = weights  # ctx.weights() fills the other buffer next time: this one stays
         return out
 
