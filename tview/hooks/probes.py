@@ -89,7 +89,8 @@ class ActivationContext:
 class ActivationProbe:
     """Base: `compute` returns partial statistics (tensors, or plain numbers known without
     looking at the data, such as the element count "n"); `merge` says how partials of calls
-    combine ("sum", "min" or "max"); a part not named there is summed."""
+    combine ("sum", "min", "max", or "total": the sum of all their elements, whatever their
+    shapes); a part not named there is summed."""
 
     stats: tuple[str, ...] = ()
     merge: dict[str, str] = {}
@@ -129,14 +130,14 @@ class ActZeroFraction(ActivationProbe):
     """Fraction of exact zeros: the 'dead' share after a ReLU (a comparison pass: costlier)."""
 
     stats = ("act_zero_frac",)
-    merge = {"zeros": "sum"}
+    merge = {"zeros": "total"}  # per-channel counts: the host adds them up (one device op less)
 
     def compute(self, ctx):
-        zeros = ctx.channel_zeros.sum() if ctx.channel_dims else (ctx.x == 0).sum()  # 1-D: no channels
+        zeros = ctx.channel_zeros if ctx.channel_dims else (ctx.x == 0).sum()  # 1-D: no channels
         return {"n": float(ctx.numel), "zeros": zeros}
 
     def finalize(self, p):
-        return {"act_zero_frac": p["zeros"] / p["n"]}
+        return {"act_zero_frac": np.sum(p["zeros"]) / p["n"]}
 
 
 class ActChannelStats(ActivationProbe):
@@ -193,7 +194,9 @@ def merge_partials(probe: ActivationProbe, calls: list[dict[str, np.ndarray]]) -
             rule = probe.merge.get(key, "sum")
             if key not in c:
                 continue
-            if np.shape(out[key]) != np.shape(c[key]):  # e.g. a shared ReLU on several widths
+            if rule == "total":
+                out[key] = np.sum(out[key]) + np.sum(c[key])
+            elif np.shape(out[key]) != np.shape(c[key]):  # e.g. a shared ReLU on several widths
                 out[key] = np.full(np.shape(out[key]), np.nan)
             elif rule == "sum":
                 out[key] = out[key] + c[key]
