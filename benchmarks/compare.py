@@ -424,14 +424,16 @@ def report(results: dict) -> str:
 def notes(results: dict) -> list[str]:
     plain = {r["model"]: r["plain_step_ms"] for r in results["overhead"] if r["config"] == "plain"}
     return [
-        "What tview costs on a recorded step is mostly fixed and mostly Python: about 40 small tensor "
-        "operations for the parameter and gradient statistics (one flat buffer, segment reductions), the "
-        "record's assembly and one host transfer, and the background writer, which on this 2-core machine "
-        "takes the GIL and CPU from torch's 2 threads; every 10th recorded step adds the activation probes "
-        "of every forward hook (statistics of 8 sampled examples, NaN/Inf counted over the whole output). "
+        "What tview costs on a recorded step is mostly fixed: copying the parameters and gradients into "
+        "kept buffers (two multi-tensor copies), per-layer reductions of them (numpy's reduceat on the CPU, "
+        "torch's multi-tensor kernels on a GPU), the record's assembly, and the background writer's share "
+        "(finishing the statistics, HDF5 appends, one flush a second). Every 20th recorded step adds the "
+        "activation probes of every forward hook (statistics of 8 sampled examples, NaN/Inf counted over "
+        "the whole output, histograms), the trajectory and the parameter histograms; the hooks are attached "
+        "only for those steps. "
         f"That is small against the ResNet-style CNN's {plain.get('resnet', float('nan')):.1f} ms step and "
         f"large against LeNet-5's {plain.get('lenet', float('nan')):.1f} ms. Recording every 10th step "
-        "leaves only the hooks' early return and the step call on the other steps.",
+        "leaves the other steps untouched: no hook runs, step() only counts.",
         "The peers pay per histogram: TensorBoard's add_histogram and wandb.watch(log='all') compute and "
         "serialise a histogram of every parameter and every gradient on the training thread, every step.",
         "tview's writer appends with HDF5's low-level calls (h5py's `dset.id`), which is why it can beat "
