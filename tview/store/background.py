@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 import warnings
 from typing import Callable
 
