@@ -1,7 +1,7 @@
 """Training overhead of the Recorder: the same CNN trained with and without it, step by step interleaved.
 
-Prints, per configuration, its total training time over plain training's, with the spread between
-ten consecutive parts of the run. Usage:
+Prints, per configuration, its total training time over plain training's (the figure, with its
+standard error from ten consecutive parts of the run) and its median step time over plain's. Usage:
     python benchmarks/overhead.py [--model resnet|lenet] [--steps 600] [--batch 64] [--full]
 
 How (this 2-core VM's speed wanders by 20% within seconds: one plain copy against another, timed
@@ -10,9 +10,9 @@ in blocks of 20 steps, came out at 0.80x over 12 rounds):
   step, in a new shuffled order each round, so a slow moment of the machine falls on all alike.
 - The figure is total time over total time: every step counts, the rare costly ones too (a median
   of per-step ratios would hide the activation-statistics steps that come every 10th record).
-- A tool's background writer writes when flushed, every `flush_every` of its steps, and that
-  flush is timed as part of its step: the writer's work is charged to the tool, not to whichever
-  configuration runs next.
+- A tool's background writer writes when flushed, as often as tview's writer does by itself (once
+  a second of plain training or every 32 records, whichever comes first), and that flush is timed as part of its step: the writer's
+  work is charged to the tool, not to whichever configuration runs next.
 """
 
 from __future__ import annotations
@@ -84,6 +84,8 @@ class Trainer:
         return getattr(self.rec, "dropped", 0)
 
 
+FLUSH_SECONDS = 1.0  # tview's default: its writer writes and flushes once a second
+
 CONFIGS = {
     "plain": None,
     "default, every step": recorder(every=1),
@@ -94,9 +96,11 @@ FULL = {"full, every step": recorder(every=1, preset="full")}
 
 
 def measure(model_name: str, steps: int, batch: int, configs=CONFIGS, seed: int = 0,
-             flush_every: int = 20, warmup: int = 3) -> dict[str, list[float]]:
+             flush_every: int | None = None, warmup: int = 3) -> dict[str, list[float]]:
     """Per configuration, the wall time of each of its `steps` timed steps (a flush included in
-    every `flush_every`-th), the configurations taking turns step by step (see the module text)."""
+    every `flush_every`-th), the configurations taking turns step by step (see the module text).
+    By default a tool is flushed as often as tview's writer flushes by itself: every
+    `flush_seconds` (1 s) of plain training, in steps, from the warm-up."""
     base, x, y = make(model_name, batch)
     times = {name: [] for name in configs}
     rng = random.Random(seed)
@@ -104,6 +108,11 @@ def measure(model_name: str, steps: int, batch: int, configs=CONFIGS, seed: int 
         trainers = {name: Trainer(base, attach, tmp) for name, attach in configs.items()}
         for t in trainers.values():
             t.steps(x, y, warmup)
+        if flush_every is None:
+            plain_step = statistics.median(trainers["plain"].step(x, y) for _ in range(warmup))
+            # as tview's writer: once a second, or when half its queue (32 records) waits
+            flush_every = max(1, min(round(FLUSH_SECONDS / plain_step), 32))
+            print(f"  flushing every {flush_every} steps ({FLUSH_SECONDS:g} s of plain training)", file=sys.stderr)
         order = list(trainers)
         for k in range(steps):
             rng.shuffle(order)
@@ -124,6 +133,13 @@ def ratios(times: dict[str, list[float]]) -> dict[str, float]:
     return {name: sum(ts) / plain for name, ts in times.items()}
 
 
+def median_step_ratios(times: dict[str, list[float]]) -> dict[str, float]:
+    """Per configuration: its median step time over plain training's (the typical step: it leaves
+    out the rare costly ones, so it is shown beside the figure, not instead of it)."""
+    plain = statistics.median(times["plain"])
+    return {name: statistics.median(ts) / plain for name, ts in times.items()}
+
+
 def spread(times: dict[str, list[float]], parts: int = 10) -> dict[str, float]:
     """Per configuration: the standard error of its ratio, from the ratios of `parts` consecutive
     parts of the run (how much the machine's noise moves the figure)."""
@@ -140,20 +156,21 @@ def main(argv=None):
     ap.add_argument("--model", choices=("resnet", "lenet"), default="resnet")
     ap.add_argument("--steps", type=int, default=600, help="timed steps per configuration")
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--flush-every", type=int, default=20, help="steps between timed flushes of a tool's writer")
+    ap.add_argument("--flush-every", type=int, default=None,
+                    help="steps between timed flushes of a tool's writer (default: 1 s of plain training)")
     ap.add_argument("--full", action="store_true", help="also the full preset (slow: every histogram over every value)")
     a = ap.parse_args(argv)
     times = measure(a.model, a.steps, a.batch, configs={**CONFIGS, **FULL} if a.full else CONFIGS,
                     flush_every=a.flush_every)
-    print(f"model={a.model} batch={a.batch} steps={a.steps} flush_every={a.flush_every} "
-          f"threads={torch.get_num_threads()}")
+    print(f"model={a.model} batch={a.batch} steps={a.steps} threads={torch.get_num_threads()}")
     print(f"plain mean step: {statistics.mean(times['plain']) * 1e3:.1f} ms")
     targets = {"default, every step": 1.05, "default, every 10th step": 1.01}
-    errors = spread(times)
+    errors, medians = spread(times), median_step_ratios(times)
+    print(f"{'':28s} {'total time':>16s}  {'median step':>11s}")
     for name, r in ratios(times).items():
         t = targets.get(name)
         verdict = "" if t is None else (f"  target <= {t:.2f}x: " + ("met" if r <= t else "MISSED"))
-        print(f"{name:28s} {r:6.3f}x +- {errors[name]:.3f}{verdict}")
+        print(f"{name:28s} {r:6.3f}x +- {errors[name]:.3f}  {medians[name]:10.3f}x{verdict}")
 
 
 if __name__ == "__main__":
