@@ -4,11 +4,10 @@ and the same numbers as on the CPU. Skipped where there is no GPU (CI has none).
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import tview
 import tview.hooks.recorder as recorder_module
-from tests.conftest import TinyCNN, make_data
+from tests.conftest import TinyCNN, make_data, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -24,12 +23,7 @@ def record(tmp_path, device, name, steps=21):
             real = recorder_module._to_host
             recorder_module._to_host = lambda ts: transfers.append(len(ts)) or real(ts)
         try:
-            for _ in range(steps):
-                opt.zero_grad()
-                loss = F.cross_entropy(model(x), y)
-                loss.backward()
-                opt.step()
-                rec.step(loss=loss)
+            train(model, rec, steps, x, y, opt=opt)
         finally:
             if device == "cuda":
                 recorder_module._to_host = real
