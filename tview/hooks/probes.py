@@ -251,16 +251,16 @@ class ParamContext:
         """Copy `tensors` (one per parameter; None reads as zeros) into kept buffer `name`, in one
         call, and return it flat (valid until the next gather into the same name)."""
         flat, views = self._buffer(name)
+        dst, src = [], []
         with torch.no_grad():
-            if all(t is not None for t in tensors):
-                torch._foreach_copy_(views, tensors)
-            else:
-                pairs = [(v, t) for v, t in zip(views, tensors) if t is not None]
-                for v, t in zip(views, tensors):
-                    if t is None:
-                        v.zero_()
-                if pairs:
-                    torch._foreach_copy_([v for v, _ in pairs], [t for _, t in pairs])
+            for v, t in zip(views, tensors):
+                if t is None:
+                    v.zero_()
+                else:
+                    dst.append(v)
+                    src.append(t)
+            if src:
+                torch._foreach_copy_(dst, src)
         return flat
 
     def weights(self) -> torch.Tensor:
