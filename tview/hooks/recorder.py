@@ -289,12 +289,10 @@ class Recorder:
             self._examples += inputs[0].shape[0]
 
     def _make_forward_hook(self, index: int):
-        def hook(module, inputs, output):
-            if not self._recording or not module.training or not isinstance(output, torch.Tensor):
+        def hook(module, inputs, output):  # attached only while the step computes activation statistics
+            if not module.training or not isinstance(output, torch.Tensor):
                 return
             probes = self.all_act_probes if self._detail_now else self.act_probes
-            if not probes:
-                return
             ctx = P.ActivationContext(output, self.preset.act_sample_examples)
             if ctx.channel_dims is not None:
                 self._channels.setdefault(index, int(output.shape[1]))
