@@ -247,24 +247,14 @@ def tview_to_tensorboard(run, logdir: str) -> None:
 
 
 def size_section(steps: int) -> dict:
-    import torch
-    import torch.nn.functional as F
-
     import tview
-    from tview.models import LeNet5
-    torch.manual_seed(0)
-    model = LeNet5()
-    x, y = torch.randn(64, 1, 16, 16), torch.randint(0, 10, (64,))
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    from overhead import Trainer, make
+    base, x, y = make("lenet", 64)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "tview")
-        with tview.Recorder(model, path, every=1, snapshot_every=[], optimizer=opt) as rec:
-            for _ in range(steps):
-                opt.zero_grad()
-                loss = F.cross_entropy(model(x), y)
-                loss.backward()
-                opt.step()
-                rec.step(loss=loss)
+        trainer = Trainer(base, lambda m, opt, _: tview.Recorder(m, path, every=1, snapshot_every=[], optimizer=opt), tmp)
+        trainer.steps(x, y, steps)
+        trainer.close()
         run = tview.open_run(path)
         tview_to_tensorboard(run, os.path.join(tmp, "tb"))
         row = {"steps": steps, "model": "lenet", "tview_bytes": folder_bytes(path),
