@@ -21,7 +21,6 @@ from vtkmodules.vtkCommonExecutionModel import vtkAlgorithm, vtkStreamingDemandD
 
 from tview.errors import TviewError  # noqa: E402
 from tview.render import scene, vtk_data  # noqa: E402
-from tview.store import schema  # noqa: E402
 from tview.store.reader import open_run  # noqa: E402
 
 BLOCKS = ("network", "trajectories", "filters", "feature_maps", "fields")
@@ -144,7 +143,7 @@ class TviewRunReader(VTKPythonAlgorithmBase):
             for name in self._run.layers:
                 if not self._layers.ArrayExists(name):
                     self._layers.AddArray(name)
-            for name in scene.CHANNEL_ARRAYS + scene.LAYER_ARRAYS:
+            for name in scene.statistic_arrays(self._run):
                 if not self._stats.ArrayExists(name):
                     self._stats.AddArray(name)
         else:
@@ -197,7 +196,7 @@ class TviewRunReader(VTKPythonAlgorithmBase):
 
     def _fill(self, output, run, step, piece, n_pieces):
         layers = self._selected(self._layers, run.layers)
-        stats = self._selected(self._stats, list(scene.CHANNEL_ARRAYS + scene.LAYER_ARRAYS))
+        stats = self._selected(self._stats, list(scene.statistic_arrays(self._run)))
         output.SetNumberOfBlocks(len(BLOCKS))
         for i, name in enumerate(BLOCKS):
             output.GetMetaData(i).Set(vtkMultiBlockDataSet.NAME(), name)
@@ -248,8 +247,8 @@ class TviewRunReader(VTKPythonAlgorithmBase):
 
         # whole-run fields: layer x step for each layer statistic, channel x step for each selected
         # layer's per-channel statistics (x: step index, drawn about a third as tall as wide)
-        wanted = [(stat, None) for stat in stats if stat in schema.LAYER_STATS]
-        wanted += [(stat, info["name"]) for stat in stats if stat in schema.CHANNEL_STATS
+        wanted = [(stat, None) for stat in stats if stat in run.stat_names()]
+        wanted += [(stat, info["name"]) for stat in stats if stat in run.channel_stat_names()
                    for info in scene.channel_layers(run, layers)]
         fields = vtkMultiBlockDataSet()
         fields.SetNumberOfBlocks(len(wanted))

@@ -13,13 +13,9 @@ import numpy as np
 from tview.render.analysis import similarity_layout
 from tview.render.layout import network_positions, tile
 from tview.render.summaries import channel_values_at
-from tview.store import schema
 from tview.store.reader import Run
 
 RANK_MODES = ("one", "all", "mean", "spread")  # one rank; each rank a block; mean or max-min across ranks
-CHANNEL_ARRAYS = schema.CHANNEL_STATS
-LAYER_ARRAYS = ("grad_norm", "local_grad_norm", "grad_max_abs", "weight_norm", "update_ratio", "act_mean",
-                "act_std", "act_zero_frac", "act_nan", "grad_nan")
 
 
 @dataclass
@@ -32,15 +28,13 @@ class Points:
 
 
 def time_steps(run: Run) -> np.ndarray:
-    """Recorded steps (of the layer statistics) of the first readable rank: ParaView's time steps."""
-    return run.shard(run.ranks[0]).steps(schema.TABLE_STATS) if run.ranks else np.zeros(0, dtype=np.int64)
+    """Recorded steps of the first readable rank: ParaView's time steps."""
+    return run.steps(run.ranks[0]) if run.ranks else np.zeros(0, dtype=np.int64)
 
 
-def _row_at(steps: np.ndarray, step: float | None) -> int:
-    """Index of the last row at or before `step` (None: the last row); -1 if there is none."""
-    if step is None:
-        return len(steps) - 1
-    return int(np.searchsorted(steps, step, side="right")) - 1
+def statistic_arrays(run: Run) -> list[str]:
+    """Every statistic the run holds that the network view can show: per-channel ones, then per-layer."""
+    return run.channel_stat_names() + run.stat_names()
 
 
 def channel_layers(run: Run, layers: list[str] | None = None) -> list[dict]:
@@ -49,14 +43,12 @@ def channel_layers(run: Run, layers: list[str] | None = None) -> list[dict]:
 
 
 def network(run: Run, rank: int, step: float | None, layers: list[str] | None = None,
-            arrays: list[str] | None = None, lookback: int = 256) -> Points:
+            arrays: list[str] | None = None) -> Points:
     """Every channel of the chosen layers as a point on its layer's slab, with arrays at `step`: per-channel
     statistics (latest recorded row at or before it) and layer statistics repeated on the layer's channels."""
-    shard = run.shard(rank)
-    steps = shard.steps(schema.TABLE_STATS)
-    end = _row_at(steps, step) + 1
     infos = channel_layers(run, layers)
-    wanted = list(arrays) if arrays is not None else list(CHANNEL_ARRAYS + LAYER_ARRAYS)
+    channel_arrays, layer_arrays = run.channel_stat_names(), run.stat_names()
+    wanted = list(arrays) if arrays is not None else channel_arrays + layer_arrays
     counts = [int(info["channels"]) for info in infos]
     out = {"layer": np.repeat(np.arange(len(infos)), counts).astype(np.int32),
            "channel": np.concatenate([np.arange(c) for c in counts]).astype(np.int32) if counts else np.zeros(0, np.int32)}
@@ -65,15 +57,16 @@ def network(run: Run, rank: int, step: float | None, layers: list[str] | None = 
     offsets, sizes = dict(zip(names, np.cumsum([0] + counts))), dict(zip(names, counts))
     for name in wanted:
         values = np.full(n, np.nan)
-        if name in CHANNEL_ARRAYS:  # the latest recorded row at or before the step, per layer
-            for layer, row, _ in zip(*channel_values_at(run, name, step, rank, lookback)):
+        if name in channel_arrays:  # the latest measured row at or before the step, per layer
+            for layer, row, _ in zip(*channel_values_at(run, name, step, rank)):
                 c = sizes.get(layer)
                 if c is not None and len(row) == c:
                     values[offsets[layer]:offsets[layer] + c] = row
-        elif end > 0 and name in schema.LAYER_STATS:  # one row of [layers] per statistic
-            _, row = shard.read(schema.TABLE_STATS, name, slice(end - 1, end))
+        elif name in layer_arrays:  # the latest measured row of [layers] at or before the step
+            _, row = run.layer_values_at(name, step, rank)
+            row = np.ma.filled(np.ma.asarray(row, dtype=np.float64), np.nan)
             for layer, c in sizes.items():
-                values[offsets[layer]:offsets[layer] + c] = row[0][run.layer_index(layer)]
+                values[offsets[layer]:offsets[layer] + c] = row[run.layer_index(layer)]
         out[name] = values
     return Points(network_positions(counts), out)
 
@@ -119,15 +112,14 @@ def layer_field(run: Run, stat: str, rank: int) -> tuple[np.ndarray, np.ndarray]
     """(steps, values [layers, steps]): one layer statistic over the whole run, as an image (x: step, y: layer);
     steps where no layer has it (statistics recorded only on detail steps) are left out."""
     steps, m = run.stat_matrix(stat, rank)
-    keep = np.isfinite(m).any(axis=1)
-    return steps[keep], np.asarray(m[keep], dtype=np.float64).T
+    keep = ~np.ma.getmaskarray(m).all(axis=1)
+    return steps[keep], np.ma.filled(np.ma.asarray(m[keep], dtype=np.float64), np.nan).T
 
 
 def channel_field(run: Run, stat: str, layer: str, rank: int) -> tuple[np.ndarray, np.ndarray]:
     """(steps, values [channels, steps]) of a per-channel statistic, only the steps where it was recorded."""
     steps, m = run.stat(stat, layer, rank)
-    keep = np.isfinite(m).any(axis=1)
-    return steps[keep], np.asarray(m[keep], dtype=np.float64).T
+    return steps, np.asarray(m, dtype=np.float64).T
 
 
 def trajectory(run: Run, layer: str, rank: int) -> Points:

@@ -7,7 +7,6 @@ import time
 import numpy as np
 
 from tview.render import analysis
-from tview.store import schema
 from tview.store.reader import Run
 
 LIVE_SECONDS = 120.0  # a rank that wrote within this many seconds and has not closed is live
@@ -22,13 +21,9 @@ def rank_rows(run: Run) -> list[dict]:
         row = {"rank": rank, "steps": s["steps"], "last_step": s["last_step"], "dropped": s["dropped"],
                "problem": s["problem"], "wall_seconds": None, "state": "unreadable" if s["problem"] else "closed"}
         if s["problem"] is None and s["steps"]:
-            shard = run.shard(rank)
-            n = shard.length(schema.TABLE_SCALARS)
-            _, first = shard.read(schema.TABLE_SCALARS, "wall_time", slice(0, 1))
-            _, last = shard.read(schema.TABLE_SCALARS, "wall_time", slice(n - 1, n))
-            row["wall_seconds"] = float(last[0] - first[0])
+            row["wall_seconds"] = s["last_wall"] - s["first_wall"]
             if not s["closed"]:
-                row["state"] = "live" if now - float(last[0]) < LIVE_SECONDS else "stopped"
+                row["state"] = "live" if now - s["last_wall"] < LIVE_SECONDS else "stopped"
         elif s["problem"] is None:
             row["state"] = "no steps yet" if not s["closed"] else "closed"
         rows.append(row)
@@ -84,14 +79,15 @@ def health_findings(run: Run, max_points: int = 2000, loss: dict | None = None,
     found = analysis.nonfinite_findings(first) + found
     if run.ranks:  # dead filters, on the first readable rank (weights are the same on every rank)
         rank = run.ranks[0]
-        shard = run.shard(rank)
         for layer in run.layer_info:
-            key = f"act_channel_zero_frac/{layer['name']}"
-            if not layer.get("channels") or key not in shard.file[schema.TABLE_STATS]:
+            if not layer.get("channels") or "act_channel_zero_frac" not in run.channel_stat_names():
                 continue
-            n = shard.length(schema.TABLE_STATS)
-            _, tail = shard.read(schema.TABLE_STATS, key, slice(max(0, n - TAIL_ROWS), n))
-            dead = analysis.dead_channels(tail)
+            try:
+                steps, tail = run.stat("act_channel_zero_frac", layer["name"], rank)
+            except KeyError:
+                continue
+            tail = tail[-TAIL_ROWS:]
+            dead = analysis.dead_channels(tail) if len(tail) else []
             if len(dead):
                 found.append(analysis.Finding(
                     "dead_filters", "warning",
@@ -147,35 +143,25 @@ def noise_scale(run: Run, max_points: int = 2000, smoothing: float = 0.9) -> tup
     return steps, analysis.gradient_noise_scale(local_sq, g2, b, len(run.ranks), smoothing)
 
 
-def channel_values_at(run: Run, stat: str, step: int | None, rank: int, lookback: int = 256):
-    """Per layer with per-channel values, the latest finite row at or before `step` (None: the last):
+def channel_values_at(run: Run, stat: str, step: int | None, rank: int):
+    """Per layer with per-channel values, the latest measured row at or before `step` (None: the last):
     (layers, [values per layer], steps they come from)."""
-    shard = run.shard(rank)
-    steps = shard.steps(schema.TABLE_STATS)
-    if len(steps) == 0:
-        return [], [], []
-    end = len(steps) if step is None else int(np.searchsorted(steps, step, side="right"))
-    start = max(0, end - lookback)
     layers, values, at = [], [], []
     for layer in run.layer_info:
-        key = f"{stat}/{layer['name']}"
-        if not layer.get("channels") or key not in shard.file[schema.TABLE_STATS] or end == 0:
+        if not layer.get("channels"):
             continue
-        rows_steps, rows = shard.read(schema.TABLE_STATS, key, slice(start, end))
-        finite = np.flatnonzero(np.isfinite(rows).any(axis=1))
-        if len(finite):
+        found = run.channel_values_at(stat, layer["name"], step, rank)
+        if found is not None:
             layers.append(layer["name"])
-            values.append(rows[finite[-1]])
-            at.append(int(rows_steps[finite[-1]]))
+            values.append(found[1])
+            at.append(found[0])
     return layers, values, at
 
 
 def summed_trajectory(run: Run, rank: int) -> tuple[np.ndarray, np.ndarray]:
     """The whole network's path: every layer's projections summed, which is the projection of all
     parameters on one random direction per axis (each layer's directions are independent)."""
-    shard = run.shard(rank)
-    steps, t = shard.read(schema.TABLE_STATS, "trajectory", slice(None))
+    steps, t = run.trajectories(rank)
     if not t.size:
-        return steps, np.zeros((0, shard.file.attrs["trajectory_dims"]))
-    keep = ~np.isnan(t).all(axis=(1, 2))  # the steps that recorded it
-    return steps[keep], np.nansum(t[keep], axis=1)
+        return steps, np.zeros((0, int(run.manifest.get("trajectory_dims", 3))))
+    return steps, np.nansum(t, axis=1)

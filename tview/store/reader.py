@@ -236,18 +236,64 @@ class Run:
         rows = strided(shard.length(schema.TABLE_STATS), max_points)
         i = self.layer_index(layer)
         if name in schema.CHANNEL_STATS:
-            return shard.read(schema.TABLE_STATS, f"{name}/{self.layers[i]}", rows)
+            key = f"{name}/{self.layers[i]}"
+            if self.layers[i] not in shard.file[schema.TABLE_STATS][name]:
+                raise KeyError(f"{self.path}: no {name} for layer {self.layers[i]!r} (no channels recorded)")
+            steps, values = shard.read(schema.TABLE_STATS, key, rows)
+            keep = ~np.isnan(values).all(axis=1) if values.ndim == 2 else np.ones(len(steps), bool)
+            return steps[keep], values[keep]
         if name not in schema.LAYER_STATS:
             raise KeyError(f"no statistic {name!r}; statistics: {', '.join(schema.LAYER_STATS + schema.CHANNEL_STATS)}")
-        return shard.read(schema.TABLE_STATS, name, rows, (i,))
+        steps, values = shard.read(schema.TABLE_STATS, name, rows, (i,))
+        keep = ~np.isnan(values)
+        return steps[keep], values[keep]
 
     @_serialized
     def stat_matrix(self, name: str, rank: int = 0, max_points: int | None = None):
-        """(steps, values [steps, layers]) of one statistic for every layer."""
+        """(steps, values [steps, layers]) of one statistic for every layer, as a numpy masked array:
+        masked where that layer was not measured in that row (fill it with NaN to plot)."""
         if name not in schema.LAYER_STATS:
             raise KeyError(f"no statistic {name!r}; statistics: {', '.join(schema.LAYER_STATS)}")
         shard = self.shard(rank)
-        return shard.read(schema.TABLE_STATS, name, strided(shard.length(schema.TABLE_STATS), max_points))
+        steps, values = shard.read(schema.TABLE_STATS, name, strided(shard.length(schema.TABLE_STATS), max_points))
+        return steps, np.ma.masked_invalid(values)
+
+    def stat_names(self) -> list[str]:
+        """Per-layer statistics this run holds (for menus and arrays: never a hand-picked list)."""
+        return list(schema.LAYER_STATS)
+
+    def channel_stat_names(self) -> list[str]:
+        """Per-output-channel statistics this run holds."""
+        return list(schema.CHANNEL_STATS)
+
+    def hist_kinds(self) -> list[str]:
+        """Histogram kinds this run holds ('grad', 'weight', 'act', ...)."""
+        return list(schema.HIST_KINDS)
+
+    def stat_info(self, name: str, layer: str | int | None = None, rank: int = 0) -> dict:
+        """How a statistic was measured: {"exact": bool, "sample": N or None, "of": M or None, "note": text}."""
+        return {"exact": True, "sample": None, "of": None, "note": "exact"}
+
+    @_serialized
+    def layer_values_at(self, name: str, step: int | None, rank: int = 0):
+        """(step, masked values [layers]) of a layer statistic at the latest row measured at or
+        before `step` (None: the last); (None, all-masked) when there is none."""
+        steps, m = self.stat_matrix(name, rank)
+        end = len(steps) if step is None else int(np.searchsorted(steps, step, side="right"))
+        if end == 0:
+            return None, np.ma.masked_all(len(self.layers))
+        return int(steps[end - 1]), m[end - 1]
+
+    @_serialized
+    def channel_values_at(self, name: str, layer: str | int, step: int | None, rank: int = 0):
+        """(step, values [C]) of a per-channel statistic at the latest measured row at or before
+        `step` (None: the last); None when the layer has none there."""
+        try:
+            steps, values = self.stat(name, layer, rank)
+        except KeyError:
+            return None
+        end = len(steps) if step is None else int(np.searchsorted(steps, step, side="right"))
+        return (int(steps[end - 1]), values[end - 1]) if end else None
 
     @_serialized
     def trajectory(self, layer: str | int, rank: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -256,6 +302,15 @@ class Run:
         steps, coords = self.shard(rank).read(schema.TABLE_STATS, "trajectory", slice(None), (self.layer_index(layer),))
         keep = ~np.isnan(coords).all(axis=1)
         return steps[keep], coords[keep]
+
+    @_serialized
+    def trajectories(self, rank: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, [steps, layers, dims]) of every layer's projected parameters, at the steps that
+        recorded the trajectory (layers without parameters hold NaN)."""
+        shard = self.shard(rank)
+        steps, t = shard.read(schema.TABLE_STATS, "trajectory", slice(None))
+        keep = ~np.isnan(t).all(axis=(1, 2)) if t.size else np.zeros(len(steps), bool)
+        return steps[keep], t[keep]
 
     @_serialized
     def histogram(self, kind: str, layer: str | int, rank: int = 0, max_points: int | None = None):
@@ -312,15 +367,18 @@ class Run:
         for rank in range(max([self.world_size] + [r + 1 for r in self.ranks])):
             if rank not in self._shards:
                 status[rank] = {"steps": 0, "last_step": None, "closed": False, "dropped": 0,
-                                "problem": self.problems.get(rank, "missing")}
+                                "problem": self.problems.get(rank, "missing"), "first_wall": None, "last_wall": None}
                 continue
             shard = self._shards[rank]
             step = shard.dataset(schema.TABLE_SCALARS, "step")
             n = int(step.shape[0])  # the length and the last row only: cheap however long the run
             closed = shard.dataset("status", "closed")[0] == 1
             dropped = int(shard.dataset("status", "dropped")[0])
+            wall = shard.dataset(schema.TABLE_SCALARS, "wall_time")
             status[rank] = {"steps": n, "last_step": int(step[n - 1]) if n else None,
-                            "closed": bool(closed), "dropped": dropped, "problem": None}
+                            "closed": bool(closed), "dropped": dropped, "problem": None,
+                            "first_wall": float(wall[0]) if n else None,
+                            "last_wall": float(wall[n - 1]) if n else None}
         return status
 
     @_serialized
