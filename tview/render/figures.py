@@ -175,7 +175,8 @@ def trajectory_figure(steps: np.ndarray, coords: np.ndarray, title: str) -> go.F
     steps, coords = steps[rows], coords[rows]
     fig = go.Figure(go.Scatter3d(x=coords[:, 0], y=coords[:, 1], z=coords[:, 2], mode="lines+markers",
                                  marker=dict(size=3, color=steps, colorscale="Plasma", colorbar=dict(title="step")),
-                                 line=dict(color=steps, colorscale="Plasma", width=4), text=[f"step {s}" for s in steps],
+                                 line=dict(color=steps, colorscale="Plasma", width=4),
+                                 text=[f"step {s}" for s in steps],
                                  hovertemplate="%{text}<extra></extra>"))
     fig.update_layout(title=title, margin=_MARGIN, uirevision="trajectory",
                       scene=dict(xaxis_title="direction 1", yaxis_title="direction 2", zaxis_title="direction 3"))
@@ -207,3 +208,84 @@ def bar_figure(labels: list[str], values: list[float], title: str, y_title: str 
     colours = ["#d62728" if label == highlight else "#1f77b4" for label in labels]
     fig = go.Figure(go.Bar(x=labels, y=_finite_or_none(values), marker_color=colours))
     return _layout(fig, title, x_title="", y_title=y_title)
+
+
+HEATMAP_CELLS = 250_000  # ranks x steps cells in a rank x step heatmap: 1024 ranks keep about 240 steps
+_STANDOUT_COLOURS = ["#d62728", "#ff7f0e", "#9467bd"]
+_FOCUS_COLOUR = "#111111"
+_BAND_FILL = {("min", "max"): "rgba(31,119,180,0.12)", ("5%", "95%"): "rgba(31,119,180,0.28)"}
+
+
+def _band_traces(steps: np.ndarray, bands: dict[str, np.ndarray], y_title: str) -> list[go.Scatter]:
+    """min-max and 5%-95% as filled areas, the median as a line: legend entries 'min-max', '5%-95%', 'median'."""
+    traces = []
+    for lo, hi in _BAND_FILL:
+        fill = _BAND_FILL[(lo, hi)]
+        traces.append(go.Scatter(x=steps, y=_finite_or_none(bands[lo]), mode="lines", line=dict(width=0),
+                                 showlegend=False, hoverinfo="skip", legendgroup=f"{lo}-{hi}"))
+        traces.append(go.Scatter(x=steps, y=_finite_or_none(bands[hi]), mode="lines", line=dict(width=0),
+                                 fill="tonexty", fillcolor=fill, name=f"{lo}-{hi} of ranks", legendgroup=f"{lo}-{hi}",
+                                 hovertemplate=f"{hi} %{{y:.4g}}<extra></extra>"))
+    traces.append(go.Scatter(x=steps, y=_finite_or_none(bands["median"]), mode="lines", name="median rank",
+                             line=dict(color="#1f77b4", width=2), hovertemplate="median %{y:.4g}<extra></extra>"))
+    return traces
+
+
+def ranks_figure(steps: np.ndarray, ranks: list[int], values: np.ndarray, title: str, y_title: str = "",
+                 named: dict[int, str] | None = None, focus: int | None = None, log_y: bool = False) -> go.Figure:
+    """One quantity on every rank (values [ranks, steps]). Up to ranks_view.LINES_UP_TO ranks: one line per
+    rank; beyond: quantile bands (min, 5%, median, 95%, max over ranks) and a named line for each rank in
+    `named` (rank -> label, e.g. 'rank 7 (slowest)') and for the focused rank."""
+    from tview.render import ranks_view
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0 or not np.isfinite(values).any():
+        return message_figure("nothing recorded yet")
+    cols = strided(values.shape[1], MAX_POINTS)
+    x, values = np.asarray(steps)[cols], values[:, cols]
+    named = dict(named or {})
+    if focus is not None and focus in ranks:
+        named.setdefault(focus, f"rank {focus}")
+    row = {r: i for i, r in enumerate(ranks)}
+    fig = go.Figure()
+    if len(ranks) <= ranks_view.LINES_UP_TO:
+        palette = ["#1f77b4", "#2ca02c", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#aec7e8"]
+        for i, r in enumerate(ranks):
+            if r not in named:
+                fig.add_trace(go.Scatter(x=x, y=_finite_or_none(values[i]), mode="lines", name=f"rank {r}",
+                                         line=dict(color=palette[i % len(palette)], width=1.5)))
+    else:
+        for trace in _band_traces(x, ranks_view.quantile_bands(values), y_title):
+            fig.add_trace(trace)
+    for k, (r, label) in enumerate(sorted(named.items(), key=lambda kv: kv[0] != focus)):
+        colour = _FOCUS_COLOUR if r == focus else _STANDOUT_COLOURS[k % len(_STANDOUT_COLOURS)]
+        fig.add_trace(go.Scatter(x=x, y=_finite_or_none(values[row[r]]), mode="lines", name=label,
+                                 line=dict(color=colour, width=2.5, dash="solid" if r == focus else "dot")))
+    _layout(fig, title, y_title=y_title, legend=dict(orientation="h", y=-0.2))
+    if log_y:
+        fig.update_yaxes(type="log")
+    return fig
+
+
+def rank_heatmap_figure(steps: np.ndarray, ranks: list[int], values: np.ndarray, title: str,
+                        colour_title: str = "", log: bool = False, focus: int | None = None) -> go.Figure:
+    """A rank x step heatmap (values [ranks, steps]), ranks down, at most HEATMAP_CELLS cells; the focused
+    rank's row is outlined. Clicking a cell gives its rank as the point's y."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0 or not np.isfinite(values).any():
+        return message_figure("nothing recorded yet")
+    cols = strided(values.shape[1], max(20, HEATMAP_CELLS // max(len(ranks), 1)))
+    z = values[:, cols]
+    if log:
+        with np.errstate(all="ignore"):
+            z = np.where(z > 0, np.log10(z), np.nan)
+        colour_title = f"log10 {colour_title}"
+    z = np.where(np.isfinite(z), z, np.nan).astype(np.float32)  # sent as typed array: NaN is a gap
+    fig = go.Figure(go.Heatmap(x=np.asarray(steps)[cols], y=np.asarray(ranks), z=z, colorscale="Viridis",
+                               colorbar=dict(title=colour_title), hoverongaps=False,
+                               hovertemplate="rank %{y}<br>step %{x}<br>%{z:.4g}<extra></extra>"))
+    _layout(fig, title, y_title="rank")
+    fig.update_yaxes(autorange="reversed")
+    if focus is not None and focus in ranks:
+        fig.add_hrect(y0=focus - 0.5, y1=focus + 0.5, line=dict(color=_FOCUS_COLOUR, width=2),
+                      fillcolor="rgba(0,0,0,0)")
+    return fig
