@@ -113,6 +113,14 @@ def main(argv=None) -> int:
     r.add_argument("--array", default=None, help="the array to colour by (default depends on the view)")
     r.add_argument("--rank", type=int, default=0)
     r.add_argument("--layer", default=None, help="one layer (filters, feature maps, trajectory views)")
+    e = sub.add_parser("export", help="write a run's statistics and scalars as one long table (Parquet or CSV)")
+    e.add_argument("run")
+    e.add_argument("--out", required=True, help="FILE.parquet, FILE.csv or FILE.csv.gz (the format from the suffix)")
+    e.add_argument("--stats", nargs="+", metavar="NAME", help="statistics (default: all; only these if given)")
+    e.add_argument("--scalars", nargs="+", metavar="NAME", help="scalars (default: all; only these if given)")
+    e.add_argument("--layers", nargs="+", metavar="LAYER", help="layers (default: all)")
+    e.add_argument("--ranks", nargs="+", type=int, metavar="RANK", help="ranks (default: every readable rank)")
+    e.add_argument("--max-points", type=int, default=None, help="downsample each series to about this many points")
     a = ap.parse_args(argv)
     try:
         if a.command == "demo":
@@ -132,6 +140,10 @@ def main(argv=None) -> int:
                   f"# then open http://127.0.0.1:8050/\n  tview render {a.out} --out network.png   "
                   f"# through ParaView's pvbatch, no screen needed\n  tview info {a.out}\n"
                   f"  python -c \"import tview; run = tview.open_run('{a.out}'); print(run.scalar('loss', rank=1))\"")
+        elif a.command == "export":
+            from tview.store.frame import export_run
+            print(export_run(a.run, a.out, stats=a.stats, layers=a.layers, ranks=a.ranks, scalars=a.scalars,
+                             max_points=a.max_points, report=lambda line: print(line, file=sys.stderr, flush=True)))
         elif a.command == "info":
             print(info_text(a.run))
         elif a.command == "dashboard":

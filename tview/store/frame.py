@@ -1,0 +1,188 @@
+"""A run's numbers as one long pandas DataFrame (step, rank, layer, statistic, channel, value), and as a file."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+
+from tview.errors import TviewError
+
+COLUMNS = ("step", "rank", "layer", "statistic", "channel", "value")
+SUFFIXES = (".parquet", ".csv", ".csv.gz")
+
+Progress = Callable[[int, int, str], None]  # (done, total, what was just read)
+
+
+def _pandas():
+    try:
+        import pandas
+    except ImportError:
+        raise TviewError("a DataFrame needs pandas: pip install 'tview[export]'") from None
+    return pandas
+
+
+def _chosen(asked: Iterable[str] | None, known: Sequence, what: str, path: str) -> list:
+    """`asked` checked against `known` (None: all of `known`), in the order asked."""
+    if asked is None:
+        return list(known)
+    asked = [asked] if isinstance(asked, (str, int)) else list(asked)
+    unknown = [a for a in asked if a not in known]
+    if unknown:
+        raise TviewError(f"{path}: no {what} {', '.join(map(repr, unknown))}; "
+                         f"{what}s: {', '.join(map(str, known)) or 'none'}")
+    return asked
+
+
+class _Columns:
+    """Column pieces gathered part by part, joined once at the end."""
+
+    def __init__(self):
+        self.parts: dict[str, list[np.ndarray]] = {c: [] for c in COLUMNS}
+
+    def add(self, steps, rank: int, layer: str | None, statistic: str, values, channels=None):
+        n = len(steps)
+        self.parts["step"].append(np.asarray(steps, dtype=np.int64))
+        self.parts["rank"].append(np.full(n, rank, dtype=np.int64))
+        self.parts["layer"].append(np.full(n, layer, dtype=object))
+        self.parts["statistic"].append(np.full(n, statistic, dtype=object))
+        self.parts["channel"].append(np.full(n, -1, dtype=np.int64) if channels is None
+                                     else np.asarray(channels, dtype=np.int64))
+        self.parts["value"].append(np.asarray(values, dtype=np.float64))
+
+    def frame(self):
+        pd = _pandas()
+        dtypes = {"step": np.int64, "rank": np.int64, "layer": object, "statistic": object, "channel": np.int64,
+                  "value": np.float64}
+        joined = {c: np.concatenate(p) if p else np.zeros(0, dtype=dtypes[c]) for c, p in self.parts.items()}
+        channel = joined.pop("channel")
+        df = pd.DataFrame(joined)
+        df.insert(4, "channel", pd.arrays.IntegerArray(np.maximum(channel, 0), channel < 0))
+        return df
+
+
+def _add_stat(cols: _Columns, run, name: str, layer: str, rank: int, max_points: int | None):
+    """One statistic of one layer and rank; per-channel values [k, C] become k*C rows with their channel."""
+    try:
+        steps, values = run.stat(name, layer, rank, max_points=max_points)
+    except KeyError:  # not recorded for this layer (a per-channel statistic of a layer without channels)
+        return
+    values = np.asarray(values)
+    if values.ndim == 2:
+        k, c = values.shape
+        cols.add(np.repeat(steps, c), rank, layer, name, values.reshape(-1), np.tile(np.arange(c), k))
+    else:
+        cols.add(steps, rank, layer, name, values)
+
+
+def frame(run, stats: Iterable[str] | None = None, layers: Iterable[str] | None = None,
+          ranks: Iterable[int] | None = None, scalars: Iterable[str] | None = None,
+          max_points: int | None = None, *, progress: Progress | None = None):
+    """The numbers of `run` (a `tview.Run`) as a long pandas DataFrame, one row per measured value.
+
+    Columns: `step` (int64), `rank` (int64), `layer` (str; None for scalars), `statistic` (str: a
+    statistic such as "grad_norm", or a scalar such as "loss"), `channel` (nullable Int64: the
+    output channel of a per-channel statistic such as "act_channel_mean", <NA> otherwise) and
+    `value` (float64). Only measured values are rows (as `run.stat`/`run.scalar` return them), so
+    NaN in `value` is a NaN the model produced. Rows come rank by rank, scalars first, then each
+    statistic layer by layer, steps ascending.
+
+    `stats`: per-layer and per-channel statistic names (`run.stat_names()`,
+    `run.channel_stat_names()`); `scalars`: scalar names (`run.scalar_names(rank)`). When neither
+    is given, all of both; when only one is given, only that kind. `layers` narrows the statistics
+    (not the scalars); `ranks` defaults to the readable ranks. `max_points` downsamples each
+    series on read as `run.stat` does. An unknown name, layer or rank raises TviewError naming it.
+    `progress(done, total, what)` is called after each (rank, statistic or scalar) read.
+    """
+    if stats is not None and scalars is None:
+        scalars = []
+    elif scalars is not None and stats is None:
+        stats = []
+    stat_names = _chosen(stats, run.stat_names() + run.channel_stat_names(), "statistic", run.path)
+    layer_names = _chosen(layers, run.layers, "layer", run.path)
+    rank_list = _chosen(ranks, run.ranks, "readable rank", run.path)
+    scalar_names = {r: _chosen(scalars, run.scalar_names(r), f"scalar of rank {r}", run.path) for r in rank_list}
+    cols = _Columns()
+    total = sum(len(scalar_names[r]) + len(stat_names) for r in rank_list)
+    done = 0
+    for rank in rank_list:
+        for name in scalar_names[rank]:
+            steps, values = run.scalar(name, rank, max_points=max_points)
+            cols.add(steps, rank, None, name, values)
+            done += 1
+            if progress:
+                progress(done, total, f"rank {rank} {name}")
+        for name in stat_names:
+            for layer in layer_names:
+                _add_stat(cols, run, name, layer, rank, max_points)
+            done += 1
+            if progress:
+                progress(done, total, f"rank {rank} {name}")
+    return cols.frame()
+
+
+def check_output_path(out: str) -> str:
+    """The format for `out` from its suffix ("parquet" or "csv"); TviewError for any other, or a missing library."""
+    lower = str(out).lower()
+    if lower.endswith(".parquet"):
+        _pandas()
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise TviewError(f"{out}: writing Parquet needs pyarrow: pip install 'tview[export]'") from None
+        return "parquet"
+    if lower.endswith((".csv", ".csv.gz")):
+        _pandas()
+        return "csv"
+    raise TviewError(f"{out}: unknown file type; the name must end in {', '.join(SUFFIXES)}")
+
+
+def write_frame(df, out: str) -> str:
+    """Write a frame from `frame()` to `out` (.parquet, .csv or .csv.gz, from its suffix); returns the format."""
+    kind = check_output_path(out)
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder):
+        raise TviewError(f"{out}: folder {folder} does not exist")
+    try:
+        if kind == "parquet":
+            df.to_parquet(out, index=False)
+        else:
+            df.to_csv(out, index=False)
+    except OSError as exc:
+        raise TviewError(f"{out}: cannot write: {exc}") from exc
+    return kind
+
+
+def every_tenth(report: Callable[[str], None], label: str) -> Progress:
+    """A `progress` callback that reports one line each time another ~10% is done."""
+    state = {"shown": 0}
+
+    def progress(done: int, total: int, what: str) -> None:
+        tenth = 10 * done // max(total, 1)
+        if tenth > state["shown"]:
+            state["shown"] = tenth
+            report(f"{label}: {100 * done // max(total, 1)}% ({done}/{total}, {what})")
+    return progress
+
+
+def export_run(path: str, out: str, stats=None, layers=None, ranks=None, scalars=None, max_points: int | None = None,
+               report: Callable[[str], None] | None = None) -> str:
+    """`tview export`: write `frame()` of the run at `path` to `out` (format from the suffix); a summary line."""
+    from tview.store.reader import open_run
+
+    kind = check_output_path(out)  # before any reading: a wrong name fails at once
+    run = open_run(path, skip_bad_shards=True)
+    try:
+        progress = every_tenth(report, f"reading {run.path}") if report else None
+        df = frame(run, stats=stats, layers=layers, ranks=ranks, scalars=scalars, max_points=max_points,
+                   progress=progress)
+        skipped = sorted(set(run.problems) - set(run.ranks)) if ranks is None else []
+    finally:
+        run.close()
+    if report:
+        report(f"writing {len(df):,} rows to {out}")
+    write_frame(df, out)
+    line = (f"wrote {len(df):,} rows ({df['rank'].nunique()} rank(s), {df['statistic'].nunique()} statistics/scalars) "
+            f"to {out} ({kind}, {os.path.getsize(out) / 2**20:.1f} MiB)")
+    return line + "".join(f"\nskipped rank {r}: {run.problems[r]}" for r in skipped)
