@@ -28,6 +28,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def progress_steps(steps: int, parts: int = 10) -> set[int]:
+    """The step counts (1-based) at which rank 0 reports progress: about every 10% of `steps`, and the last."""
+    return {max(1, round(steps * k / parts)) for k in range(1, parts + 1)}
+
+
 def train_rank(rank: int, world_size: int, out: str, steps: int, every: int, snapshot_every: int,
                batch: int, port: int, mode: str = "new", lr: float = 0.05) -> None:
     """One rank of the demo (also runnable alone with world_size=1)."""
@@ -36,8 +41,8 @@ def train_rank(rank: int, world_size: int, out: str, steps: int, every: int, sna
     import torch.nn.functional as F
 
     import tview
-    from tview.models import LeNet5
     from tview.hooks.schedules import get_preset
+    from tview.models import LeNet5
 
     torch.set_num_threads(1)
     if world_size > 1:
@@ -57,6 +62,8 @@ def train_rank(rank: int, world_size: int, out: str, steps: int, every: int, sna
     rec = tview.Recorder(ddp, out, every=every, snapshot_every=snapshot_every, probe_batch=(x_held[:16], y_held[:16]),
                          preset=get_preset("default", detail_every=5), optimizer=opt, mode=mode,
                          config={"demo": "digits-lenet5", "batch_per_rank": batch, "steps": steps, "lr": lr})
+    milestones = progress_steps(steps)
+    t0 = time.time()
     with rec:
         for step in range(steps):
             idx = mine[torch.randint(len(mine), (batch,), generator=gen)]
@@ -68,6 +75,9 @@ def train_rank(rank: int, world_size: int, out: str, steps: int, every: int, sna
             sched.step()
             acc = (out_logits.argmax(1) == y[idx]).float().mean()
             rec.step(loss=loss, accuracy=acc)
+            if rank == 0 and step + 1 in milestones:
+                print(f"  step {step + 1}/{steps} ({100 * (step + 1) // steps}%)  loss {loss.item():.3f}  "
+                      f"accuracy {acc.item():.2f}  {time.time() - t0:.1f} s", flush=True)
     if world_size > 1:
         dist.destroy_process_group()
 
