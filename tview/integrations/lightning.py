@@ -39,6 +39,8 @@ class TviewCallback(pl.Callback):
       so a scheduler stepped by Lightning counts from the next step on).
     - The recorder is made in `on_train_start` (optimizers and restored step known) and closed
       in `teardown`, or in `on_exception`, so a failed fit leaves a closed, readable shard.
+    - Resuming a fit from a checkpoint: pass `mode="resume"`; recording goes on at the restored
+      `global_step`.
     """
 
     def __init__(self, run_dir: str | os.PathLike, every: Any = 10, **recorder_kwargs: Any):
@@ -115,9 +117,6 @@ class TviewCallback(pl.Callback):
         recorder, self.recorder = self.recorder, None
         if recorder is not None:
             recorder.close()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"run_dir": self.run_dir}
 
 
 def _batch_size(batch: Any) -> int:
