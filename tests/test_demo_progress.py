@@ -7,12 +7,11 @@ import pytest
 pytest.importorskip("sklearn")
 pytest.importorskip("torch")
 
-from tview.cli import main  # noqa: E402
-from tview.demo import progress_steps  # noqa: E402
+from tview.demo import progress_steps, run_demo  # noqa: E402
 
 
 def test_demo_reports_progress_every_tenth(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--ranks", "1", "--steps", "30"]) == 0
+    run_demo(str(tmp_path / "demo"), ranks=1, steps=30)  # what `tview demo --ranks 1 --steps 30` runs
     lines = re.findall(r"step (\d+)/30 \((\d+)%\)  loss [0-9.]+", capsys.readouterr().out)
     assert [int(s) for s, _ in lines] == [3, 6, 9, 12, 15, 18, 21, 24, 27, 30]
     assert [int(p) for _, p in lines] == list(range(10, 101, 10))
