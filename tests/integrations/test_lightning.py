@@ -80,3 +80,54 @@ def test_arguments_checked_when_made(tmp_path):
     with pytest.raises(ConfigError, match="run_dir"):
         TviewCallback(42)
     assert TviewCallback(tmp_path / "run", every=5, preset="economy").run_dir == str(tmp_path / "run")
+
+
+def test_manual_optimization_two_optimizers_in_process(tmp_path):
+    """One recorder step per training batch; each optimizer's learning rate; the loss training_step returned."""
+    import lightning as L
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class TwoOptimizers(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+            self.features = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten())
+            self.head = nn.Linear(3 * 8 * 8, 10)
+            self.losses = []
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            loss = F.cross_entropy(self.head(self.features(x)), y)
+            self.losses.append(float(loss.detach()))
+            for opt in self.optimizers():
+                opt.zero_grad()
+            self.manual_backward(loss)
+            for opt in self.optimizers():
+                opt.step()
+            return loss
+
+        def configure_optimizers(self):
+            return [torch.optim.SGD(self.features.parameters(), lr=0.1),
+                    torch.optim.Adam([{"params": self.head.weight}, {"params": self.head.bias, "lr": 0.002}], lr=0.01)]
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g))
+    module = TwoOptimizers()
+    out = tmp_path / "run"
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[TviewCallback(out, every=1, preset="economy")])
+    trainer.fit(module, DataLoader(data, batch_size=4))
+    run = tview.open_run(str(out))
+    assert run.rank_status()[0]["closed"] and run.world_size == 1
+    steps, loss = run.scalar("loss", 0)
+    assert steps.tolist() == [0, 1, 2, 3]  # 4 batches, each stepping both optimizers
+    assert np.array_equal(loss.astype(np.float32), np.float32(module.losses))
+    assert run.scalar("lr", 0)[1].tolist() == [0.1] * 4
+    assert run.scalar("lr/opt1", 0)[1].tolist() == [0.01] * 4 and run.scalar("lr/opt1/1", 0)[1].tolist() == [0.002] * 4
+    assert run.layers == ["features.0", "features.1", "head"]
+    run.close()

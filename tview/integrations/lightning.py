@@ -33,7 +33,9 @@ class TviewCallback(pl.Callback):
 
     - One recorder step per optimizer step: with `accumulate_grad_batches=k` the k micro-batches
       make one step, its loss the mean of theirs (the sum of the k scaled losses Lightning steps
-      on), its example count their total. Recorded steps are `trainer.global_step` values.
+      on), its example count their total. Steps count from `trainer.global_step` at the start (0,
+      or where a resumed fit goes on). Manual optimization: one step per training batch that
+      stepped an optimizer (however many), its loss what `training_step` returned.
     - Learning rates: `lr`, `lr/1`, ... (param groups) of the first optimizer; `lr/opt1`,
       `lr/opt1/1`, ... of the others, as each optimizer step used them (taken before the step,
       so a scheduler stepped by Lightning counts from the next step on).
