@@ -1,0 +1,83 @@
+"""A bounded sample of benchmarks/fuzz.py: damaged copies of a real recorded run, each read whole in its own
+process with a deadline, must give the original data or a tview error naming the file: no hang, no crash,
+no foreign exception, no silent difference. Cases that fail today are strict xfails (issue 11): each turns
+into a failure the moment it is fixed, so its mark comes off with the fix.
+
+Rerun one case by hand: `python benchmarks/fuzz.py --only manifest-layers_reversed-0`."""
+
+import os
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+import fuzz  # noqa: E402
+
+DEADLINE = 10.0
+HANG = "issue 11: hangs (SWMR open/read retries a damaged metadata block for minutes)"
+HUGE = "issue 11: unbounded world_size from run.tview (rank_status loops over 1e9 ranks)"
+FIFO = "issue 11: a FIFO named rank-00000.h5 blocks open_run forever"
+MANIFEST_TYPE = "issue 11: a manifest value of the wrong type escapes as TypeError/ValueError, not a tview error"
+DEEP = "issue 11: a deeply nested run.tview escapes as RecursionError"
+DEVZERO = "issue 11: run.tview linked to /dev/zero is read without bound (MemoryError)"
+LAYERS = "issue 11: the manifest's layer list is trusted over the shard's (wrong layer's data, or KeyError)"
+REMOVED = "issue 11: a dataset missing from a shard escapes as KeyError, not a tview error naming the shard"
+SHAPE = "issue 11: a dataset of the wrong shape escapes as IndexError / is returned as data"
+OHDR = "issue 11: a damaged object header escapes as RuntimeError"
+WORLD = "issue 11: world_size 0 in run.tview is accepted while the folder holds 2 shards"
+COPY = "issue 11: a shard under another rank's name is served as that rank (its rank attribute is not checked)"
+STEPS = "issue 11: steps are not validated: negative, reversed, -1 rows are returned as data"
+LAYERS_ATTR = "issue 11: a shard whose layer list disagrees with the manifest is not refused"
+CHECKSUM = "issue 11: a flipped byte in a data chunk is returned as data (no Fletcher32 checksum)"
+
+# case id -> None (must pass today) or the reason it fails today (a strict xfail)
+CASES = {
+    "truncate-shard_frac-0": None, "truncate-shard_tail-0": None, "truncate-manifest-0": None,
+    "manifest-schema_newer-0": None, "manifest-not_json-0": None, "manifest-empty-0": None,
+    "h5edit-schema_attr_newer-0": None, "odd-directory_shard-0": None, "odd-empty_shard-0": None,
+    "odd-symlink_loop_shard-0": None, "odd-chmod000_shard-0": None, "zeropage-first-0": None,
+    "metaflip-superblock-0": None,
+    "odd-fifo_shard-0": FIFO, "manifest-world_size_huge-0": HUGE,
+    "metaflip-ohdr-1": HANG, "metaflip-superblock-1": HANG,
+    "manifest-layers_null-0": MANIFEST_TYPE, "manifest-world_size_two-0": MANIFEST_TYPE,
+    "manifest-deep_nesting-0": DEEP, "odd-devnull_manifest-0": DEVZERO,
+    "manifest-layers_renamed-0": LAYERS, "manifest-layers_reversed-0": LAYERS,
+    "h5edit-dataset_removed-1": REMOVED, "h5edit-dataset_removed-4": REMOVED,
+    "h5edit-wrong_shape-0": SHAPE, "h5edit-wrong_shape-4": SHAPE, "metaflip-ohdr-3": OHDR,
+    "manifest-world_size_zero-0": WORLD, "h5edit-copy_as_other-0": COPY, "h5edit-huge_rank-0": COPY,
+    "h5edit-steps_negative-1": STEPS, "h5edit-steps_reversed-1": STEPS, "h5edit-steps_minus1_last-0": STEPS,
+    "h5edit-layers_attr_reversed-0": LAYERS_ATTR,
+    "dataflip-row0-0": CHECKSUM, "dataflip-row0-5": CHECKSUM, "dataflip-row0-6": CHECKSUM,
+}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """Every case of the sample, run by the fuzz harness (2 processes at a time), by case id."""
+    work = tmp_path_factory.mktemp("fuzz")
+    base = str(work / "base")
+    fuzz.record_base(base)
+    done = fuzz.run_cases([fuzz.Case.parse(c) for c in CASES], base, str(work), seed=0, deadline=DEADLINE)
+    return {r.case: r for r in done}
+
+
+def _param(case_id, reason):
+    return pytest.param(case_id, id=case_id,
+                        marks=[pytest.mark.xfail(strict=True, reason=reason)] if reason else [])
+
+
+@pytest.mark.parametrize("case_id", [_param(c, why) for c, why in CASES.items()])
+def test_damaged_run_reads_right_or_raises_a_tview_error_naming_the_file(results, case_id):
+    r = results[case_id]
+    assert r.outcome in fuzz.GOOD, (f"{case_id}: {r.outcome}: {r.what}\n  mutation {r.params}\n  {r.exception[:800]}"
+                                    f"\n{r.stack}")
+
+
+def test_fuzz_harness_sees_the_undamaged_run_as_same(tmp_path):
+    """The harness itself: an undamaged copy reads the same as the original, every read."""
+    base = str(tmp_path / "base")
+    fuzz.record_base(base, steps=4)
+    (r,) = fuzz.run_cases([fuzz.Case("none", "none", 0)], base, str(tmp_path), deadline=60)
+    assert r.outcome == "ok-same" and r.counts["ok-same"] > 500, r
