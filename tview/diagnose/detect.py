@@ -1,0 +1,166 @@
+"""Pure numpy detectors on recorded series: onsets of jumps, trailing streaks, disagreement across ranks.
+
+Each takes plain arrays (steps ascending, NaN where not measured) and returns indices or small arrays, so it is
+tested on made-up series with known answers and reused by `tview.diagnose` on real runs.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+
+def nanmedian(values: np.ndarray, axis=None) -> np.ndarray:
+    """Median over finite values; NaN (no warning) where there is none."""
+    values = np.where(np.isfinite(values), values, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(values, axis=axis)
+
+
+def rolling_median(values: np.ndarray, width: int, centered: bool = True) -> np.ndarray:
+    """Median of each point's window along the last axis (centered, or trailing: the point and the width-1
+    before), over finite values; windows are cut at the ends of the series."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.shape[-1] == 0 or width <= 1:
+        return v.copy()
+    before = width // 2 if centered else width - 1
+    pad = [(0, 0)] * (v.ndim - 1) + [(before, width - 1 - before)]
+    padded = np.pad(np.where(np.isfinite(v), v, np.nan), pad, constant_values=np.nan)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, width, axis=-1)
+    return nanmedian(windows, axis=-1)
+
+
+def trailing_streak(flags: np.ndarray) -> int | None:
+    """Index where the final run of True values (the one reaching the last element) starts; None if the last
+    element is False or flags is empty."""
+    flags = np.asarray(flags, dtype=bool)
+    if len(flags) == 0 or not flags[-1]:
+        return None
+    false = np.flatnonzero(~flags)
+    return int(false[-1] + 1) if len(false) else 0
+
+
+def first_run(flags: np.ndarray, length: int) -> int | None:
+    """Index where the first run of at least `length` True values starts (a shorter run ending the series
+    counts too); None if there is none."""
+    flags = np.asarray(flags, dtype=bool)
+    count = 0
+    for i, f in enumerate(flags):
+        count = count + 1 if f else 0
+        if count >= length or (f and i == len(flags) - 1):
+            return i - count + 1
+    return None
+
+
+def jump_onset(values: np.ndarray, factor: float, history: int = 20, least: int = 5, sustain: int = 2,
+               up: bool = True) -> int | None:
+    """First index where a positive series leaves its recent level: above factor x (up) or below 1/factor x
+    (down) the median of up to `history` finite values before it (at least `least` of them), for `sustain`
+    consecutive finite values (fewer when the series ends). Non-finite values are skipped."""
+    v = np.asarray(values, dtype=np.float64)
+    idx = np.flatnonzero(np.isfinite(v))
+    finite = v[idx]
+    flags = np.zeros(len(finite), dtype=bool)
+    for k in range(least, len(finite)):
+        base = float(np.median(finite[max(0, k - history):k]))
+        if up:
+            flags[k] = base > 0 and finite[k] > factor * base
+        else:
+            flags[k] = base > 0 and finite[k] < base / factor
+    k = first_run(flags, sustain)
+    return None if k is None else int(idx[k])
+
+
+def drift_onset(values: np.ndarray, factor: float, share: float = 0.1, least: int = 3, width: int = 5,
+                up: bool = True) -> int | None:
+    """First index where the trailing rolling median of a positive series is beyond factor x (up) or 1/factor x
+    (down) the median of its early window (the first `share` of finite values, at least `least`): a slow
+    growth or decay the jump test does not see."""
+    v = np.asarray(values, dtype=np.float64)
+    idx = np.flatnonzero(np.isfinite(v))
+    if len(idx) < 2 * least:
+        return None
+    finite = v[idx]
+    early = float(np.median(finite[:max(least, int(round(share * len(finite))))]))
+    if not early > 0:
+        return None
+    smooth = rolling_median(finite, width, centered=False)
+    flags = smooth > factor * early if up else smooth < early / factor
+    hit = np.flatnonzero(flags)
+    return int(idx[hit[0]]) if len(hit) else None
+
+
+def rolling_mean(flags: np.ndarray, width: int) -> np.ndarray:
+    """Centered rolling share of True values along the last axis (windows cut at the ends)."""
+    f = np.asarray(flags, dtype=np.float64)
+    half = width // 2
+    pad = [(0, 0)] * (f.ndim - 1) + [(half, width - 1 - half)]
+    ones = np.pad(np.ones_like(f), pad)
+    windows = np.lib.stride_tricks.sliding_window_view(np.pad(f, pad), width, axis=-1).sum(axis=-1)
+    return windows / np.lib.stride_tricks.sliding_window_view(ones, width, axis=-1).sum(axis=-1)
+
+
+def change_point(flags: np.ndarray, lo: int, hi: int, share: float = 0.7) -> int:
+    """The index j in [lo, hi] after which flags are True more often than `share`, most clearly: the j that
+    maximizes the sum over t >= j of (flag_t - share) (a one-sided CUSUM change point)."""
+    f = np.asarray(flags, dtype=np.float64) - share
+    tail = np.cumsum(f[::-1])[::-1]  # tail[j] = sum of f[j:]
+    lo, hi = max(0, lo), min(len(f) - 1, hi)
+    return int(lo + np.argmax(tail[lo:hi + 1]))
+
+
+def sustained_onset(flags: np.ndarray, width: int, least: int, share: float = 0.7) -> int | None:
+    """Where a noisy bool series turns True for good: the final stretch where the centered rolling share of True
+    stays >= share (at least `least` long, reaching the end), its start refined to the change point."""
+    flags = np.asarray(flags, dtype=bool)
+    if len(flags) == 0:
+        return None
+    start = trailing_streak(rolling_mean(flags, width) >= share)
+    if start is None or len(flags) - start < least:
+        return None
+    return change_point(flags, start - width, start + width // 2, share)
+
+
+def mean_shift(values: np.ndarray, lo: int, hi: int) -> int:
+    """The index j in [lo, hi] (lo >= 1) that best splits a series into two levels: the maximum over j of
+    sqrt(j (n - j) / n) x (mean after j - mean before j), the CUSUM statistic of one upward mean shift.
+    Non-finite values count as 0."""
+    x = np.where(np.isfinite(values), values, 0.0).astype(np.float64)
+    n = len(x)
+    lo, hi = max(1, lo), min(n - 1, hi)
+    if n < 2 or hi < lo:
+        return max(0, min(lo, n - 1))
+    j = np.arange(lo, hi + 1)
+    csum = np.concatenate([[0.0], np.cumsum(x)])
+    before = csum[j] / j
+    after = (csum[n] - csum[j]) / (n - j)
+    score = np.sqrt(j * (n - j) / n) * (after - before)
+    return int(j[np.argmax(score)])
+
+
+def lower_median(matrix: np.ndarray) -> np.ndarray:
+    """Per column, the lower median of the finite rows of [ranks, steps] (with 2 ranks, the smaller value):
+    a reference that one bad rank cannot pull."""
+    m = np.asarray(matrix, dtype=np.float64)
+    s = np.sort(np.where(np.isfinite(m), m, np.inf), axis=0)
+    n = np.isfinite(m).sum(axis=0)
+    pick = np.clip((n - 1) // 2, 0, None)
+    out = s[pick, np.arange(m.shape[1])] if m.size else np.zeros(m.shape[1:])
+    return np.where(n > 0, out, np.nan)
+
+
+def disagreeing(values: np.ndarray, rtol: float) -> tuple[np.ndarray, np.ndarray]:
+    """For [ranks, steps] of one fingerprint, (columns where ranks differ, [ranks, steps] bool: rank differs from
+    the column's majority value). Equal means |a - b| <= rtol * max(|a|, |b|) (rtol 0: bit-equal); a column with
+    a non-finite value on some ranks only differs too."""
+    v = np.asarray(values, dtype=np.float64)
+    ref = v[0]
+    with np.errstate(invalid="ignore"):
+        close = (np.abs(v - ref) <= rtol * np.maximum(np.abs(v), np.abs(ref))) | (v == ref)
+    close |= np.isnan(v) & np.isnan(ref)
+    differs = ~close.all(axis=0)
+    majority = close.sum(axis=0) * 2 > v.shape[0]
+    odd = np.where(majority, ~close, close)  # the ranks away from the majority (ties: ranks unlike rank 0's)
+    return differs, odd & differs

@@ -1,0 +1,133 @@
+"""Gradient noise scale B_simple per layer and for the whole net, with where it is undefined and why, and the
+critical batch size it implies next to the batch size in use (McCandlish et al. 2018, "An Empirical Model of
+Large-Batch Training", App. A; used by adaptive data-parallel training such as Pollux / AdaptDL)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tview.render.analysis import ema
+
+WHY_NO_LOCAL = "no local gradient norm at this step on some rank"
+WHY_NONFINITE = "a gradient norm is not finite"
+WHY_G2 = "|G|^2 estimate <= 0 (the gradient is below its noise at this smoothing)"
+WHY_TRACE = "tr(Sigma) estimate <= 0 (ranks' gradients agree more than sampling allows)"
+
+
+@dataclass
+class NoiseScale:
+    """B_simple per step (NaN where undefined, `why` says why at that step), or `reason` when it is undefined
+    everywhere; critical_batch: the median of the defined values over the last half of the steps (B_crit ~
+    B_simple), batch: the batch size in use (per rank x ranks)."""
+
+    steps: np.ndarray
+    b_simple: np.ndarray
+    why: list[str]
+    reason: str | None = None
+    batch: float | None = None
+    critical_batch: float | None = None
+    layers: dict[str, "NoiseScale"] = field(default_factory=dict)
+
+    @property
+    def defined(self) -> np.ndarray:
+        return np.isfinite(self.b_simple)
+
+    def gaps(self) -> dict[str, int]:
+        """How many steps are undefined for each reason."""
+        out: dict[str, int] = {}
+        for w in self.why:
+            if w:
+                out[w] = out.get(w, 0) + 1
+        return out
+
+
+def undefined(reason: str, batch: float | None = None) -> NoiseScale:
+    return NoiseScale(np.zeros(0, dtype=np.int64), np.zeros(0), [], reason, batch)
+
+
+def noise_scale_from_norms(local_sq: np.ndarray, global_sq: np.ndarray, local_batch: float, world_size: int,
+                           smoothing: float = 0.9) -> tuple[np.ndarray, list[str]]:
+    """(B_simple per step, why each NaN step is undefined) from local_sq [ranks, steps], each rank's squared norm
+    of its own gradient (batch b), and global_sq [steps], the all-reduced one (batch B = b x world_size).
+    |G|^2 = (B|G_B|^2 - b|G_b|^2)/(B - b) and tr(Sigma) = (|G_b|^2 - |G_B|^2)/(1/b - 1/B) are smoothed
+    (EMA, skipping undefined steps) before their ratio."""
+    local_sq = np.atleast_2d(np.asarray(local_sq, dtype=np.float64))
+    global_sq = np.asarray(global_sq, dtype=np.float64)
+    b, big = float(local_batch), float(local_batch) * world_size
+    complete = np.isfinite(local_sq).all(axis=0)
+    finite = complete & np.isfinite(global_sq)
+    small = np.where(complete, np.nanmean(np.where(np.isfinite(local_sq), local_sq, np.nan), axis=0)
+                     if local_sq.size else np.nan, np.nan)
+    with np.errstate(all="ignore"):
+        g2 = np.where(finite, (big * global_sq - b * small) / (big - b), np.nan)
+        trace = np.where(finite, (small - global_sq) / (1 / b - 1 / big), np.nan)
+        g2_s, trace_s = ema(g2, smoothing), ema(trace, smoothing)
+        out = trace_s / g2_s
+    why = []
+    for t in range(len(out)):
+        why.append("" if finite[t] and g2_s[t] > 0 and trace_s[t] > 0 else
+                   WHY_NO_LOCAL if not complete[t] else WHY_NONFINITE if not finite[t] else
+                   WHY_G2 if not g2_s[t] > 0 else WHY_TRACE)
+    out[np.array([bool(w) for w in why], dtype=bool)] = np.nan
+    return out, why
+
+
+def _batch(run, max_points) -> float | None:
+    try:
+        _, examples = run.scalar("examples", run.ranks[0], max_points=max_points)
+    except KeyError:
+        return None
+    examples = np.asarray(examples, dtype=np.float64)
+    examples = examples[np.isfinite(examples) & (examples > 0)]
+    return float(np.median(examples)) if len(examples) else None
+
+
+def _norms(run, max_points):
+    """(steps, local [ranks, steps, layers], global [steps, layers]) on the steps every rank recorded."""
+    from tview.diagnose.checks import matrix
+    local = {r: matrix(run, "local_grad_norm", r, max_points) for r in run.ranks}
+    glob = matrix(run, "grad_norm", run.ranks[0], max_points)
+    if glob is None or any(v is None for v in local.values()):
+        return None
+    common = glob[0]
+    for steps, _ in local.values():
+        common = np.intersect1d(common, steps)
+    loc = np.stack([m[np.isin(s, common)] for s, m in local.values()])
+    return common, loc, glob[1][np.isin(glob[0], common)]
+
+
+def _critical(steps, values) -> float | None:
+    recent = values[len(values) // 2:]
+    recent = recent[np.isfinite(recent)]
+    return float(np.median(recent)) if len(recent) else None
+
+
+def noise_scale(run, max_points: int | None = 2000, smoothing: float = 0.9) -> NoiseScale:
+    """B_simple for the whole net (squared norms summed over layers) with `.layers` {name: NoiseScale} per layer
+    with parameters; a NoiseScale with `reason` where it cannot be estimated at all (fewer than 2 ranks, no
+    local_grad_norm, no batch size)."""
+    if len(run.ranks) < 2:
+        return undefined(f"needs 2 or more readable ranks (this run has {len(run.ranks)})")
+    batch = _batch(run, max_points)
+    if batch is None:
+        return undefined("no batch size recorded (scalar 'examples')")
+    got = _norms(run, max_points)
+    if got is None or not np.isfinite(got[1]).any():
+        return undefined("no local_grad_norm recorded (it is recorded under DistributedDataParallel, world size > 1)",
+                         batch * len(run.ranks))
+    steps, local, glob = got
+    world = len(run.ranks)
+    params = [i for i in range(local.shape[2]) if np.isfinite(glob[:, i]).any()]
+    with np.errstate(invalid="ignore"):
+        total_local = np.where(np.isfinite(local[:, :, params]).any(axis=2),
+                               np.nansum(local[:, :, params] ** 2, axis=2), np.nan)
+        total_global = np.where(np.isfinite(glob[:, params]).any(axis=1), np.nansum(glob[:, params] ** 2, axis=1),
+                                np.nan)
+    values, why = noise_scale_from_norms(total_local, total_global, batch, world, smoothing)
+    whole = NoiseScale(steps, values, why, None, batch * world, _critical(steps, values))
+    for i in params:
+        v, w = noise_scale_from_norms(local[:, :, i] ** 2, glob[:, i] ** 2, batch, world, smoothing)
+        whole.layers[run.layers[i]] = NoiseScale(steps, v, w, None, batch * world, _critical(steps, v))
+    return whole

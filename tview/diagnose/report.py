@@ -1,0 +1,27 @@
+"""Text and JSON forms of `tview.diagnose` findings, for the command line (`tview diagnose RUN [--json]`)."""
+
+from __future__ import annotations
+
+import json
+
+from tview.diagnose import CLEAN_MESSAGE, diagnose
+from tview.diagnose.findings import Finding
+
+
+def finding_line(f: Finding) -> str:
+    """`[error] nonfinite rank 1 conv2 step 100 activation: message`."""
+    where = " ".join(p for p in (
+        f"rank {f.rank}" if f.rank is not None else "all ranks",
+        f.layer or "", f"step {f.step}" if f.step is not None else "", f.tensor or "") if p)
+    return f"[{f.severity}] {f.kind} ({where}): {f.message}"
+
+
+def diagnose_text(path: str, as_json: bool = False, max_points: int | None = None) -> str:
+    """The findings of the run at `path`, worst first: one line each (a clean run: one line saying so), or a
+    JSON list of objects (kind, rank, layer, step, tensor, channels, message, severity, stat)."""
+    findings = diagnose(path, max_points)
+    if as_json:
+        return json.dumps([f.to_dict() for f in findings], indent=1)
+    if not findings:
+        return CLEAN_MESSAGE
+    return "\n".join(finding_line(f) for f in findings)
