@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import os
+import time
 
 import dash
-from dash import Input, Output, State, callback, dcc, html, no_update
+from dash import ALL, Input, Output, State, callback, dcc, html, no_update
+
+from tview.render.ranks_view import parse_rank, rank_from_query
 
 from .catalog import RunCatalog
 
-POLL_MS = 2000  # how often the app looks for new steps, ranks and runs
+POLL_MS = 2000  # how often the app looks for new steps, ranks and runs (at least)
+POLL_DUTY = 0.25  # a poll that took t seconds waits t / POLL_DUTY before the next: the server stays free
+log = logging.getLogger(__name__)
 
 PAGES = [  # module, path, name
     ("overview", "/", "Overview"),
@@ -53,10 +59,14 @@ def shell(catalog: RunCatalog) -> html.Div:
             dcc.Dropdown(id="runs", options=[{"label": i, "value": i} for i in ids], value=[], multi=True,
                          persistence=True, persistence_type="session", placeholder="pick one or more runs"),
             html.Span(f"{len(ids)} run(s) under {catalog.root}", id="runs-found", className="tv-note"),
+            html.Label("focus rank", className="tv-label tv-focus-label"),
+            dcc.Input(id="focus-input", type="number", min=0, step=1, debounce=True, placeholder="any",
+                      className="tv-focus-input"),
         ], className="tv-runbar"),
         dcc.Location(id="url"),
         dcc.Interval(id="poll", interval=POLL_MS),
         dcc.Store(id="refresh"),  # changes only when a selected run gained steps, ranks or a problem
+        dcc.Store(id="focus-rank", storage_type="session"),  # the rank every page focuses on (None: none)
         html.Main(dash.page_container, className="tv-main"),
     ])
 
@@ -82,17 +92,48 @@ def pick_from_address(search, current):
     return no_update if current else ids[:1]
 
 
+@callback(Output("focus-rank", "data"), Output("focus-input", "value"),
+          Input("url", "search"), Input("focus-input", "value"), State("focus-rank", "data"))
+def focus(search, typed, stored):
+    """One focused rank for every page: from `?rank=N` in the address or the box in the run bar (which a click
+    on a rank anywhere fills in); kept in the focus-rank store for the session."""
+    if dash.ctx.triggered_id == "focus-input":
+        rank = parse_rank(typed)
+    else:  # the address changed, or the page loaded
+        asked = rank_from_query(search)
+        rank = asked if asked is not None else parse_rank(stored)
+    return rank, rank
+
+
+@callback(Output("focus-input", "value", allow_duplicate=True),
+          Input({"type": "focus-rank-button", "rank": ALL}, "n_clicks"), prevent_initial_call=True)
+def focus_from_button(_clicks):
+    """A rank's button in a table (common.rank_button) focuses that rank."""
+    trigger = dash.ctx.triggered_id
+    if not isinstance(trigger, dict) or not any(t["value"] for t in dash.ctx.triggered):
+        return no_update  # buttons drawn anew, not clicked
+    return trigger["rank"]
+
+
+def poll_interval_ms(seconds: float) -> int:
+    """The wait before the next poll after one that took `seconds`: POLL_MS, or longer when polls are slow."""
+    return int(max(POLL_MS, 1000 * seconds / POLL_DUTY))
+
+
 def run_signature(rows: list[dict]) -> list:
     """What changes when a run grows, from summaries.rank_rows: per rank its steps, state and problem."""
     return [[r["rank"], r["steps"], r["state"], bool(r["problem"])] for r in rows]
 
 
 @callback(Output("runs", "options"), Output("runs-found", "children"), Output("refresh", "data"),
-          Output("live-badge", "children"), Output("live-badge", "className"),
-          Input("poll", "n_intervals"), Input("runs", "value"), State("refresh", "data"))
+          Output("live-badge", "children"), Output("live-badge", "className"), Output("poll", "interval"),
+          Input("poll", "n_intervals"), Input("runs", "value"), State("refresh", "data"),
+          running=[(Output("poll", "disabled"), True, False)])  # no poll starts while one runs
 def poll(_, runs, previous):
-    from .common import catalog
     from tview.render.summaries import is_live, rank_rows
+
+    from .common import catalog
+    started = time.perf_counter()
     cat = catalog()
     ids = cat.scan()
     signature, live = {}, []
@@ -103,7 +144,9 @@ def poll(_, runs, previous):
             if is_live(rows):
                 live.append(run_id)
         except Exception as exc:  # shown by the pages themselves
+            log.warning("poll: run %s: %s", run_id, exc)
             signature[run_id] = str(exc)
     badge = (f"LIVE: {', '.join(live)}", "tv-badge tv-live") if live else ("", "tv-badge")
     return ([{"label": i, "value": i} for i in ids], f"{len(ids)} run(s) under {cat.root}",
-            signature if signature != previous else no_update, *badge)
+            signature if signature != previous else no_update, *badge,
+            poll_interval_ms(time.perf_counter() - started))

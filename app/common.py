@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import functools
+import logging
 import traceback
 
 import flask
-from dash import dcc, html
+from dash import Output, dcc, html
 
 from tview.errors import TviewError
 from tview.render.figures import message_figure
@@ -14,6 +15,10 @@ from tview.render.figures import message_figure
 from .catalog import RunCatalog
 
 ALL_RANKS = "all"
+# On a callback that reads a run on each refresh: the poll timer stops while it runs, so a slow read on a big
+# run never has the next refresh queued behind it.
+HOLD_POLL = [(Output("poll", "disabled"), True, False)]
+log = logging.getLogger("tview_app")
 
 
 def catalog() -> RunCatalog:
@@ -63,6 +68,37 @@ def control(label: str, component) -> html.Div:
 
 def graph(id_: str, height: int = 420) -> dcc.Graph:
     return dcc.Graph(id=id_, style={"height": f"{height}px"}, config={"displaylogo": False})
+
+
+FOCUS_BUTTON = "focus-rank-button"
+
+
+def rank_button(rank: int) -> html.Button:
+    """A rank's number as a button: a click focuses every page on that rank (app.focus_from_button, which fills in the focus box)."""
+    return html.Button(str(rank), id={"type": FOCUS_BUTTON, "rank": rank}, className="tv-rank-button",
+                       title="focus every page on this rank")
+
+
+def focused(focus, run) -> int | None:
+    """The focused rank (the focus-rank store's value) if this run has it, else None."""
+    from tview.render.ranks_view import parse_rank
+    return parse_rank(focus, run.ranks)
+
+
+def rank_choice(current, opts: list[dict], focus=None, default=None):
+    """A rank control's value: the focused rank when it is among the options, else keep_choice."""
+    if focus is not None and focus in [o["value"] for o in opts]:
+        return focus
+    return keep_choice(current, opts, default)
+
+
+def open_first(runs):
+    """The first selected run, or None (logged) when it cannot be opened: controls then stay empty."""
+    try:
+        return catalog().get(first_run(runs))
+    except Exception as exc:  # the page's figures say why; here only the menus stay empty
+        log.info("cannot open run %r: %s", first_run(runs), exc)
+        return None
 
 
 def keep_choice(current, opts: list[dict], default=None):

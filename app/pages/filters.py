@@ -7,7 +7,19 @@ from dash import Input, Output, State, callback, ctx, dcc, html
 
 from tview.render import figures
 
-from ..common import catalog, control, figures_or_message, first_run, graph, keep_choice, options, rank_options
+from ..common import (
+    catalog,
+    control,
+    figures_or_message,
+    first_run,
+    focused,
+    graph,
+    keep_choice,
+    open_first,
+    options,
+    rank_choice,
+    rank_options,
+)
 
 
 def snapshot_marks(steps) -> dict:
@@ -33,17 +45,17 @@ layout = html.Div([
 
 @callback(Output("filters-layer", "options"), Output("filters-layer", "value"), Output("maps-layer", "options"),
           Output("maps-layer", "value"), Output("filters-rank", "options"), Output("filters-rank", "value"),
-          Input("runs", "value"), State("filters-layer", "value"), State("maps-layer", "value"),
+          Input("runs", "value"), Input("focus-rank", "data"), State("filters-layer", "value"),
+          State("maps-layer", "value"),
           State("filters-rank", "value"))
-def choices(runs, flayer, mlayer, rank):
-    try:
-        run = catalog().get(first_run(runs))
-    except Exception:
+def choices(runs, focus, flayer, mlayer, rank):
+    run = open_first(runs)
+    if run is None:
         return [], None, [], None, [], None
     f = options(run.manifest.get("filter_layers", []))
     m = options(run.manifest.get("probe_layers", []))
     r = rank_options(run)
-    return f, keep_choice(flayer, f), m, keep_choice(mlayer, m), r, keep_choice(rank, r)
+    return f, keep_choice(flayer, f), m, keep_choice(mlayer, m), r, rank_choice(rank, r, focused(focus, run))
 
 
 @callback(Output("filters-step", "max"), Output("filters-step", "marks"), Output("filters-step", "value"),

@@ -6,38 +6,60 @@ import numpy as np
 from dash import Input, Output, State, callback, dcc, html
 
 from tview.render import figures, summaries
-from tview.store import schema
 
-from ..common import ALL_RANKS, catalog, control, figures_or_message, first_run, graph, keep_choice, options, rank_options
+from ..common import (
+    ALL_RANKS,
+    catalog,
+    control,
+    figures_or_message,
+    first_run,
+    focused,
+    graph,
+    keep_choice,
+    open_first,
+    options,
+    rank_choice,
+    rank_options,
+)
 
 layout = html.Div([
     html.Div([
-        control("statistic", dcc.Dropdown(id="layers-stat", options=options(schema.LAYER_STATS), value="grad_norm",
-                                          clearable=False, style={"width": "200px"})),
+        control("statistic", dcc.Dropdown(id="layers-stat", clearable=False, style={"width": "200px"})),
         control("rank", dcc.Dropdown(id="layers-rank", clearable=False, style={"width": "160px"})),
         control("colour", dcc.Checklist(id="layers-log", options=[{"label": " log", "value": "log"}], value=["log"])),
     ], className="tv-controls"),
     graph("layers-heatmap", 420),
     html.Div([
-        control("histogram of", dcc.Dropdown(id="hist-kind", options=options(schema.HIST_KINDS), value="grad",
-                                             clearable=False, style={"width": "140px"})),
+        control("histogram of", dcc.Dropdown(id="hist-kind", clearable=False, style={"width": "140px"})),
         control("layer", dcc.Dropdown(id="hist-layer", clearable=False, style={"width": "200px"})),
     ], className="tv-controls"),
     graph("layers-histogram", 480),
 ])
 
 
+@callback(Output("layers-stat", "options"), Output("layers-stat", "value"), Output("hist-kind", "options"),
+          Output("hist-kind", "value"), Input("runs", "value"), State("layers-stat", "value"),
+          State("hist-kind", "value"))
+def menus(runs, stat, kind):
+    """Statistics and histogram kinds as this run recorded them: a new statistic shows up with no edit here."""
+    run = open_first(runs)
+    if run is None:
+        return [], None, [], None
+    stats, kinds = options(run.stat_names()), options(run.hist_kinds())
+    return stats, keep_choice(stat, stats, "grad_norm"), kinds, keep_choice(kind, kinds, "grad")
+
+
 @callback(Output("layers-rank", "options"), Output("layers-rank", "value"), Output("hist-layer", "options"),
-          Output("hist-layer", "value"), Input("runs", "value"), State("layers-rank", "value"),
-          State("hist-layer", "value"))
-def choices(runs, rank, layer):
-    try:
-        run = catalog().get(first_run(runs))
-    except Exception:
+          Output("hist-layer", "value"), Input("runs", "value"), Input("focus-rank", "data"),
+          State("layers-rank", "value"), State("hist-layer", "value"))
+def choices(runs, focus, rank, layer):
+    run = open_first(runs)
+    if run is None:
         return [], None, [], None
     ranks = rank_options(run, with_all="all ranks (mean; histograms: sum)")
     layers = options(run.layers)
-    return ranks, keep_choice(rank, ranks, run.ranks[0] if run.ranks else None), layers, keep_choice(layer, layers)
+    return (ranks, rank_choice(rank, ranks, focused(focus, run), run.ranks[0] if run.ranks else None),
+            layers, keep_choice(layer, layers))
 
 
 def _over_ranks(run, rank, read):
@@ -54,7 +76,7 @@ def _over_ranks(run, rank, read):
 def heatmap(stat, rank, log, _, runs):
     run_id = first_run(runs)
     run = catalog().get(run_id)
-    if rank is None:
+    if rank is None or stat is None:
         return figures.message_figure("this run has no readable rank yet")
     steps, values = _over_ranks(run, rank, lambda r: run.stat_matrix(stat, r, max_points=figures.MAX_HEATMAP_ROWS))
     if rank == ALL_RANKS:
@@ -70,12 +92,13 @@ def heatmap(stat, rank, log, _, runs):
 @figures_or_message(1)
 def histogram(kind, layer, rank, _, runs):
     run = catalog().get(first_run(runs))
-    if layer is None or rank is None:
+    if layer is None or rank is None or kind is None:
         return figures.message_figure("no layer or rank to show yet")
-    edges = schema.hist_edges()
+    edges = []  # the bin edges the reader returns (the same for every rank)
 
     def read(r):
-        steps, _, counts = run.histogram(kind, layer, r, max_points=figures.MAX_HEATMAP_ROWS)
+        steps, bin_edges, counts = run.histogram(kind, layer, r, max_points=figures.MAX_HEATMAP_ROWS)
+        edges[:] = bin_edges
         return steps, counts
     steps, counts = _over_ranks(run, rank, read)
     if rank == ALL_RANKS:

@@ -1,14 +1,19 @@
-"""Overview: per run its ranks, steps, layers, wall time and what was recorded, a health panel, loss per rank."""
+"""Overview: per run its ranks, steps, layers, wall time and what was recorded, the ranks worth a look, a health
+panel, and the loss across ranks (bands beyond a few ranks) with the ranks that stand out named."""
 
 from __future__ import annotations
 
+from collections import Counter
+
+import numpy as np
 from dash import Input, Output, State, callback, html
 
-from tview.render import figures, summaries
+from tview.render import figures, ranks_view, summaries
 
-from ..common import catalog, graph
+from ..common import HOLD_POLL, catalog, focused, graph, log, rank_button
 
-POINTS = 1000  # per rank in the overview's figure and health checks: a trend, read in milliseconds
+POINTS = 500      # per rank in the overview's figure and health checks: a trend, read in milliseconds
+WORST_SHOWN = 5   # ranks listed on the card (the Ranks page pages through all of them)
 
 layout = html.Div([html.Div(id="overview-body"), graph("overview-loss", 360)])
 
@@ -17,51 +22,95 @@ def _seconds(s):
     return "-" if s is None else (f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min")
 
 
-def run_card(run_id: str, run, loss: dict) -> html.Div:
-    rows = summaries.rank_rows(run)  # read once for the summary and the health checks
+def _worst_table(rows: list[dict], focus: int | None) -> html.Table:
+    head = ("rank", "state", "steps", "last step", "wall time", "median step (ms)", "first NaN", "dropped", "problem")
+    body = [html.Tr([html.Td(rank_button(r["rank"])),
+                     html.Td(r["state"], className=f"state-{r['state'].replace(' ', '-')}"),
+                     html.Td(r["steps"]), html.Td("-" if r["last_step"] is None else r["last_step"]),
+                     html.Td(_seconds(r["wall_seconds"])),
+                     html.Td("-" if r["step_time"] is None else f"{r['step_time'] * 1e3:.1f}"),
+                     html.Td("-" if r["first_nan"] is None else r["first_nan"]), html.Td(r["dropped"]),
+                     html.Td(r["problem"] or "")], className="tv-focused" if r["rank"] == focus else None)
+            for r in rows]
+    return html.Table([html.Tr([html.Th(h) for h in head])] + body, className="tv-table")
+
+
+def _shown_rows(table: list[dict], focus: int | None) -> list[dict]:
+    """The worst WORST_SHOWN ranks (all of them for a small run), and the focused rank if it is not among them."""
+    shown = table[:WORST_SHOWN] if len(table) > ranks_view.LINES_UP_TO else table
+    extra = [r for r in table if r["rank"] == focus and r not in shown]
+    return shown + extra
+
+
+def _health(steps: int, findings: list) -> list:
+    if steps == 0:
+        return [html.Li("no steps recorded yet", className="tv-warning")]
+    if not findings:
+        return [html.Li("no NaN/Inf, no exploding or vanishing gradients, no dead filters, ranks agree",
+                        className="tv-ok")]
+    return [html.Li(message, className=f"tv-{severity} finding-{kind}")
+            for severity, kind, message in ranks_view.group_findings(findings)]
+
+
+def run_card(run_id: str, run, loss: tuple, focus: int | None) -> tuple[html.Div, dict]:
+    """The card of one run, and the ranks that stand out (rank -> why) for the loss figure."""
+    rows = summaries.rank_rows(run)  # read once for the summary, the table and the health checks
     s = summaries.run_summary(run, rows)
-    findings = summaries.health_findings(run, POINTS, loss=loss, rows=rows)
+    first = summaries.first_nonfinite_per_rank(run)
+    table = summaries.ranks_table(run, rows, POINTS, first=first)
+    steps, values = loss
+    per_rank = {r: (steps[np.isfinite(values[i])], values[i][np.isfinite(values[i])]) for i, r in enumerate(run.ranks)}
+    medians = {r["rank"]: np.array([r["step_time"]] if r["step_time"] is not None else []) for r in table}
+    findings = summaries.health_findings(run, POINTS, loss=per_rank, rows=rows, first=first, step_time=medians)
+    named = ranks_view.standouts(run.ranks, values, step_time={r["rank"]: r["step_time"] for r in table},
+                                 first_bad={r["rank"]: r["first_nan"] for r in table})
+    states = Counter(r["state"] for r in rows)
     head = [html.H3([run_id, html.Span(" LIVE", className="tv-live") if s["live"] else None])]
     facts = html.P(
-        f"{s['model']} · {len(s['readable_ranks'])} of {s['world_size']} rank(s) readable · "
+        f"{s['model']} · {len(s['readable_ranks'])} of {s['world_size']} rank(s) readable "
+        f"({', '.join(f'{n} {state}' for state, n in sorted(states.items()))}) · "
         f"{s['steps']} recorded steps (last step {s['last_step'] if s['last_step'] is not None else '-'}) · "
         f"{s['layers']} layers · wall time {_seconds(s['wall_seconds'])} · preset {s['preset']}, "
         f"schedule {s['schedule']}, snapshots {s['snapshots']} (filters of {len(s['filter_layers'])} layers, "
         f"feature maps of {len(s['probe_layers'])})", className="tv-facts")
-    ranks = html.Table(
-        [html.Tr([html.Th(h) for h in ("rank", "state", "steps", "last step", "wall time", "dropped", "problem")])] +
-        [html.Tr([html.Td(r["rank"]), html.Td(r["state"], className=f"state-{r['state'].replace(' ', '-')}"),
-                  html.Td(r["steps"]), html.Td("-" if r["last_step"] is None else r["last_step"]),
-                  html.Td(_seconds(r["wall_seconds"])), html.Td(r["dropped"]), html.Td(r["problem"] or "")])
-         for r in s["ranks"]], className="tv-table")
-    if s["steps"] == 0:
-        health = [html.Li("no steps recorded yet", className="tv-warning")]
-    elif findings:
-        health = [html.Li(f.message, className=f"tv-{f.severity} finding-{f.kind}") for f in findings]
-    else:
-        health = [html.Li("no NaN/Inf, no exploding or vanishing gradients, no dead filters, ranks agree",
-                          className="tv-ok")]
-    return html.Div(head + [facts, ranks, html.H4("health"), html.Ul(health, className="tv-health")],
-                    className="tv-card run-card")
+    title = "ranks" if len(table) <= ranks_view.LINES_UP_TO else f"the {WORST_SHOWN} ranks worth a look first"
+    body = head + [facts, html.H4(title), _worst_table(_shown_rows(table, focus), focus),
+                   html.H4("health"), html.Ul(_health(s["steps"], findings), className="tv-health")]
+    return html.Div(body, className="tv-card run-card"), named
+
+
+def _loss_figure(runs: list[str], losses: dict, named: dict, focus_rank: dict):
+    """One run: the loss on every rank (bands beyond a few ranks); several: each run's median rank."""
+    if len(losses) == 1:
+        (run_id, (ranks, steps, values)), = losses.items()
+        labels = {r: ranks_view.standout_label(r, why) for r, why in named.get(run_id, {}).items()}
+        how = "per rank" if len(ranks) <= ranks_view.LINES_UP_TO else "across ranks"
+        return figures.ranks_figure(steps, ranks, values, f"loss {how}", "loss", named=labels,
+                                    focus=focus_rank.get(run_id))
+    series = [figures.Series(f"{run_id} (median rank)", steps, ranks_view.quantile_bands(values)["median"])
+              for run_id, (ranks, steps, values) in losses.items()]
+    return figures.line_figure(series, "loss (median rank of each run)", "loss")
 
 
 @callback(Output("overview-body", "children"), Output("overview-loss", "figure"),
-          Input("refresh", "data"), State("runs", "value"))
-def show(_, runs):
+          Input("refresh", "data"), Input("focus-rank", "data"), State("runs", "value"), running=HOLD_POLL)
+def show(_, focus, runs):
     cat = catalog()
-    cards, series = [], []
+    cards, losses, named, focus_rank = [], {}, {}, {}
     if not runs:
         return html.P("pick a run above"), figures.message_figure("no run picked")
     for run_id in runs:
         try:
             run = cat.get(run_id)
-            loss = summaries.scalar_per_rank(run, "loss", POINTS)  # read once: for the figure and the health checks
-            cards.append(run_card(run_id, run, loss))
-            for rank, (steps, values) in loss.items():
-                if len(steps):
-                    series.append(figures.Series(f"{run_id} rank {rank}" if len(runs) > 1 else f"rank {rank}",
-                                                 steps, values))
+            loss = summaries.scalar_across_ranks(run, "loss", POINTS)  # read once: the figure and the health checks
+            focus_rank[run_id] = focused(focus, run)
+            card, named[run_id] = run_card(run_id, run, loss, focus_rank[run_id])
+            cards.append(card)
+            if loss[1].size and np.isfinite(loss[1]).any():
+                losses[run_id] = (run.ranks, *loss)
         except Exception as exc:  # a run that cannot be read says so; the others are still shown
-            cards.append(html.Div([html.H3(run_id), html.P(str(exc), className="tv-error")], className="tv-card run-card"))
-    fig = figures.line_figure(series, "loss per rank", "loss") if series else figures.message_figure("no loss recorded yet")
+            log.warning("overview of %r: %s", run_id, exc)
+            cards.append(html.Div([html.H3(run_id), html.P(str(exc), className="tv-error")],
+                                  className="tv-card run-card"))
+    fig = _loss_figure(runs, losses, named, focus_rank) if losses else figures.message_figure("no loss recorded yet")
     return cards, fig

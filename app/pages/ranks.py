@@ -1,95 +1,121 @@
-"""Ranks: one statistic across ranks, their spread, step time and throughput per rank, the gradient noise scale."""
+"""Ranks: one statistic across ranks as quantile bands with the ranks that stand out, a rank x step heatmap,
+step time per rank, the ranks table worst first and paged, the gradient noise scale."""
 
 from __future__ import annotations
 
-import numpy as np
-from dash import Input, Output, State, callback, dcc, html
+import dash
+from dash import Input, Output, State, callback, dcc, html, no_update
 
-from tview.render import figures, summaries
-from tview.store import schema
+from tview.render import figures, ranks_view, summaries
 
-from ..common import catalog, control, figures_or_message, first_run, graph, keep_choice, options
+from ..common import (
+    HOLD_POLL,
+    catalog,
+    control,
+    figures_or_message,
+    first_run,
+    focused,
+    graph,
+    keep_choice,
+    log,
+    open_first,
+    options,
+    rank_button,
+)
 
-TOTAL = "__total__"
+WHOLE = "__total__"
+POINTS = 1000  # per rank: bands over 1000 steps, heatmap columns fewer (figures.HEATMAP_CELLS)
 
 layout = html.Div([
     html.Div([
-        control("statistic", dcc.Dropdown(id="ranks-stat", options=options(schema.LAYER_STATS),
-                                          value="local_grad_norm", clearable=False, style={"width": "200px"})),
+        control("statistic", dcc.Dropdown(id="ranks-stat", clearable=False, style={"width": "200px"})),
         control("layer", dcc.Dropdown(id="ranks-layer", clearable=False, style={"width": "220px"})),
+        control("colour", dcc.Checklist(id="ranks-log", options=[{"label": " log", "value": "log"}], value=[])),
     ], className="tv-controls"),
-    html.Div([graph("ranks-stat-graph", 380), graph("ranks-spread", 380)], className="tv-row"),
-    html.Div([graph("ranks-step-time", 340), graph("ranks-throughput", 340)], className="tv-row"),
-    graph("ranks-noise-scale", 380),
+    html.Div([graph("ranks-stat-graph", 400), graph("ranks-heatmap", 400)], className="tv-row"),
+    html.Div([
+        html.Div([html.H4("ranks, worst first"),
+                  html.Div([html.Button("previous", id="ranks-prev", className="tv-button"),
+                            html.Span(id="ranks-page-label", className="tv-note"),
+                            html.Button("next", id="ranks-next", className="tv-button")], className="tv-pager"),
+                  html.Div(id="ranks-table")], className="tv-card"),
+        graph("ranks-step-time", 380),
+    ], className="tv-row"),
+    graph("ranks-noise-scale", 360),
+    dcc.Store(id="ranks-summary"),  # {"rows": ranks table worst first, "standouts": {rank: [reasons]}}
+    dcc.Store(id="ranks-page", data=0),
 ])
 
 
-@callback(Output("ranks-layer", "options"), Output("ranks-layer", "value"), Input("runs", "value"),
+@callback(Output("ranks-stat", "options"), Output("ranks-stat", "value"), Output("ranks-layer", "options"),
+          Output("ranks-layer", "value"), Input("runs", "value"), State("ranks-stat", "value"),
           State("ranks-layer", "value"))
-def layers(runs, current):
+def choices(runs, stat, layer):
+    run = open_first(runs)
+    if run is None:
+        return [], None, [], None
+    stats = options(run.stat_names())
+    layers = [{"label": "whole network", "value": WHOLE}] + options(run.layers)
+    return (stats, keep_choice(stat, stats, "local_grad_norm" if len(run.ranks) > 1 else "grad_norm"),
+            layers, keep_choice(layer, layers, WHOLE))
+
+
+def summary(run) -> dict:
+    """The ranks table (worst first) and who stands out by step time and first NaN, as plain data."""
+    rows = summaries.ranks_table(run)
+    named = ranks_view.standouts(run.ranks, step_time={r["rank"]: r["step_time"] for r in rows},
+                                 first_bad={r["rank"]: r["first_nan"] for r in rows})
+    return {"rows": rows, "standouts": {str(r): why for r, why in named.items()}}
+
+
+@callback(Output("ranks-summary", "data"), Input("refresh", "data"), Input("runs", "value"), running=HOLD_POLL)
+def read_summary(_, runs):
     try:
-        run = catalog().get(first_run(runs))
-    except Exception:
-        return [], None
-    opts = [{"label": "all layers (total norm)", "value": TOTAL}] + options(run.layers)
-    return opts, keep_choice(current, opts, TOTAL)
+        return summary(catalog().get(first_run(runs)))
+    except Exception as exc:  # the table says so
+        log.warning("ranks summary of %r: %s", first_run(runs), exc)
+        return {"rows": [], "standouts": {}, "error": str(exc)}
 
 
-def per_rank(run, stat: str, layer: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    out = {}
-    for rank in run.ranks:
-        if layer == TOTAL:
-            steps, m = run.stat_matrix(stat, rank, max_points=figures.MAX_POINTS)
-            values = np.sqrt(summaries.total_norm_sq(m)) if stat.endswith("_norm") else np.nanmean(m, axis=1)
-        else:
-            steps, values = run.stat(stat, layer, rank, max_points=figures.MAX_POINTS)
-        out[rank] = (steps, values)
-    return out
+def named_lines(standing: dict, divergent: dict[int, list[str]]) -> dict[int, str]:
+    """rank -> legend label, from the summary's standouts (slowest, first NaN) and this statistic's divergence."""
+    merged = {int(r): list(why) for r, why in (standing or {}).items()}
+    for r, why in divergent.items():
+        merged.setdefault(r, []).extend(w for w in why if w not in merged[r])
+    return {r: ranks_view.standout_label(r, why) for r, why in merged.items()}
 
 
-def spread(series: dict[int, tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, (max - min) / |mean|) across ranks on the steps they share."""
-    steps, values = summaries.aligned(series)
-    if len(values) < 2:
-        return steps, np.full(len(steps), np.nan)
-    v = np.stack(list(values.values()))
-    with np.errstate(all="ignore"):
-        return steps, (np.nanmax(v, axis=0) - np.nanmin(v, axis=0)) / np.abs(np.nanmean(v, axis=0))
-
-
-@callback(Output("ranks-stat-graph", "figure"), Output("ranks-spread", "figure"),
-          Input("ranks-stat", "value"), Input("ranks-layer", "value"), Input("refresh", "data"), State("runs", "value"))
+@callback(Output("ranks-stat-graph", "figure"), Output("ranks-heatmap", "figure"),
+          Input("ranks-stat", "value"), Input("ranks-layer", "value"), Input("ranks-log", "value"),
+          Input("ranks-summary", "data"), Input("focus-rank", "data"), State("runs", "value"), running=HOLD_POLL)
 @figures_or_message(2)
-def stat_across_ranks(stat, layer, _, runs):
+def stat_across_ranks(stat, layer, log_colour, summary_data, focus, runs):
     run = catalog().get(first_run(runs))
-    if layer is None:
-        return figures.message_figure("no layer yet"), figures.message_figure("no layer yet")
-    series = per_rank(run, stat, layer)
-    where = "all layers" if layer == TOTAL else layer
-    lines = figures.line_figure([figures.Series(f"rank {r}", s, v) for r, s, v in
-                                 ((r, *sv) for r, sv in series.items())], f"{stat} of {where} per rank", stat)
-    steps, sp = spread(series)
-    return lines, figures.line_figure([figures.Series("spread", steps, sp)],
-                                      f"spread between ranks: (max - min) / |mean| of {stat}", "relative spread")
+    if stat is None or layer is None:
+        return figures.message_figure("no statistic yet"), figures.message_figure("no statistic yet")
+    steps, values = summaries.stat_across_ranks(run, stat, None if layer == WHOLE else layer, POINTS)
+    where = "whole network" if layer == WHOLE else layer
+    divergent = {r: why for r, why in ranks_view.standouts(run.ranks, values).items()}
+    named = named_lines((summary_data or {}).get("standouts"), divergent)
+    rank = focused(focus, run)
+    how = "per rank" if len(run.ranks) <= ranks_view.LINES_UP_TO else "across ranks"
+    bands = figures.ranks_figure(steps, run.ranks, values, f"{stat} of {where} {how}", stat, named=named,
+                                 focus=rank)
+    heat = figures.rank_heatmap_figure(steps, run.ranks, values, f"{stat} of {where}: rank x step (click a rank)",
+                                       stat, log="log" in (log_colour or []), focus=rank)
+    return bands, heat
 
 
-@callback(Output("ranks-step-time", "figure"), Output("ranks-throughput", "figure"),
-          Input("refresh", "data"), State("runs", "value"))
-@figures_or_message(2)
-def timing(_, runs):
+@callback(Output("ranks-step-time", "figure"), Input("ranks-summary", "data"), Input("focus-rank", "data"),
+          State("runs", "value"))
+@figures_or_message(1)
+def step_time(summary_data, focus, runs):
     run = catalog().get(first_run(runs))
-    labels, medians, lines = [], [], []
-    for rank in run.ranks:
-        _, t = run.scalar("step_time", rank, max_points=figures.MAX_POINTS)
-        labels.append(f"rank {rank}")
-        medians.append(float(np.nanmedian(t)) * 1e3 if len(t) else float("nan"))
-        steps, eps = run.scalar("examples_per_sec", rank, max_points=figures.MAX_POINTS)
-        lines.append(figures.Series(f"rank {rank}", steps, eps))
-    finite = [m if np.isfinite(m) else -1 for m in medians]
-    slowest = labels[int(np.argmax(finite))] if labels else None
-    return (figures.bar_figure(labels, medians, f"median step time per rank (slowest: {slowest})", "ms",
-                               highlight=slowest),
-            figures.line_figure(lines, "examples per second per rank", "examples/s", mark={slowest: "#d62728"}))
+    steps, values = summaries.scalar_across_ranks(run, "step_time", POINTS)
+    standing = {int(r): why for r, why in (summary_data or {}).get("standouts", {}).items() if "slowest" in why}
+    named = {r: ranks_view.standout_label(r, ["slowest"]) for r in standing}
+    return figures.ranks_figure(steps, run.ranks, values * 1e3, "step time", "ms", named=named,
+                                focus=focused(focus, run))
 
 
 @callback(Output("ranks-noise-scale", "figure"), Input("refresh", "data"), State("runs", "value"))
@@ -100,3 +126,61 @@ def noise(_, runs):
     return figures.line_figure([figures.Series("B_simple", steps, b_noise)],
                                "gradient noise scale (McCandlish et al. 2018): the batch size beyond which "
                                "larger batches stop paying", "examples", log_y=True)
+
+
+def _ms(seconds):
+    return "-" if seconds is None else f"{seconds * 1e3:.1f}"
+
+
+def table(rows: list[dict], focus: int | None, standing: dict) -> html.Table:
+    """One page of the ranks table; a rank's button focuses every page on it."""
+    furthest = max((r["last_step"] for r in rows if r["last_step"] is not None), default=None)
+    head = ("rank", "state", "steps", "last step", "behind", "median step (ms)", "first NaN", "dropped", "why",
+            "problem")
+    body = []
+    for r in rows:
+        behind = "-" if r["last_step"] is None or furthest is None else furthest - r["last_step"]
+        body.append(html.Tr([
+            html.Td(rank_button(r["rank"])),
+            html.Td(r["state"], className=f"state-{r['state'].replace(' ', '-')}"), html.Td(r["steps"]),
+            html.Td("-" if r["last_step"] is None else r["last_step"]), html.Td(behind), html.Td(_ms(r["step_time"])),
+            html.Td("-" if r["first_nan"] is None else r["first_nan"]), html.Td(r["dropped"]),
+            html.Td(", ".join(standing.get(str(r["rank"]), []))), html.Td(r["problem"] or "")],
+            className="tv-focused" if r["rank"] == focus else None))
+    return html.Table([html.Tr([html.Th(h) for h in head])] + body, className="tv-table ranks-table")
+
+
+@callback(Output("ranks-page", "data"), Input("ranks-prev", "n_clicks"), Input("ranks-next", "n_clicks"),
+          Input("focus-rank", "data"), Input("ranks-summary", "data"), State("ranks-page", "data"))
+def turn_page(_prev, _next, focus, summary_data, page):
+    rows = (summary_data or {}).get("rows", [])
+    page = int(page or 0)
+    trigger = dash.ctx.triggered_id
+    if trigger == "ranks-prev":
+        page -= 1
+    elif trigger == "ranks-next":
+        page += 1
+    elif trigger == "focus-rank":
+        at = ranks_view.page_with_rank(rows, ranks_view.parse_rank(focus))
+        page = page if at is None else at
+    return min(max(page, 0), ranks_view.page_count(len(rows)) - 1)
+
+
+@callback(Output("ranks-table", "children"), Output("ranks-page-label", "children"), Input("ranks-summary", "data"),
+          Input("ranks-page", "data"), Input("focus-rank", "data"))
+def show_table(summary_data, page, focus):
+    summary_data = summary_data or {}
+    if summary_data.get("error"):
+        return html.P(summary_data["error"], className="tv-error"), ""
+    rows, page = ranks_view.page_of(summary_data.get("rows", []), page)
+    n = len(summary_data.get("rows", []))
+    label = f" page {page + 1} of {ranks_view.page_count(n)} ({n} ranks) "
+    return table(rows, ranks_view.parse_rank(focus), summary_data.get("standouts", {})), label
+
+
+@callback(Output("focus-input", "value", allow_duplicate=True), Input("ranks-heatmap", "clickData"),
+          prevent_initial_call=True)
+def pick_rank(click):
+    """A click on a heatmap row focuses that rank."""
+    points = (click or {}).get("points") or []
+    return ranks_view.parse_rank(points[0].get("y")) if points else no_update

@@ -6,7 +6,19 @@ from dash import Input, Output, State, callback, dcc, html
 
 from tview.render import analysis, figures, summaries
 
-from ..common import catalog, control, figures_or_message, first_run, graph, keep_choice, options, rank_options
+from ..common import (
+    catalog,
+    control,
+    figures_or_message,
+    first_run,
+    focused,
+    graph,
+    keep_choice,
+    open_first,
+    options,
+    rank_choice,
+    rank_options,
+)
 
 WHOLE = "__all__"
 
@@ -34,16 +46,16 @@ layout = html.Div([
 
 @callback(Output("net-rank", "options"), Output("net-rank", "value"), Output("traj-layer", "options"),
           Output("traj-layer", "value"), Output("sim-layer", "options"), Output("sim-layer", "value"),
-          Input("runs", "value"), State("net-rank", "value"), State("traj-layer", "value"), State("sim-layer", "value"))
-def choices(runs, rank, tlayer, slayer):
-    try:
-        run = catalog().get(first_run(runs))
-    except Exception:
+          Input("runs", "value"), Input("focus-rank", "data"), State("net-rank", "value"), State("traj-layer", "value"),
+          State("sim-layer", "value"))
+def choices(runs, focus, rank, tlayer, slayer):
+    run = open_first(runs)
+    if run is None:
         return [], None, [], None, [], None
     r = rank_options(run)
     t = [{"label": "whole network", "value": WHOLE}] + options(run.layers)
     s = options(run.manifest.get("probe_layers", []))
-    return r, keep_choice(rank, r), t, keep_choice(tlayer, t, WHOLE), s, keep_choice(slayer, s)
+    return r, rank_choice(rank, r, focused(focus, run)), t, keep_choice(tlayer, t, WHOLE), s, keep_choice(slayer, s)
 
 
 @callback(Output("net-3d", "figure"), Input("net-stat", "value"), Input("net-rank", "value"),

@@ -1,9 +1,9 @@
 """Run ids: only runs found under the root can be opened; the address bar picks runs the same way."""
 
 import pytest
-
 from tview_app import runs_from_query
 from tview_app.catalog import RunCatalog, run_ids
+
 from tview.errors import TviewError
 
 

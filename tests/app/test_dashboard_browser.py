@@ -12,7 +12,7 @@ PAGES = {  # path -> graphs that must hold data
     "/": ["overview-loss"],
     "/scalars": ["scalar-graph"],
     "/layers": ["layers-heatmap", "layers-histogram"],
-    "/ranks": ["ranks-stat-graph", "ranks-spread", "ranks-step-time", "ranks-throughput", "ranks-noise-scale"],
+    "/ranks": ["ranks-stat-graph", "ranks-heatmap", "ranks-step-time", "ranks-noise-scale"],
     "/filters": ["filters-grid", "filters-maps"],
     "/3d": ["net-3d", "traj-3d", "sim-3d"],
 }
@@ -30,6 +30,7 @@ TRACES_JS = """id => {
   };
   return {title: (el.layout && el.layout.title && (el.layout.title.text || el.layout.title)) || '',
           points: el.data.map(t => n(t.z || t.x)),
+          names: el.data.filter(t => t.showlegend !== false).map(t => t.name || ''),
           annotations: ((el.layout && el.layout.annotations) || []).map(a => a.text)};
 }"""
 
@@ -40,7 +41,8 @@ def traces(page, graph_id, timeout=30_000):
         page.wait_for_function(f"""() => {{ const r = ({TRACES_JS})('{graph_id}');
             return r && r.points.length > 0 && r.points.some(n => n > 0); }}""", timeout=timeout)
     except Exception as exc:  # say which graph, on which page, in what state
-        raise AssertionError(f"{page.url}: graph {graph_id} drew no data: {page.evaluate(TRACES_JS, graph_id)}") from exc
+        state = page.evaluate(TRACES_JS, graph_id)
+        raise AssertionError(f"{page.url}: graph {graph_id} drew no data: {state}") from exc
     return page.evaluate(TRACES_JS, graph_id)
 
 
@@ -62,6 +64,11 @@ def test_every_page_loads_and_every_figure_has_data(server, page, tmp_path):
     assert "2 of 2 rank(s) readable" in text and "LeNet5" in text
     assert text.count("closed") >= 2
     assert page.locator(".tv-health li").count() >= 1
+    # Two ranks are two lines, not a band of two
+    page.goto(f"{server}/ranks?runs=demo")
+    names = traces(page, "ranks-stat-graph")["names"]
+    assert not any("of ranks" in n for n in names) and {"rank 0", "rank 1"} <= {n.split(" (")[0] for n in names}
+    assert page.locator("#ranks-page-label").inner_text().strip() == "page 1 of 1 (2 ranks)"
 
 
 def test_controls_change_what_is_shown(server, page):
@@ -120,7 +127,8 @@ def test_no_url_reaches_outside_the_folder_it_was_started_on(server, page):
     import urllib.request
     body = {"output": "..overview-body.children...overview-loss.figure..",
             "outputs": [{"id": "overview-body", "property": "children"}, {"id": "overview-loss", "property": "figure"}],
-            "inputs": [{"id": "refresh", "property": "data", "value": None}],
+            "inputs": [{"id": "refresh", "property": "data", "value": None},
+                       {"id": "focus-rank", "property": "data", "value": None}],
             "state": [{"id": "runs", "property": "value", "value": ["../../etc", "/etc/passwd"]}],
             "changedPropIds": ["refresh.data"]}
     req = urllib.request.Request(f"{server}/_dash-update-component", data=json.dumps(body).encode(),

@@ -120,3 +120,20 @@ def test_rank_heatmap_stays_small_and_marks_the_focused_rank():
     assert len(text) < 2_000_000 and "bdata" in json.loads(text)["data"][0]["z"]  # typed array: NaN is a bit pattern
     two = figures.rank_heatmap_figure(np.arange(5), [0, 1], np.ones((2, 5)), "x")
     assert two.data[0].z.shape == (2, 5) and not two.layout.shapes
+
+
+def test_no_rank_is_named_among_ranks_that_differ_only_by_noise():
+    v = 1 + 0.01 * np.random.default_rng(3).normal(size=(64, 500))
+    assert ranks_view.most_divergent(v) is None
+    assert ranks_view.slowest({0: 0.100, 1: 0.101, 2: 0.100}) is None
+    assert ranks_view.slowest({0: 0.1, 1: 0.3}) == 1
+
+
+def test_findings_of_one_kind_beyond_three_are_counted_not_listed():
+    from tview.render.analysis import Finding
+    found = [Finding("slow_rank", "warning", f"rank {r}: slow", r) for r in range(60)]
+    found.insert(1, Finding("nonfinite", "error", "rank 9: NaN", 9))
+    lines = ranks_view.group_findings(found)
+    assert [k for _, k, _ in lines] == ["slow_rank"] * 4 + ["nonfinite"]
+    assert lines[3][2].startswith("... and 57 more slow_rank findings (ranks 3, 4, 5")
+    assert lines[4] == ("error", "nonfinite", "rank 9: NaN")

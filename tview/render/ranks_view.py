@@ -11,6 +11,9 @@ BANDS = (("min", 0.0), ("5%", 5.0), ("median", 50.0), ("95%", 95.0), ("max", 100
 LINES_UP_TO = 8      # up to this many ranks a figure draws one line per rank; beyond, quantile bands
 PAGE_SIZE = 16       # rows of the ranks table per page
 DIVERGE_LEAST = 3    # "most divergent" needs a majority to diverge from
+DIVERGE_MARGIN = 2.0  # ... and to run this many times further from it than the median rank does
+SLOW_MARGIN = 1.05    # "slowest" only if its median step time is 5% above the median rank's
+FINDINGS_PER_KIND = 3  # findings of one kind listed one by one; the rest counted
 SEVERITY = {"unreadable": 0, "stopped": 1, "no steps yet": 2, "live": 5, "closed": 5}
 
 
@@ -50,17 +53,54 @@ def _argmax_finite(scores: np.ndarray) -> int | None:
     return int(np.nanargmax(s)) if np.isfinite(s).any() else None
 
 
+def slowest(step_time: dict[int, float | None]) -> int | None:
+    """The rank with the largest median step time, if 2+ ranks have one and it is SLOW_MARGIN above the median's."""
+    times = {r: t for r, t in step_time.items() if t is not None and math.isfinite(t)}
+    if len(times) < 2:
+        return None
+    rank = max(times, key=lambda r: (times[r], -r))
+    return rank if times[rank] > SLOW_MARGIN * float(np.median(list(times.values()))) else None
+
+
+def most_divergent(values: np.ndarray) -> int | None:
+    """Row index of the rank that runs furthest from the others, if it does so DIVERGE_MARGIN times more than
+    the median rank (among ranks that only differ by noise, none is named)."""
+    scores = divergence(values)
+    i = _argmax_finite(scores)
+    if i is None:
+        return None
+    typical = float(np.nanmedian(scores))
+    return i if scores[i] > DIVERGE_MARGIN * typical else None
+
+
+def group_findings(findings: list, per_kind: int = FINDINGS_PER_KIND) -> list[tuple[str, str, str]]:
+    """(severity, kind, message) to list: the first `per_kind` findings of each kind, then one line counting the
+    rest of that kind ('... and 61 more ranks: slow_rank'), in the order the kinds first appear."""
+    by_kind: dict[str, list] = {}
+    for f in findings:
+        by_kind.setdefault(f.kind, []).append(f)
+    out = []
+    for kind, found in by_kind.items():
+        out += [(f.severity, kind, f.message) for f in found[:per_kind]]
+        if len(found) > per_kind:
+            ranks = sorted({f.rank for f in found[per_kind:] if f.rank is not None})
+            out.append((found[per_kind].severity, kind, f"... and {len(found) - per_kind} more {kind} findings"
+                        + (f" (ranks {', '.join(map(str, ranks[:8]))}{' ...' if len(ranks) > 8 else ''})"
+                           if ranks else "")))
+    return out
+
+
 def standouts(ranks: list[int], values: np.ndarray | None = None, step_time: dict[int, float] | None = None,
               first_bad: dict[int, int | None] | None = None) -> dict[int, list[str]]:
-    """The few ranks worth naming, rank -> why: 'slowest' (largest median step time, if 2+ ranks have one),
-    'most divergent' (values [ranks, steps] in `ranks` order, 3+ ranks), 'first NaN' (earliest first
-    non-finite step). At most three ranks; a rank may carry several reasons."""
+    """The few ranks worth naming, rank -> why: 'slowest' (see slowest()), 'most divergent' (values [ranks,
+    steps] in `ranks` order; see most_divergent()), 'first NaN' (earliest first non-finite step). At most three
+    ranks; a rank may carry several reasons."""
     named: dict[int, list[str]] = {}
-    times = {r: t for r, t in (step_time or {}).items() if t is not None and math.isfinite(t)}
-    if len(times) >= 2:
-        named.setdefault(max(times, key=lambda r: (times[r], -r)), []).append("slowest")
+    slow = slowest(step_time or {})
+    if slow is not None:
+        named.setdefault(slow, []).append("slowest")
     if values is not None and len(ranks):
-        i = _argmax_finite(divergence(values))
+        i = most_divergent(values)
         if i is not None:
             named.setdefault(ranks[i], []).append("most divergent")
     bad = {r: s for r, s in (first_bad or {}).items() if s is not None}

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from tview.render import analysis
+from tview.render import analysis, ranks_view
 from tview.store.reader import Run
 
 LIVE_SECONDS = 120.0  # a rank that wrote within this many seconds and has not closed is live
@@ -64,41 +64,116 @@ def scalar_per_rank(run: Run, name: str, max_points: int = 2000) -> dict[int, tu
     return {rank: _series(run, name, rank, max_points) for rank in run.ranks}
 
 
-def health_findings(run: Run, max_points: int = 2000, loss: dict | None = None,
-                    rows: list[dict] | None = None) -> list[analysis.Finding]:
-    """NaN/Inf (exact first step), exploding/vanishing gradients, dead filters, diverging/slow/lagging ranks.
-    loss: scalar_per_rank(run, "loss"), rows: rank_rows(run), when the caller has read them already."""
-    found: list[analysis.Finding] = []
+def _dead_filter_findings(run: Run, rank: int) -> list[analysis.Finding]:
+    found = []
+    if "act_channel_zero_frac" not in run.channel_stat_names():
+        return found
+    for layer in run.layer_info:
+        if not layer.get("channels"):
+            continue
+        try:
+            steps, tail = run.stat("act_channel_zero_frac", layer["name"], rank)
+        except KeyError:
+            continue
+        tail = tail[-TAIL_ROWS:]
+        dead = analysis.dead_channels(tail) if len(tail) else []
+        if len(dead):
+            found.append(analysis.Finding(
+                "dead_filters", "warning",
+                f"{layer['name']}: {len(dead)} of {tail.shape[1]} channels dead (zero fraction >= "
+                f"{analysis.DEAD_ZERO_FRAC}): {', '.join(map(str, dead[:12]))}{' ...' if len(dead) > 12 else ''}",
+                rank, layer["name"]))
+    return found
+
+
+def health_findings(run: Run, max_points: int = 2000, loss: dict | None = None, rows: list[dict] | None = None,
+                    first: dict | None = None, step_time: dict | None = None) -> list[analysis.Finding]:
+    """NaN/Inf (exact first step, every rank), exploding/vanishing gradients and dead filters (on the first
+    readable rank: under DDP gradients and weights are the same on every rank), diverging/slow/lagging ranks.
+    When the caller has read them already: loss: scalar_per_rank(run, "loss"), rows: rank_rows(run),
+    first: first_nonfinite_per_rank(run), step_time: {rank: step times} (medians will do)."""
     loss = loss if loss is not None else scalar_per_rank(run, "loss", max_points)
-    first, step_time = {}, {}
-    for rank in run.ranks:
-        first[rank] = run.first_nonfinite(rank)
-        step_time[rank] = _series(run, "step_time", rank, max_points)[1]
+    found = analysis.nonfinite_findings(first if first is not None else first_nonfinite_per_rank(run))
+    if run.ranks:
+        rank = run.ranks[0]
         steps, grad_norm = run.stat_matrix("grad_norm", rank, max_points=max_points)
         found += analysis.gradient_findings(steps, grad_norm, run.layers, rank)
-    found = analysis.nonfinite_findings(first) + found
-    if run.ranks:  # dead filters, on the first readable rank (weights are the same on every rank)
-        rank = run.ranks[0]
-        for layer in run.layer_info:
-            if not layer.get("channels") or "act_channel_zero_frac" not in run.channel_stat_names():
-                continue
-            try:
-                steps, tail = run.stat("act_channel_zero_frac", layer["name"], rank)
-            except KeyError:
-                continue
-            tail = tail[-TAIL_ROWS:]
-            dead = analysis.dead_channels(tail) if len(tail) else []
-            if len(dead):
-                found.append(analysis.Finding(
-                    "dead_filters", "warning",
-                    f"{layer['name']}: {len(dead)} of {tail.shape[1]} channels dead (zero fraction >= "
-                    f"{analysis.DEAD_ZERO_FRAC}): {', '.join(map(str, dead[:12]))}{' ...' if len(dead) > 12 else ''}",
-                    rank, layer["name"]))
+        found += _dead_filter_findings(run, rank)
+    if step_time is None:
+        steps, times = scalar_across_ranks(run, "step_time", max_points)
+        step_time = {r: times[i][np.isfinite(times[i])] for i, r in enumerate(run.ranks)}
     last = {r["rank"]: r["last_step"] for r in (rows if rows is not None else rank_rows(run))}
     found += analysis.rank_findings({r: v for r, (_, v) in loss.items()}, step_time, last)
     for rank, why in sorted(run.problems.items()):
         found.append(analysis.Finding("unreadable_rank", "error", f"rank {rank}: {why}", rank))
     return found
+
+
+# -- across ranks: every read of one quantity on every rank goes through the functions below, so that a
+# reader able to gather across ranks at once (in parallel, from per-rank summaries) replaces their bodies.
+
+def _whole_network(run: Run, name: str, rank: int, max_points: int | None):
+    """(steps, value per step) of a per-layer statistic over the whole network: the total norm for *_norm
+    statistics, the mean over layers otherwise."""
+    steps, m = run.stat_matrix(name, rank, max_points=max_points)
+    m = np.ma.filled(np.ma.asarray(m, dtype=np.float64), np.nan)
+    if name.endswith("_norm"):
+        return steps, np.sqrt(total_norm_sq(m))
+    with np.errstate(all="ignore"):
+        finite = np.isfinite(m)
+        count = finite.sum(axis=1)
+        return steps, np.where(count > 0, np.where(finite, m, 0).sum(axis=1) / np.maximum(count, 1), np.nan)
+
+
+def stat_across_ranks(run: Run, name: str, layer: str | None, max_points: int | None = 1000
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """One per-layer statistic of one layer (None: the whole network) on every readable rank, on one step
+    grid: (steps, values [len(run.ranks), steps]), NaN where a rank has no value near a grid step."""
+    def one(rank):
+        if layer is None:
+            return _whole_network(run, name, rank, max_points)
+        return run.stat(name, layer, rank, max_points=max_points)
+    return ranks_view.align_to_grid([one(rank) for rank in run.ranks])
+
+
+def scalar_across_ranks(run: Run, name: str, max_points: int | None = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """One scalar (loss, step_time, ...) on every readable rank, as stat_across_ranks; NaN rows for ranks
+    that lack it."""
+    return ranks_view.align_to_grid([_series(run, name, rank, max_points) for rank in run.ranks])
+
+
+def first_nonfinite_per_rank(run: Run) -> dict[int, dict[str, dict[str, int]]]:
+    """{rank: run.first_nonfinite(rank)} for every readable rank."""
+    return {rank: run.first_nonfinite(rank) for rank in run.ranks}
+
+
+def first_nonfinite_step(where: dict[str, dict[str, int]]) -> int | None:
+    """The first step with NaN/Inf anywhere (a layer or a scalar) from run.first_nonfinite(rank)."""
+    steps = list(where.get("layers", {}).values()) + list(where.get("scalars", {}).values())
+    return min(steps) if steps else None
+
+
+def median_step_times(run: Run, max_points: int = 1000) -> dict[int, float | None]:
+    """Per readable rank, its median step time in seconds (None if it recorded none)."""
+    _, times = scalar_across_ranks(run, "step_time", max_points)
+    out = {}
+    for i, rank in enumerate(run.ranks):
+        t = times[i][np.isfinite(times[i])] if times.size else times[i]
+        out[rank] = float(np.median(t)) if len(t) else None
+    return out
+
+
+def ranks_table(run: Run, rows: list[dict] | None = None, max_points: int = 200,
+                first: dict | None = None) -> list[dict]:
+    """rank_rows with each rank's median step time and first NaN/Inf step added, worst first
+    (first: first_nonfinite_per_rank(run), when the caller has read it)."""
+    rows = [dict(r) for r in (rows if rows is not None else rank_rows(run))]
+    times = median_step_times(run, max_points)
+    first = first if first is not None else first_nonfinite_per_rank(run)
+    for row in rows:
+        row["step_time"] = times.get(row["rank"])
+        row["first_nan"] = first_nonfinite_step(first[row["rank"]]) if row["rank"] in first else None
+    return ranks_view.worst_first(rows)
 
 
 def total_norm_sq(matrix: np.ndarray) -> np.ndarray:
