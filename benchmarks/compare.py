@@ -30,9 +30,9 @@ sys.path[:0] = [REPO, HERE]
 import h5py  # noqa: E402
 
 from tview.store import schema  # noqa: E402
-from tview.store.records import ShardLayout, StepRecord  # noqa: E402
-from tview.store.shard import ShardWriter, _chunk_rows  # noqa: E402
-from tview.store.synthetic import synthetic_layers, write_synthetic_run  # noqa: E402
+from tview.store.records import ShardLayout, StepRecord, TableRow  # noqa: E402
+from tview.store.shard import ShardWriter, chunk_rows  # noqa: E402
+from tview.store.synthetic import TABLES, synthetic_layers, write_synthetic_run  # noqa: E402
 
 
 def folder_bytes(path: str) -> int:
@@ -121,20 +121,29 @@ def memory_probe(model: str, config: str, batch: int, steps: int):
 
 
 # -- 2. write throughput ---------------------------------------------------------------------
+BENCH_TABLES = [t for t in TABLES if all(c.kind != "channel" for c in t.columns)]
+
+
+def _column_shape(col, layers: int) -> tuple:
+    return {"layer": (layers,), "hist": (layers, schema.HIST_BINS), "vector": (layers, col.width)}[col.kind]
+
+
 def fake_records(n: int, layers: int, seed: int = 0) -> list[StepRecord]:
+    """Records with a row in every (non-channel) synthetic table, all layers measured."""
     rng = np.random.default_rng(seed)
     recs = []
     for step in range(n):
-        recs.append(StepRecord(
-            step=step, wall_time=time.time(), scalars={"loss": float(rng.random()), "lr": 0.1},
-            stats={name: rng.random(layers).astype(np.float32) for name in schema.LAYER_STATS},
-            trajectory=rng.random((layers, 3)).astype(np.float32),
-            hist={k: rng.integers(0, 100, (layers, schema.HIST_BINS)).astype(np.uint32) for k in schema.HIST_KINDS}))
+        tables = {t.name: TableRow(np.ones(layers, bool), {c.name: rng.random(_column_shape(c, layers)).astype(c.dtype)
+                                                           if c.kind != "hist" else rng.integers(0, 100, _column_shape(
+                                                               c, layers)).astype(np.uint32) for c in t.columns})
+                  for t in BENCH_TABLES}
+        recs.append(StepRecord(step=step, wall_time=time.time(), scalars={"loss": float(rng.random()), "lr": 0.1},
+                               tables=tables))
     return recs
 
 
 def write_tview(path: str, records: list[StepRecord], layers: int, batch: int) -> float:
-    layout = ShardLayout(rank=0, world_size=1, run_id="bench", layers=synthetic_layers(layers, 0), trajectory_dims=3)
+    layout = ShardLayout(rank=0, world_size=1, run_id="bench", layers=synthetic_layers(layers, 0), tables=BENCH_TABLES)
     t = time.perf_counter()
     w = ShardWriter(path, layout)
     for i in range(0, len(records), batch):
@@ -144,33 +153,47 @@ def write_tview(path: str, records: list[StepRecord], layers: int, batch: int) -
     return time.perf_counter() - t
 
 
+def _bare_shapes(layers: int) -> dict:
+    shapes = {"scalars/step": ((), np.int64), "scalars/wall_time": ((), np.float64),
+              "scalars/values": ((schema.MAX_SCALARS,), np.float64),
+              "scalars/measured": ((schema.MAX_SCALARS,), np.uint8)}
+    for t in BENCH_TABLES:
+        shapes[f"probes/{t.name}/step"] = ((), np.int64)
+        shapes[f"probes/{t.name}/measured"] = ((layers,), np.uint8)
+        shapes.update({f"probes/{t.name}/{c.name}": (_column_shape(c, layers), np.dtype(c.dtype)) for c in t.columns})
+    return shapes
+
+
+def _bare_blocks(part: list[StepRecord]) -> dict:
+    steps = np.array([r.step for r in part])
+    values = np.full((len(part), schema.MAX_SCALARS), np.nan)
+    values[:, 0] = [r.scalars["loss"] for r in part]
+    values[:, 1] = [r.scalars["lr"] for r in part]
+    measured = np.zeros((len(part), schema.MAX_SCALARS), np.uint8)
+    measured[:, :2] = 1
+    blocks = {"scalars/step": steps, "scalars/wall_time": np.array([r.wall_time for r in part]),
+              "scalars/values": values, "scalars/measured": measured}
+    for t in BENCH_TABLES:
+        blocks[f"probes/{t.name}/step"] = steps
+        blocks[f"probes/{t.name}/measured"] = np.stack([r.tables[t.name].measured for r in part]).astype(np.uint8)
+        blocks.update({f"probes/{t.name}/{c.name}": np.stack([r.tables[t.name].values[c.name] for r in part])
+                       for c in t.columns})
+    return blocks
+
+
 def write_bare_h5py(path: str, records: list[StepRecord], layers: int, batch: int) -> float:
-    """The same arrays with bare h5py: same datasets, dtypes, chunking, SWMR and flushes; no tview code."""
+    """The same arrays with bare h5py: same datasets, dtypes, chunking, checksums, SWMR and flushes; no tview code."""
     t = time.perf_counter()
     f = h5py.File(path, "w", libver=("v110", "v110"))
-    shapes = {"scalars/step": ((), np.int64), "scalars/wall_time": ((), np.float64),
-              "scalars/values": ((schema.MAX_SCALARS,), np.float64), "stats/step": ((), np.int64),
-              "stats/trajectory": ((layers, 3), np.float32), "hist/step": ((), np.int64)}
-    shapes.update({f"stats/{s}": ((layers,), np.float32) for s in schema.LAYER_STATS})
-    shapes.update({f"hist/{k}": ((layers, schema.HIST_BINS), np.uint32) for k in schema.HIST_KINDS})
     dsets = {}
-    for name, (shape, dtype) in shapes.items():
+    for name, (shape, dtype) in _bare_shapes(layers).items():
         row = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
         dsets[name] = f.create_dataset(name, shape=(0,) + shape, maxshape=(None,) + shape, dtype=dtype,
-                                       chunks=(_chunk_rows(row),) + shape)
+                                       chunks=(chunk_rows(row),) + shape, fletcher32=True)
     f.swmr_mode = True
     for i in range(0, len(records), batch):
         part = records[i:i + batch]
-        steps = np.array([r.step for r in part])
-        values = np.full((len(part), schema.MAX_SCALARS), np.nan)
-        values[:, 0] = [r.scalars["loss"] for r in part]
-        values[:, 1] = [r.scalars["lr"] for r in part]
-        blocks = {"scalars/step": steps, "scalars/wall_time": np.array([r.wall_time for r in part]),
-                  "scalars/values": values, "stats/step": steps, "hist/step": steps,
-                  "stats/trajectory": np.stack([r.trajectory for r in part])}
-        blocks.update({f"stats/{s}": np.stack([r.stats[s] for r in part]) for s in schema.LAYER_STATS})
-        blocks.update({f"hist/{k}": np.stack([r.hist[k] for r in part]) for k in schema.HIST_KINDS})
-        for name, block in blocks.items():
+        for name, block in _bare_blocks(part).items():
             d = dsets[name]
             d.resize(d.shape[0] + len(part), axis=0)
             d[-len(part):] = block
@@ -210,25 +233,25 @@ def tview_to_tensorboard(run, logdir: str) -> None:
         for name in run.scalar_names(rank):
             for s, v in zip(*run.scalar(name, rank)):
                 w.add_scalar(name, v, int(s))
-        for stat in schema.LAYER_STATS:
-            steps, m = run.stat_matrix(stat, rank)
-            for j, layer in enumerate(run.layers):
-                for s, v in zip(steps, m[:, j]):
-                    if np.isfinite(v):
-                        w.add_scalar(f"{stat}/{layer}", v, int(s))
-        for stat in schema.CHANNEL_STATS:
+        for stat in run.stat_names():
+            for layer in run.layers:
+                for s, v in zip(*run.stat(stat, layer, rank)):
+                    w.add_scalar(f"{stat}/{layer}", v, int(s))
+        for stat in run.channel_stat_names():
             for layer in run.layers:
                 try:
                     steps, m = run.stat(stat, layer, rank)
                 except KeyError:
                     continue
                 for s, row in zip(steps, m):
-                    if np.isfinite(row).any():
-                        for c, v in enumerate(row):
-                            w.add_scalar(f"{stat}/{layer}/{c}", v, int(s))
-        for kind in schema.HIST_KINDS:
+                    for c, v in enumerate(row):
+                        w.add_scalar(f"{stat}/{layer}/{c}", v, int(s))
+        for kind in run.hist_kinds():
             for layer in run.layers:
-                steps, _, counts = run.histogram(kind, layer, rank)
+                try:
+                    steps, _, counts = run.histogram(kind, layer, rank)
+                except KeyError:
+                    continue
                 for s, c in zip(steps, counts):
                     if c.sum() == 0:
                         continue
@@ -240,9 +263,8 @@ def tview_to_tensorboard(run, logdir: str) -> None:
         for j, layer in enumerate(run.layers):
             steps, t = run.trajectory(layer, rank)
             for s, row in zip(steps, t):
-                if np.isfinite(row).all():
-                    for d, v in enumerate(row):
-                        w.add_scalar(f"trajectory/{layer}/{d}", v, int(s))
+                for d, v in enumerate(row):
+                    w.add_scalar(f"trajectory/{layer}/{d}", v, int(s))
         w.close()
 
 

@@ -66,8 +66,9 @@ def test_activation_statistics_match_torch(tmp_path):
     out = seen["bn1"][0]
     np.testing.assert_allclose(stat(run, "act_channel_zero_frac", "bn1"),
                                (out == 0).double().mean(dim=(0, 2, 3)).numpy(), atol=1e-7)
-    # the ReLU runs on 4 then 6 channels: no per-channel merge is possible, so NaN, not a wrong number
-    assert np.isnan(stat(run, "act_channel_mean", "relu")).all()
+    # the ReLU runs on 4 then 6 channels: no per-channel merge is possible, so not measured (never a
+    # wrong number, never a NaN that would read as the model's)
+    assert len(run.stat("act_channel_mean", "relu")[0]) == 0
     # a dead share really seen: ReLU zeros are about half of its outputs
     assert 0.3 < stat(run, "act_zero_frac", "relu") < 0.7
 
@@ -134,10 +135,12 @@ def test_gradient_statistics_cover_weight_and_bias_together(tmp_path):
         _, _, counts = run.histogram("grad", layer)
         assert counts[0].sum() == g.numel()
         np.testing.assert_array_less(np.abs(counts[0].astype(int) - reference_histogram(g.numpy())).sum(), 3)
-    # layers without parameters have no gradient statistics
-    assert np.isnan(stat(run, "grad_norm", "relu"))
-    # single process: no local gradient before an all-reduce to report
-    assert np.isnan(stat(run, "local_grad_norm", "conv1"))
+    # layers without parameters have no gradient statistics: absent, not NaN
+    assert len(run.stat("grad_norm", "relu")[0]) == 0
+    # single process: no local gradient before an all-reduce to report, so no such statistic
+    assert "local_grad_norm" not in run.stat_names()
+    with pytest.raises(KeyError, match="records no 'local_grad_norm'"):
+        run.stat("local_grad_norm", "conv1")
 
 
 def test_weight_norm_update_ratio_and_trajectory(tmp_path):
@@ -157,9 +160,9 @@ def test_weight_norm_update_ratio_and_trajectory(tmp_path):
     run = tview.open_run(str(tmp_path / "r"))
     _, norms = run.stat("weight_norm", "conv2")
     np.testing.assert_allclose(norms, [h.norm().item() for h in history], rtol=1e-5)
-    _, ratio = run.stat("update_ratio", "conv2")
-    assert np.isnan(ratio[0])  # nothing to compare the first recorded step with
-    np.testing.assert_allclose(ratio[1:], [(history[i] - history[i - 1]).norm().item() / history[i].norm().item()
+    steps, ratio = run.stat("update_ratio", "conv2")
+    assert list(steps) == list(range(1, 22))  # nothing to compare the first recorded step with: absent
+    np.testing.assert_allclose(ratio, [(history[i] - history[i - 1]).norm().item() / history[i].norm().item()
                                            for i in range(1, 22)], rtol=1e-4)
     # trajectory: projection on fixed unit directions, on the default preset's detail steps (every
     # 20th record), the same directions for another recorder (another rank)
@@ -168,7 +171,7 @@ def test_weight_norm_update_ratio_and_trajectory(tmp_path):
     torch.manual_seed(0)
     other = tview.Recorder(TinyCNN(), str(tmp_path / "r2"), every=1, seed=7, rank=1, world_size=2)
     i = other.param_layer_ids.index(other.layer_names.index("conv2"))
-    d = other.trajectory.directions[i]
+    d = next(p for p in other.param_probes if p.table == "trajectory").directions[i]
     assert d.shape == (3, history[0].numel())
     np.testing.assert_allclose(d.norm(dim=1).numpy(), 1.0, rtol=1e-5)
     np.testing.assert_allclose(traj, torch.stack([d @ history[s] for s in steps]).numpy(), rtol=1e-4, atol=1e-6)
@@ -245,7 +248,7 @@ def test_forward_hooks_are_attached_only_for_steps_that_compute_activation_stati
     assert not tiny.conv1._forward_hooks and not tiny._forward_pre_hooks  # nothing left after close
     run = tview.open_run(str(tmp_path / "r"))
     steps, mean = run.stat("act_mean", "conv1")
-    assert list(steps[~np.isnan(mean)]) == [0, 40, 80]
+    assert list(steps) == [0, 40, 80] and np.isfinite(mean).all()  # measured steps only
 
 
 def test_first_nonfinite_step_is_kept_per_layer_and_scalar(tmp_path, tiny):
@@ -267,39 +270,49 @@ def test_first_nonfinite_step_is_kept_per_layer_and_scalar(tmp_path, tiny):
     assert first["scalars"] == {"loss": 3}  # "clean" and the other scalars never were non-finite
     steps, nan = run.stat("grad_nan", "conv1")
     assert steps[np.argmax(nan > 0)] == 3  # the same as a scan of the stored counts
-    # the default preset measures activations on every 20th recorded step only: the gradients,
-    # counted every step, still place the first NaN at step 3 in the activation layer bn1 too
-    assert np.isnan(run.stat("act_nan", "conv1")[1][1:]).all() and first["layers"]["bn1"] == 3
+    # the default preset measures activations on every 20th recorded step only (here step 0): the
+    # gradients, counted every step, still place the first NaN at step 3 in bn1 too
+    assert list(run.stat("act_nan", "conv1")[0]) == [0] and first["layers"]["bn1"] == 3
+    assert first["tensors"]["gradient"]["conv1"] == 3 and first["tensors"]["activation"] == {}
     from tview.cli import info_text
     assert "rank 0: NaN/Inf first at step 3 in conv1, bn1, conv2, fc" in info_text(str(tmp_path / "r"))
 
 
 def test_parameter_reductions_agree_between_the_numpy_and_the_torch_path():
     """The CPU runs per-layer reductions in numpy, a GPU in torch: both against plain torch, here on CPU."""
-    from tview.hooks.probes import GradStats, ParamContext, WeightStats
+    from tview.hooks.param_probes import GradChannelNorm, GradStats, UpdateRatio, WeightStats
+    from tview.hooks.params import ParamContext, ParamStep
     torch.manual_seed(0)
     model = TinyCNN()
-    per_layer = [list(m.parameters(recurse=False)) for m in (model.conv1, model.bn1, model.conv2, model.fc)]
+    modules = (model.conv1, model.bn1, model.conv2, model.fc)
+    per_layer = [list(m.parameters(recurse=False)) for m in modules]
     F.cross_entropy(model(make_data()[0]), make_data()[1]).backward()
     model.fc.weight.grad[0, :3] = float("nan")
     model.conv2.weight.grad[0, 0, 0, 0] = float("inf")
     flat = [torch.cat([p.grad.reshape(-1).double() for p in ps]) for ps in per_layer]
     results = {}
+
+    def run(probe, step, ctx):
+        parts = probe.compute(step)
+        parts = {k: np.asarray(v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in parts.items()}
+        parts.pop("measured", None)
+        return probe.finalize(parts, ctx)
+
     for host in (True, False):
-        ctx = ParamContext(per_layer)
+        ctx = ParamContext(per_layer, [True, False, True, True])
         ctx.host = host
-        grads, _ = ctx.grads()
-        g = GradStats().finalize({k: np.asarray(v) for k, v in GradStats().compute(ctx, grads).items()}, ctx.counts)
-        ws = WeightStats()
-        ws.compute(ctx, ctx.weights())
+        upd = UpdateRatio()
+        assert upd.compute(ParamStep(ctx)) is None  # nothing to compare with yet
         with torch.no_grad():
             for p in model.parameters():
                 p.mul_(1.5)
-        w = ws.finalize({k: np.asarray(v) for k, v in ws.compute(ctx, ctx.weights()).items()}, ctx.counts)
+        step = ParamStep(ctx)
+        out = {**run(GradStats(), step, ctx), **run(WeightStats(), step, ctx), **run(upd, step, ctx)}
+        out["grad_channel_norm"] = run(GradChannelNorm(), step, ctx)["grad_channel_norm"]
         with torch.no_grad():
             for p in model.parameters():
                 p.div_(1.5)
-        results[host] = {**g, **w}
+        results[host] = out
     for host, r in results.items():
         np.testing.assert_allclose(r["grad_nan"], [0, 0, 0, 3])
         np.testing.assert_allclose(r["grad_inf"], [0, 0, 1, 0])
@@ -309,5 +322,14 @@ def test_parameter_reductions_agree_between_the_numpy_and_the_torch_path():
         np.testing.assert_allclose(r["grad_max_abs"], [f.abs().max().item() for f in flat], rtol=1e-6)
         assert np.isnan(r["grad_max_abs"][3])  # a NaN in the layer: its max |g| is NaN, not a number
         np.testing.assert_allclose(r["update_ratio"], 0.5 / 1.5, rtol=1e-5)  # W went to 1.5 W
+        ref = torch.cat([model.conv1.weight.grad.reshape(4, -1), model.conv1.bias.grad[:, None]], 1).double()
+        np.testing.assert_allclose(r["grad_channel_norm"][0], ref.norm(dim=1).numpy(), rtol=1e-5)
+        assert r["grad_channel_norm"][1] is None  # bn1: not a Conv or Linear layer
+        assert np.isinf(r["grad_channel_norm"][2][0]) and np.isfinite(r["grad_channel_norm"][2][1:]).all()
+        assert np.isnan(r["grad_channel_norm"][3][0]) and np.isfinite(r["grad_channel_norm"][3][1:]).all()
     for k in results[True]:
-        np.testing.assert_allclose(results[True][k], results[False][k], rtol=1e-5, equal_nan=True, err_msg=k)
+        if k == "grad_channel_norm":
+            for a, b in zip(results[True][k], results[False][k]):
+                assert (a is None and b is None) or np.allclose(a, b, rtol=1e-5, equal_nan=True)
+        else:
+            np.testing.assert_allclose(results[True][k], results[False][k], rtol=1e-5, equal_nan=True, err_msg=k)

@@ -74,8 +74,9 @@ def test_store_is_plain_hdf5_v110(small_run):
     path, _, _ = small_run
     with h5py.File(os.path.join(path, "rank-00000.h5"), "r", swmr=True) as f:
         assert f.attrs["tview_schema_version"] == schema.SCHEMA_VERSION
-        assert f["stats/grad_norm"].shape == (6, 5)
-        assert f["stats/grad_norm"].chunks is not None and f["stats/grad_norm"].maxshape[0] is None
+        d = f["probes/grad/grad_norm"]
+        assert d.shape == (6, 5) and f["probes/grad/measured"].shape == (6, 5)
+        assert d.chunks is not None and d.maxshape[0] is None and d.fletcher32  # checksummed chunks
         assert f.id.get_create_plist().get_version()[0] == 3  # the superblock SWMR needs, read by HDF5 1.10
     manifest = json.load(open(os.path.join(path, "run.tview")))
     assert manifest["world_size"] == 1 and manifest["tview_schema_version"] == schema.SCHEMA_VERSION
@@ -288,7 +289,7 @@ def test_bad_recorder_arguments_are_named(tmp_path, tiny):
         tview.Recorder(tiny, str(tmp_path / "c"), probe_batch=torch.zeros(2, 3, 8, 8))
     with pytest.raises(tview.ConfigError, match="probe_layers \\['conv9'\\]"):
         tview.Recorder(tiny, str(tmp_path / "d"), probe_batch=torch.zeros(2, 1, 8, 8), probe_layers=["conv9"])
-    with pytest.raises(tview.ConfigError, match="flush_seconds must be a positive number of seconds, got 0"):
+    with pytest.raises(tview.ConfigError, match="flush_seconds must be a positive number of seconds up to 3600, got 0"):
         tview.Recorder(tiny, str(tmp_path / "e"), flush_seconds=0)
     (tmp_path / "file").write_text("x")
     with pytest.raises(tview.ConfigError, match="exists and is not a folder"):

@@ -1,8 +1,13 @@
-"""The Recorder: a training-loop callback that records statistics of a model into a run store."""
+"""The Recorder: a training-loop callback that records statistics of a model into a run store.
+
+It keeps scheduling (which steps, which probes), the one batched host transfer per step and the
+queue to the background writer; what is measured is the probes' business (tview/hooks/*_probes.py).
+"""
 
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import time
 import warnings
@@ -12,9 +17,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from tview.errors import ConfigError, TviewError
-from tview.hooks import probes as P
-from tview.hooks.schedules import as_schedule, get_preset
+from tview.errors import ConfigError, StoreWriteError, TviewError
+from tview.hooks import activation_probes as A
+from tview.hooks import param_probes as PP
+from tview.hooks.params import ParamContext, ParamStep
+from tview.hooks.probes import DETAIL, EVERY
+from tview.hooks.rows import RowBuilder
+from tview.hooks.schedules import Preset, as_schedule, get_preset
 from tview.store import schema
 from tview.store.background import BackgroundWriter
 from tview.store.manifest import write_manifest
@@ -23,9 +32,11 @@ from tview.store.shard import refuse_existing_shard
 
 PARAM_LAYER_TYPES = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase, nn.GroupNorm,
                      nn.LayerNorm)
+CHANNEL_PARAM_TYPES = (nn.modules.conv._ConvNd, nn.Linear)  # per output channel gradient norms
 ACTIVATION_TYPES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
                     nn.Mish, nn.Tanh, nn.Sigmoid, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus)
 MODES = ("new", "resume", "overwrite")
+BUILTIN_SCALARS = 6  # step_time, examples, examples_per_sec, host_rss_bytes and two CUDA memory figures
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -47,6 +58,28 @@ def _layer_info(name: str, m: nn.Module) -> dict:
                 or getattr(m, "num_features", None) or getattr(m, "num_channels", None))
     return {"name": name, "type": type(m).__name__, "kind": kind, "channels": channels,
             "params": int(sum(p.numel() for p in m.parameters(recurse=False)))}
+
+
+def preset_probes(preset: Preset, layer_names: list[str], distributed: bool, trajectory_dims: int,
+                  seed: int) -> tuple[list[PP.ParamProbe], list[A.ActivationProbe]]:
+    """The probes a preset runs, each with its cadence (every recorded step, or detail steps)."""
+    params: list[PP.ParamProbe] = []
+    if preset.grads:
+        params += [PP.GradStats(EVERY), PP.GradChannelNorm(EVERY)] + ([PP.LocalGradNorm(EVERY)] if distributed else [])
+    if preset.weights:
+        params += [PP.WeightStats(EVERY), PP.UpdateRatio(EVERY), PP.InitDistance(EVERY)]
+    if preset.histograms:
+        params += ([PP.GradHistogram(DETAIL)] if preset.grads else []) + ([PP.WeightHistogram(DETAIL)]
+                                                                          if preset.weights else [])
+    if preset.trajectory:
+        params.append(PP.Trajectory(DETAIL, layer_names, trajectory_dims, seed))
+    acts: list[A.ActivationProbe] = []
+    if preset.activations:
+        cadence = EVERY if preset.activations_every_step else DETAIL
+        acts += [A.ActMoments(cadence), A.ActCounts(cadence)]
+        acts += [A.ActChannelStats(DETAIL)] if preset.channels else []
+        acts += [A.ActHistogram(DETAIL, preset.act_hist_sample)] if preset.histograms else []
+    return params, acts
 
 
 _STATM = {"fd": None, "pid": None}
@@ -80,10 +113,38 @@ def _to_host(tensors: list[torch.Tensor]) -> list[np.ndarray]:
     return out
 
 
-def _in_order(values: list, host: list[np.ndarray]) -> list:
-    """`values` with each None replaced by the next of `host` (the transferred tensors, in order)."""
-    it = iter(host)
-    return [next(it) if v is None else v for v in values]
+def to_host_in_place(dicts: list[dict]) -> None:
+    """Replace every tensor value of these dicts by a numpy copy, in one host transfer."""
+    slots = [(d, k) for d in dicts for k, v in d.items() if isinstance(v, torch.Tensor)]
+    for (d, k), host in zip(slots, _to_host([d[k] for d, k in slots])):
+        d[k] = host
+
+
+def _check_settings(mode, queue_size, flush_seconds, trajectory_dims):
+    if mode not in MODES:
+        raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
+    if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
+        raise ConfigError(f"queue_size must be a positive integer, got {queue_size!r}")
+    if (isinstance(flush_seconds, bool) or not isinstance(flush_seconds, (int, float))
+            or not 0 < flush_seconds <= 3600 or not math.isfinite(flush_seconds)):
+        raise ConfigError(f"flush_seconds must be a positive number of seconds up to 3600, got {flush_seconds!r}")
+    if isinstance(trajectory_dims, bool) or not isinstance(trajectory_dims, int) or not 1 <= trajectory_dims <= 64:
+        raise ConfigError(f"trajectory_dims must be an integer from 1 to 64, got {trajectory_dims!r}")
+
+
+def _scalar_value(name: str, value):
+    """A scalar as a float, or a one-element tensor left on its device; anything else is refused."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.is_complex():
+            raise ConfigError(f"step(): scalar {name!r} is a tensor of {value.numel()} {value.dtype} values; "
+                              f"pass one real number (e.g. {name}.mean())")
+        return value.detach().reshape(1)
+    if isinstance(value, complex) or np.iscomplexobj(value):
+        raise ConfigError(f"step(): scalar {name!r}={value!r} is complex; pass a real number")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"step(): scalar {name}={value!r} is not a number") from None
 
 
 class Recorder:
@@ -99,16 +160,12 @@ class Recorder:
 
     def __init__(self, model: nn.Module, run_dir: str, every=10, *, preset="default", snapshot_every=None,
                  probe_batch=None, probe_layers=None, optimizer=None, mode: str = "new",
-                 queue_size: int = 64, flush_seconds: float = 1.0, trajectory_dims: int = 3, seed: int = 0, start_step: int | None = None,
-                 rank: int | None = None, world_size: int | None = None, config: dict | None = None):
+                 queue_size: int = 64, flush_seconds: float = 1.0, trajectory_dims: int = 3, seed: int = 0,
+                 start_step: int | None = None, rank: int | None = None, world_size: int | None = None,
+                 config: dict | None = None):
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if mode not in MODES:
-            raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
-        if not isinstance(queue_size, int) or queue_size < 1:
-            raise ConfigError(f"queue_size must be a positive integer, got {queue_size!r}")
-        if isinstance(flush_seconds, bool) or not isinstance(flush_seconds, (int, float)) or not flush_seconds > 0:
-            raise ConfigError(f"flush_seconds must be a positive number of seconds, got {flush_seconds!r}")
+        _check_settings(mode, queue_size, flush_seconds, trajectory_dims)
         self.model = unwrap(model)
         self.run_dir = os.fspath(run_dir)
         self.schedule = as_schedule(every, "every")
@@ -116,93 +173,99 @@ class Recorder:
                                              else (10 * every if isinstance(every, int) else 100), "snapshot_every")
         self.preset = get_preset(preset)
         self.optimizer = optimizer
+        self.trajectory_dims = trajectory_dims
         dist_on = torch.distributed.is_available() and torch.distributed.is_initialized()
         self.rank = rank if rank is not None else (torch.distributed.get_rank() if dist_on else 0)
         self.world_size = world_size if world_size is not None else (torch.distributed.get_world_size() if dist_on else 1)
+        self._find_layers()
+        self.shard_path = os.path.join(self.run_dir, schema.shard_name(self.rank))
+        self._prepare_folder(mode)
+        self._step = self._first_step(mode, start_step)
+        self._set_up_probes(seed)
+        self._set_up_hooks(probe_batch, probe_layers)
+        self.config = dict(config or {})
+        self._scalar_names: set[str] = set()
+        if self.rank == 0:
+            try:
+                write_manifest(self.run_dir, self._manifest())
+            except OSError as exc:
+                raise StoreWriteError(f"tview could not write {self.run_dir}/{schema.MANIFEST_NAME}: {exc}") from None
+        self._writer = BackgroundWriter(self.shard_path, self._finalize, resume=(mode == "resume"),
+                                        queue_size=queue_size, batch_seconds=float(flush_seconds))
+        self._layout: ShardLayout | None = None
+        self._recorded = 0
+        self._closed = False
+        self._failed_at: int | None = None
+        self._t_prev = time.perf_counter()
+        self._schedule()
+        atexit.register(_close_at_exit, weakref.ref(self))
 
+    # -- setup ----------------------------------------------------------------------------
+    def _find_layers(self):
         self.layers = recorded_layers(self.model)
         if not self.layers:
             raise ConfigError(f"{type(self.model).__name__} has no Conv, Linear, norm or activation module to record")
         self.layer_names = [n for n, _ in self.layers]
         self.layer_info = [_layer_info(n, m) for n, m in self.layers]
-        self.param_layer_ids = [i for i, (_, m) in enumerate(self.layers) if any(True for _ in m.parameters(recurse=False))]
+        self.param_layer_ids = [i for i, (_, m) in enumerate(self.layers)
+                                if any(True for _ in m.parameters(recurse=False))]
         self.filter_layers = [n for n, m in self.layers if isinstance(m, nn.modules.conv._ConvNd)]
 
-        # Probes the preset asks for
-        # activation probes: those of every recorded step, then those of detail steps only
-        self.act_probes: list[P.ActivationProbe] = []
-        self.detail_probes: list[P.ActivationProbe] = []
-        if self.preset.activations:
-            (self.act_probes if self.preset.activations_every_step else self.detail_probes).append(P.ActStats())
-            self.detail_probes.append(P.ActZeroFraction())
-            if self.preset.channels:
-                self.detail_probes.append(P.ActChannelStats())
-            if self.preset.histograms:
-                self.detail_probes.append(P.ActHistogram(self.preset.act_hist_sample))
-        self.all_act_probes = self.act_probes + self.detail_probes
+    def _set_up_probes(self, seed: int):
+        ids = self.param_layer_ids
+        self.pctx = None
+        if ids:
+            modules = [self.layers[i][1] for i in ids]
+            self.pctx = ParamContext([list(m.parameters(recurse=False)) for m in modules],
+                                     [isinstance(m, CHANNEL_PARAM_TYPES) for m in modules])
+        self.param_probes, self.act_probes = preset_probes(
+            self.preset, [self.layer_names[i] for i in ids], self.world_size > 1, self.trajectory_dims, seed)
+        if self.pctx is None:
+            self.param_probes = []
+        for probe in self.param_probes:
+            probe.setup(self.pctx)
+        self.rows = RowBuilder(self.layer_names, ids, self.pctx)
 
-        self.shard_path = os.path.join(self.run_dir, schema.shard_name(self.rank))
-        self._prepare_folder(mode)
-        self._step = self._first_step(mode, start_step)
-
-        # Probe batch: checked (and shapes learnt) by one forward now
+    def _set_up_hooks(self, probe_batch, probe_layers):
         self.probe_inputs = self.probe_targets = None
         self.probe_layers: list[str] = []
         self._fmap_shapes: dict[str, tuple] = {}
-        self._channels: dict[int, int] = {}
+        self._channels: dict[int, int] = {}  # activation widths seen in the forward pass
         self._recording = self._detail_now = False  # set for real once the writer exists
+        self._act_due: list[A.ActivationProbe] = []
         self._examples = 0
-        self._pending_act: list[tuple[int, int, dict]] = []
+        self._pending_act: list[tuple[int, A.ActivationProbe, dict]] = []
         self._hooks = [self.model.register_forward_pre_hook(self._count_examples)]
         self._act_hooks = []  # attached only for steps that compute activation statistics
         if probe_batch is not None:
             self._setup_probe(probe_batch, probe_layers if probe_layers is not None else self.filter_layers)
         elif probe_layers:
             raise ConfigError("probe_layers given without probe_batch: pass the batch whose feature maps to keep")
-
-        params = [list(self.layers[i][1].parameters(recurse=False)) for i in self.param_layer_ids]
-        self.pctx = P.ParamContext(params) if self.param_layer_ids else None
-        self.grad_stats = P.GradStats()
-        self.local_grad_norm = P.LocalGradNorm()
-        self.weight_stats = P.WeightStats()
-        self.param_probes: list[P.ParamProbe] = [self.grad_stats, self.local_grad_norm, self.weight_stats]
-        self.trajectory = (P.Trajectory(self.pctx, [self.layer_names[i] for i in self.param_layer_ids],
-                                        trajectory_dims, seed) if self.pctx and self.preset.trajectory else None)
-        self.trajectory_dims = trajectory_dims
         self._local: dict[int, torch.Tensor] = {}
-        if self.pctx and self.world_size > 1 and self.preset.grads:
+        if self.pctx is not None and any(isinstance(p, PP.LocalGradNorm) for p in self.param_probes):
             for k, p in enumerate(self.pctx.params):
                 self._hooks.append(p.register_hook(self._make_grad_hook(k)))
 
-        self.config = dict(config or {})
-        if self.rank == 0:
-            write_manifest(self.run_dir, self._manifest())
-        self._writer = BackgroundWriter(self.shard_path, self._finalize, resume=(mode == "resume"),
-                                        queue_size=queue_size, batch_seconds=float(flush_seconds))
-        self._layout: ShardLayout | None = None
-        self._recorded = 0
-        self._closed = False
-        self._failed = False
-        self._t_prev = time.perf_counter()
-        self._schedule()
-        atexit.register(_close_at_exit, weakref.ref(self))
-
-    # -- setup ----------------------------------------------------------------------------
     def _prepare_folder(self, mode: str):
         if os.path.exists(self.run_dir) and not os.path.isdir(self.run_dir):
             raise ConfigError(f"{self.run_dir}: exists and is not a folder")
-        os.makedirs(self.run_dir, exist_ok=True)
+        try:
+            os.makedirs(self.run_dir, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"{self.run_dir}: cannot make the run folder: {exc}") from None
         if not os.access(self.run_dir, os.W_OK):
             raise ConfigError(f"{self.run_dir}: folder is not writable")
         if mode == "new":
             refuse_existing_shard(self.shard_path, "pass mode='resume' to continue it or mode='overwrite' to "
                                                    "replace it, or choose a new folder")
-        elif mode == "overwrite" and os.path.exists(self.shard_path):
+        elif mode == "overwrite" and os.path.lexists(self.shard_path):
             os.remove(self.shard_path)
 
     def _first_step(self, mode: str, start_step: int | None) -> int:
         if start_step is not None:
-            return int(start_step)
+            if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
+                raise ConfigError(f"start_step must be a non-negative integer, got {start_step!r}")
+            return start_step
         if mode == "resume" and os.path.exists(self.shard_path):
             from tview.store.reader import ShardReader
             shard = ShardReader(self.shard_path)
@@ -219,6 +282,7 @@ class Recorder:
                 "preset": self.preset.name, "schedule": repr(self.schedule),
                 "snapshot_schedule": repr(self.snapshot_schedule), "probe_layers": self.probe_layers,
                 "filter_layers": self.filter_layers, "trajectory_dims": self.trajectory_dims,
+                "probes": [f"{p.table} ({p.cadence})" for p in self.param_probes + self.act_probes],
                 "hist": {"lo": schema.HIST_LO, "hi": schema.HIST_HI, "per_decade": schema.HIST_PER_DECADE},
                 "torch_version": torch.__version__, "config": self.config}
 
@@ -276,12 +340,15 @@ class Recorder:
                 h.remove()
             self._act_hooks = []
 
+    def _due(self, probe) -> bool:
+        return self._recording and (probe.cadence == EVERY or self._detail_now)
+
     def _schedule(self):
         """Decide what the current step records, and attach the hooks it needs."""
-        self._recording = self.schedule(self._step)
-        self._detail_now = self._recording and self._detail_due()
-        probes = self.all_act_probes if self._detail_now else self.act_probes
-        self._set_activation_hooks(self._recording and bool(probes))
+        self._recording = self._failed_at is None and bool(self.schedule(self._step))
+        self._detail_now = self._recording and self._recorded % self.preset.detail_every == 0
+        self._act_due = [p for p in self.act_probes if self._due(p)]
+        self._set_activation_hooks(bool(self._act_due))
 
     # -- hooks -------------------------------------------------------------------------------
     def _count_examples(self, module, inputs):
@@ -292,12 +359,11 @@ class Recorder:
         def hook(module, inputs, output):  # attached only while the step computes activation statistics
             if not module.training or not isinstance(output, torch.Tensor):
                 return
-            probes = self.all_act_probes if self._detail_now else self.act_probes
-            ctx = P.ActivationContext(output, self.preset.act_sample_examples)
+            ctx = A.ActivationContext(output, self.preset.act_sample_examples)
             if ctx.channel_dims is not None:
                 self._channels.setdefault(index, int(output.shape[1]))
-            for k, probe in enumerate(probes):
-                self._pending_act.append((index, k, probe.compute(ctx)))
+            for probe in self._act_due:
+                self._pending_act.append((index, probe, probe.compute(ctx)))
         return hook
 
     def _make_grad_hook(self, k: int):
@@ -310,19 +376,17 @@ class Recorder:
             return None
         return hook
 
-    def _detail_due(self) -> bool:
-        return self._recorded % self.preset.detail_every == 0
-
     # -- the per-step call ----------------------------------------------------------------
     def step(self, loss=None, batch_size: int | None = None, **scalars) -> None:
         """Close the current optimizer step. Call once per step, after optimizer.step()."""
         now = time.perf_counter()
         if self._closed:
             raise TviewError(f"Recorder for {self.run_dir} is closed; step() after close()")
-        if self._failed:
-            return
-        if self._writer.error is not None:
+        if self._failed_at is None and self._writer.error is not None:
             self._fail()
+        if self._failed_at is not None and self._step % 100 == 0:
+            warnings.warn(f"tview: recording into {self.shard_path} stopped at step {self._failed_at} "
+                          f"({self._writer.error}); training goes on unrecorded", RuntimeWarning, stacklevel=2)
         if self._recording:
             try:
                 self._record(now, loss, batch_size, scalars)
@@ -335,185 +399,112 @@ class Recorder:
         self._schedule()
 
     def _fail(self):
-        self._failed = True
+        """The writer failed: stop recording (hooks off) and raise its error once, here."""
+        self._failed_at = self._step
         self._recording = False
         self._set_activation_hooks(False)
         for h in self._hooks:
             h.remove()
+        self._hooks = []
         self._writer.check()
 
-    def _record(self, now: float, loss, batch_size, scalars):
-        step = self._step
+    def _scalars(self, now: float, loss, batch_size, scalars: dict) -> tuple[dict, dict]:
+        """(host scalars, one-element tensors still on the device), user values checked."""
         step_time = now - self._t_prev
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, float))):
+            raise ConfigError(f"step(): batch_size must be a number of examples, got {batch_size!r}")
         examples = batch_size if batch_size is not None else self._examples
-        host_scalars = {"step_time": step_time, "examples": float(examples),
-                        "examples_per_sec": examples / step_time if step_time > 0 else float("nan"),
-                        "host_rss_bytes": _host_rss_bytes()}
+        host = {"step_time": step_time, "examples": float(examples),
+                "examples_per_sec": examples / step_time if step_time > 0 else float("nan"),
+                "host_rss_bytes": _host_rss_bytes()}
         if self.optimizer is not None:
             for g, group in enumerate(self.optimizer.param_groups):
-                host_scalars["lr" if g == 0 else f"lr/{g}"] = float(group.get("lr", float("nan")))
-        device = self.pctx.device if self.pctx else torch.device("cpu")
-        if device.type == "cuda":
-            host_scalars["cuda_allocated_bytes"] = float(torch.cuda.memory_allocated(device))
-            host_scalars["cuda_max_allocated_bytes"] = float(torch.cuda.max_memory_allocated(device))
-        tensor_scalars = {}
+                host["lr" if g == 0 else f"lr/{g}"] = float(group.get("lr", float("nan")))
+        if self.pctx is not None and self.pctx.device.type == "cuda":
+            host["cuda_allocated_bytes"] = float(torch.cuda.memory_allocated(self.pctx.device))
+            host["cuda_max_allocated_bytes"] = float(torch.cuda.max_memory_allocated(self.pctx.device))
+        device = {}
         for name, value in ([("loss", loss)] if loss is not None else []) + list(scalars.items()):
-            if isinstance(value, torch.Tensor):
-                tensor_scalars[name] = value.detach().reshape(-1)[:1] if value.numel() else value.new_full((1,), float("nan"))
-            else:
-                try:
-                    host_scalars[name] = float(value)
-                except (TypeError, ValueError):
-                    raise ConfigError(f"step(): scalar {name}={value!r} is not a number") from None
+            self._check_scalar_name(name)
+            v = _scalar_value(name, value)
+            (device if isinstance(v, torch.Tensor) else host)[name] = v
+        return host, device
 
-        keys, values, tensors = [], [], []  # values: a plain number, or None for the next tensor
+    def _check_scalar_name(self, name: str):
+        if name in self._scalar_names:
+            return
+        if len(name.encode("utf-8")) > schema.SCALAR_NAME_LEN:
+            raise ConfigError(f"step(): scalar name {name[:40]!r}... is longer than {schema.SCALAR_NAME_LEN} "
+                              f"UTF-8 bytes; choose a shorter name")
+        if len(self._scalar_names) + BUILTIN_SCALARS + len(self.optimizer.param_groups if self.optimizer else []) \
+                >= schema.MAX_SCALARS:
+            raise ConfigError(f"step(): scalar {name!r} would exceed the {schema.MAX_SCALARS} scalars a shard holds "
+                              f"(already: {sorted(self._scalar_names)})")
+        self._scalar_names.add(name)
 
-        def add(key, t):
-            keys.append(key)
-            if isinstance(t, torch.Tensor):
-                values.append(None)
-                tensors.append(t)
-            else:  # known without looking at data (a count): nothing to transfer
-                values.append(t)
-
-        for name, t in tensor_scalars.items():
-            add(("scalar", name), t)
-        for layer, probe, parts in self._pending_act:
-            for k, t in parts.items():
-                add(("act", layer, probe, k), t)
-        hist = self._detail_now and self.preset.histograms
-        def add_param(probe, parts):
-            index = self.param_probes.index(probe)
-            for part, t in parts.items():
-                add(("param", index, part), t)
-
-        if self.pctx is not None:
-            weights = self.pctx.weights()
-            if self.preset.grads:
-                grads, has_grad = self.pctx.grads()
-                add_param(self.grad_stats, self.grad_stats.compute(self.pctx, grads))
-                if hist:
-                    add(("phist", "grad"), self.pctx.histogram(grads))
-                if self._local:
-                    local = self.pctx.gather("local", [self._local.get(k) for k in range(len(self.pctx.params))])
-                    add_param(self.local_grad_norm, self.local_grad_norm.compute(self.pctx, local))
-            else:
-                has_grad = [True] * len(self.param_layer_ids)
-            if self.preset.weights:
-                add_param(self.weight_stats, self.weight_stats.compute(self.pctx, weights))
-                if hist:
-                    add(("phist", "weight"), self.pctx.histogram(weights))
-            if self.trajectory is not None and self._detail_now:
-                add(("trajectory",), self.trajectory.compute(self.pctx, weights))
-        else:
-            has_grad = []
-        snapshot = self.snapshot_schedule(step)
-        if snapshot:
-            for name, module in self.layers:
-                if name in self.filter_layers:
-                    add(("filters", name), module.weight)
-            if self.probe_inputs is not None:
-                for name, t in self._run_probe().items():
-                    add(("fmap", name), t)
-
-        host = _to_host(tensors)  # the one device-to-host transfer of this step
+    def _record(self, now: float, loss, batch_size, scalars):
+        host_scalars, device_scalars = self._scalars(now, loss, batch_size, scalars)
+        param_step = ParamStep(self.pctx, [self._local.get(k) for k in range(len(self.pctx.params))]
+                               if self.pctx is not None and self._local else None) if self.pctx else None
+        param = []
+        for probe in self.param_probes:
+            if self._due(probe):
+                parts = probe.compute(param_step)
+                if parts is not None:
+                    param.append((probe, parts))
+        snapshot = self._snapshot() if self.snapshot_schedule(self._step) else {}
+        to_host_in_place([device_scalars, snapshot] + [p for _, p in param] + [p for _, _, p in self._pending_act])
         if self._layout is None:
             self._layout = self._make_layout()
-        self._writer.put(self._layout, {"step": step, "wall_time": time.time(), "scalars": host_scalars,
-                                        "entries": list(zip(keys, _in_order(values, host))), "has_grad": has_grad,
-                                        "hist": hist, "stats": bool(self.preset.grads or self.preset.weights or self.all_act_probes)})
+        self._writer.put(self._layout, {"step": self._step, "wall_time": time.time(), "scalars": host_scalars,
+                                        "device_scalars": device_scalars, "param": param,
+                                        "act": self._pending_act, "snapshot": snapshot})
         self._recorded += 1
 
+    def _snapshot(self) -> dict:
+        """Conv filters and the probe batch's feature maps, keyed 'filters/<layer>', 'feature_maps/<layer>'."""
+        out = {f"filters/{name}": module.weight for name, module in self.layers if name in self.filter_layers}
+        if self.probe_inputs is not None:
+            out.update({f"feature_maps/{name}": t for name, t in self._run_probe().items()})
+        return out
+
+    def _channel_widths(self) -> dict[str, dict[str, int]]:
+        act = {self.layer_names[i]: c for i, c in self._channels.items()}
+        par = {self.layer_names[i]: c for i, c in zip(self.param_layer_ids, self.pctx.channel_widths) if c} \
+            if self.pctx else {}
+        return {col.name: (act if probe.reads == "activation" else par)
+                for probe in self.param_probes + self.act_probes for col in probe.columns
+                if col.kind == schema.CHANNEL}
+
     def _make_layout(self) -> ShardLayout:
-        layers = []
-        for i, info in enumerate(self.layer_info):
-            info = dict(info)
-            if i in self._channels:
-                info["channels"] = self._channels[i]
-            elif info["kind"] == "activation":
-                info["channels"] = None
-            layers.append(info)
-        if not self.all_act_probes or not self.preset.channels:
-            layers = [dict(layer, channels=None) for layer in layers]
+        layers = [dict(info, channels=self._channels.get(i, info["channels"] if info["kind"] == "param" else None))
+                  for i, info in enumerate(self.layer_info)]
         filter_shapes = {n: tuple(m.weight.shape) for n, m in self.layers if n in self.filter_layers}
         return ShardLayout(rank=self.rank, world_size=self.world_size,
                            run_id=os.path.basename(os.path.abspath(self.run_dir)), layers=layers,
-                           trajectory_dims=self.trajectory_dims, filter_shapes=filter_shapes,
+                           tables=[p.spec for p in self.param_probes + self.act_probes],
+                           channel_widths=self._channel_widths(), filter_shapes=filter_shapes,
                            feature_map_shapes=self._fmap_shapes,
                            probe_inputs=None if self.probe_inputs is None else self.probe_inputs.cpu().numpy(),
                            probe_targets=self.probe_targets)
 
     # -- host side: runs on the writer thread ---------------------------------------------
     def _finalize(self, item: dict) -> StepRecord:
-        L = len(self.layers)
         rec = StepRecord(step=item["step"], wall_time=item["wall_time"], scalars=dict(item["scalars"]))
-        # only the statistics this step measured: the store fills the others with NaN (hist: 0)
-        stats: dict[str, np.ndarray] = {}
-        hist: dict[str, np.ndarray] = {}
-
-        def stat_row(name):
-            if name not in stats:
-                stats[name] = np.full(L, np.nan, dtype=np.float32)
-            return stats[name]
-
-        def hist_rows(kind):
-            if kind not in hist:
-                hist[kind] = np.zeros((L, schema.HIST_BINS), dtype=np.uint32)
-            return hist[kind]
-
-        channel_stats: dict[str, dict[str, np.ndarray]] = {}
-        trajectory = None
-        act_calls: dict[tuple[int, int], list[dict]] = {}
-        param_parts: dict[int, dict[str, np.ndarray]] = {}
-        calls_open: dict[tuple[int, int], dict] = {}
-        filters, fmaps = {}, {}
-        ids = np.asarray(self.param_layer_ids, dtype=np.int64)
-        no_grad = ids[~np.asarray(item["has_grad"], dtype=bool)] if len(ids) else ids
-        for key, value in item["entries"]:
-            kind = key[0]
-            if kind == "scalar":
-                rec.scalars[key[1]] = float(value[0])
-            elif kind == "act":
-                _, layer, probe, part = key
-                call = calls_open.get((layer, probe))
-                if call is None or part in call:  # a new call of this module begins
-                    call = {}
-                    calls_open[(layer, probe)] = call
-                    act_calls.setdefault((layer, probe), []).append(call)
-                call[part] = value
-            elif kind == "param":
-                param_parts.setdefault(key[1], {})[key[2]] = value
-            elif kind == "phist":
-                hist_rows(key[1])[ids] = value
-            elif kind == "trajectory":
-                trajectory = np.full((L, self.trajectory_dims), np.nan, dtype=np.float32)
-                trajectory[ids] = value
-            elif kind == "filters":
-                filters[key[1]] = value.astype(np.float32)
-            elif kind == "fmap":
-                fmaps[key[1]] = value.astype(np.float32)
-        for probe_index, parts in param_parts.items():
-            probe = self.param_probes[probe_index]
-            for name, value in probe.finalize(parts, self.pctx.counts).items():
-                row = stat_row(name)
-                row[ids] = value
-                if probe is not self.weight_stats:  # gradient statistics: none where no gradient
-                    row[no_grad] = np.nan
-        for (layer, probe_index), calls in act_calls.items():
-            probe = self.all_act_probes[probe_index]
-            for name, value in probe.finalize(P.merge_partials(probe, calls)).items():
-                if name in schema.CHANNEL_STATS:
-                    channel_stats.setdefault(name, {})[self.layer_names[layer]] = value.astype(np.float32)
-                elif name in schema.HIST_KINDS:
-                    hist_rows(name)[layer] = value
-                else:
-                    stat_row(name)[layer] = value
-        if item["stats"]:
-            rec.stats, rec.channel_stats = stats, channel_stats
-            rec.trajectory = trajectory
-        if item["hist"]:
-            rec.hist = hist
-        rec.filters, rec.feature_maps = filters or None, fmaps or None
+        rec.scalars.update({k: float(v.reshape(-1)[0]) for k, v in item["device_scalars"].items()})
+        for probe, parts in item["param"]:
+            rec.tables[probe.table] = self.rows.param_row(probe, parts)
+        calls: dict[A.ActivationProbe, dict[int, list[dict]]] = {}
+        for layer, probe, parts in item["act"]:
+            calls.setdefault(probe, {}).setdefault(layer, []).append(parts)
+        for probe, per_layer in calls.items():
+            row = self.rows.activation_row(probe, per_layer)
+            if row is not None:
+                rec.tables[probe.table] = row
+        snap = item["snapshot"]
+        rec.filters = {k.split("/", 1)[1]: v.astype(np.float32) for k, v in snap.items() if k.startswith("filters/")}
+        rec.feature_maps = {k.split("/", 1)[1]: v.astype(np.float32) for k, v in snap.items()
+                            if k.startswith("feature_maps/")}
         return rec
 
     # -- end ------------------------------------------------------------------------------
@@ -533,7 +524,8 @@ class Recorder:
             self._writer.flush()
 
     def close(self) -> None:
-        """Write what is queued, mark the shard closed cleanly, remove the hooks. Idempotent."""
+        """Write what is queued, mark the shard closed cleanly, remove the hooks. Idempotent. A write
+        failure not yet raised by step() is raised here."""
         if self._closed:
             return
         self._closed = True
@@ -541,7 +533,11 @@ class Recorder:
         for h in self._hooks:
             h.remove()
         self._hooks = []
-        self._writer.close()
+        try:
+            self._writer.close()
+        except StoreWriteError:
+            if self._failed_at is None:  # not raised yet: raise it now
+                raise
 
     def __enter__(self):
         return self

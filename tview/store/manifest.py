@@ -14,15 +14,38 @@ def manifest_path(run_dir: str) -> str:
     return os.path.join(run_dir, schema.MANIFEST_NAME)
 
 
+MAX_WORLD_SIZE = 1 << 20  # a manifest asking for more ranks is damaged, not a job
+
+
 def write_manifest(run_dir: str, manifest: dict) -> str:
-    """Write the manifest atomically (temporary file, then rename) and return its path."""
+    """Write the manifest atomically (temporary file, then rename) and return its path. A failure
+    (full disk, ...) leaves no temporary file behind."""
     path = manifest_path(run_dir)
     body = dict(manifest, tview_schema_version=schema.SCHEMA_VERSION)
     fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".run.tview.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(body, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(body, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
     return path
+
+
+def _check_fields(path: str, manifest: dict) -> None:
+    """The keys readers rely on, with their types and bounds; errors name the file and the key."""
+    ws = manifest.get("world_size")
+    if isinstance(ws, bool) or not isinstance(ws, int) or not 1 <= ws <= MAX_WORLD_SIZE:
+        raise CorruptShardError(f"{path}: world_size must be an integer from 1 to {MAX_WORLD_SIZE}, got {ws!r}")
+    layers = manifest.get("layers")
+    if not isinstance(layers, list) or not all(isinstance(x, dict) and isinstance(x.get("name"), str) for x in layers):
+        raise CorruptShardError(f"{path}: layers must be a list of {{\"name\": ...}} objects, got {str(layers)[:80]}")
+    for key in ("filter_layers", "probe_layers"):
+        value = manifest.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+            raise CorruptShardError(f"{path}: {key} must be a list of layer names, got {str(value)[:80]}")
 
 
 def read_manifest(run_dir: str) -> dict:
@@ -36,15 +59,22 @@ def read_manifest(run_dir: str) -> dict:
     path = manifest_path(run_dir)
     if not os.path.exists(path):
         raise NotARunError(f"{run_dir}: not a tview run (no {schema.MANIFEST_NAME} in it)")
+    if not os.path.isfile(path):
+        raise CorruptShardError(f"{path}: not a regular file")
+    if os.path.getsize(path) > 64 * 2**20:
+        raise CorruptShardError(f"{path}: {os.path.getsize(path)} bytes; a manifest is a few kilobytes (damaged?)")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             manifest = json.load(f)
     except (OSError, ValueError) as exc:
         raise CorruptShardError(f"{path}: unreadable manifest: {exc}") from None
     if not isinstance(manifest, dict) or "tview_schema_version" not in manifest:
         raise CorruptShardError(f"{path}: not a tview manifest (no tview_schema_version)")
     version = manifest["tview_schema_version"]
-    if not isinstance(version, int) or version > schema.SCHEMA_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CorruptShardError(f"{path}: tview_schema_version must be a positive integer, got {version!r}")
+    if version > schema.SCHEMA_VERSION:
         raise SchemaVersionError(f"{path}: store schema version {version} is newer than this tview reads "
                                  f"({schema.SCHEMA_VERSION}); upgrade tview")
+    _check_fields(path, manifest)
     return manifest

@@ -1,23 +1,28 @@
-"""Run reader: opens every rank's shard (SWMR, so live runs can be followed) and returns numpy arrays."""
+"""Run reader: a run's manifest and one SWMR shard per rank, read back as numpy arrays.
+
+Every value returned was measured: a statistic is read on the steps (and layers) its probe measured
+and nowhere else, so NaN in what comes back means the model produced NaN. What a shard holds is
+discovered from the shard itself (each probe table carries its declaration), never from a list here.
+"""
 
 from __future__ import annotations
 
 import functools
-import glob
 import json
 import os
 import re
 import threading
-import time
 
 import h5py
 import numpy as np
 
 from tview.errors import CorruptShardError, NotARunError, SchemaVersionError, TviewError
 from tview.store import schema
+from tview.store.h5open import check_shard_file, open_shard_file
 from tview.store.manifest import read_manifest
 
-_SHARD_RE = re.compile(r"rank-(\d{5})\.h5$")
+_SHARD_RE = re.compile(r"^rank-(\d{5})\.h5$")
+EAGER_SHARDS = 64  # runs with more ranks open each shard on first use (opening costs ~1 ms a shard)
 
 # h5py makes each HDF5 call atomic, not a refresh followed by a read: two threads refreshing and
 # reading the same SWMR dataset (a web server's callbacks on one open run) got HDF5 errors such as
@@ -42,67 +47,63 @@ def strided(n: int, max_points: int | None) -> slice:
     return slice(0, n, stride)
 
 
-def _superblock_eof_address(path: str) -> int | None:
-    """The end-of-file address a version 2/3 superblock records (None for other versions)."""
-    with open(path, "rb") as f:
-        head = f.read(48)
-    if head[:8] != b"\x89HDF\r\n\x1a\n" or head[8] not in (2, 3):
-        return None
-    size = head[9]  # size of offsets; base, extension, then end-of-file address
-    start = 12 + 2 * size
-    return int.from_bytes(head[start:start + size], "little")
+def _v1_message(path: str) -> str:
+    return (f"{path}: written with store schema 1; this tview reads schema {schema.SCHEMA_VERSION}. "
+            f"Convert the run with `tview upgrade RUN` (it keeps a copy of each old shard)")
 
 
-def _check_not_truncated(path: str):
-    """A file shorter than its superblock's end-of-file address was truncated. A live writer may
-    have allocated space it has not written yet, so a short file gets one more look."""
-    try:
-        for attempt in range(2):
-            eoa = _superblock_eof_address(path)
-            size = os.path.getsize(path)
-            if eoa is None or size >= eoa:
-                return
-            time.sleep(0.5)
-    except OSError as exc:
-        raise CorruptShardError(f"{path}: cannot be read: {exc}") from None
-    raise CorruptShardError(f"{path}: truncated: {size} bytes on disk, its superblock says {eoa}")
+def _layers_of(path: str, attrs) -> list[str]:
+    layers = json.loads(attrs["layers_json"])
+    if not isinstance(layers, list) or not all(isinstance(x, dict) and isinstance(x.get("name"), str) for x in layers):
+        raise CorruptShardError(f"{path}: layers_json is not a list of layers with names")
+    return layers
 
 
 class ShardReader:
-    """One rank's shard, opened read-only in SWMR mode."""
+    """One rank's shard, opened read-only in SWMR mode; `rank`: the rank its file name says."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, rank: int | None = None):
         self.path = path
-        _check_not_truncated(path)  # before HDF5 reads: a SWMR reader retries damaged reads for minutes
+        self.file = open_shard_file(path)
         try:
-            # No chunk cache: a downsampled (strided) read then fetches only the rows it selects, not
-            # whole chunks, so reading 2,000 points of a 1e6-step series costs milliseconds.
-            self.file = h5py.File(path, "r", swmr=True, libver=schema.LIBVER, rdcc_nbytes=0)
-        except OSError as exc:
-            raise CorruptShardError(f"{path}: not a readable HDF5 shard (truncated or damaged?): {exc}") from None
-        try:
-            attrs = self.file.attrs
-            if "tview_schema_version" not in attrs:
-                raise CorruptShardError(f"{path}: HDF5 file without tview_schema_version; not a tview shard")
-            self.version = int(attrs["tview_schema_version"])
-            if self.version > schema.SCHEMA_VERSION:
-                raise SchemaVersionError(f"{path}: store schema version {self.version} is newer than this "
-                                         f"tview reads ({schema.SCHEMA_VERSION}); upgrade tview")
-            self.rank = int(attrs["rank"])
-            self.layers = [layer["name"] for layer in json.loads(attrs["layers_json"])]
-            for table in (schema.TABLE_SCALARS, schema.TABLE_STATS, schema.TABLE_HIST, schema.TABLE_SNAPSHOTS):
-                self.file[table]["step"][-1:]  # reads the last chunk: a truncated file fails here
+            self._read_header(rank)
         except TviewError:
             self.file.close()
             raise
-        except (KeyError, OSError, ValueError) as exc:
+        except (KeyError, OSError, ValueError, TypeError, RuntimeError) as exc:
             self.file.close()
-            raise CorruptShardError(f"{path}: damaged tview shard: {exc}") from None
+            raise CorruptShardError(f"{path}: damaged tview shard: {type(exc).__name__}: {exc}") from None
+
+    def _read_header(self, rank: int | None):
+        attrs = self.file.attrs
+        if "tview_schema_version" not in attrs:
+            raise CorruptShardError(f"{self.path}: HDF5 file without tview_schema_version; not a tview shard")
+        self.version = int(attrs["tview_schema_version"])
+        if self.version > schema.SCHEMA_VERSION:
+            raise SchemaVersionError(f"{self.path}: store schema version {self.version} is newer than this "
+                                     f"tview reads ({schema.SCHEMA_VERSION}); upgrade tview")
+        if self.version < schema.SCHEMA_VERSION:
+            raise SchemaVersionError(_v1_message(self.path))
+        self.rank = int(attrs["rank"])
+        if rank is not None and self.rank != rank:
+            raise CorruptShardError(f"{self.path}: holds rank {self.rank}'s data under rank {rank}'s name "
+                                    f"(a copied or renamed shard?)")
+        self.layer_info = _layers_of(self.path, attrs)
+        self.layers = [layer["name"] for layer in self.layer_info]
+        self.tables = {name: schema.TableSpec.from_json(g.attrs["spec"]) for name, g in self.file[schema.PROBES].items()}
+        self.columns = {c.name: (t, c) for t, spec in self.tables.items() for c in spec.columns}
+        for table in [schema.TABLE_SCALARS, schema.TABLE_SNAPSHOTS] + [f"{schema.PROBES}/{t}" for t in self.tables]:
+            self.file[table]["step"][-1:]  # reads the last chunk: a truncated file fails here
+
+    @staticmethod
+    def table_path(table: str) -> str:
+        """The group of a table: scalars and snapshots at the top, probe tables under probes/."""
+        return table if table in (schema.TABLE_SCALARS, schema.TABLE_SNAPSHOTS) else f"{schema.PROBES}/{table}"
 
     @_serialized
     def dataset(self, table: str, column: str) -> h5py.Dataset:
         try:
-            dset = self.file[table][column]
+            dset = self.file[self.table_path(table)][column] if table != "status" else self.file["status"][column]
         except KeyError:
             raise KeyError(f"{self.path}: no {table}/{column} in this shard") from None
         dset.refresh()
@@ -113,8 +114,21 @@ class ShardReader:
         return int(self.dataset(table, "step").shape[0])
 
     @_serialized
-    def steps(self, table: str) -> np.ndarray:
-        return self.dataset(table, "step")[:]
+    def steps(self, table: str, rows: slice = slice(None)) -> np.ndarray:
+        dset = self.dataset(table, "step")
+        return self._checked_steps(table, self._get(dset, table, "step", (rows,)))
+
+    def _checked_steps(self, table: str, steps: np.ndarray) -> np.ndarray:
+        if len(steps) and (steps[0] < 0 or (np.diff(steps) <= 0).any()):
+            raise CorruptShardError(f"{self.path}: {table}/step holds negative or out-of-order steps "
+                                    f"(damaged or edited shard)")
+        return steps
+
+    def _get(self, dset: h5py.Dataset, table: str, column: str, selection: tuple) -> np.ndarray:
+        try:
+            return dset[selection]
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise CorruptShardError(f"{self.path}: {table}/{column} cannot be read (damaged file?): {exc}") from None
 
     @_serialized
     def read(self, table: str, column: str, rows: slice, index=()) -> tuple[np.ndarray, np.ndarray]:
@@ -123,16 +137,34 @@ class ShardReader:
         dset = self.dataset(table, column)
         n = min(step.shape[0], dset.shape[0])
         rows = slice(*rows.indices(n))
-        try:
-            steps = step[rows]
-            values = dset[(rows,) + tuple(index)]
-        except OSError as exc:
-            raise CorruptShardError(f"{self.path}: {table}/{column} cannot be read (damaged file?): {exc}") from None
-        return steps, values
+        steps = self._checked_steps(table, self._get(step, table, "step", (rows,)))
+        return steps, self._get(dset, table, column, (rows,) + tuple(index))
+
+    @_serialized
+    def measured(self, table: str, column: str, layer: int, max_points: int | None = None, index=()):
+        """(steps, values) of one layer's column at the rows where the table measured that layer."""
+        rows = strided(self.length(table), max_points)
+        steps, mask = self.read(table, "measured", rows, (slice(None),) if layer is None else (layer,))
+        if layer is None:
+            _, values = self.read(table, column, rows)
+            return steps, values, mask.astype(bool)
+        _, values = self.read(table, column, rows, index)
+        keep = mask.astype(bool)
+        return steps[keep], values[keep]
 
     @_serialized
     def close(self):
         self.file.close()
+
+
+def _shard_files(folder: str) -> dict[int, str]:
+    found = {}
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            m = _SHARD_RE.match(entry.name)
+            if m:
+                found[int(m.group(1))] = entry.path
+    return found
 
 
 class Run:
@@ -141,59 +173,96 @@ class Run:
     def __init__(self, path: str, skip_bad_shards: bool = False):
         self.path = os.path.dirname(path) if path.endswith(schema.MANIFEST_NAME) else path
         self.manifest = read_manifest(self.path)
-        self.world_size = int(self.manifest.get("world_size", 1))
-        self.layer_info: list[dict] = list(self.manifest.get("layers", []))
+        self.world_size = int(self.manifest["world_size"])
+        self.layer_info: list[dict] = list(self.manifest["layers"])
         self.layers: list[str] = [layer["name"] for layer in self.layer_info]
         self.problems: dict[int, str] = {}  # rank -> why its shard is not read
         self._shards: dict[int, ShardReader] = {}
+        self._files: dict[int, str] = {}  # ranks whose shard looks sound, opened or not
         self.skip_bad_shards = skip_bad_shards
+        self._first: ShardReader | None = None
         self._open_shards()
-        if self._shards:  # a shard knows what the manifest cannot: channel counts seen in the forward
-            first = self._shards[self.ranks[0]]
-            self.layer_info = json.loads(first.file.attrs["layers_json"])
+
+    # -- opening --------------------------------------------------------------------------
+    def _bad(self, rank: int, exc: TviewError):
+        self.problems[rank] = str(exc)
+        self._files.pop(rank, None)
+        if not self.skip_bad_shards:
+            self.close()
+            raise exc
 
     @_serialized
     def _open_shards(self):
-        found = {}
-        for p in glob.glob(os.path.join(self.path, "rank-*.h5")):
-            m = _SHARD_RE.search(p)
-            if m:
-                found[int(m.group(1))] = p
+        found = _shard_files(self.path)
         for rank, p in sorted(found.items()):
-            if rank in self._shards:
+            if rank in self._files:
                 continue
             try:
-                self._shards[rank] = ShardReader(p)
+                check_shard_file(p)
+                self._files[rank] = p
                 self.problems.pop(rank, None)
             except TviewError as exc:
-                if not self.skip_bad_shards:
-                    self.close()
-                    raise
-                self.problems[rank] = str(exc)
+                self._bad(rank, exc)
+        for rank in sorted(self._files)[: EAGER_SHARDS if len(self._files) > EAGER_SHARDS else None]:
+            self._open(rank)
         for rank in range(self.world_size):
             if rank not in found:
-                self.problems[rank] = f"{os.path.join(self.path, schema.shard_name(rank))}: no shard yet (rank has recorded nothing, or its file is missing)"
+                self.problems[rank] = (f"{os.path.join(self.path, schema.shard_name(rank))}: no shard yet (rank has "
+                                       f"recorded nothing, or its file is missing)")
+
+    def _open(self, rank: int) -> ShardReader | None:
+        if rank in self._shards:
+            return self._shards[rank]
+        try:
+            shard = ShardReader(self._files[rank], rank)
+            self._check_layers(shard)
+        except TviewError as exc:
+            self._bad(rank, exc)
+            return None
+        self._shards[rank] = shard
+        if self._first is None:
+            self._first = shard
+            self.layer_info = shard.layer_info  # a shard knows what the manifest cannot: channel counts
+        return shard
+
+    def _check_layers(self, shard: ShardReader):
+        if shard.layers != self.layers:
+            shard.close()
+            raise CorruptShardError(f"{shard.path}: its layers {shard.layers} differ from those of "
+                                    f"{os.path.join(self.path, schema.MANIFEST_NAME)} {self.layers}; the manifest "
+                                    f"was edited or belongs to another run")
 
     # -- structure ------------------------------------------------------------------------
     @property
     def ranks(self) -> list[int]:
-        return sorted(self._shards)
+        """Ranks with a shard that looks sound (shards of large runs are opened on first use)."""
+        return sorted(self._files)
 
     @property
     def missing_ranks(self) -> list[int]:
-        return sorted(r for r in self.problems if r not in self._shards)
+        return sorted(r for r in self.problems if r not in self._files)
 
     @_serialized
     def refresh(self):
         """Pick up shards that appeared since opening (rows are always read fresh)."""
         self._open_shards()
 
+    @_serialized
     def shard(self, rank: int) -> ShardReader:
-        try:
-            return self._shards[rank]
-        except KeyError:
-            why = self.problems.get(rank, f"no rank {rank} in this run (ranks: {self.ranks})")
-            raise TviewError(f"{self.path}: rank {rank} cannot be read: {why}") from None
+        if rank in self._files:
+            shard = self._open(rank)
+            if shard is not None:
+                return shard
+        why = self.problems.get(rank, f"no rank {rank} in this run (ranks: {self.ranks})")
+        raise TviewError(f"{self.path}: rank {rank} cannot be read: {why}")
+
+    def _reference(self) -> ShardReader | None:
+        """The first readable shard: what statistics the run holds."""
+        if self._first is None:
+            for rank in self.ranks:
+                if self._open(rank) is not None:
+                    break
+        return self._first
 
     def layer_index(self, layer: str | int) -> int:
         if isinstance(layer, (int, np.integer)):
@@ -205,6 +274,40 @@ class Run:
         except ValueError:
             raise KeyError(f"{self.path}: no layer {layer!r}; layers: {', '.join(self.layers)}") from None
 
+    def tables(self) -> dict[str, schema.TableSpec]:
+        """The probe tables this run holds (their declarations: columns, cadence, what they read)."""
+        ref = self._reference()
+        return dict(ref.tables) if ref else {}
+
+    @_serialized
+    def table_length(self, table: str, rank: int = 0) -> int:
+        """Rows a probe table (or 'scalars', 'snapshots') holds on a rank: the steps it ran on."""
+        return self.shard(rank).length(table)
+
+    def _names(self, *kinds: str) -> list[str]:
+        return [c.name for spec in self.tables().values() for c in spec.columns if c.kind in kinds]
+
+    def stat_names(self) -> list[str]:
+        """Per-layer statistics this run holds (for menus and arrays: never a hand-picked list)."""
+        return self._names(schema.LAYER)
+
+    def channel_stat_names(self) -> list[str]:
+        """Per-output-channel statistics this run holds."""
+        return self._names(schema.CHANNEL)
+
+    def hist_kinds(self) -> list[str]:
+        """Histogram kinds this run holds ('grad', 'weight', 'act', ...)."""
+        return self._names(schema.HIST)
+
+    def _column(self, name: str, rank: int, kinds: tuple[str, ...]) -> tuple[ShardReader, str, schema.Column]:
+        shard = self.shard(rank)
+        found = shard.columns.get(name)
+        if found is None or found[1].kind not in kinds:
+            have = [c for c, (_, col) in shard.columns.items() if col.kind in kinds]
+            raise KeyError(f"{self.path}: rank {rank} records no {name!r}; it has: {', '.join(have)}")
+        return shard, found[0], found[1]
+
+    # -- series ---------------------------------------------------------------------------
     @_serialized
     def steps(self, rank: int = 0) -> np.ndarray:
         """Recorded steps of a rank (ascending)."""
@@ -212,77 +315,80 @@ class Run:
 
     @_serialized
     def scalar_names(self, rank: int = 0) -> list[str]:
-        names = self.shard(rank).dataset(schema.TABLE_SCALARS, "names")
-        return [bytes(n).decode() for n in names[:]]
+        shard = self.shard(rank)
+        names = shard._get(shard.dataset(schema.TABLE_SCALARS, "names"), schema.TABLE_SCALARS, "names", (slice(None),))
+        try:
+            return [bytes(n).decode("utf-8") for n in names]
+        except UnicodeDecodeError:
+            raise CorruptShardError(f"{shard.path}: scalars/names holds a name that is not UTF-8 (damaged?)") from None
 
-    # -- series ---------------------------------------------------------------------------
     @_serialized
     def scalar(self, name: str, rank: int = 0, max_points: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(steps, values) of a per-step scalar: loss, lr, step_time, examples_per_sec, ..."""
-        names = self.scalar_names(rank)
-        if name == "wall_time":
-            shard = self.shard(rank)
-            return shard.read(schema.TABLE_SCALARS, "wall_time", strided(shard.length(schema.TABLE_SCALARS), max_points))
-        if name not in names:
-            raise KeyError(f"{self.path}: rank {rank} has no scalar {name!r}; scalars: {', '.join(names)}")
         shard = self.shard(rank)
         rows = strided(shard.length(schema.TABLE_SCALARS), max_points)
-        return shard.read(schema.TABLE_SCALARS, "values", rows, (names.index(name),))
-
-    @_serialized
-    def stat(self, name: str, layer: str | int, rank: int = 0, max_points: int | None = None):
-        """(steps, values) of a layer statistic; per-channel statistics give values [steps, C]."""
-        shard = self.shard(rank)
-        rows = strided(shard.length(schema.TABLE_STATS), max_points)
-        i = self.layer_index(layer)
-        if name in schema.CHANNEL_STATS:
-            key = f"{name}/{self.layers[i]}"
-            if self.layers[i] not in shard.file[schema.TABLE_STATS][name]:
-                raise KeyError(f"{self.path}: no {name} for layer {self.layers[i]!r} (no channels recorded)")
-            steps, values = shard.read(schema.TABLE_STATS, key, rows)
-            keep = ~np.isnan(values).all(axis=1) if values.ndim == 2 else np.ones(len(steps), bool)
-            return steps[keep], values[keep]
-        if name not in schema.LAYER_STATS:
-            raise KeyError(f"no statistic {name!r}; statistics: {', '.join(schema.LAYER_STATS + schema.CHANNEL_STATS)}")
-        steps, values = shard.read(schema.TABLE_STATS, name, rows, (i,))
-        keep = ~np.isnan(values)
+        if name == "wall_time":
+            return shard.read(schema.TABLE_SCALARS, "wall_time", rows)
+        names = self.scalar_names(rank)
+        if name not in names:
+            raise KeyError(f"{self.path}: rank {rank} has no scalar {name!r}; scalars: {', '.join(names)}")
+        steps, values = shard.read(schema.TABLE_SCALARS, "values", rows, (names.index(name),))
+        _, measured = shard.read(schema.TABLE_SCALARS, "measured", rows, (names.index(name),))
+        keep = measured.astype(bool)  # a step where this scalar was not passed: absent, not NaN
         return steps[keep], values[keep]
 
     @_serialized
+    def stat(self, name: str, layer: str | int, rank: int = 0, max_points: int | None = None):
+        """(steps, values) of a statistic of one layer at the steps where it was measured; per-channel
+        statistics give values [steps, C]."""
+        shard, table, col = self._column(name, rank, (schema.LAYER, schema.CHANNEL))
+        i = self.layer_index(layer)
+        if col.kind == schema.LAYER:
+            return shard.measured(table, name, i, max_points, (i,))
+        key = f"{name}/{self.layers[i]}"
+        if self.layers[i] not in shard.file[shard.table_path(table)][name]:
+            raise KeyError(f"{self.path}: no {name} for layer {self.layers[i]!r} (it has no channels recorded)")
+        return shard.measured(table, key, i, max_points)
+
+    @_serialized
     def stat_matrix(self, name: str, rank: int = 0, max_points: int | None = None):
-        """(steps, values [steps, layers]) of one statistic for every layer, as a numpy masked array:
-        masked where that layer was not measured in that row (fill it with NaN to plot)."""
-        if name not in schema.LAYER_STATS:
-            raise KeyError(f"no statistic {name!r}; statistics: {', '.join(schema.LAYER_STATS)}")
-        shard = self.shard(rank)
-        steps, values = shard.read(schema.TABLE_STATS, name, strided(shard.length(schema.TABLE_STATS), max_points))
-        return steps, np.ma.masked_invalid(values)
+        """(steps, values [steps, layers]) of one statistic for every layer, at the steps its probe ran,
+        as a numpy masked array: masked where that layer was not measured in that row."""
+        shard, table, _ = self._column(name, rank, (schema.LAYER,))
+        steps, values, mask = shard.measured(table, name, None, max_points)
+        return steps, np.ma.MaskedArray(values, mask=~mask)
 
-    def stat_names(self) -> list[str]:
-        """Per-layer statistics this run holds (for menus and arrays: never a hand-picked list)."""
-        return list(schema.LAYER_STATS)
-
-    def channel_stat_names(self) -> list[str]:
-        """Per-output-channel statistics this run holds."""
-        return list(schema.CHANNEL_STATS)
-
-    def hist_kinds(self) -> list[str]:
-        """Histogram kinds this run holds ('grad', 'weight', 'act', ...)."""
-        return list(schema.HIST_KINDS)
-
+    @_serialized
     def stat_info(self, name: str, layer: str | int | None = None, rank: int = 0) -> dict:
-        """How a statistic was measured: {"exact": bool, "sample": N or None, "of": M or None, "note": text}."""
-        return {"exact": True, "sample": None, "of": None, "note": "exact"}
+        """How a statistic (or histogram kind) was measured: {"exact": bool, "sample": N, "of": M, "note"}
+        (N and M: medians over the measured rows, None when exact)."""
+        shard, table, _ = self._column(name, rank, schema.KINDS)
+        if not shard.tables[table].sampled:
+            return {"exact": True, "sample": None, "of": None, "note": "exact: over the whole tensor"}
+        i = None if layer is None else self.layer_index(layer)
+        sample = shard.measured(table, "sample_n", i, 2000, () if i is None else (i,))
+        total = shard.measured(table, "total_n", i, 2000, () if i is None else (i,))
+        pick = (lambda r: r[1][r[2]]) if i is None else (lambda r: r[1])
+        n, m = pick(sample), pick(total)
+        if not len(n):
+            return {"exact": False, "sample": None, "of": None, "note": "estimated from a sample (none measured yet)"}
+        n, m = int(np.median(n)), int(np.median(m))
+        if n >= m:
+            return {"exact": True, "sample": n, "of": m, "note": f"exact: all {m} values"}
+        return {"exact": False, "sample": n, "of": m, "note": f"estimated from {n} of {m} values"}
 
     @_serialized
     def layer_values_at(self, name: str, step: int | None, rank: int = 0):
-        """(step, masked values [layers]) of a layer statistic at the latest row measured at or
-        before `step` (None: the last); (None, all-masked) when there is none."""
-        steps, m = self.stat_matrix(name, rank)
+        """(step, masked values [layers]) of a layer statistic at the latest row at or before `step`
+        (None: the last); (None, all masked) when there is none."""
+        shard, table, _ = self._column(name, rank, (schema.LAYER,))
+        steps = shard.steps(table)
         end = len(steps) if step is None else int(np.searchsorted(steps, step, side="right"))
         if end == 0:
             return None, np.ma.masked_all(len(self.layers))
-        return int(steps[end - 1]), m[end - 1]
+        _, values = shard.read(table, name, slice(end - 1, end))
+        _, mask = shard.read(table, "measured", slice(end - 1, end))
+        return int(steps[end - 1]), np.ma.MaskedArray(values[0], mask=~mask[0].astype(bool))
 
     @_serialized
     def channel_values_at(self, name: str, layer: str | int, step: int | None, rank: int = 0):
@@ -298,37 +404,33 @@ class Run:
     @_serialized
     def trajectory(self, layer: str | int, rank: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(steps, [steps, dims]): the layer's parameters projected on fixed random unit directions,
-        at the steps that recorded it (presets record it on detail steps: other rows hold NaN)."""
-        steps, coords = self.shard(rank).read(schema.TABLE_STATS, "trajectory", slice(None), (self.layer_index(layer),))
-        keep = ~np.isnan(coords).all(axis=1)
-        return steps[keep], coords[keep]
+        at the steps that recorded it."""
+        shard, table, _ = self._column("trajectory", rank, (schema.VECTOR,))
+        i = self.layer_index(layer)
+        return shard.measured(table, "trajectory", i, None, (i,))
 
     @_serialized
     def trajectories(self, rank: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """(steps, [steps, layers, dims]) of every layer's projected parameters, at the steps that
+        """(steps, [steps, layers, dims]) of every layer's projected parameters at the steps that
         recorded the trajectory (layers without parameters hold NaN)."""
-        shard = self.shard(rank)
-        steps, t = shard.read(schema.TABLE_STATS, "trajectory", slice(None))
-        keep = ~np.isnan(t).all(axis=(1, 2)) if t.size else np.zeros(len(steps), bool)
-        return steps[keep], t[keep]
+        shard, table, _ = self._column("trajectory", rank, (schema.VECTOR,))
+        steps, values, mask = shard.measured(table, "trajectory", None)
+        return steps, np.where(mask[:, :, None], values, np.nan)
 
     @_serialized
     def histogram(self, kind: str, layer: str | int, rank: int = 0, max_points: int | None = None):
         """(steps, bin_edges, counts [steps, bins]) of 'grad', 'weight' or 'act' values."""
-        if kind not in schema.HIST_KINDS:
-            raise KeyError(f"no histogram kind {kind!r}; kinds: {', '.join(schema.HIST_KINDS)}")
-        shard = self.shard(rank)
-        rows = strided(shard.length(schema.TABLE_HIST), max_points)
-        steps, counts = shard.read(schema.TABLE_HIST, kind, rows, (self.layer_index(layer),))
-        return steps, shard.file["hist_edges"][:], counts
+        shard, table, _ = self._column(kind, rank, (schema.HIST,))
+        i = self.layer_index(layer)
+        steps, counts = shard.measured(table, kind, i, max_points, (i,))
+        return steps, schema.hist_edges(), counts
 
     @_serialized
     def _snapshot(self, group: str, layer: str, step: int | None, rank: int):
         shard = self.shard(rank)
         name = self.layers[self.layer_index(layer)]
-        key = f"{group}/{name}"
-        if key.split("/")[1] not in shard.file[schema.TABLE_SNAPSHOTS][group]:
-            have = list(shard.file[schema.TABLE_SNAPSHOTS][group])
+        have = list(shard.file[schema.TABLE_SNAPSHOTS][group])
+        if name not in have:
             raise KeyError(f"{self.path}: no {group} recorded for layer {name!r}; layers with {group}: {have}")
         steps = shard.steps(schema.TABLE_SNAPSHOTS)
         if len(steps) == 0:
@@ -339,7 +441,7 @@ class Run:
             i = int(np.searchsorted(steps, step, side="right")) - 1
             if i < 0:
                 raise KeyError(f"{shard.path}: no snapshot at or before step {step}; first is {steps[0]}")
-        _, value = shard.read(schema.TABLE_SNAPSHOTS, key, slice(i, i + 1))
+        _, value = shard.read(schema.TABLE_SNAPSHOTS, f"{group}/{name}", slice(i, i + 1))
         return int(steps[i]), value[0]
 
     @_serialized
@@ -362,43 +464,42 @@ class Run:
     # -- health of the ranks --------------------------------------------------------------
     @_serialized
     def rank_status(self) -> dict[int, dict]:
-        """Per rank: recorded steps, last step, whether it closed cleanly, records dropped, problem."""
+        """Per rank: recorded steps, last step, whether it closed cleanly, records dropped, first and
+        last wall time, problem (None when readable)."""
         status = {}
         for rank in range(max([self.world_size] + [r + 1 for r in self.ranks])):
-            if rank not in self._shards:
-                status[rank] = {"steps": 0, "last_step": None, "closed": False, "dropped": 0,
-                                "problem": self.problems.get(rank, "missing"), "first_wall": None, "last_wall": None}
-                continue
-            shard = self._shards[rank]
-            step = shard.dataset(schema.TABLE_SCALARS, "step")
-            n = int(step.shape[0])  # the length and the last row only: cheap however long the run
-            closed = shard.dataset("status", "closed")[0] == 1
-            dropped = int(shard.dataset("status", "dropped")[0])
-            wall = shard.dataset(schema.TABLE_SCALARS, "wall_time")
-            status[rank] = {"steps": n, "last_step": int(step[n - 1]) if n else None,
-                            "closed": bool(closed), "dropped": dropped, "problem": None,
-                            "first_wall": float(wall[0]) if n else None,
-                            "last_wall": float(wall[n - 1]) if n else None}
+            shard = None
+            if rank in self._files:
+                try:
+                    shard = self.shard(rank)
+                except TviewError:
+                    shard = None
+            status[rank] = _rank_row(shard) if shard is not None else {
+                "steps": 0, "last_step": None, "closed": False, "dropped": 0, "first_wall": None,
+                "last_wall": None, "problem": self.problems.get(rank, "missing")}
         return status
 
     @_serialized
-    def first_nonfinite(self, rank: int = 0) -> dict[str, dict[str, int]]:
-        """Where NaN/Inf first appeared on a rank: {"layers": {layer: step}, "scalars": {name: step}}
-        (gradients or activations of a layer; a scalar such as the loss). Absent names: never."""
+    def first_nonfinite(self, rank: int = 0) -> dict[str, dict]:
+        """Where NaN/Inf first appeared on a rank, kept by the writer (no scan):
+        {"layers": {layer: step}, "scalars": {name: step}, "tensors": {"activation"|"gradient"|...: {layer: step}}}.
+        Absent names: never."""
         shard = self.shard(rank)
         names = self.scalar_names(rank)
-        if "first_nonfinite_layer" in shard.file["status"]:
-            layer_first = shard.dataset("status", "first_nonfinite_layer")[:]
-            scalar_first = shard.dataset("status", "first_nonfinite_scalar")[:len(names)]
-        else:  # a shard written before these were kept: scan the layer tables (scalars: unknown)
-            steps = shard.steps(schema.TABLE_STATS)
-            bad = np.zeros((len(steps), len(self.layers)), dtype=bool)
-            for stat in schema.NONFINITE_STATS:
-                bad |= np.nan_to_num(shard.read(schema.TABLE_STATS, stat, slice(None))[1]) > 0
-            layer_first = np.where(bad.any(axis=0), steps[bad.argmax(axis=0)], -1) if len(steps) else []
-            scalar_first = []
-        return {"layers": {self.layers[i]: int(s) for i, s in enumerate(layer_first) if s >= 0},
-                "scalars": {names[i]: int(s) for i, s in enumerate(scalar_first) if s >= 0}}
+        group = shard.file["status/first_nonfinite"]
+        out = {"layers": {}, "scalars": {}, "tensors": {}}
+        for table in group:
+            first = shard.dataset("status", f"first_nonfinite/{table}")[:]
+            if table == schema.TABLE_SCALARS:
+                out["scalars"] = {names[i]: int(s) for i, s in enumerate(first[:len(names)]) if s >= 0}
+                continue
+            tensor = out["tensors"].setdefault(shard.tables[table].reads, {}) if table in shard.tables else {}
+            for i, s in enumerate(first[:len(self.layers)]):
+                if s >= 0:
+                    layer = self.layers[i]
+                    tensor[layer] = min(int(s), tensor.get(layer, int(s)))
+                    out["layers"][layer] = min(int(s), out["layers"].get(layer, int(s)))
+        return out
 
     def stopped_ranks(self) -> dict[int, int | None]:
         """Ranks that stopped early: not closed cleanly and behind the furthest rank. rank -> last step."""
@@ -412,6 +513,7 @@ class Run:
         for shard in self._shards.values():
             shard.close()
         self._shards.clear()
+        self._first = None
 
     def __enter__(self):
         return self
@@ -420,7 +522,20 @@ class Run:
         self.close()
 
     def __repr__(self):
-        return f"Run({self.path!r}, ranks={self.ranks}, layers={len(self.layers)})"
+        return f"Run({self.path!r}, ranks={len(self.ranks)}, layers={len(self.layers)})"
+
+
+def _rank_row(shard: ShardReader) -> dict:
+    """rank_status's row of one readable shard: the length and the last row only, cheap however long."""
+    step = shard.dataset(schema.TABLE_SCALARS, "step")
+    wall = shard.dataset(schema.TABLE_SCALARS, "wall_time")
+    n = int(min(step.shape[0], wall.shape[0]))
+    last_step = int(step[n - 1]) if n else None
+    if last_step is not None and last_step < 0:
+        raise CorruptShardError(f"{shard.path}: scalars/step ends with step {last_step} (damaged?)")
+    return {"steps": n, "last_step": last_step, "closed": bool(shard.dataset("status", "closed")[0] == 1),
+            "dropped": int(shard.dataset("status", "dropped")[0]), "problem": None,
+            "first_wall": float(wall[0]) if n else None, "last_wall": float(wall[n - 1]) if n else None}
 
 
 def open_run(path: str, skip_bad_shards: bool = False) -> Run:

@@ -1,32 +1,37 @@
-"""The store's schema, declared up front: version, file names, tables, statistic names, histogram bins."""
+"""The store's schema: version, file names, how a probe's table is declared, histogram bins.
+
+Statistic names are not listed here: each probe declares its own table (`TableSpec`), the writer
+creates it from that declaration and stores the declaration in the shard, and readers discover
+what a shard holds from the shard itself. Adding a statistic never touches this file.
+"""
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict, dataclass
+
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MANIFEST_NAME = "run.tview"
 SHARD_PATTERN = "rank-{rank:05d}.h5"
 LIBVER = ("v110", "v110")  # readable by ParaView 5.11's HDF5 1.10
 
-# Layer statistics: one dataset [steps, layers] each in the "stats" table.
-GRAD_STATS = ("grad_norm", "grad_mean", "grad_std", "grad_max_abs", "grad_nan", "grad_inf")
-WEIGHT_STATS = ("weight_norm", "update_ratio")
-LOCAL_GRAD_STATS = ("local_grad_norm",)
-ACT_STATS = ("act_mean", "act_std", "act_min", "act_max", "act_zero_frac", "act_nan", "act_inf")
-NONFINITE_STATS = ("grad_nan", "grad_inf", "act_nan", "act_inf")  # counts of non-finite values
-LAYER_STATS = GRAD_STATS + LOCAL_GRAD_STATS + WEIGHT_STATS + ACT_STATS
-# Per output channel: one dataset [steps, channels] per layer, under stats/<name>/<layer>.
-CHANNEL_STATS = ("act_channel_mean", "act_channel_zero_frac")
-HIST_KINDS = ("grad", "weight", "act")
-
-# Tables: a group with a "step" dataset and columns that grow with it, row for row.
+# Groups of a shard
 TABLE_SCALARS = "scalars"
-TABLE_STATS = "stats"
-TABLE_HIST = "hist"
 TABLE_SNAPSHOTS = "snapshots"
+PROBES = "probes"  # one table (group) per probe under it: probes/<table>/...
 MAX_SCALARS = 64  # columns of scalars/values; names in scalars/names, in order of first use
-SCALAR_NAME_LEN = 64
+SCALAR_NAME_LEN = 64  # bytes of a scalar's UTF-8 name
+
+# Column kinds: what one row of a column holds
+LAYER = "layer"      # [L]: one number per layer
+CHANNEL = "channel"  # one dataset per layer, [C]: one number per output channel
+HIST = "hist"        # [L, HIST_BINS] counts: a histogram per layer
+VECTOR = "vector"    # [L, width]: a small vector per layer (the trajectory's coordinates)
+KINDS = (LAYER, CHANNEL, HIST, VECTOR)
+CADENCES = ("every", "detail")  # every recorded step, or the preset's detail steps
+READS = ("gradient", "local_gradient", "weight", "activation")
 
 # Fixed histogram bins shared by every layer, step and rank (so histograms compare over time):
 # signed log-magnitude bins, HIST_PER_DECADE per decade from 10**HIST_LO to 10**HIST_HI, an
@@ -37,6 +42,50 @@ HIST_HI = 4
 HIST_PER_DECADE = 4
 HIST_HALF = (HIST_HI - HIST_LO) * HIST_PER_DECADE  # bins on each side of zero
 HIST_BINS = 2 * HIST_HALF + 1
+
+
+@dataclass(frozen=True)
+class Column:
+    """One statistic a probe writes. `nonfinite`: a count of NaN/Inf values (the writer keeps the first
+    step where it is > 0); `width`: the row width of a VECTOR column."""
+
+    name: str
+    kind: str = LAYER
+    dtype: str = "float32"
+    nonfinite: bool = False
+    width: int = 0
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A probe's table: its name, the columns it writes, what it reads and on which recorded steps
+    it runs. `sampled`: values are estimated from part of the tensor; the table then keeps, per row
+    and layer, how many values were used (`sample_n`) out of how many (`total_n`)."""
+
+    name: str
+    columns: tuple[Column, ...]
+    reads: str
+    cadence: str = "every"
+    sampled: bool = False
+    doc: str = ""
+
+    def __post_init__(self):
+        bad = [c.name for c in self.columns if c.kind not in KINDS]
+        if bad or self.cadence not in CADENCES or self.reads not in READS:
+            raise ValueError(f"table {self.name!r}: bad kind ({bad}), cadence {self.cadence!r} or reads {self.reads!r}")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> TableSpec:
+        d = json.loads(text)
+        d["columns"] = tuple(Column(**c) for c in d["columns"])
+        return cls(**d)
 
 
 def hist_edges() -> np.ndarray:

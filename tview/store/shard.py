@@ -1,4 +1,9 @@
-"""Per-rank shard writer: one SWMR HDF5 file per rank, tables that grow one row per recorded step."""
+"""Per-rank shard writer: one SWMR HDF5 file per rank; tables that grow one row per step they ran on.
+
+Layout (schema version 2, see docs/store-format.md): `scalars` (every recorded step), one table per
+probe under `probes/<table>` (a row only on steps the probe ran, a `measured` [n, L] mask saying
+which layers it measured), `snapshots`, `probe` (the probe batch) and `status`.
+"""
 
 from __future__ import annotations
 
@@ -11,37 +16,37 @@ import numpy as np
 
 from tview.errors import CorruptShardError, RunExistsError, SchemaVersionError
 from tview.store import schema
-from tview.store.records import ShardLayout, StepRecord
+from tview.store.records import ShardLayout, StepRecord, TableRow
 
-_STR = h5py.string_dtype("utf-8")
-_ROWS_PER_CHUNK = 256  # along the step axis, for the small per-step tables
-
-
-def _chunk_rows(row_bytes: int) -> int:
-    """Rows per chunk: about 64 KiB a chunk, between 1 and _ROWS_PER_CHUNK rows."""
-    return int(max(1, min(_ROWS_PER_CHUNK, (64 * 1024) // max(row_bytes, 1))))
+_ROWS_PER_CHUNK = 256  # along the step axis, at most
+_CHUNK_BYTES = {"every": 16 * 1024, "detail": 4 * 1024}  # small chunks: a short run wastes little space
+_FILL = {"f": np.nan, "u": 0, "i": -1}
 
 
-def _create_column(group: h5py.Group, name: str, row_shape: tuple, dtype, fill, row_chunks=False):
-    """An extendable column; `row_chunks`: one chunk per row (snapshots, large rows written whole).
+def chunk_rows(row_bytes: int, target: int = _CHUNK_BYTES["every"]) -> int:
+    """Rows per chunk: about `target` bytes a chunk, between 1 and _ROWS_PER_CHUNK rows."""
+    return int(max(1, min(_ROWS_PER_CHUNK, target // max(row_bytes, 1))))
+
+
+def create_column(group: h5py.Group, name: str, row_shape: tuple, dtype, row_chunks: bool = False,
+                  target: int = _CHUNK_BYTES["every"]) -> h5py.Dataset:
+    """An extendable column with a Fletcher-32 checksum per chunk (a damaged chunk fails to read
+    instead of returning wrong numbers); `row_chunks`: one chunk per row (snapshots, written whole).
 
     Nothing is compressed: gzip cost ~16 ms per MB on the training machine (it ran in the flush,
     holding the GIL) and saved 1% on conv filters, 13-34% on feature maps.
     """
-    row_bytes = int(np.prod(row_shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    dtype = np.dtype(dtype)
+    row_bytes = int(np.prod(row_shape, dtype=np.int64)) * dtype.itemsize
     return group.create_dataset(
-        name,
-        shape=(0,) + tuple(row_shape),
-        maxshape=(None,) + tuple(row_shape),
-        chunks=(1 if row_chunks else _chunk_rows(row_bytes),) + tuple(row_shape),
-        dtype=dtype,
-        fillvalue=fill,
-    )
+        name, shape=(0,) + tuple(row_shape), maxshape=(None,) + tuple(row_shape),
+        chunks=(1 if row_chunks else chunk_rows(row_bytes, target),) + tuple(row_shape),
+        dtype=dtype, fillvalue=_FILL.get(dtype.kind, 0), fletcher32=True)
 
 
 def refuse_existing_shard(path: str, hint: str) -> None:
     """Raise RunExistsError if `path` (a rank's shard) exists; `hint` says how to go on."""
-    if os.path.exists(path):
+    if os.path.lexists(path):
         raise RunExistsError(f"{path} already holds a recorded run; {hint}")
 
 
@@ -63,12 +68,18 @@ class _Column:
         block = np.ascontiguousarray(block, dtype=self.dtype)
         self.dset.id.write(h5py.h5s.create_simple(block.shape), space, block)
 
-    def grow(self, n: int):
-        self.dset.id.set_extent((n,) + self.row_shape)
+    def block(self, values: list) -> np.ndarray:
+        """Rows stacked; a missing row (None) or one of another shape holds the fill value."""
+        out = np.full((len(values),) + self.row_shape, self.fill, dtype=self.dtype)
+        for i, v in enumerate(values):
+            if v is not None and np.shape(v) == self.row_shape:
+                out[i] = v
+        return out
 
 
 class _Table:
-    """A group whose datasets all grow together along axis 0; 'step' is resized last."""
+    """A group whose datasets all grow together along axis 0; 'step' is resized last, so a reader
+    that takes len(step) rows never sees a row that is not complete."""
 
     def __init__(self, group: h5py.Group):
         self.group = group
@@ -88,23 +99,53 @@ class _Table:
         return self._n
 
     def append(self, steps: list[int], rows: list[dict[str, np.ndarray]]):
-        """Append len(steps) rows; a column missing from a row keeps its fill value (NaN or 0)."""
-        n0, k = self._n, len(steps)
+        """Append len(steps) rows; a column missing from a row keeps its fill value."""
+        n0 = self._n
         for name, col in self.columns.items():
-            values = [row.get(name) for row in rows]
-            present = [i for i, v in enumerate(values) if v is not None]
-            if not present:
-                col.grow(n0 + k)  # unwritten rows read as the fill value
-                continue
-            if len(present) == k:
-                block = np.stack(values)
-            else:
-                block = np.full((k,) + col.row_shape, col.fill, dtype=col.dtype)
-                for i in present:
-                    block[i] = values[i]
-            col.write(n0, block)  # one write per column and batch
+            col.write(n0, col.block([row.get(name) for row in rows]))  # one write per column and batch
         self._step.write(n0, np.asarray(steps, dtype=np.int64))
-        self._n = n0 + k
+        self._n = n0 + len(steps)
+
+
+def _create_probe_table(parent: h5py.Group, spec: schema.TableSpec, lay: ShardLayout):
+    g = parent.create_group(spec.name)
+    g.attrs["spec"] = spec.to_json()
+    target = _CHUNK_BYTES[spec.cadence]
+    L = len(lay.layers)
+    create_column(g, "step", (), np.int64, target=target)
+    create_column(g, "measured", (L,), np.uint8, target=target)
+    if spec.sampled:
+        create_column(g, "sample_n", (L,), np.float64, target=target)
+        create_column(g, "total_n", (L,), np.float64, target=target)
+    for col in spec.columns:
+        if col.kind == schema.CHANNEL:
+            sub = g.create_group(col.name)
+            for layer, width in lay.channel_widths.get(col.name, {}).items():
+                create_column(sub, layer, (int(width),), col.dtype, target=_CHUNK_BYTES["detail"])
+        else:
+            shape = {schema.LAYER: (L,), schema.HIST: (L, schema.HIST_BINS), schema.VECTOR: (L, col.width)}
+            create_column(g, col.name, shape[col.kind], col.dtype, target=target)
+
+
+def _table_rows(spec: schema.TableSpec, rows: list[TableRow], layer_names: list[str]) -> list[dict]:
+    """TableRows as {dataset path: row} for _Table.append."""
+    out = []
+    for r in rows:
+        row = {"measured": np.asarray(r.measured, dtype=np.uint8)}
+        if spec.sampled:
+            row["sample_n"], row["total_n"] = r.sample_n, r.total_n
+        for col in spec.columns:
+            value = r.values.get(col.name)
+            if col.kind == schema.CHANNEL:
+                row.update({f"{col.name}/{layer}": v for layer, v in (value or {}).items()})
+            elif value is not None:
+                row[col.name] = value
+        out.append(row)
+    return out
+
+
+def _unknown_columns(spec: schema.TableSpec, row: TableRow) -> list[str]:
+    return sorted(set(row.values) - set(spec.names))
 
 
 class ShardWriter:
@@ -113,141 +154,147 @@ class ShardWriter:
     def __init__(self, path: str, layout: ShardLayout, resume: bool = False):
         self.path = path
         self.layout = layout
-        self.layer_index = {name: i for i, name in enumerate(layout.layer_names)}
+        self.specs = {spec.name: spec for spec in layout.tables}
         if resume and os.path.exists(path):
             self.file = self._open_for_resume(path)
         else:
             self.file = self._create(path)
         self.file.swmr_mode = True
-        self.tables = {
-            name: _Table(self.file[name])
-            for name in (schema.TABLE_SCALARS, schema.TABLE_STATS, schema.TABLE_HIST, schema.TABLE_SNAPSHOTS)
-        }
+        self.tables = {name: _Table(self.file[schema.PROBES][name]) for name in self.specs}
+        for name in (schema.TABLE_SCALARS, schema.TABLE_SNAPSHOTS):
+            self.tables[name] = _Table(self.file[name])
         self._names = self.file[schema.TABLE_SCALARS]["names"]
-        self.scalar_columns = {bytes(n).decode(): i for i, n in enumerate(self._names[:])}
-        status = self.file["status"]
-        self._first_layer = status["first_nonfinite_layer"][:] if "first_nonfinite_layer" in status else None
-        self._first_scalar = status["first_nonfinite_scalar"][:] if "first_nonfinite_scalar" in status else None
-        self.dropped_scalar_names: set[str] = set()
+        self.scalar_columns = {bytes(n).decode("utf-8", "replace"): i for i, n in enumerate(self._names[:])}
+        self._first = {name: self.file["status/first_nonfinite"][name][:] for name in self.file["status/first_nonfinite"]}
 
     # -- creation -------------------------------------------------------------------------
     def _create(self, path: str) -> h5py.File:
         lay = self.layout
-        L = len(lay.layers)
         f = h5py.File(path, "w", libver=schema.LIBVER)
-        f.attrs["tview_schema_version"] = schema.SCHEMA_VERSION
-        f.attrs["rank"] = lay.rank
-        f.attrs["world_size"] = lay.world_size
-        f.attrs["run_id"] = lay.run_id
-        f.attrs["created_unix"] = time.time()
-        f.attrs["layers_json"] = json.dumps(lay.layers)
-        f.attrs["trajectory_dims"] = lay.trajectory_dims
-
+        f.attrs.update({"tview_schema_version": schema.SCHEMA_VERSION, "rank": lay.rank, "world_size": lay.world_size,
+                        "run_id": lay.run_id, "created_unix": time.time(), "layers_json": json.dumps(lay.layers)})
         sc = f.create_group(schema.TABLE_SCALARS)
-        _create_column(sc, "step", (), np.int64, -1)
-        _create_column(sc, "wall_time", (), np.float64, np.nan)
-        _create_column(sc, "values", (schema.MAX_SCALARS,), np.float64, np.nan)
+        create_column(sc, "step", (), np.int64)
+        create_column(sc, "wall_time", (), np.float64)
+        create_column(sc, "values", (schema.MAX_SCALARS,), np.float64)
+        create_column(sc, "measured", (schema.MAX_SCALARS,), np.uint8)
         sc.create_dataset("names", shape=(0,), maxshape=(schema.MAX_SCALARS,), chunks=(schema.MAX_SCALARS,),
                           dtype=f"S{schema.SCALAR_NAME_LEN}")
-
-        st = f.create_group(schema.TABLE_STATS)
-        _create_column(st, "step", (), np.int64, -1)
-        for name in schema.LAYER_STATS:
-            _create_column(st, name, (L,), np.float32, np.nan)
-        _create_column(st, "trajectory", (L, lay.trajectory_dims), np.float32, np.nan)
-        for name in schema.CHANNEL_STATS:
-            g = st.create_group(name)
-            for layer in lay.layers:
-                if layer.get("channels"):
-                    _create_column(g, layer["name"], (layer["channels"],), np.float32, np.nan)
-
-        hi = f.create_group(schema.TABLE_HIST)
-        _create_column(hi, "step", (), np.int64, -1)
-        for kind in schema.HIST_KINDS:
-            _create_column(hi, kind, (L, schema.HIST_BINS), np.uint32, 0)
+        probes = f.create_group(schema.PROBES)
+        for spec in lay.tables:
+            _create_probe_table(probes, spec, lay)
         f.create_dataset("hist_edges", data=schema.hist_edges())
+        self._create_snapshots(f)
+        status = f.create_group("status")
+        status.create_dataset("closed", shape=(1,), dtype=np.int8, data=[0])
+        status.create_dataset("dropped", shape=(1,), dtype=np.int64, data=[0])
+        # First step at which a table's NaN/Inf counts were > 0, per layer, and the same for each
+        # scalar column (-1: never): kept up to date so a reader finds them without a scan.
+        first = status.create_group("first_nonfinite")
+        for spec in lay.tables:
+            if any(c.nonfinite for c in spec.columns):
+                first.create_dataset(spec.name, data=np.full(len(lay.layers), -1, dtype=np.int64))
+        first.create_dataset(schema.TABLE_SCALARS, data=np.full(schema.MAX_SCALARS, -1, dtype=np.int64))
+        return f
 
+    def _create_snapshots(self, f: h5py.File):
+        lay = self.layout
         sn = f.create_group(schema.TABLE_SNAPSHOTS)
-        _create_column(sn, "step", (), np.int64, -1)
+        create_column(sn, "step", (), np.int64, target=_CHUNK_BYTES["detail"])
         fg, mg = sn.create_group("filters"), sn.create_group("feature_maps")
         for layer, shape in lay.filter_shapes.items():
-            _create_column(fg, layer, tuple(shape), np.float32, np.nan, row_chunks=True)
+            create_column(fg, layer, tuple(shape), np.float32, row_chunks=True)
         for layer, shape in lay.feature_map_shapes.items():
-            _create_column(mg, layer, tuple(shape), np.float32, np.nan, row_chunks=True)
+            create_column(mg, layer, tuple(shape), np.float32, row_chunks=True)
         probe = f.create_group("probe")
         if lay.probe_inputs is not None:
             probe.create_dataset("inputs", data=np.asarray(lay.probe_inputs, dtype=np.float32))
         if lay.probe_targets is not None:
             probe.create_dataset("targets", data=np.asarray(lay.probe_targets))
 
-        status = f.create_group("status")
-        status.create_dataset("closed", shape=(1,), dtype=np.int8, data=[0])
-        status.create_dataset("dropped", shape=(1,), dtype=np.int64, data=[0])
-        # First step at which a layer's gradients or activations held NaN/Inf (-1: never), and the
-        # same for each scalar column: kept up to date so a reader finds them without a scan.
-        status.create_dataset("first_nonfinite_layer", data=np.full(L, -1, dtype=np.int64))
-        status.create_dataset("first_nonfinite_scalar", data=np.full(schema.MAX_SCALARS, -1, dtype=np.int64))
-        return f
-
     def _open_for_resume(self, path: str) -> h5py.File:
         try:
             f = h5py.File(path, "a", libver=schema.LIBVER)
         except OSError as exc:
             raise CorruptShardError(f"{path}: cannot be reopened to resume: {exc}") from None
-        version = int(f.attrs.get("tview_schema_version", -1))
-        if version != schema.SCHEMA_VERSION:
+        problem = self._resume_problem(f)
+        if problem:
             f.close()
-            raise SchemaVersionError(f"{path}: written with store schema {version}, this tview writes "
-                                     f"{schema.SCHEMA_VERSION}; resume into a new run folder instead")
-        layers = [layer["name"] for layer in json.loads(f.attrs["layers_json"])]
-        if layers != self.layout.layer_names:
-            f.close()
-            raise CorruptShardError(f"{path}: its layers {layers} differ from the model's "
-                                    f"{self.layout.layer_names}; cannot resume a different model")
+            raise problem
         f["status/closed"][0] = 0
         return f
 
+    def _resume_problem(self, f: h5py.File) -> Exception | None:
+        version = int(f.attrs.get("tview_schema_version", -1))
+        if version != schema.SCHEMA_VERSION:
+            return SchemaVersionError(f"{self.path}: written with store schema {version}, this tview writes "
+                                      f"{schema.SCHEMA_VERSION}; resume into a new run folder instead")
+        layers = [layer["name"] for layer in json.loads(f.attrs["layers_json"])]
+        if layers != self.layout.layer_names:
+            return CorruptShardError(f"{self.path}: its layers {layers} differ from the model's "
+                                     f"{self.layout.layer_names}; cannot resume a different model")
+        have = sorted(f[schema.PROBES])
+        if have != sorted(self.specs):
+            return CorruptShardError(f"{self.path}: records the tables {have}, this Recorder {sorted(self.specs)} "
+                                     f"(another preset?); resume with the same preset or into a new folder")
+        return None
+
     # -- writing --------------------------------------------------------------------------
-    def _scalar_row(self, scalars: dict[str, float]) -> np.ndarray:
-        row = np.full(schema.MAX_SCALARS, np.nan)
-        names = self._names
-        for name, value in scalars.items():
+    def _scalar_row(self, r: StepRecord) -> dict[str, np.ndarray]:
+        values, measured = np.full(schema.MAX_SCALARS, np.nan), np.zeros(schema.MAX_SCALARS, dtype=np.uint8)
+        for name, value in r.scalars.items():
             col = self.scalar_columns.get(name)
             if col is None:
-                if len(self.scalar_columns) >= schema.MAX_SCALARS:
-                    self.dropped_scalar_names.add(name)
-                    continue
-                col = len(self.scalar_columns)
-                names.resize(col + 1, axis=0)
-                names[col] = name.encode()[: schema.SCALAR_NAME_LEN]
-                self.scalar_columns[name] = col
-            row[col] = value
-        return row
+                col = self._new_scalar_column(name)
+            values[col], measured[col] = value, 1
+        return {"wall_time": np.float64(r.wall_time), "values": values, "measured": measured}
+
+    def _new_scalar_column(self, name: str) -> int:
+        encoded = name.encode("utf-8")
+        if len(encoded) > schema.SCALAR_NAME_LEN or len(self.scalar_columns) >= schema.MAX_SCALARS:
+            raise ValueError(f"scalar {name!r}: at most {schema.MAX_SCALARS} scalars of at most "
+                             f"{schema.SCALAR_NAME_LEN} UTF-8 bytes each")
+        col = len(self.scalar_columns)
+        self._names.resize(col + 1, axis=0)
+        self._names[col] = encoded
+        self.scalar_columns[name] = col
+        return col
 
     def write(self, records: list[StepRecord]):
-        """Append a batch of records (each to the tables it has data for)."""
-        steps = [r.step for r in records]
-        self.tables[schema.TABLE_SCALARS].append(
-            steps, [{"wall_time": np.float64(r.wall_time), "values": self._scalar_row(r.scalars)} for r in records])
+        """Append a batch of records: scalars for every record, each probe table for the records
+        that carry its row, snapshots for those that have one."""
+        self.tables[schema.TABLE_SCALARS].append([r.step for r in records], [self._scalar_row(r) for r in records])
+        for name, spec in self.specs.items():
+            with_row = [r for r in records if name in r.tables]
+            if with_row:
+                rows = [self._checked(spec, r.tables[name]) for r in with_row]
+                self.tables[name].append([r.step for r in with_row], _table_rows(spec, rows, self.layout.layer_names))
+        unknown = sorted(set(t for r in records for t in r.tables) - set(self.specs))
+        if unknown:
+            raise ValueError(f"{self.path}: records rows of tables {unknown} that this shard does not declare "
+                             f"(declared: {sorted(self.specs)})")
+        self._write_snapshots(records)
         self._note_nonfinite(records)
-        with_stats = [r for r in records if r.stats is not None]
-        if with_stats:
-            rows = []
-            for r in with_stats:
-                row = dict(r.stats)
-                if r.trajectory is not None:
-                    row["trajectory"] = r.trajectory
-                for stat, per_layer in (r.channel_stats or {}).items():
-                    for layer, values in per_layer.items():
-                        key = f"{stat}/{layer}"
-                        col = self.tables[schema.TABLE_STATS].columns.get(key)
-                        if col is not None and col.row_shape == values.shape:
-                            row[key] = values
-                rows.append(row)
-            self.tables[schema.TABLE_STATS].append([r.step for r in with_stats], rows)
-        with_hist = [r for r in records if r.hist is not None]
-        if with_hist:
-            self.tables[schema.TABLE_HIST].append([r.step for r in with_hist], [r.hist for r in with_hist])
+
+    def _checked(self, spec: schema.TableSpec, row: TableRow) -> TableRow:
+        """A row whose columns are all declared; CHANNEL layers without a value of the declared width
+        are marked not measured (never stored as if measured)."""
+        unknown = _unknown_columns(spec, row)
+        if unknown:
+            raise ValueError(f"{self.path}: probe table {spec.name!r} returned {unknown}, which it does not "
+                             f"declare (declared: {list(spec.names)}); add them to its TableSpec")
+        channel_cols = [c.name for c in spec.columns if c.kind == schema.CHANNEL]
+        if channel_cols:
+            measured = np.array(row.measured, dtype=bool)
+            widths = [self.layout.channel_widths.get(c, {}) for c in channel_cols]
+            for i, layer in enumerate(self.layout.layer_names):
+                if measured[i]:
+                    measured[i] = all(np.shape((row.values.get(c) or {}).get(layer)) == (w.get(layer, -1),)
+                                      for c, w in zip(channel_cols, widths))
+            row = TableRow(measured, row.values, row.sample_n, row.total_n)
+        return row
+
+    def _write_snapshots(self, records: list[StepRecord]):
         with_snap = [r for r in records if r.filters or r.feature_maps]
         if with_snap:
             rows = []
@@ -258,31 +305,30 @@ class ShardWriter:
             self.tables[schema.TABLE_SNAPSHOTS].append([r.step for r in with_snap], rows)
 
     def _note_nonfinite(self, records: list[StepRecord]):
-        """Keep status/first_nonfinite_{layer,scalar} (held in memory, written when they change)."""
-        if self._first_layer is None:  # a shard from before these were kept
-            return
-        changed = False
+        """Keep status/first_nonfinite/* (held in memory, written when they change)."""
+        changed = set()
         for r in records:
             for name, value in r.scalars.items():
+                first = self._first[schema.TABLE_SCALARS]
                 col = self.scalar_columns.get(name)
-                if col is not None and self._first_scalar[col] < 0 and not np.isfinite(value):
-                    self._first_scalar[col], changed = r.step, True
-        with_stats = [r for r in records if r.stats is not None]
-        if with_stats and (self._first_layer < 0).any():
-            # per record and layer: any NaN or Inf counted (a statistic a record lacks, or NaN: not measured)
-            bad = np.zeros((len(with_stats), len(self._first_layer)), dtype=bool)
-            for i, r in enumerate(with_stats):
-                for k in schema.NONFINITE_STATS:
-                    if k in r.stats:
-                        bad[i] |= np.asarray(r.stats[k]) > 0  # NaN > 0 is False
-            hit = bad.any(axis=0) & (self._first_layer < 0)
-            if hit.any():
-                steps = np.array([r.step for r in with_stats])
-                self._first_layer[hit] = steps[bad.argmax(axis=0)[hit]]
-                changed = True
-        if changed:
-            self.file["status/first_nonfinite_scalar"][:] = self._first_scalar
-            self.file["status/first_nonfinite_layer"][:] = self._first_layer
+                if col is not None and first[col] < 0 and not np.isfinite(value):
+                    first[col] = r.step
+                    changed.add(schema.TABLE_SCALARS)
+            for table, row in r.tables.items():
+                if table in self._first and self._mark_nonfinite(table, row, r.step):
+                    changed.add(table)
+        for name in changed:
+            self.file["status/first_nonfinite"][name][:] = self._first[name]
+
+    def _mark_nonfinite(self, table: str, row: TableRow, step: int) -> bool:
+        first = self._first[table]
+        bad = np.zeros(len(first), dtype=bool)
+        for col in self.specs[table].columns:
+            if col.nonfinite and col.name in row.values:
+                bad |= np.nan_to_num(np.asarray(row.values[col.name], dtype=np.float64)) > 0
+        hit = bad & np.asarray(row.measured, dtype=bool) & (first < 0)
+        first[hit] = step
+        return bool(hit.any())
 
     def set_dropped(self, count: int):
         self.file["status/dropped"][0] = count

@@ -1,0 +1,198 @@
+"""Activation probes: statistics of one module's output, computed in its forward hook.
+
+Each returns *partial* statistics (sums, counts, extremes) that merge across calls of the module in
+one step (a module used twice, gradient accumulation); the writer thread merges and finalizes them.
+Counts (zeros, NaN, Inf) and per-channel statistics are over the whole output; moments and the
+histogram may be estimated from a sample, which their tables record (sample_n of total_n).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import numpy as np
+import torch
+
+from tview.hooks.probes import EVERY, Probe, finite_on_cpu, histogram
+from tview.store.schema import CHANNEL, HIST, Column
+
+
+class ActivationContext:
+    """One module output and the reductions probes share (each computed once, on demand).
+
+    `full` is the whole output; `x` is what sampled statistics look at: the first `sample_examples`
+    examples of the batch (a view, no copy), or the whole output.
+    """
+
+    def __init__(self, x: torch.Tensor, sample_examples: int | None = None):
+        self.full = x.detach()
+        sampled = sample_examples and self.full.dim() >= 2 and self.full.shape[0] > sample_examples
+        self.x = self.full[:sample_examples] if sampled else self.full
+        self.numel = self.x.numel()
+        self.full_numel = self.full.numel()
+        self.channel_dims = (0,) + tuple(range(2, self.full.dim())) if self.full.dim() >= 2 else None
+
+    @cached_property
+    def channel_sum(self) -> torch.Tensor:
+        """Per output channel sums over the whole output."""
+        return self.full.sum(dim=self.channel_dims, dtype=torch.float32)
+
+    @cached_property
+    def total(self) -> torch.Tensor:
+        """Sum of the whole output."""
+        return self.channel_sum.sum() if self.channel_dims else self.full.sum(dtype=torch.float32)
+
+    @cached_property
+    def sample_total(self) -> torch.Tensor:
+        return self.total if self.x is self.full else self.x.sum(dtype=torch.float32)
+
+    @cached_property
+    def channel_zeros(self) -> torch.Tensor:
+        """Per output channel counts of exact zeros over the whole output."""
+        x = self.full
+        if x.device.type == "cpu" and self.nonfinite == (0, 0):  # (on a GPU the check would sync)
+            # No NaN (whose sign() is 0): zeros = count - sum(sign(|x|)), three float passes, 4x
+            # faster on CPU than summing the booleans of x == 0
+            per_channel = x.numel() // max(x.shape[1], 1)
+            return per_channel - x.abs().sign_().sum(dim=self.channel_dims)
+        return (x == 0).sum(dim=self.channel_dims)
+
+    @cached_property
+    def nonfinite(self) -> tuple:
+        """(NaN count, Inf count) over the whole output. On CPU they are counted only when the sum is
+        not finite (a finite sum proves there are none), which saves two passes on healthy tensors."""
+        if finite_on_cpu(self.total):
+            return 0, 0  # plain numbers: no transfer, and channel_zeros can tell
+        return torch.isnan(self.full).sum(), torch.isinf(self.full).sum()
+
+
+class ActivationProbe(Probe):
+    """Base: `compute` returns partial statistics (tensors, or plain numbers known without looking at
+    the data, such as the element count "n"); `merge` says how partials of calls combine ("sum",
+    "min", "max", or "total": the sum of all their elements, whatever their shapes); a part not
+    named there is summed. `finalize` returns {column: value} for one layer (plus sample_n and
+    total_n for a sampled probe)."""
+
+    reads = "activation"
+    merge: dict[str, str] = {}
+
+    def compute(self, ctx: ActivationContext) -> dict:
+        raise NotImplementedError
+
+    def finalize(self, parts: dict[str, np.ndarray]) -> dict:
+        raise NotImplementedError
+
+
+class ActMoments(ActivationProbe):
+    """Mean, std, min and max of a module's output (over the first examples of the batch in presets
+    that sample: the table keeps how many values of how many)."""
+
+    table = "act"
+    columns = (Column("act_mean"), Column("act_std"), Column("act_min"), Column("act_max"))
+    sampled = True
+    merge = {"sums": "sum", "min": "min", "max": "max"}
+
+    def compute(self, ctx):
+        x = ctx.x
+        lo, hi = torch.aminmax(x) if ctx.numel else (x.new_zeros(()), x.new_zeros(()))
+        sumsq = torch.linalg.vector_norm(x, dtype=torch.float32).square()
+        sums = torch.stack([ctx.sample_total.float(), sumsq])  # packed: fewer tensors to move
+        return {"sums": sums, "min": lo, "max": hi, "n": float(ctx.numel), "of": float(ctx.full_numel)}
+
+    def finalize(self, p):
+        n = p["n"]
+        total, sumsq = p["sums"]
+        mean = total / n
+        var = (sumsq - total * mean) / max(n - 1, 1)
+        return {"act_mean": mean, "act_std": np.sqrt(np.maximum(var, 0)), "act_min": p["min"],
+                "act_max": p["max"], "sample_n": n, "total_n": p["of"]}
+
+
+class ActCounts(ActivationProbe):
+    """Fraction of exact zeros (the 'dead' share after a ReLU) and NaN and Inf counts, over the whole output."""
+
+    table = "act_counts"
+    columns = (Column("act_zero_frac"), Column("act_nan", nonfinite=True), Column("act_inf", nonfinite=True))
+    merge = {"zeros": "total"}  # per-channel counts: the host adds them up (one device op less)
+
+    def compute(self, ctx):
+        zeros = ctx.channel_zeros if ctx.channel_dims else (ctx.full == 0).sum()
+        nan, inf = ctx.nonfinite
+        return {"n": float(ctx.full_numel), "zeros": zeros, "nan": nan, "inf": inf}
+
+    def finalize(self, p):
+        return {"act_zero_frac": np.sum(p["zeros"]) / max(p["n"], 1), "act_nan": p["nan"], "act_inf": p["inf"]}
+
+
+class ActChannelStats(ActivationProbe):
+    """Per output channel (dim 1) mean and fraction of exact zeros, over the whole output: dead filters."""
+
+    table = "act_channel"
+    columns = (Column("act_channel_mean", CHANNEL), Column("act_channel_zero_frac", CHANNEL))
+    merge = {"sum": "sum", "zeros": "sum"}
+
+    def compute(self, ctx):
+        if ctx.channel_dims is None:
+            return {}
+        per_channel = ctx.full_numel // max(ctx.full.shape[1], 1)
+        return {"n": float(per_channel), "sum": ctx.channel_sum, "zeros": ctx.channel_zeros}
+
+    def finalize(self, p):
+        if "n" not in p or p["sum"] is None or p["zeros"] is None:
+            return {}  # not measured: no channels, or calls of several widths
+        return {"act_channel_mean": p["sum"] / p["n"], "act_channel_zero_frac": p["zeros"] / p["n"]}
+
+
+class ActHistogram(ActivationProbe):
+    """Signed-log histogram of a module's output, or of a sample of about `sample` values: 64 runs
+    of consecutive values spread evenly over the tensor (runs, not single values at a stride, so
+    the sample reads ~1k cache lines rather than one per value: 2-3x cheaper on a CNN's outputs)."""
+
+    RUNS = 64
+    table = "act_hist"
+    columns = (Column("act", HIST, "uint32"),)
+    sampled = True
+    merge = {"counts": "sum"}
+
+    def __init__(self, cadence: str = EVERY, sample: int | None = None):
+        super().__init__(cadence)
+        self.sample = sample
+
+    def compute(self, ctx):
+        flat = ctx.full.reshape(-1)
+        n = flat.numel()
+        if self.sample and n > self.sample:
+            run = max(self.sample // self.RUNS, 1)
+            flat = flat.as_strided((self.RUNS, run), ((n - run) // (self.RUNS - 1), 1), flat.storage_offset())
+        return {"counts": histogram(flat), "n": float(flat.numel()), "of": float(n)}
+
+    def finalize(self, p):
+        return {"act": p["counts"], "sample_n": p["n"], "total_n": p["of"]}
+
+
+PROBES = (ActMoments, ActCounts, ActChannelStats, ActHistogram)
+
+
+def merge_partials(probe: ActivationProbe, calls: list[dict]) -> dict:
+    """Combine the partials of several calls of one module in one step (host side, numpy)."""
+    calls = [c for c in calls if c]
+    if not calls:
+        return {}
+    out = dict(calls[0])
+    for c in calls[1:]:
+        for key in out:
+            if key in c:
+                out[key] = _merged(probe.merge.get(key, "sum"), out[key], c[key])
+    return out
+
+
+def _merged(rule: str, a, b):
+    if rule == "total":
+        return np.sum(a) + np.sum(b)
+    if a is None or b is None or np.shape(a) != np.shape(b):
+        return None  # e.g. a shared ReLU on outputs of several widths: no per-channel answer
+    if rule == "min":
+        return np.minimum(a, b)
+    if rule == "max":
+        return np.maximum(a, b)
+    return a + b

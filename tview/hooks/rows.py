@@ -1,0 +1,77 @@
+"""Host side of a recorded step, on the writer thread: probe results (already numpy) become the
+TableRows the store writes, one per probe that ran. Plain numpy, no device work."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tview.hooks.activation_probes import ActivationProbe, merge_partials
+from tview.hooks.param_probes import ParamProbe
+from tview.hooks.params import ParamContext
+from tview.store import schema
+from tview.store.records import TableRow
+from tview.store.schema import Column
+
+
+def _empty(col: Column, n: int) -> object:
+    """A column's row for n layers before any is filled: NaN (or 0 for counts); CHANNEL: a dict."""
+    if col.kind == schema.CHANNEL:
+        return {}
+    shape = {schema.LAYER: (n,), schema.HIST: (n, schema.HIST_BINS), schema.VECTOR: (n, col.width)}[col.kind]
+    dtype = np.dtype(col.dtype)
+    return np.full(shape, np.nan if dtype.kind == "f" else 0, dtype=dtype)
+
+
+class RowBuilder:
+    """Builds TableRows for a model's layers: `layer_names` all recorded layers, `param_ids` the
+    index (in layer_names) of each layer a ParamContext holds."""
+
+    def __init__(self, layer_names: list[str], param_ids: list[int], ctx: ParamContext | None):
+        self.layer_names = layer_names
+        self.ids = np.asarray(param_ids, dtype=np.int64)
+        self.ctx = ctx
+
+    def param_row(self, probe: ParamProbe, parts: dict) -> TableRow:
+        """A parameter probe's row: its per-parameter-layer values spread over all layers."""
+        n = len(self.layer_names)
+        measured_p = np.asarray(parts.pop("measured", np.ones(len(self.ids), dtype=bool)), dtype=bool)
+        values = probe.check(probe.finalize(parts, self.ctx))
+        row = TableRow(np.zeros(n, dtype=bool))
+        row.measured[self.ids] = measured_p
+        for col in probe.columns:
+            if col.name not in values:
+                continue
+            v = values[col.name]
+            if col.kind == schema.CHANNEL:
+                row.values[col.name] = {self.layer_names[i]: np.asarray(c, dtype=np.float32)
+                                        for i, c in zip(self.ids, v) if c is not None}
+            else:
+                out = _empty(col, n)
+                out[self.ids] = v
+                row.values[col.name] = out
+        return row
+
+    def activation_row(self, probe: ActivationProbe, calls: dict[int, list[dict]]) -> TableRow | None:
+        """An activation probe's row from its partials per layer index (several calls merged); None
+        when it measured no layer."""
+        n = len(self.layer_names)
+        row = TableRow(np.zeros(n, dtype=bool), {c.name: _empty(c, n) for c in probe.columns})
+        if probe.sampled:
+            row.sample_n, row.total_n = np.zeros(n), np.zeros(n)
+        for layer, layer_calls in calls.items():
+            out = probe.check(probe.finalize(merge_partials(probe, layer_calls)))
+            if out:
+                self._put(probe, row, layer, out)
+        return row if row.measured.any() else None
+
+    def _put(self, probe: ActivationProbe, row: TableRow, layer: int, out: dict):
+        row.measured[layer] = True
+        for col in probe.columns:
+            if col.name not in out:
+                continue
+            if col.kind == schema.CHANNEL:
+                row.values[col.name][self.layer_names[layer]] = np.asarray(out[col.name], dtype=np.float32)
+            else:
+                row.values[col.name][layer] = out[col.name]
+        if probe.sampled:
+            row.sample_n[layer], row.total_n[layer] = out["sample_n"], out["total_n"]
