@@ -138,11 +138,19 @@ def _ranks_text(ranks, run) -> str:
     return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(map(str, ranks))
 
 
+def _sources(run, layers: np.ndarray) -> np.ndarray:
+    """Of the layers showing NaN/Inf, those that can make it: layers with parameters (an activation module maps
+    finite inputs to finite outputs, and one module object may be called at several places, so its position in
+    the model's module list is not where it ran); every layer if none has parameters."""
+    params = [i for i in layers if run.layer_info[i].get("kind") != "activation"]
+    return np.asarray(params if params else layers)
+
+
 def _nonfinite_finding(run, per, ranks, s, tensor, key, pick) -> Finding:
     layer_of = {}
     for r in ranks:
         steps, bad, _ = per[r][key][2]
-        layer_of[r] = pick(np.flatnonzero(bad[per[r][key][1]]))
+        layer_of[r] = pick(_sources(run, np.flatnonzero(bad[per[r][key][1]])))
     best = pick(layer_of.values())
     at = [r for r in ranks if layer_of[r] == best]
     rank = at[0] if len(at) < len(run.ranks) or len(run.ranks) == 1 else None

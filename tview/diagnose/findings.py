@@ -77,8 +77,11 @@ def make(kind: str, message: str, **where) -> Finding:
 
 def worst_first(findings: list[Finding]) -> list[Finding]:
     """Errors before warnings; within each, the earliest step first (the first thing to go wrong is most often
-    the cause of what follows); findings without a step after those with one."""
+    the cause of what follows); findings without a step after those with one; at one step, in the order of
+    KINDS (NaN/Inf before the replica disagreement it causes)."""
+    order = {k: i for i, k in enumerate(KINDS)}
+
     def key(f: Finding):
         return (SEVERITY_ORDER.get(f.severity, 2), f.step is None, f.step if f.step is not None else 0,
-                f.rank if f.rank is not None else -1)
+                order.get(f.kind, len(order)), f.rank if f.rank is not None else -1)
     return sorted(findings, key=key)

@@ -1,0 +1,243 @@
+"""tview.diagnose: detectors on made-up series with known answers, and findings on real recorded runs."""
+
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+from tview.diagnose import KINDS, checks, detect, diagnose, noise
+from tview.diagnose.findings import make, worst_first
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+
+import tview  # noqa: E402
+from tests.conftest import PY, REPO, TinyCNN, make_data, python_env  # noqa: E402
+
+
+# -- detectors on made-up series -------------------------------------------------------------
+def test_trailing_streak_and_first_run():
+    assert detect.trailing_streak([0, 1, 0, 1, 1]) == 3
+    assert detect.trailing_streak([1, 1]) == 0
+    assert detect.trailing_streak([1, 0]) is None
+    assert detect.first_run([0, 1, 0, 1, 1, 1], 2) == 3
+    assert detect.first_run([0, 0, 1], 3) == 2  # a shorter run ending the series counts
+    assert detect.first_run([0, 0], 1) is None
+
+
+def test_jump_onset_finds_the_first_step_of_a_sustained_jump_and_skips_nan():
+    rng = np.random.default_rng(0)
+    g = np.exp(rng.normal(size=100) * 0.3)
+    g[60:] *= 1e4
+    g[30] = np.nan
+    assert detect.jump_onset(g, 100) == 60
+    assert detect.jump_onset(g[:60], 100) is None
+    low = np.exp(rng.normal(size=100) * 0.3)
+    low[70:] *= 1e-6
+    assert detect.jump_onset(low, 1e3, sustain=5, up=False) == 70
+    spike = np.ones(50)
+    spike[20] = 1e4  # one spike is not sustained
+    assert detect.jump_onset(spike, 100, sustain=2) is None
+
+
+def test_drift_onset_sees_slow_growth_the_jump_test_misses():
+    g = np.logspace(0, 5, 100)
+    assert detect.jump_onset(g, 100) is None
+    k = detect.drift_onset(g, 1e3)
+    assert k is not None and g[k - 2] > 1e3 * 0.5  # where the rolling median passes 1000x the early level
+
+
+def test_sustained_onset_is_exact_on_a_noisy_step():
+    rng = np.random.default_rng(1)
+    flags = rng.random(200) < 0.3  # noise before: 30% of the steps flagged
+    flags[120:] = rng.random(80) < 0.97
+    assert abs(detect.sustained_onset(flags, 19, 20) - 120) <= 1
+    assert detect.sustained_onset(rng.random(200) < 0.3, 19, 20) is None
+
+
+def test_mean_shift_splits_at_the_largest_jump():
+    x = np.r_[np.zeros(40), np.full(20, 1.0), np.full(40, 3.0)]
+    assert detect.mean_shift(x, 1, 99) == 60
+
+
+def test_lower_median_and_disagreeing_ranks():
+    m = np.array([[1.0, 5.0], [2.0, np.nan], [9.0, 1.0]])
+    assert list(detect.lower_median(m)) == [2.0, 1.0]
+    v = np.array([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0 + 1e-12], [1.0, 2.0, 3.0]])
+    differs, odd = detect.disagreeing(v, 0.0)
+    assert list(differs) == [False, False, True] and list(odd[:, 2]) == [False, True, False]
+    differs, _ = detect.disagreeing(v, 1e-9)  # within tolerance
+    assert not differs.any()
+    nan = np.array([[np.nan], [np.nan]])
+    assert not detect.disagreeing(nan, 0.0)[0].any()
+
+
+def test_stuck_channels_must_stay_to_the_end():
+    z = np.zeros((50, 4), dtype=bool)
+    z[:, 1] = True        # stuck all along
+    z[30:, 2] = True      # stuck from row 30
+    z[:40, 3] = True      # recovered
+    z[48:, 0] = True      # only the last 2 rows: too short (at least 10% and 3 rows)
+    assert checks.stuck_channels(z) == {1: 0, 2: 30}
+
+
+def test_gradient_onsets_name_the_layer_nearest_the_loss():
+    steps = np.arange(100)
+    g = np.ones((100, 4))
+    g[60:, :3] *= 1e4   # layers 0, 1, 2 explode together at step 60 (the fault is in layer 2's output)
+    g[:, 3] = 0.5
+    found = checks.gradient_onsets(steps, g, ["a", "b", "c", "d"], [0, 1, 2, 3], rank=None)
+    assert [(f.kind, f.layer, f.step) for f in found] == [("exploding_gradients", "c", 60)]
+
+
+def test_findings_are_json_ready_and_ordered_worst_first():
+    a = make("slow_rank", "slow", rank=1, step=5)
+    b = make("nonfinite", "nan", rank=0, layer="conv1", step=9, tensor="activation")
+    c = make("exploding_gradients", "big", layer="fc", step=3)
+    d = make("rank_missing", "gone", rank=3)
+    assert [f.kind for f in worst_first([a, b, c, d])] == ["exploding_gradients", "nonfinite", "rank_missing",
+                                                            "slow_rank"]
+    out = json.loads(json.dumps(b.to_dict()))
+    assert {"kind", "rank", "layer", "step", "tensor", "channels", "message"} <= set(out)
+    assert out["severity"] == "error" and b["layer"] == "conv1"
+    assert make("dead_filters", "x").tensor == "activation"
+    with pytest.raises(ValueError, match="unknown finding kind"):
+        make("bogus", "x")
+    assert all(sev in ("error", "warning") for sev, _, _ in KINDS.values())
+
+
+def test_noise_scale_recovers_a_known_value_and_says_why_where_undefined():
+    b, world, steps = 16, 4, 50
+    g2, trace = 4.0, 800.0
+    local = np.full((world, steps), g2 + trace / b)
+    big = np.full(steps, g2 + trace / (b * world))
+    local[1, 10] = np.nan   # one rank did not record step 10
+    big[20] = np.inf
+    values, why = noise.noise_scale_from_norms(local, big, b, world, smoothing=0.0)
+    assert values[0] == pytest.approx(trace / g2)
+    assert np.isnan(values[10]) and why[10] == noise.WHY_NO_LOCAL
+    assert np.isnan(values[20]) and why[20] == noise.WHY_NONFINITE
+    same = np.full(steps, 1.0)  # every rank's gradient equals the all-reduced one: no noise
+    values, why = noise.noise_scale_from_norms(np.stack([same] * world), same, b, world, smoothing=0.0)
+    assert np.isnan(values).all() and set(why) == {noise.WHY_TRACE}
+
+
+# -- real recorded runs (ranks recorded side by side in this process, no DDP) ------------------
+def _record(tmp_path, ranks=2, steps=12, fault=None, name="run", setup=None):
+    """Train one TinyCNN copy per rank, step by step interleaved, each with its own Recorder(rank=r);
+    setup(rank, model) runs before the Recorder is made (hooks placed there run before its hooks);
+    fault(rank, step, model) may change a copy between backward and the optimizer step. Returns the run folder
+    and the recorders."""
+    out = str(tmp_path / name)
+    x, y = make_data(16)
+    models, opts, recs = [], [], []
+    for r in range(ranks):
+        torch.manual_seed(0)
+        m = TinyCNN()
+        if setup is not None:
+            setup(r, m)
+        models.append(m)
+        opts.append(torch.optim.SGD(m.parameters(), lr=0.05))
+        recs.append(tview.Recorder(m, out, every=1, preset="full", rank=r, world_size=ranks, optimizer=opts[-1]))
+    for step in range(steps):
+        for r in range(ranks):
+            opts[r].zero_grad()
+            loss = F.cross_entropy(models[r](x), y)
+            loss.backward()
+            if fault is not None:
+                fault(r, step, models[r])
+            opts[r].step()
+            recs[r].step(loss=loss)
+    return out, recs
+
+
+def _close(recs):
+    for rec in recs:
+        rec.close()
+
+
+def test_a_clean_run_gives_no_finding_and_the_cli_says_so_in_one_line(tmp_path):
+    out, recs = _record(tmp_path)
+    _close(recs)
+    assert diagnose(out) == []
+    cli = subprocess.run([PY, "-m", "tview.cli", "diagnose", out], capture_output=True, text=True, cwd=REPO,
+                         env=python_env(), timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    assert cli.stdout.strip().count("\n") == 0 and cli.stdout.startswith("no findings")
+
+
+def test_replicas_that_differ_are_named_at_the_step_and_layer(tmp_path):
+    def nudge(rank, step, model):
+        if rank == 1 and step == 5:
+            with torch.no_grad():
+                model.conv2.weight[0, 0, 0, 0] += 1e-3
+    out, recs = _record(tmp_path, fault=nudge)
+    _close(recs)
+    found = diagnose(out)
+    f = found[0]
+    assert (f.kind, f.layer, f.step, f.tensor) == ("replicas_differ", "conv2", 5, "weight")
+    assert f.rank is None  # two ranks: which one is wrong cannot be told
+    cli = subprocess.run([PY, "-m", "tview.cli", "diagnose", out, "--json"], capture_output=True, text=True,
+                         cwd=REPO, env=python_env(), timeout=120)
+    listed = json.loads(cli.stdout)
+    assert listed[0]["kind"] == "replicas_differ" and listed[0]["layer"] == "conv2" and listed[0]["step"] == 5
+
+
+def test_nan_in_one_ranks_activations_names_rank_module_and_step(tmp_path):
+    step = {"now": 0}
+
+    def poison(rank, model):  # from step 4 on rank 1, a NaN out of conv2 (placed before the Recorder's hooks)
+        def hook(module, inputs, output):
+            if step["now"] < 4:
+                return None
+            output = output.clone()
+            output.view(-1)[0] = float("nan")
+            return output
+        if rank == 1:
+            model.conv2.register_forward_hook(hook)
+
+    def count(rank, s, model):
+        step["now"] = s + 1 if rank == 1 else step["now"]  # the next forward is step s + 1
+    out, recs = _record(tmp_path, fault=count, setup=poison)
+    _close(recs)
+    f = diagnose(out)[0]
+    assert (f.kind, f.rank, f.layer, f.step, f.tensor) == ("nonfinite", 1, "conv2", 4, "activation")
+
+
+def test_a_rank_that_stopped_without_closing_is_named(tmp_path):
+    out, recs = _record(tmp_path, steps=6)
+    recs[0].close()
+    recs[1].flush()
+    try:
+        found = diagnose(out)
+        assert [(f.kind, f.rank, f.step) for f in found] == [("rank_stopped", 1, 6)]
+    finally:
+        recs[1].close()
+
+
+def test_frozen_channels_are_named_when_grad_channel_norm_is_recorded(tmp_path):
+    def freeze(rank, step, model):
+        if step >= 4:
+            model.conv2.weight.grad[2] = 0  # this channel's gradient stays zero; its activations live on
+            model.conv2.bias.grad[2] = 0
+    out, recs = _record(tmp_path, fault=freeze, steps=16)
+    _close(recs)
+    run = tview.open_run(out)
+    if "grad_channel_norm" not in run.channel_stat_names():
+        pytest.skip("this store records no grad_channel_norm")
+    frozen = [f for f in diagnose(run) if f.kind == "frozen_filters"]
+    assert [(f.layer, f.channels, f.step, f.rank) for f in frozen] == [("conv2", [2], 4, None)]
+
+
+def test_noise_scale_of_a_single_rank_run_says_why_it_is_undefined(tmp_path):
+    out, recs = _record(tmp_path, ranks=1, steps=3)
+    _close(recs)
+    ns = noise.noise_scale(tview.open_run(out))
+    assert ns.reason.startswith("needs 2 or more readable ranks") and len(ns.b_simple) == 0
+
+
+def test_diagnose_reads_only_the_public_run_api():
+    src = open(os.path.join(REPO, "tview", "diagnose", "checks.py")).read()
+    assert ".shard(" not in src and "schema." not in src
