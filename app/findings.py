@@ -1,0 +1,74 @@
+"""The overview's diagnosis panel: tview.diagnose findings, worst first, each linking to the page and selection
+that shows its evidence (the layer heatmap at that layer, the rank focused; the ranks page for rank faults)."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from dash import dcc, html
+
+from tview.diagnose import CLEAN_MESSAGE, diagnose
+from tview.diagnose.findings import Finding
+
+from .common import log
+
+# a per-channel statistic's per-layer counterpart: the layer heatmap shows layers x steps
+LAYER_STAT = {"act_channel_zero_frac": "act_zero_frac", "grad_channel_norm": "grad_norm"}
+LAYER_KINDS = ("nonfinite", "exploding_gradients", "vanishing_gradients", "dead_filters", "frozen_filters")
+SCALAR = "scalar:"  # the ranks page's prefix of a scalar in its statistic menu
+
+
+def evidence_link(run_id: str, f: Finding) -> str:
+    """The address of the page and selection that shows a finding's evidence: `/layers?runs=..&layer=..&rank=..
+    &stat=..&step=..` for a layer's fault, `/ranks?runs=..&rank=..&stat=..` for a rank's, `/scalars` for a loss."""
+    params: dict[str, object] = {"runs": run_id}
+    if f.rank is not None:
+        params["rank"] = f.rank
+    if f.kind in LAYER_KINDS and f.layer:
+        page = "/layers"
+        params.update(layer=f.layer, stat=LAYER_STAT.get(f.stat, f.stat or "grad_norm"))
+    elif f.kind == "nonfinite":
+        page = "/scalars"
+        params["scalar"] = "loss"
+    else:
+        page = "/ranks"
+        if f.layer:
+            params["layer"] = f.layer
+        if f.stat:
+            params["stat"] = f.stat if f.layer else SCALAR + f.stat
+    if f.step is not None:
+        params["step"] = f.step
+    if f.channels:
+        params["channels"] = ",".join(map(str, f.channels))
+    return f"{page}?{urlencode(params)}"
+
+
+def where(f: Finding) -> str:
+    """`rank 1 · conv2 · step 100 · activation` (all ranks when rank is None)."""
+    parts = ["all ranks" if f.rank is None else f"rank {f.rank}", f.layer, None if f.step is None else f"step {f.step}",
+             f.tensor]
+    return " · ".join(str(p) for p in parts if p)
+
+
+def finding_item(run_id: str, f: Finding) -> html.Li:
+    return html.Li([html.Span(f.kind, className="tv-finding-kind"), " ", html.Span(where(f), className="tv-note"),
+                    ": ", f.message, " ", dcc.Link("show", href=evidence_link(run_id, f), className="tv-finding-link")],
+                   className=f"tv-{f.severity} finding-{f.kind}")
+
+
+def findings_list(run_id: str, findings: list[Finding]) -> html.Ul:
+    """The findings as a list, worst first; a clean run gets one line saying so."""
+    if not findings:
+        return html.Ul([html.Li(CLEAN_MESSAGE, className="tv-ok")], className="tv-health tv-diagnosis")
+    return html.Ul([finding_item(run_id, f) for f in findings], className="tv-health tv-diagnosis")
+
+
+def diagnosis_panel(run_id: str, run, max_points: int | None = 1000) -> html.Div:
+    """The panel for the overview's run card: a heading and the findings of `run` (read downsampled to max_points
+    per series: steps are then exact to a stride); a run that cannot be diagnosed says why."""
+    try:
+        body = findings_list(run_id, diagnose(run, max_points))
+    except Exception as exc:  # shown in the panel and logged; the rest of the card still renders
+        log.exception("diagnosis of %r failed", run_id)
+        body = html.P(f"diagnosis failed: {exc}", className="tv-error")
+    return html.Div([html.H4("diagnosis"), body], className="tv-diagnosis-panel")

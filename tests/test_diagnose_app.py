@@ -1,0 +1,60 @@
+"""The overview's diagnosis panel (app/findings.py): links to the evidence, one line for a clean run."""
+
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+pytest.importorskip("dash")
+
+from app import findings as panel  # noqa: E402
+from tview.diagnose.findings import make  # noqa: E402
+
+
+def _query(href):
+    u = urlparse(href)
+    return u.path, {k: v[0] for k, v in parse_qs(u.query).items()}
+
+
+def test_a_layer_fault_links_to_the_layer_heatmap_at_that_layer_with_the_rank_focused():
+    f = make("nonfinite", "m", rank=1, layer="conv2", step=100, tensor="activation", stat="act_nan")
+    assert _query(panel.evidence_link("exp 1", f)) == (
+        "/layers", {"runs": "exp 1", "rank": "1", "layer": "conv2", "stat": "act_nan", "step": "100"})
+    dead = make("dead_filters", "m", layer="relu2", step=7, channels=[3, 5], stat="act_channel_zero_frac")
+    path, q = _query(panel.evidence_link("r", dead))
+    assert path == "/layers" and q["stat"] == "act_zero_frac" and q["channels"] == "3,5" and "rank" not in q
+
+
+def test_a_rank_fault_links_to_the_ranks_page():
+    slow = make("slow_rank", "m", rank=2, step=5, stat="busy_time")
+    assert _query(panel.evidence_link("r", slow)) == ("/ranks", {"runs": "r", "rank": "2", "stat": "scalar:busy_time",
+                                                                 "step": "5"})
+    rep = make("replicas_differ", "m", layer="fc2", step=9, stat="weight_sum")
+    assert _query(panel.evidence_link("r", rep))[1]["stat"] == "weight_sum"
+    loss = make("nonfinite", "m", rank=0, step=3, tensor="loss")
+    assert _query(panel.evidence_link("r", loss))[0] == "/scalars"
+
+
+def test_the_list_says_a_clean_run_in_one_line_and_lists_findings_worst_first():
+    clean = panel.findings_list("r", [])
+    assert len(clean.children) == 1 and clean.children[0].children.startswith("no findings")
+    items = panel.findings_list("r", [make("nonfinite", "NaN here", rank=1, layer="conv2", step=4)]).children
+    assert items[0].className == "tv-error finding-nonfinite"
+    link = items[0].children[-1]
+    assert link.href.startswith("/layers?runs=r&rank=1&layer=conv2")
+
+
+def test_the_panel_diagnoses_a_real_run(tmp_path):
+    pytest.importorskip("torch")
+    import tview
+    from tests.test_diagnose import _close, _record
+
+    def nudge(rank, step, model):
+        if rank == 1 and step == 2:
+            model.fc.weight.data[0, 0] += 1e-2
+    out, recs = _record(tmp_path, steps=6, fault=nudge)
+    _close(recs)
+    with tview.open_run(out) as run:
+        div = panel.diagnosis_panel("exp", run)
+    item = div.children[1].children[0]
+    assert item.className == "tv-error finding-replicas_differ"
+    assert item.children[-1].href == "/ranks?runs=exp&layer=fc&stat=weight_sum&step=2"
