@@ -74,7 +74,7 @@ FOCUS_BUTTON = "focus-rank-button"
 
 
 def rank_button(rank: int) -> html.Button:
-    """A rank's number as a button: a click focuses every page on that rank (app.focus_from_button, which fills in the focus box)."""
+    """A rank's number as a button: a click focuses every page on it (app.focus_from_button fills in the focus box)."""
     return html.Button(str(rank), id={"type": FOCUS_BUTTON, "rank": rank}, className="tv-rank-button",
                        title="focus every page on this rank")
 

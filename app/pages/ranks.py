@@ -24,6 +24,7 @@ from ..common import (
 )
 
 WHOLE = "__total__"
+SCALAR = "scalar:"  # prefix of a scalar (loss, step_time, ...) in the statistic menu: it has no layer
 POINTS = 1000  # per rank: bands over 1000 steps, heatmap columns fewer (figures.HEATMAP_CELLS)
 
 layout = html.Div([
@@ -54,7 +55,8 @@ def choices(runs, stat, layer):
     run = open_first(runs)
     if run is None:
         return [], None, [], None
-    stats = options(run.stat_names())
+    scalars = sorted({n for r in run.ranks[:1] for n in run.scalar_names(r)})
+    stats = options(run.stat_names()) + [{"label": f"{n} (scalar)", "value": SCALAR + n} for n in scalars]
     layers = [{"label": "whole network", "value": WHOLE}] + options(run.layers)
     return (stats, keep_choice(stat, stats, "local_grad_norm" if len(run.ranks) > 1 else "grad_norm"),
             layers, keep_choice(layer, layers, WHOLE))
@@ -85,6 +87,15 @@ def named_lines(standing: dict, divergent: dict[int, list[str]]) -> dict[int, st
     return {r: ranks_view.standout_label(r, why) for r, why in merged.items()}
 
 
+def read_across_ranks(run, stat: str, layer: str):
+    """(steps, values [ranks, steps], name, where) of a menu choice: a per-layer statistic or a scalar."""
+    if stat.startswith(SCALAR):
+        name = stat[len(SCALAR):]
+        return (*summaries.scalar_across_ranks(run, name, POINTS), name, "each rank")
+    steps, values = summaries.stat_across_ranks(run, stat, None if layer == WHOLE else layer, POINTS)
+    return steps, values, stat, "whole network" if layer == WHOLE else layer
+
+
 @callback(Output("ranks-stat-graph", "figure"), Output("ranks-heatmap", "figure"),
           Input("ranks-stat", "value"), Input("ranks-layer", "value"), Input("ranks-log", "value"),
           Input("ranks-summary", "data"), Input("focus-rank", "data"), State("runs", "value"), running=HOLD_POLL)
@@ -93,8 +104,7 @@ def stat_across_ranks(stat, layer, log_colour, summary_data, focus, runs):
     run = catalog().get(first_run(runs))
     if stat is None or layer is None:
         return figures.message_figure("no statistic yet"), figures.message_figure("no statistic yet")
-    steps, values = summaries.stat_across_ranks(run, stat, None if layer == WHOLE else layer, POINTS)
-    where = "whole network" if layer == WHOLE else layer
+    steps, values, stat, where = read_across_ranks(run, stat, layer)
     divergent = {r: why for r, why in ranks_view.standouts(run.ranks, values).items()}
     named = named_lines((summary_data or {}).get("standouts"), divergent)
     rank = focused(focus, run)

@@ -35,17 +35,23 @@ def names(_, runs, current):
     return opts, keep_choice(current, opts, "loss")
 
 
-def _one_run(run, run_id: str, name: str, many_runs: bool) -> list[figures.Series]:
-    """A run's lines: one per rank (few ranks) or its median rank (many ranks, next to other runs)."""
-    series = []
+def _one_run(run, run_id: str, name: str, many_runs: bool) -> tuple[list[figures.Series], dict[str, str]]:
+    """A run's lines: one per rank (few ranks) or its median rank (many ranks, next to other runs); and the
+    lines of ranks that stand out (named e.g. 'rank 3 (most divergent)'), to be drawn in red."""
     if len(run.ranks) > ranks_view.LINES_UP_TO:
         steps, values = summaries.scalar_across_ranks(run, name, figures.MAX_POINTS)
-        return [figures.Series(f"{run_id} (median rank)", steps, ranks_view.quantile_bands(values)["median"])]
+        return [figures.Series(f"{run_id} (median rank)", steps, ranks_view.quantile_bands(values)["median"])], {}
+    prefix = f"{run_id} " if many_runs else ""
+    named = {}
+    if name != "wall_time" and len(run.ranks) >= ranks_view.DIVERGE_LEAST:
+        named = ranks_view.standouts(run.ranks, summaries.scalar_across_ranks(run, name, figures.MAX_POINTS)[1])
+    series = []
     for rank in run.ranks:
         if name == "wall_time" or name in run.scalar_names(rank):
             steps, values = run.scalar(name, rank, max_points=figures.MAX_POINTS)
-            series.append(figures.Series(f"{run_id} rank {rank}" if many_runs else f"rank {rank}", steps, values))
-    return series
+            label = prefix + ranks_view.standout_label(rank, named.get(rank, []))
+            series.append(figures.Series(label, steps, values))
+    return series, {prefix + ranks_view.standout_label(r, why): "#d62728" for r, why in named.items()}
 
 
 @callback(Output("scalar-graph", "figure"), Input("scalar-name", "value"), Input("scalar-log", "value"),
@@ -61,7 +67,13 @@ def show(name, log, smoothing, _, focus, runs):
         run = catalog().get(runs[0])
         if len(run.ranks) > ranks_view.LINES_UP_TO:
             steps, values = summaries.scalar_across_ranks(run, name, figures.MAX_POINTS)
-            return figures.ranks_figure(steps, run.ranks, values, name, name, focus=focused(focus, run),
-                                        log_y="log" in (log or []))
-    series = [s for run_id in runs for s in _one_run(catalog().get(run_id), run_id, name, len(runs) > 1)]
-    return figures.line_figure(series, name, name, log_y="log" in (log or []), smoothing=float(smoothing or 0))
+            named = {r: ranks_view.standout_label(r, why) for r, why in ranks_view.standouts(run.ranks, values).items()}
+            return figures.ranks_figure(steps, run.ranks, values, name, name, named=named,
+                                        focus=focused(focus, run), log_y="log" in (log or []))
+    series, mark = [], {}
+    for run_id in runs:
+        lines, marked = _one_run(catalog().get(run_id), run_id, name, len(runs) > 1)
+        series += lines
+        mark.update(marked)
+    return figures.line_figure(series, name, name, log_y="log" in (log or []), smoothing=float(smoothing or 0),
+                               mark=mark)
