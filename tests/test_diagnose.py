@@ -241,3 +241,27 @@ def test_noise_scale_of_a_single_rank_run_says_why_it_is_undefined(tmp_path):
 def test_diagnose_reads_only_the_public_run_api():
     src = open(os.path.join(REPO, "tview", "diagnose", "checks.py")).read()
     assert ".shard(" not in src and "schema." not in src
+
+
+def test_a_rank_far_behind_the_others_lags(tmp_path):
+    out = str(tmp_path / "lag")
+    x, y = make_data(8)
+    for rank, steps in ((0, 40), (1, 10)):  # ranks that do not wait for each other: rank 1 recorded 10 steps only
+        torch.manual_seed(0)
+        m = TinyCNN()
+        opt = torch.optim.SGD(m.parameters(), lr=0.05)
+        with tview.Recorder(m, out, every=1, preset="economy", rank=rank, world_size=2, optimizer=opt) as rec:
+            for _ in range(steps):
+                opt.zero_grad()
+                loss = F.cross_entropy(m(x), y)
+                loss.backward()
+                opt.step()
+                rec.step(loss=loss)
+    lags = [f for f in diagnose(out) if f.kind == "rank_lags"]
+    assert [(f.rank, f.step, f.tensor) for f in lags] == [(1, 10, "time")]
+
+
+def test_the_cli_on_a_folder_that_is_not_a_run_says_so(tmp_path):
+    cli = subprocess.run([PY, "-m", "tview.cli", "diagnose", str(tmp_path)], capture_output=True, text=True, cwd=REPO,
+                         env=python_env(), timeout=120)
+    assert cli.returncode == 2 and str(tmp_path) in cli.stderr and "Traceback" not in cli.stderr
