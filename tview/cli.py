@@ -121,6 +121,9 @@ def main(argv=None) -> int:
     e.add_argument("--layers", nargs="+", metavar="LAYER", help="layers (default: all)")
     e.add_argument("--ranks", nargs="+", type=int, metavar="RANK", help="ranks (default: every readable rank)")
     e.add_argument("--max-points", type=int, default=None, help="downsample each series to about this many points")
+    g = sub.add_parser("diagnose", help="name the rank, layer, step and tensor where training went wrong, worst first")
+    g.add_argument("run")
+    g.add_argument("--json", action="store_true", help="print a JSON list of findings")
     a = ap.parse_args(argv)
     try:
         if a.command == "demo":
@@ -146,6 +149,9 @@ def main(argv=None) -> int:
                              max_points=a.max_points, report=lambda line: print(line, file=sys.stderr, flush=True)))
         elif a.command == "info":
             print(info_text(a.run))
+        elif a.command == "diagnose":
+            from tview.diagnose.report import diagnose_text
+            print(diagnose_text(a.run, a.json))
         elif a.command == "dashboard":
             serve_dashboard(a.runs, a.host, a.port, a.debug)
         elif a.command == "render":
