@@ -63,7 +63,8 @@ def run_card(run_id: str, run, loss: tuple, focus: int | None) -> tuple[html.Div
     medians = {r["rank"]: np.array([r["step_time"]] if r["step_time"] is not None else []) for r in table}
     findings = summaries.health_findings(run, POINTS, loss=per_rank, rows=rows, first=first, step_time=medians)
     named = ranks_view.standouts(run.ranks, values, step_time={r["rank"]: r["step_time"] for r in table},
-                                 first_bad={r["rank"]: r["first_nan"] for r in table})
+                                 first_bad={r["rank"]: r["first_nan"] for r in table},
+                                 other_times=summaries.other_times(run, POINTS))
     states = Counter(r["state"] for r in rows)
     head = [html.H3([run_id, html.Span(" LIVE", className="tv-live") if s["live"] else None])]
     facts = html.P(

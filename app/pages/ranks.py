@@ -66,7 +66,8 @@ def summary(run) -> dict:
     """The ranks table (worst first) and who stands out by step time and first NaN, as plain data."""
     rows = summaries.ranks_table(run)
     named = ranks_view.standouts(run.ranks, step_time={r["rank"]: r["step_time"] for r in rows},
-                                 first_bad={r["rank"]: r["first_nan"] for r in rows})
+                                 first_bad={r["rank"]: r["first_nan"] for r in rows},
+                                 other_times=summaries.other_times(run))
     return {"rows": rows, "standouts": {str(r): why for r, why in named.items()}}
 
 
@@ -122,8 +123,9 @@ def stat_across_ranks(stat, layer, log_colour, summary_data, focus, runs):
 def step_time(summary_data, focus, runs):
     run = catalog().get(first_run(runs))
     steps, values = summaries.scalar_across_ranks(run, "step_time", POINTS)
-    standing = {int(r): why for r, why in (summary_data or {}).get("standouts", {}).items() if "slowest" in why}
-    named = {r: ranks_view.standout_label(r, ["slowest"]) for r in standing}
+    standing = {int(r): [w for w in why if w.startswith("slowest")]
+                for r, why in (summary_data or {}).get("standouts", {}).items()}
+    named = {r: ranks_view.standout_label(r, why) for r, why in standing.items() if why}
     return figures.ranks_figure(steps, run.ranks, values * 1e3, "step time", "ms", named=named,
                                 focus=focused(focus, run))
 

@@ -137,3 +137,13 @@ def test_findings_of_one_kind_beyond_three_are_counted_not_listed():
     assert [k for _, k, _ in lines] == ["slow_rank"] * 4 + ["nonfinite"]
     assert lines[3][2].startswith("... and 57 more slow_rank findings (ranks 3, 4, 5")
     assert lines[4] == ("error", "nonfinite", "rank 9: NaN")
+
+
+def test_under_ddp_the_straggler_is_named_by_the_duration_in_which_it_stands_out():
+    equal = {r: 0.055 for r in range(8)}  # the all-reduce makes every step as long as the slowest rank's
+    data = {r: 0.0001 for r in range(8)} | {5: 0.030}
+    assert ranks_view.slowest_by(equal, {"compute_time": {r: 0.0014 for r in range(8)}, "data_time": data}) == \
+        (5, "slowest by data_time")
+    assert ranks_view.standouts(list(range(8)), step_time=equal, other_times={"data_time": data}) == \
+        {5: ["slowest by data_time"]}
+    assert ranks_view.slowest_by(equal | {2: 0.2}, {"data_time": data}) == (2, "slowest")

@@ -14,6 +14,7 @@ DIVERGE_LEAST = 3    # "most divergent" needs a majority to diverge from
 DIVERGE_MARGIN = 2.0  # ... and to run this many times further from it than the median rank does
 SLOW_MARGIN = 1.05    # "slowest" only if its median step time is 5% above the median rank's
 FINDINGS_PER_KIND = 3  # findings of one kind listed one by one; the rest counted
+TIME_SUFFIX = "_time"  # a scalar named like this is a duration (step_time, data_time, ...): larger is slower
 SEVERITY = {"unreadable": 0, "stopped": 1, "no steps yet": 2, "live": 5, "closed": 5}
 
 
@@ -90,15 +91,31 @@ def group_findings(findings: list, per_kind: int = FINDINGS_PER_KIND) -> list[tu
     return out
 
 
+def slowest_by(step_time: dict[int, float | None], other_times: dict[str, dict[int, float | None]] | None = None
+               ) -> tuple[int, str] | None:
+    """(rank, why) of the slowest rank by step time; if none stands out (under DDP the all-reduce makes every
+    rank's step take as long as the slowest's), by the first other duration scalar in which one does (e.g. the
+    time a rank spends loading its batch): why is then 'slowest by data_time'."""
+    rank = slowest(step_time)
+    if rank is not None:
+        return rank, "slowest"
+    for name, times in (other_times or {}).items():
+        rank = slowest(times)
+        if rank is not None:
+            return rank, f"slowest by {name}"
+    return None
+
+
 def standouts(ranks: list[int], values: np.ndarray | None = None, step_time: dict[int, float] | None = None,
-              first_bad: dict[int, int | None] | None = None) -> dict[int, list[str]]:
-    """The few ranks worth naming, rank -> why: 'slowest' (see slowest()), 'most divergent' (values [ranks,
+              first_bad: dict[int, int | None] | None = None,
+              other_times: dict[str, dict[int, float | None]] | None = None) -> dict[int, list[str]]:
+    """The few ranks worth naming, rank -> why: 'slowest' (see slowest_by()), 'most divergent' (values [ranks,
     steps] in `ranks` order; see most_divergent()), 'first NaN' (earliest first non-finite step). At most three
     ranks; a rank may carry several reasons."""
     named: dict[int, list[str]] = {}
-    slow = slowest(step_time or {})
+    slow = slowest_by(step_time or {}, other_times)
     if slow is not None:
-        named.setdefault(slow, []).append("slowest")
+        named.setdefault(slow[0], []).append(slow[1])
     if values is not None and len(ranks):
         i = most_divergent(values)
         if i is not None:

@@ -153,14 +153,27 @@ def first_nonfinite_step(where: dict[str, dict[str, int]]) -> int | None:
     return min(steps) if steps else None
 
 
-def median_step_times(run: Run, max_points: int = 1000) -> dict[int, float | None]:
-    """Per readable rank, its median step time in seconds (None if it recorded none)."""
-    _, times = scalar_across_ranks(run, "step_time", max_points)
+def median_scalar(run: Run, name: str, max_points: int = 1000) -> dict[int, float | None]:
+    """Per readable rank, the median of one scalar (None if it recorded none)."""
+    _, values = scalar_across_ranks(run, name, max_points)
     out = {}
     for i, rank in enumerate(run.ranks):
-        t = times[i][np.isfinite(times[i])] if times.size else times[i]
-        out[rank] = float(np.median(t)) if len(t) else None
+        v = values[i][np.isfinite(values[i])] if values.size else values[i]
+        out[rank] = float(np.median(v)) if len(v) else None
     return out
+
+
+def median_step_times(run: Run, max_points: int = 1000) -> dict[int, float | None]:
+    """Per readable rank, its median step time in seconds (None if it recorded none)."""
+    return median_scalar(run, "step_time", max_points)
+
+
+def other_times(run: Run, max_points: int = 200) -> dict[str, dict[int, float | None]]:
+    """Per duration scalar other than step_time that the run recorded (data_time, ...: names ending in
+    ranks_view.TIME_SUFFIX, as the first readable rank lists them), each rank's median."""
+    names = sorted(n for n in (run.scalar_names(run.ranks[0]) if run.ranks else [])
+                   if n.endswith(ranks_view.TIME_SUFFIX) and n not in ("step_time", "wall_time"))
+    return {name: median_scalar(run, name, max_points) for name in names}
 
 
 def ranks_table(run: Run, rows: list[dict] | None = None, max_points: int = 200,
