@@ -602,6 +602,8 @@ def _read_opened(run_dir: str, log: ReadLog, base: dict, skip: bool) -> dict | N
     for r in names["ranks"]:
         _read_rank(run, log, p, r, names)
     _read_status(run, log, p)
+    log.call(p + "refresh", run.refresh, kind="report")
+    log.call(p + "steps_after_refresh", partial(run.steps, names["ranks"][0]) if names["ranks"] else list)
     log.call(p + "close", run.close, kind="report")
     return names
 
@@ -784,6 +786,7 @@ def run_cases(cases: list[Case], base_dir: str, work: str, seed: int = 0, deadli
               workers: int = 2, progress=None) -> list[Result]:
     """Run cases, `workers` processes at a time; results in the cases' order."""
     base_reads = prepare_base(base_dir, work, seed, deadline)
+    deadline = effective_deadline(base_dir, deadline)
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(run_case, c, base_dir, work, seed, deadline, base_reads) for c in cases]
         results = []
@@ -792,6 +795,15 @@ def run_cases(cases: list[Case], base_dir: str, work: str, seed: int = 0, deadli
             if progress:
                 progress(results[-1])
     return results
+
+
+def effective_deadline(base_dir: str, deadline: float) -> float:
+    """The deadline, raised to 4x the time the undamaged run took to read whole (a busy machine is no HANG)."""
+    try:
+        with open(os.path.join(base_dir, "base_seconds")) as f:
+            return max(deadline, 4 * float(f.read()))
+    except (OSError, ValueError):
+        return deadline
 
 
 def prepare_base(base_dir: str, work: str, seed: int, deadline: float) -> dict:
@@ -807,8 +819,11 @@ def prepare_base(base_dir: str, work: str, seed: int, deadline: float) -> dict:
         case_dir = tempfile.mkdtemp(prefix="base.", dir=work)
         log_path = os.path.join(case_dir, "reads.jsonl")
         env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        t0 = time.monotonic()
         subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", case.id, "--base", base_dir,
                         "--dir", case_dir, "--seed", str(seed)], env=env, check=True, timeout=max(60, 6 * deadline))
+        with open(os.path.join(base_dir, "base_seconds"), "w") as f:
+            f.write(f"{time.monotonic() - t0:.2f}")
         reads, _, _, done, names = load_log(log_path)
         if not done:
             raise RuntimeError(f"reading the undamaged run did not finish: {log_path}")
@@ -887,7 +902,7 @@ def _print_one(r: Result):
     if r.exception:
         print(f"  text:     {r.exception[:2000]}")
     if r.stack:
-        print("  stack at the deadline (innermost last):\n" + r.stack)
+        print("  stack at the deadline (innermost first):\n" + r.stack)
 
 
 def main(argv=None) -> int:
@@ -927,7 +942,8 @@ def _main(a, work: str) -> int:
         for r in results:
             _print_one(r)
     else:
-        print(f"\n\n{len(cases)} cases in {time.time() - t0:.0f} s, seed {a.seed}, deadline {a.deadline:.0f} s, "
+        deadline = effective_deadline(base, a.deadline)
+        print(f"\n\n{len(cases)} cases in {time.time() - t0:.0f} s, seed {a.seed}, deadline {deadline:.0f} s, "
               f"{a.workers} worker processes\n\n{table(results)}\n\nfailing mutations:\n{by_mutation(results)}")
     failing = [dataclasses.asdict(r) for r in results if r.outcome not in GOOD]
     if a.json:

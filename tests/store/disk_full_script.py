@@ -1,6 +1,6 @@
 """A training process for the disk-full tests: records a tiny CNN into run_dir and prints one REPORT line (JSON).
 
-    fill RUN_DIR       train until the disk is full, then 5 more steps, then close
+    fill RUN_DIR       train until the disk is full, then 250 more steps, then close
     construct RUN_DIR  make a Recorder on an already full disk
     rmdir RUN_DIR      train, remove the run folder, train on, close
 """
@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -42,11 +43,14 @@ class Trainer:
         loss.backward()
         self.opt.step()
         self.step += 1
-        try:
-            self.rec.step(loss=loss)
-        except Exception as exc:  # noqa: BLE001 - the test checks which
-            return _err(exc)
-        return None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                self.rec.step(loss=loss)
+            except Exception as exc:  # noqa: BLE001 - the test checks which
+                return _err(exc)
+        told = [w for w in caught if issubclass(w.category, Warning) and "write" in str(w.message).lower()]
+        return {"type": "warning", "tview": True, "msg": str(told[0].message)[:500]} if told else None
 
     def close(self) -> dict | None:
         try:
@@ -55,8 +59,8 @@ class Trainer:
             return _err(exc)
         return None
 
-    def after_failure(self, report: dict, n: int = 5):
-        """n more steps after the first failure (each: did it raise?), then close()."""
+    def after_failure(self, report: dict, n: int = 250):
+        """n more steps after the first failure (each: did it raise or warn?), then close()."""
         report["later"] = [self.train_step() for _ in range(n)]
         report["close"] = self.close()
 

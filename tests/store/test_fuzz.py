@@ -15,7 +15,7 @@ from tests.conftest import REPO
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 import fuzz  # noqa: E402
 
-DEADLINE = 10.0
+DEADLINE = 6.0  # seconds; the harness raises it to 4x the undamaged run's read time on a busy machine
 HANG = "issue 11: hangs (SWMR open/read retries a damaged metadata block for minutes)"
 HUGE = "issue 11: unbounded world_size from run.tview (rank_status loops over 1e9 ranks)"
 FIFO = "issue 11: a FIFO named rank-00000.h5 blocks open_run forever"
@@ -40,27 +40,27 @@ CASES = {
     "odd-symlink_loop_shard-0": None, "odd-chmod000_shard-0": None, "zeropage-first-0": None,
     "metaflip-superblock-0": None,
     "odd-fifo_shard-0": FIFO, "manifest-world_size_huge-0": HUGE,
-    "metaflip-ohdr-1": HANG, "metaflip-superblock-1": HANG,
+    "metaflip-ohdr-1": HANG,
     "manifest-layers_null-0": MANIFEST_TYPE, "manifest-world_size_two-0": MANIFEST_TYPE,
     "manifest-deep_nesting-0": DEEP, "odd-devnull_manifest-0": DEVZERO,
     "manifest-layers_renamed-0": LAYERS, "manifest-layers_reversed-0": LAYERS,
     "h5edit-dataset_removed-1": REMOVED, "h5edit-dataset_removed-4": REMOVED,
     "h5edit-wrong_shape-0": SHAPE, "h5edit-wrong_shape-4": SHAPE, "metaflip-ohdr-3": OHDR,
-    "manifest-world_size_zero-0": WORLD, "h5edit-copy_as_other-0": COPY, "h5edit-huge_rank-0": COPY,
-    "h5edit-steps_negative-1": STEPS, "h5edit-steps_reversed-1": STEPS, "h5edit-steps_minus1_last-0": STEPS,
+    "manifest-world_size_zero-0": WORLD, "h5edit-copy_as_other-0": COPY,
+    "h5edit-steps_negative-1": STEPS, "h5edit-steps_minus1_last-0": STEPS,
     "h5edit-layers_attr_reversed-0": LAYERS_ATTR,
-    "dataflip-row0-0": CHECKSUM, "dataflip-row0-5": CHECKSUM, "dataflip-row0-6": CHECKSUM,
+    "dataflip-row0-5": CHECKSUM, "dataflip-row0-6": CHECKSUM,
 }
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    """Every case of the sample, run by the fuzz harness (2 processes at a time), by case id."""
+    """Every case of the sample and an undamaged copy, run by the fuzz harness (2 processes at a time), by id."""
     work = tmp_path_factory.mktemp("fuzz")
     base = str(work / "base")
     fuzz.record_base(base)
-    done = fuzz.run_cases([fuzz.Case.parse(c) for c in CASES], base, str(work), seed=0, deadline=DEADLINE)
-    return {r.case: r for r in done}
+    cases = [fuzz.Case("none", "none", 0)] + [fuzz.Case.parse(c) for c in CASES]
+    return {r.case: r for r in fuzz.run_cases(cases, base, str(work), seed=0, deadline=DEADLINE)}
 
 
 def _param(case_id, reason):
@@ -75,9 +75,7 @@ def test_damaged_run_reads_right_or_raises_a_tview_error_naming_the_file(results
                                     f"\n{r.stack}")
 
 
-def test_fuzz_harness_sees_the_undamaged_run_as_same(tmp_path):
-    """The harness itself: an undamaged copy reads the same as the original, every read."""
-    base = str(tmp_path / "base")
-    fuzz.record_base(base, steps=4)
-    (r,) = fuzz.run_cases([fuzz.Case("none", "none", 0)], base, str(tmp_path), deadline=60)
+def test_fuzz_harness_sees_an_undamaged_copy_as_the_same_run(results):
+    """The harness itself: an undamaged copy reads the same as the original, read for read."""
+    r = results["none-none-0"]
     assert r.outcome == "ok-same" and r.counts["ok-same"] > 500, r

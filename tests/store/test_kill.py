@@ -63,8 +63,8 @@ def test_sigkilled_writer_leaves_shard_readable_up_to_last_flushed_step(tmp_path
     assert read["closed"] is False and read["last_step"] == steps[-1]
 
 
-@pytest.mark.parametrize("step,then", [(0, 0.0), (0, 0.3), (3, 0.05), (12, 0.5), (25, 1.1)],
-                         ids=["step0-at-once", "step0-0.3s", "step3-0.05s", "step12-0.5s", "step25-1.1s"])
+@pytest.mark.parametrize("step,then", [(0, 0.0), (3, 0.05), (12, 0.5)], ids=["step0-at-once", "step3-0.05s",
+                                                                             "step12-0.5s"])
 def test_sigkill_at_any_moment_leaves_a_readable_prefix_or_a_named_tview_error(tmp_path, step, then):
     run_dir = str(tmp_path / "run")
     printed = _kill_after_step(_start_writer(run_dir), step=step, then=then)
