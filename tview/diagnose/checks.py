@@ -158,8 +158,9 @@ def _nonfinite_finding(run, per, ranks, s, tensor, key, pick) -> Finding:
     order = "forward" if tensor == "activation" else "backward"
     extra = " (this rank's own gradient, before the all-reduce)" if key == "local" else ""
     stat = "act_nan" if tensor == "activation" else ("local_grad_norm" if key == "local" else "grad_nan")
-    return make("nonfinite", f"NaN/Inf first at step {s} on {_ranks_text(at, run)}: {tensor}s of {layer}{extra}, the "
-                f"first module in {order} order", rank=rank, layer=layer, step=s, tensor=tensor, stat=stat)
+    return make("nonfinite", f"NaN/Inf first at step {s} on {_ranks_text(at, run)}: {tensor}s of {layer}{extra}, "
+                f"the first module with parameters in {order} order", rank=rank, layer=layer, step=s, tensor=tensor,
+                stat=stat)
 
 
 # -- exploding and vanishing gradients ------------------------------------------------------

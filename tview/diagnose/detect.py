@@ -62,13 +62,13 @@ def jump_onset(values: np.ndarray, factor: float, history: int = 20, least: int 
     v = np.asarray(values, dtype=np.float64)
     idx = np.flatnonzero(np.isfinite(v))
     finite = v[idx]
-    flags = np.zeros(len(finite), dtype=bool)
-    for k in range(least, len(finite)):
-        base = float(np.median(finite[max(0, k - history):k]))
-        if up:
-            flags[k] = base > 0 and finite[k] > factor * base
-        else:
-            flags[k] = base > 0 and finite[k] < base / factor
+    if len(finite) <= least:
+        return None
+    padded = np.concatenate([np.full(history, np.nan), finite])
+    base = nanmedian(np.lib.stride_tricks.sliding_window_view(padded, history)[:len(finite)], axis=1)
+    with np.errstate(invalid="ignore"):
+        flags = (base > 0) & ((finite > factor * base) if up else (finite < base / factor))
+    flags[:least] = False
     k = first_run(flags, sustain)
     return None if k is None else int(idx[k])
 
