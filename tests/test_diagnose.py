@@ -119,9 +119,13 @@ def test_noise_scale_recovers_a_known_value_and_says_why_where_undefined():
     assert values[0] == pytest.approx(trace / g2)
     assert np.isnan(values[10]) and why[10] == noise.WHY_NO_LOCAL
     assert np.isnan(values[20]) and why[20] == noise.WHY_NONFINITE
+    ns = noise.NoiseScale(np.arange(steps) * 10, values, why)
+    assert ns.undefined_spans() == [(100, 100, noise.WHY_NO_LOCAL), (200, 200, noise.WHY_NONFINITE)]
+    assert ns.gaps() == {noise.WHY_NO_LOCAL: 1, noise.WHY_NONFINITE: 1}
     same = np.full(steps, 1.0)  # every rank's gradient equals the all-reduced one: no noise
     values, why = noise.noise_scale_from_norms(np.stack([same] * world), same, b, world, smoothing=0.0)
     assert np.isnan(values).all() and set(why) == {noise.WHY_TRACE}
+    assert noise.NoiseScale(np.arange(steps), values, why).undefined_spans() == [(0, steps - 1, noise.WHY_TRACE)]
 
 
 # -- real recorded runs (ranks recorded side by side in this process, no DDP) ------------------
@@ -265,3 +269,20 @@ def test_the_cli_on_a_folder_that_is_not_a_run_says_so(tmp_path):
     cli = subprocess.run([PY, "-m", "tview.cli", "diagnose", str(tmp_path)], capture_output=True, text=True, cwd=REPO,
                          env=python_env(), timeout=120)
     assert cli.returncode == 2 and str(tmp_path) in cli.stderr and "Traceback" not in cli.stderr
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    from tview.demo import run_demo
+    path = str(tmp_path_factory.mktemp("ddp") / "demo")
+    run_demo(path, ranks=2, steps=24, every=1, snapshot_every=10, batch=16)
+    return path
+
+
+@pytest.mark.slow
+def test_noise_scale_of_a_real_ddp_run_gives_per_layer_estimates_and_the_critical_batch(ddp_run):
+    ns = noise.noise_scale(tview.open_run(ddp_run))
+    assert ns.reason is None and ns.batch > 0 and len(ns.steps) > 0
+    assert set(ns.layers) <= set(tview.open_run(ddp_run).layers) and ns.layers
+    assert ns.critical_batch is None or ns.critical_batch > 0
+    assert all(bool(w) != np.isfinite(v) for v, w in zip(ns.b_simple, ns.why))  # a reason exactly where undefined

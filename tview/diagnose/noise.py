@@ -34,6 +34,21 @@ class NoiseScale:
     def defined(self) -> np.ndarray:
         return np.isfinite(self.b_simple)
 
+    def undefined_spans(self) -> list[tuple[int, int, str]]:
+        """(first step, last step, why) of each run of consecutive undefined steps with one reason: what a chart
+        shades and labels."""
+        spans: list[tuple[int, int, str]] = []
+        last = -2  # index of the previous undefined step
+        for i, (step, why) in enumerate(zip(self.steps, self.why)):
+            if not why:
+                continue
+            if spans and spans[-1][2] == why and last == i - 1:
+                spans[-1] = (spans[-1][0], int(step), why)
+            else:
+                spans.append((int(step), int(step), why))
+            last = i
+        return spans
+
     def gaps(self) -> dict[str, int]:
         """How many steps are undefined for each reason."""
         out: dict[str, int] = {}
