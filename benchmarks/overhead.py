@@ -29,14 +29,16 @@ import torch
 import torch.nn.functional as F
 
 import tview
-from tview.models import LeNet5, SmallResNet
+from tview.models import ConvBNNet, LeNet5, SmallResNet, ThreeC3D
+
+MODELS = {"resnet": (SmallResNet, (3, 32, 32)), "lenet": (LeNet5, (1, 16, 16)), "convbn": (ConvBNNet, (3, 32, 32)),
+          "3c3d": (ThreeC3D, (3, 32, 32))}
 
 
 def make(model_name: str, batch: int):
     torch.manual_seed(0)
-    if model_name == "resnet":
-        return SmallResNet(), torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
-    return LeNet5(), torch.randn(batch, 1, 16, 16), torch.randint(0, 10, (batch,))
+    cls, shape = MODELS[model_name]
+    return cls(), torch.randn(batch, *shape), torch.randint(0, 10, (batch,))
 
 
 def recorder(**kwargs):
@@ -151,9 +153,33 @@ def spread(times: dict[str, list[float]], parts: int = 10) -> dict[str, float]:
     return out
 
 
+def short_runs(model_name: str, batch: int, steps: int, rounds: int, attach=None) -> tuple[float, float]:
+    """A user's short run, whole: `steps` steps of tview's default preset every step, then close()
+    (what a run of 100 steps pays at its end), against the same steps plain; the two take turns
+    `rounds` times. (total tview time / total plain time, its standard error over the rounds)."""
+    base, x, y = make(model_name, batch)
+    attach = attach or (lambda m, opt, tmp: tview.Recorder(m, tempfile.mkdtemp(dir=tmp), every=1, optimizer=opt))
+    tv, pl = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            for name in (("plain", "tview") if r % 2 == 0 else ("tview", "plain")):
+                trainer = Trainer(base, None if name == "plain" else attach, tmp)
+                trainer.steps(x, y, 2)  # warm-up (first calls allocate)
+                t0 = time.perf_counter()
+                trainer.steps(x, y, steps)
+                trainer.close()
+                (pl if name == "plain" else tv).append(time.perf_counter() - t0)
+    per_round = [a / b for a, b in zip(tv, pl)]
+    err = statistics.stdev(per_round) / len(per_round) ** 0.5 if len(per_round) > 1 else float("nan")
+    return sum(tv) / sum(pl), err
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", choices=("resnet", "lenet"), default="resnet")
+    ap.add_argument("--model", choices=tuple(MODELS), default="resnet")
+    ap.add_argument("--short-runs", type=int, default=0,
+                    help="also time this many whole short runs of --short-steps steps, close() included")
+    ap.add_argument("--short-steps", type=int, default=100)
     ap.add_argument("--steps", type=int, default=600, help="timed steps per configuration")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--flush-every", type=int, default=None,
@@ -171,6 +197,9 @@ def main(argv=None):
         t = targets.get(name)
         verdict = "" if t is None else (f"  target <= {t:.2f}x: " + ("met" if r <= t else "MISSED"))
         print(f"{name:28s} {r:6.3f}x +- {errors[name]:.3f}  {medians[name]:10.3f}x{verdict}")
+    if a.short_runs:
+        r, e = short_runs(a.model, a.batch, a.short_steps, a.short_runs)
+        print(f"{'default every step, ' + str(a.short_steps) + ' steps + close()':28s} {r:6.3f}x +- {e:.3f}")
 
 
 if __name__ == "__main__":

@@ -69,3 +69,39 @@ class SmallResNet(nn.Module):
     def forward(self, x):
         x = self.stages(self.relu(self.bn1(self.conv1(x))))
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class ConvBNNet(nn.Module):
+    """A plain conv-BatchNorm-ReLU stack (VGG-like: 5 conv layers, 3 poolings) for 32x32 images: many
+    small layers, each with a norm and an activation, the shape that made recording costly."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 32):
+        super().__init__()
+        chans = (in_channels, width, width, 2 * width, 2 * width, 4 * width)
+        layers = []
+        for i in range(5):
+            layers += [nn.Conv2d(chans[i], chans[i + 1], 3, padding=1, bias=False), nn.BatchNorm2d(chans[i + 1]),
+                       nn.ReLU(inplace=True)]
+            if i in (1, 3, 4):
+                layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(4 * width * 4 * 4, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.features(x).flatten(1))
+
+
+class ThreeC3D(nn.Module):
+    """Cockpit's (DeepOBS's) 3C3D for 32x32 images: three conv layers, three dense layers."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 64, 5), nn.ReLU(), nn.MaxPool2d(3, 2, padding=1),
+            nn.Conv2d(64, 96, 3), nn.ReLU(), nn.MaxPool2d(3, 2, padding=1),
+            nn.Conv2d(96, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2, padding=1))
+        self.classifier = nn.Sequential(nn.Linear(128 * 3 * 3, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(),
+                                        nn.Linear(256, num_classes))
+
+    def forward(self, x):
+        return self.classifier(self.features(x).flatten(1))

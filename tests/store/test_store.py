@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import tview
-from tview.store import schema
 from tests.conftest import PY, TinyCNN, make_data, python_env, train
+from tview.store import schema
 
 WRITER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "writer_script.py")
 
@@ -320,3 +320,28 @@ def test_synthetic_runs_read_back_like_recorded_ones(tmp_path):
         assert run.rank_status()[rank]["closed"] and run.rank_status()[rank]["last_step"] == 249
     steps, zf = run.stat("act_channel_zero_frac", run.layers[1])
     assert list(steps) == list(range(200, 250)) and np.isfinite(zf).all()  # measured rows only
+
+
+def test_a_schema_1_run_is_refused_with_how_to_convert_it_then_upgrades(tmp_path):
+    """tests/data/v1_run: 12 steps of TinyCNN recorded by tview 0.1 (store schema 1, activations preset),
+    a NaN input pixel from step 9 on (repacked smaller with gzip, otherwise as written)."""
+    import shutil
+    from tests.conftest import REPO
+    path = str(tmp_path / "v1")
+    shutil.copytree(os.path.join(REPO, "tests", "data", "v1_run"), path)
+    with pytest.raises(tview.SchemaVersionError, match="schema 1.*tview upgrade RUN"):
+        tview.open_run(path)
+    out = subprocess.run([PY, "-m", "tview.cli", "upgrade", path], capture_output=True, text=True, env=python_env())
+    assert out.returncode == 0 and "12 recorded steps converted" in out.stdout, out.stderr
+    assert os.path.exists(os.path.join(path, "rank-00000.v1.h5"))  # the old shard is kept
+    run = tview.open_run(path)
+    assert list(run.steps()) == list(range(12))
+    steps, nan = run.stat("act_nan", "conv1")
+    assert list(steps) == list(range(12)) and nan[:9].sum() == 0 and nan[9] == 36  # 3x3 kernel x 4 channels
+    assert run.first_nonfinite(0)["tensors"]["activation"]["conv1"] == 9
+    steps, loss = run.scalar("loss")
+    assert list(steps) == list(range(12)) and np.isfinite(loss[:9]).all() and np.isnan(loss[9:]).all()
+    assert len(run.stat("grad_norm", "relu")[0]) == 0  # a v1 NaN with nothing measured beside it: absent
+    assert run.filters("conv1")[0] == 8 and "not recorded" in run.stat_info("act_mean")["note"]
+    out = subprocess.run([PY, "-m", "tview.cli", "upgrade", path], capture_output=True, text=True, env=python_env())
+    assert out.returncode == 0 and "0 shard(s) converted" in out.stdout  # a second time: nothing to do

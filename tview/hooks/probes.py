@@ -13,7 +13,6 @@ probes (tview/hooks/param_probes.py) see every layer's parameters at once (tview
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from tview.store import schema

@@ -384,7 +384,7 @@ class Recorder:
             raise TviewError(f"Recorder for {self.run_dir} is closed; step() after close()")
         if self._failed_at is None and self._writer.error is not None:
             self._fail()
-        if self._failed_at is not None and self._step % 100 == 0:
+        if self._failed_at is not None and (self._step - self._failed_at) % 50 == 0:
             warnings.warn(f"tview: recording into {self.shard_path} stopped at step {self._failed_at} "
                           f"({self._writer.error}); training goes on unrecorded", RuntimeWarning, stacklevel=2)
         if self._recording:

@@ -94,12 +94,7 @@ class BackgroundWriter:
         """After a failed write, let go of the file now (HDF5 must not meet it again at exit)."""
         writer, self.writer = self.writer, None
         if writer is not None and writer.file is not None:
-            writer.tables = {}  # drop every dataset handle first, then the file
-            try:
-                writer.file.close()
-            except BaseException:
-                pass
-            writer.file = None
+            writer.release()
 
     def flush(self, timeout: float = 60.0):
         """Block until everything queued so far is written and flushed to the file."""

@@ -370,8 +370,9 @@ class Run:
         total = shard.measured(table, "total_n", i, 2000, () if i is None else (i,))
         pick = (lambda r: r[1][r[2]]) if i is None else (lambda r: r[1])
         n, m = pick(sample), pick(total)
-        if not len(n):
-            return {"exact": False, "sample": None, "of": None, "note": "estimated from a sample (none measured yet)"}
+        if not len(n) or np.isnan(n).all():
+            why = "none measured yet" if not len(n) else "its size was not recorded: converted from store schema 1"
+            return {"exact": False, "sample": None, "of": None, "note": f"estimated from a sample ({why})"}
         n, m = int(np.median(n)), int(np.median(m))
         if n >= m:
             return {"exact": True, "sample": n, "of": m, "note": f"exact: all {m} values"}

@@ -21,6 +21,39 @@ from tview.store.records import ShardLayout, StepRecord, TableRow
 _ROWS_PER_CHUNK = 256  # along the step axis, at most
 _CHUNK_BYTES = {"every": 16 * 1024, "detail": 4 * 1024}  # small chunks: a short run wastes little space
 _FILL = {"f": np.nan, "u": 0, "i": -1}
+_SPARE_BYTES = 256 * 1024  # kept free on the disk beyond what a write needs: HDF5 must never meet a full disk
+
+
+def _payload_bytes(records: list[StepRecord]) -> int:
+    """About how many bytes a batch of records adds to a shard (its arrays; metadata comes on top)."""
+    total = 0
+    for r in records:
+        total += 1024 + sum(np.asarray(v).nbytes for v in (r.filters or {}).values())
+        total += sum(np.asarray(v).nbytes for v in (r.feature_maps or {}).values())
+        for row in r.tables.values():
+            for v in row.values.values():
+                total += sum(np.asarray(x).nbytes for x in v.values()) if isinstance(v, dict) else np.asarray(v).nbytes
+    return total
+
+
+def free_bytes(path: str) -> int:
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        st = os.statvfs(folder)
+    except FileNotFoundError:
+        raise OSError(2, f"{folder} was removed while recording (run folder deleted?)") from None
+    return st.f_bavail * st.f_frsize
+
+
+def check_room(path: str, needed: int) -> None:
+    """Refuse a write the disk may not hold, before HDF5 starts it. HDF5 meeting a full disk leaves
+    dirty chunks it can neither write nor drop, and crashed the process when they were closed; a
+    write refused here leaves the shard consistent up to its last flush."""
+    free = free_bytes(path)
+    if free < needed + _SPARE_BYTES:
+        raise OSError(28, f"disk nearly full: {free} bytes free where {path} needs about "
+                          f"{needed + _SPARE_BYTES} for its next write; recording stops here, the shard is "
+                          f"complete up to its last flush")
 
 
 def chunk_rows(row_bytes: int, target: int = _CHUNK_BYTES["every"]) -> int:
@@ -154,23 +187,36 @@ class ShardWriter:
     def __init__(self, path: str, layout: ShardLayout, resume: bool = False):
         self.path = path
         self.layout = layout
+        check_room(path, 128 * 1024)  # the file's metadata
         self.specs = {spec.name: spec for spec in layout.tables}
         if resume and os.path.exists(path):
             self.file = self._open_for_resume(path)
         else:
             self.file = self._create(path)
         self.file.swmr_mode = True
+        self._inode = os.stat(path).st_ino
         self.tables = {name: _Table(self.file[schema.PROBES][name]) for name in self.specs}
         for name in (schema.TABLE_SCALARS, schema.TABLE_SNAPSHOTS):
             self.tables[name] = _Table(self.file[name])
         self._names = self.file[schema.TABLE_SCALARS]["names"]
         self.scalar_columns = {bytes(n).decode("utf-8", "replace"): i for i, n in enumerate(self._names[:])}
         self._first = {name: self.file["status/first_nonfinite"][name][:] for name in self.file["status/first_nonfinite"]}
+        # bytes the last write added to the file; before any, what the first chunk of every column takes
+        self._growth = sum(int(np.prod(c.dset.chunks)) * c.dtype.itemsize for t in self.tables.values()
+                           for c in list(t.columns.values()) + [t._step])
 
     # -- creation -------------------------------------------------------------------------
     def _create(self, path: str) -> h5py.File:
-        lay = self.layout
         f = h5py.File(path, "w", libver=schema.LIBVER)
+        try:
+            self._build(f)
+        except BaseException:  # a full disk while creating: let go of the file before raising
+            f.close()
+            raise
+        return f
+
+    def _build(self, f: h5py.File):
+        lay = self.layout
         f.attrs.update({"tview_schema_version": schema.SCHEMA_VERSION, "rank": lay.rank, "world_size": lay.world_size,
                         "run_id": lay.run_id, "created_unix": time.time(), "layers_json": json.dumps(lay.layers)})
         sc = f.create_group(schema.TABLE_SCALARS)
@@ -195,7 +241,6 @@ class ShardWriter:
             if any(c.nonfinite for c in spec.columns):
                 first.create_dataset(spec.name, data=np.full(len(lay.layers), -1, dtype=np.int64))
         first.create_dataset(schema.TABLE_SCALARS, data=np.full(schema.MAX_SCALARS, -1, dtype=np.int64))
-        return f
 
     def _create_snapshots(self, f: h5py.File):
         lay = self.layout
@@ -262,7 +307,14 @@ class ShardWriter:
 
     def write(self, records: list[StepRecord]):
         """Append a batch of records: scalars for every record, each probe table for the records
-        that carry its row, snapshots for those that have one."""
+        that carry its row, snapshots for those that have one. Refused (OSError) before anything is
+        written when the disk may not hold it."""
+        check_room(self.path, 2 * max(_payload_bytes(records), self._growth))
+        size = os.path.getsize(self.path)
+        self._append(records)
+        self._growth = max(os.path.getsize(self.path) - size, 0)
+
+    def _append(self, records: list[StepRecord]):
         self.tables[schema.TABLE_SCALARS].append([r.step for r in records], [self._scalar_row(r) for r in records])
         for name, spec in self.specs.items():
             with_row = [r for r in records if name in r.tables]
@@ -334,12 +386,37 @@ class ShardWriter:
         self.file["status/dropped"][0] = count
 
     def flush(self):
+        """Flush to disk, then check the file is still where readers look for it (a removed or replaced
+        run folder would otherwise swallow every later write without an error)."""
         self.file.flush()
+        try:
+            moved = os.stat(self.path).st_ino != self._inode
+        except OSError:
+            moved = True
+        if moved:
+            raise OSError(f"{self.path} was removed or replaced while recording (run folder deleted?)")
 
     def close(self, clean: bool = True):
         if self.file:
             if clean:
                 self.file["status/closed"][0] = 1
             self.file.flush()
-            self.file.close()
-            self.file = None
+            self.release()
+
+    def release(self):
+        """Close every dataset handle, then the file; nothing of it is left for garbage collection
+        (after a failed write, HDF5 meeting those handles at interpreter exit crashed the process)."""
+        handles = [c.dset for t in self.tables.values() for c in t.columns.values()]
+        handles += [t._step.dset for t in self.tables.values()] + [self._names]
+        self.tables, self._names = {}, None
+        for dset in handles:
+            try:
+                dset.id.close()
+            except Exception:  # already closed, or the file is in a failed state: let go anyway
+                pass
+        file, self.file = self.file, None
+        if file is not None:
+            try:
+                file.close()
+            except Exception:
+                pass
