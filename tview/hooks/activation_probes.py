@@ -13,7 +13,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from tview.hooks.probes import EVERY, Probe, finite_on_cpu, histogram
+from tview.hooks.probes import DETAIL, EVERY, Probe, finite_on_cpu, histogram
 from tview.store.schema import CHANNEL, HIST, Column
 
 
@@ -92,6 +92,10 @@ class ActMoments(ActivationProbe):
     sampled = True
     merge = {"sums": "sum", "min": "min", "max": "max"}
 
+    @classmethod
+    def cadence_for(cls, preset):
+        return (EVERY if preset.activations_every_step else DETAIL) if preset.activations else None
+
     def compute(self, ctx):
         x = ctx.x
         lo, hi = torch.aminmax(x) if ctx.numel else (x.new_zeros(()), x.new_zeros(()))
@@ -115,6 +119,10 @@ class ActCounts(ActivationProbe):
     columns = (Column("act_zero_frac"), Column("act_nan", nonfinite=True), Column("act_inf", nonfinite=True))
     merge = {"zeros": "total"}  # per-channel counts: the host adds them up (one device op less)
 
+    @classmethod
+    def cadence_for(cls, preset):
+        return (EVERY if preset.activations_every_step else DETAIL) if preset.activations else None
+
     def compute(self, ctx):
         zeros = ctx.channel_zeros if ctx.channel_dims else (ctx.full == 0).sum()
         nan, inf = ctx.nonfinite
@@ -130,6 +138,10 @@ class ActChannelStats(ActivationProbe):
     table = "act_channel"
     columns = (Column("act_channel_mean", CHANNEL), Column("act_channel_zero_frac", CHANNEL))
     merge = {"sum": "sum", "zeros": "sum"}
+
+    @classmethod
+    def cadence_for(cls, preset):
+        return DETAIL if preset.activations and preset.channels else None
 
     def compute(self, ctx):
         if ctx.channel_dims is None:
@@ -154,6 +166,10 @@ class ActHistogram(ActivationProbe):
     sampled = True
     merge = {"counts": "sum"}
 
+    @classmethod
+    def create(cls, preset, setting):
+        return cls(DETAIL, preset.act_hist_sample) if preset.activations and preset.histograms else None
+
     def __init__(self, cadence: str = EVERY, sample: int | None = None):
         super().__init__(cadence)
         self.sample = sample
@@ -169,8 +185,6 @@ class ActHistogram(ActivationProbe):
     def finalize(self, p):
         return {"act": p["counts"], "sample_n": p["n"], "total_n": p["of"]}
 
-
-PROBES = (ActMoments, ActCounts, ActChannelStats, ActHistogram)
 
 
 def merge_partials(probe: ActivationProbe, calls: list[dict]) -> dict:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from tview.hooks.params import ParamContext, ParamStep
-from tview.hooks.probes import EVERY, Probe
+from tview.hooks.probes import DETAIL, EVERY, Probe
 from tview.store.schema import CHANNEL, HIST, VECTOR, Column
 
 
@@ -39,6 +39,10 @@ class GradStats(ParamProbe):
     reads = "gradient"
     columns = (Column("grad_norm"), Column("grad_mean"), Column("grad_std"), Column("grad_max_abs"),
                Column("grad_nan", nonfinite=True), Column("grad_inf", nonfinite=True))
+
+    @classmethod
+    def cadence_for(cls, preset):
+        return EVERY if preset.grads else None
 
     def compute(self, step):
         if not step.has_grad.any():
@@ -65,6 +69,10 @@ class GradChannelNorm(ParamProbe):
     reads = "gradient"
     columns = (Column("grad_channel_norm", CHANNEL),)
 
+    @classmethod
+    def cadence_for(cls, preset):
+        return EVERY if preset.grads else None
+
     def compute(self, step):
         if not step.has_grad.any() or not any(step.ctx.channel_widths):
             return None
@@ -84,6 +92,10 @@ class LocalGradNorm(ParamProbe):
     reads = "local_gradient"
     columns = (Column("local_grad_norm"),)
 
+    @classmethod
+    def create(cls, preset, setting):
+        return cls(EVERY) if preset.grads and setting["distributed"] else None
+
     def compute(self, step):
         local = step.local
         if local is None:
@@ -101,6 +113,10 @@ class WeightStats(ParamProbe):
     reads = "weight"
     columns = (Column("weight_norm"), Column("weight_sum", dtype="float64"))
 
+    @classmethod
+    def cadence_for(cls, preset):
+        return EVERY if preset.weights else None
+
     def compute(self, step):
         return {"sq": step.ctx.sq_sums(step.weights), "sum": step.ctx.sums(step.weights)}
 
@@ -114,6 +130,10 @@ class UpdateRatio(ParamProbe):
     table = "update"
     reads = "weight"
     columns = (Column("update_ratio"),)
+
+    @classmethod
+    def cadence_for(cls, preset):
+        return EVERY if preset.weights else None
 
     def __init__(self, cadence: str = EVERY):
         super().__init__(cadence)
@@ -139,6 +159,10 @@ class InitDistance(ParamProbe):
     reads = "weight"
     columns = (Column("init_distance"),)
 
+    @classmethod
+    def cadence_for(cls, preset):
+        return EVERY if preset.weights else None
+
     def setup(self, ctx):
         self.init = ctx.gather("init", ctx.params)  # a buffer of its own: kept for the whole run
         sq = ctx.sq_sums(self.init)
@@ -159,6 +183,10 @@ class GradHistogram(ParamProbe):
     reads = "gradient"
     columns = (Column("grad", HIST, "uint32"),)
 
+    @classmethod
+    def cadence_for(cls, preset):
+        return DETAIL if preset.histograms and preset.grads else None
+
     def compute(self, step):
         if not step.has_grad.any():
             return None
@@ -175,6 +203,10 @@ class WeightHistogram(ParamProbe):
     reads = "weight"
     columns = (Column("weight", HIST, "uint32"),)
 
+    @classmethod
+    def cadence_for(cls, preset):
+        return DETAIL if preset.histograms and preset.weights else None
+
     def compute(self, step):
         return {"counts": step.ctx.histogram(step.weights)}
 
@@ -189,6 +221,12 @@ class Trajectory(ParamProbe):
 
     table = "trajectory"
     reads = "weight"
+
+    @classmethod
+    def create(cls, preset, setting):
+        if not preset.trajectory:
+            return None
+        return cls(DETAIL, setting["layer_names"], setting["trajectory_dims"], setting["seed"])
 
     def __init__(self, cadence: str = EVERY, layer_names: list[str] | None = None, dims: int = 3, seed: int = 0):
         super().__init__(cadence)
@@ -208,6 +246,3 @@ class Trajectory(ParamProbe):
     def finalize(self, p, ctx):
         return {"trajectory": p["coords"]}
 
-
-PROBES = (GradStats, GradChannelNorm, LocalGradNorm, WeightStats, UpdateRatio, InitDistance, GradHistogram,
-          WeightHistogram, Trajectory)

@@ -45,14 +45,35 @@ def histogram(values: torch.Tensor) -> torch.Tensor:
                        max=schema.HIST_BINS - 0.5)
 
 
+_REGISTRY: list[type] = []  # every concrete probe class, in definition order
+
+
 class Probe:
     """Base of every probe: the declaration of its table. Subclasses set `table` (the table's name),
-    `columns`, `reads` and `sampled`, and implement compute/finalize (see the two kinds of probe)."""
+    `columns`, `reads` and `sampled`, say on which steps of which presets they run (`cadence_for`),
+    and implement compute/finalize (see the two kinds of probe). Defining the class registers it."""
 
     table: str = ""
     columns: tuple[Column, ...] = ()
     reads: str = ""
     sampled: bool = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("table"):  # a class declaring its own table (a variant of another is not registered)
+            _REGISTRY.append(cls)
+
+    @classmethod
+    def cadence_for(cls, preset) -> str | None:
+        """EVERY (each recorded step), DETAIL (the preset's detail steps) or None (not in this preset)."""
+        return None
+
+    @classmethod
+    def create(cls, preset, setting: dict) -> Probe | None:
+        """This probe for a preset, or None when the preset does not run it. `setting`: what some probes
+        need from the Recorder (layer_names, distributed, trajectory_dims, seed)."""
+        cadence = cls.cadence_for(preset)
+        return cls(cadence) if cadence else None
 
     def __init__(self, cadence: str = EVERY):
         if cadence not in schema.CADENCES:
@@ -82,6 +103,13 @@ class Probe:
 
 
 def registered_probes() -> list[type[Probe]]:
-    """Every probe class tview knows (activation and parameter probes), in table order."""
-    from tview.hooks import activation_probes, param_probes
-    return list(param_probes.PROBES) + list(activation_probes.PROBES)
+    """Every probe class defined so far (tview's own and any a user defines), in definition order."""
+    import tview.hooks.activation_probes  # noqa: F401  (defining them registers them)
+    import tview.hooks.param_probes  # noqa: F401
+    return list(_REGISTRY)
+
+
+def unregister(cls: type[Probe]) -> None:
+    """Forget a probe class (a test's, say): Recorders made afterwards do not run it."""
+    if cls in _REGISTRY:
+        _REGISTRY.remove(cls)

@@ -21,7 +21,7 @@ from tview.errors import ConfigError, StoreWriteError, TviewError
 from tview.hooks import activation_probes as A
 from tview.hooks import param_probes as PP
 from tview.hooks.params import ParamContext, ParamStep
-from tview.hooks.probes import DETAIL, EVERY
+from tview.hooks.probes import EVERY, registered_probes
 from tview.hooks.rows import RowBuilder
 from tview.hooks.schedules import Preset, as_schedule, get_preset
 from tview.store import schema
@@ -62,24 +62,12 @@ def _layer_info(name: str, m: nn.Module) -> dict:
 
 def preset_probes(preset: Preset, layer_names: list[str], distributed: bool, trajectory_dims: int,
                   seed: int) -> tuple[list[PP.ParamProbe], list[A.ActivationProbe]]:
-    """The probes a preset runs, each with its cadence (every recorded step, or detail steps)."""
-    params: list[PP.ParamProbe] = []
-    if preset.grads:
-        params += [PP.GradStats(EVERY), PP.GradChannelNorm(EVERY)] + ([PP.LocalGradNorm(EVERY)] if distributed else [])
-    if preset.weights:
-        params += [PP.WeightStats(EVERY), PP.UpdateRatio(EVERY), PP.InitDistance(EVERY)]
-    if preset.histograms:
-        params += ([PP.GradHistogram(DETAIL)] if preset.grads else []) + ([PP.WeightHistogram(DETAIL)]
-                                                                          if preset.weights else [])
-    if preset.trajectory:
-        params.append(PP.Trajectory(DETAIL, layer_names, trajectory_dims, seed))
-    acts: list[A.ActivationProbe] = []
-    if preset.activations:
-        cadence = EVERY if preset.activations_every_step else DETAIL
-        acts += [A.ActMoments(cadence), A.ActCounts(cadence)]
-        acts += [A.ActChannelStats(DETAIL)] if preset.channels else []
-        acts += [A.ActHistogram(DETAIL, preset.act_hist_sample)] if preset.histograms else []
-    return params, acts
+    """The registered probes a preset runs, each with its cadence (every recorded step, or detail steps)."""
+    setting = {"layer_names": layer_names, "distributed": distributed, "trajectory_dims": trajectory_dims,
+               "seed": seed}
+    probes = [p for p in (cls.create(preset, setting) for cls in registered_probes()) if p is not None]
+    return ([p for p in probes if isinstance(p, PP.ParamProbe)],
+            [p for p in probes if isinstance(p, A.ActivationProbe)])
 
 
 _STATM = {"fd": None, "pid": None}
