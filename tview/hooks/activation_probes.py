@@ -47,14 +47,15 @@ class ActivationContext:
         return self.total if self.x is self.full else self.x.sum(dtype=torch.float32)
 
     @cached_property
-    def channel_zeros(self) -> torch.Tensor:
-        """Per output channel counts of exact zeros over the whole output."""
+    def channel_zeros(self):
+        """Per output channel counts of exact zeros over the whole output. On the CPU numpy counts the
+        non-zeros of each (example, channel) slab: 3x faster than torch's sign(|x|) sums (and those 4x
+        faster than summing x == 0), NaN counted as not zero either way."""
         x = self.full
-        if x.device.type == "cpu" and self.nonfinite == (0, 0):  # (on a GPU the check would sync)
-            # No NaN (whose sign() is 0): zeros = count - sum(sign(|x|)), three float passes, 4x
-            # faster on CPU than summing the booleans of x == 0
-            per_channel = x.numel() // max(x.shape[1], 1)
-            return per_channel - x.abs().sign_().sum(dim=self.channel_dims)
+        if x.device.type == "cpu" and x.is_contiguous() and x.dtype == torch.float32 and x.numel():
+            a = x.numpy().reshape(x.shape[0], x.shape[1], -1)
+            nonzero = np.not_equal(a, 0).sum(axis=2, dtype=np.int64).sum(axis=0)
+            return (x.numel() // x.shape[1] - nonzero).astype(np.float64)
         return (x == 0).sum(dim=self.channel_dims)
 
     @cached_property

@@ -48,7 +48,7 @@ class GradStats(ParamProbe):
         if not step.has_grad.any():
             return None
         ctx, grads = step.ctx, step.grads
-        sq = ctx.sums(step.grad_squares)
+        sq = step.grad_sq_sums
         return {"sum": ctx.sums(grads), "sq": sq, "max_abs": ctx.max_abs(grads),
                 "nonfinite": ctx.nonfinite(grads, sq.sum()), "measured": step.has_grad}
 
@@ -71,7 +71,7 @@ class GradChannelNorm(ParamProbe):
 
     @classmethod
     def cadence_for(cls, preset):
-        return EVERY if preset.grads else None
+        return DETAIL if preset.grads else None
 
     def compute(self, step):
         if not step.has_grad.any() or not any(step.ctx.channel_widths):
@@ -118,7 +118,7 @@ class WeightStats(ParamProbe):
         return EVERY if preset.weights else None
 
     def compute(self, step):
-        return {"sq": step.ctx.sq_sums(step.weights), "sum": step.ctx.sums(step.weights)}
+        return {"sq": step.weight_sq_sums, "sum": step.ctx.sums(step.weights, float64=True)}
 
     def finalize(self, p, ctx):
         return {"weight_norm": np.sqrt(p["sq"]), "weight_sum": p["sum"]}
@@ -144,7 +144,7 @@ class UpdateRatio(ParamProbe):
         self.previous = weights  # ctx.weights() fills the other buffer next time: this one stays
         if previous is None:
             return None
-        return {"dsq": step.ctx.sq_dist(weights, previous), "sq": step.ctx.sq_sums(weights)}
+        return {"dsq": step.ctx.sq_dist(weights, previous), "sq": step.weight_sq_sums}
 
     def finalize(self, p, ctx):
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -161,7 +161,7 @@ class InitDistance(ParamProbe):
 
     @classmethod
     def cadence_for(cls, preset):
-        return EVERY if preset.weights else None
+        return DETAIL if preset.weights else None
 
     def setup(self, ctx):
         self.init = ctx.gather("init", ctx.params)  # a buffer of its own: kept for the whole run
