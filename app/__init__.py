@@ -141,6 +141,7 @@ def poll(_, runs, previous):
         try:
             rows = rank_rows(cat.get(run_id))
             signature[run_id] = run_signature(rows)
+            cat.note_signature(run_id, signature[run_id])
             if is_live(rows):
                 live.append(run_id)
         except Exception as exc:  # shown by the pages themselves

@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
+from collections import OrderedDict
+from typing import Any, Callable
+
+import numpy as np
 
 from tview.errors import TviewError
 from tview.store.reader import Run, find_runs, open_run
+
+MEMO_BYTES = 256 * 2**20  # what read results across ranks may hold in memory, all runs together
+
+
+def size_of(value) -> int:
+    """Rough bytes held by a result (arrays by their buffers)."""
+    if isinstance(value, np.ndarray):
+        return value.nbytes + 100
+    if isinstance(value, dict):
+        return sum(size_of(k) + size_of(v) for k, v in value.items()) + 100
+    if isinstance(value, (list, tuple)):
+        return sum(size_of(v) for v in value) + 60
+    return 64
 
 
 def run_ids(root: str, folders: list[str]) -> dict[str, str]:
@@ -30,6 +48,9 @@ class RunCatalog:
         self._lock = threading.Lock()
         self._ids: dict[str, str] = {}
         self._open: dict[str, Run] = {}
+        self._signature: dict[str, str] = {}  # run id -> what the last poll saw of it (steps, states per rank)
+        self._memo: OrderedDict = OrderedDict()  # (run id, signature, key) -> result, least recently used first
+        self._memo_bytes = 0
         self.scan()
 
     def scan(self) -> list[str]:
@@ -60,6 +81,41 @@ class RunCatalog:
             elif run.problems:
                 run.refresh()
             return run
+
+    def note_signature(self, run_id: str, signature) -> None:
+        """What the poll saw of a run (run_signature): results read before it changed are not served again."""
+        text = json.dumps(signature, sort_keys=True, default=str)
+        with self._lock:
+            if self._signature.get(run_id) != text:
+                self._signature[run_id] = text
+                for k in [k for k in self._memo if k[0] == run_id]:
+                    self._memo_bytes -= self._memo.pop(k)[1]
+
+    def memo(self, run_id: str, key: tuple, compute: Callable[[], Any]):
+        """compute(), or its result from an earlier call with the same key while the run has not changed since
+        the last poll (reads across 1024 ranks are read once per change, whichever page asks). Bounded by
+        MEMO_BYTES; before the first poll of a run nothing is kept."""
+        with self._lock:
+            sig = self._signature.get(run_id)
+            hit = self._memo.get((run_id, sig, key))
+            if hit is not None:
+                self._memo.move_to_end((run_id, sig, key))
+                return hit[0]
+        value = compute()
+        if sig is not None:
+            self._keep((run_id, sig, key), value)
+        return value
+
+    def _keep(self, full_key: tuple, value):
+        size = size_of(value)
+        with self._lock:
+            if full_key[1] != self._signature.get(full_key[0]) or size > MEMO_BYTES:
+                return
+            old = self._memo.pop(full_key, None)
+            self._memo_bytes += size - (old[1] if old else 0)
+            self._memo[full_key] = (value, size)
+            while self._memo_bytes > MEMO_BYTES:
+                self._memo_bytes -= self._memo.popitem(last=False)[1][1]
 
     def forget(self, run_id: str):
         """Close a run so it is opened afresh next time (after its files were replaced)."""

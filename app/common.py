@@ -25,6 +25,12 @@ def catalog() -> RunCatalog:
     return flask.current_app.config["TVIEW_CATALOG"]
 
 
+def memo_read(run_id: str, fn, *args):
+    """fn(run, *args) for the run `run_id`, read once per change of the run (RunCatalog.memo); args hashable."""
+    cat = catalog()
+    return cat.memo(run_id, (fn.__module__, fn.__qualname__, args), lambda: fn(cat.get(run_id), *args))
+
+
 def figures_or_message(count: int):
     """Wrap a callback returning `count` figures: a tview error, missing data or a bad value becomes a
     figure that says so (and the app goes on serving), never a broken page."""

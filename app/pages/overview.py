@@ -10,7 +10,7 @@ from dash import Input, Output, State, callback, html
 
 from tview.render import figures, ranks_view, summaries
 
-from ..common import HOLD_POLL, catalog, focused, graph, log, rank_button
+from ..common import HOLD_POLL, graph, log, memo_read, rank_button
 
 POINTS = 500      # per rank in the overview's figure and health checks: a trend, read in milliseconds
 WORST_SHOWN = 5   # ranks listed on the card (the Ranks page pages through all of them)
@@ -52,10 +52,10 @@ def _health(steps: int, findings: list) -> list:
             for severity, kind, message in ranks_view.group_findings(findings)]
 
 
-def run_card(run_id: str, run, loss: tuple, focus: int | None) -> tuple[html.Div, dict]:
-    """The card of one run, and the ranks that stand out (rank -> why) for the loss figure."""
-    rows = summaries.rank_rows(run)  # read once for the summary, the table and the health checks
-    s = summaries.run_summary(run, rows)
+def card_data(run) -> dict:
+    """Everything the card and the loss figure read from a run (memoized per change of the run)."""
+    loss = summaries.scalar_across_ranks(run, "loss", POINTS)  # read once: the figure and the health checks
+    rows = summaries.rank_rows(run)
     first = summaries.first_nonfinite_per_rank(run)
     table = summaries.ranks_table(run, rows, POINTS, first=first)
     steps, values = loss
@@ -65,7 +65,13 @@ def run_card(run_id: str, run, loss: tuple, focus: int | None) -> tuple[html.Div
     named = ranks_view.standouts(run.ranks, values, step_time={r["rank"]: r["step_time"] for r in table},
                                  first_bad={r["rank"]: r["first_nan"] for r in table},
                                  other_times=summaries.other_times(run, POINTS))
-    states = Counter(r["state"] for r in rows)
+    return {"summary": summaries.run_summary(run, rows), "states": Counter(r["state"] for r in rows), "table": table,
+            "findings": findings, "named": named, "loss": loss, "ranks": list(run.ranks)}
+
+
+def run_card(run_id: str, data: dict, focus: int | None) -> html.Div:
+    """The card of one run from card_data."""
+    s, table, states = data["summary"], data["table"], data["states"]
     head = [html.H3([run_id, html.Span(" LIVE", className="tv-live") if s["live"] else None])]
     facts = html.P(
         f"{s['model']} · {len(s['readable_ranks'])} of {s['world_size']} rank(s) readable "
@@ -76,8 +82,8 @@ def run_card(run_id: str, run, loss: tuple, focus: int | None) -> tuple[html.Div
         f"feature maps of {len(s['probe_layers'])})", className="tv-facts")
     title = "ranks" if len(table) <= ranks_view.LINES_UP_TO else f"the {WORST_SHOWN} ranks worth a look first"
     body = head + [facts, html.H4(title), _worst_table(_shown_rows(table, focus), focus),
-                   html.H4("health"), html.Ul(_health(s["steps"], findings), className="tv-health")]
-    return html.Div(body, className="tv-card run-card"), named
+                   html.H4("health"), html.Ul(_health(s["steps"], data["findings"]), className="tv-health")]
+    return html.Div(body, className="tv-card run-card")
 
 
 def _loss_figure(runs: list[str], losses: dict, named: dict, focus_rank: dict):
@@ -96,19 +102,17 @@ def _loss_figure(runs: list[str], losses: dict, named: dict, focus_rank: dict):
 @callback(Output("overview-body", "children"), Output("overview-loss", "figure"),
           Input("refresh", "data"), Input("focus-rank", "data"), State("runs", "value"), running=HOLD_POLL)
 def show(_, focus, runs):
-    cat = catalog()
     cards, losses, named, focus_rank = [], {}, {}, {}
     if not runs:
         return html.P("pick a run above"), figures.message_figure("no run picked")
     for run_id in runs:
         try:
-            run = cat.get(run_id)
-            loss = summaries.scalar_across_ranks(run, "loss", POINTS)  # read once: the figure and the health checks
-            focus_rank[run_id] = focused(focus, run)
-            card, named[run_id] = run_card(run_id, run, loss, focus_rank[run_id])
-            cards.append(card)
+            data = memo_read(run_id, card_data)
+            focus_rank[run_id] = ranks_view.parse_rank(focus, data["ranks"])
+            cards.append(run_card(run_id, data, focus_rank[run_id]))
+            named[run_id], loss = data["named"], data["loss"]
             if loss[1].size and np.isfinite(loss[1]).any():
-                losses[run_id] = (run.ranks, *loss)
+                losses[run_id] = (data["ranks"], *loss)
         except Exception as exc:  # a run that cannot be read says so; the others are still shown
             log.warning("overview of %r: %s", run_id, exc)
             cards.append(html.Div([html.H3(run_id), html.P(str(exc), className="tv-error")],

@@ -18,6 +18,7 @@ from ..common import (
     graph,
     keep_choice,
     log,
+    memo_read,
     open_first,
     options,
     rank_button,
@@ -74,7 +75,7 @@ def summary(run) -> dict:
 @callback(Output("ranks-summary", "data"), Input("refresh", "data"), Input("runs", "value"), running=HOLD_POLL)
 def read_summary(_, runs):
     try:
-        return summary(catalog().get(first_run(runs)))
+        return memo_read(first_run(runs), summary)
     except Exception as exc:  # the table says so
         log.warning("ranks summary of %r: %s", first_run(runs), exc)
         return {"rows": [], "standouts": {}, "error": str(exc)}
@@ -105,7 +106,7 @@ def stat_across_ranks(stat, layer, log_colour, summary_data, focus, runs):
     run = catalog().get(first_run(runs))
     if stat is None or layer is None:
         return figures.message_figure("no statistic yet"), figures.message_figure("no statistic yet")
-    steps, values, stat, where = read_across_ranks(run, stat, layer)
+    steps, values, stat, where = memo_read(first_run(runs), read_across_ranks, stat, layer)
     divergent = {r: why for r, why in ranks_view.standouts(run.ranks, values).items()}
     named = named_lines((summary_data or {}).get("standouts"), divergent)
     rank = focused(focus, run)
@@ -122,7 +123,7 @@ def stat_across_ranks(stat, layer, log_colour, summary_data, focus, runs):
 @figures_or_message(1)
 def step_time(summary_data, focus, runs):
     run = catalog().get(first_run(runs))
-    steps, values = summaries.scalar_across_ranks(run, "step_time", POINTS)
+    steps, values = memo_read(first_run(runs), summaries.scalar_across_ranks, "step_time", POINTS)
     standing = {int(r): [w for w in why if w.startswith("slowest")]
                 for r, why in (summary_data or {}).get("standouts", {}).items()}
     named = {r: ranks_view.standout_label(r, why) for r, why in standing.items() if why}
@@ -133,8 +134,7 @@ def step_time(summary_data, focus, runs):
 @callback(Output("ranks-noise-scale", "figure"), Input("refresh", "data"), State("runs", "value"))
 @figures_or_message(1)
 def noise(_, runs):
-    run = catalog().get(first_run(runs))
-    steps, b_noise = summaries.noise_scale(run, max_points=figures.MAX_POINTS)
+    steps, b_noise = memo_read(first_run(runs), summaries.noise_scale, figures.MAX_POINTS)
     return figures.line_figure([figures.Series("B_simple", steps, b_noise)],
                                "gradient noise scale (McCandlish et al. 2018): the batch size beyond which "
                                "larger batches stop paying", "examples", log_y=True)

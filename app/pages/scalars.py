@@ -6,7 +6,7 @@ from dash import Input, Output, State, callback, dcc, html
 
 from tview.render import figures, ranks_view, summaries
 
-from ..common import catalog, control, figures_or_message, focused, graph, keep_choice, options
+from ..common import catalog, control, figures_or_message, focused, graph, keep_choice, memo_read, options
 
 layout = html.Div([
     html.Div([
@@ -39,7 +39,7 @@ def _one_run(run, run_id: str, name: str, many_runs: bool) -> tuple[list[figures
     """A run's lines: one per rank (few ranks) or its median rank (many ranks, next to other runs); and the
     lines of ranks that stand out (named e.g. 'rank 3 (most divergent)'), to be drawn in red."""
     if len(run.ranks) > ranks_view.LINES_UP_TO:
-        steps, values = summaries.scalar_across_ranks(run, name, figures.MAX_POINTS)
+        steps, values = memo_read(run_id, summaries.scalar_across_ranks, name, figures.MAX_POINTS)
         return [figures.Series(f"{run_id} (median rank)", steps, ranks_view.quantile_bands(values)["median"])], {}
     prefix = f"{run_id} " if many_runs else ""
     named = {}
@@ -66,7 +66,7 @@ def show(name, log, smoothing, _, focus, runs):
     if len(runs) == 1:
         run = catalog().get(runs[0])
         if len(run.ranks) > ranks_view.LINES_UP_TO:
-            steps, values = summaries.scalar_across_ranks(run, name, figures.MAX_POINTS)
+            steps, values = memo_read(runs[0], summaries.scalar_across_ranks, name, figures.MAX_POINTS)
             named = {r: ranks_view.standout_label(r, why) for r, why in ranks_view.standouts(run.ranks, values).items()}
             return figures.ranks_figure(steps, run.ranks, values, name, name, named=named,
                                         focus=focused(focus, run), log_y="log" in (log or []))

@@ -1,0 +1,32 @@
+"""The catalog's memo of reads across ranks: served again while the run is unchanged, read afresh after the poll
+saw it change, bounded in memory."""
+
+import numpy as np
+
+import tview_app.catalog as catalog_module
+from tview_app.catalog import RunCatalog
+
+
+def test_memo_serves_a_result_until_the_run_changes(tmp_path, monkeypatch):
+    cat = RunCatalog(str(tmp_path))
+    calls = []
+
+    def read():
+        calls.append(1)
+        return np.zeros(10)
+    assert cat.memo("run", ("loss",), read) is not None and cat.memo("run", ("loss",), read) is not None
+    assert len(calls) == 2  # before the first poll nothing is kept
+    cat.note_signature("run", [[0, 10, "live", False]])
+    cat.memo("run", ("loss",), read)
+    cat.memo("run", ("loss",), read)
+    assert len(calls) == 3
+    cat.note_signature("run", [[0, 10, "live", False]])  # the same: still served
+    cat.memo("run", ("loss",), read)
+    assert len(calls) == 3
+    cat.note_signature("run", [[0, 11, "live", False]])  # a step more: read again
+    cat.memo("run", ("loss",), read)
+    assert len(calls) == 4
+    monkeypatch.setattr(catalog_module, "MEMO_BYTES", 3 * 8 * 1000)
+    for k in range(10):
+        cat.memo("run", ("big", k), lambda: np.zeros(1000))
+    assert cat._memo_bytes <= catalog_module.MEMO_BYTES and len(cat._memo) <= 3
