@@ -5,7 +5,8 @@ Writes synthetic runs (by default 1000 recorded steps x 8, 64, 256 and 1024 rank
 is about 3 GB), starts the real `tview dashboard` on them and drives headless Chromium: each figure is the median
 over --repeat page loads of the time from `page.goto` to the page's first figure being drawn (overview: the run
 card and the loss figure; Ranks page: the statistic across ranks). Also times the server-side work of each page
-alone (opening the run, summaries, health checks, reads across ranks) in this process.
+alone (opening the run, summaries, health checks, reads across ranks) in this process. The first load of each
+run reads it; later loads are served from the server's memo while the run is unchanged: both are reported.
 
     python benchmarks/dashboard_load.py [--sizes 1e3] [--ranks 8,64,256,1024] [--layers 20] [--repeat 3]
     python benchmarks/dashboard_load.py --sizes 1e3,1e4,1e5,1e6 --ranks 8      # the length axis
@@ -48,8 +49,7 @@ def server_overview(path: str) -> float:
     """Seconds to open the run and compute everything the overview shows."""
     t = time.perf_counter()
     run = open_run(path, skip_bad_shards=True)
-    loss = summaries.scalar_across_ranks(run, "loss", overview.POINTS)
-    overview.run_card("run", run, loss, None)
+    overview.run_card("run", overview.card_data(run), None)
     run.close()
     return time.perf_counter() - t
 
@@ -81,17 +81,20 @@ def write_runs(root: str, sizes: list[int], rank_counts: list[int], layers: int)
 
 
 def page_times(page, base: str, run_id: str, repeat: int) -> dict[str, float]:
-    """Median seconds from goto to the first figure, per page."""
+    """Seconds from goto to the first figure, per page: the first load of the run since the server started
+    (nothing read yet) and the median of the loads after it (reads served from the server's memo while the
+    run is unchanged)."""
     out = {}
     for name, path, drawn in PAGES:
         times = []
-        for _ in range(repeat):
+        for _ in range(repeat + 1):
             page.goto("about:blank")
             t = time.perf_counter()
             page.goto(f"{base}{path}?runs={run_id}")
             page.wait_for_function(drawn, timeout=300_000, polling=20)
             times.append(time.perf_counter() - t)
-        out[f"page_{name}"] = statistics.median(times)
+        out[f"page_{name}"] = times[0]
+        out[f"again_{name}"] = statistics.median(times[1:])
     return out
 
 
@@ -115,8 +118,9 @@ def measure(root: str, runs: list, repeat: int, chromium: str) -> list[dict]:
                 row.update(page_times(page, base, run_id, repeat))
                 rows.append(row)
                 print(f"{n:>9} steps x {r:>5} ranks: server overview {row['server_overview']:.3f} s, ranks "
-                      f"{row['server_ranks']:.3f} s; first figure: overview {row['page_overview']:.3f} s, "
-                      f"Ranks page {row['page_ranks']:.3f} s", flush=True)
+                      f"{row['server_ranks']:.3f} s; first figure: overview {row['page_overview']:.3f} s "
+                      f"(again {row['again_overview']:.3f} s), Ranks page {row['page_ranks']:.3f} s "
+                      f"(again {row['again_ranks']:.3f} s)", flush=True)
             browser.close()
     finally:
         server.terminate()
@@ -127,16 +131,17 @@ def measure(root: str, runs: list, repeat: int, chromium: str) -> list[dict]:
 def report(rows: list[dict], layers: int) -> None:
     base = rows[0]
     print("\n| recorded steps | ranks x layers | server: overview | server: Ranks page | first figure: overview "
-          "| first figure: Ranks page | vs first row (overview, Ranks) |")
+          "(first load, again) | first figure: Ranks page (first load, again) | first load vs first row |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['steps']:,} | {row['ranks']} x {layers} | {row['server_overview'] * 1e3:.0f} ms | "
-              f"{row['server_ranks'] * 1e3:.0f} ms | {row['page_overview'] * 1e3:.0f} ms | "
-              f"{row['page_ranks'] * 1e3:.0f} ms | "
+              f"{row['server_ranks'] * 1e3:.0f} ms | {row['page_overview'] * 1e3:.0f} ms, "
+              f"{row['again_overview'] * 1e3:.0f} ms | {row['page_ranks'] * 1e3:.0f} ms, "
+              f"{row['again_ranks'] * 1e3:.0f} ms | "
               f"{row['page_overview'] / base['page_overview']:.2f}x, {row['page_ranks'] / base['page_ranks']:.2f}x |")
     worst = max(max(r["page_overview"], r["page_ranks"]) for r in rows)
     spread = max(max(r["page_overview"] / base["page_overview"], r["page_ranks"] / base["page_ranks"]) for r in rows)
-    print(f"\ntarget: first figure under 2 s, within 2x of the first row: worst {worst:.3f} s "
+    print(f"\ntarget: first figure under 2 s, within 2x of the first row: worst first load {worst:.3f} s "
           f"({'met' if worst < 2.0 else 'MISSED'}), largest ratio {spread:.2f}x ({'met' if spread <= 2 else 'MISSED'})")
 
 
