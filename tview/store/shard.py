@@ -207,7 +207,11 @@ class ShardWriter:
 
     # -- creation -------------------------------------------------------------------------
     def _create(self, path: str) -> h5py.File:
-        f = h5py.File(path, "w", libver=schema.LIBVER)
+        # No chunk cache: every write goes to the file at once. With one, a write that failed (full
+        # disk) left dirty chunks in it that HDF5 could neither write nor drop, and closing their
+        # datasets crashed the process (SIGSEGV in H5D_close); appends write whole row blocks, so
+        # the cache saved little.
+        f = h5py.File(path, "w", libver=schema.LIBVER, rdcc_nbytes=0)
         try:
             self._build(f)
         except BaseException:  # a full disk while creating: let go of the file before raising
@@ -259,7 +263,7 @@ class ShardWriter:
 
     def _open_for_resume(self, path: str) -> h5py.File:
         try:
-            f = h5py.File(path, "a", libver=schema.LIBVER)
+            f = h5py.File(path, "a", libver=schema.LIBVER, rdcc_nbytes=0)
         except OSError as exc:
             raise CorruptShardError(f"{path}: cannot be reopened to resume: {exc}") from None
         problem = self._resume_problem(f)
