@@ -93,10 +93,12 @@ def _follow_once(run_dir: str) -> dict:
 
 
 @pytest.mark.xfail(strict=True, reason="issue 11: a follower opening a shard while its writer creates it gets "
-                                       "CorruptShardError ('unable to lock file') instead of 'not ready yet'")
+                                       "CorruptShardError ('unable to lock file', 'no HDF5 signature; empty', "
+                                       "'truncated: 48 bytes on disk') instead of 'not ready yet'")
 def test_follower_of_a_shard_being_created_never_sees_it_as_damaged(tmp_path):
+    """Up to 8 writers, each followed from before it starts (today about every second one shows the bug)."""
     seen = {}
-    for i in range(3):
+    for i in range(8):
         report = _follow_once(str(tmp_path / f"run{i}"))
         for kind, n in report["counts"].items():
             seen[kind] = seen.get(kind, 0) + n
