@@ -35,6 +35,10 @@ def test_local_grad_norm_is_each_ranks_own_gradient_before_the_all_reduce(tmp_pa
     _, l0 = run.stat("local_grad_norm", "fc", rank=0)
     _, l1 = run.stat("local_grad_norm", "fc", rank=1)
     assert not np.allclose(l0, l1)
+    for rank in (0, 1):  # each rank's own work, without the all-reduce wait that step_time includes
+        steps, busy = run.scalar("busy_time", rank)
+        _, step_time = run.scalar("step_time", rank)
+        assert len(steps) == 4 and np.all(busy > 0) and np.all(busy <= step_time)
 
 
 def test_every_rank_writes_its_own_shard(ddp_run):

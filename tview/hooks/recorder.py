@@ -36,7 +36,7 @@ CHANNEL_PARAM_TYPES = (nn.modules.conv._ConvNd, nn.Linear)  # per output channel
 ACTIVATION_TYPES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
                     nn.Mish, nn.Tanh, nn.Sigmoid, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus)
 MODES = ("new", "resume", "overwrite")
-BUILTIN_SCALARS = 6  # step_time, examples, examples_per_sec, host_rss_bytes and two CUDA memory figures
+BUILTIN_SCALARS = 7  # step_time, busy_time, examples, examples_per_sec, host_rss_bytes, two CUDA memory figures
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -230,6 +230,7 @@ class Recorder:
         elif probe_layers:
             raise ConfigError("probe_layers given without probe_batch: pass the batch whose feature maps to keep")
         self._local: dict[int, torch.Tensor] = {}
+        self._t_last_grad: float | None = None
         if self.pctx is not None and any(isinstance(p, PP.LocalGradNorm) for p in self.param_probes):
             for k, p in enumerate(self.pctx.params):
                 self._hooks.append(p.register_hook(self._make_grad_hook(k)))
@@ -356,6 +357,7 @@ class Recorder:
 
     def _make_grad_hook(self, k: int):
         def hook(grad):
+            self._t_last_grad = time.perf_counter()
             if self._recording:
                 if k in self._local:
                     self._local[k] = self._local[k] + grad.detach()
@@ -405,6 +407,10 @@ class Recorder:
         host = {"step_time": step_time, "examples": float(examples),
                 "examples_per_sec": examples / step_time if step_time > 0 else float("nan"),
                 "host_rss_bytes": _host_rss_bytes()}
+        if self._t_last_grad is not None and self._t_last_grad > self._t_prev:
+            # this rank's own work (forward, backward up to its last local gradient), without the wait
+            # for the slowest rank's all-reduce that makes every rank's step_time equal under DDP
+            host["busy_time"] = self._t_last_grad - self._t_prev
         if self.optimizer is not None:
             for g, group in enumerate(self.optimizer.param_groups):
                 host["lr" if g == 0 else f"lr/{g}"] = float(group.get("lr", float("nan")))

@@ -502,6 +502,12 @@ class Run:
                     out["layers"][layer] = min(int(s), out["layers"].get(layer, int(s)))
         return out
 
+    def frame(self, stats=None, layers=None, ranks=None, scalars=None, max_points=None, *, progress=None):
+        """A pandas DataFrame in long form (step, rank, layer, statistic, channel, value) of the statistics
+        and scalars asked for (all by default); see tview.store.frame. Needs pandas (tview[export])."""
+        from tview.store.frame import frame
+        return frame(self, stats, layers, ranks, scalars, max_points, progress=progress)
+
     def stopped_ranks(self) -> dict[int, int | None]:
         """Ranks that stopped early: not closed cleanly and behind the furthest rank. rank -> last step."""
         status = self.rank_status()
