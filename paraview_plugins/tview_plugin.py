@@ -1,16 +1,35 @@
 """ParaView plugin: a reader for tview runs (training steps as time steps) and two filters
 (filter-similarity groups, spread between ranks). Thin proxies over tview.store and tview.render.scene.
 
-Load it with Tools > Manage Plugins > Load New (this file), or PV_PLUGIN_PATH=<this folder>, or
-`tview paraview RUN`. It imports the tview sources next to this folder, with ParaView's own numpy and h5py.
+Load it with Tools > Manage Plugins > Load New (this file; `tview paraview --plugin-path` prints its folder),
+or PV_PLUGIN_PATH=<this folder>, or `tview paraview RUN`. It imports the tview package it ships with (this
+folder's parent in an installed tview, or the source tree's tview/ beside it) by its path alone, so ParaView's
+own numpy and h5py are used, never a virtualenv's.
 """
 
+import importlib.util
 import os
 import sys
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
+
+def _import_tview():
+    """Import the tview package next to this plugin without putting its site-packages on sys.path."""
+    if "tview" in sys.modules:
+        return
+    here = os.path.dirname(os.path.abspath(__file__))
+    parent = os.path.dirname(here)
+    for package in (parent, os.path.join(parent, "tview")):  # installed: tview/paraview_plugins; source tree
+        init = os.path.join(package, "__init__.py")
+        if os.path.basename(package) == "tview" and os.path.isfile(init):
+            spec = importlib.util.spec_from_file_location("tview", init, submodule_search_locations=[package])
+            module = importlib.util.module_from_spec(spec)
+            sys.modules["tview"] = module
+            spec.loader.exec_module(module)
+            return
+    raise ImportError(f"tview plugin: no tview package found beside {here}")
+
+
+_import_tview()
 
 import numpy as np  # noqa: E402
 from paraview.util.vtkAlgorithm import smdomain, smhint, smproperty, smproxy  # noqa: E402
@@ -23,7 +42,7 @@ from tview.errors import TviewError  # noqa: E402
 from tview.render import scene, vtk_data  # noqa: E402
 from tview.store.reader import open_run  # noqa: E402
 
-BLOCKS = ("network", "trajectories", "filters", "feature_maps", "fields")
+BLOCKS = ("network", "trajectories", "filters", "feature_maps", "fields", "feature_volumes")
 RANK_MODE_XML = """<IntVectorProperty name="RankMode" command="SetRankMode" number_of_elements="1" default_values="0">
   <EnumerationDomain name="enum">
     <Entry value="0" text="one rank"/>
@@ -74,7 +93,8 @@ def _tag(data, run, rank, piece, step=None):
 @smproxy.reader(name="TviewRunReader", label="tview Run Reader", extensions="tview",
                 file_description="tview training run")
 class TviewRunReader(VTKPythonAlgorithmBase):
-    """Reads a tview run (its run.tview manifest): blocks network, trajectories, filters, feature_maps, fields."""
+    """Reads a tview run (its run.tview manifest): blocks network, trajectories, filters, feature_maps, fields
+    (2D ones as cell data, one cell per weight, pixel or layer x step) and feature_volumes (on request)."""
 
     def __init__(self):
         VTKPythonAlgorithmBase.__init__(self, nInputPorts=0, nOutputPorts=1, outputType="vtkMultiBlockDataSet")
@@ -84,6 +104,7 @@ class TviewRunReader(VTKPythonAlgorithmBase):
         self._rank_mode = 0
         self._rank = 0
         self._example = 0
+        self._volumes = False
         self._layers = vtkDataArraySelection()
         self._layers.AddObserver("ModifiedEvent", _modified_callback(self))
         self._stats = vtkDataArraySelection()
@@ -122,6 +143,14 @@ class TviewRunReader(VTKPythonAlgorithmBase):
     def SetProbeExample(self, example):
         if int(example) != self._example:
             self._example = int(example)
+            self.Modified()
+
+    @smproperty.xml('<IntVectorProperty name="FeatureVolumes" command="SetFeatureVolumes" number_of_elements="1" '
+                    'default_values="0"><BooleanDomain name="bool"/><Documentation>Also the probe example\'s '
+                    'feature maps as W x H x C volumes (block feature_volumes).</Documentation></IntVectorProperty>')
+    def SetFeatureVolumes(self, on):
+        if bool(on) != self._volumes:
+            self._volumes = bool(on)
             self.Modified()
 
     @smproperty.dataarrayselection(name="Layers")
@@ -196,7 +225,7 @@ class TviewRunReader(VTKPythonAlgorithmBase):
 
     def _fill(self, output, run, step, piece, n_pieces):
         layers = self._selected(self._layers, run.layers)
-        stats = self._selected(self._stats, list(scene.statistic_arrays(self._run)))
+        stats = self._selected(self._stats, list(scene.statistic_arrays(run)))
         output.SetNumberOfBlocks(len(BLOCKS))
         for i, name in enumerate(BLOCKS):
             output.GetMetaData(i).Set(vtkMultiBlockDataSet.NAME(), name)
@@ -204,8 +233,26 @@ class TviewRunReader(VTKPythonAlgorithmBase):
         rank = self._rank if self._rank in run.ranks else run.ranks[0]
         if mode == "one" and self._rank not in run.ranks:
             _report(f"rank {self._rank} is not readable in {run.path}; showing rank {rank}", error=False)
+        network = self._network(run, step, layers, stats, mode, rank, piece, n_pieces)
+        if network is not None:
+            output.SetBlock(0, network)
+        if piece != 0:
+            return  # the other views are small: the first process makes them
+        tag = lambda data, at=step: _tag(data, run, rank, piece, at)  # noqa: E731
+        builders = ((1, self._trajectories, (run, layers, rank)),
+                    (2, self._filters, (run, step, rank)),
+                    (3, self._feature_maps, (run, step, rank)),
+                    (4, self._fields, (run, layers, stats, rank)),
+                    (5, self._feature_volumes, (run, step, rank)))
+        for index, build, args in builders:
+            output.SetBlock(index, build(*args, tag))
 
-        # network: this process's share of the ranks when each rank is a block
+    def _network(self, run, step, layers, stats, mode, rank, piece, n_pieces):
+        """The network block: this process's share of the ranks when each rank is a block, else on piece 0."""
+        def polydata(p, r):
+            data = vtk_data.points_to_polydata(p.positions, p.arrays)
+            vtk_data.add_labels(data, p.labels)
+            return _tag(data, run, r, piece, step)
         if mode == "all":
             net = vtkMultiBlockDataSet()
             net.SetNumberOfBlocks(len(run.ranks))
@@ -213,70 +260,99 @@ class TviewRunReader(VTKPythonAlgorithmBase):
             for i, r in enumerate(run.ranks):
                 net.GetMetaData(i).Set(vtkMultiBlockDataSet.NAME(), f"rank {r}")
                 if r in mine:
-                    p = scene.network(run, r, step, layers, stats)
-                    net.SetBlock(i, _tag(vtk_data.points_to_polydata(p.positions, p.arrays), run, r, piece, step))
-            output.SetBlock(0, net)
-        elif piece == 0:
-            if mode == "one":
-                p = scene.network(run, rank, step, layers, stats)
-            else:
-                p = scene.combine([scene.network(run, r, step, layers, stats) for r in run.ranks], mode)
-            output.SetBlock(0, _tag(vtk_data.points_to_polydata(p.positions, p.arrays), run, rank, piece, step))
+                    net.SetBlock(i, polydata(scene.network(run, r, step, layers, stats), r))
+            return net
         if piece != 0:
-            return  # the other views are small: the first process makes them
+            return None
+        if mode == "one":
+            return polydata(scene.network(run, rank, step, layers, stats), rank)
+        return polydata(scene.combine([scene.network(run, r, step, layers, stats) for r in run.ranks], mode), rank)
 
-        traj = vtkMultiBlockDataSet()
-        traj.SetNumberOfBlocks(len(layers))
-        for i, layer in enumerate(layers):
-            traj.GetMetaData(i).Set(vtkMultiBlockDataSet.NAME(), layer)
+    @staticmethod
+    def _group(named_blocks):
+        group = vtkMultiBlockDataSet()
+        group.SetNumberOfBlocks(len(named_blocks))
+        for i, (name, block) in enumerate(named_blocks):
+            group.GetMetaData(i).Set(vtkMultiBlockDataSet.NAME(), name)
+            if block is not None:
+                group.SetBlock(i, block)
+        return group
+
+    def _trajectories(self, run, layers, rank, tag):
+        def path(layer):
             p = scene.trajectory(run, layer, rank)
-            if len(p.positions):
-                traj.SetBlock(i, _tag(vtk_data.points_to_polydata(p.positions, p.arrays, line=True), run, rank, piece))
-        output.SetBlock(1, traj)
+            if not len(p.positions):
+                return None
+            data = vtk_data.points_to_polydata(p.positions, p.arrays, line=True)
+            vtk_data.add_labels(data, p.labels)
+            return tag(data, None)
+        return self._group([(layer, path(layer)) for layer in layers])
 
+    @staticmethod
+    def _snapshot_ready(run, step, rank):
         snaps = run.snapshot_steps(rank)
-        for block, names, make in ((2, run.manifest.get("filter_layers", []), self._filters),
-                                   (3, run.manifest.get("probe_layers", []), self._feature_maps)):
-            group = vtkMultiBlockDataSet()
-            group.SetNumberOfBlocks(len(names))
-            for i, layer in enumerate(names):
-                group.GetMetaData(i).Set(vtkMultiBlockDataSet.NAME(), layer)
-                if len(snaps) and snaps[0] <= (step if step is not None else snaps[-1]):
-                    group.SetBlock(i, _tag(make(run, layer, step, rank), run, rank, piece, step))
-            output.SetBlock(block, group)
+        return len(snaps) and snaps[0] <= (step if step is not None else snaps[-1])
 
-        # whole-run fields: layer x step for each layer statistic, channel x step for each selected
-        # layer's per-channel statistics (x: step index, drawn about a third as tall as wide)
+    def _filters(self, run, step, rank, tag):
+        def block(layer):
+            at, g = scene.filter_grid(run, layer, step, rank)
+            data = vtk_data.grid(g.values, g.hidden, g.x_edges, g.y_edges, g.name, g.labels)
+            vtk_data.add_field(data, "snapshot_step", float(at))
+            return tag(data)
+        ready = self._snapshot_ready(run, step, rank)
+        names = run.manifest.get("filter_layers", [])
+        return self._group([(layer, block(layer) if ready else None) for layer in names])
+
+    def _feature_maps(self, run, step, rank, tag):
+        """A tile per channel of the probe example, per layer; the example's input picture as block 'input'."""
+        names, blocks, picture = run.manifest.get("probe_layers", []), [], None
+        ready = self._snapshot_ready(run, step, rank)
+        for layer in names:
+            block = None
+            if ready:
+                at, g, picture = scene.feature_grid(run, layer, step, rank, self._example)
+                block = vtk_data.grid(g.values, g.hidden, g.x_edges, g.y_edges, g.name, g.labels)
+                vtk_data.add_field(block, "snapshot_step", float(at))
+                vtk_data.add_field(block, "tview_layer", layer)
+                block = tag(block)
+            blocks.append((layer, block))
+        if picture is not None:
+            blocks.append(("input", tag(vtk_data.grid(picture.values, picture.hidden, picture.x_edges,
+                                                      picture.y_edges, picture.name, picture.labels))))
+        return self._group(blocks)
+
+    def _feature_volumes(self, run, step, rank, tag):
+        """Feature maps of the probe example as W x H x C volumes (only when FeatureVolumes is on)."""
+        if not self._volumes or not self._snapshot_ready(run, step, rank):
+            return self._group([])
+        blocks = []
+        for layer in run.manifest.get("probe_layers", []):
+            at, maps = scene.feature_volume(run, layer, step, rank, self._example)
+            img = vtk_data.image(maps, "activation")
+            vtk_data.add_field(img, "snapshot_step", float(at))
+            blocks.append((layer, tag(img)))
+        return self._group(blocks)
+
+    def _fields(self, run, layers, stats, rank, tag):
+        """Whole-run fields: layer x step for each layer statistic, channel x step for each selected layer's
+        per-channel statistics (x: the training step)."""
         wanted = [(stat, None) for stat in stats if stat in run.stat_names()]
         wanted += [(stat, info["name"]) for stat in stats if stat in run.channel_stat_names()
                    for info in scene.channel_layers(run, layers)]
-        fields = vtkMultiBlockDataSet()
-        fields.SetNumberOfBlocks(len(wanted))
-        for i, (stat, layer) in enumerate(wanted):
-            fields.GetMetaData(i).Set(vtkMultiBlockDataSet.NAME(), stat if layer is None else f"{stat}/{layer}")
+
+        def block(stat, layer):
             try:
-                steps, values = (scene.layer_field(run, stat, rank) if layer is None
-                                 else scene.channel_field(run, stat, layer, rank))
+                steps, g = (scene.layer_field(run, stat, rank) if layer is None
+                            else scene.channel_field(run, stat, layer, rank))
             except KeyError:  # a layer without per-channel values recorded
-                continue
-            if values.size:
-                img = vtk_data.image(values, stat, spacing=(1.0, max(1.0, values.shape[1] / (3.0 * len(values))), 1.0))
-                vtk_data.add_field(img, "steps", steps.astype(np.float64))
-                fields.SetBlock(i, _tag(img, run, rank, piece))
-        output.SetBlock(4, fields)
-
-    def _filters(self, run, layer, step, rank):
-        at, tiles = scene.filter_tiles(run, layer, step, rank)
-        img = vtk_data.image(tiles, "weight")
-        vtk_data.add_field(img, "snapshot_step", float(at))
-        return img
-
-    def _feature_maps(self, run, layer, step, rank):
-        at, maps = scene.feature_volume(run, layer, step, rank, self._example)
-        img = vtk_data.image(maps, "activation")
-        vtk_data.add_field(img, "snapshot_step", float(at))
-        vtk_data.add_field(img, "tview_layer", layer)
-        return img
+                return None
+            if not g.values.size:
+                return None
+            data = vtk_data.grid(g.values, g.hidden, g.x_edges, g.y_edges, g.name, g.labels)
+            vtk_data.add_field(data, "steps", steps.astype(np.float64))
+            return tag(data, None)
+        return self._group([(stat if layer is None else f"{stat}/{layer}", block(stat, layer))
+                            for stat, layer in wanted])
 
 
 def _blocks_with_field(data, name):

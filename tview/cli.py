@@ -103,16 +103,12 @@ def main(argv=None) -> int:
     b.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     b.add_argument("--port", type=int, default=8050)
     b.add_argument("--debug", action="store_true", help="Dash debug mode (never on unless asked: it runs code sent to it)")
-    p = sub.add_parser("paraview", help="open a run in the ParaView GUI with the tview plugin loaded")
-    p.add_argument("run")
-    r = sub.add_parser("render", help="render one view of a run to a PNG through pvbatch (no screen needed)")
-    r.add_argument("run")
-    r.add_argument("--out", required=True, help="the PNG to write")
-    r.add_argument("--view", default="network", choices=("network", "trajectory", "filters", "feature_maps", "field"))
-    r.add_argument("--step", type=float, default=None, help="training step (default: the last recorded)")
-    r.add_argument("--array", default=None, help="the array to colour by (default depends on the view)")
-    r.add_argument("--rank", type=int, default=0)
-    r.add_argument("--layer", default=None, help="one layer (filters, feature maps, trajectory views)")
+    p = sub.add_parser("paraview", help="open a run in the ParaView GUI: the tview plugin loaded, four linked views")
+    p.add_argument("run", nargs="?")
+    p.add_argument("--plugin-path", action="store_true", help="print the plugin folder (for Tools > Manage Plugins)")
+    from tview.render.paraview_launch import add_render_arguments
+    add_render_arguments(sub.add_parser("render", help="render a view of a run to a PNG (or a movie of training) "
+                                                       "through pvbatch (no screen needed)"))
     e = sub.add_parser("export", help="write a run's statistics and scalars as one long table (Parquet or CSV)")
     e.add_argument("run")
     e.add_argument("--out", required=True, help="FILE.parquet, FILE.csv or FILE.csv.gz (the format from the suffix)")
@@ -155,15 +151,11 @@ def main(argv=None) -> int:
         elif a.command == "dashboard":
             serve_dashboard(a.runs, a.host, a.port, a.debug)
         elif a.command == "render":
-            from tview.render.paraview_launch import render
-            print(render(a.run, a.out, view=a.view, step=a.step, array=a.array, rank=a.rank, layer=a.layer).strip())
+            from tview.render.paraview_launch import render_command_line
+            render_command_line(a)
         elif a.command == "paraview":
-            import subprocess
-            from tview.render.paraview_launch import clean_env, paraview_command
-            env = clean_env(autoload=True)
-            if not env.get("DISPLAY"):
-                raise TviewError("the ParaView GUI needs a screen (no DISPLAY); use `tview render` without one")
-            return subprocess.call(paraview_command(a.run), env=env)
+            from tview.render.paraview_launch import paraview_command_line
+            return paraview_command_line(a)
     except TviewError as exc:
         print(f"tview: error: {exc}", file=sys.stderr)
         return 2

@@ -1,77 +1,106 @@
-"""pvbatch script behind `tview render`: one view of a run to a PNG, through the tview plugin.
+"""pvbatch script behind `tview render`: one view of a run (or the four-view layout) to a PNG, or a movie's
+frames (one per recorded step, shared out among the processes of `mpirun -np N pvbatch --no-mpi`).
 
-    pvbatch paraview_plugins/scripts/render_view.py RUN OUT.png [--view network|trajectory|filters|feature_maps|field]
-                           [--step N] [--array NAME] [--rank R] [--layer NAME] [--size 1000x800]
+    pvbatch render_view.py RUN OUT.png [--view network|trajectory|filters|feature_maps|feature_volume|field|layout]
+                           [--step N] [--array NAME] [--rank R] [--layer NAME] [--example K] [--size 1000x800]
+                           [--animate [--frames N]]
 """
 
 import argparse
 import os
 import sys
+import time
 
-HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # paraview_plugins/
-VIEWS = {  # view -> (block, representation, default array)
-    "network": ("network", "Points", "act_channel_zero_frac"),
-    "trajectory": ("trajectories", "Surface", "step"),
-    "filters": ("filters", "Surface", "weight"),
-    "feature_maps": ("feature_maps", "Volume", "activation"),
-    "field": ("fields", "Surface", "act_zero_frac"),
-}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tview_views as tv  # noqa: E402
+
+VIEWS = tuple(tv.VIEWS) + ("layout",)
 
 
-def main():
+def parse():
     ap = argparse.ArgumentParser()
     ap.add_argument("run")
     ap.add_argument("out")
-    ap.add_argument("--view", choices=sorted(VIEWS), default="network")
+    ap.add_argument("--view", choices=VIEWS, default="network")
     ap.add_argument("--step", type=float, default=None)
     ap.add_argument("--array", default=None)
     ap.add_argument("--rank", type=int, default=0)
     ap.add_argument("--layer", default=None, help="the one layer whose filters/feature maps/trajectory to show")
-    ap.add_argument("--size", default="1000x800")
-    a = ap.parse_args()
-    from paraview import simple as pv
+    ap.add_argument("--example", type=int, default=0, help="the probe example whose feature maps to show")
+    ap.add_argument("--size", default=None, help="WIDTHxHEIGHT (default 1000x800, layout 1600x1200)")
+    ap.add_argument("--animate", action="store_true", help="one frame per recorded step: OUT's folder/frame_*.png")
+    ap.add_argument("--frames", type=int, default=None, help="with --animate: this many steps, evenly picked")
+    return ap.parse_args()
 
-    pv.LoadPlugin(os.path.join(HERE, "tview_plugin.py"))  # its proxies join paraview.simple, by label
-    manifest = a.run if a.run.endswith("run.tview") else os.path.join(a.run, "run.tview")
-    reader = pv.tviewRunReader(FileName=manifest)
-    reader.Rank = a.rank
-    block, representation, default_array = VIEWS[a.view]
-    array = a.array or default_array
+
+def process_share():
+    """(this process, number of processes) under mpirun (pvbatch --no-mpi: each process renders alone)."""
+    for rank, size in (("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"), ("PMI_RANK", "PMI_SIZE")):
+        if rank in os.environ:
+            return int(os.environ[rank]), int(os.environ.get(size, 1))
+    return 0, 1
+
+
+def build(a, manifest, reader, size):
+    """The view (or layout) asked for; returns (what to screenshot, views, label texts)."""
+    if a.view == "layout":
+        lay, views, labels = tv.layout(reader, manifest, size, a.array, a.layer)
+        return lay, views, labels
     if a.view == "field":
-        reader.Statistics = [array]
-    reader.UpdatePipelineInformation()
-    steps = list(reader.TimestepValues) if reader.TimestepValues else []
+        reader.Statistics = [a.array or tv.DEFAULT_ARRAY["field"]]
+        reader.UpdatePipelineInformation()
+    view = tv.new_view(size)
+    labels = tv.show(reader, view, a.view, a.array, tv.default_layer(manifest, a.view, a.layer))
+    return view, [view], labels
+
+
+def pick_frames(steps, frames):
+    if not frames or frames >= len(steps):
+        return list(steps)
+    return [steps[round(i * (len(steps) - 1) / max(frames - 1, 1))] for i in range(frames)]
+
+
+def animate(a, target, views, steps, size, name):
+    me, n = process_share()
+    chosen = pick_frames(steps, a.frames)
+    folder = os.path.dirname(os.path.abspath(a.out))
+    started = time.time()
+    for i in range(me, len(chosen), n):
+        for view in views:
+            view.ViewTime = chosen[i]
+        tv.pv.SaveScreenshot(os.path.join(folder, f"frame_{i:05d}.png"), target, ImageResolution=size)
+        print(f"frame {i + 1}/{len(chosen)}: step {int(chosen[i])} (process {me} of {n}, "
+              f"{time.time() - started:.1f} s)", flush=True)
+
+
+def main():
+    a = parse()
+    manifest = a.run if a.run.endswith("run.tview") else os.path.join(a.run, "run.tview")
+    reader = tv.open_run(manifest, a.rank, a.example, volumes=a.view == "feature_volume")
+    steps = tv.steps_of(reader)
     if not steps:
         print(f"tview render: {a.run}: nothing to render (no readable recorded step)", file=sys.stderr)
         sys.stdout.flush()
         os._exit(2)
     step = steps[-1] if a.step is None else max([s for s in steps if s <= a.step] or steps[:1])
-    selector = f"/Root/{block}" + (f"/{a.layer}" if a.layer and a.view != "network" else "")
-    part = pv.ExtractBlock(Input=reader, Selectors=[selector])
-    width, height = (int(v) for v in a.size.split("x"))
-    view = pv.CreateRenderView()
-    view.ViewSize = [width, height]
-    view.ViewTime = step
-    view.OrientationAxesVisibility = 0
-    display = pv.Show(part, view)
-    display.SetRepresentationType(representation)
-    pv.ColorBy(display, ("POINTS", array))
-    display.RescaleTransferFunctionToDataRange(True, False)
-    display.SetScalarBarVisibility(view, True)
-    if a.view == "network":
-        display.PointSize = 9
-        display.RenderPointsAsSpheres = 1
-        view.CameraPosition = [30, -40, 25]
-        view.CameraViewUp = [0, 0, 1]
-    elif a.view == "trajectory":
-        display.LineWidth = 3
-    text = pv.Text(Text=f"{os.path.basename(os.path.dirname(os.path.abspath(manifest)))}: {a.view} ({array}) "
-                        f"at step {int(step)}, rank {a.rank}")
-    pv.Show(text, view)
-    view.ResetCamera()
-    pv.Render(view)
-    pv.SaveScreenshot(a.out, view, ImageResolution=[width, height])
-    print(f"wrote {a.out}: {a.view} at step {int(step)}")
+    tv.pv.GetAnimationScene().UpdateAnimationUsingDataTimeSteps()
+    tv.pv.GetAnimationScene().AnimationTime = step
+    size = [int(v) for v in (a.size or ("1600x1200" if a.view == "layout" else "1000x800")).split("x")]
+    target, views, labels = build(a, manifest, reader, size)
+    name = os.path.basename(os.path.dirname(os.path.abspath(manifest)))
+    for view in views:
+        view.ViewTime = step
+    tv.caption(views[-1] if a.view != "layout" else views[0],
+               f"{name}: rank {a.rank}" + ("" if a.animate else f", step {int(step)}"), "Lower Left Corner", 14)
+    if a.animate:
+        for view in views:  # the step shown in each frame
+            display = tv.pv.Show(tv.pv.AnnotateTimeFilter(Format="step {time:.0f}"), view)
+            display.Color, display.FontSize, display.WindowLocation = tv.INK, 16, "Upper Right Corner"
+        animate(a, target, views, steps, size, name)
+    else:
+        tv.pv.SaveScreenshot(a.out, target, ImageResolution=size)
+        print(f"wrote {a.out}: {a.view} at step {int(step)}")
+    print("labels: " + "|".join(text for text, _ in labels))
     sys.stdout.flush()  # and end normally: sys.exit after rendering trips a GLX error at teardown
 
 

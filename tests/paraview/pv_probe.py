@@ -35,8 +35,13 @@ def describe(data):
     out = {"class": data.GetClassName(), "points": data.GetNumberOfPoints(), "arrays": arrays_of(data),
            "tview_rank": field(data, "tview_rank"), "piece": field(data, "paraview_piece"),
            "snapshot_step": field(data, "snapshot_step")}
-    if data.IsA("vtkImageData"):
+    if data.IsA("vtkImageData") or data.IsA("vtkRectilinearGrid"):
         out["dimensions"] = list(data.GetDimensions())
+        cd = data.GetCellData()
+        out["cell_arrays"] = {cd.GetArrayName(i): numpy_support.vtk_to_numpy(cd.GetArray(i)).tolist()
+                              for i in range(cd.GetNumberOfArrays())}
+    texts = data.GetFieldData().GetAbstractArray("label_text")
+    out["labels"] = [texts.GetValue(i) for i in range(texts.GetNumberOfValues())] if texts is not None else []
     if data.IsA("vtkPolyData"):
         out["positions"] = numpy_support.vtk_to_numpy(data.GetPoints().GetData()).tolist() if data.GetPoints() else []
         out["lines"] = data.GetNumberOfLines()

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import tview
-from tview.render import analysis, layout, scene
-from tview.render.paraview_launch import clean_env
 from tests.conftest import PY, live_writer, python_env
+from tview.render import analysis, scene
+from tview.render.paraview_launch import clean_env
 
 pytestmark = pytest.mark.slow
 PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pv_probe.py")
@@ -62,8 +62,9 @@ def test_reader_lists_steps_layers_and_arrays_equal_to_open_run(demo):
     layer_of = np.array(net["arrays"]["layer"])
     names = [i["name"] for i in scene.channel_layers(run)]
     for li, name in enumerate(names):
-        s, g = run.stat("grad_norm", name, rank=1)
-        assert nan_equal(np.array(net["arrays"]["grad_norm"])[layer_of == li], g[list(s).index(at)])
+        s, g = run.stat("grad_norm", name, rank=1)  # activation layers have no gradient: NaN there
+        expected = g[list(s).index(at)] if at in s else np.nan
+        assert nan_equal(np.array(net["arrays"]["grad_norm"])[layer_of == li], expected)
         s, m = run.stat("act_channel_mean", name, rank=1)
         rows = np.flatnonzero((s <= at) & np.isfinite(m).any(axis=1))
         assert nan_equal(np.array(net["arrays"]["act_channel_mean"])[layer_of == li], m[rows[-1]])
@@ -71,25 +72,31 @@ def test_reader_lists_steps_layers_and_arrays_equal_to_open_run(demo):
     s, coords = run.trajectory("conv1", rank=1)
     assert nan_equal(blocks["trajectories"]["blocks"]["conv1"]["positions"], coords[:, :3])
     assert blocks["trajectories"]["blocks"]["conv1"]["lines"] == 1
-    snap, w = run.filters("conv2", at, rank=1)
+    snap, grid = scene.filter_grid(run, "conv2", at, rank=1)
     f = blocks["filters"]["blocks"]["conv2"]
-    assert f["snapshot_step"] == snap
-    tiles = layout.tile(w.reshape(-1, *w.shape[2:]), w.shape[1])
-    assert f["dimensions"] == [tiles.shape[1], tiles.shape[0], 1]
-    assert nan_equal(f["arrays"]["weight"], tiles.reshape(-1))
-    _, maps = run.feature_maps("conv1", at, rank=1)
-    fm = blocks["feature_maps"]["blocks"]["conv1"]
-    assert fm["dimensions"] == [maps.shape[3], maps.shape[2], maps.shape[1]]
-    assert nan_equal(fm["arrays"]["activation"], maps[0].reshape(-1))
-    fs, gm = run.stat_matrix("grad_norm", rank=1)
-    field = blocks["fields"]["blocks"]["grad_norm"]
-    assert field["dimensions"] == [len(fs), len(run.layers), 1]
-    assert nan_equal(field["arrays"]["grad_norm"], gm.T.reshape(-1))
-    cs, cm = run.stat("act_channel_zero_frac", "conv2", rank=1)
-    keep = np.isfinite(cm).any(axis=1)  # per-channel statistics exist on detail steps only
-    cfield = blocks["fields"]["blocks"]["act_channel_zero_frac/conv2"]
-    assert cfield["dimensions"] == [int(keep.sum()), cm.shape[1], 1]
-    assert nan_equal(cfield["arrays"]["act_channel_zero_frac"], cm[keep].T.reshape(-1))
+    assert f["snapshot_step"] == snap and f["class"] == "vtkRectilinearGrid"
+    cells(f, grid)  # one cell per weight, gaps hidden
+    _, w = run.filters("conv2", at, rank=1)
+    assert np.count_nonzero(np.array(f["cell_arrays"]["vtkGhostType"]) == 0) == w.size
+    assert f["labels"][:2] == ["f0", "f1"] and "in 0" in f["labels"]
+    _, maps, picture = scene.feature_grid(run, "conv1", at, rank=1)
+    fm = blocks["feature_maps"]["blocks"]
+    cells(fm["conv1"], maps)
+    cells(fm["input"], picture)
+    _, field = scene.layer_field(run, "grad_norm", rank=1)
+    cells(blocks["fields"]["blocks"]["grad_norm"], field)
+    assert blocks["fields"]["blocks"]["grad_norm"]["labels"] == [n for n in run.layers if n.startswith(("conv", "fc"))]
+    _, cfield = scene.channel_field(run, "act_channel_zero_frac", "conv2", rank=1)
+    cells(blocks["fields"]["blocks"]["act_channel_zero_frac/conv2"], cfield)
+    assert blocks["network"]["labels"][0] == "conv1 (6)"
+
+
+def cells(block, grid):
+    """A reader block holds the Grid as cell data: its values (row 0 at the top), hidden cells as ghosts."""
+    rows, cols = grid.values.shape
+    assert block["dimensions"] == [cols + 1, rows + 1, 1]
+    assert nan_equal(block["cell_arrays"][grid.name], grid.values[::-1].reshape(-1))
+    assert np.array_equal(np.array(block["cell_arrays"]["vtkGhostType"]) != 0, grid.hidden[::-1].reshape(-1))
 
 
 def test_mean_and_spread_across_ranks_and_the_filters(demo):
@@ -125,18 +132,44 @@ def test_two_paraview_ranks_split_the_reading(demo):
     assert read == {"rank 0": (0, 0, 0), "rank 1": (1, 1, 1)}  # each process read one tview rank
 
 
+def render(demo, out, *args):
+    proc = subprocess.run([PY, "-m", "tview.cli", "render", demo, "--out", str(out)] + list(args),
+                          capture_output=True, text=True, env=python_env(), timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def nan_yellow(img):
+    """Pixels in ParaView's NaN colour (yellow), which the views keep for real NaN only."""
+    r, g, b = (img[..., k].astype(int) for k in range(3))
+    return int(((r > 240) & (g > 240) & (b < 60)).sum())
+
+
 def test_each_view_renders_a_picture(demo, tmp_path):
     from PIL import Image
-    for view in ("network", "trajectory", "filters", "feature_maps", "field"):
+    run = tview.open_run(demo)
+    expect = {"network": [f"{i['name']} ({i['channels']})" for i in run.layer_info],
+              "trajectory": ["conv1", "fc3"], "filters": ["f0", "f15", "in 5"], "feature_maps": ["c0", "input 0"],
+              "field": ["conv1", "fc3"], "layout": ["conv1 (6)", "f15", "fc3"]}
+    for view, labels in expect.items():
         out = tmp_path / f"{view}.png"
-        proc = subprocess.run([PY, "-m", "tview.cli", "render", demo, "--out", str(out), "--view", view],
-                              capture_output=True, text=True, env=python_env(), timeout=300)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        img = np.asarray(Image.open(out).convert("RGB")).reshape(-1, 3)
-        background = np.bincount(np.ravel_multi_index(img.T, (256, 256, 256))).argmax()
-        drawn = np.ravel_multi_index(img.T, (256, 256, 256)) != background
+        text = render(demo, out, "--view", view)
+        img = np.asarray(Image.open(out).convert("RGB"))
+        flat = img.reshape(-1, 3)
+        drawn = (flat != flat[0]).any(axis=1)  # the corner is background
         assert drawn.mean() > 0.01, f"{view}: {drawn.mean():.4f} of the picture differs from the background"
-        assert len(np.unique(img, axis=0)) > 20, view  # a colour map, not a flat shape
+        assert len(np.unique(flat, axis=0)) > 20, view  # a colour map, not a flat shape
+        assert nan_yellow(img) == 0, f"{view}: NaN-coloured pixels"
+        drawn_labels = [line for line in text.splitlines() if line.startswith("labels: ")][0][8:].split("|")
+        assert set(labels) <= set(drawn_labels), (view, drawn_labels)  # text actors beside their slabs/rows
+
+
+def test_the_movie_has_a_frame_per_step_asked_for_split_across_processes(demo, tmp_path):
+    out = render(demo, tmp_path / "train.avi", "--view", "network", "--animate", "--frames", "4", "--processes", "2")
+    frames = sorted(os.listdir(tmp_path / "train_frames"))
+    assert frames == [f"frame_{i:05d}.png" for i in range(4)]
+    assert {line.split("(process ")[1][0] for line in out.splitlines() if line.startswith("frame ")} == {"0", "1"}
+    assert (tmp_path / "train.avi").stat().st_size > 10000
 
 
 def test_bad_input_is_reported_and_paraview_goes_on(runs_root, tmp_path):
@@ -163,11 +196,12 @@ def test_reloading_follows_a_live_run(tmp_path):
 
 
 def test_the_paraview_gui_loads_the_plugin_and_opens_runs(demo, tmp_path):
-    """What `tview paraview RUN` relies on: ParaView's GUI, with tview's environment, autoloads the
-    plugin and picks the tview reader for run.tview (under Xvfb here, with a script instead of a user)."""
-    from tview.render.paraview_launch import paraview_command
+    """What `tview paraview RUN` relies on: ParaView's GUI, with tview's environment, autoloads the plugin
+    and picks the tview reader for run.tview (under Xvfb here, with a script instead of a user). The
+    four-view layout script it runs is rendered by pvbatch in test_each_view_renders_a_picture."""
+    from tview.render.paraview_launch import paraview_command, paraview_env, screen
     cmd = paraview_command(demo)
-    assert cmd[1] == f"--data={demo}/run.tview"
+    assert cmd[1].startswith("--script=") and os.path.isfile(cmd[1].split("=", 1)[1])
     out = tmp_path / "gui.txt"
     script = tmp_path / "gui_check.py"
     script.write_text(f"""import os
@@ -176,13 +210,14 @@ src = pv.OpenDataFile({f"{demo}/run.tview"!r})
 src.UpdatePipelineInformation()
 pv.Show(src)
 pv.Render()
-open({str(out)!r}, "w").write(f"{{src.GetXMLName()}} {{len(src.TimestepValues)}}")
+open({str(out)!r}, "w").write(f"{{src.GetXMLName()}} {{len(src.TimestepValues)}} {{os.environ['TVIEW_RUN']}}")
 os._exit(0)
 """)
-    env = clean_env(autoload=True)
+    env = paraview_env(demo)
     env.pop("DISPLAY", None)
-    proc = subprocess.run(["xvfb-run", "-a", "-s", "-screen 0 1280x1024x24", cmd[0], f"--script={script}"],
-                          env=env, capture_output=True, text=True, timeout=180)
+    with screen(env) as env:
+        proc = subprocess.run([cmd[0], f"--script={script}"], env=env, capture_output=True, text=True, timeout=180)
     assert out.exists(), proc.stdout[-2000:] + proc.stderr[-2000:]
-    reader, steps = out.read_text().split()
+    reader, steps, run_file = out.read_text().split()
     assert reader == "TviewRunReader" and int(steps) == len(tview.open_run(demo).steps(0))
+    assert run_file == f"{demo}/run.tview"  # what the layout script opens

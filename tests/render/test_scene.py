@@ -41,10 +41,45 @@ def test_combining_ranks_skips_missing_values():
 
 def test_fields_leave_out_steps_where_nothing_was_recorded(small_run):
     run = tview.open_run(small_run[0])
-    steps, values = scene.layer_field(run, "act_zero_frac", 0)
+    steps, grid = scene.layer_field(run, "act_zero_frac", 0)
     full_steps, full = run.stat_matrix("act_zero_frac")
-    keep = np.isfinite(full).any(axis=1)
-    assert list(steps) == list(full_steps[keep]) and values.shape == (len(run.layers), keep.sum())
+    mask = np.ma.getmaskarray(full)
+    keep, rows = ~mask.all(axis=1), ~mask.all(axis=0)
+    assert list(steps) == list(full_steps[keep]) and grid.values.shape == (rows.sum(), keep.sum())
+    assert [text for text, _ in grid.labels] == [n for n, k in zip(run.layers, rows) if k]  # a name per row
+    assert np.array_equal(grid.hidden, mask[keep][:, rows].T)  # unmeasured cells are not drawn
+    assert len(grid.x_edges) == len(steps) + 1 and np.all(np.diff(grid.x_edges) > 0)
+    assert np.all((grid.x_edges[:-1] < steps) & (steps < grid.x_edges[1:]))  # each cell around its step
+
+
+def test_filter_and_feature_grids_have_a_cell_per_value_and_hidden_gaps(small_run):
+    run = tview.open_run(small_run[0])
+    at, g = scene.filter_grid(run, "conv2", None, 0)
+    _, w = run.filters("conv2", None, 0)
+    assert at == run.snapshot_steps(0)[-1]
+    assert (~g.hidden).sum() == w.size and np.isfinite(g.values[~g.hidden]).all()
+    assert np.array_equal(g.values[:3, :3], w[0, 0])  # filter 0, input 0 at the top left
+    texts = [t for t, _ in g.labels]
+    assert texts[:w.shape[0]] == [f"f{k}" for k in range(w.shape[0])] and f"in {w.shape[1] - 1}" in texts
+    _, maps, picture = scene.feature_grid(run, "conv1", None, 0, example=1)
+    _, fm = run.feature_maps("conv1", None, 0)
+    assert (~maps.hidden).sum() == fm[1].size and np.array_equal(maps.values[:8, :8], fm[1, 0])
+    assert picture.values.shape == run.probe_inputs(0)[1, 0].shape and picture.x_edges[-1] < 0  # left of the tiles
+    with pytest.raises(ValueError, match="probe example 9"):
+        scene.feature_grid(run, "conv1", None, 0, example=9)
+
+
+def test_grid_becomes_cell_data_with_ghost_cells():
+    pytest.importorskip("vtkmodules")
+    from tview.render import vtk_data
+    values = np.array([[1.0, np.nan], [3.0, 4.0]])
+    hidden = np.array([[False, True], [False, False]])
+    g = vtk_data.grid(values, hidden, np.arange(3.0), np.arange(3.0), "w", [("a", (0.0, 1.0, 0.0))])
+    assert g.GetNumberOfCells() == 4 and g.GetDimensions() == (3, 3, 1)
+    assert np.array_equal(vtk_data.grid_to_numpy(g, "w"), values, equal_nan=True)
+    assert g.GetFieldData().GetAbstractArray("label_text").GetValue(0) == "a"
+    with pytest.raises(ValueError, match="edges"):
+        vtk_data.grid(values, hidden, np.arange(2.0), np.arange(3.0), "w")
 
 
 def test_pieces_split_ranks_round_robin():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
@@ -48,6 +49,10 @@ class at_steps:
     """Exactly the listed steps."""
 
     def __init__(self, steps: Iterable[int]):
+        steps = list(steps)
+        bad = [s for s in steps if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0]
+        if bad:
+            raise ConfigError(f"at_steps: steps must be non-negative integers, got {bad[:5]!r}")
         self.steps = frozenset(int(s) for s in steps)
 
     def __call__(self, step: int) -> bool:

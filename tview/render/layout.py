@@ -7,16 +7,16 @@ import math
 import numpy as np
 
 
-def tile(images: np.ndarray, columns: int) -> np.ndarray:
-    """Lay [n, h, w] images out on a grid `columns` wide with one NaN gap between them."""
+def tile(images: np.ndarray, columns: int, gap: int = 1) -> np.ndarray:
+    """Lay [n, h, w] images out on a grid `columns` wide with `gap` NaN cells between them."""
     images = np.asarray(images, dtype=np.float64)
     n, h, w = images.shape
     columns = max(1, min(columns, n))
     rows = -(-n // columns)
-    out = np.full((rows * (h + 1) - 1, columns * (w + 1) - 1), np.nan)
+    out = np.full((rows * (h + gap) - gap, columns * (w + gap) - gap), np.nan)
     for i in range(n):
         r, c = divmod(i, columns)
-        out[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = images[i]
+        out[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = images[i]
     return out
 
 
@@ -30,3 +30,14 @@ def network_positions(channels: list[int], spacing: float = 1.0) -> np.ndarray:
                              (idx // side - (side - 1) / 2) * spacing,
                              np.full(c, z * 3.0 * spacing)], axis=1))
     return np.concatenate(pts) if pts else np.zeros((0, 3))
+
+
+def tile_origins(n: int, h: int, w: int, columns: int, gap: int = 1) -> list[tuple[int, int]]:
+    """Top-left (row, col) of each of `n` h x w tiles on tile()'s grid, `columns` wide, `gap` cells apart."""
+    columns = max(1, min(columns, n))
+    return [((i // columns) * (h + gap), (i % columns) * (w + gap)) for i in range(n)]
+
+
+def tile_gaps(n: int, h: int, w: int, columns: int, gap: int = 1) -> np.ndarray:
+    """True on the cells of tile()'s grid that belong to no tile (the gaps between them)."""
+    return np.isnan(tile(np.zeros((n, h, w)), columns, gap))

@@ -1,24 +1,41 @@
-"""Starting ParaView's programs on a run: a clean environment, the plugin folder, Xvfb when there is no screen."""
+"""Starting ParaView's programs on a run: a clean environment, the plugin folder (installed with tview or in
+the source tree), a private Xvfb screen when there is none, frames of a movie split across processes."""
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
+import select
 import shutil
 import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
 
 from tview.errors import TviewError
 from tview.store import schema
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tview/
+REPO = os.path.dirname(PACKAGE)
 APT_HINT = ("install Debian's ParaView: apt-get install -y --no-install-recommends paraview python3-paraview "
             "python3-h5py python3-numpy xvfb xauth")
+VIEWS = ("network", "trajectory", "filters", "feature_maps", "feature_volume", "field", "layout")
+SCREEN = "1600x1200x24"
 
 
 def plugin_dir() -> str:
-    path = os.path.join(REPO, "paraview_plugins")
-    if not os.path.isfile(os.path.join(path, "tview_plugin.py")):
-        raise TviewError(f"{path}: the ParaView plugin is missing (tview must run from its source tree for ParaView)")
-    return path
+    """The folder holding tview_plugin.py: inside the installed package (a wheel), else the source tree's."""
+    for path in (os.path.join(PACKAGE, "paraview_plugins"), os.path.join(REPO, "paraview_plugins")):
+        if os.path.isfile(os.path.join(path, "tview_plugin.py")):
+            return path
+    raise TviewError(f"the ParaView plugin is missing: no tview_plugin.py in {PACKAGE}/paraview_plugins "
+                     f"or {REPO}/paraview_plugins (a broken install: reinstall tview)")
+
+
+def script(name: str) -> str:
+    """A pvbatch/paraview script shipped with the plugin (paraview_plugins/scripts/<name>)."""
+    return os.path.join(plugin_dir(), "scripts", name)
 
 
 def find_program(name: str) -> str:
@@ -30,17 +47,18 @@ def find_program(name: str) -> str:
 
 def clean_env(env: dict | None = None, autoload: bool = False) -> dict:
     """The environment for ParaView's own Python: no virtualenv or PYTHONPATH/PYTHONHOME leaking in (they
-    crash pvbatch) and the getargspec work-around on PYTHONPATH; with autoload, the plugin folder on
-    PV_PLUGIN_PATH (for the GUI; scripts load the plugin themselves)."""
+    crash pvbatch, and ParaView must use its own numpy and h5py), only the getargspec work-around on
+    PYTHONPATH; with autoload, the plugin folder on PV_PLUGIN_PATH (for the GUI; scripts load it themselves)."""
     env = dict(os.environ if env is None else env)
     venv = env.pop("VIRTUAL_ENV", None)
-    for key in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONSAFEPATH"):
+    for key in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONSAFEPATH", "PYTHONUSERBASE"):
         env.pop(key, None)
     if venv:
         env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
                                       if not p.startswith(venv))
     plugins = plugin_dir()
-    env["PYTHONPATH"] = os.path.join(plugins, "compat")
+    env["PYTHONPATH"] = os.path.join(plugins, "compat")  # holds sitecustomize.py alone
+    env["PYTHONNOUSERSITE"] = "1"
     if autoload:
         env["PV_PLUGIN_PATH"] = plugins
     else:
@@ -55,37 +73,202 @@ def manifest_of(run: str) -> str:
     return os.path.abspath(path)
 
 
-def with_screen(cmd: list[str], env: dict) -> list[str]:
-    """Rendering needs an X server: run under xvfb-run when there is no DISPLAY."""
+def _read_display(fd: int, proc: subprocess.Popen, timeout: float) -> str:
+    data, deadline = b"", time.monotonic() + timeout
+    while not data.endswith(b"\n"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise TviewError(f"Xvfb did not start (exit status {proc.poll()}); {APT_HINT}")
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            chunk = os.read(fd, 64)
+            if not chunk:
+                raise TviewError(f"Xvfb did not start (exit status {proc.wait()})")
+            data += chunk
+    return data.decode().strip()
+
+
+@contextlib.contextmanager
+def screen(env: dict, timeout: float = 30) -> Iterator[dict]:
+    """`env` with a DISPLAY: its own if it has one, else a private Xvfb that picks a free display number itself
+    (-displayfd: no race between concurrent renders, as `xvfb-run -a` has), stopped on exit."""
     if env.get("DISPLAY"):
-        return cmd
-    return [find_program("xvfb-run"), "-a", "-s", "-screen 0 1280x1024x24"] + cmd
+        yield env
+        return
+    read_fd, write_fd = os.pipe()
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen([find_program("Xvfb"), "-displayfd", str(write_fd), "-screen", "0", SCREEN,
+                             "-nolisten", "tcp"], pass_fds=(write_fd,), stdout=log, stderr=log)
+    os.close(write_fd)
+    try:
+        display = _read_display(read_fd, proc, timeout)
+        yield dict(env, DISPLAY=f":{display}")
+    finally:
+        os.close(read_fd)
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
 
 
-def render_command(run: str, out: str, view: str = "network", step: float | None = None, array: str | None = None,
-                   rank: int = 0, layer: str | None = None, env: dict | None = None) -> list[str]:
-    cmd = [find_program("pvbatch"), os.path.join(plugin_dir(), "scripts", "render_view.py"), manifest_of(run),
-           os.path.abspath(out), "--view", view, "--rank", str(rank)]
+def render_args(run: str, out: str, view: str = "network", step: float | None = None, array: str | None = None,
+                rank: int = 0, layer: str | None = None, example: int = 0) -> list[str]:
+    """render_view.py's arguments for one view (or the four-view layout) of a run."""
+    if view not in VIEWS:
+        raise TviewError(f"unknown view {view!r}; choose one of {', '.join(VIEWS)}")
+    args = [manifest_of(run), os.path.abspath(out), "--view", view, "--rank", str(rank), "--example", str(example)]
     if step is not None:
-        cmd += ["--step", str(step)]
+        args += ["--step", str(step)]
     if array:
-        cmd += ["--array", array]
+        args += ["--array", array]
     if layer:
-        cmd += ["--layer", layer]
-    return with_screen(cmd, env if env is not None else os.environ)
+        args += ["--layer", layer]
+    return args
+
+
+X_REFUSED = "bad X server connection"  # the X server dropped pvbatch's connection (seen here: 2-15% of connections)
+
+
+def _pvbatch_once(cmd: list[str], env: dict, timeout: float, echo: bool) -> tuple[int, str]:
+    if not echo:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        return proc.returncode, proc.stdout + proc.stderr
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:  # progress lines as they come
+        lines.append(line)
+        if line.startswith(("frame ", "wrote ")):
+            print(line.rstrip(), flush=True)
+    proc.wait(timeout)
+    return proc.returncode, "".join(lines)
+
+
+def _run_pvbatch(cmd: list[str], what: str, timeout: float, echo: bool, attempts: int = 4) -> str:
+    """Run pvbatch on a screen; start again (a new screen) when the X server dropped its connection."""
+    for attempt in range(1, attempts + 1):
+        with screen(clean_env()) as env:
+            code, text = _pvbatch_once(cmd, env, timeout, echo)
+        if code == 0 or X_REFUSED not in text or attempt == attempts:
+            break
+        print(f"tview: the X server dropped pvbatch's connection; trying again ({attempt + 1}/{attempts})", flush=True)
+    if code != 0:
+        raise TviewError(f"pvbatch could not render {what} (exit status {code}):\n{text[-3000:]}")
+    return text
 
 
 def render(run: str, out: str, timeout: float = 300, **kwargs) -> str:
     """Render one view of a run to a PNG through pvbatch; returns pvbatch's output, raises on failure."""
-    env = clean_env()
-    cmd = render_command(run, out, env=env, **kwargs)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    cmd = [find_program("pvbatch"), script("render_view.py")] + render_args(run, out, **kwargs)
+    text = _run_pvbatch(cmd, run, timeout, echo=False)
+    if not os.path.isfile(out):
+        raise TviewError(f"pvbatch did not write {out}:\n{text[-3000:]}")
+    return text
+
+
+def animate(run: str, out: str, processes: int = 1, timeout: float = 1800, frames: int | None = None,
+            **kwargs) -> str:
+    """A movie of training: one frame per recorded step (or `frames` of them, evenly picked), rendered by
+    `processes` pvbatch processes under mpirun (each a share of the frames), as PNGs in <out stem>_frames/,
+    then encoded to `out` (.avi, .ogv: ParaView's own writers) or left as the PNG sequence (.png, a folder)."""
+    frames_dir = frames_folder(out)
+    os.makedirs(frames_dir, exist_ok=True)
+    for old in glob.glob(os.path.join(frames_dir, "frame_*.png")):
+        os.remove(old)
+    args = render_args(run, os.path.join(frames_dir, "frame.png"), **kwargs) + ["--animate"]
+    if frames:
+        args += ["--frames", str(frames)]
+    cmd = [find_program("pvbatch"), script("render_view.py")] + args
+    if processes > 1:  # independent pvbatch processes, each rendering every Nth frame (MPI rank from the env)
+        cmd = [find_program("mpirun"), "--allow-run-as-root", "--oversubscribe", "-np", str(processes),
+               "-x", "DISPLAY", "-x", "PYTHONPATH", cmd[0], "--no-mpi"] + cmd[1:]
+    text = _run_pvbatch(cmd, run, timeout, echo=True)
+    written = sorted(glob.glob(os.path.join(frames_dir, "frame_*.png")))
+    if not written:
+        raise TviewError(f"pvbatch wrote no frame into {frames_dir}:\n{text[-3000:]}")
+    if os.path.splitext(out)[1].lower() in (".avi", ".ogv"):
+        text += encode(frames_dir, out, timeout)
+    return text
+
+
+def frames_folder(out: str) -> str:
+    """Where a movie's PNG frames go: `out` itself if it is a folder or ends in /, else <out stem>_frames/."""
+    if out.endswith(os.sep) or os.path.isdir(out):
+        return out
+    return os.path.splitext(out)[0] + "_frames"
+
+
+def encode(frames_dir: str, out: str, timeout: float = 600) -> str:
+    """PNG frames to a movie with ParaView's own FFMPEG (.avi) or Ogg Theora (.ogv) writer, in pvpython."""
+    cmd = [find_program("pvpython"), script("encode_movie.py"), frames_dir, os.path.abspath(out)]
+    proc = subprocess.run(cmd, env=clean_env(), capture_output=True, text=True, timeout=timeout)
     text = proc.stdout + proc.stderr
     if proc.returncode != 0 or not os.path.isfile(out):
-        raise TviewError(f"pvbatch could not render {run} (exit status {proc.returncode}):\n{text[-3000:]}")
+        raise TviewError(f"could not encode {out} from {frames_dir} (exit status {proc.returncode}):\n{text[-2000:]}")
     return text
 
 
 def paraview_command(run: str) -> list[str]:
-    """The ParaView GUI with the plugin loaded and the run open."""
-    return [find_program("paraview"), f"--data={manifest_of(run)}"]
+    """The ParaView GUI with the plugin loaded, the run open and tview's four linked views laid out
+    (the layout script reads the run from TVIEW_RUN: see paraview_env)."""
+    manifest_of(run)
+    return [find_program("paraview"), f"--script={script('layout_state.py')}"]
+
+
+def paraview_env(run: str) -> dict:
+    """The GUI's environment: clean, the plugin auto-loaded, the run for the layout script."""
+    env = clean_env(autoload=True)
+    env["TVIEW_RUN"] = manifest_of(run)
+    return env
+
+
+def add_render_arguments(r) -> None:
+    """`tview render`'s arguments (on an argparse parser)."""
+    r.add_argument("run")
+    r.add_argument("--out", required=True, help="the PNG to write; with --animate a .avi/.ogv movie, or a .png "
+                                                "or folder for the PNG sequence alone")
+    r.add_argument("--view", default="network", choices=VIEWS, help="layout: network, field, filters and "
+                                                                    "trajectory in one picture")
+    r.add_argument("--step", type=float, default=None, help="training step (default: the last recorded)")
+    r.add_argument("--array", default=None, help="the array to colour by (field: the statistic; default per view)")
+    r.add_argument("--rank", type=int, default=0)
+    r.add_argument("--layer", default=None, help="one layer (filters, feature maps, trajectory views)")
+    r.add_argument("--example", type=int, default=0, help="the probe example whose feature maps to show")
+    r.add_argument("--animate", action="store_true", help="a movie: one frame per recorded step")
+    r.add_argument("--frames", type=int, default=None, help="with --animate: this many steps, evenly picked")
+    r.add_argument("--processes", type=int, default=1, help="with --animate: pvbatch processes under mpirun, "
+                                                            "each rendering a share of the frames")
+
+
+def render_command_line(a) -> None:
+    """`tview render`: one picture, or with --animate the frames (and the movie), progress shown."""
+    kwargs = dict(view=a.view, step=a.step, array=a.array, rank=a.rank, layer=a.layer, example=a.example)
+    if not a.animate:
+        started = time.time()
+        text = render(a.run, a.out, **kwargs)
+        print("\n".join(line for line in text.splitlines() if line.startswith(("wrote ", "labels: "))))
+        print(f"rendered in {time.time() - started:.1f} s")
+        return
+    if a.processes < 1 or (a.frames is not None and a.frames < 1):
+        raise TviewError("--processes and --frames must be at least 1")
+    started = time.time()
+    animate(a.run, a.out, processes=a.processes, frames=a.frames, **kwargs)
+    ext = os.path.splitext(a.out)[1].lower()
+    made = a.out if ext in (".avi", ".ogv") else f"the PNG sequence in {frames_folder(a.out)}"
+    if ext not in (".avi", ".ogv", ".png", ""):
+        made += f" (no {ext} encoder here: ParaView writes .avi and .ogv)"
+    print(f"wrote {made} in {time.time() - started:.1f} s")
+
+
+def paraview_command_line(a) -> int:
+    """`tview paraview RUN` (the GUI, four linked views) or `tview paraview --plugin-path`."""
+    if a.plugin_path:
+        print(plugin_dir())
+        return 0
+    if not a.run:
+        raise TviewError("give a run (tview paraview RUN), or --plugin-path")
+    env = paraview_env(a.run)
+    if not env.get("DISPLAY"):
+        raise TviewError("the ParaView GUI needs a screen (no DISPLAY); use `tview render` without one")
+    return subprocess.call(paraview_command(a.run), env=env)

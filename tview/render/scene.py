@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tview.render.analysis import similarity_layout
-from tview.render.layout import network_positions, tile
+from tview.render.layout import network_positions, tile, tile_gaps, tile_origins
 from tview.render.summaries import channel_values_at
 from tview.store.reader import Run
 
@@ -25,6 +25,7 @@ class Points:
     positions: np.ndarray                     # [n, 3]
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     line: bool = False                        # draw as one polyline through the points
+    labels: list[tuple[str, tuple[float, float, float]]] = field(default_factory=list)  # text at a position
 
 
 def time_steps(run: Run) -> np.ndarray:
@@ -51,7 +52,7 @@ def network(run: Run, rank: int, step: float | None, layers: list[str] | None = 
     wanted = list(arrays) if arrays is not None else channel_arrays + layer_arrays
     counts = [int(info["channels"]) for info in infos]
     out = {"layer": np.repeat(np.arange(len(infos)), counts).astype(np.int32),
-           "channel": np.concatenate([np.arange(c) for c in counts]).astype(np.int32) if counts else np.zeros(0, np.int32)}
+           "channel": np.concatenate([np.arange(c) for c in counts] or [np.zeros(0)]).astype(np.int32)}
     n = sum(counts)
     names = [info["name"] for info in infos]
     offsets, sizes = dict(zip(names, np.cumsum([0] + counts))), dict(zip(names, counts))
@@ -68,7 +69,10 @@ def network(run: Run, rank: int, step: float | None, layers: list[str] | None = 
             for layer, c in sizes.items():
                 values[offsets[layer]:offsets[layer] + c] = row[run.layer_index(layer)]
         out[name] = values
-    return Points(network_positions(counts), out)
+    positions = network_positions(counts)
+    labels = [(f"{name} ({c})", (float(positions[offsets[name]:offsets[name] + c, 0].min()) - 1.0, 0.0,
+                                 float(positions[offsets[name], 2]))) for name, c in zip(names, counts)]
+    return Points(positions, out, labels=labels)
 
 
 def combine(blocks: list[Points], mode: str) -> Points:
@@ -108,36 +112,126 @@ def spread_of(blocks: list[Points], name: str) -> Points:
     return Points(blocks[0].positions, arrays)
 
 
-def layer_field(run: Run, stat: str, rank: int) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, values [layers, steps]): one layer statistic over the whole run, as an image (x: step, y: layer);
-    steps where no layer has it (statistics recorded only on detail steps) are left out."""
+@dataclass
+class Grid:
+    """Cells on a plane, one per weight, pixel or (layer, step): values [rows, cols] with row 0 at the top,
+    cells left undrawn where `hidden` (gaps between tiles, statistics not measured there), the cell edges
+    along x (cols + 1) and y (rows + 1, increasing upwards), and text labels at 3D positions."""
+
+    values: np.ndarray
+    hidden: np.ndarray
+    x_edges: np.ndarray
+    y_edges: np.ndarray
+    name: str
+    labels: list[tuple[str, tuple[float, float, float]]] = field(default_factory=list)
+
+
+def _unit_grid(values: np.ndarray, hidden: np.ndarray, name: str, x0: float = 0.0, scale: float = 1.0) -> Grid:
+    rows, cols = values.shape
+    return Grid(values, hidden, x0 + scale * np.arange(cols + 1, dtype=np.float64),
+                scale * np.arange(rows + 1, dtype=np.float64), name)
+
+
+def _every(n: int, most: int = 24) -> int:
+    """Label every k-th of n items so that at most about `most` labels show."""
+    return max(1, -(-n // most))
+
+
+def filter_grid(run: Run, layer: str, step: float | None, rank: int, max_inputs: int = 16) -> tuple[int, Grid]:
+    """(snapshot step, Grid 'weight'): one row of kernels per filter, one kernel per input channel, one cell
+    per weight, gaps undrawn; labels 'f<k>' left of the rows and 'in <c>' above the columns."""
+    at, w = run.filters(layer, None if step is None else int(step), rank)
+    w = np.asarray(w, dtype=np.float64)[:, :max_inputs]
+    cout, cin, kh, kw = w.shape
+    values = tile(w.reshape(cout * cin, kh, kw), cin)
+    g = _unit_grid(values, tile_gaps(cout * cin, kh, kw, cin), "weight")
+    top = values.shape[0]
+    g.labels = [(f"f{k}", (-0.6, top - (k * (kh + 1) + kh / 2), 0.0)) for k in range(0, cout, _every(cout))]
+    g.labels += [(f"in {c}", (c * (kw + 1) + kw / 2, top + 0.6, 0.0)) for c in range(0, cin, _every(cin))]
+    return at, g
+
+
+def feature_grid(run: Run, layer: str, step: float | None, rank: int,
+                 example: int = 0) -> tuple[int, Grid, Grid | None]:
+    """(snapshot step, Grid 'activation' with one tile per channel of one probe example labelled 'c<k>',
+    Grid 'input' of that example's input (its first channel) beside it on the left, as tall, or None)."""
+    at, maps = feature_volume(run, layer, step, rank, example)
+    c, h, w = maps.shape
+    columns, gap = int(np.ceil(np.sqrt(c))), max(1, h // 4)  # room for each tile's label above it
+    values = tile(maps, columns, gap)
+    g = _unit_grid(values, tile_gaps(c, h, w, columns, gap), "activation")
+    top = values.shape[0]
+    g.labels = [(f"c{k}", (col + w / 2, top - row + 0.3, 0.0))
+                for k, (row, col) in enumerate(tile_origins(c, h, w, columns, gap)) if k % _every(c, 64) == 0]
+    inputs = run.probe_inputs(rank)
+    if inputs is None or example >= len(inputs):
+        return at, g, None
+    image = np.asarray(inputs[example], dtype=np.float64).reshape(-1, *np.shape(inputs)[-2:])[0]
+    scale = top / image.shape[0]
+    x0 = -(image.shape[1] * scale) - 3.0
+    picture = _unit_grid(image, np.zeros(image.shape, dtype=bool), "input", x0=x0, scale=scale)
+    picture.labels = [(f"input {example}", (x0 + image.shape[1] * scale / 2, top + 0.4, 0.0))]
+    return at, g, picture
+
+
+def _step_edges(steps: np.ndarray) -> np.ndarray:
+    """Cell edges along the step axis: halfway between recorded steps, half a gap beyond the ends."""
+    s = np.asarray(steps, dtype=np.float64)
+    if len(s) == 1:
+        return np.array([s[0] - 0.5, s[0] + 0.5])
+    mid = (s[1:] + s[:-1]) / 2
+    return np.concatenate([[s[0] - (mid[0] - s[0])], mid, [s[-1] + (s[-1] - mid[-1])]])
+
+
+def _field_grid(steps: np.ndarray, m: np.ma.MaskedArray, names: list[str], stat: str) -> Grid:
+    """[steps, rows] masked values as a Grid: x the training step, one row per name (top: the first),
+    rows a third of the width tall in all, masked cells undrawn, names left of their rows."""
+    values = np.ma.filled(np.ma.asarray(m, dtype=np.float64), np.nan).T
+    hidden = np.ma.getmaskarray(m).T.copy()
+    x = _step_edges(steps)
+    span = float(x[-1] - x[0]) or 1.0
+    height = span / 3.0 / max(len(names), 1)
+    g = Grid(values, hidden, x, height * np.arange(len(names) + 1, dtype=np.float64), stat)
+    g.labels = [(name, (x[0] - span * 0.01, height * (len(names) - i - 0.5), 0.0)) for i, name in enumerate(names)]
+    return g
+
+
+def layer_field(run: Run, stat: str, rank: int) -> tuple[np.ndarray, Grid]:
+    """(steps, Grid): one layer statistic over the whole run, a row per layer that has it (x: step); steps
+    where no layer has it (statistics recorded only on detail steps) are left out, unmeasured cells undrawn."""
     steps, m = run.stat_matrix(stat, rank)
-    keep = ~np.ma.getmaskarray(m).all(axis=1)
-    return steps[keep], np.ma.filled(np.ma.asarray(m[keep], dtype=np.float64), np.nan).T
+    mask = np.ma.getmaskarray(m)
+    keep, rows = ~mask.all(axis=1), ~mask.all(axis=0)
+    names = [name for name, k in zip(run.layers, rows) if k]
+    return steps[keep], _field_grid(steps[keep], m[keep][:, rows], names, stat)
 
 
-def channel_field(run: Run, stat: str, layer: str, rank: int) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, values [channels, steps]) of a per-channel statistic, only the steps where it was recorded."""
-    steps, m = run.stat(stat, layer, rank)
-    return steps, np.asarray(m, dtype=np.float64).T
+def channel_field(run: Run, stat: str, layer: str, rank: int) -> tuple[np.ndarray, Grid]:
+    """(steps, Grid) of a per-channel statistic of one layer: a row per channel, only the steps where recorded."""
+    steps, v = run.stat(stat, layer, rank)
+    v = np.asarray(v, dtype=np.float64).reshape(len(steps), -1)
+    keep = ~np.isnan(v).all(axis=1)  # rows with nothing measured (older stores pad them with NaN)
+    steps, v = steps[keep], v[keep]
+    m = np.ma.masked_array(v, mask=np.zeros(v.shape, dtype=bool))
+    g = _field_grid(steps, m, [f"c{k}" for k in range(v.shape[1])], stat)
+    every = _every(len(g.labels), 32)
+    g.labels = [lab for i, lab in enumerate(g.labels) if i % every == 0]
+    return steps, g
 
 
 def trajectory(run: Run, layer: str, rank: int) -> Points:
-    """The layer's projected weights as a 3D polyline, with its step per point."""
+    """The layer's projected weights as a 3D polyline with its step and log10(step + 1) per point (most motion
+    is early: colour by the log), the layer's name at its end."""
     steps, coords = run.trajectory(layer, rank)
     keep = np.isfinite(coords).all(axis=1)
     coords = np.asarray(coords[keep], dtype=np.float64)
     if coords.shape[1] < 3:
         coords = np.pad(coords, ((0, 0), (0, 3 - coords.shape[1])))
-    return Points(coords[:, :3], {"step": steps[keep].astype(np.float64)}, line=True)
-
-
-def filter_tiles(run: Run, layer: str, step: float | None, rank: int, max_inputs: int = 16) -> tuple[int, np.ndarray]:
-    """(snapshot step, 2D image [rows, cols]): one row of kernels per filter, one kernel per input channel."""
-    at, w = run.filters(layer, None if step is None else int(step), rank)
-    w = np.asarray(w)[:, :max_inputs]
-    cout, cin = w.shape[:2]
-    return at, tile(w.reshape(cout * cin, *w.shape[2:]), cin)
+    s = steps[keep].astype(np.float64)
+    p = Points(coords[:, :3], {"step": s, "log_step": np.log10(s + 1.0)}, line=True)
+    if len(s):
+        p.labels = [(layer, tuple(float(v) for v in p.positions[-1]))]
+    return p
 
 
 def feature_volume(run: Run, layer: str, step: float | None, rank: int, example: int = 0) -> tuple[int, np.ndarray]:

@@ -56,7 +56,8 @@ def points_to_polydata(positions: np.ndarray, arrays: dict[str, np.ndarray], lin
             cells.InsertCellPoint(i)
         pd.SetVerts(cells)
     for name, values in arrays.items():
-        pd.GetPointData().AddArray(_vtk_array(name, np.asarray(values).reshape(n, -1) if np.ndim(values) > 1 else values))
+        values = np.asarray(values)
+        pd.GetPointData().AddArray(_vtk_array(name, values.reshape(n, -1) if values.ndim > 1 else values))
     return pd
 
 
@@ -84,3 +85,48 @@ def image_to_numpy(img, name: str | None = None) -> np.ndarray:
     nx, ny, nz = img.GetDimensions()
     arr = img.GetPointData().GetArray(name) if name else img.GetPointData().GetScalars()
     return numpy_support.vtk_to_numpy(arr).reshape(nz, ny, nx)
+
+
+def add_labels(data, labels: list[tuple[str, tuple[float, float, float]]]) -> None:
+    """Text labels at 3D positions, as field data (label_text, label_xyz) for the render scripts to draw."""
+    from vtkmodules.vtkCommonCore import vtkStringArray
+    if not labels:
+        return
+    texts = vtkStringArray()
+    texts.SetName("label_text")
+    for text, _ in labels:
+        texts.InsertNextValue(text)
+    data.GetFieldData().AddArray(texts)
+    data.GetFieldData().AddArray(_vtk_array("label_xyz", np.array([xyz for _, xyz in labels], dtype=np.float64)))
+
+
+def grid(values: np.ndarray, hidden: np.ndarray, x_edges: np.ndarray, y_edges: np.ndarray, name: str,
+         labels: list | None = None):
+    """vtkRectilinearGrid with one cell per value (crisp squares, never interpolated), [rows, cols] with row 0
+    at the top; cells where `hidden` are blanked (vtkGhostType HIDDENCELL: not drawn, never a NaN colour)."""
+    from vtkmodules.util import numpy_support
+    from vtkmodules.vtkCommonDataModel import vtkDataSetAttributes, vtkRectilinearGrid
+    values = np.asarray(values, dtype=np.float64)
+    rows, cols = values.shape
+    if len(x_edges) != cols + 1 or len(y_edges) != rows + 1:
+        raise ValueError(f"grid of {rows}x{cols} cells needs {cols + 1} x and {rows + 1} y edges, "
+                         f"got {len(x_edges)} and {len(y_edges)}")
+    g = vtkRectilinearGrid()
+    g.SetDimensions(cols + 1, rows + 1, 1)
+    g.SetXCoordinates(_vtk_array("x", np.asarray(x_edges, dtype=np.float64)))
+    g.SetYCoordinates(_vtk_array("y", np.asarray(y_edges, dtype=np.float64)))
+    g.SetZCoordinates(_vtk_array("z", np.zeros(1)))
+    g.GetCellData().SetScalars(_vtk_array(name, values[::-1].reshape(-1)))  # x fastest, y upwards
+    ghosts = np.where(np.asarray(hidden)[::-1].reshape(-1), vtkDataSetAttributes.HIDDENCELL, 0).astype(np.uint8)
+    ghost = numpy_support.numpy_to_vtk(ghosts, deep=True, array_type=numpy_support.get_vtk_array_type(np.uint8))
+    ghost.SetName(vtkDataSetAttributes.GhostArrayName())
+    g.GetCellData().AddArray(ghost)
+    add_labels(g, labels or [])
+    return g
+
+
+def grid_to_numpy(g, name: str) -> np.ndarray:
+    """The inverse of grid(): [rows, cols] cell values, row 0 at the top."""
+    from vtkmodules.util import numpy_support
+    nx, ny, _ = g.GetDimensions()
+    return numpy_support.vtk_to_numpy(g.GetCellData().GetArray(name)).reshape(ny - 1, nx - 1)[::-1]

@@ -7,11 +7,13 @@ discovered from the shard itself (each probe table carries its declaration), nev
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import os
 import re
 import threading
+import time
 
 import h5py
 import numpy as np
@@ -23,6 +25,7 @@ from tview.store.manifest import read_manifest
 
 _SHARD_RE = re.compile(r"^rank-(\d{5})\.h5$")
 EAGER_SHARDS = 64  # runs with more ranks open each shard on first use (opening costs ~1 ms a shard)
+NEW_FILE_SECONDS = 2.0  # a shard of a few hundred bytes written this recently is being created
 
 # h5py makes each HDF5 call atomic, not a refresh followed by a read: two threads refreshing and
 # reading the same SWMR dataset (a web server's callbacks on one open run) got HDF5 errors such as
@@ -157,6 +160,27 @@ class ShardReader:
         self.file.close()
 
 
+def being_created(path: str) -> bool:
+    """True when a writer holds `path` locked (HDF5 locks a file it creates until it switches to SWMR
+    mode), or when it is a few hundred bytes written in the last two seconds: not ready, not damaged."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except BlockingIOError:
+            return True
+        except OSError:
+            pass
+        st = os.fstat(fd)
+        return st.st_size < 512 and time.time() - st.st_mtime < NEW_FILE_SECONDS
+    finally:
+        os.close(fd)
+
+
 def _shard_files(folder: str) -> dict[int, str]:
     found = {}
     with os.scandir(folder) as entries:
@@ -185,9 +209,11 @@ class Run:
 
     # -- opening --------------------------------------------------------------------------
     def _bad(self, rank: int, exc: TviewError):
-        self.problems[rank] = str(exc)
+        path = os.path.join(self.path, schema.shard_name(rank))
+        young = being_created(path)
+        self.problems[rank] = f"{path}: not ready yet (its writer is creating it)" if young else str(exc)
         self._files.pop(rank, None)
-        if not self.skip_bad_shards:
+        if not self.skip_bad_shards and not young:
             self.close()
             raise exc
 
@@ -475,9 +501,14 @@ class Run:
                     shard = self.shard(rank)
                 except TviewError:
                     shard = None
-            status[rank] = _rank_row(shard) if shard is not None else {
-                "steps": 0, "last_step": None, "closed": False, "dropped": 0, "first_wall": None,
-                "last_wall": None, "problem": self.problems.get(rank, "missing")}
+            try:
+                status[rank] = _rank_row(shard) if shard is not None else None
+            except TviewError as exc:  # damaged where the summary reads: this rank says so, the others go on
+                self.problems[rank] = str(exc)
+                status[rank] = None
+            if status[rank] is None:
+                status[rank] = {"steps": 0, "last_step": None, "closed": False, "dropped": 0, "first_wall": None,
+                                "last_wall": None, "problem": self.problems.get(rank, "missing")}
         return status
 
     @_serialized

@@ -1,0 +1,298 @@
+"""tview's ParaView views, built with paraview.simple on a tview Run Reader: network, trajectory, filters,
+feature maps (tiles or volume), layer x step field, and the four linked together in one layout. Shared by
+render_view.py (pvbatch, `tview render`) and layout_state.py (the GUI, `tview paraview`)."""
+
+import math
+import os
+
+from paraview import servermanager as sm
+from paraview import simple as pv
+
+PLUGIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tview_plugin.py")
+INK = [0.1, 0.1, 0.1]             # text and axes on the white background
+NAN_COLOR = [1.0, 1.0, 0.0]       # ParaView's NaN yellow, kept: a real NaN shows; gaps are never NaN (hidden cells)
+DEFAULT_ARRAY = {"network": "act_channel_zero_frac", "trajectory": "log_step", "filters": "weight",
+                 "feature_maps": "activation", "feature_volume": "activation", "field": "grad_norm"}
+LAYOUT = ("network", "field", "filters", "trajectory")
+
+
+def open_run(manifest, rank=0, example=0, volumes=False):
+    """The plugin loaded and a tview Run Reader on the run (its time steps published)."""
+    pv.LoadPlugin(PLUGIN)  # its proxies join paraview.simple, by label
+    reader = pv.tviewRunReader(FileName=manifest)
+    reader.Rank = rank
+    reader.ProbeExample = example
+    reader.FeatureVolumes = int(volumes)
+    reader.UpdatePipelineInformation()
+    return reader
+
+
+def steps_of(reader):
+    return list(reader.TimestepValues) if reader.TimestepValues else []
+
+
+def run_meta(manifest):
+    """Layer lists from the run's manifest (plain JSON: no tview import needed)."""
+    import json
+    with open(manifest) as f:
+        return json.load(f)
+
+
+def new_view(size, view=None):
+    view = view or pv.CreateRenderView()
+    view.ViewSize = list(size)
+    view.OrientationAxesVisibility = 0
+    if hasattr(view, "UseColorPaletteForBackground"):
+        view.UseColorPaletteForBackground = 0
+    view.Background = [1.0, 1.0, 1.0]
+    return view
+
+
+def _leaves(data):
+    if data is None:
+        return []
+    if data.IsA("vtkMultiBlockDataSet"):
+        return [leaf for i in range(data.GetNumberOfBlocks()) for leaf in _leaves(data.GetBlock(i))]
+    return [data]
+
+
+def labels_of(source):
+    """(text, xyz) of every label the reader attached to the blocks of `source` (field data)."""
+    out = []
+    for leaf in _leaves(sm.Fetch(source)):
+        texts, xyz = leaf.GetFieldData().GetAbstractArray("label_text"), leaf.GetFieldData().GetArray("label_xyz")
+        if texts is None or xyz is None:
+            continue
+        out += [(texts.GetValue(i), xyz.GetTuple3(i)) for i in range(texts.GetNumberOfValues())]
+    return out
+
+
+def draw_labels(view, labels, size=15, justification="Center"):
+    """Each label as a text actor anchored at its 3D point (billboard: faces the camera, fixed pixel size)."""
+    shown = []
+    for text, xyz in labels:
+        display = pv.Show(pv.Text(Text=text), view)
+        display.TextPropMode = "Billboard 3D Text"
+        display.BillboardPosition = list(xyz)
+        display.FontSize = size
+        display.Color = INK
+        display.Justification = justification
+        shown.append(text)
+    return shown
+
+
+def caption(view, text, location="Upper Left Corner", size=16):
+    display = pv.Show(pv.Text(Text=text), view)
+    display.WindowLocation = location
+    display.FontSize = size
+    display.Color = INK
+    return text
+
+
+def color(display, view, array, association="POINTS", preset="Cool to Warm", symmetric=False, log=False,
+          title=None):
+    """Colour by `array` with a preset, a scalar bar in ink, NaN in ParaView's yellow."""
+    pv.ColorBy(display, (association, array))
+    lut = pv.GetColorTransferFunction(array)
+    lut.ApplyPreset(preset, True)
+    lut.NanColor = NAN_COLOR
+    display.RescaleTransferFunctionToDataRange(False, True)
+    low, high = lut.RGBPoints[0], lut.RGBPoints[-4]
+    if symmetric:
+        m = max(abs(low), abs(high)) or 1.0
+        lut.RescaleTransferFunction(-m, m)
+    elif log and low > 0 and high > 100 * low:
+        lut.UseLogScale = 1
+    display.SetScalarBarVisibility(view, True)
+    bar = pv.GetScalarBar(lut, view)
+    bar.Title, bar.ComponentTitle = title or array, ""
+    bar.TitleColor, bar.LabelColor = INK, INK
+    bar.TitleFontSize, bar.LabelFontSize = 16, 14
+    return lut
+
+
+def extract(reader, selectors):
+    part = pv.ExtractBlock(Input=reader, Selectors=list(selectors))
+    part.UpdatePipeline(pv.GetAnimationScene().TimeKeeper.Time)
+    return part
+
+
+def frame_2d(view, labels, data_bounds, margin=(0.12, 0.04, 0.10, 0.08)):
+    """Look straight down z with a parallel projection at the data and its labels (left, right, bottom, top
+    margins as fractions of the larger side)."""
+    xs = [data_bounds[0], data_bounds[1]] + [xyz[0] for _, xyz in labels]
+    ys = [data_bounds[2], data_bounds[3]] + [xyz[1] for _, xyz in labels]
+    side = max(max(xs) - min(xs), max(ys) - min(ys)) or 1.0
+    x0, x1 = min(xs) - margin[0] * side, max(xs) + margin[1] * side
+    y0, y1 = min(ys) - margin[2] * side, max(ys) + margin[3] * side
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    width, height = view.ViewSize
+    view.CameraParallelProjection = 1
+    view.CameraFocalPoint = [cx, cy, 0.0]
+    view.CameraPosition = [cx, cy, 10.0 * side]
+    view.CameraViewUp = [0.0, 1.0, 0.0]
+    view.CameraParallelScale = max((y1 - y0) / 2, (x1 - x0) / 2 * height / width)
+
+
+def bounds(source):
+    return source.GetDataInformation().GetBounds()
+
+
+def show_grid(reader, view, selectors, array, **style):
+    part = extract(reader, selectors)
+    display = pv.Show(part, view)
+    display.SetRepresentationType("Surface")
+    display.Interpolation = "Flat"
+    display.Ambient, display.Diffuse = 1.0, 0.0  # flat colours: no lighting on a picture of numbers
+    color(display, view, array, association="CELLS", **style)
+    return part, display
+
+
+def network(reader, view, array, layer=None):
+    part = extract(reader, ["/Root/network"])
+    display = pv.Show(part, view)
+    display.SetRepresentationType("Points")
+    display.PointSize = 10
+    display.RenderPointsAsSpheres = 1
+    color(display, view, array, preset="Viridis (matplotlib)")
+    labels = labels_of(part)
+    draw_labels(view, labels, justification="Right")
+    view.CameraPosition = [34, -46, 28]
+    view.CameraFocalPoint = [0, 0, 12]
+    view.CameraViewUp = [0, 0, 1]
+    view.ResetCamera()
+    return labels
+
+
+def _nice_steps(high):
+    out = [0]
+    k = 1
+    while k <= high:
+        out += [s for s in (k, 2 * k, 5 * k) if s <= high]
+        k *= 10
+    return out
+
+
+def trajectory(reader, view, array, layer=None):
+    part = extract(reader, ["/Root/trajectories" + (f"/{layer}" if layer else "")])
+    display = pv.Show(part, view)
+    display.SetRepresentationType("Surface")
+    display.LineWidth = 3
+    display.RenderLinesAsTubes = 1
+    if array != "log_step":
+        color(display, view, array, preset="Viridis (matplotlib)")
+    else:  # log10(step + 1) coloured, the bar annotated in steps: a step axis for the paths
+        lut = color(display, view, "log_step", preset="Viridis (matplotlib)", title="training step")
+        high = 10 ** lut.RGBPoints[-4] - 1
+        lut.Annotations = [v for s in _nice_steps(high) for v in (f"{math.log10(s + 1):.6g}", str(s))]
+        bar = pv.GetScalarBar(lut, view)
+        bar.DrawTickLabels, bar.AddRangeLabels, bar.DrawAnnotations = 0, 0, 1
+    labels = labels_of(part)
+    draw_labels(view, labels, justification="Left")
+    view.ResetCamera()
+    return labels
+
+
+def filters(reader, view, array, layer):
+    part, _ = show_grid(reader, view, [f"/Root/filters/{layer}"], array, symmetric=True)
+    labels = labels_of(part)
+    draw_labels(view, labels, size=13)
+    frame_2d(view, labels, bounds(part), margin=(0.06, 0.25, 0.04, 0.06))
+    return labels
+
+
+def feature_maps(reader, view, array, layer):
+    part, _ = show_grid(reader, view, [f"/Root/feature_maps/{layer}"], array, preset="Inferno (matplotlib)")
+    picture = extract(reader, ["/Root/feature_maps/input"])
+    if picture.GetDataInformation().GetNumberOfCells():
+        shown = pv.Show(picture, view)
+        shown.SetRepresentationType("Surface")
+        shown.Ambient, shown.Diffuse = 1.0, 0.0
+        pv.ColorBy(shown, ("CELLS", "input"))
+        lut = pv.GetColorTransferFunction("input")
+        lut.ApplyPreset("Grayscale", True)
+        shown.RescaleTransferFunctionToDataRange(False, True)
+        shown.SetScalarBarVisibility(view, False)
+    labels = labels_of(part) + labels_of(picture)
+    draw_labels(view, labels, size=13)
+    b, p = bounds(part), bounds(picture)
+    frame_2d(view, labels, [min(b[0], p[0]), b[1], b[2], b[3]], margin=(0.03, 0.22, 0.04, 0.06))
+    return labels
+
+
+def feature_volume(reader, view, array, layer):
+    part = extract(reader, [f"/Root/feature_volumes/{layer}"])
+    display = pv.Show(part, view)
+    display.SetRepresentationType("Volume")
+    color(display, view, array, preset="Inferno (matplotlib)")
+    view.ResetCamera()
+    return []
+
+
+def field(reader, view, array, layer=None):
+    part, _ = show_grid(reader, view, ["/Root/fields/" + (f"{array}/{layer}" if layer else array)], array,
+                        preset="Inferno (matplotlib)", log=True)
+    labels = labels_of(part)
+    draw_labels(view, labels, size=14, justification="Right")
+    grid = view.AxesGrid
+    grid.Visibility = 1
+    grid.XTitle, grid.YTitle, grid.ZTitle = "training step", "", ""
+    grid.AxesToLabel = 2  # the step axis only (the edge at min y); rows carry the layer names
+    grid.FacesToRender = 4  # the xy plane below the picture
+    grid.ShowGrid = 0
+    grid.XTitleColor, grid.XLabelColor, grid.GridColor = INK, INK, INK
+    grid.YLabelColor, grid.YTitleColor = INK, INK
+    grid.XTitleFontSize, grid.XLabelFontSize = 16, 14
+    frame_2d(view, labels, bounds(part), margin=(0.10, 0.16, 0.10, 0.04))
+    return labels
+
+
+VIEWS = {"network": network, "trajectory": trajectory, "filters": filters, "feature_maps": feature_maps,
+         "feature_volume": feature_volume, "field": field}
+
+
+def show(reader, view, name, array=None, layer=None):
+    """One view into `view`; returns the texts of the labels drawn."""
+    return VIEWS[name](reader, view, array or DEFAULT_ARRAY[name], layer)
+
+
+def default_layer(manifest, name, layer):
+    """The layer a per-layer view shows: the one asked for, else the manifest's first of its kind."""
+    if layer or name not in ("filters", "feature_maps", "feature_volume"):
+        return layer
+    meta = run_meta(manifest)
+    names = meta.get("filter_layers" if name == "filters" else "probe_layers", [])
+    return (names[-1] if name == "filters" else names[0]) if names else None  # filters: the deepest
+
+
+def _layout_of_four():
+    """The GUI's own layout (its render view kept for the first cell), or a new one in pvbatch; split in four."""
+    try:
+        lay, first = pv.GetLayout(), pv.GetActiveView()
+    except RuntimeError:  # pvbatch: no view nor layout yet
+        lay, first = None, None
+    if lay is None or first is None:
+        lay, first = pv.CreateLayout("tview"), None
+    lay.SplitHorizontal(0, 0.5)
+    lay.SplitVertical(1, 0.5)
+    lay.SplitVertical(2, 0.5)
+    return lay, first
+
+
+def layout(reader, manifest, size, array=None, filter_layer=None):
+    """Network, layer x step field, filters and trajectories in one layout of four linked views (one time)."""
+    reader.Statistics = [DEFAULT_ARRAY["network"], array or DEFAULT_ARRAY["field"]]
+    reader.UpdatePipelineInformation()
+    lay, first = _layout_of_four()
+    half = [size[0] // 2, size[1] // 2]
+    views, labels = [], []
+    for hint, name in zip((3, 4, 5, 6), LAYOUT):
+        view = new_view(half, first if hint == 3 else None)
+        if pv.GetLayout(view) is None:  # the GUI places new views itself
+            pv.AssignViewToLayout(view=view, layout=lay, hint=hint)
+        layer = default_layer(manifest, name, filter_layer if name == "filters" else None)
+        labels += show(reader, view, name, array if name == "field" else None, layer)
+        caption(view, name if name != "field" else f"field: {array or DEFAULT_ARRAY['field']}", size=14)
+        views.append(view)
+    lay.SetSize(*size)
+    return lay, views, labels
