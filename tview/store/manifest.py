@@ -66,8 +66,8 @@ def read_manifest(run_dir: str) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             manifest = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise CorruptShardError(f"{path}: unreadable manifest: {exc}") from None
+    except (OSError, ValueError, RecursionError) as exc:
+        raise CorruptShardError(f"{path}: unreadable manifest: {type(exc).__name__}: {str(exc)[:200]}") from None
     if not isinstance(manifest, dict) or "tview_schema_version" not in manifest:
         raise CorruptShardError(f"{path}: not a tview manifest (no tview_schema_version)")
     version = manifest["tview_schema_version"]

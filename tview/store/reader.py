@@ -62,6 +62,36 @@ def _layers_of(path: str, attrs) -> list[str]:
     return layers
 
 
+def _expected_shape(col: schema.Column, layers: int) -> tuple | None:
+    return {schema.LAYER: (layers,), schema.HIST: (layers, schema.HIST_BINS), schema.VECTOR: (layers, col.width)}.get(
+        col.kind)
+
+
+def _check_layout(shard: ShardReader) -> None:
+    """Every dataset the declarations promise, with the shapes they promise (opening each also reads its
+    object header: a damaged one fails here, by name, not later as a foreign error)."""
+    f, L = shard.file, len(shard.layers)
+    need = {f"{schema.TABLE_SCALARS}/values": (schema.MAX_SCALARS,), f"{schema.TABLE_SCALARS}/measured":
+            (schema.MAX_SCALARS,), f"{schema.TABLE_SCALARS}/wall_time": (), f"{schema.TABLE_SCALARS}/step": (),
+            "status/closed": None, "status/dropped": None, f"{schema.TABLE_SNAPSHOTS}/step": ()}
+    for name, spec in shard.tables.items():
+        base = f"{schema.PROBES}/{name}"
+        need.update({f"{base}/step": (), f"{base}/measured": (L,)})
+        for col in spec.columns:
+            if col.kind == schema.CHANNEL:
+                need.update({f"{base}/{col.name}/{layer}": None for layer in f[f"{base}/{col.name}"]})
+            else:
+                need[f"{base}/{col.name}"] = _expected_shape(col, L)
+    for path, row_shape in need.items():
+        dset = f.get(path)
+        if not isinstance(dset, h5py.Dataset):
+            raise CorruptShardError(f"{shard.path}: {path} is missing (damaged or edited shard)")
+        if row_shape is not None and tuple(dset.shape[1:]) != row_shape:
+            raise CorruptShardError(f"{shard.path}: {path} has rows of shape {dset.shape[1:]}, expected {row_shape}")
+    if len(f[f"{schema.TABLE_SNAPSHOTS}/feature_maps"]) and "inputs" not in f["probe"]:
+        raise CorruptShardError(f"{shard.path}: feature maps without the probe batch they came from (probe/inputs)")
+
+
 class ShardReader:
     """One rank's shard, opened read-only in SWMR mode; `rank`: the rank its file name says."""
 
@@ -73,7 +103,7 @@ class ShardReader:
         except TviewError:
             self.file.close()
             raise
-        except (KeyError, OSError, ValueError, TypeError, RuntimeError) as exc:
+        except (KeyError, OSError, ValueError, TypeError, RuntimeError, AttributeError, RecursionError) as exc:
             self.file.close()
             raise CorruptShardError(f"{path}: damaged tview shard: {type(exc).__name__}: {exc}") from None
 
@@ -95,6 +125,8 @@ class ShardReader:
         self.layers = [layer["name"] for layer in self.layer_info]
         self.tables = {name: schema.TableSpec.from_json(g.attrs["spec"]) for name, g in self.file[schema.PROBES].items()}
         self.columns = {c.name: (t, c) for t, spec in self.tables.items() for c in spec.columns}
+        self.world_size = int(attrs["world_size"])
+        _check_layout(self)
         for table in [schema.TABLE_SCALARS, schema.TABLE_SNAPSHOTS] + [f"{schema.PROBES}/{t}" for t in self.tables]:
             self.file[table]["step"][-1:]  # reads the last chunk: a truncated file fails here
 
@@ -105,11 +137,14 @@ class ShardReader:
 
     @_serialized
     def dataset(self, table: str, column: str) -> h5py.Dataset:
+        group = self.table_path(table) if table != "status" else "status"
         try:
-            dset = self.file[self.table_path(table)][column] if table != "status" else self.file["status"][column]
+            dset = self.file[group][column]
+            dset.refresh()
         except KeyError:
-            raise KeyError(f"{self.path}: no {table}/{column} in this shard") from None
-        dset.refresh()
+            raise CorruptShardError(f"{self.path}: no {group}/{column} in this shard (damaged or edited?)") from None
+        except (OSError, RuntimeError, ValueError, AttributeError) as exc:
+            raise CorruptShardError(f"{self.path}: {group}/{column} cannot be opened (damaged?): {exc}") from None
         return dset
 
     @_serialized
@@ -252,6 +287,11 @@ class Run:
         return shard
 
     def _check_layers(self, shard: ShardReader):
+        if shard.world_size != self.world_size:
+            shard.close()
+            raise CorruptShardError(f"{shard.path}: written by a job of {shard.world_size} ranks, while "
+                                    f"{os.path.join(self.path, schema.MANIFEST_NAME)} says world_size "
+                                    f"{self.world_size}; the manifest was edited or belongs to another run")
         if shard.layers != self.layers:
             shard.close()
             raise CorruptShardError(f"{shard.path}: its layers {shard.layers} differ from those of "

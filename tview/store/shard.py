@@ -77,6 +77,11 @@ def create_column(group: h5py.Group, name: str, row_shape: tuple, dtype, row_chu
         dtype=dtype, fillvalue=_FILL.get(dtype.kind, 0), fletcher32=True)
 
 
+def _checked_array(group: h5py.Group, name: str, data: np.ndarray) -> h5py.Dataset:
+    """A small fixed-size dataset, rewritten in place, with a checksum (one chunk, Fletcher-32)."""
+    return group.create_dataset(name, data=data, chunks=data.shape, fletcher32=True)
+
+
 def refuse_existing_shard(path: str, hint: str) -> None:
     """Raise RunExistsError if `path` (a rank's shard) exists; `hint` says how to go on."""
     if os.path.lexists(path):
@@ -236,15 +241,15 @@ class ShardWriter:
         f.create_dataset("hist_edges", data=schema.hist_edges())
         self._create_snapshots(f)
         status = f.create_group("status")
-        status.create_dataset("closed", shape=(1,), dtype=np.int8, data=[0])
-        status.create_dataset("dropped", shape=(1,), dtype=np.int64, data=[0])
+        _checked_array(status, "closed", np.zeros(1, dtype=np.int8))
+        _checked_array(status, "dropped", np.zeros(1, dtype=np.int64))
         # First step at which a table's NaN/Inf counts were > 0, per layer, and the same for each
         # scalar column (-1: never): kept up to date so a reader finds them without a scan.
         first = status.create_group("first_nonfinite")
         for spec in lay.tables:
             if any(c.nonfinite for c in spec.columns):
-                first.create_dataset(spec.name, data=np.full(len(lay.layers), -1, dtype=np.int64))
-        first.create_dataset(schema.TABLE_SCALARS, data=np.full(schema.MAX_SCALARS, -1, dtype=np.int64))
+                _checked_array(first, spec.name, np.full(len(lay.layers), -1, dtype=np.int64))
+        _checked_array(first, schema.TABLE_SCALARS, np.full(schema.MAX_SCALARS, -1, dtype=np.int64))
 
     def _create_snapshots(self, f: h5py.File):
         lay = self.layout
