@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import traceback
 
 import flask
 from dash import Output, dcc, html
@@ -41,10 +40,11 @@ def figures_or_message(count: int):
                 return fn(*args, **kwargs)
             except (TviewError, KeyError, ValueError, IndexError, OSError) as exc:
                 msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+                log.info("%s: %s", fn.__name__, msg or type(exc).__name__)
                 fig = message_figure(msg or type(exc).__name__)
                 return fig if count == 1 else tuple(fig for _ in range(count))
             except Exception:  # a bug: say so on the page, keep serving, log the trace
-                traceback.print_exc()
+                log.exception("%s failed", fn.__name__)
                 fig = message_figure("internal error (see the server log)")
                 return fig if count == 1 else tuple(fig for _ in range(count))
         return inner
@@ -105,6 +105,13 @@ def open_first(runs):
     except Exception as exc:  # the page's figures say why; here only the menus stay empty
         log.info("cannot open run %r: %s", first_run(runs), exc)
         return None
+
+
+def asked(search: str | None, key: str) -> str | None:
+    """`?key=value` in the address (links from findings pick a statistic, a layer, a scalar this way)."""
+    from urllib.parse import parse_qs
+    values = parse_qs((search or "").lstrip("?")).get(key)
+    return values[0] if values else None
 
 
 def keep_choice(current, opts: list[dict], default=None):

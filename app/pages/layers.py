@@ -9,6 +9,7 @@ from tview.render import figures, summaries
 
 from ..common import (
     ALL_RANKS,
+    asked,
     catalog,
     control,
     figures_or_message,
@@ -38,10 +39,12 @@ layout = html.Div([
 
 
 @callback(Output("layers-stat", "options"), Output("layers-stat", "value"), Output("hist-kind", "options"),
-          Output("hist-kind", "value"), Input("runs", "value"), State("layers-stat", "value"),
+          Output("hist-kind", "value"), Input("runs", "value"), Input("url", "search"), State("layers-stat", "value"),
           State("hist-kind", "value"))
-def menus(runs, stat, kind):
-    """Statistics and histogram kinds as this run recorded them: a new statistic shows up with no edit here."""
+def menus(runs, search, stat, kind):
+    """Statistics and histogram kinds as this run recorded them: a new statistic shows up with no edit here;
+    `?stat=..` picks one."""
+    stat = asked(search, "stat") or stat
     run = open_first(runs)
     if run is None:
         return [], None, [], None
@@ -50,9 +53,10 @@ def menus(runs, stat, kind):
 
 
 @callback(Output("layers-rank", "options"), Output("layers-rank", "value"), Output("hist-layer", "options"),
-          Output("hist-layer", "value"), Input("runs", "value"), Input("focus-rank", "data"),
+          Output("hist-layer", "value"), Input("runs", "value"), Input("focus-rank", "data"), Input("url", "search"),
           State("layers-rank", "value"), State("hist-layer", "value"))
-def choices(runs, focus, rank, layer):
+def choices(runs, focus, search, rank, layer):
+    layer = asked(search, "layer") or layer
     run = open_first(runs)
     if run is None:
         return [], None, [], None

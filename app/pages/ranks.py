@@ -10,6 +10,7 @@ from tview.render import figures, ranks_view, summaries
 
 from ..common import (
     HOLD_POLL,
+    asked,
     catalog,
     control,
     figures_or_message,
@@ -50,9 +51,11 @@ layout = html.Div([
 
 
 @callback(Output("ranks-stat", "options"), Output("ranks-stat", "value"), Output("ranks-layer", "options"),
-          Output("ranks-layer", "value"), Input("runs", "value"), State("ranks-stat", "value"),
+          Output("ranks-layer", "value"), Input("runs", "value"), Input("url", "search"), State("ranks-stat", "value"),
           State("ranks-layer", "value"))
-def choices(runs, stat, layer):
+def choices(runs, search, stat, layer):
+    """The statistic menu from the run (per-layer statistics, then scalars); `?stat=..&layer=..` picks."""
+    stat, layer = asked(search, "stat") or stat, asked(search, "layer") or layer
     run = open_first(runs)
     if run is None:
         return [], None, [], None
@@ -90,10 +93,11 @@ def named_lines(standing: dict, divergent: dict[int, list[str]]) -> dict[int, st
 
 
 def read_across_ranks(run, stat: str, layer: str):
-    """(steps, values [ranks, steps], name, where) of a menu choice: a per-layer statistic or a scalar."""
+    """(steps, values [ranks, steps], name, where) of a menu choice: a per-layer statistic (where: its layer or
+    the whole network) or a scalar (where: None)."""
     if stat.startswith(SCALAR):
         name = stat[len(SCALAR):]
-        return (*summaries.scalar_across_ranks(run, name, POINTS), name, "each rank")
+        return (*summaries.scalar_across_ranks(run, name, POINTS), name, None)
     steps, values = summaries.stat_across_ranks(run, stat, None if layer == WHOLE else layer, POINTS)
     return steps, values, stat, "whole network" if layer == WHOLE else layer
 
@@ -111,9 +115,10 @@ def stat_across_ranks(stat, layer, log_colour, summary_data, focus, runs):
     named = named_lines((summary_data or {}).get("standouts"), divergent)
     rank = focused(focus, run)
     how = "per rank" if len(run.ranks) <= ranks_view.LINES_UP_TO else "across ranks"
-    bands = figures.ranks_figure(steps, run.ranks, values, f"{stat} of {where} {how}", stat, named=named,
+    what = stat if where is None else f"{stat} of {where}"
+    bands = figures.ranks_figure(steps, run.ranks, values, f"{what} {how}", stat, named=named,
                                  focus=rank)
-    heat = figures.rank_heatmap_figure(steps, run.ranks, values, f"{stat} of {where}: rank x step (click a rank)",
+    heat = figures.rank_heatmap_figure(steps, run.ranks, values, f"{what}: rank x step (click a rank)",
                                        stat, log="log" in (log_colour or []), focus=rank)
     return bands, heat
 

@@ -6,7 +6,7 @@ from dash import Input, Output, State, callback, dcc, html
 
 from tview.render import figures, ranks_view, summaries
 
-from ..common import catalog, control, figures_or_message, focused, graph, keep_choice, memo_read, options
+from ..common import asked, catalog, control, figures_or_message, focused, graph, keep_choice, log, memo_read, options
 
 layout = html.Div([
     html.Div([
@@ -21,15 +21,18 @@ layout = html.Div([
 
 
 @callback(Output("scalar-name", "options"), Output("scalar-name", "value"),
-          Input("refresh", "data"), State("runs", "value"), State("scalar-name", "value"))
-def names(_, runs, current):
+          Input("refresh", "data"), Input("url", "search"), State("runs", "value"), State("scalar-name", "value"))
+def names(_, search, runs, current):
+    """Scalars recorded by any selected run (on its first readable rank); `?scalar=..` picks one."""
+    current = asked(search, "scalar") or current
     found = []
     for run_id in runs or []:
         try:
             run = catalog().get(run_id)
-            for rank in run.ranks:
+            for rank in run.ranks[:1]:
                 found += [n for n in run.scalar_names(rank) + ["wall_time"] if n not in found]
-        except Exception:
+        except Exception as exc:  # the figure says why
+            log.info("scalar names of %r: %s", run_id, exc)
             continue
     opts = options(found)
     return opts, keep_choice(current, opts, "loss")

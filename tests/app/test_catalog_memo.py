@@ -2,7 +2,6 @@
 saw it change, bounded in memory."""
 
 import numpy as np
-
 import tview_app.catalog as catalog_module
 from tview_app.catalog import RunCatalog
 
@@ -30,3 +29,9 @@ def test_memo_serves_a_result_until_the_run_changes(tmp_path, monkeypatch):
     for k in range(10):
         cat.memo("run", ("big", k), lambda: np.zeros(1000))
     assert cat._memo_bytes <= catalog_module.MEMO_BYTES and len(cat._memo) <= 3
+
+
+def test_a_slow_poll_waits_longer_before_the_next():
+    from tview_app import POLL_MS, poll_interval_ms
+    assert poll_interval_ms(0.05) == POLL_MS
+    assert poll_interval_ms(1.5) == 6000  # the server spends at most a quarter of its time polling

@@ -75,7 +75,7 @@ def test_a_rank_picked_anywhere_is_focused_on_every_page(server, page, wide):
     # a rank's button in a table, and the address, focus too
     page.locator(".run-card button.tv-rank-button", has_text=re.compile("^63$")).click()
     page.wait_for_function("() => document.querySelector('#focus-input').value === '63'", timeout=20_000)
-    page.goto(f"{server}/ranks?runs={wide}&rank=5")
+    page.goto(f"{server}/ranks?runs={wide}&rank=5&stat=scalar:loss")  # as a finding's evidence link reads
     wait_named(page, "ranks-stat-graph", "rank 5", timeout=30_000)
-    assert focus_value(page) == "5"
+    assert focus_value(page) == "5" and traces(page, "ranks-stat-graph")["title"].startswith("loss across ranks")
     assert page.js_errors == []
