@@ -63,7 +63,7 @@ def test_summaries_of_a_real_run(small_run):
         steps, ref = run.stat("act_channel_mean", layer)
         assert np.array_equal(v, ref[list(steps).index(step)])
     steps, t = summaries.summed_trajectory(run, 0)
-    per_layer = [run.trajectory(l) for l in run.layers]
+    per_layer = [run.trajectory(layer) for layer in run.layers]
     per_layer = [(s, c) for s, c in per_layer if len(s)]  # layers with parameters
     assert all(np.array_equal(s, steps) for s, _ in per_layer) and len(steps) > 1
     assert np.allclose(t, np.sum([c for _, c in per_layer], axis=0))
