@@ -101,7 +101,8 @@ def color(display, view, array, association="POINTS", preset="Cool to Warm", sym
     if symmetric:
         m = max(abs(low), abs(high)) or 1.0
         lut.RescaleTransferFunction(-m, m)
-    elif log and low > 0 and high > 100 * low:
+    elif log and low > 0 and high > 100 * low:  # spans decades: colours spread over the logarithm
+        lut.MapControlPointsToLogSpace()
         lut.UseLogScale = 1
     display.SetScalarBarVisibility(view, True)
     bar = pv.GetScalarBar(lut, view)
@@ -196,7 +197,8 @@ def trajectory(reader, view, array, layer=None):
 def filters(reader, view, array, layer):
     part, _ = show_grid(reader, view, [f"/Root/filters/{layer}"], array, symmetric=True)
     labels = labels_of(part)
-    draw_labels(view, labels, size=13)
+    draw_labels(view, [lab for lab in labels if lab[1][0] < 0], size=13, justification="Right")  # filters
+    draw_labels(view, [lab for lab in labels if lab[1][0] >= 0], size=13)  # input channels
     frame_2d(view, labels, bounds(part), margin=(0.06, 0.25, 0.04, 0.06))
     return labels
 
