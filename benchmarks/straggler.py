@@ -5,7 +5,8 @@ The slowed rank sleeps --delay seconds while it loads each batch (a slow disk, a
 its loss and two timings of its own as scalars: data_time (loading the batch) and compute_time (forward and
 loss, before backward, where DDP's all-reduce makes every rank wait for the slowest). Under DDP the step time
 (rec.step() to rec.step()) is the same on every rank: the all-reduce holds the fast ranks until the slow one
-arrives, so the straggler shows in what a rank does before the all-reduce, not in its step time.
+arrives, so the straggler shows in what a rank does before the all-reduce (the recorder's own busy_time: step
+start to this rank's last local gradient), not in its step time.
 
     python benchmarks/straggler.py [--ranks 8] [--slow-rank 5] [--delay 0.03] [--steps 120] [--out runs/straggler]
 """
@@ -85,7 +86,8 @@ def named_by_views(path: str) -> dict[str, dict[int, list[str]]]:
                                                                ranks_page.summary(run)["standouts"].items()}}
     _, values = summaries.stat_across_ranks(run, "local_grad_norm", None, ranks_page.POINTS)
     out["Ranks page: local_grad_norm of the whole network"] = ranks_view.standouts(run.ranks, values)
-    for name in ("step_time", "data_time", "compute_time", "loss"):
+    for name in [n for n in ("step_time", "busy_time", "data_time", "compute_time", "loss")
+                 if n in run.scalar_names(run.ranks[0])]:
         _, values = summaries.scalar_across_ranks(run, name, ranks_page.POINTS)
         out[f"Scalars / Ranks page: {name}"] = ranks_view.standouts(run.ranks, values)
         scale, unit = (1e3, " (ms)") if name.endswith("_time") else (1.0, "")
