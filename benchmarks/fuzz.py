@@ -16,6 +16,7 @@ of the undamaged run and the case is classified (worst read wins):
 
     python benchmarks/fuzz.py [--cases 300] [--seed 0] [--json failing.json] [--deadline 10]
     python benchmarks/fuzz.py --only h5edit-copy_as_other-0      # one case, with its reads in detail
+    python benchmarks/fuzz.py --only metaflip-ohdr-3 --keep /tmp/k  # ... and keep the damaged copy to open by hand
 """
 
 from __future__ import annotations
@@ -763,7 +764,8 @@ def _limit_memory():
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
 
 
-def run_case(case: Case, base_dir: str, work: str, seed: int, deadline: float, base_reads: dict) -> Result:
+def run_case(case: Case, base_dir: str, work: str, seed: int, deadline: float, base_reads: dict,
+             keep: bool = False) -> Result:
     """One case in its own process: copy, damage, read whole; killed (process group) at the deadline."""
     case_dir = tempfile.mkdtemp(prefix=case.id + ".", dir=work)
     log_path = os.path.join(case_dir, "reads.jsonl")
@@ -783,7 +785,10 @@ def run_case(case: Case, base_dir: str, work: str, seed: int, deadline: float, b
             rc = proc.wait()
     res = classify(case, base_reads, log_path, rc, timed_out, deadline)
     res.seconds = round(time.monotonic() - t0, 2)
-    _cleanup(case_dir)
+    if keep:
+        res.params["kept"] = os.path.join(case_dir, "run")
+    else:
+        _cleanup(case_dir)
     return res
 
 
@@ -795,12 +800,12 @@ def _cleanup(case_dir: str):
 
 
 def run_cases(cases: list[Case], base_dir: str, work: str, seed: int = 0, deadline: float = 10.0,
-              workers: int = 2, progress=None) -> list[Result]:
+              workers: int = 2, progress=None, keep: bool = False) -> list[Result]:
     """Run cases, `workers` processes at a time; results in the cases' order."""
     base_reads = prepare_base(base_dir, work, seed, deadline)
     deadline = effective_deadline(base_dir, deadline)
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(run_case, c, base_dir, work, seed, deadline, base_reads) for c in cases]
+        futures = [pool.submit(run_case, c, base_dir, work, seed, deadline, base_reads, keep) for c in cases]
         results = []
         for fut in futures:
             results.append(fut.result())
@@ -928,16 +933,20 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write the failing cases here")
     ap.add_argument("--only", action="append", help="run only this case id (repeatable)")
     ap.add_argument("--base", help="a folder holding run/ (recorded once, reused); default: record a fresh one")
+    ap.add_argument("--keep", help="with --only: keep the damaged copies under this folder (to open them by hand)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--dir", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.worker:
         return worker_main(a.worker, a.base, a.dir, a.seed, os.path.join(a.dir, "reads.jsonl"))
-    work = tempfile.mkdtemp(prefix="tview-fuzz.")
+    if a.keep:
+        os.makedirs(a.keep, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="tview-fuzz.", dir=a.keep)
     try:
         return _main(a, work)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not a.keep:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _main(a, work: str) -> int:
@@ -950,7 +959,7 @@ def _main(a, work: str) -> int:
     t0 = time.time()
     marks = {"ok-same": ".", "tview-error": "e", "UNNAMED": "u", "SILENT": "S", "FOREIGN": "F", "CRASH": "C",
              "HANG": "H"}
-    results = run_cases(cases, base, work, a.seed, a.deadline, a.workers,
+    results = run_cases(cases, base, work, a.seed, a.deadline, a.workers, keep=bool(a.keep),
                         progress=None if a.only else lambda r: print(marks[r.outcome], end="", flush=True))
     if a.only:
         for r in results:
