@@ -120,6 +120,7 @@ def test_rank_heatmap_stays_small_and_marks_the_focused_rank():
     assert len(text) < 2_000_000 and "bdata" in json.loads(text)["data"][0]["z"]  # typed array: NaN is a bit pattern
     two = figures.rank_heatmap_figure(np.arange(5), [0, 1], np.ones((2, 5)), "x")
     assert two.data[0].z.shape == (2, 5) and not two.layout.shapes
+    assert list(two.layout.yaxis.tickvals) == [0, 1]  # no tick at rank 0.5
 
 
 def test_no_rank_is_named_among_ranks_that_differ_only_by_noise():

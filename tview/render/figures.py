@@ -284,7 +284,9 @@ def rank_heatmap_figure(steps: np.ndarray, ranks: list[int], values: np.ndarray,
                                colorbar=dict(title=colour_title), hoverongaps=False,
                                hovertemplate="rank %{y}<br>step %{x}<br>%{z:.4g}<extra></extra>"))
     _layout(fig, title, y_title="rank")
-    fig.update_yaxes(autorange="reversed")
+    fig.update_yaxes(autorange="reversed", tickformat="d")
+    if len(ranks) <= 32:  # a tick on every rank, none between two
+        fig.update_yaxes(tickmode="array", tickvals=list(ranks))
     if focus is not None and focus in ranks:
         fig.add_hrect(y0=focus - 0.5, y1=focus + 0.5, line=dict(color=_FOCUS_COLOUR, width=2),
                       fillcolor="rgba(0,0,0,0)")
