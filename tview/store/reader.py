@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import inspect
 import json
 import os
 import re
 import threading
 import time
+import traceback
 
 import h5py
 import numpy as np
@@ -42,6 +44,34 @@ def _serialized(method):
     return locked
 
 
+_H5_FAILURES = (KeyError, OSError, RuntimeError, IndexError, ValueError, AttributeError, TypeError)
+
+
+def _from_h5py(exc: BaseException) -> bool:
+    """Whether an exception was raised inside h5py (a damaged file), not by tview's own checks."""
+    return any("h5py" in frame.filename for frame in traceback.extract_tb(exc.__traceback__))
+
+
+def _guarded(method):
+    """A Run method under the reader lock whose h5py failures (a damaged object the checks at opening
+    did not reach) come out as CorruptShardError naming the shard, never as a foreign exception."""
+    signature = inspect.signature(method)
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        with _LOCK:
+            try:
+                return method(self, *args, **kwargs)
+            except _H5_FAILURES as exc:
+                if isinstance(exc, TviewError) or not _from_h5py(exc):
+                    raise
+                rank = signature.bind_partial(self, *args, **kwargs).arguments.get("rank", 0)
+                where = self._files.get(rank, self.path) if isinstance(rank, int) else self.path
+                raise CorruptShardError(f"{where}: cannot be read (damaged?): {type(exc).__name__}: "
+                                        f"{str(exc)[:300]}") from None
+    return call
+
+
 def strided(n: int, max_points: int | None) -> slice:
     """Evenly spaced rows keeping at most max_points of n (all of them for None), the first included."""
     if not max_points or n <= max_points:
@@ -62,34 +92,20 @@ def _layers_of(path: str, attrs) -> list[str]:
     return layers
 
 
-def _expected_shape(col: schema.Column, layers: int) -> tuple | None:
-    return {schema.LAYER: (layers,), schema.HIST: (layers, schema.HIST_BINS), schema.VECTOR: (layers, col.width)}.get(
-        col.kind)
-
-
-def _check_layout(shard: ShardReader) -> None:
-    """Every dataset the declarations promise, with the shapes they promise (opening each also reads its
-    object header: a damaged one fails here, by name, not later as a foreign error)."""
-    f, L = shard.file, len(shard.layers)
-    need = {f"{schema.TABLE_SCALARS}/values": (schema.MAX_SCALARS,), f"{schema.TABLE_SCALARS}/measured":
-            (schema.MAX_SCALARS,), f"{schema.TABLE_SCALARS}/wall_time": (), f"{schema.TABLE_SCALARS}/step": (),
-            "status/closed": None, "status/dropped": None, f"{schema.TABLE_SNAPSHOTS}/step": ()}
+def _expected_shapes(shard: ShardReader) -> dict[str, tuple]:
+    """Row shape of each dataset whose shape the declarations fix, by path in the file."""
+    L = len(shard.layers)
+    need = {f"{schema.TABLE_SCALARS}/values": (schema.MAX_SCALARS,),
+            f"{schema.TABLE_SCALARS}/measured": (schema.MAX_SCALARS,)}
     for name, spec in shard.tables.items():
         base = f"{schema.PROBES}/{name}"
         need.update({f"{base}/step": (), f"{base}/measured": (L,)})
-        for col in spec.columns:
-            if col.kind == schema.CHANNEL:
-                need.update({f"{base}/{col.name}/{layer}": None for layer in f[f"{base}/{col.name}"]})
-            else:
-                need[f"{base}/{col.name}"] = _expected_shape(col, L)
-    for path, row_shape in need.items():
-        dset = f.get(path)
-        if not isinstance(dset, h5py.Dataset):
-            raise CorruptShardError(f"{shard.path}: {path} is missing (damaged or edited shard)")
-        if row_shape is not None and tuple(dset.shape[1:]) != row_shape:
-            raise CorruptShardError(f"{shard.path}: {path} has rows of shape {dset.shape[1:]}, expected {row_shape}")
-    if len(f[f"{schema.TABLE_SNAPSHOTS}/feature_maps"]) and "inputs" not in f["probe"]:
-        raise CorruptShardError(f"{shard.path}: feature maps without the probe batch they came from (probe/inputs)")
+        if spec.sampled:
+            need.update({f"{base}/sample_n": (L,), f"{base}/total_n": (L,)})
+        shapes = {schema.LAYER: (L,), schema.HIST: (L, schema.HIST_BINS)}
+        need.update({f"{base}/{c.name}": shapes.get(c.kind, (L, c.width)) for c in spec.columns
+                     if c.kind != schema.CHANNEL})
+    return need
 
 
 class ShardReader:
@@ -126,7 +142,7 @@ class ShardReader:
         self.tables = {name: schema.TableSpec.from_json(g.attrs["spec"]) for name, g in self.file[schema.PROBES].items()}
         self.columns = {c.name: (t, c) for t, spec in self.tables.items() for c in spec.columns}
         self.world_size = int(attrs["world_size"])
-        _check_layout(self)
+        self._shapes, self._checked = _expected_shapes(self), set()
         for table in [schema.TABLE_SCALARS, schema.TABLE_SNAPSHOTS] + [f"{schema.PROBES}/{t}" for t in self.tables]:
             self.file[table]["step"][-1:]  # reads the last chunk: a truncated file fails here
 
@@ -145,6 +161,13 @@ class ShardReader:
             raise CorruptShardError(f"{self.path}: no {group}/{column} in this shard (damaged or edited?)") from None
         except (OSError, RuntimeError, ValueError, AttributeError) as exc:
             raise CorruptShardError(f"{self.path}: {group}/{column} cannot be opened (damaged?): {exc}") from None
+        path = f"{group}/{column}"
+        if path not in self._checked:  # the shape its declaration fixes, checked once
+            want = self._shapes.get(path)
+            if not isinstance(dset, h5py.Dataset) or (want is not None and tuple(dset.shape[1:]) != want):
+                raise CorruptShardError(f"{self.path}: {path} has shape {getattr(dset, 'shape', None)}, expected "
+                                        f"rows of {want} (damaged or edited shard)")
+            self._checked.add(path)
         return dset
 
     @_serialized
@@ -252,7 +275,7 @@ class Run:
             self.close()
             raise exc
 
-    @_serialized
+    @_guarded
     def _open_shards(self):
         found = _shard_files(self.path)
         for rank, p in sorted(found.items()):
@@ -308,12 +331,12 @@ class Run:
     def missing_ranks(self) -> list[int]:
         return sorted(r for r in self.problems if r not in self._files)
 
-    @_serialized
+    @_guarded
     def refresh(self):
         """Pick up shards that appeared since opening (rows are always read fresh)."""
         self._open_shards()
 
-    @_serialized
+    @_guarded
     def shard(self, rank: int) -> ShardReader:
         if rank in self._files:
             shard = self._open(rank)
@@ -345,7 +368,7 @@ class Run:
         ref = self._reference()
         return dict(ref.tables) if ref else {}
 
-    @_serialized
+    @_guarded
     def table_length(self, table: str, rank: int = 0) -> int:
         """Rows a probe table (or 'scalars', 'snapshots') holds on a rank: the steps it ran on."""
         return self.shard(rank).length(table)
@@ -374,12 +397,12 @@ class Run:
         return shard, found[0], found[1]
 
     # -- series ---------------------------------------------------------------------------
-    @_serialized
+    @_guarded
     def steps(self, rank: int = 0) -> np.ndarray:
         """Recorded steps of a rank (ascending)."""
         return self.shard(rank).steps(schema.TABLE_SCALARS)
 
-    @_serialized
+    @_guarded
     def scalar_names(self, rank: int = 0) -> list[str]:
         shard = self.shard(rank)
         names = shard._get(shard.dataset(schema.TABLE_SCALARS, "names"), schema.TABLE_SCALARS, "names", (slice(None),))
@@ -388,7 +411,7 @@ class Run:
         except UnicodeDecodeError:
             raise CorruptShardError(f"{shard.path}: scalars/names holds a name that is not UTF-8 (damaged?)") from None
 
-    @_serialized
+    @_guarded
     def scalar(self, name: str, rank: int = 0, max_points: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(steps, values) of a per-step scalar: loss, lr, step_time, examples_per_sec, ..."""
         shard = self.shard(rank)
@@ -403,7 +426,7 @@ class Run:
         keep = measured.astype(bool)  # a step where this scalar was not passed: absent, not NaN
         return steps[keep], values[keep]
 
-    @_serialized
+    @_guarded
     def stat(self, name: str, layer: str | int, rank: int = 0, max_points: int | None = None):
         """(steps, values) of a statistic of one layer at the steps where it was measured; per-channel
         statistics give values [steps, C]."""
@@ -416,7 +439,7 @@ class Run:
             raise KeyError(f"{self.path}: no {name} for layer {self.layers[i]!r} (it has no channels recorded)")
         return shard.measured(table, key, i, max_points)
 
-    @_serialized
+    @_guarded
     def stat_matrix(self, name: str, rank: int = 0, max_points: int | None = None):
         """(steps, values [steps, layers]) of one statistic for every layer, at the steps its probe ran,
         as a numpy masked array: masked where that layer was not measured in that row."""
@@ -424,7 +447,7 @@ class Run:
         steps, values, mask = shard.measured(table, name, None, max_points)
         return steps, np.ma.MaskedArray(values, mask=~mask)
 
-    @_serialized
+    @_guarded
     def stat_info(self, name: str, layer: str | int | None = None, rank: int = 0) -> dict:
         """How a statistic (or histogram kind) was measured: {"exact": bool, "sample": N, "of": M, "note"}
         (N and M: medians over the measured rows, None when exact)."""
@@ -444,7 +467,7 @@ class Run:
             return {"exact": True, "sample": n, "of": m, "note": f"exact: all {m} values"}
         return {"exact": False, "sample": n, "of": m, "note": f"estimated from {n} of {m} values"}
 
-    @_serialized
+    @_guarded
     def layer_values_at(self, name: str, step: int | None, rank: int = 0):
         """(step, masked values [layers]) of a layer statistic at the latest row at or before `step`
         (None: the last); (None, all masked) when there is none."""
@@ -457,7 +480,7 @@ class Run:
         _, mask = shard.read(table, "measured", slice(end - 1, end))
         return int(steps[end - 1]), np.ma.MaskedArray(values[0], mask=~mask[0].astype(bool))
 
-    @_serialized
+    @_guarded
     def channel_values_at(self, name: str, layer: str | int, step: int | None, rank: int = 0):
         """(step, values [C]) of a per-channel statistic at the latest measured row at or before
         `step` (None: the last); None when the layer has none there."""
@@ -468,7 +491,7 @@ class Run:
         end = len(steps) if step is None else int(np.searchsorted(steps, step, side="right"))
         return (int(steps[end - 1]), values[end - 1]) if end else None
 
-    @_serialized
+    @_guarded
     def trajectory(self, layer: str | int, rank: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(steps, [steps, dims]): the layer's parameters projected on fixed random unit directions,
         at the steps that recorded it."""
@@ -476,7 +499,7 @@ class Run:
         i = self.layer_index(layer)
         return shard.measured(table, "trajectory", i, None, (i,))
 
-    @_serialized
+    @_guarded
     def trajectories(self, rank: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(steps, [steps, layers, dims]) of every layer's projected parameters at the steps that
         recorded the trajectory (layers without parameters hold NaN)."""
@@ -484,7 +507,7 @@ class Run:
         steps, values, mask = shard.measured(table, "trajectory", None)
         return steps, np.where(mask[:, :, None], values, np.nan)
 
-    @_serialized
+    @_guarded
     def histogram(self, kind: str, layer: str | int, rank: int = 0, max_points: int | None = None):
         """(steps, bin_edges, counts [steps, bins]) of 'grad', 'weight' or 'act' values."""
         shard, table, _ = self._column(kind, rank, (schema.HIST,))
@@ -492,7 +515,7 @@ class Run:
         steps, counts = shard.measured(table, kind, i, max_points, (i,))
         return steps, schema.hist_edges(), counts
 
-    @_serialized
+    @_guarded
     def _snapshot(self, group: str, layer: str, step: int | None, rank: int):
         shard = self.shard(rank)
         name = self.layers[self.layer_index(layer)]
@@ -511,7 +534,7 @@ class Run:
         _, value = shard.read(schema.TABLE_SNAPSHOTS, f"{group}/{name}", slice(i, i + 1))
         return int(steps[i]), value[0]
 
-    @_serialized
+    @_guarded
     def snapshot_steps(self, rank: int = 0) -> np.ndarray:
         return self.shard(rank).steps(schema.TABLE_SNAPSHOTS)
 
@@ -523,13 +546,19 @@ class Run:
         """(step, [N, C, H, W]) the probe batch's feature maps at the latest snapshot at or before step."""
         return self._snapshot("feature_maps", layer, step, rank)
 
-    @_serialized
+    @_guarded
     def probe_inputs(self, rank: int = 0) -> np.ndarray | None:
-        probe = self.shard(rank).file["probe"]
-        return probe["inputs"][:] if "inputs" in probe else None
+        shard = self.shard(rank)
+        probe = shard.file["probe"]
+        if "inputs" in probe:
+            return probe["inputs"][:]
+        if len(shard.file[f"{schema.TABLE_SNAPSHOTS}/feature_maps"]):
+            raise CorruptShardError(f"{shard.path}: feature maps without the probe batch they came from "
+                                    f"(probe/inputs missing: damaged or edited shard)")
+        return None
 
     # -- health of the ranks --------------------------------------------------------------
-    @_serialized
+    @_guarded
     def rank_status(self) -> dict[int, dict]:
         """Per rank: recorded steps, last step, whether it closed cleanly, records dropped, first and
         last wall time, problem (None when readable)."""
@@ -551,7 +580,7 @@ class Run:
                                 "last_wall": None, "problem": self.problems.get(rank, "missing")}
         return status
 
-    @_serialized
+    @_guarded
     def first_nonfinite(self, rank: int = 0) -> dict[str, dict]:
         """Where NaN/Inf first appeared on a rank, kept by the writer (no scan):
         {"layers": {layer: step}, "scalars": {name: step}, "tensors": {"activation"|"gradient"|...: {layer: step}}}.
@@ -586,7 +615,7 @@ class Run:
         return {r: s["last_step"] for r, s in status.items()
                 if not s["closed"] and (s["last_step"] is None or s["last_step"] < (furthest or 0))}
 
-    @_serialized
+    @_guarded
     def close(self):
         for shard in self._shards.values():
             shard.close()

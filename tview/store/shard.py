@@ -78,7 +78,9 @@ def create_column(group: h5py.Group, name: str, row_shape: tuple, dtype, row_chu
 
 
 def _checked_array(group: h5py.Group, name: str, data: np.ndarray) -> h5py.Dataset:
-    """A small fixed-size dataset, rewritten in place, with a checksum (one chunk, Fletcher-32)."""
+    """A fixed-size dataset with a checksum (one chunk, Fletcher-32); an empty one stays contiguous."""
+    if not data.size:
+        return group.create_dataset(name, data=data)
     return group.create_dataset(name, data=data, chunks=data.shape, fletcher32=True)
 
 
@@ -238,7 +240,7 @@ class ShardWriter:
         probes = f.create_group(schema.PROBES)
         for spec in lay.tables:
             _create_probe_table(probes, spec, lay)
-        f.create_dataset("hist_edges", data=schema.hist_edges())
+        _checked_array(f, "hist_edges", schema.hist_edges())
         self._create_snapshots(f)
         status = f.create_group("status")
         _checked_array(status, "closed", np.zeros(1, dtype=np.int8))
@@ -262,9 +264,9 @@ class ShardWriter:
             create_column(mg, layer, tuple(shape), np.float32, row_chunks=True)
         probe = f.create_group("probe")
         if lay.probe_inputs is not None:
-            probe.create_dataset("inputs", data=np.asarray(lay.probe_inputs, dtype=np.float32))
+            _checked_array(probe, "inputs", np.asarray(lay.probe_inputs, dtype=np.float32))
         if lay.probe_targets is not None:
-            probe.create_dataset("targets", data=np.asarray(lay.probe_targets))
+            _checked_array(probe, "targets", np.asarray(lay.probe_targets))
 
     def _open_for_resume(self, path: str) -> h5py.File:
         try:
