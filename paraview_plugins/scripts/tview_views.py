@@ -227,7 +227,8 @@ def feature_volume(reader, view, array, layer):
     display = pv.Show(part, view)
     display.SetRepresentationType("Volume")
     color(display, view, array, preset="Inferno (matplotlib)")
-    view.ResetCamera()
+    view.CameraPosition, view.CameraFocalPoint, view.CameraViewUp = [1.0, -1.6, 1.4], [0.0, 0.0, 0.0], [0, 0, 1]
+    view.ResetCamera()  # seen from a corner: width, height and the channel axis all show
     return []
 
 
