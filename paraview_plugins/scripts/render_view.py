@@ -27,6 +27,7 @@ def parse():
     ap.add_argument("--rank", type=int, default=0)
     ap.add_argument("--layer", default=None, help="the one layer whose filters/feature maps/trajectory to show")
     ap.add_argument("--example", type=int, default=0, help="the probe example whose feature maps to show")
+    ap.add_argument("--size-by", default=None, help="network: size the glyphs by this statistic")
     ap.add_argument("--size", default=None, help="WIDTHxHEIGHT (default 1000x800, layout 1600x1200)")
     ap.add_argument("--animate", action="store_true", help="one frame per recorded step: OUT's folder/frame_*.png")
     ap.add_argument("--frames", type=int, default=None, help="with --animate: this many steps, evenly picked")
@@ -50,7 +51,7 @@ def build(a, manifest, reader, size):
         reader.Statistics = [a.array or tv.DEFAULT_ARRAY["field"]]
         reader.UpdatePipelineInformation()
     view = tv.new_view(size)
-    labels = tv.show(reader, view, a.view, a.array, tv.default_layer(manifest, a.view, a.layer))
+    labels = tv.show(reader, view, a.view, a.array, tv.default_layer(manifest, a.view, a.layer), a.size_by)
     return view, [view], labels
 
 

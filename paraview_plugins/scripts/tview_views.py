@@ -149,12 +149,25 @@ def show_grid(reader, view, selectors, array, **style):
     return part, display
 
 
-def network(reader, view, array, layer=None):
+def size_by(display, part, array):
+    """Glyphs (shaded spheres) sized by a point array, from 0.1 to 0.45 of the slab spacing."""
+    display.SetRepresentationType("Point Gaussian")
+    display.ShaderPreset = "Sphere"
+    display.GaussianRadius = 0.45
+    display.ScaleByArray = 1
+    display.SetScaleArray = ["POINTS", array]
+    low, high = part.PointData[array].GetRange()
+    display.ScaleTransferFunction.Points = [low, 0.2, 0.5, 0.0, high if high > low else low + 1, 1.0, 0.5, 0.0]
+
+
+def network(reader, view, array, layer=None, size=None):
     part = extract(reader, ["/Root/network"])
     display = pv.Show(part, view)
     display.SetRepresentationType("Points")
     display.PointSize = 10
     display.RenderPointsAsSpheres = 1
+    if size:
+        size_by(display, part, size)
     color(display, view, array, preset="Viridis (matplotlib)")
     labels = labels_of(part)
     draw_labels(view, labels, justification="Right")
@@ -254,8 +267,10 @@ VIEWS = {"network": network, "trajectory": trajectory, "filters": filters, "feat
          "feature_volume": feature_volume, "field": field}
 
 
-def show(reader, view, name, array=None, layer=None):
-    """One view into `view`; returns the texts of the labels drawn."""
+def show(reader, view, name, array=None, layer=None, size=None):
+    """One view into `view` (the network's glyphs sized by `size`, a point array, if given); returns the labels."""
+    if name == "network":
+        return network(reader, view, array or DEFAULT_ARRAY[name], layer, size)
     return VIEWS[name](reader, view, array or DEFAULT_ARRAY[name], layer)
 
 

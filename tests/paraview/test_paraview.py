@@ -153,7 +153,8 @@ def test_each_view_renders_a_picture(demo, tmp_path):
               "field": ["conv1", "fc3"], "layout": ["conv1 (6)", "f15", "fc3"]}
     for view, labels in expect.items():
         out = tmp_path / f"{view}.png"
-        text = render(demo, out, "--view", view)
+        extra = ["--size-by", "act_channel_zero_frac"] if view == "network" else []  # glyphs sized by a statistic
+        text = render(demo, out, "--view", view, *extra)
         img = np.asarray(Image.open(out).convert("RGB"))
         flat = img.reshape(-1, 3)
         drawn = (flat != flat[0]).any(axis=1)  # the corner is background

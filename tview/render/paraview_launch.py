@@ -114,7 +114,7 @@ def screen(env: dict, timeout: float = 30) -> Iterator[dict]:
 
 
 def render_args(run: str, out: str, view: str = "network", step: float | None = None, array: str | None = None,
-                rank: int = 0, layer: str | None = None, example: int = 0) -> list[str]:
+                rank: int = 0, layer: str | None = None, example: int = 0, size_by: str | None = None) -> list[str]:
     """render_view.py's arguments for one view (or the four-view layout) of a run."""
     if view not in VIEWS:
         raise TviewError(f"unknown view {view!r}; choose one of {', '.join(VIEWS)}")
@@ -125,6 +125,8 @@ def render_args(run: str, out: str, view: str = "network", step: float | None = 
         args += ["--array", array]
     if layer:
         args += ["--layer", layer]
+    if size_by:
+        args += ["--size-by", size_by]
     return args
 
 
@@ -235,6 +237,7 @@ def add_render_arguments(r) -> None:
     r.add_argument("--rank", type=int, default=0)
     r.add_argument("--layer", default=None, help="one layer (filters, feature maps, trajectory views)")
     r.add_argument("--example", type=int, default=0, help="the probe example whose feature maps to show")
+    r.add_argument("--size-by", default=None, help="network view: size each channel's glyph by this statistic")
     r.add_argument("--animate", action="store_true", help="a movie: one frame per recorded step")
     r.add_argument("--frames", type=int, default=None, help="with --animate: this many steps, evenly picked")
     r.add_argument("--processes", type=int, default=1, help="with --animate: pvbatch processes under mpirun, "
@@ -243,7 +246,8 @@ def add_render_arguments(r) -> None:
 
 def render_command_line(a) -> None:
     """`tview render`: one picture, or with --animate the frames (and the movie), progress shown."""
-    kwargs = dict(view=a.view, step=a.step, array=a.array, rank=a.rank, layer=a.layer, example=a.example)
+    kwargs = dict(view=a.view, step=a.step, array=a.array, rank=a.rank, layer=a.layer, example=a.example,
+                  size_by=a.size_by)
     if not a.animate:
         started = time.time()
         text = render(a.run, a.out, **kwargs)
