@@ -35,7 +35,11 @@ def parse():
 
 
 def process_share():
-    """(this process, number of processes) under mpirun (pvbatch --no-mpi: each process renders alone)."""
+    """(this process, number of processes) under `mpirun pvbatch --no-mpi` (each process renders alone); (0, 1)
+    when pvbatch runs MPI itself (then only process 0 runs this script: it renders every frame)."""
+    from paraview import servermanager
+    if servermanager.vtkProcessModule.GetProcessModule().GetNumberOfLocalPartitions() > 1:
+        return 0, 1
     for rank, size in (("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"), ("PMI_RANK", "PMI_SIZE")):
         if rank in os.environ:
             return int(os.environ[rank]), int(os.environ.get(size, 1))
