@@ -11,11 +11,12 @@ from dash import Input, Output, State, callback, html
 from tview.render import figures, ranks_view, summaries
 
 from ..common import HOLD_POLL, graph, log, memo_read, rank_button
+from ..findings import diagnosis_panel
 
 POINTS = 500      # per rank in the overview's figure and health checks: a trend, read in milliseconds
 WORST_SHOWN = 5   # ranks listed on the card (the Ranks page pages through all of them)
 
-layout = html.Div([html.Div(id="overview-body"), graph("overview-loss", 360)])
+layout = html.Div([html.Div(id="overview-body"), graph("overview-loss", 360), html.Div(id="overview-diagnosis")])
 
 
 def _seconds(s):
@@ -119,3 +120,22 @@ def show(_, focus, runs):
                                   className="tv-card run-card"))
     fig = _loss_figure(runs, losses, named, focus_rank) if losses else figures.message_figure("no loss recorded yet")
     return cards, fig
+
+
+def _diagnosis(run, run_id: str):
+    return diagnosis_panel(run_id, run, POINTS)
+
+
+@callback(Output("overview-diagnosis", "children"), Input("refresh", "data"), State("runs", "value"),
+          running=HOLD_POLL)
+def diagnosis(_, runs):
+    """tview.diagnose's findings per run, each linking to its evidence: a callback of its own, so the
+    card and the loss figure never wait for it (read once per change of the run)."""
+    panels = []
+    for run_id in runs or []:
+        try:
+            panels.append(html.Div([html.H3(run_id), memo_read(run_id, _diagnosis, run_id)], className="tv-card"))
+        except Exception as exc:  # a run that cannot be read says so; the others are still shown
+            log.warning("diagnosis of %r: %s", run_id, exc)
+            panels.append(html.P(f"{run_id}: {exc}", className="tv-error"))
+    return panels

@@ -64,6 +64,10 @@ def test_every_page_loads_and_every_figure_has_data(server, page, tmp_path):
     assert "2 of 2 rank(s) readable" in text and "LeNet5" in text
     assert text.count("closed") >= 2
     assert page.locator(".tv-health li").count() >= 1
+    # tview.diagnose's findings, in their own panel under the card: a clean demo run says so in one line
+    panel = page.locator(".tv-diagnosis-panel").first
+    panel.wait_for(timeout=30_000)
+    assert "diagnosis" in panel.inner_text() and panel.locator("li, p").count() >= 1
     # Two ranks are two lines, not a band of two
     page.goto(f"{server}/ranks?runs=demo")
     names = traces(page, "ranks-stat-graph")["names"]

@@ -85,11 +85,33 @@ def _v1_message(path: str) -> str:
             f"Convert the run with `tview upgrade RUN` (it keeps a copy of each old shard)")
 
 
-def _layers_of(path: str, attrs) -> list[str]:
-    layers = json.loads(attrs["layers_json"])
+@functools.lru_cache(maxsize=64)
+def _parsed(text: str):
+    """JSON parsed once for every shard that holds the same text (all ranks of a run do)."""
+    return json.loads(text)
+
+
+def _layers_of(path: str, text) -> list[dict]:
+    layers = _parsed(text if isinstance(text, str) else bytes(text).decode())
     if not isinstance(layers, list) or not all(isinstance(x, dict) and isinstance(x.get("name"), str) for x in layers):
         raise CorruptShardError(f"{path}: layers_json is not a list of layers with names")
     return layers
+
+
+def _tables_of(path: str, text, file: h5py.File) -> dict[str, schema.TableSpec]:
+    """The probe tables' declarations: from the root attribute tables_json (one read), else each table's spec."""
+    if text is None:
+        return {name: schema.TableSpec.from_json(g.attrs["spec"]) for name, g in file[schema.PROBES].items()}
+    specs = _table_specs(text if isinstance(text, str) else bytes(text).decode())
+    if sorted(specs) != sorted(file[schema.PROBES]):
+        raise CorruptShardError(f"{path}: tables_json declares {sorted(specs)}, the file holds "
+                                f"{sorted(file[schema.PROBES])}")
+    return specs
+
+
+@functools.lru_cache(maxsize=64)
+def _table_specs(text: str) -> dict[str, schema.TableSpec]:
+    return {d["name"]: schema.TableSpec.from_json(json.dumps(d)) for d in json.loads(text)}
 
 
 def _expected_shapes(shard: ShardReader) -> dict[str, tuple]:
@@ -137,14 +159,13 @@ class ShardReader:
         if rank is not None and self.rank != rank:
             raise CorruptShardError(f"{self.path}: holds rank {self.rank}'s data under rank {rank}'s name "
                                     f"(a copied or renamed shard?)")
-        self.layer_info = _layers_of(self.path, attrs)
+        self.layer_info = _layers_of(self.path, attrs["layers_json"])
         self.layers = [layer["name"] for layer in self.layer_info]
-        self.tables = {name: schema.TableSpec.from_json(g.attrs["spec"]) for name, g in self.file[schema.PROBES].items()}
+        self.tables = _tables_of(self.path, attrs.get("tables_json"), self.file)
         self.columns = {c.name: (t, c) for t, spec in self.tables.items() for c in spec.columns}
         self.world_size = int(attrs["world_size"])
         self._shapes, self._checked = _expected_shapes(self), set()
-        for table in [schema.TABLE_SCALARS, schema.TABLE_SNAPSHOTS] + [f"{schema.PROBES}/{t}" for t in self.tables]:
-            self.file[table]["step"][-1:]  # reads the last chunk: a truncated file fails here
+        self._datasets: dict[str, h5py.Dataset] = {}
 
     @staticmethod
     def table_path(table: str) -> str:
@@ -154,14 +175,16 @@ class ShardReader:
     @_serialized
     def dataset(self, table: str, column: str) -> h5py.Dataset:
         group = self.table_path(table) if table != "status" else "status"
+        path = f"{group}/{column}"
         try:
-            dset = self.file[group][column]
+            dset = self._datasets.get(path)
+            if dset is None:  # one low-level open by full path: a third of two high-level group lookups
+                dset = self._datasets[path] = h5py.Dataset(h5py.h5d.open(self.file.id, path.encode()))
             dset.refresh()
-        except KeyError:
+        except (KeyError, FileNotFoundError):
             raise CorruptShardError(f"{self.path}: no {group}/{column} in this shard (damaged or edited?)") from None
         except (OSError, RuntimeError, ValueError, AttributeError) as exc:
             raise CorruptShardError(f"{self.path}: {group}/{column} cannot be opened (damaged?): {exc}") from None
-        path = f"{group}/{column}"
         if path not in self._checked:  # the shape its declaration fixes, checked once
             want = self._shapes.get(path)
             if not isinstance(dset, h5py.Dataset) or (want is not None and tuple(dset.shape[1:]) != want):

@@ -229,7 +229,8 @@ class ShardWriter:
     def _build(self, f: h5py.File):
         lay = self.layout
         f.attrs.update({"tview_schema_version": schema.SCHEMA_VERSION, "rank": lay.rank, "world_size": lay.world_size,
-                        "run_id": lay.run_id, "created_unix": time.time(), "layers_json": json.dumps(lay.layers)})
+                        "run_id": lay.run_id, "created_unix": time.time(), "layers_json": json.dumps(lay.layers),
+                        "tables_json": json.dumps([json.loads(spec.to_json()) for spec in lay.tables])})
         sc = f.create_group(schema.TABLE_SCALARS)
         create_column(sc, "step", (), np.int64)
         create_column(sc, "wall_time", (), np.float64)
