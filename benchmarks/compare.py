@@ -222,55 +222,56 @@ def writer_section(n: int, layers: int, batch: int, repeat: int) -> dict:
 
 
 # -- 3. store size ---------------------------------------------------------------------------
+def _series(run, rank: int):
+    """(tag, steps, values) of every scalar, layer statistic, per-channel statistic and trajectory
+    coordinate a rank recorded: one TensorBoard scalar series each."""
+    for name in run.scalar_names(rank):
+        yield (name, *run.scalar(name, rank))
+    for stat in run.stat_names() + run.channel_stat_names() + ["trajectory"]:
+        for layer in run.layers:
+            try:
+                steps, values = run.trajectory(layer, rank) if stat == "trajectory" else run.stat(stat, layer, rank)
+            except KeyError:  # a per-channel statistic of a layer without channels
+                continue
+            if values.ndim == 1:
+                yield f"{stat}/{layer}", steps, values
+            else:
+                yield from ((f"{stat}/{layer}/{c}", steps, values[:, c]) for c in range(values.shape[1]))
+
+
+def _histograms(run, rank: int):
+    """(tag, step, counts) of every non-empty histogram a rank recorded."""
+    for kind in run.hist_kinds():
+        for layer in run.layers:
+            try:
+                steps, _, counts = run.histogram(kind, layer, rank)
+            except KeyError:
+                continue
+            yield from ((f"{kind}/{layer}", int(s), c) for s, c in zip(steps, counts) if c.sum())
+
+
 def tview_to_tensorboard(run, logdir: str) -> None:
     """Write what a tview run holds (scalars, layer statistics, per-channel statistics, histograms,
     trajectories) as TensorBoard events, one folder per rank, so sizes and loads compare like for like."""
     from torch.utils.tensorboard import SummaryWriter
-    edges = schema.hist_edges()
-    centres = schema.hist_centers()
+    edges, centres = schema.hist_edges(), schema.hist_centers()
     for rank in run.ranks:
         w = SummaryWriter(os.path.join(logdir, f"rank{rank}"), max_queue=10_000, flush_secs=3600)
-        for name in run.scalar_names(rank):
-            for s, v in zip(*run.scalar(name, rank)):
-                w.add_scalar(name, v, int(s))
-        for stat in run.stat_names():
-            for layer in run.layers:
-                for s, v in zip(*run.stat(stat, layer, rank)):
-                    w.add_scalar(f"{stat}/{layer}", v, int(s))
-        for stat in run.channel_stat_names():
-            for layer in run.layers:
-                try:
-                    steps, m = run.stat(stat, layer, rank)
-                except KeyError:
-                    continue
-                for s, row in zip(steps, m):
-                    for c, v in enumerate(row):
-                        w.add_scalar(f"{stat}/{layer}/{c}", v, int(s))
-        for kind in run.hist_kinds():
-            for layer in run.layers:
-                try:
-                    steps, _, counts = run.histogram(kind, layer, rank)
-                except KeyError:
-                    continue
-                for s, c in zip(steps, counts):
-                    if c.sum() == 0:
-                        continue
-                    used = np.flatnonzero(c)
-                    w.add_histogram_raw(f"{kind}/{layer}", min=float(edges[used[0]]), max=float(edges[used[-1] + 1]),
-                                        num=int(c.sum()), sum=float((c * centres).sum()),
-                                        sum_squares=float((c * centres ** 2).sum()),
-                                        bucket_limits=edges[1:].tolist(), bucket_counts=c.tolist(), global_step=int(s))
-        for j, layer in enumerate(run.layers):
-            steps, t = run.trajectory(layer, rank)
-            for s, row in zip(steps, t):
-                for d, v in enumerate(row):
-                    w.add_scalar(f"trajectory/{layer}/{d}", v, int(s))
+        for tag, steps, values in _series(run, rank):
+            for s, v in zip(steps, values):
+                w.add_scalar(tag, v, int(s))
+        for tag, step, c in _histograms(run, rank):
+            used = np.flatnonzero(c)
+            w.add_histogram_raw(tag, min=float(edges[used[0]]), max=float(edges[used[-1] + 1]), num=int(c.sum()),
+                                sum=float((c * centres).sum()), sum_squares=float((c * centres ** 2).sum()),
+                                bucket_limits=edges[1:].tolist(), bucket_counts=c.tolist(), global_step=step)
         w.close()
 
 
 def size_section(steps: int) -> dict:
-    import tview
     from overhead import Trainer, make
+
+    import tview
     base, x, y = make("lenet", 64)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "tview")

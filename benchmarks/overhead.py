@@ -11,8 +11,9 @@ in blocks of 20 steps, came out at 0.80x over 12 rounds):
 - The figure is total time over total time: every step counts, the rare costly ones too (a median
   of per-step ratios would hide the activation-statistics steps that come every 10th record).
 - A tool's background writer writes when flushed, as often as tview's writer does by itself (once
-  a second of plain training or every 32 records, whichever comes first), and that flush is timed as part of its step: the writer's
-  work is charged to the tool, not to whichever configuration runs next.
+  a second of plain training or every 32 records, whichever comes first), and that flush is timed
+  as part of its step: the writer's work is charged to the tool, not to whichever configuration
+  runs next.
 """
 
 from __future__ import annotations

@@ -4,10 +4,17 @@
 work with only numpy and h5py (as inside ParaView's Python).
 """
 
-from tview.errors import (ConfigError, CorruptShardError, NotARunError, RunExistsError, SchemaVersionError,
-                          StoreWriteError, TviewError)
+from tview.diagnose import diagnose  # numpy only, like the store
+from tview.errors import (
+    ConfigError,
+    CorruptShardError,
+    NotARunError,
+    RunExistsError,
+    SchemaVersionError,
+    StoreWriteError,
+    TviewError,
+)
 from tview.store.reader import Run, find_runs, open_run
-from tview.diagnose import diagnose  # noqa: E402  (numpy only, like the store)
 
 __version__ = "0.1.0"
 
@@ -23,6 +30,6 @@ def __getattr__(name):
     raise AttributeError(f"module 'tview' has no attribute {name!r}")
 
 
-__all__ = ["Recorder", "open_run", "find_runs", "Run", "diagnose", "every", "log_spaced", "at_steps", "PRESETS", "Preset",
-           "TviewError", "NotARunError", "CorruptShardError", "SchemaVersionError", "RunExistsError",
+__all__ = ["Recorder", "open_run", "find_runs", "Run", "diagnose", "every", "log_spaced", "at_steps", "PRESETS",
+           "Preset", "TviewError", "NotARunError", "CorruptShardError", "SchemaVersionError", "RunExistsError",
            "StoreWriteError", "ConfigError"]

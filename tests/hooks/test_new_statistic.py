@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import tview
+from tests.conftest import TinyCNN, make_data, train
 from tview.hooks.param_probes import ParamProbe
 from tview.hooks.probes import EVERY, unregister
 from tview.store.schema import Column
-from tests.conftest import TinyCNN, make_data, train
 
 
 @pytest.fixture

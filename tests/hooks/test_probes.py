@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 import tview
-from tview.store import schema
 from tests.conftest import TinyCNN, make_data
+from tview.store import schema
 
 
 def capture_outputs(model):
@@ -62,7 +62,8 @@ def test_activation_statistics_match_torch(tmp_path):
         assert stat(run, "act_nan", layer) == 0 and stat(run, "act_inf", layer) == 0
     # per channel, for a module run once
     out = seen["conv2"][0]
-    np.testing.assert_allclose(stat(run, "act_channel_mean", "conv2"), out.mean(dim=(0, 2, 3)).numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(stat(run, "act_channel_mean", "conv2"), out.mean(dim=(0, 2, 3)).numpy(),
+                               rtol=1e-4, atol=1e-6)
     out = seen["bn1"][0]
     np.testing.assert_allclose(stat(run, "act_channel_zero_frac", "bn1"),
                                (out == 0).double().mean(dim=(0, 2, 3)).numpy(), atol=1e-7)
@@ -116,7 +117,8 @@ def test_histogram_bins_match_numpy_at_zero_edges_infinities_and_nan():
 def reference_histogram(values):
     """The store's fixed signed-log bins computed with numpy: zeros in the middle, clamped ends."""
     k = schema.HIST_HALF
-    mags = np.clip(np.floor((np.log10(np.abs(values[values != 0])) - schema.HIST_LO) * schema.HIST_PER_DECADE), 0, k - 1)
+    logs = np.log10(np.abs(values[values != 0]))
+    mags = np.clip(np.floor((logs - schema.HIST_LO) * schema.HIST_PER_DECADE), 0, k - 1)
     idx = (np.sign(values[values != 0]) * (mags + 1) + k).astype(int)
     ref = np.bincount(idx, minlength=schema.HIST_BINS)
     ref[k] += int((values == 0).sum())
@@ -154,7 +156,8 @@ def test_weight_norm_update_ratio_and_trajectory(tmp_path):
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
         opt.step()
-        history.append(torch.cat([model.conv2.weight.detach().reshape(-1), model.conv2.bias.detach().reshape(-1)]).clone())
+        history.append(torch.cat([model.conv2.weight.detach().reshape(-1),
+                                  model.conv2.bias.detach().reshape(-1)]).clone())
         rec.step()
     rec.close()
     run = tview.open_run(str(tmp_path / "r"))
@@ -239,7 +242,7 @@ def test_forward_hooks_are_attached_only_for_steps_that_compute_activation_stati
     rec = tview.Recorder(tiny, str(tmp_path / "r"), every=2)  # default preset: activations every 20th record
     from tests.conftest import train
     hooked = []
-    for step in range(82):
+    for _ in range(82):
         hooked.append(bool(tiny.conv1._forward_hooks))
         train(tiny, rec, 1, x, y)
     rec.close()
@@ -313,7 +316,7 @@ def test_parameter_reductions_agree_between_the_numpy_and_the_torch_path():
             for p in model.parameters():
                 p.div_(1.5)
         results[host] = out
-    for host, r in results.items():
+    for r in results.values():
         np.testing.assert_allclose(r["grad_nan"], [0, 0, 0, 3])
         np.testing.assert_allclose(r["grad_inf"], [0, 0, 1, 0])
         ok = [0, 1]  # the layers without NaN or Inf

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import tview
-from tview.hooks.activation_probes import ActCounts
 from tests.conftest import make_data
+from tview.hooks.activation_probes import ActCounts
 
 
 class ConvBNNet(nn.Module):
@@ -147,8 +147,9 @@ def test_a_statistic_the_probe_does_not_declare_is_refused_by_name(tmp_path):
 
 
 def test_a_run_reads_with_plain_h5py_as_docs_store_format_says(tmp_path):
-    import h5py
     import json
+
+    import h5py
     run, model, outs, _ = record(tmp_path, steps=25)
     with h5py.File(str(tmp_path / "r" / "rank-00000.h5"), "r", swmr=True) as f:
         layers = [layer["name"] for layer in json.loads(f.attrs["layers_json"])]

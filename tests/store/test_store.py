@@ -177,7 +177,7 @@ def test_a_full_disk_surfaces_on_step_or_close_and_never_hangs(tmp_path):
     proc = start_writer(path, 400, 0.0, 200 * 1024)  # the shard may not grow past 200 KiB
     out, err = proc.communicate(timeout=120)  # never hangs
     lines = out.splitlines()
-    errors = [l for l in lines if l.startswith("WRITE_ERROR")]
+    errors = [line for line in lines if line.startswith("WRITE_ERROR")]
     assert errors, (out[-2000:], err[-2000:])
     assert "rank-00000.h5" in errors[0] and "DONE" not in lines  # names the file; raised in step()
     # Known defect (see the issue note): HDF5 may crash at interpreter teardown after a failed write,
@@ -326,6 +326,7 @@ def test_a_schema_1_run_is_refused_with_how_to_convert_it_then_upgrades(tmp_path
     """tests/data/v1_run: 12 steps of TinyCNN recorded by tview 0.1 (store schema 1, activations preset),
     a NaN input pixel from step 9 on (repacked smaller with gzip, otherwise as written)."""
     import shutil
+
     from tests.conftest import REPO
     path = str(tmp_path / "v1")
     shutil.copytree(os.path.join(REPO, "tests", "data", "v1_run"), path)

@@ -146,7 +146,8 @@ class ParamContext:
         lengths = torch.as_tensor(np.diff(np.append(self._cstarts, v.numel())), device=self.device)
         seg = torch.segment_reduce(v, "sum", lengths=lengths)
         ids = torch.as_tensor(self._cids[valid], device=self.device)
-        return torch.zeros(total, device=self.device).index_add_(0, ids, seg[torch.as_tensor(valid, device=self.device)])
+        seg = seg[torch.as_tensor(valid, device=self.device)]
+        return torch.zeros(total, device=self.device).index_add_(0, ids, seg)
 
     def max_abs(self, v: torch.Tensor):
         """[n] per-layer max |v| (NaN where the segment holds a NaN)."""

@@ -164,7 +164,8 @@ class Recorder:
         self.trajectory_dims = trajectory_dims
         dist_on = torch.distributed.is_available() and torch.distributed.is_initialized()
         self.rank = rank if rank is not None else (torch.distributed.get_rank() if dist_on else 0)
-        self.world_size = world_size if world_size is not None else (torch.distributed.get_world_size() if dist_on else 1)
+        self.world_size = (world_size if world_size is not None
+                           else (torch.distributed.get_world_size() if dist_on else 1))
         self._find_layers()
         self.shard_path = os.path.join(self.run_dir, schema.shard_name(self.rank))
         self._prepare_folder(mode)
@@ -549,4 +550,4 @@ def _close_at_exit(ref):
         try:
             rec.close()
         except TviewError as exc:
-            warnings.warn(str(exc), RuntimeWarning)
+            warnings.warn(str(exc), RuntimeWarning, stacklevel=1)

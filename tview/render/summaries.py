@@ -129,17 +129,15 @@ def stat_across_ranks(run: Run, name: str, layer: str | None, max_points: int | 
                       ) -> tuple[np.ndarray, np.ndarray]:
     """One per-layer statistic of one layer (None: the whole network) on every readable rank, on one step
     grid: (steps, values [len(run.ranks), steps]), NaN where a rank has no value near a grid step."""
-    def one(rank):
-        if layer is None:
-            return _whole_network(run, name, rank, max_points)
-        return run.stat(name, layer, rank, max_points=max_points)
-    return ranks_view.align_to_grid([one(rank) for rank in run.ranks])
+    if layer is None:
+        return ranks_view.align_to_grid([_whole_network(run, name, rank, max_points) for rank in run.ranks])
+    return ranks_view.align_to_grid(list(run.stat_across_ranks(name, layer, max_points=max_points).values()))
 
 
 def scalar_across_ranks(run: Run, name: str, max_points: int | None = 1000) -> tuple[np.ndarray, np.ndarray]:
     """One scalar (loss, step_time, ...) on every readable rank, as stat_across_ranks; NaN rows for ranks
     that lack it."""
-    return ranks_view.align_to_grid([_series(run, name, rank, max_points) for rank in run.ranks])
+    return ranks_view.align_to_grid(list(run.scalar_across_ranks(name, max_points=max_points).values()))
 
 
 def first_nonfinite_per_rank(run: Run) -> dict[int, dict[str, dict[str, int]]]:

@@ -48,8 +48,8 @@ def _check_fields(path: str, manifest: dict) -> None:
             raise CorruptShardError(f"{path}: {key} must be a list of layer names, got {str(value)[:80]}")
 
 
-def read_manifest(run_dir: str) -> dict:
-    """Read and check a run's manifest; errors name the path and the problem."""
+def _manifest_file(run_dir: str) -> str:
+    """The manifest's path in a run folder (or the run.tview given), or NotARunError saying why not."""
     if os.path.isfile(run_dir) and os.path.basename(run_dir) == schema.MANIFEST_NAME:
         run_dir = os.path.dirname(run_dir)
     if not os.path.exists(run_dir):
@@ -59,6 +59,12 @@ def read_manifest(run_dir: str) -> dict:
     path = manifest_path(run_dir)
     if not os.path.exists(path):
         raise NotARunError(f"{run_dir}: not a tview run (no {schema.MANIFEST_NAME} in it)")
+    return path
+
+
+def read_manifest(run_dir: str) -> dict:
+    """Read and check a run's manifest; errors name the path and the problem."""
+    path = _manifest_file(run_dir)
     if not os.path.isfile(path):
         raise CorruptShardError(f"{path}: not a regular file")
     if os.path.getsize(path) > 64 * 2**20:

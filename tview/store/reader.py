@@ -625,6 +625,18 @@ class Run:
                     out["layers"][layer] = min(int(s), out["layers"].get(layer, int(s)))
         return out
 
+    def stat_across_ranks(self, name: str, layer: str | int, ranks=None, max_points: int | None = None) -> dict:
+        """{rank: (steps, values)} of one layer statistic on every readable rank (or `ranks`), empty arrays
+        where a rank has none; runs of many ranks are read in parallel processes (tview.store.across)."""
+        from tview.store.across import series_across_ranks
+        self.layer_index(layer)
+        return {r: v for r, (v, _) in series_across_ranks(self, "stat", name, layer, ranks, max_points).items()}
+
+    def scalar_across_ranks(self, name: str, ranks=None, max_points: int | None = None) -> dict:
+        """{rank: (steps, values)} of one scalar on every readable rank (or `ranks`), as stat_across_ranks."""
+        from tview.store.across import series_across_ranks
+        return {r: v for r, (v, _) in series_across_ranks(self, "scalar", name, None, ranks, max_points).items()}
+
     def frame(self, stats=None, layers=None, ranks=None, scalars=None, max_points=None, *, progress=None):
         """A pandas DataFrame in long form (step, rank, layer, statistic, channel, value) of the statistics
         and scalars asked for (all by default); see tview.store.frame. Needs pandas (tview[export])."""

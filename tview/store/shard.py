@@ -207,7 +207,8 @@ class ShardWriter:
             self.tables[name] = _Table(self.file[name])
         self._names = self.file[schema.TABLE_SCALARS]["names"]
         self.scalar_columns = {bytes(n).decode("utf-8", "replace"): i for i, n in enumerate(self._names[:])}
-        self._first = {name: self.file["status/first_nonfinite"][name][:] for name in self.file["status/first_nonfinite"]}
+        first = self.file["status/first_nonfinite"]
+        self._first = {name: first[name][:] for name in first}
         # bytes the last write added to the file; before any, what the first chunk of every column takes
         self._growth = sum(int(np.prod(c.dset.chunks)) * c.dtype.itemsize for t in self.tables.values()
                            for c in list(t.columns.values()) + [t._step])

@@ -72,12 +72,12 @@ def _write_table(g, spec: TableSpec, steps: np.ndarray, layers: int, block: int,
                       lambda i, j, d=g[col.name][name]: rng.uniform(0, 0.5, (j - i, d.shape[1])).astype(np.float32))
         elif col.kind == HIST:
             counts = rng.integers(0, 1000, size=(min(n, 1000), layers, schema.HIST_BINS), dtype=np.uint32)
-            _fill(g[col.name], n, 1000, lambda i, j: counts[: j - i])
+            _fill(g[col.name], n, 1000, lambda i, j, c=counts: c[: j - i])
         elif col.kind == VECTOR:
-            _fill(g[col.name], n, block, lambda i, j: np.cumsum(noise[: j - i, :, None].repeat(col.width, 2), 0) + i * 1e-4)
+            _fill(g[col.name], n, block,
+                  lambda i, j, w=col.width: np.cumsum(noise[: j - i, :, None].repeat(w, 2), 0) + i * 1e-4)
         else:
-            zero = col.nonfinite
-            _fill(g[col.name], n, block, lambda i, j, k=k: np.zeros((j - i, layers)) if zero
+            _fill(g[col.name], n, block, lambda i, j, k=k, zero=col.nonfinite: np.zeros((j - i, layers)) if zero
                   else np.abs(1.0 + k + noise[: j - i]))
     _fill(g["measured"], n, block, lambda i, j: np.ones((j - i, layers), np.uint8))
     _fill(g["step"], n, block, lambda i, j: steps[i:j])
@@ -96,7 +96,8 @@ def write_synthetic_run(path: str, steps: int, ranks: int = 8, layers: int = 20,
     all_steps = np.arange(steps, dtype=np.int64)
     step_sets = {"every": all_steps, "detail": all_steps[::detail_every],
                  "act_channel": all_steps[max(0, steps - channel_tail):]}
-    widths = {c.name: {layer["name"]: channels for layer in info} for t in TABLES for c in t.columns if c.kind == CHANNEL}
+    widths = {c.name: {layer["name"]: channels for layer in info}
+              for t in TABLES for c in t.columns if c.kind == CHANNEL}
     for rank in range(ranks):
         rng = np.random.default_rng(seed * 1000 + rank)
         layout = ShardLayout(rank=rank, world_size=ranks, run_id=f"synthetic-{seed}", layers=info,

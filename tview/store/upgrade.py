@@ -39,9 +39,12 @@ V1_TABLES = (  # table, reads, cadence, sampled, columns (name, kind, extra) as 
 
 def _spec(name, reads, cadence, sampled, cols, f) -> TableSpec:
     width = int(f.attrs.get("trajectory_dims", 3))
-    columns = tuple(Column(c[0], c[1] if len(c) > 1 else "layer", "uint32" if len(c) > 1 and c[1] == HIST else "float32",
-                           width=width if len(c) > 1 and c[1] == VECTOR else 0, **(c[2] if len(c) > 2 else {}))
-                    for c in cols)
+    columns = []
+    for c in cols:
+        kind = c[1] if len(c) > 1 else "layer"
+        columns.append(Column(c[0], kind, "uint32" if kind == HIST else "float32",
+                              width=width if kind == VECTOR else 0, **(c[2] if len(c) > 2 else {})))
+    columns = tuple(columns)
     return TableSpec(name, columns, reads, cadence, sampled, "converted from store schema 1")
 
 
