@@ -12,6 +12,7 @@ from dash import ALL, Input, Output, State, callback, dcc, html, no_update
 
 from tview.render.ranks_view import parse_rank, rank_from_query
 
+from . import guard
 from .catalog import RunCatalog
 
 POLL_MS = 2000  # how often the app looks for new steps, ranks and runs (at least)
@@ -36,6 +37,7 @@ def create_app(root: str) -> dash.Dash:
                     assets_folder=os.path.join(os.path.dirname(__file__), "assets"),
                     suppress_callback_exceptions=True)
     app.server.config["TVIEW_CATALOG"] = catalog
+    guard.install(app.server)
     for order, (module, path, name) in enumerate(PAGES):
         mod = importlib.import_module(f"{__name__}.pages.{module}")
         dash.register_page(f"{__name__}.pages.{module}", path=path, name=name, order=order, layout=mod.layout,

@@ -37,6 +37,14 @@ def run_ids(root: str, folders: list[str]) -> dict[str, str]:
     return ids
 
 
+def files_outside(folder: str, root: str) -> list[str]:
+    """The manifest and shards of a run folder whose real path lies outside `root` (symbolic links out)."""
+    real_root = os.path.realpath(root)
+    names = [n for n in os.listdir(folder) if n == "run.tview" or (n.startswith("rank-") and n.endswith(".h5"))]
+    paths = [os.path.join(folder, n) for n in sorted(names)] + [folder]
+    return [p for p in paths if os.path.commonpath([os.path.realpath(p), real_root]) != real_root]
+
+
 class RunCatalog:
     """Maps run ids the browser sends to run folders found under root. An id that was not found
     there (a path such as '../x' or '/etc') is refused: no URL or control reaches outside root."""
@@ -69,7 +77,11 @@ class RunCatalog:
             self.scan()
         if not isinstance(run_id, str) or run_id not in self._ids:
             raise TviewError(f"no run {run_id!r} under {self.root}")
-        return self._ids[run_id]
+        folder = self._ids[run_id]
+        outside = files_outside(folder, self.root)
+        if outside:
+            raise TviewError(f"{outside[0]}: resolves outside {self.root} (a symbolic link?); this run is not served")
+        return folder
 
     def get(self, run_id: str) -> Run:
         """The open run (bad shards left out and listed in run.problems); shards that appeared since are picked up."""
