@@ -1,5 +1,6 @@
 """The real app, started by `tview dashboard`, driven by headless Chromium: pages, figures, controls, live runs."""
 
+import os
 import re
 
 import pytest
@@ -68,6 +69,12 @@ def test_every_page_loads_and_every_figure_has_data(server, page, tmp_path):
     panel = page.locator(".tv-diagnosis-panel").first
     panel.wait_for(timeout=30_000)
     assert "diagnosis" in panel.inner_text() and panel.locator("li, p").count() >= 1
+    if os.environ.get("TVIEW_SCREENSHOTS"):  # the README's pictures: TVIEW_SCREENSHOTS=docs pytest -k every_page
+        page.wait_for_timeout(1500)
+        page.screenshot(path=os.path.join(os.environ["TVIEW_SCREENSHOTS"], "dashboard-overview.png"))
+        page.goto(f"{server}/layers?runs=demo&stat=act_zero_frac")
+        page.wait_for_timeout(4000)
+        page.screenshot(path=os.path.join(os.environ["TVIEW_SCREENSHOTS"], "dashboard-layers.png"))
     # Two ranks are two lines, not a band of two
     page.goto(f"{server}/ranks?runs=demo")
     names = traces(page, "ranks-stat-graph")["names"]
