@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q torch==2.13.0          # before anything that depends on torch
-.venv/bin/pip install -q -e ".[${1:-train,app}]"
+# the pin again as a constraint: no extra (lightning, torchmetrics, ...) may move torch off the CPU wheel
+.venv/bin/pip install -q -e ".[${1:-train,app}]" -c <(echo "torch==2.13.0")

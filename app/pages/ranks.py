@@ -1,11 +1,12 @@
 """Ranks: one statistic across ranks as quantile bands with the ranks that stand out, a rank x step heatmap,
-step time per rank, the ranks table worst first and paged, the gradient noise scale."""
+step time per rank, the ranks table worst first and paged, the gradient noise scale (tview.diagnose's) per layer."""
 
 from __future__ import annotations
 
 import dash
 from dash import Input, Output, State, callback, dcc, html, no_update
 
+from tview.diagnose import noise_scale
 from tview.render import figures, ranks_view, summaries
 
 from ..common import (
@@ -44,7 +45,11 @@ layout = html.Div([
                   html.Div(id="ranks-table")], className="tv-card"),
         graph("ranks-step-time", 380),
     ], className="tv-row"),
-    graph("ranks-noise-scale", 360),
+    html.Div([
+        control("noise scale of", dcc.Dropdown(id="ranks-noise-layer", clearable=False, style={"width": "220px"})),
+        html.Span(id="ranks-noise-note", className="tv-note"),
+    ], className="tv-controls"),
+    graph("ranks-noise-scale", 380),
     dcc.Store(id="ranks-summary"),  # {"rows": ranks table worst first, "standouts": {rank: [reasons]}}
     dcc.Store(id="ranks-page", data=0),
 ])
@@ -136,13 +141,48 @@ def step_time(summary_data, focus, runs):
                                 focus=focused(focus, run))
 
 
-@callback(Output("ranks-noise-scale", "figure"), Input("refresh", "data"), State("runs", "value"))
-@figures_or_message(1)
-def noise(_, runs):
-    steps, b_noise = memo_read(first_run(runs), summaries.noise_scale, figures.MAX_POINTS)
-    return figures.line_figure([figures.Series("B_simple", steps, b_noise)],
-                               "gradient noise scale (McCandlish et al. 2018): the batch size beyond which "
-                               "larger batches stop paying", "examples", log_y=True)
+def noise_views(run) -> dict:
+    """tview.diagnose.noise_scale as plain data for the chart, per choice (WHOLE, then each layer with parameters):
+    {choice: {"steps", "values", "spans", "batch", "critical"}}, or {"reason": why} where it is undefined."""
+    ns = noise_scale(run, figures.MAX_POINTS)
+    if ns.reason:
+        return {"reason": ns.reason, "batch": ns.batch}
+    return {name: {"steps": n.steps, "values": n.b_simple, "spans": n.undefined_spans(), "batch": n.batch,
+                   "critical": n.critical_batch}
+            for name, n in [(WHOLE, ns), *ns.layers.items()]}
+
+
+def noise_note(view: dict) -> str:
+    """The critical batch size next to the batch size in use, in one line."""
+    batch, critical = view.get("batch"), view.get("critical")
+    used = "-" if batch is None else f"{batch:.0f}"
+    if critical is None:
+        return f"critical batch size: undefined (batch size in use {used})"
+    ratio = f" ({critical / batch:.2g}x)" if batch else ""
+    return f"critical batch size ~ {critical:.0f}{ratio} next to the batch size in use {used} (per rank x ranks)"
+
+
+@callback(Output("ranks-noise-scale", "figure"), Output("ranks-noise-layer", "options"),
+          Output("ranks-noise-layer", "value"), Output("ranks-noise-note", "children"), Input("refresh", "data"),
+          Input("ranks-noise-layer", "value"), State("runs", "value"), running=HOLD_POLL)
+def noise(_, choice, runs):
+    """The gradient noise scale of the whole network or one layer, its undefined stretches shaded with their
+    reason, the critical batch size it implies next to the batch size in use."""
+    try:
+        views = memo_read(first_run(runs), noise_views)
+    except Exception as exc:  # the figure says so
+        log.warning("noise scale of %r: %s", first_run(runs), exc)
+        return figures.message_figure(str(exc)), [], None, ""
+    if "reason" in views:
+        return figures.message_figure(f"gradient noise scale undefined: {views['reason']}"), [], None, ""
+    opts = [{"label": "whole network" if k == WHOLE else k, "value": k} for k in views]
+    choice = keep_choice(choice, opts, WHOLE)
+    view = views[choice]
+    where = "whole network" if choice == WHOLE else choice
+    fig = figures.noise_scale_figure(view["steps"], view["values"], view["spans"],
+                                     f"gradient noise scale B_simple of {where} (McCandlish et al. 2018): the batch "
+                                     "size beyond which larger batches stop paying", view["batch"], view["critical"])
+    return fig, opts, choice, noise_note(view)
 
 
 def _ms(seconds):

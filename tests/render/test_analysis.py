@@ -1,4 +1,4 @@
-"""Health findings, noise scale and similarity groups on made-up series with known answers."""
+"""Smoothing and similarity groups on made-up series with known answers."""
 
 import numpy as np
 import pytest
@@ -17,57 +17,6 @@ def test_ema_matches_tensorboard_debiased_smoothing_and_skips_nan():
     assert np.array_equal(analysis.ema(v, 0.0), v, equal_nan=True)
     with pytest.raises(ValueError, match="smoothing weight"):
         analysis.ema(v, 1.0)
-
-
-def test_exploding_and_vanishing_gradients_are_found_per_layer():
-    steps = np.arange(100)
-    grad = np.ones((100, 4))
-    grad[:, 1] = np.logspace(0, 5, 100)     # explodes
-    grad[:, 2] = np.logspace(0, -6, 100)    # vanishes
-    grad[:, 3] = np.nan                     # no parameters: skipped
-    found = analysis.gradient_findings(steps, grad, ["a", "b", "c", "d"], rank=1)
-    kinds = {(f.layer, f.kind) for f in found}
-    assert kinds == {("b", "exploding_gradients"), ("c", "vanishing_gradients")}
-    assert all(f.rank == 1 for f in found)
-
-
-def test_dead_channels_must_stay_dead_over_the_recent_window():
-    z = np.full((50, 4), 0.3)
-    z[:, 1] = 1.0                 # dead all along
-    z[-5:, 2] = 1.0               # died recently: the last 3 recorded rows (the window) are all zero
-    z[:45, 3] = 1.0               # was dead, recovered
-    z[::2] = np.nan               # unrecorded steps are ignored
-    assert list(analysis.dead_channels(z)) == [1, 2]
-    assert len(analysis.dead_channels(np.full((10, 3), np.nan))) == 0
-
-
-def test_rank_findings_diverging_slow_and_lagging():
-    loss = {0: np.full(20, 0.5), 1: np.full(20, 0.55), 2: np.full(20, 3.0)}
-    times = {0: np.full(20, 0.10), 1: np.full(20, 0.20), 2: np.full(20, 0.11)}
-    last = {0: 1000, 1: 1000, 2: 400}
-    found = analysis.rank_findings(loss, times, last)
-    assert {(f.kind, f.rank) for f in found} == {("rank_diverges", 2), ("slow_rank", 1), ("rank_lags", 2)}
-    assert analysis.rank_findings({0: np.ones(5), 1: np.ones(5)}, {}, {0: 10, 1: 10}) == []
-
-
-def test_nonfinite_findings_name_the_first_step_and_layer():
-    found = analysis.nonfinite_findings({0: {"layers": {"conv2": 7, "fc": 7, "conv1": 9}, "scalars": {"loss": 7}},
-                                         1: {"layers": {}, "scalars": {}}})
-    assert found[0].step == 7 and found[0].layer == "conv2" and "and 1 more" in found[0].message
-    assert found[1].message == "rank 0: loss became NaN/Inf at step 7"
-    assert len(found) == 2
-
-
-def test_gradient_noise_scale_recovers_a_known_noise_scale():
-    # E|G_b|^2 = |G|^2 + tr(S)/b: with |G|^2 = 4 and tr(S) = 800, B_simple = 200.
-    b, world, steps = 16, 4, 50
-    g2, trace = 4.0, 800.0
-    local = np.full((world, steps), g2 + trace / b)
-    big = np.full(steps, g2 + trace / (b * world))
-    out = analysis.gradient_noise_scale(local, big, b, world, smoothing=0.0)
-    assert out == pytest.approx(np.full(steps, trace / g2))
-    with pytest.raises(ValueError, match="2 ranks"):
-        analysis.gradient_noise_scale(local[:1], big, b, 1)
 
 
 def test_similarity_groups_merge_transitively_and_match_numpy_correlation():

@@ -67,5 +67,3 @@ def test_summaries_of_a_real_run(small_run):
     per_layer = [(s, c) for s, c in per_layer if len(s)]  # layers with parameters
     assert all(np.array_equal(s, steps) for s, _ in per_layer) and len(steps) > 1
     assert np.allclose(t, np.sum([c for _, c in per_layer], axis=0))
-    with pytest.raises(ValueError, match="2 or more ranks"):
-        summaries.noise_scale(run)

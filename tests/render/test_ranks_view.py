@@ -130,16 +130,6 @@ def test_no_rank_is_named_among_ranks_that_differ_only_by_noise():
     assert ranks_view.slowest({0: 0.1, 1: 0.3}) == 1
 
 
-def test_findings_of_one_kind_beyond_three_are_counted_not_listed():
-    from tview.render.analysis import Finding
-    found = [Finding("slow_rank", "warning", f"rank {r}: slow", r) for r in range(60)]
-    found.insert(1, Finding("nonfinite", "error", "rank 9: NaN", 9))
-    lines = ranks_view.group_findings(found)
-    assert [k for _, k, _ in lines] == ["slow_rank"] * 4 + ["nonfinite"]
-    assert lines[3][2].startswith("... and 57 more slow_rank findings (ranks 3, 4, 5")
-    assert lines[4] == ("error", "nonfinite", "rank 9: NaN")
-
-
 def test_under_ddp_the_straggler_is_named_by_the_duration_in_which_it_stands_out():
     equal = {r: 0.055 for r in range(8)}  # the all-reduce makes every step as long as the slowest rank's
     data = {r: 0.0001 for r in range(8)} | {5: 0.030}

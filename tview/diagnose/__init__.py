@@ -1,7 +1,7 @@
 """`tview.diagnose(run)`: name the rank, layer, step and tensor where training went wrong, worst first.
 
 Kinds (see KINDS for the one-line meaning of each): nonfinite, exploding_gradients, replicas_differ,
-rank_stopped, rank_missing (errors); vanishing_gradients, dead_filters, frozen_filters, rank_diverges,
+rank_stopped, rank_missing (errors); vanishing_gradients, dead_filters, dead_units, frozen_filters, rank_diverges,
 slow_rank, rank_lags (warnings). Only numpy: runs wherever tview.store does (ParaView's Python included).
 """
 
@@ -11,7 +11,8 @@ from tview.diagnose import checks
 from tview.diagnose.findings import KINDS, Finding, worst_first
 from tview.diagnose.noise import NoiseScale, noise_scale, noise_scale_from_norms
 
-CLEAN_MESSAGE = "no findings: no NaN/Inf, no exploding or vanishing gradients, no dead or frozen filters, ranks agree"
+CLEAN_MESSAGE = ("no findings: no NaN/Inf, no exploding or vanishing gradients, no dead filters or units, no frozen "
+                 "filters, ranks agree")
 
 
 def diagnose(run, max_points: int | None = None) -> list[Finding]:

@@ -57,12 +57,21 @@ def _is_filter_maker(info: dict) -> bool:
 
 def conv_region(run) -> list[int]:
     """Layers whose outputs are feature maps of filters: from a Conv layer up to the next Conv or Linear layer."""
-    out, inside = [], False
+    return [i for i, maker in enumerate(_makers(run)) if maker is not None and _is_conv(run.layer_info[maker])]
+
+
+def _is_conv(info: dict) -> bool:
+    return str(info.get("type", "")).startswith("Conv")
+
+
+def _makers(run) -> list[int | None]:
+    """Per layer, the index of the Conv or Linear layer whose filters or units make its channels (the nearest one
+    at or before it), None before the first."""
+    out, maker = [], None
     for i, info in enumerate(run.layer_info):
         if _is_filter_maker(info):
-            inside = str(info.get("type", "")).startswith("Conv")
-        if inside:
-            out.append(i)
+            maker = i
+        out.append(maker)
     return out
 
 
@@ -268,31 +277,31 @@ def _dead_on_rank(run, rank, layers, max_points) -> dict[int, dict[int, int]]:
     return out
 
 
-def _filter_of(run, i: int) -> str:
-    """The Conv layer whose filters make layer i's channels (the nearest one at or before it)."""
-    for j in range(i, -1, -1):
-        if str(run.layer_info[j].get("type", "")).startswith("Conv"):
-            return run.layers[j]
-    return run.layers[i]
+def _dead_finding(run, r: int, i: int, maker: int, chans: dict[int, int]) -> Finding:
+    conv = _is_conv(run.layer_info[maker])
+    step = min(chans.values())
+    return make("dead_filters" if conv else "dead_units",
+                f"{run.layers[i]}: {len(chans)} channel(s) stay zero from step {step} on (zero fraction >= "
+                f"{DEAD_ZERO_FRAC}; {'filters' if conv else 'units'} of {run.layers[maker]}): {_list(chans)}",
+                rank=r, layer=run.layers[i], step=step, channels=sorted(chans), stat="act_channel_zero_frac")
 
 
 def check_dead(run, max_points=None) -> list[Finding]:
-    """Channels whose activations stay zero, per layer of the conv part; a layer whose dead channels only repeat
-    the previous layer's (a ReLU after a dead BatchNorm channel) is left out."""
-    layers = [i for i in conv_region(run) if run.layer_info[i].get("channels")]
+    """Channels whose activations stay zero: filters in the conv part (dead_filters), units after a Linear layer
+    (dead_units); a layer whose dead channels only repeat the previous layer's of the same block (a ReLU after a
+    dead BatchNorm channel) is left out."""
+    makers = _makers(run)
+    layers = [i for i, m in enumerate(makers) if m is not None and run.layer_info[i].get("channels")]
     per = {r: _dead_on_rank(run, r, layers, max_points) for r in run.ranks[:MAX_RANKS]}
-    found, prev = {}, {}
+    found = {}
     for r, dead in per.items():
-        found[r] = []
-        prev = {}
+        found[r], prev = [], {}
         for i in layers:
             chans = dead.get(i, {})
+            if i == makers[i]:
+                prev = {}  # a new block: channel numbers of the block before mean other channels
             if chans and not set(chans) <= set(prev):
-                step = min(chans.values())
-                found[r].append(make("dead_filters", f"{run.layers[i]}: {len(chans)} channel(s) stay zero from step "
-                                     f"{step} on (zero fraction >= {DEAD_ZERO_FRAC}; filters of "
-                                     f"{_filter_of(run, i)}): {_list(chans)}", rank=r, layer=run.layers[i], step=step,
-                                     channels=sorted(chans), stat="act_channel_zero_frac"))
+                found[r].append(_dead_finding(run, r, i, makers[i], chans))
             prev = chans
     return merge_ranks(found, len(run.ranks))
 

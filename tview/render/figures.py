@@ -291,3 +291,49 @@ def rank_heatmap_figure(steps: np.ndarray, ranks: list[int], values: np.ndarray,
         fig.add_hrect(y0=focus - 0.5, y1=focus + 0.5, line=dict(color=_FOCUS_COLOUR, width=2),
                       fillcolor="rgba(0,0,0,0)")
     return fig
+
+
+_GAP_RGB = ["214,39,40", "255,127,14", "148,103,189", "127,127,127"]  # one per reason an estimate is undefined
+MAX_SPANS = 200  # shaded undefined stretches drawn; beyond, the legend still counts every undefined step
+
+
+def _span_edges(steps: np.ndarray, first: int, last: int) -> tuple[float, float]:
+    """A stretch of steps widened by half a recording interval each side (a single step gets a visible band)."""
+    half = float(np.median(np.diff(steps))) / 2 if len(steps) > 1 else 0.5
+    return first - half, last + half
+
+
+def noise_scale_figure(steps: np.ndarray, values: np.ndarray, spans: list[tuple[int, int, str]], title: str,
+                       batch: float | None = None, critical: float | None = None) -> go.Figure:
+    """The gradient noise scale B_simple over steps (log y), the stretches where it is undefined shaded with one
+    colour per reason (the legend names each reason and its step count), the batch size in use and the critical
+    batch size as horizontal lines."""
+    values = np.asarray(values, dtype=np.float64)
+    steps = np.asarray(steps)
+    if not len(steps):
+        return message_figure("no steps with gradient norms on every rank yet")
+    rows = strided(len(steps), MAX_POINTS)
+    fig = go.Figure(go.Scatter(x=steps[rows], y=_finite_or_none(values[rows]), mode="lines", name="B_simple",
+                               line=dict(color="#1f77b4", width=2), hovertemplate="step %{x}<br>B_simple %{y:.4g}"
+                               "<extra></extra>"))
+    colour: dict[str, str] = {}
+    counted: dict[str, int] = {}
+    for k, (first, last, why) in enumerate(spans):
+        colour.setdefault(why, _GAP_RGB[len(colour) % len(_GAP_RGB)])
+        counted[why] = counted.get(why, 0) + int(np.count_nonzero((steps >= first) & (steps <= last)))
+        if k < MAX_SPANS:
+            x0, x1 = _span_edges(steps, first, last)
+            fig.add_vrect(x0=x0, x1=x1, fillcolor=f"rgba({colour[why]},0.15)", line_width=0, layer="below")
+    for why, c in colour.items():  # legend entries for the shading (shapes have none)
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=f"undefined: {why} ({counted[why]} steps)",
+                                 marker=dict(symbol="square", size=12, color=f"rgba({c},0.5)")))
+    for y, text, dash in ((batch, "batch size in use", "dash"), (critical, "critical batch size", "dot")):
+        if y is not None and math.isfinite(y) and y > 0:
+            fig.add_hline(y=y, line=dict(color="#555555", dash=dash, width=1.5),
+                          annotation_text=f"{text} {y:.4g}", annotation_position="top left")
+    _layout(fig, title, y_title="examples", legend=dict(orientation="h", y=-0.2))
+    fig.update_yaxes(type="log")
+    if not np.isfinite(values).any():
+        fig.add_annotation(text="undefined at every step: see the shading's reasons", showarrow=False, x=0.5, y=0.5,
+                           xref="paper", yref="paper", font=dict(size=14))
+    return fig

@@ -14,7 +14,6 @@ DIVERGE_LEAST = 3    # "most divergent" needs a majority to diverge from
 DIVERGE_MARGIN = 2.0  # ... and to run this many times further from it than the median rank does
 DIVERGE_STEPS = 250   # steps (evenly strided) a divergence score looks at
 SLOW_MARGIN = 1.05    # "slowest" only if its median step time is 5% above the median rank's
-FINDINGS_PER_KIND = 3  # findings of one kind listed one by one; the rest counted
 TIME_SUFFIX = "_time"  # a scalar named like this is a duration (step_time, data_time, ...): larger is slower
 SEVERITY = {"unreadable": 0, "stopped": 1, "no steps yet": 2, "live": 5, "closed": 5}
 
@@ -81,23 +80,6 @@ def most_divergent(values: np.ndarray) -> int | None:
         return None
     typical = float(np.nanmedian(scores))
     return i if scores[i] > DIVERGE_MARGIN * typical else None
-
-
-def group_findings(findings: list, per_kind: int = FINDINGS_PER_KIND) -> list[tuple[str, str, str]]:
-    """(severity, kind, message) to list: the first `per_kind` findings of each kind, then one line counting the
-    rest of that kind ('... and 61 more ranks: slow_rank'), in the order the kinds first appear."""
-    by_kind: dict[str, list] = {}
-    for f in findings:
-        by_kind.setdefault(f.kind, []).append(f)
-    out = []
-    for kind, found in by_kind.items():
-        out += [(f.severity, kind, f.message) for f in found[:per_kind]]
-        if len(found) > per_kind:
-            ranks = sorted({f.rank for f in found[per_kind:] if f.rank is not None})
-            out.append((found[per_kind].severity, kind, f"... and {len(found) - per_kind} more {kind} findings"
-                        + (f" (ranks {', '.join(map(str, ranks[:8]))}{' ...' if len(ranks) > 8 else ''})"
-                           if ranks else "")))
-    return out
 
 
 def slowest_by(step_time: dict[int, float | None], other_times: dict[str, dict[int, float | None]] | None = None

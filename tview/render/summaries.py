@@ -1,4 +1,4 @@
-"""What the overview, health panel and rank views need from a Run: small dicts and arrays, read downsampled."""
+"""What the overview and rank views need from a Run: small dicts and arrays, read downsampled."""
 
 from __future__ import annotations
 
@@ -6,11 +6,10 @@ import time
 
 import numpy as np
 
-from tview.render import analysis, ranks_view
+from tview.render import ranks_view
 from tview.store.reader import Run
 
 LIVE_SECONDS = 120.0  # a rank that wrote within this many seconds and has not closed is live
-TAIL_ROWS = 400       # rows read from the end of a per-channel table to find dead channels
 
 
 def rank_rows(run: Run) -> list[dict]:
@@ -50,63 +49,6 @@ def run_summary(run: Run, rows: list[dict] | None = None) -> dict:
         "filter_layers": m.get("filter_layers", []), "probe_layers": m.get("probe_layers", []),
         "problems": dict(run.problems),
     }
-
-
-def _series(run: Run, name: str, rank: int, max_points: int):
-    try:
-        return run.scalar(name, rank, max_points=max_points)
-    except KeyError:
-        return np.zeros(0, dtype=np.int64), np.zeros(0)
-
-
-def scalar_per_rank(run: Run, name: str, max_points: int = 2000) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """{rank: (steps, values)} of one scalar, downsampled; empty arrays where a rank lacks it."""
-    return {rank: _series(run, name, rank, max_points) for rank in run.ranks}
-
-
-def _dead_filter_findings(run: Run, rank: int) -> list[analysis.Finding]:
-    found = []
-    if "act_channel_zero_frac" not in run.channel_stat_names():
-        return found
-    for layer in run.layer_info:
-        if not layer.get("channels"):
-            continue
-        try:
-            steps, tail = run.stat("act_channel_zero_frac", layer["name"], rank)
-        except KeyError:
-            continue
-        tail = tail[-TAIL_ROWS:]
-        dead = analysis.dead_channels(tail) if len(tail) else []
-        if len(dead):
-            found.append(analysis.Finding(
-                "dead_filters", "warning",
-                f"{layer['name']}: {len(dead)} of {tail.shape[1]} channels dead (zero fraction >= "
-                f"{analysis.DEAD_ZERO_FRAC}): {', '.join(map(str, dead[:12]))}{' ...' if len(dead) > 12 else ''}",
-                rank, layer["name"]))
-    return found
-
-
-def health_findings(run: Run, max_points: int = 2000, loss: dict | None = None, rows: list[dict] | None = None,
-                    first: dict | None = None, step_time: dict | None = None) -> list[analysis.Finding]:
-    """NaN/Inf (exact first step, every rank), exploding/vanishing gradients and dead filters (on the first
-    readable rank: under DDP gradients and weights are the same on every rank), diverging/slow/lagging ranks.
-    When the caller has read them already: loss: scalar_per_rank(run, "loss"), rows: rank_rows(run),
-    first: first_nonfinite_per_rank(run), step_time: {rank: step times} (medians will do)."""
-    loss = loss if loss is not None else scalar_per_rank(run, "loss", max_points)
-    found = analysis.nonfinite_findings(first if first is not None else first_nonfinite_per_rank(run))
-    if run.ranks:
-        rank = run.ranks[0]
-        steps, grad_norm = run.stat_matrix("grad_norm", rank, max_points=max_points)
-        found += analysis.gradient_findings(steps, grad_norm, run.layers, rank)
-        found += _dead_filter_findings(run, rank)
-    if step_time is None:
-        steps, times = scalar_across_ranks(run, "step_time", max_points)
-        step_time = {r: times[i][np.isfinite(times[i])] for i, r in enumerate(run.ranks)}
-    last = {r["rank"]: r["last_step"] for r in (rows if rows is not None else rank_rows(run))}
-    found += analysis.rank_findings({r: v for r, (_, v) in loss.items()}, step_time, last)
-    for rank, why in sorted(run.problems.items()):
-        found.append(analysis.Finding("unreadable_rank", "error", f"rank {rank}: {why}", rank))
-    return found
 
 
 # -- across ranks: every read of one quantity on every rank goes through the functions below, so that a
@@ -203,30 +145,6 @@ def aligned(series: dict[int, tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarra
     if common is None:
         return np.zeros(0, dtype=np.int64), {}
     return common, {r: v[np.isin(s, common)] for r, (s, v) in series.items()}
-
-
-def noise_scale(run: Run, max_points: int = 2000, smoothing: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, B_simple) gradient noise scale from every rank's local gradient norm against the
-    all-reduced one (needs 2+ readable ranks and local_grad_norm, recorded under DDP)."""
-    if len(run.ranks) < 2:
-        raise ValueError("the gradient noise scale needs 2 or more ranks")
-    local = {}
-    for rank in run.ranks:
-        steps, m = run.stat_matrix("local_grad_norm", rank, max_points=max_points)
-        local[rank] = (steps, total_norm_sq(m))
-    steps, local = aligned(local)
-    gsteps, g = run.stat_matrix("grad_norm", run.ranks[0], max_points=max_points)
-    g2 = total_norm_sq(g)[np.isin(gsteps, steps)]
-    keep = np.isin(steps, gsteps)
-    steps = steps[keep]
-    local_sq = np.stack([v[keep] for v in local.values()])
-    if not np.isfinite(local_sq).any():
-        raise ValueError("no local gradient norms recorded (they are recorded under DDP, with world size > 1)")
-    ex_steps, examples = run.scalar("examples", run.ranks[0], max_points=max_points)
-    b = float(np.nanmedian(examples)) if len(examples) else float("nan")
-    if not np.isfinite(b) or b <= 0:
-        raise ValueError("no batch size recorded (scalar 'examples')")
-    return steps, analysis.gradient_noise_scale(local_sq, g2, b, len(run.ranks), smoothing)
 
 
 def channel_values_at(run: Run, stat: str, step: int | None, rank: int):
