@@ -13,6 +13,7 @@ of the undamaged run and the case is classified (worst read wins):
   FOREIGN      a non-TviewError exception escaped (KeyError, OSError, TypeError, MemoryError, ...)
   CRASH        the reading process died (signal, or exit without a Python exception)
   HANG         no answer before the deadline
+  SETUP        the harness could not damage the copy this way (its bug, or a layout it does not know)
 
     python benchmarks/fuzz.py [--cases 300] [--seed 0] [--json failing.json] [--deadline 10]
     python benchmarks/fuzz.py --only h5edit-copy_as_other-0      # one case, with its reads in detail
@@ -43,7 +44,7 @@ partial = functools.partial
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-OUTCOMES = ("ok-same", "tview-error", "UNNAMED", "SILENT", "FOREIGN", "CRASH", "HANG")
+OUTCOMES = ("ok-same", "tview-error", "UNNAMED", "SILENT", "FOREIGN", "CRASH", "HANG", "SETUP")
 GOOD = ("ok-same", "tview-error")
 SHARD0, SHARD1, MANIFEST = "rank-00000.h5", "rank-00001.h5", "run.tview"
 MEMORY_LIMIT = 3 << 30  # address space of a reading process: an unbounded read ends in MemoryError, not swap
@@ -182,8 +183,14 @@ def m_dataflip_row0(run, rng, case):
 
 
 def m_dataflip_contig(run, rng, case):
+    """A byte of a small fixed dataset (status flags, probe inputs, bin edges): contiguous, or in one chunk."""
     p = os.path.join(run, SHARD0)
-    name, off, size = rng.choice(shard_layout(p)["contig"])
+    layout = shard_layout(p)
+    counts = {}
+    for name, _, _ in layout["chunks"]:
+        counts[name] = counts.get(name, 0) + 1
+    small = layout["contig"] + [c for c in layout["chunks"] if counts[c[0]] == 1 and c[2] <= 65536]
+    name, off, size = rng.choice(sorted(small))
     return dict(_xor(p, off + rng.randrange(size), rng.randint(1, 255)), file=SHARD0, dataset=name)
 
 
@@ -637,7 +644,11 @@ def worker_main(case_id: str, base_dir: str, case_dir: str, seed: int, log_path:
     shutil.copytree(os.path.join(base_dir, "run"), run_dir, symlinks=True)
     case = Case.parse(case_id)
     log = ReadLog(log_path, run_dir)
-    log.write({"params": apply(case, run_dir, seed)})
+    try:
+        log.write({"params": apply(case, run_dir, seed)})
+    except Exception as exc:  # noqa: BLE001 - the harness could not make this case: say so, apart from CRASH
+        log.write({"setup_error": f"{type(exc).__name__}: {exc}", "done": True})
+        return 0
     deadline = float(os.environ.get("TVIEW_FUZZ_STACK_AT", "0"))
     if deadline > 0:  # the Python stack, shortly before the parent's deadline (where a hang hangs)
         faulthandler.dump_traceback_later(deadline, exit=False, file=open(log_path + ".stack", "w"))
@@ -668,6 +679,7 @@ def load_log(path: str) -> tuple[dict, dict, str | None, bool, dict]:
                 reads[e["key"]] = e
                 begun = None
             params = e.get("params", params)
+            params = {"setup_error": e["setup_error"]} if "setup_error" in e else params
             names = e.get("names", names)
             done = done or bool(e.get("done"))
     return reads, params, begun, done, names
@@ -729,7 +741,9 @@ def classify(case: Case, base: dict, log_path: str, rc: int | None, timed_out: b
             res.outcome = outcome
             res.what, res.exception = _describe(key, e, base.get(key), outcome, norm)
     res.counts = {k: v for k, v in counts.items() if v}
-    if timed_out:
+    if "setup_error" in params:
+        res.outcome, res.what, res.exception = "SETUP", "the harness could not make this case", params["setup_error"]
+    elif timed_out:
         res.outcome, res.what = "HANG", f"no answer in {deadline:.0f} s; hung in {begun or 'the mutation/setup'}"
         res.stack = _read_stack(log_path)
     elif not done:
@@ -958,7 +972,7 @@ def _main(a, work: str) -> int:
     cases = [Case.parse(c) for c in a.only] if a.only else make_cases(a.cases, a.seed)
     t0 = time.time()
     marks = {"ok-same": ".", "tview-error": "e", "UNNAMED": "u", "SILENT": "S", "FOREIGN": "F", "CRASH": "C",
-             "HANG": "H"}
+             "HANG": "H", "SETUP": "?"}
     results = run_cases(cases, base, work, a.seed, a.deadline, a.workers, keep=bool(a.keep),
                         progress=None if a.only else lambda r: print(marks[r.outcome], end="", flush=True))
     if a.only:
