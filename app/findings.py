@@ -3,6 +3,7 @@ that shows its evidence (the layer heatmap at that layer, the rank focused; the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from urllib.parse import urlencode
 
 from dash import dcc, html
@@ -14,8 +15,27 @@ from .common import log
 
 # a per-channel statistic's per-layer counterpart: the layer heatmap shows layers x steps
 LAYER_STAT = {"act_channel_zero_frac": "act_zero_frac", "grad_channel_norm": "grad_norm"}
-LAYER_KINDS = ("nonfinite", "exploding_gradients", "vanishing_gradients", "dead_filters", "frozen_filters")
+LAYER_KINDS = ("nonfinite", "exploding_gradients", "vanishing_gradients", "dead_filters", "dead_units",
+               "frozen_filters")
 SCALAR = "scalar:"  # the ranks page's prefix of a scalar in its statistic menu
+PER_KIND = 3        # findings of one kind listed one by one; the rest counted on one line
+RANKS_NAMED = 8     # ranks named on such a line
+NO_STEPS = "no steps recorded yet: nothing to diagnose"
+
+
+@dataclass
+class Folded:
+    """The findings of one kind beyond the first PER_KIND: how many, and on which ranks."""
+
+    kind: str
+    severity: str
+    count: int
+    ranks: list[int]
+
+    @property
+    def message(self) -> str:
+        named = ", ".join(map(str, self.ranks[:RANKS_NAMED])) + (" ..." if len(self.ranks) > RANKS_NAMED else "")
+        return f"... and {self.count} more {self.kind} findings" + (f" (ranks {named})" if self.ranks else "")
 
 
 def evidence_link(run_id: str, f: Finding) -> str:
@@ -56,18 +76,41 @@ def finding_item(run_id: str, f: Finding) -> html.Li:
                    className=f"tv-{f.severity} finding-{f.kind}")
 
 
-def findings_list(run_id: str, findings: list[Finding]) -> html.Ul:
-    """The findings as a list, worst first; a clean run gets one line saying so."""
-    if not findings:
-        return html.Ul([html.Li(CLEAN_MESSAGE, className="tv-ok")], className="tv-health tv-diagnosis")
-    return html.Ul([finding_item(run_id, f) for f in findings], className="tv-health tv-diagnosis")
+def fold(findings: list[Finding], per_kind: int = PER_KIND) -> list[Finding | Folded]:
+    """What the panel lists: per kind, in the order the kinds first appear (worst first stays first), its first
+    `per_kind` findings and then one Folded line counting the rest (1024 slow ranks are 4 lines, not 1024)."""
+    by_kind: dict[str, list[Finding]] = {}
+    for f in findings:
+        by_kind.setdefault(f.kind, []).append(f)
+    out: list[Finding | Folded] = []
+    for kind, found in by_kind.items():
+        out += found[:per_kind]
+        rest = found[per_kind:]
+        if rest:
+            out.append(Folded(kind, rest[0].severity, len(rest), sorted({f.rank for f in rest if f.rank is not None})))
+    return out
+
+
+def _item(run_id: str, f: Finding | Folded) -> html.Li:
+    if isinstance(f, Folded):
+        return html.Li(f.message, className=f"tv-{f.severity} finding-{f.kind} tv-folded")
+    return finding_item(run_id, f)
+
+
+def findings_list(run_id: str, findings: list[Finding], steps: int | None = None) -> html.Ul:
+    """The findings as a list, worst first, PER_KIND of each kind and the rest counted; a run with no steps
+    (steps == 0) says so first; a clean run gets one line saying so."""
+    items = [html.Li(NO_STEPS, className="tv-warning")] if steps == 0 else []
+    items += [_item(run_id, f) for f in fold(findings)]
+    return html.Ul(items or [html.Li(CLEAN_MESSAGE, className="tv-ok")], className="tv-health tv-diagnosis")
 
 
 def diagnosis_panel(run_id: str, run, max_points: int | None = 1000) -> html.Div:
-    """The panel for the overview's run card: a heading and the findings of `run` (read downsampled to max_points
-    per series: steps are then exact to a stride); a run that cannot be diagnosed says why."""
+    """The overview's health panel of a run (its only one): a heading and the findings of `run` (read downsampled
+    to max_points per series: steps are then exact to a stride); a run that cannot be diagnosed says why."""
     try:
-        body = findings_list(run_id, diagnose(run, max_points))
+        steps = max((s["steps"] for s in run.rank_status().values()), default=0)
+        body = findings_list(run_id, diagnose(run, max_points), steps)
     except Exception as exc:  # shown in the panel and logged; the rest of the card still renders
         log.exception("diagnosis of %r failed", run_id)
         body = html.P(f"diagnosis failed: {exc}", className="tv-error")

@@ -75,11 +75,13 @@ def train(a) -> float:
 
 def named_by_views(path: str) -> dict[str, dict[int, list[str]]]:
     """What each view names, rank -> why: the Ranks page's table and default statistic, the Scalars page's
-    step_time, data_time and compute_time, and the overview's health checks."""
+    step_time, data_time and compute_time, and the overview's diagnosis (tview.diagnose, as the overview calls it)."""
     import numpy as np
 
     import tview
+    from app.pages import overview
     from app.pages import ranks as ranks_page
+    from tview.diagnose import diagnose
     from tview.render import ranks_view, summaries
     run = tview.open_run(path)
     out = {"Ranks page: table (median step time, first NaN)": {int(r): w for r, w in
@@ -93,8 +95,10 @@ def named_by_views(path: str) -> dict[str, dict[int, list[str]]]:
         scale, unit = (1e3, " (ms)") if name.endswith("_time") else (1.0, "")
         print(f"  median {name} per rank{unit}: " + ", ".join(
             f"{r}: {scale * float(np.nanmedian(v)):.3g}" for r, v in zip(run.ranks, values)))
-    findings = summaries.health_findings(run, 500)
-    out["Overview: health findings"] = {f.rank: [f.kind] for f in findings if f.rank is not None}
+    out["Overview: diagnosis"] = {}
+    for f in diagnose(run, overview.POINTS):
+        if f.rank is not None:
+            out["Overview: diagnosis"].setdefault(f.rank, []).append(f.kind)
     run.close()
     return out
 

@@ -286,3 +286,31 @@ def test_noise_scale_of_a_real_ddp_run_gives_per_layer_estimates_and_the_critica
     assert set(ns.layers) <= set(tview.open_run(ddp_run).layers) and ns.layers
     assert ns.critical_batch is None or ns.critical_batch > 0
     assert all(bool(w) != np.isfinite(v) for v, w in zip(ns.b_simple, ns.why))  # a reason exactly where undefined
+
+
+def test_dead_relu_units_after_a_linear_layer_are_named_as_dead_units(tmp_path):
+    """A ReLU after a Linear layer with a quarter of its units never firing is named (dead_units, the units of that
+    Linear layer): the overview's one health list covers the fully connected part as well as the conv filters."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 12), torch.nn.ReLU(), torch.nn.Linear(12, 10))
+    with torch.no_grad():
+        model[1].bias[[2, 7, 9]] = -1e3  # these units stay below zero for every input: dead from the start
+    x, y = make_data(16)
+    out = str(tmp_path / "fc")
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with tview.Recorder(model, out, every=1, preset="full", optimizer=opt) as rec:
+        for _ in range(12):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            rec.step(loss=loss)
+    dead = [f for f in diagnose(out) if f.kind.startswith("dead")]
+    assert [(f.kind, f.channels, f.step) for f in dead] == [("dead_units", [2, 7, 9], 0)], dead
+    assert "units of" in dead[0].message and dead[0].layer is not None
+    # two of twelve (17%) are what a healthy ReLU layer may have: below DEAD_UNITS_SHARE, not named
+    run = tview.open_run(out)
+    i = run.layers.index(dead[0].layer)
+    maker = next(j for j in range(i, -1, -1) if run.layer_info[j]["type"] == "Linear")
+    assert not checks._worth_naming(run, i, maker, {2: 0, 7: 0})
+    assert checks._worth_naming(run, i, maker, {2: 0, 7: 0, 9: 0})

@@ -58,3 +58,26 @@ def test_the_panel_diagnoses_a_real_run(tmp_path):
     item = div.children[1].children[0]
     assert item.className == "tv-error finding-replicas_differ"
     assert item.children[-1].href == "/ranks?runs=exp&layer=fc&stat=weight_sum&step=2"
+
+
+def test_findings_of_one_kind_beyond_three_are_counted_on_one_line_at_scale():
+    """1024 ranks, 60 of them slow: the panel lists the first three and counts the rest, naming their ranks."""
+    slow = [make("slow_rank", f"rank {r}: slow", rank=r, step=10 + r) for r in range(60)]
+    nan = make("nonfinite", "rank 9: NaN", rank=9, step=3)
+    shown = panel.fold([nan] + slow)
+    assert shown[:4] == [nan] + slow[:3]
+    folded = shown[4]
+    assert isinstance(folded, panel.Folded) and (folded.kind, folded.count, folded.severity) == ("slow_rank", 57,
+                                                                                                 "warning")
+    assert folded.message == "... and 57 more slow_rank findings (ranks 3, 4, 5, 6, 7, 8, 9, 10 ...)"
+    assert len(shown) == 5 and panel.fold([]) == []
+    items = panel.findings_list("r", [nan] + slow).children
+    assert len(items) == 5 and items[-1].className == "tv-warning finding-slow_rank tv-folded"
+
+
+def test_a_run_without_steps_says_so_instead_of_no_findings():
+    items = panel.findings_list("r", [], steps=0).children
+    assert [i.children for i in items] == [panel.NO_STEPS]
+    missing = make("rank_missing", "rank 1: no readable shard", rank=1)
+    items = panel.findings_list("r", [missing], steps=0).children
+    assert items[0].children == panel.NO_STEPS and items[1].className == "tv-error finding-rank_missing"

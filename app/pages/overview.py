@@ -1,5 +1,6 @@
-"""Overview: per run its ranks, steps, layers, wall time and what was recorded, the ranks worth a look, a health
-panel, and the loss across ranks (bands beyond a few ranks) with the ranks that stand out named."""
+"""Overview: per run its ranks, steps, layers, wall time and what was recorded, the ranks worth a look, its health
+(tview.diagnose's findings, the one source: a panel of its own), and the loss across ranks (bands beyond a few
+ranks) with the ranks that stand out named."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from tview.render import figures, ranks_view, summaries
 from ..common import HOLD_POLL, graph, log, memo_read, rank_button
 from ..findings import diagnosis_panel
 
-POINTS = 500      # per rank in the overview's figure and health checks: a trend, read in milliseconds
+POINTS = 500      # per rank in the overview's figure and diagnosis: a trend, read in milliseconds
 WORST_SHOWN = 5   # ranks listed on the card (the Ranks page pages through all of them)
 
-layout = html.Div([html.Div(id="overview-body"), graph("overview-loss", 360), html.Div(id="overview-diagnosis")])
+# the diagnosis right under the cards (where each run's health belongs), the loss after it
+layout = html.Div([html.Div(id="overview-body"), html.Div(id="overview-diagnosis"), graph("overview-loss", 360)])
 
 
 def _seconds(s):
@@ -43,31 +45,17 @@ def _shown_rows(table: list[dict], focus: int | None) -> list[dict]:
     return shown + extra
 
 
-def _health(steps: int, findings: list) -> list:
-    if steps == 0:
-        return [html.Li("no steps recorded yet", className="tv-warning")]
-    if not findings:
-        return [html.Li("no NaN/Inf, no exploding or vanishing gradients, no dead filters, ranks agree",
-                        className="tv-ok")]
-    return [html.Li(message, className=f"tv-{severity} finding-{kind}")
-            for severity, kind, message in ranks_view.group_findings(findings)]
-
-
 def card_data(run) -> dict:
     """Everything the card and the loss figure read from a run (memoized per change of the run)."""
-    loss = summaries.scalar_across_ranks(run, "loss", POINTS)  # read once: the figure and the health checks
+    loss = summaries.scalar_across_ranks(run, "loss", POINTS)
     rows = summaries.rank_rows(run)
     first = summaries.first_nonfinite_per_rank(run)
     table = summaries.ranks_table(run, rows, POINTS, first=first)
-    steps, values = loss
-    per_rank = {r: (steps[np.isfinite(values[i])], values[i][np.isfinite(values[i])]) for i, r in enumerate(run.ranks)}
-    medians = {r["rank"]: np.array([r["step_time"]] if r["step_time"] is not None else []) for r in table}
-    findings = summaries.health_findings(run, POINTS, loss=per_rank, rows=rows, first=first, step_time=medians)
-    named = ranks_view.standouts(run.ranks, values, step_time={r["rank"]: r["step_time"] for r in table},
+    named = ranks_view.standouts(run.ranks, loss[1], step_time={r["rank"]: r["step_time"] for r in table},
                                  first_bad={r["rank"]: r["first_nan"] for r in table},
                                  other_times=summaries.other_times(run, POINTS))
     return {"summary": summaries.run_summary(run, rows), "states": Counter(r["state"] for r in rows), "table": table,
-            "findings": findings, "named": named, "loss": loss, "ranks": list(run.ranks)}
+            "named": named, "loss": loss, "ranks": list(run.ranks)}
 
 
 def run_card(run_id: str, data: dict, focus: int | None) -> html.Div:
@@ -82,8 +70,7 @@ def run_card(run_id: str, data: dict, focus: int | None) -> html.Div:
         f"schedule {s['schedule']}, snapshots {s['snapshots']} (filters of {len(s['filter_layers'])} layers, "
         f"feature maps of {len(s['probe_layers'])})", className="tv-facts")
     title = "ranks" if len(table) <= ranks_view.LINES_UP_TO else f"the {WORST_SHOWN} ranks worth a look first"
-    body = head + [facts, html.H4(title), _worst_table(_shown_rows(table, focus), focus),
-                   html.H4("health"), html.Ul(_health(s["steps"], data["findings"]), className="tv-health")]
+    body = head + [facts, html.H4(title), _worst_table(_shown_rows(table, focus), focus)]
     return html.Div(body, className="tv-card run-card")
 
 
@@ -134,7 +121,8 @@ def diagnosis(_, runs):
     panels = []
     for run_id in runs or []:
         try:
-            panels.append(html.Div([html.H3(run_id), memo_read(run_id, _diagnosis, run_id)], className="tv-card"))
+            panels.append(html.Div([html.H3(run_id), memo_read(run_id, _diagnosis, run_id)],
+                                   className="tv-card diagnosis-card"))
         except Exception as exc:  # a run that cannot be read says so; the others are still shown
             log.warning("diagnosis of %r: %s", run_id, exc)
             panels.append(html.P(f"{run_id}: {exc}", className="tv-error"))

@@ -3,7 +3,6 @@
 import json
 
 import numpy as np
-import pytest
 
 from tview.render import figures, layout, summaries
 from tview.store import schema
@@ -67,3 +66,27 @@ def test_summaries_of_a_real_run(small_run):
     per_layer = [(s, c) for s, c in per_layer if len(s)]  # layers with parameters
     assert all(np.array_equal(s, steps) for s, _ in per_layer) and len(steps) > 1
     assert np.allclose(t, np.sum([c for _, c in per_layer], axis=0))
+
+
+def test_noise_scale_figure_shades_undefined_stretches_with_their_reason_and_draws_both_batch_sizes():
+    from tview.diagnose import noise
+    steps = np.arange(0, 200, 2)
+    values = np.full(len(steps), 400.0)
+    why = [""] * len(steps)
+    for k in list(range(10, 20)) + [50]:
+        values[k], why[k] = np.nan, noise.WHY_G2
+    values[70], why[70] = np.nan, noise.WHY_NO_LOCAL
+    spans = noise.NoiseScale(steps, values, why).undefined_spans()
+    fig = figures.noise_scale_figure(steps, values, spans, "B_simple", batch=64.0, critical=400.0)
+    json.dumps(fig.to_plotly_json(), cls=__import__("plotly").utils.PlotlyJSONEncoder)
+    rects = [s for s in fig.layout.shapes if s.type == "rect"]
+    assert [(r.x0, r.x1) for r in rects] == [(19.0, 39.0), (99.0, 101.0), (139.0, 141.0)]  # a lone step: 1 wide
+    assert rects[0].fillcolor == rects[1].fillcolor != rects[2].fillcolor  # one colour per reason
+    legend = [t.name for t in fig.data]
+    assert legend == ["B_simple", f"undefined: {noise.WHY_G2} (11 steps)", f"undefined: {noise.WHY_NO_LOCAL} (1 step)"]
+    lines = sorted((s.y0, a.text) for s, a in zip([s for s in fig.layout.shapes if s.type == "line"],
+                                                  fig.layout.annotations))
+    assert lines == [(64.0, "batch size in use 64"), (400.0, "critical batch size 400")]
+    assert fig.layout.yaxis.type == "log"
+    assert "every step" in figures.noise_scale_figure(steps, np.full(len(steps), np.nan), [(0, 198, "x")], "t")\
+        .layout.annotations[-1].text

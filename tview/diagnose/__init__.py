@@ -11,8 +11,8 @@ from tview.diagnose import checks
 from tview.diagnose.findings import KINDS, Finding, worst_first
 from tview.diagnose.noise import NoiseScale, noise_scale, noise_scale_from_norms
 
-CLEAN_MESSAGE = ("no findings: no NaN/Inf, no exploding or vanishing gradients, no dead filters or units, no frozen "
-                 "filters, ranks agree")
+CLEAN_MESSAGE = ("no findings: no NaN/Inf, no exploding or vanishing gradients, no dead or frozen filters, no "
+                 "fully connected layer with a quarter of its units dead, ranks agree")
 
 
 def diagnose(run, max_points: int | None = None) -> list[Finding]:

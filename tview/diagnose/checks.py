@@ -17,6 +17,8 @@ EXPLODE_DRIFT = 1e3       # ... or its rolling median this many times its early 
 VANISH_JUMP = 1e3         # gradient norm below 1/this of its recent level, for 5 records (or to the end)
 VANISH_DRIFT = 1e3        # ... or its rolling median below 1/this of its early level
 DEAD_ZERO_FRAC = 0.99     # a channel is dead when its activation zero fraction stays at or above this
+DEAD_UNITS_SHARE = 0.25   # units after a Linear layer: named when at least this share of the layer's are dead (a
+#                           few dead ReLU units in a wide layer are normal: LeNet on digits keeps 10-20% dead)
 FROZEN_REL = 1e-8         # a channel is frozen when its gradient norm stays below this x the layer's median channel
 STAY_SHARE, STAY_LEAST = 0.1, 3  # "stays": over the last 10% of the records (at least 3), to the end
 DIVERGE_FACTOR = 2.0      # a rank's smoothed loss above this x the lower median rank's ...
@@ -286,10 +288,17 @@ def _dead_finding(run, r: int, i: int, maker: int, chans: dict[int, int]) -> Fin
                 rank=r, layer=run.layers[i], step=step, channels=sorted(chans), stat="act_channel_zero_frac")
 
 
+def _worth_naming(run, i: int, maker: int, chans: dict[int, int]) -> bool:
+    """Any dead filter; units after a Linear layer when DEAD_UNITS_SHARE of the layer's or more are dead."""
+    if _is_conv(run.layer_info[maker]):
+        return True
+    return len(chans) >= DEAD_UNITS_SHARE * int(run.layer_info[i].get("channels") or 1)
+
+
 def check_dead(run, max_points=None) -> list[Finding]:
     """Channels whose activations stay zero: filters in the conv part (dead_filters), units after a Linear layer
-    (dead_units); a layer whose dead channels only repeat the previous layer's of the same block (a ReLU after a
-    dead BatchNorm channel) is left out."""
+    when DEAD_UNITS_SHARE of the layer's or more are (dead_units); a layer whose dead channels only repeat the
+    previous layer's of the same block (a ReLU after a dead BatchNorm channel) is left out."""
     makers = _makers(run)
     layers = [i for i, m in enumerate(makers) if m is not None and run.layer_info[i].get("channels")]
     per = {r: _dead_on_rank(run, r, layers, max_points) for r in run.ranks[:MAX_RANKS]}
@@ -300,7 +309,7 @@ def check_dead(run, max_points=None) -> list[Finding]:
             chans = dead.get(i, {})
             if i == makers[i]:
                 prev = {}  # a new block: channel numbers of the block before mean other channels
-            if chans and not set(chans) <= set(prev):
+            if chans and not set(chans) <= set(prev) and _worth_naming(run, i, makers[i], chans):
                 found[r].append(_dead_finding(run, r, i, makers[i], chans))
             prev = chans
     return merge_ranks(found, len(run.ranks))

@@ -25,8 +25,8 @@ KINDS: dict[str, tuple[str, str | None, str]] = {
     "dead_filters": ("warning", "activation",
                      "output channels whose activations stay zero (zero fraction >= 0.99) to the end of the run"),
     "dead_units": ("warning", "activation",
-                   "units of a fully connected (Linear) layer whose activations stay zero (zero fraction >= 0.99) to "
-                   "the end of the run: dead ReLUs"),
+                   "units after a fully connected (Linear) layer whose activations stay zero (zero fraction >= 0.99) "
+                   "to the end of the run, when they are a quarter of the layer's units or more (dying ReLUs)"),
     "frozen_filters": ("warning", "gradient",
                        "output channels whose gradient stays zero while the layer's other channels learn "
                        "(per-channel statistic grad_channel_norm)"),

@@ -325,7 +325,9 @@ def noise_scale_figure(steps: np.ndarray, values: np.ndarray, spans: list[tuple[
             x0, x1 = _span_edges(steps, first, last)
             fig.add_vrect(x0=x0, x1=x1, fillcolor=f"rgba({colour[why]},0.15)", line_width=0, layer="below")
     for why, c in colour.items():  # legend entries for the shading (shapes have none)
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=f"undefined: {why} ({counted[why]} steps)",
+        n = counted[why]
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers",
+                                 name=f"undefined: {why} ({n} step{'s' * (n != 1)})",
                                  marker=dict(symbol="square", size=12, color=f"rgba({c},0.5)")))
     for y, text, dash in ((batch, "batch size in use", "dash"), (critical, "critical batch size", "dot")):
         if y is not None and math.isfinite(y) and y > 0:
