@@ -16,12 +16,9 @@ sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 import fuzz  # noqa: E402
 
 DEADLINE = 6.0  # seconds; the harness raises it to 4x the undamaged run's read time on a busy machine
-CHANNELS_GONE = ("issue 11: a per-channel dataset missing from a shard escapes as KeyError ('no channels recorded'), "
-                 "not a tview error naming the shard")
-PROBE_SHAPE = "issue 11: probe inputs cut to 3 rows (feature maps hold 4) are returned as data"
 
 # case id -> None (must pass today) or the reason it fails today (a strict xfail). Marks as of the store in the
-# working tree of 27 Nov 11:10; cases that pick a dataset or object by index depend on the shard layout.
+# working tree of 27 Nov 11:15 (none fails); cases that pick a dataset or object by index depend on the shard layout.
 CASES = {
     "truncate-shard_frac-0": None, "truncate-shard_tail-0": None, "truncate-manifest-0": None,
     "manifest-schema_newer-0": None, "manifest-not_json-0": None, "manifest-empty-0": None,
@@ -37,7 +34,7 @@ CASES = {
     "odd-devnull_manifest-0": None, "zeropage-first-0": None, "metaflip-superblock-0": None,
     "metaflip-ohdr-1": None, "metaflip-ohdr-2": None, "metaflip-ohdr-3": None, "metaflip-ohdr-5": None,
     "dataflip-row0-5": None, "dataflip-row0-6": None, "dataflip-contig-0": None, "dataflip-contig-9": None,
-    "h5edit-dataset_removed-10": CHANNELS_GONE, "h5edit-wrong_shape-1": PROBE_SHAPE,
+    "h5edit-dataset_removed-10": None, "h5edit-wrong_shape-1": None,
 }
 
 

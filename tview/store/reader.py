@@ -459,6 +459,9 @@ class Run:
             return shard.measured(table, name, i, max_points, (i,))
         key = f"{name}/{self.layers[i]}"
         if self.layers[i] not in shard.file[shard.table_path(table)][name]:
+            if shard.measured(table, "measured", i, None, (i,))[1].any():  # measured, yet its dataset is gone
+                raise CorruptShardError(f"{shard.path}: {table}/{key} is missing though the table measured layer "
+                                        f"{self.layers[i]!r} (damaged or edited shard)")
             raise KeyError(f"{self.path}: no {name} for layer {self.layers[i]!r} (it has no channels recorded)")
         return shard.measured(table, key, i, max_points)
 
@@ -573,9 +576,15 @@ class Run:
     def probe_inputs(self, rank: int = 0) -> np.ndarray | None:
         shard = self.shard(rank)
         probe = shard.file["probe"]
+        maps = shard.file[f"{schema.TABLE_SNAPSHOTS}/feature_maps"]
         if "inputs" in probe:
-            return probe["inputs"][:]
-        if len(shard.file[f"{schema.TABLE_SNAPSHOTS}/feature_maps"]):
+            inputs = probe["inputs"][:]
+            examples = {int(maps[k].shape[1]) for k in maps}
+            if examples and examples != {len(inputs)}:
+                raise CorruptShardError(f"{shard.path}: probe/inputs holds {len(inputs)} examples, its feature maps "
+                                        f"{sorted(examples)} (damaged or edited shard)")
+            return inputs
+        if len(maps):
             raise CorruptShardError(f"{shard.path}: feature maps without the probe batch they came from "
                                     f"(probe/inputs missing: damaged or edited shard)")
         return None
