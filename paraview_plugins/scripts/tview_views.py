@@ -38,9 +38,13 @@ def run_meta(manifest):
         return json.load(f)
 
 
+GUI = os.environ.get("TVIEW_GUI") == "1"  # inside ParaView's GUI (tview paraview): the GUI sizes the views
+
+
 def new_view(size, view=None):
     view = view or pv.CreateRenderView()
-    view.ViewSize = list(size)
+    if not GUI:
+        view.ViewSize = list(size)
     view.OrientationAxesVisibility = 0
     if hasattr(view, "UseColorPaletteForBackground"):
         view.UseColorPaletteForBackground = 0
@@ -304,13 +308,15 @@ def layout(reader, manifest, size, array=None, filter_layer=None):
     lay, first = _layout_of_four()
     half = [size[0] // 2, size[1] // 2]
     views, labels = [], []
-    for hint, name in zip((3, 4, 5, 6), LAYOUT):
+    for hint in (3, 4, 5, 6):  # every view in place before any shows data (the GUI hung otherwise)
         view = new_view(half, first if hint == 3 else None)
-        if pv.GetLayout(view) is None:  # the GUI places new views itself
+        if pv.GetLayout(view) is None:
             pv.AssignViewToLayout(view=view, layout=lay, hint=hint)
+        views.append(view)
+    for view, name in zip(views, LAYOUT):
         layer = default_layer(manifest, name, filter_layer if name == "filters" else None)
         labels += show(reader, view, name, array if name == "field" else None, layer)
         caption(view, name if name != "field" else f"field: {array or DEFAULT_ARRAY['field']}", size=14)
-        views.append(view)
-    lay.SetSize(*size)
+    if not GUI:
+        lay.SetSize(*size)
     return lay, views, labels

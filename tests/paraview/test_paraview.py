@@ -202,7 +202,9 @@ def test_the_paraview_gui_loads_the_plugin_and_opens_runs(demo, tmp_path):
     four-view layout script it runs is rendered by pvbatch in test_each_view_renders_a_picture."""
     from tview.render.paraview_launch import paraview_command, paraview_env, screen
     cmd = paraview_command(demo)
-    assert cmd[1].startswith("--script=") and os.path.isfile(cmd[1].split("=", 1)[1])
+    assert cmd[1] == f"--data={demo}/run.tview"
+    layout = paraview_command(demo, layout=True)[1]
+    assert layout.startswith("--script=") and os.path.isfile(layout.split("=", 1)[1])
     out = tmp_path / "gui.txt"
     script = tmp_path / "gui_check.py"
     script.write_text(f"""import os

@@ -211,17 +211,20 @@ def encode(frames_dir: str, out: str, timeout: float = 600) -> str:
     return text
 
 
-def paraview_command(run: str) -> list[str]:
-    """The ParaView GUI with the plugin loaded, the run open and tview's four linked views laid out
-    (the layout script reads the run from TVIEW_RUN: see paraview_env)."""
-    manifest_of(run)
-    return [find_program("paraview"), f"--script={script('layout_state.py')}"]
+def paraview_command(run: str, layout: bool = False) -> list[str]:
+    """The ParaView GUI with the plugin loaded and the run open; with layout, tview's four linked views laid out
+    by layout_state.py (it reads the run from TVIEW_RUN: see paraview_env). The layout script renders in pvbatch
+    (`tview render --view layout`); in the GUI under Xvfb with no window manager it hung here, so it is opt-in."""
+    if layout:
+        return [find_program("paraview"), f"--script={script('layout_state.py')}"]
+    return [find_program("paraview"), f"--data={manifest_of(run)}"]
 
 
 def paraview_env(run: str) -> dict:
     """The GUI's environment: clean, the plugin auto-loaded, the run for the layout script."""
     env = clean_env(autoload=True)
     env["TVIEW_RUN"] = manifest_of(run)
+    env["TVIEW_GUI"] = "1"
     return env
 
 
@@ -275,4 +278,4 @@ def paraview_command_line(a) -> int:
     env = paraview_env(a.run)
     if not env.get("DISPLAY"):
         raise TviewError("the ParaView GUI needs a screen (no DISPLAY); use `tview render` without one")
-    return subprocess.call(paraview_command(a.run), env=env)
+    return subprocess.call(paraview_command(a.run, a.layout), env=env)
