@@ -330,9 +330,9 @@ def noise_scale_figure(steps: np.ndarray, values: np.ndarray, spans: list[tuple[
                                  name=f"undefined: {why} ({n} step{'s' * (n != 1)})",
                                  marker=dict(symbol="square", size=12, color=f"rgba({c},0.5)")))
     for y, text, dash in ((batch, "batch size in use", "dash"), (critical, "critical batch size", "dot")):
-        if y is not None and math.isfinite(y) and y > 0:
-            fig.add_hline(y=y, line=dict(color="#555555", dash=dash, width=1.5),
-                          annotation_text=f"{text} {y:.4g}", annotation_position="top left")
+        if y is not None and math.isfinite(y) and y > 0:  # traces, not hline annotations (log-unit y on a log axis)
+            fig.add_trace(go.Scatter(x=[steps[0], steps[-1]], y=[y, y], mode="lines", name=f"{text} {y:.4g}",
+                                     line=dict(color="#555555", dash=dash, width=1.5), hoverinfo="name"))
     _layout(fig, title, y_title="examples", legend=dict(orientation="h", y=-0.2))
     fig.update_yaxes(type="log")
     if not np.isfinite(values).any():
