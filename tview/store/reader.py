@@ -165,7 +165,6 @@ class ShardReader:
         self.columns = {c.name: (t, c) for t, spec in self.tables.items() for c in spec.columns}
         self.world_size = int(attrs["world_size"])
         self._shapes, self._checked = _expected_shapes(self), set()
-        self._datasets: dict[str, h5py.Dataset] = {}
 
     @staticmethod
     def table_path(table: str) -> str:
@@ -177,9 +176,10 @@ class ShardReader:
         group = self.table_path(table) if table != "status" else "status"
         path = f"{group}/{column}"
         try:
-            dset = self._datasets.get(path)
-            if dset is None:  # one low-level open by full path: a third of two high-level group lookups
-                dset = self._datasets[path] = h5py.Dataset(h5py.h5d.open(self.file.id, path.encode()))
+            # one low-level open by full path (a third of two high-level lookups), not kept: two readers of
+            # one file in a process (an open run and `tview info`) holding the same dataset open made
+            # HDF5's shared metadata cache fail on refresh ("can't insert duplicate key")
+            dset = h5py.Dataset(h5py.h5d.open(self.file.id, path.encode()))
             dset.refresh()
         except (KeyError, FileNotFoundError):
             raise CorruptShardError(f"{self.path}: no {group}/{column} in this shard (damaged or edited?)") from None
