@@ -5,7 +5,7 @@ Writes synthetic runs (by default 1000 recorded steps x 8, 64, 256 and 1024 rank
 is about 3 GB), starts the real `tview dashboard` on them and drives headless Chromium: each figure is the median
 over --repeat page loads of the time from `page.goto` to the page's first figure being drawn (overview: the run
 card and the loss figure; Ranks page: the statistic across ranks). Also times the server-side work of each page
-alone (opening the run, summaries, health checks, reads across ranks) in this process. The first load of each
+alone (opening the run, summaries, diagnosis, reads across ranks) in this process. The first load of each
 run reads it; later loads are served from the server's memo while the run is unchanged: both are reported.
 
     python benchmarks/dashboard_load.py [--sizes 1e3] [--ranks 8,64,256,1024] [--layers 20] [--repeat 3]
