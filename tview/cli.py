@@ -1,4 +1,4 @@
-"""Command line: `tview demo`, `tview info RUN`, `tview dashboard RUNS`, `tview paraview RUN`, `tview render RUN`."""
+"""Command line: tview demo | info | diagnose | export | upgrade | dashboard | render | paraview."""
 
 from __future__ import annotations
 
@@ -35,19 +35,18 @@ def info_text(path: str) -> str:
         size = _size(os.path.getsize(p)) if os.path.exists(p) else "-"
         state = "closed" if s["closed"] else ("open" if s["problem"] is None else "unreadable")
         last = "-" if s["last_step"] is None else str(s["last_step"])
-        lines.append(f"{rank:>4}  {s['steps']:>7}  {last:>9}  {state:<10} {s['dropped']:>7}  {size:>9}  {s['problem'] or ''}")
+        lines.append(f"{rank:>4}  {s['steps']:>7}  {last:>9}  {state:<10} {s['dropped']:>7}  {size:>9}  "
+                     f"{s['problem'] or ''}")
     stopped = run.stopped_ranks()
     if stopped and len(run.ranks) > 0:
         lines.append("stopped early (not closed, behind the others): " +
                      ", ".join(f"rank {r} at step {s}" for r, s in stopped.items()))
     if run.ranks:
         r0 = run.ranks[0]
-        shard = run.shard(r0)
         lines.append("")
-        lines.append(f"recorded (rank {r0}): {shard.length(schema.TABLE_STATS)} statistics rows, "
-                     f"{shard.length(schema.TABLE_HIST)} histogram rows, "
-                     f"{shard.length(schema.TABLE_SNAPSHOTS)} snapshots (filters of {len(m.get('filter_layers', []))} "
-                     f"layers, feature maps of {len(m.get('probe_layers', []))})")
+        lines.append(f"recorded (rank {r0}): {run.table_length(schema.TABLE_SNAPSHOTS, r0)} snapshots (filters of "
+                     f"{len(m.get('filter_layers', []))} layers, feature maps of {len(m.get('probe_layers', []))})")
+        lines += _table_lines(run, r0)
         names = run.scalar_names(r0)
         lines.append("scalars: " + ", ".join(names))
         if "loss" in names:
@@ -72,6 +71,17 @@ def info_text(path: str) -> str:
     return "\n".join(lines)
 
 
+def _table_lines(run, rank: int) -> list[str]:
+    """One line per probe table: rows, cadence, what it reads, its statistics and how exact they are."""
+    lines = [f"  {'table':<14} {'rows':>7}  {'on':<7} {'reads':<15} statistics"]
+    for name, spec in run.tables().items():
+        info = run.stat_info(spec.columns[0].name, rank=rank)
+        how = "" if info["exact"] else f"  ({info['note']})"
+        lines.append(f"  {name:<14} {run.table_length(name, rank):>7}  {spec.cadence:<7} {spec.reads:<15} "
+                     f"{', '.join(spec.names)}{how}")
+    return lines
+
+
 def serve_dashboard(root: str, host: str, port: int, debug: bool = False):
     """Serve the Dash app on host:port until interrupted."""
     try:
@@ -85,7 +95,7 @@ def serve_dashboard(root: str, host: str, port: int, debug: bool = False):
     app.run(host=host, port=port, debug=debug)
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="tview", description="See inside the training of CNNs, on every rank.")
     sub = ap.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="train a LeNet-5 on scikit-learn's digits across gloo ranks, recorded")
@@ -96,13 +106,18 @@ def main(argv=None) -> int:
     d.add_argument("--snapshot-every", type=int, default=50)
     d.add_argument("--batch", type=int, default=32)
     d.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    i = sub.add_parser("info", help="summarize a run")
-    i.add_argument("run")
+    sub.add_parser("info", help="summarize a run").add_argument("run")
+    sub.add_parser("upgrade", help="convert a run written with store schema 1 to schema 2 (old shards kept)"
+                   ).add_argument("run")
+    g = sub.add_parser("diagnose", help="name the rank, layer, step and tensor where training went wrong, worst first")
+    g.add_argument("run")
+    g.add_argument("--json", action="store_true", help="print a JSON list of findings")
     b = sub.add_parser("dashboard", help="serve the web app for a run or a folder of runs")
     b.add_argument("runs", help="a run folder, or a folder holding runs (only runs below it can be opened)")
     b.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     b.add_argument("--port", type=int, default=8050)
-    b.add_argument("--debug", action="store_true", help="Dash debug mode (never on unless asked: it runs code sent to it)")
+    b.add_argument("--debug", action="store_true",
+                   help="Dash debug mode (never on unless asked: it runs code sent to it)")
     p = sub.add_parser("paraview", help="open a run in the ParaView GUI with the tview plugin loaded")
     p.add_argument("run", nargs="?")
     p.add_argument("--plugin-path", action="store_true", help="print the plugin folder (for Tools > Manage Plugins)")
@@ -119,49 +134,66 @@ def main(argv=None) -> int:
     e.add_argument("--layers", nargs="+", metavar="LAYER", help="layers (default: all)")
     e.add_argument("--ranks", nargs="+", type=int, metavar="RANK", help="ranks (default: every readable rank)")
     e.add_argument("--max-points", type=int, default=None, help="downsample each series to about this many points")
-    g = sub.add_parser("diagnose", help="name the rank, layer, step and tensor where training went wrong, worst first")
-    g.add_argument("run")
-    g.add_argument("--json", action="store_true", help="print a JSON list of findings")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def _demo(a) -> None:
+    from tview.demo import run_demo
+    from tview.store import schema
+    from tview.store.shard import refuse_existing_shard
+    if a.ranks < 1 or a.steps < 1:
+        raise TviewError("--ranks and --steps must be at least 1")
+    if not a.overwrite:  # checked here: the ranks' own errors would arrive as tracebacks
+        refuse_existing_shard(os.path.join(a.out, schema.shard_name(0)), "pass --overwrite or another --out")
+    print(f"training LeNet-5 on scikit-learn's digits: {a.ranks} rank(s), {a.steps} steps -> {a.out}")
+    seconds = run_demo(a.out, a.ranks, a.steps, a.every, a.snapshot_every, a.batch,
+                       mode="overwrite" if a.overwrite else "new")
+    print(f"done in {seconds:.1f} s\n")
+    print(info_text(a.out))
+    print(f"\nnext:\n  tview dashboard {os.path.dirname(os.path.abspath(a.out))}   "
+          f"# then open http://127.0.0.1:8050/\n  tview render {a.out} --out network.png   "
+          f"# through ParaView's pvbatch, no screen needed\n  tview info {a.out}\n  tview diagnose {a.out}\n"
+          f"  python -c \"import tview; run = tview.open_run('{a.out}'); print(run.scalar('loss', rank=1))\"")
+
+
+def _export(a) -> None:
+    from tview.store.frame import export_run
+    print(export_run(a.run, a.out, stats=a.stats, layers=a.layers, ranks=a.ranks, scalars=a.scalars,
+                     max_points=a.max_points, report=lambda line: print(line, file=sys.stderr, flush=True)))
+
+
+def _upgrade(a) -> None:
+    from tview.store.upgrade import upgrade_run
+    print(f"{upgrade_run(a.run)} shard(s) converted")
+
+
+def _diagnose(a) -> None:
+    from tview.diagnose.report import diagnose_text
+    print(diagnose_text(a.run, a.json))
+
+
+def _render(a) -> None:
+    from tview.render.paraview_launch import render_command_line
+    render_command_line(a)
+
+
+def _paraview(a) -> int:
+    from tview.render.paraview_launch import paraview_command_line
+    return paraview_command_line(a)
+
+
+COMMANDS = {"demo": _demo, "info": lambda a: print(info_text(a.run)), "upgrade": _upgrade, "diagnose": _diagnose,
+            "export": _export, "dashboard": lambda a: serve_dashboard(a.runs, a.host, a.port, a.debug),
+            "render": _render, "paraview": _paraview}
+
+
+def main(argv=None) -> int:
+    a = _parser().parse_args(argv)
     try:
-        if a.command == "demo":
-            from tview.demo import run_demo
-            if a.ranks < 1 or a.steps < 1:
-                ap.error("--ranks and --steps must be at least 1")
-            from tview.store import schema
-            from tview.store.shard import refuse_existing_shard
-            if not a.overwrite:  # checked here: the ranks' own errors would arrive as tracebacks
-                refuse_existing_shard(os.path.join(a.out, schema.shard_name(0)), "pass --overwrite or another --out")
-            print(f"training LeNet-5 on scikit-learn's digits: {a.ranks} rank(s), {a.steps} steps -> {a.out}")
-            seconds = run_demo(a.out, a.ranks, a.steps, a.every, a.snapshot_every, a.batch,
-                               mode="overwrite" if a.overwrite else "new")
-            print(f"done in {seconds:.1f} s\n")
-            print(info_text(a.out))
-            print(f"\nnext:\n  tview dashboard {os.path.dirname(os.path.abspath(a.out))}   "
-                  f"# then open http://127.0.0.1:8050/\n  tview render {a.out} --out network.png   "
-                  f"# through ParaView's pvbatch, no screen needed\n  tview info {a.out}\n"
-                  f"  python -c \"import tview; run = tview.open_run('{a.out}'); print(run.scalar('loss', rank=1))\"")
-        elif a.command == "export":
-            from tview.store.frame import export_run
-            print(export_run(a.run, a.out, stats=a.stats, layers=a.layers, ranks=a.ranks, scalars=a.scalars,
-                             max_points=a.max_points, report=lambda line: print(line, file=sys.stderr, flush=True)))
-        elif a.command == "info":
-            print(info_text(a.run))
-        elif a.command == "diagnose":
-            from tview.diagnose.report import diagnose_text
-            print(diagnose_text(a.run, a.json))
-        elif a.command == "dashboard":
-            serve_dashboard(a.runs, a.host, a.port, a.debug)
-        elif a.command == "render":
-            from tview.render.paraview_launch import render_command_line
-            render_command_line(a)
-        elif a.command == "paraview":
-            from tview.render.paraview_launch import paraview_command_line
-            return paraview_command_line(a)
+        return COMMANDS[a.command](a) or 0
     except TviewError as exc:
         print(f"tview: error: {exc}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -26,15 +26,17 @@ _SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 @functools.lru_cache(maxsize=1)
 def _hdf5_library():
-    """The HDF5 C library h5py uses (found in this process's memory map), or None."""
+    """The HDF5 C library h5py uses (among those in this process's memory map: ParaView's process holds
+    more than one), or None: the one in which an h5py property list's id is valid."""
     try:
         with open("/proc/self/maps") as f:
             paths = sorted({line.split()[-1] for line in f if "libhdf5" in line and "_hl" not in line})
+        probe = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
         for path in paths:
             lib = ctypes.CDLL(path)
-            if hasattr(lib, "H5Pset_metadata_read_attempts"):
+            if hasattr(lib, "H5Pset_metadata_read_attempts") and lib.H5Iis_valid(ctypes.c_int64(probe.id)) > 0:
                 return lib
-    except OSError:
+    except (OSError, AttributeError):
         pass
     return None
 

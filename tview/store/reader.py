@@ -636,15 +636,22 @@ class Run:
 
     def stat_across_ranks(self, name: str, layer: str | int, ranks=None, max_points: int | None = None) -> dict:
         """{rank: (steps, values)} of one layer statistic on every readable rank (or `ranks`), empty arrays
-        where a rank has none; runs of many ranks are read in parallel processes (tview.store.across)."""
-        from tview.store.across import series_across_ranks
+        where a rank has none or cannot be read (its problem then in run.problems)."""
         self.layer_index(layer)
-        return {r: v for r, (v, _) in series_across_ranks(self, "stat", name, layer, ranks, max_points).items()}
+        ranks = self.ranks if ranks is None else ranks
+        return {r: self._or_empty(self.stat, name, layer, r, max_points=max_points) for r in ranks}
 
     def scalar_across_ranks(self, name: str, ranks=None, max_points: int | None = None) -> dict:
         """{rank: (steps, values)} of one scalar on every readable rank (or `ranks`), as stat_across_ranks."""
-        from tview.store.across import series_across_ranks
-        return {r: v for r, (v, _) in series_across_ranks(self, "scalar", name, None, ranks, max_points).items()}
+        return {r: self._or_empty(self.scalar, name, r, max_points=max_points)
+                for r in (self.ranks if ranks is None else ranks)}
+
+    @staticmethod
+    def _or_empty(read, *args, **kwargs):
+        try:
+            return read(*args, **kwargs)
+        except (KeyError, TviewError):
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
 
     def frame(self, stats=None, layers=None, ranks=None, scalars=None, max_points=None, *, progress=None):
         """A pandas DataFrame in long form (step, rank, layer, statistic, channel, value) of the statistics
