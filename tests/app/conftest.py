@@ -4,10 +4,10 @@ the real `tview dashboard` server on a free port, and headless Debian Chromium t
 import os
 
 import pytest
-from tview_app.testing import CHROMIUM, CHROMIUM_FLAGS, start_dashboard
 
 from tests.conftest import python_env
 from tview.demo import free_port
+from tview_app.testing import CHROMIUM, CHROMIUM_FLAGS, start_dashboard
 
 
 @pytest.fixture(scope="session")

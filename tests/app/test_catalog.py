@@ -1,10 +1,10 @@
 """Run ids: only runs found under the root can be opened; the address bar picks runs the same way."""
 
 import pytest
-from tview_app import runs_from_query
-from tview_app.catalog import RunCatalog, run_ids
 
 from tview.errors import TviewError
+from tview_app import runs_from_query
+from tview_app.catalog import RunCatalog, run_ids
 
 
 def test_only_runs_found_under_root_can_be_reached(small_run, tmp_path):

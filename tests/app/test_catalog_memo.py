@@ -2,6 +2,7 @@
 saw it change, bounded in memory."""
 
 import numpy as np
+
 import tview_app.catalog as catalog_module
 from tview_app.catalog import RunCatalog
 
