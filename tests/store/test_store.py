@@ -346,3 +346,29 @@ def test_a_schema_1_run_is_refused_with_how_to_convert_it_then_upgrades(tmp_path
     assert run.filters("conv1")[0] == 8 and "not recorded" in run.stat_info("act_mean")["note"]
     out = subprocess.run([PY, "-m", "tview.cli", "upgrade", path], capture_output=True, text=True, env=python_env())
     assert out.returncode == 0 and "0 shard(s) converted" in out.stdout  # a second time: nothing to do
+
+
+def test_settings_and_scalars_that_cannot_work_are_refused_by_name(tmp_path, tiny):
+    """Each a ConfigError at Recorder() or step() naming the value, where it used to be stored wrong,
+    cut, or raise a foreign exception from the writer thread."""
+    bad_settings = [({"flush_seconds": float("inf")}, "flush_seconds must be a positive number"),
+                    ({"every": ["x"]}, "at_steps: steps must be non-negative integers"),
+                    ({"trajectory_dims": -2}, "trajectory_dims must be an integer from 1 to 64"),
+                    ({"queue_size": True}, "queue_size must be a positive integer")]
+    for i, (kwargs, match) in enumerate(bad_settings):
+        with pytest.raises(tview.ConfigError, match=match):
+            tview.Recorder(tiny, str(tmp_path / f"s{i}"), **kwargs)
+    x, y = make_data()
+    rec = tview.Recorder(tiny, str(tmp_path / "r"), every=1)
+    bad_steps = [({"loss": torch.ones(1000)}, "a tensor of 1000"), ({"z": 1 + 2j}, "is complex"),
+                 ({"z": torch.ones(1, dtype=torch.complex64)}, "complex"), ({"batch_size": "big"}, "batch_size"),
+                 ({"é" * 40: 1.0}, "longer than 64 UTF-8 bytes"), ({"z": "abc"}, "is not a number")]
+    for kwargs, match in bad_steps:
+        tiny.zero_grad()
+        torch.nn.functional.cross_entropy(tiny(x), y).backward()
+        with pytest.raises(tview.ConfigError, match=match):
+            rec.step(**kwargs)
+    with pytest.raises(tview.ConfigError, match="would exceed the 64 scalars"):
+        rec.step(**{f"s{i}": float(i) for i in range(64)})
+    rec.close()
+    assert oct(os.stat(tmp_path / "r" / "run.tview").st_mode & 0o777) != "0o600"  # readable by a dashboard's user

@@ -26,6 +26,9 @@ def write_manifest(run_dir: str, manifest: dict) -> str:
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(body, f, indent=1, sort_keys=True)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the run from another user (a dashboard's)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
