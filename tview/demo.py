@@ -58,7 +58,7 @@ def train_rank(rank: int, world_size: int, out: str, steps: int, every: int, sna
     gen = torch.Generator().manual_seed(1000 + rank)  # each rank draws its own batches
     mine = torch.arange(rank, len(x), world_size)
     # the default preset, with activation statistics, histograms and the trajectory on every 5th
-    # recorded step (the preset's 20th would leave a short demo few of them to show)
+    # recorded step (the preset's 40th would leave a short demo few of them to show)
     rec = tview.Recorder(ddp, out, every=every, snapshot_every=snapshot_every, probe_batch=(x_held[:16], y_held[:16]),
                          preset=get_preset("default", detail_every=5), optimizer=opt, mode=mode,
                          config={"demo": "digits-lenet5", "batch_per_rank": batch, "steps": steps, "lr": lr})

@@ -152,7 +152,7 @@ def test_weight_norm_update_ratio_and_trajectory(tmp_path):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     rec = tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt, seed=7)
     history = []
-    for _ in range(22):
+    for _ in range(42):
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
         opt.step()
@@ -164,13 +164,13 @@ def test_weight_norm_update_ratio_and_trajectory(tmp_path):
     _, norms = run.stat("weight_norm", "conv2")
     np.testing.assert_allclose(norms, [h.norm().item() for h in history], rtol=1e-5)
     steps, ratio = run.stat("update_ratio", "conv2")
-    assert list(steps) == list(range(1, 22))  # nothing to compare the first recorded step with: absent
+    assert list(steps) == list(range(1, 42))  # nothing to compare the first recorded step with: absent
     np.testing.assert_allclose(ratio, [(history[i] - history[i - 1]).norm().item() / history[i].norm().item()
-                                           for i in range(1, 22)], rtol=1e-4)
+                                           for i in range(1, 42)], rtol=1e-4)
     # trajectory: projection on fixed unit directions, on the default preset's detail steps (every
     # 20th record), the same directions for another recorder (another rank)
     steps, traj = run.trajectory("conv2")
-    assert list(steps) == [0, 20] and traj.shape == (2, 3)
+    assert list(steps) == [0, 40] and traj.shape == (2, 3)
     torch.manual_seed(0)
     other = tview.Recorder(TinyCNN(), str(tmp_path / "r2"), every=1, seed=7, rank=1, world_size=2)
     i = other.param_layer_ids.index(other.layer_names.index("conv2"))
@@ -239,19 +239,19 @@ def test_steps_that_are_not_recorded_leave_nothing(tmp_path, tiny):
 
 def test_forward_hooks_are_attached_only_for_steps_that_compute_activation_statistics(tmp_path, tiny):
     x, y = make_data()
-    rec = tview.Recorder(tiny, str(tmp_path / "r"), every=2)  # default preset: activations every 20th record
+    rec = tview.Recorder(tiny, str(tmp_path / "r"), every=2)  # default preset: activations every 40th record
     from tests.conftest import train
     hooked = []
-    for _ in range(82):
+    for _ in range(162):
         hooked.append(bool(tiny.conv1._forward_hooks))
         train(tiny, rec, 1, x, y)
     rec.close()
-    # recorded steps 0, 2, 4, ...; activation statistics on recorded steps 0, 20, 40: steps 0, 40, 80
-    assert [s for s, h in enumerate(hooked) if h] == [0, 40, 80]
+    # recorded steps 0, 2, 4, ...; activation statistics on recorded steps 0, 40, 80: steps 0, 80, 160
+    assert [s for s, h in enumerate(hooked) if h] == [0, 80, 160]
     assert not tiny.conv1._forward_hooks and not tiny._forward_pre_hooks  # nothing left after close
     run = tview.open_run(str(tmp_path / "r"))
     steps, mean = run.stat("act_mean", "conv1")
-    assert list(steps) == [0, 40, 80] and np.isfinite(mean).all()  # measured steps only
+    assert list(steps) == [0, 80, 160] and np.isfinite(mean).all()  # measured steps only
 
 
 def test_first_nonfinite_step_is_kept_per_layer_and_scalar(tmp_path, tiny):

@@ -85,13 +85,15 @@ def _host_rss_bytes() -> float:
         return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def _to_host(tensors: list[torch.Tensor]) -> list[np.ndarray]:
-    """Every tensor to a float64 numpy array (copied): one device-to-host transfer for a GPU."""
+def _to_host(tensors: list[torch.Tensor], keep_dtype: bool = False) -> list[np.ndarray]:
+    """Every tensor to a float64 numpy array (copied), or in its own dtype (snapshots: a float32 filter
+    needs no float64 round trip): one device-to-host transfer for a GPU."""
     if not tensors:
         return []
     if all(t.device.type == "cpu" for t in tensors):  # no transfer to batch: skip the concatenation
-        return [np.array(t.detach().numpy(), dtype=np.float64) for t in tensors]
-    flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors])
+        return [np.array(t.detach().numpy(), dtype=None if keep_dtype else np.float64) for t in tensors]
+    dtype = tensors[0].dtype if keep_dtype and len({t.dtype for t in tensors}) == 1 else torch.float64
+    flat = torch.cat([t.detach().reshape(-1).to(dtype) for t in tensors])
     host = flat.cpu().numpy()
     out, offset = [], 0
     for t in tensors:
@@ -101,10 +103,10 @@ def _to_host(tensors: list[torch.Tensor]) -> list[np.ndarray]:
     return out
 
 
-def to_host_in_place(dicts: list[dict]) -> None:
+def to_host_in_place(dicts: list[dict], keep_dtype: bool = False) -> None:
     """Replace every tensor value of these dicts by a numpy copy, in one host transfer."""
     slots = [(d, k) for d in dicts for k, v in d.items() if isinstance(v, torch.Tensor)]
-    for (d, k), host in zip(slots, _to_host([d[k] for d, k in slots])):
+    for (d, k), host in zip(slots, _to_host([d[k] for d, k in slots], keep_dtype)):
         d[k] = host
 
 
@@ -141,8 +143,9 @@ class Recorder:
     Call `step(loss=...)` once per optimizer step, after `optimizer.step()`, and `close()` at the
     end (or use it as a context manager). Steps count from 0; `every` (an int, a list of steps or
     a callable step -> bool) says which steps are recorded; `snapshot_every` which steps also keep
-    the conv filters and the feature maps of `probe_batch`. The background writer gathers records
-    for `flush_seconds` and writes them together: readers, and what survives a crash, lag by that
+    the conv filters and the feature maps of `probe_batch` (default: the preset's detail steps). The
+    background writer gathers records for `flush_seconds` and writes them together: readers, and what
+    survives a crash, lag by that
     much (`flush()` writes at once).
     """
 
@@ -157,8 +160,8 @@ class Recorder:
         self.model = unwrap(model)
         self.run_dir = os.fspath(run_dir)
         self.schedule = as_schedule(every, "every")
-        self.snapshot_schedule = as_schedule(snapshot_every if snapshot_every is not None
-                                             else (10 * every if isinstance(every, int) else 100), "snapshot_every")
+        # default: the preset's detail steps, beside the activation statistics of the same step
+        self.snapshot_schedule = as_schedule(snapshot_every, "snapshot_every") if snapshot_every is not None else None
         self.preset = get_preset(preset)
         self.optimizer = optimizer
         self.trajectory_dims = trajectory_dims
@@ -270,7 +273,8 @@ class Recorder:
         return {"run_id": os.path.basename(os.path.abspath(self.run_dir)), "created_unix": time.time(),
                 "world_size": self.world_size, "layers": self.layer_info, "model": type(self.model).__name__,
                 "preset": self.preset.name, "schedule": repr(self.schedule),
-                "snapshot_schedule": repr(self.snapshot_schedule), "probe_layers": self.probe_layers,
+                "snapshot_schedule": repr(self.snapshot_schedule) if self.snapshot_schedule else "detail steps",
+                "probe_layers": self.probe_layers,
                 "filter_layers": self.filter_layers, "trajectory_dims": self.trajectory_dims,
                 "probes": [f"{p.table} ({p.cadence})" for p in self.param_probes + self.act_probes],
                 "hist": {"lo": schema.HIST_LO, "hi": schema.HIST_HI, "per_decade": schema.HIST_PER_DECADE},
@@ -447,8 +451,10 @@ class Recorder:
                 parts = probe.compute(param_step)
                 if parts is not None:
                     param.append((probe, parts))
-        snapshot = self._snapshot() if self.snapshot_schedule(self._step) else {}
-        to_host_in_place([device_scalars, snapshot] + [p for _, p in param] + [p for _, _, p in self._pending_act])
+        due = self.snapshot_schedule(self._step) if self.snapshot_schedule else self._detail_now
+        snapshot = self._snapshot() if due else {}
+        to_host_in_place([device_scalars] + [p for _, p in param] + [p for _, _, p in self._pending_act])
+        to_host_in_place([snapshot], keep_dtype=True)
         if self._layout is None:
             self._layout = self._make_layout()
         self._writer.put(self._layout, {"step": self._step, "wall_time": time.time(), "scalars": host_scalars,
