@@ -443,8 +443,7 @@ class Recorder:
 
     def _record(self, now: float, loss, batch_size, scalars):
         host_scalars, device_scalars = self._scalars(now, loss, batch_size, scalars)
-        param_step = ParamStep(self.pctx, [self._local.get(k) for k in range(len(self.pctx.params))]
-                               if self.pctx is not None and self._local else None) if self.pctx else None
+        param_step = self._param_step()
         param = []
         for probe in self.param_probes:
             if self._due(probe):
@@ -461,6 +460,14 @@ class Recorder:
                                         "device_scalars": device_scalars, "param": param,
                                         "act": self._pending_act, "snapshot": snapshot})
         self._recorded += 1
+
+    def _param_step(self) -> ParamStep | None:
+        """What the parameter probes read this step (gathered on first use); None for a model without
+        parameters. Local gradients, per parameter, only under DDP."""
+        if self.pctx is None:
+            return None
+        local = [self._local.get(k) for k in range(len(self.pctx.params))] if self._local else None
+        return ParamStep(self.pctx, local)
 
     def _snapshot(self) -> dict:
         """Conv filters and the probe batch's feature maps, keyed 'filters/<layer>', 'feature_maps/<layer>'."""

@@ -226,15 +226,21 @@ class ShardReader:
 
     @_serialized
     def measured(self, table: str, column: str, layer: int, max_points: int | None = None, index=()):
-        """(steps, values) of one layer's column at the rows where the table measured that layer."""
+        """(steps, values) of one layer's column (`index` into its row) at the rows where the table
+        measured that layer."""
         rows = strided(self.length(table), max_points)
-        steps, mask = self.read(table, "measured", rows, (slice(None),) if layer is None else (layer,))
-        if layer is None:
-            _, values = self.read(table, column, rows)
-            return steps, values, mask.astype(bool)
+        steps, mask = self.read(table, "measured", rows, (layer,))
         _, values = self.read(table, column, rows, index)
         keep = mask.astype(bool)
         return steps[keep], values[keep]
+
+    @_serialized
+    def masked(self, table: str, column: str, max_points: int | None = None):
+        """(steps, values, measured [rows, layers]) of a whole column: every layer, every row the table has."""
+        rows = strided(self.length(table), max_points)
+        steps, mask = self.read(table, "measured", rows)
+        _, values = self.read(table, column, rows)
+        return steps, values, mask.astype(bool)
 
     @_serialized
     def close(self):
@@ -459,7 +465,7 @@ class Run:
             return shard.measured(table, name, i, max_points, (i,))
         key = f"{name}/{self.layers[i]}"
         if self.layers[i] not in shard.file[shard.table_path(table)][name]:
-            if shard.measured(table, "measured", i, None, (i,))[1].any():  # measured, yet its dataset is gone
+            if shard.read(table, "measured", slice(None), (i,))[1].any():  # measured, yet its dataset is gone
                 raise CorruptShardError(f"{shard.path}: {table}/{key} is missing though the table measured layer "
                                         f"{self.layers[i]!r} (damaged or edited shard)")
             raise KeyError(f"{self.path}: no {name} for layer {self.layers[i]!r} (it has no channels recorded)")
@@ -470,7 +476,7 @@ class Run:
         """(steps, values [steps, layers]) of one statistic for every layer, at the steps its probe ran,
         as a numpy masked array: masked where that layer was not measured in that row."""
         shard, table, _ = self._column(name, rank, (schema.LAYER,))
-        steps, values, mask = shard.measured(table, name, None, max_points)
+        steps, values, mask = shard.masked(table, name, max_points)
         return steps, np.ma.MaskedArray(values, mask=~mask)
 
     @_guarded
@@ -480,11 +486,13 @@ class Run:
         shard, table, _ = self._column(name, rank, schema.KINDS)
         if not shard.tables[table].sampled:
             return {"exact": True, "sample": None, "of": None, "note": "exact: over the whole tensor"}
-        i = None if layer is None else self.layer_index(layer)
-        sample = shard.measured(table, "sample_n", i, 2000, () if i is None else (i,))
-        total = shard.measured(table, "total_n", i, 2000, () if i is None else (i,))
-        pick = (lambda r: r[1][r[2]]) if i is None else (lambda r: r[1])
-        n, m = pick(sample), pick(total)
+        if layer is None:  # over every measured layer
+            _, n, mask = shard.masked(table, "sample_n", 2000)
+            n, m = n[mask], shard.masked(table, "total_n", 2000)[1][mask]
+        else:
+            i = self.layer_index(layer)
+            n = shard.measured(table, "sample_n", i, 2000, (i,))[1]
+            m = shard.measured(table, "total_n", i, 2000, (i,))[1]
         if not len(n) or np.isnan(n).all():
             why = "none measured yet" if not len(n) else "its size was not recorded: converted from store schema 1"
             return {"exact": False, "sample": None, "of": None, "note": f"estimated from a sample ({why})"}
@@ -530,7 +538,7 @@ class Run:
         """(steps, [steps, layers, dims]) of every layer's projected parameters at the steps that
         recorded the trajectory (layers without parameters hold NaN)."""
         shard, table, _ = self._column("trajectory", rank, (schema.VECTOR,))
-        steps, values, mask = shard.measured(table, "trajectory", None)
+        steps, values, mask = shard.masked(table, "trajectory")
         return steps, np.where(mask[:, :, None], values, np.nan)
 
     @_guarded
