@@ -107,7 +107,8 @@ class LocalGradNorm(ParamProbe):
 
 
 class WeightStats(ParamProbe):
-    """Per layer weight norm and sum (in float64: together a fingerprint that replicas must share)."""
+    """Per layer weight norm and sum: together a fingerprint that replicas must share (the same weights
+    give the same sums to the last bit: the reduction is deterministic; stored in float64)."""
 
     table = "weight"
     reads = "weight"
@@ -118,7 +119,7 @@ class WeightStats(ParamProbe):
         return EVERY if preset.weights else None
 
     def compute(self, step):
-        return {"sq": step.weight_sq_sums, "sum": step.ctx.sums(step.weights, float64=True)}
+        return {"sq": step.weight_sq_sums, "sum": step.ctx.sums(step.weights)}
 
     def finalize(self, p, ctx):
         return {"weight_norm": np.sqrt(p["sq"]), "weight_sum": p["sum"]}
