@@ -21,7 +21,7 @@ def record(tmp_path, device, name, steps=21):
     with tview.Recorder(model, str(tmp_path / name), every=1, optimizer=opt) as rec:
         if device == "cuda":
             real = recorder_module._to_host
-            recorder_module._to_host = lambda ts: transfers.append(len(ts)) or real(ts)
+            recorder_module._to_host = lambda ts, *a: transfers.append(len(ts)) or real(ts, *a)
         try:
             train(model, rec, steps, x, y, opt=opt)
         finally:

@@ -85,28 +85,33 @@ def _host_rss_bytes() -> float:
         return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def _to_host(tensors: list[torch.Tensor], keep_dtype: bool = False) -> list[np.ndarray]:
-    """Every tensor to a float64 numpy array (copied), or in its own dtype (snapshots: a float32 filter
-    needs no float64 round trip): one device-to-host transfer for a GPU."""
+def _to_host(tensors: list[torch.Tensor], native: list[bool] | None = None) -> list[np.ndarray]:
+    """Every tensor to a numpy copy: float64 (statistics finished in float64 on the host), or in its
+    own dtype where `native` says so (snapshots: a float32 filter needs no float64 round trip). One
+    device-to-host transfer for a GPU."""
     if not tensors:
         return []
+    native = native or [False] * len(tensors)
     if all(t.device.type == "cpu" for t in tensors):  # no transfer to batch: skip the concatenation
-        return [np.array(t.detach().numpy(), dtype=None if keep_dtype else np.float64) for t in tensors]
-    dtype = tensors[0].dtype if keep_dtype and len({t.dtype for t in tensors}) == 1 else torch.float64
-    flat = torch.cat([t.detach().reshape(-1).to(dtype) for t in tensors])
+        return [np.array(t.detach().numpy(), dtype=None if own else np.float64) for t, own in zip(tensors, native)]
+    flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors])
     host = flat.cpu().numpy()
     out, offset = [], 0
-    for t in tensors:
+    for t, own in zip(tensors, native):
         n = t.numel()
-        out.append(host[offset:offset + n].reshape(tuple(t.shape)))
+        part = host[offset:offset + n].reshape(tuple(t.shape))
+        out.append(part.astype(torch.empty(0, dtype=t.dtype).numpy().dtype) if own else part)
         offset += n
     return out
 
 
-def to_host_in_place(dicts: list[dict], keep_dtype: bool = False) -> None:
-    """Replace every tensor value of these dicts by a numpy copy, in one host transfer."""
-    slots = [(d, k) for d in dicts for k, v in d.items() if isinstance(v, torch.Tensor)]
-    for (d, k), host in zip(slots, _to_host([d[k] for d, k in slots], keep_dtype)):
+def to_host_in_place(dicts: list[dict], native: tuple[dict, ...] = ()) -> None:
+    """Replace every tensor value of these dicts (and of the `native` ones, kept in their own dtype)
+    by a numpy copy, in one host transfer."""
+    slots = [(d, k, own) for ds, own in ((dicts, False), (native, True)) for d in ds
+             for k, v in d.items() if isinstance(v, torch.Tensor)]
+    hosts = _to_host([d[k] for d, k, _ in slots], [own for *_, own in slots])
+    for (d, k, _), host in zip(slots, hosts):
         d[k] = host
 
 
@@ -452,8 +457,8 @@ class Recorder:
                     param.append((probe, parts))
         due = self.snapshot_schedule(self._step) if self.snapshot_schedule else self._detail_now
         snapshot = self._snapshot() if due else {}
-        to_host_in_place([device_scalars] + [p for _, p in param] + [p for _, _, p in self._pending_act])
-        to_host_in_place([snapshot], keep_dtype=True)
+        to_host_in_place([device_scalars] + [p for _, p in param] + [p for _, _, p in self._pending_act],
+                         native=(snapshot,))  # the step's one transfer
         if self._layout is None:
             self._layout = self._make_layout()
         self._writer.put(self._layout, {"step": self._step, "wall_time": time.time(), "scalars": host_scalars,
