@@ -316,7 +316,8 @@ class Run:
                 self.problems.pop(rank, None)
             except TviewError as exc:
                 self._bad(rank, exc)
-        for rank in sorted(self._files)[: EAGER_SHARDS if len(self._files) > EAGER_SHARDS else None]:
+        # every shard of a small run; of a larger one only the first (what the run holds), the rest on use
+        for rank in sorted(self._files)[: None if len(self._files) <= EAGER_SHARDS else 1]:
             self._open(rank)
         for rank in range(self.world_size):
             if rank not in found:
