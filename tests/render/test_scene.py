@@ -1,5 +1,7 @@
 """The ParaView reader's logic without ParaView: network arrays, rank combinations, fields, pieces."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -95,3 +97,104 @@ def test_similarity_points_mark_groups():
     p = scene.similarity(maps, 0.9)
     assert list(p.arrays["group"]) == [0, 0, -1] and list(p.arrays["group_size"]) == [2, 2, 1]
     assert p.positions.shape == (3, 3)
+
+
+def make_ragged_run(folder, ranks=6, steps=40, short=4, short_steps=30):
+    """A synthetic run of `ranks` ranks whose rank `short` stopped early (its shard from a shorter run of the
+    same job), so every across-rank reduction meets missing values."""
+    import shutil
+
+    from tview.store.synthetic import write_synthetic_run
+    full, cut = os.path.join(folder, "run"), os.path.join(folder, "cut")
+    write_synthetic_run(full, steps, ranks=ranks, layers=3, channels=4, detail_every=10, channel_tail=12)
+    write_synthetic_run(cut, short_steps, ranks=ranks, layers=3, channels=4, detail_every=10, channel_tail=12)
+    name = f"rank-{short:05d}.h5"
+    shutil.copyfile(os.path.join(cut, name), os.path.join(full, name))
+    shutil.rmtree(cut)
+    return full
+
+
+@pytest.fixture(scope="module")
+def ragged(tmp_path_factory):
+    return make_ragged_run(str(tmp_path_factory.mktemp("ragged")))
+
+
+def mpi_merge(parts):
+    """What the plugin's three MPI reductions do with packed partials: SUM, MIN, MAX element-wise."""
+    packed = [scene.pack(p) for p in parts]
+    return scene.unpack(np.sum([q[0] for q in packed], axis=0), np.min([q[1] for q in packed], axis=0),
+                        np.max([q[2] for q in packed], axis=0), parts[0].shape)
+
+
+def test_partial_reductions_of_shares_equal_numpy_over_all_ranks():
+    rng = np.random.default_rng(1)
+    values = rng.normal(size=(7, 5, 4)) * 10 + 3
+    values[rng.random(values.shape) < 0.3] = np.nan  # holes: a rank with no value at a point
+    values[2] = np.nan  # a rank with nothing at all
+    values[:, 0, 0] = np.nan  # a point no rank has
+    values[5, 1, 1] = np.inf  # Inf is a missing value too
+    clean = np.where(np.isfinite(values), values, np.nan)
+    with np.errstate(invalid="ignore"), pytest.warns(RuntimeWarning):
+        expected = {"mean": np.nanmean(clean, 0), "spread": np.nanmax(clean, 0) - np.nanmin(clean, 0),
+                    "std": np.nanstd(clean, 0)}
+    ranks = list(range(7))
+    for n_pieces in (1, 3, 9):  # 9: two processes have no rank at all
+        parts = [scene.partial((values[r] for r in scene.pieces(ranks, k, n_pieces)), (5, 4)) for k in range(n_pieces)]
+        for merged in (scene.merge(parts), mpi_merge(parts)):
+            assert np.array_equal(merged.count, np.isfinite(values).sum(0))
+            for mode, want in expected.items():
+                assert np.allclose(scene.finish(merged, mode), want, equal_nan=True, rtol=1e-9, atol=1e-9), mode
+    nothing = scene.finish(scene.empty_partial((2,)), "mean")
+    assert np.isnan(nothing).all()
+    with pytest.raises(ValueError, match="shape"):
+        scene.accumulate(scene.empty_partial((2,)), np.zeros(3))
+    with pytest.raises(ValueError, match="combine ranks by 'median'"):
+        scene.finish(scene.empty_partial((2,)), "median")
+
+
+def test_shares_of_a_ragged_run_reduce_and_gather_to_the_whole(ragged):
+    run = tview.open_run(ragged)
+    ranks = run.ranks
+    steps = scene.field_steps(run, "grad_norm")
+    assert len(steps) == 40 and len(run.steps(4)) == 30
+    # layer x step field: shares merged == numpy over every rank's matrix on the common steps
+    mats = []
+    for r in ranks:
+        at, m = run.stat_matrix("grad_norm", r)
+        mats.append(scene.on_steps(steps, at, np.ma.filled(m.astype(float), np.nan)))
+    stack = np.stack(mats)
+    assert np.isnan(stack[4, 30:]).all() and np.isfinite(stack[4, :30]).any()
+    for n_pieces in (2, 4, 8):
+        parts = [scene.layer_field_partial(run, "grad_norm", scene.pieces(ranks, k, n_pieces), steps)
+                 for k in range(n_pieces)]
+        merged = mpi_merge(parts)
+        with np.errstate(invalid="ignore"):
+            assert np.allclose(scene.finish(merged, "mean"), np.nanmean(stack, 0), equal_nan=True)
+            assert np.allclose(scene.finish(merged, "spread"), np.nanmax(stack, 0) - np.nanmin(stack, 0),
+                               equal_nan=True)
+        # rank x step field: each share's rows, padded, gathered in process order, back in rank order
+        size = scene.share_size(len(ranks), n_pieces)
+        blocks = [scene.padded(scene.rank_rows(run, "grad_norm", "block1.conv", scene.pieces(ranks, k, n_pieces),
+                                               steps), size) for k in range(n_pieces)]
+        rows = scene.gathered_rows(blocks, len(ranks))
+        assert np.array_equal(rows, scene.rank_rows(run, "grad_norm", "block1.conv", ranks, steps), equal_nan=True)
+    at, grid = scene.rank_field(run, "grad_norm", "block1.conv", ranks, steps, rows)
+    assert grid.values.shape == (6, 40) and list(at) == list(steps)
+    assert grid.hidden[4, 30:].all() and not grid.hidden[4, :30].any() and not grid.hidden[[0, 5]].any()
+    assert np.allclose(grid.values[1], run.stat("grad_norm", "block1.conv", 1)[1])
+    assert [t for t, _ in grid.labels][:2] == ["rank 0", "rank 1"] and grid.labels[-1][0] == "block1.conv"
+
+
+def test_mean_network_from_shares_equals_combining_every_rank(ragged):
+    run = tview.open_run(ragged)
+    step = 35.0  # rank 4 stopped at 29: its latest values count, as for a single rank
+    names = scene.statistic_arrays(run)
+    nets = [scene.network(run, r, step) for r in run.ranks]
+    for mode in scene.REDUCED:
+        want = scene.combine(nets, mode)
+        skeleton, got_names, _ = scene.network_partial(run, [], step)  # a process with no rank
+        parts = [scene.network_partial(run, scene.pieces(run.ranks, k, 4), step)[2] for k in range(4)]
+        got = scene.network_of(skeleton, got_names, mpi_merge(parts), mode)
+        assert got_names == names and np.array_equal(got.positions, want.positions)
+        for name in names + ["layer", "channel"]:
+            assert np.allclose(got.arrays[name], want.arrays[name], equal_nan=True), (mode, name)

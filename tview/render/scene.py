@@ -10,12 +10,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tview.errors import TviewError
 from tview.render.analysis import similarity_layout
 from tview.render.layout import network_positions, tile, tile_gaps, tile_origins
 from tview.render.summaries import channel_values_at
 from tview.store.reader import Run
 
-RANK_MODES = ("one", "all", "mean", "spread")  # one rank; each rank a block; mean or max-min across ranks
+RANK_MODES = ("one", "all", "mean", "spread", "std")  # one rank; each rank a block; mean, max-min, std across ranks
+REDUCED = ("mean", "spread", "std")  # the modes that reduce across ranks
 
 
 @dataclass
@@ -76,9 +78,8 @@ def network(run: Run, rank: int, step: float | None, layers: list[str] | None = 
 
 
 def combine(blocks: list[Points], mode: str) -> Points:
-    """One Points from several ranks' networks: 'mean' or 'spread' (max - min) of every float array."""
-    if mode not in ("mean", "spread"):
-        raise ValueError(f"cannot combine ranks by {mode!r}; use 'mean' or 'spread'")
+    """One Points from several ranks' networks: 'mean', 'spread' (max - min) or 'std' of every float array."""
+    check_mode(mode)
     if not blocks:
         raise ValueError("no rank to combine")
     first = blocks[0]
@@ -87,14 +88,7 @@ def combine(blocks: list[Points], mode: str) -> Points:
         if name in ("layer", "channel"):
             out[name] = values
             continue
-        stack = np.stack([np.asarray(b.arrays[name], dtype=np.float64) for b in blocks])
-        stack = np.where(np.isfinite(stack), stack, np.nan)  # Inf is not averaged: it is a missing value here
-        count = np.isfinite(stack).sum(axis=0)
-        if mode == "mean":
-            combined = np.where(count > 0, np.nansum(stack, axis=0) / np.maximum(count, 1), np.nan)
-        else:  # fmax/fmin skip NaN; all-NaN stays NaN
-            combined = np.fmax.reduce(stack, axis=0) - np.fmin.reduce(stack, axis=0)
-        out[name] = combined
+        out[name] = finish(partial([b.arrays[name] for b in blocks], np.shape(values)), mode)
     return Points(first.positions, out)
 
 
@@ -183,14 +177,14 @@ def _step_edges(steps: np.ndarray) -> np.ndarray:
     return np.concatenate([[s[0] - (mid[0] - s[0])], mid, [s[-1] + (s[-1] - mid[-1])]])
 
 
-def _field_grid(steps: np.ndarray, m: np.ma.MaskedArray, names: list[str], stat: str) -> Grid:
+def _field_grid(steps: np.ndarray, m: np.ma.MaskedArray, names: list[str], stat: str, tall: float = 1 / 3) -> Grid:
     """[steps, rows] masked values as a Grid: x the training step, one row per name (top: the first),
-    rows a third of the width tall in all, masked cells undrawn, names left of their rows."""
+    rows `tall` of the width tall in all, masked cells undrawn, names left of their rows."""
     values = np.ma.filled(np.ma.asarray(m, dtype=np.float64), np.nan).T
     hidden = np.ma.getmaskarray(m).T.copy()
     x = _step_edges(steps)
     span = float(x[-1] - x[0]) or 1.0
-    height = span / 3.0 / max(len(names), 1)
+    height = span * tall / max(len(names), 1)
     g = Grid(values, hidden, x, height * np.arange(len(names) + 1, dtype=np.float64), stat)
     g.labels = [(name, (x[0] - span * 0.01, height * (len(names) - i - 0.5), 0.0)) for i, name in enumerate(names)]
     return g
@@ -200,6 +194,10 @@ def layer_field(run: Run, stat: str, rank: int) -> tuple[np.ndarray, Grid]:
     """(steps, Grid): one layer statistic over the whole run, a row per layer that has it (x: step); steps
     where no layer has it (statistics recorded only on detail steps) are left out, unmeasured cells undrawn."""
     steps, m = run.stat_matrix(stat, rank)
+    return _layer_grid(run, steps, m, stat)
+
+
+def _layer_grid(run: Run, steps: np.ndarray, m: np.ma.MaskedArray, stat: str) -> tuple[np.ndarray, Grid]:
     mask = np.ma.getmaskarray(m)
     keep, rows = ~mask.all(axis=1), ~mask.all(axis=0)
     names = [name for name, k in zip(run.layers, rows) if k]
@@ -257,3 +255,228 @@ def similarity(maps: np.ndarray, threshold: float) -> Points:
 def pieces(ranks: list[int], piece: int, n_pieces: int) -> list[int]:
     """The tview ranks one of `n_pieces` ParaView processes reads (round robin)."""
     return [r for i, r in enumerate(ranks) if i % max(n_pieces, 1) == piece]
+
+
+# -- reductions across ranks, in pieces: each process reduces its own ranks, then the partials combine ---------
+
+@dataclass
+class Partial:
+    """Across some ranks, per element: how many ranks had a finite value there, their sum and sum of squares,
+    their min and max (+inf and -inf where none had one: MPI's MIN and MAX know no NaN rule)."""
+
+    count: np.ndarray
+    total: np.ndarray
+    squares: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+    @property
+    def shape(self) -> tuple:
+        return self.count.shape
+
+
+def check_mode(mode: str) -> None:
+    if mode not in REDUCED:
+        raise ValueError(f"cannot combine ranks by {mode!r}; use one of {', '.join(REDUCED)}")
+
+
+def empty_partial(shape) -> Partial:
+    """The partial of no rank at all (a process with no share of the ranks)."""
+    shape = tuple(shape) if isinstance(shape, (tuple, list)) else (int(shape),)
+    return Partial(np.zeros(shape), np.zeros(shape), np.zeros(shape), np.full(shape, np.inf), np.full(shape, -np.inf))
+
+
+def accumulate(p: Partial, values) -> Partial:
+    """Add one rank's values to `p` (in place; returned): NaN and +-Inf are a missing value, not counted."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.shape != p.shape:
+        raise ValueError(f"a rank's values have shape {v.shape}, the others {p.shape}")
+    ok = np.isfinite(v)
+    x = np.where(ok, v, 0.0)
+    p.count += ok
+    p.total += x
+    p.squares += x * x
+    np.minimum(p.low, np.where(ok, v, np.inf), out=p.low)
+    np.maximum(p.high, np.where(ok, v, -np.inf), out=p.high)
+    return p
+
+
+def partial(values_per_rank, shape) -> Partial:
+    """The partial of several ranks' values (an iterable: one rank's array in memory at a time)."""
+    p = empty_partial(shape)
+    for values in values_per_rank:
+        accumulate(p, values)
+    return p
+
+
+def merge(parts: list[Partial]) -> Partial:
+    """Partials of disjoint sets of ranks combined: what MPI's SUM, SUM, SUM, MIN, MAX reductions compute."""
+    if not parts:
+        raise ValueError("no partial to merge")
+    out = empty_partial(parts[0].shape)
+    for q in parts:
+        if q.shape != out.shape:
+            raise ValueError(f"partials of shapes {out.shape} and {q.shape} cannot be merged")
+        out.count += q.count
+        out.total += q.total
+        out.squares += q.squares
+        np.minimum(out.low, q.low, out=out.low)
+        np.maximum(out.high, q.high, out=out.high)
+    return out
+
+
+def finish(p: Partial, mode: str) -> np.ndarray:
+    """The mean, spread (max - min) or population std across ranks; NaN where no rank had a value."""
+    check_mode(mode)
+    n = np.maximum(p.count, 1)
+    with np.errstate(invalid="ignore"):
+        if mode == "mean":
+            out = p.total / n
+        elif mode == "spread":
+            out = p.high - p.low
+        else:
+            out = np.sqrt(np.maximum(p.squares / n - (p.total / n) ** 2, 0.0))
+    return np.where(p.count > 0, out, np.nan)
+
+
+def pack(p: Partial) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(count, sum and squares as one flat array to SUM; low to MIN; high to MAX) for an MPI reduction."""
+    return (np.concatenate([p.count.ravel(), p.total.ravel(), p.squares.ravel()]),
+            p.low.ravel().copy(), p.high.ravel().copy())
+
+
+def unpack(sums: np.ndarray, low: np.ndarray, high: np.ndarray, shape) -> Partial:
+    """The inverse of pack() (on reduced arrays)."""
+    count, total, squares = np.asarray(sums, dtype=np.float64).reshape((3,) + tuple(shape))
+    return Partial(count, total, squares, np.asarray(low, dtype=np.float64).reshape(shape),
+                   np.asarray(high, dtype=np.float64).reshape(shape))
+
+
+def _readable(read, ranks, skipped: list | None = None):
+    """read(rank) for each rank, leaving out (and noting in `skipped`) ranks that cannot be read."""
+    for r in ranks:
+        try:
+            yield read(r)
+        except (KeyError, TviewError, OSError) as exc:
+            if skipped is not None:
+                skipped.append((r, str(exc)))
+
+
+def network_partial(run: Run, ranks: list[int], step: float | None, layers: list[str] | None = None,
+                    arrays: list[str] | None = None, skipped: list | None = None) -> tuple[Points, list[str], Partial]:
+    """(the network's points with layer and channel only, the float array names, their Partial [names, points])
+    over `ranks` (possibly none): one process's share of a mean/spread network."""
+    ref = run.ranks[0] if run.ranks else 0
+    skeleton = network(run, ref, step, layers, arrays=[])  # reads no statistic
+    names = list(arrays) if arrays is not None else statistic_arrays(run)
+    shape = (len(names), len(skeleton.positions))
+
+    def read(r):
+        p = network(run, r, step, layers, names)
+        return np.stack([p.arrays[name] for name in names]) if names else np.zeros(shape)
+    return skeleton, names, partial(_readable(read, ranks, skipped), shape)
+
+
+def network_of(skeleton: Points, names: list[str], p: Partial, mode: str) -> Points:
+    """The combined network from the merged Partial of network_partial()."""
+    values = finish(p, mode)
+    return Points(skeleton.positions, dict(skeleton.arrays, **dict(zip(names, values))), labels=skeleton.labels)
+
+
+def field_steps(run: Run, stat: str) -> np.ndarray:
+    """The step axis of a statistic's fields across ranks: the steps its probe ran on the first rank (every
+    process reads the same ones; other ranks' values are placed on them, missing where a rank lacks a step)."""
+    return run.stat_matrix(stat, run.ranks[0])[0] if run.ranks else np.zeros(0, dtype=np.int64)
+
+
+def on_steps(steps: np.ndarray, at: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Values [len(at), ...] recorded at `at`, placed on `steps` (NaN where a step is not among `at`)."""
+    values = np.asarray(values, dtype=np.float64)
+    out = np.full((len(steps),) + values.shape[1:], np.nan)
+    at = np.asarray(at)
+    if not len(at) or not len(steps):
+        return out
+    i = np.clip(np.searchsorted(at, steps), 0, len(at) - 1)
+    found = at[i] == steps
+    out[found] = values[i[found]]
+    return out
+
+
+def layer_field_partial(run: Run, stat: str, ranks: list[int], steps: np.ndarray,
+                        skipped: list | None = None) -> Partial:
+    """Partial [steps, layers] of one layer statistic over `ranks`, on the common step axis `steps`."""
+    def read(r):
+        at, m = run.stat_matrix(stat, r)
+        return on_steps(steps, at, np.ma.filled(np.ma.asarray(m, dtype=np.float64), np.nan))
+    return partial(_readable(read, ranks, skipped), (len(steps), len(run.layers)))
+
+
+def layer_field_of(run: Run, stat: str, steps: np.ndarray, p: Partial, mode: str) -> tuple[np.ndarray, Grid]:
+    """(steps, Grid) of the layer x step field of the mean/spread/std across ranks (as layer_field)."""
+    m = np.ma.masked_array(finish(p, mode), mask=p.count == 0)
+    return _layer_grid(run, steps, m, f"{stat}")
+
+
+def rank_rows(run: Run, stat: str, layer: str, ranks: list[int], steps: np.ndarray,
+              skipped: list | None = None) -> np.ndarray:
+    """[2, len(ranks), len(steps)]: one layer statistic of each rank on the common step axis (NaN where not
+    measured) and 1 where measured (a measured NaN, a diverged rank, is kept apart from a missing value)."""
+    out = np.full((2, len(ranks), len(steps)), np.nan)
+    out[1] = 0.0
+    for k, r in enumerate(ranks):
+        try:
+            at, v = run.stat(stat, layer, r)
+        except (KeyError, TviewError, OSError) as exc:
+            if skipped is not None:
+                skipped.append((r, str(exc)))
+            continue
+        out[0, k] = on_steps(steps, at, v)
+        out[1, k] = on_steps(steps, at, np.ones(len(at)))
+    out[1] = np.nan_to_num(out[1])
+    return out
+
+
+def share_size(n_ranks: int, n_pieces: int) -> int:
+    """Rows every process sends when the ranks' rows are gathered (the largest share: equal-sized messages)."""
+    return -(-n_ranks // max(n_pieces, 1))
+
+
+def padded(rows: np.ndarray, size: int) -> np.ndarray:
+    """A process's rows [2, k, S] padded to [2, size, S] (unmeasured rows) for an equal-sized gather."""
+    out = np.zeros((rows.shape[0], size) + rows.shape[2:])
+    out[0] = np.nan
+    out[:, :rows.shape[1]] = rows
+    return out
+
+
+def gathered_rows(blocks: list[np.ndarray], n_ranks: int) -> np.ndarray:
+    """The padded rows of every process (in process order) back in rank order (the inverse of pieces())."""
+    n = len(blocks)
+    out = np.zeros((blocks[0].shape[0], n_ranks) + blocks[0].shape[2:])
+    for piece, block in enumerate(blocks):
+        mine = len(range(piece, n_ranks, n))
+        out[:, piece::n] = block[:, :mine]
+    return out
+
+
+def rank_field(run: Run, stat: str, layer: str, ranks: list[int], steps: np.ndarray,
+               rows: np.ndarray) -> tuple[np.ndarray, Grid]:
+    """(steps, Grid) of one layer statistic, a row per rank (top: the first), x the step; cells a rank did not
+    measure undrawn, a measured NaN kept (NaN colour); steps where no rank measured it left out."""
+    values, measured = rows[0], rows[1] > 0
+    keep = measured.any(axis=0)
+    m = np.ma.masked_array(values[:, keep].T, mask=~measured[:, keep].T)
+    g = _field_grid(steps[keep], m, [f"rank {r}" for r in ranks], f"{stat}", tall=0.6)
+    every = _every(len(ranks), 32)
+    g.labels = [lab for i, lab in enumerate(g.labels) if i % every == 0]
+    g.labels.append((layer, (float(g.x_edges[0] + g.x_edges[-1]) / 2, float(g.y_edges[-1]) * 1.03, 0.0)))
+    return steps[keep], g
+
+
+def default_layer(run: Run, stat: str) -> str:
+    """The layer a rank x step field shows when none is named: the first the statistic was measured on."""
+    if not run.ranks:
+        raise TviewError(f"{run.path}: no readable rank")
+    _, m = run.stat_matrix(stat, run.ranks[0], max_points=200)
+    measured = ~np.ma.getmaskarray(m).all(axis=0)
+    return run.layers[int(np.argmax(measured))] if measured.any() else run.layers[0]
