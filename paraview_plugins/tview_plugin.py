@@ -42,15 +42,17 @@ from tview.errors import TviewError  # noqa: E402
 from tview.render import scene, vtk_data  # noqa: E402
 from tview.store.reader import open_run  # noqa: E402
 
-BLOCKS = ("network", "trajectories", "filters", "feature_maps", "fields", "feature_volumes")
+BLOCKS = ("network", "trajectories", "filters", "feature_maps", "fields", "feature_volumes", "rank_fields")
 RANK_MODE_XML = """<IntVectorProperty name="RankMode" command="SetRankMode" number_of_elements="1" default_values="0">
   <EnumerationDomain name="enum">
     <Entry value="0" text="one rank"/>
     <Entry value="1" text="all ranks (a block each)"/>
     <Entry value="2" text="mean across ranks"/>
     <Entry value="3" text="spread across ranks (max - min)"/>
+    <Entry value="4" text="standard deviation across ranks"/>
   </EnumerationDomain>
-  <Documentation>How ranks are shown in the network view.</Documentation>
+  <Documentation>How ranks are shown in the network view and the fields (mean, spread and deviation are
+  reduced over MPI under mpirun pvbatch: each process reads its share of the ranks).</Documentation>
 </IntVectorProperty>"""
 
 
@@ -94,7 +96,9 @@ def _tag(data, run, rank, piece, step=None):
                 file_description="tview training run")
 class TviewRunReader(VTKPythonAlgorithmBase):
     """Reads a tview run (its run.tview manifest): blocks network, trajectories, filters, feature_maps, fields
-    (2D ones as cell data, one cell per weight, pixel or layer x step) and feature_volumes (on request)."""
+    (2D ones as cell data, one cell per weight, pixel or layer x step), feature_volumes and rank_fields (a rank x step
+    field per selected layer statistic; both on request). Under `mpirun pvbatch` the ranks are shared out among the
+    processes: each reads only its own ranks' shards, reductions across ranks and rank rows travel over MPI."""
 
     def __init__(self):
         VTKPythonAlgorithmBase.__init__(self, nInputPorts=0, nOutputPorts=1, outputType="vtkMultiBlockDataSet")
@@ -105,6 +109,8 @@ class TviewRunReader(VTKPythonAlgorithmBase):
         self._rank = 0
         self._example = 0
         self._volumes = False
+        self._rank_fields = False
+        self._field_layer = ""
         self._layers = vtkDataArraySelection()
         self._layers.AddObserver("ModifiedEvent", _modified_callback(self))
         self._stats = vtkDataArraySelection()
@@ -151,6 +157,21 @@ class TviewRunReader(VTKPythonAlgorithmBase):
     def SetFeatureVolumes(self, on):
         if bool(on) != self._volumes:
             self._volumes = bool(on)
+            self.Modified()
+
+    @smproperty.xml('<IntVectorProperty name="RankFields" command="SetRankFields" number_of_elements="1" '
+                    'default_values="0"><BooleanDomain name="bool"/><Documentation>Also a rank x step field of each '
+                    'selected layer statistic (block rank_fields: a row per rank) of the layer RankFieldLayer.'
+                    '</Documentation></IntVectorProperty>')
+    def SetRankFields(self, on):
+        if bool(on) != self._rank_fields:
+            self._rank_fields = bool(on)
+            self.Modified()
+
+    @smproperty.stringvector(name="RankFieldLayer", default_values="")
+    def SetRankFieldLayer(self, layer):
+        if layer != self._field_layer:
+            self._field_layer = layer
             self.Modified()
 
     @smproperty.dataarrayselection(name="Layers")
@@ -233,22 +254,27 @@ class TviewRunReader(VTKPythonAlgorithmBase):
         rank = self._rank if self._rank in run.ranks else run.ranks[0]
         if mode == "one" and self._rank not in run.ranks:
             _report(f"rank {self._rank} is not readable in {run.path}; showing rank {rank}", error=False)
-        network = self._network(run, step, layers, stats, mode, rank, piece, n_pieces)
+        share = _Share(run, piece, n_pieces)
+        tag = lambda data, at=step: _tag(data, run, rank, piece, at)  # noqa: E731
+        # blocks every process takes part in (its own ranks; reductions and rows exchanged), in one order
+        network = self._network(run, step, layers, stats, mode, rank, piece, n_pieces, share)
         if network is not None:
             output.SetBlock(0, network)
+        output.SetBlock(4, self._fields(run, layers, stats, rank, tag, mode, share))
+        output.SetBlock(6, self._rank_field_blocks(run, stats, tag, share))
+        share.record(output)
         if piece != 0:
             return  # the other views are small: the first process makes them
-        tag = lambda data, at=step: _tag(data, run, rank, piece, at)  # noqa: E731
         builders = ((1, self._trajectories, (run, layers, rank)),
                     (2, self._filters, (run, step, rank)),
                     (3, self._feature_maps, (run, step, rank)),
-                    (4, self._fields, (run, layers, stats, rank)),
                     (5, self._feature_volumes, (run, step, rank)))
         for index, build, args in builders:
             output.SetBlock(index, build(*args, tag))
 
-    def _network(self, run, step, layers, stats, mode, rank, piece, n_pieces):
-        """The network block: this process's share of the ranks when each rank is a block, else on piece 0."""
+    def _network(self, run, step, layers, stats, mode, rank, piece, n_pieces, share):
+        """The network block: this process's share of the ranks when each rank is a block; the reduction of
+        every process's share across ranks; else on piece 0."""
         def polydata(p, r):
             data = vtk_data.points_to_polydata(p.positions, p.arrays)
             vtk_data.add_labels(data, p.labels)
@@ -262,11 +288,14 @@ class TviewRunReader(VTKPythonAlgorithmBase):
                 if r in mine:
                     net.SetBlock(i, polydata(scene.network(run, r, step, layers, stats), r))
             return net
+        if mode in scene.REDUCED:
+            skeleton, names, part = scene.network_partial(run, share.ranks, step, layers, stats, share.skipped)
+            share.done_reading()
+            merged = share.reduce(part)
+            return None if merged is None else polydata(scene.network_of(skeleton, names, merged, mode), rank)
         if piece != 0:
             return None
-        if mode == "one":
-            return polydata(scene.network(run, rank, step, layers, stats), rank)
-        return polydata(scene.combine([scene.network(run, r, step, layers, stats) for r in run.ranks], mode), rank)
+        return polydata(scene.network(run, rank, step, layers, stats), rank)
 
     @staticmethod
     def _group(named_blocks):
@@ -333,26 +362,167 @@ class TviewRunReader(VTKPythonAlgorithmBase):
             blocks.append((layer, tag(img)))
         return self._group(blocks)
 
-    def _fields(self, run, layers, stats, rank, tag):
+    def _fields(self, run, layers, stats, rank, tag, mode, share):
         """Whole-run fields: layer x step for each layer statistic, channel x step for each selected layer's
-        per-channel statistics (x: the training step)."""
+        per-channel statistics (x: the training step), of one rank or reduced across ranks (every process)."""
         wanted = [(stat, None) for stat in stats if stat in run.stat_names()]
         wanted += [(stat, info["name"]) for stat in stats if stat in run.channel_stat_names()
                    for info in scene.channel_layers(run, layers)]
+        reduced = mode in scene.REDUCED
+        if not (share.root or reduced):
+            return self._group([])
 
         def block(stat, layer):
-            try:
-                steps, g = (scene.layer_field(run, stat, rank) if layer is None
-                            else scene.channel_field(run, stat, layer, rank))
-            except KeyError:  # a layer without per-channel values recorded
+            made = self._reduced_field(run, stat, layer, mode, share) if reduced else self._one_rank_field(run, stat,
+                                                                                                           layer, rank)
+            if made is None or not made[1].values.size:
                 return None
-            if not g.values.size:
-                return None
+            steps, g = made
             data = vtk_data.grid(g.values, g.hidden, g.x_edges, g.y_edges, g.name, g.labels)
             vtk_data.add_field(data, "steps", steps.astype(np.float64))
+            if reduced:
+                vtk_data.add_field(data, "tview_reduction", mode)
             return tag(data, None)
         return self._group([(stat if layer is None else f"{stat}/{layer}", block(stat, layer))
                             for stat, layer in wanted])
+
+    @staticmethod
+    def _one_rank_field(run, stat, layer, rank):
+        try:
+            return scene.layer_field(run, stat, rank) if layer is None else scene.channel_field(run, stat, layer, rank)
+        except KeyError:  # a layer without per-channel values recorded
+            return None
+
+    @staticmethod
+    def _reduced_field(run, stat, layer, mode, share):
+        """(steps, Grid) of a field reduced across every process's ranks (on process 0; None elsewhere)."""
+        if layer is None:
+            steps = scene.field_steps(run, stat)
+            steps = steps[:share.agree(len(steps))]
+            merged = share.reduce(scene.layer_field_partial(run, stat, share.ranks, steps, share.skipped))
+            if merged is None or not merged.count.any():
+                return None
+            return scene.layer_field_of(run, stat, steps, merged, mode)
+        try:
+            steps, channels = scene.channel_steps(run, stat, layer)
+        except KeyError:  # no per-channel values for this layer: on every process alike
+            steps, channels = np.zeros(0, dtype=np.int64), 0
+        steps = steps[:share.agree(len(steps))]
+        if not len(steps) or not channels:
+            return None
+        part = scene.channel_field_partial(run, stat, layer, share.ranks, steps, channels, share.skipped)
+        merged = share.reduce(part)
+        if merged is None or not merged.count.any():
+            return None
+        return scene.channel_field_of(stat, steps, merged, mode)
+
+    def _rank_field_blocks(self, run, stats, tag, share):
+        """A rank x step field per selected layer statistic (when RankFields is on): every process reads its
+        ranks' rows, process 0 gathers them and makes the grid."""
+        if not self._rank_fields:
+            return self._group([])
+        blocks = []
+        for stat in [s for s in stats if s in run.stat_names()]:
+            layer = self._field_layer if self._field_layer in run.layers else scene.default_layer(run, stat)
+            steps = scene.field_steps(run, stat)
+            steps = steps[:share.agree(len(steps))]
+            rows = share.gather(scene.rank_rows(run, stat, layer, share.ranks, steps, share.skipped))
+            share.done_reading()
+            block = None
+            if rows is not None and rows[1].any():
+                at, g = scene.rank_field(run, stat, layer, run.ranks, steps, rows)
+                block = vtk_data.grid(g.values, g.hidden, g.x_edges, g.y_edges, g.name, g.labels)
+                vtk_data.add_field(block, "steps", at.astype(np.float64))
+                vtk_data.add_field(block, "tview_layer", layer)
+                block = tag(block, None)
+            blocks.append((stat, block))
+        return self._group(blocks)
+
+
+class _Share:
+    """This ParaView process's share of the run's ranks, and the MPI exchange of what it made of them: under
+    `mpirun pvbatch` (one piece per process) the ranks are dealt round robin and partial reductions and rank rows
+    travel over VTK's MPI controller; in one process (the GUI, plain pvbatch) process 0 reads every rank."""
+
+    def __init__(self, run, piece, n_pieces):
+        self.controller = _controller(piece, n_pieces)
+        self.root, self.n_ranks = piece == 0, len(run.ranks)
+        self.n_pieces = n_pieces if self.controller is not None else 1
+        if self.controller is not None:
+            self.ranks = scene.pieces(run.ranks, piece, n_pieces)
+        else:
+            self.ranks = list(run.ranks) if self.root else []
+        self.read = set()
+        self.skipped = []
+
+    def done_reading(self):
+        self.read.update(self.ranks)
+        for rank, why in self.skipped:
+            _report(f"rank {rank} left out: {why}", error=False)
+        self.skipped.clear()
+
+    def record(self, output):
+        """The ranks this process read, as field data of its output (which process read what is visible)."""
+        vtk_data.add_field(output, "tview_ranks_read", np.array(sorted(self.read), dtype=np.int32))
+
+    def _exchange(self, values, op=None):
+        from vtkmodules.util import numpy_support
+        from vtkmodules.vtkCommonCore import vtkDoubleArray
+        send = numpy_support.numpy_to_vtk(np.ascontiguousarray(values, dtype=np.float64), deep=True)
+        recv = vtkDoubleArray()
+        if op is None:
+            self.controller.Gather(send, recv, 0)
+        elif op == "all_min":
+            self.controller.AllReduce(send, recv, _communicator().MIN_OP)
+        else:
+            self.controller.Reduce(send, recv, op, 0)
+        return numpy_support.vtk_to_numpy(recv).copy() if recv.GetNumberOfTuples() else None
+
+    def agree(self, n):
+        """The least of every process's `n` (a length each read itself: on a live run they may differ)."""
+        if self.controller is None:
+            return n
+        return int(self._exchange(np.array([float(n)]), "all_min")[0])
+
+    def reduce(self, part):
+        """The Partial of every process's ranks, on process 0 (None on the others)."""
+        if self.controller is None or not part.count.size:
+            return part if self.root else None
+        comm = _communicator()
+        sums, low, high = scene.pack(part)
+        out = [self._exchange(sums, comm.SUM_OP), self._exchange(low, comm.MIN_OP),
+               self._exchange(high, comm.MAX_OP)]
+        return scene.unpack(*out, part.shape) if self.root else None
+
+    def gather(self, rows):
+        """Every rank's rows [2, ranks, steps] in rank order on process 0 (None on the others)."""
+        if self.controller is None:
+            return rows if self.root else None
+        size = scene.share_size(self.n_ranks, self.n_pieces)
+        block = scene.padded(rows, size)
+        flat = self._exchange(block.ravel())
+        if not self.root:
+            return None
+        return scene.gathered_rows(list(flat.reshape((self.n_pieces,) + block.shape)), self.n_ranks)
+
+
+def _communicator():
+    from vtkmodules.vtkParallelCore import vtkCommunicator
+    return vtkCommunicator
+
+
+def _controller(piece, n_pieces):
+    """VTK's MPI controller when each of `n_pieces` ParaView processes asks for its own piece; else None."""
+    if n_pieces < 2:
+        return None
+    try:
+        from vtkmodules.vtkParallelCore import vtkMultiProcessController
+    except ImportError:
+        return None
+    c = vtkMultiProcessController.GetGlobalController()
+    if c is None or c.GetNumberOfProcesses() != n_pieces or c.GetLocalProcessId() != piece:
+        return None
+    return c
 
 
 def _blocks_with_field(data, name):

@@ -1,9 +1,14 @@
 """pvbatch script behind `tview render`: one view of a run (or the four-view layout) to a PNG, or a movie's
 frames (one per recorded step, shared out among the processes of `mpirun -np N pvbatch --no-mpi`).
 
-    pvbatch render_view.py RUN OUT.png [--view network|trajectory|filters|feature_maps|feature_volume|field|layout]
-                           [--step N] [--array NAME] [--rank R] [--layer NAME] [--example K] [--size 1000x800]
-                           [--animate [--frames N]]
+    [mpirun -np N] pvbatch render_view.py RUN OUT.png
+        [--view network|trajectory|filters|feature_maps|feature_volume|field|rank_field|layout]
+        [--ranks one|mean|spread|std] [--step N] [--array NAME] [--rank R] [--layer NAME] [--example K]
+        [--size 1000x800] [--animate [--frames N]]
+
+Under `mpirun -np N pvbatch` (MPI on) the reader's processes share the run's ranks: `--ranks mean|spread|std`
+(network and field views) and the rank x step field are reduced or gathered over MPI, each process reading only
+its own ranks' shards.
 """
 
 import argparse
@@ -25,7 +30,10 @@ def parse():
     ap.add_argument("--step", type=float, default=None)
     ap.add_argument("--array", default=None)
     ap.add_argument("--rank", type=int, default=0)
-    ap.add_argument("--layer", default=None, help="the one layer whose filters/feature maps/trajectory to show")
+    ap.add_argument("--ranks", choices=("one", "mean", "spread", "std"), default="one",
+                    help="network and field views: one rank (--rank), or reduced across every rank")
+    ap.add_argument("--layer", default=None, help="the one layer whose filters/feature maps/trajectory/rank field "
+                                                  "to show")
     ap.add_argument("--example", type=int, default=0, help="the probe example whose feature maps to show")
     ap.add_argument("--size-by", default=None, help="network: size the glyphs by this statistic")
     ap.add_argument("--size", default=None, help="WIDTHxHEIGHT (default 1000x800, layout 1600x1200)")
@@ -46,17 +54,32 @@ def process_share():
     return 0, 1
 
 
+def process_count():
+    from paraview import servermanager
+    return servermanager.vtkProcessModule.GetProcessModule().GetNumberOfLocalPartitions()
+
+
 def build(a, manifest, reader, size):
     """The view (or layout) asked for; returns (what to screenshot, views, label texts)."""
     if a.view == "layout":
         lay, views, labels = tv.layout(reader, manifest, size, a.array, a.layer)
         return lay, views, labels
-    if a.view == "field":
-        reader.Statistics = [a.array or tv.DEFAULT_ARRAY["field"]]
-        reader.UpdatePipelineInformation()
+    if a.view in ("field", "rank_field", "network"):  # only the statistics shown are read
+        reader.Statistics = [a.array or tv.DEFAULT_ARRAY[a.view]] + ([a.size_by] if a.size_by else [])
+    if a.view == "rank_field":
+        reader.RankFields = 1
+        reader.RankFieldLayer = a.layer or ""
+    reader.UpdatePipelineInformation()
     view = tv.new_view(size)
     labels = tv.show(reader, view, a.view, a.array, tv.default_layer(manifest, a.view, a.layer), a.size_by)
     return view, [view], labels
+
+
+def caption(a, name, step):
+    if a.view == "rank_field":
+        return f"{name}: every rank"
+    who = f"rank {a.rank}" if a.ranks == "one" else f"{a.ranks} across ranks"
+    return f"{name}: {who}" + ("" if a.animate or a.view == "field" else f", step {int(step)}")
 
 
 def pick_frames(steps, frames):
@@ -82,6 +105,7 @@ def main():
     a = parse()
     manifest = a.run if a.run.endswith("run.tview") else os.path.join(a.run, "run.tview")
     reader = tv.open_run(manifest, a.rank, a.example, volumes=a.view == "feature_volume")
+    reader.RankMode = tv.RANK_MODES.index(a.ranks)
     steps = tv.steps_of(reader)
     if not steps:
         print(f"tview render: {a.run}: nothing to render (no readable recorded step)", file=sys.stderr)
@@ -95,8 +119,7 @@ def main():
     name = os.path.basename(os.path.dirname(os.path.abspath(manifest)))
     for view in views:
         view.ViewTime = step
-    tv.caption(views[-1] if a.view != "layout" else views[0],
-               f"{name}: rank {a.rank}" + ("" if a.animate else f", step {int(step)}"), "Lower Left Corner", 14)
+    tv.caption(views[-1] if a.view != "layout" else views[0], caption(a, name, step), "Lower Left Corner", 14)
     if a.animate:
         for view in views:  # the step shown in each frame
             display = tv.pv.Show(tv.pv.AnnotateTimeFilter(Format="step {time:.0f}"), view)
@@ -104,7 +127,7 @@ def main():
         animate(a, target, views, steps, size, name)
     else:
         tv.pv.SaveScreenshot(a.out, target, ImageResolution=size)
-        print(f"wrote {a.out}: {a.view} at step {int(step)}")
+        print(f"wrote {a.out}: {a.view} at step {int(step)} ({process_count()} ParaView processes)")
     print("labels: " + "|".join(text for text, _ in labels))
     sys.stdout.flush()  # and end normally: sys.exit after rendering trips a GLX error at teardown
 

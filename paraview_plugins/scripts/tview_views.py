@@ -1,6 +1,6 @@
 """tview's ParaView views, built with paraview.simple on a tview Run Reader: network, trajectory, filters,
-feature maps (tiles or volume), layer x step field, and the four linked together in one layout. Shared by
-render_view.py (pvbatch, `tview render`) and layout_state.py (the GUI, `tview paraview`)."""
+feature maps (tiles or volume), layer x step field, rank x step field, and four of them linked in one layout.
+Shared by render_view.py (pvbatch, `tview render`) and layout_state.py (the GUI, `tview paraview`)."""
 
 import math
 import os
@@ -12,8 +12,10 @@ PLUGIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 INK = [0.1, 0.1, 0.1]             # text and axes on the white background
 NAN_COLOR = [1.0, 1.0, 0.0]       # ParaView's NaN yellow, kept: a real NaN shows; gaps are never NaN (hidden cells)
 DEFAULT_ARRAY = {"network": "act_channel_zero_frac", "trajectory": "log_step", "filters": "weight",
-                 "feature_maps": "activation", "feature_volume": "activation", "field": "grad_norm"}
+                 "feature_maps": "activation", "feature_volume": "activation", "field": "grad_norm",
+                 "rank_field": "grad_norm"}
 LAYOUT = ("network", "field", "filters", "trajectory")
+RANK_MODES = ("one", "all", "mean", "spread", "std")  # the reader's RankMode values (tview.render.scene.RANK_MODES)
 
 
 def open_run(manifest, rank=0, example=0, volumes=False):
@@ -249,11 +251,13 @@ def feature_volume(reader, view, array, layer):
     return []
 
 
-def field(reader, view, array, layer=None):
-    part, _ = show_grid(reader, view, ["/Root/fields/" + (f"{array}/{layer}" if layer else array)], array,
+def field(reader, view, array, layer=None, block="fields"):
+    part, _ = show_grid(reader, view, [f"/Root/{block}/" + (f"{array}/{layer}" if layer else array)], array,
                         preset="Inferno (matplotlib)", log=True)
     labels = labels_of(part)
-    draw_labels(view, labels, size=14, justification="Right")
+    rows = [lab for lab in labels if block != "rank_fields" or lab[0].startswith("rank ")]
+    draw_labels(view, rows, size=14, justification="Right")
+    draw_labels(view, [lab for lab in labels if lab not in rows], size=15)  # a rank field's layer, above it
     grid = view.AxesGrid
     grid.Visibility = 1
     grid.XTitle, grid.YTitle, grid.ZTitle = "training step", "", ""
@@ -267,8 +271,14 @@ def field(reader, view, array, layer=None):
     return labels
 
 
+def rank_field(reader, view, array, layer=None):
+    """One layer statistic of one layer (the reader's RankFieldLayer), a row per rank: the rank_fields block,
+    whose rows every process read for its own ranks."""
+    return field(reader, view, array, None, "rank_fields")
+
+
 VIEWS = {"network": network, "trajectory": trajectory, "filters": filters, "feature_maps": feature_maps,
-         "feature_volume": feature_volume, "field": field}
+         "feature_volume": feature_volume, "field": field, "rank_field": rank_field}
 
 
 def show(reader, view, name, array=None, layer=None, size=None):

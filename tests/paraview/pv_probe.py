@@ -30,11 +30,14 @@ def describe(data):
     if data is None:
         return None
     if data.IsA("vtkMultiBlockDataSet"):
+        read = data.GetFieldData().GetArray("tview_ranks_read")
         return {"blocks": {data.GetMetaData(i).Get(data.NAME()) if data.HasMetaData(i) else str(i):
-                           describe(data.GetBlock(i)) for i in range(data.GetNumberOfBlocks())}}
+                           describe(data.GetBlock(i)) for i in range(data.GetNumberOfBlocks())},
+                "ranks_read": numpy_support.vtk_to_numpy(read).tolist() if read is not None else None}
     out = {"class": data.GetClassName(), "points": data.GetNumberOfPoints(), "arrays": arrays_of(data),
            "tview_rank": field(data, "tview_rank"), "piece": field(data, "paraview_piece"),
-           "snapshot_step": field(data, "snapshot_step")}
+           "snapshot_step": field(data, "snapshot_step"), "reduction": field(data, "tview_reduction"),
+           "tview_layer": field(data, "tview_layer")}
     if data.IsA("vtkImageData") or data.IsA("vtkRectilinearGrid"):
         out["dimensions"] = list(data.GetDimensions())
         cd = data.GetCellData()

@@ -209,9 +209,11 @@ def channel_field(run: Run, stat: str, layer: str, rank: int) -> tuple[np.ndarra
     steps, v = run.stat(stat, layer, rank)
     v = np.asarray(v, dtype=np.float64).reshape(len(steps), -1)
     keep = ~np.isnan(v).all(axis=1)  # rows with nothing measured (older stores pad them with NaN)
-    steps, v = steps[keep], v[keep]
-    m = np.ma.masked_array(v, mask=np.zeros(v.shape, dtype=bool))
-    g = _field_grid(steps, m, [f"c{k}" for k in range(v.shape[1])], stat)
+    return _channel_grid(steps[keep], np.ma.masked_array(v[keep], mask=np.zeros(v[keep].shape, dtype=bool)), stat)
+
+
+def _channel_grid(steps: np.ndarray, m: np.ma.MaskedArray, stat: str) -> tuple[np.ndarray, Grid]:
+    g = _field_grid(steps, m, [f"c{k}" for k in range(m.shape[1])], stat)
     every = _every(len(g.labels), 32)
     g.labels = [lab for i, lab in enumerate(g.labels) if i % every == 0]
     return steps, g
@@ -480,3 +482,29 @@ def default_layer(run: Run, stat: str) -> str:
     _, m = run.stat_matrix(stat, run.ranks[0], max_points=200)
     measured = ~np.ma.getmaskarray(m).all(axis=0)
     return run.layers[int(np.argmax(measured))] if measured.any() else run.layers[0]
+
+
+def channel_steps(run: Run, stat: str, layer: str) -> tuple[np.ndarray, int]:
+    """(steps, channels) of a per-channel statistic's field across ranks: the first rank's measured rows.
+    Raises KeyError where the layer has no per-channel values."""
+    if not run.ranks:
+        return np.zeros(0, dtype=np.int64), 0
+    steps, v = run.stat(stat, layer, run.ranks[0])
+    v = np.asarray(v, dtype=np.float64).reshape(len(steps), -1)
+    return steps[~np.isnan(v).all(axis=1)], v.shape[1]
+
+
+def channel_field_partial(run: Run, stat: str, layer: str, ranks: list[int], steps: np.ndarray, channels: int,
+                          skipped: list | None = None) -> Partial:
+    """Partial [steps, channels] of a per-channel statistic of one layer over `ranks`, on the common steps."""
+    def read(r):
+        at, v = run.stat(stat, layer, r)
+        return on_steps(steps, at, np.asarray(v, dtype=np.float64).reshape(len(at), -1))
+    return partial(_readable(read, ranks, skipped), (len(steps), channels))
+
+
+def channel_field_of(stat: str, steps: np.ndarray, p: Partial, mode: str) -> tuple[np.ndarray, Grid]:
+    """(steps, Grid) of the channel x step field of the mean/spread/std across ranks (as channel_field)."""
+    keep = (p.count > 0).any(axis=1)
+    values = finish(p, mode)[keep]
+    return _channel_grid(steps[keep], np.ma.masked_array(values, mask=p.count[keep] == 0), stat)
