@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 
 from tview.errors import CorruptShardError, NotARunError, SchemaVersionError, TviewError
-from tview.store import schema
+from tview.store import rank_summary, schema
 from tview.store.h5open import check_shard_file, open_shard_file
 from tview.store.manifest import read_manifest
 
@@ -168,8 +168,7 @@ class ShardReader:
 
     @staticmethod
     def table_path(table: str) -> str:
-        """The group of a table: scalars and snapshots at the top, probe tables under probes/."""
-        return table if table in (schema.TABLE_SCALARS, schema.TABLE_SNAPSHOTS) else f"{schema.PROBES}/{table}"
+        return schema.table_path(table)
 
     @_serialized
     def dataset(self, table: str, column: str) -> h5py.Dataset:
@@ -600,26 +599,38 @@ class Run:
 
     # -- health of the ranks --------------------------------------------------------------
     @_guarded
+    def rank_summaries(self) -> dict[int, dict]:
+        """Per rank (0 to world_size - 1, and any beyond with a shard): its summary (tview.store.rank_summary:
+        steps, first/last step and wall time, closed, dropped, first_nonfinite, trend), from the small file its
+        writer keeps beside the shard (no HDF5 opened), or computed from the shard when that file is missing or
+        stale. A rank that cannot be read has {"problem": why} and no trend; readable ones have problem None."""
+        out = {}
+        for rank in range(max([self.world_size] + [r + 1 for r in self.ranks])):
+            summary = None
+            if rank in self._files and rank not in self.problems:
+                summary = rank_summary.read_summary(self._files[rank], rank) or self._summary_from_shard(rank)
+            if summary is None:
+                summary = {"rank": rank, "steps": 0, "last_step": None, "closed": False, "dropped": 0,
+                           "first_wall": None, "last_wall": None, "first_nonfinite": None, "trend": None,
+                           "problem": self.problems.get(rank, "missing")}
+            else:
+                summary = {**summary, "problem": None}
+            out[rank] = summary
+        return out
+
+    def _summary_from_shard(self, rank: int) -> dict | None:
+        try:
+            shard = self.shard(rank)
+            return _shard_summary(shard, self.scalar_names(rank), self.first_nonfinite(rank))
+        except TviewError as exc:  # damaged where the summary reads: this rank says so, the others go on
+            self.problems[rank] = str(exc)
+            return None
+
     def rank_status(self) -> dict[int, dict]:
         """Per rank: recorded steps, last step, whether it closed cleanly, records dropped, first and
-        last wall time, problem (None when readable)."""
-        status = {}
-        for rank in range(max([self.world_size] + [r + 1 for r in self.ranks])):
-            shard = None
-            if rank in self._files:
-                try:
-                    shard = self.shard(rank)
-                except TviewError:
-                    shard = None
-            try:
-                status[rank] = _rank_row(shard) if shard is not None else None
-            except TviewError as exc:  # damaged where the summary reads: this rank says so, the others go on
-                self.problems[rank] = str(exc)
-                status[rank] = None
-            if status[rank] is None:
-                status[rank] = {"steps": 0, "last_step": None, "closed": False, "dropped": 0, "first_wall": None,
-                                "last_wall": None, "problem": self.problems.get(rank, "missing")}
-        return status
+        last wall time, problem (None when readable); from rank_summaries()."""
+        keys = ("steps", "last_step", "closed", "dropped", "first_wall", "last_wall", "problem")
+        return {rank: {k: s[k] for k in keys} for rank, s in self.rank_summaries().items()}
 
     @_guarded
     def first_nonfinite(self, rank: int = 0) -> dict[str, dict]:
@@ -627,21 +638,10 @@ class Run:
         {"layers": {layer: step}, "scalars": {name: step}, "tensors": {"activation"|"gradient"|...: {layer: step}}}.
         Absent names: never."""
         shard = self.shard(rank)
-        names = self.scalar_names(rank)
         group = shard.file["status/first_nonfinite"]
-        out = {"layers": {}, "scalars": {}, "tensors": {}}
-        for table in group:
-            first = shard.dataset("status", f"first_nonfinite/{table}")[:]
-            if table == schema.TABLE_SCALARS:
-                out["scalars"] = {names[i]: int(s) for i, s in enumerate(first[:len(names)]) if s >= 0}
-                continue
-            tensor = out["tensors"].setdefault(shard.tables[table].reads, {}) if table in shard.tables else {}
-            for i, s in enumerate(first[:len(self.layers)]):
-                if s >= 0:
-                    layer = self.layers[i]
-                    tensor[layer] = min(int(s), tensor.get(layer, int(s)))
-                    out["layers"][layer] = min(int(s), out["layers"].get(layer, int(s)))
-        return out
+        first = {table: shard.dataset("status", f"first_nonfinite/{table}")[:] for table in group}
+        return rank_summary.first_nonfinite_map(first, self.layers, self.scalar_names(rank),
+                                                {t: spec.reads for t, spec in shard.tables.items()})
 
     def stat_across_ranks(self, name: str, layer: str | int, ranks=None, max_points: int | None = None) -> dict:
         """{rank: (steps, values)} of one layer statistic on every readable rank (or `ranks`), empty arrays
@@ -692,17 +692,16 @@ class Run:
         return f"Run({self.path!r}, ranks={len(self.ranks)}, layers={len(self.layers)})"
 
 
-def _rank_row(shard: ShardReader) -> dict:
-    """rank_status's row of one readable shard: the length and the last row only, cheap however long."""
-    step = shard.dataset(schema.TABLE_SCALARS, "step")
-    wall = shard.dataset(schema.TABLE_SCALARS, "wall_time")
-    n = int(min(step.shape[0], wall.shape[0]))
-    last_step = int(step[n - 1]) if n else None
-    if last_step is not None and last_step < 0:
-        raise CorruptShardError(f"{shard.path}: scalars/step ends with step {last_step} (damaged?)")
-    return {"steps": n, "last_step": last_step, "closed": bool(shard.dataset("status", "closed")[0] == 1),
-            "dropped": int(shard.dataset("status", "dropped")[0]), "problem": None,
-            "first_wall": float(wall[0]) if n else None, "last_wall": float(wall[n - 1]) if n else None}
+def _shard_summary(shard: ShardReader, scalar_names: list[str], first_nonfinite: dict) -> dict:
+    """A rank summary computed from its shard (what its writer would have written beside it)."""
+    n = shard.length(schema.TABLE_SCALARS)
+    steps, walls = shard.read(schema.TABLE_SCALARS, "wall_time", slice(0, n, max(n - 1, 1)))  # first and last
+    last = (int(steps[-1]), float(walls[-1])) if n else None
+    lengths = {t: shard.length(t) for t in shard.tables}
+    trend = rank_summary.trend_from_rows(n, shard.read, scalar_names, shard.tables, lengths)
+    return rank_summary.summary_dict(shard.rank, shard.world_size, trend, last, float(walls[0]) if n else None,
+                                     bool(shard.dataset("status", "closed")[0] == 1),
+                                     int(shard.dataset("status", "dropped")[0]), first_nonfinite)
 
 
 def open_run(path: str, skip_bad_shards: bool = False) -> Run:

@@ -24,6 +24,12 @@ PROBES = "probes"  # one table (group) per probe under it: probes/<table>/...
 MAX_SCALARS = 64  # columns of scalars/values; names in scalars/names, in order of first use
 SCALAR_NAME_LEN = 64  # bytes of a scalar's UTF-8 name
 
+
+def table_path(table: str) -> str:
+    """The group of a table in a shard: scalars and snapshots at the top, probe tables under probes/."""
+    return table if table in (TABLE_SCALARS, TABLE_SNAPSHOTS) else f"{PROBES}/{table}"
+
+
 # Column kinds: what one row of a column holds
 LAYER = "layer"      # [L]: one number per layer
 CHANNEL = "channel"  # one dataset per layer, [C]: one number per output channel

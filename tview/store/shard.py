@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from tview.errors import CorruptShardError, RunExistsError, SchemaVersionError
-from tview.store import schema
+from tview.store import rank_summary, schema
 from tview.store.records import ShardLayout, StepRecord, TableRow
 
 _ROWS_PER_CHUNK = 256  # along the step axis, at most
@@ -209,6 +209,8 @@ class ShardWriter:
         self.scalar_columns = {bytes(n).decode("utf-8", "replace"): i for i, n in enumerate(self._names[:])}
         first = self.file["status/first_nonfinite"]
         self._first = {name: first[name][:] for name in first}
+        self._dropped = int(self.file["status/dropped"][0])
+        self.rebuild_summary()
         # bytes the last write added to the file; before any, what the first chunk of every column takes
         self._growth = sum(int(np.prod(c.dset.chunks)) * c.dtype.itemsize for t in self.tables.values()
                            for c in list(t.columns.values()) + [t._step])
@@ -340,6 +342,56 @@ class ShardWriter:
                              f"(declared: {sorted(self.specs)})")
         self._write_snapshots(records)
         self._note_nonfinite(records)
+        self._note_trend(records)
+
+    def _note_trend(self, records: list[StepRecord]):
+        """Keep the rank summary's trend: chosen scalars and whole-network numbers of every k-th record."""
+        if not records:
+            return
+        names = {n for r in records for n in r.scalars if rank_summary.trend_scalar(n)}
+        columns = {n: np.array([r.scalars.get(n, np.nan) for r in records], dtype=np.float64) for n in names}
+        for table, spec in self.specs.items():
+            for col in spec.columns:
+                if col.name in rank_summary.WHOLE_NETWORK and col.kind == schema.LAYER:
+                    columns[col.name] = self._whole_network(table, col.name, records)
+        self._trend.extend([r.step for r in records], [r.wall_time for r in records], columns)
+        if self._first_wall is None:
+            self._first_wall = float(records[0].wall_time)
+        self._last = (int(records[-1].step), float(records[-1].wall_time))
+
+    def _whole_network(self, table: str, column: str, records: list[StepRecord]) -> np.ndarray:
+        L = len(self.layout.layers)
+        rows = np.full((len(records), L), np.nan)
+        for i, r in enumerate(records):
+            row = r.tables.get(table)
+            if row is not None and column in row.values:
+                rows[i] = np.where(np.asarray(row.measured, dtype=bool), np.asarray(row.values[column], np.float64),
+                                   np.nan)
+        return rank_summary.whole_network(column, rows)
+
+    def rebuild_summary(self):
+        """The rank summary's state from what the file holds (a resumed shard, or one written in bulk)."""
+        def read(table: str, column: str, sel: slice):
+            g = self.file[schema.table_path(table)]
+            return g["step"][sel], g[column][sel]
+        rows = int(self.file[schema.TABLE_SCALARS]["step"].shape[0])
+        names = [bytes(n).decode("utf-8", "replace") for n in self.file[schema.TABLE_SCALARS]["names"][:]]
+        lengths = {t: int(self.file[schema.PROBES][t]["step"].shape[0]) for t in self.specs}
+        self._trend = rank_summary.trend_from_rows(rows, read, names, self.specs, lengths)
+        wall = self.file[schema.TABLE_SCALARS]["wall_time"]
+        self._first_wall = float(wall[0]) if rows else None
+        self._last = (int(self.file[schema.TABLE_SCALARS]["step"][rows - 1]), float(wall[rows - 1])) if rows else None
+
+    def summary(self, closed: bool = False) -> dict:
+        """The rank summary as it stands (see tview.store.rank_summary)."""
+        names = sorted(self.scalar_columns, key=self.scalar_columns.get)
+        first = rank_summary.first_nonfinite_map(self._first, self.layout.layer_names, names,
+                                                 {t: s.reads for t, s in self.specs.items()})
+        return rank_summary.summary_dict(self.layout.rank, self.layout.world_size, self._trend, self._last,
+                                         self._first_wall, closed, self._dropped, first)
+
+    def write_summary(self, closed: bool = False):
+        rank_summary.write_summary(self.path, self.summary(closed))
 
     def _checked(self, spec: schema.TableSpec, row: TableRow) -> TableRow:
         """A row whose columns are all declared; CHANNEL layers without a value of the declared width
@@ -397,6 +449,7 @@ class ShardWriter:
 
     def set_dropped(self, count: int):
         self.file["status/dropped"][0] = count
+        self._dropped = int(count)
 
     def flush(self):
         """Flush to disk, then check the file is still where readers look for it (a removed or replaced
@@ -408,6 +461,7 @@ class ShardWriter:
             moved = True
         if moved:
             raise OSError(f"{self.path} was removed or replaced while recording (run folder deleted?)")
+        self.write_summary()
 
     def close(self, clean: bool = True):
         if self.file:
@@ -415,6 +469,7 @@ class ShardWriter:
                 self.file["status/closed"][0] = 1
             self.file.flush()
             self.release()
+            self.write_summary(closed=clean)  # after the file's last change: a summary older than its shard is stale
 
     def release(self):
         """Close every dataset handle, then the file; nothing of it is left for garbage collection

@@ -116,5 +116,6 @@ def write_synthetic_run(path: str, steps: int, ranks: int = 8, layers: int = 20,
         for spec in TABLES:
             rows = step_sets.get(spec.name, step_sets[spec.cadence])
             _write_table(f[schema.PROBES][spec.name], spec, rows, layers, block, noise, rng)
+        w.rebuild_summary()  # written in bulk, past the writer's own bookkeeping
         w.close(clean=True)
     return path

@@ -1,0 +1,239 @@
+"""Per-rank summaries: a small JSON file beside each shard, rewritten at every flush, from which a reader
+learns every rank's state and trend (1024 ranks: 1024 small files, no HDF5 opened). Written after the shard's
+own flush and stamped with the shard's size and modification time then: a summary whose stamp differs from the
+shard on disk (a writer killed in between) is not trusted.
+
+`rank-NNNNN.summary.json` holds the rank's recorded steps, first and last step and wall time, whether it
+closed cleanly, records dropped, where NaN/Inf first appeared, and a trend: the loss, the durations
+(step_time, busy_time, ...), examples/s and whole-network numbers (gradient and weight norms over all
+layers, the sum of all weights) on every k-th recorded step, k a power of two that doubles as the run grows,
+so each series keeps between TREND_POINTS and 2 * TREND_POINTS - 1 points. It is derived data: a reader
+that finds it missing, unreadable or older than its shard computes the same summary from the shard.
+JSON as Python writes it (NaN and Infinity as bare tokens).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Callable
+
+import numpy as np
+
+from tview.store import schema
+
+SUMMARY_VERSION = 1
+SUFFIX = ".summary.json"
+TREND_POINTS = 64
+WHOLE_NETWORK = {"grad_norm": "norm", "local_grad_norm": "norm", "weight_norm": "norm", "weight_sum": "sum"}
+EXACT = ("weight_sum",)  # kept at full precision (compared between replicas); others at 7 digits
+_NOT_DURATIONS = ("wall_time",)
+
+
+def summary_path(shard_path: str) -> str:
+    """rank-00003.h5 -> rank-00003.summary.json"""
+    root, _ = os.path.splitext(shard_path)
+    return root + SUFFIX
+
+
+def trend_scalar(name: str) -> bool:
+    """Scalars a trend keeps: the loss, examples/s and durations (names ending in _time)."""
+    return name in ("loss", "examples_per_sec") or (name.endswith("_time") and name not in _NOT_DURATIONS)
+
+
+def stride_for(rows: int) -> int:
+    """The power of two k such that every k-th of `rows` rows makes at most 2 * TREND_POINTS - 1 points."""
+    k = 1
+    while -(-rows // k) > 2 * TREND_POINTS - 1:
+        k *= 2
+    return k
+
+
+def whole_network(name: str, values: np.ndarray) -> np.ndarray:
+    """Per row of per-layer values [rows, layers]: the norm over all layers (for *_norm), or their sum;
+    NaN layers (not measured) are left out, NaN where no layer has a value. Inf stays Inf."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim == 1:
+        v = v[None, :]
+    present = ~np.isnan(v)
+    if WHOLE_NETWORK.get(name) == "norm":
+        out = np.sqrt(np.where(present, v * v, 0.0).sum(axis=1))
+    else:
+        out = np.where(present, v, 0.0).sum(axis=1)
+    return np.where(present.any(axis=1), out, np.nan)
+
+
+class Trend:
+    """Every k-th row of a growing series (k doubling as rows come), bounded whatever the run's length."""
+
+    def __init__(self):
+        self.rows = 0
+        self.stride = 1
+        self.index = np.zeros(0, dtype=np.int64)
+        self.step = np.zeros(0, dtype=np.int64)
+        self.wall = np.zeros(0)
+        self.series: dict[str, np.ndarray] = {}
+
+    def extend(self, steps, walls, columns: dict[str, np.ndarray]):
+        """Append len(steps) rows; `columns`: name -> values per row (NaN: not there). A name seen for
+        the first time holds NaN on the rows kept before it."""
+        n = len(steps)
+        index = self.rows + np.arange(n, dtype=np.int64)
+        self.rows += n
+        keep = index % self.stride == 0
+        for name in columns:
+            self.series.setdefault(name, np.full(len(self.index), np.nan))
+        for name, old in self.series.items():
+            new = np.asarray(columns[name], dtype=np.float64)[keep] if name in columns else np.full(keep.sum(), np.nan)
+            self.series[name] = np.concatenate([old, new])
+        self.index = np.concatenate([self.index, index[keep]])
+        self.step = np.concatenate([self.step, np.asarray(steps, dtype=np.int64)[keep]])
+        self.wall = np.concatenate([self.wall, np.asarray(walls, dtype=np.float64)[keep]])
+        self._thin()
+
+    def _thin(self):
+        stride = stride_for(self.rows)
+        if stride == self.stride:
+            return
+        self.stride = stride
+        keep = self.index % stride == 0
+        self.index, self.step, self.wall = self.index[keep], self.step[keep], self.wall[keep]
+        self.series = {name: v[keep] for name, v in self.series.items()}
+
+    def as_json(self) -> dict:
+        out = {"stride": self.stride, "step": self.step.tolist(), "wall_time": self.wall.tolist()}
+        for name, v in self.series.items():
+            out[name] = v.tolist() if name in EXACT else [float(f"{x:.7g}") for x in v.tolist()]
+        return out
+
+
+def first_nonfinite_map(first: dict[str, np.ndarray], layers: list[str], scalar_names: list[str],
+                        reads: dict[str, str]) -> dict[str, dict]:
+    """Where NaN/Inf first appeared, from status/first_nonfinite's arrays (table -> first step per layer, or per
+    scalar column for 'scalars'; -1: never): {"layers": {layer: step}, "scalars": {name: step},
+    "tensors": {what the table reads: {layer: step}}}."""
+    out: dict[str, dict] = {"layers": {}, "scalars": {}, "tensors": {}}
+    for table, steps in first.items():
+        if table == schema.TABLE_SCALARS:
+            out["scalars"] = {scalar_names[i]: int(s) for i, s in enumerate(steps[:len(scalar_names)]) if s >= 0}
+            continue
+        tensor = out["tensors"].setdefault(reads[table], {}) if table in reads else {}
+        for i, s in enumerate(steps[:len(layers)]):
+            if s >= 0:
+                layer = layers[i]
+                tensor[layer] = min(int(s), tensor.get(layer, int(s)))
+                out["layers"][layer] = min(int(s), out["layers"].get(layer, int(s)))
+    return out
+
+
+def summary_dict(rank: int, world_size: int, trend: Trend, last: tuple | None, first_wall: float | None,
+                 closed: bool, dropped: int, first_nonfinite: dict) -> dict:
+    """The JSON object of a summary. last: (step, wall time) of the last recorded row, None before any."""
+    return {"tview_summary_version": SUMMARY_VERSION, "rank": int(rank), "world_size": int(world_size),
+            "steps": int(trend.rows), "first_step": int(trend.step[0]) if len(trend.step) else None,
+            "last_step": None if last is None else int(last[0]), "first_wall": first_wall,
+            "last_wall": None if last is None else float(last[1]), "closed": bool(closed), "dropped": int(dropped),
+            "written_unix": time.time(), "first_nonfinite": first_nonfinite, "trend": trend.as_json()}
+
+
+def shard_stamp(shard_path: str) -> list[int]:
+    """[size, mtime in ns] of a shard: a summary records the stamp of the shard it was made from."""
+    st = os.stat(shard_path)
+    return [int(st.st_size), int(st.st_mtime_ns)]
+
+
+def write_summary(shard_path: str, summary: dict) -> None:
+    """Replace the shard's summary atomically (readers see the old one or the new one, never half), stamped
+    with the shard's size and modification time as they are now (call it after the shard's last write)."""
+    path = summary_path(shard_path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump({**summary, "shard_stamp": shard_stamp(shard_path)}, f, separators=(",", ":"))
+    os.replace(tmp, path)
+
+
+def _valid(summary, rank: int) -> bool:
+    if not isinstance(summary, dict) or summary.get("tview_summary_version") != SUMMARY_VERSION:
+        return False
+    trend = summary.get("trend")
+    if summary.get("rank") != rank or not isinstance(trend, dict) or not isinstance(trend.get("step"), list):
+        return False
+    n = len(trend["step"])
+    return all(isinstance(v, list) and len(v) == n for k, v in trend.items() if k != "stride")
+
+
+def read_summary(shard_path: str, rank: int) -> dict | None:
+    """The shard's summary, or None when it is missing, unreadable, not this rank's, or made from another state
+    of the shard than the one on disk (a writer killed between its flush and the summary): then the caller
+    reads the shard."""
+    try:
+        with open(summary_path(shard_path), "rb") as f:
+            text = f.read(4 * 2**20 + 1)
+        if len(text) > 4 * 2**20:
+            return None
+        summary = json.loads(text)
+        if not _valid(summary, rank) or summary.get("shard_stamp") != shard_stamp(shard_path):
+            return None
+    except (OSError, ValueError, RecursionError):
+        return None
+    return summary
+
+
+ReadRows = Callable[[str, str, slice], tuple]  # (table, column, rows) -> (steps, values)
+
+
+def trend_from_rows(rows: int, read: ReadRows, scalar_names: list[str], tables: dict[str, schema.TableSpec],
+                    table_rows: dict[str, int]) -> Trend:
+    """The trend a writer would have kept, from a shard's tables (every k-th row of rows recorded steps)."""
+    trend = Trend()
+    if rows == 0:
+        return trend
+    k = stride_for(rows)
+    sel = slice(0, rows, k)
+    steps, walls = read(schema.TABLE_SCALARS, "wall_time", sel)
+    _, values = read(schema.TABLE_SCALARS, "values", sel)
+    _, measured = read(schema.TABLE_SCALARS, "measured", sel)
+    columns = {name: np.where(measured[:, i] > 0, values[:, i], np.nan)
+               for i, name in enumerate(scalar_names) if trend_scalar(name)}
+    for table, spec in tables.items():
+        for col in spec.columns:
+            if col.name in WHOLE_NETWORK and col.kind == schema.LAYER and table_rows.get(table):
+                columns[col.name] = _table_trend(read, table, col.name, table_rows[table], steps)
+    trend.rows, trend.stride = rows, k
+    trend.index = np.arange(0, rows, k, dtype=np.int64)[:len(steps)]
+    trend.step, trend.wall = np.asarray(steps, dtype=np.int64), np.asarray(walls, dtype=np.float64)
+    trend.series = {name: np.asarray(v, dtype=np.float64) for name, v in columns.items()}
+    return trend
+
+
+def _table_trend(read: ReadRows, table: str, column: str, n: int, steps: np.ndarray) -> np.ndarray:
+    """A table column's whole-network value at `steps` (NaN where the table has no row at that step)."""
+    sel = slice(0, n, stride_for(n))
+    at, values = read(table, column, sel)
+    _, measured = read(table, "measured", sel)
+    whole = whole_network(column, np.where(measured > 0, values, np.nan))
+    out = np.full(len(steps), np.nan)
+    pos = np.searchsorted(at, steps)
+    hit = pos < len(at)
+    hit[hit] = at[pos[hit]] == steps[hit]
+    out[hit] = whole[pos[hit]]
+    return out
+
+
+def trend_arrays(summary: dict, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of one trend series of a summary at the points where it has a value. A trend keeps no
+    measured mask, so a NaN point is left out (where NaN/Inf first appeared is in first_nonfinite, exactly)."""
+    trend = summary["trend"]
+    if name not in trend:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    steps = np.asarray(trend["step"], dtype=np.int64)
+    values = np.asarray(trend[name], dtype=np.float64)
+    present = ~np.isnan(values)
+    return steps[present], values[present]
+
+
+def finite_median(values) -> float | None:
+    v = [x for x in values if x is not None and math.isfinite(x)]
+    return float(np.median(v)) if v else None
