@@ -119,6 +119,8 @@ def main():
     name = os.path.basename(os.path.dirname(os.path.abspath(manifest)))
     for view in views:
         view.ViewTime = step
+        if process_count() > 1 and a.view != "feature_volume":
+            tv.backdrop(view)  # else the labels beside the data are clipped in the composited picture
     tv.caption(views[-1] if a.view != "layout" else views[0], caption(a, name, step), "Lower Left Corner", 14)
     if a.animate:
         for view in views:  # the step shown in each frame

@@ -141,6 +141,33 @@ def frame_2d(view, labels, data_bounds, margin=(0.12, 0.04, 0.10, 0.08)):
     view.CameraParallelScale = max((y1 - y0) / 2, (x1 - x0) / 2 * height / width)
 
 
+def backdrop(view):
+    """A plane in the background colour behind everything, filling the view. Under `mpirun pvbatch` IceT
+    composites only the screen area the data covers, which clipped the labels drawn beside the data."""
+    import numpy as np
+    cam = view.GetActiveCamera()
+    pos, focal = np.array(cam.GetPosition()), np.array(cam.GetFocalPoint())
+    ahead = focal - pos
+    dist = float(np.linalg.norm(ahead)) or 1.0
+    ahead /= dist
+    right = np.cross(ahead, np.array(cam.GetViewUp()))
+    right /= np.linalg.norm(right) or 1.0
+    up = np.cross(right, ahead)
+    far = 3.0 * dist  # behind the data: a camera is set at least the scene's radius away from its focus
+    half_h = (cam.GetParallelScale() if cam.GetParallelProjection()
+              else far * math.tan(math.radians(cam.GetViewAngle()) / 2))
+    width, height = view.ViewSize
+    half_w = half_h * width / max(height, 1)
+    origin = pos + ahead * far - right * half_w * 1.2 - up * half_h * 1.2
+    plane = pv.Plane(Origin=list(origin), Point1=list(origin + 2.4 * half_w * right),
+                     Point2=list(origin + 2.4 * half_h * up))
+    display = pv.Show(plane, view)
+    display.ColorArrayName = ["POINTS", ""]  # a solid colour
+    display.AmbientColor = display.DiffuseColor = list(view.Background)
+    display.Ambient, display.Diffuse, display.Specular = 1.0, 0.0, 0.0
+    return plane
+
+
 def bounds(source):
     return source.GetDataInformation().GetBounds()
 

@@ -20,7 +20,8 @@ PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tview/
 REPO = os.path.dirname(PACKAGE)
 APT_HINT = ("install Debian's ParaView: apt-get install -y --no-install-recommends paraview python3-paraview "
             "python3-h5py python3-numpy xvfb xauth")
-VIEWS = ("network", "trajectory", "filters", "feature_maps", "feature_volume", "field", "layout")
+VIEWS = ("network", "trajectory", "filters", "feature_maps", "feature_volume", "field", "rank_field", "layout")
+RANKS = ("one", "mean", "spread", "std")  # how the network and field views show ranks
 SCREEN = "1600x1200x24"
 
 
@@ -114,11 +115,16 @@ def screen(env: dict, timeout: float = 30) -> Iterator[dict]:
 
 
 def render_args(run: str, out: str, view: str = "network", step: float | None = None, array: str | None = None,
-                rank: int = 0, layer: str | None = None, example: int = 0, size_by: str | None = None) -> list[str]:
+                rank: int = 0, layer: str | None = None, example: int = 0, size_by: str | None = None,
+                ranks: str = "one") -> list[str]:
     """render_view.py's arguments for one view (or the four-view layout) of a run."""
     if view not in VIEWS:
         raise TviewError(f"unknown view {view!r}; choose one of {', '.join(VIEWS)}")
+    if ranks not in RANKS:
+        raise TviewError(f"unknown rank mode {ranks!r}; choose one of {', '.join(RANKS)}")
     args = [manifest_of(run), os.path.abspath(out), "--view", view, "--rank", str(rank), "--example", str(example)]
+    if ranks != "one":
+        args += ["--ranks", ranks]
     if step is not None:
         args += ["--step", str(step)]
     if array:
@@ -160,9 +166,19 @@ def _run_pvbatch(cmd: list[str], what: str, timeout: float, echo: bool, attempts
     return text
 
 
-def render(run: str, out: str, timeout: float = 300, **kwargs) -> str:
-    """Render one view of a run to a PNG through pvbatch; returns pvbatch's output, raises on failure."""
+def mpi_command(processes: int, pvbatch: list[str]) -> list[str]:
+    """`mpirun -np N` around a pvbatch command line, passing the screen and the clean PYTHONPATH on (2 cores
+    here: --oversubscribe lets N exceed them)."""
+    return [find_program("mpirun"), "--allow-run-as-root", "--oversubscribe", "-np", str(processes),
+            "-x", "DISPLAY", "-x", "PYTHONPATH", "-x", "PYTHONNOUSERSITE"] + pvbatch
+
+
+def render(run: str, out: str, timeout: float = 300, processes: int = 1, **kwargs) -> str:
+    """Render one view of a run to a PNG through pvbatch; returns pvbatch's output, raises on failure. With
+    processes > 1, `mpirun -np N pvbatch`: the reader's processes share the ranks (reductions over MPI)."""
     cmd = [find_program("pvbatch"), script("render_view.py")] + render_args(run, out, **kwargs)
+    if processes > 1:
+        cmd = mpi_command(processes, cmd)
     text = _run_pvbatch(cmd, run, timeout, echo=False)
     if not os.path.isfile(out):
         raise TviewError(f"pvbatch did not write {out}:\n{text[-3000:]}")
@@ -183,8 +199,7 @@ def animate(run: str, out: str, processes: int = 1, timeout: float = 1800, frame
         args += ["--frames", str(frames)]
     cmd = [find_program("pvbatch"), script("render_view.py")] + args
     if processes > 1:  # independent pvbatch processes, each rendering every Nth frame (MPI rank from the env)
-        cmd = [find_program("mpirun"), "--allow-run-as-root", "--oversubscribe", "-np", str(processes),
-               "-x", "DISPLAY", "-x", "PYTHONPATH", cmd[0], "--no-mpi"] + cmd[1:]
+        cmd = mpi_command(processes, [cmd[0], "--no-mpi"] + cmd[1:])
     text = _run_pvbatch(cmd, run, timeout, echo=True)
     written = sorted(glob.glob(os.path.join(frames_dir, "frame_*.png")))
     if not written:
@@ -238,27 +253,30 @@ def add_render_arguments(r) -> None:
     r.add_argument("--step", type=float, default=None, help="training step (default: the last recorded)")
     r.add_argument("--array", default=None, help="the array to colour by (field: the statistic; default per view)")
     r.add_argument("--rank", type=int, default=0)
-    r.add_argument("--layer", default=None, help="one layer (filters, feature maps, trajectory views)")
+    r.add_argument("--ranks", default="one", choices=RANKS, help="network and field views: one rank (--rank), or "
+                                                                  "the mean/spread/std across every rank")
+    r.add_argument("--layer", default=None, help="one layer (filters, feature maps, trajectory, rank_field views)")
     r.add_argument("--example", type=int, default=0, help="the probe example whose feature maps to show")
     r.add_argument("--size-by", default=None, help="network view: size each channel's glyph by this statistic")
     r.add_argument("--animate", action="store_true", help="a movie: one frame per recorded step")
     r.add_argument("--frames", type=int, default=None, help="with --animate: this many steps, evenly picked")
-    r.add_argument("--processes", type=int, default=1, help="with --animate: pvbatch processes under mpirun, "
-                                                            "each rendering a share of the frames")
+    r.add_argument("--processes", type=int, default=1, help="pvbatch processes under mpirun: with --animate each "
+                                                            "renders a share of the frames; else they share the "
+                                                            "run's ranks (--ranks, rank_field: reduced over MPI)")
 
 
 def render_command_line(a) -> None:
     """`tview render`: one picture, or with --animate the frames (and the movie), progress shown."""
     kwargs = dict(view=a.view, step=a.step, array=a.array, rank=a.rank, layer=a.layer, example=a.example,
-                  size_by=a.size_by)
+                  size_by=a.size_by, ranks=getattr(a, "ranks", "one"))
+    if a.processes < 1 or (a.frames is not None and a.frames < 1):
+        raise TviewError("--processes and --frames must be at least 1")
     if not a.animate:
         started = time.time()
-        text = render(a.run, a.out, **kwargs)
+        text = render(a.run, a.out, processes=a.processes, **kwargs)
         print("\n".join(line for line in text.splitlines() if line.startswith(("wrote ", "labels: "))))
         print(f"rendered in {time.time() - started:.1f} s")
         return
-    if a.processes < 1 or (a.frames is not None and a.frames < 1):
-        raise TviewError("--processes and --frames must be at least 1")
     started = time.time()
     animate(a.run, a.out, processes=a.processes, frames=a.frames, **kwargs)
     ext = os.path.splitext(a.out)[1].lower()

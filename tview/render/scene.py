@@ -469,7 +469,7 @@ def rank_field(run: Run, stat: str, layer: str, ranks: list[int], steps: np.ndar
     keep = measured.any(axis=0)
     m = np.ma.masked_array(values[:, keep].T, mask=~measured[:, keep].T)
     g = _field_grid(steps[keep], m, [f"rank {r}" for r in ranks], f"{stat}", tall=0.6)
-    every = _every(len(ranks), 32)
+    every = _every(len(ranks), 24)
     g.labels = [lab for i, lab in enumerate(g.labels) if i % every == 0]
     g.labels.append((layer, (float(g.x_edges[0] + g.x_edges[-1]) / 2, float(g.y_edges[-1]) * 1.03, 0.0)))
     return steps[keep], g
