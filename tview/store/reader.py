@@ -22,7 +22,7 @@ import numpy as np
 
 from tview.errors import CorruptShardError, NotARunError, SchemaVersionError, TviewError
 from tview.store import rank_summary, schema
-from tview.store.h5open import check_shard_file, open_shard_file
+from tview.store.h5open import check_shard_file, open_shard_id
 from tview.store.manifest import read_manifest
 
 _SHARD_RE = re.compile(r"^rank-(\d{5})\.h5$")
@@ -98,14 +98,15 @@ def _layers_of(path: str, text) -> list[dict]:
     return layers
 
 
-def _tables_of(path: str, text, file: h5py.File) -> dict[str, schema.TableSpec]:
+def _tables_of(shard: ShardReader, text) -> dict[str, schema.TableSpec]:
     """The probe tables' declarations: from the root attribute tables_json (one read), else each table's spec."""
     if text is None:
-        return {name: schema.TableSpec.from_json(g.attrs["spec"]) for name, g in file[schema.PROBES].items()}
+        return {name: schema.TableSpec.from_json(g.attrs["spec"]) for name, g in shard.file[schema.PROBES].items()}
     specs = _table_specs(text if isinstance(text, str) else bytes(text).decode())
-    if sorted(specs) != sorted(file[schema.PROBES]):
-        raise CorruptShardError(f"{path}: tables_json declares {sorted(specs)}, the file holds "
-                                f"{sorted(file[schema.PROBES])}")
+    held = h5py.h5g.open(shard.fid, schema.PROBES.encode()).get_num_objs()  # a missing one fails when read
+    if held != len(specs):
+        raise CorruptShardError(f"{shard.path}: tables_json declares {sorted(specs)}, the file holds "
+                                f"{sorted(shard.file[schema.PROBES])}")
     return specs
 
 
@@ -130,23 +131,54 @@ def _expected_shapes(shard: ShardReader) -> dict[str, tuple]:
     return need
 
 
+class _Attributes:
+    """A file's root attributes read with HDF5's low-level calls (a third of h5py's cost per attribute);
+    strings come back as bytes."""
+
+    def __init__(self, fid: h5py.h5f.FileID):
+        self.fid = fid
+
+    def __contains__(self, name: str) -> bool:
+        return h5py.h5a.exists(self.fid, name.encode())
+
+    def __getitem__(self, name: str):
+        try:
+            attr = h5py.h5a.open(self.fid, name.encode())
+        except KeyError:
+            raise KeyError(f"no attribute {name!r}") from None
+        out = np.empty(attr.shape, attr.dtype)
+        attr.read(out)
+        return out[()]
+
+    def get(self, name: str, default=None):
+        return self[name] if name in self else default
+
+
 class ShardReader:
     """One rank's shard, opened read-only in SWMR mode; `rank`: the rank its file name says."""
 
     def __init__(self, path: str, rank: int | None = None):
         self.path = path
-        self.file = open_shard_file(path)
+        self.fid = open_shard_id(path)
+        self._file: h5py.File | None = None
         try:
             self._read_header(rank)
         except TviewError:
-            self.file.close()
+            self.close()
             raise
         except (KeyError, OSError, ValueError, TypeError, RuntimeError, AttributeError, RecursionError) as exc:
-            self.file.close()
+            self.close()
             raise CorruptShardError(f"{path}: damaged tview shard: {type(exc).__name__}: {exc}") from None
 
+    @property
+    def file(self) -> h5py.File:
+        """The shard as an h5py File (made on first use: most reads need only the file id)."""
+        if self._file is None:
+            self._file = h5py.File(self.fid)
+        return self._file
+
     def _read_header(self, rank: int | None):
-        attrs = self.file.attrs
+        attrs = _Attributes(self.fid)
         if "tview_schema_version" not in attrs:
             raise CorruptShardError(f"{self.path}: HDF5 file without tview_schema_version; not a tview shard")
         self.version = int(attrs["tview_schema_version"])
@@ -161,7 +193,7 @@ class ShardReader:
                                     f"(a copied or renamed shard?)")
         self.layer_info = _layers_of(self.path, attrs["layers_json"])
         self.layers = [layer["name"] for layer in self.layer_info]
-        self.tables = _tables_of(self.path, attrs.get("tables_json"), self.file)
+        self.tables = _tables_of(self, attrs.get("tables_json"))
         self.columns = {c.name: (t, c) for t, spec in self.tables.items() for c in spec.columns}
         self.world_size = int(attrs["world_size"])
         self._shapes, self._checked = _expected_shapes(self), set()
@@ -172,25 +204,46 @@ class ShardReader:
 
     @_serialized
     def dataset(self, table: str, column: str) -> h5py.Dataset:
+        return h5py.Dataset(self._dataset_id(table, column))
+
+    def _dataset_id(self, table: str, column: str) -> h5py.h5d.DatasetID:
         group = self.table_path(table) if table != "status" else "status"
         path = f"{group}/{column}"
         try:
             # one low-level open by full path (a third of two high-level lookups), not kept: two readers of
             # one file in a process (an open run and `tview info`) holding the same dataset open made
             # HDF5's shared metadata cache fail on refresh ("can't insert duplicate key")
-            dset = h5py.Dataset(h5py.h5d.open(self.file.id, path.encode()))
-            dset.refresh()
+            did = h5py.h5d.open(self.fid, path.encode())
+            did.refresh()
         except (KeyError, FileNotFoundError):
             raise CorruptShardError(f"{self.path}: no {group}/{column} in this shard (damaged or edited?)") from None
-        except (OSError, RuntimeError, ValueError, AttributeError) as exc:
+        except (OSError, RuntimeError, ValueError, AttributeError, TypeError) as exc:
             raise CorruptShardError(f"{self.path}: {group}/{column} cannot be opened (damaged?): {exc}") from None
         if path not in self._checked:  # the shape its declaration fixes, checked once
             want = self._shapes.get(path)
-            if not isinstance(dset, h5py.Dataset) or (want is not None and tuple(dset.shape[1:]) != want):
-                raise CorruptShardError(f"{self.path}: {path} has shape {getattr(dset, 'shape', None)}, expected "
+            if want is not None and tuple(did.shape[1:]) != want:
+                raise CorruptShardError(f"{self.path}: {path} has shape {did.shape}, expected "
                                         f"rows of {want} (damaged or edited shard)")
             self._checked.add(path)
-        return dset
+        return did
+
+    def _rows(self, did: h5py.h5d.DatasetID, table: str, column: str, rows: range, layer: int | None = None):
+        """Rows (a stepped range) of a dataset, all of each row or its entry `layer` along axis 1, read with
+        HDF5's low-level calls."""
+        shape = did.shape
+        count = (len(rows),) + shape[1:]
+        start = (rows.start,) + (0,) * (len(shape) - 1)
+        if layer is not None:
+            count, start = count[:1] + (1,) + count[2:], start[:1] + (layer,) + start[2:]
+        out = np.empty(count, did.dtype)
+        try:
+            if len(rows):
+                space = did.get_space()
+                space.select_hyperslab(start, count, (rows.step,) + (1,) * (len(shape) - 1))
+                did.read(h5py.h5s.create_simple(count), space, out)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise CorruptShardError(f"{self.path}: {table}/{column} cannot be read (damaged file?): {exc}") from None
+        return out if layer is None else out.reshape(count[:1] + count[2:])
 
     @_serialized
     def length(self, table: str) -> int:
@@ -225,12 +278,15 @@ class ShardReader:
 
     @_serialized
     def measured(self, table: str, column: str, layer: int, max_points: int | None = None, index=()):
-        """(steps, values) of one layer's column (`index` into its row) at the rows where the table
-        measured that layer."""
-        rows = strided(self.length(table), max_points)
-        steps, mask = self.read(table, "measured", rows, (layer,))
-        _, values = self.read(table, column, rows, index)
-        keep = mask.astype(bool)
+        """(steps, values) of one layer's column (`index`: () or (layer,) into its row) at the rows where the
+        table measured that layer (each dataset opened and read once, low-level: this runs once per rank when
+        a statistic is read across ranks)."""
+        step, mask, dset = (self._dataset_id(table, c) for c in ("step", "measured", column))
+        n = min(step.shape[0], mask.shape[0], dset.shape[0])
+        rows = range(*strided(n, max_points).indices(n))
+        steps = self._checked_steps(table, self._rows(step, table, "step", rows))
+        keep = self._rows(mask, table, "measured", rows, layer).astype(bool)
+        values = self._rows(dset, table, column, rows, index[0] if index else None)
         return steps[keep], values[keep]
 
     @_serialized
@@ -244,6 +300,7 @@ class ShardReader:
     @_serialized
     def close(self):
         self.file.close()
+        self._file = None
 
 
 def being_created(path: str) -> bool:
