@@ -16,6 +16,7 @@ import re
 import threading
 import time
 import traceback
+from collections import OrderedDict
 
 import h5py
 import numpy as np
@@ -27,6 +28,7 @@ from tview.store.manifest import read_manifest
 
 _SHARD_RE = re.compile(r"^rank-(\d{5})\.h5$")
 EAGER_SHARDS = 64  # runs with more ranks open each shard on first use (opening costs ~1 ms a shard)
+OPEN_SHARDS = 64  # shards kept open at most, least recently used closed first: HDF5 holds ~0.5 MiB per open file
 NEW_FILE_SECONDS = 2.0  # a shard of a few hundred bytes written this recently is being created
 
 # h5py makes each HDF5 call atomic, not a refresh followed by a read: two threads refreshing and
@@ -299,8 +301,11 @@ class ShardReader:
 
     @_serialized
     def close(self):
-        self.file.close()
-        self._file = None
+        if self._file is not None:
+            self._file.close()  # h5py closes what it opened in the file too
+            self._file = None
+        elif self.fid.valid:
+            self.fid.close()  # every dataset read through the id is closed already
 
 
 def being_created(path: str) -> bool:
@@ -344,7 +349,7 @@ class Run:
         self.layer_info: list[dict] = list(self.manifest["layers"])
         self.layers: list[str] = [layer["name"] for layer in self.layer_info]
         self.problems: dict[int, str] = {}  # rank -> why its shard is not read
-        self._shards: dict[int, ShardReader] = {}
+        self._shards: OrderedDict[int, ShardReader] = OrderedDict()  # open ones, least recently used first
         self._files: dict[int, str] = {}  # ranks whose shard looks sound, opened or not
         self.skip_bad_shards = skip_bad_shards
         self._first: ShardReader | None = None
@@ -382,6 +387,7 @@ class Run:
 
     def _open(self, rank: int) -> ShardReader | None:
         if rank in self._shards:
+            self._shards.move_to_end(rank)
             return self._shards[rank]
         try:
             shard = ShardReader(self._files[rank], rank)
@@ -390,10 +396,19 @@ class Run:
             self._bad(rank, exc)
             return None
         self._shards[rank] = shard
+        self._close_least_used()
         if self._first is None:
             self._first = shard
             self.layer_info = shard.layer_info  # a shard knows what the manifest cannot: channel counts
         return shard
+
+    def _close_least_used(self):
+        """Keep at most OPEN_SHARDS shards open (the reference shard stays): memory bounded whatever the ranks."""
+        for rank in list(self._shards):
+            if len(self._shards) <= OPEN_SHARDS:
+                return
+            if self._shards[rank] is not self._first:
+                self._shards.pop(rank).close()
 
     def _check_layers(self, shard: ShardReader):
         if shard.world_size != self.world_size:

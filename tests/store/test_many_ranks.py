@@ -1,0 +1,58 @@
+"""Many ranks: opening costs one shard, reading across ranks keeps a bounded number of shards open, summaries open
+none; every value equals what plain h5py reads from each shard."""
+
+import h5py
+import numpy as np
+import pytest
+
+import tview
+from tview.store import reader
+from tview.store.synthetic import write_synthetic_run
+
+RANKS = 6
+
+
+@pytest.fixture(scope="module")
+def wide_run(tmp_path_factory):
+    return write_synthetic_run(str(tmp_path_factory.mktemp("wide") / "run"), 40, ranks=RANKS, layers=4)
+
+
+def open_files() -> int:
+    return h5py.h5f.get_obj_count(h5py.h5f.OBJ_ALL, h5py.h5f.OBJ_FILE)
+
+
+def plain_h5py(path: str, rank: int, column: str, layer: int):
+    with h5py.File(f"{path}/rank-{rank:05d}.h5", "r") as f:
+        g = f["probes/grad"]
+        keep = g["measured"][:, layer] == 1
+        return g["step"][:][keep], g[column][:, layer][keep]
+
+
+def test_reading_across_ranks_keeps_few_shards_open(wide_run, monkeypatch):
+    monkeypatch.setattr(reader, "EAGER_SHARDS", 2)
+    monkeypatch.setattr(reader, "OPEN_SHARDS", 3)
+    before = open_files()
+    run = tview.open_run(wide_run)
+    assert open_files() - before == 1  # the first shard only: what the run holds
+    summaries = run.rank_summaries()
+    assert open_files() - before == 1 and [s["steps"] for s in summaries.values()] == [40] * RANKS
+    across = run.stat_across_ranks("grad_norm", 2)
+    assert open_files() - before <= 3
+    for rank in range(RANKS):
+        steps, values = plain_h5py(wide_run, rank, "grad_norm", 2)
+        np.testing.assert_array_equal(across[rank][0], steps)
+        np.testing.assert_array_equal(across[rank][1], values)
+    assert run.stat("grad_norm", 1, rank=0)[1].shape == (40,)  # the reference shard stayed open and readable
+    run.close()
+    assert open_files() == before
+
+
+def test_a_shard_closed_to_make_room_is_reopened_on_use(wide_run, monkeypatch):
+    monkeypatch.setattr(reader, "EAGER_SHARDS", 2)
+    monkeypatch.setattr(reader, "OPEN_SHARDS", 2)
+    with tview.open_run(wide_run) as run:
+        first = {r: run.stat("grad_max_abs", 3, rank=r)[1] for r in range(RANKS)}
+        again = {r: run.stat("grad_max_abs", 3, rank=r)[1] for r in reversed(range(RANKS))}
+        for rank in range(RANKS):
+            np.testing.assert_array_equal(first[rank], again[rank])
+            np.testing.assert_array_equal(first[rank], plain_h5py(wide_run, rank, "grad_max_abs", 3)[1])
