@@ -10,6 +10,7 @@ import time
 import dash
 from dash import ALL, Input, Output, State, callback, dcc, html, no_update
 
+from tview.render import figures
 from tview.render.ranks_view import parse_rank, rank_from_query
 
 from . import guard
@@ -43,6 +44,7 @@ def create_app(root: str) -> dash.Dash:
         dash.register_page(f"{__name__}.pages.{module}", path=path, name=name, order=order, layout=mod.layout,
                            title=f"tview · {name}")
     app.layout = lambda: shell(catalog)  # built on each page load: runs that appeared since are listed
+    figures.warm_up()  # plotly's validators loaded now, not in the first request
     return app
 
 
@@ -132,8 +134,6 @@ def run_signature(rows: list[dict]) -> list:
           Input("poll", "n_intervals"), Input("runs", "value"), State("refresh", "data"),
           running=[(Output("poll", "disabled"), True, False)])  # no poll starts while one runs
 def poll(_, runs, previous):
-    from tview.render.summaries import is_live, rank_rows
-
     from .common import catalog
     started = time.perf_counter()
     cat = catalog()
@@ -141,10 +141,8 @@ def poll(_, runs, previous):
     signature, live = {}, []
     for run_id in runs or []:
         try:
-            rows = rank_rows(cat.get(run_id))
-            signature[run_id] = run_signature(rows)
-            cat.note_signature(run_id, signature[run_id])
-            if is_live(rows):
+            signature[run_id], is_live = look_at(cat, run_id)
+            if is_live:
                 live.append(run_id)
         except Exception as exc:  # shown by the pages themselves
             log.warning("poll: run %s: %s", run_id, exc)
@@ -153,3 +151,18 @@ def poll(_, runs, previous):
     return ([{"label": i, "value": i} for i in ids], f"{len(ids)} run(s) under {cat.root}",
             signature if signature != previous else no_update, *badge,
             poll_interval_ms(time.perf_counter() - started))
+
+
+def look_at(cat: RunCatalog, run_id: str) -> tuple[list, bool]:
+    """(run_signature, live?) of a run from its rank summaries, which are kept for the pages (common.SUMMARIES):
+    one read of the small per-rank files per poll, shared by every page."""
+    from tview.render.summaries import compact, is_live, rank_rows
+
+    from .common import SUMMARIES
+    run = cat.get(run_id)
+    rank_summaries = compact(run.rank_summaries())
+    rows = rank_rows(run, rank_summaries)
+    signature = run_signature(rows)
+    cat.note_signature(run_id, signature)
+    cat.keep(run_id, SUMMARIES, rank_summaries)
+    return signature, is_live(rows)

@@ -14,6 +14,7 @@ from tview.errors import TviewError
 from tview.store.reader import Run, find_runs, open_run
 
 MEMO_BYTES = 256 * 2**20  # what read results across ranks may hold in memory, all runs together
+MEMO_WAIT = 600.0  # seconds a request waits for the same read already under way before reading it itself
 
 
 def size_of(value) -> int:
@@ -59,6 +60,7 @@ class RunCatalog:
         self._signature: dict[str, str] = {}  # run id -> what the last poll saw of it (steps, states per rank)
         self._memo: OrderedDict = OrderedDict()  # (run id, signature, key) -> result, least recently used first
         self._memo_bytes = 0
+        self._running: dict[tuple, threading.Event] = {}  # memo keys being computed now
         self.scan()
 
     def scan(self) -> list[str]:
@@ -105,18 +107,44 @@ class RunCatalog:
 
     def memo(self, run_id: str, key: tuple, compute: Callable[[], Any]):
         """compute(), or its result from an earlier call with the same key while the run has not changed since
-        the last poll (reads across 1024 ranks are read once per change, whichever page asks). Bounded by
-        MEMO_BYTES; before the first poll of a run nothing is kept."""
+        the last poll (reads across 1024 ranks are read once per change, whichever page asks); a call while the
+        same key is being computed waits for that result instead of computing it again (no pile-up of equal
+        reads). Bounded by MEMO_BYTES; before the first poll of a run nothing is kept."""
+        while True:
+            with self._lock:
+                full = (run_id, self._signature.get(run_id), key)
+                hit = self._memo.get(full)
+                if hit is not None:
+                    self._memo.move_to_end(full)
+                    return hit[0]
+                under_way = self._running.get(full)
+                if under_way is None:
+                    if full[1] is not None:
+                        self._running[full] = threading.Event()
+                    break
+            if not under_way.wait(MEMO_WAIT):
+                return compute()  # the other request hangs: read it here (not kept)
+        return self._compute(full, compute)
+
+    def _compute(self, full_key: tuple, compute: Callable[[], Any]):
+        try:
+            value = compute()
+            if full_key[1] is not None:
+                self._keep(full_key, value)
+            return value
+        finally:
+            with self._lock:
+                done = self._running.pop(full_key, None)
+            if done is not None:
+                done.set()
+
+    def keep(self, run_id: str, key: tuple, value) -> None:
+        """Keep `value` as memo(run_id, key)'s result for the run as the last poll saw it (a poll that read the
+        rank summaries hands them to the pages this way)."""
         with self._lock:
-            sig = self._signature.get(run_id)
-            hit = self._memo.get((run_id, sig, key))
-            if hit is not None:
-                self._memo.move_to_end((run_id, sig, key))
-                return hit[0]
-        value = compute()
-        if sig is not None:
-            self._keep((run_id, sig, key), value)
-        return value
+            full = (run_id, self._signature.get(run_id), key)
+        if full[1] is not None:
+            self._keep(full, value)
 
     def _keep(self, full_key: tuple, value):
         size = size_of(value)

@@ -30,6 +30,24 @@ def memo_read(run_id: str, fn, *args):
     return cat.memo(run_id, (fn.__module__, fn.__qualname__, args), lambda: fn(cat.get(run_id), *args))
 
 
+SUMMARIES = ("rank_summaries",)  # the memo key of a run's rank summaries (the poll keeps what it read there)
+
+
+def run_summaries(run_id: str) -> dict[int, dict]:
+    """The run's rank summaries (tview.render.summaries.compact of run.rank_summaries(): no shard opened), read
+    once per change of the run: the poll reads them and keeps them for the pages."""
+    from tview.render.summaries import compact
+    cat = catalog()
+    return cat.memo(run_id, SUMMARIES, lambda: compact(cat.get(run_id).rank_summaries()))
+
+
+def memo_summarized(run_id: str, fn, *args):
+    """fn(run, run_summaries(run_id), *args), read once per change of the run; args hashable."""
+    cat = catalog()
+    return cat.memo(run_id, (fn.__module__, fn.__qualname__, args),
+                    lambda: fn(cat.get(run_id), run_summaries(run_id), *args))
+
+
 def figures_or_message(count: int):
     """Wrap a callback returning `count` figures: a tview error, missing data or a bad value becomes a
     figure that says so (and the app goes on serving), never a broken page."""

@@ -105,12 +105,14 @@ def findings_list(run_id: str, findings: list[Finding], steps: int | None = None
     return html.Ul(items or [html.Li(CLEAN_MESSAGE, className="tv-ok")], className="tv-health tv-diagnosis")
 
 
-def diagnosis_panel(run_id: str, run, max_points: int | None = 1000) -> html.Div:
+def diagnosis_panel(run_id: str, run, max_points: int | None = 1000, rank_summaries: dict | None = None) -> html.Div:
     """The overview's health panel of a run (its only one): a heading and the findings of `run` (read downsampled
-    to max_points per series: steps are then exact to a stride); a run that cannot be diagnosed says why."""
+    to max_points per series: steps are then exact to a stride); a run that cannot be diagnosed says why.
+    rank_summaries: run.rank_summaries(), when the caller has read them."""
     try:
-        steps = max((s["steps"] for s in run.rank_status().values()), default=0)
-        body = findings_list(run_id, diagnose(run, max_points), steps)
+        rank_summaries = rank_summaries if rank_summaries is not None else run.rank_summaries()
+        steps = max((s["steps"] for s in rank_summaries.values()), default=0)
+        body = findings_list(run_id, diagnose(run, max_points, rank_summaries), steps)
     except Exception as exc:  # shown in the panel and logged; the rest of the card still renders
         log.exception("diagnosis of %r failed", run_id)
         body = html.P(f"diagnosis failed: {exc}", className="tv-error")

@@ -7,14 +7,14 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
-from dash import Input, Output, State, callback, html
+from dash import Input, Output, State, callback, html, no_update
 
 from tview.render import figures, ranks_view, summaries
 
-from ..common import HOLD_POLL, graph, log, memo_read, rank_button
+from ..common import HOLD_POLL, graph, log, memo_summarized, rank_button
 from ..findings import diagnosis_panel
 
-POINTS = 500      # per rank in the overview's figure and diagnosis: a trend, read in milliseconds
+POINTS = 500      # per rank in the diagnosis (the card and the loss figure read the rank summaries' trends)
 WORST_SHOWN = 5   # ranks listed on the card (the Ranks page pages through all of them)
 
 # the diagnosis right under the cards (where each run's health belongs), the loss after it
@@ -45,15 +45,15 @@ def _shown_rows(table: list[dict], focus: int | None) -> list[dict]:
     return shown + extra
 
 
-def card_data(run) -> dict:
-    """Everything the card and the loss figure read from a run (memoized per change of the run)."""
-    loss = summaries.scalar_across_ranks(run, "loss", POINTS)
-    rows = summaries.rank_rows(run)
-    first = summaries.first_nonfinite_per_rank(run)
-    table = summaries.ranks_table(run, rows, POINTS, first=first)
-    named = ranks_view.standouts(run.ranks, loss[1], step_time={r["rank"]: r["step_time"] for r in table},
-                                 first_bad={r["rank"]: r["first_nan"] for r in table},
-                                 other_times=summaries.other_times(run, POINTS))
+def card_data(run, rank_summaries: dict[int, dict] | None = None) -> dict:
+    """Everything the card and the loss figure show of a run, from its rank summaries alone (run.rank_summaries():
+    small files beside the shards, no shard opened): states, the ranks table (median step time from the step
+    time trend, first NaN exact), the loss trend across ranks and the ranks that stand out."""
+    rank_summaries = rank_summaries if rank_summaries is not None else summaries.compact(run.rank_summaries())
+    rows = summaries.rank_rows(run, rank_summaries)
+    table = summaries.summary_table(rows, rank_summaries)
+    loss = summaries.trend_across_ranks(rank_summaries, "loss", run.ranks)
+    named = summaries.summary_standouts(run.ranks, table, rank_summaries, loss[1])
     return {"summary": summaries.run_summary(run, rows), "states": Counter(r["state"] for r in rows), "table": table,
             "named": named, "loss": loss, "ranks": list(run.ranks)}
 
@@ -89,13 +89,17 @@ def _loss_figure(runs: list[str], losses: dict, named: dict, focus_rank: dict):
 
 @callback(Output("overview-body", "children"), Output("overview-loss", "figure"),
           Input("refresh", "data"), Input("focus-rank", "data"), State("runs", "value"), running=HOLD_POLL)
-def show(_, focus, runs):
+def show(refresh, focus, runs):
+    """The cards and the loss figure, from the rank summaries the poll read (the page's first figure waits for
+    the first poll, which reads them once for every page, rather than reading them beside it)."""
     cards, losses, named, focus_rank = [], {}, {}, {}
     if not runs:
         return html.P("pick a run above"), figures.message_figure("no run picked")
+    if refresh is None:
+        return no_update, no_update
     for run_id in runs:
         try:
-            data = memo_read(run_id, card_data)
+            data = memo_summarized(run_id, card_data)
             focus_rank[run_id] = ranks_view.parse_rank(focus, data["ranks"])
             cards.append(run_card(run_id, data, focus_rank[run_id]))
             named[run_id], loss = data["named"], data["loss"]
@@ -109,19 +113,21 @@ def show(_, focus, runs):
     return cards, fig
 
 
-def _diagnosis(run, run_id: str):
-    return diagnosis_panel(run_id, run, POINTS)
+def _diagnosis(run, rank_summaries: dict, run_id: str):
+    return diagnosis_panel(run_id, run, POINTS, rank_summaries)
 
 
 @callback(Output("overview-diagnosis", "children"), Input("refresh", "data"), State("runs", "value"),
           running=HOLD_POLL)
-def diagnosis(_, runs):
+def diagnosis(refresh, runs):
     """tview.diagnose's findings per run, each linking to its evidence: a callback of its own, so the
-    card and the loss figure never wait for it (read once per change of the run)."""
+    card and the loss figure never wait for it (read once per change of the run, after the first poll)."""
+    if refresh is None:
+        return no_update
     panels = []
     for run_id in runs or []:
         try:
-            panels.append(html.Div([html.H3(run_id), memo_read(run_id, _diagnosis, run_id)],
+            panels.append(html.Div([html.H3(run_id), memo_summarized(run_id, _diagnosis, run_id)],
                                    className="tv-card diagnosis-card"))
         except Exception as exc:  # a run that cannot be read says so; the others are still shown
             log.warning("diagnosis of %r: %s", run_id, exc)

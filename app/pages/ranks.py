@@ -3,11 +3,14 @@ step time per rank, the ranks table worst first and paged, the gradient noise sc
 
 from __future__ import annotations
 
+import time
+
 import dash
 from dash import Input, Output, State, callback, dcc, html, no_update
 
 from tview.diagnose import noise_scale
 from tview.render import figures, ranks_view, summaries
+from tview.store.rank_summary import WHOLE_NETWORK
 
 from ..common import (
     HOLD_POLL,
@@ -21,9 +24,11 @@ from ..common import (
     keep_choice,
     log,
     memo_read,
+    memo_summarized,
     open_first,
     options,
     rank_button,
+    run_summaries,
 )
 
 WHOLE = "__total__"
@@ -51,6 +56,8 @@ layout = html.Div([
     ], className="tv-controls"),
     graph("ranks-noise-scale", 380),
     dcc.Store(id="ranks-summary"),  # {"rows": ranks table worst first, "standouts": {rank: [reasons]}}
+    dcc.Store(id="ranks-full"),  # the choice whose every-shard read follows the figures drawn from the summaries
+    dcc.Store(id="ranks-full-done"),  # changes when that read was drawn: the noise scale is read after it
     dcc.Store(id="ranks-page", data=0),
 ])
 
@@ -71,19 +78,20 @@ def choices(runs, search, stat, layer):
             layers, keep_choice(layer, layers, WHOLE))
 
 
-def summary(run) -> dict:
-    """The ranks table (worst first) and who stands out by step time and first NaN, as plain data."""
-    rows = summaries.ranks_table(run)
-    named = ranks_view.standouts(run.ranks, step_time={r["rank"]: r["step_time"] for r in rows},
-                                 first_bad={r["rank"]: r["first_nan"] for r in rows},
-                                 other_times=summaries.other_times(run))
+def summary(run, rank_summaries: dict) -> dict:
+    """The ranks table (worst first) and who stands out by step time and first NaN, as plain data, from the rank
+    summaries (no shard opened)."""
+    rows = summaries.summary_table(summaries.rank_rows(run, rank_summaries), rank_summaries)
+    named = summaries.summary_standouts(run.ranks, rows, rank_summaries)
     return {"rows": rows, "standouts": {str(r): why for r, why in named.items()}}
 
 
 @callback(Output("ranks-summary", "data"), Input("refresh", "data"), Input("runs", "value"), running=HOLD_POLL)
-def read_summary(_, runs):
+def read_summary(refresh, runs):
+    if refresh is None:  # the first poll reads the summaries for every page
+        return no_update
     try:
-        return memo_read(first_run(runs), summary)
+        return memo_summarized(first_run(runs), summary)
     except Exception as exc:  # the table says so
         log.warning("ranks summary of %r: %s", first_run(runs), exc)
         return {"rows": [], "standouts": {}, "error": str(exc)}
@@ -107,35 +115,91 @@ def read_across_ranks(run, stat: str, layer: str):
     return steps, values, stat, "whole network" if layer == WHOLE else layer
 
 
-@callback(Output("ranks-stat-graph", "figure"), Output("ranks-heatmap", "figure"),
-          Input("ranks-stat", "value"), Input("ranks-layer", "value"), Input("ranks-log", "value"),
-          Input("ranks-summary", "data"), Input("focus-rank", "data"), State("runs", "value"), running=HOLD_POLL)
-@figures_or_message(2)
-def stat_across_ranks(stat, layer, log_colour, summary_data, focus, runs):
-    run = catalog().get(first_run(runs))
-    if stat is None or layer is None:
-        return figures.message_figure("no statistic yet"), figures.message_figure("no statistic yet")
-    steps, values, stat, where = memo_read(first_run(runs), read_across_ranks, stat, layer)
+def trend_name(stat: str, layer: str, kept: list[str]) -> str | None:
+    """The trend series of the rank summaries (kept: the names they keep) that holds a menu choice (a scalar, or
+    the whole network's norm of a per-layer norm), or None: the choice needs every shard."""
+    name = stat[len(SCALAR):] if stat.startswith(SCALAR) else stat
+    if not stat.startswith(SCALAR) and (layer != WHOLE or WHOLE_NETWORK.get(stat) != "norm"):
+        return None
+    return name if name in kept else None
+
+
+def trend_values(run, rank_summaries: dict, name: str):
+    """(steps, values [ranks, steps]) of a trend series across the run's ranks (summaries.trend_across_ranks)."""
+    return summaries.trend_across_ranks(rank_summaries, name, run.ranks)
+
+
+def stat_figures(run_id: str, steps, values, stat: str, where, focus, log_colour, source: str):
+    """The bands (with the standouts named) and the rank x step heatmap of one choice; layout.meta.source says
+    where the values came from ('summaries': every k-th step of the trends; 'shards': read from every shard)."""
+    run = catalog().get(run_id)
     divergent = {r: why for r, why in ranks_view.standouts(run.ranks, values).items()}
-    named = named_lines((summary_data or {}).get("standouts"), divergent)
+    named = named_lines(memo_summarized(run_id, summary)["standouts"], divergent)
     rank = focused(focus, run)
     how = "per rank" if len(run.ranks) <= ranks_view.LINES_UP_TO else "across ranks"
     what = stat if where is None else f"{stat} of {where}"
-    bands = figures.ranks_figure(steps, run.ranks, values, f"{what} {how}", stat, named=named,
-                                 focus=rank)
+    bands = figures.ranks_figure(steps, run.ranks, values, f"{what} {how}", stat, named=named, focus=rank)
     heat = figures.rank_heatmap_figure(steps, run.ranks, values, f"{what}: rank x step (click a rank)",
                                        stat, log="log" in (log_colour or []), focus=rank)
+    for fig in (bands, heat):
+        fig.update_layout(meta={"source": source})
     return bands, heat
 
 
-@callback(Output("ranks-step-time", "figure"), Input("ranks-summary", "data"), Input("focus-rank", "data"),
+@callback(Output("ranks-stat-graph", "figure"), Output("ranks-heatmap", "figure"), Output("ranks-full", "data"),
+          Input("ranks-stat", "value"), Input("ranks-layer", "value"), Input("ranks-log", "value"),
+          Input("refresh", "data"), Input("focus-rank", "data"), State("runs", "value"),
+          State("ranks-full-done", "data"), running=HOLD_POLL)
+@figures_or_message(3)
+def stat_across_ranks(stat, layer, log_colour, refresh, focus, runs, shown):
+    """The bands first from the rank summaries when they hold the choice (the page's first figure in a fraction
+    of a second at 1024 ranks), then (stat_from_shards, after this) bands and heatmap from every shard. Once this
+    choice was drawn from every shard (shown), a refresh or a focus goes straight to that read: no coarser figure
+    in between."""
+    if refresh is None:  # the first poll reads the summaries for every page
+        return no_update, no_update, no_update
+    if stat is None or layer is None:
+        return figures.message_figure("no statistic yet"), figures.message_figure("no statistic yet"), no_update
+    run_id = first_run(runs)
+    follow = {"stat": stat, "layer": layer, "at": time.time()}
+    if isinstance(shown, dict) and [shown.get("stat"), shown.get("layer")] == [stat, layer]:
+        return no_update, no_update, follow
+    name = trend_name(stat, layer, summaries.trend_names(run_summaries(run_id)))
+    if name is None:
+        wait = figures.message_figure(f"reading {stat} of {layer} on every rank ...")
+        return wait, wait, follow
+    steps, values = memo_summarized(run_id, trend_values, name)
+    where = None if stat.startswith(SCALAR) else "whole network"
+    bands, _ = stat_figures(run_id, steps, values, name, where, focus, log_colour, "summaries")
+    return bands, figures.message_figure(f"reading {name} on every rank ..."), follow
+
+
+@callback(Output("ranks-stat-graph", "figure", allow_duplicate=True),
+          Output("ranks-heatmap", "figure", allow_duplicate=True), Output("ranks-full-done", "data"),
+          Input("ranks-full", "data"), State("ranks-log", "value"), State("focus-rank", "data"),
+          State("runs", "value"), running=HOLD_POLL, prevent_initial_call=True)
+@figures_or_message(3)
+def stat_from_shards(follow, log_colour, focus, runs):
+    """The choice read from every shard (every recorded step, any layer), after the summaries' figures."""
+    if not isinstance(follow, dict) or "stat" not in follow:
+        return no_update, no_update, no_update
+    run_id = first_run(runs)
+    steps, values, stat, where = memo_read(run_id, read_across_ranks, follow["stat"], follow["layer"])
+    return (*stat_figures(run_id, steps, values, stat, where, focus, log_colour, "shards"), follow)
+
+
+@callback(Output("ranks-step-time", "figure"), Input("refresh", "data"), Input("focus-rank", "data"),
           State("runs", "value"))
 @figures_or_message(1)
-def step_time(summary_data, focus, runs):
-    run = catalog().get(first_run(runs))
-    steps, values = memo_read(first_run(runs), summaries.scalar_across_ranks, "step_time", POINTS)
+def step_time(refresh, focus, runs):
+    """Step time per rank from the rank summaries' trends, the slowest rank named."""
+    if refresh is None:
+        return no_update
+    run_id = first_run(runs)
+    run = catalog().get(run_id)
+    steps, values = memo_summarized(run_id, trend_values, "step_time")
     standing = {int(r): [w for w in why if w.startswith("slowest")]
-                for r, why in (summary_data or {}).get("standouts", {}).items()}
+                for r, why in memo_summarized(run_id, summary)["standouts"].items()}
     named = {r: ranks_view.standout_label(r, why) for r, why in standing.items() if why}
     return figures.ranks_figure(steps, run.ranks, values * 1e3, "step time", "ms", named=named,
                                 focus=focused(focus, run))
@@ -163,11 +227,15 @@ def noise_note(view: dict) -> str:
 
 
 @callback(Output("ranks-noise-scale", "figure"), Output("ranks-noise-layer", "options"),
-          Output("ranks-noise-layer", "value"), Output("ranks-noise-note", "children"), Input("refresh", "data"),
-          Input("ranks-noise-layer", "value"), State("runs", "value"), running=HOLD_POLL)
-def noise(_, choice, runs):
+          Output("ranks-noise-layer", "value"), Output("ranks-noise-note", "children"),
+          Input("ranks-full-done", "data"), Input("ranks-noise-layer", "value"), State("runs", "value"),
+          running=HOLD_POLL)
+def noise(drawn, choice, runs):
     """The gradient noise scale of the whole network or one layer, its undefined stretches shaded with their
-    reason, the critical batch size it implies next to the batch size in use."""
+    reason, the critical batch size it implies next to the batch size in use (read after the statistic across
+    ranks was drawn from every shard: the figures above come first)."""
+    if drawn is None:
+        return no_update, no_update, no_update, no_update
     try:
         views = memo_read(first_run(runs), noise_views)
     except Exception as exc:  # the figure says so

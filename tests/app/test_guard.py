@@ -16,7 +16,7 @@ from tview_app.guard import bad_callback_body, bad_runs_value
 def _overview_body(runs):
     return {"output": "..overview-body.children...overview-loss.figure..",
             "outputs": [{"id": "overview-body", "property": "children"}, {"id": "overview-loss", "property": "figure"}],
-            "inputs": [{"id": "refresh", "property": "data", "value": None},
+            "inputs": [{"id": "refresh", "property": "data", "value": {}},
                        {"id": "focus-rank", "property": "data", "value": None}],
             "state": [{"id": "runs", "property": "value", "value": runs}], "changedPropIds": ["refresh.data"]}
 

@@ -15,19 +15,24 @@ CLEAN_MESSAGE = ("no findings: no NaN/Inf, no exploding or vanishing gradients, 
                  "fully connected layer with a quarter of its units dead, ranks agree")
 
 
-def diagnose(run, max_points: int | None = None) -> list[Finding]:
+def diagnose(run, max_points: int | None = None, rank_summaries: dict | None = None) -> list[Finding]:
     """Every finding of a run (an open Run or a run folder), worst first: errors before warnings, earliest
-    step first. max_points: read at most this many rows per series (None: every recorded step)."""
+    step first. max_points: read at most this many rows per series (None: every recorded step). rank_summaries:
+    run.rank_summaries(), when the caller has read them (they say which ranks saw NaN/Inf, and where each
+    stopped, without reading the shards)."""
     if isinstance(run, (str, bytes)) or hasattr(run, "__fspath__"):
         from tview.store.reader import open_run
         with open_run(run, skip_bad_shards=True) as opened:
-            return diagnose(opened, max_points)
-    nonfinite = checks.check_nonfinite(run, max_points)
+            return diagnose(opened, max_points, rank_summaries)
+    if rank_summaries is None:
+        rank_summaries = run.rank_summaries()
+    nonfinite = checks.check_nonfinite(run, max_points, rank_summaries)
     before = {r: nonfinite[0].step for r in run.ranks} if nonfinite else None
     dead = checks.check_dead(run, max_points)
     found = (nonfinite + checks.check_gradients(run, max_points, before) + dead
              + checks.check_frozen(run, max_points, dead) + checks.check_loss(run, max_points)
-             + checks.check_time(run, max_points) + checks.check_status(run) + checks.check_replicas(run, max_points))
+             + checks.check_time(run, max_points) + checks.check_status(run, rank_summaries)
+             + checks.check_replicas(run, max_points))
     return worst_first(found)
 
 

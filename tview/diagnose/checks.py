@@ -122,10 +122,32 @@ def _rank_nonfinite(run, rank: int, max_points) -> dict:
     return out
 
 
-def check_nonfinite(run, max_points=None) -> list[Finding]:
+def first_nonfinite_ranks(run, rank_summaries: dict | None) -> list[int]:
+    """The readable ranks whose first NaN/Inf (exact: kept by the writer, in the rank summaries' first_nonfinite)
+    is the run's earliest; every readable rank when there are no summaries. Only these can hold the finding: a
+    rank's NaN/Inf seen in its read series is never before its own first."""
+    if rank_summaries is None:
+        return list(run.ranks)
+    first = {}
+    for r in run.ranks:
+        summary = rank_summaries.get(r) or {}
+        if summary.get("problem"):
+            continue  # unreadable: nothing to read there
+        where = summary.get("first_nonfinite")
+        if where is None:
+            return list(run.ranks)  # no summary of this rank: read them all
+        steps = list(where.get("layers", {}).values()) + list(where.get("scalars", {}).values())
+        if steps:
+            first[r] = min(steps)
+    earliest = min(first.values(), default=None)
+    return [r for r, s in first.items() if s == earliest]
+
+
+def check_nonfinite(run, max_points=None, rank_summaries: dict | None = None) -> list[Finding]:
     """The first NaN/Inf of the run: earliest step over ranks, then activations (first module in forward order),
-    else this rank's own gradients before the all-reduce, else gradients (first module in backward order)."""
-    per = {r: _rank_nonfinite(run, r, max_points) for r in run.ranks}
+    else this rank's own gradients before the all-reduce, else gradients (first module in backward order). With
+    rank_summaries only the ranks where it first appeared are read (first_nonfinite_ranks)."""
+    per = {r: _rank_nonfinite(run, r, max_points) for r in first_nonfinite_ranks(run, rank_summaries)}
     starts = [v[0] for p in per.values() for v in p.values() if v[0] is not None]
     if not starts:
         return []
@@ -436,9 +458,10 @@ def check_time(run, max_points=None) -> list[Finding]:
     return found
 
 
-def check_status(run) -> list[Finding]:
-    """Ranks with no readable shard, ranks that stopped without closing while others closed, ranks far behind."""
-    status = run.rank_status()
+def check_status(run, rank_summaries: dict | None = None) -> list[Finding]:
+    """Ranks with no readable shard, ranks that stopped without closing while others closed, ranks far behind
+    (rank_summaries: run.rank_summaries() when the caller has them, else run.rank_status() is read)."""
+    status = rank_summaries if rank_summaries is not None else run.rank_status()
     found = []
     last = {r: s["last_step"] for r, s in status.items() if s["last_step"] is not None}
     furthest = max(last.values(), default=None)

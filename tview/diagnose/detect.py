@@ -6,17 +6,24 @@ tested on made-up series with known answers and reused by `tview.diagnose` on re
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
 
 def nanmedian(values: np.ndarray, axis=None) -> np.ndarray:
-    """Median over finite values; NaN (no warning) where there is none."""
-    values = np.where(np.isfinite(values), values, np.nan)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmedian(values, axis=axis)
+    """Median over finite values; NaN (no warning) where there is none. As np.nanmedian (the mean of the two
+    middle values for an even count) by one sort: numpy's masked median for short rows is ten times slower."""
+    v = np.asarray(values, dtype=np.float64)
+    v = np.where(np.isfinite(v), v, np.nan)
+    if axis is None:
+        v, axis = v.ravel(), 0
+    s = np.moveaxis(np.sort(v, axis=axis), axis, -1)  # NaN sort last
+    if s.shape[-1] == 0:
+        return np.full(s.shape[:-1], np.nan)[()]
+    n = np.isfinite(s).sum(axis=-1)
+    lo = np.take_along_axis(s, np.maximum((n - 1) // 2, 0)[..., None], axis=-1)[..., 0]
+    hi = np.take_along_axis(s, (n // 2)[..., None], axis=-1)[..., 0]
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.where(n > 0, (lo + hi) / 2, np.nan)[()]
 
 
 def rolling_median(values: np.ndarray, width: int, centered: bool = True) -> np.ndarray:

@@ -38,6 +38,16 @@ def _layout(fig: go.Figure, title: str, x_title: str = "step", y_title: str = ""
     return fig
 
 
+def warm_up() -> None:
+    """Build one figure of each kind the dashboard's first pages draw: plotly loads its validators on first use
+    (about 0.2 s), which a server does once at start rather than in its first request."""
+    steps, values = np.arange(3), np.arange(27, dtype=np.float64).reshape(9, 3)
+    for fig in (ranks_figure(steps, list(range(9)), values, "", named={0: "rank 0"}, focus=1),
+                ranks_figure(steps, [0, 1], values[:2], ""), rank_heatmap_figure(steps, list(range(9)), values, "", ""),
+                message_figure("")):
+        fig.to_plotly_json()
+
+
 def message_figure(message: str) -> go.Figure:
     """An empty figure that says why it is empty."""
     fig = go.Figure()
