@@ -60,7 +60,7 @@ class RunCatalog:
         self._signature: dict[str, str] = {}  # run id -> what the last poll saw of it (steps, states per rank)
         self._memo: OrderedDict = OrderedDict()  # (run id, signature, key) -> result, least recently used first
         self._memo_bytes = 0
-        self._running: dict[tuple, threading.Event] = {}  # memo keys being computed now
+        self._running: dict[tuple, threading.Event] = {}  # (run id, key) being computed now
         self.scan()
 
     def scan(self) -> list[str]:
@@ -107,9 +107,10 @@ class RunCatalog:
 
     def memo(self, run_id: str, key: tuple, compute: Callable[[], Any]):
         """compute(), or its result from an earlier call with the same key while the run has not changed since
-        the last poll (reads across 1024 ranks are read once per change, whichever page asks); a call while the
-        same key is being computed waits for that result instead of computing it again (no pile-up of equal
-        reads). Bounded by MEMO_BYTES; before the first poll of a run nothing is kept."""
+        the last poll (reads across 1024 ranks are read once per change, whichever page asks). One computation per
+        run and key at a time: a call while it is under way waits for it, and takes its result when the run has not
+        changed since (no pile-up of equal reads: a slow read of a growing run is not started again beside itself
+        at each poll). Bounded by MEMO_BYTES; before the first poll of a run nothing is kept."""
         while True:
             with self._lock:
                 full = (run_id, self._signature.get(run_id), key)
@@ -117,10 +118,10 @@ class RunCatalog:
                 if hit is not None:
                     self._memo.move_to_end(full)
                     return hit[0]
-                under_way = self._running.get(full)
+                under_way = self._running.get((run_id, key))
                 if under_way is None:
                     if full[1] is not None:
-                        self._running[full] = threading.Event()
+                        self._running[(run_id, key)] = threading.Event()
                     break
             if not under_way.wait(MEMO_WAIT):
                 return compute()  # the other request hangs: read it here (not kept)
@@ -134,7 +135,7 @@ class RunCatalog:
             return value
         finally:
             with self._lock:
-                done = self._running.pop(full_key, None)
+                done = self._running.pop((full_key[0], full_key[2]), None)
             if done is not None:
                 done.set()
 

@@ -36,3 +36,37 @@ def test_a_slow_poll_waits_longer_before_the_next():
     from tview_app import POLL_MS, poll_interval_ms
     assert poll_interval_ms(0.05) == POLL_MS
     assert poll_interval_ms(1.5) == 6000  # the server spends at most a quarter of its time polling
+
+
+def test_one_read_per_run_and_key_at_a_time_and_equal_reads_are_shared(tmp_path):
+    import threading
+    import time
+    cat = RunCatalog(str(tmp_path))
+    cat.note_signature("run", [[0, 10, "live", False]])
+    running, most, calls = [0], [0], []
+    lock = threading.Lock()
+
+    def read():
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            calls.append(1)
+        time.sleep(0.2)
+        with lock:
+            running[0] -= 1
+        return len(calls)
+
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(cat.memo("run", ("stat",), read))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == [1] and got == [1, 1, 1, 1]  # four equal requests: one read, its result for all
+    # the run grows while a read is under way: the next read starts after it, never beside it
+    first = threading.Thread(target=lambda: cat.memo("run", ("stat2",), read))
+    first.start()
+    time.sleep(0.05)
+    cat.note_signature("run", [[0, 11, "live", False]])
+    assert cat.memo("run", ("stat2",), read) == 3 and most[0] == 1
+    first.join()
