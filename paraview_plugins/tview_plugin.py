@@ -10,6 +10,7 @@ own numpy and h5py are used, never a virtualenv's.
 import importlib.util
 import os
 import sys
+import time
 
 
 def _import_tview():
@@ -183,7 +184,7 @@ class TviewRunReader(VTKPythonAlgorithmBase):
         return self._stats
 
     # -- pipeline -------------------------------------------------------------------------
-    def _open(self):
+    def _open(self, strict=True):
         if self._run is None:
             if not self._filename:
                 raise TviewError("no run file given")
@@ -198,7 +199,7 @@ class TviewRunReader(VTKPythonAlgorithmBase):
                     self._stats.AddArray(name)
         else:
             self._run.refresh()  # a live run: shards that appeared since, rows are read fresh
-        if not self._run.ranks:
+        if strict and not self._run.ranks:
             raise TviewError(f"{self._run.path}: no readable shard: " + "; ".join(self._run.problems.values()))
         return self._run
 
@@ -229,32 +230,42 @@ class TviewRunReader(VTKPythonAlgorithmBase):
     def RequestData(self, request, in_info, out_info):
         info = out_info.GetInformationObject(0)
         output = vtkMultiBlockDataSet.GetData(out_info, 0)
+        piece, n_pieces = _piece(info)
+        collective = scene.RANK_MODES[self._rank_mode] in scene.REDUCED or self._rank_fields
+        run = None
+        try:  # under MPI every process goes on to the exchange below, whatever happened here
+            run = self._open(strict=not collective)
+        except (TviewError, OSError, KeyError, ValueError) as exc:
+            _report(str(exc))
+        share = _Share.make(run, piece, n_pieces, collective)
+        if share is None:
+            return 1  # an empty output, a message, no crash
+        if not share.all_ranks:
+            if share.root:
+                _report(f"{run.path}: no readable shard: " + "; ".join(run.problems.values()))
+            return 1
         try:
-            run = self._open()
             step = self._update_step(info)
-            piece, n_pieces = _piece(info)
-            self._fill(output, run, step, piece, n_pieces)
+            self._fill(output, run, step, piece, n_pieces, share)
             if step is not None:
                 output.GetInformation().Set(vtkDataObject.DATA_TIME_STEP(), step)
         except (TviewError, OSError, KeyError, ValueError) as exc:
             _report(str(exc))
-            return 1  # an empty output, a message, no crash
         return 1
 
     def _selected(self, selection, names):
         return [n for n in names if selection.ArrayIsEnabled(n)]
 
-    def _fill(self, output, run, step, piece, n_pieces):
+    def _fill(self, output, run, step, piece, n_pieces, share):
         layers = self._selected(self._layers, run.layers)
         stats = self._selected(self._stats, list(scene.statistic_arrays(run)))
         output.SetNumberOfBlocks(len(BLOCKS))
         for i, name in enumerate(BLOCKS):
             output.GetMetaData(i).Set(vtkMultiBlockDataSet.NAME(), name)
         mode = scene.RANK_MODES[self._rank_mode]
-        rank = self._rank if self._rank in run.ranks else run.ranks[0]
-        if mode == "one" and self._rank not in run.ranks:
+        rank = self._rank if self._rank in share.all_ranks else share.all_ranks[0]
+        if mode == "one" and self._rank not in share.all_ranks and share.root:
             _report(f"rank {self._rank} is not readable in {run.path}; showing rank {rank}", error=False)
-        share = _Share(run, piece, n_pieces)
         tag = lambda data, at=step: _tag(data, run, rank, piece, at)  # noqa: E731
         # blocks every process takes part in (its own ranks; reductions and rows exchanged), in one order
         network = self._network(run, step, layers, stats, mode, rank, piece, n_pieces, share)
@@ -289,10 +300,15 @@ class TviewRunReader(VTKPythonAlgorithmBase):
                     net.SetBlock(i, polydata(scene.network(run, r, step, layers, stats), r))
             return net
         if mode in scene.REDUCED:
-            skeleton, names, part = scene.network_partial(run, share.ranks, step, layers, stats, share.skipped)
+            skeleton = share.on_root(lambda: scene.skeleton(run, share.all_ranks[0], layers))
+            points = share.from_root([len(skeleton.positions)] if skeleton is not None else [])
+            part = scene.network_partial(run, share.ranks, step, layers, stats, int(points[0]) if len(points) else 0,
+                                         share.skipped)
             share.done_reading()
             merged = share.reduce(part)
-            return None if merged is None else polydata(scene.network_of(skeleton, names, merged, mode), rank)
+            if merged is None or skeleton is None:
+                return None
+            return polydata(scene.network_of(skeleton, stats, merged, mode), rank)
         if piece != 0:
             return None
         return polydata(scene.network(run, rank, step, layers, stats), rank)
@@ -395,22 +411,26 @@ class TviewRunReader(VTKPythonAlgorithmBase):
 
     @staticmethod
     def _reduced_field(run, stat, layer, mode, share):
-        """(steps, Grid) of a field reduced across every process's ranks (on process 0; None elsewhere)."""
+        """(steps, Grid) of a field reduced across every process's ranks (on process 0; None elsewhere). Process 0
+        picks the step axis (its first rank's) and sends it: no process reads a rank not its own."""
+        ref = share.all_ranks[0]
         if layer is None:
-            steps = scene.field_steps(run, stat)
-            steps = steps[:share.agree(len(steps))]
+            steps = share.from_root(share.on_root(lambda: scene.field_steps(run, stat, ref)))
             merged = share.reduce(scene.layer_field_partial(run, stat, share.ranks, steps, share.skipped))
+            share.done_reading()
             if merged is None or not merged.count.any():
                 return None
             return scene.layer_field_of(run, stat, steps, merged, mode)
-        try:
-            steps, channels = scene.channel_steps(run, stat, layer)
-        except KeyError:  # no per-channel values for this layer: on every process alike
-            steps, channels = np.zeros(0, dtype=np.int64), 0
-        steps = steps[:share.agree(len(steps))]
-        if not len(steps) or not channels:
+
+        def axis():
+            steps, channels = scene.channel_steps(run, stat, layer, ref)
+            return np.concatenate([[channels], steps]) if len(steps) and channels else None
+        head = share.from_root(share.on_root(axis))  # None: no per-channel values for this layer
+        if len(head) < 2:
             return None
+        steps, channels = head[1:], int(head[0])
         part = scene.channel_field_partial(run, stat, layer, share.ranks, steps, channels, share.skipped)
+        share.done_reading()
         merged = share.reduce(part)
         if merged is None or not merged.count.any():
             return None
@@ -422,15 +442,21 @@ class TviewRunReader(VTKPythonAlgorithmBase):
         if not self._rank_fields:
             return self._group([])
         blocks = []
+        ref = share.all_ranks[0]
         for stat in [s for s in stats if s in run.stat_names()]:
-            layer = self._field_layer if self._field_layer in run.layers else scene.default_layer(run, stat)
-            steps = scene.field_steps(run, stat)
-            steps = steps[:share.agree(len(steps))]
+            def axis(stat=stat):  # process 0 picks the layer and the steps, and sends them
+                layer = self._field_layer if self._field_layer in run.layers else scene.default_layer(run, stat, ref)
+                return np.concatenate([[run.layers.index(layer)], scene.field_steps(run, stat, ref)])
+            head = share.from_root(share.on_root(axis))
+            if not len(head):
+                blocks.append((stat, None))
+                continue
+            layer, steps = run.layers[int(head[0])], head[1:]
             rows = share.gather(scene.rank_rows(run, stat, layer, share.ranks, steps, share.skipped))
             share.done_reading()
             block = None
             if rows is not None and rows[1].any():
-                at, g = scene.rank_field(run, stat, layer, run.ranks, steps, rows)
+                at, g = scene.rank_field(run, stat, layer, share.all_ranks, steps, rows)
                 block = vtk_data.grid(g.values, g.hidden, g.x_edges, g.y_edges, g.name, g.labels)
                 vtk_data.add_field(block, "steps", at.astype(np.float64))
                 vtk_data.add_field(block, "tview_layer", layer)
@@ -441,19 +467,48 @@ class TviewRunReader(VTKPythonAlgorithmBase):
 
 class _Share:
     """This ParaView process's share of the run's ranks, and the MPI exchange of what it made of them: under
-    `mpirun pvbatch` (one piece per process) the ranks are dealt round robin and partial reductions and rank rows
-    travel over VTK's MPI controller; in one process (the GUI, plain pvbatch) process 0 reads every rank."""
+    `mpirun pvbatch` (one piece per process) the ranks (process 0's list) are dealt round robin and partial
+    reductions and rank rows travel over VTK's MPI controller; in one process (the GUI, plain pvbatch) process 0
+    reads every rank. Every process makes the same exchanges in the same order, whatever it could read."""
 
-    def __init__(self, run, piece, n_pieces):
-        self.controller = _controller(piece, n_pieces)
-        self.root, self.n_ranks = piece == 0, len(run.ranks)
-        self.n_pieces = n_pieces if self.controller is not None else 1
-        if self.controller is not None:
-            self.ranks = scene.pieces(run.ranks, piece, n_pieces)
-        else:
-            self.ranks = list(run.ranks) if self.root else []
+    def __init__(self, controller, piece, n_pieces):
+        self.controller = controller
+        self.root = piece == 0
+        self.piece, self.n_pieces = piece, (n_pieces if controller is not None else 1)
+        self.all_ranks, self.ranks = [], []
         self.read = set()
         self.skipped = []
+
+    @classmethod
+    def make(cls, run, piece, n_pieces, collective):
+        """The share, or None where the run could not be opened (on any process, under MPI)."""
+        share = cls(_controller(piece, n_pieces) if collective else None, piece, n_pieces)
+        if share.controller is None:
+            if run is None:
+                return None
+            share.all_ranks = list(run.ranks)
+            share.ranks = share.all_ranks if share.root else []
+            return share
+        opened = share._all_reduce([1.0 if run is not None else 0.0], "min")[0]
+        ranks = share.from_root(run.ranks if run is not None and share.root else [])
+        if not opened:
+            return None
+        share.all_ranks = [int(r) for r in ranks]
+        share.ranks = scene.pieces(share.all_ranks, piece, n_pieces)
+        share._catch_up(run)
+        return share
+
+    @property
+    def n_ranks(self):
+        return len(self.all_ranks)
+
+    def _catch_up(self, run, seconds=3.0):
+        """Look again for shards of this process's ranks that it found not ready while process 0 found them (a
+        shard another process was opening just then reads as one being created)."""
+        deadline = time.monotonic() + seconds
+        while set(self.ranks) - set(run.ranks) and time.monotonic() < deadline:
+            time.sleep(0.1)
+            run.refresh()
 
     def done_reading(self):
         self.read.update(self.ranks)
@@ -465,24 +520,42 @@ class _Share:
         """The ranks this process read, as field data of its output (which process read what is visible)."""
         vtk_data.add_field(output, "tview_ranks_read", np.array(sorted(self.read), dtype=np.int32))
 
-    def _exchange(self, values, op=None):
+    def on_root(self, make):
+        """make() on process 0 (None where it fails, reported), None on the others."""
+        if not self.root:
+            return None
+        try:
+            return make()
+        except (TviewError, OSError, KeyError, ValueError) as exc:
+            _report(str(exc))
+            return None
+
+    def _exchange(self, values, op):
         from vtkmodules.util import numpy_support
         from vtkmodules.vtkCommonCore import vtkDoubleArray
+        comm = _communicator()
         send = numpy_support.numpy_to_vtk(np.ascontiguousarray(values, dtype=np.float64), deep=True)
         recv = vtkDoubleArray()
-        if op is None:
+        if op == "gather":
             self.controller.Gather(send, recv, 0)
-        elif op == "all_min":
-            self.controller.AllReduce(send, recv, _communicator().MIN_OP)
+        elif op in ("min", "max", "sum"):
+            self.controller.AllReduce(send, recv, {"min": comm.MIN_OP, "max": comm.MAX_OP, "sum": comm.SUM_OP}[op])
         else:
             self.controller.Reduce(send, recv, op, 0)
-        return numpy_support.vtk_to_numpy(recv).copy() if recv.GetNumberOfTuples() else None
+        return numpy_support.vtk_to_numpy(recv).copy() if recv.GetNumberOfTuples() else np.zeros(0)
 
-    def agree(self, n):
-        """The least of every process's `n` (a length each read itself: on a live run they may differ)."""
+    def _all_reduce(self, values, op):
+        return self._exchange(np.asarray(values, dtype=np.float64), op)
+
+    def from_root(self, values):
+        """Process 0's values (a 1D array, None: empty) on every process."""
+        values = np.zeros(0) if values is None else np.asarray(values, dtype=np.float64).ravel()
         if self.controller is None:
-            return n
-        return int(self._exchange(np.array([float(n)]), "all_min")[0])
+            return values
+        n = int(self._all_reduce([len(values) if self.root else 0], "max")[0])
+        if not n:
+            return np.zeros(0)
+        return self._all_reduce(values if self.root else np.zeros(n), "sum")
 
     def reduce(self, part):
         """The Partial of every process's ranks, on process 0 (None on the others)."""
@@ -498,9 +571,8 @@ class _Share:
         """Every rank's rows [2, ranks, steps] in rank order on process 0 (None on the others)."""
         if self.controller is None:
             return rows if self.root else None
-        size = scene.share_size(self.n_ranks, self.n_pieces)
-        block = scene.padded(rows, size)
-        flat = self._exchange(block.ravel())
+        block = scene.padded(rows, scene.share_size(self.n_ranks, self.n_pieces))
+        flat = self._exchange(block.ravel(), "gather")
         if not self.root:
             return None
         return scene.gathered_rows(list(flat.reshape((self.n_pieces,) + block.shape)), self.n_ranks)

@@ -192,9 +192,11 @@ def test_mean_network_from_shares_equals_combining_every_rank(ragged):
     nets = [scene.network(run, r, step) for r in run.ranks]
     for mode in scene.REDUCED:
         want = scene.combine(nets, mode)
-        skeleton, got_names, _ = scene.network_partial(run, [], step)  # a process with no rank
-        parts = [scene.network_partial(run, scene.pieces(run.ranks, k, 4), step)[2] for k in range(4)]
-        got = scene.network_of(skeleton, got_names, mpi_merge(parts), mode)
-        assert got_names == names and np.array_equal(got.positions, want.positions)
+        skeleton = scene.skeleton(run, 0)
+        points = len(skeleton.positions)
+        parts = [scene.network_partial(run, scene.pieces(run.ranks, k, 8), step, None, names, points)
+                 for k in range(8)]  # 8 processes: two have no rank
+        got = scene.network_of(skeleton, names, mpi_merge(parts), mode)
+        assert np.array_equal(got.positions, want.positions) and got.labels == want.labels
         for name in names + ["layer", "channel"]:
             assert np.allclose(got.arrays[name], want.arrays[name], equal_nan=True), (mode, name)

@@ -168,8 +168,9 @@ def _run_pvbatch(cmd: list[str], what: str, timeout: float, echo: bool, attempts
 
 def mpi_command(processes: int, pvbatch: list[str]) -> list[str]:
     """`mpirun -np N` around a pvbatch command line, passing the screen and the clean PYTHONPATH on (2 cores
-    here: --oversubscribe lets N exceed them)."""
-    return [find_program("mpirun"), "--allow-run-as-root", "--oversubscribe", "-np", str(processes),
+    here: --oversubscribe lets N exceed them; a process waiting for the others yields its core)."""
+    return [find_program("mpirun"), "--allow-run-as-root", "--oversubscribe", "--mca", "mpi_yield_when_idle", "1",
+            "-np", str(processes),
             "-x", "DISPLAY", "-x", "PYTHONPATH", "-x", "PYTHONNOUSERSITE"] + pvbatch
 
 

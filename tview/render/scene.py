@@ -89,7 +89,7 @@ def combine(blocks: list[Points], mode: str) -> Points:
             out[name] = values
             continue
         out[name] = finish(partial([b.arrays[name] for b in blocks], np.shape(values)), mode)
-    return Points(first.positions, out)
+    return Points(first.positions, out, labels=first.labels)
 
 
 def spread_of(blocks: list[Points], name: str) -> Points:
@@ -364,19 +364,24 @@ def _readable(read, ranks, skipped: list | None = None):
                 skipped.append((r, str(exc)))
 
 
-def network_partial(run: Run, ranks: list[int], step: float | None, layers: list[str] | None = None,
-                    arrays: list[str] | None = None, skipped: list | None = None) -> tuple[Points, list[str], Partial]:
-    """(the network's points with layer and channel only, the float array names, their Partial [names, points])
-    over `ranks` (possibly none): one process's share of a mean/spread network."""
-    ref = run.ranks[0] if run.ranks else 0
-    skeleton = network(run, ref, step, layers, arrays=[])  # reads no statistic
-    names = list(arrays) if arrays is not None else statistic_arrays(run)
-    shape = (len(names), len(skeleton.positions))
+def skeleton(run: Run, rank: int, layers: list[str] | None = None) -> Points:
+    """The network's points with layer and channel only (no statistic read): what a combined network is drawn on."""
+    return network(run, rank, None, layers, arrays=[])
+
+
+def network_partial(run: Run, ranks: list[int], step: float | None, layers: list[str] | None, names: list[str],
+                    points: int, skipped: list | None = None) -> Partial:
+    """Partial [names, points] of the network arrays `names` over `ranks` (possibly none): one process's share of
+    a mean/spread network of `points` channel points (a rank whose network differs in size is left out)."""
+    shape = (len(names), points)
 
     def read(r):
         p = network(run, r, step, layers, names)
-        return np.stack([p.arrays[name] for name in names]) if names else np.zeros(shape)
-    return skeleton, names, partial(_readable(read, ranks, skipped), shape)
+        values = np.stack([p.arrays[name] for name in names]) if names else np.zeros((0, len(p.positions)))
+        if values.shape != shape:
+            raise KeyError(f"rank {r}'s network has {values.shape[1]} channel points, rank 0's {points}")
+        return values
+    return partial(_readable(read, ranks, skipped), shape)
 
 
 def network_of(skeleton: Points, names: list[str], p: Partial, mode: str) -> Points:
@@ -385,10 +390,15 @@ def network_of(skeleton: Points, names: list[str], p: Partial, mode: str) -> Poi
     return Points(skeleton.positions, dict(skeleton.arrays, **dict(zip(names, values))), labels=skeleton.labels)
 
 
-def field_steps(run: Run, stat: str) -> np.ndarray:
-    """The step axis of a statistic's fields across ranks: the steps its probe ran on the first rank (every
-    process reads the same ones; other ranks' values are placed on them, missing where a rank lacks a step)."""
-    return run.stat_matrix(stat, run.ranks[0])[0] if run.ranks else np.zeros(0, dtype=np.int64)
+def field_steps(run: Run, stat: str, ref: int | None = None) -> np.ndarray:
+    """The step axis of a statistic's fields across ranks: the steps its probe ran on the reference rank (the
+    first by default; other ranks' values are placed on them, missing where a rank lacks a step)."""
+    ref = _reference(run, ref)
+    return run.stat_matrix(stat, ref)[0] if ref is not None else np.zeros(0, dtype=np.int64)
+
+
+def _reference(run: Run, ref: int | None) -> int | None:
+    return ref if ref is not None else (run.ranks[0] if run.ranks else None)
 
 
 def on_steps(steps: np.ndarray, at: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -475,21 +485,24 @@ def rank_field(run: Run, stat: str, layer: str, ranks: list[int], steps: np.ndar
     return steps[keep], g
 
 
-def default_layer(run: Run, stat: str) -> str:
-    """The layer a rank x step field shows when none is named: the first the statistic was measured on."""
-    if not run.ranks:
+def default_layer(run: Run, stat: str, ref: int | None = None) -> str:
+    """The layer a rank x step field shows when none is named: the first the statistic was measured on (on the
+    reference rank, the first by default)."""
+    ref = _reference(run, ref)
+    if ref is None:
         raise TviewError(f"{run.path}: no readable rank")
-    _, m = run.stat_matrix(stat, run.ranks[0], max_points=200)
+    _, m = run.stat_matrix(stat, ref, max_points=200)
     measured = ~np.ma.getmaskarray(m).all(axis=0)
     return run.layers[int(np.argmax(measured))] if measured.any() else run.layers[0]
 
 
-def channel_steps(run: Run, stat: str, layer: str) -> tuple[np.ndarray, int]:
-    """(steps, channels) of a per-channel statistic's field across ranks: the first rank's measured rows.
-    Raises KeyError where the layer has no per-channel values."""
-    if not run.ranks:
+def channel_steps(run: Run, stat: str, layer: str, ref: int | None = None) -> tuple[np.ndarray, int]:
+    """(steps, channels) of a per-channel statistic's field across ranks: the reference rank's measured rows
+    (the first rank by default). Raises KeyError where the layer has no per-channel values."""
+    ref = _reference(run, ref)
+    if ref is None:
         return np.zeros(0, dtype=np.int64), 0
-    steps, v = run.stat(stat, layer, run.ranks[0])
+    steps, v = run.stat(stat, layer, ref)
     v = np.asarray(v, dtype=np.float64).reshape(len(steps), -1)
     return steps[~np.isnan(v).all(axis=1)], v.shape[1]
 
