@@ -1,6 +1,8 @@
 """Many ranks: opening costs one shard, reading across ranks keeps a bounded number of shards open, summaries open
 none; every value equals what plain h5py reads from each shard."""
 
+import os
+
 import h5py
 import numpy as np
 import pytest
@@ -56,3 +58,42 @@ def test_a_shard_closed_to_make_room_is_reopened_on_use(wide_run, monkeypatch):
         for rank in range(RANKS):
             np.testing.assert_array_equal(first[rank], again[rank])
             np.testing.assert_array_equal(first[rank], plain_h5py(wide_run, rank, "grad_max_abs", 3)[1])
+
+
+def test_a_read_split_over_processes_equals_the_read_in_one(wide_run, tmp_path, monkeypatch):
+    import shutil
+    import threading
+
+    from tview.store import parallel
+    path = str(tmp_path / "run")
+    shutil.copytree(wide_run, path)
+    with open(f"{path}/rank-00004.h5", "r+b") as f:  # rank 4's data damaged: a child finds it
+        f.seek(4096)
+        f.write(b"\xff" * 60000)
+    monkeypatch.setattr(parallel, "PARALLEL_FROM", 4)
+    monkeypatch.setattr(reader, "EAGER_SHARDS", 2)  # rank 4 is opened, and found damaged, by the read
+    if len(os.sched_getaffinity(0)) < 2 or threading.active_count() > 1:
+        pytest.skip("one core, or a thread left running by another test: reads are not split here")
+    with tview.open_run(path, skip_bad_shards=True) as run:
+        assert parallel.processes_for(len(run.ranks)) >= 2
+        assert 4 in run.ranks and not run.problems
+        split = run.stat_across_ranks("grad_norm", 1)
+        found, ranks_after = dict(run.problems), run.ranks
+    monkeypatch.setattr(parallel, "PARALLEL_FROM", 10**9)
+    with tview.open_run(path, skip_bad_shards=True) as run:
+        whole = run.stat_across_ranks("grad_norm", 1)
+        assert found == run.problems and list(found) == [4] and "rank-00004.h5" in found[4]
+        assert ranks_after == run.ranks == [0, 1, 2, 3, 5]
+    assert list(split) == list(whole) == list(range(RANKS)) and len(split[4][0]) == 0
+    for rank in range(RANKS):
+        np.testing.assert_array_equal(split[rank][0], whole[rank][0])
+        np.testing.assert_array_equal(split[rank][1], whole[rank][1])
+    monkeypatch.setattr(parallel, "PARALLEL_FROM", 4)
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        assert parallel.processes_for(RANKS) == 1  # a threaded process never forks
+    finally:
+        stop.set()
+        other.join()

@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 
 from tview.errors import CorruptShardError, NotARunError, SchemaVersionError, TviewError
-from tview.store import rank_summary, schema
+from tview.store import parallel, rank_summary, schema
 from tview.store.h5open import check_shard_file, open_shard_id
 from tview.store.manifest import read_manifest
 
@@ -717,15 +717,31 @@ class Run:
 
     def stat_across_ranks(self, name: str, layer: str | int, ranks=None, max_points: int | None = None) -> dict:
         """{rank: (steps, values)} of one layer statistic on every readable rank (or `ranks`), empty arrays
-        where a rank has none or cannot be read (its problem then in run.problems)."""
+        where a rank has none or cannot be read (its problem then in run.problems). Hundreds of ranks are
+        read by several processes (tview.store.parallel)."""
         self.layer_index(layer)
-        ranks = self.ranks if ranks is None else ranks
-        return {r: self._or_empty(self.stat, name, layer, r, max_points=max_points) for r in ranks}
+        return self._across(lambda share: {r: self._or_empty(self.stat, name, layer, r, max_points=max_points)
+                                           for r in share}, ranks)
 
     def scalar_across_ranks(self, name: str, ranks=None, max_points: int | None = None) -> dict:
         """{rank: (steps, values)} of one scalar on every readable rank (or `ranks`), as stat_across_ranks."""
-        return {r: self._or_empty(self.scalar, name, r, max_points=max_points)
-                for r in (self.ranks if ranks is None else ranks)}
+        return self._across(lambda share: {r: self._or_empty(self.scalar, name, r, max_points=max_points)
+                                           for r in share}, ranks)
+
+    def _across(self, read, ranks) -> dict:
+        ranks = list(self.ranks if ranks is None else ranks)
+        return parallel.read_across(ranks, read, extra=lambda share: {r: self.problems[r] for r in share
+                                                                      if r in self.problems},
+                                    merge_extra=self._found_bad)
+
+    def _found_bad(self, problems: dict[int, str]):
+        """Shards another process found unreadable (tview.store.parallel): left out here too."""
+        for rank, why in problems.items():
+            self.problems[rank] = why
+            self._files.pop(rank, None)
+            shard = self._shards.pop(rank, None)
+            if shard is not None:
+                shard.close()
 
     @staticmethod
     def _or_empty(read, *args, **kwargs):

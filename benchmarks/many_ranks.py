@@ -1,0 +1,172 @@
+"""Issue 12's figures in one run: reading, the dashboard, ParaView, a live run and a real job, from 8 to 1024 ranks.
+
+Writes synthetic runs (1000 recorded steps x 20 layers x 8, 64, 256, 1024 ranks; kept in --out for the next time),
+then measures, each part in its own process:
+  reader     open a run, one statistic of one layer across all ranks, the rank summaries, rank_status, and the
+             floor: plain h5py opening each shard and reading the same three datasets with no checks; memory
+  dashboard  benchmarks/dashboard_load.py on the same runs (first figure of the overview and the Ranks page)
+  paraview   benchmarks/paraview_ranks.py on the 1024-rank run (mpirun -np 1, 2, 4 pvbatch)
+  live       benchmarks/live_scale.py (64 writer processes, the dashboard following them)
+  job        benchmarks/straggler.py (a real torchrun --nproc_per_node=8 gloo run with one slow rank)
+and prints one markdown section (with --write, puts it in docs/benchmarks.md between its markers).
+
+    python benchmarks/many_ranks.py [--out /tmp/tview-ranks] [--ranks 8,64,256,1024] [--parts reader,dashboard,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from tview.store.synthetic import write_synthetic_run  # noqa: E402
+
+STEPS, LAYERS = 1000, 20
+STAT, LAYER = "grad_norm", 3
+PARTS = ("reader", "dashboard", "paraview", "live", "job")
+START, END = "<!-- many-ranks:start -->", "<!-- many-ranks:end -->"
+
+
+def run_path(root: str, ranks: int) -> str:
+    return os.path.join(root, f"steps-{STEPS}-ranks-{ranks}")  # dashboard_load.py's names: it reuses them
+
+
+def write_runs(root: str, rank_counts: list[int]) -> None:
+    for r in rank_counts:
+        path = run_path(root, r)
+        if not os.path.exists(os.path.join(path, f"rank-{r - 1:05d}.summary.json")):
+            t = time.perf_counter()
+            write_synthetic_run(path, STEPS, ranks=r, layers=LAYERS, channel_tail=100)
+            print(f"wrote {r} ranks in {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _best(fn, repeat: int = 3) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def floor_read(path: str) -> None:
+    """Plain h5py, no checks: open every shard, read step, measured and the column of one layer, close."""
+    import h5py
+    for p in sorted(glob.glob(os.path.join(path, "rank-*.h5"))):
+        with h5py.File(p, "r", swmr=True, rdcc_nbytes=0) as f:
+            g = f["probes/grad"]
+            g["step"][:], g["measured"][:, LAYER], g[STAT][:, LAYER]
+
+
+def reader_figures(path: str) -> dict:
+    """One rank count's reader figures, in this (fresh) process; warm page cache (a first pass reads it all)."""
+    import tview
+    floor_read(path)
+    start = _rss_mib()
+
+    def open_and_read():
+        with tview.open_run(path) as run:
+            run.stat_across_ranks(STAT, LAYER)
+
+    out = {"open": _best(lambda: tview.open_run(path).close()), "open_and_stat": _best(open_and_read),
+           "floor": _best(lambda: floor_read(path))}
+    run = tview.open_run(path)
+    out["summaries"] = _best(run.rank_summaries)
+    out["rank_status"] = _best(run.rank_status)
+    run.stat_across_ranks(STAT, LAYER)
+    out["stat_again"] = _best(lambda: run.stat_across_ranks(STAT, LAYER))
+    out["rss_mib"] = _rss_mib() - start
+    run.close()
+    return out
+
+
+def reader_table(root: str, rank_counts: list[int]) -> str:
+    rows = {}
+    for r in rank_counts:
+        code = f"import json, sys; sys.path.insert(0, {REPO!r}); from benchmarks.many_ranks import reader_figures; " \
+               f"print(json.dumps(reader_figures({run_path(root, r)!r})))"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        rows[r] = json.loads(done.stdout.strip().splitlines()[-1])
+    base = rows[rank_counts[0]]
+    lines = ["| ranks | open | open + one statistic across ranks | x 8 ranks | plain h5py floor | again, run open "
+             "| rank summaries | rank_status | memory held |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r, x in rows.items():
+        lines.append(f"| {r} | {x['open'] * 1e3:.1f} ms | {x['open_and_stat'] * 1e3:.0f} ms | "
+                     f"{x['open_and_stat'] / base['open_and_stat']:.0f}x | {x['floor'] * 1e3:.0f} ms | "
+                     f"{x['stat_again'] * 1e3:.0f} ms | {x['summaries'] * 1e3:.0f} ms | "
+                     f"{x['rank_status'] * 1e3:.0f} ms | {x['rss_mib']:.0f} MiB |")
+    return "\n".join(lines)
+
+
+def script(name: str, *args: str, timeout: float = 1800) -> str:
+    """Another benchmark's output (its markdown tables and figures), run as a process of its own."""
+    cmd = [sys.executable, os.path.join(REPO, "benchmarks", name), *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    if done.returncode:
+        return f"`{' '.join(cmd[1:])}` failed ({done.returncode}):\n```\n{done.stderr[-2000:]}\n```"
+    return done.stdout.strip()
+
+
+def section(root: str, rank_counts: list[int], parts: list[str]) -> str:
+    body = {
+        "reader": lambda: reader_table(root, rank_counts),
+        "dashboard": lambda: script("dashboard_load.py", "--ranks", ",".join(map(str, rank_counts)), "--out", root),
+        "paraview": lambda: script("paraview_ranks.py", "--run", run_path(root, max(rank_counts)), "--np", "1,2,4"),
+        "live": lambda: script("live_scale.py", "--ranks", "64", "--seconds", "120"),
+        "job": lambda: script("straggler.py", "--ranks", "8"),
+    }
+    head = (f"## Many ranks (issue 12), one run of `benchmarks/many_ranks.py`\n\n{datetime.date.today()}, "
+            f"{os.cpu_count()} CPU cores, synthetic runs of {STEPS} recorded steps x {LAYERS} layers, warm page cache.")
+    out = [head]
+    for part in parts:
+        t = time.perf_counter()
+        text = body[part]()
+        out.append(f"### {part} ({time.perf_counter() - t:.0f} s)\n\n{text}")
+        print(out[-1], flush=True)
+    return "\n\n".join(out) + "\n"
+
+
+def write_docs(text: str) -> None:
+    path = os.path.join(REPO, "docs", "benchmarks.md")
+    with open(path) as f:
+        doc = f.read()
+    block = f"{START}\n{text}{END}"
+    if START in doc and END in doc:
+        doc = doc[:doc.index(START)] + block + doc[doc.index(END) + len(END):]
+    else:
+        title_end = doc.index("\n") + 1
+        doc = doc[:title_end] + "\n" + block + "\n" + doc[title_end:]
+    with open(path, "w") as f:
+        f.write(doc)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="/tmp/tview-ranks", help="folder for the synthetic runs (kept)")
+    ap.add_argument("--ranks", default="8,64,256,1024")
+    ap.add_argument("--parts", default=",".join(PARTS))
+    ap.add_argument("--write", action="store_true", help="put the section in docs/benchmarks.md")
+    a = ap.parse_args(argv)
+    rank_counts = [int(r) for r in a.ranks.split(",")]
+    os.makedirs(a.out, exist_ok=True)
+    write_runs(a.out, rank_counts)
+    text = section(a.out, rank_counts, a.parts.split(","))
+    if a.write:
+        write_docs(text)
+
+
+if __name__ == "__main__":
+    main()
