@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections import Counter
 
 from tview.errors import TviewError
 
@@ -28,19 +29,14 @@ def info_text(path: str) -> str:
              f"model    {m.get('model')}  preset {m.get('preset')}  schedule {m.get('schedule')}  "
              f"snapshots {m.get('snapshot_schedule')}",
              f"ranks    {run.world_size} expected, {len(run.ranks)} readable"]
+    summaries = run.rank_summaries()  # one small file per rank: no shard opened for this part
     lines.append("")
-    lines.append(f"{'rank':>4}  {'steps':>7}  {'last step':>9}  {'state':<10} {'dropped':>7}  {'size':>9}  problem")
-    for rank, s in run.rank_status().items():
-        p = os.path.join(run.path, schema.shard_name(rank))
-        size = _size(os.path.getsize(p)) if os.path.exists(p) else "-"
-        state = "closed" if s["closed"] else ("open" if s["problem"] is None else "unreadable")
-        last = "-" if s["last_step"] is None else str(s["last_step"])
-        lines.append(f"{rank:>4}  {s['steps']:>7}  {last:>9}  {state:<10} {s['dropped']:>7}  {size:>9}  "
-                     f"{s['problem'] or ''}")
+    lines += _rank_lines(run, summaries)
     stopped = run.stopped_ranks()
     if stopped and len(run.ranks) > 0:
         lines.append("stopped early (not closed, behind the others): " +
-                     ", ".join(f"rank {r} at step {s}" for r, s in stopped.items()))
+                     ", ".join(f"rank {r} at step {s}" for r, s in list(stopped.items())[:RANK_ROWS]) +
+                     (f" and {len(stopped) - RANK_ROWS} more" if len(stopped) > RANK_ROWS else ""))
     if run.ranks:
         r0 = run.ranks[0]
         lines.append("")
@@ -53,15 +49,7 @@ def info_text(path: str) -> str:
             steps, loss = run.scalar("loss", r0)
             if len(steps):
                 lines.append(f"loss: {loss[0]:.4g} at step {steps[0]} -> {loss[-1]:.4g} at step {steps[-1]}")
-        found = []
-        for rank in run.ranks:  # kept by the writer: no scan of the tables
-            first = run.first_nonfinite(rank)
-            if first["layers"]:
-                step = min(first["layers"].values())
-                layers = [name for name, s in first["layers"].items() if s == step]
-                found.append(f"rank {rank}: NaN/Inf first at step {step} in {', '.join(layers)}")
-            found += [f"rank {rank}: {name} NaN/Inf first at step {s}" for name, s in first["scalars"].items()]
-        lines.append("non-finite values: " + ("; ".join(found) if found else "none"))
+        lines.append("non-finite values: " + _nonfinite_text(summaries))
     lines.append("")
     lines.append(f"{'layer':<24} {'type':<14} {'channels':>8} {'params':>9}")
     for layer in run.layer_info:
@@ -69,6 +57,54 @@ def info_text(path: str) -> str:
         lines.append(f"{layer['name']:<24} {layer['type']:<14} {ch!s:>8} {layer.get('params', 0):>9}")
     run.close()
     return "\n".join(lines)
+
+
+RANK_ROWS = 16  # a larger run lists its ranks worth a look, worst first, and counts the others
+
+
+def _rank_state(s: dict) -> str:
+    return "closed" if s["closed"] else ("open" if s["problem"] is None else "unreadable")
+
+
+def _worth_a_look(s: dict, furthest: int | None) -> tuple:
+    """Sort key, worst first: unreadable, not closed and behind, dropped records, NaN; then by rank."""
+    behind = (furthest or 0) - (s["last_step"] if s["last_step"] is not None else -1)
+    nan = bool((s.get("first_nonfinite") or {}).get("layers") or (s.get("first_nonfinite") or {}).get("scalars"))
+    return (s["problem"] is None, s["closed"] or behind <= 0, not s["dropped"], not nan, s["rank"])
+
+
+def _rank_lines(run, summaries: dict[int, dict]) -> list[str]:
+    """The ranks table: every rank of a small run; of a larger one the RANK_ROWS worth a look first and a tally."""
+    from tview.store import schema
+    rows = [{**s, "rank": rank} for rank, s in summaries.items()]
+    furthest = max((s["last_step"] for s in rows if s["last_step"] is not None), default=None)
+    shown = rows if len(rows) <= RANK_ROWS else sorted(rows, key=lambda s: _worth_a_look(s, furthest))[:RANK_ROWS]
+    lines = [f"{'rank':>4}  {'steps':>7}  {'last step':>9}  {'state':<10} {'dropped':>7}  {'size':>9}  problem"]
+    for s in shown:
+        p = os.path.join(run.path, schema.shard_name(s["rank"]))
+        size = _size(os.path.getsize(p)) if os.path.exists(p) else "-"
+        last = "-" if s["last_step"] is None else str(s["last_step"])
+        lines.append(f"{s['rank']:>4}  {s['steps']:>7}  {last:>9}  {_rank_state(s):<10} {s['dropped']:>7}  {size:>9}  "
+                     f"{s['problem'] or ''}")
+    if len(shown) < len(rows):
+        tally = Counter(_rank_state(s) for s in rows)
+        lines.append(f"... {len(rows) - len(shown)} more ranks not shown (worst first above); all ranks: "
+                     + ", ".join(f"{n} {state}" for state, n in sorted(tally.items())))
+    return lines
+
+
+def _nonfinite_text(summaries: dict[int, dict]) -> str:
+    """Where NaN/Inf first appeared on each rank (kept by the writer: no scan), at most RANK_ROWS ranks named."""
+    found = []
+    for rank, s in summaries.items():
+        first = s.get("first_nonfinite") or {"layers": {}, "scalars": {}}
+        if first["layers"]:
+            step = min(first["layers"].values())
+            layers = [name for name, at in first["layers"].items() if at == step]
+            found.append(f"rank {rank}: NaN/Inf first at step {step} in {', '.join(layers)}")
+        found += [f"rank {rank}: {name} NaN/Inf first at step {at}" for name, at in first["scalars"].items()]
+    more = f"; and {len(found) - RANK_ROWS} more" if len(found) > RANK_ROWS else ""
+    return "; ".join(found[:RANK_ROWS]) + more if found else "none"
 
 
 def _table_lines(run, rank: int) -> list[str]:

@@ -97,3 +97,14 @@ def test_a_read_split_over_processes_equals_the_read_in_one(wide_run, tmp_path, 
     finally:
         stop.set()
         other.join()
+
+
+def test_info_of_a_large_run_lists_the_ranks_worth_a_look_first(tmp_path):
+    from tview.cli import RANK_ROWS, info_text
+    path = write_synthetic_run(str(tmp_path / "run"), 10, ranks=RANK_ROWS + 4, layers=2)
+    with open(f"{path}/rank-00013.h5", "r+b") as f:
+        f.truncate(2000)
+    text = info_text(path)
+    rows = [line for line in text.splitlines() if line[:4].strip().isdigit()]
+    assert len(rows) == RANK_ROWS and rows[0].split()[0] == "13" and "truncated" in rows[0]
+    assert f"4 more ranks not shown (worst first above); all ranks: {RANK_ROWS + 3} closed, 1 unreadable" in text
