@@ -97,17 +97,18 @@ def write_runs(root: str, sizes: list[int], rank_counts: list[int], layers: int)
     return runs
 
 
-def load(page, url: str, drawn: str, then: str | None = None) -> tuple[float, float | None]:
-    """Seconds from goto to `drawn` (a JS predicate) holding, and to `then` holding (None: not waited for)."""
+def load(page, url: str, drawn: str, then: str) -> tuple[float, float]:
+    """Seconds from goto to `drawn` (a JS predicate) holding, and to `then` holding; returns once the page's
+    requests settled (a load never overlaps the one before it on the server)."""
     page.goto("about:blank")
     t = time.perf_counter()
     page.goto(url)
     page.wait_for_function(drawn, timeout=300_000, polling=20)
     first = time.perf_counter() - t
-    if then is None:
-        return first, None
     page.wait_for_function(then, timeout=300_000, polling=50)
-    return first, time.perf_counter() - t
+    later = time.perf_counter() - t
+    page.wait_for_load_state("networkidle", timeout=300_000)
+    return first, later
 
 
 @contextlib.contextmanager
@@ -129,7 +130,7 @@ def page_times(page, root: str, port: int, run_id: str, repeat: int) -> dict[str
         with dashboard(root, port) as base:
             url = f"{base}{path}?runs={run_id}"
             out[f"page_{name}"], out[f"then_{name}"] = load(page, url, drawn, then)
-            out[f"again_{name}"] = statistics.median(load(page, url, drawn)[0] for _ in range(repeat))
+            out[f"again_{name}"] = statistics.median(load(page, url, drawn, then)[0] for _ in range(repeat))
     return out
 
 
@@ -141,7 +142,7 @@ def measure(root: str, runs: list, repeat: int, chromium: str) -> list[dict]:
         browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         with dashboard(root, port) as base:  # warm up: the app's scripts cached, as for any user
-            load(page, f"{base}/?runs={runs[0][2]}", OVERVIEW_JS)
+            load(page, f"{base}/?runs={runs[0][2]}", OVERVIEW_JS, DIAGNOSIS_JS)
         for n, r, run_id in runs:
             row = {"steps": n, "ranks": r, **server_times(os.path.join(root, run_id))}
             row.update(page_times(page, root, port, run_id, repeat))

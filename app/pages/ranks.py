@@ -129,9 +129,10 @@ def trend_values(run, rank_summaries: dict, name: str):
     return summaries.trend_across_ranks(rank_summaries, name, run.ranks)
 
 
-def stat_figures(run_id: str, steps, values, stat: str, where, focus, log_colour, source: str):
-    """The bands (with the standouts named) and the rank x step heatmap of one choice; layout.meta.source says
-    where the values came from ('summaries': every k-th step of the trends; 'shards': read from every shard)."""
+def stat_figures(run_id: str, steps, values, stat: str, where, focus, log_colour, source: str, heatmap: bool = True):
+    """The bands (with the standouts named) and the rank x step heatmap (None unless `heatmap`) of one choice;
+    layout.meta.source says where the values came from ('summaries': every k-th step of the trends; 'shards':
+    read from every shard)."""
     run = catalog().get(run_id)
     divergent = {r: why for r, why in ranks_view.standouts(run.ranks, values).items()}
     named = named_lines(memo_summarized(run_id, summary)["standouts"], divergent)
@@ -139,10 +140,12 @@ def stat_figures(run_id: str, steps, values, stat: str, where, focus, log_colour
     how = "per rank" if len(run.ranks) <= ranks_view.LINES_UP_TO else "across ranks"
     what = stat if where is None else f"{stat} of {where}"
     bands = figures.ranks_figure(steps, run.ranks, values, f"{what} {how}", stat, named=named, focus=rank)
+    bands.update_layout(meta={"source": source})
+    if not heatmap:
+        return bands, None
     heat = figures.rank_heatmap_figure(steps, run.ranks, values, f"{what}: rank x step (click a rank)",
                                        stat, log="log" in (log_colour or []), focus=rank)
-    for fig in (bands, heat):
-        fig.update_layout(meta={"source": source})
+    heat.update_layout(meta={"source": source})
     return bands, heat
 
 
@@ -170,7 +173,7 @@ def stat_across_ranks(stat, layer, log_colour, refresh, focus, runs, shown):
         return wait, wait, follow
     steps, values = memo_summarized(run_id, trend_values, name)
     where = None if stat.startswith(SCALAR) else "whole network"
-    bands, _ = stat_figures(run_id, steps, values, name, where, focus, log_colour, "summaries")
+    bands, _ = stat_figures(run_id, steps, values, name, where, focus, log_colour, "summaries", heatmap=False)
     return bands, figures.message_figure(f"reading {name} on every rank ..."), follow
 
 
@@ -188,12 +191,13 @@ def stat_from_shards(follow, log_colour, focus, runs):
     return (*stat_figures(run_id, steps, values, stat, where, focus, log_colour, "shards"), follow)
 
 
-@callback(Output("ranks-step-time", "figure"), Input("refresh", "data"), Input("focus-rank", "data"),
+@callback(Output("ranks-step-time", "figure"), Input("ranks-full", "data"), Input("focus-rank", "data"),
           State("runs", "value"))
 @figures_or_message(1)
-def step_time(refresh, focus, runs):
-    """Step time per rank from the rank summaries' trends, the slowest rank named."""
-    if refresh is None:
+def step_time(follow, focus, runs):
+    """Step time per rank from the rank summaries' trends, the slowest rank named (after the statistic's first
+    figure, which it would otherwise share the server and the browser with)."""
+    if follow is None:
         return no_update
     run_id = first_run(runs)
     run = catalog().get(run_id)

@@ -79,3 +79,53 @@ def test_a_rank_picked_anywhere_is_focused_on_every_page(server, page, wide):
     wait_named(page, "ranks-stat-graph", "rank 5", timeout=30_000)
     assert focus_value(page) == "5" and traces(page, "ranks-stat-graph")["title"].startswith("loss across ranks")
     assert page.js_errors == []
+
+
+def _figure_sources(responses: list, graph_id: str) -> list:
+    """layout.meta.source of each figure the server sent for graph_id, in the order the responses came."""
+    import json
+    out = []
+    for body in responses:
+        figure = json.loads(body).get("response", {}).get(graph_id, {}).get("figure")
+        if figure:
+            out.append((figure.get("layout", {}).get("meta") or {}).get("source"))
+    return out
+
+
+def test_the_ranks_page_draws_from_the_summaries_first_then_from_every_shard(server, page, wide):
+    responses = []
+    page.on("response", lambda r: responses.append(r) if "_dash-update-component" in r.url and r.status == 200
+            else None)
+    page.goto(f"{server}/ranks?runs={wide}")
+    page.wait_for_function("() => { const el = document.querySelector('#ranks-heatmap .js-plotly-plot');"
+                           " return el && el.layout && el.layout.meta && el.layout.meta.source === 'shards'; }",
+                           timeout=30_000)
+    assert _figure_sources([r.text() for r in responses], "ranks-stat-graph")[:2] == ["summaries", "shards"]
+    assert traces(page, "ranks-heatmap")["points"] == [RANKS]
+    assert page.js_errors == []
+
+
+@pytest.fixture(scope="session")
+def hollow(runs_root):
+    """72 ranks (beyond 64 a run opens its shards on first use) whose shards 1..71 were zeroed past the HDF5
+    superblock, size and modification time kept: their summaries stay valid, their tables cannot be read."""
+    import os
+
+    from tview.store.synthetic import write_synthetic_run
+    path = write_synthetic_run(str(runs_root / "hollow"), 60, ranks=72, layers=3, detail_every=50, channel_tail=10)
+    for rank in range(1, 72):
+        shard = os.path.join(path, f"rank-{rank:05d}.h5")
+        st = os.stat(shard)
+        with open(shard, "r+b") as f:
+            f.seek(512)
+            f.write(b"\0" * (st.st_size - 512))
+        os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
+    return "hollow"
+
+
+def test_the_overviews_first_figure_is_drawn_from_the_rank_summaries(server, page, hollow):
+    page.goto(f"{server}/?runs={hollow}")
+    wait_named(page, "overview-loss", "rank 71 (slowest)", timeout=30_000)  # step times of unreadable shards
+    loss = traces(page, "overview-loss")
+    assert "median rank" in loss["names"] and loss["title"].startswith("loss across ranks")
+    assert page.js_errors == []

@@ -107,6 +107,8 @@ def test_ranks_figure_draws_bands_and_named_lines_at_1024_ranks_and_plain_lines_
     small = figures.ranks_figure(steps, [0, 1], v[:2], "loss per rank", named={1: "rank 1 (slowest)"})
     assert [t.name for t in small.data] == ["rank 0", "rank 1 (slowest)"]  # no band of two ranks
     assert figures.ranks_figure(steps, [0, 1], np.full((2, 300), np.nan), "x").layout.annotations
+    gone = figures.ranks_figure(steps, [0, 1], v[:2], "loss per rank", named={7: "rank 7 (slowest)"})
+    assert [t.name for t in gone.data] == ["rank 0", "rank 1"]  # a standout no longer readable is not drawn
 
 
 def test_rank_heatmap_stays_small_and_marks_the_focused_rank():

@@ -252,10 +252,10 @@ def ranks_figure(steps: np.ndarray, ranks: list[int], values: np.ndarray, title:
         return message_figure("nothing recorded yet")
     cols = strided(values.shape[1], MAX_POINTS)
     x, values = np.asarray(steps)[cols], values[:, cols]
-    named = dict(named or {})
+    row = {r: i for i, r in enumerate(ranks)}
+    named = {r: label for r, label in (named or {}).items() if r in row}  # a rank not drawn is not named
     if focus is not None and focus in ranks:
         named.setdefault(focus, f"rank {focus}")
-    row = {r: i for i, r in enumerate(ranks)}
     fig = go.Figure()
     if len(ranks) <= ranks_view.LINES_UP_TO:
         palette = ["#1f77b4", "#2ca02c", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#aec7e8"]
