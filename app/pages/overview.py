@@ -11,7 +11,7 @@ from dash import Input, Output, State, callback, html, no_update
 
 from tview.render import figures, ranks_view, summaries
 
-from ..common import HOLD_POLL, graph, log, memo_summarized, rank_button
+from ..common import HOLD_POLL, catalog, graph, log, memo_summarized, rank_button, run_summaries
 from ..findings import diagnosis_panel
 
 POINTS = 500      # per rank in the diagnosis (the card and the loss figure read the rank summaries' trends)
@@ -117,18 +117,27 @@ def _diagnosis(run, rank_summaries: dict, run_id: str):
     return diagnosis_panel(run_id, run, POINTS, rank_summaries)
 
 
-@callback(Output("overview-diagnosis", "children"), Input("refresh", "data"), State("runs", "value"),
-          running=HOLD_POLL)
+def diagnosis_of(run_id: str):
+    """The run's diagnosis panel, or while one is under way the last one (None before the first)."""
+    cat = catalog()
+    return cat.memo_or_last(run_id, ("diagnosis",), lambda: _diagnosis(cat.get(run_id), run_summaries(run_id), run_id))
+
+
+@callback(Output("overview-diagnosis", "children"), Input("refresh", "data"), State("runs", "value"))
 def diagnosis(refresh, runs):
-    """tview.diagnose's findings per run, each linking to its evidence: a callback of its own, so the
-    card and the loss figure never wait for it (read once per change of the run, after the first poll)."""
+    """tview.diagnose's findings per run, each linking to its evidence: a callback of its own, so the card and
+    the loss figure never wait for it (read once per change of the run, after the first poll). While a run's
+    diagnosis is under way, a refresh shows its last one (the poll goes on: a 1024-rank live run is diagnosed
+    again as soon as the last diagnosis ends, not at each poll)."""
     if refresh is None:
         return no_update
     panels = []
     for run_id in runs or []:
         try:
-            panels.append(html.Div([html.H3(run_id), memo_summarized(run_id, _diagnosis, run_id)],
-                                   className="tv-card diagnosis-card"))
+            panel = diagnosis_of(run_id)
+            if panel is None:
+                return no_update  # the first diagnosis of this run is under way: it answers its own request
+            panels.append(html.Div([html.H3(run_id), panel], className="tv-card diagnosis-card"))
         except Exception as exc:  # a run that cannot be read says so; the others are still shown
             log.warning("diagnosis of %r: %s", run_id, exc)
             panels.append(html.P(f"{run_id}: {exc}", className="tv-error"))

@@ -70,3 +70,21 @@ def test_one_read_per_run_and_key_at_a_time_and_equal_reads_are_shared(tmp_path)
     cat.note_signature("run", [[0, 11, "live", False]])
     assert cat.memo("run", ("stat2",), read) == 3 and most[0] == 1
     first.join()
+
+
+def test_a_slow_read_under_way_answers_others_with_its_last_result_at_once(tmp_path):
+    import threading
+    import time
+    cat = RunCatalog(str(tmp_path))
+    cat.note_signature("run", [[0, 10, "live", False]])
+    assert cat.memo_or_last("run", ("diagnosis",), lambda: "first") == "first"
+    cat.note_signature("run", [[0, 11, "live", False]])  # the run grew: diagnosed again, slowly
+    slow = threading.Thread(target=lambda: cat.memo_or_last("run", ("diagnosis",), lambda: time.sleep(0.5) or "second"))
+    slow.start()
+    time.sleep(0.1)
+    t = time.perf_counter()
+    assert cat.memo_or_last("run", ("diagnosis",), lambda: "never") == "first"  # the last one, without waiting
+    assert time.perf_counter() - t < 0.2
+    slow.join()
+    assert cat.memo_or_last("run", ("diagnosis",), lambda: "never") == "second"
+    assert cat.memo_or_last("other", ("diagnosis",), lambda: "x", missing="none yet") == "x"

@@ -11,6 +11,7 @@ import numpy as np
 
 from tview.diagnose import detect
 from tview.diagnose.findings import Finding, make
+from tview.store.rank_summary import trend_arrays
 
 EXPLODE_JUMP = 100.0      # gradient norm this many times the median of its previous 20 records
 EXPLODE_DRIFT = 1e3       # ... or its rolling median this many times its early level
@@ -29,7 +30,8 @@ LAG_FRACTION = 0.05       # a rank whose last step is behind the furthest by mor
 FLOAT32_RTOL = 2.0 ** -23  # float32 fingerprints: equal within one rounding step (float64: exact)
 SMOOTH = 19               # records in the centered rolling share of outlying losses and times
 SLOW_STAY = 0.25          # a slow rank stays slow over at least the last quarter of the records
-MAX_RANKS = 256           # per-rank scans (gradients, dead filters) read at most this many ranks
+MAX_RANKS = 256           # per-rank scans (gradients, dead filters) read at most this many ranks; beyond, the loss
+#                           and time checks read the rank summaries' trends
 
 
 def matrix(run, name: str, rank: int, max_points: int | None = None):
@@ -383,11 +385,19 @@ def check_frozen(run, max_points=None, dead: list[Finding] | None = None) -> lis
 
 
 # -- ranks: loss, time, status --------------------------------------------------------------
-def aligned_scalar(run, name: str, max_points=None) -> tuple[np.ndarray, list[int], np.ndarray] | None:
-    """(steps every rank has, ranks, [ranks, steps]) of a scalar, or None when fewer than 2 ranks have it."""
+def _trend(summary: dict | None, name: str):
+    return trend_arrays(summary, name) if summary and summary.get("trend") else None
+
+
+def aligned_scalar(run, name: str, max_points=None, rank_summaries: dict | None = None
+                   ) -> tuple[np.ndarray, list[int], np.ndarray] | None:
+    """(steps every rank has, ranks, [ranks, steps]) of a scalar, or None when fewer than 2 ranks have it. Beyond
+    MAX_RANKS ranks, with rank_summaries, from their trends (every k-th recorded step, no shard read: a step found
+    there is exact to k)."""
+    trends = rank_summaries is not None and len(run.ranks) > MAX_RANKS
     series = {}
     for r in run.ranks:
-        got = _scalar(run, name, r, max_points)
+        got = _trend(rank_summaries.get(r), name) if trends else _scalar(run, name, r, max_points)
         if got is not None and len(got[0]):
             series[r] = got
     if len(series) < 2:
@@ -419,9 +429,10 @@ def _outlier_onsets(values: np.ndarray, factor: float, gap: float, stay: float) 
     return out
 
 
-def check_loss(run, max_points=None) -> list[Finding]:
-    """Ranks whose loss rose well above the other ranks' and stays there."""
-    got = aligned_scalar(run, "loss", max_points)
+def check_loss(run, max_points=None, rank_summaries: dict | None = None) -> list[Finding]:
+    """Ranks whose loss rose well above the other ranks' and stays there (beyond MAX_RANKS ranks: on the rank
+    summaries' trends, see aligned_scalar)."""
+    got = aligned_scalar(run, "loss", max_points, rank_summaries)
     if got is None:
         return []
     steps, ranks, loss = got
@@ -437,11 +448,12 @@ def check_loss(run, max_points=None) -> list[Finding]:
     return found
 
 
-def check_time(run, max_points=None) -> list[Finding]:
+def check_time(run, max_points=None, rank_summaries: dict | None = None) -> list[Finding]:
     """Ranks that stay slower than the others: busy_time (this rank's own work per step, when recorded) or else
-    step_time (under synchronous data parallelism every rank waits for the slowest: step times are equal)."""
+    step_time (under synchronous data parallelism every rank waits for the slowest: step times are equal); beyond
+    MAX_RANKS ranks on the rank summaries' trends (see aligned_scalar)."""
     for name in ("busy_time", "step_time"):
-        got = aligned_scalar(run, name, max_points)
+        got = aligned_scalar(run, name, max_points, rank_summaries)
         if got is not None:
             break
     else:

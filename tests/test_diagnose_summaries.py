@@ -1,0 +1,74 @@
+"""tview.diagnose with the rank summaries: which ranks saw NaN/Inf first, where each stopped and (beyond MAX_RANKS
+ranks) the loss and time checks come from them, and find what the shard reads find."""
+
+import os
+
+import numpy as np
+
+from tview.diagnose import checks, diagnose
+from tview.store.reader import open_run
+
+RANKS, STEPS, SLOW, DIVERGES, ONSET = 6, 200, 4, 2, 120
+
+
+def _write_run(path: str, nan_at: dict[int, int] | None = None) -> str:
+    """RANKS ranks x STEPS steps written by the store's own writer (summaries kept at each flush): rank SLOW's busy
+    time triples from ONSET, rank DIVERGES's loss triples from ONSET; nan_at: rank -> step its loss turns NaN."""
+    from tview.store import schema
+    from tview.store.manifest import write_manifest
+    from tview.store.records import ShardLayout, StepRecord, TableRow
+    from tview.store.shard import ShardWriter
+    from tview.store.synthetic import TABLES, synthetic_layers
+    os.makedirs(path)
+    specs = [t for t in TABLES if t.name in ("grad", "weight")]
+    layers = synthetic_layers(3)
+    write_manifest(path, {"model": "test", "world_size": RANKS, "layers": layers, "preset": "default",
+                          "schedule": "every(1)", "snapshot_schedule": "never", "filter_layers": [],
+                          "probe_layers": [], "run_id": "diag"})
+    for rank in range(RANKS):
+        rng = np.random.default_rng(rank)
+        w = ShardWriter(os.path.join(path, schema.shard_name(rank)), ShardLayout(
+            rank=rank, world_size=RANKS, run_id="diag", layers=layers, tables=specs))
+        records = []
+        for step in range(STEPS):
+            late = step >= ONSET
+            loss = (3.0 if late and rank == DIVERGES else 1.0) * (2.0 + 0.02 * rng.normal())
+            if nan_at and rank in nan_at and step >= nan_at[rank]:
+                loss = float("nan")
+            busy = (0.3 if late and rank == SLOW else 0.1) * (1 + 0.01 * rng.normal())
+            tables = {s.name: TableRow(np.ones(3, np.uint8), {c.name: np.zeros(3) if c.nonfinite else np.ones(3)
+                                                              for c in s.columns}) for s in specs}
+            records.append(StepRecord(step, 1000.0 + step, {"loss": loss, "step_time": 0.2, "busy_time": busy},
+                                      tables))
+            if len(records) == 50:
+                w.write(records)
+                w.flush()
+                records = []
+        w.close(clean=True)
+    return path
+
+
+def test_loss_and_time_from_the_summaries_trends_find_what_the_shards_do(tmp_path, monkeypatch):
+    path = _write_run(str(tmp_path / "run"))
+    with open_run(path) as run:
+        summaries = run.rank_summaries()
+        from_shards = checks.check_time(run, None) + checks.check_loss(run, None)
+        assert [(f.kind, f.rank) for f in from_shards] == [("slow_rank", SLOW), ("rank_diverges", DIVERGES)]
+        monkeypatch.setattr(checks, "MAX_RANKS", RANKS - 1)  # beyond it: the trends (every 2nd of 200 steps)
+        from_trends = checks.check_time(run, None, summaries) + checks.check_loss(run, None, summaries)
+        assert [(f.kind, f.rank) for f in from_trends] == [(f.kind, f.rank) for f in from_shards]
+        stride = summaries[0]["trend"]["stride"]
+        assert stride == 2 and all(abs(a.step - b.step) <= stride for a, b in zip(from_trends, from_shards))
+        assert abs(from_trends[0].step - ONSET) <= stride
+
+
+def test_the_first_nan_is_found_reading_only_the_ranks_whose_summaries_saw_it_first(tmp_path):
+    path = _write_run(str(tmp_path / "nan"), nan_at={3: 150, 5: 170})
+    with open_run(path) as run:
+        summaries = run.rank_summaries()
+        assert checks.first_nonfinite_ranks(run, summaries) == [3]
+        assert checks.first_nonfinite_ranks(run, None) == list(range(RANKS))
+        with_summaries = checks.check_nonfinite(run, None, summaries)
+        assert [(f.kind, f.rank, f.step, f.tensor) for f in with_summaries] == [("nonfinite", 3, 150, "loss")]
+        assert [vars(f) for f in checks.check_nonfinite(run, None)] == [vars(f) for f in with_summaries]
+        assert diagnose(run)[0].kind == "nonfinite"
