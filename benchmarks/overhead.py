@@ -36,10 +36,14 @@ MODELS = {"resnet": (SmallResNet, (3, 32, 32)), "lenet": (LeNet5, (1, 16, 16)), 
           "3c3d": (ThreeC3D, (3, 32, 32))}
 
 
+DEVICE = "cpu"  # --device cuda: models and batches on the GPU, every step ends with a synchronize
+
+
 def make(model_name: str, batch: int):
     torch.manual_seed(0)
     cls, shape = MODELS[model_name]
-    return cls(), torch.randn(batch, *shape), torch.randint(0, 10, (batch,))
+    return (cls().to(DEVICE), torch.randn(batch, *shape, device=DEVICE),
+            torch.randint(0, 10, (batch,), device=DEVICE))
 
 
 def recorder(**kwargs):
@@ -67,6 +71,8 @@ class Trainer:
         self.opt.step()
         if self.rec is not None:
             self.rec.step(loss=loss)
+        if DEVICE != "cpu":
+            torch.cuda.synchronize()  # the step's GPU work counted in its time, with or without a tool
         return time.perf_counter() - t0
 
     def flush(self) -> float:
@@ -186,10 +192,14 @@ def main(argv=None):
     ap.add_argument("--flush-every", type=int, default=None,
                     help="steps between timed flushes of a tool's writer (default: 1 s of plain training)")
     ap.add_argument("--full", action="store_true", help="also the full preset (slow: every histogram over every value)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     a = ap.parse_args(argv)
+    global DEVICE
+    DEVICE = a.device
     times = measure(a.model, a.steps, a.batch, configs={**CONFIGS, **FULL} if a.full else CONFIGS,
                     flush_every=a.flush_every)
-    print(f"model={a.model} batch={a.batch} steps={a.steps} threads={torch.get_num_threads()}")
+    where = torch.cuda.get_device_name() if DEVICE != "cpu" else f"cpu, threads={torch.get_num_threads()}"
+    print(f"model={a.model} batch={a.batch} steps={a.steps} device={where}")
     print(f"plain mean step: {statistics.mean(times['plain']) * 1e3:.1f} ms")
     targets = {"default, every step": 1.05, "default, every 10th step": 1.01}
     errors, medians = spread(times), median_step_ratios(times)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 import threading
+import warnings
 from typing import Callable
 
 PARALLEL_FROM = 256  # ranks; below this a read takes well under the cost of forking
@@ -67,7 +68,11 @@ def read_across(ranks: list[int], read: Read, extra: Callable[[list[int]], dict]
     children = []
     for share in parts[1:]:
         read_fd, write_fd = os.pipe()
-        pid = os.fork()
+        with warnings.catch_warnings():
+            # Python 3.12 warns on any fork of a process with OS threads; those here are numpy's and torch's
+            # idle pools (no Python thread runs: processes_for), and the child calls HDF5 and pickle only
+            warnings.filterwarnings("ignore", "This process .* is multi-threaded", DeprecationWarning)
+            pid = os.fork()
         if pid == 0:
             os.close(read_fd)
             _child(share, read, write_fd, extra)

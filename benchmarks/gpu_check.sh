@@ -1,0 +1,13 @@
+#!/bin/bash
+# tview's checks on a machine with a CUDA GPU, from the repo root, with the machine's own python3 (torch, h5py):
+# the CUDA tests (device statistics equal the CPU's, one host transfer a step, no GPU memory kept), the
+# recorder's overhead on the GPU for three nets, and reads across 1024 ranks on that machine's cores.
+set -u
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+nvidia-smi -L; echo "cores: $(nproc)"
+python3 -c "import torch, h5py, numpy; print('torch', torch.__version__, 'h5py', h5py.__version__, 'HDF5', h5py.version.hdf5_version, 'numpy', numpy.__version__)"
+python3 -m pytest -q -p no:cacheprovider tests/hooks/test_cuda.py tests/store/test_many_ranks.py tests/store/test_rank_summary.py 2>&1 | tail -4
+for model in resnet convbn 3c3d; do
+    timeout 150 python3 benchmarks/overhead.py --device cuda --model "$model" --steps 300 --batch 128 2>&1 | tail -7
+done
+timeout 300 python3 benchmarks/many_ranks.py --out /tmp/tview-ranks --ranks 8,1024 --parts reader 2>&1 | tail -5
