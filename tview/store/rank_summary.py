@@ -15,7 +15,6 @@ JSON as Python writes it (NaN and Infinity as bare tokens).
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from typing import Callable
@@ -232,8 +231,3 @@ def trend_arrays(summary: dict, name: str) -> tuple[np.ndarray, np.ndarray]:
     values = np.asarray(trend[name], dtype=np.float64)
     present = ~np.isnan(values)
     return steps[present], values[present]
-
-
-def finite_median(values) -> float | None:
-    v = [x for x in values if x is not None and math.isfinite(x)]
-    return float(np.median(v)) if v else None
