@@ -164,8 +164,8 @@ def stat_across_ranks(stat, layer, log_colour, refresh, focus, runs, shown):
     if stat is None or layer is None:
         return figures.message_figure("no statistic yet"), figures.message_figure("no statistic yet"), no_update
     run_id = first_run(runs)
-    follow = {"stat": stat, "layer": layer, "at": time.time()}
-    if isinstance(shown, dict) and [shown.get("stat"), shown.get("layer")] == [stat, layer]:
+    follow = {"run": run_id, "stat": stat, "layer": layer, "at": time.time()}
+    if isinstance(shown, dict) and [shown.get(k) for k in ("run", "stat", "layer")] == [run_id, stat, layer]:
         return no_update, no_update, follow
     name = trend_name(stat, layer, summaries.trend_names(run_summaries(run_id)))
     if name is None:
