@@ -11,9 +11,19 @@ from tview.store.reader import open_run
 RANKS, STEPS, SLOW, DIVERGES, ONSET = 6, 200, 4, 2, 120
 
 
-def _write_run(path: str, nan_at: dict[int, int] | None = None) -> str:
+def _weights(spec, rank: int, step: int, nudge) -> dict:
+    """The weight table's row: every layer's weight_sum and weight_norm 1.0, but nudge = (rank, step, layer):
+    that rank's weight_sum of that layer 1.001 from that step on."""
+    values = {c.name: np.ones(3) for c in spec.columns}
+    if nudge and rank == nudge[0] and step >= nudge[1]:
+        values["weight_sum"][nudge[2]] = 1.001
+    return values
+
+
+def _write_run(path: str, nan_at: dict[int, int] | None = None, nudge: tuple | None = None) -> str:
     """RANKS ranks x STEPS steps written by the store's own writer (summaries kept at each flush): rank SLOW's busy
-    time triples from ONSET, rank DIVERGES's loss triples from ONSET; nan_at: rank -> step its loss turns NaN."""
+    time triples from ONSET, rank DIVERGES's loss triples from ONSET; nan_at: rank -> step its loss turns NaN;
+    nudge: see _weights."""
     from tview.store import schema
     from tview.store.manifest import write_manifest
     from tview.store.records import ShardLayout, StepRecord, TableRow
@@ -36,8 +46,9 @@ def _write_run(path: str, nan_at: dict[int, int] | None = None) -> str:
             if nan_at and rank in nan_at and step >= nan_at[rank]:
                 loss = float("nan")
             busy = (0.3 if late and rank == SLOW else 0.1) * (1 + 0.01 * rng.normal())
-            tables = {s.name: TableRow(np.ones(3, np.uint8), {c.name: np.zeros(3) if c.nonfinite else np.ones(3)
-                                                              for c in s.columns}) for s in specs}
+            tables = {s.name: TableRow(np.ones(3, np.uint8), _weights(s, rank, step, nudge) if s.name == "weight" else
+                                       {c.name: np.zeros(3) if c.nonfinite else np.ones(3) for c in s.columns})
+                      for s in specs}
             records.append(StepRecord(step, 1000.0 + step, {"loss": loss, "step_time": 0.2, "busy_time": busy},
                                       tables))
             if len(records) == 50:
@@ -72,3 +83,20 @@ def test_the_first_nan_is_found_reading_only_the_ranks_whose_summaries_saw_it_fi
         assert [(f.kind, f.rank, f.step, f.tensor) for f in with_summaries] == [("nonfinite", 3, 150, "loss")]
         assert [vars(f) for f in checks.check_nonfinite(run, None)] == [vars(f) for f in with_summaries]
         assert diagnose(run)[0].kind == "nonfinite"
+
+
+def test_replicas_beyond_max_ranks_read_only_the_ranks_whose_weight_sum_trend_differs(tmp_path, monkeypatch):
+    path = _write_run(str(tmp_path / "nudged"), nudge=(3, 77, 1))
+    with open_run(path) as run:
+        summaries = run.rank_summaries()
+        full = checks.check_replicas(run, None)
+        assert [(f.kind, f.rank, f.layer, f.step) for f in full] == [("replicas_differ", 3, run.layers[1], 77)]
+        monkeypatch.setattr(checks, "MAX_RANKS", RANKS - 1)
+        assert checks.replica_suspects(run, summaries) == ([0, 3], [3])  # first differs at trend step 78
+        found = checks.check_replicas(run, None, summaries)
+        assert [(f.kind, f.rank, f.layer, f.step) for f in found] == [("replicas_differ", 3, run.layers[1], 77)]
+    clean = _write_run(str(tmp_path / "clean"))
+    with open_run(clean) as run:
+        monkeypatch.setattr(checks, "MAX_RANKS", RANKS - 1)
+        assert checks.replica_suspects(run, run.rank_summaries()) is None
+        assert checks.check_replicas(run, None, run.rank_summaries()) == []

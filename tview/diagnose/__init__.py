@@ -32,7 +32,7 @@ def diagnose(run, max_points: int | None = None, rank_summaries: dict | None = N
     found = (nonfinite + checks.check_gradients(run, max_points, before) + dead
              + checks.check_frozen(run, max_points, dead) + checks.check_loss(run, max_points, rank_summaries)
              + checks.check_time(run, max_points, rank_summaries) + checks.check_status(run, rank_summaries)
-             + checks.check_replicas(run, max_points))
+             + checks.check_replicas(run, max_points, rank_summaries))
     return worst_first(found)
 
 
