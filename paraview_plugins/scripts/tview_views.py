@@ -294,6 +294,7 @@ def field(reader, view, array, layer=None, block="fields"):
     grid.XTitleColor, grid.XLabelColor, grid.GridColor = INK, INK, INK
     grid.YLabelColor, grid.YTitleColor = INK, INK
     grid.XTitleFontSize, grid.XLabelFontSize = 16, 14
+    grid.UseCustomBounds, grid.CustomBounds = 1, list(bounds(part))  # the field's, whatever else the view shows
     frame_2d(view, labels, bounds(part), margin=(0.10, 0.16, 0.10, 0.04))
     return labels
 

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -238,3 +239,69 @@ os._exit(0)
     reader, steps, run_file = out.read_text().split()
     assert reader == "TviewRunReader" and int(steps) == len(tview.open_run(demo).steps(0))
     assert run_file == f"{demo}/run.tview"  # what the layout script opens
+
+
+@pytest.fixture(scope="module")
+def ragged(tmp_path_factory):
+    """5 ranks (2 ParaView processes get 3 and 2 of them), rank 3 stopped at step 29 of 40: holes in every
+    reduction."""
+    from tests.render.test_scene import make_ragged_run
+    return make_ragged_run(str(tmp_path_factory.mktemp("ragged")), ranks=5, short=3)
+
+
+def on_steps_numpy(steps, at, values):
+    out = np.full((len(steps),) + np.shape(values)[1:], np.nan)
+    hit = np.isin(steps, at)
+    out[hit] = np.asarray(values, dtype=float)[np.searchsorted(at, steps[hit])]
+    return out
+
+
+def reduced(stack, mode):
+    stack = np.where(np.isfinite(stack), stack, np.nan)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN points stay NaN
+        return {"mean": np.nanmean(stack, 0), "spread": np.nanmax(stack, 0) - np.nanmin(stack, 0),
+                "std": np.nanstd(stack, 0)}[mode]
+
+
+def test_mpi_processes_reduce_only_their_own_ranks_to_numpys_mean_and_spread(ragged):
+    run = tview.open_run(ragged)
+    step, names = 35.0, ["grad_norm", "act_channel_mean"]
+    nets = {n: np.stack([scene.network(run, r, step, None, names).arrays[n] for r in run.ranks]) for n in names}
+    steps = run.stat_matrix("grad_norm", 0)[0]
+    fields = np.stack([on_steps_numpy(steps, *(lambda s, m: (s, np.ma.filled(m.astype(float), np.nan)))(
+        *run.stat_matrix("grad_norm", r))) for r in run.ranks])  # [ranks, steps, layers]
+    assert np.isnan(fields[3, 30:]).all() and len(run.steps(3)) == 30
+    for mode, code in (("mean", 2), ("spread", 3)):
+        got, out = probe({"file": f"{ragged}/run.tview", "time": step,
+                          "properties": {"RankMode": code, "RankFields": mode == "mean", "Statistics": names}}, mpi=2)
+        per = got["data"]["blocks"]
+        assert per["0"]["ranks_read"] == [0, 2, 4] and per["1"]["ranks_read"] == [1, 3], out[-2000:]
+        blocks = per["0"]["blocks"]
+        for name in names:  # the network: process 0 holds the combination of both processes' partial sums
+            assert nan_equal(blocks["network"]["arrays"][name], reduced(nets[name], mode)), (mode, name)
+        assert per["1"]["blocks"]["network"] is None
+        field = blocks["fields"]["blocks"]["grad_norm"]
+        assert field["reduction"] == mode
+        assert nan_equal(field["cell_arrays"]["grad_norm"], reduced(fields, mode).T[::-1].reshape(-1))
+        with_rows = blocks if mode == "mean" else with_rows
+    rank_field = with_rows["rank_fields"]["blocks"]["grad_norm"]  # rows of both processes, gathered in rank order
+    layer = rank_field["tview_layer"]
+    rows = np.stack([on_steps_numpy(steps, *run.stat("grad_norm", layer, r)) for r in run.ranks])
+    assert nan_equal(rank_field["cell_arrays"]["grad_norm"], rows[::-1].reshape(-1))
+    assert np.array_equal(np.array(rank_field["cell_arrays"]["vtkGhostType"]) != 0, np.isnan(rows[::-1].reshape(-1)))
+    assert rank_field["labels"][:5] == [f"rank {r}" for r in run.ranks]
+
+
+def test_mpirun_renders_the_rank_field_as_one_process_does(ragged, tmp_path):
+    from PIL import Image
+    pictures = []
+    for processes in ("1", "2"):
+        out = tmp_path / f"ranks-{processes}.png"
+        text = render(ragged, out, "--view", "rank_field", "--processes", processes)
+        assert f"({processes} ParaView processes)" in text
+        assert "rank 0" in text and "rank 4" in text
+        pictures.append(np.asarray(Image.open(out).convert("RGB"), dtype=int))
+    one, two = pictures
+    assert one.shape == two.shape and len(np.unique(one.reshape(-1, 3), axis=0)) > 20
+    assert (np.abs(one - two).max(axis=2) > 8).mean() < 0.001  # the same picture, labels included

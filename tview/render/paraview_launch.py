@@ -8,8 +8,10 @@ import glob
 import os
 import select
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 
@@ -139,25 +141,52 @@ def render_args(run: str, out: str, view: str = "network", step: float | None = 
 X_REFUSED = "bad X server connection"  # the X server dropped pvbatch's connection (seen here: 2-15% of connections)
 
 
-def _pvbatch_once(cmd: list[str], env: dict, timeout: float, echo: bool) -> tuple[int, str]:
-    if not echo:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-        return proc.returncode, proc.stdout + proc.stderr
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _stop(proc: subprocess.Popen) -> None:
+    """End pvbatch, or mpirun and every pvbatch it started (their own process group)."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _pvbatch_once(cmd: list[str], env: dict, timeout: float, echo: bool, mpi: bool = False) -> tuple[int, str]:
+    """Run pvbatch (in a process group of its own), its output collected, progress lines echoed; stopped after
+    `timeout` s, and under mpirun as soon as a process lost its X connection (the others would wait for it)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    expired = []
+    timer = threading.Timer(timeout, lambda: (expired.append(True), _stop(proc)))
+    timer.start()
     lines = []
-    for line in proc.stdout:  # progress lines as they come
-        lines.append(line)
-        if line.startswith(("frame ", "wrote ")):
-            print(line.rstrip(), flush=True)
-    proc.wait(timeout)
-    return proc.returncode, "".join(lines)
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if echo and line.startswith(("frame ", "wrote ")):  # progress lines as they come
+                print(line.rstrip(), flush=True)
+            if mpi and X_REFUSED in line:
+                _stop(proc)
+        code = proc.wait()
+    except BaseException:
+        _stop(proc)
+        raise
+    finally:
+        timer.cancel()
+    if expired:
+        lines.append(f"\n(stopped: still running after {timeout:.0f} s)\n")
+    return code, "".join(lines)
 
 
-def _run_pvbatch(cmd: list[str], what: str, timeout: float, echo: bool, attempts: int = 4) -> str:
+def _run_pvbatch(cmd: list[str], what: str, timeout: float, echo: bool, attempts: int = 4, mpi: bool = False) -> str:
     """Run pvbatch on a screen; start again (a new screen) when the X server dropped its connection."""
     for attempt in range(1, attempts + 1):
         with screen(clean_env()) as env:
-            code, text = _pvbatch_once(cmd, env, timeout, echo)
+            code, text = _pvbatch_once(cmd, env, timeout, echo, mpi)
         if code == 0 or X_REFUSED not in text or attempt == attempts:
             break
         print(f"tview: the X server dropped pvbatch's connection; trying again ({attempt + 1}/{attempts})", flush=True)
@@ -180,7 +209,7 @@ def render(run: str, out: str, timeout: float = 300, processes: int = 1, **kwarg
     cmd = [find_program("pvbatch"), script("render_view.py")] + render_args(run, out, **kwargs)
     if processes > 1:
         cmd = mpi_command(processes, cmd)
-    text = _run_pvbatch(cmd, run, timeout, echo=False)
+    text = _run_pvbatch(cmd, run, timeout, echo=False, mpi=processes > 1)
     if not os.path.isfile(out):
         raise TviewError(f"pvbatch did not write {out}:\n{text[-3000:]}")
     return text
