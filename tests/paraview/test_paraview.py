@@ -272,6 +272,7 @@ def test_mpi_processes_reduce_only_their_own_ranks_to_numpys_mean_and_spread(rag
     fields = np.stack([on_steps_numpy(steps, *(lambda s, m: (s, np.ma.filled(m.astype(float), np.nan)))(
         *run.stat_matrix("grad_norm", r))) for r in run.ranks])  # [ranks, steps, layers]
     assert np.isnan(fields[3, 30:]).all() and len(run.steps(3)) == 30
+    by_mode = {}
     for mode, code in (("mean", 2), ("spread", 3)):
         got, out = probe({"file": f"{ragged}/run.tview", "time": step,
                           "properties": {"RankMode": code, "RankFields": mode == "mean", "Statistics": names}}, mpi=2)
@@ -284,8 +285,8 @@ def test_mpi_processes_reduce_only_their_own_ranks_to_numpys_mean_and_spread(rag
         field = blocks["fields"]["blocks"]["grad_norm"]
         assert field["reduction"] == mode
         assert nan_equal(field["cell_arrays"]["grad_norm"], reduced(fields, mode).T[::-1].reshape(-1))
-        with_rows = blocks if mode == "mean" else with_rows
-    rank_field = with_rows["rank_fields"]["blocks"]["grad_norm"]  # rows of both processes, gathered in rank order
+        by_mode[mode] = blocks
+    rank_field = by_mode["mean"]["rank_fields"]["blocks"]["grad_norm"]  # rows of both processes, gathered in rank order
     layer = rank_field["tview_layer"]
     rows = np.stack([on_steps_numpy(steps, *run.stat("grad_norm", layer, r)) for r in run.ranks])
     assert nan_equal(rank_field["cell_arrays"]["grad_norm"], rows[::-1].reshape(-1))
