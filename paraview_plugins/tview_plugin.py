@@ -448,7 +448,7 @@ class TviewRunReader(VTKPythonAlgorithmBase):
                 layer = self._field_layer if self._field_layer in run.layers else scene.default_layer(run, stat, ref)
                 return np.concatenate([[run.layers.index(layer)], scene.field_steps(run, stat, ref)])
             head = share.from_root(share.on_root(axis))
-            if not len(head):
+            if len(head) < 2:  # nothing to show (process 0 found no step): on every process alike
                 blocks.append((stat, None))
                 continue
             layer, steps = run.layers[int(head[0])], head[1:]
