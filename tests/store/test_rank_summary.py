@@ -124,3 +124,18 @@ def test_a_resumed_run_continues_its_trend(tmp_path):
     assert s["trend"]["step"] == list(range(0, 200, 2))
     _, loss = run.scalar("loss")
     np.testing.assert_allclose(s["trend"]["loss"], loss[::2], rtol=1e-6)
+
+
+def test_an_open_run_sees_a_summary_rewritten_by_a_live_writer(tmp_path):
+    path = str(tmp_path / "r")
+    x, y = make_data()
+    model = TinyCNN()
+    rec = tview.Recorder(model, path, every=1)
+    train(model, rec, 5, x, y)
+    rec.flush()
+    run = tview.open_run(path)
+    assert run.rank_summaries()[0]["steps"] == 5 and run.rank_summaries()[0]["closed"] is False
+    train(model, rec, 7, x, y)
+    rec.close()
+    s = run.rank_summaries()[0]
+    assert s["steps"] == 12 and s["last_step"] == 11 and s["closed"] is True

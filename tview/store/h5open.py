@@ -20,6 +20,7 @@ import h5py
 
 from tview.errors import CorruptShardError
 
+MDC_BYTES = 2**20  # metadata cache per open shard, at most (the reader keeps 64 open at most)
 READ_ATTEMPTS = 20  # sleeps of 1 ns doubling: about 1 ms in all before a damaged read gives up
 _SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -46,6 +47,10 @@ def _file_access(attempts: int) -> h5py.h5p.PropFAID:
     fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
     mdc, _, _, w0 = fapl.get_cache()
     fapl.set_cache(mdc, 0, 0, w0)  # no chunk cache: strided reads fetch only the rows they select
+    cfg = fapl.get_mdc_config()  # metadata cache: HDF5's default grows to 32 MiB per file as a live shard grows
+    cfg.set_initial_size, cfg.initial_size, cfg.min_size, cfg.max_size = True, MDC_BYTES // 2, MDC_BYTES // 4, MDC_BYTES
+    cfg.max_increment = MDC_BYTES // 2
+    fapl.set_mdc_config(cfg)
     lib = _hdf5_library()
     if lib is not None:
         lib.H5Pset_metadata_read_attempts(ctypes.c_int64(fapl.id), ctypes.c_uint(attempts))
