@@ -34,6 +34,8 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--np", default="1,2,4", help="process counts to compare, comma separated")
     ap.add_argument("--stat", default="grad_norm", help="the rank x step field's statistic (of the first layer)")
     ap.add_argument("--repeat", type=int, default=1, help="renders per case and N (the least time is kept)")
+    ap.add_argument("--limit", type=float, default=240, help="seconds after which a render is stopped and started "
+                                                             "again (ParaView 5.11 under mpirun hangs now and then)")
     return ap.parse_args()
 
 
@@ -43,12 +45,25 @@ def tiny_run(folder: str) -> str:
     return write_synthetic_run(os.path.join(folder, "tiny"), 10, ranks=1, layers=2, channels=4, channel_tail=10)
 
 
-def timed(run: str, out: str, processes: int, stat: str, **view) -> float:
+STUCK = []  # renders stopped at the time limit and started again (an mpirun pvbatch that never finished)
+
+
+def timed(run: str, out: str, processes: int, stat: str, limit: float, **view) -> float:
+    """Seconds of one render; a render still running after `limit` s is stopped, noted and started again."""
+    from tview.errors import TviewError
     from tview.render.paraview_launch import render
     array = stat if view["view"] == "rank_field" else None
-    started = time.perf_counter()
-    render(run, out, processes=processes, array=array, timeout=600, **view)
-    return time.perf_counter() - started
+    for attempt in range(3):
+        started = time.perf_counter()
+        try:
+            render(run, out, processes=processes, array=array, timeout=limit, **view)
+            return time.perf_counter() - started
+        except TviewError as exc:
+            if "still running after" not in str(exc) or attempt == 2:
+                raise
+            STUCK.append(f"{view} -np {processes}")
+            print(f"  stopped after {limit:.0f} s, starting again: {view} -np {processes}", file=sys.stderr, flush=True)
+    raise AssertionError("unreachable")
 
 
 def same_picture(a: str, b: str) -> str:
@@ -71,7 +86,7 @@ def measure(a, counts: list[int], folder: str) -> tuple[dict, dict]:
             for which, run in (("run", a.run), ("start-up", tiny)):
                 for n in counts:  # side by side: every N of one case before the next case
                     out = os.path.join(folder, f"{which}-{view['view']}-{view.get('ranks', 'one')}-{n}.png")
-                    t = timed(run, out, n, a.stat, **view)
+                    t = timed(run, out, n, a.stat, a.limit, **view)
                     key = (which, name, n)
                     times[key] = min(t, times.get(key, t))
                     print(f"  {which:8s} {name:18s} -np {n}: {t:6.1f} s", file=sys.stderr, flush=True)
@@ -102,6 +117,8 @@ def table(a, counts: list[int], times: dict, checks: dict) -> str:
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += ["", "Pictures against -np 1: " + "; ".join(f"{name} -np {n}: {v}" for (name, n), v in checks.items())]
+    lines += [f"Renders stopped at {a.limit:.0f} s and started again: {len(STUCK)}" + (f" ({'; '.join(STUCK)})"
+                                                                                     if STUCK else "")]
     return "\n".join(lines)
 
 

@@ -128,6 +128,7 @@ def main():
             display.Color, display.FontSize, display.WindowLocation = tv.INK, 16, "Upper Right Corner"
         animate(a, target, views, steps, size, name)
     else:
+        print("rendering", flush=True)  # the launcher's mark: a picture hung under mpirun is started again
         tv.pv.SaveScreenshot(a.out, target, ImageResolution=size)
         print(f"wrote {a.out}: {a.view} at step {int(step)} ({process_count()} ParaView processes)")
     print("labels: " + "|".join(text for text, _ in labels))

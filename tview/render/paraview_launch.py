@@ -155,14 +155,20 @@ def _stop(proc: subprocess.Popen) -> None:
             continue
 
 
+RENDER_HUNG = "(stopped: no picture in time)"  # ParaView 5.11 under mpirun hangs at times in its first render
+RENDER_LIMIT = 120.0  # seconds from render_view's "rendering" line to its picture before it counts as hung
+
+
 def _pvbatch_once(cmd: list[str], env: dict, timeout: float, echo: bool, mpi: bool = False) -> tuple[int, str]:
     """Run pvbatch (in a process group of its own), its output collected, progress lines echoed; stopped after
-    `timeout` s, and under mpirun as soon as a process lost its X connection (the others would wait for it)."""
+    `timeout` s, and under mpirun as soon as a process lost its X connection (the others would wait for it) or
+    when a picture takes over RENDER_LIMIT s (process 0 seen in IceT's MPI_Comm_dup, the others waiting for its
+    next command: with or without tview's exchanges)."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     expired = []
-    timer = threading.Timer(timeout, lambda: (expired.append(True), _stop(proc)))
-    timer.start()
+    timers = [threading.Timer(timeout, lambda: (expired.append(f"still running after {timeout:.0f} s"), _stop(proc)))]
+    timers[0].start()
     lines = []
     try:
         for line in proc.stdout:
@@ -171,25 +177,35 @@ def _pvbatch_once(cmd: list[str], env: dict, timeout: float, echo: bool, mpi: bo
                 print(line.rstrip(), flush=True)
             if mpi and X_REFUSED in line:
                 _stop(proc)
+            if mpi and line.startswith("rendering"):
+                hung = threading.Timer(RENDER_LIMIT, lambda: (expired.append("no picture in time"), _stop(proc)))
+                timers.append(hung)
+                timers[-1].start()
+            if line.startswith("wrote "):
+                timers[-1].cancel()
         code = proc.wait()
     except BaseException:
         _stop(proc)
         raise
     finally:
-        timer.cancel()
-    if expired:
-        lines.append(f"\n(stopped: still running after {timeout:.0f} s)\n")
+        for timer in timers:
+            timer.cancel()
+    lines += [f"\n(stopped: {why})\n" for why in expired]
     return code, "".join(lines)
 
 
 def _run_pvbatch(cmd: list[str], what: str, timeout: float, echo: bool, attempts: int = 4, mpi: bool = False) -> str:
-    """Run pvbatch on a screen; start again (a new screen) when the X server dropped its connection."""
+    """Run pvbatch on a screen; start again (a new screen) when the X server dropped its connection or (mpirun)
+    a picture hung."""
     for attempt in range(1, attempts + 1):
         with screen(clean_env()) as env:
             code, text = _pvbatch_once(cmd, env, timeout, echo, mpi)
-        if code == 0 or X_REFUSED not in text or attempt == attempts:
+        why = next((w for w in (X_REFUSED, RENDER_HUNG) if w in text), None)
+        if code == 0 or why is None or attempt == attempts:
             break
-        print(f"tview: the X server dropped pvbatch's connection; trying again ({attempt + 1}/{attempts})", flush=True)
+        what_happened = "the X server dropped pvbatch's connection" if why == X_REFUSED else \
+            f"pvbatch drew no picture in {RENDER_LIMIT:.0f} s (a ParaView hang under mpirun)"
+        print(f"tview: {what_happened}; trying again ({attempt + 1}/{attempts})", flush=True)
     if code != 0:
         raise TviewError(f"pvbatch could not render {what} (exit status {code}):\n{text[-3000:]}")
     return text
