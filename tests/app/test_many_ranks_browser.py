@@ -5,6 +5,7 @@ import re
 
 import pytest
 
+from tests.app.conftest import hollow_run
 from tests.app.test_dashboard_browser import TRACES_JS, traces
 
 pytestmark = pytest.mark.slow
@@ -107,19 +108,8 @@ def test_the_ranks_page_draws_from_the_summaries_first_then_from_every_shard(ser
 
 @pytest.fixture(scope="session")
 def hollow(runs_root):
-    """72 ranks (beyond 64 a run opens its shards on first use) whose shards 1..71 were zeroed past the HDF5
-    superblock, size and modification time kept: their summaries stay valid, their tables cannot be read."""
-    import os
-
-    from tview.store.synthetic import write_synthetic_run
-    path = write_synthetic_run(str(runs_root / "hollow"), 60, ranks=72, layers=3, detail_every=50, channel_tail=10)
-    for rank in range(1, 72):
-        shard = os.path.join(path, f"rank-{rank:05d}.h5")
-        st = os.stat(shard)
-        with open(shard, "r+b") as f:
-            f.seek(512)
-            f.write(b"\0" * (st.st_size - 512))
-        os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
+    """72 ranks whose shards 1..71 cannot be read while their summaries can (tests.app.conftest.hollow_run)."""
+    hollow_run(str(runs_root / "hollow"))
     return "hollow"
 
 

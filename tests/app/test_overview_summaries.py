@@ -2,12 +2,12 @@
 shards (all but the first) hold nothing readable while the summaries beside them are intact, every rank is
 still shown, and the Ranks page's table and first figure too."""
 
-import os
 
 import numpy as np
 import pytest
 
 from app.pages import overview, ranks
+from tests.app.conftest import hollow_run
 from tview.errors import TviewError
 from tview.render import summaries
 from tview.store.reader import open_run
@@ -17,20 +17,8 @@ RANKS = 72  # beyond 64 ranks a run opens its shards on first use
 
 @pytest.fixture(scope="module")
 def hollow(tmp_path_factory):
-    """A 72-rank synthetic run whose shards 1..71 were overwritten with zeros past their first 512 bytes (the HDF5
-    superblock stays), size and modification time kept: their summaries (stamped with both) stay valid, any read
-    of their tables fails."""
-    from tview.store.synthetic import write_synthetic_run
-    path = write_synthetic_run(str(tmp_path_factory.mktemp("hollow") / "run"), 60, ranks=RANKS, layers=3,
-                               detail_every=50, channel_tail=10)
-    for rank in range(1, RANKS):
-        shard = os.path.join(path, f"rank-{rank:05d}.h5")
-        st = os.stat(shard)
-        with open(shard, "r+b") as f:
-            f.seek(512)
-            f.write(b"\0" * (st.st_size - 512))
-        os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
-    return path
+    """72 ranks whose shards 1..71 cannot be read while their summaries can (tests.app.conftest.hollow_run)."""
+    return hollow_run(str(tmp_path_factory.mktemp("hollow") / "run"), RANKS)
 
 
 def test_the_overview_is_drawn_from_the_summaries_when_the_shards_cannot_be_read(hollow):
