@@ -131,7 +131,8 @@ def section(root: str, rank_counts: list[int], parts: list[str]) -> str:
     body = {
         "reader": lambda: reader_table(root, rank_counts),
         "dashboard": lambda: script("dashboard_load.py", "--ranks", ",".join(map(str, rank_counts)), "--out", root),
-        "paraview": lambda: script("paraview_ranks.py", "--run", run_path(root, max(rank_counts)), "--np", "1,2,4"),
+        "paraview": lambda: script("paraview_ranks.py", "--run", run_path(root, max(rank_counts)), "--np", "1,2,4",
+                                   "--repeat", "1"),
         "live": lambda: script("live_scale.py", "--ranks", "64", "--seconds", "120"),
         "job": lambda: script("straggler.py", "--ranks", "8"),
     }
