@@ -84,8 +84,8 @@ def named_by_views(path: str) -> dict[str, dict[int, list[str]]]:
     from tview.diagnose import diagnose
     from tview.render import ranks_view, summaries
     run = tview.open_run(path)
-    out = {"Ranks page: table (median step time, first NaN)": {int(r): w for r, w in
-                                                               ranks_page.summary(run)["standouts"].items()}}
+    table = ranks_page.summary(run, run.rank_summaries())
+    out = {"Ranks page: table (median step time, first NaN)": {int(r): w for r, w in table["standouts"].items()}}
     _, values = summaries.stat_across_ranks(run, "local_grad_norm", None, ranks_page.POINTS)
     out["Ranks page: local_grad_norm of the whole network"] = ranks_view.standouts(run.ranks, values)
     for name in [n for n in ("step_time", "busy_time", "data_time", "compute_time", "loss")
