@@ -38,3 +38,9 @@ def test_dashboard_load_and_overhead_scripts_run():
     assert "| 100 | 2 x 4 |" in out and "| 1,000 | 2 x 4 |" in out
     out = run(["benchmarks/overhead.py", "--model", "lenet", "--steps", "30"])
     assert "default, every step" in out and "plain" in out
+
+
+def test_many_ranks_reader_part_runs(tmp_path):
+    out = run(["benchmarks/many_ranks.py", "--out", str(tmp_path), "--ranks", "2,3", "--parts", "reader"])
+    rows = [line for line in out.splitlines() if line.startswith(("| 2 |", "| 3 |"))]
+    assert len(rows) == 2 and rows[0].split("|")[4].strip() == "1x"
