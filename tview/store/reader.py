@@ -357,11 +357,20 @@ class Run:
         self._open_shards()
 
     # -- opening --------------------------------------------------------------------------
+    def _leave_out(self, rank: int, why: str):
+        """A rank whose shard is not read: why in run.problems, its file forgotten, closed if it was open."""
+        self.problems[rank] = why
+        self._files.pop(rank, None)
+        shard = self._shards.pop(rank, None)
+        if shard is not None:
+            if shard is self._first:
+                self._first = None
+            shard.close()
+
     def _bad(self, rank: int, exc: TviewError):
         path = os.path.join(self.path, schema.shard_name(rank))
         young = being_created(path)
-        self.problems[rank] = f"{path}: not ready yet (its writer is creating it)" if young else str(exc)
-        self._files.pop(rank, None)
+        self._leave_out(rank, f"{path}: not ready yet (its writer is creating it)" if young else str(exc))
         if not self.skip_bad_shards and not young:
             self.close()
             raise exc
@@ -754,11 +763,7 @@ class Run:
     def _found_bad(self, problems: dict[int, str]):
         """Shards another process found unreadable (tview.store.parallel): left out here too."""
         for rank, why in problems.items():
-            self.problems[rank] = why
-            self._files.pop(rank, None)
-            shard = self._shards.pop(rank, None)
-            if shard is not None:
-                shard.close()
+            self._leave_out(rank, why)
 
     @staticmethod
     def _or_empty(read, *args, **kwargs):
