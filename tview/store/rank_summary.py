@@ -197,9 +197,9 @@ def trend_from_rows(rows: int, read: ReadRows, scalar_names: list[str], tables: 
     columns = {name: np.where(measured[:, i] > 0, values[:, i], np.nan)
                for i, name in enumerate(scalar_names) if trend_scalar(name)}
     for table, spec in tables.items():
-        for col in spec.columns:
-            if col.name in WHOLE_NETWORK and col.kind == schema.LAYER and table_rows.get(table):
-                columns[col.name] = _table_trend(read, table, col.name, table_rows[table], steps)
+        names = [c.name for c in spec.columns if c.name in WHOLE_NETWORK and c.kind == schema.LAYER]
+        if names and table_rows.get(table):
+            columns.update(_table_trends(read, table, names, table_rows[table], steps))
     trend.rows, trend.stride = rows, k
     trend.index = np.arange(0, rows, k, dtype=np.int64)[:len(steps)]
     trend.step, trend.wall = np.asarray(steps, dtype=np.int64), np.asarray(walls, dtype=np.float64)
@@ -207,17 +207,20 @@ def trend_from_rows(rows: int, read: ReadRows, scalar_names: list[str], tables: 
     return trend
 
 
-def _table_trend(read: ReadRows, table: str, column: str, n: int, steps: np.ndarray) -> np.ndarray:
-    """A table column's whole-network value at `steps` (NaN where the table has no row at that step)."""
+def _table_trends(read: ReadRows, table: str, names: list[str], n: int, steps: np.ndarray) -> dict[str, np.ndarray]:
+    """Whole-network values of a table's columns at `steps` (NaN where the table has no row at that step); the
+    table's measured mask read once for all of them."""
     sel = slice(0, n, stride_for(n))
-    at, values = read(table, column, sel)
-    _, measured = read(table, "measured", sel)
-    whole = whole_network(column, np.where(measured > 0, values, np.nan))
-    out = np.full(len(steps), np.nan)
+    at, measured = read(table, "measured", sel)
     pos = np.searchsorted(at, steps)
     hit = pos < len(at)
     hit[hit] = at[pos[hit]] == steps[hit]
-    out[hit] = whole[pos[hit]]
+    out = {}
+    for name in names:
+        _, values = read(table, name, sel)
+        whole = whole_network(name, np.where(measured > 0, values, np.nan))
+        out[name] = np.full(len(steps), np.nan)
+        out[name][hit] = whole[pos[hit]]
     return out
 
 
