@@ -1,5 +1,6 @@
-"""The overview's diagnosis panel: tview.diagnose findings, worst first, each linking to the page and selection
-that shows its evidence (the layer heatmap at that layer, the rank focused; the ranks page for rank faults)."""
+"""The overview's diagnosis panel: tview.diagnose findings, the cause first with what followed from it, each linking
+to the page and selection that shows its evidence (the layer heatmap at that layer, the rank focused, the step and
+channels in the address; the ranks page for rank faults; the scalars page for the lr and the loss)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from .common import log
 # a per-channel statistic's per-layer counterpart: the layer heatmap shows layers x steps
 LAYER_STAT = {"act_channel_zero_frac": "act_zero_frac", "grad_channel_norm": "grad_norm"}
 LAYER_KINDS = ("nonfinite", "exploding_gradients", "vanishing_gradients", "dead_filters", "dead_units",
-               "frozen_filters")
+               "frozen_filters", "frozen_layer")
+SCALAR_KINDS = ("lr_jump", "update_ratio_jump", "loss_spike")  # shown on the scalars page (update: its layer mean)
 SCALAR = "scalar:"  # the ranks page's prefix of a scalar in its statistic menu
 PER_KIND = 3        # findings of one kind listed one by one; the rest counted on one line
 RANKS_NAMED = 8     # ranks named on such a line
@@ -47,9 +49,12 @@ def evidence_link(run_id: str, f: Finding) -> str:
     if f.kind in LAYER_KINDS and f.layer:
         page = "/layers"
         params.update(layer=f.layer, stat=LAYER_STAT.get(f.stat, f.stat or "grad_norm"))
-    elif f.kind == "nonfinite":
+    elif f.kind == "nonfinite" or (f.kind in SCALAR_KINDS and f.stat in ("lr", "loss")):
         page = "/scalars"
-        params["scalar"] = "loss"
+        params["scalar"] = f.stat if f.kind in SCALAR_KINDS else "loss"
+    elif f.kind == "update_ratio_jump":
+        page = "/layers"
+        params["stat"] = f.stat
     else:
         page = "/ranks"
         if f.layer:
@@ -71,9 +76,14 @@ def where(f: Finding) -> str:
 
 
 def finding_item(run_id: str, f: Finding) -> html.Li:
-    return html.Li([html.Span(f.kind, className="tv-finding-kind"), " ", html.Span(where(f), className="tv-note"),
-                    ": ", f.message, " ", dcc.Link("show", href=evidence_link(run_id, f), className="tv-finding-link")],
-                   className=f"tv-{f.severity} finding-{f.kind}")
+    """One finding with its "show" link; what followed from it as a nested list ("followed by ...")."""
+    parts = [html.Span(f.kind, className="tv-finding-kind"), " ", html.Span(where(f), className="tv-note"),
+             ": ", f.message, " ", dcc.Link("show", href=evidence_link(run_id, f), className="tv-finding-link")]
+    if f.followed_by:
+        parts.append(html.Ul([html.Li(["followed by ", *finding_item(run_id, g).children],
+                                      className=f"tv-{g.severity} finding-{g.kind} tv-followed")
+                              for g in f.followed_by], className="tv-followed-by"))
+    return html.Li(parts, className=f"tv-{f.severity} finding-{f.kind}")
 
 
 def fold(findings: list[Finding], per_kind: int = PER_KIND) -> list[Finding | Folded]:
@@ -105,10 +115,11 @@ def findings_list(run_id: str, findings: list[Finding], steps: int | None = None
     return html.Ul(items or [html.Li(CLEAN_MESSAGE, className="tv-ok")], className="tv-health tv-diagnosis")
 
 
-def diagnosis_panel(run_id: str, run, max_points: int | None = 1000, rank_summaries: dict | None = None) -> html.Div:
-    """The overview's health panel of a run (its only one): a heading and the findings of `run` (read downsampled
-    to max_points per series: steps are then exact to a stride); a run that cannot be diagnosed says why.
-    rank_summaries: run.rank_summaries(), when the caller has read them."""
+def diagnosis_panel(run_id: str, run, max_points: int | None = None, rank_summaries: dict | None = None) -> html.Div:
+    """The overview's health panel of a run (its only one): a heading and the findings of `run`, read as
+    `tview diagnose` reads them (every recorded step: the same findings, at the same steps; max_points reads
+    fewer, steps then exact to a stride); a run that cannot be diagnosed says why. rank_summaries:
+    run.rank_summaries(), when the caller has read them."""
     try:
         rank_summaries = rank_summaries if rank_summaries is not None else run.rank_summaries()
         steps = max((s["steps"] for s in rank_summaries.values()), default=0)

@@ -5,7 +5,8 @@ import os
 
 import numpy as np
 
-from tview.diagnose import checks, diagnose
+from tview.diagnose import diagnose
+from tview.diagnose.checks import common, nonfinite, ranks, replicas
 from tview.store.reader import open_run
 
 RANKS, STEPS, SLOW, DIVERGES, ONSET = 6, 200, 4, 2, 120
@@ -63,10 +64,10 @@ def test_loss_and_time_from_the_summaries_trends_find_what_the_shards_do(tmp_pat
     path = _write_run(str(tmp_path / "run"))
     with open_run(path) as run:
         summaries = run.rank_summaries()
-        from_shards = checks.check_time(run, None) + checks.check_loss(run, None)
+        from_shards = ranks.check_time(run, None) + ranks.check_loss(run, None)
         assert [(f.kind, f.rank) for f in from_shards] == [("slow_rank", SLOW), ("rank_diverges", DIVERGES)]
-        monkeypatch.setattr(checks, "MAX_RANKS", RANKS - 1)  # beyond it: the trends (every 2nd of 200 steps)
-        from_trends = checks.check_time(run, None, summaries) + checks.check_loss(run, None, summaries)
+        monkeypatch.setattr(common, "MAX_RANKS", RANKS - 1)  # beyond it: the trends (every 2nd of 200 steps)
+        from_trends = ranks.check_time(run, None, summaries) + ranks.check_loss(run, None, summaries)
         assert [(f.kind, f.rank) for f in from_trends] == [(f.kind, f.rank) for f in from_shards]
         stride = summaries[0]["trend"]["stride"]
         assert stride == 2 and all(abs(a.step - b.step) <= stride for a, b in zip(from_trends, from_shards))
@@ -77,11 +78,11 @@ def test_the_first_nan_is_found_reading_only_the_ranks_whose_summaries_saw_it_fi
     path = _write_run(str(tmp_path / "nan"), nan_at={3: 150, 5: 170})
     with open_run(path) as run:
         summaries = run.rank_summaries()
-        assert checks.first_nonfinite_ranks(run, summaries) == [3]
-        assert checks.first_nonfinite_ranks(run, None) == list(range(RANKS))
-        with_summaries = checks.check_nonfinite(run, None, summaries)
+        assert nonfinite.first_nonfinite_ranks(run, summaries) == [3]
+        assert nonfinite.first_nonfinite_ranks(run, None) == list(range(RANKS))
+        with_summaries = nonfinite.check_nonfinite(run, None, summaries)
         assert [(f.kind, f.rank, f.step, f.tensor) for f in with_summaries] == [("nonfinite", 3, 150, "loss")]
-        assert [vars(f) for f in checks.check_nonfinite(run, None)] == [vars(f) for f in with_summaries]
+        assert [vars(f) for f in nonfinite.check_nonfinite(run, None)] == [vars(f) for f in with_summaries]
         assert diagnose(run)[0].kind == "nonfinite"
 
 
@@ -89,14 +90,14 @@ def test_replicas_beyond_max_ranks_read_only_the_ranks_whose_weight_sum_trend_di
     path = _write_run(str(tmp_path / "nudged"), nudge=(3, 77, 1))
     with open_run(path) as run:
         summaries = run.rank_summaries()
-        full = checks.check_replicas(run, None)
+        full = replicas.check_replicas(run, None)
         assert [(f.kind, f.rank, f.layer, f.step) for f in full] == [("replicas_differ", 3, run.layers[1], 77)]
-        monkeypatch.setattr(checks, "MAX_RANKS", RANKS - 1)
-        assert checks.replica_suspects(run, summaries) == ([0, 3], [3])  # first differs at trend step 78
-        found = checks.check_replicas(run, None, summaries)
+        monkeypatch.setattr(common, "MAX_RANKS", RANKS - 1)
+        assert replicas.replica_suspects(run, summaries) == ([0, 3], [3])  # first differs at trend step 78
+        found = replicas.check_replicas(run, None, summaries)
         assert [(f.kind, f.rank, f.layer, f.step) for f in found] == [("replicas_differ", 3, run.layers[1], 77)]
     clean = _write_run(str(tmp_path / "clean"))
     with open_run(clean) as run:
-        monkeypatch.setattr(checks, "MAX_RANKS", RANKS - 1)
-        assert checks.replica_suspects(run, run.rank_summaries()) is None
-        assert checks.check_replicas(run, None, run.rank_summaries()) == []
+        monkeypatch.setattr(common, "MAX_RANKS", RANKS - 1)
+        assert replicas.replica_suspects(run, run.rank_summaries()) is None
+        assert replicas.check_replicas(run, None, run.rank_summaries()) == []
