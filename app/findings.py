@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
+import numpy as np
 from dash import dcc, html
 
 from tview.diagnose import CLEAN_MESSAGE, diagnose
@@ -41,7 +42,19 @@ class Folded:
 
 
 def evidence_link(run_id: str, f: Finding) -> str:
-    """The address of the page and selection that shows a finding's evidence: `/layers?runs=..&layer=..&rank=..
+    """The address of the evidence page for a finding: `/evidence?runs=..&kind=..&layer=..&rank=..&stat=..&step=..
+    &channels=..`, which draws the finding's statistic with the finding marked (evidence_figure)."""
+    params: dict[str, object] = {"runs": run_id, "kind": f.kind}
+    for key in ("rank", "layer", "stat", "step"):
+        if getattr(f, key) is not None:
+            params[key] = getattr(f, key)
+    if f.channels:
+        params["channels"] = ",".join(map(str, f.channels))
+    return f"/evidence?{urlencode(params)}"
+
+
+def page_link(run_id: str, f: Finding) -> str:
+    """The page and selection of the dashboard that shows a finding's statistic: `/layers?runs=..&layer=..&rank=..
     &stat=..&step=..` for a layer's fault, `/ranks?runs=..&rank=..&stat=..` for a rank's, `/scalars` for a loss."""
     params: dict[str, object] = {"runs": run_id}
     if f.rank is not None:
@@ -128,3 +141,85 @@ def diagnosis_panel(run_id: str, run, max_points: int | None = None, rank_summar
         log.exception("diagnosis of %r failed", run_id)
         body = html.P(f"diagnosis failed: {exc}", className="tv-error")
     return html.Div([html.H4("diagnosis"), body], className="tv-diagnosis-panel")
+
+
+# -- the evidence a "show" link lands on, marked ---------------------------------------------
+CHANNEL_STATS = ("act_channel_zero_frac", "grad_channel_norm")
+MARK = "#d62728"
+
+
+def _marked_step(fig, step: int | None) -> None:
+    if step is not None:
+        fig.add_vline(x=step, line_color=MARK, line_dash="dash", annotation_text=f"step {step}",
+                      annotation_font_color=MARK, name="finding-step")
+
+
+def _channel_heatmap(run, layer: str, stat: str, rank: int, step, channels: list[int]):
+    """Channels x steps of a per-channel statistic of one layer, the finding's channels outlined in red."""
+    import plotly.graph_objects as go
+    steps, values = run.stat(stat, layer, rank, max_points=1000)
+    if not len(steps):
+        raise ValueError(f"no {stat} of {layer} recorded on rank {rank}")
+    fig = go.Figure(go.Heatmap(x=steps, y=list(range(values.shape[1])), z=values.T, colorscale="Viridis",
+                               colorbar={"title": stat}))
+    for c in channels:
+        fig.add_shape(type="rect", x0=steps[0], x1=steps[-1], y0=c - 0.5, y1=c + 0.5, line_color=MARK,
+                      name=f"channel-{c}")
+    fig.update_yaxes(title=f"channel of {layer}")
+    return fig
+
+
+def _layer_heatmap(run, layer: str, stat: str, rank: int):
+    """Layers x steps of a per-layer statistic (log10 of norms), the finding's layer outlined in red."""
+    import plotly.graph_objects as go
+    steps, values = run.stat_matrix(stat, rank, max_points=1000)
+    if not len(steps):
+        raise ValueError(f"no {stat} recorded on rank {rank}")
+    z = np.ma.filled(np.ma.masked_invalid(np.ma.asarray(values, dtype=np.float64)), np.nan)
+    log = stat.endswith(("norm", "ratio")) and bool((z[np.isfinite(z)] > 0).all())
+    fig = go.Figure(go.Heatmap(x=steps, y=run.layers, z=(np.log10(z) if log else z).T, colorscale="Viridis",
+                               colorbar={"title": f"log10 {stat}" if log else stat}))
+    if layer in run.layers:
+        i = run.layers.index(layer)
+        fig.add_shape(type="rect", x0=steps[0], x1=steps[-1], y0=i - 0.5, y1=i + 0.5, line_color=MARK,
+                      name=f"layer-{layer}")
+    return fig
+
+
+def _rank_lines(run, name: str, rank: int | None, layer: str | None):
+    """A scalar (or a layer's statistic) per rank, the finding's rank drawn thick and red."""
+    import plotly.graph_objects as go
+    fig = go.Figure()
+    for r in run.ranks[:RANKS_NAMED]:
+        try:
+            steps, values = run.stat(name, layer, r, max_points=2000) if layer else run.scalar(name, r, max_points=2000)
+        except KeyError:
+            continue
+        mine = r == rank
+        fig.add_trace(go.Scatter(x=steps, y=values, name=f"rank {r}", mode="lines",
+                                 line={"color": MARK if mine else None, "width": 3 if mine else 1}))
+    fig.update_yaxes(title=f"{name} of {layer}" if layer else name)
+    return fig
+
+
+def evidence_figure(run, kind: str, layer: str | None, stat: str | None, rank: int | None, step: int | None,
+                    channels: list[int]):
+    """The figure a finding's "show" link lands on, with the finding marked: the channels outlined on the layer's
+    per-channel heatmap, or the layer outlined on the layers x steps heatmap, or the rank drawn in red among the
+    ranks' lines; the onset step as a dashed red line. rank None: the first rank's view (or every rank's lines)."""
+    shown = rank if rank is not None and rank in run.ranks else run.ranks[0]
+    if stat in CHANNEL_STATS and layer:
+        fig = _channel_heatmap(run, layer, stat, shown, step, channels)
+    elif layer and stat in run.stat_names() and kind != "replicas_differ":
+        fig = _layer_heatmap(run, layer, stat, shown)
+    else:
+        fig = _rank_lines(run, stat or "loss", rank, layer)
+    _marked_step(fig, step)
+    fig.update_layout(title=f"{kind}: " + where_text(rank, layer, step), xaxis_title="step",
+                      margin={"l": 140, "r": 20, "t": 50, "b": 40})
+    return fig
+
+
+def where_text(rank, layer, step) -> str:
+    return " · ".join(p for p in ("all ranks" if rank is None else f"rank {rank}", layer,
+                                  None if step is None else f"step {step}") if p)

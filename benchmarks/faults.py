@@ -387,6 +387,7 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", default=None, help="write the runs here (default: a temporary folder, removed)")
     ap.add_argument("--preset", default="default", help="the Recorder's preset (default: as users record)")
     ap.add_argument("--verbose", action="store_true", help="print every finding's message")
+    ap.add_argument("--reuse", action="store_true", help="diagnose the runs already in --keep again, not training")
     a = ap.parse_args(argv)
     SETTINGS["preset"] = a.preset
     torch.set_num_threads(1)
@@ -395,7 +396,7 @@ def main(argv=None) -> int:
     root = a.keep or tempfile.mkdtemp(prefix="tview-faults-")
     rows, t_all = [], time.time()
     for sc in chosen:
-        rows.append(run_one(sc, os.path.join(root, sc.name), a.verbose))
+        rows.append(run_one(sc, os.path.join(root, sc.name), a.verbose, a.reuse))
         print(f"{sc.name}: {rows[-1][5]} ({rows[-1][7]:.1f} s)", flush=True)
     print_table(rows)
     print(f"\n{sum(r[6] == 'yes' for r in rows)} of {len(rows)} right, preset {a.preset}; total "
@@ -403,9 +404,9 @@ def main(argv=None) -> int:
     return 0 if all(r[6] == "yes" for r in rows) else 1
 
 
-def run_one(sc: Scenario, out: str, verbose: bool) -> tuple:
+def run_one(sc: Scenario, out: str, verbose: bool, reuse: bool = False) -> tuple:
     from tview.diagnose import diagnose
-    seconds = run_scenario(sc, out)
+    seconds = 0.0 if reuse and os.path.isdir(out) else run_scenario(sc, out)
     try:
         with tview.open_run(out, skip_bad_shards=True) as run:
             findings = diagnose(run)
