@@ -104,8 +104,10 @@ SCENARIOS = [
     # the optimizer
     Scenario("lr-spike", model="plain", steps=150, fault=_f("lr_scale", 120), expected=("lr_jump", None, None),
              extra={"scale": 300.0}),
-    Scenario("lr-spike-unrecorded", model="resnet", steps=110, fault=_f("lr_scale", 80),
-             expected=("update_ratio_jump", None, None), extra={"scale": 100.0, "no_optimizer": True}),
+    Scenario("lr-spike-no-optimizer-given", model="resnet", steps=110, fault=_f("lr_scale", 80),
+             expected=("lr_jump", None, None), extra={"scale": 100.0, "no_optimizer": True}),
+    Scenario("momentum-blowup", steps=140, fault=_f("momentum_scale", 100), expected=("update_ratio_jump", None, None),
+             extra={"scale": 1000.0}),
     # ranks
     Scenario("straggler-after-step", fault=_f("sleep_after", 100, 1), expected=("slow_rank", 1, None)),
     Scenario("straggler-data-rank0", model="resnet", ranks=3, steps=100, fault=_f("sleep_data", 60, 0),
@@ -221,6 +223,9 @@ class Injector:
         elif how == "kill" and self.active(once=True):
             rec.flush()
             os.kill(os.getpid(), signal.SIGKILL)
+        elif how == "momentum_scale" and self.active(once=True):  # an optimizer state gone wrong (a bad load)
+            for state in opt.state.values():
+                state["momentum_buffer"].mul_(self.extra["scale"])
         elif how in ("lr_scale", "freeze_group") and self.active(once=True):
             groups = opt.param_groups if how == "lr_scale" else opt.param_groups[-1:]
             for g in groups:

@@ -43,19 +43,26 @@ def lr_onset(lr: np.ndarray) -> int | None:
     return int(hit[0] + 1) if len(hit) else None
 
 
+def lr_names(run, rank: int) -> list[str]:
+    """The learning-rate scalars of a rank: 'lr' (the first parameter group) and 'lr/N' (the others)."""
+    return [n for n in run.scalar_names(rank) if n == "lr" or (n.startswith("lr/") and n[3:].isdigit())]
+
+
 def check_lr(run, max_points=None) -> list[Finding]:
-    for rank in run.ranks[:1]:
-        got = scalar(run, "lr", rank, max_points)
-        if got is None or not len(got[0]):
-            return []
-        steps, lr = np.asarray(got[0]), np.asarray(got[1], dtype=np.float64)
+    """The first step where any parameter group's learning rate jumps above the largest it had (first rank:
+    every rank's optimizer holds the same)."""
+    jumps = []
+    for name in lr_names(run, run.ranks[0]) if run.ranks else []:
+        steps, lr = scalar(run, name, run.ranks[0], max_points)
+        lr = np.asarray(lr, dtype=np.float64)
         k = lr_onset(lr)
-        if k is None:
-            return []
-        before = float(np.nanmax(lr[:k]))
-        return [make("lr_jump", f"learning rate {lr[k]:.3g} at step {steps[k]}, {lr[k] / before:.3g}x the largest "
-                     f"before it ({before:.3g})", step=int(steps[k]), stat="lr")]
-    return []
+        if k is not None:
+            jumps.append((int(steps[k]), name, float(lr[k]), float(np.nanmax(lr[:k]))))
+    if not jumps:
+        return []
+    step, name, now, before = min(jumps)
+    return [make("lr_jump", f"learning rate {name} {now:.3g} at step {step}, {now / before:.3g}x the largest before "
+                 f"it ({before:.3g})", step=step, stat=name)]
 
 
 def update_per_gradient(update: np.ndarray, grad: np.ndarray) -> np.ndarray:
