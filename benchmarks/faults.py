@@ -11,9 +11,8 @@ gradient (NaN, x1e4, x1e-6, one channel x0), a bias that kills channels, a Batch
 layer mid-training, a learning rate multiplied, a layer frozen (requires_grad off from the start, or its param
 group's lr set to 0), a sleep on one rank (before the forward, inside it, or after the optimizer step), a SIGKILL
 of one rank, random labels on one rank, a weight nudged on one rank after the optimizer step.
-The loop passes busy_time, wait_time and after_step_time as the Recorder does under DDP: from the start of the step
-to the last local gradient; from there to the start of optimizer.step() (the wait for the others); from the end of
-optimizer.step() to rec.step().
+The Recorder measures each rank's busy_time (to its last local gradient), wait_time (from there to the start of
+optimizer.step(): its wait for the others) and after_step_time (from the end of optimizer.step() to rec.step()).
 The killed rank calls rec.flush() just before its SIGKILL so the expected step is exact.
 """
 
@@ -95,7 +94,7 @@ SCENARIOS = [
              expected=("dead_filters", None, "features.5")),
     Scenario("dead-units-last", fault=_f("kill_channel", 80, None, "fc2", range(0, 84, 2)),
              expected=("dead_units", None, "relu4")),
-    Scenario("frozen-filter", model="resnet", steps=130, fault=_f("freeze_channel", 80, None, "stages.0.conv2", (3,)),
+    Scenario("frozen-filter", model="resnet", steps=170, fault=_f("freeze_channel", 80, None, "stages.0.conv2", (3,)),
              expected=("frozen_filters", None, "stages.0.conv2")),
     Scenario("frozen-first-conv-ddp", model="plain", ranks=3, steps=100, fault=_f("frozen_start", 0, None,
                                                                                  "features.0"),
@@ -104,8 +103,8 @@ SCENARIOS = [
     # the optimizer
     Scenario("lr-spike", model="plain", steps=150, fault=_f("lr_scale", 120), expected=("lr_jump", None, None),
              extra={"scale": 300.0}),
-    Scenario("lr-spike-no-optimizer-given", model="resnet", steps=110, fault=_f("lr_scale", 80),
-             expected=("lr_jump", None, None), extra={"scale": 100.0, "no_optimizer": True}),
+    Scenario("lr-spike-lr-unrecorded", model="resnet", steps=110, fault=_f("lr_scale", 80),
+             expected=("update_ratio_jump", None, None), extra={"scale": 100.0, "no_optimizer": True}),
     Scenario("momentum-blowup", steps=140, fault=_f("momentum_scale", 100), expected=("update_ratio_jump", None, None),
              extra={"scale": 1000.0}),
     # ranks
@@ -114,7 +113,7 @@ SCENARIOS = [
              expected=("slow_rank", 0, None)),
     Scenario("straggler-forward-last", model="plain", ranks=4, steps=90, fault=_f("sleep_forward", 50, 3,
                                                                                  "features.3"),
-             expected=("slow_rank", 3, None)),
+             expected=("slow_rank", 3, None), extra={"sleep": 0.06}),
     Scenario("killed", fault=_f("kill", 120, 1), expected=("rank_stopped", 1, None)),
     Scenario("label-noise", ranks=3, fault=_f("bad_labels", 100, 2), expected=("rank_diverges", 2, None)),
     Scenario("label-noise-rank0", model="plain", steps=130, fault=_f("bad_labels", 80, 0),
@@ -261,29 +260,6 @@ def make_optimizer(sc: Scenario, model, ddp):
                            lr=sc.lr, momentum=0.9)
 
 
-class Clock:
-    """The loop's own timing of one step (what the Recorder measures under DDP). The wait for the others is from
-    the last local gradient to the start of optimizer.step() (the all-reduce), plus, for a net with buffers
-    (BatchNorm), DDP's broadcast of them at the start of the forward (from the DDP wrapper's forward to its
-    module's): a rank slow before its forward keeps the others waiting there."""
-
-    def __init__(self, model, ddp):
-        self.last_grad = self.outer = self.inner = 0.0
-        for p in model.parameters():
-            if p.requires_grad:
-                p.register_hook(self._grad)
-        ddp.register_forward_pre_hook(lambda m, a: setattr(self, "outer", time.perf_counter()))
-        model.register_forward_pre_hook(lambda m, a: setattr(self, "inner", time.perf_counter()))
-
-    def _grad(self, g):
-        self.last_grad = time.perf_counter()
-
-    def scalars(self, t0, t_step, t_stepped) -> dict:
-        broadcast = self.inner - self.outer
-        return {"busy_time": self.last_grad - t0 - broadcast, "wait_time": t_step - self.last_grad + broadcast,
-                "after_step_time": time.perf_counter() - t_stepped}
-
-
 def train_rank(rank: int, sc: Scenario, out: str, port: int) -> None:
     """One rank of a scenario: DDP over gloo, a Recorder on every step, the fault injected."""
     import torch.distributed as dist
@@ -301,31 +277,28 @@ def train_rank(rank: int, sc: Scenario, out: str, port: int) -> None:
                          optimizer=None if sc.extra.get("no_optimizer") else opt, config={"scenario": sc.name})
     try:
         with rec:
-            train_loop(rank, sc, ddp, opt, rec, inject, Clock(model, ddp))
+            train_loop(rank, sc, ddp, opt, rec, inject)
     except RuntimeError as exc:  # a peer died: the collective fails; the recorder closes its shard
         print(f"rank {rank}: stopped: {str(exc).splitlines()[0][:120]}", file=sys.stderr)
     finally:
         dist.destroy_process_group()
 
 
-def train_loop(rank, sc, ddp, opt, rec, inject, clock) -> None:
+def train_loop(rank, sc, ddp, opt, rec, inject) -> None:
     import torch.nn.functional as F
     (x, y), _ = DATA["digits"]
     gen = torch.Generator().manual_seed(1000 * sc.seed + rank)
     mine = torch.arange(rank, len(x), sc.ranks)
     for step in range(sc.steps):
         inject.step = step
-        t0 = time.perf_counter()
         inject.before_forward(rec, opt)
         idx = mine[torch.randint(len(mine), (sc.batch,), generator=gen)]
         opt.zero_grad()
         loss = F.cross_entropy(ddp(inject.inputs(x[idx])), inject.labels(y[idx]))
         loss.backward()
-        t_step = time.perf_counter()
         opt.step()
-        t_stepped = time.perf_counter()
         inject.after_step()
-        rec.step(loss=loss, **clock.scalars(t0, t_step, t_stepped))
+        rec.step(loss=loss)
 
 
 def run_scenario(sc: Scenario, out: str) -> float:

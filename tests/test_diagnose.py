@@ -310,3 +310,22 @@ def test_dead_relu_units_after_a_linear_layer_are_named_as_dead_units(tmp_path):
     maker = next(j for j in range(i, -1, -1) if run.layer_info[j]["type"] == "Linear")
     assert not dead_checks.worth_naming(run, i, maker, {2: 0, 7: 0})
     assert dead_checks.worth_naming(run, i, maker, {2: 0, 7: 0, 9: 0})
+
+
+def test_a_frozen_layer_is_said_with_the_step_its_weights_stopped(tmp_path):
+    def freeze_conv1(rank, model):  # requires_grad off from the start (fine-tuning's frozen stem)
+        for p in model.conv1.parameters():
+            p.requires_grad_(False)
+    out, recs = _record(tmp_path, steps=30, setup=freeze_conv1, name="frozen")
+    _close(recs)
+    found = [f for f in diagnose(out) if f.kind == "frozen_layer"]
+    assert [(f.layer, f.step, f.rank) for f in found] == [("conv1", 0, None)]
+
+    def stop_fc(rank, step, model):  # fc's gradient dropped from step 20 on: the optimizer no longer moves it
+        if step >= 20:
+            model.fc.weight.grad = None
+            model.fc.bias.grad = None
+    out, recs = _record(tmp_path, steps=40, fault=stop_fc, name="stopped")
+    _close(recs)
+    found = [f for f in diagnose(out) if f.kind == "frozen_layer"]
+    assert [(f.layer, f.step) for f in found] == [("fc", 20)]

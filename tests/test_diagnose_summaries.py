@@ -21,7 +21,18 @@ def _weights(spec, rank: int, step: int, nudge) -> dict:
     return values
 
 
-def _write_run(path: str, nan_at: dict[int, int] | None = None, nudge: tuple | None = None) -> str:
+def _times(rank: int, late: bool, rng, waits: bool) -> dict:
+    """busy_time (rank SLOW's triples from ONSET); or, with waits, step time equal on every rank (synchronous) and
+    wait_time: from ONSET every other rank waits 0.25 s for rank SLOW, which waits for nobody."""
+    if not waits:
+        return {"step_time": 0.2, "busy_time": (0.3 if late and rank == SLOW else 0.1) * (1 + 0.01 * rng.normal())}
+    wait = (0.005 if rank == SLOW else 0.25) if late else 0.005
+    return {"step_time": (0.45 if late else 0.2) * (1 + 0.01 * rng.normal()),
+            "wait_time": wait * (1 + 0.1 * rng.random())}
+
+
+def _write_run(path: str, nan_at: dict[int, int] | None = None, nudge: tuple | None = None,
+               waits: bool = False) -> str:
     """RANKS ranks x STEPS steps written by the store's own writer (summaries kept at each flush): rank SLOW's busy
     time triples from ONSET, rank DIVERGES's loss triples from ONSET; nan_at: rank -> step its loss turns NaN;
     nudge: see _weights."""
@@ -46,12 +57,10 @@ def _write_run(path: str, nan_at: dict[int, int] | None = None, nudge: tuple | N
             loss = (3.0 if late and rank == DIVERGES else 1.0) * (2.0 + 0.02 * rng.normal())
             if nan_at and rank in nan_at and step >= nan_at[rank]:
                 loss = float("nan")
-            busy = (0.3 if late and rank == SLOW else 0.1) * (1 + 0.01 * rng.normal())
             tables = {s.name: TableRow(np.ones(3, np.uint8), _weights(s, rank, step, nudge) if s.name == "weight" else
                                        {c.name: np.zeros(3) if c.nonfinite else np.ones(3) for c in s.columns})
                       for s in specs}
-            records.append(StepRecord(step, 1000.0 + step, {"loss": loss, "step_time": 0.2, "busy_time": busy},
-                                      tables))
+            records.append(StepRecord(step, 1000.0 + step, {"loss": loss, **_times(rank, late, rng, waits)}, tables))
             if len(records) == 50:
                 w.write(records)
                 w.flush()
@@ -101,3 +110,13 @@ def test_replicas_beyond_max_ranks_read_only_the_ranks_whose_weight_sum_trend_di
         monkeypatch.setattr(common, "MAX_RANKS", RANKS - 1)
         assert replicas.replica_suspects(run, run.rank_summaries()) is None
         assert replicas.check_replicas(run, None, run.rank_summaries()) == []
+
+
+def test_the_rank_the_others_wait_for_is_named_from_step_time_less_wait(tmp_path):
+    """Every rank's step time is the slowest's; the others wait for rank SLOW (slow after its optimizer step, say,
+    where busy_time cannot see it): its wait is small while theirs is large."""
+    path = _write_run(str(tmp_path / "waits"), waits=True)
+    with open_run(path) as run:
+        found = ranks.check_time(run, None)
+    assert [(f.kind, f.rank, f.stat) for f in found] == [("slow_rank", SLOW, "wait_time")]
+    assert abs(found[0].step - ONSET) <= 1

@@ -26,7 +26,7 @@ KINDS = declare({
 
 DIVERGE_FACTOR = 2.0      # a rank's smoothed loss above this x the lower median rank's ...
 DIVERGE_GAP = 0.25        # ... and above it by this share of the run's early loss
-SLOW_FACTOR = 2.0         # a rank's smoothed own time above this x the lower median rank's
+SLOW_FACTOR = 1.5         # a rank's own time above this x the lower median rank's (half again: the others wait a third)
 SLOW_MIN_SECONDS = 1e-3   # ... and by at least this much
 LAG_FRACTION = 0.05       # a rank whose last step is behind the furthest by more than this share
 SMOOTH = 19               # records in the centered rolling share of outlying losses and times
@@ -38,7 +38,9 @@ def _outlier_onsets(values: np.ndarray, factor: float, gap: float, stay: float) 
     """{row: column where it starts} for the rows of [ranks, steps] that are above factor x the lower median row
     and by more than `gap` on most steps (a centered rolling share >= 0.7) to the end, over at least the last
     `stay` share of the columns; the start is where the row's log ratio to the lower median shifts up most
-    clearly (within two smoothing windows before that stretch and the stretch itself)."""
+    clearly (within two smoothing windows before that stretch and the stretch itself), moved on to the first
+    outlying record from there (an odd high value just before the change, below the factor or the gap, does not
+    date it)."""
     ref = detect.lower_median(values)
     with np.errstate(invalid="ignore", divide="ignore"):
         flags = (values > factor * ref) & (values - ref > gap)
@@ -49,7 +51,9 @@ def _outlier_onsets(values: np.ndarray, factor: float, gap: float, stay: float) 
         start = detect.sustained_onset(flags[k], SMOOTH, least)
         if start is not None:
             lo = max(1, start - 2 * SMOOTH)
-            out[k] = lo - 1 + detect.mean_shift(log_ratio[k, lo - 1:], 1, len(values[k]) - lo - least // 2)
+            shift = lo - 1 + detect.mean_shift(log_ratio[k, lo - 1:], 1, len(values[k]) - lo - least // 2)
+            first = np.flatnonzero(flags[k, shift:shift + SMOOTH])
+            out[k] = shift + int(first[0]) if len(first) else shift
     return out
 
 
