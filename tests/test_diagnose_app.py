@@ -111,3 +111,54 @@ def test_a_run_without_steps_says_so_instead_of_no_findings():
     missing = make("rank_missing", "rank 1: no readable shard", rank=1)
     items = panel.findings_list("r", [missing], steps=0).children
     assert items[0].children == panel.NO_STEPS and items[1].className == "tv-error finding-rank_missing"
+
+
+SHAPES_JS = """() => {
+  const el = document.querySelector('#evidence-graph .js-plotly-plot');
+  if (!el || !el.data || !el.data.length) return null;
+  return {type: el.data[0].type, shapes: ((el.layout && el.layout.shapes) || []).map(s => [s.name, s.x0])};
+}"""
+
+
+@pytest.mark.slow
+def test_the_show_link_of_a_dead_filter_lands_on_its_channels_marked_in_a_real_browser(tmp_path):
+    """The real server and Chromium: the overview lists the finding; its "show" link opens the per-channel
+    heatmap of that layer with the dead channel outlined and the step it died at dashed."""
+    pytest.importorskip("torch")
+    pytest.importorskip("playwright")
+    import os
+
+    import torch
+
+    from tests.conftest import python_env
+    from tests.test_diagnose import _close, _record
+    from tview.demo import free_port
+    from tview_app.testing import CHROMIUM, CHROMIUM_FLAGS, start_dashboard
+
+    def kill(rank, step, model):
+        if step == 5:
+            with torch.no_grad():
+                model.conv2.bias[3] = -1e3
+    out, recs = _record(tmp_path, steps=30, fault=kill, name="dead")
+    _close(recs)
+    port = free_port()
+    proc = start_dashboard(str(tmp_path), port, str(tmp_path / "dashboard.log"), env=python_env())
+    from playwright.sync_api import sync_playwright
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"http://127.0.0.1:{port}/?runs=dead")
+            link = page.locator(".finding-dead_filters .tv-finding-link").first
+            link.wait_for(timeout=60_000)
+            link.click()
+            page.wait_for_function(f"() => ({SHAPES_JS})() !== null", timeout=60_000)
+            drawn = page.evaluate(SHAPES_JS)
+            page.screenshot(path=os.path.join(str(tmp_path), "evidence.png"))
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert drawn["type"] == "heatmap"
+    assert "channel-3" in [n for n, _ in drawn["shapes"]]
+    assert ["finding-step", 6] in drawn["shapes"]  # set after step 5's backward: the forward of step 6 is dead

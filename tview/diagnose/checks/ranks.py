@@ -94,14 +94,18 @@ def own_time(run, max_points=None, rank_summaries: dict | None = None):
     return None
 
 
-def check_time(run, max_points=None, rank_summaries: dict | None = None) -> list[Finding]:
+def check_time(run, max_points=None, rank_summaries: dict | None = None, before: int | None = None) -> list[Finding]:
     """The ranks the others wait for: own time (own_time) that stays above the other ranks' (beyond MAX_RANKS ranks
-    on the rank summaries' trends, see aligned_scalar)."""
+    on the rank summaries' trends, see aligned_scalar); before: only steps before this one (the first NaN/Inf:
+    after it the training is broken and its timing says nothing of the ranks)."""
     got = own_time(run, max_points, rank_summaries)
     if got is None:
         return []
     name, steps, ranks, t = got
-    steps, t = steps[1:], t[:, 1:]  # step 0 holds the set-up
+    keep = slice(1, None if before is None else int(np.searchsorted(steps, before)))
+    steps, t = steps[keep], t[:, keep]  # step 0 holds the set-up
+    if not len(steps):
+        return []
     found = []
     for k, start in _outlier_onsets(t, SLOW_FACTOR, SLOW_MIN_SECONDS, SLOW_STAY).items():
         mine = float(detect.nanmedian(t[k, start:]))
@@ -137,5 +141,7 @@ def check_status(run, rank_summaries: dict | None = None) -> list[Finding]:
 
 
 def check(ctx: Context) -> list[Finding]:
+    first_nan = ctx.first("nonfinite")
     return (check_loss(ctx.run, ctx.max_points, ctx.rank_summaries)
-            + check_time(ctx.run, ctx.max_points, ctx.rank_summaries) + check_status(ctx.run, ctx.rank_summaries))
+            + check_time(ctx.run, ctx.max_points, ctx.rank_summaries, first_nan and first_nan.step)
+            + check_status(ctx.run, ctx.rank_summaries))
