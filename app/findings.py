@@ -162,9 +162,9 @@ def _channel_heatmap(run, layer: str, stat: str, rank: int, step, channels: list
         raise ValueError(f"no {stat} of {layer} recorded on rank {rank}")
     fig = go.Figure(go.Heatmap(x=steps, y=list(range(values.shape[1])), z=values.T, colorscale="Viridis",
                                colorbar={"title": stat}))
-    for c in channels:
-        fig.add_shape(type="rect", x0=steps[0], x1=steps[-1], y0=c - 0.5, y1=c + 0.5, line_color=MARK,
-                      name=f"channel-{c}")
+    for c in channels:  # outlined from the onset step to the end: where the channel is dead, frozen
+        fig.add_shape(type="rect", x0=step if step is not None else steps[0], x1=steps[-1], y0=c - 0.5, y1=c + 0.5,
+                      line_color=MARK, name=f"channel-{c}")
     fig.update_yaxes(title=f"channel of {layer}")
     return fig
 

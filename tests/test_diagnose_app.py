@@ -82,6 +82,7 @@ def test_the_evidence_figure_marks_the_channels_the_layer_the_rank_and_the_step(
         fig = panel.evidence_figure(run, "dead_filters", "conv2", "act_channel_zero_frac", None, 5, [1, 2])
         names = {s.name for s in fig.layout.shapes}
         assert {"channel-1", "channel-2", "finding-step"} <= names and fig.data[0].type == "heatmap"
+        assert {s.x0 for s in fig.layout.shapes if s.name.startswith("channel-")} == {5}  # outlined from the onset
         assert [s.x0 for s in fig.layout.shapes if s.name == "finding-step"] == [5]
         fig = panel.evidence_figure(run, "exploding_gradients", "conv2", "grad_norm", None, 3, [])
         assert "layer-conv2" in {s.name for s in fig.layout.shapes}
@@ -121,9 +122,10 @@ SHAPES_JS = """() => {
 
 
 @pytest.mark.slow
-def test_the_show_link_of_a_dead_filter_lands_on_its_channels_marked_in_a_real_browser(tmp_path):
-    """The real server and Chromium: the overview lists the finding; its "show" link opens the per-channel
-    heatmap of that layer with the dead channel outlined and the step it died at dashed."""
+def test_the_show_link_of_a_stuck_channel_lands_on_it_marked_in_a_real_browser(tmp_path):
+    """The real server and Chromium: the overview lists the finding (a conv channel pushed below zero for good:
+    TinyCNN's ReLU is functional, so its gradient stays zero: frozen_filters); its "show" link opens the
+    per-channel heatmap of that layer with the channel outlined from the step it stopped, that step dashed."""
     pytest.importorskip("torch")
     pytest.importorskip("playwright")
     import os
@@ -149,7 +151,7 @@ def test_the_show_link_of_a_dead_filter_lands_on_its_channels_marked_in_a_real_b
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(f"http://127.0.0.1:{port}/?runs=dead")
-            link = page.locator(".finding-dead_filters .tv-finding-link").first
+            link = page.locator(".finding-frozen_filters .tv-finding-link").first
             link.wait_for(timeout=60_000)
             link.click()
             page.wait_for_function(f"() => ({SHAPES_JS})() !== null", timeout=60_000)
@@ -160,5 +162,5 @@ def test_the_show_link_of_a_dead_filter_lands_on_its_channels_marked_in_a_real_b
         proc.terminate()
         proc.wait(timeout=10)
     assert drawn["type"] == "heatmap"
-    assert "channel-3" in [n for n, _ in drawn["shapes"]]
-    assert ["finding-step", 6] in drawn["shapes"]  # set after step 5's backward: the forward of step 6 is dead
+    # set after step 5's backward: from the forward of step 6 on the channel's gradient is zero
+    assert ["channel-3", 6] in drawn["shapes"] and ["finding-step", 6] in drawn["shapes"]
