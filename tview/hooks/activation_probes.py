@@ -217,7 +217,7 @@ class ActHistogram(ActivationProbe):
         n = flat.numel()
         if self.sample and n > self.sample:
             run = max(self.sample // self.RUNS, 1)
-            flat = flat.as_strided((self.RUNS, run), ((n - run) // (self.RUNS - 1), 1), flat.storage_offset())
+            flat = flat.as_strided((self.RUNS, run), ((n - run) // (self.RUNS - 1), 1))  # from its own offset
         return {"counts": histogram(flat), "n": float(flat.numel()), "of": float(n)}
 
     def finalize(self, p):
