@@ -185,7 +185,7 @@ def test_fsdp1_is_refused_up_front(tmp_path):
     # FSDP1 cannot be made without a GPU: a real FSDP1 object around a real model, made without its __init__
     wrapper = FSDP.__new__(FSDP)
     nn.Module.__init__(wrapper)
-    wrapper.add_module("_fsdp_wrapped_module", TinyCNN())
+    wrapper._modules["_fsdp_wrapped_module"] = TinyCNN()
     with pytest.raises(ConfigError, match="FSDP1.*Use FSDP2"):
         tview.Recorder(nn.Sequential(wrapper), str(tmp_path / "r"))
     assert not os.path.exists(tmp_path / "r")  # refused before anything was written
