@@ -44,8 +44,8 @@ class ActivationContext:
         return self._once("channel_sum", lambda: self.full.sum(dim=self.channel_dims, dtype=torch.float32))
 
     def total(self) -> torch.Tensor:
-        """Sum of the whole output."""
-        if self.channel_dims:
+        """Sum of the whole output (from the channel sums when a probe needed those anyway: one pass less)."""
+        if "channel_sum" in self._memo:
             return self._once("total", lambda: self.channel_sum().sum())
         return self._once("total", lambda: self.full.sum(dtype=torch.float32))
 
