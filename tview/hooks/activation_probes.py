@@ -44,33 +44,30 @@ class ActivationContext:
         return self._once("channel_sum", lambda: self.full.sum(dim=self.channel_dims, dtype=torch.float32))
 
     def total(self) -> torch.Tensor:
-        """Sum of the whole output."""
-        if self.channel_dims:
+        """Sum of the whole output (from the channel sums when a probe needed those anyway: one pass less)."""
+        if "channel_sum" in self._memo:
             return self._once("total", lambda: self.channel_sum().sum())
         return self._once("total", lambda: self.full.sum(dtype=torch.float32))
 
     def sample_total(self) -> torch.Tensor:
         return self.total() if self.x is self.full else self.x.sum(dtype=torch.float32)
 
-    def channel_zeros(self):
-        """Per output channel counts of exact zeros over the whole output (NaN is not zero). On the CPU
-        numpy counts the non-zeros of each (example, channel) slab: 3x faster than torch's sums."""
-        return self._once("channel_zeros", self._channel_zeros)
+    def channel_nonzero(self):
+        """Per output channel counts of values that are not exactly zero (NaN and Inf included), over the whole
+        output; the host subtracts them from the count (one device op less). On the CPU numpy counts the
+        non-zeros of each (example, channel) slab: 3x faster than torch's sums."""
+        return self._once("channel_nonzero", self._channel_nonzero)
 
-    def _channel_zeros(self):
+    def _channel_nonzero(self):
         x = self.full
         if self.host and x.is_contiguous() and x.dtype == torch.float32 and x.numel():
             a = x.numpy().reshape(x.shape[0], x.shape[1], -1)
-            nonzero = np.not_equal(a, 0).sum(axis=2, dtype=np.int64).sum(axis=0)
-            return (x.numel() // x.shape[1] - nonzero).astype(np.float64)
-        per_channel = self.full_numel // max(x.shape[1], 1)
-        return per_channel - torch.count_nonzero(x, dim=self.channel_dims)
+            return np.not_equal(a, 0).sum(axis=2, dtype=np.int64).sum(axis=0).astype(np.float64)
+        return torch.count_nonzero(x, dim=self.channel_dims)
 
-    def zeros(self):
-        """Count of exact zeros over the whole output (per channel where the output has channels)."""
-        if self.channel_dims:
-            return self.channel_zeros()
-        return self.full_numel - torch.count_nonzero(self.full)
+    def nonzero(self):
+        """Count of values not exactly zero over the whole output (per channel where it has channels)."""
+        return self.channel_nonzero() if self.channel_dims else torch.count_nonzero(self.full)
 
     def nonfinite(self) -> tuple:
         """(NaN count, Inf count) over the whole output. On the CPU they are counted only when the sum is
@@ -133,7 +130,7 @@ class ActCounts(ActivationProbe):
 
     table = "act_counts"
     columns = (Column("act_zero_frac"), Column("act_nan", nonfinite=True), Column("act_inf", nonfinite=True))
-    merge = {"zeros": "total"}  # per-channel counts: the host adds them up (one device op less)
+    merge = {"nonzero": "total"}  # per-channel counts: the host adds them up (one device op less)
 
     @classmethod
     def cadence_for(cls, preset):
@@ -141,10 +138,11 @@ class ActCounts(ActivationProbe):
 
     def compute(self, ctx):
         nan, inf = ctx.nonfinite()
-        return {"n": float(ctx.full_numel), "zeros": ctx.zeros(), "nan": nan, "inf": inf}
+        return {"n": float(ctx.full_numel), "nonzero": ctx.nonzero(), "nan": nan, "inf": inf}
 
     def finalize(self, p):
-        return {"act_zero_frac": np.sum(p["zeros"]) / max(p["n"], 1), "act_nan": p["nan"], "act_inf": p["inf"]}
+        zeros = p["n"] - np.sum(p["nonzero"])
+        return {"act_zero_frac": zeros / max(p["n"], 1), "act_nan": p["nan"], "act_inf": p["inf"]}
 
 
 class ActChannelZeros(ActivationProbe):
@@ -153,7 +151,7 @@ class ActChannelZeros(ActivationProbe):
 
     table = "act_channel_zeros"
     columns = (Column("act_channel_zero_frac", CHANNEL),)
-    merge = {"zeros": "sum"}
+    merge = {"nonzero": "sum"}
 
     @classmethod
     def cadence_for(cls, preset):
@@ -162,12 +160,12 @@ class ActChannelZeros(ActivationProbe):
     def compute(self, ctx):
         if ctx.channel_dims is None:
             return {}
-        return {"n": float(ctx.full_numel // max(ctx.full.shape[1], 1)), "zeros": ctx.channel_zeros()}
+        return {"n": float(ctx.full_numel // max(ctx.full.shape[1], 1)), "nonzero": ctx.channel_nonzero()}
 
     def finalize(self, p):
-        if "n" not in p or p["zeros"] is None:
+        if "n" not in p or p["nonzero"] is None:
             return {}  # not measured: no channels, or calls of several widths
-        return {"act_channel_zero_frac": np.asarray(p["zeros"], dtype=np.float64) / p["n"]}
+        return {"act_channel_zero_frac": (p["n"] - np.asarray(p["nonzero"], dtype=np.float64)) / p["n"]}
 
 
 class ActChannelStats(ActivationProbe):
@@ -217,7 +215,7 @@ class ActHistogram(ActivationProbe):
         n = flat.numel()
         if self.sample and n > self.sample:
             run = max(self.sample // self.RUNS, 1)
-            flat = flat.as_strided((self.RUNS, run), ((n - run) // (self.RUNS - 1), 1), flat.storage_offset())
+            flat = flat.as_strided((self.RUNS, run), ((n - run) // (self.RUNS - 1), 1))  # from its own offset
         return {"counts": histogram(flat), "n": float(flat.numel()), "of": float(n)}
 
     def finalize(self, p):

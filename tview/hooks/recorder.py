@@ -38,7 +38,7 @@ from tview.hooks.probes import EVERY, registered_probes
 from tview.hooks.rows import RowBuilder
 from tview.hooks.schedules import Preset, as_schedule, get_preset
 from tview.hooks.snapshots import ProbeBatch, is_sharded, snapshot
-from tview.hooks.timing import LocalGrads, StepClock, as_optimizers, lr_names
+from tview.hooks.timing import LocalGrads, StepClock, as_optimizers, lr_names, to_device
 from tview.hooks.transfer import HostTransfer
 from tview.store import schema
 from tview.store.background import BackgroundWriter
@@ -504,7 +504,7 @@ class Recorder:
         ks = sorted(self._param_local)
         sq = torch.stack(torch._foreach_norm([self._param_local[k] for k in ks], 2, dtype=torch.float32)).square()
         out = torch.full((n,), float("nan"), device=sq.device)
-        return out.index_copy_(0, torch.tensor(ks, device=sq.device), sq)
+        return out.index_copy_(0, to_device(torch.tensor(ks), sq.device), sq)
 
     def _channel_widths(self) -> dict[str, dict[str, int]]:
         acts = {self.layer_names[i]: c for i, c in self._channels.items()}

@@ -36,6 +36,8 @@ class ProbeBatch:
         except Exception as exc:
             raise ConfigError(f"probe_batch of shape {tuple(x.shape)} fails in the model's forward: {exc}") from exc
         self.shapes = {n: tuple(t.shape) for n, t in fmaps.items()}
+        # the host copy is made now, before training: never a device read during a step
+        self.host_copy = (self.inputs.float() if self.inputs.is_floating_point() else self.inputs).cpu().numpy()
 
     def run(self) -> dict[str, torch.Tensor]:
         """Forward the probe batch in eval mode and capture the chosen layers' outputs."""
@@ -61,7 +63,7 @@ class ProbeBatch:
                 m.training = training
 
     def host_inputs(self):
-        return self.inputs.float().cpu().numpy() if self.inputs.is_floating_point() else self.inputs.cpu().numpy()
+        return self.host_copy
 
 
 def snapshot(filter_layers: list[tuple[str, nn.Module]], probe: ProbeBatch | None) -> dict:

@@ -11,6 +11,13 @@ import torch
 from tview.errors import ConfigError
 
 
+def to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """A small host tensor on the device without making the host wait (pinned, non-blocking) on a GPU."""
+    if torch.device(device).type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def as_optimizers(optimizer) -> list:
     """None, one optimizer or a list/tuple of them, as a list; anything else is refused."""
     if optimizer is None:
@@ -124,5 +131,5 @@ class LocalGrads:
         """The index tensor for these ids, made once per bucket layout (DDP fixes its buckets early on)."""
         key = tuple(ids)
         if key not in self._ids_cache:
-            self._ids_cache[key] = torch.tensor(ids, dtype=torch.int64, device=device)
+            self._ids_cache[key] = to_device(torch.tensor(ids, dtype=torch.int64), device)
         return self._ids_cache[key]
