@@ -164,3 +164,31 @@ def test_the_show_link_of_a_stuck_channel_lands_on_it_marked_in_a_real_browser(t
     assert drawn["type"] == "heatmap"
     # set after step 5's backward: from the forward of step 6 on the channel's gradient is zero
     assert ["channel-3", 6] in drawn["shapes"] and ["finding-step", 6] in drawn["shapes"]
+
+
+def test_the_panel_and_the_command_line_give_the_same_findings(tmp_path):
+    """One source of truth: the overview's panel lists exactly what `tview diagnose --json` says, in its order."""
+    pytest.importorskip("torch")
+    import json
+    import subprocess
+
+    from dash import dcc
+
+    import tview
+    from app.pages.evidence import finding_of
+    from tests.conftest import PY, REPO, python_env
+    from tests.test_diagnose import _close, _record
+
+    def nudge(rank, step, model):
+        if rank == 1 and step == 3:
+            model.fc.weight.data[0, 0] += 1e-2
+    out, recs = _record(tmp_path, steps=8, fault=nudge)
+    _close(recs)
+    cli = subprocess.run([PY, "-m", "tview.cli", "diagnose", out, "--json"], capture_output=True, text=True,
+                         cwd=REPO, env=python_env(), timeout=120)
+    listed = [(f["kind"], f["rank"], f["layer"], f["step"]) for f in json.loads(cli.stdout)]
+    with tview.open_run(out) as run:
+        items = panel.diagnosis_panel("exp", run).children[1].children
+    links = [next(c for c in item.children if isinstance(c, dcc.Link)).href for item in items]
+    shown = [(f.kind, f.rank, f.layer, f.step) for f in (finding_of("?" + h.split("?", 1)[1]) for h in links)]
+    assert listed and shown == listed
