@@ -108,7 +108,7 @@ SCENARIOS = [
     Scenario("momentum-blowup", steps=140, fault=_f("momentum_scale", 100), expected=("update_ratio_jump", None, None),
              extra={"scale": 1000.0}),
     # ranks
-    Scenario("straggler-after-step", fault=_f("sleep_after", 100, 1), expected=("slow_rank", 1, None)),
+    Scenario("straggler-after-step", fault=_f("sleep_after", 90, 1), expected=("slow_rank", 1, None)),
     Scenario("straggler-data-rank0", model="resnet", ranks=3, steps=100, fault=_f("sleep_data", 60, 0),
              expected=("slow_rank", 0, None)),
     Scenario("straggler-forward-last", model="plain", ranks=4, steps=90, fault=_f("sleep_forward", 50, 3,

@@ -31,16 +31,16 @@ SLOW_MIN_SECONDS = 1e-3   # ... and by at least this much
 LAG_FRACTION = 0.05       # a rank whose last step is behind the furthest by more than this share
 SMOOTH = 19               # records in the centered rolling share of outlying losses and times
 DIVERGE_STAY = 0.1        # a diverging rank stays so over at least the last tenth of the records
-SLOW_STAY = 0.25          # a slow rank stays slow over at least the last quarter of the records
+SLOW_STAY = 0.15          # a slow rank stays slow over at least the last 15% of the records
 
 
 def _outlier_onsets(values: np.ndarray, factor: float, gap: float, stay: float) -> dict[int, int]:
     """{row: column where it starts} for the rows of [ranks, steps] that are above factor x the lower median row
     and by more than `gap` on most steps (a centered rolling share >= 0.7) to the end, over at least the last
     `stay` share of the columns; the start is where the row's log ratio to the lower median shifts up most
-    clearly (within two smoothing windows before that stretch and the stretch itself), moved on to the first
-    outlying record from there (an odd high value just before the change, below the factor or the gap, does not
-    date it)."""
+    clearly (within two smoothing windows before that stretch and the stretch itself; or where its flags turn,
+    when they are mostly up for a whole window before that shift), moved on to the first outlying record from
+    there (an odd high value just before the change, below the factor or the gap, does not date it)."""
     ref = detect.lower_median(values)
     with np.errstate(invalid="ignore", divide="ignore"):
         flags = (values > factor * ref) & (values - ref > gap)
@@ -52,6 +52,8 @@ def _outlier_onsets(values: np.ndarray, factor: float, gap: float, stay: float) 
         if start is not None:
             lo = max(1, start - 2 * SMOOTH)
             shift = lo - 1 + detect.mean_shift(log_ratio[k, lo - 1:], 1, len(values[k]) - lo - least // 2)
+            if shift - start >= SMOOTH and flags[k, start:shift].mean() >= 0.7:
+                shift = start  # a level that rose twice: outlying for a whole window before the largest shift
             first = np.flatnonzero(flags[k, shift:shift + SMOOTH])
             out[k] = shift + int(first[0]) if len(first) else shift
     return out
