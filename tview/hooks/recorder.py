@@ -32,6 +32,7 @@ from tview.hooks.layers import (
     refuse_unsupported,
     unwrap,
 )
+from tview.hooks.origin import load_origin, origin_path, save_origin, weights_set_to
 from tview.hooks.params import ParamContext, ParamStep
 from tview.hooks.probes import EVERY, registered_probes
 from tview.hooks.rows import RowBuilder
@@ -109,6 +110,7 @@ class Recorder:
         self.shard_path = os.path.join(self.run_dir, schema.shard_name(self.rank))
         self._prepare_folder(mode)
         self._step = self._first_step(mode, start_step)
+        self._mode = mode
         self._seed = seed
         self._set_up_probes()
         self._set_up_hooks(probe_batch, probe_layers)
@@ -155,11 +157,27 @@ class Recorder:
             self.preset, [self.layer_names[i] for i in ids], self.world_size > 1, self.trajectory_dims, self._seed)
         if self.pctx is None:
             self.param_probes = []
-        for probe in self.param_probes:
-            probe.setup(self.pctx)
+        self._set_up_param_probes()
         self.rows = RowBuilder(self.layer_names, ids, self.pctx)
         self._act_by_mode = {OFF: (), SENTINELS: tuple(p for p in self.act_probes if p.cadence == EVERY),
                              DETAIL_STEP: tuple(self.act_probes)}
+
+    def _set_up_param_probes(self):
+        """Each parameter probe's setup; init_distance's against the weights the run started from (kept beside
+        the shard when the run began, read back on resume)."""
+        origin = None
+        if any(isinstance(p, par.InitDistance) for p in self.param_probes):
+            path = origin_path(self.run_dir, self.rank)
+            if self._mode == "resume" and os.path.exists(path):
+                origin = load_origin(path, self.pctx.params)
+            elif self._mode != "resume" or not os.path.exists(self.shard_path):
+                save_origin(path, self.pctx.params)
+        for probe in self.param_probes:
+            if origin is not None and isinstance(probe, par.InitDistance):
+                with weights_set_to(self.pctx.params, origin):
+                    probe.setup(self.pctx)
+            else:
+                probe.setup(self.pctx)
 
     def _refresh_params(self):
         """FSDP2 (fully_shard after the Recorder was made) puts new parameter objects in the layers: follow them."""
