@@ -27,6 +27,8 @@ def save_origin(path: str, params: list[torch.Tensor]) -> None:
         np.savez(tmp, **arrays)
         os.replace(tmp, path)
     except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)  # a full disk leaves no partial file behind
         warnings.warn(f"tview: could not keep the initial weights in {path} ({exc}); a resumed run will measure "
                       f"init_distance from the weights it resumes with", RuntimeWarning, stacklevel=3)
 
