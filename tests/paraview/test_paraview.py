@@ -275,7 +275,8 @@ def test_mpi_processes_reduce_only_their_own_ranks_to_numpys_mean_and_spread(rag
     by_mode = {}
     for mode, code in (("mean", 2), ("spread", 3)):
         got, out = probe({"file": f"{ragged}/run.tview", "time": step,
-                          "properties": {"RankMode": code, "RankFields": mode == "mean", "Statistics": names}}, mpi=2)
+                          "properties": {"RankMode": code, "Statistics": names,
+                                         "Blocks": ["network", "fields"] + ["rank_fields"] * (mode == "mean")}}, mpi=2)
         per = got["data"]["blocks"]
         assert per["0"]["ranks_read"] == [0, 2, 4] and per["1"]["ranks_read"] == [1, 3], out[-2000:]
         blocks = per["0"]["blocks"]

@@ -14,10 +14,8 @@ from tview.errors import TviewError
 from tview.render.analysis import similarity_layout
 from tview.render.layout import network_positions, tile, tile_gaps, tile_origins
 from tview.render.summaries import channel_values_at
+from tview.render.views import RANK_MODES, REDUCED  # noqa: F401 (scene.RANK_MODES: the names in one place)
 from tview.store.reader import Run
-
-RANK_MODES = ("one", "all", "mean", "spread", "std")  # one rank; each rank a block; mean, max-min, std across ranks
-REDUCED = ("mean", "spread", "std")  # the modes that reduce across ranks
 
 
 @dataclass
