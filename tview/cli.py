@@ -157,6 +157,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("paraview", help="open a run in the ParaView GUI: four linked views of it, one time slider")
     p.add_argument("run", nargs="?")
     p.add_argument("--plugin-path", action="store_true", help="print the plugin folder (for Tools > Manage Plugins)")
+    p.add_argument("paraview_args", nargs="*", help="after --: more options for paraview itself")
     p.add_argument("--plain", action="store_true", help="open the run in the reader alone, not in tview's four linked "
                                                         "views (network, field, filters, trajectory)")
     from tview.render.paraview_launch import add_render_arguments

@@ -14,7 +14,7 @@ sys.path.insert(0, HERE)
 import tview_views as tv  # noqa: E402
 
 manifest = os.environ["TVIEW_RUN"]
-reader = tv.open_run(manifest)
+reader = tv.open_run(manifest, **tv.blocks_for(tv.LAYOUT))
 steps = tv.steps_of(reader)
 if steps:
     scene = pv.GetAnimationScene()

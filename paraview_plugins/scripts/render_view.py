@@ -63,6 +63,7 @@ def process_count():
 def build(a, manifest, reader, size):
     """The view (or layout) asked for; returns (what to screenshot, views, label texts)."""
     if a.view == "layout":
+        tv.read_blocks(reader, tv.LAYOUT, a.array)
         lay, views, labels = tv.layout(reader, manifest, size, a.array, a.layer)
         return lay, views, labels
     tv.read_blocks(reader, [a.view], a.array)  # only the block shown, only the statistics shown are read

@@ -21,11 +21,10 @@ BLOCK_OF = {"network": "network", "trajectory": "trajectories", "filters": "filt
             "field": "fields", "rank_field": "rank_fields"}
 
 
-def open_run(manifest, rank=0, example=0):
-    """A tview Run Reader on the run (its time steps published)."""
-    reader = pv.tviewRunReader(FileName=manifest)
-    reader.Rank = rank
-    reader.ProbeExample = example
+def open_run(manifest, rank=0, example=0, **properties):
+    """A tview Run Reader on the run (its time steps published). Properties given here are set before the reader
+    joins the pipeline: in the GUI it then starts applied (no Apply button lit)."""
+    reader = pv.tviewRunReader(FileName=manifest, Rank=rank, ProbeExample=example, **properties)
     reader.UpdatePipelineInformation()
     return reader
 
@@ -40,14 +39,22 @@ def available(reader, prop):
     return list(info[::2]) if info else []
 
 
-def read_blocks(reader, views, array=None):
-    """Have the reader build only the blocks (and read only the statistics) the views show."""
-    reader.Blocks = sorted({BLOCK_OF[name] for name in views})
+def blocks_for(views, array=None, statistics=()):
+    """The reader's Blocks and Statistics for `views`: only the blocks they show, only the statistics they colour
+    by (`statistics`: those the run has, for a rank field's default)."""
     stats = [array] if array else []
     stats += [DEFAULT_ARRAY[name] for name in views if name in ("network", "field") and not array]
     if "rank_field" in views and not array:
-        stats.append(rank_field_array(available(reader, "Statistics")))
-    reader.Statistics = sorted(set(stats))
+        stats.append(rank_field_array(list(statistics)))
+    if "network" in views and array and "field" in views:  # the layout: the network keeps its own colouring
+        stats.append(DEFAULT_ARRAY["network"])
+    return {"Blocks": sorted({BLOCK_OF[name] for name in views}), "Statistics": sorted(set(stats))}
+
+
+def read_blocks(reader, views, array=None):
+    """Have the reader build only the blocks (and read only the statistics) the views show."""
+    for name, value in blocks_for(views, array, available(reader, "Statistics")).items():
+        setattr(reader, name, value)
     reader.UpdatePipelineInformation()
 
 
@@ -446,10 +453,8 @@ def _layout_of_four():
 
 
 def layout(reader, manifest, size, array=None, filter_layer=None):
-    """Network, layer x step field, filters and trajectories in one layout of four linked views (one time)."""
-    read_blocks(reader, LAYOUT, None)
-    if array:
-        reader.Statistics = sorted({DEFAULT_ARRAY["network"], array})
+    """Network, layer x step field, filters and trajectories in one layout of four linked views (one time), on a
+    reader set up with blocks_for(LAYOUT, array)."""
     lay, first = _layout_of_four()
     half = [size[0] // 2, size[1] // 2]
     views, labels = [], []

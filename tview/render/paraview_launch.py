@@ -347,4 +347,6 @@ def paraview_command_line(a) -> int:
     env = paraview_env(a.run)
     if not env.get("DISPLAY"):
         raise TviewError("the ParaView GUI needs a screen (no DISPLAY); use `tview render` without one")
-    return subprocess.call(paraview_command(a.run, a.plain), env=env)
+    extra = list(getattr(a, "paraview_args", None) or [])
+    extra = extra[1:] if extra[:1] == ["--"] else extra
+    return subprocess.call(paraview_command(a.run, a.plain) + extra, env=env)

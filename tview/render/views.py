@@ -8,9 +8,11 @@ RANK_MODES = ("one", "all", "mean", "spread", "std")  # one rank; each rank a bl
 REDUCED = ("mean", "spread", "std")  # the modes that reduce across ranks
 DEFAULT_ARRAY = {"network": "act_channel_zero_frac", "trajectory": "log_step", "filters": "weight",
                  "feature_maps": "activation", "field": "grad_norm"}
-RANK_FIELD_ARRAYS = ("local_grad_norm", "busy_time")  # per-rank statistics first: grad_norm is the same on every rank
+# a rank x step field's statistic when none is named: one measured on each rank before DDP's all-reduce, which
+# differs between ranks (grad_norm is the same on every rank of a DDP run), else grad_norm (a run without DDP)
+RANK_FIELD_ARRAYS = ("local_grad_norm", "grad_norm")
 
 
 def rank_field_array(available: list[str]) -> str:
-    """The statistic a rank x step field shows when none is named: one that differs between ranks."""
-    return next((name for name in RANK_FIELD_ARRAYS if name in available), available[0] if available else "grad_norm")
+    """The statistic a rank x step field shows when none is named (of the `available` ones)."""
+    return next((name for name in RANK_FIELD_ARRAYS if name in available), RANK_FIELD_ARRAYS[-1])
