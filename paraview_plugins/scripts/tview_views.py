@@ -119,10 +119,16 @@ def draw_labels(view, labels, size=13, justification="Center", backed=False):
 def spaced(labels, axis, pixels_per_unit, gap):
     """The labels, thinned along x (axis 0) or y (axis 1) so that neighbours are at least `gap(text)` pixels
     apart: labels never overlap, whatever the view's size."""
+    lines = {}  # labels on one line (the same other coordinate) are thinned together
+    for text, xyz in labels:
+        lines.setdefault(round(xyz[1 - axis], 6), []).append((text, xyz))
     kept = []
-    for text, xyz in sorted(labels, key=lambda lab: lab[1][axis]):
-        if not kept or (xyz[axis] - kept[-1][1][axis]) * pixels_per_unit >= gap(kept[-1][0]):
-            kept.append((text, xyz))
+    for line in lines.values():
+        last = None
+        for text, xyz in sorted(line, key=lambda lab: lab[1][axis]):
+            if last is None or (xyz[axis] - last[1][axis]) * pixels_per_unit >= gap(last[0]):
+                kept.append((text, xyz))
+                last = (text, xyz)
     return kept
 
 
@@ -288,7 +294,6 @@ def network(reader, view, array, layer=None, size=None):
     view.CameraFocalPoint = [0, 0, 12]
     view.CameraViewUp = [0, 0, 1]
     view.ResetCamera()
-    pv.GetActiveCamera().Dolly(1.15)
     caption(view, part, f"network: {array}" + (f" (size: {size})" if size else "") + "\n{run} · {ranks} · step {step}")
     return labels
 
