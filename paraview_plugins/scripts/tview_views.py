@@ -307,15 +307,17 @@ def _nice_steps(high):
     return out
 
 
-def _away_from_centre(labels, data_bounds, push=0.08):
-    """Each label moved outwards from the middle of the data: a path's name beside its end, not on the paths."""
+def _away_from_centre(labels, data_bounds, push=0.05):
+    """Each label moved outwards in x and y from the middle of the data and in front of it: a path's name beside
+    its end, drawn over the paths (the camera looks down z)."""
     centre = [(data_bounds[2 * k] + data_bounds[2 * k + 1]) / 2 for k in range(3)]
     size = max(data_bounds[2 * k + 1] - data_bounds[2 * k] for k in range(3)) or 1.0
     out = []
     for text, xyz in labels:
         d = [xyz[k] - centre[k] for k in range(3)]
         norm = math.sqrt(sum(v * v for v in d)) or 1.0
-        out.append((text, tuple(xyz[k] + push * size * d[k] / norm for k in range(3))))
+        moved = [xyz[k] + push * size * d[k] / norm for k in range(2)]
+        out.append((text, (moved[0], moved[1], data_bounds[5])))  # as near the camera (on +z) as any path
     return out
 
 
