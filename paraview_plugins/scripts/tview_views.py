@@ -307,7 +307,7 @@ def _nice_steps(high):
     return out
 
 
-def _away_from_centre(labels, data_bounds, push=0.05):
+def _away_from_centre(labels, data_bounds, push=0.08):
     """Each label moved outwards in x and y from the middle of the data and in front of it: a path's name beside
     its end, drawn over the paths (the camera looks down z)."""
     centre = [(data_bounds[2 * k] + data_bounds[2 * k + 1]) / 2 for k in range(3)]

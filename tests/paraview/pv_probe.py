@@ -73,6 +73,11 @@ def main():
     if args.get("fetch", True) and steps:
         reader.UpdatePipeline(time)
         result["data"] = describe(sm.Fetch(reader))
+    if args.get("caption") and steps:  # {"block": "/Root/filters/conv2", "template": "..."}
+        part = pv.ExtractBlock(Input=reader, Selectors=[args["caption"]["block"]])
+        text = pv.tviewCaption(Input=part, Template=args["caption"]["template"])
+        text.UpdatePipeline(time)
+        result["caption"] = sm.Fetch(text).GetColumnByName("Text").GetValue(0)
     if args.get("similarity") and steps:
         sim = pv.tviewFilterSimilarityGroups(Input=reader, Layer=args["similarity"]["layer"],
                                              Threshold=args["similarity"]["threshold"])

@@ -92,6 +92,17 @@ def test_reader_lists_steps_layers_and_arrays_equal_to_open_run(demo):
     assert blocks["network"]["labels"][0] == "conv1 (6)"
 
 
+def test_a_caption_names_the_step_of_the_snapshot_shown_not_the_time(demo):
+    run = tview.open_run(demo)
+    snaps, steps = run.snapshot_steps(1), scene.time_steps(run)
+    time_ = float(steps[steps > snaps[-2]][0])  # just after the last snapshot but one: that snapshot is shown
+    template = "{layer} · {run} · {ranks} · step {step}"
+    got, out = probe({"file": f"{demo}/run.tview", "properties": {"Rank": 1}, "time": time_, "fetch": False,
+                      "caption": {"block": "/Root/filters/conv2", "template": template}})
+    assert got["caption"] == f"conv2 · demo · rank 1 · step {snaps[-2]}", out[-2000:]
+    assert time_ != snaps[-2]
+
+
 def cells(block, grid):
     """A reader block holds the Grid as cell data: its values (row 0 at the top), hidden cells as ghosts."""
     rows, cols = grid.values.shape
