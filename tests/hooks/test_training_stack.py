@@ -201,6 +201,25 @@ def test_lr_is_the_one_the_step_used_and_a_refused_scalar_leaves_the_count_right
     assert rec.current_step == 4
 
 
+def test_lr_is_recorded_without_an_optimizer_given(tmp_path):
+    """No optimizer= : the optimizers seen stepping the model's parameters give lr (global optimizer hooks)."""
+    torch.manual_seed(0)
+    model, (x, y) = TinyCNN(), make_data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    other = torch.optim.SGD([nn.Parameter(torch.zeros(3))], lr=7.0)  # not the model's: ignored
+    with tview.Recorder(model, str(tmp_path / "r"), every=1) as rec:
+        for step in range(3):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.param_groups[0]["lr"] = 0.5 * (step + 1)
+            opt.step()
+            other.step()
+            rec.step()
+    run = tview.open_run(str(tmp_path / "r"))
+    assert list(run.scalar("lr")[1]) == [0.5, 1.0, 1.5] and "lr/1" not in run.scalar_names()
+    assert len(run.scalar("after_step_time")[0]) == 3
+
+
 def test_fsdp1_is_refused_up_front(tmp_path):
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
     # FSDP1 cannot be made without a GPU: a real FSDP1 object around a real model, made without its __init__

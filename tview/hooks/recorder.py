@@ -31,6 +31,7 @@ from tview.hooks.layers import (
     recorded_layers,
     refuse_unsupported,
     unwrap,
+    wrapper_chain,
 )
 from tview.hooks.origin import load_origin, origin_path, save_origin, weights_set_to
 from tview.hooks.params import ParamContext, ParamStep
@@ -39,7 +40,7 @@ from tview.hooks.rows import RowBuilder
 from tview.hooks.scalars import ScalarNames, host_rss_bytes, scalar_value
 from tview.hooks.schedules import Preset, as_schedule, get_preset
 from tview.hooks.snapshots import ProbeBatch, is_sharded, snapshot
-from tview.hooks.timing import LocalGrads, StepClock, as_optimizers, lr_names, to_device
+from tview.hooks.timing import LocalGrads, StepClock, as_optimizers, lr_names, lr_names_of, to_device
 from tview.hooks.transfer import HostTransfer
 from tview.store import schema
 from tview.store.background import BackgroundWriter
@@ -202,6 +203,7 @@ class Recorder:
             self._recompile_if_compiled()
         self.clock = StepClock(self.optimizers, [p for ps in self._layer_params() for p in ps])
         self._set_up_local_grads()
+        self._set_up_forward_wait()
 
     def _recompile_if_compiled(self):
         """A compiled model that already ran ignores hooks added since (dynamo skips hook guards): drop
@@ -230,6 +232,26 @@ class Recorder:
         for k, p in enumerate(self.pctx.params):
             if p.requires_grad:
                 self._hooks.append(p.register_hook(self._make_grad_hook(k)))
+
+    def _set_up_forward_wait(self):
+        """Under DDP, the time from entering the DDP wrapper to entering the model inside it: the wait in DDP's
+        broadcast of buffers (BatchNorm statistics) for the slowest rank, which counts as wait, not work. Only
+        where the wrapper runs eagerly (not inside a compiled region, where timing would break the graph)."""
+        self._t_ddp_enter, self._forward_wait = None, 0.0
+        chain = wrapper_chain(self.outer)
+        ddp = next((i for i, m in enumerate(chain) if isinstance(m, nn.parallel.DistributedDataParallel)), None)
+        if ddp is None or any(is_compiled(m) for m in chain[:ddp]):
+            return
+        self._hooks += [chain[ddp].register_forward_pre_hook(self._enter_ddp),
+                        chain[ddp + 1].register_forward_pre_hook(self._enter_model)]
+
+    def _enter_ddp(self, module, inputs):
+        self._t_ddp_enter = time.perf_counter()
+
+    def _enter_model(self, module, inputs):
+        if self._t_ddp_enter is not None:
+            self._forward_wait += time.perf_counter() - self._t_ddp_enter
+            self._t_ddp_enter = None
 
     def _prepare_folder(self, mode: str):
         if os.path.exists(self.run_dir) and not os.path.isdir(self.run_dir):
@@ -363,6 +385,7 @@ class Recorder:
             if self.local_grads is not None:
                 self.local_grads.parts = []
             self._param_local = {}
+            self._forward_wait = 0.0
             self._step += 1
             self._t_prev = now
             self._schedule()
@@ -389,7 +412,8 @@ class Recorder:
                 "examples_per_sec": examples / step_time if step_time > 0 else float("nan"),
                 "host_rss_bytes": host_rss_bytes()}
         host.update(self._timeline(now))
-        for name, lr in zip(lr_names(self.optimizers), self.clock.current_lrs()):
+        lrs = self.clock.current_lrs()
+        for name, lr in zip(lr_names_of(len(lrs)), lrs):
             user[name] = lr.detach().reshape(1) if isinstance(lr, torch.Tensor) else float(lr)
         if self.pctx is not None and self.pctx.device.type == "cuda":
             host["cuda_allocated_bytes"] = float(torch.cuda.memory_allocated(self.pctx.device))
@@ -400,14 +424,15 @@ class Recorder:
     def _timeline(self, now: float) -> dict:
         """busy_time: this rank's own forward and backward (to its last local gradient), without the wait
         for the others that makes every rank's step_time equal under DDP; wait_time: from there to the start
-        of optimizer.step() (its wait in the all-reduce); after_step_time: from the end of optimizer.step()
+        of optimizer.step() (its wait in the all-reduce), plus its wait in DDP's broadcast of buffers at the
+        forward's start; after_step_time: from the end of optimizer.step()
         to step() (logging, checkpoints, evaluation after the step)."""
         out = {}
         t_grad = self.local_grads.t_last if self.local_grads is not None else self._t_last_grad
         if t_grad is not None and t_grad > self._t_prev:
-            out["busy_time"] = t_grad - self._t_prev
+            out["busy_time"] = t_grad - self._t_prev - self._forward_wait
             if self.clock.t_opt_start is not None and self.clock.t_opt_start >= t_grad:
-                out["wait_time"] = self.clock.t_opt_start - t_grad
+                out["wait_time"] = self.clock.t_opt_start - t_grad + self._forward_wait
         if self.clock.t_opt_end is not None and self.clock.t_opt_end > self._t_prev:
             out["after_step_time"] = now - self.clock.t_opt_end
         return out

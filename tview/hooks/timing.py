@@ -31,7 +31,10 @@ def as_optimizers(optimizer) -> list:
 
 def lr_names(optimizers: list) -> list[str]:
     """'lr' for the first parameter group of the first optimizer, then 'lr/1', 'lr/2', ... in order."""
-    n = sum(len(o.param_groups) for o in optimizers)
+    return lr_names_of(sum(len(o.param_groups) for o in optimizers))
+
+
+def lr_names_of(n: int) -> list[str]:
     return ["lr" if i == 0 else f"lr/{i}" for i in range(n)]
 
 
@@ -46,6 +49,8 @@ class StepClock:
         self.t_opt_start: float | None = None
         self.t_opt_end: float | None = None
         self._param_ids = {id(p) for p in params}
+        self._seen: list = []
+        self._seen_lrs: list = []
         if optimizers:
             self.handles = [h for o in optimizers for h in (o.register_step_pre_hook(self._pre),
                                                              o.register_step_post_hook(self._post))]
@@ -60,6 +65,9 @@ class StepClock:
     def _pre_any(self, opt, args, kwargs):
         if self._ours(opt):
             self._pre(opt, args, kwargs)
+            if all(o is not opt for o in self._seen):  # no optimizer given: the ones seen stepping, in order
+                self._seen.append(opt)
+                self._seen_lrs += [g.get("lr", float("nan")) for g in opt.param_groups]
 
     def _post_any(self, opt, args, kwargs):
         if self._ours(opt):
@@ -77,9 +85,13 @@ class StepClock:
     def reset(self) -> None:
         self.t_opt_start = self.t_opt_end = None
         self.lrs = None
+        self._seen, self._seen_lrs = [], []
 
     def current_lrs(self) -> list:
-        """The learning rates the step used (read at its optimizer's pre-hook), else the current ones."""
+        """The learning rates the step used (read at its optimizer's pre-hook), else the current ones; with no
+        optimizer given, those of the optimizers seen stepping the model's parameters this step."""
+        if not self.optimizers:
+            return list(self._seen_lrs)
         if self.lrs is not None:
             return self.lrs
         return [g.get("lr", float("nan")) for o in self.optimizers for g in o.param_groups]
