@@ -36,7 +36,7 @@ layout = html.Div([
     ], className="tv-controls"),
     html.Div([
         html.Button("play", id="filters-play", n_clicks=0, className="tv-button tv-play"),
-        html.Div([html.Label("snapshot at step", className="tv-label"),
+        html.Div([html.Label("snapshot at step", id="filters-step-label", className="tv-label"),
                   dcc.Slider(id="filters-step", min=0, max=0, step=None, value=0, marks={0: "0"})],
                  className="tv-slider"),
     ], className="tv-player"),
@@ -63,7 +63,7 @@ def choices(runs, focus, flayer, mlayer, rank):
 
 
 @callback(Output("filters-step", "min"), Output("filters-step", "max"), Output("filters-step", "marks"),
-          Output("filters-step", "value"),
+          Output("filters-step", "value"), Output("filters-step-label", "children"),
           Input("filters-rank", "value"), Input("refresh", "data"), Input("filters-tick", "n_intervals"),
           State("runs", "value"), State("filters-step", "value"), State("filters-step", "max"))
 def steps(rank, _, tick, runs, value, old_last):
@@ -73,12 +73,13 @@ def steps(rank, _, tick, runs, value, old_last):
     except Exception:
         steps = []
     if not steps:
-        return 0, 0, {0: "0"}, 0
+        return 0, 0, {0: "0"}, 0, "no snapshot yet"
     if ctx.triggered_id == "filters-tick":
         value = next_snapshot(steps, value)
     elif value is None or value not in steps or value >= (old_last or 0):
         value = steps[-1]  # at the end (or new): follow the newest snapshot
-    return steps[0], steps[-1], snapshot_marks(steps), value
+    label = f"snapshot at step {value} ({steps.index(value) + 1} of {len(steps)})"
+    return steps[0], steps[-1], snapshot_marks(steps), value, label
 
 
 @callback(Output("filters-tick", "disabled"), Output("filters-play", "children"), Input("filters-play", "n_clicks"))

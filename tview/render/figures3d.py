@@ -89,6 +89,7 @@ def similarity_figure(coords: np.ndarray, groups: list[list[int]], title: str) -
     if alone:
         fig.add_trace(go.Scatter3d(x=coords[alone, 0], y=coords[alone, 1], z=coords[alone, 2],
                                    name=f"in no group ({len(alone)})", marker=dict(size=4, color="#9a9a9a"),
+                                   showlegend=True,
                                    text=[str(i) for i in alone], **point))
     for k, g in enumerate(groups):
         fig.add_trace(go.Scatter3d(x=coords[g, 0], y=coords[g, 1], z=coords[g, 2], name=f"group {k + 1} ({len(g)})",

@@ -28,12 +28,14 @@ def wrapped(title: str, width: int = TITLE_CHARS) -> list[str]:
 
 def title_layout(title: str, width: int = TITLE_CHARS) -> tuple[dict, int]:
     """(plotly title, top margin in px): the title left-aligned in a band of its own under the toolbar's row, so
-    that however long it is it never runs under the toolbar."""
+    that however long it is it never runs under the toolbar. plotly lifts a title of n lines by about (n - 1)
+    line heights from where its anchor says: the padding adds that back."""
     lines = wrapped(title, width)
     text = "<br>".join(lines)
+    lift = TITLE_LINE_PX * (len(lines) - 1)
     spec = dict(text=text, x=0, xref="container", xanchor="left", y=1, yref="container", yanchor="top",
-                pad=dict(l=12, t=TOOLBAR_PX + 2), font=dict(size=TITLE_FONT))
-    return spec, TOOLBAR_PX + TITLE_LINE_PX * len(lines) + 14
+                pad=dict(l=12, t=TOOLBAR_PX + 4 + lift), font=dict(size=TITLE_FONT))
+    return spec, TOOLBAR_PX + 4 + TITLE_LINE_PX * len(lines) + 12
 
 
 def spans_decades(values, decades: int = DECADES) -> bool:
