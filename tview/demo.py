@@ -12,6 +12,7 @@ EXAMPLES_PER_RANK = 300  # each rank trains on its own 300 digits: few enough th
 NOISE = 1.0              # std of the Gaussian noise added to every batch (inputs span [-1, 1])
 SHIFT = 2                # each batch moved by up to this many pixels each way
 WARMUP = 0.05            # of the steps: the learning rate rises linearly, then follows a cosine down to 0
+LR = 0.02                # the peak learning rate (SGD with momentum 0.9)
 FAULTS = {
     "nan": "rank 1 gets one NaN pixel in its input batch at the fault step (the NaN then spreads through DDP)",
     "straggler": "rank 1 sleeps 15 ms before each step from the fault step on (a slow data loader)",
@@ -88,7 +89,7 @@ class Fault:
 
 
 def train_rank(rank: int, world_size: int, out: str, steps: int, every: int, snapshot_every: int,
-               batch: int, port: int, mode: str = "new", lr: float = 0.01, fault: str | None = None) -> None:
+               batch: int, port: int, mode: str = "new", lr: float = LR, fault: str | None = None) -> None:
     """One rank of the demo (also runnable alone with world_size=1)."""
     import torch
     import torch.distributed as dist
@@ -149,7 +150,7 @@ def run_demo(out: str = "runs/demo", ranks: int = 2, steps: int = 1500, every: i
     Fault(fault, 0, 0)  # an unknown fault is refused here, not in every rank
     port = free_port()
     t0 = time.time()
-    args = (out, steps, every, snapshot_every, batch, port, mode, 0.01, fault)
+    args = (out, steps, every, snapshot_every, batch, port, mode, LR, fault)
     if ranks == 1:
         train_rank(0, 1, *args)
     else:

@@ -64,11 +64,11 @@ def test_every_page_loads_and_every_figure_has_data(server, page, tmp_path):
     text = card.inner_text()
     assert "2 of 2 rank(s) readable" in text and "LeNet5" in text
     assert text.count("closed") >= 2
-    # Health has one source, tview.diagnose, in its own panel under the card: the card lists none of its own; the
-    # clean demo run says so in one line (its LeNet's 10-20% dead fc units are below dead_units' quarter)
-    assert card.locator(".tv-health").count() == 0
-    panel = page.locator(".tv-diagnosis-panel").first
+    # Health has one source, tview.diagnose, in the run's own card (one card per run): the card's one health list
+    # is the diagnosis's; the clean demo run says so in one line
+    panel = card.locator(".tv-diagnosis-panel").first
     panel.wait_for(timeout=30_000)
+    assert card.locator(".tv-health").count() == 1 and card.locator(".diagnosis-card .tv-health").count() == 1
     assert "diagnosis" in panel.inner_text()
     assert [li.inner_text() for li in panel.locator("li").all()] == [CLEAN_MESSAGE]
     # Two ranks are two lines, not a band of two
