@@ -37,7 +37,7 @@ layout = html.Div([
     html.Div([
         control("similar filters of", dcc.Dropdown(id="sim-layer", clearable=False, style={"width": "180px"})),
         control("correlation threshold", html.Div(dcc.Slider(id="sim-threshold", min=0.5, max=0.99, step=0.01,
-                                                             value=0.85, marks={0.5: "0.5", 0.6: "0.6", 0.7: "0.7",
+                                                             value=0.9, marks={0.5: "0.5", 0.6: "0.6", 0.7: "0.7",
                                                                                0.8: "0.8", 0.9: "0.9"}),
                                                   style={"width": "320px"})),
     ], className="tv-controls"),
