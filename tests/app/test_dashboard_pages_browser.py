@@ -133,7 +133,12 @@ def test_layers_heatmap_has_a_row_only_where_the_statistic_is_measured(server, p
     assert rows == ["conv1", "conv2", "fc1", "fc2", "fc3"], rows  # ReLUs have no gradient of their own
 
 
-@pytest.mark.skipif(not os.environ.get("TVIEW_SCREENSHOTS"), reason="set TVIEW_SCREENSHOTS=DIR for the pictures")
-def test_screenshots_of_every_page(server):
-    from tview_app.screenshots import shoot
-    assert len(shoot(server, "demo", os.environ["TVIEW_SCREENSHOTS"])) == 6
+def test_screenshots_of_every_page_as_the_readme_takes_them(server, tmp_path):
+    from PIL import Image
+
+    from tview_app.screenshots import PAGES, shoot
+    written = shoot(server, "demo", str(tmp_path))
+    assert [os.path.basename(p) for p in written] == [f"dashboard-{name}.png" for name in PAGES]
+    for path in written:
+        width, height = Image.open(path).size
+        assert width == 1400 and height >= 1000, (path, width, height)  # the whole page in a 1400 x 1000 window
