@@ -25,7 +25,7 @@ def shoot(base_url: str, run_id: str, out_dir: str, pages=PAGES, settle_ms: int 
         page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
         for name, path in pages.items():
             page.goto(f"{base_url}{path}?runs={run_id}")
-            page.wait_for_function(DRAWN_JS, timeout=60_000)
+            page.wait_for_function(DRAWN_JS, timeout=120_000)
             page.wait_for_timeout(settle_ms)  # the figures read from every shard follow the first ones
             page.mouse.move(1, 1)  # no hover label or toolbar on the picture
             written.append(os.path.join(out_dir, f"dashboard-{name}.png"))

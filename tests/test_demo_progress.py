@@ -39,7 +39,7 @@ def test_an_unknown_fault_is_refused_before_any_rank_starts(tmp_path):
 @pytest.mark.parametrize("fault", ["nan", "straggler", "dead"])
 def test_each_fault_shows_in_the_recorded_run_from_its_step(tmp_path, fault):
     import tview
-    from tview.demo import FAULT_AT
+    from tview.demo import FAULT_AT, STRAGGLE_SECONDS
     steps = 40
     at = int(FAULT_AT * steps)
     path = str(tmp_path / fault)
@@ -49,11 +49,13 @@ def test_each_fault_shows_in_the_recorded_run_from_its_step(tmp_path, fault):
         loss = {r: dict(zip(*run.scalar("loss", r))) for r in (0, 1)}
         assert np.isnan(loss[1][at]) and np.isfinite(loss[0][at]) and np.isfinite(loss[1][at - 1])
         assert np.isnan(loss[0][at + 1]) and np.isnan(loss[1][steps - 1])
-    elif fault == "straggler":  # only rank 1's own busy time grows (DDP makes every rank's step time equal)
+    elif fault == "straggler":  # only rank 1's own busy time holds the sleep (DDP makes step times equal)
         busy = {r: run.scalar("busy_time", r) for r in (0, 1)}
-        after = {r: np.median(v[s > at]) for r, (s, v) in busy.items()}
-        before = {r: np.median(v[s < at]) for r, (s, v) in busy.items()}
-        assert after[1] > 1.5 * after[0] and after[1] > 1.5 * before[1]
+        # the sleep is a floor under rank 1's busy time from the fault on, whatever the machine's load; rank 0's
+        # (had it waited for rank 1) and rank 1's before the fault go below it (ratios of medians swing under load)
+        (s1, v1), (s0, v0) = busy[1], busy[0]
+        assert (v1[s1 > at] >= STRAGGLE_SECONDS).all()
+        assert v0[s0 > at].min() < STRAGGLE_SECONDS and v1[(s1 > 0) & (s1 < at)].min() < STRAGGLE_SECONDS
     else:  # relu3 outputs only zeros from the fault on, on every rank
         for rank in (0, 1):
             s, zero = run.stat("act_zero_frac", "relu3", rank)
