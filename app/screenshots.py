@@ -16,21 +16,27 @@ DRAWN_JS = """() => { const plots = [...document.querySelectorAll('.js-plotly-pl
          && !document.querySelector('[data-dash-is-loading="true"]'); }"""
 
 
-def shoot(base_url: str, run_id: str, out_dir: str, pages=PAGES, settle_ms: int = 2500) -> list[str]:
-    """Open each page of `run_id` in headless Chromium, wait until every graph drew, save a whole-page PNG."""
-    from playwright.sync_api import sync_playwright
-    written = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
-        page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-        for name, path in pages.items():
-            page.goto(f"{base_url}{path}?runs={run_id}")
-            page.wait_for_function(DRAWN_JS, timeout=120_000)
-            page.wait_for_timeout(settle_ms)  # the figures read from every shard follow the first ones
-            page.mouse.move(1, 1)  # no hover label or toolbar on the picture
-            written.append(os.path.join(out_dir, f"dashboard-{name}.png"))
-            page.screenshot(path=written[-1], full_page=True)
-        browser.close()
+def shoot(base_url: str, run_id: str, out_dir: str, pages=PAGES, settle_ms: int = 2500, browser=None) -> list[str]:
+    """Open each page of `run_id` in headless Chromium (a Playwright browser given, or one started here), wait
+    until every graph drew, save a whole-page PNG."""
+    if browser is None:
+        from playwright.sync_api import sync_playwright
+        with sync_playwright() as p:
+            started = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+            try:
+                return shoot(base_url, run_id, out_dir, pages, settle_ms, started)
+            finally:
+                started.close()
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page, written = context.new_page(), []
+    for name, path in pages.items():
+        page.goto(f"{base_url}{path}?runs={run_id}")
+        page.wait_for_function(DRAWN_JS, timeout=120_000)
+        page.wait_for_timeout(settle_ms)  # the figures read from every shard follow the first ones
+        page.mouse.move(1, 1)  # no hover label or toolbar on the picture
+        written.append(os.path.join(out_dir, f"dashboard-{name}.png"))
+        page.screenshot(path=written[-1], full_page=True)
+    context.close()
     return written
 
 

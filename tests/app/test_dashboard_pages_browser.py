@@ -133,11 +133,11 @@ def test_layers_heatmap_has_a_row_only_where_the_statistic_is_measured(server, p
     assert rows == ["conv1", "conv2", "fc1", "fc2", "fc3"], rows  # ReLUs have no gradient of their own
 
 
-def test_screenshots_of_every_page_as_the_readme_takes_them(server, tmp_path):
+def test_screenshots_of_every_page_as_the_readme_takes_them(server, browser, tmp_path):
     from PIL import Image
 
     from tview_app.screenshots import PAGES, shoot
-    written = shoot(server, "demo", str(tmp_path))
+    written = shoot(server, "demo", str(tmp_path), browser=browser)
     assert [os.path.basename(p) for p in written] == [f"dashboard-{name}.png" for name in PAGES]
     for path in written:
         width, height = Image.open(path).size
