@@ -13,7 +13,8 @@ PAGES = {"overview": "/", "scalars": "/scalars", "layers": "/layers", "ranks": "
          "3d": "/3d"}
 DRAWN_JS = """() => { const plots = [...document.querySelectorAll('.js-plotly-plot')];
   return plots.length > 0 && plots.every(p => p.data && p.data.length > 0)
-         && !document.querySelector('[data-dash-is-loading="true"]'); }"""
+         && !document.querySelector('[data-dash-is-loading="true"]')
+         && !document.body.innerText.includes('diagnosing ...'); }"""
 
 
 def shoot(base_url: str, run_id: str, out_dir: str, pages=PAGES, settle_ms: int = 2500, browser=None) -> list[str]:
