@@ -85,16 +85,37 @@ def test_a_compiled_model_records_activations_without_graph_breaks(tmp_path, war
     assert len(run.stat("act_mean", "conv2")[0]) == 1 and out.shape[1] == 6
 
 
-def test_resume_continues_the_training_step_count(tmp_path):
+def test_a_plain_model_trained_through_an_earlier_compiled_copy_is_said_and_recorded_from_the_next_step(tmp_path):
+    torch._dynamo.reset()
     torch.manual_seed(0)
     model, (x, y) = TinyCNN(), make_data()
+    compiled = torch.compile(model, backend="aot_eager")
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with tview.Recorder(model, str(tmp_path / "r"), every=10, optimizer=opt) as rec:
+    F.cross_entropy(compiled(x), y).backward()  # warm-up of the compiled model
+    with pytest.warns(RuntimeWarning, match="no activation statistics came from this step's forward pass"):
+        with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt) as rec:  # the plain model given
+            train(compiled, rec, 3, x, y, opt=opt)
+    steps, _ = tview.open_run(str(tmp_path / "r")).stat("act_zero_frac", "relu")
+    assert list(steps) == [1, 2]  # step 0's forward ran hook-free compiled code: said, not invented
+
+
+def test_resume_continues_the_training_step_count_and_the_init_distance_origin(tmp_path):
+    torch.manual_seed(0)
+    model, (x, y) = TinyCNN(), make_data()
+    w0 = model.conv2.weight.detach().clone()
+    b0 = model.conv2.bias.detach().clone()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with tview.Recorder(model, str(tmp_path / "r"), every=10, optimizer=opt, preset="full") as rec:
         train(model, rec, 45, x, y, opt=opt)  # training steps 0..44, recorded 0, 10, 20, 30, 40
-    with tview.Recorder(model, str(tmp_path / "r"), every=10, optimizer=opt, mode="resume") as rec:
+    with tview.Recorder(model, str(tmp_path / "r"), every=10, optimizer=opt, mode="resume", preset="full") as rec:
         assert rec.current_step == 45
-        train(model, rec, 20, x, y, opt=opt)  # steps 45..64: recorded 50, 60
-    assert list(tview.open_run(str(tmp_path / "r")).steps()) == [0, 10, 20, 30, 40, 50, 60]
+        train(model, rec, 16, x, y, opt=opt)  # steps 45..60: recorded 50, 60
+    run = tview.open_run(str(tmp_path / "r"))
+    assert list(run.steps()) == [0, 10, 20, 30, 40, 50, 60]
+    w, b = model.conv2.weight.detach(), model.conv2.bias.detach()
+    expected = float(torch.cat([(w - w0).reshape(-1), b - b0]).norm() / torch.cat([w0.reshape(-1), b0]).norm())
+    steps, dist = run.stat("init_distance", "conv2")
+    assert steps[-1] == 60 and dist[-1] == pytest.approx(expected, rel=1e-3)  # from the run's first weights
 
 
 def test_conv_transpose_channels_are_output_channels(tmp_path):

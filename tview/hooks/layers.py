@@ -38,30 +38,29 @@ def refuse_unsupported(model: nn.Module) -> None:
                           "which tview records (per-layer statistics combined across ranks), or DDP")
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The user's model inside DistributedDataParallel / DataParallel / torch.compile wrappers (any order)."""
+def wrapper_chain(model: nn.Module) -> list[nn.Module]:
+    """The model and each model inside it through DistributedDataParallel / DataParallel / torch.compile
+    wrappers (any order, any depth), outermost first: the last is the user's own model."""
     compiled = _compiled_type()
+    chain = [model]
     while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif compiled is not None and isinstance(model, compiled):
-            model = model._orig_mod
+        m = chain[-1]
+        if isinstance(m, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            chain.append(m.module)
+        elif compiled is not None and isinstance(m, compiled):
+            chain.append(m._orig_mod)
         else:
-            return model
+            return chain
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's model inside its wrappers."""
+    return wrapper_chain(model)[-1]
 
 
 def find_wrapper(model: nn.Module, kind: type) -> nn.Module | None:
-    """The first wrapper of this kind around the user's model (as unwrap() goes), or None."""
-    compiled = _compiled_type()
-    while True:
-        if isinstance(model, kind):
-            return model
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif compiled is not None and isinstance(model, compiled):
-            model = model._orig_mod
-        else:
-            return None
+    """The outermost wrapper of this kind around the user's model, or None."""
+    return next((m for m in wrapper_chain(model) if isinstance(m, kind)), None)
 
 
 def is_compiled(model: nn.Module) -> bool:

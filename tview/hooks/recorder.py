@@ -11,7 +11,6 @@ import atexit
 import json
 import math
 import os
-import re
 import time
 import warnings
 import weakref
@@ -33,9 +32,11 @@ from tview.hooks.layers import (
     refuse_unsupported,
     unwrap,
 )
+from tview.hooks.origin import load_origin, origin_path, save_origin, weights_set_to
 from tview.hooks.params import ParamContext, ParamStep
 from tview.hooks.probes import EVERY, registered_probes
 from tview.hooks.rows import RowBuilder
+from tview.hooks.scalars import ScalarNames, host_rss_bytes, scalar_value
 from tview.hooks.schedules import Preset, as_schedule, get_preset
 from tview.hooks.snapshots import ProbeBatch, is_sharded, snapshot
 from tview.hooks.timing import LocalGrads, StepClock, as_optimizers, lr_names, to_device
@@ -47,13 +48,7 @@ from tview.store.records import ShardLayout, StepRecord
 from tview.store.shard import refuse_existing_shard
 
 MODES = ("new", "resume", "overwrite")
-BUILTIN_SCALARS = ("step_time", "busy_time", "wait_time", "after_step_time", "examples", "examples_per_sec",
-                   "host_rss_bytes", "cuda_allocated_bytes", "cuda_max_allocated_bytes", "lr")
 OFF, SENTINELS, DETAIL_STEP = 0, 1, 2  # what the activation hooks compute on the current step
-
-
-def is_builtin_scalar(name: str) -> bool:
-    return name in BUILTIN_SCALARS or re.fullmatch(r"lr/\d+", name) is not None
 
 
 def preset_probes(preset: Preset, layer_names: list[str], distributed: bool, trajectory_dims: int,
@@ -66,21 +61,6 @@ def preset_probes(preset: Preset, layer_names: list[str], distributed: bool, tra
             [p for p in probes if isinstance(p, act.ActivationProbe)])
 
 
-_STATM = {"fd": None, "pid": None}
-
-
-def _host_rss_bytes() -> float:
-    """Resident memory of this process (Linux: /proc/self/statm, kept open; elsewhere: the peak)."""
-    try:
-        if _STATM["pid"] != os.getpid():  # opened by this process (a forked child reopens its own)
-            _STATM["fd"] = os.open("/proc/self/statm", os.O_RDONLY)
-            _STATM["page"], _STATM["pid"] = os.sysconf("SC_PAGE_SIZE"), os.getpid()
-        return float(os.pread(_STATM["fd"], 128, 0).split()[1]) * _STATM["page"]
-    except (OSError, ValueError, IndexError):
-        import resource
-        return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
 def _check_settings(mode, queue_size, flush_seconds, trajectory_dims):
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
@@ -91,21 +71,6 @@ def _check_settings(mode, queue_size, flush_seconds, trajectory_dims):
         raise ConfigError(f"flush_seconds must be a positive number of seconds up to 3600, got {flush_seconds!r}")
     if isinstance(trajectory_dims, bool) or not isinstance(trajectory_dims, int) or not 1 <= trajectory_dims <= 64:
         raise ConfigError(f"trajectory_dims must be an integer from 1 to 64, got {trajectory_dims!r}")
-
-
-def _scalar_value(name: str, value):
-    """A scalar as a float, or a one-element tensor left on its device; anything else is refused."""
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1 or value.is_complex():
-            raise ConfigError(f"step(): scalar {name!r} is a tensor of {value.numel()} {value.dtype} values; "
-                              f"pass one real number (e.g. {name}.mean())")
-        return value.detach().reshape(1)
-    if isinstance(value, complex) or np.iscomplexobj(value):
-        raise ConfigError(f"step(): scalar {name!r}={value!r} is complex; pass a real number")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"step(): scalar {name}={value!r} is not a number") from None
 
 
 class Recorder:
@@ -145,11 +110,12 @@ class Recorder:
         self.shard_path = os.path.join(self.run_dir, schema.shard_name(self.rank))
         self._prepare_folder(mode)
         self._step = self._first_step(mode, start_step)
+        self._mode = mode
         self._seed = seed
         self._set_up_probes()
         self._set_up_hooks(probe_batch, probe_layers)
         self.config = dict(config or {})
-        self._scalar_names: set[str] = set()
+        self._scalar_names = ScalarNames(len(lr_names(self.optimizers)))
         if self.rank == 0:
             try:
                 write_manifest(self.run_dir, self._manifest())
@@ -191,11 +157,27 @@ class Recorder:
             self.preset, [self.layer_names[i] for i in ids], self.world_size > 1, self.trajectory_dims, self._seed)
         if self.pctx is None:
             self.param_probes = []
-        for probe in self.param_probes:
-            probe.setup(self.pctx)
+        self._set_up_param_probes()
         self.rows = RowBuilder(self.layer_names, ids, self.pctx)
         self._act_by_mode = {OFF: (), SENTINELS: tuple(p for p in self.act_probes if p.cadence == EVERY),
                              DETAIL_STEP: tuple(self.act_probes)}
+
+    def _set_up_param_probes(self):
+        """Each parameter probe's setup; init_distance's against the weights the run started from (kept beside
+        the shard when the run began, read back on resume)."""
+        origin = None
+        if any(isinstance(p, par.InitDistance) for p in self.param_probes):
+            path = origin_path(self.run_dir, self.rank)
+            if self._mode == "resume" and os.path.exists(path):
+                origin = load_origin(path, self.pctx.params)
+            elif self._mode != "resume" or not os.path.exists(self.shard_path):
+                save_origin(path, self.pctx.params)
+        for probe in self.param_probes:
+            if origin is not None and isinstance(probe, par.InitDistance):
+                with weights_set_to(self.pctx.params, origin):
+                    probe.setup(self.pctx)
+            else:
+                probe.setup(self.pctx)
 
     def _refresh_params(self):
         """FSDP2 (fully_shard after the Recorder was made) puts new parameter objects in the layers: follow them."""
@@ -397,15 +379,15 @@ class Recorder:
         """(host scalars, one-element tensors still on the device), user values checked."""
         user = {}
         for name, value in ([("loss", loss)] if loss is not None else []) + list(scalars.items()):
-            self._check_scalar_name(name)
-            user[name] = _scalar_value(name, value)
+            self._scalar_names.check(name)
+            user[name] = scalar_value(name, value)
         step_time = now - self._t_prev
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, float))):
             raise ConfigError(f"step(): batch_size must be a number of examples, got {batch_size!r}")
         examples = batch_size if batch_size is not None else self._examples
         host = {"step_time": step_time, "examples": float(examples),
                 "examples_per_sec": examples / step_time if step_time > 0 else float("nan"),
-                "host_rss_bytes": _host_rss_bytes()}
+                "host_rss_bytes": host_rss_bytes()}
         host.update(self._timeline(now))
         for name, lr in zip(lr_names(self.optimizers), self.clock.current_lrs()):
             user[name] = lr.detach().reshape(1) if isinstance(lr, torch.Tensor) else float(lr)
@@ -430,21 +412,6 @@ class Recorder:
             out["after_step_time"] = now - self.clock.t_opt_end
         return out
 
-    def _check_scalar_name(self, name: str):
-        if name in self._scalar_names:
-            return
-        if is_builtin_scalar(name):
-            raise ConfigError(f"step(): scalar {name!r} is one tview records itself ({', '.join(BUILTIN_SCALARS)}, "
-                              f"lr/N); choose another name for yours")
-        if len(name.encode("utf-8")) > schema.SCALAR_NAME_LEN:
-            raise ConfigError(f"step(): scalar name {name[:40]!r}... is longer than {schema.SCALAR_NAME_LEN} "
-                              f"UTF-8 bytes; choose a shorter name")
-        builtin = len(BUILTIN_SCALARS) - 1 + len(lr_names(self.optimizers))
-        if len(self._scalar_names) + builtin >= schema.MAX_SCALARS:
-            raise ConfigError(f"step(): scalar {name!r} would exceed the {schema.MAX_SCALARS} scalars a shard holds "
-                              f"(already: {sorted(self._scalar_names)})")
-        self._scalar_names.add(name)
-
     def _record(self, now: float, loss, batch_size, scalars):
         host_scalars, device_scalars = self._scalars(now, loss, batch_size, scalars)  # a ConfigError is the user's
         try:
@@ -452,6 +419,8 @@ class Recorder:
             param = self._param_results()
             snap = self._snapshot_if_due()
             pending = self._pending_act
+            if not pending and self._act_probes_now:
+                self._hooks_silent()
             for index, channels, _ in pending:
                 if channels is not None:
                     self._channels.setdefault(index, int(channels))
@@ -466,6 +435,21 @@ class Recorder:
                                         "device_scalars": device_scalars, "param": param, "act": pending,
                                         "snapshot": snap, "transfer": transfer})
         self._recorded += 1
+
+    def _hooks_silent(self):
+        """A training step ran (gradients exist) but no forward hook fired: compiled code traced before tview's
+        hooks were installed runs without them (torch.compile of the model, called before the Recorder was
+        made, with the Recorder given the plain model). Said once; dynamo's code is dropped so the next call
+        traces the model with the hooks."""
+        if "hooks" in self._problems or self.pctx is None or all(p.grad is None for p in self.pctx.params):
+            return
+        self._problems.add("hooks")
+        warnings.warn("tview: no activation statistics came from this step's forward pass: the model runs compiled "
+                      "code traced before tview's hooks were installed (torch.compile called before the Recorder "
+                      "was made). tview drops torch.compile's cached code once so the next step traces the hooks; "
+                      "give the Recorder the compiled model, or make it before the first compiled call, to avoid "
+                      "the retrace", RuntimeWarning, stacklevel=4)
+        torch._dynamo.reset()
 
     def _param_results(self) -> list:
         """(probe, partial results) of each parameter probe due now; a probe that fails is said and dropped."""
