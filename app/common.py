@@ -14,6 +14,8 @@ from tview.render.figures import message_figure
 from .catalog import RunCatalog
 
 ALL_RANKS = "all"
+SCALE_OPTIONS = [{"label": " auto (log when values span decades)", "value": "auto"},  # a y axis or colour scale
+                 {"label": " linear", "value": "linear"}, {"label": " log", "value": "log"}]
 # On a callback that reads a run on each refresh: the poll timer stops while it runs, so a slow read on a big
 # run never has the next refresh queued behind it.
 HOLD_POLL = [(Output("poll", "disabled"), True, False)]

@@ -60,6 +60,7 @@ def info_text(path: str) -> str:
 
 
 RANK_ROWS = 16  # a larger run lists its ranks worth a look, worst first, and counts the others
+DEMO_OUT = "runs/demo"
 
 
 def _rank_state(s: dict) -> str:
@@ -135,13 +136,16 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="tview", description="See inside the training of CNNs, on every rank.")
     sub = ap.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="train a LeNet-5 on scikit-learn's digits across gloo ranks, recorded")
-    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--out", default=DEMO_OUT)
     d.add_argument("--ranks", type=int, default=2)
     d.add_argument("--steps", type=int, default=1500)
     d.add_argument("--every", type=int, default=2)
     d.add_argument("--snapshot-every", type=int, default=50)
     d.add_argument("--batch", type=int, default=32)
     d.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    d.add_argument("--fault", choices=["nan", "straggler", "dead"],
+                   help="inject one fault at 40%% of the steps (default --out: runs/demo-FAULT): nan: a NaN in rank "
+                        "1's input; straggler: rank 1 sleeps 15 ms a step; dead: fc1's bias pushed to -50 (relu3 dies)")
     sub.add_parser("info", help="summarize a run").add_argument("run")
     sub.add_parser("upgrade", help="convert a run written with store schema 1 to schema 2 (old shards kept)"
                    ).add_argument("run")
@@ -175,16 +179,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _demo(a) -> None:
-    from tview.demo import run_demo
+    from tview.demo import FAULTS, run_demo
     from tview.store import schema
     from tview.store.shard import refuse_existing_shard
     if a.ranks < 1 or a.steps < 1:
         raise TviewError("--ranks and --steps must be at least 1")
+    if a.fault in ("nan", "straggler") and a.ranks < 2:
+        raise TviewError(f"--fault {a.fault} happens on rank 1: it needs --ranks 2 or more")
+    if a.fault and a.out == DEMO_OUT:
+        a.out = f"{DEMO_OUT}-{a.fault}"
     if not a.overwrite:  # checked here: the ranks' own errors would arrive as tracebacks
         refuse_existing_shard(os.path.join(a.out, schema.shard_name(0)), "pass --overwrite or another --out")
-    print(f"training LeNet-5 on scikit-learn's digits: {a.ranks} rank(s), {a.steps} steps -> {a.out}")
+    fault = f", fault: {FAULTS[a.fault]}" if a.fault else ""
+    print(f"training LeNet-5 on noisy digits (scikit-learn's): {a.ranks} rank(s), {a.steps} steps -> {a.out}{fault}")
     seconds = run_demo(a.out, a.ranks, a.steps, a.every, a.snapshot_every, a.batch,
-                       mode="overwrite" if a.overwrite else "new")
+                       mode="overwrite" if a.overwrite else "new", fault=a.fault)
     print(f"done in {seconds:.1f} s\n")
     print(info_text(a.out))
     print(f"\nnext:\n  tview dashboard {os.path.dirname(os.path.abspath(a.out))}   "

@@ -1,11 +1,12 @@
-"""Filters: the conv filter grid of a layer at a chosen snapshot (slider, play), and the probe batch's feature maps."""
+"""Filters: a conv layer's filters at a chosen snapshot step (slider in steps, play), and the probe example's
+feature maps beside the probe input they come from."""
 
 from __future__ import annotations
 
-import numpy as np
 from dash import Input, Output, State, callback, ctx, dcc, html
 
-from tview.render import figures
+from tview.render import figures, image_grids
+from tview.render.snapshots import next_snapshot, snapshot_marks
 
 from ..common import (
     catalog,
@@ -13,7 +14,6 @@ from ..common import (
     figures_or_message,
     first_run,
     focused,
-    graph,
     keep_choice,
     open_first,
     options,
@@ -22,10 +22,9 @@ from ..common import (
 )
 
 
-def snapshot_marks(steps) -> dict:
-    n = len(steps)
-    picks = sorted(set(np.linspace(0, n - 1, min(n, 6)).astype(int))) if n else []
-    return {int(i): str(int(steps[i])) for i in picks}
+def fitted_graph(id_: str) -> dcc.Graph:
+    """A graph as tall as its figure says (image grids size themselves to their grid: no empty band)."""
+    return dcc.Graph(id=id_, config={"displaylogo": False}, style={"height": "auto"})
 
 
 layout = html.Div([
@@ -34,12 +33,17 @@ layout = html.Div([
         control("feature maps of", dcc.Dropdown(id="maps-layer", clearable=False, style={"width": "180px"})),
         control("probe example", dcc.Input(id="maps-example", type="number", min=0, value=0, style={"width": "80px"})),
         control("rank", dcc.Dropdown(id="filters-rank", clearable=False, style={"width": "120px"})),
-        html.Button("play", id="filters-play", n_clicks=0),
     ], className="tv-controls"),
-    html.Div([html.Label("snapshot step", className="tv-label"),
-              dcc.Slider(id="filters-step", min=0, max=0, step=1, value=0)], style={"maxWidth": "900px"}),
+    html.Div([
+        html.Button("play", id="filters-play", n_clicks=0, className="tv-button tv-play"),
+        html.Div([html.Label("snapshot at step", id="filters-step-label", className="tv-label"),
+                  dcc.Slider(id="filters-step", min=0, max=0, step=None, value=0, marks={0: "0"})],
+                 className="tv-slider"),
+    ], className="tv-player"),
     dcc.Interval(id="filters-tick", interval=700, disabled=True),
-    html.Div([graph("filters-grid", 560), graph("filters-maps", 560)], className="tv-row"),
+    fitted_graph("filters-grid"),
+    html.Div([html.Div(fitted_graph("filters-input"), className="tv-probe-input"),
+              html.Div(fitted_graph("filters-maps"), className="tv-maps")], className="tv-row tv-maps-row"),
 ])
 
 
@@ -58,20 +62,24 @@ def choices(runs, focus, flayer, mlayer, rank):
     return f, keep_choice(flayer, f), m, keep_choice(mlayer, m), r, rank_choice(rank, r, focused(focus, run))
 
 
-@callback(Output("filters-step", "max"), Output("filters-step", "marks"), Output("filters-step", "value"),
+@callback(Output("filters-step", "min"), Output("filters-step", "max"), Output("filters-step", "marks"),
+          Output("filters-step", "value"), Output("filters-step-label", "children"),
           Input("filters-rank", "value"), Input("refresh", "data"), Input("filters-tick", "n_intervals"),
           State("runs", "value"), State("filters-step", "value"), State("filters-step", "max"))
-def steps(rank, _, tick, runs, value, old_max):
+def steps(rank, _, tick, runs, value, old_last):
+    """The slider's values are the snapshot steps themselves (only they can be picked); play moves to the next."""
     try:
-        steps = catalog().get(first_run(runs)).snapshot_steps(int(rank)) if rank is not None else []
+        steps = [int(s) for s in catalog().get(first_run(runs)).snapshot_steps(int(rank))] if rank is not None else []
     except Exception:
         steps = []
-    last = max(len(steps) - 1, 0)
+    if not steps:
+        return 0, 0, {0: "0"}, 0, "no snapshot yet"
     if ctx.triggered_id == "filters-tick":
-        value = 0 if (value or 0) >= last else (value or 0) + 1
-    elif value is None or value >= (old_max or 0):
-        value = last  # at the end (or new): follow the newest snapshot
-    return last, snapshot_marks(steps), min(value, last)
+        value = next_snapshot(steps, value)
+    elif value is None or value not in steps or value >= (old_last or 0):
+        value = steps[-1]  # at the end (or new): follow the newest snapshot
+    label = f"snapshot at step {value} ({steps.index(value) + 1} of {len(steps)})"
+    return steps[0], steps[-1], snapshot_marks(steps), value, label
 
 
 @callback(Output("filters-tick", "disabled"), Output("filters-play", "children"), Input("filters-play", "n_clicks"))
@@ -80,31 +88,36 @@ def play(n):
     return not playing, "pause" if playing else "play"
 
 
-@callback(Output("filters-grid", "figure"), Output("filters-maps", "figure"), Input("filters-layer", "value"),
-          Input("maps-layer", "value"), Input("maps-example", "value"), Input("filters-rank", "value"),
-          Input("filters-step", "value"), State("runs", "value"))
-@figures_or_message(2)
-def show(flayer, mlayer, example, rank, index, runs):
+@callback(Output("filters-grid", "figure"), Output("filters-input", "figure"), Output("filters-maps", "figure"),
+          Input("filters-layer", "value"), Input("maps-layer", "value"), Input("maps-example", "value"),
+          Input("filters-rank", "value"), Input("filters-step", "value"), State("runs", "value"))
+@figures_or_message(3)
+def show(flayer, mlayer, example, rank, step, runs):
     run = catalog().get(first_run(runs))
     if rank is None:
-        return figures.message_figure("no readable rank yet"), figures.message_figure("no readable rank yet")
+        msg = figures.message_figure("no readable rank yet")
+        return msg, msg, msg
     rank = int(rank)
-    snaps = run.snapshot_steps(rank)
-    if len(snaps) == 0:
+    if len(run.snapshot_steps(rank)) == 0:
         msg = figures.message_figure("no snapshot recorded yet")
-        return msg, msg
-    step = int(snaps[min(int(index or 0), len(snaps) - 1)])
+        return msg, msg, msg
+    step = int(step or 0)
     if flayer:
         at, w = run.filters(flayer, step, rank)
-        grid = figures.filter_grid_figure(w, f"{flayer} filters {list(w.shape)} at step {at} (rank {rank})")
+        grid = image_grids.filter_grid_figure(w, f"filters of {flayer} at step {at} (rank {rank}): weights of each "
+                                                 f"{w.shape[2]} x {w.shape[3]} kernel")
     else:
         grid = figures.message_figure("no conv filters recorded")
-    if mlayer:
-        at, maps = run.feature_maps(mlayer, step, rank)
-        i = int(example or 0)
-        if not 0 <= i < len(maps):
-            raise ValueError(f"probe example {i} out of range: the probe batch has {len(maps)} examples")
-        fmaps = figures.feature_map_figure(maps[i], f"{mlayer} feature maps of probe example {i} at step {at}")
-    else:
-        fmaps = figures.message_figure("no probe batch recorded (pass probe_batch= to the Recorder)")
-    return grid, fmaps
+    if not mlayer:
+        msg = figures.message_figure("no probe batch recorded (pass probe_batch= to the Recorder)")
+        return grid, msg, msg
+    at, maps = run.feature_maps(mlayer, step, rank)
+    i = int(example or 0)
+    if not 0 <= i < len(maps):
+        raise ValueError(f"probe example {i} out of range: the probe batch has {len(maps)} examples")
+    inputs = run.probe_inputs(rank)
+    probe = (image_grids.probe_input_figure(inputs[i], f"probe example {i} (input)") if inputs is not None
+             else figures.message_figure("probe inputs not stored"))
+    fmaps = image_grids.feature_map_figure(maps[i], f"feature maps of {mlayer} for probe example {i} at step {at} "
+                                                    f"(rank {rank})")
+    return grid, probe, fmaps

@@ -6,9 +6,11 @@ import numpy as np
 from dash import Input, Output, State, callback, dcc, html
 
 from tview.render import figures, summaries
+from tview.render.style import use_log
 
 from ..common import (
     ALL_RANKS,
+    SCALE_OPTIONS,
     asked,
     catalog,
     control,
@@ -27,7 +29,7 @@ layout = html.Div([
     html.Div([
         control("statistic", dcc.Dropdown(id="layers-stat", clearable=False, style={"width": "200px"})),
         control("rank", dcc.Dropdown(id="layers-rank", clearable=False, style={"width": "160px"})),
-        control("colour", dcc.Checklist(id="layers-log", options=[{"label": " log", "value": "log"}], value=["log"])),
+        control("colour", dcc.RadioItems(id="layers-log", options=SCALE_OPTIONS, value="auto", inline=True)),
     ], className="tv-controls"),
     graph("layers-heatmap", 420),
     html.Div([
@@ -88,7 +90,7 @@ def heatmap(stat, rank, log, _, runs):
             values = np.nanmean(np.where(np.isfinite(values), values, np.nan), axis=0) if len(values) else values
     who = "mean over ranks" if rank == ALL_RANKS else f"rank {rank}"
     return figures.heatmap_figure(steps, run.layers, values, f"{stat} per layer ({run_id}, {who})", stat,
-                                  log="log" in (log or []))
+                                  log=use_log(log, values))
 
 
 @callback(Output("layers-histogram", "figure"), Input("hist-kind", "value"), Input("hist-layer", "value"),

@@ -7,9 +7,10 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
-from dash import Input, Output, State, callback, html, no_update
+from dash import ALL, Input, Output, State, callback, html, no_update
 
 from tview.render import figures, ranks_view, summaries
+from tview.render.style import use_log
 
 from ..common import HOLD_POLL, catalog, graph, log, memo_summarized, rank_button, run_summaries
 from ..findings import diagnosis_panel
@@ -17,8 +18,15 @@ from ..findings import diagnosis_panel
 POINTS = 500      # per rank in the diagnosis (the card and the loss figure read the rank summaries' trends)
 WORST_SHOWN = 5   # ranks listed on the card (the Ranks page pages through all of them)
 
-# the diagnosis right under the cards (where each run's health belongs), the loss after it
-layout = html.Div([html.Div(id="overview-body"), html.Div(id="overview-diagnosis"), graph("overview-loss", 360)])
+DIAGNOSIS_SLOT = "run-diagnosis"  # inside each run's card: its diagnosis, filled in by a callback of its own
+
+# one card per run (its facts, ranks and diagnosis), the loss after them
+layout = html.Div([html.Div(id="overview-body"), graph("overview-loss", 380)])
+
+
+def diagnosis_slot(run_id: str) -> html.Div:
+    return html.Div(html.P("diagnosing ...", className="tv-note"), id={"type": DIAGNOSIS_SLOT, "run": run_id},
+                    className="diagnosis-card")
 
 
 def _seconds(s):
@@ -70,7 +78,7 @@ def run_card(run_id: str, data: dict, focus: int | None) -> html.Div:
         f"schedule {s['schedule']}, snapshots {s['snapshots']} (filters of {len(s['filter_layers'])} layers, "
         f"feature maps of {len(s['probe_layers'])})", className="tv-facts")
     title = "ranks" if len(table) <= ranks_view.LINES_UP_TO else f"the {WORST_SHOWN} ranks worth a look first"
-    body = head + [facts, html.H4(title), _worst_table(_shown_rows(table, focus), focus)]
+    body = head + [facts, html.H4(title), _worst_table(_shown_rows(table, focus), focus), diagnosis_slot(run_id)]
     return html.Div(body, className="tv-card run-card")
 
 
@@ -81,10 +89,11 @@ def _loss_figure(runs: list[str], losses: dict, named: dict, focus_rank: dict):
         labels = {r: ranks_view.standout_label(r, why) for r, why in named.get(run_id, {}).items()}
         how = "per rank" if len(ranks) <= ranks_view.LINES_UP_TO else "across ranks"
         return figures.ranks_figure(steps, ranks, values, f"loss {how}", "loss", named=labels,
-                                    focus=focus_rank.get(run_id))
+                                    focus=focus_rank.get(run_id), log_y=use_log("auto", values))
     series = [figures.Series(f"{run_id} (median rank)", steps, ranks_view.quantile_bands(values)["median"])
               for run_id, (ranks, steps, values) in losses.items()]
-    return figures.line_figure(series, "loss (median rank of each run)", "loss")
+    every = np.concatenate([s.values for s in series])
+    return figures.line_figure(series, "loss (median rank of each run)", "loss", log_y=use_log("auto", every))
 
 
 @callback(Output("overview-body", "children"), Output("overview-loss", "figure"),
@@ -107,7 +116,7 @@ def show(refresh, focus, runs):
                 losses[run_id] = (data["ranks"], *loss)
         except Exception as exc:  # a run that cannot be read says so; the others are still shown
             log.warning("overview of %r: %s", run_id, exc)
-            cards.append(html.Div([html.H3(run_id), html.P(str(exc), className="tv-error")],
+            cards.append(html.Div([html.H3(run_id), html.P(str(exc), className="tv-error"), diagnosis_slot(run_id)],
                                   className="tv-card run-card"))
     fig = _loss_figure(runs, losses, named, focus_rank) if losses else figures.message_figure("no loss recorded yet")
     return cards, fig
@@ -123,22 +132,22 @@ def diagnosis_of(run_id: str):
     return cat.memo_or_last(run_id, ("diagnosis",), lambda: _diagnosis(cat.get(run_id), run_summaries(run_id), run_id))
 
 
-@callback(Output("overview-diagnosis", "children"), Input("refresh", "data"), State("runs", "value"))
-def diagnosis(refresh, runs):
-    """tview.diagnose's findings per run, each linking to its evidence: a callback of its own, so the card and
-    the loss figure never wait for it (read once per change of the run, after the first poll). While a run's
-    diagnosis is under way, a refresh shows its last one (the poll goes on: a 1024-rank live run is diagnosed
-    again as soon as the last diagnosis ends, not at each poll)."""
-    if refresh is None:
-        return no_update
+@callback(Output({"type": DIAGNOSIS_SLOT, "run": ALL}, "children"), Input({"type": DIAGNOSIS_SLOT, "run": ALL}, "id"),
+          Input("refresh", "data"))
+def diagnosis(slots, refresh):
+    """tview.diagnose's findings of each run, in its card, each linking to its evidence: a callback of its own, so
+    the cards and the loss figure never wait for it (read once per change of the run, after the first poll).
+    While a run's diagnosis is under way, a refresh shows its last one (the poll goes on: a 1024-rank live run is
+    diagnosed again as soon as the last diagnosis ends, not at each poll)."""
+    if refresh is None or not slots:
+        return [no_update] * len(slots)
     panels = []
-    for run_id in runs or []:
+    for slot in slots:
+        run_id = slot["run"]
         try:
             panel = diagnosis_of(run_id)
-            if panel is None:
-                return no_update  # the first diagnosis of this run is under way: it answers its own request
-            panels.append(html.Div([html.H3(run_id), panel], className="tv-card diagnosis-card"))
+            panels.append(no_update if panel is None else panel)  # None: the first diagnosis answers its own request
         except Exception as exc:  # a run that cannot be read says so; the others are still shown
             log.warning("diagnosis of %r: %s", run_id, exc)
-            panels.append(html.P(f"{run_id}: {exc}", className="tv-error"))
+            panels.append(html.P(f"diagnosis: {exc}", className="tv-error"))
     return panels

@@ -10,10 +10,12 @@ from dash import Input, Output, State, callback, dcc, html, no_update
 
 from tview.diagnose import noise_scale
 from tview.render import figures, ranks_view, summaries
+from tview.render.style import use_log
 from tview.store.rank_summary import WHOLE_NETWORK
 
 from ..common import (
     HOLD_POLL,
+    SCALE_OPTIONS,
     asked,
     catalog,
     control,
@@ -39,7 +41,7 @@ layout = html.Div([
     html.Div([
         control("statistic", dcc.Dropdown(id="ranks-stat", clearable=False, style={"width": "200px"})),
         control("layer", dcc.Dropdown(id="ranks-layer", clearable=False, style={"width": "220px"})),
-        control("colour", dcc.Checklist(id="ranks-log", options=[{"label": " log", "value": "log"}], value=[])),
+        control("heatmap colour", dcc.RadioItems(id="ranks-log", options=SCALE_OPTIONS, value="auto", inline=True)),
     ], className="tv-controls"),
     html.Div([graph("ranks-stat-graph", 400), graph("ranks-heatmap", 400)], className="tv-row"),
     html.Div([
@@ -139,12 +141,13 @@ def stat_figures(run_id: str, steps, values, stat: str, where, focus, log_colour
     rank = focused(focus, run)
     how = "per rank" if len(run.ranks) <= ranks_view.LINES_UP_TO else "across ranks"
     what = stat if where is None else f"{stat} of {where}"
-    bands = figures.ranks_figure(steps, run.ranks, values, f"{what} {how}", stat, named=named, focus=rank)
+    bands = figures.ranks_figure(steps, run.ranks, values, f"{what} {how}", stat, named=named, focus=rank,
+                                 log_y=use_log("auto", values))
     bands.update_layout(meta={"source": source})
     if not heatmap:
         return bands, None
     heat = figures.rank_heatmap_figure(steps, run.ranks, values, f"{what}: rank x step (click a rank)",
-                                       stat, log="log" in (log_colour or []), focus=rank)
+                                       stat, log=use_log(log_colour, values), focus=rank)
     heat.update_layout(meta={"source": source})
     return bands, heat
 
@@ -201,12 +204,24 @@ def step_time(follow, focus, runs):
         return no_update
     run_id = first_run(runs)
     run = catalog().get(run_id)
-    steps, values = memo_summarized(run_id, trend_values, "step_time")
+    name = step_time_name(summaries.trend_names(run_summaries(run_id)))
+    steps, values = memo_summarized(run_id, trend_values, name)
     standing = {int(r): [w for w in why if w.startswith("slowest")]
                 for r, why in memo_summarized(run_id, summary)["standouts"].items()}
     named = {r: ranks_view.standout_label(r, why) for r, why in standing.items() if why}
-    return figures.ranks_figure(steps, run.ranks, values * 1e3, "step time", "ms", named=named,
-                                focus=focused(focus, run))
+    return figures.ranks_figure(steps, run.ranks, values * 1e3, STEP_TIME_TITLES[name], f"{name} (ms)", named=named,
+                                focus=focused(focus, run), log_y=use_log("auto", values))
+
+
+STEP_TIME_TITLES = {
+    "busy_time": "busy time per rank: its own forward and backward, without the wait for the other ranks",
+    "step_time": "step time per rank (under DDP every rank waits for the slowest: equal on every rank)"}
+
+
+def step_time_name(kept: list[str]) -> str:
+    """busy_time where the run recorded it (a rank's own work: under DDP the straggler shows only there), else
+    step_time."""
+    return "busy_time" if "busy_time" in kept else "step_time"
 
 
 def noise_views(run) -> dict:

@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import numpy as np
 from dash import Input, Output, State, callback, dcc, html
 
 from tview.render import figures, ranks_view, summaries
+from tview.render.style import rank_colour, use_log
 
-from ..common import asked, catalog, control, figures_or_message, focused, graph, keep_choice, log, memo_read, options
+from ..common import (
+    SCALE_OPTIONS,
+    asked,
+    catalog,
+    control,
+    figures_or_message,
+    focused,
+    graph,
+    keep_choice,
+    log,
+    memo_read,
+    options,
+)
 
 layout = html.Div([
     html.Div([
         control("scalar", dcc.Dropdown(id="scalar-name", clearable=False, style={"width": "260px"})),
-        control("y axis", dcc.Checklist(id="scalar-log", options=[{"label": " log", "value": "log"}], value=[])),
+        control("y axis", dcc.RadioItems(id="scalar-log", options=SCALE_OPTIONS, value="auto", inline=True)),
         control("smoothing", html.Div(dcc.Slider(id="scalar-smoothing", min=0, max=0.99, step=0.01, value=0.6,
-                                                 marks={0: "0", 0.5: "0.5", 0.9: "0.9", 0.99: "0.99"}),
+                                                 marks={0: "0", 0.25: "0.25", 0.5: "0.5", 0.75: "0.75", 0.99: "0.99"}),
                                       style={"width": "320px"})),
     ], className="tv-controls"),
     graph("scalar-graph", 480),
@@ -53,8 +67,8 @@ def _one_run(run, run_id: str, name: str, many_runs: bool) -> tuple[list[figures
         if name == "wall_time" or name in run.scalar_names(rank):
             steps, values = run.scalar(name, rank, max_points=figures.MAX_POINTS)
             label = prefix + ranks_view.standout_label(rank, named.get(rank, []))
-            series.append(figures.Series(label, steps, values))
-    return series, {prefix + ranks_view.standout_label(r, why): "#d62728" for r, why in named.items()}
+            series.append(figures.Series(label, steps, values, None if many_runs else rank_colour(rank)))
+    return series, {prefix + ranks_view.standout_label(r, why): rank_colour(r) for r, why in named.items()}
 
 
 @callback(Output("scalar-graph", "figure"), Input("scalar-name", "value"), Input("scalar-log", "value"),
@@ -72,11 +86,12 @@ def show(name, log, smoothing, _, focus, runs):
             steps, values = memo_read(runs[0], summaries.scalar_across_ranks, name, figures.MAX_POINTS)
             named = {r: ranks_view.standout_label(r, why) for r, why in ranks_view.standouts(run.ranks, values).items()}
             return figures.ranks_figure(steps, run.ranks, values, name, name, named=named,
-                                        focus=focused(focus, run), log_y="log" in (log or []))
+                                        focus=focused(focus, run), log_y=use_log(log, values))
     series, mark = [], {}
     for run_id in runs:
         lines, marked = _one_run(catalog().get(run_id), run_id, name, len(runs) > 1)
         series += lines
         mark.update(marked)
-    return figures.line_figure(series, name, name, log_y="log" in (log or []), smoothing=float(smoothing or 0),
+    every_value = np.concatenate([np.asarray(s.values, dtype=np.float64) for s in series]) if series else []
+    return figures.line_figure(series, name, name, log_y=use_log(log, every_value), smoothing=float(smoothing or 0),
                                mark=mark)

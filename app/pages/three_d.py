@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dash import Input, Output, State, callback, dcc, html
 
-from tview.render import analysis, figures, summaries
+from tview.render import analysis, figures, figures3d, summaries
 
 from ..common import (
     catalog,
@@ -21,12 +21,13 @@ from ..common import (
 )
 
 WHOLE = "__all__"
+STAT_OPTIONS = [{"label": "zero fraction", "value": "act_channel_zero_frac"},
+                {"label": "mean activation", "value": "act_channel_mean"}]
 
 layout = html.Div([
     html.Div([
         control("colour channels by", dcc.Dropdown(id="net-stat", clearable=False, style={"width": "220px"},
-                                                  options=options(["act_channel_mean", "act_channel_zero_frac"]),
-                                                  value="act_channel_zero_frac")),
+                                                  options=STAT_OPTIONS, value="act_channel_zero_frac")),
         control("rank", dcc.Dropdown(id="net-rank", clearable=False, style={"width": "120px"})),
         control("step (blank: last)", dcc.Input(id="net-step", type="number", min=0, debounce=True,
                                                 style={"width": "100px"})),
@@ -36,11 +37,11 @@ layout = html.Div([
     html.Div([
         control("similar filters of", dcc.Dropdown(id="sim-layer", clearable=False, style={"width": "180px"})),
         control("correlation threshold", html.Div(dcc.Slider(id="sim-threshold", min=0.5, max=0.99, step=0.01,
-                                                             value=0.9, marks={0.5: "0.5", 0.8: "0.8", 0.9: "0.9",
-                                                                               0.99: "0.99"}),
+                                                             value=0.9, marks={0.5: "0.5", 0.6: "0.6", 0.7: "0.7",
+                                                                               0.8: "0.8", 0.9: "0.9"}),
                                                   style={"width": "320px"})),
     ], className="tv-controls"),
-    html.Div([graph("sim-3d", 520), html.Div(id="sim-groups", className="tv-card")], className="tv-row"),
+    html.Div([graph("sim-3d", 520), html.Div(id="sim-groups", className="tv-card tv-side-card")], className="tv-row"),
 ])
 
 
@@ -67,7 +68,9 @@ def network(stat, rank, step, _, runs):
         return figures.message_figure("no readable rank yet")
     layers, values, at = summaries.channel_values_at(run, stat, step, int(rank))
     when = f"step {max(at)}" if at else "no step"
-    return figures.network_figure(layers, values, f"{stat} per channel at {when} (rank {rank})", stat)
+    label = {o["value"]: o["label"] for o in STAT_OPTIONS}.get(stat, stat)
+    return figures3d.network_figure(layers, values, f"{stat} per channel at {when} (rank {rank}), input at the bottom",
+                                    label)
 
 
 @callback(Output("traj-3d", "figure"), Input("traj-layer", "value"), Input("net-rank", "value"),
@@ -82,7 +85,8 @@ def trajectory(layer, rank, _, runs):
     else:
         steps, coords = run.trajectory(layer, int(rank))
     name = "whole network" if layer == WHOLE else layer
-    return figures.trajectory_figure(steps, coords, f"weight trajectory of {name} (rank {rank})")
+    return figures3d.trajectory_figure(steps, coords, f"weight trajectory of {name} (rank {rank}), projected on "
+                                                      "3 random directions")
 
 
 @callback(Output("sim-3d", "figure"), Output("sim-groups", "children"), Input("sim-layer", "value"),
@@ -95,12 +99,25 @@ def similarity(layer, threshold, rank, step, _, runs):
             return figures.message_figure("no probe batch recorded (pass probe_batch= to the Recorder)"), ""
         at, maps = run.feature_maps(layer, step, int(rank))
         coords, groups = analysis.similarity_layout(maps, float(threshold))
-        fig = figures.similarity_figure(coords, groups,
-                                        f"{layer} filters by probe activations at step {at} (PCA)")
-        text = ([html.H4(f"{len(groups)} group(s) of filters with Pearson r >= {threshold:.2f} (pruning candidates)")] +
-                [html.P(f"group {k + 1}: filters {', '.join(map(str, g))}", className="sim-group")
-                 for k, g in enumerate(groups)] if groups else
-                [html.P(f"no two filters of {layer} correlate at r >= {threshold:.2f}")])
-        return fig, text
+        fig = figures3d.similarity_figure(coords, groups, f"filters of {layer} placed by their activations on the "
+                                                          f"probe batch at step {at} (PCA; numbers: filter index)")
+        return fig, similarity_text(layer, float(threshold), groups, analysis.closest_pairs(maps))
     except Exception as exc:  # shown on the page; the app goes on
         return figures.message_figure(str(exc)), ""
+
+
+def similarity_text(layer: str, threshold: float, groups: list[list[int]], pairs: list[tuple[int, int, float]]):
+    """What the similarity view shows, its groups (pruning candidates) or, when there are none, how close the
+    nearest pairs came."""
+    explain = html.P(f"Each point is one filter of {layer}, placed by a PCA of its activations on the probe batch. "
+                     "Filters whose activations correlate (Pearson r at or above the threshold, merged transitively) "
+                     "form a group: they respond alike, so all but one are pruning candidates.", className="tv-explain")
+    if groups:
+        found = [html.H4(f"{len(groups)} group(s) at r >= {threshold:.2f}")]
+        found += [html.P(f"group {k + 1}: filters {', '.join(map(str, g))}", className="sim-group")
+                  for k, g in enumerate(groups)]
+    else:
+        found = [html.H4(f"no two filters of {layer} correlate at r >= {threshold:.2f}")]
+    closest = [html.P("most alike: " + "; ".join(f"filters {i} and {j} (r = {r:.2f})" for i, j, r in pairs),
+                      className="tv-note")] if pairs else []
+    return found + closest + [explain]

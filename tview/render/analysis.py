@@ -68,3 +68,14 @@ def pca3(points: np.ndarray) -> np.ndarray:
     k = min(3, len(s))
     out[:, :k] = u[:, :k] * s[:k]
     return out
+
+
+def closest_pairs(activations: np.ndarray, count: int = 3) -> list[tuple[int, int, float]]:
+    """The `count` most correlated pairs of filters (i, j, Pearson r of their probe activations [N, C, ...]),
+    highest r first: what the similarity view is nearest to grouping when no pair reaches its threshold."""
+    a = np.asarray(activations, dtype=np.float64)
+    corr = pearson_matrix(np.moveaxis(a, 1, 0).reshape(a.shape[1], -1))
+    ii, jj = np.triu_indices(len(corr), k=1)
+    r = corr[ii, jj]
+    order = [k for k in np.argsort(-np.nan_to_num(r, nan=-2.0)) if np.isfinite(r[k])][:count]
+    return [(int(ii[k]), int(jj[k]), float(r[k])) for k in order]

@@ -9,12 +9,12 @@ import numpy as np
 import plotly.graph_objects as go
 
 from tview.render.analysis import ema
-from tview.render.layout import network_positions, tile
+from tview.render.style import rank_colour, title_layout
 from tview.store.reader import strided
 
 MAX_POINTS = 2000        # per line trace
 MAX_HEATMAP_ROWS = 1000  # steps shown in a step x something heatmap
-_MARGIN = dict(l=50, r=20, t=40, b=40)
+_MARGIN = dict(l=60, r=20, t=40, b=50)
 
 
 @dataclass
@@ -24,6 +24,7 @@ class Series:
     name: str
     steps: np.ndarray
     values: np.ndarray
+    colour: str | None = None  # e.g. style.rank_colour(rank) for a rank's line
 
 
 def _finite_or_none(values: np.ndarray) -> list:
@@ -32,10 +33,17 @@ def _finite_or_none(values: np.ndarray) -> list:
     return [float(x) if math.isfinite(x) else None for x in v]
 
 
-def _layout(fig: go.Figure, title: str, x_title: str = "step", y_title: str = "", **kw) -> go.Figure:
-    fig.update_layout(title=title, margin=_MARGIN, template="plotly_white", xaxis_title=x_title,
-                      yaxis_title=y_title, uirevision=title, **kw)
+def titled(fig: go.Figure, title: str, **kw) -> go.Figure:
+    """The title in a band of its own under the toolbar's row (style.title_layout), the margins around the plot."""
+    spec, top = title_layout(title)
+    margin = dict(_MARGIN, t=top, **kw.pop("margin", {}))
+    kw.setdefault("uirevision", title)
+    fig.update_layout(title=spec, margin=margin, template="plotly_white", **kw)
     return fig
+
+
+def _layout(fig: go.Figure, title: str, x_title: str = "step", y_title: str = "", **kw) -> go.Figure:
+    return titled(fig, title, xaxis_title=x_title, yaxis_title=y_title, **kw)
 
 
 def warm_up() -> None:
@@ -68,7 +76,7 @@ def line_figure(series: list[Series], title: str, y_title: str = "", log_y: bool
     for i, s in enumerate(series):
         rows = strided(len(s.steps), MAX_POINTS)
         x, y = np.asarray(s.steps)[rows], np.asarray(s.values, dtype=np.float64)[rows]
-        colour = (mark or {}).get(s.name, palette[i % len(palette)])
+        colour = (mark or {}).get(s.name) or s.colour or palette[i % len(palette)]
         if smoothing > 0:
             fig.add_trace(go.Scatter(x=x, y=_finite_or_none(y), mode="lines", name=f"{s.name} (raw)",
                                        line=dict(color=colour, width=1), opacity=0.25, showlegend=False,
@@ -84,10 +92,13 @@ def line_figure(series: list[Series], title: str, y_title: str = "", log_y: bool
 
 def heatmap_figure(steps: np.ndarray, labels: list[str], values: np.ndarray, title: str,
                    colour_title: str = "", log: bool = False) -> go.Figure:
-    """A step x label heatmap (values [steps, labels]), labels on the y axis; log colours on request."""
+    """A step x label heatmap (values [steps, labels]), labels on the y axis, only the labels with a value (a
+    statistic not measured on a layer gets no empty row); log colours on request."""
     values = np.asarray(values, dtype=np.float64)
-    if values.size == 0:
+    measured = np.isfinite(values).any(axis=0) if values.ndim == 2 else np.zeros(0, dtype=bool)
+    if values.size == 0 or not measured.any():
         return message_figure("nothing recorded yet")
+    labels, values = [label for label, m in zip(labels, measured) if m], values[:, measured]  # no empty rows
     rows = strided(values.shape[0], MAX_HEATMAP_ROWS)
     z = values[rows].T
     if log:
@@ -125,93 +136,6 @@ def histogram_figure(steps: np.ndarray, edges: np.ndarray, counts: np.ndarray, t
     return fig
 
 
-def image_figure(image: np.ndarray, title: str, symmetric: bool = True, x_title: str = "",
-                 y_title: str = "") -> go.Figure:
-    """A 2D array as a heatmap, rows down; a diverging scale centred on zero when symmetric."""
-    finite = np.asarray(image)[np.isfinite(image)]
-    m = float(np.abs(finite).max()) if finite.size else 1.0
-    kwargs = dict(zmin=-m, zmax=m, colorscale="RdBu_r") if symmetric else dict(colorscale="Gray")
-    fig = go.Figure(go.Heatmap(z=[_finite_or_none(r) for r in image], hoverongaps=False, **kwargs))
-    _layout(fig, title, x_title=x_title, y_title=y_title)
-    fig.update_yaxes(autorange="reversed", scaleanchor="x", showgrid=False, zeroline=False)
-    fig.update_xaxes(showgrid=False, zeroline=False)
-    return fig
-
-
-def filter_grid_figure(filters: np.ndarray, title: str, max_inputs: int = 16, max_filters: int = 128) -> go.Figure:
-    """Conv filters [Cout, Cin, kH, kW]: one row per filter, one kernel per input channel (capped)."""
-    f = np.asarray(filters)[:max_filters, :max_inputs]
-    cout, cin = f.shape[:2]
-    return image_figure(tile(f.reshape(cout * cin, *f.shape[2:]), cin), title,
-                        x_title=f"input channel (first {cin})", y_title=f"filter (first {cout})")
-
-
-def feature_map_figure(maps: np.ndarray, title: str, max_channels: int = 64) -> go.Figure:
-    """One probe example's feature maps [C, H, W], tiled on a square-ish grid."""
-    m = np.asarray(maps)[:max_channels]
-    return image_figure(tile(m, math.ceil(math.sqrt(len(m)))), title, symmetric=False)
-
-
-def network_figure(layers: list[str], values: list[np.ndarray], title: str, colour_title: str) -> go.Figure:
-    """The network as stacked slabs of channel glyphs, coloured by a per-channel value."""
-    if not layers:
-        return message_figure("no layer with per-channel values recorded")
-    channels = [len(v) for v in values]
-    pos = network_positions(channels)
-    colour = np.concatenate([np.asarray(v, dtype=np.float64) for v in values])
-    text = [f"{layer} ch {i}" for layer, c in zip(layers, channels) for i in range(c)]
-    fig = go.Figure(go.Scatter3d(
-        x=pos[:, 0], y=pos[:, 1], z=pos[:, 2], mode="markers", text=text,
-        marker=dict(size=5, color=_finite_or_none(colour), colorscale="Viridis", colorbar=dict(title=colour_title),
-                    symbol="square", line=dict(width=0)),
-        hovertemplate="%{text}<br>%{marker.color:.3g}<extra></extra>"))
-    ticks = [i * 3.0 for i in range(len(layers))]
-    fig.update_layout(title=title, margin=_MARGIN, uirevision="network",
-                      scene=dict(zaxis=dict(tickvals=ticks, ticktext=layers, title="layer"),
-                                 xaxis=dict(visible=False), yaxis=dict(visible=False)))
-    return fig
-
-
-def trajectory_figure(steps: np.ndarray, coords: np.ndarray, title: str) -> go.Figure:
-    """A 3D path of projected weights, coloured by step."""
-    coords = np.asarray(coords, dtype=np.float64)
-    keep = np.isfinite(coords).all(axis=1)
-    steps, coords = np.asarray(steps)[keep], coords[keep]
-    if len(steps) == 0:
-        return message_figure("no weight trajectory recorded yet")
-    if coords.shape[1] < 3:
-        coords = np.pad(coords, ((0, 0), (0, 3 - coords.shape[1])))
-    rows = strided(len(steps), MAX_POINTS)
-    steps, coords = steps[rows], coords[rows]
-    fig = go.Figure(go.Scatter3d(x=coords[:, 0], y=coords[:, 1], z=coords[:, 2], mode="lines+markers",
-                                 marker=dict(size=3, color=steps, colorscale="Plasma", colorbar=dict(title="step")),
-                                 line=dict(color=steps, colorscale="Plasma", width=4),
-                                 text=[f"step {s}" for s in steps],
-                                 hovertemplate="%{text}<extra></extra>"))
-    fig.update_layout(title=title, margin=_MARGIN, uirevision="trajectory",
-                      scene=dict(xaxis_title="direction 1", yaxis_title="direction 2", zaxis_title="direction 3"))
-    return fig
-
-
-def similarity_figure(coords: np.ndarray, groups: list[list[int]], title: str) -> go.Figure:
-    """Filters as points (e.g. PCA of their probe activations), one colour per similarity group, grey if alone."""
-    coords = np.asarray(coords, dtype=np.float64)
-    fig = go.Figure()
-    grouped = set(i for g in groups for i in g)
-    alone = [i for i in range(len(coords)) if i not in grouped]
-    if alone:
-        fig.add_trace(go.Scatter3d(x=coords[alone, 0], y=coords[alone, 1], z=coords[alone, 2], mode="markers",
-                                   name="no group", marker=dict(size=4, color="#bbbbbb"),
-                                   text=[f"filter {i}" for i in alone], hovertemplate="%{text}<extra></extra>"))
-    for k, g in enumerate(groups):
-        fig.add_trace(go.Scatter3d(x=coords[g, 0], y=coords[g, 1], z=coords[g, 2], mode="markers",
-                                   name=f"group {k + 1} ({len(g)})", marker=dict(size=6),
-                                   text=[f"filter {i}" for i in g], hovertemplate="%{text}<extra></extra>"))
-    fig.update_layout(title=title, margin=_MARGIN, uirevision="similarity",
-                      scene=dict(xaxis_title="PC 1", yaxis_title="PC 2", zaxis_title="PC 3"))
-    return fig
-
-
 def bar_figure(labels: list[str], values: list[float], title: str, y_title: str = "",
                highlight: str | None = None) -> go.Figure:
     """Bars, one highlighted (e.g. the slowest rank) in red."""
@@ -221,9 +145,8 @@ def bar_figure(labels: list[str], values: list[float], title: str, y_title: str 
 
 
 HEATMAP_CELLS = 250_000  # ranks x steps cells in a rank x step heatmap: 1024 ranks keep about 240 steps
-_STANDOUT_COLOURS = ["#d62728", "#ff7f0e", "#9467bd"]
-_FOCUS_COLOUR = "#111111"
-_BAND_FILL = {("min", "max"): "rgba(31,119,180,0.12)", ("5%", "95%"): "rgba(31,119,180,0.28)"}
+_FOCUS_COLOUR = "#111111"  # the focused rank's outline in a heatmap
+_BAND_FILL = {("min", "max"): "rgba(90,90,90,0.12)", ("5%", "95%"): "rgba(90,90,90,0.26)"}  # grey: no rank's colour
 
 
 def _band_traces(steps: np.ndarray, bands: dict[str, np.ndarray], y_title: str) -> list[go.Scatter]:
@@ -237,7 +160,7 @@ def _band_traces(steps: np.ndarray, bands: dict[str, np.ndarray], y_title: str) 
                                  fill="tonexty", fillcolor=fill, name=f"{lo}-{hi} of ranks", legendgroup=f"{lo}-{hi}",
                                  hovertemplate=f"{hi} %{{y:.4g}}<extra></extra>"))
     traces.append(go.Scatter(x=steps, y=_finite_or_none(bands["median"]), mode="lines", name="median rank",
-                             line=dict(color="#1f77b4", width=2), hovertemplate="median %{y:.4g}<extra></extra>"))
+                             line=dict(color="#555555", width=2), hovertemplate="median %{y:.4g}<extra></extra>"))
     return traces
 
 
@@ -258,18 +181,18 @@ def ranks_figure(steps: np.ndarray, ranks: list[int], values: np.ndarray, title:
         named.setdefault(focus, f"rank {focus}")
     fig = go.Figure()
     if len(ranks) <= ranks_view.LINES_UP_TO:
-        palette = ["#1f77b4", "#2ca02c", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#aec7e8"]
         for i, r in enumerate(ranks):
             if r not in named:
                 fig.add_trace(go.Scatter(x=x, y=_finite_or_none(values[i]), mode="lines", name=f"rank {r}",
-                                         line=dict(color=palette[i % len(palette)], width=1.5)))
+                                         line=dict(color=rank_colour(r), width=1.5)))
     else:
         for trace in _band_traces(x, ranks_view.quantile_bands(values), y_title):
             fig.add_trace(trace)
-    for k, (r, label) in enumerate(sorted(named.items(), key=lambda kv: kv[0] != focus)):
-        colour = _FOCUS_COLOUR if r == focus else _STANDOUT_COLOURS[k % len(_STANDOUT_COLOURS)]
+    for r, label in sorted(named.items(), key=lambda kv: kv[0] != focus):  # named ranks: their colour, drawn wider
         fig.add_trace(go.Scatter(x=x, y=_finite_or_none(values[row[r]]), mode="lines", name=label,
-                                 line=dict(color=colour, width=2.5, dash="solid" if r == focus else "dot")))
+                                 line=dict(color=rank_colour(r), width=3.5 if r == focus else 2.5,
+                                           dash="solid" if r == focus or len(ranks) <= ranks_view.LINES_UP_TO
+                                           else "dot")))
     _layout(fig, title, y_title=y_title, legend=dict(orientation="h", y=-0.2))
     if log_y:
         fig.update_yaxes(type="log")

@@ -20,15 +20,24 @@ def tile(images: np.ndarray, columns: int, gap: int = 1) -> np.ndarray:
     return out
 
 
-def network_positions(channels: list[int], spacing: float = 1.0) -> np.ndarray:
-    """3D positions of every channel: each layer a square slab of points, layers stacked along z."""
+def slab_sides(channels: list[int]) -> list[int]:
+    """The side (in glyphs) of each layer's square slab of channels."""
+    return [math.ceil(math.sqrt(max(c, 1))) for c in channels]
+
+
+def network_positions(channels: list[int], spacing: float = 1.0, by_size: bool = False) -> np.ndarray:
+    """3D positions of every channel: each layer a square slab of points, layers stacked along z, 3 spacings
+    apart, or (by_size) half the larger of two neighbouring slabs' sides apart (at least 3), so that seen from
+    an angle no slab reaches into the next."""
+    sides = slab_sides(channels)
+    gaps = [max(3.0, 0.5 * max(a, b)) if by_size else 3.0 for a, b in zip(sides, sides[1:])]
+    heights = np.concatenate([[0.0], np.cumsum(gaps)]) * spacing
     pts = []
-    for z, c in enumerate(channels):
-        side = math.ceil(math.sqrt(max(c, 1)))
+    for z, c, side in zip(heights, channels, sides):
         idx = np.arange(c)
         pts.append(np.stack([(idx % side - (side - 1) / 2) * spacing,
                              (idx // side - (side - 1) / 2) * spacing,
-                             np.full(c, z * 3.0 * spacing)], axis=1))
+                             np.full(c, z)], axis=1))
     return np.concatenate(pts) if pts else np.zeros((0, 3))
 
 
