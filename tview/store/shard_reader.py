@@ -1,0 +1,349 @@
+"""One rank's shard read back: the only module of the reader that calls HDF5 (h5py), low-level where it pays.
+
+Every read returns numpy arrays; a damaged object comes out as CorruptShardError naming the file. What a
+shard holds is discovered from the shard itself (each probe table carries its declaration).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import h5py
+import numpy as np
+
+from tview.errors import CorruptShardError, SchemaVersionError, TviewError
+from tview.store import schema
+from tview.store.h5open import open_shard_id
+from tview.store.lock import serialized
+
+_OPEN_FAILURES = (KeyError, OSError, ValueError, TypeError, RuntimeError, AttributeError, RecursionError)
+_READ_FAILURES = (OSError, ValueError, RuntimeError)
+
+
+def strided(n: int, max_points: int | None) -> slice:
+    """Evenly spaced rows keeping at most max_points of n (all of them for None), the first included."""
+    if not max_points or n <= max_points:
+        return slice(0, n)
+    stride = -(-n // max_points)
+    return slice(0, n, stride)
+
+
+def _v1_message(path: str) -> str:
+    return (f"{path}: written with store schema 1; this tview reads schema {schema.SCHEMA_VERSION}. "
+            f"Convert the run with `tview upgrade RUN` (it keeps a copy of each old shard)")
+
+
+def _text(value) -> str:
+    return value if isinstance(value, str) else bytes(value).decode()
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed(text: str):
+    """JSON parsed once for every shard that holds the same text (all ranks of a run do)."""
+    return json.loads(text)
+
+
+def _layers_of(path: str, text) -> list[dict]:
+    layers = _parsed(_text(text))
+    if not isinstance(layers, list) or not all(isinstance(x, dict) and isinstance(x.get("name"), str) for x in layers):
+        raise CorruptShardError(f"{path}: {schema.LAYERS_ATTR} is not a list of layers with names")
+    return layers
+
+
+@functools.lru_cache(maxsize=64)
+def _table_specs(text: str) -> dict[str, schema.TableSpec]:
+    return {d["name"]: schema.TableSpec.from_json(json.dumps(d)) for d in json.loads(text)}
+
+
+def _tables_of(shard: ShardReader, text) -> dict[str, schema.TableSpec]:
+    """The probe tables' declarations: from the root attribute tables_json (one read), else each table's spec."""
+    if text is None:
+        return {name: schema.TableSpec.from_json(g.attrs[schema.SPEC_ATTR])
+                for name, g in shard.file[schema.PROBES].items()}
+    specs = _table_specs(_text(text))
+    held = h5py.h5g.open(shard.fid, schema.PROBES.encode()).get_num_objs()  # a missing one fails when read
+    if held != len(specs):
+        raise CorruptShardError(f"{shard.path}: {schema.TABLES_ATTR} declares {sorted(specs)}, the file holds "
+                                f"{sorted(shard.file[schema.PROBES])}")
+    return specs
+
+
+def _expected_shapes(shard: ShardReader) -> dict[str, tuple]:
+    """Row shape of each dataset whose shape the declarations fix, by path in the file."""
+    L = len(shard.layers)
+    need = {f"{schema.TABLE_SCALARS}/{schema.VALUES}": (schema.MAX_SCALARS,),
+            f"{schema.TABLE_SCALARS}/{schema.MEASURED}": (schema.MAX_SCALARS,)}
+    for name, spec in shard.tables.items():
+        base = schema.table_path(name)
+        need.update({f"{base}/{schema.STEP}": (), f"{base}/{schema.MEASURED}": (L,)})
+        if spec.sampled:
+            need.update({f"{base}/{schema.SAMPLE_N}": (L,), f"{base}/{schema.TOTAL_N}": (L,)})
+        shapes = {schema.LAYER: (L,), schema.HIST: (L, schema.HIST_BINS)}
+        need.update({f"{base}/{c.name}": shapes.get(c.kind, (L, c.width)) for c in spec.columns
+                     if c.kind != schema.CHANNEL})
+    return need
+
+
+class _Attributes:
+    """A file's root attributes read with HDF5's low-level calls (a third of h5py's cost per attribute);
+    strings come back as bytes."""
+
+    def __init__(self, fid: h5py.h5f.FileID):
+        self.fid = fid
+
+    def __contains__(self, name: str) -> bool:
+        return h5py.h5a.exists(self.fid, name.encode())
+
+    def __getitem__(self, name: str):
+        try:
+            attr = h5py.h5a.open(self.fid, name.encode())
+        except KeyError:
+            raise KeyError(f"no attribute {name!r}") from None
+        out = np.empty(attr.shape, attr.dtype)
+        attr.read(out)
+        return out[()]
+
+    def get(self, name: str, default=None):
+        return self[name] if name in self else default
+
+
+def _hyperslab(did: h5py.h5d.DatasetID, rows: range, layer: int | None) -> tuple[tuple, tuple, tuple]:
+    """(start, count, stride) selecting `rows` (a stepped range) of a dataset, all of each row or its entry
+    `layer` along axis 1."""
+    shape = did.shape
+    count = (len(rows),) + shape[1:]
+    start = (rows.start,) + (0,) * (len(shape) - 1)
+    if layer is not None:
+        count, start = count[:1] + (1,) + count[2:], start[:1] + (layer,) + start[2:]
+    return start, count, (rows.step,) + (1,) * (len(shape) - 1)
+
+
+class ShardReader:
+    """One rank's shard, opened read-only in SWMR mode; `rank`: the rank its file name says."""
+
+    def __init__(self, path: str, rank: int | None = None):
+        self.path = path
+        self.fid = open_shard_id(path)
+        self._file: h5py.File | None = None
+        try:
+            self._read_header(rank)
+        except TviewError:
+            self.close()
+            raise
+        except _OPEN_FAILURES as exc:
+            self.close()
+            raise CorruptShardError(f"{path}: damaged tview shard: {type(exc).__name__}: {exc}") from None
+
+    @property
+    def file(self) -> h5py.File:
+        """The shard as an h5py File (made on first use: most reads need only the file id)."""
+        if self._file is None:
+            self._file = h5py.File(self.fid)
+        return self._file
+
+    def _read_header(self, rank: int | None):
+        attrs = _Attributes(self.fid)
+        if schema.VERSION_ATTR not in attrs:
+            raise CorruptShardError(f"{self.path}: HDF5 file without {schema.VERSION_ATTR}; not a tview shard")
+        self.version = int(attrs[schema.VERSION_ATTR])
+        if self.version > schema.SCHEMA_VERSION:
+            raise SchemaVersionError(f"{self.path}: store schema version {self.version} is newer than this "
+                                     f"tview reads ({schema.SCHEMA_VERSION}); upgrade tview")
+        if self.version < schema.SCHEMA_VERSION:
+            raise SchemaVersionError(_v1_message(self.path))
+        self.rank = int(attrs[schema.RANK_ATTR])
+        if rank is not None and self.rank != rank:
+            raise CorruptShardError(f"{self.path}: holds rank {self.rank}'s data under rank {rank}'s name "
+                                    f"(a copied or renamed shard?)")
+        self.layer_info = _layers_of(self.path, attrs[schema.LAYERS_ATTR])
+        self.layers = [layer["name"] for layer in self.layer_info]
+        self.tables = _tables_of(self, attrs.get(schema.TABLES_ATTR))
+        self.columns = {c.name: (t, c) for t, spec in self.tables.items() for c in spec.columns}
+        self.world_size = int(attrs[schema.WORLD_SIZE_ATTR])
+        self._shapes, self._checked = _expected_shapes(self), set()
+
+    @staticmethod
+    def table_path(table: str) -> str:
+        return schema.table_path(table)
+
+    @serialized
+    def dataset(self, table: str, column: str) -> h5py.Dataset:
+        return h5py.Dataset(self._dataset_id(table, column))
+
+    @serialized
+    def has(self, table: str, column: str) -> bool:
+        """Whether the table holds an object of that name (e.g. a channel column's dataset of one layer)."""
+        parent, _, name = f"{self.table_path(table)}/{column}".rpartition("/")
+        try:
+            group = h5py.h5g.open(self.fid, parent.encode())  # kept: its LinkProxy does not keep it open
+            return bool(group.links.exists(name.encode()))
+        except KeyError:
+            return False
+
+    def _dataset_id(self, table: str, column: str) -> h5py.h5d.DatasetID:
+        group = self.table_path(table)
+        path = f"{group}/{column}"
+        try:
+            # one low-level open by full path (a third of two high-level lookups), not kept: two readers of
+            # one file in a process (an open run and `tview info`) holding the same dataset open made
+            # HDF5's shared metadata cache fail on refresh ("can't insert duplicate key")
+            did = h5py.h5d.open(self.fid, path.encode())
+            did.refresh()
+        except (KeyError, FileNotFoundError):
+            raise CorruptShardError(f"{self.path}: no {group}/{column} in this shard (damaged or edited?)") from None
+        except (OSError, RuntimeError, ValueError, AttributeError, TypeError) as exc:
+            raise CorruptShardError(f"{self.path}: {group}/{column} cannot be opened (damaged?): {exc}") from None
+        if path not in self._checked:  # the shape its declaration fixes, checked once
+            want = self._shapes.get(path)
+            if want is not None and tuple(did.shape[1:]) != want:
+                raise CorruptShardError(f"{self.path}: {path} has shape {did.shape}, expected "
+                                        f"rows of {want} (damaged or edited shard)")
+            self._checked.add(path)
+        return did
+
+    def _rows(self, did: h5py.h5d.DatasetID, table: str, column: str, rows: range, layer: int | None = None):
+        """Rows (a stepped range) of a dataset, all of each row or its entry `layer` along axis 1, read with
+        HDF5's low-level calls (a hyperslab: only the chunks that hold those rows are read)."""
+        start, count, stride = _hyperslab(did, rows, layer)
+        out = np.empty(count, did.dtype)
+        try:
+            if len(rows):
+                space = did.get_space()
+                space.select_hyperslab(start, count, stride)
+                did.read(h5py.h5s.create_simple(count), space, out)
+        except _READ_FAILURES as exc:
+            raise CorruptShardError(f"{self.path}: {table}/{column} cannot be read (damaged file?): {exc}") from None
+        return out if layer is None else out.reshape(count[:1] + count[2:])
+
+    @serialized
+    def length(self, table: str) -> int:
+        return int(self._dataset_id(table, schema.STEP).shape[0])
+
+    @serialized
+    def steps(self, table: str, rows: slice = slice(None)) -> np.ndarray:
+        dset = self.dataset(table, schema.STEP)
+        return self._checked_steps(table, self._get(dset, table, schema.STEP, (rows,)))
+
+    def _checked_steps(self, table: str, steps: np.ndarray) -> np.ndarray:
+        if len(steps) and (steps[0] < 0 or (np.diff(steps) <= 0).any()):
+            raise CorruptShardError(f"{self.path}: {table}/{schema.STEP} holds negative or out-of-order steps "
+                                    f"(damaged or edited shard)")
+        return steps
+
+    def _get(self, dset: h5py.Dataset, table: str, column: str, selection: tuple) -> np.ndarray:
+        try:
+            return dset[selection]
+        except _READ_FAILURES as exc:
+            raise CorruptShardError(f"{self.path}: {table}/{column} cannot be read (damaged file?): {exc}") from None
+
+    @serialized
+    def read(self, table: str, column: str, rows: slice, index=()) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of a column with the matching steps; never reads past the step column's length."""
+        step = self.dataset(table, schema.STEP)
+        dset = self.dataset(table, column)
+        n = min(step.shape[0], dset.shape[0])
+        rows = slice(*rows.indices(n))
+        steps = self._checked_steps(table, self._get(step, table, schema.STEP, (rows,)))
+        return steps, self._get(dset, table, column, (rows,) + tuple(index))
+
+    @serialized
+    def measured(self, table: str, column: str, layer: int, max_points: int | None = None, index=()):
+        """(steps, values) of one layer's column (`index`: () or (layer,) into its row) at the rows where the
+        table measured that layer (each dataset opened and read once, low-level: this runs once per rank when
+        a statistic is read across ranks)."""
+        step, mask, dset = (self._dataset_id(table, c) for c in (schema.STEP, schema.MEASURED, column))
+        n = min(step.shape[0], mask.shape[0], dset.shape[0])
+        rows = range(*strided(n, max_points).indices(n))
+        steps = self._checked_steps(table, self._rows(step, table, schema.STEP, rows))
+        keep = self._rows(mask, table, schema.MEASURED, rows, layer).astype(bool)
+        values = self._rows(dset, table, column, rows, index[0] if index else None)
+        return steps[keep], values[keep]
+
+    @serialized
+    def masked(self, table: str, column: str, max_points: int | None = None):
+        """(steps, values, measured [rows, layers]) of a whole column: every layer, every row the table has."""
+        rows = strided(self.length(table), max_points)
+        steps, mask = self.read(table, schema.MEASURED, rows)
+        _, values = self.read(table, column, rows)
+        return steps, values, mask.astype(bool)
+
+    @serialized
+    def row_at(self, table: str, step: int | None, layer: int | None = None, column: str | None = None) -> int | None:
+        """The index of the table's latest row at or before `step` (None: its last row), among the rows that
+        measured `layer` when one is given and that `column` holds (a live writer grows them one by one); None
+        when there is none. Reads the step column (and the layer's measured flags), never a value column."""
+        step_id, mask_id = self._dataset_id(table, schema.STEP), self._dataset_id(table, schema.MEASURED)
+        n = min(step_id.shape[0], mask_id.shape[0])
+        if column is not None:
+            n = min(n, self._dataset_id(table, column).shape[0])
+        steps = self._checked_steps(table, self._rows(step_id, table, schema.STEP, range(n)))
+        end = n if step is None else int(np.searchsorted(steps, step, side="right"))
+        if layer is None:
+            return end - 1 if end else None
+        measured = np.flatnonzero(self._rows(mask_id, table, schema.MEASURED, range(end), layer))
+        return int(measured[-1]) if len(measured) else None
+
+    @serialized
+    def row(self, table: str, column: str, i: int, layer: int | None = None) -> tuple[int, np.ndarray]:
+        """(step, value) of row i of a column: the whole row, or its entry `layer` along axis 1 (one hyperslab:
+        only the chunk that holds the row is read)."""
+        step = self._rows(self._dataset_id(table, schema.STEP), table, schema.STEP, range(i, i + 1))
+        values = self._rows(self._dataset_id(table, column), table, column, range(i, i + 1), layer)
+        return int(step[0]), values[0]
+
+    @serialized
+    def scalar_names(self) -> list[str]:
+        """The scalars' names in column order (scalars/names)."""
+        dset = self.dataset(schema.TABLE_SCALARS, schema.NAMES)
+        names = self._get(dset, schema.TABLE_SCALARS, schema.NAMES, (slice(None),))
+        try:
+            return [bytes(n).decode("utf-8") for n in names]
+        except UnicodeDecodeError:
+            raise CorruptShardError(f"{self.path}: {schema.TABLE_SCALARS}/{schema.NAMES} holds a name that is not "
+                                    f"UTF-8 (damaged?)") from None
+
+    @serialized
+    def closed_and_dropped(self) -> tuple[bool, int]:
+        """Whether the writer closed the shard cleanly, and how many records it dropped."""
+        closed = self.dataset(schema.STATUS, schema.CLOSED)[0]
+        return bool(closed == 1), int(self.dataset(schema.STATUS, schema.DROPPED)[0])
+
+    @serialized
+    def first_nonfinite_steps(self) -> dict[str, np.ndarray]:
+        """status/first_nonfinite: table -> first step with NaN/Inf per layer (per scalar column for scalars), -1
+        where never."""
+        group = self.file[f"{schema.STATUS}/{schema.FIRST_NONFINITE}"]
+        return {table: self.dataset(schema.STATUS, f"{schema.FIRST_NONFINITE}/{table}")[:] for table in group}
+
+    @serialized
+    def snapshot_layers(self, kind: str) -> list[str]:
+        """Layers with a snapshot of that kind (schema.FILTERS or schema.FEATURE_MAPS)."""
+        return list(self.file[schema.TABLE_SNAPSHOTS][kind])
+
+    @serialized
+    def probe_inputs(self) -> np.ndarray | None:
+        """The probe batch whose feature maps the snapshots hold (None when none was recorded); checked against
+        the feature maps' example count."""
+        probe = self.file[schema.PROBE_BATCH]
+        maps = self.file[f"{schema.TABLE_SNAPSHOTS}/{schema.FEATURE_MAPS}"]
+        where = f"{schema.PROBE_BATCH}/{schema.INPUTS}"
+        if schema.INPUTS in probe:
+            inputs = probe[schema.INPUTS][:]
+            examples = {int(maps[k].shape[1]) for k in maps}
+            if examples and examples != {len(inputs)}:
+                raise CorruptShardError(f"{self.path}: {where} holds {len(inputs)} examples, its feature maps "
+                                        f"{sorted(examples)} (damaged or edited shard)")
+            return inputs
+        if len(maps):
+            raise CorruptShardError(f"{self.path}: feature maps without the probe batch they came from "
+                                    f"({where} missing: damaged or edited shard)")
+        return None
+
+    @serialized
+    def close(self):
+        if self._file is not None:
+            self._file.close()  # h5py closes what it opened in the file too
+            self._file = None
+        elif self.fid.valid:
+            self.fid.close()  # every dataset read through the id is closed already
