@@ -220,14 +220,15 @@ def channel_values_at(run: Run, stat: str, step: int | None, rank: int):
     """Per layer with per-channel values, the latest measured row at or before `step` (None: the last):
     (layers, [values per layer], steps they come from)."""
     layers, values, at = [], [], []
-    for layer in run.layer_info:
-        if not layer.get("channels"):
-            continue
-        found = run.channel_values_at(stat, layer["name"], step, rank)
-        if found is not None:
-            layers.append(layer["name"])
-            values.append(found[1])
-            at.append(found[0])
+    try:
+        with_channels = [layer["name"] for layer in run.layer_info if layer.get("channels")]
+        rows = run.channel_rows_at(stat, step, rank, with_channels)
+    except KeyError:
+        rows = {}
+    for layer, (found_at, found) in rows.items():
+        layers.append(layer)
+        values.append(found)
+        at.append(found_at)
     return layers, values, at
 
 

@@ -193,26 +193,56 @@ class Run:
     def layer_values_at(self, name: str, step: int | None, rank: int = 0):
         """(step, masked values [layers]) of a layer statistic at the latest row at or before `step`
         (None: the last); (None, all masked) when there is none. Reads that row alone."""
-        shard, table, _ = self._column(name, rank, (schema.LAYER,))
-        i = shard.row_at(table, step, column=name)
-        if i is None:
-            return None, np.ma.masked_all(len(self.layers))
-        at, values = shard.row(table, name, i)
-        _, mask = shard.row(table, schema.MEASURED, i)
-        return at, np.ma.MaskedArray(values, mask=~mask.astype(bool))
+        return self.layer_rows_at([name], step, rank)[name]
+
+    @guarded
+    def layer_rows_at(self, names: list[str], step: int | None, rank: int = 0) -> dict[str, tuple]:
+        """{name: layer_values_at(name, step, rank)} of several layer statistics, each table's step column read
+        once and one row of each column."""
+        shard = self.shard(rank)
+        by_table: dict[str, list[str]] = {}
+        for name in names:
+            by_table.setdefault(self._column(name, rank, (schema.LAYER,))[1], []).append(name)
+        out = {}
+        for table, columns in by_table.items():
+            found = shard.latest(table, step, [schema.MEASURED] + columns)
+            for j, name in enumerate(columns):
+                if found is None:
+                    out[name] = (None, np.ma.masked_all(len(self.layers)))
+                else:
+                    out[name] = (found[0], np.ma.MaskedArray(found[1][j + 1], mask=~found[1][0].astype(bool)))
+        return out
 
     @guarded
     def channel_values_at(self, name: str, layer: str | int, step: int | None, rank: int = 0):
         """(step, values [C]) of a per-channel statistic at the latest measured row at or before
         `step` (None: the last); None when the layer has none there. Reads that row alone."""
         try:
-            shard, table, _ = self._column(name, rank, (schema.CHANNEL,))
-            i = self.layer_index(layer)
-            key = self._channel_key(shard, table, name, i)
+            found = self.channel_rows_at(name, step, rank, [layer])
         except KeyError:
             return None
-        row = shard.row_at(table, step, layer=i, column=key)
-        return None if row is None else shard.row(table, key, row)
+        return found.get(self.layers[self.layer_index(layer)])
+
+    @guarded
+    def channel_rows_at(self, name: str, step: int | None, rank: int = 0, layers=None) -> dict[str, tuple]:
+        """{layer: (step, values [C])} of a per-channel statistic at each layer's latest measured row at or before
+        `step` (None: the last), for `layers` (default all) that have one: the table's step column and measured
+        flags read once, then one row per layer (never a whole column)."""
+        shard, table, _ = self._column(name, rank, (schema.CHANNEL,))
+        held = shard.members(table, name)
+        steps, measured = shard.head(table, step)
+        out = {}
+        for i in range(len(self.layers)) if layers is None else [self.layer_index(x) for x in layers]:
+            rows = np.flatnonzero(measured[:, i])
+            if self.layers[i] not in held:
+                if len(rows):  # measured, yet its dataset is gone
+                    raise CorruptShardError(f"{shard.path}: {table}/{name}/{self.layers[i]} is missing though the "
+                                            f"table measured layer {self.layers[i]!r} (damaged or edited shard)")
+                continue
+            found = shard.last_of_rows(table, f"{name}/{self.layers[i]}", rows)
+            if found is not None:
+                out[self.layers[i]] = (int(steps[found[0]]), found[1])
+        return out
 
     @guarded
     def trajectory(self, layer: str | int, rank: int = 0) -> Series:

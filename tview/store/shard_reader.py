@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 
 import h5py
 import numpy as np
@@ -162,6 +163,18 @@ class ShardReader:
         self.columns = {c.name: (t, c) for t, spec in self.tables.items() for c in spec.columns}
         self.world_size = int(attrs[schema.WORLD_SIZE_ATTR])
         self._shapes, self._checked = _expected_shapes(self), set()
+        self._settled = None
+        self._settled = self._file_stamp() if self._closed() else None
+
+    def _file_stamp(self) -> tuple[int, int]:
+        st = os.stat(self.path)
+        return st.st_size, st.st_mtime_ns
+
+    def _needs_refresh(self) -> bool:
+        """Whether a dataset opened now may hold rows its first read of metadata missed: always, unless the
+        writer had closed the shard when it was opened here and the file has not changed since (a refresh is
+        half the cost of opening a dataset, and a read across 1024 ranks opens tens of thousands)."""
+        return self._settled is None or self._file_stamp() != self._settled
 
     @staticmethod
     def table_path(table: str) -> str:
@@ -189,7 +202,8 @@ class ShardReader:
             # one file in a process (an open run and `tview info`) holding the same dataset open made
             # HDF5's shared metadata cache fail on refresh ("can't insert duplicate key")
             did = h5py.h5d.open(self.fid, path.encode())
-            did.refresh()
+            if self._needs_refresh():
+                did.refresh()
         except (KeyError, FileNotFoundError):
             raise CorruptShardError(f"{self.path}: no {group}/{column} in this shard (damaged or edited?)") from None
         except (OSError, RuntimeError, ValueError, AttributeError, TypeError) as exc:
@@ -269,28 +283,48 @@ class ShardReader:
         return steps, values, mask.astype(bool)
 
     @serialized
-    def row_at(self, table: str, step: int | None, layer: int | None = None, column: str | None = None) -> int | None:
-        """The index of the table's latest row at or before `step` (None: its last row), among the rows that
-        measured `layer` when one is given and that `column` holds (a live writer grows them one by one); None
-        when there is none. Reads the step column (and the layer's measured flags), never a value column."""
+    def head(self, table: str, step: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, measured [rows, layers]) of the table's rows at or before `step` (None: every row): the step
+        column and the measured flags, one read each, never a value column."""
         step_id, mask_id = self._dataset_id(table, schema.STEP), self._dataset_id(table, schema.MEASURED)
         n = min(step_id.shape[0], mask_id.shape[0])
-        if column is not None:
-            n = min(n, self._dataset_id(table, column).shape[0])
         steps = self._checked_steps(table, self._rows(step_id, table, schema.STEP, range(n)))
         end = n if step is None else int(np.searchsorted(steps, step, side="right"))
-        if layer is None:
-            return end - 1 if end else None
-        measured = np.flatnonzero(self._rows(mask_id, table, schema.MEASURED, range(end), layer))
-        return int(measured[-1]) if len(measured) else None
+        return steps[:end], self._rows(mask_id, table, schema.MEASURED, range(end)).astype(bool)
 
     @serialized
-    def row(self, table: str, column: str, i: int, layer: int | None = None) -> tuple[int, np.ndarray]:
-        """(step, value) of row i of a column: the whole row, or its entry `layer` along axis 1 (one hyperslab:
-        only the chunk that holds the row is read)."""
-        step = self._rows(self._dataset_id(table, schema.STEP), table, schema.STEP, range(i, i + 1))
-        values = self._rows(self._dataset_id(table, column), table, column, range(i, i + 1), layer)
-        return int(step[0]), values[0]
+    def last_of_rows(self, table: str, column: str, rows: np.ndarray) -> tuple[int, np.ndarray] | None:
+        """(row, value) of the last of `rows` (ascending indices) that the column holds (a live writer grows its
+        columns one by one), one hyperslab read: only the chunk that holds it; None when it holds none of them."""
+        if not len(rows):
+            return None
+        did = self._dataset_id(table, column)
+        held = rows[rows < did.shape[0]]
+        if not len(held):
+            return None
+        i = int(held[-1])
+        return i, self._rows(did, table, column, range(i, i + 1))[0]
+
+    @serialized
+    def latest(self, table: str, step: int | None, columns: list[str]) -> tuple[int, list[np.ndarray]] | None:
+        """(step, [row of each column]) of the table's latest row at or before `step` (None: the last) that every
+        one of `columns` holds, each dataset opened once and one row of it read; None when there is none."""
+        step_id = self._dataset_id(table, schema.STEP)
+        dids = [self._dataset_id(table, c) for c in columns]
+        n = min([step_id.shape[0]] + [d.shape[0] for d in dids])
+        steps = self._checked_steps(table, self._rows(step_id, table, schema.STEP, range(n)))
+        end = n if step is None else int(np.searchsorted(steps, step, side="right"))
+        if end == 0:
+            return None
+        return int(steps[end - 1]), [self._rows(d, table, c, range(end - 1, end))[0] for d, c in zip(dids, columns)]
+
+    @serialized
+    def members(self, table: str, group: str) -> set[str]:
+        """Names of the objects in a group of the table (a channel column's layers); empty when it has none."""
+        try:
+            return set(self.file[f"{self.table_path(table)}/{group}"])
+        except KeyError:
+            return set()
 
     @serialized
     def scalar_names(self) -> list[str]:
@@ -306,8 +340,13 @@ class ShardReader:
     @serialized
     def closed_and_dropped(self) -> tuple[bool, int]:
         """Whether the writer closed the shard cleanly, and how many records it dropped."""
-        closed = self.dataset(schema.STATUS, schema.CLOSED)[0]
-        return bool(closed == 1), int(self.dataset(schema.STATUS, schema.DROPPED)[0])
+        return self._closed(), int(self._first_value(schema.DROPPED))
+
+    def _first_value(self, name: str):
+        return self._rows(self._dataset_id(schema.STATUS, name), schema.STATUS, name, range(0, 1))[0]
+
+    def _closed(self) -> bool:
+        return bool(self._first_value(schema.CLOSED) == 1)
 
     @serialized
     def first_nonfinite_steps(self) -> dict[str, np.ndarray]:
