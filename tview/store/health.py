@@ -62,7 +62,7 @@ class Health:
         written = rank_summary.read_summary(shard, rank)
         if written is None:
             return None
-        summary = RankSummary.from_dict(written, problem=None)
+        summary = RankSummary.from_dict(written)
         self._parsed[rank] = (key, summary)
         return summary
 
@@ -76,7 +76,7 @@ class Health:
             self.pool.problems[rank] = str(exc) if isinstance(exc, TviewError) else \
                 f"{self.pool.shard_path(rank)}: cannot be read (damaged?): {type(exc).__name__}: {str(exc)[:300]}"
             return None
-        return RankSummary.from_dict(computed, problem=None)
+        return RankSummary.from_dict(computed)
 
 
 STATUS_FIELDS = ("steps", "last_step", "closed", "dropped", "first_wall", "last_wall", "problem")

@@ -270,11 +270,10 @@ class RankSummary:
     shard_stamp: list | None = None
 
     @classmethod
-    def from_dict(cls, summary: dict, problem: str | None = None) -> RankSummary:
+    def from_dict(cls, summary: dict) -> RankSummary:
         """From a summary's JSON object (or a RankSummary's fields as a dict); keys it does not know are left out."""
         known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in summary.items() if k in known}
-        return cls(**{**values, "problem": problem if problem is not None else values.get("problem")})
+        return cls(**{k: v for k, v in summary.items() if k in known})
 
     @classmethod
     def unreadable(cls, rank: int, problem: str) -> RankSummary:
