@@ -111,3 +111,36 @@ def live_writer(run_dir, delay: float = 0.02):
     finally:
         writer.kill()
         writer.wait()
+
+
+# -- `pytest --check-slow`: a test not marked slow that starts a process (subprocess or fork) fails ------------
+def pytest_addoption(parser):
+    parser.addoption("--check-slow", action="store_true",
+                     help="fail each test not marked slow that starts a process (a subprocess or a fork)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    if not item.config.getoption("--check-slow") or item.get_closest_marker("slow"):
+        yield
+        return
+    import subprocess
+    started = []
+    popen_init, fork = subprocess.Popen.__init__, os.fork
+
+    def noting_popen(self, args, *a, **k):
+        started.append(str(args)[:200])
+        return popen_init(self, args, *a, **k)
+
+    def noting_fork():
+        pid = fork()
+        if pid:
+            started.append("fork")
+        return pid
+    subprocess.Popen.__init__, os.fork = noting_popen, noting_fork
+    try:
+        yield
+    finally:
+        subprocess.Popen.__init__, os.fork = popen_init, fork
+    if started:
+        pytest.fail(f"starts a process ({started[0]}) but is not marked slow", pytrace=False)

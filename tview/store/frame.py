@@ -74,6 +74,13 @@ def _add_stat(cols: _Columns, run, name: str, layer: str, rank: int, max_points:
         cols.add(steps, rank, layer, name, values)
 
 
+def _reads(ranks: list[int], scalar_names: dict, stat_names: list[str], layers: list[str]) -> list[tuple]:
+    """(rank, name, None for a scalar or the layers of a statistic) in the frame's order: rank by rank, scalars
+    first."""
+    return [read for rank in ranks
+            for read in [(rank, n, None) for n in scalar_names[rank]] + [(rank, n, layers) for n in stat_names]]
+
+
 def frame(run, stats: Iterable[str] | None = None, layers: Iterable[str] | None = None,
           ranks: Iterable[int] | None = None, scalars: Iterable[str] | None = None,
           max_points: int | None = None, *, progress: Progress | None = None):
@@ -102,19 +109,14 @@ def frame(run, stats: Iterable[str] | None = None, layers: Iterable[str] | None 
     rank_list = _chosen(ranks, run.ranks, "readable rank", run.path)
     scalar_names = {r: _chosen(scalars, run.scalar_names(r), f"scalar of rank {r}", run.path) for r in rank_list}
     cols = _Columns()
-    total = sum(len(scalar_names[r]) + len(stat_names) for r in rank_list)
-    done = 0
-    for rank in rank_list:
-        for name in scalar_names[rank]:
+    reads = _reads(rank_list, scalar_names, stat_names, layer_names)
+    for done, (rank, name, of_layers) in enumerate(reads, 1):
+        if of_layers is None:
             steps, values = run.scalar(name, rank, max_points=max_points)
             cols.add(steps, rank, None, name, values)
-            done += 1
-            if progress:
-                progress(done, total, f"rank {rank} {name}")
-        for name in stat_names:
-            for layer in layer_names:
+        else:
+            for layer in of_layers:
                 _add_stat(cols, run, name, layer, rank, max_points)
-            done += 1
-            if progress:
-                progress(done, total, f"rank {rank} {name}")
+        if progress:
+            progress(done, len(reads), f"rank {rank} {name}")
     return cols.frame()

@@ -13,10 +13,10 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from tview.errors import CorruptShardError, NotARunError, TviewError
+from tview.errors import CorruptShardError, TviewError
 from tview.store import health, parallel, schema
 from tview.store.lock import guarded
-from tview.store.manifest import read_manifest
+from tview.store.manifest import find_runs, read_manifest
 from tview.store.pool import ShardPool, being_created
 from tview.store.rank_summary import RankSummary
 from tview.store.shard_reader import ShardReader, strided
@@ -393,17 +393,3 @@ def open_run(path: str, skip_bad_shards: bool = False) -> Run:
     """Open a run folder (or its run.tview). A bad shard raises, unless skip_bad_shards is set:
     then it is left out and described in run.problems."""
     return Run(os.fspath(path), skip_bad_shards=skip_bad_shards)
-
-
-def find_runs(folder: str) -> list[str]:
-    """Run folders at or below `folder` (a run itself, or a folder of runs), sorted."""
-    folder = os.fspath(folder)
-    if not os.path.isdir(folder):
-        raise NotARunError(f"{folder}: no such folder")
-    found = []
-    for root, dirs, files in os.walk(folder):
-        if schema.MANIFEST_NAME in files:
-            found.append(root)
-            dirs[:] = []
-        dirs.sort()
-    return sorted(found)

@@ -6,17 +6,16 @@ shard holds is discovered from the shard itself (each probe table carries its de
 
 from __future__ import annotations
 
-import functools
-import json
 import os
 
 import h5py
 import numpy as np
 
-from tview.errors import CorruptShardError, SchemaVersionError, TviewError
+from tview.errors import CorruptShardError, TviewError
 from tview.store import schema
 from tview.store.h5open import open_shard_id
 from tview.store.lock import serialized
+from tview.store.shard_header import Header, expected_shapes, identity, known_header, read_header, remember_header
 
 _OPEN_FAILURES = (KeyError, OSError, ValueError, TypeError, RuntimeError, AttributeError, RecursionError)
 _READ_FAILURES = (OSError, ValueError, RuntimeError)
@@ -30,85 +29,6 @@ def strided(n: int, max_points: int | None) -> slice:
     return slice(0, n, stride)
 
 
-def _v1_message(path: str) -> str:
-    return (f"{path}: written with store schema 1; this tview reads schema {schema.SCHEMA_VERSION}. "
-            f"Convert the run with `tview upgrade RUN` (it keeps a copy of each old shard)")
-
-
-def _text(value) -> str:
-    return value if isinstance(value, str) else bytes(value).decode()
-
-
-@functools.lru_cache(maxsize=64)
-def _parsed(text: str):
-    """JSON parsed once for every shard that holds the same text (all ranks of a run do)."""
-    return json.loads(text)
-
-
-def _layers_of(path: str, text) -> list[dict]:
-    layers = _parsed(_text(text))
-    if not isinstance(layers, list) or not all(isinstance(x, dict) and isinstance(x.get("name"), str) for x in layers):
-        raise CorruptShardError(f"{path}: {schema.LAYERS_ATTR} is not a list of layers with names")
-    return layers
-
-
-@functools.lru_cache(maxsize=64)
-def _table_specs(text: str) -> dict[str, schema.TableSpec]:
-    return {d["name"]: schema.TableSpec.from_json(json.dumps(d)) for d in json.loads(text)}
-
-
-def _tables_of(shard: ShardReader, text) -> dict[str, schema.TableSpec]:
-    """The probe tables' declarations: from the root attribute tables_json (one read), else each table's spec."""
-    if text is None:
-        return {name: schema.TableSpec.from_json(g.attrs[schema.SPEC_ATTR])
-                for name, g in shard.file[schema.PROBES].items()}
-    specs = _table_specs(_text(text))
-    held = h5py.h5g.open(shard.fid, schema.PROBES.encode()).get_num_objs()  # a missing one fails when read
-    if held != len(specs):
-        raise CorruptShardError(f"{shard.path}: {schema.TABLES_ATTR} declares {sorted(specs)}, the file holds "
-                                f"{sorted(shard.file[schema.PROBES])}")
-    return specs
-
-
-def _expected_shapes(shard: ShardReader) -> dict[str, tuple]:
-    """Row shape of each dataset whose shape the declarations fix, by path in the file."""
-    L = len(shard.layers)
-    need = {f"{schema.TABLE_SCALARS}/{schema.VALUES}": (schema.MAX_SCALARS,),
-            f"{schema.TABLE_SCALARS}/{schema.MEASURED}": (schema.MAX_SCALARS,)}
-    for name, spec in shard.tables.items():
-        base = schema.table_path(name)
-        need.update({f"{base}/{schema.STEP}": (), f"{base}/{schema.MEASURED}": (L,)})
-        if spec.sampled:
-            need.update({f"{base}/{schema.SAMPLE_N}": (L,), f"{base}/{schema.TOTAL_N}": (L,)})
-        shapes = {schema.LAYER: (L,), schema.HIST: (L, schema.HIST_BINS)}
-        need.update({f"{base}/{c.name}": shapes.get(c.kind, (L, c.width)) for c in spec.columns
-                     if c.kind != schema.CHANNEL})
-    return need
-
-
-class _Attributes:
-    """A file's root attributes read with HDF5's low-level calls (a third of h5py's cost per attribute);
-    strings come back as bytes."""
-
-    def __init__(self, fid: h5py.h5f.FileID):
-        self.fid = fid
-
-    def __contains__(self, name: str) -> bool:
-        return h5py.h5a.exists(self.fid, name.encode())
-
-    def __getitem__(self, name: str):
-        try:
-            attr = h5py.h5a.open(self.fid, name.encode())
-        except KeyError:
-            raise KeyError(f"no attribute {name!r}") from None
-        out = np.empty(attr.shape, attr.dtype)
-        attr.read(out)
-        return out[()]
-
-    def get(self, name: str, default=None):
-        return self[name] if name in self else default
-
-
 def _hyperslab(did: h5py.h5d.DatasetID, rows: range, layer: int | None) -> tuple[tuple, tuple, tuple]:
     """(start, count, stride) selecting `rows` (a stepped range) of a dataset, all of each row or its entry
     `layer` along axis 1."""
@@ -120,21 +40,26 @@ def _hyperslab(did: h5py.h5d.DatasetID, rows: range, layer: int | None) -> tuple
     return start, count, (rows.step,) + (1,) * (len(shape) - 1)
 
 
+SETTLE_AFTER = 4  # datasets opened before a shard is checked for whether its writer closed it
+
+
 class ShardReader:
     """One rank's shard, opened read-only in SWMR mode; `rank`: the rank its file name says."""
 
     def __init__(self, path: str, rank: int | None = None):
         self.path = path
+        key = identity(path)
         self.fid = open_shard_id(path)
         self._file: h5py.File | None = None
         try:
-            self._read_header(rank)
+            self._take_header(known_header(key) or read_header(self), rank)
         except TviewError:
             self.close()
             raise
         except _OPEN_FAILURES as exc:
             self.close()
             raise CorruptShardError(f"{path}: damaged tview shard: {type(exc).__name__}: {exc}") from None
+        remember_header(key, self._header)
 
     @property
     def file(self) -> h5py.File:
@@ -143,28 +68,17 @@ class ShardReader:
             self._file = h5py.File(self.fid)
         return self._file
 
-    def _read_header(self, rank: int | None):
-        attrs = _Attributes(self.fid)
-        if schema.VERSION_ATTR not in attrs:
-            raise CorruptShardError(f"{self.path}: HDF5 file without {schema.VERSION_ATTR}; not a tview shard")
-        self.version = int(attrs[schema.VERSION_ATTR])
-        if self.version > schema.SCHEMA_VERSION:
-            raise SchemaVersionError(f"{self.path}: store schema version {self.version} is newer than this "
-                                     f"tview reads ({schema.SCHEMA_VERSION}); upgrade tview")
-        if self.version < schema.SCHEMA_VERSION:
-            raise SchemaVersionError(_v1_message(self.path))
-        self.rank = int(attrs[schema.RANK_ATTR])
-        if rank is not None and self.rank != rank:
-            raise CorruptShardError(f"{self.path}: holds rank {self.rank}'s data under rank {rank}'s name "
+    def _take_header(self, header: Header, rank: int | None):
+        if rank is not None and header.rank != rank:
+            raise CorruptShardError(f"{self.path}: holds rank {header.rank}'s data under rank {rank}'s name "
                                     f"(a copied or renamed shard?)")
-        self.layer_info = _layers_of(self.path, attrs[schema.LAYERS_ATTR])
+        self._header = header
+        self.version, self.rank, self.world_size = header.version, header.rank, header.world_size
+        self.layer_info, self.tables = header.layer_info, header.tables
         self.layers = [layer["name"] for layer in self.layer_info]
-        self.tables = _tables_of(self, attrs.get(schema.TABLES_ATTR))
         self.columns = {c.name: (t, c) for t, spec in self.tables.items() for c in spec.columns}
-        self.world_size = int(attrs[schema.WORLD_SIZE_ATTR])
-        self._shapes, self._checked = _expected_shapes(self), set()
-        self._settled = None
-        self._settled = self._file_stamp() if self._closed() else None
+        self._shapes, self._checked = expected_shapes(self), set()
+        self._settled, self._opened = None, 0
 
     def _file_stamp(self) -> tuple[int, int]:
         st = os.stat(self.path)
@@ -173,8 +87,15 @@ class ShardReader:
     def _needs_refresh(self) -> bool:
         """Whether a dataset opened now may hold rows its first read of metadata missed: always, unless the
         writer had closed the shard when it was opened here and the file has not changed since (a refresh is
-        half the cost of opening a dataset, and a read across 1024 ranks opens tens of thousands)."""
-        return self._settled is None or self._file_stamp() != self._settled
+        half the cost of opening a dataset, and a read across 1024 ranks opens tens of thousands). Checked
+        once SETTLE_AFTER datasets were opened: a shard read for one series is not worth the check."""
+        if self._settled is None:
+            self._opened += 1
+            if self._opened < SETTLE_AFTER:
+                return True
+            self._settled = False  # while the check itself opens status/closed
+            self._settled = self._file_stamp() if self._closed() else False
+        return self._settled is False or self._file_stamp() != self._settled
 
     @staticmethod
     def table_path(table: str) -> str:
