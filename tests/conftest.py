@@ -116,7 +116,7 @@ def live_writer(run_dir, delay: float = 0.02):
 # -- `pytest --check-slow`: a test not marked slow that starts a process (subprocess or fork) fails ------------
 def pytest_addoption(parser):
     parser.addoption("--check-slow", action="store_true",
-                     help="fail each test not marked slow that starts a process (a subprocess or a fork)")
+                     help="fail each test not marked slow that starts a process (subprocess, fork, multiprocessing)")
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -124,9 +124,10 @@ def pytest_runtest_call(item):
     if not item.config.getoption("--check-slow") or item.get_closest_marker("slow"):
         yield
         return
+    import multiprocessing.process
     import subprocess
     started = []
-    popen_init, fork = subprocess.Popen.__init__, os.fork
+    popen_init, fork, mp_start = subprocess.Popen.__init__, os.fork, multiprocessing.process.BaseProcess.start
 
     def noting_popen(self, args, *a, **k):
         started.append(str(args)[:200])
@@ -137,10 +138,14 @@ def pytest_runtest_call(item):
         if pid:
             started.append("fork")
         return pid
-    subprocess.Popen.__init__, os.fork = noting_popen, noting_fork
+    def noting_start(self):
+        started.append(f"multiprocessing {self.name}")
+        return mp_start(self)
+    process = multiprocessing.process.BaseProcess
+    subprocess.Popen.__init__, os.fork, process.start = noting_popen, noting_fork, noting_start
     try:
         yield
     finally:
-        subprocess.Popen.__init__, os.fork = popen_init, fork
+        subprocess.Popen.__init__, os.fork, process.start = popen_init, fork, mp_start
     if started:
         pytest.fail(f"starts a process ({started[0]}) but is not marked slow", pytrace=False)

@@ -60,6 +60,7 @@ def test_a_shard_closed_to_make_room_is_reopened_on_use(wide_run, monkeypatch):
             np.testing.assert_array_equal(first[rank], plain_h5py(wide_run, rank, "grad_max_abs", 3)[1])
 
 
+@pytest.mark.slow
 def test_a_read_split_over_processes_equals_the_read_in_one(wide_run, tmp_path):
     import json
     import shutil
