@@ -41,6 +41,7 @@ def _hyperslab(did: h5py.h5d.DatasetID, rows: range, layer: int | None) -> tuple
 
 
 SETTLE_AFTER = 4  # datasets opened before a shard is checked for whether its writer closed it
+KEEP_ROWS = 4096  # a table's steps and measured flags are kept (one table per shard) up to this many rows
 
 
 class ShardReader:
@@ -79,6 +80,7 @@ class ShardReader:
         self.columns = {c.name: (t, c) for t, spec in self.tables.items() for c in spec.columns}
         self._shapes, self._checked = expected_shapes(self), set()
         self._settled, self._opened = None, 0
+        self._kept: tuple | None = None  # (table and rows, steps, measured) of the last table read: _steps_and_mask
 
     def _file_stamp(self) -> tuple[int, int]:
         st = os.stat(self.path)
@@ -190,10 +192,23 @@ class ShardReader:
         step, mask, dset = (self._dataset_id(table, c) for c in (schema.STEP, schema.MEASURED, column))
         n = min(step.shape[0], mask.shape[0], dset.shape[0])
         rows = range(*strided(n, max_points).indices(n))
-        steps = self._checked_steps(table, self._rows(step, table, schema.STEP, rows))
-        keep = self._rows(mask, table, schema.MEASURED, rows, layer).astype(bool)
+        steps, measured = self._steps_and_mask(step, mask, table, rows)
         values = self._rows(dset, table, column, rows, index[0] if index else None)
+        keep = measured[:, layer]
         return steps[keep], values[keep]
+
+    def _steps_and_mask(self, step, mask, table: str, rows: range) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, measured [rows, layers]) of those rows of a table. Of a shard its writer had closed (its rows
+        never change) the last table read is kept, small ones only: a read of every layer's column of a table
+        (diagnosis: each layer's per-channel values) reads its steps and flags once, not once per layer."""
+        key = (table, rows.start, rows.stop, rows.step)
+        if self._kept is not None and self._kept[0] == key:
+            return self._kept[1], self._kept[2]
+        steps = self._checked_steps(table, self._rows(step, table, schema.STEP, rows))
+        measured = self._rows(mask, table, schema.MEASURED, rows).astype(bool)
+        if self._settled and len(rows) <= KEEP_ROWS:
+            self._kept = (key, steps, measured)
+        return steps, measured
 
     @serialized
     def masked(self, table: str, column: str, max_points: int | None = None):
