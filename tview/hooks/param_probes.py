@@ -97,13 +97,14 @@ class LocalGradNorm(ParamProbe):
         return cls(EVERY) if preset.grads and setting["distributed"] else None
 
     def compute(self, step):
-        local = step.local
-        if local is None:
-            return None
-        return {"sq": step.ctx.sq_sums(local[0]), "measured": local[1]}
+        return None if step.local is None else {"sq": step.local}
 
     def finalize(self, p, ctx):
-        return {"local_grad_norm": np.sqrt(p["sq"])}
+        sq = np.asarray(p["sq"], dtype=np.float64)
+        ends = np.cumsum([len(ps) for ps in ctx.per_layer])
+        per_layer = [sq[e - len(ps):e] for e, ps in zip(ends, ctx.per_layer)]
+        return {"local_grad_norm": np.array([np.sqrt(np.nansum(v)) if np.isfinite(v).any() or np.isinf(v).any()
+                                             else np.nan for v in per_layer])}
 
 
 class WeightStats(ParamProbe):

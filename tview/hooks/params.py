@@ -63,7 +63,7 @@ class ParamContext:
         self.host = self.device.type == "cpu" and all(self.sizes)  # reduceat needs no empty segment
         self._starts = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(np.intp)
         self._bounds = list(zip(self._starts.tolist(), np.cumsum(self.sizes).tolist()))
-        flags = channel_layers if channel_layers is not None else [False] * self.n
+        flags = [d == 0 for d in channel_layers] if channel_layers is not None else [False] * self.n
         self._cstarts, self._cids, self.channel_widths = _channel_segments(params_per_layer, flags)
 
     def _buffer(self, name: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -228,14 +228,7 @@ class ParamStep:
         """[layers] sums of squared weights (shared by the probes that need them)."""
         return self.ctx.sq_sums(self.weights)
 
-    @cached_property
-    def local(self) -> tuple[torch.Tensor, np.ndarray] | None:
-        """(flat local gradients, per layer whether it had any), or None when none were kept."""
-        if not self._local or all(t is None for t in self._local):
-            return None
-        flat = self.ctx.gather("local", self._local)
-        has, k = [], 0
-        for ps in self.ctx.per_layer:
-            has.append(any(t is not None for t in self._local[k:k + len(ps)]))
-            k += len(ps)
-        return flat, np.array(has, dtype=bool)
+    @property
+    def local(self):
+        """[parameter tensors] squared local-gradient norms (NaN where a tensor had none), or None."""
+        return self._local
