@@ -1,5 +1,4 @@
-"""What a shard writer appends to: extendable chunked columns, a table of them growing one row per step its probe
-ran, and the disk checks that keep HDF5 from meeting a full disk."""
+"""What a shard writer appends to: extendable chunked columns, tables of them, and the checks for a full disk."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The health of a run's ranks: their summaries (from the small file beside each shard, else from the shard),
-where NaN/Inf first appeared, which ranks closed, and which stopped early."""
+"""Health of a run's ranks: summaries, where NaN/Inf first appeared, which closed and which stopped early."""
 
 from __future__ import annotations
 

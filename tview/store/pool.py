@@ -1,5 +1,4 @@
-"""The shards of a run: finding them, opening them on use with a bound on how many stay open, and the
-problems of those that cannot be read."""
+"""A run's shards: found, opened on use with a bound on how many stay open, and why those left out are."""
 
 from __future__ import annotations
 

@@ -1,9 +1,8 @@
-"""The Run: a run's manifest and its shards, and the query API over them (statistics, scalars, histograms,
-snapshots, across ranks).
+"""The Run: a run's manifest and shards, and the query API over them (statistics, scalars, snapshots, ranks).
 
 Every value returned was measured: a statistic is read on the steps (and layers) its probe measured and
 nowhere else, so NaN in what comes back means the model produced NaN. The jobs behind it each have a module:
-HDF5 access (shard_reader), the shards and their problems (pool), rank health (health).
+HDF5 access (shard_reader, shard_header), the shards and their problems (pool), rank health (health).
 """
 
 from __future__ import annotations

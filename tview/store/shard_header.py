@@ -1,5 +1,4 @@
-"""A shard's header: its root attributes (schema version, rank, layers, probe tables, world size) read with HDF5's
-low-level calls, checked, and kept for reopening the same unchanged file; the row shapes the declarations fix."""
+"""A shard's header: its root attributes read low-level and checked, kept for reopening an unchanged file."""
 
 from __future__ import annotations
 

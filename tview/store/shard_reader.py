@@ -1,4 +1,4 @@
-"""One rank's shard read back: the only module of the reader that calls HDF5 (h5py), low-level where it pays.
+"""One rank's shard read back: the reader's only module that reads HDF5 datasets, low-level where it pays.
 
 Every read returns numpy arrays; a damaged object comes out as CorruptShardError naming the file. What a
 shard holds is discovered from the shard itself (each probe table carries its declaration).
