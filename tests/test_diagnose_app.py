@@ -83,6 +83,7 @@ def test_a_run_without_steps_says_so_instead_of_no_findings():
     assert items[0].children == panel.NO_STEPS and items[1].className == "tv-error finding-rank_missing"
 
 
+@pytest.mark.slow
 def test_the_panel_and_the_command_line_give_the_same_findings(tmp_path):
     """One source of truth: the overview's panel lists exactly what `tview diagnose --json` says, in its order."""
     pytest.importorskip("torch")

@@ -64,7 +64,7 @@ def test_probe_forward_does_not_touch_batchnorm_statistics(tmp_path, tiny):
     x, y = make_data()
     rec = tview.Recorder(tiny, str(tmp_path / "r"), every=1, snapshot_every=1, probe_batch=x[:4])
     before = tiny.bn1.running_mean.clone()
-    rec._run_probe()
+    rec.probe.run()  # the probe batch's forward pass, as a detail step runs it
     torch.testing.assert_close(tiny.bn1.running_mean, before)
     assert tiny.training and tiny.bn1.training
     rec.close()
@@ -250,7 +250,7 @@ def test_reusing_a_run_folder_needs_resume_or_overwrite(small_run):
     assert len(tview.open_run(path).steps()) == 6  # nothing lost
     model = TinyCNN()
     rec = tview.Recorder(model, path, every=2, mode="resume", preset="full")
-    assert rec.current_step == 11  # after the last recorded step (10)
+    assert rec.current_step == 12  # the training step after the 12 taken (last recorded: 10)
     train(model, rec, 4, x, y)
     rec.close()
     assert list(tview.open_run(path).steps()) == [0, 2, 4, 6, 8, 10, 12, 14]
