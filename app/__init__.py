@@ -43,6 +43,9 @@ def create_app(root: str) -> dash.Dash:
         mod = importlib.import_module(f"{__name__}.pages.{module}")
         dash.register_page(f"{__name__}.pages.{module}", path=path, name=name, order=order, layout=mod.layout,
                            title=f"tview · {name}")
+    evidence = importlib.import_module(f"{__name__}.pages.evidence")  # where findings' "show" links land (no tab)
+    dash.register_page(evidence.__name__, path="/evidence", name="Evidence", layout=evidence.layout,
+                       title="tview · Evidence")
     app.layout = lambda: shell(catalog)  # built on each page load: runs that appeared since are listed
     figures.warm_up()  # plotly's validators loaded now, not in the first request
     return app

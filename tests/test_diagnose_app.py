@@ -17,21 +17,33 @@ def _query(href):
 
 def test_a_layer_fault_links_to_the_layer_heatmap_at_that_layer_with_the_rank_focused():
     f = make("nonfinite", "m", rank=1, layer="conv2", step=100, tensor="activation", stat="act_nan")
-    assert _query(panel.evidence_link("exp 1", f)) == (
+    assert _query(panel.page_link("exp 1", f)) == (
         "/layers", {"runs": "exp 1", "rank": "1", "layer": "conv2", "stat": "act_nan", "step": "100"})
     dead = make("dead_filters", "m", layer="relu2", step=7, channels=[3, 5], stat="act_channel_zero_frac")
-    path, q = _query(panel.evidence_link("r", dead))
+    path, q = _query(panel.page_link("r", dead))
     assert path == "/layers" and q["stat"] == "act_zero_frac" and q["channels"] == "3,5" and "rank" not in q
+
+
+def test_show_links_land_on_the_evidence_page_naming_the_finding():
+    dead = make("dead_filters", "m", layer="relu2", step=7, channels=[3, 5], stat="act_channel_zero_frac")
+    path, q = _query(panel.evidence_link("r", dead))
+    assert path == "/evidence" and q == {"runs": "r", "kind": "dead_filters", "layer": "relu2",
+                                         "stat": "act_channel_zero_frac", "step": "7", "channels": "3,5"}
+    from app.pages.evidence import finding_of
+    back = finding_of("?" + panel.evidence_link("r", dead).split("?", 1)[1])
+    assert (back.kind, back.layer, back.step, back.channels, back.rank) == ("dead_filters", "relu2", 7, [3, 5], None)
 
 
 def test_a_rank_fault_links_to_the_ranks_page():
     slow = make("slow_rank", "m", rank=2, step=5, stat="busy_time")
-    assert _query(panel.evidence_link("r", slow)) == ("/ranks", {"runs": "r", "rank": "2", "stat": "scalar:busy_time",
-                                                                 "step": "5"})
+    assert _query(panel.page_link("r", slow)) == ("/ranks", {"runs": "r", "rank": "2", "stat": "scalar:busy_time",
+                                                             "step": "5"})
     rep = make("replicas_differ", "m", layer="fc2", step=9, stat="weight_sum")
-    assert _query(panel.evidence_link("r", rep))[1]["stat"] == "weight_sum"
+    assert _query(panel.page_link("r", rep))[1]["stat"] == "weight_sum"
     loss = make("nonfinite", "m", rank=0, step=3, tensor="loss")
-    assert _query(panel.evidence_link("r", loss))[0] == "/scalars"
+    assert _query(panel.page_link("r", loss))[0] == "/scalars"
+    lr = make("lr_jump", "m", step=120, stat="lr")
+    assert _query(panel.page_link("r", lr)) == ("/scalars", {"runs": "r", "scalar": "lr", "step": "120"})
 
 
 def test_the_list_says_a_clean_run_in_one_line_and_lists_findings_worst_first():
@@ -40,7 +52,7 @@ def test_the_list_says_a_clean_run_in_one_line_and_lists_findings_worst_first():
     items = panel.findings_list("r", [make("nonfinite", "NaN here", rank=1, layer="conv2", step=4)]).children
     assert items[0].className == "tv-error finding-nonfinite"
     link = items[0].children[-1]
-    assert link.href.startswith("/layers?runs=r&rank=1&layer=conv2")
+    assert link.href.startswith("/evidence?runs=r&kind=nonfinite&rank=1&layer=conv2")
 
 
 def test_the_panel_diagnoses_a_real_run(tmp_path):
@@ -57,7 +69,26 @@ def test_the_panel_diagnoses_a_real_run(tmp_path):
         div = panel.diagnosis_panel("exp", run)
     item = div.children[1].children[0]
     assert item.className == "tv-error finding-replicas_differ"
-    assert item.children[-1].href == "/ranks?runs=exp&layer=fc&stat=weight_sum&step=2"
+    assert item.children[-1].href == "/evidence?runs=exp&kind=replicas_differ&layer=fc&stat=weight_sum&step=2"
+
+
+def test_the_evidence_figure_marks_the_channels_the_layer_the_rank_and_the_step(tmp_path):
+    pytest.importorskip("torch")
+    import tview
+    from tests.test_diagnose import _close, _record
+    out, recs = _record(tmp_path, steps=8)
+    _close(recs)
+    with tview.open_run(out) as run:
+        fig = panel.evidence_figure(run, "dead_filters", "conv2", "act_channel_zero_frac", None, 5, [1, 2])
+        names = {s.name for s in fig.layout.shapes}
+        assert {"channel-1", "channel-2", "finding-step"} <= names and fig.data[0].type == "heatmap"
+        assert {s.x0 for s in fig.layout.shapes if s.name.startswith("channel-")} == {5}  # outlined from the onset
+        assert [s.x0 for s in fig.layout.shapes if s.name == "finding-step"] == [5]
+        fig = panel.evidence_figure(run, "exploding_gradients", "conv2", "grad_norm", None, 3, [])
+        assert "layer-conv2" in {s.name for s in fig.layout.shapes}
+        fig = panel.evidence_figure(run, "slow_rank", None, "step_time", 1, 4, [])
+        thick = [t.name for t in fig.data if t.line.width == 3]
+        assert thick == ["rank 1"] and len(fig.data) == 2
 
 
 def test_findings_of_one_kind_beyond_three_are_counted_on_one_line_at_scale():
@@ -83,6 +114,58 @@ def test_a_run_without_steps_says_so_instead_of_no_findings():
     assert items[0].children == panel.NO_STEPS and items[1].className == "tv-error finding-rank_missing"
 
 
+SHAPES_JS = """() => {
+  const el = document.querySelector('#evidence-graph .js-plotly-plot');
+  if (!el || !el.data || !el.data.length) return null;
+  return {type: el.data[0].type, shapes: ((el.layout && el.layout.shapes) || []).map(s => [s.name, s.x0])};
+}"""
+
+
+@pytest.mark.slow
+def test_the_show_link_of_a_stuck_channel_lands_on_it_marked_in_a_real_browser(tmp_path):
+    """The real server and Chromium: the overview lists the finding (a conv channel pushed below zero for good:
+    TinyCNN's ReLU is functional, so its gradient stays zero: frozen_filters); its "show" link opens the
+    per-channel heatmap of that layer with the channel outlined from the step it stopped, that step dashed."""
+    pytest.importorskip("torch")
+    pytest.importorskip("playwright")
+    import os
+
+    import torch
+
+    from tests.conftest import python_env
+    from tests.test_diagnose import _close, _record
+    from tview.demo import free_port
+    from tview_app.testing import CHROMIUM, CHROMIUM_FLAGS, start_dashboard
+
+    def kill(rank, step, model):
+        if step == 5:
+            with torch.no_grad():
+                model.conv2.bias[3] = -1e3
+    out, recs = _record(tmp_path, steps=30, fault=kill, name="dead")
+    _close(recs)
+    port = free_port()
+    proc = start_dashboard(str(tmp_path), port, str(tmp_path / "dashboard.log"), env=python_env())
+    from playwright.sync_api import sync_playwright
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"http://127.0.0.1:{port}/?runs=dead")
+            link = page.locator(".finding-frozen_filters .tv-finding-link").first
+            link.wait_for(timeout=60_000)
+            link.click()
+            page.wait_for_function(f"() => ({SHAPES_JS})() !== null", timeout=60_000)
+            drawn = page.evaluate(SHAPES_JS)
+            page.screenshot(path=os.path.join(str(tmp_path), "evidence.png"))
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert drawn["type"] == "heatmap"
+    # set after step 5's backward: from the forward of step 6 on the channel's gradient is zero
+    assert ["channel-3", 6] in drawn["shapes"] and ["finding-step", 6] in drawn["shapes"]
+
+
 @pytest.mark.slow
 def test_the_panel_and_the_command_line_give_the_same_findings(tmp_path):
     """One source of truth: the overview's panel lists exactly what `tview diagnose --json` says, in its order."""
@@ -90,7 +173,10 @@ def test_the_panel_and_the_command_line_give_the_same_findings(tmp_path):
     import json
     import subprocess
 
+    from dash import dcc
+
     import tview
+    from app.pages.evidence import finding_of
     from tests.conftest import PY, REPO, python_env
     from tests.test_diagnose import _close, _record
 
@@ -104,5 +190,6 @@ def test_the_panel_and_the_command_line_give_the_same_findings(tmp_path):
     listed = [(f["kind"], f["rank"], f["layer"], f["step"]) for f in json.loads(cli.stdout)]
     with tview.open_run(out) as run:
         items = panel.diagnosis_panel("exp", run).children[1].children
-    shown = [panel.finding_of_item(item) for item in items]
+    links = [next(c for c in item.children if isinstance(c, dcc.Link)).href for item in items]
+    shown = [(f.kind, f.rank, f.layer, f.step) for f in (finding_of("?" + h.split("?", 1)[1]) for h in links)]
     assert listed and shown == listed

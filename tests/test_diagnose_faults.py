@@ -1,5 +1,5 @@
-"""The fault zoo's fastest scenarios as tests: real DDP runs over gloo with one injected fault each; diagnose's
-first finding must name it (kind, rank, layer, step within one recorded step)."""
+"""The fault zoo's scenarios as tests, a few of each family: real DDP runs over gloo recorded with the default preset,
+one injected fault each; diagnose's first finding must name it (kind, rank, layer, step within one recorded step)."""
 
 import importlib.util
 import os
@@ -26,7 +26,9 @@ def _faults():
     return mod
 
 
-@pytest.mark.parametrize("name", ["nan-activation", "dead-filter", "replicas-differ"])
+# (the stragglers are left to benchmarks/faults.py: on cores shared with other jobs their onset, read from
+# measured times, moved by up to 2 steps from run to run, beyond the one-step tolerance)
+@pytest.mark.parametrize("name", ["nan-input", "dead-filter", "replicas-differ", "lr-spike"])
 def test_fault_is_named_first(tmp_path, name):
     faults = _faults()
     sc = next(s for s in faults.SCENARIOS if s.name == name)

@@ -154,11 +154,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--port", type=int, default=8050)
     b.add_argument("--debug", action="store_true",
                    help="Dash debug mode (never on unless asked: it runs code sent to it)")
-    p = sub.add_parser("paraview", help="open a run in the ParaView GUI with the tview plugin loaded")
+    p = sub.add_parser("paraview", help="open a run in the ParaView GUI: four linked views of it, one time slider")
     p.add_argument("run", nargs="?")
     p.add_argument("--plugin-path", action="store_true", help="print the plugin folder (for Tools > Manage Plugins)")
-    p.add_argument("--layout", action="store_true", help="lay out four linked views (network, field, filters, "
-                                                         "trajectory) with the plugin's layout script")
+    p.add_argument("paraview_args", nargs="*", help="after --: more options for paraview itself")
+    p.add_argument("--plain", action="store_true", help="open the run in the reader alone, not in tview's four linked "
+                                                        "views (network, field, filters, trajectory)")
     from tview.render.paraview_launch import add_render_arguments
     add_render_arguments(sub.add_parser("render", help="render a view of a run to a PNG (or a movie of training) "
                                                        "through pvbatch (no screen needed)"))

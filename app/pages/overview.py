@@ -114,7 +114,7 @@ def show(refresh, focus, runs):
 
 
 def _diagnosis(run, rank_summaries: dict, run_id: str):
-    return diagnosis_panel(run_id, run, POINTS, rank_summaries)
+    return diagnosis_panel(run_id, run, None, rank_summaries)  # every step, as `tview diagnose` reads it
 
 
 def diagnosis_of(run_id: str):

@@ -2,7 +2,7 @@
 frames (one per recorded step, shared out among the processes of `mpirun -np N pvbatch --no-mpi`).
 
     [mpirun -np N] pvbatch render_view.py RUN OUT.png
-        [--view network|trajectory|filters|feature_maps|feature_volume|field|rank_field|layout]
+        [--view network|trajectory|filters|feature_maps|field|rank_field|layout]
         [--ranks one|mean|spread|std] [--step N] [--array NAME] [--rank R] [--layer NAME] [--example K]
         [--size 1000x800] [--animate [--frames N]]
 
@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tview_views as tv  # noqa: E402
 
 VIEWS = tuple(tv.VIEWS) + ("layout",)
+RANKS = tuple(m for m in tv.RANK_MODES if m != "all")  # "all" (a block per rank) is the reader's, not a picture's
 
 
 def parse():
@@ -30,7 +31,7 @@ def parse():
     ap.add_argument("--step", type=float, default=None)
     ap.add_argument("--array", default=None)
     ap.add_argument("--rank", type=int, default=0)
-    ap.add_argument("--ranks", choices=("one", "mean", "spread", "std"), default="one",
+    ap.add_argument("--ranks", choices=RANKS, default="one",
                     help="network and field views: one rank (--rank), or reduced across every rank")
     ap.add_argument("--layer", default=None, help="the one layer whose filters/feature maps/trajectory/rank field "
                                                   "to show")
@@ -62,24 +63,18 @@ def process_count():
 def build(a, manifest, reader, size):
     """The view (or layout) asked for; returns (what to screenshot, views, label texts)."""
     if a.view == "layout":
+        tv.read_blocks(reader, tv.LAYOUT, a.array)
         lay, views, labels = tv.layout(reader, manifest, size, a.array, a.layer)
         return lay, views, labels
-    if a.view in ("field", "rank_field", "network"):  # only the statistics shown are read
-        reader.Statistics = [a.array or tv.DEFAULT_ARRAY[a.view]] + ([a.size_by] if a.size_by else [])
+    tv.read_blocks(reader, [a.view], a.array)  # only the block shown, only the statistics shown are read
+    if a.size_by:
+        reader.Statistics = list(reader.Statistics) + [a.size_by]
     if a.view == "rank_field":
-        reader.RankFields = 1
         reader.RankFieldLayer = a.layer or ""
     reader.UpdatePipelineInformation()
     view = tv.new_view(size)
     labels = tv.show(reader, view, a.view, a.array, tv.default_layer(manifest, a.view, a.layer), a.size_by)
     return view, [view], labels
-
-
-def caption(a, name, step):
-    if a.view == "rank_field":
-        return f"{name}: every rank"
-    who = f"rank {a.rank}" if a.ranks == "one" else f"{a.ranks} across ranks"
-    return f"{name}: {who}" + ("" if a.animate or a.view == "field" else f", step {int(step)}")
 
 
 def pick_frames(steps, frames):
@@ -88,7 +83,7 @@ def pick_frames(steps, frames):
     return [steps[round(i * (len(steps) - 1) / max(frames - 1, 1))] for i in range(frames)]
 
 
-def animate(a, target, views, steps, size, name):
+def animate(a, target, views, steps, size):
     me, n = process_share()
     chosen = pick_frames(steps, a.frames)
     folder = os.path.dirname(os.path.abspath(a.out))
@@ -104,7 +99,7 @@ def animate(a, target, views, steps, size, name):
 def main():
     a = parse()
     manifest = a.run if a.run.endswith("run.tview") else os.path.join(a.run, "run.tview")
-    reader = tv.open_run(manifest, a.rank, a.example, volumes=a.view == "feature_volume")
+    reader = tv.open_run(manifest, a.rank, a.example)
     reader.RankMode = tv.RANK_MODES.index(a.ranks)
     steps = tv.steps_of(reader)
     if not steps:
@@ -116,17 +111,12 @@ def main():
     tv.pv.GetAnimationScene().AnimationTime = step
     size = [int(v) for v in (a.size or ("1600x1200" if a.view == "layout" else "1000x800")).split("x")]
     target, views, labels = build(a, manifest, reader, size)
-    name = os.path.basename(os.path.dirname(os.path.abspath(manifest)))
     for view in views:
         view.ViewTime = step
-        if process_count() > 1 and a.view != "feature_volume":
+        if process_count() > 1:
             tv.backdrop(view)  # else the labels beside the data are clipped in the composited picture
-    tv.caption(views[-1] if a.view != "layout" else views[0], caption(a, name, step), "Lower Left Corner", 14)
     if a.animate:
-        for view in views:  # the step shown in each frame
-            display = tv.pv.Show(tv.pv.AnnotateTimeFilter(Format="step {time:.0f}"), view)
-            display.Color, display.FontSize, display.WindowLocation = tv.INK, 16, "Upper Right Corner"
-        animate(a, target, views, steps, size, name)
+        animate(a, target, views, steps, size)  # each view's caption names the step of its data
     else:
         print("rendering", flush=True)  # the launcher's mark: a picture hung under mpirun is started again
         tv.pv.SaveScreenshot(a.out, target, ImageResolution=size)

@@ -1,5 +1,6 @@
 """tview's ParaView views, built with paraview.simple on a tview Run Reader: network, trajectory, filters,
-feature maps (tiles or volume), layer x step field, rank x step field, and four of them linked in one layout.
+feature maps, layer x step field, rank x step field, and four of them linked in one layout. Each view names
+what it shows (run, layer, statistic, rank, the step of the data) in a caption that follows the time.
 Shared by render_view.py (pvbatch, `tview render`) and layout_state.py (the GUI, `tview paraview`)."""
 
 import math
@@ -9,22 +10,21 @@ from paraview import servermanager as sm
 from paraview import simple as pv
 
 PLUGIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tview_plugin.py")
+pv.LoadPlugin(PLUGIN)  # its proxies join paraview.simple, by label; it imports the tview package beside it
+from tview.render.views import DEFAULT_ARRAY, LAYOUT, RANK_MODES, VIEWS, rank_field_array  # noqa: E402,F401
+
 INK = [0.1, 0.1, 0.1]             # text and axes on the white background
 NAN_COLOR = [1.0, 1.0, 0.0]       # ParaView's NaN yellow, kept: a real NaN shows; gaps are never NaN (hidden cells)
-DEFAULT_ARRAY = {"network": "act_channel_zero_frac", "trajectory": "log_step", "filters": "weight",
-                 "feature_maps": "activation", "feature_volume": "activation", "field": "grad_norm",
-                 "rank_field": "grad_norm"}
-LAYOUT = ("network", "field", "filters", "trajectory")
-RANK_MODES = ("one", "all", "mean", "spread", "std")  # the reader's RankMode values (tview.render.scene.RANK_MODES)
+TICKS = "%.3g"                    # one number style for every colour bar's ticks and ends
+GUI = os.environ.get("TVIEW_GUI") == "1"  # inside ParaView's GUI (tview paraview): the GUI sizes the views
+BLOCK_OF = {"network": "network", "trajectory": "trajectories", "filters": "filters", "feature_maps": "feature_maps",
+            "field": "fields", "rank_field": "rank_fields"}
 
 
-def open_run(manifest, rank=0, example=0, volumes=False):
-    """The plugin loaded and a tview Run Reader on the run (its time steps published)."""
-    pv.LoadPlugin(PLUGIN)  # its proxies join paraview.simple, by label
-    reader = pv.tviewRunReader(FileName=manifest)
-    reader.Rank = rank
-    reader.ProbeExample = example
-    reader.FeatureVolumes = int(volumes)
+def open_run(manifest, rank=0, example=0, **properties):
+    """A tview Run Reader on the run (its time steps published). Properties given here are set before the reader
+    joins the pipeline: in the GUI it then starts applied (no Apply button lit)."""
+    reader = pv.tviewRunReader(FileName=manifest, Rank=rank, ProbeExample=example, **properties)
     reader.UpdatePipelineInformation()
     return reader
 
@@ -33,14 +33,36 @@ def steps_of(reader):
     return list(reader.TimestepValues) if reader.TimestepValues else []
 
 
+def available(reader, prop):
+    """The names a reader's array selection offers (Layers, Statistics, Blocks)."""
+    info = reader.GetProperty(prop + "Info")
+    return list(info[::2]) if info else []
+
+
+def blocks_for(views, array=None, statistics=()):
+    """The reader's Blocks and Statistics for `views`: only the blocks they show, only the statistics they colour
+    by (`statistics`: those the run has, for a rank field's default)."""
+    stats = [array] if array else []
+    stats += [DEFAULT_ARRAY[name] for name in views if name in ("network", "field") and not array]
+    if "rank_field" in views and not array:
+        stats.append(rank_field_array(list(statistics)))
+    if "network" in views and array and "field" in views:  # the layout: the network keeps its own colouring
+        stats.append(DEFAULT_ARRAY["network"])
+    return {"Blocks": sorted({BLOCK_OF[name] for name in views}), "Statistics": sorted(set(stats))}
+
+
+def read_blocks(reader, views, array=None):
+    """Have the reader build only the blocks (and read only the statistics) the views show."""
+    for name, value in blocks_for(views, array, available(reader, "Statistics")).items():
+        setattr(reader, name, value)
+    reader.UpdatePipelineInformation()
+
+
 def run_meta(manifest):
-    """Layer lists from the run's manifest (plain JSON: no tview import needed)."""
+    """Layer lists from the run's manifest (plain JSON)."""
     import json
     with open(manifest) as f:
         return json.load(f)
-
-
-GUI = os.environ.get("TVIEW_GUI") == "1"  # inside ParaView's GUI (tview paraview): the GUI sizes the views
 
 
 def new_view(size, view=None):
@@ -52,6 +74,12 @@ def new_view(size, view=None):
         view.UseColorPaletteForBackground = 0
     view.Background = [1.0, 1.0, 1.0]
     return view
+
+
+def font(view, big=False):
+    """Text size in pixels for a view's size: small views (the GUI's four) get small text."""
+    height = view.ViewSize[1]
+    return (15 if big else 13) if height >= 500 else (13 if big else 11)
 
 
 def _leaves(data):
@@ -73,9 +101,9 @@ def labels_of(source):
     return out
 
 
-def draw_labels(view, labels, size=15, justification="Center"):
-    """Each label as a text actor anchored at its 3D point (billboard: faces the camera, fixed pixel size)."""
-    shown = []
+def draw_labels(view, labels, size=13, justification="Center", backed=False):
+    """Each label as a text actor anchored at its 3D point (billboard: faces the camera, fixed pixel size); with
+    backed, on a white patch (a label over lines stays readable)."""
     for text, xyz in labels:
         display = pv.Show(pv.Text(Text=text), view)
         display.TextPropMode = "Billboard 3D Text"
@@ -83,16 +111,67 @@ def draw_labels(view, labels, size=15, justification="Center"):
         display.FontSize = size
         display.Color = INK
         display.Justification = justification
-        shown.append(text)
-    return shown
+        if backed:
+            display.BackgroundColor = [1.0, 1.0, 1.0, 0.85]
+    return [text for text, _ in labels]
 
 
-def caption(view, text, location="Upper Left Corner", size=16):
-    display = pv.Show(pv.Text(Text=text), view)
-    display.WindowLocation = location
-    display.FontSize = size
+def spaced(labels, axis, pixels_per_unit, gap):
+    """The labels, thinned along x (axis 0) or y (axis 1) so that neighbours are at least `gap(text)` pixels
+    apart: labels never overlap, whatever the view's size."""
+    lines = {}  # labels on one line (the same other coordinate) are thinned together
+    for text, xyz in labels:
+        lines.setdefault(round(xyz[1 - axis], 6), []).append((text, xyz))
+    kept = []
+    for line in lines.values():
+        last = None
+        for text, xyz in sorted(line, key=lambda lab: lab[1][axis]):
+            if last is None or (xyz[axis] - last[1][axis]) * pixels_per_unit >= gap(last[0]):
+                kept.append((text, xyz))
+                last = (text, xyz)
+    return kept
+
+
+def text_width(text, size):
+    return 0.62 * size * len(text)
+
+
+def caption(view, source, template, size=None):
+    """A caption in the upper left corner, filled by the tview Caption filter from the data `source` shows (so
+    the step it names is the data's own, and follows the time)."""
+    text = pv.tviewCaption(Input=source, Template=template)
+    display = pv.Show(text, view)
+    display.WindowLocation = "Upper Left Corner"
+    display.Justification = "Left"
+    display.FontSize = size or font(view)
     display.Color = INK
     return text
+
+
+def fixed_caption(view, text, location="Lower Left Corner", size=None):
+    display = pv.Show(pv.Text(Text=text), view)
+    display.WindowLocation = location
+    display.FontSize = size or font(view)
+    display.Color = INK
+    return text
+
+
+BAR_PIXELS = 96  # the right margin a vertical colour bar with its ticks and title takes
+
+
+def style_bar(bar, view, title):
+    """A vertical bar in the right margin, ticks and ends in one number style."""
+    bar.Title, bar.ComponentTitle = title, ""
+    bar.TitleColor, bar.LabelColor = INK, INK
+    bar.TitleFontSize, bar.LabelFontSize = font(view), font(view) - 1
+    bar.AutomaticLabelFormat, bar.LabelFormat, bar.RangeLabelFormat = 0, TICKS, TICKS
+    bar.WindowLocation = "Any Location"
+    bar.Orientation = "Vertical"
+    width, height = view.ViewSize
+    bar.Position = [1.0 - (BAR_PIXELS - 8) / max(width, 1), 0.14]
+    bar.ScalarBarLength = 0.66
+    bar.ScalarBarThickness = 12
+    return bar
 
 
 def color(display, view, array, association="POINTS", preset="Cool to Warm", symmetric=False, log=False,
@@ -107,15 +186,20 @@ def color(display, view, array, association="POINTS", preset="Cool to Warm", sym
     if symmetric:
         m = max(abs(low), abs(high)) or 1.0
         lut.RescaleTransferFunction(-m, m)
-    elif log and low > 0 and high > 100 * low:  # spans decades: colours spread over the logarithm
+    display.SetScalarBarVisibility(view, True)
+    bar = style_bar(pv.GetScalarBar(lut, view), view, title or array)
+    if log and not symmetric and low > 0 and high > 100 * low:  # spans decades: colours spread over the logarithm
         lut.MapControlPointsToLogSpace()
         lut.UseLogScale = 1
-    display.SetScalarBarVisibility(view, True)
-    bar = pv.GetScalarBar(lut, view)
-    bar.Title, bar.ComponentTitle = title or array, ""
-    bar.TitleColor, bar.LabelColor = INK, INK
-    bar.TitleFontSize, bar.LabelFontSize = 16, 14
+        bar.UseCustomLabels, bar.CustomLabels = 1, decades(low, high)  # a tick per power of ten, no 2s and 5s
     return lut
+
+
+def decades(low, high):
+    """The powers of ten between low and high (> 0), every other one when there are more than 6."""
+    first, last = math.ceil(math.log10(low)), math.floor(math.log10(high))
+    every = 1 if last - first < 6 else 2
+    return [10.0 ** k for k in range(first, last + 1, every)]
 
 
 def extract(reader, selectors):
@@ -124,21 +208,23 @@ def extract(reader, selectors):
     return part
 
 
-def frame_2d(view, labels, data_bounds, margin=(0.12, 0.04, 0.10, 0.08)):
-    """Look straight down z with a parallel projection at the data and its labels (left, right, bottom, top
-    margins as fractions of the larger side)."""
-    xs = [data_bounds[0], data_bounds[1]] + [xyz[0] for _, xyz in labels]
-    ys = [data_bounds[2], data_bounds[3]] + [xyz[1] for _, xyz in labels]
-    side = max(max(xs) - min(xs), max(ys) - min(ys)) or 1.0
-    x0, x1 = min(xs) - margin[0] * side, max(xs) + margin[1] * side
-    y0, y1 = min(ys) - margin[2] * side, max(ys) + margin[3] * side
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+def frame_2d(view, data_bounds, margins):
+    """Look straight down z with a parallel projection so that the data fills the view less `margins` (left,
+    right, bottom, top, in pixels); returns the pixels per world unit."""
     width, height = view.ViewSize
+    left, right, bottom, top = margins
+    dw = (data_bounds[1] - data_bounds[0]) or 1.0
+    dh = (data_bounds[3] - data_bounds[2]) or 1.0
+    units = max(dw / max(width - left - right, 20), dh / max(height - bottom - top, 20))  # world units per pixel
+    cx = (data_bounds[0] + data_bounds[1]) / 2 + (right - left) / 2 * units
+    cy = (data_bounds[2] + data_bounds[3]) / 2 + (top - bottom) / 2 * units
+    side = max(dw, dh)
     view.CameraParallelProjection = 1
     view.CameraFocalPoint = [cx, cy, 0.0]
     view.CameraPosition = [cx, cy, 10.0 * side]
     view.CameraViewUp = [0.0, 1.0, 0.0]
-    view.CameraParallelScale = max((y1 - y0) / 2, (x1 - x0) / 2 * height / width)
+    view.CameraParallelScale = height * units / 2
+    return 1.0 / units
 
 
 def backdrop(view):
@@ -197,17 +283,18 @@ def network(reader, view, array, layer=None, size=None):
     part = extract(reader, ["/Root/network"])
     display = pv.Show(part, view)
     display.SetRepresentationType("Points")
-    display.PointSize = 10
+    display.PointSize = 10 if view.ViewSize[1] >= 500 else 6
     display.RenderPointsAsSpheres = 1
     if size:
         size_by(display, part, size)
     color(display, view, array, preset="Viridis (matplotlib)")
     labels = labels_of(part)
-    draw_labels(view, labels, justification="Right")
+    draw_labels(view, labels, size=font(view), justification="Right")
     view.CameraPosition = [34, -46, 28]
     view.CameraFocalPoint = [0, 0, 12]
     view.CameraViewUp = [0, 0, 1]
     view.ResetCamera()
+    caption(view, part, f"network: {array}" + (f" (size: {size})" if size else "") + "\n{run} · {ranks} · step {step}")
     return labels
 
 
@@ -217,6 +304,20 @@ def _nice_steps(high):
     while k <= high:
         out += [s for s in (k, 2 * k, 5 * k) if s <= high]
         k *= 10
+    return out
+
+
+def _away_from_centre(labels, data_bounds, push=0.08):
+    """Each label moved outwards in x and y from the middle of the data and in front of it: a path's name beside
+    its end, drawn over the paths (the camera looks down z)."""
+    centre = [(data_bounds[2 * k] + data_bounds[2 * k + 1]) / 2 for k in range(3)]
+    size = max(data_bounds[2 * k + 1] - data_bounds[2 * k] for k in range(3)) or 1.0
+    out = []
+    for text, xyz in labels:
+        d = [xyz[k] - centre[k] for k in range(3)]
+        norm = math.sqrt(sum(v * v for v in d)) or 1.0
+        moved = [xyz[k] + push * size * d[k] / norm for k in range(2)]
+        out.append((text, (moved[0], moved[1], data_bounds[5])))  # as near the camera (on +z) as any path
     return out
 
 
@@ -233,20 +334,29 @@ def trajectory(reader, view, array, layer=None):
         high = 10 ** lut.RGBPoints[-4] - 1
         lut.Annotations = [v for s in _nice_steps(high) for v in (f"{math.log10(s + 1):.6g}", str(s))]
         bar = pv.GetScalarBar(lut, view)
-        bar.DrawTickLabels, bar.AddRangeLabels, bar.DrawAnnotations = 0, 0, 1
-    labels = labels_of(part)
-    draw_labels(view, labels, justification="Left")
+        bar.DrawTickLabels, bar.DrawTickMarks, bar.AddRangeLabels, bar.DrawAnnotations = 0, 0, 0, 1
+    labels = _away_from_centre(labels_of(part), bounds(part))
+    draw_labels(view, labels, size=font(view), justification="Center", backed=True)
+    view.CameraPosition, view.CameraFocalPoint, view.CameraViewUp = [0, 0, 10], [0, 0, 0], [0, 1, 0]
     view.ResetCamera()
+    caption(view, part, "weight trajectories" + (f" of {layer}" if layer else "") + " (PCA)\n{run} · {ranks}")
     return labels
 
 
 def filters(reader, view, array, layer):
     part, _ = show_grid(reader, view, [f"/Root/filters/{layer}"], array, symmetric=True)
     labels = labels_of(part)
-    draw_labels(view, [lab for lab in labels if lab[1][0] < 0], size=13, justification="Right")  # filters
-    draw_labels(view, [lab for lab in labels if lab[1][0] >= 0], size=13)  # input channels
-    frame_2d(view, labels, bounds(part), margin=(0.06, 0.25, 0.04, 0.06))
-    return labels
+    rows = [lab for lab in labels if lab[1][0] < 0]
+    columns = [lab for lab in labels if lab[1][0] >= 0]
+    size = font(view)
+    left = max([text_width(t, size) for t, _ in rows] or [0]) + 12
+    pixels = frame_2d(view, bounds(part), (left, BAR_PIXELS, 12, 3.2 * size + 2 * size))
+    rows = spaced(rows, 1, pixels, lambda t: 1.2 * size)
+    columns = spaced(columns, 0, pixels, lambda t: text_width(t, size) + 6)
+    draw_labels(view, rows, size=size, justification="Right")
+    draw_labels(view, columns, size=size)
+    caption(view, part, f"filters of {layer} ({array})\n" "{run} · {ranks} · snapshot of step {step}")
+    return rows + columns
 
 
 def feature_maps(reader, view, array, layer):
@@ -261,21 +371,14 @@ def feature_maps(reader, view, array, layer):
         lut.ApplyPreset("Grayscale", True)
         shown.RescaleTransferFunctionToDataRange(False, True)
         shown.SetScalarBarVisibility(view, False)
-    labels = labels_of(part) + labels_of(picture)
-    draw_labels(view, labels, size=13)
+    tiles, pictures = labels_of(part), labels_of(picture)
     b, p = bounds(part), bounds(picture)
-    frame_2d(view, labels, [min(b[0], p[0]), b[1], b[2], b[3]], margin=(0.03, 0.22, 0.04, 0.06))
-    return labels
-
-
-def feature_volume(reader, view, array, layer):
-    part = extract(reader, [f"/Root/feature_volumes/{layer}"])
-    display = pv.Show(part, view)
-    display.SetRepresentationType("Volume")
-    color(display, view, array, preset="Inferno (matplotlib)")
-    view.CameraPosition, view.CameraFocalPoint, view.CameraViewUp = [1.0, -1.6, 1.4], [0.0, 0.0, 0.0], [0, 0, 1]
-    view.ResetCamera()  # seen from a corner: width, height and the channel axis all show
-    return []
+    size = font(view)
+    pixels = frame_2d(view, [min(b[0], p[0]), b[1], b[2], b[3]], (10, BAR_PIXELS, 10, 3.4 * size + 2 * size))
+    tiles = spaced(tiles, 0, pixels, lambda t: text_width(t, size) + 4) if len(tiles) > 1 else tiles
+    draw_labels(view, tiles + pictures, size=size)
+    caption(view, part, f"feature maps of {layer} ({array})\n" "{run} · {ranks} · snapshot of step {step}")
+    return tiles + pictures
 
 
 def field(reader, view, array, layer=None, block="fields"):
@@ -283,8 +386,11 @@ def field(reader, view, array, layer=None, block="fields"):
                         preset="Inferno (matplotlib)", log=True)
     labels = labels_of(part)
     rows = [lab for lab in labels if block != "rank_fields" or lab[0].startswith("rank ")]
-    draw_labels(view, rows, size=14, justification="Right")
-    draw_labels(view, [lab for lab in labels if lab not in rows], size=15)  # a rank field's layer, above it
+    size = font(view)
+    left = max([text_width(t, size) for t, _ in rows] or [0]) + 14
+    pixels = frame_2d(view, bounds(part), (left, BAR_PIXELS, 3.2 * size + 8, 3.4 * size + 2 * size))
+    rows = spaced(rows, 1, pixels, lambda t: 1.15 * size)
+    draw_labels(view, rows, size=size, justification="Right")
     grid = view.AxesGrid
     grid.Visibility = 1
     grid.XTitle, grid.YTitle, grid.ZTitle = "training step", "", ""
@@ -293,10 +399,14 @@ def field(reader, view, array, layer=None, block="fields"):
     grid.ShowGrid = 0
     grid.XTitleColor, grid.XLabelColor, grid.GridColor = INK, INK, INK
     grid.YLabelColor, grid.YTitleColor = INK, INK
-    grid.XTitleFontSize, grid.XLabelFontSize = 16, 14
+    grid.XTitleFontSize, grid.XLabelFontSize = size, size - 1
     grid.UseCustomBounds, grid.CustomBounds = 1, list(bounds(part))  # the field's, whatever else the view shows
-    frame_2d(view, labels, bounds(part), margin=(0.10, 0.16, 0.10, 0.04))
-    return labels
+    if block == "rank_fields":
+        caption(view, part, f"{array} of {{layer}}, a row per rank\n{{run}} · every rank · all steps")
+    else:
+        caption(view, part, f"{array}" + (f" per channel of {layer}" if layer else " per layer")
+                + "\n{run} · {ranks} · all steps")
+    return rows
 
 
 def rank_field(reader, view, array, layer=None):
@@ -305,20 +415,30 @@ def rank_field(reader, view, array, layer=None):
     return field(reader, view, array, None, "rank_fields")
 
 
-VIEWS = {"network": network, "trajectory": trajectory, "filters": filters, "feature_maps": feature_maps,
-         "feature_volume": feature_volume, "field": field, "rank_field": rank_field}
+VIEW_BUILDERS = {"network": network, "trajectory": trajectory, "filters": filters, "feature_maps": feature_maps,
+                 "field": field, "rank_field": rank_field}
+assert set(VIEW_BUILDERS) == set(VIEWS), "tview.render.views.VIEWS and this script's views differ"
+
+
+def default_array(reader, name, array):
+    if array:
+        return array
+    if name == "rank_field":
+        return rank_field_array(available(reader, "Statistics"))
+    return DEFAULT_ARRAY[name]
 
 
 def show(reader, view, name, array=None, layer=None, size=None):
     """One view into `view` (the network's glyphs sized by `size`, a point array, if given); returns the labels."""
+    array = default_array(reader, name, array)
     if name == "network":
-        return network(reader, view, array or DEFAULT_ARRAY[name], layer, size)
-    return VIEWS[name](reader, view, array or DEFAULT_ARRAY[name], layer)
+        return network(reader, view, array, layer, size)
+    return VIEW_BUILDERS[name](reader, view, array, layer)
 
 
 def default_layer(manifest, name, layer):
     """The layer a per-layer view shows: the one asked for, else the manifest's first of its kind."""
-    if layer or name not in ("filters", "feature_maps", "feature_volume"):
+    if layer or name not in ("filters", "feature_maps"):
         return layer
     meta = run_meta(manifest)
     names = meta.get("filter_layers" if name == "filters" else "probe_layers", [])
@@ -340,21 +460,21 @@ def _layout_of_four():
 
 
 def layout(reader, manifest, size, array=None, filter_layer=None):
-    """Network, layer x step field, filters and trajectories in one layout of four linked views (one time)."""
-    reader.Statistics = [DEFAULT_ARRAY["network"], array or DEFAULT_ARRAY["field"]]
-    reader.UpdatePipelineInformation()
+    """Network, layer x step field, filters and trajectories in one layout of four linked views (one time), on a
+    reader set up with blocks_for(LAYOUT, array)."""
     lay, first = _layout_of_four()
     half = [size[0] // 2, size[1] // 2]
     views, labels = [], []
-    for hint in (3, 4, 5, 6):  # every view in place before any shows data (the GUI hung otherwise)
+    for hint in (3, 4, 5, 6):  # every view in place (and sized) before any shows data
         view = new_view(half, first if hint == 3 else None)
         if pv.GetLayout(view) is None:
             pv.AssignViewToLayout(view=view, layout=lay, hint=hint)
         views.append(view)
+    if not GUI:
+        lay.SetSize(*size)
     for view, name in zip(views, LAYOUT):
         layer = default_layer(manifest, name, filter_layer if name == "filters" else None)
         labels += show(reader, view, name, array if name == "field" else None, layer)
-        caption(view, name if name != "field" else f"field: {array or DEFAULT_ARRAY['field']}", size=14)
-    if not GUI:
-        lay.SetSize(*size)
+    for view in views:
+        pv.Render(view)  # every view drawn now, not when the time first changes
     return lay, views, labels

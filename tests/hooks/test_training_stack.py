@@ -85,6 +85,20 @@ def test_a_compiled_model_records_activations_without_graph_breaks(tmp_path, war
     assert len(run.stat("act_mean", "conv2")[0]) == 1 and out.shape[1] == 6
 
 
+def test_a_plain_model_trained_through_an_earlier_compiled_copy_is_said_and_recorded_from_the_next_step(tmp_path):
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model, (x, y) = TinyCNN(), make_data()
+    compiled = torch.compile(model, backend="aot_eager")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    F.cross_entropy(compiled(x), y).backward()  # warm-up of the compiled model
+    with pytest.warns(RuntimeWarning, match="no activation statistics came from this step's forward pass"):
+        with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt) as rec:  # the plain model given
+            train(compiled, rec, 3, x, y, opt=opt)
+    steps, _ = tview.open_run(str(tmp_path / "r")).stat("act_zero_frac", "relu")
+    assert list(steps) == [1, 2]  # step 0's forward ran hook-free compiled code: said, not invented
+
+
 def test_resume_continues_the_training_step_count_and_the_init_distance_origin(tmp_path):
     torch.manual_seed(0)
     model, (x, y) = TinyCNN(), make_data()

@@ -36,7 +36,7 @@ def describe(data):
                 "ranks_read": numpy_support.vtk_to_numpy(read).tolist() if read is not None else None}
     out = {"class": data.GetClassName(), "points": data.GetNumberOfPoints(), "arrays": arrays_of(data),
            "tview_rank": field(data, "tview_rank"), "piece": field(data, "paraview_piece"),
-           "snapshot_step": field(data, "snapshot_step"), "reduction": field(data, "tview_reduction"),
+           "snapshot_step": field(data, "tview_step"), "reduction": field(data, "tview_reduction"),
            "tview_layer": field(data, "tview_layer")}
     if data.IsA("vtkImageData") or data.IsA("vtkRectilinearGrid"):
         out["dimensions"] = list(data.GetDimensions())
@@ -55,6 +55,8 @@ def main():
     args = json.loads(sys.argv[1])
     pv.LoadPlugin(PLUGIN)
     reader = pv.tviewRunReader(FileName=args["file"])
+    from tview.render.blocks import BLOCKS  # the plugin has imported its tview
+    reader.Blocks = [name for name in BLOCKS if name != "rank_fields"]  # every block but the collective rank rows
     for key, value in args.get("properties", {}).items():
         setattr(reader, key, value)
     reader.UpdatePipelineInformation()
@@ -71,6 +73,11 @@ def main():
     if args.get("fetch", True) and steps:
         reader.UpdatePipeline(time)
         result["data"] = describe(sm.Fetch(reader))
+    if args.get("caption") and steps:  # {"block": "/Root/filters/conv2", "template": "..."}
+        part = pv.ExtractBlock(Input=reader, Selectors=[args["caption"]["block"]])
+        text = pv.tviewCaption(Input=part, Template=args["caption"]["template"])
+        text.UpdatePipeline(time)
+        result["caption"] = sm.Fetch(text).GetColumnByName("Text").GetValue(0)
     if args.get("similarity") and steps:
         sim = pv.tviewFilterSimilarityGroups(Input=reader, Layer=args["similarity"]["layer"],
                                              Threshold=args["similarity"]["threshold"])

@@ -92,6 +92,17 @@ def test_reader_lists_steps_layers_and_arrays_equal_to_open_run(demo):
     assert blocks["network"]["labels"][0] == "conv1 (6)"
 
 
+def test_a_caption_names_the_step_of_the_snapshot_shown_not_the_time(demo):
+    run = tview.open_run(demo)
+    snaps, steps = run.snapshot_steps(1), scene.time_steps(run)
+    time_ = float(steps[steps > snaps[-2]][0])  # just after the last snapshot but one: that snapshot is shown
+    template = "{layer} · {run} · {ranks} · step {step}"
+    got, out = probe({"file": f"{demo}/run.tview", "properties": {"Rank": 1}, "time": time_, "fetch": False,
+                      "caption": {"block": "/Root/filters/conv2", "template": template}})
+    assert got["caption"] == f"conv2 · demo · rank 1 · step {snaps[-2]}", out[-2000:]
+    assert time_ != snaps[-2]
+
+
 def cells(block, grid):
     """A reader block holds the Grid as cell data: its values (row 0 at the top), hidden cells as ghosts."""
     rows, cols = grid.values.shape
@@ -211,34 +222,42 @@ def test_reloading_follows_a_live_run(tmp_path):
     assert after[:len(before)] == before
 
 
-def test_the_paraview_gui_loads_the_plugin_and_opens_runs(demo, tmp_path):
-    """What `tview paraview RUN` relies on: ParaView's GUI, with tview's environment, autoloads the plugin
-    and picks the tview reader for run.tview (under Xvfb here, with a script instead of a user). The
-    four-view layout script it runs is rendered by pvbatch in test_each_view_renders_a_picture."""
+def test_file_open_in_a_plain_paraview_gui_shows_the_network_coloured(demo, tmp_path):
+    """File > Open of run.tview in ParaView's GUI with the plugin (what `tview paraview RUN --plain` does): the tview
+    reader is picked, the time steps are the run's, and Apply shows the network's points coloured by a statistic,
+    not every block on top of another as one solid surface."""
     from tview.render.paraview_launch import paraview_command, paraview_env, screen
-    cmd = paraview_command(demo)
-    assert cmd[1] == f"--data={demo}/run.tview"
-    layout = paraview_command(demo, layout=True)[1]
-    assert layout.startswith("--script=") and os.path.isfile(layout.split("=", 1)[1])
-    out = tmp_path / "gui.txt"
+    cmd = paraview_command(demo, plain=True)
+    assert cmd[1:] == ["--dr", f"--data={demo}/run.tview"]
+    out = tmp_path / "gui.json"
     script = tmp_path / "gui_check.py"
-    script.write_text(f"""import os
+    script.write_text(f"""import json, os
 from paraview import simple as pv
-src = pv.OpenDataFile({f"{demo}/run.tview"!r})
-src.UpdatePipelineInformation()
-pv.Show(src)
-pv.Render()
-open({str(out)!r}, "w").write(f"{{src.GetXMLName()}} {{len(src.TimestepValues)}} {{os.environ['TVIEW_RUN']}}")
-os._exit(0)
+try:
+    src = pv.OpenDataFile({f"{demo}/run.tview"!r})
+    src.UpdatePipelineInformation()
+    shown = pv.Show(src)
+    pv.Render()
+    info = src.GetDataInformation()
+    json.dump({{"reader": src.GetXMLName(), "steps": len(src.TimestepValues), "blocks": [str(b) for b in src.Blocks],
+               "representation": shown.SMProxy.GetProperty("Representation").GetElement(0),
+               "colour": [str(c) for c in shown.ColorArrayName], "points": info.GetNumberOfPoints(),
+               "cells": info.GetNumberOfCells()}}, open({str(out)!r}, "w"))
+finally:
+    os._exit(0)
 """)
     env = paraview_env(demo)
     env.pop("DISPLAY", None)
     with screen(env) as env:
-        proc = subprocess.run([cmd[0], f"--script={script}"], env=env, capture_output=True, text=True, timeout=180)
+        proc = subprocess.run([cmd[0], "--dr", f"--script={script}"], env=env, capture_output=True, text=True,
+                              timeout=180)
     assert out.exists(), proc.stdout[-2000:] + proc.stderr[-2000:]
-    reader, steps, run_file = out.read_text().split()
-    assert reader == "TviewRunReader" and int(steps) == len(tview.open_run(demo).steps(0))
-    assert run_file == f"{demo}/run.tview"  # what the layout script opens
+    got = json.loads(out.read_text())
+    run = tview.open_run(demo)
+    assert got["reader"] == "TviewRunReader" and got["steps"] == len(run.steps(0))
+    assert got["blocks"] == ["network"] and got["representation"] == "Points"
+    assert got["colour"] == ["POINTS", scene.statistic_arrays(run)[0]]  # coloured by a statistic, not solid
+    assert got["points"] == sum(i["channels"] for i in run.layer_info) == got["cells"]  # a point per channel
 
 
 @pytest.fixture(scope="module")
@@ -275,7 +294,8 @@ def test_mpi_processes_reduce_only_their_own_ranks_to_numpys_mean_and_spread(rag
     by_mode = {}
     for mode, code in (("mean", 2), ("spread", 3)):
         got, out = probe({"file": f"{ragged}/run.tview", "time": step,
-                          "properties": {"RankMode": code, "RankFields": mode == "mean", "Statistics": names}}, mpi=2)
+                          "properties": {"RankMode": code, "Statistics": names,
+                                         "Blocks": ["network", "fields"] + ["rank_fields"] * (mode == "mean")}}, mpi=2)
         per = got["data"]["blocks"]
         assert per["0"]["ranks_read"] == [0, 2, 4] and per["1"]["ranks_read"] == [1, 3], out[-2000:]
         blocks = per["0"]["blocks"]

@@ -62,22 +62,33 @@ def first_run(flags: np.ndarray, length: int) -> int | None:
 
 
 def jump_onset(values: np.ndarray, factor: float, history: int = 20, least: int = 5, sustain: int = 2,
-               up: bool = True) -> int | None:
+               up: bool = True, level: str = "median") -> int | None:
     """First index where a positive series leaves its recent level: above factor x (up) or below 1/factor x
-    (down) the median of up to `history` finite values before it (at least `least` of them), for `sustain`
-    consecutive finite values (fewer when the series ends). Non-finite values are skipped."""
+    (down) the median (level "median") or the largest (level "max": above everything it had lately) of up to
+    `history` finite values before it (at least `least` of them), for `sustain` consecutive finite values (fewer
+    when the series ends). Non-finite values are skipped."""
     v = np.asarray(values, dtype=np.float64)
     idx = np.flatnonzero(np.isfinite(v))
     finite = v[idx]
     if len(finite) <= least:
         return None
     padded = np.concatenate([np.full(history, np.nan), finite])
-    base = nanmedian(np.lib.stride_tricks.sliding_window_view(padded, history)[:len(finite)], axis=1)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, history)[:len(finite)]
+    if level == "max":
+        with np.errstate(invalid="ignore"):
+            base = np.fmax.reduce(windows, axis=1)
+    else:
+        base = nanmedian(windows, axis=1)
+    n = len(finite)
+    ahead = np.concatenate([finite, np.full(sustain, np.nan)])
+    ahead = np.lib.stride_tricks.sliding_window_view(ahead, sustain)[:n]  # each value and the sustain-1 after it
     with np.errstate(invalid="ignore"):
-        flags = (base > 0) & ((finite > factor * base) if up else (finite < base / factor))
+        beyond = (ahead > factor * base[:, None]) if up else (ahead < base[:, None] / factor)
+    # every one of the next `sustain` values beyond the level before the first (fewer at the end of the series)
+    flags = (base > 0) & (beyond | np.isnan(ahead)).all(axis=1) & beyond[:, 0]
     flags[:least] = False
-    k = first_run(flags, sustain)
-    return None if k is None else int(idx[k])
+    hit = np.flatnonzero(flags)
+    return None if not len(hit) else int(idx[hit[0]])
 
 
 def drift_onset(values: np.ndarray, factor: float, share: float = 0.1, least: int = 3, width: int = 5,

@@ -1,41 +1,22 @@
-"""The Finding record of `tview.diagnose`, the kinds it can name, and the order findings are listed in."""
+"""The Finding record of `tview.diagnose`, the kinds it can name (declared by the check modules) and their order."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
-# kind -> (severity, tensor, what it means). Severity orders the list: errors before warnings.
-KINDS: dict[str, tuple[str, str | None, str]] = {
-    "nonfinite": ("error", None,
-                  "NaN or Inf first appeared: the step, the rank, and the module where it shows first, in forward "
-                  "order for activations, else in backward order for gradients (else the loss)"),
-    "exploding_gradients": ("error", "gradient",
-                            "a layer's gradient norm jumped far above its recent level (or grew far above its early "
-                            "level): the first step, and the layer nearest the loss where it starts"),
-    "replicas_differ": ("error", "weight",
-                        "data-parallel ranks hold different weights after the optimizer step: the first step and "
-                        "layer where the per-layer weight fingerprints (weight_norm, weight_sum) differ"),
-    "rank_stopped": ("error", "time",
-                     "a rank's shard ends without being closed while other ranks closed theirs (crashed or killed): "
-                     "step is the first step it lacks"),
-    "rank_missing": ("error", None, "a rank of the world size has no readable shard"),
-    "vanishing_gradients": ("warning", "gradient",
-                            "a layer's gradient norm fell far below its recent level and stays there: the first step "
-                            "and the layer nearest the loss where it starts"),
-    "dead_filters": ("warning", "activation",
-                     "output channels whose activations stay zero (zero fraction >= 0.99) to the end of the run"),
-    "dead_units": ("warning", "activation",
-                   "units after a fully connected (Linear) layer whose activations stay zero (zero fraction >= 0.99) "
-                   "to the end of the run, when they are a quarter of the layer's units or more (dying ReLUs)"),
-    "frozen_filters": ("warning", "gradient",
-                       "output channels whose gradient stays zero while the layer's other channels learn "
-                       "(per-channel statistic grad_channel_norm)"),
-    "rank_diverges": ("warning", "loss", "a rank's loss rose well above the other ranks' and stays there (bad data on "
-                                         "that rank)"),
-    "slow_rank": ("warning", "time", "a rank's busy time per step (or step time) stays well above the other ranks'"),
-    "rank_lags": ("warning", "time", "a rank's last recorded step is well behind the furthest rank's"),
-}
+# kind -> (severity, tensor, what it means), filled by the check modules (tview.diagnose.checks) as they are
+# imported: a check declares its kinds beside the code that finds them.
+KINDS: dict[str, tuple[str, str | None, str]] = {}
 SEVERITY_ORDER = {"error": 0, "warning": 1}
+
+
+def declare(kinds: dict[str, tuple[str, str | None, str]]) -> dict[str, tuple[str, str | None, str]]:
+    """Add a check module's kinds to KINDS (a kind named twice is a mistake); returns them."""
+    for kind, row in kinds.items():
+        if kind in KINDS and KINDS[kind] != row:
+            raise ValueError(f"finding kind {kind!r} declared twice")
+        KINDS[kind] = row
+    return kinds
 
 
 @dataclass
@@ -43,7 +24,8 @@ class Finding:
     """One thing that went wrong: where (rank, layer, step, tensor, channels) and a sentence for people.
 
     rank None: every rank (or not one rank); layer None: not one layer; step None: no single step.
-    `stat` names the recorded statistic that shows the evidence (for links to the dashboard)."""
+    `stat` names the recorded statistic that shows the evidence (for links to the dashboard);
+    `followed_by`: the findings that follow from this one within a few steps (its consequences)."""
 
     kind: str
     message: str
@@ -53,17 +35,17 @@ class Finding:
     tensor: str | None = None
     channels: list[int] = field(default_factory=list)
     stat: str | None = None
+    followed_by: list["Finding"] = field(default_factory=list)
 
     @property
     def severity(self) -> str:
         return KINDS.get(self.kind, ("warning",))[0]
 
     def to_dict(self) -> dict:
-        """A plain JSON-ready dict (ints, strings, lists, None), severity included."""
-        out = asdict(self)
-        out["severity"] = self.severity
-        out["channels"] = [int(c) for c in self.channels]
-        return out
+        """A plain JSON-ready dict (ints, strings, lists, None), severity included; followed_by as such dicts."""
+        return {"kind": self.kind, "message": self.message, "rank": self.rank, "layer": self.layer,
+                "step": self.step, "tensor": self.tensor, "channels": [int(c) for c in self.channels],
+                "stat": self.stat, "severity": self.severity, "followed_by": [f.to_dict() for f in self.followed_by]}
 
     def __getitem__(self, key: str):
         """finding["kind"] works like finding.kind (findings read like the dicts of --json)."""
@@ -79,9 +61,8 @@ def make(kind: str, message: str, **where) -> Finding:
 
 
 def worst_first(findings: list[Finding]) -> list[Finding]:
-    """Errors before warnings; within each, the earliest step first (the first thing to go wrong is most often
-    the cause of what follows); findings without a step after those with one; at one step, in the order of
-    KINDS (NaN/Inf before the replica disagreement it causes)."""
+    """Errors before warnings; within each, the earliest step first; findings without a step after those with
+    one; at one step, in the order the kinds were declared."""
     order = {k: i for i, k in enumerate(KINDS)}
 
     def key(f: Finding):

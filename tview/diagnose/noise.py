@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tview.render.analysis import ema
+from tview.series import ema
 
 WHY_NO_LOCAL = "no local gradient norm at this step on some rank"
 WHY_NONFINITE = "a gradient norm is not finite"
@@ -101,7 +101,7 @@ def _batch(run, max_points) -> float | None:
 
 def _norms(run, max_points):
     """(steps, local [ranks, steps, layers], global [steps, layers]) on the steps every rank recorded."""
-    from tview.diagnose.checks import matrix
+    from tview.diagnose.checks.common import matrix
     local = {r: matrix(run, "local_grad_norm", r, max_points) for r in run.ranks}
     glob = matrix(run, "grad_norm", run.ranks[0], max_points)
     if glob is None or any(v is None for v in local.values()):

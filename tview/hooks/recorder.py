@@ -419,6 +419,8 @@ class Recorder:
             param = self._param_results()
             snap = self._snapshot_if_due()
             pending = self._pending_act
+            if not pending and self._act_probes_now:
+                self._hooks_silent()
             for index, channels, _ in pending:
                 if channels is not None:
                     self._channels.setdefault(index, int(channels))
@@ -433,6 +435,21 @@ class Recorder:
                                         "device_scalars": device_scalars, "param": param, "act": pending,
                                         "snapshot": snap, "transfer": transfer})
         self._recorded += 1
+
+    def _hooks_silent(self):
+        """A training step ran (gradients exist) but no forward hook fired: compiled code traced before tview's
+        hooks were installed runs without them (torch.compile of the model, called before the Recorder was
+        made, with the Recorder given the plain model). Said once; dynamo's code is dropped so the next call
+        traces the model with the hooks."""
+        if "hooks" in self._problems or self.pctx is None or all(p.grad is None for p in self.pctx.params):
+            return
+        self._problems.add("hooks")
+        warnings.warn("tview: no activation statistics came from this step's forward pass: the model runs compiled "
+                      "code traced before tview's hooks were installed (torch.compile called before the Recorder "
+                      "was made). tview drops torch.compile's cached code once so the next step traces the hooks; "
+                      "give the Recorder the compiled model, or make it before the first compiled call, to avoid "
+                      "the retrace", RuntimeWarning, stacklevel=4)
+        torch._dynamo.reset()
 
     def _param_results(self) -> list:
         """(probe, partial results) of each parameter probe due now; a probe that fails is said and dropped."""

@@ -90,6 +90,15 @@ class StepClock:
         self.handles = []
 
 
+def _bucket_views(bucket, params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each parameter's gradient in a DDP bucket, as views of its flat buffer (bucket.gradients() copies them)."""
+    buf = bucket.buffer()
+    sizes = [p.numel() for p in params]
+    if sum(sizes) != buf.numel():  # a layout with gaps: let DDP cut it
+        return bucket.gradients()
+    return list(torch.split(buf, sizes))
+
+
 class LocalGrads:
     """This rank's gradient before the DDP all-reduce, as squared norms per parameter tensor, from a DDP
     communication hook: one multi-tensor norm per bucket (a few per step, whatever the layer count), no copy
@@ -110,8 +119,9 @@ class LocalGrads:
         from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
         self.t_last = time.perf_counter()
         if self.active:
-            grads = bucket.gradients()
-            ids = [self.index.get(id(p), -1) for p in bucket.parameters()]
+            params = bucket.parameters()
+            grads = _bucket_views(bucket, params)
+            ids = [self.index.get(id(p), -1) for p in params]
             norms = torch._foreach_norm(grads, 2, dtype=torch.float32) if grads else []
             if norms:
                 self.parts.append((ids, torch.stack(norms).square()))

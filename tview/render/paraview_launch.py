@@ -16,14 +16,16 @@ import time
 from collections.abc import Iterator
 
 from tview.errors import TviewError
+from tview.render.views import RANK_MODES
+from tview.render.views import VIEWS as _VIEWS
 from tview.store import schema
 
 PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tview/
 REPO = os.path.dirname(PACKAGE)
 APT_HINT = ("install Debian's ParaView: apt-get install -y --no-install-recommends paraview python3-paraview "
             "python3-h5py python3-numpy xvfb xauth")
-VIEWS = ("network", "trajectory", "filters", "feature_maps", "feature_volume", "field", "rank_field", "layout")
-RANKS = ("one", "mean", "spread", "std")  # how the network and field views show ranks
+VIEWS = _VIEWS + ("layout",)
+RANKS = tuple(m for m in RANK_MODES if m != "all")  # how the network and field views show ranks in a picture
 SCREEN = "1600x1200x24"
 
 
@@ -272,19 +274,22 @@ def encode(frames_dir: str, out: str, timeout: float = 600) -> str:
     return text
 
 
-def paraview_command(run: str, layout: bool = False) -> list[str]:
-    """The ParaView GUI with the plugin loaded and the run open; with layout, tview's four linked views laid out
-    by layout_state.py (it reads the run from TVIEW_RUN: see paraview_env). The layout script renders in pvbatch
-    (`tview render --view layout`); in the GUI under Xvfb with no window manager it hung here, so it is opt-in."""
-    if layout:
-        return [find_program("paraview"), f"--script={script('layout_state.py')}"]
-    return [find_program("paraview"), f"--data={manifest_of(run)}"]
+def paraview_command(run: str, plain: bool = False) -> list[str]:
+    """The ParaView GUI with the plugin loaded: by default straight into tview's four linked views, laid out by
+    layout_state.py (it reads the run from TVIEW_RUN: see paraview_env); with plain, the run open in the reader
+    alone (its network block, Apply to draw). --dr: ParaView's own settings left aside, so no Welcome dialog
+    holds the script up (ParaView skips it with the registry disabled) and the layout is the same for everyone."""
+    if plain:
+        return [find_program("paraview"), "--dr", f"--data={manifest_of(run)}"]
+    return [find_program("paraview"), "--dr", f"--script={script('layout_state.py')}"]
 
 
 def paraview_env(run: str) -> dict:
-    """The GUI's environment: clean, the plugin auto-loaded, the run for the layout script."""
+    """The GUI's environment: clean, the plugin auto-loaded, the run and the scripts' folder for the layout script
+    (the GUI runs it without __file__)."""
     env = clean_env(autoload=True)
     env["TVIEW_RUN"] = manifest_of(run)
+    env["TVIEW_SCRIPTS"] = os.path.dirname(script("layout_state.py"))
     env["TVIEW_GUI"] = "1"
     return env
 
@@ -333,7 +338,7 @@ def render_command_line(a) -> None:
 
 
 def paraview_command_line(a) -> int:
-    """`tview paraview RUN` (the GUI, four linked views) or `tview paraview --plugin-path`."""
+    """`tview paraview RUN` (the GUI, four linked views; --plain: the reader alone) or `--plugin-path`."""
     if a.plugin_path:
         print(plugin_dir())
         return 0
@@ -342,4 +347,6 @@ def paraview_command_line(a) -> int:
     env = paraview_env(a.run)
     if not env.get("DISPLAY"):
         raise TviewError("the ParaView GUI needs a screen (no DISPLAY); use `tview render` without one")
-    return subprocess.call(paraview_command(a.run, a.layout), env=env)
+    extra = list(getattr(a, "paraview_args", None) or [])
+    extra = extra[1:] if extra[:1] == ["--"] else extra
+    return subprocess.call(paraview_command(a.run, a.plain) + extra, env=env)

@@ -14,10 +14,8 @@ from tview.errors import TviewError
 from tview.render.analysis import similarity_layout
 from tview.render.layout import network_positions, tile, tile_gaps, tile_origins
 from tview.render.summaries import channel_values_at
+from tview.render.views import RANK_MODES, REDUCED  # noqa: F401 (scene.RANK_MODES: the names in one place)
 from tview.store.reader import Run
-
-RANK_MODES = ("one", "all", "mean", "spread", "std")  # one rank; each rank a block; mean, max-min, std across ranks
-REDUCED = ("mean", "spread", "std")  # the modes that reduce across ranks
 
 
 @dataclass
@@ -73,9 +71,15 @@ def network(run: Run, rank: int, step: float | None, layers: list[str] | None = 
                 values[offsets[layer]:offsets[layer] + c] = row[run.layer_index(layer)]
         out[name] = values
     positions = network_positions(counts)
-    labels = [(f"{name} ({c})", (float(positions[offsets[name]:offsets[name] + c, 0].min()) - 1.0, 0.0,
-                                 float(positions[offsets[name], 2]))) for name, c in zip(names, counts)]
+    labels = [(f"{name} ({c})", _front_left(positions[offsets[name]:offsets[name] + c]))
+              for name, c in zip(names, counts)]
     return Points(positions, out, labels=labels)
+
+
+def _front_left(slab: np.ndarray) -> tuple[float, float, float]:
+    """Where a slab's name goes: beside its front left corner (the views look from the front, -y), so that no
+    slab in front hides it."""
+    return float(slab[:, 0].min()) - 1.0, float(slab[:, 1].min()), float(slab[0, 2])
 
 
 def combine(blocks: list[Points], mode: str) -> Points:
@@ -150,7 +154,7 @@ def feature_grid(run: Run, layer: str, step: float | None, rank: int,
                  example: int = 0) -> tuple[int, Grid, Grid | None]:
     """(snapshot step, Grid 'activation' with one tile per channel of one probe example labelled 'c<k>',
     Grid 'input' of that example's input (its first channel) beside it on the left, as tall, or None)."""
-    at, maps = feature_volume(run, layer, step, rank, example)
+    at, maps = probe_example_maps(run, layer, step, rank, example)
     c, h, w = maps.shape
     columns, gap = int(np.ceil(np.sqrt(c))), max(1, h // 4)  # room for each tile's label above it
     values = tile(maps, columns, gap)
@@ -235,7 +239,7 @@ def trajectory(run: Run, layer: str, rank: int) -> Points:
     return p
 
 
-def feature_volume(run: Run, layer: str, step: float | None, rank: int, example: int = 0) -> tuple[int, np.ndarray]:
+def probe_example_maps(run: Run, layer: str, step: float | None, rank: int, example: int = 0) -> tuple[int, np.ndarray]:
     """(snapshot step, [C, H, W]) feature maps of one probe example."""
     at, maps = run.feature_maps(layer, None if step is None else int(step), rank)
     if not 0 <= example < len(maps):

@@ -1,0 +1,111 @@
+"""tview.diagnose's registry and its cause-before-symptom order: the README's kinds are the registry's, findings
+fold under their cause, and the optimizer's checks (lr, update, loss) on made-up series with known answers."""
+
+import os
+import re
+
+import numpy as np
+
+from tests.conftest import REPO
+from tview.diagnose import CHECKS, KINDS, causes, every_finding
+from tview.diagnose.checks import gradients, optimizer
+from tview.diagnose.findings import make
+
+
+def _readme_kinds() -> set[str]:
+    text = open(os.path.join(REPO, "README.md")).read()
+    start = text.index("- `tview diagnose RUN")
+    section = text[start:text.index("\n- `", start + 1)]
+    listed = section[section.index("declaring its kinds:"):]
+    return set(re.findall(r"`([a-z_]+)`", listed))
+
+
+def test_the_readme_lists_exactly_the_kinds_the_check_modules_declare():
+    declared = set().union(*(set(check.KINDS) for check in CHECKS))
+    assert declared == set(KINDS)
+    assert _readme_kinds() == declared
+
+
+def test_each_check_module_declares_its_kinds_and_a_check():
+    assert len(CHECKS) >= 6
+    for check in CHECKS:
+        assert check.KINDS and callable(check.check), check.__name__
+        assert all(sev in ("error", "warning") for sev, _, _ in check.KINDS.values())
+
+
+def test_consequences_fold_under_the_earliest_cause_and_unrelated_findings_stay_apart():
+    lr = make("lr_jump", "lr x300", step=120)
+    loss = make("loss_spike", "loss up", step=121)
+    vanish = make("vanishing_gradients", "died", layer="b3.bn", step=139)
+    slow = make("slow_rank", "slow", rank=1, step=121)
+    late = make("exploding_gradients", "again", layer="fc", step=400)
+    roots = causes.fold([vanish, slow, loss, late, lr])
+    assert roots == [lr, late, slow]
+    assert lr.followed_by == [loss, vanish]
+    assert every_finding(roots) == [lr, loss, vanish, late, slow]
+
+
+def test_at_one_step_the_cause_comes_first_whatever_the_loudest():
+    dead = make("dead_filters", "relu dead", layer="b3.relu", step=120, channels=[0, 1])
+    vanish = make("vanishing_gradients", "fell", layer="b3.bn", step=120)
+    spike = make("loss_spike", "loss up", step=120)  # an error, the others warnings: still a consequence
+    roots = causes.fold([spike, vanish, dead])
+    assert roots == [dead] and dead.followed_by == [spike, vanish]
+
+
+def test_a_cause_found_one_record_late_still_comes_first():
+    dead = make("dead_filters", "relu dead", layer="b3.relu", step=121)
+    vanish = make("vanishing_gradients", "fell", layer="b3.bn", step=120)
+    assert causes.fold([vanish, dead]) == [dead] and dead.followed_by == [vanish]
+
+
+def test_a_consequence_on_another_rank_is_not_folded():
+    nan = make("nonfinite", "NaN", rank=1, layer="conv1", step=90)
+    other = make("rank_diverges", "bad data", rank=0, step=95)
+    assert causes.fold([nan, other]) == [nan, other]
+
+
+def test_lr_jump_above_all_it_had_but_not_warm_up_or_restarts():
+    warm = np.r_[np.linspace(1e-4, 0.1, 50), 0.1 * (1 + np.cos(np.linspace(0, np.pi, 50))) / 2,
+                 np.full(20, 0.1)]  # warm-up, cosine decay, restart at the old peak
+    assert optimizer.lr_onset(warm) is None
+    spike = np.full(100, 0.02)
+    spike[60:] = 6.0
+    assert optimizer.lr_onset(spike) == 60
+    assert optimizer.lr_onset(np.r_[0.0, np.full(10, 0.1)]) is None  # from zero: nothing to compare with
+
+
+def test_loss_spike_needs_a_jump_that_stays_not_one_odd_batch():
+    rng = np.random.default_rng(0)
+    loss = 2.3 * np.exp(-np.arange(200) / 30) + 0.05 * rng.random(200)
+    odd = loss.copy()
+    odd[150] = 2.0  # one hard batch
+    assert optimizer.spike_onset(odd) is None
+    up = loss.copy()
+    up[120:] = 2.3
+    assert optimizer.spike_onset(up) == 120
+
+
+def test_update_per_gradient_ignores_a_small_batch_and_momentum_carrying_a_spike():
+    rng = np.random.default_rng(1)
+    grad = np.exp(rng.normal(size=(100, 3)) * 0.3)
+    update = 0.01 * grad
+    grad[50] *= 50.0          # a hard batch: the gradient spikes ...
+    update[50:60] *= 5.0      # ... and momentum carries the update for a while after
+    grad[70] *= 0.01          # a batch with almost no gradient
+    u = optimizer.update_per_gradient(update, grad)
+    ratio = u[5:] / np.median(u[5:], axis=0)
+    assert ratio.max() < optimizer.UPDATE_JUMP
+    update[80:] *= 300.0      # the optimizer steps 300x further for the same gradient
+    u = optimizer.update_per_gradient(update, grad)
+    assert (u[80] / np.median(u[60:80], axis=0)).min() > optimizer.UPDATE_JUMP
+
+
+def test_a_gradient_that_shrinks_with_the_loss_is_not_vanishing_but_one_that_falls_alone_is():
+    steps = np.arange(300)
+    loss = 2.3 * np.exp(-steps / 20.0) + 1e-6   # converges over 5 decades
+    g = np.stack([loss * 3.0, loss * 0.5], axis=1)
+    assert gradients.gradient_onsets(steps, g, ["conv", "fc"], [0, 1], loss=loss) == []
+    g[200:, 0] *= 1e-6   # the conv's gradient falls alone
+    found = gradients.gradient_onsets(steps, g, ["conv", "fc"], [0, 1], loss=loss)
+    assert [(f.kind, f.layer, f.step) for f in found] == [("vanishing_gradients", "conv", 200)]

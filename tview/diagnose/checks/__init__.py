@@ -1,0 +1,13 @@
+"""The registry of `tview.diagnose`'s checks: one module per family, each declaring its KINDS and a
+`check(ctx) -> list[Finding]`; `diagnose()` runs them in this order (a later check may read what an earlier one
+found in ctx.found: gradients and the optimizer's checks stop before the first NaN/Inf). Adding a check is adding
+a module here."""
+
+from __future__ import annotations
+
+from tview.diagnose.checks import dead, gradients, nonfinite, optimizer, ranks, replicas
+from tview.diagnose.checks.common import Context
+
+CHECKS = (nonfinite, optimizer, gradients, dead, ranks, replicas)
+
+__all__ = ["CHECKS", "Context"]

@@ -1,0 +1,89 @@
+"""Check: exploding and vanishing gradients, each layer against its own history and against the loss."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tview.diagnose import detect
+from tview.diagnose.checks import common
+from tview.diagnose.checks.common import Context, matrix, merge_ranks, on_steps, param_layers
+from tview.diagnose.findings import Finding, declare, make
+
+KINDS = declare({
+    "exploding_gradients": ("error", "gradient",
+                            "a layer's gradient norm jumped far above the largest it had lately (or grew far above its "
+                            "early level): the first step, and the layer nearest the loss where it starts"),
+    "vanishing_gradients": ("warning", "gradient",
+                            "a layer's gradient norm, per unit of loss, fell far below its own recent level and stays "
+                            "there (a gradient that shrinks as the loss converges is not vanishing): the first step "
+                            "and the layer nearest the loss where it starts"),
+})
+
+EXPLODE_JUMP = 10.0       # gradient norm this many times the largest of its previous 20 records, twice in a row
+EXPLODE_DRIFT = 1e3       # ... or its rolling median this many times its early level
+VANISH_JUMP = 1e3         # gradient per unit of loss below 1/this of its recent level, for 5 records (or to the end)
+VANISH_DRIFT = 1e3        # ... or its rolling median below 1/this of its early level
+LOSS_SMOOTH = 5           # records in the centered rolling median of the loss the gradients are divided by
+
+
+def _onsets(raw: np.ndarray, judged: np.ndarray, kind: str) -> int | None:
+    """Exploding: the gradient itself above everything it had lately (a loss that blows up with it does not
+    hide it); vanishing: the gradient per unit of loss below its usual level."""
+    if kind == "exploding_gradients":
+        hits = [detect.jump_onset(raw, EXPLODE_JUMP, level="max"), detect.drift_onset(raw, EXPLODE_DRIFT)]
+    else:
+        hits = [detect.jump_onset(judged, VANISH_JUMP, sustain=5, up=False),
+                detect.drift_onset(judged, VANISH_DRIFT, up=False)]
+    hits = [h for h in hits if h is not None]
+    return min(hits) if hits else None
+
+
+def per_loss(grad_norm: np.ndarray, loss: np.ndarray | None) -> np.ndarray:
+    """grad_norm [steps, layers] divided by the loss (its centered rolling median, so one odd batch does not
+    move it): a gradient that shrinks with the loss as training converges stays level. Where the loss is not
+    positive and finite (not recorded, or a loss that can be negative) the gradient is left as it is."""
+    if loss is None or not (np.isfinite(loss) & (loss > 0)).any():
+        return grad_norm
+    smooth = detect.rolling_median(np.where(loss > 0, loss, np.nan), LOSS_SMOOTH)
+    scale = np.where(np.isfinite(smooth) & (smooth > 0), smooth, 1.0)
+    return grad_norm / scale[:, None]
+
+
+def gradient_onsets(steps: np.ndarray, grad_norm: np.ndarray, layers: list[str], params: list[int],
+                    rank: int | None = None, loss: np.ndarray | None = None) -> list[Finding]:
+    """Exploding and vanishing gradients from grad_norm [steps, layers] (NaN: not measured), judged per unit of
+    the loss at those steps (when given): per kind, the first step and, among the layers starting then, the one
+    nearest the loss (last in forward order)."""
+    found = []
+    judged = per_loss(grad_norm, loss)
+    for kind in ("exploding_gradients", "vanishing_gradients"):
+        onset = {i: _onsets(grad_norm[:, i], judged[:, i], kind) for i in params}
+        onset = {i: int(steps[k]) for i, k in onset.items() if k is not None}
+        if not onset:
+            continue
+        s = min(onset.values())
+        first = [i for i, v in onset.items() if v == s]
+        i = max(first)
+        grew, per = ("grew", "") if kind == "exploding_gradients" else ("fell", " per unit of loss")
+        found.append(make(kind, f"gradient norm of {layers[i]}{per} {grew} sharply at step {s} (first "
+                                f"in backward order of {len(first)} layer(s) that step; {len(onset)} layer(s) in all)",
+                          rank=rank, layer=layers[i], step=s, stat="grad_norm"))
+    return found
+
+
+def check(ctx: Context) -> list[Finding]:
+    """Exploding/vanishing gradients per rank (steps before the run's first NaN/Inf only); the same finding on
+    every rank (all-reduced gradients) is given once, for every rank."""
+    run, stop = ctx.run, ctx.first("nonfinite")
+    loss = ctx.loss()
+    per = {}
+    for rank in run.ranks[:common.MAX_RANKS]:
+        got = matrix(run, "grad_norm", rank, ctx.max_points)
+        if got is None:
+            continue
+        steps, g = got
+        if stop is not None:
+            keep = steps < stop.step
+            steps, g = steps[keep], g[keep]
+        per[rank] = gradient_onsets(steps, g, run.layers, param_layers(run), rank, on_steps(steps, loss))
+    return merge_ranks(per, len(run.ranks))

@@ -1,0 +1,148 @@
+"""Check: the optimizer's side of a blow-up: a learning rate that jumps above any it had, an update that jumps
+(update ratio per unit of gradient) without a gradient that did, and a loss that jumps and stays up."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tview.diagnose import detect
+from tview.diagnose.checks.common import Context, matrix, param_layers, scalar
+from tview.diagnose.findings import Finding, declare, make
+
+KINDS = declare({
+    "lr_jump": ("error", "lr",
+                "the learning rate jumped to several times the largest it had before (warm-up and restarts stay "
+                "within it): the step whose update used it"),
+    "update_ratio_jump": ("error", "weight",
+                          "the update ratio (|update| / |weight|) per unit of gradient jumped far above its recent "
+                          "level: the optimizer stepped much further for the same gradient (a learning rate or "
+                          "optimizer state blow-up), in half the layers or more at once"),
+    "loss_spike": ("error", "loss",
+                   "the loss (mean over ranks) jumped well above its recent level and stayed there for several "
+                   "records: the first step"),
+})
+
+LR_JUMP = 3.0             # lr above this x the largest lr before it
+UPDATE_JUMP = 10.0        # update ratio per unit of gradient this many times the median of its previous 20 records
+GRAD_REF = 10             # ... the gradient taken as the largest of its own and the this many records' before (the
+#                           momentum of a spike carries over: the update then follows a gradient already gone)
+SPIKE_FACTOR = 3.0        # loss: the median of the next SPIKE_STAY records this many times the median of the 20 before
+SPIKE_GAP = 0.25          # ... and above it by this share of the run's early loss
+SPIKE_STAY = 3
+HISTORY, LEAST = 20, 5    # records a level is the median of, and the fewest that make one
+
+
+def lr_onset(lr: np.ndarray) -> int | None:
+    """First index (LEAST or later) where a learning rate exceeds LR_JUMP x the largest before it (that one
+    positive)."""
+    lr = np.asarray(lr, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        before = np.maximum.accumulate(np.where(np.isfinite(lr), lr, -np.inf))
+        hit = np.flatnonzero((lr[1:] > LR_JUMP * before[:-1]) & (before[:-1] > 0))
+    hit = hit[hit + 1 >= LEAST]  # a warm-up's first steps multiply a tiny lr: LEAST records of history first
+    return int(hit[0] + 1) if len(hit) else None
+
+
+def lr_names(run, rank: int) -> list[str]:
+    """The learning-rate scalars of a rank: 'lr' (the first parameter group) and 'lr/N' (the others)."""
+    return [n for n in run.scalar_names(rank) if n == "lr" or (n.startswith("lr/") and n[3:].isdigit())]
+
+
+def check_lr(run, max_points=None) -> list[Finding]:
+    """The first step where any parameter group's learning rate jumps above the largest it had (first rank:
+    every rank's optimizer holds the same)."""
+    jumps = []
+    for name in lr_names(run, run.ranks[0]) if run.ranks else []:
+        steps, lr = scalar(run, name, run.ranks[0], max_points)
+        lr = np.asarray(lr, dtype=np.float64)
+        k = lr_onset(lr)
+        if k is not None:
+            jumps.append((int(steps[k]), name, float(lr[k]), float(np.nanmax(lr[:k]))))
+    if not jumps:
+        return []
+    step, name, now, before = min(jumps)
+    return [make("lr_jump", f"learning rate {name} {now:.3g} at step {step}, {now / before:.3g}x the largest before "
+                 f"it ({before:.3g})", step=step, stat=name)]
+
+
+def update_per_gradient(update: np.ndarray, grad: np.ndarray) -> np.ndarray:
+    """update ratio [steps, layers] divided by the gradient norm, the gradient taken as the largest of its own and
+    the GRAD_REF records' before it (a batch with a small gradient, or momentum carrying an earlier large one,
+    does not make a jump)."""
+    padded = np.vstack([np.full((GRAD_REF, grad.shape[1]), np.nan), grad])
+    with np.errstate(invalid="ignore"):
+        ref = np.fmax.reduce(np.lib.stride_tricks.sliding_window_view(padded, GRAD_REF, axis=0)[:len(grad)], axis=-1)
+    g = np.fmax(grad, ref)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(g > 0, update / g, np.nan)
+
+
+def check_update(run, max_points=None, before: int | None = None) -> list[Finding]:
+    """The first step where the update per unit of gradient jumps in half the layers or more at once (before the
+    first NaN/Inf): the optimizer's doing (one layer alone: its weights were set from outside)."""
+    if not run.ranks:
+        return []
+    up, grad = matrix(run, "update_ratio", run.ranks[0], max_points), matrix(run, "grad_norm", run.ranks[0],
+                                                                             max_points)
+    if up is None or grad is None:
+        return []
+    steps = np.intersect1d(up[0], grad[0])
+    if before is not None:
+        steps = steps[steps < before]
+    u = update_per_gradient(up[1][np.isin(up[0], steps)], grad[1][np.isin(grad[0], steps)])
+    params = param_layers(run)
+    onset = {i: detect.jump_onset(u[:, i], UPDATE_JUMP, HISTORY, LEAST, sustain=1) for i in params}
+    onset = {i: k for i, k in onset.items() if k is not None}
+    if not onset:
+        return []
+    k = min(onset.values())
+    at = [i for i, v in onset.items() if v == k]
+    if 2 * len(at) < len(params):
+        return []  # one layer's weights moved: an edit from outside the optimizer, not its step
+    return [make("update_ratio_jump", f"update ratio per unit of gradient jumped at step {steps[k]} in {len(at)} of "
+                 f"{len(params)} layers: the optimizer stepped much further for the same gradient", step=int(steps[k]),
+                 stat="update_ratio")]
+
+
+def spike_onset(loss: np.ndarray) -> int | None:
+    """First index where the loss and the median of it and the next SPIKE_STAY - 1 losses are SPIKE_FACTOR x the
+    median of the HISTORY before it and above it by SPIKE_GAP x the early loss."""
+    v = np.asarray(loss, dtype=np.float64)
+    n = len(v)
+    if n < LEAST + SPIKE_STAY:
+        return None
+    early = float(detect.nanmedian(v[:max(LEAST, n // 10)]))
+    gap = SPIKE_GAP * abs(early) if np.isfinite(early) else 0.0
+    padded = np.concatenate([np.full(HISTORY, np.nan), v, np.full(SPIKE_STAY, np.nan)])
+    prior = detect.nanmedian(np.lib.stride_tricks.sliding_window_view(padded[:HISTORY + n], HISTORY)[:n], axis=1)
+    after = detect.nanmedian(np.lib.stride_tricks.sliding_window_view(padded[HISTORY:], SPIKE_STAY)[:n], axis=1)
+    with np.errstate(invalid="ignore"):
+        flags = ((np.fmin(v, after) > SPIKE_FACTOR * prior) & (np.fmin(v, after) - prior > gap) & (prior > 0))
+    flags[:LEAST] = False
+    flags[n - SPIKE_STAY + 1:] = False
+    hit = np.flatnonzero(flags)
+    return int(hit[0]) if len(hit) else None
+
+
+def check_loss_spike(ctx: Context, before: int | None = None) -> list[Finding]:
+    got = ctx.loss()
+    if got is None:
+        return []
+    steps, loss = got
+    if before is not None:
+        keep = steps < before
+        steps, loss = steps[keep], loss[keep]
+    k = spike_onset(loss)
+    if k is None:
+        return []
+    prior = float(detect.nanmedian(loss[max(0, k - HISTORY):k]))
+    after = float(detect.nanmedian(loss[k:k + SPIKE_STAY]))
+    return [make("loss_spike", f"loss {after:.3g} from step {steps[k]} (median of {SPIKE_STAY} records), "
+                 f"{after / prior:.3g}x its level before ({prior:.3g})", step=int(steps[k]), stat="loss")]
+
+
+def check(ctx: Context) -> list[Finding]:
+    first_nan = ctx.first("nonfinite")
+    stop = None if first_nan is None else first_nan.step
+    return (check_lr(ctx.run, ctx.max_points) + check_update(ctx.run, ctx.max_points, stop)
+            + check_loss_spike(ctx, stop))
