@@ -4,6 +4,8 @@ Writes synthetic runs (1000 recorded steps x 20 layers x 8, 64, 256, 1024 ranks;
 then measures, each part in its own process:
   reader     open a run, one statistic of one layer across all ranks, the rank summaries, rank_status, and the
              floor: plain h5py opening each shard and reading the same three datasets with no checks; memory
+  rows       benchmarks/row_reads.py: the network of every rank (ParaView's mean network without ParaView), one
+             statistic across ranks read per rank and with ranks=, and diagnose; beside --before DIR's tview
   dashboard  benchmarks/dashboard_load.py on the same runs (first figure of the overview and the Ranks page)
   paraview   benchmarks/paraview_ranks.py on the 1024-rank run (mpirun -np 1, 2, 4 pvbatch)
   live       benchmarks/live_scale.py (64 writer processes, the dashboard following them)
@@ -11,6 +13,7 @@ then measures, each part in its own process:
 and prints one markdown section (with --write, puts it in docs/benchmarks.md between its markers).
 
     python benchmarks/many_ranks.py [--out /tmp/tview-ranks] [--ranks 8,64,256,1024] [--parts reader,dashboard,...]
+                                    [--before DIR]  (DIR: another checkout, e.g. `git worktree add DIR <commit>`)
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from tview.store.synthetic import write_synthetic_run  # noqa: E402
 
 STEPS, LAYERS = 1000, 20
 STAT, LAYER = "grad_norm", 3
-PARTS = ("reader", "dashboard", "paraview", "live", "job")
+PARTS = ("reader", "rows", "dashboard", "paraview", "live", "job")
 START, END = "<!-- many-ranks:start -->", "<!-- many-ranks:end -->"
 
 
@@ -118,6 +121,21 @@ def reader_table(root: str, rank_counts: list[int]) -> str:
     return "\n".join(lines)
 
 
+def rows_table(root: str, rank_counts: list[int], before: str | None) -> str:
+    """benchmarks/row_reads.py on each run, with this checkout's tview and, side by side, --before's."""
+    codes = [("this", REPO)] + ([("before", before)] if before else [])
+    lines = ["| ranks | tview | network of every rank | one statistic, run.stat per rank | the same, ranks= "
+             "| diagnose |",
+             "|---:|---|---:|---:|---:|---:|"]
+    for r in rank_counts:
+        for label, code in codes:
+            x = json.loads(script("row_reads.py", "--run", run_path(root, r), "--code", code).splitlines()[-1])
+            ranks_read = "-" if x["stat_ranks"] is None else f"{x['stat_ranks']:.2f} s"
+            lines.append(f"| {r} | {label} | {x['network']:.1f} s | {x['stat_loop']:.2f} s | {ranks_read} | "
+                         f"{x['diagnose']:.1f} s ({x['findings']} findings) |")
+    return "\n".join(lines)
+
+
 def script(name: str, *args: str, timeout: float = 1800) -> str:
     """Another benchmark's output (its markdown tables and figures), run as a process of its own."""
     cmd = [sys.executable, os.path.join(REPO, "benchmarks", name), *args]
@@ -127,9 +145,10 @@ def script(name: str, *args: str, timeout: float = 1800) -> str:
     return done.stdout.strip()
 
 
-def section(root: str, rank_counts: list[int], parts: list[str]) -> str:
+def section(root: str, rank_counts: list[int], parts: list[str], before: str | None = None) -> str:
     body = {
         "reader": lambda: reader_table(root, rank_counts),
+        "rows": lambda: rows_table(root, rank_counts, before),
         "dashboard": lambda: script("dashboard_load.py", "--ranks", ",".join(map(str, rank_counts)), "--out", root),
         "paraview": lambda: script("paraview_ranks.py", "--run", run_path(root, max(rank_counts)), "--np", "1,2,4",
                                    "--repeat", "1"),
@@ -167,11 +186,12 @@ def main(argv=None):
     ap.add_argument("--ranks", default="8,64,256,1024")
     ap.add_argument("--parts", default=",".join(PARTS))
     ap.add_argument("--write", action="store_true", help="put the section in docs/benchmarks.md")
+    ap.add_argument("--before", help="another checkout whose tview the rows part times beside this one")
     a = ap.parse_args(argv)
     rank_counts = [int(r) for r in a.ranks.split(",")]
     os.makedirs(a.out, exist_ok=True)
     write_runs(a.out, rank_counts)
-    text = section(a.out, rank_counts, a.parts.split(","))
+    text = section(a.out, rank_counts, a.parts.split(","), a.before)
     if a.write:
         write_docs(text)
 

@@ -111,3 +111,41 @@ def live_writer(run_dir, delay: float = 0.02):
     finally:
         writer.kill()
         writer.wait()
+
+
+# -- `pytest --check-slow`: a test not marked slow that starts a process (subprocess or fork) fails ------------
+def pytest_addoption(parser):
+    parser.addoption("--check-slow", action="store_true",
+                     help="fail each test not marked slow that starts a process (subprocess, fork, multiprocessing)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    if not item.config.getoption("--check-slow") or item.get_closest_marker("slow"):
+        yield
+        return
+    import multiprocessing.process
+    import subprocess
+    started = []
+    popen_init, fork, mp_start = subprocess.Popen.__init__, os.fork, multiprocessing.process.BaseProcess.start
+
+    def noting_popen(self, args, *a, **k):
+        started.append(str(args)[:200])
+        return popen_init(self, args, *a, **k)
+
+    def noting_fork():
+        pid = fork()
+        if pid:
+            started.append("fork")
+        return pid
+    def noting_start(self):
+        started.append(f"multiprocessing {self.name}")
+        return mp_start(self)
+    process = multiprocessing.process.BaseProcess
+    subprocess.Popen.__init__, os.fork, process.start = noting_popen, noting_fork, noting_start
+    try:
+        yield
+    finally:
+        subprocess.Popen.__init__, os.fork, process.start = popen_init, fork, mp_start
+    if started:
+        pytest.fail(f"starts a process ({started[0]}) but is not marked slow", pytrace=False)

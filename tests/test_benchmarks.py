@@ -44,3 +44,9 @@ def test_many_ranks_reader_part_runs(tmp_path):
     out = run(["benchmarks/many_ranks.py", "--out", str(tmp_path), "--ranks", "2,3", "--parts", "reader"])
     rows = [line for line in out.splitlines() if line.startswith(("| 2 |", "| 3 |"))]
     assert len(rows) == 2 and rows[0].split("|")[4].strip() == "1x"
+
+
+def test_many_ranks_rows_part_times_this_checkout_beside_another(tmp_path):
+    out = run(["benchmarks/many_ranks.py", "--out", str(tmp_path), "--ranks", "2", "--parts", "rows", "--before", REPO])
+    rows = [line for line in out.splitlines() if line.startswith("| 2 |")]
+    assert [r.split("|")[2].strip() for r in rows] == ["this", "before"] and all("findings)" in r for r in rows)

@@ -9,6 +9,8 @@ import pytest
 import tview
 from tests.conftest import PY, REPO, python_env
 
+pytestmark = pytest.mark.slow  # every test here starts a process (or uses a fixture that does)
+
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):

@@ -163,6 +163,7 @@ def _close(recs):
         rec.close()
 
 
+@pytest.mark.slow
 def test_a_clean_run_gives_no_finding_and_the_cli_says_so_in_one_line(tmp_path):
     out, recs = _record(tmp_path)
     _close(recs)
@@ -173,6 +174,7 @@ def test_a_clean_run_gives_no_finding_and_the_cli_says_so_in_one_line(tmp_path):
     assert cli.stdout.strip().count("\n") == 0 and cli.stdout.startswith("no findings")
 
 
+@pytest.mark.slow
 def test_replicas_that_differ_are_named_at_the_step_and_layer(tmp_path):
     def nudge(rank, step, model):
         if rank == 1 and step == 5:
@@ -261,6 +263,7 @@ def test_a_rank_far_behind_the_others_lags(tmp_path):
     assert [(f.rank, f.step, f.tensor) for f in lags] == [(1, 10, "time")]
 
 
+@pytest.mark.slow
 def test_the_cli_on_a_folder_that_is_not_a_run_says_so(tmp_path):
     cli = subprocess.run([PY, "-m", "tview.cli", "diagnose", str(tmp_path)], capture_output=True, text=True, cwd=REPO,
                          env=python_env(), timeout=120)

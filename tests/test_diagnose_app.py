@@ -166,6 +166,7 @@ def test_the_show_link_of_a_stuck_channel_lands_on_it_marked_in_a_real_browser(t
     assert ["channel-3", 6] in drawn["shapes"] and ["finding-step", 6] in drawn["shapes"]
 
 
+@pytest.mark.slow
 def test_the_panel_and_the_command_line_give_the_same_findings(tmp_path):
     """One source of truth: the overview's panel lists exactly what `tview diagnose --json` says, in its order."""
     pytest.importorskip("torch")

@@ -63,30 +63,30 @@ RANK_ROWS = 16  # a larger run lists its ranks worth a look, worst first, and co
 DEMO_OUT = "runs/demo"
 
 
-def _rank_state(s: dict) -> str:
-    return "closed" if s["closed"] else ("open" if s["problem"] is None else "unreadable")
+def _rank_state(s) -> str:
+    return "closed" if s.closed else ("open" if s.problem is None else "unreadable")
 
 
-def _worth_a_look(s: dict, furthest: int | None) -> tuple:
-    """Sort key, worst first: unreadable, not closed and behind, dropped records, NaN; then by rank."""
-    behind = (furthest or 0) - (s["last_step"] if s["last_step"] is not None else -1)
-    nan = bool((s.get("first_nonfinite") or {}).get("layers") or (s.get("first_nonfinite") or {}).get("scalars"))
-    return (s["problem"] is None, s["closed"] or behind <= 0, not s["dropped"], not nan, s["rank"])
+def _worth_a_look(s, furthest: int | None) -> tuple:
+    """Sort key of a RankSummary, worst first: unreadable, not closed and behind, dropped records, NaN; then by rank."""
+    behind = (furthest or 0) - (s.last_step if s.last_step is not None else -1)
+    nan = s.first_nonfinite_step() is not None
+    return (s.problem is None, s.closed or behind <= 0, not s.dropped, not nan, s.rank)
 
 
-def _rank_lines(run, summaries: dict[int, dict]) -> list[str]:
+def _rank_lines(run, summaries: dict) -> list[str]:
     """The ranks table: every rank of a small run; of a larger one the RANK_ROWS worth a look first and a tally."""
     from tview.store import schema
-    rows = [{**s, "rank": rank} for rank, s in summaries.items()]
-    furthest = max((s["last_step"] for s in rows if s["last_step"] is not None), default=None)
+    rows = list(summaries.values())
+    furthest = max((s.last_step for s in rows if s.last_step is not None), default=None)
     shown = rows if len(rows) <= RANK_ROWS else sorted(rows, key=lambda s: _worth_a_look(s, furthest))[:RANK_ROWS]
     lines = [f"{'rank':>4}  {'steps':>7}  {'last step':>9}  {'state':<10} {'dropped':>7}  {'size':>9}  problem"]
     for s in shown:
-        p = os.path.join(run.path, schema.shard_name(s["rank"]))
+        p = os.path.join(run.path, schema.shard_name(s.rank))
         size = _size(os.path.getsize(p)) if os.path.exists(p) else "-"
-        last = "-" if s["last_step"] is None else str(s["last_step"])
-        lines.append(f"{s['rank']:>4}  {s['steps']:>7}  {last:>9}  {_rank_state(s):<10} {s['dropped']:>7}  {size:>9}  "
-                     f"{s['problem'] or ''}")
+        last = "-" if s.last_step is None else str(s.last_step)
+        lines.append(f"{s.rank:>4}  {s.steps:>7}  {last:>9}  {_rank_state(s):<10} {s.dropped:>7}  {size:>9}  "
+                     f"{s.problem or ''}")
     if len(shown) < len(rows):
         tally = Counter(_rank_state(s) for s in rows)
         lines.append(f"... {len(rows) - len(shown)} more ranks not shown (worst first above); all ranks: "
@@ -94,11 +94,11 @@ def _rank_lines(run, summaries: dict[int, dict]) -> list[str]:
     return lines
 
 
-def _nonfinite_text(summaries: dict[int, dict]) -> str:
+def _nonfinite_text(summaries: dict) -> str:
     """Where NaN/Inf first appeared on each rank (kept by the writer: no scan), at most RANK_ROWS ranks named."""
     found = []
     for rank, s in summaries.items():
-        first = s.get("first_nonfinite") or {"layers": {}, "scalars": {}}
+        first = s.first_nonfinite or {"layers": {}, "scalars": {}}
         if first["layers"]:
             step = min(first["layers"].values())
             layers = [name for name, at in first["layers"].items() if at == step]
@@ -203,7 +203,7 @@ def _demo(a) -> None:
 
 
 def _export(a) -> None:
-    from tview.store.frame import export_run
+    from tview.export import export_run
     print(export_run(a.run, a.out, stats=a.stats, layers=a.layers, ranks=a.ranks, scalars=a.scalars,
                      max_points=a.max_points, report=lambda line: print(line, file=sys.stderr, flush=True)))
 

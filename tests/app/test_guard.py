@@ -31,6 +31,7 @@ def _post(server, data: bytes):
         return e.code, e.read()
 
 
+@pytest.mark.slow
 def test_run_choices_that_are_not_run_ids_are_refused_with_a_400(server):
     for runs in (7, {"a": 1}, [1, 2], ["x"] * 65):
         status, text = _post(server, json.dumps(_overview_body(runs)).encode())
@@ -39,6 +40,7 @@ def test_run_choices_that_are_not_run_ids_are_refused_with_a_400(server):
     assert status == 200  # the real choice still works
 
 
+@pytest.mark.slow
 def test_a_ten_megabyte_body_gets_413_not_a_bigger_reply(server):
     status, text = _post(server, b'{"state": [' + b" " * (10 << 20) + b"]}")
     assert status == 413 and len(text) < 10_000

@@ -286,6 +286,7 @@ print("SYNCS", count.syncs, dict(count.sync_names))
 """
 
 
+@pytest.mark.slow
 def test_the_device_code_path_never_makes_the_host_wait_and_agrees_with_the_host_path(tmp_path):
     """TVIEW_FORCE_DEVICE_PATH=1: the CPU takes the GPU's code path, where every sync-prone op is counted."""
     runs = {}

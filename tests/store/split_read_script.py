@@ -7,11 +7,11 @@ import sys
 import numpy as np
 
 import tview
-from tview.store import parallel, reader
+from tview.store import parallel, pool
 
 path = sys.argv[1]
 parallel.PARALLEL_FROM = 4
-reader.EAGER_SHARDS = 2  # rank 4 is opened, and found damaged, by the read
+pool.EAGER_SHARDS = 2  # rank 4 is opened, and found damaged, by the read
 with tview.open_run(path, skip_bad_shards=True) as run:
     out = {"processes": parallel.processes_for(len(run.ranks)), "before": run.ranks}
     split = run.stat_across_ranks("grad_norm", 1)

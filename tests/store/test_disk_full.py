@@ -10,6 +10,8 @@ import pytest
 
 from tests.conftest import PY, REPO, python_env
 
+pytestmark = pytest.mark.slow  # every test here starts a process (or uses a fixture that does)
+
 SCRIPT = os.path.join(REPO, "tests", "store", "disk_full_script.py")
 READER = os.path.join(REPO, "tests", "store", "read_script.py")
 

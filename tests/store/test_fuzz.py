@@ -15,6 +15,8 @@ from tests.conftest import REPO
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 import fuzz  # noqa: E402
 
+pytestmark = pytest.mark.slow  # every test here starts a process (or uses a fixture that does)
+
 DEADLINE = 6.0  # seconds; the harness raises it to 4x the undamaged run's read time on a busy machine
 
 # case id -> None (must pass today) or the reason it fails today (a strict xfail). Marks as of the store in the

@@ -11,6 +11,8 @@ import pytest
 
 from tests.conftest import PY, REPO, python_env
 
+pytestmark = pytest.mark.slow  # every test here starts a process (or uses a fixture that does)
+
 WRITER = os.path.join(REPO, "tests", "store", "writer_script.py")
 READER = os.path.join(REPO, "tests", "store", "read_script.py")
 FOLLOWER = os.path.join(REPO, "tests", "store", "follow_script.py")

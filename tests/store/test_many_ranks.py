@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import tview
-from tview.store import reader
+from tview.store import pool
 from tview.store.synthetic import write_synthetic_run
 
 RANKS = 6
@@ -31,8 +31,8 @@ def plain_h5py(path: str, rank: int, column: str, layer: int):
 
 
 def test_reading_across_ranks_keeps_few_shards_open(wide_run, monkeypatch):
-    monkeypatch.setattr(reader, "EAGER_SHARDS", 2)
-    monkeypatch.setattr(reader, "OPEN_SHARDS", 3)
+    monkeypatch.setattr(pool, "EAGER_SHARDS", 2)
+    monkeypatch.setattr(pool, "OPEN_SHARDS", 3)
     before = open_files()
     run = tview.open_run(wide_run)
     assert open_files() - before == 1  # the first shard only: what the run holds
@@ -50,8 +50,8 @@ def test_reading_across_ranks_keeps_few_shards_open(wide_run, monkeypatch):
 
 
 def test_a_shard_closed_to_make_room_is_reopened_on_use(wide_run, monkeypatch):
-    monkeypatch.setattr(reader, "EAGER_SHARDS", 2)
-    monkeypatch.setattr(reader, "OPEN_SHARDS", 2)
+    monkeypatch.setattr(pool, "EAGER_SHARDS", 2)
+    monkeypatch.setattr(pool, "OPEN_SHARDS", 2)
     with tview.open_run(wide_run) as run:
         first = {r: run.stat("grad_max_abs", 3, rank=r)[1] for r in range(RANKS)}
         again = {r: run.stat("grad_max_abs", 3, rank=r)[1] for r in reversed(range(RANKS))}
@@ -60,6 +60,7 @@ def test_a_shard_closed_to_make_room_is_reopened_on_use(wide_run, monkeypatch):
             np.testing.assert_array_equal(first[rank], plain_h5py(wide_run, rank, "grad_max_abs", 3)[1])
 
 
+@pytest.mark.slow
 def test_a_read_split_over_processes_equals_the_read_in_one(wide_run, tmp_path):
     import json
     import shutil

@@ -3,6 +3,7 @@ when it is stale or damaged."""
 
 import json
 import os
+from dataclasses import replace
 
 import h5py
 import numpy as np
@@ -12,7 +13,8 @@ import torch
 import tview
 from tests.conftest import TinyCNN, make_data, train
 from tview.store import rank_summary
-from tview.store.reader import _shard_summary
+from tview.store.health import first_nonfinite, shard_summary
+from tview.store.rank_summary import RankSummary
 
 STEPS = 300
 
@@ -58,10 +60,10 @@ def test_summary_holds_what_the_shard_holds(recorded):
 def test_the_shard_gives_the_same_summary_when_the_sidecar_is_gone(recorded):
     run = tview.open_run(recorded)
     written = run.rank_summaries()[0]
-    computed = _shard_summary(run.shard(0), run.scalar_names(0), run.first_nonfinite(0))
+    computed = shard_summary(run.shard(0), run.scalar_names(0), first_nonfinite(run.shard(0), run.layers))
     assert computed["trend"] == written["trend"]
-    drop = ("written_unix", "shard_stamp", "problem")
-    assert {k: v for k, v in computed.items() if k not in drop} == {k: v for k, v in written.items() if k not in drop}
+    unstamped = {"written_unix": None, "shard_stamp": None}
+    assert replace(RankSummary.from_dict(computed), **unstamped) == replace(written, **unstamped)
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "other_rank", "stale"])
@@ -139,3 +141,27 @@ def test_an_open_run_sees_a_summary_rewritten_by_a_live_writer(tmp_path):
     rec.close()
     s = run.rank_summaries()[0]
     assert s["steps"] == 12 and s["last_step"] == 11 and s["closed"] is True
+
+
+def test_summaries_are_typed_and_say_where_nan_first_appeared(recorded, tmp_path):
+    from tview.store.synthetic import write_synthetic_run
+    s = tview.open_run(recorded).rank_summaries()[0]
+    assert isinstance(s, RankSummary) and s.first_nonfinite_step() == 250 and s.closed and s.problem is None
+    assert s.wall_seconds == s.last_wall - s.first_wall > 0
+    path = write_synthetic_run(str(tmp_path / "two"), 10, ranks=2, layers=2, channels=2, channel_tail=2)
+    os.remove(os.path.join(path, "rank-00001.h5"))
+    with tview.open_run(path, skip_bad_shards=True) as run:
+        clean, missing = run.rank_summaries()[0], run.rank_summaries()[1]
+    assert clean.first_nonfinite_step() is None and clean.steps == 10 and clean.problem is None
+    assert missing.problem and "no shard yet" in missing.problem and missing.trend is None
+    assert missing.first_nonfinite_step() is None and missing.steps == 0
+
+
+def test_the_nan_onset_is_the_earliest_of_layers_and_scalars():
+    where = {"layers": {"conv1": 12, "fc": 9}, "scalars": {"loss": 10}, "tensors": {}}
+    assert RankSummary(rank=0, first_nonfinite=where).first_nonfinite_step() == 9
+    assert RankSummary(rank=0, first_nonfinite={"layers": {}, "scalars": {"loss": 3}}).first_nonfinite_step() == 3
+    assert RankSummary(rank=0, first_nonfinite={"layers": {}, "scalars": {}}).first_nonfinite_step() is None
+    s = RankSummary.from_dict({"rank": 4, "steps": 7, "tview_summary_version": 1})  # a summary file's keys
+    assert (s.rank, s.steps, s.problem, s["steps"], s.get("nope", 1)) == (4, 7, None, 7, 1)
+

@@ -64,7 +64,7 @@ def test_probe_forward_does_not_touch_batchnorm_statistics(tmp_path, tiny):
     x, y = make_data()
     rec = tview.Recorder(tiny, str(tmp_path / "r"), every=1, snapshot_every=1, probe_batch=x[:4])
     before = tiny.bn1.running_mean.clone()
-    rec._run_probe()
+    rec.probe.run()  # the probe batch's forward pass, as a detail step runs it
     torch.testing.assert_close(tiny.bn1.running_mean, before)
     assert tiny.training and tiny.bn1.training
     rec.close()
@@ -108,6 +108,7 @@ def readable_steps(path):
         run.close()
 
 
+@pytest.mark.slow
 def test_reader_follows_a_live_writer_then_sigkill_keeps_every_flushed_step(tmp_path):
     path = str(tmp_path / "live")
     proc = start_writer(path, 100000, 0.02)
@@ -151,6 +152,7 @@ def test_flush_makes_every_recorded_step_visible_before_close(tmp_path, tiny):
     rec.flush()  # after close: nothing left to do, no error
 
 
+@pytest.mark.slow
 def test_a_writer_that_falls_behind_drops_counts_and_reports_never_blocks(tmp_path, tiny):
     x, y = make_data()
     rec = tview.Recorder(tiny, str(tmp_path / "r"), every=1, queue_size=2)
@@ -172,6 +174,7 @@ def test_a_writer_that_falls_behind_drops_counts_and_reports_never_blocks(tmp_pa
     assert rank0[1:5] == [str(40 - dropped), str(run.steps()[-1]), "closed", str(dropped)], info
 
 
+@pytest.mark.slow
 def test_a_full_disk_surfaces_on_step_or_close_and_never_hangs(tmp_path):
     path = str(tmp_path / "full")
     proc = start_writer(path, 400, 0.0, 200 * 1024)  # the shard may not grow past 200 KiB
@@ -247,7 +250,7 @@ def test_reusing_a_run_folder_needs_resume_or_overwrite(small_run):
     assert len(tview.open_run(path).steps()) == 6  # nothing lost
     model = TinyCNN()
     rec = tview.Recorder(model, path, every=2, mode="resume", preset="full")
-    assert rec.current_step == 11  # after the last recorded step (10)
+    assert rec.current_step == 12  # the training step after the 12 taken (last recorded: 10)
     train(model, rec, 4, x, y)
     rec.close()
     assert list(tview.open_run(path).steps()) == [0, 2, 4, 6, 8, 10, 12, 14]
@@ -296,6 +299,7 @@ def test_bad_recorder_arguments_are_named(tmp_path, tiny):
         tview.Recorder(tiny, str(tmp_path / "file"))
 
 
+@pytest.mark.slow
 def test_store_and_reader_work_without_torch(small_run):
     path, _, _ = small_run
     code = ("import sys; sys.modules['torch'] = None\n"
@@ -322,6 +326,7 @@ def test_synthetic_runs_read_back_like_recorded_ones(tmp_path):
     assert list(steps) == list(range(200, 250)) and np.isfinite(zf).all()  # measured rows only
 
 
+@pytest.mark.slow
 def test_a_schema_1_run_is_refused_with_how_to_convert_it_then_upgrades(tmp_path):
     """tests/data/v1_run: 12 steps of TinyCNN recorded by tview 0.1 (store schema 1, activations preset),
     a NaN input pixel from step 9 on (repacked smaller with gzip, otherwise as written)."""

@@ -56,6 +56,7 @@ def network(run: Run, rank: int, step: float | None, layers: list[str] | None = 
     n = sum(counts)
     names = [info["name"] for info in infos]
     offsets, sizes = dict(zip(names, np.cumsum([0] + counts))), dict(zip(names, counts))
+    layer_rows = run.layer_rows_at([name for name in wanted if name in layer_arrays], step, rank)
     for name in wanted:
         values = np.full(n, np.nan)
         if name in channel_arrays:  # the latest measured row at or before the step, per layer
@@ -64,7 +65,7 @@ def network(run: Run, rank: int, step: float | None, layers: list[str] | None = 
                 if c is not None and len(row) == c:
                     values[offsets[layer]:offsets[layer] + c] = row
         elif name in layer_arrays:  # the latest measured row of [layers] at or before the step
-            _, row = run.layer_values_at(name, step, rank)
+            _, row = layer_rows[name]
             row = np.ma.filled(np.ma.asarray(row, dtype=np.float64), np.nan)
             for layer, c in sizes.items():
                 values[offsets[layer]:offsets[layer] + c] = row[run.layer_index(layer)]

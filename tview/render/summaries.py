@@ -3,30 +3,31 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 
 from tview.render import ranks_view
-from tview.store.rank_summary import trend_arrays
+from tview.store.rank_summary import RankSummary, first_nonfinite_step, trend_arrays
 from tview.store.reader import Run
 
 LIVE_SECONDS = 120.0  # a rank that wrote within this many seconds and has not closed is live
 
 
-def rank_rows(run: Run, rank_summaries: dict[int, dict] | None = None) -> list[dict]:
+def rank_rows(run: Run, rank_summaries: dict[int, RankSummary] | None = None) -> list[dict]:
     """One dict per rank: steps, last step, state (closed, live, stopped, unreadable), wall time, problem
     (rank_summaries: run.rank_summaries(), when the caller has read them)."""
     rows = []
     now = time.time()
     for rank, s in (rank_summaries if rank_summaries is not None else run.rank_summaries()).items():
-        row = {"rank": rank, "steps": s["steps"], "last_step": s["last_step"], "dropped": s["dropped"],
-               "problem": s["problem"], "wall_seconds": None, "state": "unreadable" if s["problem"] else "closed"}
-        if s["problem"] is None and s["steps"]:
-            row["wall_seconds"] = s["last_wall"] - s["first_wall"]
-            if not s["closed"]:
-                row["state"] = "live" if now - s["last_wall"] < LIVE_SECONDS else "stopped"
-        elif s["problem"] is None:
-            row["state"] = "no steps yet" if not s["closed"] else "closed"
+        row = {"rank": rank, "steps": s.steps, "last_step": s.last_step, "dropped": s.dropped,
+               "problem": s.problem, "wall_seconds": None, "state": "unreadable" if s.problem else "closed"}
+        if s.problem is None and s.steps:
+            row["wall_seconds"] = s.wall_seconds
+            if not s.closed:
+                row["state"] = "live" if now - s.last_wall < LIVE_SECONDS else "stopped"
+        elif s.problem is None:
+            row["state"] = "no steps yet" if not s.closed else "closed"
         rows.append(row)
     return rows
 
@@ -55,67 +56,68 @@ def run_summary(run: Run, rows: list[dict] | None = None) -> dict:
 
 # -- from the per-rank summaries (run.rank_summaries(): small files, no shard opened) ----------------------
 
-def compact(rank_summaries: dict[int, dict]) -> dict[int, dict]:
-    """rank_summaries with each trend's series as numpy arrays (a tenth of the memory of JSON lists: what a
-    server keeps between requests)."""
+def compact(rank_summaries: dict) -> dict[int, RankSummary]:
+    """rank_summaries (RankSummary, or their fields as dicts) with each trend's series as numpy arrays (a tenth of
+    the memory of JSON lists: what a server keeps between requests)."""
     out = {}
     for rank, s in rank_summaries.items():
-        trend = s.get("trend")
+        s = s if isinstance(s, RankSummary) else RankSummary.from_dict(s)
+        trend = s.trend
         if trend:
             trend = {k: (v if k == "stride" else np.asarray(v, dtype=np.int64 if k == "step" else np.float64))
                      for k, v in trend.items()}
-        out[rank] = {**s, "trend": trend}
+        out[rank] = replace(s, trend=trend)
     return out
 
 
-def trend_names(rank_summaries: dict[int, dict]) -> list[str]:
+def trend_names(rank_summaries: dict[int, RankSummary]) -> list[str]:
     """The series the ranks' trends keep (loss, step_time, grad_norm, ...), sorted; step and wall_time left out."""
-    names = {k for s in rank_summaries.values() if s.get("trend") for k in s["trend"]}
+    names = {k for s in rank_summaries.values() if s.trend for k in s.trend}
     return sorted(names - {"stride", "step", "wall_time"})
 
 
-def trend_across_ranks(rank_summaries: dict[int, dict], name: str, ranks: list[int]
+def trend_across_ranks(rank_summaries: dict[int, RankSummary], name: str, ranks: list[int]
                        ) -> tuple[np.ndarray, np.ndarray]:
     """One trend series (loss, step_time, grad_norm, ...) of `ranks` from their summaries, on one step grid:
     (steps, values [len(ranks), steps]) as stat_across_ranks, NaN where a rank has no value (or no summary)."""
     empty = (np.zeros(0, dtype=np.int64), np.zeros(0))
     series = []
     for rank in ranks:
-        s = rank_summaries.get(rank) or {}
-        series.append(trend_arrays(s, name) if s.get("trend") else empty)
+        s = rank_summaries.get(rank)
+        series.append(trend_arrays(s, name) if s is not None and s.trend else empty)
     return ranks_view.align_to_grid(series)
 
 
-def trend_medians(rank_summaries: dict[int, dict], name: str) -> dict[int, float | None]:
+def trend_medians(rank_summaries: dict[int, RankSummary], name: str) -> dict[int, float | None]:
     """Per rank with a summary, the median of one trend series over its finite points (None: none)."""
     out = {}
     for rank, s in rank_summaries.items():
-        if s.get("trend"):
+        if s.trend:
             _, v = trend_arrays(s, name)
             v = v[np.isfinite(v)]
             out[rank] = float(np.median(v)) if len(v) else None
     return out
 
 
-def other_trend_times(rank_summaries: dict[int, dict]) -> dict[str, dict[int, float | None]]:
+def other_trend_times(rank_summaries: dict[int, RankSummary]) -> dict[str, dict[int, float | None]]:
     """As other_times, from the summaries: per duration series other than step_time, each rank's median."""
     names = [n for n in trend_names(rank_summaries) if n.endswith(ranks_view.TIME_SUFFIX) and n != "step_time"]
     return {name: trend_medians(rank_summaries, name) for name in names}
 
 
-def summary_table(rows: list[dict], rank_summaries: dict[int, dict]) -> list[dict]:
+def summary_table(rows: list[dict], rank_summaries: dict[int, RankSummary]) -> list[dict]:
     """ranks_table from the summaries: rank_rows with each rank's median step time (its trend's) and first
     NaN/Inf step (exact: the writer keeps it), worst first."""
     times = trend_medians(rank_summaries, "step_time")
     out = []
     for row in rows:
-        first = (rank_summaries.get(row["rank"]) or {}).get("first_nonfinite")
+        s = rank_summaries.get(row["rank"])
         out.append({**row, "step_time": times.get(row["rank"]),
-                    "first_nan": first_nonfinite_step(first) if first else None})
+                    "first_nan": s.first_nonfinite_step() if s is not None else None})
     return ranks_view.worst_first(out)
 
 
-def summary_standouts(ranks: list[int], table: list[dict], rank_summaries: dict[int, dict],
+def summary_standouts(ranks: list[int], table: list[dict], rank_summaries: dict[int, RankSummary],
                       values: np.ndarray | None = None) -> dict[int, list[str]]:
     """ranks_view.standouts from a summary_table and the summaries (values [ranks, steps]: a trend across ranks
     for 'most divergent', or None)."""
@@ -158,12 +160,6 @@ def scalar_across_ranks(run: Run, name: str, max_points: int | None = 1000) -> t
 def first_nonfinite_per_rank(run: Run) -> dict[int, dict[str, dict[str, int]]]:
     """{rank: run.first_nonfinite(rank)} for every readable rank."""
     return {rank: run.first_nonfinite(rank) for rank in run.ranks}
-
-
-def first_nonfinite_step(where: dict[str, dict[str, int]]) -> int | None:
-    """The first step with NaN/Inf anywhere (a layer or a scalar) from run.first_nonfinite(rank)."""
-    steps = list(where.get("layers", {}).values()) + list(where.get("scalars", {}).values())
-    return min(steps) if steps else None
 
 
 def median_scalar(run: Run, name: str, max_points: int = 1000) -> dict[int, float | None]:
@@ -224,14 +220,15 @@ def channel_values_at(run: Run, stat: str, step: int | None, rank: int):
     """Per layer with per-channel values, the latest measured row at or before `step` (None: the last):
     (layers, [values per layer], steps they come from)."""
     layers, values, at = [], [], []
-    for layer in run.layer_info:
-        if not layer.get("channels"):
-            continue
-        found = run.channel_values_at(stat, layer["name"], step, rank)
-        if found is not None:
-            layers.append(layer["name"])
-            values.append(found[1])
-            at.append(found[0])
+    try:
+        with_channels = [layer["name"] for layer in run.layer_info if layer.get("channels")]
+        rows = run.channel_rows_at(stat, step, rank, with_channels)
+    except KeyError:
+        rows = {}
+    for layer, (found_at, found) in rows.items():
+        layers.append(layer)
+        values.append(found)
+        at.append(found_at)
     return layers, values, at
 
 

@@ -1,8 +1,7 @@
-"""A run's numbers as one long pandas DataFrame (step, rank, layer, statistic, channel, value), and as a file."""
+"""A run's numbers as one long pandas DataFrame (step, rank, layer, statistic, channel, value)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
@@ -10,12 +9,11 @@ import numpy as np
 from tview.errors import TviewError
 
 COLUMNS = ("step", "rank", "layer", "statistic", "channel", "value")
-SUFFIXES = (".parquet", ".csv", ".csv.gz")
 
 Progress = Callable[[int, int, str], None]  # (done, total, what was just read)
 
 
-def _pandas():
+def need_pandas():
     try:
         import pandas
     except ImportError:
@@ -52,7 +50,7 @@ class _Columns:
         self.parts["value"].append(np.asarray(values, dtype=np.float64))
 
     def frame(self):
-        pd = _pandas()
+        pd = need_pandas()
         dtypes = {"step": np.int64, "rank": np.int64, "layer": object, "statistic": object, "channel": np.int64,
                   "value": np.float64}
         joined = {c: np.concatenate(p) if p else np.zeros(0, dtype=dtypes[c]) for c, p in self.parts.items()}
@@ -74,6 +72,13 @@ def _add_stat(cols: _Columns, run, name: str, layer: str, rank: int, max_points:
         cols.add(np.repeat(steps, c), rank, layer, name, values.reshape(-1), np.tile(np.arange(c), k))
     else:
         cols.add(steps, rank, layer, name, values)
+
+
+def _reads(ranks: list[int], scalar_names: dict, stat_names: list[str], layers: list[str]) -> list[tuple]:
+    """(rank, name, None for a scalar or the layers of a statistic) in the frame's order: rank by rank, scalars
+    first."""
+    return [read for rank in ranks
+            for read in [(rank, n, None) for n in scalar_names[rank]] + [(rank, n, layers) for n in stat_names]]
 
 
 def frame(run, stats: Iterable[str] | None = None, layers: Iterable[str] | None = None,
@@ -104,85 +109,14 @@ def frame(run, stats: Iterable[str] | None = None, layers: Iterable[str] | None 
     rank_list = _chosen(ranks, run.ranks, "readable rank", run.path)
     scalar_names = {r: _chosen(scalars, run.scalar_names(r), f"scalar of rank {r}", run.path) for r in rank_list}
     cols = _Columns()
-    total = sum(len(scalar_names[r]) + len(stat_names) for r in rank_list)
-    done = 0
-    for rank in rank_list:
-        for name in scalar_names[rank]:
+    reads = _reads(rank_list, scalar_names, stat_names, layer_names)
+    for done, (rank, name, of_layers) in enumerate(reads, 1):
+        if of_layers is None:
             steps, values = run.scalar(name, rank, max_points=max_points)
             cols.add(steps, rank, None, name, values)
-            done += 1
-            if progress:
-                progress(done, total, f"rank {rank} {name}")
-        for name in stat_names:
-            for layer in layer_names:
-                _add_stat(cols, run, name, layer, rank, max_points)
-            done += 1
-            if progress:
-                progress(done, total, f"rank {rank} {name}")
-    return cols.frame()
-
-
-def check_output_path(out: str) -> str:
-    """The format for `out` from its suffix ("parquet" or "csv"); TviewError for any other, or a missing library."""
-    lower = str(out).lower()
-    if lower.endswith(".parquet"):
-        _pandas()
-        try:
-            import pyarrow  # noqa: F401
-        except ImportError:
-            raise TviewError(f"{out}: writing Parquet needs pyarrow: pip install 'tview[export]'") from None
-        return "parquet"
-    if lower.endswith((".csv", ".csv.gz")):
-        _pandas()
-        return "csv"
-    raise TviewError(f"{out}: unknown file type; the name must end in {', '.join(SUFFIXES)}")
-
-
-def write_frame(df, out: str) -> str:
-    """Write a frame from `frame()` to `out` (.parquet, .csv or .csv.gz, from its suffix); returns the format."""
-    kind = check_output_path(out)
-    folder = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(folder):
-        raise TviewError(f"{out}: folder {folder} does not exist")
-    try:
-        if kind == "parquet":
-            df.to_parquet(out, index=False)
         else:
-            df.to_csv(out, index=False)
-    except OSError as exc:
-        raise TviewError(f"{out}: cannot write: {exc}") from exc
-    return kind
-
-
-def every_tenth(report: Callable[[str], None], label: str) -> Progress:
-    """A `progress` callback that reports one line each time another ~10% is done."""
-    state = {"shown": 0}
-
-    def progress(done: int, total: int, what: str) -> None:
-        tenth = 10 * done // max(total, 1)
-        if tenth > state["shown"]:
-            state["shown"] = tenth
-            report(f"{label}: {100 * done // max(total, 1)}% ({done}/{total}, {what})")
-    return progress
-
-
-def export_run(path: str, out: str, stats=None, layers=None, ranks=None, scalars=None, max_points: int | None = None,
-               report: Callable[[str], None] | None = None) -> str:
-    """`tview export`: write `frame()` of the run at `path` to `out` (format from the suffix); a summary line."""
-    from tview.store.reader import open_run
-
-    kind = check_output_path(out)  # before any reading: a wrong name fails at once
-    run = open_run(path, skip_bad_shards=True)
-    try:
-        progress = every_tenth(report, f"reading {run.path}") if report else None
-        df = frame(run, stats=stats, layers=layers, ranks=ranks, scalars=scalars, max_points=max_points,
-                   progress=progress)
-        skipped = sorted(set(run.problems) - set(run.ranks)) if ranks is None else []
-    finally:
-        run.close()
-    if report:
-        report(f"writing {len(df):,} rows to {out}")
-    write_frame(df, out)
-    line = (f"wrote {len(df):,} rows ({df['rank'].nunique()} rank(s), {df['statistic'].nunique()} statistics/scalars) "
-            f"to {out} ({kind}, {os.path.getsize(out) / 2**20:.1f} MiB)")
-    return line + "".join(f"\nskipped rank {r}: {run.problems[r]}" for r in skipped)
+            for layer in of_layers:
+                _add_stat(cols, run, name, layer, rank, max_points)
+        if progress:
+            progress(done, len(reads), f"rank {rank} {name}")
+    return cols.frame()

@@ -87,3 +87,17 @@ def read_manifest(run_dir: str) -> dict:
                                  f"({schema.SCHEMA_VERSION}); upgrade tview")
     _check_fields(path, manifest)
     return manifest
+
+
+def find_runs(folder: str) -> list[str]:
+    """Run folders at or below `folder` (a run itself, or a folder of runs), sorted."""
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise NotARunError(f"{folder}: no such folder")
+    found = []
+    for root, dirs, files in os.walk(folder):
+        if schema.MANIFEST_NAME in files:
+            found.append(root)
+            dirs[:] = []
+        dirs.sort()
+    return sorted(found)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass, fields
 from typing import Callable
 
 import numpy as np
@@ -234,3 +235,64 @@ def trend_arrays(summary: dict, name: str) -> tuple[np.ndarray, np.ndarray]:
     values = np.asarray(trend[name], dtype=np.float64)
     present = ~np.isnan(values)
     return steps[present], values[present]
+
+
+def first_nonfinite_step(where: dict | None) -> int | None:
+    """The first step with NaN/Inf anywhere (a layer or a scalar) of a rank's first_nonfinite map (what
+    first_nonfinite_map makes); None when there was none. The one place the onset is computed."""
+    if not where:
+        return None
+    steps = list(where.get("layers", {}).values()) + list(where.get("scalars", {}).values())
+    return min(steps) if steps else None
+
+
+@dataclass(frozen=True)
+class RankSummary:
+    """What a reader knows of one rank without reading its shard: recorded steps, first and last step and wall
+    time, whether it closed cleanly, records dropped, where NaN/Inf first appeared (first_nonfinite_map's form),
+    the trend (Trend.as_json's form, or numpy arrays once compacted) and `problem`: why the rank cannot be read
+    (None when it can; then it has no trend). Item access (`s["steps"]`, `s.get(...)`) reads the same fields, for
+    code written when summaries were dicts."""
+
+    rank: int
+    steps: int = 0
+    first_step: int | None = None
+    last_step: int | None = None
+    first_wall: float | None = None
+    last_wall: float | None = None
+    closed: bool = False
+    dropped: int = 0
+    first_nonfinite: dict | None = None
+    trend: dict | None = None
+    problem: str | None = None
+    world_size: int | None = None
+    written_unix: float | None = None
+    shard_stamp: list | None = None
+
+    @classmethod
+    def from_dict(cls, summary: dict) -> RankSummary:
+        """From a summary's JSON object (or a RankSummary's fields as a dict); keys it does not know are left out."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in summary.items() if k in known})
+
+    @classmethod
+    def unreadable(cls, rank: int, problem: str) -> RankSummary:
+        return cls(rank=rank, problem=problem)
+
+    def first_nonfinite_step(self) -> int | None:
+        """The first step with NaN/Inf on this rank, in a layer or a scalar (exact: the writer keeps it)."""
+        return first_nonfinite_step(self.first_nonfinite)
+
+    @property
+    def wall_seconds(self) -> float | None:
+        """Wall time from the first recorded step to the last, None before any."""
+        return None if self.first_wall is None or self.last_wall is None else self.last_wall - self.first_wall
+
+    def __getitem__(self, name: str):
+        try:
+            return getattr(self, name)
+        except AttributeError:
+            raise KeyError(name) from None
+
+    def get(self, name: str, default=None):
+        return getattr(self, name, default)

@@ -1,4 +1,4 @@
-"""The store's schema: version, file names, how a probe's table is declared, histogram bins.
+"""The store's schema: version, file, group, dataset and attribute names, how a probe's table is declared, bins.
 
 Statistic names are not listed here: each probe declares its own table (`TableSpec`), the writer
 creates it from that declaration and stores the declaration in the shard, and readers discover
@@ -21,13 +21,40 @@ LIBVER = ("v110", "v110")  # readable by ParaView 5.11's HDF5 1.10
 TABLE_SCALARS = "scalars"
 TABLE_SNAPSHOTS = "snapshots"
 PROBES = "probes"  # one table (group) per probe under it: probes/<table>/...
+STATUS = "status"  # closed flag, dropped count and first_nonfinite/<table> (first NaN/Inf step per layer)
+PROBE_BATCH = "probe"  # the probe batch whose feature maps the snapshots hold: probe/inputs
 MAX_SCALARS = 64  # columns of scalars/values; names in scalars/names, in order of first use
 SCALAR_NAME_LEN = 64  # bytes of a scalar's UTF-8 name
 
 
+# Datasets of a table (every table: STEP and MEASURED; scalars: WALL_TIME, VALUES, NAMES; sampled tables:
+# SAMPLE_N and TOTAL_N), of status, of snapshots and of the probe batch
+STEP = "step"
+MEASURED = "measured"
+WALL_TIME = "wall_time"
+VALUES = "values"
+NAMES = "names"
+SAMPLE_N = "sample_n"
+TOTAL_N = "total_n"
+CLOSED = "closed"
+DROPPED = "dropped"
+FIRST_NONFINITE = "first_nonfinite"
+FILTERS = "filters"
+FEATURE_MAPS = "feature_maps"
+INPUTS = "inputs"
+SPEC_ATTR = "spec"  # a probe table's declaration (TableSpec JSON), on its group
+
+# Root attributes of a shard
+VERSION_ATTR = "tview_schema_version"
+RANK_ATTR = "rank"
+WORLD_SIZE_ATTR = "world_size"
+LAYERS_ATTR = "layers_json"
+TABLES_ATTR = "tables_json"
+
+
 def table_path(table: str) -> str:
     """The group of a table in a shard: scalars and snapshots at the top, probe tables under probes/."""
-    return table if table in (TABLE_SCALARS, TABLE_SNAPSHOTS) else f"{PROBES}/{table}"
+    return table if table in (TABLE_SCALARS, TABLE_SNAPSHOTS, STATUS) else f"{PROBES}/{table}"
 
 
 # Column kinds: what one row of a column holds

@@ -14,178 +14,22 @@ import time
 import h5py
 import numpy as np
 
-from tview.errors import CorruptShardError, RunExistsError, SchemaVersionError
+from tview.errors import CorruptShardError, SchemaVersionError
 from tview.store import rank_summary, schema
+from tview.store.columns import (
+    CHUNK_BYTES,
+    TableWriter,
+    check_room,
+    checked_array,
+    create_column,
+    create_probe_table,
+    payload_bytes,
+    table_rows,
+    unknown_columns,
+)
+from tview.store.columns import chunk_rows as chunk_rows  # importable from here, as before
+from tview.store.columns import refuse_existing_shard as refuse_existing_shard
 from tview.store.records import ShardLayout, StepRecord, TableRow
-
-_ROWS_PER_CHUNK = 256  # along the step axis, at most
-_CHUNK_BYTES = {"every": 16 * 1024, "detail": 4 * 1024}  # small chunks: a short run wastes little space
-_FILL = {"f": np.nan, "u": 0, "i": -1}
-_SPARE_BYTES = 256 * 1024  # kept free on the disk beyond what a write needs: HDF5 must never meet a full disk
-
-
-def _payload_bytes(records: list[StepRecord]) -> int:
-    """About how many bytes a batch of records adds to a shard (its arrays; metadata comes on top)."""
-    total = 0
-    for r in records:
-        total += 1024 + sum(np.asarray(v).nbytes for v in (r.filters or {}).values())
-        total += sum(np.asarray(v).nbytes for v in (r.feature_maps or {}).values())
-        for row in r.tables.values():
-            for v in row.values.values():
-                total += sum(np.asarray(x).nbytes for x in v.values()) if isinstance(v, dict) else np.asarray(v).nbytes
-    return total
-
-
-def free_bytes(path: str) -> int:
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        st = os.statvfs(folder)
-    except FileNotFoundError:
-        raise OSError(2, f"{folder} was removed while recording (run folder deleted?)") from None
-    return st.f_bavail * st.f_frsize
-
-
-def check_room(path: str, needed: int) -> None:
-    """Refuse a write the disk may not hold, before HDF5 starts it. HDF5 meeting a full disk leaves
-    dirty chunks it can neither write nor drop, and crashed the process when they were closed; a
-    write refused here leaves the shard consistent up to its last flush."""
-    free = free_bytes(path)
-    if free < needed + _SPARE_BYTES:
-        raise OSError(28, f"disk nearly full: {free} bytes free where {path} needs about "
-                          f"{needed + _SPARE_BYTES} for its next write; recording stops here, the shard is "
-                          f"complete up to its last flush")
-
-
-def chunk_rows(row_bytes: int, target: int = _CHUNK_BYTES["every"]) -> int:
-    """Rows per chunk: about `target` bytes a chunk, between 1 and _ROWS_PER_CHUNK rows."""
-    return int(max(1, min(_ROWS_PER_CHUNK, target // max(row_bytes, 1))))
-
-
-def create_column(group: h5py.Group, name: str, row_shape: tuple, dtype, row_chunks: bool = False,
-                  target: int = _CHUNK_BYTES["every"]) -> h5py.Dataset:
-    """An extendable column with a Fletcher-32 checksum per chunk (a damaged chunk fails to read
-    instead of returning wrong numbers); `row_chunks`: one chunk per row (snapshots, written whole).
-
-    Nothing is compressed: gzip cost ~16 ms per MB on the training machine (it ran in the flush,
-    holding the GIL) and saved 1% on conv filters, 13-34% on feature maps.
-    """
-    dtype = np.dtype(dtype)
-    row_bytes = int(np.prod(row_shape, dtype=np.int64)) * dtype.itemsize
-    return group.create_dataset(
-        name, shape=(0,) + tuple(row_shape), maxshape=(None,) + tuple(row_shape),
-        chunks=(1 if row_chunks else chunk_rows(row_bytes, target),) + tuple(row_shape),
-        dtype=dtype, fillvalue=_FILL.get(dtype.kind, 0), fletcher32=True)
-
-
-def _checked_array(group: h5py.Group, name: str, data: np.ndarray) -> h5py.Dataset:
-    """A fixed-size dataset with a checksum (one chunk, Fletcher-32); an empty one stays contiguous."""
-    if not data.size:
-        return group.create_dataset(name, data=data)
-    return group.create_dataset(name, data=data, chunks=data.shape, fletcher32=True)
-
-
-def refuse_existing_shard(path: str, hint: str) -> None:
-    """Raise RunExistsError if `path` (a rank's shard) exists; `hint` says how to go on."""
-    if os.path.lexists(path):
-        raise RunExistsError(f"{path} already holds a recorded run; {hint}")
-
-
-class _Column:
-    """One dataset of a table, with what appending needs kept at hand (h5py's properties are slow)."""
-
-    def __init__(self, dset: h5py.Dataset):
-        self.dset = dset
-        self.row_shape = tuple(dset.shape[1:])
-        self.dtype = dset.dtype
-        self.fill = dset.fillvalue
-
-    def write(self, n0: int, block: np.ndarray):
-        """Grow to n0 + len(block) rows and write block there (HDF5's low-level calls: no h5py checks)."""
-        k = block.shape[0]
-        self.dset.id.set_extent((n0 + k,) + self.row_shape)
-        space = self.dset.id.get_space()
-        space.select_hyperslab((n0,) + (0,) * len(self.row_shape), (k,) + self.row_shape)
-        block = np.ascontiguousarray(block, dtype=self.dtype)
-        self.dset.id.write(h5py.h5s.create_simple(block.shape), space, block)
-
-    def block(self, values: list) -> np.ndarray:
-        """Rows stacked; a missing row (None) or one of another shape holds the fill value."""
-        out = np.full((len(values),) + self.row_shape, self.fill, dtype=self.dtype)
-        for i, v in enumerate(values):
-            if v is not None and np.shape(v) == self.row_shape:
-                out[i] = v
-        return out
-
-
-class _Table:
-    """A group whose datasets all grow together along axis 0; 'step' is resized last, so a reader
-    that takes len(step) rows never sees a row that is not complete."""
-
-    def __init__(self, group: h5py.Group):
-        self.group = group
-        self.columns: dict[str, _Column] = {}
-        self._collect(group, "")
-        self._step = _Column(group["step"])
-        self._n = int(group["step"].shape[0])
-
-    def _collect(self, group: h5py.Group, prefix: str):
-        for key, item in group.items():
-            if isinstance(item, h5py.Group):
-                self._collect(item, prefix + key + "/")
-            elif prefix or key not in ("step", "names"):  # scalars/names grows on its own
-                self.columns[prefix + key] = _Column(item)
-
-    def __len__(self) -> int:
-        return self._n
-
-    def append(self, steps: list[int], rows: list[dict[str, np.ndarray]]):
-        """Append len(steps) rows; a column missing from a row keeps its fill value."""
-        n0 = self._n
-        for name, col in self.columns.items():
-            col.write(n0, col.block([row.get(name) for row in rows]))  # one write per column and batch
-        self._step.write(n0, np.asarray(steps, dtype=np.int64))
-        self._n = n0 + len(steps)
-
-
-def _create_probe_table(parent: h5py.Group, spec: schema.TableSpec, lay: ShardLayout):
-    g = parent.create_group(spec.name)
-    g.attrs["spec"] = spec.to_json()
-    target = _CHUNK_BYTES[spec.cadence]
-    L = len(lay.layers)
-    create_column(g, "step", (), np.int64, target=target)
-    create_column(g, "measured", (L,), np.uint8, target=target)
-    if spec.sampled:
-        create_column(g, "sample_n", (L,), np.float64, target=target)
-        create_column(g, "total_n", (L,), np.float64, target=target)
-    for col in spec.columns:
-        if col.kind == schema.CHANNEL:
-            sub = g.create_group(col.name)
-            for layer, width in lay.channel_widths.get(col.name, {}).items():
-                create_column(sub, layer, (int(width),), col.dtype, target=_CHUNK_BYTES["detail"])
-        else:
-            shape = {schema.LAYER: (L,), schema.HIST: (L, schema.HIST_BINS), schema.VECTOR: (L, col.width)}
-            create_column(g, col.name, shape[col.kind], col.dtype, target=target)
-
-
-def _table_rows(spec: schema.TableSpec, rows: list[TableRow], layer_names: list[str]) -> list[dict]:
-    """TableRows as {dataset path: row} for _Table.append."""
-    out = []
-    for r in rows:
-        row = {"measured": np.asarray(r.measured, dtype=np.uint8)}
-        if spec.sampled:
-            row["sample_n"], row["total_n"] = r.sample_n, r.total_n
-        for col in spec.columns:
-            value = r.values.get(col.name)
-            if col.kind == schema.CHANNEL:
-                row.update({f"{col.name}/{layer}": v for layer, v in (value or {}).items()})
-            elif value is not None:
-                row[col.name] = value
-        out.append(row)
-    return out
-
-
-def _unknown_columns(spec: schema.TableSpec, row: TableRow) -> list[str]:
-    return sorted(set(row.values) - set(spec.names))
 
 
 class ShardWriter:
@@ -202,9 +46,9 @@ class ShardWriter:
             self.file = self._create(path)
         self.file.swmr_mode = True
         self._inode = os.stat(path).st_ino
-        self.tables = {name: _Table(self.file[schema.PROBES][name]) for name in self.specs}
+        self.tables = {name: TableWriter(self.file[schema.PROBES][name]) for name in self.specs}
         for name in (schema.TABLE_SCALARS, schema.TABLE_SNAPSHOTS):
-            self.tables[name] = _Table(self.file[name])
+            self.tables[name] = TableWriter(self.file[name])
         self._names = self.file[schema.TABLE_SCALARS]["names"]
         self.scalar_columns = {bytes(n).decode("utf-8", "replace"): i for i, n in enumerate(self._names[:])}
         first = self.file["status/first_nonfinite"]
@@ -243,24 +87,24 @@ class ShardWriter:
                           dtype=f"S{schema.SCALAR_NAME_LEN}")
         probes = f.create_group(schema.PROBES)
         for spec in lay.tables:
-            _create_probe_table(probes, spec, lay)
-        _checked_array(f, "hist_edges", schema.hist_edges())
+            create_probe_table(probes, spec, lay)
+        checked_array(f, "hist_edges", schema.hist_edges())
         self._create_snapshots(f)
         status = f.create_group("status")
-        _checked_array(status, "closed", np.zeros(1, dtype=np.int8))
-        _checked_array(status, "dropped", np.zeros(1, dtype=np.int64))
+        checked_array(status, "closed", np.zeros(1, dtype=np.int8))
+        checked_array(status, "dropped", np.zeros(1, dtype=np.int64))
         # First step at which a table's NaN/Inf counts were > 0, per layer, and the same for each
         # scalar column (-1: never): kept up to date so a reader finds them without a scan.
         first = status.create_group("first_nonfinite")
         for spec in lay.tables:
             if any(c.nonfinite for c in spec.columns):
-                _checked_array(first, spec.name, np.full(len(lay.layers), -1, dtype=np.int64))
-        _checked_array(first, schema.TABLE_SCALARS, np.full(schema.MAX_SCALARS, -1, dtype=np.int64))
+                checked_array(first, spec.name, np.full(len(lay.layers), -1, dtype=np.int64))
+        checked_array(first, schema.TABLE_SCALARS, np.full(schema.MAX_SCALARS, -1, dtype=np.int64))
 
     def _create_snapshots(self, f: h5py.File):
         lay = self.layout
         sn = f.create_group(schema.TABLE_SNAPSHOTS)
-        create_column(sn, "step", (), np.int64, target=_CHUNK_BYTES["detail"])
+        create_column(sn, "step", (), np.int64, target=CHUNK_BYTES["detail"])
         fg, mg = sn.create_group("filters"), sn.create_group("feature_maps")
         for layer, shape in lay.filter_shapes.items():
             create_column(fg, layer, tuple(shape), np.float32, row_chunks=True)
@@ -268,9 +112,9 @@ class ShardWriter:
             create_column(mg, layer, tuple(shape), np.float32, row_chunks=True)
         probe = f.create_group("probe")
         if lay.probe_inputs is not None:
-            _checked_array(probe, "inputs", np.asarray(lay.probe_inputs, dtype=np.float32))
+            checked_array(probe, "inputs", np.asarray(lay.probe_inputs, dtype=np.float32))
         if lay.probe_targets is not None:
-            _checked_array(probe, "targets", np.asarray(lay.probe_targets))
+            checked_array(probe, "targets", np.asarray(lay.probe_targets))
 
     def _open_for_resume(self, path: str) -> h5py.File:
         try:
@@ -324,7 +168,7 @@ class ShardWriter:
         """Append a batch of records: scalars for every record, each probe table for the records
         that carry its row, snapshots for those that have one. Refused (OSError) before anything is
         written when the disk may not hold it."""
-        check_room(self.path, 2 * max(_payload_bytes(records), self._growth))
+        check_room(self.path, 2 * max(payload_bytes(records), self._growth))
         size = os.path.getsize(self.path)
         self._append(records)
         self._growth = max(os.path.getsize(self.path) - size, 0)
@@ -335,7 +179,7 @@ class ShardWriter:
             with_row = [r for r in records if name in r.tables]
             if with_row:
                 rows = [self._checked(spec, r.tables[name]) for r in with_row]
-                self.tables[name].append([r.step for r in with_row], _table_rows(spec, rows, self.layout.layer_names))
+                self.tables[name].append([r.step for r in with_row], table_rows(spec, rows, self.layout.layer_names))
         unknown = sorted(set(t for r in records for t in r.tables) - set(self.specs))
         if unknown:
             raise ValueError(f"{self.path}: records rows of tables {unknown} that this shard does not declare "
@@ -396,7 +240,7 @@ class ShardWriter:
     def _checked(self, spec: schema.TableSpec, row: TableRow) -> TableRow:
         """A row whose columns are all declared; CHANNEL layers without a value of the declared width
         are marked not measured (never stored as if measured)."""
-        unknown = _unknown_columns(spec, row)
+        unknown = unknown_columns(spec, row)
         if unknown:
             raise ValueError(f"{self.path}: probe table {spec.name!r} returned {unknown}, which it does not "
                              f"declare (declared: {list(spec.names)}); add them to its TableSpec")

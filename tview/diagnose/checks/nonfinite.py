@@ -6,6 +6,7 @@ import numpy as np
 
 from tview.diagnose.checks.common import Context, matrix, scalar
 from tview.diagnose.findings import Finding, declare, make
+from tview.store.rank_summary import first_nonfinite_step
 
 KINDS = declare({
     "nonfinite": ("error", None,
@@ -49,9 +50,7 @@ def _rank_nonfinite(run, rank: int, max_points) -> dict:
     if loss is not None and len(loss[0]):
         bad = np.flatnonzero(~np.isfinite(loss[1]))
         out["loss"] = (int(loss[0][bad[0]]) if len(bad) else None, None, None)
-    first = run.first_nonfinite(rank)
-    steps = list(first.get("layers", {}).values()) + list(first.get("scalars", {}).values())
-    out["any"] = (min(steps) if steps else None, None, None)
+    out["any"] = (first_nonfinite_step(run.first_nonfinite(rank)), None, None)
     return out
 
 
@@ -63,15 +62,13 @@ def first_nonfinite_ranks(run, rank_summaries: dict | None) -> list[int]:
         return list(run.ranks)
     first = {}
     for r in run.ranks:
-        summary = rank_summaries.get(r) or {}
-        if summary.get("problem"):
+        summary = rank_summaries.get(r)
+        if summary is not None and summary.problem:
             continue  # unreadable: nothing to read there
-        where = summary.get("first_nonfinite")
-        if where is None:
+        if summary is None or summary.first_nonfinite is None:
             return list(run.ranks)  # no summary of this rank: read them all
-        steps = list(where.get("layers", {}).values()) + list(where.get("scalars", {}).values())
-        if steps:
-            first[r] = min(steps)
+        if summary.first_nonfinite_step() is not None:
+            first[r] = summary.first_nonfinite_step()
     earliest = min(first.values(), default=None)
     return [r for r, s in first.items() if s == earliest]
 

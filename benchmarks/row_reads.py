@@ -1,0 +1,79 @@
+"""Row reads and diagnosis on one many-rank run, timed in this process with the tview found in --code (this
+checkout by default, or another one, e.g. `git worktree add /tmp/before <commit>`, for a before/after).
+
+Prints one JSON object, seconds (warm the page cache first, e.g. `cat RUN/* > /dev/null`):
+  network       the network of every rank at the middle step (tview.render.scene.network: what ParaView's mean
+                and spread networks read per rank), over --network-ranks ranks (all by default)
+  stat_loop     one statistic of one layer, `run.stat(name, layer=L, rank=r)` for every rank (the README's way)
+  stat_ranks    the same in one call, `run.stat(name, layer=L, ranks=run.ranks)`, in one process (None where the
+                checkout has no `ranks=`)
+  diagnose      `tview.diagnose(run)` (the rank summaries read as the command line reads them)
+
+    python benchmarks/row_reads.py --run RUN [--code DIR] [--parts network,stat,diagnose]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STAT, LAYER = "grad_norm", 3
+
+
+def _best(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def _stat_ranks(run) -> float | None:
+    from tview.store import parallel
+    parallel.MAX_PROCESSES = 1
+    try:
+        run.stat(STAT, layer=LAYER, ranks=run.ranks[:1])
+    except TypeError:
+        return None  # a checkout without ranks=
+    return _best(lambda: run.stat(STAT, layer=LAYER, ranks=run.ranks), 2)
+
+
+def figures(path: str, parts: list[str], network_ranks: int | None) -> dict:
+    import tview
+    from tview.render import scene
+    out = {"code": os.path.dirname(os.path.dirname(os.path.abspath(tview.__file__)))}
+    with tview.open_run(path) as run:
+        ranks = run.ranks[:network_ranks] if network_ranks else run.ranks
+        step = int(run.steps(run.ranks[0])[len(run.steps(run.ranks[0])) // 2])
+        if "network" in parts:
+            out["network"] = _best(lambda: [scene.network(run, r, step) for r in ranks], 1)
+            out["network_ranks"] = len(ranks)
+        if "stat" in parts:
+            out["stat_loop"] = _best(lambda: [run.stat(STAT, layer=LAYER, rank=r) for r in run.ranks], 2)
+            out["stat_ranks"] = _stat_ranks(run)
+    if "diagnose" in parts:
+        with tview.open_run(path) as run:
+            t = time.perf_counter()
+            out["findings"] = len(tview.diagnose(run))
+            out["diagnose"] = time.perf_counter() - t
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", required=True)
+    ap.add_argument("--code", default=REPO, help="the checkout whose tview is timed")
+    ap.add_argument("--parts", default="network,stat,diagnose")
+    ap.add_argument("--network-ranks", type=int, default=None)
+    a = ap.parse_args(argv)
+    sys.path.insert(0, os.path.abspath(a.code))
+    print(json.dumps(figures(a.run, a.parts.split(","), a.network_ranks)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,324 @@
+"""One rank's shard read back: the reader's only module that reads HDF5 datasets, low-level where it pays.
+
+Every read returns numpy arrays; a damaged object comes out as CorruptShardError naming the file. What a
+shard holds is discovered from the shard itself (each probe table carries its declaration).
+"""
+
+from __future__ import annotations
+
+import os
+
+import h5py
+import numpy as np
+
+from tview.errors import CorruptShardError, TviewError
+from tview.store import schema
+from tview.store.h5open import open_shard_id
+from tview.store.lock import serialized
+from tview.store.shard_header import Header, expected_shapes, identity, known_header, read_header, remember_header
+
+_OPEN_FAILURES = (KeyError, OSError, ValueError, TypeError, RuntimeError, AttributeError, RecursionError)
+_READ_FAILURES = (OSError, ValueError, RuntimeError)
+
+
+def strided(n: int, max_points: int | None) -> slice:
+    """Evenly spaced rows keeping at most max_points of n (all of them for None), the first included."""
+    if not max_points or n <= max_points:
+        return slice(0, n)
+    stride = -(-n // max_points)
+    return slice(0, n, stride)
+
+
+def _hyperslab(did: h5py.h5d.DatasetID, rows: range, layer: int | None) -> tuple[tuple, tuple, tuple]:
+    """(start, count, stride) selecting `rows` (a stepped range) of a dataset, all of each row or its entry
+    `layer` along axis 1."""
+    shape = did.shape
+    count = (len(rows),) + shape[1:]
+    start = (rows.start,) + (0,) * (len(shape) - 1)
+    if layer is not None:
+        count, start = count[:1] + (1,) + count[2:], start[:1] + (layer,) + start[2:]
+    return start, count, (rows.step,) + (1,) * (len(shape) - 1)
+
+
+SETTLE_AFTER = 4  # datasets opened before a shard is checked for whether its writer closed it
+KEEP_ROWS = 4096  # a table's steps and measured flags are kept (one table per shard) up to this many rows
+
+
+class ShardReader:
+    """One rank's shard, opened read-only in SWMR mode; `rank`: the rank its file name says."""
+
+    def __init__(self, path: str, rank: int | None = None):
+        self.path = path
+        key = identity(path)
+        self.fid = open_shard_id(path)
+        self._file: h5py.File | None = None
+        try:
+            self._take_header(known_header(key) or read_header(self), rank)
+        except TviewError:
+            self.close()
+            raise
+        except _OPEN_FAILURES as exc:
+            self.close()
+            raise CorruptShardError(f"{path}: damaged tview shard: {type(exc).__name__}: {exc}") from None
+        remember_header(key, self._header)
+
+    @property
+    def file(self) -> h5py.File:
+        """The shard as an h5py File (made on first use: most reads need only the file id)."""
+        if self._file is None:
+            self._file = h5py.File(self.fid)
+        return self._file
+
+    def _take_header(self, header: Header, rank: int | None):
+        if rank is not None and header.rank != rank:
+            raise CorruptShardError(f"{self.path}: holds rank {header.rank}'s data under rank {rank}'s name "
+                                    f"(a copied or renamed shard?)")
+        self._header = header
+        self.version, self.rank, self.world_size = header.version, header.rank, header.world_size
+        self.layer_info, self.tables = header.layer_info, header.tables
+        self.layers = [layer["name"] for layer in self.layer_info]
+        self.columns = {c.name: (t, c) for t, spec in self.tables.items() for c in spec.columns}
+        self._shapes, self._checked = expected_shapes(self), set()
+        self._settled, self._opened = None, 0
+        self._kept: tuple | None = None  # (table and rows, steps, measured) of the last table read: _steps_and_mask
+
+    def _file_stamp(self) -> tuple[int, int]:
+        st = os.stat(self.path)
+        return st.st_size, st.st_mtime_ns
+
+    def _needs_refresh(self) -> bool:
+        """Whether a dataset opened now may hold rows its first read of metadata missed: always, unless the
+        writer had closed the shard when it was opened here and the file has not changed since (a refresh is
+        half the cost of opening a dataset, and a read across 1024 ranks opens tens of thousands). Checked
+        once SETTLE_AFTER datasets were opened: a shard read for one series is not worth the check."""
+        if self._settled is None:
+            self._opened += 1
+            if self._opened < SETTLE_AFTER:
+                return True
+            self._settled = False  # while the check itself opens status/closed
+            self._settled = self._file_stamp() if self._closed() else False
+        return self._settled is False or self._file_stamp() != self._settled
+
+    @staticmethod
+    def table_path(table: str) -> str:
+        return schema.table_path(table)
+
+    @serialized
+    def dataset(self, table: str, column: str) -> h5py.Dataset:
+        return h5py.Dataset(self._dataset_id(table, column))
+
+    @serialized
+    def has(self, table: str, column: str) -> bool:
+        """Whether the table holds an object of that name (e.g. a channel column's dataset of one layer)."""
+        parent, _, name = f"{self.table_path(table)}/{column}".rpartition("/")
+        try:
+            group = h5py.h5g.open(self.fid, parent.encode())  # kept: its LinkProxy does not keep it open
+            return bool(group.links.exists(name.encode()))
+        except KeyError:
+            return False
+
+    def _dataset_id(self, table: str, column: str) -> h5py.h5d.DatasetID:
+        group = self.table_path(table)
+        path = f"{group}/{column}"
+        try:
+            # one low-level open by full path (a third of two high-level lookups), not kept: two readers of
+            # one file in a process (an open run and `tview info`) holding the same dataset open made
+            # HDF5's shared metadata cache fail on refresh ("can't insert duplicate key")
+            did = h5py.h5d.open(self.fid, path.encode())
+            if self._needs_refresh():
+                did.refresh()
+        except (KeyError, FileNotFoundError):
+            raise CorruptShardError(f"{self.path}: no {group}/{column} in this shard (damaged or edited?)") from None
+        except (OSError, RuntimeError, ValueError, AttributeError, TypeError) as exc:
+            raise CorruptShardError(f"{self.path}: {group}/{column} cannot be opened (damaged?): {exc}") from None
+        if path not in self._checked:  # the shape its declaration fixes, checked once
+            want = self._shapes.get(path)
+            if want is not None and tuple(did.shape[1:]) != want:
+                raise CorruptShardError(f"{self.path}: {path} has shape {did.shape}, expected "
+                                        f"rows of {want} (damaged or edited shard)")
+            self._checked.add(path)
+        return did
+
+    def _rows(self, did: h5py.h5d.DatasetID, table: str, column: str, rows: range, layer: int | None = None):
+        """Rows (a stepped range) of a dataset, all of each row or its entry `layer` along axis 1, read with
+        HDF5's low-level calls (a hyperslab: only the chunks that hold those rows are read)."""
+        start, count, stride = _hyperslab(did, rows, layer)
+        out = np.empty(count, did.dtype)
+        try:
+            if len(rows):
+                space = did.get_space()
+                space.select_hyperslab(start, count, stride)
+                did.read(h5py.h5s.create_simple(count), space, out)
+        except _READ_FAILURES as exc:
+            raise CorruptShardError(f"{self.path}: {table}/{column} cannot be read (damaged file?): {exc}") from None
+        return out if layer is None else out.reshape(count[:1] + count[2:])
+
+    @serialized
+    def length(self, table: str) -> int:
+        return int(self._dataset_id(table, schema.STEP).shape[0])
+
+    @serialized
+    def steps(self, table: str, rows: slice = slice(None)) -> np.ndarray:
+        dset = self.dataset(table, schema.STEP)
+        return self._checked_steps(table, self._get(dset, table, schema.STEP, (rows,)))
+
+    def _checked_steps(self, table: str, steps: np.ndarray) -> np.ndarray:
+        if len(steps) and (steps[0] < 0 or (np.diff(steps) <= 0).any()):
+            raise CorruptShardError(f"{self.path}: {table}/{schema.STEP} holds negative or out-of-order steps "
+                                    f"(damaged or edited shard)")
+        return steps
+
+    def _get(self, dset: h5py.Dataset, table: str, column: str, selection: tuple) -> np.ndarray:
+        try:
+            return dset[selection]
+        except _READ_FAILURES as exc:
+            raise CorruptShardError(f"{self.path}: {table}/{column} cannot be read (damaged file?): {exc}") from None
+
+    @serialized
+    def read(self, table: str, column: str, rows: slice, index=()) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of a column with the matching steps; never reads past the step column's length."""
+        step = self.dataset(table, schema.STEP)
+        dset = self.dataset(table, column)
+        n = min(step.shape[0], dset.shape[0])
+        rows = slice(*rows.indices(n))
+        steps = self._checked_steps(table, self._get(step, table, schema.STEP, (rows,)))
+        return steps, self._get(dset, table, column, (rows,) + tuple(index))
+
+    @serialized
+    def measured(self, table: str, column: str, layer: int, max_points: int | None = None, index=()):
+        """(steps, values) of one layer's column (`index`: () or (layer,) into its row) at the rows where the
+        table measured that layer (each dataset opened and read once, low-level: this runs once per rank when
+        a statistic is read across ranks)."""
+        step, mask, dset = (self._dataset_id(table, c) for c in (schema.STEP, schema.MEASURED, column))
+        n = min(step.shape[0], mask.shape[0], dset.shape[0])
+        rows = range(*strided(n, max_points).indices(n))
+        steps, measured = self._steps_and_mask(step, mask, table, rows)
+        values = self._rows(dset, table, column, rows, index[0] if index else None)
+        keep = measured[:, layer]
+        return steps[keep], values[keep]
+
+    def _steps_and_mask(self, step, mask, table: str, rows: range) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, measured [rows, layers]) of those rows of a table. Of a shard its writer had closed (its rows
+        never change) the last table read is kept, small ones only: a read of every layer's column of a table
+        (diagnosis: each layer's per-channel values) reads its steps and flags once, not once per layer."""
+        key = (table, rows.start, rows.stop, rows.step)
+        if self._kept is not None and self._kept[0] == key:
+            return self._kept[1], self._kept[2]
+        steps = self._checked_steps(table, self._rows(step, table, schema.STEP, rows))
+        measured = self._rows(mask, table, schema.MEASURED, rows).astype(bool)
+        if self._settled and len(rows) <= KEEP_ROWS:
+            self._kept = (key, steps, measured)
+        return steps, measured
+
+    @serialized
+    def masked(self, table: str, column: str, max_points: int | None = None):
+        """(steps, values, measured [rows, layers]) of a whole column: every layer, every row the table has."""
+        rows = strided(self.length(table), max_points)
+        steps, mask = self.read(table, schema.MEASURED, rows)
+        _, values = self.read(table, column, rows)
+        return steps, values, mask.astype(bool)
+
+    @serialized
+    def head(self, table: str, step: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, measured [rows, layers]) of the table's rows at or before `step` (None: every row): the step
+        column and the measured flags, one read each, never a value column."""
+        step_id, mask_id = self._dataset_id(table, schema.STEP), self._dataset_id(table, schema.MEASURED)
+        n = min(step_id.shape[0], mask_id.shape[0])
+        steps = self._checked_steps(table, self._rows(step_id, table, schema.STEP, range(n)))
+        end = n if step is None else int(np.searchsorted(steps, step, side="right"))
+        return steps[:end], self._rows(mask_id, table, schema.MEASURED, range(end)).astype(bool)
+
+    @serialized
+    def last_of_rows(self, table: str, column: str, rows: np.ndarray) -> tuple[int, np.ndarray] | None:
+        """(row, value) of the last of `rows` (ascending indices) that the column holds (a live writer grows its
+        columns one by one), one hyperslab read: only the chunk that holds it; None when it holds none of them."""
+        if not len(rows):
+            return None
+        did = self._dataset_id(table, column)
+        held = rows[rows < did.shape[0]]
+        if not len(held):
+            return None
+        i = int(held[-1])
+        return i, self._rows(did, table, column, range(i, i + 1))[0]
+
+    @serialized
+    def latest(self, table: str, step: int | None, columns: list[str]) -> tuple[int, list[np.ndarray]] | None:
+        """(step, [row of each column]) of the table's latest row at or before `step` (None: the last) that every
+        one of `columns` holds, each dataset opened once and one row of it read; None when there is none."""
+        step_id = self._dataset_id(table, schema.STEP)
+        dids = [self._dataset_id(table, c) for c in columns]
+        n = min([step_id.shape[0]] + [d.shape[0] for d in dids])
+        steps = self._checked_steps(table, self._rows(step_id, table, schema.STEP, range(n)))
+        end = n if step is None else int(np.searchsorted(steps, step, side="right"))
+        if end == 0:
+            return None
+        return int(steps[end - 1]), [self._rows(d, table, c, range(end - 1, end))[0] for d, c in zip(dids, columns)]
+
+    @serialized
+    def members(self, table: str, group: str) -> set[str]:
+        """Names of the objects in a group of the table (a channel column's layers); empty when it has none."""
+        try:
+            return set(self.file[f"{self.table_path(table)}/{group}"])
+        except KeyError:
+            return set()
+
+    @serialized
+    def scalar_names(self) -> list[str]:
+        """The scalars' names in column order (scalars/names)."""
+        dset = self.dataset(schema.TABLE_SCALARS, schema.NAMES)
+        names = self._get(dset, schema.TABLE_SCALARS, schema.NAMES, (slice(None),))
+        try:
+            return [bytes(n).decode("utf-8") for n in names]
+        except UnicodeDecodeError:
+            raise CorruptShardError(f"{self.path}: {schema.TABLE_SCALARS}/{schema.NAMES} holds a name that is not "
+                                    f"UTF-8 (damaged?)") from None
+
+    @serialized
+    def closed_and_dropped(self) -> tuple[bool, int]:
+        """Whether the writer closed the shard cleanly, and how many records it dropped."""
+        return self._closed(), int(self._first_value(schema.DROPPED))
+
+    def _first_value(self, name: str):
+        return self._rows(self._dataset_id(schema.STATUS, name), schema.STATUS, name, range(0, 1))[0]
+
+    def _closed(self) -> bool:
+        return bool(self._first_value(schema.CLOSED) == 1)
+
+    @serialized
+    def first_nonfinite_steps(self) -> dict[str, np.ndarray]:
+        """status/first_nonfinite: table -> first step with NaN/Inf per layer (per scalar column for scalars), -1
+        where never."""
+        group = self.file[f"{schema.STATUS}/{schema.FIRST_NONFINITE}"]
+        return {table: self.dataset(schema.STATUS, f"{schema.FIRST_NONFINITE}/{table}")[:] for table in group}
+
+    @serialized
+    def snapshot_layers(self, kind: str) -> list[str]:
+        """Layers with a snapshot of that kind (schema.FILTERS or schema.FEATURE_MAPS)."""
+        return list(self.file[schema.TABLE_SNAPSHOTS][kind])
+
+    @serialized
+    def probe_inputs(self) -> np.ndarray | None:
+        """The probe batch whose feature maps the snapshots hold (None when none was recorded); checked against
+        the feature maps' example count."""
+        probe = self.file[schema.PROBE_BATCH]
+        maps = self.file[f"{schema.TABLE_SNAPSHOTS}/{schema.FEATURE_MAPS}"]
+        where = f"{schema.PROBE_BATCH}/{schema.INPUTS}"
+        if schema.INPUTS in probe:
+            inputs = probe[schema.INPUTS][:]
+            examples = {int(maps[k].shape[1]) for k in maps}
+            if examples and examples != {len(inputs)}:
+                raise CorruptShardError(f"{self.path}: {where} holds {len(inputs)} examples, its feature maps "
+                                        f"{sorted(examples)} (damaged or edited shard)")
+            return inputs
+        if len(maps):
+            raise CorruptShardError(f"{self.path}: feature maps without the probe batch they came from "
+                                    f"({where} missing: damaged or edited shard)")
+        return None
+
+    @serialized
+    def close(self):
+        if self._file is not None:
+            self._file.close()  # h5py closes what it opened in the file too
+            self._file = None
+        elif self.fid.valid:
+            self.fid.close()  # every dataset read through the id is closed already
