@@ -14,7 +14,6 @@ out there (a rank does not hold whole channels).
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from tview.hooks import params as P
 from tview.hooks.params import ParamContext, ParamStep
@@ -79,7 +78,7 @@ class GradChannelNorm(ParamProbe):
         if not step.has_grad.any() or not step.ctx.total_channels:
             return None
         widths = np.asarray(step.ctx.channel_widths)
-        with torch.no_grad():
+        with step.scratch():
             sq = step.ctx.channel_sq(step.grads)
         return {"sq": sq, "measured": step.has_grad & (widths > 0)}
 
@@ -192,7 +191,7 @@ class GradHistogram(ParamProbe):
     def compute(self, step):
         if not step.has_grad.any():
             return None
-        with torch.no_grad():
+        with step.scratch():
             counts = step.ctx.combine(step.ctx.histogram(step.grads))
         return {"counts": counts, "missing": step.missing_numel, "measured": step.has_grad}
 
@@ -212,8 +211,9 @@ class WeightHistogram(ParamProbe):
         return DETAIL if preset.histograms and preset.weights else None
 
     def compute(self, step):
-        step.weight_stats  # noqa: B018  (the kept copy holds this step's weights)
-        return {"counts": step.ctx.combine(step.ctx.histogram(None))}
+        with step.scratch():  # the kept copy holds this step's weights: histogram it
+            counts = step.ctx.combine(step.ctx.histogram(None))
+        return {"counts": counts}
 
     def finalize(self, p, ctx):
         return {"weight": ctx.hist_rows(p["counts"])}
@@ -251,9 +251,8 @@ class Trajectory(ParamProbe):
     def compute(self, step):
         if step.ctx.is_sharded:
             return None
-        step.weight_stats  # noqa: B018  (the kept copy holds this step's weights)
-        with torch.no_grad():
-            return {"dots": P.projections(step.ctx, self.seed, self.dims)}
+        with step.scratch():
+            return {"dots": P.projections(step.ctx, self.seed, self.dims, step.weights)}
 
     def finalize(self, p, ctx):
         with np.errstate(divide="ignore", invalid="ignore"):

@@ -3,17 +3,19 @@ ops for the whole model, with no host sync and no parameter-sized scratch: what 
 
 Memory: one kept copy of the weights (flat, padded to blocks, in the parameters' dtype: the previous
 recorded step's weights for the update ratio, and a contiguous image of the current ones for block
-reductions), the initial weights in float16 with a power-of-two scale per parameter tensor (half a float32
-copy; init_distance is exact to about 3e-4 of |W0|), and one reused float32 chunk of max(2M elements, a
-quarter of the parameters). Every parameter tensor starts at a multiple of BLOCK elements in the flat
-layouts, so a [blocks, BLOCK] view reduces per block in one op and blocks sum to parameters with one
-segment_reduce (precomputed offsets, unsafe=True: nothing read back). Per-parameter results are summed
-per layer on the host, in finalize, on the writer thread.
+reductions) and the initial weights in float16 with a power-of-two scale per parameter tensor (half a float32
+copy; init_distance is exact to about 3e-4 of |W0|). Float32 parameters: the copy is also the scratch of a
+recorded step (gradients copied in, reduced, the weights copied back); other dtypes: one reused float32
+chunk of max(2M elements, a quarter of the parameters). Every parameter tensor starts at a multiple of
+BLOCK elements in the flat layouts, so a [blocks, BLOCK] view reduces per block in one op and blocks sum
+to parameters with one segment_reduce (precomputed offsets, unsafe=True: nothing read back).
+Per-parameter results are summed per layer on the host, in finalize, on the writer thread.
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from functools import cached_property
 
 import numpy as np
@@ -100,6 +102,10 @@ class ParamContext:
         self.host = self.device.type == "cpu" and not FORCE_DEVICE_PATH and not self.is_sharded
         dtypes = {p.dtype for p in local}
         self.copy_dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
+        self.use_copy = self.copy_dtype == torch.float32  # the weight copy doubles as the scratch buffer
+        self.keeps_weights = False  # set by the probes that read the copy's weights (setup)
+        self.copy_state = "dirty"  # "weights" (the last gathered, padding zero), "clean" (padding zero), "dirty"
+        self.gathered = False  # the copy has held weights: an update can be measured against them
         self._set_layout([p.numel() for p in local])
         dims = [None if d is False else 0 if d is True else d for d in (channel_dims or [None] * self.n)]
         self._set_channels(local, dims, groups)
@@ -120,7 +126,7 @@ class ParamContext:
         self._block_offsets = offsets
         self._block_offsets3 = offsets.expand(3, -1).contiguous()
         self.nonempty = [i for i, n in enumerate(numels) if n]
-        cb = max(-(-CHUNK_MIN // BLOCK), -(-self.nblocks // CHUNK_SHARE))
+        cb = self.nblocks if self.use_copy else max(-(-CHUNK_MIN // BLOCK), -(-self.nblocks // CHUNK_SHARE))
         self.chunk_blocks = max(min(cb, self.nblocks), 1)
         self.chunks = [(b, min(b + self.chunk_blocks, self.nblocks)) for b in range(0, self.nblocks, self.chunk_blocks)]
         self.pieces = [self._pieces(b0 * BLOCK, b1 * BLOCK) for b0, b1 in self.chunks]
@@ -178,8 +184,25 @@ class ParamContext:
     # -- kept buffers -------------------------------------------------------------------------
     @cached_property
     def chunk(self) -> torch.Tensor:
-        """The reused float32 chunk (scratch: its contents last until the next use)."""
+        """The float32 scratch (its contents last until the next use): the weight copy itself for float32
+        parameters (see ParamStep.scratch), else a reused chunk."""
+        if self.use_copy:
+            return self.copy
         return torch.zeros(self.chunk_blocks * BLOCK, dtype=torch.float32, device=self.device)
+
+    @cached_property
+    def padding_views(self) -> list[list[torch.Tensor]]:
+        """Per chunk, views of the chunk buffer where no parameter lies (padding)."""
+        out = []
+        for c, (b0, b1) in enumerate(self.chunks):
+            ends = [(off, off + b - a) for _, a, b, off in self.pieces[c]]
+            gaps, at = [], 0
+            for lo, hi in ends + [((b1 - b0) * BLOCK, None)]:
+                if lo > at:
+                    gaps.append(self.chunk[at:lo])
+                at = hi if hi is not None else at
+            out.append(gaps)
+        return out
 
     @cached_property
     def copy(self) -> torch.Tensor:
@@ -244,6 +267,7 @@ class ParamContext:
         b0, b1 = self.chunks[c]
         buf = self.chunk[:(b1 - b0) * BLOCK]
         buf.zero_()
+        self.copy_state = "clean" if self.use_copy else self.copy_state
         dst, src = [], []
         for i, a, b, off in self.pieces[c]:
             if tensors[i] is not None:
@@ -254,11 +278,22 @@ class ParamContext:
         return buf
 
     def copy_chunk(self, c: int) -> torch.Tensor:
-        """Chunk `c` of the kept weight copy, as float32 in the chunk buffer."""
+        """Chunk `c` of the kept weight copy, as float32 in the chunk buffer (the copy itself when float32:
+        writing to it leaves it scratch)."""
         b0, b1 = self.chunks[c]
+        if self.use_copy:
+            self.copy_state = "dirty"  # a histogram overwrites it, padding included
+            return self.copy
         buf = self.chunk[:(b1 - b0) * BLOCK]
         buf.copy_(self.copy[b0 * BLOCK:b1 * BLOCK])
         return buf
+
+    def put_weights(self, weights: list[torch.Tensor]) -> None:
+        """The kept copy := `weights`, padding zero."""
+        if self.copy_state == "dirty":
+            self.copy.zero_()
+        torch._foreach_copy_(self.copy_views, weights)
+        self.copy_state = "weights"
 
     def block_stats(self, tensors: list[torch.Tensor | None], nonfinite: bool) -> torch.Tensor:
         """[3, tensors] float32: sums, NaN counts and Inf counts per tensor (zeros for the counts when
@@ -279,6 +314,7 @@ class ParamContext:
         return torch.segment_reduce(blocks, "sum", offsets=self._block_offsets, unsafe=True)
 
     def _histogram_chunk(self, buf: torch.Tensor, b0: int, b1: int, table: torch.Tensor) -> None:
+        self.copy_state = "dirty" if self.use_copy else self.copy_state
         buf.nan_to_num_(nan=float("nan"), posinf=3e38, neginf=-3e38)
         idx = buf.view(torch.int32)  # the bin index overwrites the value it comes from, element by element
         torch.bucketize(buf, self._boundaries, out_int32=True, right=True, out=idx)
@@ -382,7 +418,9 @@ class ParamStep:
         with torch.no_grad():
             sq = ctx.combine(ctx.sq_sums(grads))
             finite = ctx.host and bool(torch.isfinite(sq.sum()))  # CPU only: a finite total means no NaN or Inf
+        with self.scratch():
             stats = ctx.combine(ctx.block_stats(grads, nonfinite=not finite))
+        with torch.no_grad():
             return {"sq": sq, "max_abs": ctx.combine(ctx.max_abs(grads), "max"), "sum": stats[0], "nan": stats[1],
                     "inf": stats[2]}
 
@@ -392,15 +430,30 @@ class ParamStep:
         the first time): the kept copy goes prev -> prev - W (norms) -> W, no temporary."""
         ctx, w = self.ctx, self.weights
         out = {}
+        ctx.keeps_weights = True
         with torch.no_grad():
-            if ctx.__dict__.get("_gathered"):
+            if ctx.gathered and ctx.copy_state == "weights":
                 torch._foreach_sub_(ctx.copy_views, w)
                 out["dsq"] = ctx.combine(ctx.sq_sums(ctx.copy_views))
-            torch._foreach_copy_(ctx.copy_views, w)
-            ctx._gathered = True
+                torch._foreach_copy_(ctx.copy_views, w)
+            else:
+                ctx.put_weights(w)
+            ctx.gathered = True
             out["sq"] = ctx.combine(ctx.sq_sums(w))
             out["sum"] = ctx.combine(ctx.copy_sums64())
         return out
+
+    @contextmanager
+    def scratch(self):
+        """Around a use of ctx.chunk: when that is the weight copy, the copy first takes this step's weights
+        (and the update is measured), and gets them back after."""
+        keep = self.ctx.use_copy and self.ctx.keeps_weights
+        if keep:
+            self.weight_stats  # noqa: B018
+        with torch.no_grad():
+            yield
+            if keep:
+                self.ctx.put_weights(self.weights)
 
     @cached_property
     def local(self) -> tuple[torch.Tensor, np.ndarray] | None:
@@ -442,24 +495,29 @@ def copy_minus_image(ctx: ParamContext, image: torch.Tensor, neg_scale: torch.Te
     return dsq
 
 
-def unit_chunk_directions(ctx: ParamContext, seed: int, dim: int, c: int) -> torch.Tensor:
-    """Chunk `c` of trajectory direction `dim` (unnormalised, N(0, 1) values) in the chunk buffer, drawn
-    from a generator seeded by (seed, dim, chunk): the same on every rank and every resumed run."""
+def unit_chunk_directions(ctx: ParamContext, seed: int, dim: int, c: int, into: torch.Tensor | None = None):
+    """Chunk `c` of trajectory direction `dim` (unnormalised, N(0, 1) values) in the chunk buffer (or
+    `into`), drawn from a generator seeded by (seed, dim, chunk): the same on every rank and resumed run."""
     b0, b1 = ctx.chunks[c]
     g = torch.Generator(device=ctx.device)
     g.manual_seed((seed * 1_000_003 + dim * 10_007 + c) % (1 << 63))
-    buf = ctx.chunk[:(b1 - b0) * BLOCK]
-    return buf.normal_(generator=g)
+    if into is None:
+        into = ctx.chunk
+        ctx.copy_state = "dirty" if ctx.use_copy else ctx.copy_state
+    return into[:(b1 - b0) * BLOCK].normal_(generator=g)
 
 
-def projections(ctx: ParamContext, seed: int, dims: int) -> torch.Tensor:
-    """[dims, tensors] dot products of the kept weight copy with each direction (padding contributes 0)."""
+def projections(ctx: ParamContext, seed: int, dims: int, weights: list[torch.Tensor]) -> torch.Tensor:
+    """[dims, tensors] dot products of `weights` with each direction (the padding zeroed)."""
     blocks = torch.zeros(dims, ctx.nblocks, dtype=torch.float32, device=ctx.device)
     for d in range(dims):
         for c, (b0, b1) in enumerate(ctx.chunks):
             buf = unit_chunk_directions(ctx, seed, d, c)
-            w = ctx.copy[b0 * BLOCK:b1 * BLOCK]
-            torch.sum(buf.mul_(w).view(-1, BLOCK), 1, out=blocks[d, b0:b1])
+            torch._foreach_zero_(ctx.padding_views[c])
+            pieces = ctx.pieces[c]
+            torch._foreach_mul_([buf[off:off + b - a] for _, a, b, off in pieces],
+                                [weights[i].reshape(-1)[a:b] for i, a, b, _ in pieces])
+            torch.sum(buf.view(-1, BLOCK), 1, out=blocks[d, b0:b1])
     return torch.segment_reduce(blocks, "sum", offsets=ctx._block_offsets.expand(dims, -1).contiguous(),
                                 axis=1, unsafe=True)
 
@@ -467,9 +525,10 @@ def projections(ctx: ParamContext, seed: int, dims: int) -> torch.Tensor:
 def _direction_pieces(ctx: ParamContext, seed: int, dims: int, wanted: set[int] | None = None):
     """Yield (direction, parameter tensor, first element, end element, values) for every piece of the
     directions (of the tensors in `wanted`, or all), drawn chunk by chunk as projections() draws them."""
+    into = torch.empty(ctx.chunk_blocks * BLOCK, device=ctx.device)  # not the chunk: it may hold weights
     for d in range(dims):
         for c in range(len(ctx.chunks)):
-            buf = unit_chunk_directions(ctx, seed, d, c)
+            buf = unit_chunk_directions(ctx, seed, d, c, into)
             for i, a, b, off in ctx.pieces[c]:
                 if wanted is None or i in wanted:
                     yield d, i, a, b, buf[off:off + b - a]
