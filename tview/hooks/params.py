@@ -30,6 +30,15 @@ CHUNK_SHARE = 4  # the chunk holds at least 1/CHUNK_SHARE of the parameters: at 
 HIST_WIDTH = schema.HIST_BINS + 1  # a histogram row per parameter tensor: the bins, then NaN
 
 
+def channel_dim(module: torch.nn.Module) -> int | None:
+    """The weight dim of a module's output channels: 1 for ConvTranspose, 0 for Conv and Linear, else None."""
+    if isinstance(module, torch.nn.modules.conv._ConvTransposeNd):
+        return 1
+    if isinstance(module, (torch.nn.modules.conv._ConvNd, torch.nn.Linear)):
+        return 0
+    return None
+
+
 def local_tensor(t: torch.Tensor | None) -> torch.Tensor | None:
     """The part of `t` this rank holds: a DTensor's local shard (FSDP2), else `t` itself."""
     if t is not None and hasattr(t, "to_local") and _is_dtensor(t):
@@ -109,6 +118,8 @@ class ParamContext:
         self._set_layout([p.numel() for p in local])
         dims = [None if d is False else 0 if d is True else d for d in (channel_dims or [None] * self.n)]
         self._set_channels(local, dims, groups)
+        for constant in ("channel_segments", "_boundaries", "_hist_base", "_padding", "_one"):
+            getattr(self, constant)  # made now: a host-to-device copy on a recorded step would wait
 
     # -- layout -------------------------------------------------------------------------------
     def local_params(self) -> list[torch.Tensor]:
@@ -513,7 +524,8 @@ def projections(ctx: ParamContext, seed: int, dims: int, weights: list[torch.Ten
     for d in range(dims):
         for c, (b0, b1) in enumerate(ctx.chunks):
             buf = unit_chunk_directions(ctx, seed, d, c)
-            torch._foreach_zero_(ctx.padding_views[c])
+            if ctx.padding_views[c]:
+                torch._foreach_zero_(ctx.padding_views[c])
             pieces = ctx.pieces[c]
             torch._foreach_mul_([buf[off:off + b - a] for _, a, b, off in pieces],
                                 [weights[i].reshape(-1)[a:b] for i, a, b, _ in pieces])

@@ -20,7 +20,7 @@ from torch import nn
 from tview.errors import ConfigError, StoreWriteError, TviewError
 from tview.hooks import activation_probes as A
 from tview.hooks import param_probes as PP
-from tview.hooks.params import ParamContext, ParamStep
+from tview.hooks.params import ParamContext, ParamStep, channel_dim
 from tview.hooks.probes import EVERY, registered_probes
 from tview.hooks.rows import RowBuilder
 from tview.hooks.schedules import Preset, as_schedule, get_preset
@@ -214,7 +214,7 @@ class Recorder:
         if ids:
             modules = [self.layers[i][1] for i in ids]
             self.pctx = ParamContext([list(m.parameters(recurse=False)) for m in modules],
-                                     [isinstance(m, CHANNEL_PARAM_TYPES) for m in modules])
+                                     [channel_dim(m) for m in modules], [getattr(m, "groups", 1) for m in modules])
         self.param_probes, self.act_probes = preset_probes(
             self.preset, [self.layer_names[i] for i in ids], self.world_size > 1, self.trajectory_dims, seed)
         if self.pctx is None:
