@@ -176,9 +176,10 @@ class ParamContext:
     def channel_segments(self) -> tuple[list[torch.Tensor], np.ndarray]:
         """Per chunk, segment offsets covering it (device), and per segment, in chunk order, its channel id
         or -1 (filler: other parameters, padding)."""
-        starts = np.concatenate([s[0] for s in self._channel_spans]) if self._channel_spans else np.zeros(0, np.int64)
-        ends = starts + (np.concatenate([s[1] for s in self._channel_spans]) if self._channel_spans else 0)
-        ids = np.concatenate([s[2] for s in self._channel_spans]) if self._channel_spans else np.zeros(0, np.int64)
+        spans = self._channel_spans or [(np.zeros(1, np.int64), np.zeros(1, np.int64), np.full(1, -1))]
+        starts = np.concatenate([s[0] for s in spans])
+        ends = starts + np.concatenate([s[1] for s in spans])
+        ids = np.concatenate([s[2] for s in spans])
         order = np.argsort(starts, kind="stable")
         starts, ends, ids = starts[order], ends[order], ids[order]
         cuts = np.unique(np.concatenate([starts, ends, [b0 * BLOCK for b0, _ in self.chunks], [0, self.total]]))
