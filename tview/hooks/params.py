@@ -28,6 +28,7 @@ BLOCK = 256  # elements per block; parameter tensors start on a block boundary i
 CHUNK_MIN = 1 << 21  # elements of the reused float32 chunk, at least (or the whole model if smaller)
 CHUNK_SHARE = 4  # the chunk holds at least 1/CHUNK_SHARE of the parameters: at most that many chunks
 HIST_WIDTH = schema.HIST_BINS + 1  # a histogram row per parameter tensor: the bins, then NaN
+CPU_ROWS = 4096  # blocks a CPU reduction with a dtype cast takes at once: it casts a copy of its input first
 
 
 def channel_dim(module: torch.nn.Module) -> int | None:
@@ -307,6 +308,12 @@ class ParamContext:
         torch._foreach_copy_(self.copy_views, weights)
         self.copy_state = "weights"
 
+    def row_ranges(self, b0: int, b1: int):
+        """[b0, b1) in one piece on a device (its reductions cast as they load), in CPU_ROWS pieces on the
+        CPU's own path (bounded scratch for the cast)."""
+        step = b1 - b0 if self.device.type != "cpu" or FORCE_DEVICE_PATH else CPU_ROWS
+        return [(r, min(r + step, b1)) for r in range(b0, b1, max(step, 1))]
+
     def block_stats(self, tensors: list[torch.Tensor | None], nonfinite: bool) -> torch.Tensor:
         """[3, tensors] float32: sums, NaN counts and Inf counts per tensor (zeros for the counts when
         `nonfinite` is False)."""
@@ -314,16 +321,25 @@ class ParamContext:
         for c, (b0, b1) in enumerate(self.chunks):
             x = self.load_chunk(c, tensors).view(-1, BLOCK)
             torch.sum(x, 1, out=blocks[0, b0:b1])
-            if nonfinite:
-                torch.sum(torch.isnan(x), 1, dtype=torch.float32, out=blocks[1, b0:b1])
-                torch.sum(torch.isinf(x), 1, dtype=torch.float32, out=blocks[2, b0:b1])
+            for r0, r1 in self.row_ranges(b0, b1) if nonfinite else []:
+                part = x[r0 - b0:r1 - b0]
+                torch.sum(torch.isnan(part), 1, dtype=torch.float32, out=blocks[1, r0:r1])
+                torch.sum(torch.isinf(part), 1, dtype=torch.float32, out=blocks[2, r0:r1])
         return torch.segment_reduce(blocks, "sum", offsets=self._block_offsets3, axis=1, unsafe=True)
 
     def copy_sums64(self) -> torch.Tensor:
         """[tensors] float64 sums of the kept weight copy (float64 accumulation: deterministic, the same
         weights give the same bits)."""
-        blocks = torch.sum(self.copy.view(-1, BLOCK), 1, dtype=torch.float64)
+        if self.host and self.copy_dtype in (torch.float32, torch.float16):  # numpy casts in small buffers
+            blocks = np.add.reduce(self.copy.numpy().reshape(-1, BLOCK), axis=1, dtype=np.float64)
+            return torch.from_numpy(np.add.reduceat(blocks, self._block_starts) * (self.numels > 0))
+        blocks = torch.sum(self.copy.view(-1, BLOCK), 1, dtype=torch.float64)  # a GPU casts as it loads
         return torch.segment_reduce(blocks, "sum", offsets=self._block_offsets, unsafe=True)
+
+    @cached_property
+    def _block_starts(self) -> np.ndarray:
+        """Each tensor's first block, clipped for reduceat (an empty tensor's entry is zeroed after)."""
+        return np.minimum(self._block_offsets.cpu().numpy()[:-1], max(self.nblocks - 1, 0))
 
     def _histogram_chunk(self, buf: torch.Tensor, b0: int, b1: int, table: torch.Tensor) -> None:
         self.copy_state = "dirty" if self.use_copy else self.copy_state
@@ -491,8 +507,10 @@ def fp16_image(ctx: ParamContext) -> tuple[torch.Tensor, torch.Tensor, np.ndarra
         scale = torch.exp2(torch.ceil(torch.log2(peak)) - 15)
         image = torch.zeros(ctx.total, dtype=torch.float16, device=ctx.device)
         for i in ctx.nonempty:
-            s, n = int(ctx.starts[i]), int(ctx.numels[i])
-            image[s:s + n].copy_(w[i].reshape(-1).float().div(scale[i]))
+            s, n, flat = int(ctx.starts[i]), int(ctx.numels[i]), w[i].reshape(-1)
+            for a in range(0, n, 1 << 18):  # in pieces: a division into float16 makes a float32 temporary
+                b = min(a + (1 << 18), n)
+                torch.div(flat[a:b], scale[i], out=image[s + a:s + b])
         neg_scale = -scale[torch.as_tensor(ctx.block_param, device=ctx.device)]
         sq = ctx.combine(ctx.sq_sums(w)).double().cpu().numpy()
     return image, neg_scale, sq
@@ -501,7 +519,9 @@ def fp16_image(ctx: ParamContext) -> tuple[torch.Tensor, torch.Tensor, np.ndarra
 def copy_minus_image(ctx: ParamContext, image: torch.Tensor, neg_scale: torch.Tensor, weights) -> torch.Tensor:
     """[tensors] squared distances |W - W0|^2, W being the kept copy (restored from `weights` after)."""
     with torch.no_grad():
-        ctx.copy.view(-1, BLOCK).addcmul_(image.view(-1, BLOCK), neg_scale[:, None])
+        rows, image_rows = ctx.copy.view(-1, BLOCK), image.view(-1, BLOCK)
+        for r0, r1 in ctx.row_ranges(0, ctx.nblocks):  # a CPU casts the float16 rows in a temporary
+            rows[r0:r1].addcmul_(image_rows[r0:r1], neg_scale[r0:r1, None])
         dsq = ctx.combine(ctx.sq_sums(ctx.copy_views))
         torch._foreach_copy_(ctx.copy_views, weights)
     return dsq
@@ -538,7 +558,10 @@ def projections(ctx: ParamContext, seed: int, dims: int, weights: list[torch.Ten
 def _direction_pieces(ctx: ParamContext, seed: int, dims: int, wanted: set[int] | None = None):
     """Yield (direction, parameter tensor, first element, end element, values) for every piece of the
     directions (of the tensors in `wanted`, or all), drawn chunk by chunk as projections() draws them."""
-    into = torch.empty(ctx.chunk_blocks * BLOCK, device=ctx.device)  # not the chunk: it may hold weights
+    if wanted is None and ctx.use_copy and not ctx.gathered:  # setup: the copy holds nothing yet
+        into, ctx.copy_state = ctx.copy, "dirty"
+    else:  # not the chunk: it may hold weights
+        into = torch.empty(ctx.chunk_blocks * BLOCK, device=ctx.device)
     for d in range(dims):
         for c in range(len(ctx.chunks)):
             buf = unit_chunk_directions(ctx, seed, d, c, into)
@@ -549,10 +572,10 @@ def _direction_pieces(ctx: ParamContext, seed: int, dims: int, wanted: set[int] 
 
 def direction_norms(ctx: ParamContext, seed: int, dims: int) -> np.ndarray:
     """[layers, dims] norms of each layer's part of the directions (setup: one small op per piece)."""
-    sq = torch.zeros(len(ctx.params), dims, dtype=torch.float64, device=ctx.device)
+    sq = np.zeros((len(ctx.params), dims))
     for d, i, _, _, values in _direction_pieces(ctx, seed, dims):
-        sq[i, d] += values.double().square().sum()
-    return np.sqrt(ctx.per_layer_sum(sq.cpu().numpy()))
+        sq[i, d] += float(torch._foreach_powsum([values], 2)[0])  # no temporary
+    return np.sqrt(ctx.per_layer_sum(sq))
 
 
 class Directions:
