@@ -52,9 +52,9 @@ def recorder(config: str, model, opt, run_dir: str):
     import tview
     from tview.hooks.schedules import get_preset
     if config == "params":
-        return tview.Recorder(model, run_dir, every=1, optimizer=opt, flush_seconds=3600, snapshot_every=[],
+        return tview.Recorder(model, run_dir, every=1, optimizer=opt, snapshot_every=[],
                               preset=get_preset("default", activations=False, channels=False))
-    return tview.Recorder(model, run_dir, every=1, optimizer=opt, flush_seconds=3600, preset=config)
+    return tview.Recorder(model, run_dir, every=1, optimizer=opt, preset=config)
 
 
 def measure(config: str, device: str, batch: int) -> dict:

@@ -46,6 +46,9 @@ class GradStats(ParamProbe):
     def cadence_for(cls, preset):
         return EVERY if preset.grads else None
 
+    def setup(self, ctx):
+        ctx.wants_grads = True
+
     def compute(self, step):
         if not step.has_grad.any():
             return None
@@ -121,6 +124,9 @@ class WeightStats(ParamProbe):
     def cadence_for(cls, preset):
         return EVERY if preset.weights else None
 
+    def setup(self, ctx):
+        ctx.keeps_weights = True
+
     def compute(self, step):
         w = step.weight_stats
         return {"sq": w["sq"], "sum": w["sum"]}
@@ -139,6 +145,9 @@ class UpdateRatio(ParamProbe):
     @classmethod
     def cadence_for(cls, preset):
         return EVERY if preset.weights else None
+
+    def setup(self, ctx):
+        ctx.keeps_weights = True
 
     def compute(self, step):
         w = step.weight_stats
@@ -165,6 +174,7 @@ class InitDistance(ParamProbe):
         return DETAIL if preset.weights else None
 
     def setup(self, ctx):
+        ctx.keeps_weights = True
         self.image, self.neg_scale, init_sq = P.fp16_image(ctx)
         self.init_norm = np.sqrt(ctx.per_layer_sum(init_sq))
 

@@ -113,12 +113,15 @@ class ParamContext:
         dtypes = {p.dtype for p in local}
         self.copy_dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
         self.use_copy = self.copy_dtype == torch.float32  # the weight copy doubles as the scratch buffer
-        self.keeps_weights = False  # set by the probes that read the copy's weights (setup)
+        self.keeps_weights = False  # set by the probes that read the copy's weights (setup, or first use)
+        self.wants_grads = False  # set by the probes that read gradient statistics
         self.copy_state = "dirty"  # "weights" (the last gathered, padding zero), "clean" (padding zero), "dirty"
         self.gathered = False  # the copy has held weights: an update can be measured against them
         self._set_layout([p.numel() for p in local])
         dims = [None if d is False else 0 if d is True else d for d in (channel_dims or [None] * self.n)]
         self._set_channels(local, dims, groups)
+        self._blocks3 = torch.zeros(3, self.nblocks, dtype=torch.float32, device=self.device)  # reused
+        self._blocks3_counted = False
         for constant in ("channel_segments", "_boundaries", "_hist_base", "_padding", "_one"):
             getattr(self, constant)  # made now: a host-to-device copy on a recorded step would wait
 
@@ -256,6 +259,13 @@ class ParamContext:
             out.index_copy_(0, self._index(tuple(which)), torch.stack(values))
         return out
 
+    def spread(self, vector: torch.Tensor, which: list[int]) -> torch.Tensor:
+        """[parameter tensors]: `vector` (one value per index in `which`) in place, zeros elsewhere."""
+        if len(which) == len(self.params):
+            return vector
+        out = torch.zeros(len(self.params), dtype=vector.dtype, device=self.device)
+        return out.index_copy_(0, self._index(tuple(which)), vector) if which else out
+
     def _index(self, which: tuple[int, ...]) -> torch.Tensor:
         """A device index tensor, kept per subset (a subset changes rarely: frozen layers)."""
         cache = self.__dict__.setdefault("_indices", {})
@@ -279,7 +289,9 @@ class ParamContext:
         """Chunk `c` of `tensors` (one per parameter; None: zeros) in the float32 chunk, padding zero."""
         b0, b1 = self.chunks[c]
         buf = self.chunk[:(b1 - b0) * BLOCK]
-        buf.zero_()
+        complete = all(tensors[i] is not None for i, *_ in self.pieces[c])
+        if not (self.use_copy and self.copy_state != "dirty" and complete):  # else padding zero, the rest written
+            buf.zero_()
         self.copy_state = "clean" if self.use_copy else self.copy_state
         dst, src = [], []
         for i, a, b, off in self.pieces[c]:
@@ -317,7 +329,10 @@ class ParamContext:
     def block_stats(self, tensors: list[torch.Tensor | None], nonfinite: bool) -> torch.Tensor:
         """[3, tensors] float32: sums, NaN counts and Inf counts per tensor (zeros for the counts when
         `nonfinite` is False)."""
-        blocks = torch.zeros(3, self.nblocks, dtype=torch.float32, device=self.device)
+        blocks = self._blocks3
+        if not nonfinite and self._blocks3_counted:  # counts of an earlier step: none this time
+            blocks[1:].zero_()
+            self._blocks3_counted = False
         for c, (b0, b1) in enumerate(self.chunks):
             x = self.load_chunk(c, tensors).view(-1, BLOCK)
             torch.sum(x, 1, out=blocks[0, b0:b1])
@@ -325,6 +340,7 @@ class ParamContext:
                 part = x[r0 - b0:r1 - b0]
                 torch.sum(torch.isnan(part), 1, dtype=torch.float32, out=blocks[1, r0:r1])
                 torch.sum(torch.isinf(part), 1, dtype=torch.float32, out=blocks[2, r0:r1])
+                self._blocks3_counted = True
         return torch.segment_reduce(blocks, "sum", offsets=self._block_offsets3, axis=1, unsafe=True)
 
     def copy_sums64(self) -> torch.Tensor:
@@ -440,36 +456,57 @@ class ParamStep:
         return self.ctx.param_numel * np.array([p.grad is None for p in self.ctx.params], dtype=np.float64)
 
     @cached_property
+    def _done(self) -> dict:
+        return {}
+
+    @property
     def grad_stats(self) -> dict:
         """Per tensor: sq (squared norm), max_abs, sum, nan, inf; combined over FSDP2 ranks."""
-        ctx, grads = self.ctx, self.grads
-        with torch.no_grad():
-            sq = ctx.combine(ctx.sq_sums(grads))
-            finite = ctx.host and bool(torch.isfinite(sq.sum()))  # CPU only: a finite total means no NaN or Inf
-        with self.scratch():
-            stats = ctx.combine(ctx.block_stats(grads, nonfinite=not finite))
-        with torch.no_grad():
-            return {"sq": sq, "max_abs": ctx.combine(ctx.max_abs(grads), "max"), "sum": stats[0], "nan": stats[1],
-                    "inf": stats[2]}
+        self.ctx.wants_grads = True
+        if "grads" not in self._done:
+            self._done.update(self._pass(weights=self.ctx.keeps_weights and "weights" not in self._done, grads=True))
+        return self._done["grads"]
 
-    @cached_property
+    @property
     def weight_stats(self) -> dict:
         """Per tensor: sq, sum (float64) and dsq (squared distance to the previous gathered weights, absent
-        the first time): the kept copy goes prev -> prev - W (norms) -> W, no temporary."""
-        ctx, w = self.ctx, self.weights
-        out = {}
-        ctx.keeps_weights = True
+        the first time)."""
+        self.ctx.keeps_weights = True
+        if "weights" not in self._done:
+            grads = self.ctx.wants_grads and "grads" not in self._done and bool(self.has_grad.any())
+            self._done.update(self._pass(weights=True, grads=grads))
+        return self._done["weights"]
+
+    def _pass(self, weights: bool, grads: bool) -> dict:
+        """The every-step pass, no temporary: the kept copy takes W_before - W (when it holds W_before); one
+        multi-tensor op squares the norms of that update, of the weights and of the gradients; the gradients
+        go through the scratch for their sums and NaN/Inf counts; the copy takes W (and its float64 sums)."""
+        ctx, w, g, n = self.ctx, self.weights, self.grads, len(self.ctx.params)
+        have = [i for i, t in enumerate(g) if t is not None] if grads else []
         with torch.no_grad():
-            if ctx.gathered and ctx.copy_state == "weights":
+            update = weights and ctx.gathered and ctx.copy_state == "weights"
+            if update:
                 torch._foreach_sub_(ctx.copy_views, w)
-                out["dsq"] = ctx.combine(ctx.sq_sums(ctx.copy_views))
-                torch._foreach_copy_(ctx.copy_views, w)
-            else:
+                ctx.copy_state = "clean"
+            tensors = (ctx.copy_views if update else []) + (w if weights else []) + [g[i] for i in have]
+            sq = ctx.combine(torch.stack(torch._foreach_powsum(tensors, 2, dtype=torch.float32)))
+            out, k = {}, n if update else 0
+            if grads:
+                out["grads"] = self._grad_pass(ctx.spread(sq[k + (n if weights else 0):], have))
+            if weights:
                 ctx.put_weights(w)
-            ctx.gathered = True
-            out["sq"] = ctx.combine(ctx.sq_sums(w))
-            out["sum"] = ctx.combine(ctx.copy_sums64())
+                ctx.gathered = True
+                out["weights"] = {"sq": sq[k:k + n], "sum": ctx.combine(ctx.copy_sums64())}
+                if update:
+                    out["weights"]["dsq"] = sq[:n]
         return out
+
+    def _grad_pass(self, sq: torch.Tensor) -> dict:
+        ctx = self.ctx
+        finite = ctx.host and bool(torch.isfinite(sq.sum()))  # CPU only: a finite total means no NaN or Inf
+        stats = ctx.combine(ctx.block_stats(self.grads, nonfinite=not finite))
+        return {"sq": sq, "max_abs": ctx.combine(ctx.max_abs(self.grads), "max"), "sum": stats[0], "nan": stats[1],
+                "inf": stats[2]}
 
     @contextmanager
     def scratch(self):
