@@ -273,11 +273,15 @@ class ParamContext:
             cache[which] = torch.as_tensor(which, dtype=torch.int64, device=self.device)
         return cache[which]
 
+    def powsums(self, tensors: list[torch.Tensor | None], power: float = 2) -> torch.Tensor:
+        """[parameter tensors] float32 sums of |value| ** power (0 for None), one multi-tensor op."""
+        which = [i for i, t in enumerate(tensors) if t is not None]
+        return self._spread(torch._foreach_powsum([tensors[i] for i in which], power, dtype=torch.float32)
+                            if which else [], which)
+
     def sq_sums(self, tensors: list[torch.Tensor | None]) -> torch.Tensor:
         """[parameter tensors] float32 sums of squares (0 for None), one multi-tensor op."""
-        which = [i for i, t in enumerate(tensors) if t is not None]
-        return self._spread(torch._foreach_powsum([tensors[i] for i in which], 2, dtype=torch.float32)
-                            if which else [], which)
+        return self.powsums(tensors, 2)
 
     def max_abs(self, tensors: list[torch.Tensor | None]) -> torch.Tensor:
         """[parameter tensors] float32 largest |value| (0 for None or empty: inf-norm has no identity)."""
