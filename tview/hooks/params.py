@@ -127,7 +127,8 @@ class ParamContext:
 
     # -- layout -------------------------------------------------------------------------------
     def local_params(self) -> list[torch.Tensor]:
-        return [local_tensor(p) for p in self.params]
+        """The parameter tensors as this rank holds them (FSDP2: each DTensor's local shard)."""
+        return [local_tensor(p) for p in self.params] if self.is_sharded else self.params
 
     def _set_layout(self, numels: list[int]):
         self.numels = np.asarray(numels, dtype=np.int64)
