@@ -36,6 +36,7 @@ MODELS = {"resnet": (SmallResNet, (3, 32, 32)), "lenet": (LeNet5, (1, 16, 16)), 
           "3c3d": (ThreeC3D, (3, 32, 32))}
 
 
+COMPILE = None  # --compile BACKEND: each configuration trains torch.compile(model), the Recorder on the compiled model
 DEVICE = "cpu"  # --device cuda: models and batches on the GPU, every step ends with a synchronize
 
 
@@ -60,13 +61,14 @@ class Trainer:
     def __init__(self, base, attach, tmp: str):
         self.model = copy.deepcopy(base)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
-        self.rec = attach(self.model, self.opt, tmp) if attach is not None else None
+        self.run = torch.compile(self.model, backend=COMPILE) if COMPILE else self.model
+        self.rec = attach(self.run, self.opt, tmp) if attach is not None else None
 
     def step(self, x, y) -> float:
         """Wall time of one training step, the tool's step() included."""
         t0 = time.perf_counter()
         self.opt.zero_grad()
-        loss = F.cross_entropy(self.model(x), y)
+        loss = F.cross_entropy(self.run(x), y)
         loss.backward()
         self.opt.step()
         if self.rec is not None:
@@ -193,13 +195,16 @@ def main(argv=None):
                     help="steps between timed flushes of a tool's writer (default: 1 s of plain training)")
     ap.add_argument("--full", action="store_true", help="also the full preset (slow: every histogram over every value)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--compile", default=None, metavar="BACKEND",
+                    help="train torch.compile(model, backend=BACKEND) in every configuration (aot_eager, inductor)")
     a = ap.parse_args(argv)
-    global DEVICE
-    DEVICE = a.device
+    global DEVICE, COMPILE
+    DEVICE, COMPILE = a.device, a.compile
+    torch._dynamo.config.cache_size_limit = 64  # one compiled model per configuration, each traced 2-3 times
     times = measure(a.model, a.steps, a.batch, configs={**CONFIGS, **FULL} if a.full else CONFIGS,
                     flush_every=a.flush_every)
     where = torch.cuda.get_device_name() if DEVICE != "cpu" else f"cpu, threads={torch.get_num_threads()}"
-    print(f"model={a.model} batch={a.batch} steps={a.steps} device={where}")
+    print(f"model={a.model} batch={a.batch} steps={a.steps} device={where} compile={COMPILE}")
     print(f"plain mean step: {statistics.mean(times['plain']) * 1e3:.1f} ms")
     targets = {"default, every step": 1.05, "default, every 10th step": 1.01}
     errors, medians = spread(times), median_step_ratios(times)

@@ -47,8 +47,9 @@ def test_every_rank_writes_its_own_shard(ddp_run):
     for rank in (0, 1):
         assert list(run.steps(rank=rank)) == list(range(0, 24, 2))
         assert run.rank_status()[rank]["closed"]
-    assert sorted(os.listdir(ddp_run)) == ["rank-00000.h5", "rank-00000.summary.json", "rank-00001.h5",
-                                          "rank-00001.summary.json", "run.tview"]
+    assert sorted(os.listdir(ddp_run)) == ["rank-00000.h5", "rank-00000.init.npz", "rank-00000.resume.json",
+                                          "rank-00000.summary.json", "rank-00001.h5", "rank-00001.init.npz",
+                                          "rank-00001.resume.json", "rank-00001.summary.json", "run.tview"]
 
 
 def test_ddp_gradients_agree_after_all_reduce_and_local_norms_tell_ranks_apart(ddp_run):

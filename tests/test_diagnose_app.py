@@ -81,3 +81,27 @@ def test_a_run_without_steps_says_so_instead_of_no_findings():
     missing = make("rank_missing", "rank 1: no readable shard", rank=1)
     items = panel.findings_list("r", [missing], steps=0).children
     assert items[0].children == panel.NO_STEPS and items[1].className == "tv-error finding-rank_missing"
+
+
+def test_the_panel_and_the_command_line_give_the_same_findings(tmp_path):
+    """One source of truth: the overview's panel lists exactly what `tview diagnose --json` says, in its order."""
+    pytest.importorskip("torch")
+    import json
+    import subprocess
+
+    import tview
+    from tests.conftest import PY, REPO, python_env
+    from tests.test_diagnose import _close, _record
+
+    def nudge(rank, step, model):
+        if rank == 1 and step == 3:
+            model.fc.weight.data[0, 0] += 1e-2
+    out, recs = _record(tmp_path, steps=8, fault=nudge)
+    _close(recs)
+    cli = subprocess.run([PY, "-m", "tview.cli", "diagnose", out, "--json"], capture_output=True, text=True,
+                         cwd=REPO, env=python_env(), timeout=120)
+    listed = [(f["kind"], f["rank"], f["layer"], f["step"]) for f in json.loads(cli.stdout)]
+    with tview.open_run(out) as run:
+        items = panel.diagnosis_panel("exp", run).children[1].children
+    shown = [panel.finding_of_item(item) for item in items]
+    assert listed and shown == listed

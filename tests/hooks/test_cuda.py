@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import tview
-import tview.hooks.recorder as recorder_module
+import tview.hooks.transfer as transfer_module
 from tests.conftest import TinyCNN, make_data, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -18,22 +18,22 @@ def record(tmp_path, device, name, steps=21):
     x, y = (t.to(device) for t in make_data())
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     transfers = []
-    with tview.Recorder(model, str(tmp_path / name), every=1, optimizer=opt) as rec:
-        if device == "cuda":
-            real = recorder_module._to_host
-            recorder_module._to_host = lambda ts, *a: transfers.append(len(ts)) or real(ts, *a)
-        try:
+    real = transfer_module.HostTransfer._copy
+    transfer_module.HostTransfer._copy = staticmethod(lambda ts, dtype: transfers.append(len(ts)) or real(ts, dtype))
+    try:
+        with tview.Recorder(model, str(tmp_path / name), every=1, optimizer=opt) as rec:
             train(model, rec, steps, x, y, opt=opt)
-        finally:
-            if device == "cuda":
-                recorder_module._to_host = real
+    finally:
+        transfer_module.HostTransfer._copy = staticmethod(real)
     return tview.open_run(str(tmp_path / name)), transfers
 
 
 def test_cuda_statistics_equal_the_cpu_ones_with_one_transfer_a_step(tmp_path):
     cuda, transfers = record(tmp_path, "cuda", "gpu")
     cpu, _ = record(tmp_path, "cpu", "cpu")
-    assert len(transfers) == 21  # one batched device-to-host transfer per recorded step
+    # one batched device-to-host copy per recorded step (two on snapshot steps: statistics in float64, snapshots
+    # in float32)
+    assert len(transfers) == 21 + 1
     for stat in ("grad_norm", "grad_mean", "grad_max_abs", "weight_norm", "update_ratio", "act_mean", "act_zero_frac"):
         for layer in ("conv1", "bn1", "conv2", "fc"):
             a, b = cuda.stat(stat, layer)[1], cpu.stat(stat, layer)[1]
@@ -52,3 +52,45 @@ def test_cuda_memory_is_not_held_by_the_recorder_after_close(tmp_path):
     gc.collect()
     torch.cuda.empty_cache()
     assert torch.cuda.memory_allocated() - before < 1 << 20
+
+
+def test_recording_never_makes_the_host_wait_for_the_gpu(tmp_path):
+    """torch.cuda.set_sync_debug_mode("error") around training with the Recorder (every step, full preset:
+    every probe, snapshots and a probe batch): any op of tview that reads a device value back raises."""
+    torch.manual_seed(0)
+    model = TinyCNN().cuda()
+    x, y = (t.cuda() for t in make_data())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with tview.Recorder(model, str(tmp_path / "r"), every=1, preset="full", optimizer=opt,
+                        probe_batch=(x[:4], y[:4])) as rec:
+        train(model, rec, 2, x, y, opt=opt)  # warm-up: allocations, first layout
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            train(model, rec, 5, x, y, opt=opt)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    run = tview.open_run(str(tmp_path / "r"))
+    assert list(run.steps()) == list(range(7)) and np.isfinite(run.stat("act_mean", "conv1")[1]).all()
+
+
+def test_bf16_autocast_and_compile_on_the_gpu(tmp_path):
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model = TinyCNN().cuda()
+    compiled = torch.compile(model)
+    x, y = (t.cuda() for t in make_data())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with tview.Recorder(compiled, str(tmp_path / "r"), every=1, optimizer=opt) as rec:
+        for _ in range(4):
+            opt.zero_grad()
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = torch.nn.functional.cross_entropy(compiled(x), y)
+            loss.backward()
+            opt.step()
+            rec.step(loss=loss)
+    assert sum(counters["graph_break"].values()) == 0
+    run = tview.open_run(str(tmp_path / "r"))
+    assert len(run.stat("act_zero_frac", "relu")[0]) == 4 and np.isfinite(run.stat("grad_norm", "fc")[1]).all()

@@ -237,21 +237,25 @@ def test_steps_that_are_not_recorded_leave_nothing(tmp_path, tiny):
     assert list(run.snapshot_steps()) == []  # step 4 was a snapshot step but not a recorded one
 
 
-def test_forward_hooks_are_attached_only_for_steps_that_compute_activation_statistics(tmp_path, tiny):
+def test_forward_hooks_are_installed_once_and_measure_on_the_schedule(tmp_path, tiny):
+    """Hooks stay installed from the Recorder's making to close() (torch.compile sees them from its first trace);
+    they compute the sentinels on every recorded step and the rest on detail steps, nothing on the others."""
     x, y = make_data()
     rec = tview.Recorder(tiny, str(tmp_path / "r"), every=2)  # default preset: activations every 40th record
     from tests.conftest import train
-    hooked = []
+    hooks = set()
     for _ in range(162):
-        hooked.append(bool(tiny.conv1._forward_hooks))
+        hooks.add(tuple(tiny.conv1._forward_hooks))
         train(tiny, rec, 1, x, y)
     rec.close()
-    # recorded steps 0, 2, 4, ...; activation statistics on recorded steps 0, 40, 80: steps 0, 80, 160
-    assert [s for s, h in enumerate(hooked) if h] == [0, 80, 160]
+    assert len(hooks) == 1 and len(next(iter(hooks))) == 1  # one hook, the same one throughout
     assert not tiny.conv1._forward_hooks and not tiny._forward_pre_hooks  # nothing left after close
     run = tview.open_run(str(tmp_path / "r"))
     steps, mean = run.stat("act_mean", "conv1")
-    assert list(steps) == [0, 80, 160] and np.isfinite(mean).all()  # measured steps only
+    assert list(steps) == [0, 80, 160] and np.isfinite(mean).all()  # detail steps only: every 40th record
+    steps, zeros = run.stat("act_zero_frac", "relu")
+    assert list(steps) == list(range(0, 162, 2))  # the sentinels: every recorded step, none between
+    assert ((zeros > 0.2) & (zeros < 0.8)).all()
 
 
 def test_first_nonfinite_step_is_kept_per_layer_and_scalar(tmp_path, tiny):
@@ -273,12 +277,15 @@ def test_first_nonfinite_step_is_kept_per_layer_and_scalar(tmp_path, tiny):
     assert first["scalars"] == {"loss": 3}  # "clean" and the other scalars never were non-finite
     steps, nan = run.stat("grad_nan", "conv1")
     assert steps[np.argmax(nan > 0)] == 3  # the same as a scan of the stored counts
-    # the default preset measures activations on every 20th recorded step only (here step 0): the
-    # gradients, counted every step, still place the first NaN at step 3 in bn1 too
-    assert list(run.stat("act_nan", "conv1")[0]) == [0] and first["layers"]["bn1"] == 3
-    assert first["tensors"]["gradient"]["conv1"] == 3 and first["tensors"]["activation"] == {}
+    # the sentinels count NaN in every layer's output on every recorded step, whatever the preset: the
+    # activation NaN is dated at step 3 in conv1, where it entered, and in every layer after it
+    steps, nan = run.stat("act_nan", "conv1")
+    assert list(steps) == list(range(6)) and list(nan > 0) == [False] * 3 + [True] * 3
+    assert first["layers"]["bn1"] == 3
+    assert first["tensors"]["gradient"]["conv1"] == 3 and first["tensors"]["activation"]["conv1"] == 3
     from tview.cli import info_text
-    assert "rank 0: NaN/Inf first at step 3 in conv1, bn1, conv2, fc" in info_text(str(tmp_path / "r"))
+    text = info_text(str(tmp_path / "r"))
+    assert "rank 0: NaN/Inf first at step 3 in conv1, bn1, relu, conv2, fc" in text, text
 
 
 def test_parameter_reductions_agree_between_the_numpy_and_the_torch_path():
@@ -302,7 +309,7 @@ def test_parameter_reductions_agree_between_the_numpy_and_the_torch_path():
         return probe.finalize(parts, ctx)
 
     for host in (True, False):
-        ctx = ParamContext(per_layer, [True, False, True, True])
+        ctx = ParamContext(per_layer, [0, None, 0, 0])  # weight dim of the output channels
         ctx.host = host
         upd = UpdateRatio()
         assert upd.compute(ParamStep(ctx)) is None  # nothing to compare with yet

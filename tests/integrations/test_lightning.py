@@ -128,6 +128,7 @@ def test_manual_optimization_two_optimizers_in_process(tmp_path):
     assert steps.tolist() == [0, 1, 2, 3]  # 4 batches, each stepping both optimizers
     assert np.array_equal(loss.astype(np.float32), np.float32(module.losses))
     assert run.scalar("lr", 0)[1].tolist() == [0.1] * 4
-    assert run.scalar("lr/opt1", 0)[1].tolist() == [0.01] * 4 and run.scalar("lr/opt1/1", 0)[1].tolist() == [0.002] * 4
+    # every param group of every optimizer, in order: SGD's one group, then Adam's two
+    assert run.scalar("lr/1", 0)[1].tolist() == [0.01] * 4 and run.scalar("lr/2", 0)[1].tolist() == [0.002] * 4
     assert run.layers == ["features.0", "features.1", "head"]
     run.close()

@@ -8,12 +8,10 @@ histogram may be estimated from a sample, which their tables record (sample_n of
 
 from __future__ import annotations
 
-from functools import cached_property
-
 import numpy as np
 import torch
 
-from tview.hooks.probes import DETAIL, EVERY, Probe, finite_on_cpu, histogram
+from tview.hooks.probes import DETAIL, EVERY, Probe, histogram, host_shortcuts
 from tview.store.schema import CHANNEL, HIST, Column
 
 
@@ -21,7 +19,9 @@ class ActivationContext:
     """One module output and the reductions probes share (each computed once, on demand).
 
     `full` is the whole output; `x` is what sampled statistics look at: the first `sample_examples`
-    examples of the batch (a view, no copy), or the whole output.
+    examples of the batch (a view, no copy), or the whole output. Plain attributes as memos (no
+    `functools.cached_property`: its lock breaks a torch.compile graph); reductions accumulate in float32
+    whatever the output's dtype (bf16, fp16).
     """
 
     def __init__(self, x: torch.Tensor, sample_examples: int | None = None):
@@ -31,39 +31,50 @@ class ActivationContext:
         self.numel = self.x.numel()
         self.full_numel = self.full.numel()
         self.channel_dims = (0,) + tuple(range(2, self.full.dim())) if self.full.dim() >= 2 else None
+        self.host = host_shortcuts(self.full)
+        self._memo: dict = {}
 
-    @cached_property
+    def _once(self, key: str, compute):
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
     def channel_sum(self) -> torch.Tensor:
         """Per output channel sums over the whole output."""
-        return self.full.sum(dim=self.channel_dims, dtype=torch.float32)
+        return self._once("channel_sum", lambda: self.full.sum(dim=self.channel_dims, dtype=torch.float32))
 
-    @cached_property
     def total(self) -> torch.Tensor:
-        """Sum of the whole output."""
-        return self.channel_sum.sum() if self.channel_dims else self.full.sum(dtype=torch.float32)
+        """Sum of the whole output (from the channel sums when a probe needed those anyway: one pass less)."""
+        if "channel_sum" in self._memo:
+            return self._once("total", lambda: self.channel_sum().sum())
+        return self._once("total", lambda: self.full.sum(dtype=torch.float32))
 
-    @cached_property
     def sample_total(self) -> torch.Tensor:
-        return self.total if self.x is self.full else self.x.sum(dtype=torch.float32)
+        return self.total() if self.x is self.full else self.x.sum(dtype=torch.float32)
 
-    @cached_property
-    def channel_zeros(self):
-        """Per output channel counts of exact zeros over the whole output. On the CPU numpy counts the
-        non-zeros of each (example, channel) slab: 3x faster than torch's sign(|x|) sums (and those 4x
-        faster than summing x == 0), NaN counted as not zero either way."""
+    def channel_nonzero(self):
+        """Per output channel counts of values that are not exactly zero (NaN and Inf included), over the whole
+        output; the host subtracts them from the count (one device op less). On the CPU numpy counts the
+        non-zeros of each (example, channel) slab: 3x faster than torch's sums."""
+        return self._once("channel_nonzero", self._channel_nonzero)
+
+    def _channel_nonzero(self):
         x = self.full
-        if x.device.type == "cpu" and x.is_contiguous() and x.dtype == torch.float32 and x.numel():
+        if self.host and x.is_contiguous() and x.dtype == torch.float32 and x.numel():
             a = x.numpy().reshape(x.shape[0], x.shape[1], -1)
-            nonzero = np.not_equal(a, 0).sum(axis=2, dtype=np.int64).sum(axis=0)
-            return (x.numel() // x.shape[1] - nonzero).astype(np.float64)
-        return (x == 0).sum(dim=self.channel_dims)
+            return np.not_equal(a, 0).sum(axis=2, dtype=np.int64).sum(axis=0).astype(np.float64)
+        return torch.count_nonzero(x, dim=self.channel_dims)
 
-    @cached_property
+    def nonzero(self):
+        """Count of values not exactly zero over the whole output (per channel where it has channels)."""
+        return self.channel_nonzero() if self.channel_dims else torch.count_nonzero(self.full)
+
     def nonfinite(self) -> tuple:
-        """(NaN count, Inf count) over the whole output. On CPU they are counted only when the sum is
-        not finite (a finite sum proves there are none), which saves two passes on healthy tensors."""
-        if finite_on_cpu(self.total):
-            return 0, 0  # plain numbers: no transfer, and channel_zeros can tell
+        """(NaN count, Inf count) over the whole output. On the CPU they are counted only when the sum is
+        not finite (a finite sum proves there are none), which saves two passes on healthy tensors; on a
+        GPU, or under torch.compile, always (branching on a device value would make the host wait)."""
+        if self.host and bool(torch.isfinite(self.total())):
+            return 0, 0  # plain numbers: no transfer
         return torch.isnan(self.full).sum(), torch.isinf(self.full).sum()
 
 
@@ -101,7 +112,7 @@ class ActMoments(ActivationProbe):
         x = ctx.x
         lo, hi = torch.aminmax(x) if ctx.numel else (x.new_zeros(()), x.new_zeros(()))
         sumsq = torch.linalg.vector_norm(x, dtype=torch.float32).square()
-        sums = torch.stack([ctx.sample_total.float(), sumsq])  # packed: fewer tensors to move
+        sums = torch.stack([ctx.sample_total(), sumsq])  # packed: fewer tensors to move
         return {"sums": sums, "min": lo, "max": hi, "n": float(ctx.numel), "of": float(ctx.full_numel)}
 
     def finalize(self, p):
@@ -114,31 +125,55 @@ class ActMoments(ActivationProbe):
 
 
 class ActCounts(ActivationProbe):
-    """Fraction of exact zeros (the 'dead' share after a ReLU) and NaN and Inf counts, over the whole output."""
+    """Sentinels, on every recorded step whatever the preset: NaN and Inf counts and the fraction of exact
+    zeros over the whole output. They date where a NaN is born (the first layer in forward order)."""
 
     table = "act_counts"
     columns = (Column("act_zero_frac"), Column("act_nan", nonfinite=True), Column("act_inf", nonfinite=True))
-    merge = {"zeros": "total"}  # per-channel counts: the host adds them up (one device op less)
+    merge = {"nonzero": "total"}  # per-channel counts: the host adds them up (one device op less)
 
     @classmethod
     def cadence_for(cls, preset):
-        return (EVERY if preset.activations_every_step else DETAIL) if preset.activations else None
+        return EVERY if preset.sentinels else None
 
     def compute(self, ctx):
-        zeros = ctx.channel_zeros if ctx.channel_dims else (ctx.full == 0).sum()
-        nan, inf = ctx.nonfinite
-        return {"n": float(ctx.full_numel), "zeros": zeros, "nan": nan, "inf": inf}
+        nan, inf = ctx.nonfinite()
+        return {"n": float(ctx.full_numel), "nonzero": ctx.nonzero(), "nan": nan, "inf": inf}
 
     def finalize(self, p):
-        return {"act_zero_frac": np.sum(p["zeros"]) / max(p["n"], 1), "act_nan": p["nan"], "act_inf": p["inf"]}
+        zeros = p["n"] - np.sum(p["nonzero"])
+        return {"act_zero_frac": zeros / max(p["n"], 1), "act_nan": p["nan"], "act_inf": p["inf"]}
+
+
+class ActChannelZeros(ActivationProbe):
+    """Sentinel per output channel (dim 1), every recorded step: the fraction of exact zeros over the whole
+    output (the same counts as act_counts, shared): a channel that dies is dated to its onset."""
+
+    table = "act_channel_zeros"
+    columns = (Column("act_channel_zero_frac", CHANNEL),)
+    merge = {"nonzero": "sum"}
+
+    @classmethod
+    def cadence_for(cls, preset):
+        return EVERY if preset.sentinels else None
+
+    def compute(self, ctx):
+        if ctx.channel_dims is None:
+            return {}
+        return {"n": float(ctx.full_numel // max(ctx.full.shape[1], 1)), "nonzero": ctx.channel_nonzero()}
+
+    def finalize(self, p):
+        if "n" not in p or p["nonzero"] is None:
+            return {}  # not measured: no channels, or calls of several widths
+        return {"act_channel_zero_frac": (p["n"] - np.asarray(p["nonzero"], dtype=np.float64)) / p["n"]}
 
 
 class ActChannelStats(ActivationProbe):
-    """Per output channel (dim 1) mean and fraction of exact zeros, over the whole output: dead filters."""
+    """Per output channel (dim 1) mean over the whole output."""
 
     table = "act_channel"
-    columns = (Column("act_channel_mean", CHANNEL), Column("act_channel_zero_frac", CHANNEL))
-    merge = {"sum": "sum", "zeros": "sum"}
+    columns = (Column("act_channel_mean", CHANNEL),)
+    merge = {"sum": "sum"}
 
     @classmethod
     def cadence_for(cls, preset):
@@ -148,12 +183,12 @@ class ActChannelStats(ActivationProbe):
         if ctx.channel_dims is None:
             return {}
         per_channel = ctx.full_numel // max(ctx.full.shape[1], 1)
-        return {"n": float(per_channel), "sum": ctx.channel_sum, "zeros": ctx.channel_zeros}
+        return {"n": float(per_channel), "sum": ctx.channel_sum()}
 
     def finalize(self, p):
-        if "n" not in p or p["sum"] is None or p["zeros"] is None:
+        if "n" not in p or p["sum"] is None:
             return {}  # not measured: no channels, or calls of several widths
-        return {"act_channel_mean": p["sum"] / p["n"], "act_channel_zero_frac": p["zeros"] / p["n"]}
+        return {"act_channel_mean": p["sum"] / p["n"]}
 
 
 class ActHistogram(ActivationProbe):
@@ -180,7 +215,7 @@ class ActHistogram(ActivationProbe):
         n = flat.numel()
         if self.sample and n > self.sample:
             run = max(self.sample // self.RUNS, 1)
-            flat = flat.as_strided((self.RUNS, run), ((n - run) // (self.RUNS - 1), 1), flat.storage_offset())
+            flat = flat.as_strided((self.RUNS, run), ((n - run) // (self.RUNS - 1), 1))  # from its own offset
         return {"counts": histogram(flat), "n": float(flat.numel()), "of": float(n)}
 
     def finalize(self, p):

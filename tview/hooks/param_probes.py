@@ -109,7 +109,8 @@ class LocalGradNorm(ParamProbe):
         return {"sq": local[0], "measured": local[1]}
 
     def finalize(self, p, ctx):
-        return {"local_grad_norm": np.sqrt(ctx.per_layer_sum(p["sq"]))}
+        sq = np.asarray(p["sq"], dtype=np.float64)  # NaN: a tensor without a local gradient
+        return {"local_grad_norm": np.sqrt(ctx.per_layer_sum(np.nan_to_num(sq, nan=0.0, posinf=np.inf)))}
 
 
 class WeightStats(ParamProbe):

@@ -31,15 +31,6 @@ HIST_WIDTH = schema.HIST_BINS + 1  # a histogram row per parameter tensor: the b
 CPU_ROWS = 4096  # blocks a CPU reduction with a dtype cast takes at once: it casts a copy of its input first
 
 
-def channel_dim(module: torch.nn.Module) -> int | None:
-    """The weight dim of a module's output channels: 1 for ConvTranspose, 0 for Conv and Linear, else None."""
-    if isinstance(module, torch.nn.modules.conv._ConvTransposeNd):
-        return 1
-    if isinstance(module, (torch.nn.modules.conv._ConvNd, torch.nn.Linear)):
-        return 0
-    return None
-
-
 def local_tensor(t: torch.Tensor | None) -> torch.Tensor | None:
     """The part of `t` this rank holds: a DTensor's local shard (FSDP2), else `t` itself."""
     if t is not None and hasattr(t, "to_local") and _is_dtensor(t):
@@ -527,14 +518,13 @@ class ParamStep:
 
     @cached_property
     def local(self) -> tuple[torch.Tensor, np.ndarray] | None:
-        """([parameter tensors] squared local-gradient norms, [layers] measured), or None."""
+        """([parameter tensors] squared local-gradient norms, NaN where a tensor had none; [layers] measured:
+        those with a trainable tensor), or None. `local` may also be a list of local gradients (None: none)."""
         loc = self._local
-        if loc is None:
+        if loc is None or (not isinstance(loc, torch.Tensor) and all(t is None for t in loc)):
             return None
         if isinstance(loc, torch.Tensor):
             return loc, self.ctx.present([p.requires_grad for p in self.ctx.params])
-        if all(t is None for t in loc):
-            return None
         with torch.no_grad():
             sq = self.ctx.sq_sums([local_tensor(t) for t in loc])
         return sq, self.ctx.present([t is not None for t in loc])

@@ -13,6 +13,8 @@ probes (tview/hooks/param_probes.py) see every layer's parameters at once (tview
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from tview.store import schema
@@ -20,6 +22,7 @@ from tview.store.schema import Column, TableSpec
 
 _K = schema.HIST_HALF
 EVERY, DETAIL = "every", "detail"
+FORCE_DEVICE_PATH = os.environ.get("TVIEW_FORCE_DEVICE_PATH") == "1"
 
 
 def hist_bin_index(values: torch.Tensor) -> torch.Tensor:
@@ -33,10 +36,11 @@ def hist_bin_index(values: torch.Tensor) -> torch.Tensor:
     return c.add_(_K)  # 7x faster than one torch.bucketize (a binary search per value, not vectorised)
 
 
-def finite_on_cpu(total: torch.Tensor) -> bool:
-    """True when `total` (a sum over some values) lives on the CPU and is finite: then none of the
-    values is NaN or Inf, and counting them can be skipped. On a GPU this would cost a sync: False."""
-    return total.device.type == "cpu" and bool(torch.isfinite(total))
+def host_shortcuts(t: torch.Tensor) -> bool:
+    """True where numpy shortcuts and host-side branches may replace torch ops: a CPU tensor, outside
+    torch.compile, unless TVIEW_FORCE_DEVICE_PATH=1 makes the CPU take the GPU's code path (so that its
+    launches and syncs can be counted on any machine)."""
+    return t.device.type == "cpu" and not FORCE_DEVICE_PATH and not torch.compiler.is_compiling()
 
 
 def histogram(values: torch.Tensor) -> torch.Tensor:

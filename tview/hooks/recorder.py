@@ -1,12 +1,14 @@
 """The Recorder: a training-loop callback that records statistics of a model into a run store.
 
-It keeps scheduling (which steps, which probes), the one batched host transfer per step and the
-queue to the background writer; what is measured is the probes' business (tview/hooks/*_probes.py).
+It keeps scheduling (which steps, which probes), the one batched host transfer per step and the queue to the
+background writer; what is measured is the probes' business (tview/hooks/*_probes.py), which modules are layers
+is tview/hooks/layers.py's, and the step's timeline tview/hooks/timing.py's.
 """
 
 from __future__ import annotations
 
 import atexit
+import json
 import math
 import os
 import time
@@ -18,101 +20,45 @@ import torch
 from torch import nn
 
 from tview.errors import ConfigError, StoreWriteError, TviewError
-from tview.hooks import activation_probes as A
-from tview.hooks import param_probes as PP
-from tview.hooks.params import ParamContext, ParamStep, channel_dim
+from tview.hooks import activation_probes as act
+from tview.hooks import param_probes as par
+from tview.hooks.layers import (
+    channel_dim,
+    find_wrapper,
+    is_compiled,
+    is_filter_layer,
+    layer_info,
+    recorded_layers,
+    refuse_unsupported,
+    unwrap,
+)
+from tview.hooks.origin import load_origin, origin_path, save_origin, weights_set_to
+from tview.hooks.params import ParamContext, ParamStep
 from tview.hooks.probes import EVERY, registered_probes
 from tview.hooks.rows import RowBuilder
+from tview.hooks.scalars import ScalarNames, host_rss_bytes, scalar_value
 from tview.hooks.schedules import Preset, as_schedule, get_preset
+from tview.hooks.snapshots import ProbeBatch, is_sharded, snapshot
+from tview.hooks.timing import LocalGrads, StepClock, as_optimizers, lr_names, to_device
+from tview.hooks.transfer import HostTransfer
 from tview.store import schema
 from tview.store.background import BackgroundWriter
 from tview.store.manifest import write_manifest
 from tview.store.records import ShardLayout, StepRecord
 from tview.store.shard import refuse_existing_shard
 
-PARAM_LAYER_TYPES = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase, nn.GroupNorm,
-                     nn.LayerNorm)
-CHANNEL_PARAM_TYPES = (nn.modules.conv._ConvNd, nn.Linear)  # per output channel gradient norms
-ACTIVATION_TYPES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
-                    nn.Mish, nn.Tanh, nn.Sigmoid, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus)
 MODES = ("new", "resume", "overwrite")
-BUILTIN_SCALARS = 7  # step_time, busy_time, examples, examples_per_sec, host_rss_bytes, two CUDA memory figures
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The user's model inside a DistributedDataParallel / DataParallel wrapper."""
-    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        model = model.module
-    return model
-
-
-def recorded_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(name, module) of every Conv, Linear, norm and activation module, in model order."""
-    return [(name, m) for name, m in model.named_modules()
-            if name and isinstance(m, PARAM_LAYER_TYPES + ACTIVATION_TYPES)]
-
-
-def _layer_info(name: str, m: nn.Module) -> dict:
-    kind = "activation" if isinstance(m, ACTIVATION_TYPES) else "param"
-    channels = (getattr(m, "out_channels", None) or getattr(m, "out_features", None)
-                or getattr(m, "num_features", None) or getattr(m, "num_channels", None))
-    return {"name": name, "type": type(m).__name__, "kind": kind, "channels": channels,
-            "params": int(sum(p.numel() for p in m.parameters(recurse=False)))}
+OFF, SENTINELS, DETAIL_STEP = 0, 1, 2  # what the activation hooks compute on the current step
 
 
 def preset_probes(preset: Preset, layer_names: list[str], distributed: bool, trajectory_dims: int,
-                  seed: int) -> tuple[list[PP.ParamProbe], list[A.ActivationProbe]]:
+                  seed: int) -> tuple[list[par.ParamProbe], list[act.ActivationProbe]]:
     """The registered probes a preset runs, each with its cadence (every recorded step, or detail steps)."""
     setting = {"layer_names": layer_names, "distributed": distributed, "trajectory_dims": trajectory_dims,
                "seed": seed}
     probes = [p for p in (cls.create(preset, setting) for cls in registered_probes()) if p is not None]
-    return ([p for p in probes if isinstance(p, PP.ParamProbe)],
-            [p for p in probes if isinstance(p, A.ActivationProbe)])
-
-
-_STATM = {"fd": None, "pid": None}
-
-
-def _host_rss_bytes() -> float:
-    """Resident memory of this process (Linux: /proc/self/statm, kept open; elsewhere: the peak)."""
-    try:
-        if _STATM["pid"] != os.getpid():  # opened by this process (a forked child reopens its own)
-            _STATM["fd"] = os.open("/proc/self/statm", os.O_RDONLY)
-            _STATM["page"], _STATM["pid"] = os.sysconf("SC_PAGE_SIZE"), os.getpid()
-        return float(os.pread(_STATM["fd"], 128, 0).split()[1]) * _STATM["page"]
-    except (OSError, ValueError, IndexError):
-        import resource
-        return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
-def _to_host(tensors: list[torch.Tensor], native: list[bool] | None = None) -> list[np.ndarray]:
-    """Every tensor to a numpy copy: float64 (statistics finished in float64 on the host), or in its
-    own dtype where `native` says so (snapshots: a float32 filter needs no float64 round trip). One
-    device-to-host transfer for a GPU."""
-    if not tensors:
-        return []
-    native = native or [False] * len(tensors)
-    if all(t.device.type == "cpu" for t in tensors):  # no transfer to batch: skip the concatenation
-        return [np.array(t.detach().numpy(), dtype=None if own else np.float64) for t, own in zip(tensors, native)]
-    flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors])
-    host = flat.cpu().numpy()
-    out, offset = [], 0
-    for t, own in zip(tensors, native):
-        n = t.numel()
-        part = host[offset:offset + n].reshape(tuple(t.shape))
-        out.append(part.astype(torch.empty(0, dtype=t.dtype).numpy().dtype) if own else part)
-        offset += n
-    return out
-
-
-def to_host_in_place(dicts: list[dict], native: tuple[dict, ...] = ()) -> None:
-    """Replace every tensor value of these dicts (and of the `native` ones, kept in their own dtype)
-    by a numpy copy, in one host transfer."""
-    slots = [(d, k, own) for ds, own in ((dicts, False), (native, True)) for d in ds
-             for k, v in d.items() if isinstance(v, torch.Tensor)]
-    hosts = _to_host([d[k] for d, k, _ in slots], [own for *_, own in slots])
-    for (d, k, _), host in zip(slots, hosts):
-        d[k] = host
+    return ([p for p in probes if isinstance(p, par.ParamProbe)],
+            [p for p in probes if isinstance(p, act.ActivationProbe)])
 
 
 def _check_settings(mode, queue_size, flush_seconds, trajectory_dims):
@@ -127,31 +73,16 @@ def _check_settings(mode, queue_size, flush_seconds, trajectory_dims):
         raise ConfigError(f"trajectory_dims must be an integer from 1 to 64, got {trajectory_dims!r}")
 
 
-def _scalar_value(name: str, value):
-    """A scalar as a float, or a one-element tensor left on its device; anything else is refused."""
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1 or value.is_complex():
-            raise ConfigError(f"step(): scalar {name!r} is a tensor of {value.numel()} {value.dtype} values; "
-                              f"pass one real number (e.g. {name}.mean())")
-        return value.detach().reshape(1)
-    if isinstance(value, complex) or np.iscomplexobj(value):
-        raise ConfigError(f"step(): scalar {name!r}={value!r} is complex; pass a real number")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"step(): scalar {name}={value!r} is not a number") from None
-
-
 class Recorder:
     """Records a model's training into `run_dir` (one HDF5 shard per rank).
 
-    Call `step(loss=...)` once per optimizer step, after `optimizer.step()`, and `close()` at the
-    end (or use it as a context manager). Steps count from 0; `every` (an int, a list of steps or
-    a callable step -> bool) says which steps are recorded; `snapshot_every` which steps also keep
-    the conv filters and the feature maps of `probe_batch` (default: the preset's detail steps). The
-    background writer gathers records for `flush_seconds` and writes them together: readers, and what
-    survives a crash, lag by that
-    much (`flush()` writes at once).
+    Call `step(loss=...)` once per optimizer step, after `optimizer.step()`, and `close()` at the end (or use
+    it as a context manager). Steps count from 0; `every` (an int, a list of steps or a callable step -> bool)
+    says which steps are recorded; `snapshot_every` which steps also keep the conv filters and the feature maps
+    of `probe_batch` (default: the preset's detail steps). `optimizer`: one or a list (their learning rates,
+    and the step's timeline). The model may be wrapped in DDP, torch.compile or FSDP2 (fully_shard); FSDP1 is
+    refused. The background writer gathers records for `flush_seconds` and writes them together: readers, and
+    what survives a crash, lag by that much (`flush()` writes at once).
     """
 
     def __init__(self, model: nn.Module, run_dir: str, every=10, *, preset="default", snapshot_every=None,
@@ -161,14 +92,15 @@ class Recorder:
                  config: dict | None = None):
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        refuse_unsupported(model)
         _check_settings(mode, queue_size, flush_seconds, trajectory_dims)
-        self.model = unwrap(model)
+        self.outer, self.model = model, unwrap(model)
         self.run_dir = os.fspath(run_dir)
         self.schedule = as_schedule(every, "every")
         # default: the preset's detail steps, beside the activation statistics of the same step
         self.snapshot_schedule = as_schedule(snapshot_every, "snapshot_every") if snapshot_every is not None else None
         self.preset = get_preset(preset)
-        self.optimizer = optimizer
+        self.optimizers = as_optimizers(optimizer)
         self.trajectory_dims = trajectory_dims
         dist_on = torch.distributed.is_available() and torch.distributed.is_initialized()
         self.rank = rank if rank is not None else (torch.distributed.get_rank() if dist_on else 0)
@@ -178,10 +110,12 @@ class Recorder:
         self.shard_path = os.path.join(self.run_dir, schema.shard_name(self.rank))
         self._prepare_folder(mode)
         self._step = self._first_step(mode, start_step)
-        self._set_up_probes(seed)
+        self._mode = mode
+        self._seed = seed
+        self._set_up_probes()
         self._set_up_hooks(probe_batch, probe_layers)
         self.config = dict(config or {})
-        self._scalar_names: set[str] = set()
+        self._scalar_names = ScalarNames(len(lr_names(self.optimizers)))
         if self.rank == 0:
             try:
                 write_manifest(self.run_dir, self._manifest())
@@ -201,47 +135,100 @@ class Recorder:
     def _find_layers(self):
         self.layers = recorded_layers(self.model)
         if not self.layers:
-            raise ConfigError(f"{type(self.model).__name__} has no Conv, Linear, norm or activation module to record")
+            raise ConfigError(f"{type(self.model).__name__} has no Conv, Linear, norm, activation or other module "
+                              f"with parameters of its own to record")
         self.layer_names = [n for n, _ in self.layers]
-        self.layer_info = [_layer_info(n, m) for n, m in self.layers]
+        self.layer_info = [layer_info(n, m) for n, m in self.layers]
         self.param_layer_ids = [i for i, (_, m) in enumerate(self.layers)
                                 if any(True for _ in m.parameters(recurse=False))]
-        self.filter_layers = [n for n, m in self.layers if isinstance(m, nn.modules.conv._ConvNd)]
+        self.filter_modules = [(n, m) for n, m in self.layers if is_filter_layer(m)]
+        self.filter_layers = [n for n, _ in self.filter_modules]
 
-    def _set_up_probes(self, seed: int):
+    def _layer_params(self) -> list[list[torch.Tensor]]:
+        return [list(self.layers[i][1].parameters(recurse=False)) for i in self.param_layer_ids]
+
+    def _set_up_probes(self):
         ids = self.param_layer_ids
         self.pctx = None
         if ids:
-            modules = [self.layers[i][1] for i in ids]
-            self.pctx = ParamContext([list(m.parameters(recurse=False)) for m in modules],
-                                     [channel_dim(m) for m in modules], [getattr(m, "groups", 1) for m in modules])
+            self._param_ids = [id(p) for ps in self._layer_params() for p in ps]
+            self.pctx = ParamContext(self._layer_params(), [channel_dim(self.layers[i][1]) for i in ids])
         self.param_probes, self.act_probes = preset_probes(
-            self.preset, [self.layer_names[i] for i in ids], self.world_size > 1, self.trajectory_dims, seed)
+            self.preset, [self.layer_names[i] for i in ids], self.world_size > 1, self.trajectory_dims, self._seed)
         if self.pctx is None:
             self.param_probes = []
-        for probe in self.param_probes:
-            probe.setup(self.pctx)
+        self._set_up_param_probes()
         self.rows = RowBuilder(self.layer_names, ids, self.pctx)
+        self._act_by_mode = {OFF: (), SENTINELS: tuple(p for p in self.act_probes if p.cadence == EVERY),
+                             DETAIL_STEP: tuple(self.act_probes)}
+
+    def _set_up_param_probes(self):
+        """Each parameter probe's setup; init_distance's against the weights the run started from (kept beside
+        the shard when the run began, read back on resume)."""
+        origin = None
+        if any(isinstance(p, par.InitDistance) for p in self.param_probes):
+            path = origin_path(self.run_dir, self.rank)
+            if self._mode == "resume" and os.path.exists(path):
+                origin = load_origin(path, self.pctx.params)
+            elif self._mode != "resume" or not os.path.exists(self.shard_path):
+                save_origin(path, self.pctx.params)
+        for probe in self.param_probes:
+            if origin is not None and isinstance(probe, par.InitDistance):
+                with weights_set_to(self.pctx.params, origin):
+                    probe.setup(self.pctx)
+            else:
+                probe.setup(self.pctx)
+
+    def _refresh_params(self):
+        """FSDP2 (fully_shard after the Recorder was made) puts new parameter objects in the layers: follow them."""
+        if self.pctx is not None and [id(p) for ps in self._layer_params() for p in ps] != self._param_ids:
+            self._set_up_probes()
 
     def _set_up_hooks(self, probe_batch, probe_layers):
-        self.probe_inputs = self.probe_targets = None
-        self.probe_layers: list[str] = []
-        self._fmap_shapes: dict[str, tuple] = {}
-        self._channels: dict[int, int] = {}  # activation widths seen in the forward pass
-        self._recording = self._detail_now = False  # set for real once the writer exists
-        self._act_due: list[A.ActivationProbe] = []
-        self._examples = 0
-        self._pending_act: list[tuple[int, A.ActivationProbe, dict]] = []
-        self._hooks = [self.model.register_forward_pre_hook(self._count_examples)]
-        self._act_hooks = []  # attached only for steps that compute activation statistics
+        self.probe = None
         if probe_batch is not None:
-            self._setup_probe(probe_batch, probe_layers if probe_layers is not None else self.filter_layers)
+            self.probe = ProbeBatch(self.model, self.layers,
+                                    probe_batch, probe_layers if probe_layers is not None else self.filter_layers)
         elif probe_layers:
             raise ConfigError("probe_layers given without probe_batch: pass the batch whose feature maps to keep")
-        self._local: dict[int, torch.Tensor] = {}
-        self._t_last_grad: float | None = None
-        if self.pctx is not None and any(isinstance(p, PP.LocalGradNorm) for p in self.param_probes):
-            for k, p in enumerate(self.pctx.params):
+        self._channels: dict[int, int] = {}  # activation widths seen in the forward pass
+        self._recording, self._detail_now, self._act_probes_now = False, False, ()
+        self._examples = 0
+        self._pending_act: list[tuple[int, int | None, list]] = []
+        self._problems: set[str] = set()
+        self._hooks = [self.outer.register_forward_pre_hook(self._count_examples)]
+        if self.act_probes:  # installed once, for good: torch.compile sees them from its first trace on
+            self._hooks += [m.register_forward_hook(self._make_forward_hook(i)) for i, (_, m) in enumerate(self.layers)]
+            self._recompile_if_compiled()
+        self.clock = StepClock(self.optimizers, [p for ps in self._layer_params() for p in ps])
+        self._set_up_local_grads()
+
+    def _recompile_if_compiled(self):
+        """A compiled model that already ran ignores hooks added since (dynamo skips hook guards): drop
+        dynamo's compiled code once so the next call traces the model with tview's hooks."""
+        compiled = is_compiled(self.outer) or getattr(self.model, "_compiled_call_impl", None) is not None
+        if compiled:
+            from torch._dynamo.utils import counters
+            if counters["stats"]["unique_graphs"]:
+                torch._dynamo.reset()
+
+    def _set_up_local_grads(self):
+        """Under DDP, this rank's gradient before the all-reduce: from a DDP communication hook; where the
+        user registered one already, from hooks on the parameters that take a gradient."""
+        self.local_grads, self._t_last_grad = None, None
+        if self.pctx is None or not any(isinstance(p, par.LocalGradNorm) for p in self.param_probes):
+            return
+        ddp = find_wrapper(self.outer, nn.parallel.DistributedDataParallel)
+        if ddp is not None:
+            try:
+                self.local_grads = LocalGrads(ddp, self.pctx.params)
+                return
+            except RuntimeError as exc:  # one comm hook per DDP model: the user's stays
+                warnings.warn(f"tview: DDP already has a communication hook ({exc}); local gradient norms are "
+                              f"measured with parameter hooks instead", RuntimeWarning, stacklevel=3)
+        self._param_local: dict[int, torch.Tensor] = {}
+        for k, p in enumerate(self.pctx.params):
+            if p.requires_grad:
                 self._hooks.append(p.register_hook(self._make_grad_hook(k)))
 
     def _prepare_folder(self, mode: str):
@@ -259,95 +246,58 @@ class Recorder:
         elif mode == "overwrite" and os.path.lexists(self.shard_path):
             os.remove(self.shard_path)
 
+    @property
+    def _resume_path(self) -> str:
+        return os.path.join(self.run_dir, f"rank-{self.rank:05d}.resume.json")
+
     def _first_step(self, mode: str, start_step: int | None) -> int:
+        """Where step counting starts: start_step, else on resume the training step the last Recorder of this
+        rank reached (kept at close), else the step after the last recorded one (said: steps may be off)."""
         if start_step is not None:
             if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
                 raise ConfigError(f"start_step must be a non-negative integer, got {start_step!r}")
             return start_step
-        if mode == "resume" and os.path.exists(self.shard_path):
-            from tview.store.reader import ShardReader
-            shard = ShardReader(self.shard_path)
-            try:
-                steps = shard.steps(schema.TABLE_SCALARS)
-                return int(steps[-1]) + 1 if len(steps) else 0
-            finally:
-                shard.close()
-        return 0
+        if mode != "resume" or not os.path.exists(self.shard_path):
+            return 0
+        try:
+            with open(self._resume_path) as f:
+                return int(json.load(f)["next_step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        from tview.store.reader import ShardReader
+        shard = ShardReader(self.shard_path)
+        try:
+            steps = shard.steps(schema.TABLE_SCALARS)
+        finally:
+            shard.close()
+        if len(steps):
+            warnings.warn(f"tview: {self._resume_path} is missing (the last run did not close): resuming at step "
+                          f"{int(steps[-1]) + 1}, after the last recorded one; pass start_step= for the true "
+                          f"training step", RuntimeWarning, stacklevel=3)
+        return int(steps[-1]) + 1 if len(steps) else 0
 
     def _manifest(self) -> dict:
         return {"run_id": os.path.basename(os.path.abspath(self.run_dir)), "created_unix": time.time(),
                 "world_size": self.world_size, "layers": self.layer_info, "model": type(self.model).__name__,
                 "preset": self.preset.name, "schedule": repr(self.schedule),
                 "snapshot_schedule": repr(self.snapshot_schedule) if self.snapshot_schedule else "detail steps",
-                "probe_layers": self.probe_layers,
+                "probe_layers": self.probe.layer_names if self.probe else [],
                 "filter_layers": self.filter_layers, "trajectory_dims": self.trajectory_dims,
                 "probes": [f"{p.table} ({p.cadence})" for p in self.param_probes + self.act_probes],
                 "hist": {"lo": schema.HIST_LO, "hi": schema.HIST_HI, "per_decade": schema.HIST_PER_DECADE},
                 "torch_version": torch.__version__, "config": self.config}
 
-    def _setup_probe(self, probe_batch, probe_layers):
-        x, y = (probe_batch if isinstance(probe_batch, (tuple, list)) else (probe_batch, None))
-        if not isinstance(x, torch.Tensor):
-            raise ConfigError(f"probe_batch must be a tensor or (inputs, targets), got {type(x).__name__}")
-        unknown = [n for n in probe_layers if n not in self.layer_names]
-        if unknown:
-            raise ConfigError(f"probe_layers {unknown} are not recorded layers; choose from {self.layer_names}")
-        device = next(self.model.parameters()).device
-        self.probe_inputs = x.detach().to(device)
-        self.probe_targets = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else None
-        self.probe_layers = list(probe_layers)
-        try:
-            fmaps = self._run_probe()
-        except Exception as exc:
-            raise ConfigError(f"probe_batch of shape {tuple(x.shape)} fails in the model's forward: {exc}") from exc
-        self._fmap_shapes = {n: tuple(t.shape) for n, t in fmaps.items()}
-
-    def _run_probe(self) -> dict[str, torch.Tensor]:
-        """Forward the probe batch in eval mode (no side effects) and capture the chosen layers."""
-        modes = [(m, m.training) for m in self.model.modules()]
-        captured: dict[str, torch.Tensor] = {}
-
-        def capture(index, name):
-            def hook(module, inputs, output):
-                if isinstance(output, torch.Tensor):
-                    captured[name] = output.detach()
-                    if output.dim() >= 2:
-                        self._channels.setdefault(index, int(output.shape[1]))
-            return hook
-
-        handles = [module.register_forward_hook(capture(i, name)) for i, (name, module) in enumerate(self.layers)
-                   if name in self.probe_layers]
-        try:
-            self.model.eval()
-            with torch.no_grad():
-                self.model(self.probe_inputs)
-            return captured
-        finally:
-            for h in handles:
-                h.remove()
-            for m, training in modes:
-                m.training = training
-
-    def _set_activation_hooks(self, on: bool):
-        """Attach the forward hooks for a step that computes activation statistics; detach them
-        for the others, where every module then takes PyTorch's fast call path, hook-free."""
-        if on and not self._act_hooks:
-            self._act_hooks = [module.register_forward_hook(self._make_forward_hook(i))
-                               for i, (_, module) in enumerate(self.layers)]
-        elif not on and self._act_hooks:
-            for h in self._act_hooks:
-                h.remove()
-            self._act_hooks = []
+    def _schedule(self):
+        """Decide what the current step records; the hooks read it (they stay installed)."""
+        self._recording = self._failed_at is None and bool(self.schedule(self._step))
+        self._detail_now = self._recording and self._recorded % self.preset.detail_every == 0
+        mode = (DETAIL_STEP if self._detail_now else SENTINELS) if self._recording else OFF
+        self._act_probes_now = self._act_by_mode[mode]
+        if self.local_grads is not None:
+            self.local_grads.active = self._recording
 
     def _due(self, probe) -> bool:
         return self._recording and (probe.cadence == EVERY or self._detail_now)
-
-    def _schedule(self):
-        """Decide what the current step records, and attach the hooks it needs."""
-        self._recording = self._failed_at is None and bool(self.schedule(self._step))
-        self._detail_now = self._recording and self._recorded % self.preset.detail_every == 0
-        self._act_due = [p for p in self.act_probes if self._due(p)]
-        self._set_activation_hooks(bool(self._act_due))
 
     # -- hooks -------------------------------------------------------------------------------
     def _count_examples(self, module, inputs):
@@ -355,170 +305,222 @@ class Recorder:
             self._examples += inputs[0].shape[0]
 
     def _make_forward_hook(self, index: int):
-        def hook(module, inputs, output):  # attached only while the step computes activation statistics
-            if not module.training or not isinstance(output, torch.Tensor):
+        def hook(module, inputs, output):  # returns at once on a step that records no activation statistics
+            probes = self._act_probes_now
+            if not probes or not module.training or not isinstance(output, torch.Tensor):
                 return
-            ctx = A.ActivationContext(output, self.preset.act_sample_examples)
-            if ctx.channel_dims is not None:
-                self._channels.setdefault(index, int(output.shape[1]))
-            for probe in self._act_due:
-                self._pending_act.append((index, probe, probe.compute(ctx)))
+            if torch.compiler.is_compiling():
+                self._activation_parts(index, output, probes)
+                return
+            try:
+                self._activation_parts(index, output, probes)
+            except Exception as exc:  # tview's failure never stops training: said once, then off
+                self._report("activation statistics", exc)
+                self._act_by_mode = {mode: () for mode in self._act_by_mode}
+                self._act_probes_now = ()
         return hook
+
+    def _activation_parts(self, index: int, output: torch.Tensor, probes: tuple):
+        ctx = act.ActivationContext(output, self.preset.act_sample_examples)
+        channels = output.shape[1] if output.dim() >= 2 else None
+        self._pending_act.append((index, channels, [(p, p.compute(ctx)) for p in probes]))
 
     def _make_grad_hook(self, k: int):
         def hook(grad):
             self._t_last_grad = time.perf_counter()
             if self._recording:
-                if k in self._local:
-                    self._local[k] = self._local[k] + grad.detach()
-                else:
-                    self._local[k] = grad.detach().clone()
+                prev = self._param_local.get(k)
+                self._param_local[k] = grad.detach().clone() if prev is None else prev + grad.detach()
             return None
         return hook
 
+    def _report(self, what: str, exc: BaseException):
+        """Say once per kind of failure what tview stopped recording, and why; training goes on."""
+        if what not in self._problems:
+            self._problems.add(what)
+            warnings.warn(f"tview: recording {what} failed at step {self._step} ({type(exc).__name__}: {exc}); "
+                          f"tview stops recording it, training goes on", RuntimeWarning, stacklevel=3)
+
     # -- the per-step call ----------------------------------------------------------------
     def step(self, loss=None, batch_size: int | None = None, **scalars) -> None:
-        """Close the current optimizer step. Call once per step, after optimizer.step()."""
+        """Close the current optimizer step. Call once per step, after optimizer.step(). The step counter
+        advances even when this raises (a refused scalar, a write failure said once)."""
         now = time.perf_counter()
         if self._closed:
             raise TviewError(f"Recorder for {self.run_dir} is closed; step() after close()")
-        if self._failed_at is None and self._writer.error is not None:
-            self._fail()
-        if self._failed_at is not None and (self._step - self._failed_at) % 50 == 0:
-            warnings.warn(f"tview: recording into {self.shard_path} stopped at step {self._failed_at} "
-                          f"({self._writer.error}); training goes on unrecorded", RuntimeWarning, stacklevel=2)
-        if self._recording:
-            try:
+        try:
+            if self._failed_at is None and self._writer.error is not None:
+                self._fail()
+            if self._failed_at is not None and (self._step - self._failed_at) % 50 == 0:
+                warnings.warn(f"tview: recording into {self.shard_path} stopped at step {self._failed_at} "
+                              f"({self._writer.error}); training goes on unrecorded", RuntimeWarning, stacklevel=2)
+            if self._recording:
                 self._record(now, loss, batch_size, scalars)
-            finally:
-                self._pending_act = []
-                self._local = {}
-                self._examples = 0
-        self._step += 1
-        self._t_prev = now
-        self._schedule()
+        finally:
+            self._pending_act = []
+            self._examples = 0
+            self.clock.reset()
+            if self.local_grads is not None:
+                self.local_grads.parts = []
+            self._param_local = {}
+            self._step += 1
+            self._t_prev = now
+            self._schedule()
 
     def _fail(self):
         """The writer failed: stop recording (hooks off) and raise its error once, here."""
         self._failed_at = self._step
         self._recording = False
-        self._set_activation_hooks(False)
-        for h in self._hooks:
-            h.remove()
-        self._hooks = []
+        self._act_probes_now = ()
+        self._remove_hooks()
         self._writer.check()
 
     def _scalars(self, now: float, loss, batch_size, scalars: dict) -> tuple[dict, dict]:
         """(host scalars, one-element tensors still on the device), user values checked."""
+        user = {}
+        for name, value in ([("loss", loss)] if loss is not None else []) + list(scalars.items()):
+            self._scalar_names.check(name)
+            user[name] = scalar_value(name, value)
         step_time = now - self._t_prev
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, float))):
             raise ConfigError(f"step(): batch_size must be a number of examples, got {batch_size!r}")
         examples = batch_size if batch_size is not None else self._examples
         host = {"step_time": step_time, "examples": float(examples),
                 "examples_per_sec": examples / step_time if step_time > 0 else float("nan"),
-                "host_rss_bytes": _host_rss_bytes()}
-        if self._t_last_grad is not None and self._t_last_grad > self._t_prev:
-            # this rank's own work (forward, backward up to its last local gradient), without the wait
-            # for the slowest rank's all-reduce that makes every rank's step_time equal under DDP
-            host["busy_time"] = self._t_last_grad - self._t_prev
-        if self.optimizer is not None:
-            for g, group in enumerate(self.optimizer.param_groups):
-                host["lr" if g == 0 else f"lr/{g}"] = float(group.get("lr", float("nan")))
+                "host_rss_bytes": host_rss_bytes()}
+        host.update(self._timeline(now))
+        for name, lr in zip(lr_names(self.optimizers), self.clock.current_lrs()):
+            user[name] = lr.detach().reshape(1) if isinstance(lr, torch.Tensor) else float(lr)
         if self.pctx is not None and self.pctx.device.type == "cuda":
             host["cuda_allocated_bytes"] = float(torch.cuda.memory_allocated(self.pctx.device))
             host["cuda_max_allocated_bytes"] = float(torch.cuda.max_memory_allocated(self.pctx.device))
-        device = {}
-        for name, value in ([("loss", loss)] if loss is not None else []) + list(scalars.items()):
-            self._check_scalar_name(name)
-            v = _scalar_value(name, value)
-            (device if isinstance(v, torch.Tensor) else host)[name] = v
-        return host, device
+        host.update({k: v for k, v in user.items() if not isinstance(v, torch.Tensor)})
+        return host, {k: v for k, v in user.items() if isinstance(v, torch.Tensor)}
 
-    def _check_scalar_name(self, name: str):
-        if name in self._scalar_names:
-            return
-        if len(name.encode("utf-8")) > schema.SCALAR_NAME_LEN:
-            raise ConfigError(f"step(): scalar name {name[:40]!r}... is longer than {schema.SCALAR_NAME_LEN} "
-                              f"UTF-8 bytes; choose a shorter name")
-        if len(self._scalar_names) + BUILTIN_SCALARS + len(self.optimizer.param_groups if self.optimizer else []) \
-                >= schema.MAX_SCALARS:
-            raise ConfigError(f"step(): scalar {name!r} would exceed the {schema.MAX_SCALARS} scalars a shard holds "
-                              f"(already: {sorted(self._scalar_names)})")
-        self._scalar_names.add(name)
-
-    def _record(self, now: float, loss, batch_size, scalars):
-        host_scalars, device_scalars = self._scalars(now, loss, batch_size, scalars)
-        param_step = self._param_step()
-        param = []
-        for probe in self.param_probes:
-            if self._due(probe):
-                parts = probe.compute(param_step)
-                if parts is not None:
-                    param.append((probe, parts))
-        due = self.snapshot_schedule(self._step) if self.snapshot_schedule else self._detail_now
-        snapshot = self._snapshot() if due else {}
-        to_host_in_place([device_scalars] + [p for _, p in param] + [p for _, _, p in self._pending_act],
-                         native=(snapshot,))  # the step's one transfer
-        if self._layout is None:
-            self._layout = self._make_layout()
-        self._writer.put(self._layout, {"step": self._step, "wall_time": time.time(), "scalars": host_scalars,
-                                        "device_scalars": device_scalars, "param": param,
-                                        "act": self._pending_act, "snapshot": snapshot})
-        self._recorded += 1
-
-    def _param_step(self) -> ParamStep | None:
-        """What the parameter probes read this step (gathered on first use); None for a model without
-        parameters. Local gradients, per parameter, only under DDP."""
-        if self.pctx is None:
-            return None
-        local = [self._local.get(k) for k in range(len(self.pctx.params))] if self._local else None
-        return ParamStep(self.pctx, local)
-
-    def _snapshot(self) -> dict:
-        """Conv filters and the probe batch's feature maps, keyed 'filters/<layer>', 'feature_maps/<layer>'."""
-        out = {f"filters/{name}": module.weight for name, module in self.layers if name in self.filter_layers}
-        if self.probe_inputs is not None:
-            out.update({f"feature_maps/{name}": t for name, t in self._run_probe().items()})
+    def _timeline(self, now: float) -> dict:
+        """busy_time: this rank's own forward and backward (to its last local gradient), without the wait
+        for the others that makes every rank's step_time equal under DDP; wait_time: from there to the start
+        of optimizer.step() (its wait in the all-reduce); after_step_time: from the end of optimizer.step()
+        to step() (logging, checkpoints, evaluation after the step)."""
+        out = {}
+        t_grad = self.local_grads.t_last if self.local_grads is not None else self._t_last_grad
+        if t_grad is not None and t_grad > self._t_prev:
+            out["busy_time"] = t_grad - self._t_prev
+            if self.clock.t_opt_start is not None and self.clock.t_opt_start >= t_grad:
+                out["wait_time"] = self.clock.t_opt_start - t_grad
+        if self.clock.t_opt_end is not None and self.clock.t_opt_end > self._t_prev:
+            out["after_step_time"] = now - self.clock.t_opt_end
         return out
 
+    def _record(self, now: float, loss, batch_size, scalars):
+        host_scalars, device_scalars = self._scalars(now, loss, batch_size, scalars)  # a ConfigError is the user's
+        try:
+            self._refresh_params()
+            param = self._param_results()
+            snap = self._snapshot_if_due()
+            pending = self._pending_act
+            for index, channels, _ in pending:
+                if channels is not None:
+                    self._channels.setdefault(index, int(channels))
+            transfer = HostTransfer([device_scalars] + [p for _, p in param] +
+                                    [parts for _, _, results in pending for _, parts in results], native=(snap,))
+            if self._layout is None:
+                self._layout = self._make_layout()
+        except Exception as exc:  # tview's own failure: said once, the step goes unrecorded, training goes on
+            self._report("this step", exc)
+            return
+        self._writer.put(self._layout, {"step": self._step, "wall_time": time.time(), "scalars": host_scalars,
+                                        "device_scalars": device_scalars, "param": param, "act": pending,
+                                        "snapshot": snap, "transfer": transfer})
+        self._recorded += 1
+
+    def _param_results(self) -> list:
+        """(probe, partial results) of each parameter probe due now; a probe that fails is said and dropped."""
+        param_step = self._param_step()
+        param = []
+        for probe in list(self.param_probes):
+            if not self._due(probe):
+                continue
+            try:
+                parts = probe.compute(param_step)
+            except Exception as exc:
+                self._report(f"{probe.table} ({type(probe).__name__})", exc)
+                self.param_probes.remove(probe)
+                continue
+            if parts is not None:
+                param.append((probe, parts))
+        return param
+
+    def _snapshot_if_due(self) -> dict:
+        due = self.snapshot_schedule(self._step) if self.snapshot_schedule else self._detail_now
+        return snapshot(self.filter_modules, self.probe) if due else {}
+
+    def _param_step(self) -> ParamStep | None:
+        """What the parameter probes read this step; None for a model without parameters. Local gradients
+        (squared norms per parameter tensor) only under DDP."""
+        if self.pctx is None:
+            return None
+        local = self.local_grads.take() if self.local_grads is not None else self._param_local_norms()
+        return ParamStep(self.pctx, local)
+
+    def _param_local_norms(self) -> torch.Tensor | None:
+        """The parameter hooks' local gradients as squared norms per parameter tensor (NaN where none)."""
+        if not getattr(self, "_param_local", None):
+            return None
+        n = len(self.pctx.params)
+        ks = sorted(self._param_local)
+        sq = torch.stack(torch._foreach_norm([self._param_local[k] for k in ks], 2, dtype=torch.float32)).square()
+        out = torch.full((n,), float("nan"), device=sq.device)
+        return out.index_copy_(0, to_device(torch.tensor(ks), sq.device), sq)
+
     def _channel_widths(self) -> dict[str, dict[str, int]]:
-        act = {self.layer_names[i]: c for i, c in self._channels.items()}
-        par = {self.layer_names[i]: c for i, c in zip(self.param_layer_ids, self.pctx.channel_widths) if c} \
+        acts = {self.layer_names[i]: c for i, c in self._channels.items()}
+        params = {self.layer_names[i]: c for i, c in zip(self.param_layer_ids, self.pctx.channel_widths) if c} \
             if self.pctx else {}
-        return {col.name: (act if probe.reads == "activation" else par)
+        return {col.name: (acts if probe.reads == "activation" else params)
                 for probe in self.param_probes + self.act_probes for col in probe.columns
                 if col.kind == schema.CHANNEL}
 
     def _make_layout(self) -> ShardLayout:
         layers = [dict(info, channels=self._channels.get(i, info["channels"] if info["kind"] == "param" else None))
                   for i, info in enumerate(self.layer_info)]
-        filter_shapes = {n: tuple(m.weight.shape) for n, m in self.layers if n in self.filter_layers}
+        filter_shapes = {n: tuple(filter_weight_shape(m)) for n, m in self.filter_modules if not is_sharded(m.weight)}
         return ShardLayout(rank=self.rank, world_size=self.world_size,
                            run_id=os.path.basename(os.path.abspath(self.run_dir)), layers=layers,
                            tables=[p.spec for p in self.param_probes + self.act_probes],
                            channel_widths=self._channel_widths(), filter_shapes=filter_shapes,
-                           feature_map_shapes=self._fmap_shapes,
-                           probe_inputs=None if self.probe_inputs is None else self.probe_inputs.cpu().numpy(),
-                           probe_targets=self.probe_targets)
+                           feature_map_shapes=self.probe.shapes if self.probe else {},
+                           probe_inputs=self.probe.host_inputs() if self.probe else None,
+                           probe_targets=self.probe.targets if self.probe else None)
 
     # -- host side: runs on the writer thread ---------------------------------------------
     def _finalize(self, item: dict) -> StepRecord:
+        item["transfer"].finish()
         rec = StepRecord(step=item["step"], wall_time=item["wall_time"], scalars=dict(item["scalars"]))
-        rec.scalars.update({k: float(v.reshape(-1)[0]) for k, v in item["device_scalars"].items()})
+        rec.scalars.update({k: float(np.asarray(v).reshape(-1)[0]) for k, v in item["device_scalars"].items()})
         for probe, parts in item["param"]:
-            rec.tables[probe.table] = self.rows.param_row(probe, parts)
-        calls: dict[A.ActivationProbe, dict[int, list[dict]]] = {}
-        for layer, probe, parts in item["act"]:
-            calls.setdefault(probe, {}).setdefault(layer, []).append(parts)
+            self._finalized(probe, rec, self.rows.param_row, parts)
+        calls: dict[act.ActivationProbe, dict[int, list[dict]]] = {}
+        for layer, _, results in item["act"]:
+            for probe, parts in results:
+                calls.setdefault(probe, {}).setdefault(layer, []).append(parts)
         for probe, per_layer in calls.items():
-            row = self.rows.activation_row(probe, per_layer)
-            if row is not None:
-                rec.tables[probe.table] = row
+            self._finalized(probe, rec, self.rows.activation_row, per_layer)
         snap = item["snapshot"]
         rec.filters = {k.split("/", 1)[1]: v.astype(np.float32) for k, v in snap.items() if k.startswith("filters/")}
         rec.feature_maps = {k.split("/", 1)[1]: v.astype(np.float32) for k, v in snap.items()
                             if k.startswith("feature_maps/")}
         return rec
+
+    def _finalized(self, probe, rec: StepRecord, make_row, parts):
+        """A probe's row in the record; a probe whose finalize fails is said once and leaves no row."""
+        try:
+            row = make_row(probe, parts)
+        except Exception as exc:
+            self._report(f"{probe.table} ({type(probe).__name__}, finalize)", exc)
+            return
+        if row is not None:
+            rec.tables[probe.table] = row
 
     # -- end ------------------------------------------------------------------------------
     @property
@@ -536,16 +538,25 @@ class Recorder:
         if not self._closed:
             self._writer.flush()
 
-    def close(self) -> None:
-        """Write what is queued, mark the shard closed cleanly, remove the hooks. Idempotent. A write
-        failure not yet raised by step() is raised here."""
-        if self._closed:
-            return
-        self._closed = True
-        self._set_activation_hooks(False)
+    def _remove_hooks(self):
         for h in self._hooks:
             h.remove()
         self._hooks = []
+        self.clock.remove()
+
+    def close(self) -> None:
+        """Write what is queued, mark the shard closed cleanly, remove the hooks, keep the training step reached
+        (a resumed Recorder continues from it). Idempotent. A write failure not yet raised by step() is raised here."""
+        if self._closed:
+            return
+        self._closed = True
+        self._act_probes_now = ()
+        self._remove_hooks()
+        try:
+            with open(self._resume_path, "w") as f:
+                json.dump({"next_step": self._step}, f)
+        except OSError:
+            pass  # the shard's own error, if any, is raised below
         try:
             self._writer.close()
         except StoreWriteError:
@@ -560,6 +571,11 @@ class Recorder:
 
     def __repr__(self):
         return f"Recorder({self.run_dir!r}, rank={self.rank}, step={self._step}, preset={self.preset.name})"
+
+
+def filter_weight_shape(m: nn.Module) -> tuple:
+    w = m.weight
+    return (w.shape[1], w.shape[0], *w.shape[2:]) if isinstance(m, nn.modules.conv._ConvTransposeNd) else tuple(w.shape)
 
 
 def _close_at_exit(ref):

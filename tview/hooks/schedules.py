@@ -97,6 +97,7 @@ class Preset:
     act_hist_sample: int | None = 16384  # histogram of a sample of activations (runs spread evenly)
     trajectory: bool = True
     activations_every_step: bool = True  # False: activation statistics on detail steps only
+    sentinels: bool = True  # NaN/Inf counts and zero fractions of every layer's output, every recorded step
 
 
 PRESETS = {

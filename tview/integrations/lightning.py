@@ -36,9 +36,9 @@ class TviewCallback(pl.Callback):
       on), its example count their total. Steps count from `trainer.global_step` at the start (0,
       or where a resumed fit goes on). Manual optimization: one step per training batch that
       stepped an optimizer (however many), its loss what `training_step` returned.
-    - Learning rates: `lr`, `lr/1`, ... (param groups) of the first optimizer; `lr/opt1`,
-      `lr/opt1/1`, ... of the others, as each optimizer step used them (taken before the step,
-      so a scheduler stepped by Lightning counts from the next step on).
+    - Learning rates: the Recorder's own, from the trainer's optimizers: `lr`, `lr/1`, `lr/2`, ... over
+      every param group of every optimizer in order, as each optimizer step used them (taken when the
+      step begins, so a scheduler stepped by Lightning counts from the next step on).
     - The recorder is made in `on_train_start` (optimizers and restored step known) and closed
       in `teardown`, or in `on_exception`, so a failed fit leaves a closed, readable shard.
     - Resuming a fit from a checkpoint: pass `mode="resume"`; recording goes on at the restored
@@ -60,25 +60,19 @@ class TviewCallback(pl.Callback):
         self.recorder: Recorder | None = None
         self._losses: list[torch.Tensor] = []
         self._examples = 0
-        self._rates: dict[str, float] = {}
         self._last_global_step = 0
 
     # -- start ----------------------------------------------------------------------------
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.recorder is not None:
             return
-        # no optimizer given: the learning rates are taken before each optimizer step (below), as
-        # that step used them, not after Lightning stepped the schedulers
-        self.recorder = Recorder(pl_module, self.run_dir, self.every, rank=trainer.global_rank,
-                                 world_size=trainer.world_size, start_step=trainer.global_step, **self.recorder_kwargs)
+        self.recorder = Recorder(pl_module, self.run_dir, self.every, optimizer=list(trainer.optimizers),
+                                 rank=trainer.global_rank, world_size=trainer.world_size,
+                                 start_step=trainer.global_step, **self.recorder_kwargs)
         self._last_global_step = trainer.global_step
-        self._losses, self._examples, self._rates = [], 0, {}
+        self._losses, self._examples = [], 0
 
     # -- every batch ----------------------------------------------------------------------
-    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                                 optimizer: torch.optim.Optimizer) -> None:
-        index = next((i for i, opt in enumerate(trainer.optimizers) if opt is optimizer), 0)
-        self._rates.update(_learning_rates(index, optimizer))
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -91,8 +85,8 @@ class TviewCallback(pl.Callback):
         if trainer.global_step == self._last_global_step:  # accumulating: no optimizer step yet
             return
         self._last_global_step = trainer.global_step
-        self.recorder.step(loss=self._step_loss(pl_module), batch_size=self._examples or None, **self._rates)
-        self._losses, self._examples, self._rates = [], 0, {}
+        self.recorder.step(loss=self._step_loss(pl_module), batch_size=self._examples or None)
+        self._losses, self._examples = [], 0
 
     def _step_loss(self, pl_module: pl.LightningModule) -> torch.Tensor | None:
         """The loss of the optimizer step just taken, from its micro-batches' outputs."""
@@ -131,10 +125,3 @@ def _batch_size(batch: Any) -> int:
         if size:
             return size
     return 0
-
-
-def _learning_rates(index: int, optimizer: torch.optim.Optimizer) -> dict[str, float]:
-    """lr, lr/1, ... of the first optimizer's param groups; lr/opt1, lr/opt1/1, ... of the second; ..."""
-    base = "lr" if index == 0 else f"lr/opt{index}"
-    return {base if g == 0 else f"{base}/{g}": float(group.get("lr", float("nan")))
-            for g, group in enumerate(optimizer.param_groups)}

@@ -1,0 +1,96 @@
+"""A user's distributed training script with the Recorder, on 2 gloo ranks: `ddp_frozen` (DDP with a frozen
+first conv, the fine-tuning classic) or `fsdp2` (fully_shard). Each rank saves the plain-torch numbers the
+test compares with (its local gradient norm before the all-reduce, the full model's gradient and weight norms)."""
+
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+import tview  # noqa: E402
+from tests.conftest import TinyCNN  # noqa: E402
+from tview.demo import free_port  # noqa: E402
+
+STEPS = 4
+
+
+def batch(rank, step):
+    g = torch.Generator().manual_seed(100 * rank + step)
+    return torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g)
+
+
+def ddp_frozen(rank, out):
+    torch.manual_seed(0)
+    model = TinyCNN()
+    model.conv1.requires_grad_(False)
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD([p for p in ddp.parameters() if p.requires_grad], lr=0.05)
+    ref = {}
+    with tview.Recorder(ddp, out, every=1, optimizer=opt) as rec:
+        for step in range(STEPS):
+            x, y = batch(rank, step)
+            plain = TinyCNN()
+            plain.load_state_dict(model.state_dict())
+            F.cross_entropy(plain(x), y).backward()
+            ref[f"local/{step}"] = float(plain.conv2.weight.grad.double().square().sum()
+                                         + plain.conv2.bias.grad.double().square().sum()) ** 0.5
+            opt.zero_grad()
+            loss = F.cross_entropy(ddp(x), y)
+            loss.backward()
+            ref[f"grad/{step}"] = float(torch.cat([model.conv2.weight.grad.reshape(-1),
+                                                   model.conv2.bias.grad]).double().norm())
+            opt.step()
+            rec.step(loss=loss)
+    return ref
+
+
+def fsdp2(rank, out):
+    from torch.distributed.fsdp import fully_shard
+    torch.manual_seed(0)
+    model = TinyCNN()
+    twin = TinyCNN()
+    twin.load_state_dict(model.state_dict())  # unsharded, on the same data: what the norms must equal
+    for m in (model.conv1, model.conv2, model.fc):
+        fully_shard(m)
+    fully_shard(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    twin_opt = torch.optim.SGD(twin.parameters(), lr=0.05)
+    ref = {}
+    with tview.Recorder(model, out, every=1, optimizer=opt, preset="full") as rec:
+        for step in range(STEPS):
+            xs, ys = zip(*(batch(r, step) for r in range(2)))
+            x, y = batch(rank, step)
+            twin_opt.zero_grad()
+            F.cross_entropy(twin(torch.cat(xs)), torch.cat(ys)).backward()  # FSDP averages over ranks: the same
+            for name in ("conv1", "conv2", "fc"):
+                m = getattr(twin, name)
+                ref[f"grad/{name}/{step}"] = float(torch.cat([p.grad.reshape(-1) for p in m.parameters()]).norm())
+            twin_opt.step()
+            for name in ("conv1", "conv2", "fc"):
+                m = getattr(twin, name)
+                ref[f"weight/{name}/{step}"] = float(torch.cat([p.detach().reshape(-1) for p in m.parameters()]).norm())
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            rec.step(loss=loss)
+    return ref
+
+
+def rank_main(rank, world, case, out, port):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    ref = {"ddp_frozen": ddp_frozen, "fsdp2": fsdp2}[case](rank, out)
+    np.savez(os.path.join(out, f"reference-{rank}.npz"), **ref)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    case, out = sys.argv[1], sys.argv[2]
+    mp.spawn(rank_main, args=(2, case, out, free_port()), nprocs=2)

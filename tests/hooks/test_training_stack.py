@@ -1,0 +1,272 @@
+"""The Recorder on the stack people train with, each case a user's script: bf16 autocast and bf16 models,
+torch.compile before and after a warm-up, DDP with a frozen layer, FSDP2, resume, ConvTranspose, a user's own
+conv module, two optimizers, a scheduler, a refused scalar; recorded numbers against plain torch."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import tview
+from tests.conftest import REPO, TinyCNN, make_data, train
+from tview.errors import ConfigError
+
+
+def plain_grad_norm(module):
+    return float(torch.cat([p.grad.reshape(-1).double() for p in module.parameters(recurse=False)]).norm())
+
+
+def test_bf16_autocast_records_every_step_in_float32(tmp_path):
+    torch.manual_seed(0)
+    model, (x, y) = TinyCNN(), make_data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    norms = []
+    with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt) as rec:
+        for _ in range(3):
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            norms.append(plain_grad_norm(model.conv2))
+            opt.step()
+            rec.step(loss=loss)
+    run = tview.open_run(str(tmp_path / "r"))
+    steps, grad_norm = run.stat("grad_norm", "conv2")
+    assert list(steps) == [0, 1, 2]
+    np.testing.assert_allclose(grad_norm, norms, rtol=1e-5)
+    assert len(run.stat("act_mean", "conv1")[0]) == 1 and len(run.stat("act_zero_frac", "relu")[0]) == 3
+    assert np.isfinite(run.scalar("loss")[1]).all()
+
+
+def test_a_bf16_model_keeps_float32_snapshots_and_statistics(tmp_path):
+    torch.manual_seed(0)
+    model = TinyCNN().to(torch.bfloat16)
+    x, y = make_data()
+    x = x.to(torch.bfloat16)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt, probe_batch=(x[:4], y[:4])) as rec:
+        train(model, rec, 2, x, y, opt=opt)
+    run = tview.open_run(str(tmp_path / "r"))
+    step, filters = run.filters("conv1")
+    assert filters.dtype == np.float32 and filters.shape == (4, 1, 3, 3)
+    np.testing.assert_array_equal(filters, model.conv1.weight.detach().float().numpy()) if step == 1 else None
+    _, fmaps = run.feature_maps("conv1")
+    assert fmaps.dtype == np.float32 and fmaps.shape == (4, 4, 8, 8)
+    _, wn = run.stat("weight_norm", "conv1")
+    assert wn[-1] == pytest.approx(float(model.conv1.weight.double().square().sum()
+                                         + model.conv1.bias.double().square().sum()) ** 0.5, rel=1e-6)
+    assert run.scalar("loss")[1].dtype.kind == "f" and np.isfinite(run.scalar("loss")[1]).all()
+
+
+@pytest.mark.parametrize("warm_up", [False, True])
+def test_a_compiled_model_records_activations_without_graph_breaks(tmp_path, warm_up):
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model, (x, y) = TinyCNN(), make_data()
+    compiled = torch.compile(model, backend="aot_eager")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    if warm_up:  # the compiled model ran before the Recorder was made
+        F.cross_entropy(compiled(x), y).backward()
+    with tview.Recorder(compiled, str(tmp_path / "r"), every=1, optimizer=opt) as rec:
+        train(compiled, rec, 4, x, y, opt=opt)
+    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+    run = tview.open_run(str(tmp_path / "r"))
+    assert run.layers == ["conv1", "bn1", "relu", "conv2", "fc"]  # no "_orig_mod."
+    steps, zeros = run.stat("act_zero_frac", "relu")
+    assert list(steps) == [0, 1, 2, 3] and ((zeros > 0.2) & (zeros < 0.8)).all()
+    out = F.relu(model.conv2(F.relu(model.bn1(model.conv1(x)))))  # relu's second call, after the last step
+    assert len(run.stat("act_mean", "conv2")[0]) == 1 and out.shape[1] == 6
+
+
+def test_resume_continues_the_training_step_count_and_the_init_distance_origin(tmp_path):
+    torch.manual_seed(0)
+    model, (x, y) = TinyCNN(), make_data()
+    w0 = model.conv2.weight.detach().clone()
+    b0 = model.conv2.bias.detach().clone()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with tview.Recorder(model, str(tmp_path / "r"), every=10, optimizer=opt, preset="full") as rec:
+        train(model, rec, 45, x, y, opt=opt)  # training steps 0..44, recorded 0, 10, 20, 30, 40
+    with tview.Recorder(model, str(tmp_path / "r"), every=10, optimizer=opt, mode="resume", preset="full") as rec:
+        assert rec.current_step == 45
+        train(model, rec, 16, x, y, opt=opt)  # steps 45..60: recorded 50, 60
+    run = tview.open_run(str(tmp_path / "r"))
+    assert list(run.steps()) == [0, 10, 20, 30, 40, 50, 60]
+    w, b = model.conv2.weight.detach(), model.conv2.bias.detach()
+    expected = float(torch.cat([(w - w0).reshape(-1), b - b0]).norm() / torch.cat([w0.reshape(-1), b0]).norm())
+    steps, dist = run.stat("init_distance", "conv2")
+    assert steps[-1] == 60 and dist[-1] == pytest.approx(expected, rel=1e-3)  # from the run's first weights
+
+
+def test_conv_transpose_channels_are_output_channels(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 24, 3, padding=1), nn.ReLU(), nn.ConvTranspose2d(24, 8, 3, padding=1),
+                          nn.Flatten(), nn.Linear(8 * 8 * 8, 10))
+    x, y = make_data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with tview.Recorder(model, str(tmp_path / "r"), every=1, preset="full", optimizer=opt) as rec:
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        deconv = model[2]
+        expected = (deconv.weight.grad.double().square().sum(dim=(0, 2, 3)) + deconv.bias.grad.double().square()).sqrt()
+        opt.step()
+        rec.step()
+    run = tview.open_run(str(tmp_path / "r"))
+    _, norms = run.stat("grad_channel_norm", "2")
+    assert norms.shape == (1, 8)
+    np.testing.assert_allclose(norms[0], expected.numpy(), rtol=1e-5)
+    _, filters = run.filters("2")
+    assert filters.shape == (8, 24, 3, 3)  # rows: output channels
+    np.testing.assert_array_equal(filters, deconv.weight.detach().transpose(0, 1).numpy())
+    _, act_channels = run.stat("act_channel_zero_frac", "2")
+    assert act_channels.shape == (1, 8)
+
+
+class MyConv(nn.Module):
+    """A user's own conv: its own Parameters and F.conv2d, no nn.Conv2d."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(5, 1, 3, 3) * 0.3)
+        self.b = nn.Parameter(torch.zeros(5))
+
+    def forward(self, x):
+        return F.conv2d(x, self.w, self.b, padding=1)
+
+
+def test_a_users_own_conv_and_two_optimizers_are_recorded(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(MyConv(), nn.ReLU(), nn.Flatten(), nn.Linear(5 * 64, 10))
+    x, y = make_data()
+    opt_a = torch.optim.SGD(model[0].parameters(), lr=0.1)
+    opt_b = torch.optim.Adam(model[3].parameters(), lr=1e-3)
+    with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=[opt_a, opt_b]) as rec:
+        for _ in range(2):
+            opt_a.zero_grad()
+            opt_b.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            norm = plain_grad_norm(model[0])
+            opt_a.step()
+            opt_b.step()
+            rec.step()
+    run = tview.open_run(str(tmp_path / "r"))
+    assert "0" in run.layers
+    assert run.stat("grad_norm", "0")[1][-1] == pytest.approx(norm, rel=1e-5)
+    assert list(run.scalar("lr")[1]) == [0.1, 0.1] and list(run.scalar("lr/1")[1]) == [1e-3, 1e-3]
+    with pytest.raises(ConfigError, match="optimizer must be"):
+        tview.Recorder(model, str(tmp_path / "s"), optimizer=[opt_a, "adam"])
+
+
+def test_lr_is_the_one_the_step_used_and_a_refused_scalar_leaves_the_count_right(tmp_path):
+    torch.manual_seed(0)
+    model, (x, y) = TinyCNN(), make_data()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    rec = tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt)
+    for step in range(4):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        sched.step()  # the next step's lr, set before rec.step()
+        if step == 1:
+            with pytest.raises(ConfigError, match="'lr' is one tview records itself"):
+                rec.step(loss=loss, lr=0.3)
+        else:
+            rec.step(loss=loss)
+    rec.close()
+    run = tview.open_run(str(tmp_path / "r"))
+    steps, lr = run.scalar("lr")
+    assert list(steps) == [0, 2, 3] and list(lr) == [1.0, 0.25, 0.125]  # step 1 refused, still counted
+    assert rec.current_step == 4
+
+
+def test_fsdp1_is_refused_up_front(tmp_path):
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    # FSDP1 cannot be made without a GPU: a real FSDP1 object around a real model, made without its __init__
+    wrapper = FSDP.__new__(FSDP)
+    nn.Module.__init__(wrapper)
+    wrapper._modules["_fsdp_wrapped_module"] = TinyCNN()
+    with pytest.raises(ConfigError, match="FSDP1.*Use FSDP2"):
+        tview.Recorder(nn.Sequential(wrapper), str(tmp_path / "r"))
+    assert not os.path.exists(tmp_path / "r")  # refused before anything was written
+
+
+def run_script(case, out):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "tests", "hooks", "stack_script.py"), case, out],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [dict(np.load(os.path.join(out, f"reference-{r}.npz"))) for r in (0, 1)]
+
+
+@pytest.mark.slow
+def test_ddp_with_a_frozen_layer_records_local_and_global_gradients(tmp_path):
+    refs = run_script("ddp_frozen", str(tmp_path / "r"))
+    run = tview.open_run(str(tmp_path / "r"))
+    for rank, ref in enumerate(refs):
+        steps, local = run.stat("local_grad_norm", "conv2", rank=rank)
+        assert list(steps) == [0, 1, 2, 3]
+        np.testing.assert_allclose(local, [ref[f"local/{s}"] for s in steps], rtol=1e-4)
+        _, grad = run.stat("grad_norm", "conv2", rank=rank)
+        np.testing.assert_allclose(grad, [ref[f"grad/{s}"] for s in steps], rtol=1e-4)
+        assert len(run.stat("grad_norm", "conv1", rank=rank)[0]) == 0  # frozen: no gradient, never a made-up one
+        assert len(run.stat("weight_norm", "conv1", rank=rank)[0]) == 4
+        for name in ("busy_time", "wait_time", "after_step_time"):
+            assert len(run.scalar(name, rank=rank)[0]) == 4, name
+
+
+@pytest.mark.slow
+def test_fsdp2_norms_equal_the_unsharded_models(tmp_path):
+    refs = run_script("fsdp2", str(tmp_path / "r"))
+    run = tview.open_run(str(tmp_path / "r"))
+    for rank, ref in enumerate(refs):
+        for name in ("conv1", "conv2", "fc"):
+            steps, grad = run.stat("grad_norm", name, rank=rank)
+            assert list(steps) == [0, 1, 2, 3]
+            np.testing.assert_allclose(grad, [ref[f"grad/{name}/{s}"] for s in steps], rtol=1e-4)
+            _, weight = run.stat("weight_norm", name, rank=rank)
+            np.testing.assert_allclose(weight, [ref[f"weight/{name}/{s}"] for s in steps], rtol=1e-4)
+        assert len(run.stat("act_zero_frac", "relu", rank=rank)[0]) == 4
+
+
+DEVICE_PATH_SCRIPT = """
+import sys, torch, tview, torch.nn.functional as F
+sys.path.insert(0, {repo!r})
+from tests.conftest import TinyCNN, make_data
+from tview.hooks.opcount import OpCounter
+torch.manual_seed(0)
+model, (x, y) = TinyCNN(), make_data()
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+rec = tview.Recorder(model, {out!r}, every=1, optimizer=opt, preset="full")
+with OpCounter() as count:
+    for _ in range(3):
+        opt.zero_grad(); loss = F.cross_entropy(model(x), y); loss.backward(); opt.step(); rec.step(loss=loss)
+rec.close()
+print("SYNCS", count.syncs, dict(count.sync_names))
+"""
+
+
+def test_the_device_code_path_never_makes_the_host_wait_and_agrees_with_the_host_path(tmp_path):
+    """TVIEW_FORCE_DEVICE_PATH=1: the CPU takes the GPU's code path, where every sync-prone op is counted."""
+    runs = {}
+    for forced in ("1", "0"):
+        out = str(tmp_path / f"r{forced}")
+        env = dict(os.environ, PYTHONPATH=REPO, TVIEW_FORCE_DEVICE_PATH=forced)
+        proc = subprocess.run([sys.executable, "-c", DEVICE_PATH_SCRIPT.format(repo=REPO, out=out)], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        if forced == "1":
+            assert "SYNCS 0 " in proc.stdout, proc.stdout
+        runs[forced] = tview.open_run(out)
+    for name in ("grad_norm", "grad_mean", "weight_norm", "update_ratio", "act_mean", "act_zero_frac", "act_nan"):
+        for layer in ("conv1", "bn1", "conv2", "fc"):
+            a, b = runs["1"].stat(name, layer), runs["0"].stat(name, layer)
+            assert list(a[0]) == list(b[0]), (name, layer)
+            np.testing.assert_allclose(a[1], b[1], rtol=2e-5, atol=1e-7, err_msg=f"{name} {layer}")

@@ -1,0 +1,111 @@
+"""Which modules of a model are recorded layers, what their output channels are, and the wrappers around a
+user's model (DDP, DataParallel, torch.compile, FSDP) that tview looks through or refuses."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from tview.errors import ConfigError
+
+PARAM_LAYER_TYPES = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase, nn.GroupNorm,
+                     nn.LayerNorm)
+ACTIVATION_TYPES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+                    nn.Mish, nn.Tanh, nn.Sigmoid, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus)
+
+
+def _fsdp1_type():
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+        return FullyShardedDataParallel
+    except ImportError:  # a torch built without distributed
+        return None
+
+
+def _compiled_type():
+    try:
+        from torch._dynamo.eval_frame import OptimizedModule
+        return OptimizedModule
+    except ImportError:
+        return None
+
+
+def refuse_unsupported(model: nn.Module) -> None:
+    """FSDP1 (FullyShardedDataParallel) is refused up front: its flat parameters hold no layer's own tensor."""
+    fsdp1 = _fsdp1_type()
+    if fsdp1 is not None and any(isinstance(m, fsdp1) for m in model.modules()):
+        raise ConfigError("tview does not record FullyShardedDataParallel (FSDP1) models: its flat parameters "
+                          "are not the layers' own tensors. Use FSDP2 (torch.distributed.fsdp.fully_shard), "
+                          "which tview records (per-layer statistics combined across ranks), or DDP")
+
+
+def wrapper_chain(model: nn.Module) -> list[nn.Module]:
+    """The model and each model inside it through DistributedDataParallel / DataParallel / torch.compile
+    wrappers (any order, any depth), outermost first: the last is the user's own model."""
+    compiled = _compiled_type()
+    chain = [model]
+    while True:
+        m = chain[-1]
+        if isinstance(m, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            chain.append(m.module)
+        elif compiled is not None and isinstance(m, compiled):
+            chain.append(m._orig_mod)
+        else:
+            return chain
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's model inside its wrappers."""
+    return wrapper_chain(model)[-1]
+
+
+def find_wrapper(model: nn.Module, kind: type) -> nn.Module | None:
+    """The outermost wrapper of this kind around the user's model, or None."""
+    return next((m for m in wrapper_chain(model) if isinstance(m, kind)), None)
+
+
+def is_compiled(model: nn.Module) -> bool:
+    compiled = _compiled_type()
+    return compiled is not None and find_wrapper(model, compiled) is not None
+
+
+def _own_params(m: nn.Module) -> bool:
+    return any(True for _ in m.parameters(recurse=False))
+
+
+def recorded_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of every Conv, Linear, norm and activation module, and of any other module with
+    parameters of its own (a user's own conv, say), in model order."""
+    return [(name, m) for name, m in model.named_modules()
+            if name and (isinstance(m, PARAM_LAYER_TYPES + ACTIVATION_TYPES) or _own_params(m))]
+
+
+def channel_dim(m: nn.Module) -> int | None:
+    """The weight dimension that holds the output channels (0 for Conv and Linear, 1 for ConvTranspose of
+    one group), or None where tview does not measure per-channel gradient norms."""
+    if isinstance(m, nn.modules.conv._ConvTransposeNd):
+        return 1 if m.groups == 1 else None
+    if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
+        return 0
+    return None
+
+
+def out_channels(m: nn.Module) -> int | None:
+    return (getattr(m, "out_channels", None) or getattr(m, "out_features", None)
+            or getattr(m, "num_features", None) or getattr(m, "num_channels", None))
+
+
+def layer_info(name: str, m: nn.Module) -> dict:
+    kind = "activation" if isinstance(m, ACTIVATION_TYPES) else "param"
+    return {"name": name, "type": type(m).__name__, "kind": kind, "channels": out_channels(m),
+            "params": int(sum(p.numel() for p in m.parameters(recurse=False)))}
+
+
+def filter_weight(m: nn.Module):
+    """A conv layer's filters as [out channels, in channels, k...] (ConvTranspose stores them the other way)."""
+    w = m.weight
+    return w.transpose(0, 1) if isinstance(m, nn.modules.conv._ConvTransposeNd) else w
+
+
+def is_filter_layer(m: nn.Module) -> bool:
+    return isinstance(m, nn.modules.conv._ConvNd) and (
+        not isinstance(m, nn.modules.conv._ConvTransposeNd) or m.groups == 1)

@@ -1,0 +1,135 @@
+"""What a step's timeline and optimizers tell the Recorder: the learning rates a step used, each rank's own work
+and its wait for the others (optimizer step hooks), and this rank's gradients before the DDP all-reduce (a DDP
+communication hook that sees each bucket's flat local gradient)."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from tview.errors import ConfigError
+
+
+def to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """A small host tensor on the device without making the host wait (pinned, non-blocking) on a GPU."""
+    if torch.device(device).type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def as_optimizers(optimizer) -> list:
+    """None, one optimizer or a list/tuple of them, as a list; anything else is refused."""
+    if optimizer is None:
+        return []
+    opts = list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
+    bad = [type(o).__name__ for o in opts if not isinstance(o, torch.optim.Optimizer)]
+    if bad:
+        raise ConfigError(f"optimizer must be a torch.optim.Optimizer or a list of them, got {bad}")
+    return opts
+
+
+def lr_names(optimizers: list) -> list[str]:
+    """'lr' for the first parameter group of the first optimizer, then 'lr/1', 'lr/2', ... in order."""
+    n = sum(len(o.param_groups) for o in optimizers)
+    return ["lr" if i == 0 else f"lr/{i}" for i in range(n)]
+
+
+class StepClock:
+    """Optimizer step hooks: the learning rates when the step began (a scheduler stepped after it does not
+    change them), when the first optimizer began stepping and when the last one ended. With no optimizer
+    given, global optimizer hooks watch any optimizer of the model's parameters."""
+
+    def __init__(self, optimizers: list, params: list[torch.Tensor]):
+        self.optimizers = optimizers
+        self.lrs: list | None = None
+        self.t_opt_start: float | None = None
+        self.t_opt_end: float | None = None
+        self._param_ids = {id(p) for p in params}
+        if optimizers:
+            self.handles = [h for o in optimizers for h in (o.register_step_pre_hook(self._pre),
+                                                             o.register_step_post_hook(self._post))]
+        else:
+            from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+            self.handles = [register_optimizer_step_pre_hook(self._pre_any),
+                            register_optimizer_step_post_hook(self._post_any)]
+
+    def _ours(self, opt) -> bool:
+        return any(id(p) in self._param_ids for g in opt.param_groups for p in g["params"][:1])
+
+    def _pre_any(self, opt, args, kwargs):
+        if self._ours(opt):
+            self._pre(opt, args, kwargs)
+
+    def _post_any(self, opt, args, kwargs):
+        if self._ours(opt):
+            self._post(opt, args, kwargs)
+
+    def _pre(self, opt, args, kwargs):
+        if self.t_opt_start is None:
+            self.t_opt_start = time.perf_counter()
+        if self.optimizers and opt is self.optimizers[0]:
+            self.lrs = [g.get("lr", float("nan")) for o in self.optimizers for g in o.param_groups]
+
+    def _post(self, opt, args, kwargs):
+        self.t_opt_end = time.perf_counter()
+
+    def reset(self) -> None:
+        self.t_opt_start = self.t_opt_end = None
+        self.lrs = None
+
+    def current_lrs(self) -> list:
+        """The learning rates the step used (read at its optimizer's pre-hook), else the current ones."""
+        if self.lrs is not None:
+            return self.lrs
+        return [g.get("lr", float("nan")) for o in self.optimizers for g in o.param_groups]
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+
+class LocalGrads:
+    """This rank's gradient before the DDP all-reduce, as squared norms per parameter tensor, from a DDP
+    communication hook: one multi-tensor norm per bucket (a few per step, whatever the layer count), no copy
+    of a gradient, no hook on a parameter (frozen ones never reach a bucket). It then all-reduces the bucket
+    exactly as DDP's default hook does. `t_last` is when the last bucket was ready: this rank's own work."""
+
+    def __init__(self, ddp: torch.nn.parallel.DistributedDataParallel, params: list[torch.Tensor]):
+        self.index = {id(p): k for k, p in enumerate(params)}
+        self.n = len(params)
+        self.active = False
+        self.parts: list[tuple[list[int], torch.Tensor]] = []
+        self.t_last: float | None = None
+        self._ids_cache: dict[tuple, torch.Tensor] = {}
+        ddp.register_comm_hook(state=None, hook=self._hook)
+        self._group = ddp.process_group
+
+    def _hook(self, state, bucket):
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+        self.t_last = time.perf_counter()
+        if self.active:
+            grads = bucket.gradients()
+            ids = [self.index.get(id(p), -1) for p in bucket.parameters()]
+            norms = torch._foreach_norm(grads, 2, dtype=torch.float32) if grads else []
+            if norms:
+                self.parts.append((ids, torch.stack(norms).square()))
+        return allreduce_hook(self._group, bucket)
+
+    def take(self) -> torch.Tensor | None:
+        """[parameter tensors] squared local norms of this step (NaN where a tensor had no gradient), or None."""
+        parts, self.parts = self.parts, []
+        if not parts:
+            return None
+        device = parts[0][1].device
+        out = torch.full((self.n + 1,), float("nan"), device=device)  # the last slot: a parameter not recorded
+        ids = [k if k >= 0 else self.n for idx, _ in parts for k in idx]
+        return out.index_copy_(0, self._device_ids(ids, device), torch.cat([v for _, v in parts]))[:self.n]
+
+    def _device_ids(self, ids: list[int], device) -> torch.Tensor:
+        """The index tensor for these ids, made once per bucket layout (DDP fixes its buckets early on)."""
+        key = tuple(ids)
+        if key not in self._ids_cache:
+            self._ids_cache[key] = to_device(torch.tensor(ids, dtype=torch.int64), device)
+        return self._ids_cache[key]
