@@ -55,6 +55,7 @@ def fsdp2(rank, out):
     model = TinyCNN()
     twin = TinyCNN()
     twin.load_state_dict(model.state_dict())  # unsharded, on the same data: what the norms must equal
+    model.bn1.eval(), twin.bn1.eval()  # batch statistics of a rank's half batch are not the whole batch's
     for m in (model.conv1, model.conv2, model.fc):
         fully_shard(m)
     fully_shard(model)

@@ -27,10 +27,10 @@ def weight_mean_abs():
             return EVERY
 
         def compute(self, step):
-            return {"abs_sum": step.ctx.sums(step.weights.abs())}
+            return {"abs_sum": step.ctx.powsums(step.weights, 1)}  # per parameter tensor, one op
 
         def finalize(self, p, ctx):
-            return {"weight_mean_abs": p["abs_sum"] / ctx.counts}
+            return {"weight_mean_abs": ctx.per_layer_sum(p["abs_sum"]) / ctx.counts}
 
     yield WeightMeanAbs
     unregister(WeightMeanAbs)

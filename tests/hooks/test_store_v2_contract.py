@@ -122,7 +122,8 @@ def test_grad_channel_norm_and_init_distance_match_plain_torch(tmp_path):
         w = torch.cat([p.detach().reshape(-1) for n, p in model.named_parameters() if n.startswith(layer + ".")])
         w0 = torch.cat([init[n].reshape(-1) for n in init if n.startswith(layer + ".")])
         steps, dist = run.stat("init_distance", layer)
-        assert dist[-1] == pytest.approx(((w - w0).norm() / w0.norm()).item(), rel=1e-4)
+        # W0 is kept as float16 with a power-of-two scale per tensor: exact to ~3e-4 |W0|
+        assert dist[-1] == pytest.approx(((w - w0).norm() / w0.norm()).item(), rel=5e-4)
     _, wsum = run.stat("weight_sum", "fc")
     assert wsum[-1] == pytest.approx(sum(p.double().sum().item() for n, p in model.named_parameters()
                                          if n.startswith("fc.")), rel=1e-6)

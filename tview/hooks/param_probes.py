@@ -1,19 +1,21 @@
 """Parameter probes: statistics of every layer's parameters and gradients at once, after optimizer.step().
 
-`compute(step)` gets a ParamStep (flat weights, gradients, ... gathered once) and returns per-layer
-partials (tensors left on a GPU, numpy arrays on the CPU) or None when it measures nothing at this
-step; a "measured" entry ([layers] bools, host side) says which layers it measured, when not all.
-`finalize(parts, ctx)` turns them, on the writer thread, into {column: [layers] values} (a CHANNEL
-column: a list with one [C] array or None per layer).
+`compute(step)` gets a ParamStep (per-parameter-tensor reductions computed once and shared) and returns
+partials per parameter tensor (tensors left on the device: no host sync) or None when it measures nothing
+at this step; a "measured" entry ([layers] bools, host side) says which layers it measured, when not all.
+`finalize(parts, ctx)` sums them per layer and turns them, on the writer thread, into {column: [layers]
+values} (a CHANNEL column: a list with one [C] array or None per layer).
+
+Under FSDP2 each rank reduces the shards it holds and the partials are summed (maxed) over the ranks, so
+norms, means and histograms are the whole tensors'; per-channel gradient norms and the trajectory are left
+out there (a rank does not hold whole channels).
 """
 
 from __future__ import annotations
 
-import zlib
-
 import numpy as np
-import torch
 
+from tview.hooks import params as P
 from tview.hooks.params import ParamContext, ParamStep
 from tview.hooks.probes import DETAIL, EVERY, Probe
 from tview.store.schema import CHANNEL, HIST, VECTOR, Column
@@ -44,26 +46,28 @@ class GradStats(ParamProbe):
     def cadence_for(cls, preset):
         return EVERY if preset.grads else None
 
+    def setup(self, ctx):
+        ctx.wants_grads = True
+
     def compute(self, step):
         if not step.has_grad.any():
             return None
-        ctx, grads = step.ctx, step.grads
-        sq = step.grad_sq_sums
-        return {"sum": ctx.sums(grads), "sq": sq, "max_abs": ctx.max_abs(grads),
-                "nonfinite": ctx.nonfinite(grads, sq.sum()), "measured": step.has_grad}
+        return {**step.grad_stats, "count": step.grad_count, "measured": step.has_grad}
 
     def finalize(self, p, ctx):
-        counts = ctx.counts
-        with np.errstate(invalid="ignore"):  # Inf gradients: Inf - Inf is NaN, and that is the answer
-            mean = p["sum"] / counts
-            var = (p["sq"] - p["sum"] * mean) / np.maximum(counts - 1, 1)
-        return {"grad_norm": np.sqrt(p["sq"]), "grad_mean": mean, "grad_std": np.sqrt(np.maximum(var, 0)),
-                "grad_max_abs": p["max_abs"], "grad_nan": p["nonfinite"][0], "grad_inf": p["nonfinite"][1]}
+        total = ctx.per_layer_sum
+        sq, s, nan, inf, counts = total(p["sq"]), total(p["sum"]), total(p["nan"]), total(p["inf"]), p["count"]
+        with np.errstate(invalid="ignore", divide="ignore"):  # Inf gradients: Inf - Inf is NaN, the answer
+            mean = s / counts
+            var = (sq - s * mean) / np.maximum(counts - 1, 1)
+        max_abs = np.where(nan > 0, np.nan, ctx.per_layer_max(p["max_abs"]))
+        return {"grad_norm": np.sqrt(sq), "grad_mean": mean, "grad_std": np.sqrt(np.maximum(var, 0)),
+                "grad_max_abs": max_abs, "grad_nan": nan, "grad_inf": inf}
 
 
 class GradChannelNorm(ParamProbe):
-    """Per output channel gradient norm of Conv and Linear layers (weight and bias of that channel): a
-    filter whose gradient stays zero has stopped learning."""
+    """Per output channel gradient norm of Conv, ConvTranspose and Linear layers (weight and bias of that
+    channel): a filter whose gradient stays zero has stopped learning."""
 
     table = "grad_channel"
     reads = "gradient"
@@ -74,13 +78,15 @@ class GradChannelNorm(ParamProbe):
         return DETAIL if preset.grads else None
 
     def compute(self, step):
-        if not step.has_grad.any() or not any(step.ctx.channel_widths):
+        if not step.has_grad.any() or not step.ctx.total_channels:
             return None
         widths = np.asarray(step.ctx.channel_widths)
-        return {"sq": step.ctx.channel_sums(step.grad_squares), "measured": step.has_grad & (widths > 0)}
+        with step.scratch():
+            sq = step.ctx.channel_sq(step.grads)
+        return {"sq": sq, "measured": step.has_grad & (widths > 0)}
 
     def finalize(self, p, ctx):
-        norms = np.sqrt(p["sq"])
+        norms = np.sqrt(ctx.channel_values(p["sq"]))
         ends = np.cumsum(ctx.channel_widths)
         return {"grad_channel_norm": [norms[e - w:e] if w else None for e, w in zip(ends, ctx.channel_widths)]}
 
@@ -97,19 +103,19 @@ class LocalGradNorm(ParamProbe):
         return cls(EVERY) if preset.grads and setting["distributed"] else None
 
     def compute(self, step):
-        return None if step.local is None else {"sq": step.local}
+        local = step.local
+        if local is None:
+            return None
+        return {"sq": local[0], "measured": local[1]}
 
     def finalize(self, p, ctx):
-        sq = np.asarray(p["sq"], dtype=np.float64)
-        ends = np.cumsum([len(ps) for ps in ctx.per_layer])
-        per_layer = [sq[e - len(ps):e] for e, ps in zip(ends, ctx.per_layer)]
-        return {"local_grad_norm": np.array([np.sqrt(np.nansum(v)) if np.isfinite(v).any() or np.isinf(v).any()
-                                             else np.nan for v in per_layer])}
+        sq = np.asarray(p["sq"], dtype=np.float64)  # NaN: a tensor without a local gradient
+        return {"local_grad_norm": np.sqrt(ctx.per_layer_sum(np.nan_to_num(sq, nan=0.0, posinf=np.inf)))}
 
 
 class WeightStats(ParamProbe):
     """Per layer weight norm and sum: together a fingerprint that replicas must share (the same weights
-    give the same sums to the last bit: the reduction is deterministic; stored in float64)."""
+    give the same sums to the last bit: the reduction is deterministic, accumulated in float64)."""
 
     table = "weight"
     reads = "weight"
@@ -119,11 +125,15 @@ class WeightStats(ParamProbe):
     def cadence_for(cls, preset):
         return EVERY if preset.weights else None
 
+    def setup(self, ctx):
+        ctx.keeps_weights = True
+
     def compute(self, step):
-        return {"sq": step.weight_sq_sums, "sum": step.ctx.sums(step.weights)}
+        w = step.weight_stats
+        return {"sq": w["sq"], "sum": w["sum"]}
 
     def finalize(self, p, ctx):
-        return {"weight_norm": np.sqrt(p["sq"]), "weight_sum": p["sum"]}
+        return {"weight_norm": np.sqrt(ctx.per_layer_sum(p["sq"])), "weight_sum": ctx.per_layer_sum(p["sum"])}
 
 
 class UpdateRatio(ParamProbe):
@@ -137,25 +147,24 @@ class UpdateRatio(ParamProbe):
     def cadence_for(cls, preset):
         return EVERY if preset.weights else None
 
-    def __init__(self, cadence: str = EVERY):
-        super().__init__(cadence)
-        self.previous: torch.Tensor | None = None
+    def setup(self, ctx):
+        ctx.keeps_weights = True
 
     def compute(self, step):
-        weights, previous = step.weights, self.previous
-        self.previous = weights  # ctx.weights() fills the other buffer next time: this one stays
-        if previous is None:
+        w = step.weight_stats
+        if "dsq" not in w:  # nothing gathered before: nothing to compare with
             return None
-        return {"dsq": step.ctx.sq_dist(weights, previous), "sq": step.weight_sq_sums}
+        return {"dsq": w["dsq"], "sq": w["sq"]}
 
     def finalize(self, p, ctx):
         with np.errstate(divide="ignore", invalid="ignore"):
-            return {"update_ratio": np.sqrt(p["dsq"]) / np.sqrt(p["sq"])}
+            return {"update_ratio": np.sqrt(ctx.per_layer_sum(p["dsq"]) / ctx.per_layer_sum(p["sq"]))}
 
 
 class InitDistance(ParamProbe):
     """Distance from initialization per layer, |W - W0| / |W0|, W0 being the weights when the
-    Recorder was made (Cockpit's "distance" quantity)."""
+    Recorder was made (Cockpit's "distance" quantity). W0 is kept as float16 with a power-of-two scale
+    per tensor (half a float32 copy): the distance is exact to about 3e-4 |W0|."""
 
     table = "init_distance"
     reads = "weight"
@@ -166,16 +175,17 @@ class InitDistance(ParamProbe):
         return DETAIL if preset.weights else None
 
     def setup(self, ctx):
-        self.init = ctx.gather("init", ctx.params)  # a buffer of its own: kept for the whole run
-        sq = ctx.sq_sums(self.init)
-        self.init_sq = np.asarray(sq.cpu() if isinstance(sq, torch.Tensor) else sq, dtype=np.float64)
+        ctx.keeps_weights = True
+        self.image, self.neg_scale, init_sq = P.fp16_image(ctx)
+        self.init_norm = np.sqrt(ctx.per_layer_sum(init_sq))
 
     def compute(self, step):
-        return {"dsq": step.ctx.sq_dist(step.weights, self.init)}
+        step.weight_stats  # noqa: B018  (the kept copy holds this step's weights)
+        return {"dsq": P.copy_minus_image(step.ctx, self.image, self.neg_scale, step.weights)}
 
     def finalize(self, p, ctx):
         with np.errstate(divide="ignore", invalid="ignore"):
-            return {"init_distance": np.sqrt(p["dsq"]) / np.sqrt(self.init_sq)}
+            return {"init_distance": np.sqrt(ctx.per_layer_sum(p["dsq"])) / self.init_norm}
 
 
 class GradHistogram(ParamProbe):
@@ -192,10 +202,12 @@ class GradHistogram(ParamProbe):
     def compute(self, step):
         if not step.has_grad.any():
             return None
-        return {"counts": step.ctx.histogram(step.grads), "measured": step.has_grad}
+        with step.scratch():
+            counts = step.ctx.combine(step.ctx.histogram(step.grads))
+        return {"counts": counts, "missing": step.missing_numel, "measured": step.has_grad}
 
     def finalize(self, p, ctx):
-        return {"grad": p["counts"]}
+        return {"grad": ctx.hist_rows(p["counts"], p["missing"])}
 
 
 class WeightHistogram(ParamProbe):
@@ -210,16 +222,19 @@ class WeightHistogram(ParamProbe):
         return DETAIL if preset.histograms and preset.weights else None
 
     def compute(self, step):
-        return {"counts": step.ctx.histogram(step.weights)}
+        with step.scratch():  # the kept copy holds this step's weights: histogram it
+            counts = step.ctx.combine(step.ctx.histogram(None))
+        return {"counts": counts}
 
     def finalize(self, p, ctx):
-        return {"weight": p["counts"]}
+        return {"weight": ctx.hist_rows(p["counts"])}
 
 
 class Trajectory(ParamProbe):
     """Each layer's parameters projected on `dims` fixed random unit directions: its path through
-    training. Directions come from a generator seeded by (seed, layer name): every rank and every
-    resumed run uses the same ones; they live on the parameters' device."""
+    training. The directions are drawn chunk by chunk from a generator seeded by (seed, direction, chunk)
+    at each use, never kept: every rank and every resumed run of the same model draws the same ones.
+    Left out under FSDP2."""
 
     table = "trajectory"
     reads = "weight"
@@ -236,15 +251,20 @@ class Trajectory(ParamProbe):
         self.columns = (Column("trajectory", VECTOR, width=dims),)
 
     def setup(self, ctx):
-        self.directions = []  # per layer, [dims, its parameter count]
-        for name, size in zip(self.layer_names, ctx.sizes):
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(name.encode()))
-            d = torch.randn(self.dims, size, generator=g)
-            self.directions.append((d / d.norm(dim=1, keepdim=True).clamp(min=1e-12)).to(ctx.device))
+        self.ctx = ctx
+        self.norms = P.direction_norms(ctx, self.seed, self.dims)  # [layers, dims]
+
+    @property
+    def directions(self) -> P.Directions:
+        """Per layer, its [dims, parameters] unit directions (drawn again on each access)."""
+        return P.Directions(self.ctx, self.seed, self.dims, self.norms)
 
     def compute(self, step):
-        return {"coords": torch.stack([d @ w for d, w in zip(self.directions, step.ctx.split(step.weights))])}
+        if step.ctx.is_sharded:
+            return None
+        with step.scratch():
+            return {"dots": P.projections(step.ctx, self.seed, self.dims, step.weights)}
 
     def finalize(self, p, ctx):
-        return {"trajectory": p["coords"]}
-
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return {"trajectory": ctx.per_layer_sum(np.asarray(p["dots"]).T) / self.norms}

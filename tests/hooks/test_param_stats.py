@@ -1,0 +1,282 @@
+"""Parameter statistics through the Recorder against plain-torch re-computations, on the CPU's own path and
+on the device path (TVIEW_FORCE_DEVICE_PATH), for float32 and bfloat16 models, ConvTranspose, frozen and
+empty parameters; the ops a recorded step adds, and FSDP2 across two processes."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import tview
+from tests.conftest import PY, python_env
+from tests.hooks.test_probes import reference_histogram
+from tview.hooks import params as P
+from tview.hooks.opcount import OpCounter
+
+LAYERS = ("conv1", "bn", "up", "conv2", "fc")
+
+
+class UpNet(nn.Module):
+    """conv -> bn -> ConvTranspose (24 -> 8 channels, 8x8 -> 16x16) -> conv -> linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 24, 3, padding=1)
+        self.bn = nn.BatchNorm2d(24)
+        self.up = nn.ConvTranspose2d(24, 8, 2, stride=2)
+        self.conv2 = nn.Conv2d(8, 6, 3, padding=1)
+        self.fc = nn.Linear(6 * 16 * 16, 10)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.conv1(x)))
+        return self.fc(F.relu(self.conv2(F.relu(self.up(x)))).flatten(1))
+
+
+def flat(tensors, dtype=torch.float64):
+    return torch.cat([t.detach().reshape(-1).to(dtype) for t in tensors])
+
+
+def record(tmp_path, model, steps=3, dtype=torch.float32, preset="full", **kw):
+    """Train `steps` steps recorded with the full preset; the run, and per step each layer's gradients and
+    weights (after the optimizer step) as the re-computations see them, and the weights at Recorder()."""
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(16, 3, 8, 8, generator=g).to(dtype), torch.randint(0, 10, (16,), generator=g)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
+    layers = {n: getattr(model, n) for n in LAYERS}
+    w0 = {n: [p.detach().clone() for p in m.parameters()] for n, m in layers.items()}
+    grads, weights = [], []
+    rec = tview.Recorder(model, str(tmp_path / "r"), every=1, preset=preset, optimizer=opt, **kw)
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(model(x).float(), y).backward()
+        grads.append({n: [p.grad.clone() for p in m.parameters() if p.grad is not None] for n, m in layers.items()})
+        opt.step()
+        weights.append({n: [p.detach().clone() for p in m.parameters()] for n, m in layers.items()})
+        rec.step()
+    rec.close()
+    return tview.open_run(str(tmp_path / "r")), rec, grads, weights, w0
+
+
+def channel_grad_norms(module, grads):
+    """Per output channel norm of the weight's and the bias's gradient, in float64."""
+    w, b = (g.double() for g in grads)
+    per_channel = w.transpose(0, 1) if isinstance(module, nn.ConvTranspose2d) else w
+    return (per_channel.reshape(per_channel.shape[0], -1).square().sum(1) + b.square()).sqrt()
+
+
+def check_gradients(run, model, grads, rtol):
+    for name in LAYERS:
+        steps, norm = run.stat("grad_norm", name)
+        assert list(steps) == list(range(len(grads)))
+        for s, gs in enumerate(grads):
+            g = flat(gs[name])
+            assert norm[s] == pytest.approx(g.norm().item(), rel=rtol)
+            assert run.stat("grad_mean", name)[1][s] == pytest.approx(g.mean().item(), rel=rtol * 10, abs=1e-7)
+            assert run.stat("grad_std", name)[1][s] == pytest.approx(g.std().item(), rel=rtol * 10)
+            assert run.stat("grad_max_abs", name)[1][s] == pytest.approx(g.abs().max().item(), rel=rtol)
+            assert run.stat("grad_nan", name)[1][s] == 0 and run.stat("grad_inf", name)[1][s] == 0
+            counts = run.histogram("grad", name)[2][s].astype(int)
+            assert counts.sum() == g.numel()
+            assert np.abs(counts - reference_histogram(g.float().numpy())).sum() <= 4
+        if name != "bn":
+            module = getattr(model, name)
+            channels = run.stat("grad_channel_norm", name)[1]
+            for s, gs in enumerate(grads):
+                np.testing.assert_allclose(channels[s], channel_grad_norms(module, gs[name]).numpy(), rtol=rtol)
+
+
+def check_weights(run, rec, weights, w0, rtol, update_rtol=None):
+    for name in LAYERS:
+        for s, ws in enumerate(weights):
+            w = flat(ws[name])
+            assert run.stat("weight_norm", name)[1][s] == pytest.approx(w.norm().item(), rel=rtol)
+            assert run.stat("weight_sum", name)[1][s] == pytest.approx(w.sum().item(), rel=1e-9, abs=1e-9)
+            assert run.histogram("weight", name)[2][s].astype(int).sum() == w.numel()
+            distance = (w - flat(w0[name])).norm() / flat(w0[name]).norm()
+            assert run.stat("init_distance", name)[1][s] == pytest.approx(distance.item(), rel=2e-2, abs=3e-4)
+        steps, ratio = run.stat("update_ratio", name)
+        assert list(steps) == list(range(1, len(weights)))
+        for s in steps:
+            w, before = flat(weights[s][name]), flat(weights[s - 1][name])
+            expected = ((w - before).norm() / w.norm()).item()
+            assert ratio[s - 1] == pytest.approx(expected, rel=update_rtol or rtol * 10)
+        i = rec.param_layer_ids.index(rec.layer_names.index(name))
+        traj = next(p for p in rec.param_probes if p.table == "trajectory")
+        d = traj.directions[i].double()
+        np.testing.assert_allclose(d.norm(dim=1).numpy(), 1.0, rtol=1e-6)
+        expected = torch.stack([d @ flat(ws[name]) for ws in weights]).numpy()
+        np.testing.assert_allclose(run.trajectory(name)[1], expected, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("device_path", [False, True], ids=["cpu-path", "device-path"])
+def test_every_parameter_statistic_matches_plain_torch(tmp_path, monkeypatch, device_path):
+    monkeypatch.setattr(P, "FORCE_DEVICE_PATH", device_path)
+    torch.manual_seed(0)
+    model = UpNet()
+    run, rec, grads, weights, w0 = record(tmp_path, model)
+    assert run.stat("grad_channel_norm", "up")[1].shape == (3, 8)  # ConvTranspose2d(24, 8): output channels
+    check_gradients(run, model, grads, rtol=1e-5)
+    check_weights(run, rec, weights, w0, rtol=1e-5)
+
+
+def test_bfloat16_model_in_small_chunks_matches_float32_recomputation(tmp_path, monkeypatch):
+    """bf16 parameters and gradients: statistics in float32 (weight_sum in float64) from the bf16 values,
+    computed through the chunked path (chunks far smaller than a tensor: pieces cross chunk ends)."""
+    from tview.hooks.schedules import get_preset
+    monkeypatch.setattr(P, "CHUNK_MIN", 4 * P.BLOCK)
+    monkeypatch.setattr(P, "CHUNK_SHARE", 1000)
+    torch.manual_seed(0)
+    model = UpNet().to(torch.bfloat16)
+    # the parameter side alone (activation statistics and filter snapshots of bf16 are the Recorder's part)
+    run, rec, grads, weights, w0 = record(tmp_path, model, dtype=torch.bfloat16,
+                                          preset=get_preset("full", activations=False), snapshot_every=[])
+    assert len(rec.pctx.chunks) > 3 and not rec.pctx.use_copy
+    check_gradients(run, model, grads, rtol=1e-4)
+    # the update W - W_before is taken in bf16 (exact where the two are within a factor 2): ~1e-3 of it
+    check_weights(run, rec, weights, w0, rtol=1e-4, update_rtol=3e-3)
+
+
+def test_frozen_layers_are_not_measured_and_nothing_crashes(tmp_path):
+    torch.manual_seed(0)
+    model = UpNet()
+    model.conv2.requires_grad_(False)
+    model.fc.bias.requires_grad_(False)  # half a layer frozen: the statistics of the half that learns
+    run, _, grads, weights, _ = record(tmp_path, model, steps=2)
+    assert len(run.stat("grad_norm", "conv2")[0]) == 0 and len(run.stat("grad_channel_norm", "conv2")[0]) == 0
+    assert len(run.histogram("grad", "conv2")[0]) == 0
+    g = flat(grads[1]["fc"])  # the weight's gradient alone
+    assert run.stat("grad_norm", "fc")[1][1] == pytest.approx(g.norm().item(), rel=1e-5)
+    assert run.stat("grad_mean", "fc")[1][1] == pytest.approx(g.mean().item(), rel=1e-4, abs=1e-8)
+    assert run.histogram("grad", "fc")[2][1].sum() == g.numel()
+    assert run.stat("weight_norm", "conv2")[1][1] == pytest.approx(flat(weights[1]["conv2"]).norm().item(), rel=1e-5)
+    assert run.stat("grad_norm", "up")[1][1] == pytest.approx(flat(grads[1]["up"]).norm().item(), rel=1e-5)
+
+
+def test_empty_tensors_and_local_gradient_norms_per_tensor():
+    """A parameter with no elements (an FSDP1 view) crashes no multi-tensor op; `local` as a DDP comm hook
+    gives it, squared norms per parameter tensor, becomes per-layer local gradient norms."""
+    from tview.hooks.param_probes import GradStats, LocalGradNorm, WeightStats
+    torch.manual_seed(0)
+    a, b, c = (torch.randn(4, 3, requires_grad=True), torch.zeros(0, requires_grad=True),
+               torch.randn(5, requires_grad=True))
+    for t in (a, b, c):
+        t.grad = torch.randn_like(t)
+    ctx = P.ParamContext([[a, b], [c]], [0, None])
+    local = torch.tensor([4.0, 0.0, 9.0])
+    step = P.ParamStep(ctx, local)
+
+    def run(probe):
+        parts = {k: np.asarray(v) for k, v in probe.compute(step).items()}
+        parts.pop("measured", None)
+        return probe.finalize(parts, ctx)
+
+    stats = run(GradStats())
+    assert stats["grad_norm"] == pytest.approx([a.grad.norm().item(), c.grad.norm().item()], rel=1e-6)
+    assert stats["grad_max_abs"][0] == pytest.approx(a.grad.abs().max().item())
+    assert run(WeightStats())["weight_norm"] == pytest.approx([a.norm().item(), c.norm().item()], rel=1e-6)
+    assert run(LocalGradNorm())["local_grad_norm"] == pytest.approx([2.0, 3.0])
+
+
+class Stack(nn.Module):
+    def __init__(self, depth: int):
+        super().__init__()
+        self.convs = nn.Sequential(*[nn.Conv2d(4, 4, 3, padding=1) for _ in range(depth)])
+        self.fc = nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x):
+        return self.fc(self.convs(x).flatten(1))
+
+
+def parameter_side_ops(tmp_path, depth: int) -> list[OpCounter]:
+    """OpCounters of the parameter probes' work on a detail, a first ordinary and an ordinary step."""
+    torch.manual_seed(0)
+    model = Stack(depth)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    rec = tview.Recorder(model, str(tmp_path / f"d{depth}"), every=1, optimizer=opt, flush_seconds=3600)
+    counters = []
+    for probe in rec.param_probes:
+        def counted(step, compute=probe.compute):
+            with OpCounter() as count:
+                out = compute(step)
+            counters[-1].append(count)
+            return out
+        probe.compute = counted
+    x, y = torch.randn(2, 4, 6, 6), torch.randint(0, 3, (2,))
+    for _ in range(3):
+        counters.append([])
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        rec.step()
+    rec.close()
+    return [(sum(c.ops for c in cs), sum(c.syncs for c in cs)) for cs in counters]
+
+
+def test_device_path_adds_no_sync_and_ops_independent_of_the_layer_count(tmp_path, monkeypatch):
+    monkeypatch.setattr(P, "FORCE_DEVICE_PATH", True)
+    shallow, deep = parameter_side_ops(tmp_path, 4), parameter_side_ops(tmp_path, 16)
+    assert shallow == deep  # detail step (0) and ordinary steps: the same ops for 5 or 17 layers
+    assert all(syncs == 0 for _, syncs in deep)
+    assert 0 < deep[2][0] < 30 and deep[0][0] < 80
+
+
+FSDP_SCRIPT = r'''
+import os, sys, tempfile
+import torch, torch.distributed as dist, torch.nn.functional as F
+from torch.distributed.fsdp import fully_shard
+import tview
+from tests.hooks.test_param_stats import UpNet
+
+def train(model, rank, world, run_dir, steps=3):
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(16, 3, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    rec = tview.Recorder(model, run_dir, every=1, preset="economy", optimizer=opt, rank=rank, world_size=world,
+                         snapshot_every=[])  # filter snapshots of DTensors: the Recorder's part
+    for _ in range(steps):
+        opt.zero_grad()
+        lo, hi = rank * 16 // world, (rank + 1) * 16 // world
+        F.cross_entropy(model(x[lo:hi]), y[lo:hi]).backward()
+        opt.step()
+        rec.step()
+    rec.close()
+
+rank, world, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+torch.manual_seed(0)
+model = UpNet()
+model.bn.eval()  # batch statistics of half a batch differ from the whole's: not what is compared here
+if world > 1:
+    dist.init_process_group("gloo", init_method=f"file://{out}/pg", rank=rank, world_size=world)
+    for m in (model.conv1, model.up, model.fc, model):
+        fully_shard(m)
+train(model, rank, world, os.path.join(out, "sharded" if world > 1 else "whole"))
+if world > 1:
+    dist.destroy_process_group()
+'''
+
+
+@pytest.mark.slow
+def test_fsdp2_norms_equal_the_unsharded_models(tmp_path):
+    """Two gloo ranks under fully_shard: grad_norm, grad_mean and weight_norm (each rank reduces its shards,
+    the partials summed across ranks) equal those of the same model trained whole in one process."""
+    import subprocess
+    script = tmp_path / "fsdp.py"
+    script.write_text(FSDP_SCRIPT)
+    env = {**python_env(), "OMP_NUM_THREADS": "1"}
+    whole = subprocess.run([PY, str(script), "0", "1", str(tmp_path)], env=env, capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    procs = [subprocess.Popen([PY, str(script), str(r), "2", str(tmp_path)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    a, b = tview.open_run(str(tmp_path / "whole")), tview.open_run(str(tmp_path / "sharded"))
+    for rank in (0, 1):
+        for stat in ("grad_norm", "grad_mean", "grad_max_abs", "weight_norm", "update_ratio"):
+            for layer in LAYERS:
+                np.testing.assert_allclose(b.stat(stat, layer, rank=rank)[1], a.stat(stat, layer)[1], rtol=1e-4,
+                                           atol=1e-8, err_msg=f"{stat} {layer} rank {rank}")
+    assert os.path.exists(tmp_path / "sharded")
