@@ -149,3 +149,18 @@ def pytest_runtest_call(item):
         subprocess.Popen.__init__, os.fork, process.start = popen_init, fork, mp_start
     if started:
         pytest.fail(f"starts a process ({started[0]}) but is not marked slow", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Debian Chromium through Playwright, one for the whole session (a second sync_playwright in the
+    same process fails: its event loop is still running)."""
+    from tview_app.testing import CHROMIUM, CHROMIUM_FLAGS
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: scripts/test.sh installs Debian's chromium")
+    pytest.importorskip("playwright")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        yield b
+        b.close()

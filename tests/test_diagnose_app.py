@@ -122,7 +122,7 @@ SHAPES_JS = """() => {
 
 
 @pytest.mark.slow
-def test_the_show_link_of_a_stuck_channel_lands_on_it_marked_in_a_real_browser(tmp_path):
+def test_the_show_link_of_a_stuck_channel_lands_on_it_marked_in_a_real_browser(tmp_path, browser):
     """The real server and Chromium: the overview lists the finding (a conv channel pushed below zero for good:
     TinyCNN's ReLU is functional, so its gradient stays zero: frozen_filters); its "show" link opens the
     per-channel heatmap of that layer with the channel outlined from the step it stopped, that step dashed."""
@@ -135,7 +135,7 @@ def test_the_show_link_of_a_stuck_channel_lands_on_it_marked_in_a_real_browser(t
     from tests.conftest import python_env
     from tests.test_diagnose import _close, _record
     from tview.demo import free_port
-    from tview_app.testing import CHROMIUM, CHROMIUM_FLAGS, start_dashboard
+    from tview_app.testing import start_dashboard
 
     def kill(rank, step, model):
         if step == 5:
@@ -145,20 +145,18 @@ def test_the_show_link_of_a_stuck_channel_lands_on_it_marked_in_a_real_browser(t
     _close(recs)
     port = free_port()
     proc = start_dashboard(str(tmp_path), port, str(tmp_path / "dashboard.log"), env=python_env())
-    from playwright.sync_api import sync_playwright
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(f"http://127.0.0.1:{port}/?runs=dead")
-            link = page.locator(".finding-frozen_filters .tv-finding-link").first
-            link.wait_for(timeout=60_000)
-            link.click()
-            page.wait_for_function(f"() => ({SHAPES_JS})() !== null", timeout=60_000)
-            drawn = page.evaluate(SHAPES_JS)
-            page.screenshot(path=os.path.join(str(tmp_path), "evidence.png"))
-            browser.close()
+        page = ctx.new_page()
+        page.goto(f"http://127.0.0.1:{port}/?runs=dead")
+        link = page.locator(".finding-frozen_filters .tv-finding-link").first
+        link.wait_for(timeout=60_000)
+        link.click()
+        page.wait_for_function(f"() => ({SHAPES_JS})() !== null", timeout=60_000)
+        drawn = page.evaluate(SHAPES_JS)
+        page.screenshot(path=os.path.join(str(tmp_path), "evidence.png"))
     finally:
+        ctx.close()
         proc.terminate()
         proc.wait(timeout=10)
     assert drawn["type"] == "heatmap"

@@ -7,7 +7,7 @@ import pytest
 
 from tests.conftest import python_env
 from tview.demo import free_port
-from tview_app.testing import CHROMIUM, CHROMIUM_FLAGS, start_dashboard
+from tview_app.testing import start_dashboard
 
 
 @pytest.fixture(scope="session")
@@ -17,17 +17,6 @@ def server(runs_root):
     yield f"http://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(timeout=10)
-
-
-@pytest.fixture(scope="session")
-def browser():
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: scripts/test.sh installs Debian's chromium")
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture
