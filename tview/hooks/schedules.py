@@ -101,10 +101,11 @@ class Preset:
 
 
 PRESETS = {
-    # Gradient and weight statistics only: the cheapest useful configuration.
+    # Gradient and weight statistics only: the cheapest useful configuration, with no forward hook at work
+    # (no sentinels: on the CPU they read every activation twice a recorded step).
     # (per-channel gradient norms and the distance from initialization on every 20th recorded step)
     "economy": Preset("economy", activations=False, channels=False, histograms=False, trajectory=False,
-                      detail_every=20),
+                      detail_every=20, sentinels=False),
     # Gradient and weight statistics, update ratio and scalars on every recorded step; on every 40th
     # recorded step also activation statistics (moments over the first 8 examples of the batch; zero,
     # NaN and Inf counts and per-channel statistics over all of it), histograms (activations: a
