@@ -133,25 +133,6 @@ def _communicator():
     return vtkCommunicator
 
 
-def _controller(piece, n_pieces):
-    """VTK's MPI controller when each of `n_pieces` ParaView processes asks for its own piece; else None."""
-    if n_pieces < 2:
-        return None
-    try:
-        from vtkmodules.vtkParallelCore import vtkMultiProcessController
-    except ImportError:
-        return None
-    c = vtkMultiProcessController.GetGlobalController()
-    if c is None or c.GetNumberOfProcesses() != n_pieces or c.GetLocalProcessId() != piece:
-        return None
-    return c
-
-
-def _communicator():
-    from vtkmodules.vtkParallelCore import vtkCommunicator
-    return vtkCommunicator
-
-
 def _controller(piece: int, n_pieces: int):
     """VTK's MPI controller when each of `n_pieces` ParaView processes asks for its own piece; else None."""
     if n_pieces < 2:
