@@ -218,6 +218,7 @@ class Recorder:
         """Under DDP, this rank's gradient before the all-reduce: from a DDP communication hook; where the
         user registered one already, from hooks on the parameters that take a gradient."""
         self.local_grads, self._t_last_grad = None, None
+        self._param_local: dict[int, torch.Tensor] = {}  # the fallback's local gradients, per parameter
         if self.pctx is None or not any(isinstance(p, par.LocalGradNorm) for p in self.param_probes):
             return
         ddp = find_wrapper(self.outer, nn.parallel.DistributedDataParallel)
@@ -228,7 +229,6 @@ class Recorder:
             except RuntimeError as exc:  # one comm hook per DDP model: the user's stays
                 warnings.warn(f"tview: DDP already has a communication hook ({exc}); local gradient norms are "
                               f"measured with parameter hooks instead", RuntimeWarning, stacklevel=3)
-        self._param_local: dict[int, torch.Tensor] = {}
         for k, p in enumerate(self.pctx.params):
             if p.requires_grad:
                 self._hooks.append(p.register_hook(self._make_grad_hook(k)))
@@ -507,7 +507,7 @@ class Recorder:
 
     def _param_local_norms(self) -> torch.Tensor | None:
         """The parameter hooks' local gradients as squared norms per parameter tensor (NaN where none)."""
-        if not getattr(self, "_param_local", None):
+        if not self._param_local:
             return None
         n = len(self.pctx.params)
         ks = sorted(self._param_local)
