@@ -85,6 +85,23 @@ def test_a_read_split_over_processes_equals_the_read_in_one(wide_run, tmp_path):
     assert out["keys"] == [list(range(RANKS))] * 2 and out["same"] and out["rank4_points"] == 0
 
 
+@pytest.mark.slow
+def test_diagnosis_split_over_processes_finds_what_one_process_finds(wide_run):
+    import json
+    import subprocess
+
+    from tests.conftest import PY, python_env
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one core: reads are never split")
+    done = subprocess.run([PY, os.path.join(os.path.dirname(__file__), "split_diagnose_script.py"), wide_run],
+                          capture_output=True, text=True, timeout=120, env=python_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["split"]["processes"] >= 2 and out["whole"]["processes"] == 1
+    assert out["split"]["findings"] and out["split"]["findings"] == out["whole"]["findings"]
+    assert out["split"]["summaries"] == out["whole"]["summaries"] == {str(r): 40 for r in range(RANKS)}
+
+
 def test_a_threaded_process_never_forks(monkeypatch):
     import threading
 

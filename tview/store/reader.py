@@ -138,7 +138,7 @@ class Run:
             raise KeyError(f"{self.path}: rank {rank} has no scalar {name!r}; scalars: {', '.join(names)}")
         # a step where this scalar was not passed: absent, not NaN
         return shard.measured(schema.TABLE_SCALARS, schema.VALUES, names.index(name), max_points,
-                              (names.index(name),))
+                              (names.index(name),), kept=True)
 
     @guarded
     def stat(self, name: str, layer: str | int, rank: int = 0, max_points: int | None = None,
@@ -338,6 +338,13 @@ class Run:
         """{rank: (steps, values)} of one scalar on every readable rank (or `ranks`), as stat_across_ranks."""
         return self._across(lambda share: {r: self._or_empty(self.scalar, name, r, max_points=max_points)
                                            for r in share}, ranks)
+
+    def per_rank(self, work, ranks=None) -> dict:
+        """{rank: work(rank)} over every readable rank (or `ranks`), shared out over processes as stat_across_ranks
+        reads (tview.store.parallel), for a computation on each rank's shard (diagnosis's per-rank checks); work's
+        answers travel pickled."""
+        return parallel.read_across(list(self.ranks if ranks is None else ranks),
+                                    lambda share: {r: work(r) for r in share})
 
     def _across(self, read, ranks) -> dict:
         ranks = list(self.ranks if ranks is None else ranks)

@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 
 from tview.errors import CorruptShardError, TviewError
-from tview.store import schema
+from tview.store import schema, settled
 from tview.store.h5open import open_shard_id
 from tview.store.lock import serialized
 from tview.store.shard_header import Header, expected_shapes, identity, known_header, read_header, remember_header
@@ -40,6 +40,12 @@ def _hyperslab(did: h5py.h5d.DatasetID, rows: range, layer: int | None) -> tuple
     return start, count, (rows.step,) + (1,) * (len(shape) - 1)
 
 
+def _read_only(arrays: tuple) -> tuple:
+    for a in arrays:
+        a.flags.writeable = False
+    return arrays
+
+
 SETTLE_AFTER = 4  # datasets opened before a shard is checked for whether its writer closed it
 KEEP_ROWS = 4096  # a table's steps and measured flags are kept (one table per shard) up to this many rows
 
@@ -49,7 +55,7 @@ class ShardReader:
 
     def __init__(self, path: str, rank: int | None = None):
         self.path = path
-        key = identity(path)
+        self._key = key = identity(path)
         self.fid = open_shard_id(path)
         self._file: h5py.File | None = None
         try:
@@ -80,7 +86,8 @@ class ShardReader:
         self.columns = {c.name: (t, c) for t, spec in self.tables.items() for c in spec.columns}
         self._shapes, self._checked = expected_shapes(self), set()
         self._settled, self._opened = None, 0
-        self._kept: tuple | None = None  # (table and rows, steps, measured) of the last table read: _steps_and_mask
+        if settled.known(self._key, schema.CLOSED):  # closed when opened before, and unchanged since
+            self._settled = self._key[2:4]
 
     def _file_stamp(self) -> tuple[int, int]:
         st = os.stat(self.path)
@@ -97,7 +104,19 @@ class ShardReader:
                 return True
             self._settled = False  # while the check itself opens status/closed
             self._settled = self._file_stamp() if self._closed() else False
+            if self._settled == self._key[2:4]:
+                settled.keep(self._key, schema.CLOSED, True)
         return self._settled is False or self._file_stamp() != self._settled
+
+    def _kept(self, fact, read):
+        """read(), kept per file identity when the writer had closed this shard and it is unchanged since."""
+        if not (self._settled and self._settled == self._key[2:4] and self._file_stamp() == self._settled):
+            return read()
+        value = settled.known(self._key, fact)
+        if value is None:
+            value = read()
+            settled.keep(self._key, fact, value)
+        return value
 
     @staticmethod
     def table_path(table: str) -> str:
@@ -159,8 +178,8 @@ class ShardReader:
 
     @serialized
     def steps(self, table: str, rows: slice = slice(None)) -> np.ndarray:
-        dset = self.dataset(table, schema.STEP)
-        return self._checked_steps(table, self._get(dset, table, schema.STEP, (rows,)))
+        did = self._dataset_id(table, schema.STEP)
+        return self._checked_steps(table, self._rows(did, table, schema.STEP, range(*rows.indices(did.shape[0]))))
 
     def _checked_steps(self, table: str, steps: np.ndarray) -> np.ndarray:
         if len(steps) and (steps[0] < 0 or (np.diff(steps) <= 0).any()):
@@ -185,10 +204,15 @@ class ShardReader:
         return steps, self._get(dset, table, column, (rows,) + tuple(index))
 
     @serialized
-    def measured(self, table: str, column: str, layer: int, max_points: int | None = None, index=()):
+    def measured(self, table: str, column: str, layer: int, max_points: int | None = None, index=(),
+                 kept: bool = False):
         """(steps, values) of one layer's column (`index`: () or (layer,) into its row) at the rows where the
         table measured that layer (each dataset opened and read once, low-level: this runs once per rank when
-        a statistic is read across ranks)."""
+        a statistic is read across ranks). kept: the answer is kept as _steps_and_mask's (a scalar that
+        diagnosis reads several times), read-only."""
+        if kept:
+            return self._kept(("measured", table, column, layer, max_points, index),
+                              lambda: _read_only(self.measured(table, column, layer, max_points, index)))
         step, mask, dset = (self._dataset_id(table, c) for c in (schema.STEP, schema.MEASURED, column))
         n = min(step.shape[0], mask.shape[0], dset.shape[0])
         rows = range(*strided(n, max_points).indices(n))
@@ -198,25 +222,26 @@ class ShardReader:
         return steps[keep], values[keep]
 
     def _steps_and_mask(self, step, mask, table: str, rows: range) -> tuple[np.ndarray, np.ndarray]:
-        """(steps, measured [rows, layers]) of those rows of a table. Of a shard its writer had closed (its rows
-        never change) the last table read is kept, small ones only: a read of every layer's column of a table
-        (diagnosis: each layer's per-channel values) reads its steps and flags once, not once per layer."""
-        key = (table, rows.start, rows.stop, rows.step)
-        if self._kept is not None and self._kept[0] == key:
-            return self._kept[1], self._kept[2]
-        steps = self._checked_steps(table, self._rows(step, table, schema.STEP, rows))
-        measured = self._rows(mask, table, schema.MEASURED, rows).astype(bool)
-        if self._settled and len(rows) <= KEEP_ROWS:
-            self._kept = (key, steps, measured)
-        return steps, measured
+        """(steps, measured [rows, layers]) of those rows of a table, read-only. Of a shard its writer had closed
+        (its rows never change) they are kept (tview.store.settled), small tables only: a read of every layer's
+        column of a table (diagnosis: each layer's per-channel values) reads its steps and flags once."""
+        def read():
+            steps = self._checked_steps(table, self._rows(step, table, schema.STEP, rows))
+            measured = self._rows(mask, table, schema.MEASURED, rows).astype(bool)
+            steps.flags.writeable = measured.flags.writeable = False
+            return steps, measured
+        if len(rows) > KEEP_ROWS:
+            return read()
+        return self._kept(("head", table, rows.start, rows.stop, rows.step), read)
 
     @serialized
     def masked(self, table: str, column: str, max_points: int | None = None):
         """(steps, values, measured [rows, layers]) of a whole column: every layer, every row the table has."""
-        rows = strided(self.length(table), max_points)
-        steps, mask = self.read(table, schema.MEASURED, rows)
-        _, values = self.read(table, column, rows)
-        return steps, values, mask.astype(bool)
+        step, mask, dset = (self._dataset_id(table, c) for c in (schema.STEP, schema.MEASURED, column))
+        n = min(step.shape[0], mask.shape[0], dset.shape[0])
+        rows = range(*strided(n, max_points).indices(n))
+        steps, measured = self._steps_and_mask(step, mask, table, rows)
+        return steps, self._rows(dset, table, column, rows), measured
 
     @serialized
     def head(self, table: str, step: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -265,10 +290,13 @@ class ShardReader:
     @serialized
     def scalar_names(self) -> list[str]:
         """The scalars' names in column order (scalars/names)."""
+        return list(self._kept(schema.NAMES, self._read_scalar_names))
+
+    def _read_scalar_names(self) -> tuple[str, ...]:
         dset = self.dataset(schema.TABLE_SCALARS, schema.NAMES)
         names = self._get(dset, schema.TABLE_SCALARS, schema.NAMES, (slice(None),))
         try:
-            return [bytes(n).decode("utf-8") for n in names]
+            return tuple(bytes(n).decode("utf-8") for n in names)
         except UnicodeDecodeError:
             raise CorruptShardError(f"{self.path}: {schema.TABLE_SCALARS}/{schema.NAMES} holds a name that is not "
                                     f"UTF-8 (damaged?)") from None

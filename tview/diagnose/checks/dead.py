@@ -113,7 +113,7 @@ def check_dead(run, max_points=None) -> list[Finding]:
     previous layer's of the same block (a ReLU after a dead BatchNorm channel) is left out."""
     made_by = makers(run)
     layers = [i for i, m in enumerate(made_by) if m is not None and run.layer_info[i].get("channels")]
-    per = {r: _dead_on_rank(run, r, layers, max_points) for r in run.ranks[:common.MAX_RANKS]}
+    per = run.per_rank(lambda r: _dead_on_rank(run, r, layers, max_points), run.ranks[:common.MAX_RANKS])
     found = {}
     for r, dead in per.items():
         found[r], prev = [], {}

@@ -76,14 +76,15 @@ def check(ctx: Context) -> list[Finding]:
     every rank (all-reduced gradients) is given once, for every rank."""
     run, stop = ctx.run, ctx.first("nonfinite")
     loss = ctx.loss()
-    per = {}
-    for rank in run.ranks[:common.MAX_RANKS]:
+
+    def on_rank(rank: int) -> list[Finding] | None:
         got = matrix(run, "grad_norm", rank, ctx.max_points)
         if got is None:
-            continue
+            return None
         steps, g = got
         if stop is not None:
             keep = steps < stop.step
             steps, g = steps[keep], g[keep]
-        per[rank] = gradient_onsets(steps, g, run.layers, param_layers(run), rank, on_steps(steps, loss))
-    return merge_ranks(per, len(run.ranks))
+        return gradient_onsets(steps, g, run.layers, param_layers(run), rank, on_steps(steps, loss))
+    per = run.per_rank(on_rank, run.ranks[:common.MAX_RANKS])  # split over processes for 256 ranks and more
+    return merge_ranks({r: f for r, f in per.items() if f is not None}, len(run.ranks))
