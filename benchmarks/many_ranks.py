@@ -122,18 +122,30 @@ def reader_table(root: str, rank_counts: list[int]) -> str:
 
 
 def rows_table(root: str, rank_counts: list[int], before: str | None) -> str:
-    """benchmarks/row_reads.py on each run, with this checkout's tview and, side by side, --before's."""
+    """benchmarks/row_reads.py on each run, with this checkout's tview and, side by side, --before's (each
+    configuration in turn, rank count by rank count); diagnosis in a process of its own, as the command line."""
     codes = [("this", REPO)] + ([("before", before)] if before else [])
-    lines = ["| ranks | tview | network of every rank | one statistic, run.stat per rank | the same, ranks= "
-             "| diagnose |",
-             "|---:|---|---:|---:|---:|---:|"]
+    lines = ["| ranks | tview | network of every rank | one statistic, run.stat per rank: first read, again "
+             "| the same, ranks= (one process) | diagnose, fresh process (CPU s) | findings the same |",
+             "|---:|---|---:|---:|---:|---:|---|"]
     for r in rank_counts:
+        got = {}
         for label, code in codes:
-            x = json.loads(script("row_reads.py", "--run", run_path(root, r), "--code", code).splitlines()[-1])
+            x = _row_reads(run_path(root, r), code, "network,stat")
+            x.update(_row_reads(run_path(root, r), code, "diagnose"))
+            got[label] = x
+        for label, x in got.items():
             ranks_read = "-" if x["stat_ranks"] is None else f"{x['stat_ranks']:.2f} s"
-            lines.append(f"| {r} | {label} | {x['network']:.1f} s | {x['stat_loop']:.2f} s | {ranks_read} | "
-                         f"{x['diagnose']:.1f} s ({x['findings']} findings) |")
-    return "\n".join(lines)
+            same = "yes" if all(y["finding_lines"] == x["finding_lines"] for y in got.values()) else "NO"
+            lines.append(f"| {r} | {label} | {x['network']:.1f} s | {x['stat_first']:.2f} s, {x['stat_loop']:.2f} s "
+                         f"| {ranks_read} | {x['diagnose']:.1f} s ({x['diagnose_cpu']:.1f}) | {same} "
+                         f"({x['findings']}) |")
+    return "\n".join(lines) + f"\n\nLoad average (1 min) after: {os.getloadavg()[0]:.1f}."
+
+
+def _row_reads(path: str, code: str, parts: str) -> dict:
+    out = script("row_reads.py", "--run", path, "--code", code, "--parts", parts)
+    return json.loads(out.splitlines()[-1])
 
 
 def script(name: str, *args: str, timeout: float = 1800) -> str:

@@ -4,10 +4,13 @@ checkout by default, or another one, e.g. `git worktree add /tmp/before <commit>
 Prints one JSON object, seconds (warm the page cache first, e.g. `cat RUN/* > /dev/null`):
   network       the network of every rank at the middle step (tview.render.scene.network: what ParaView's mean
                 and spread networks read per rank), over --network-ranks ranks (all by default)
-  stat_loop     one statistic of one layer, `run.stat(name, layer=L, rank=r)` for every rank (the README's way)
+  stat_first    one statistic of one layer, `run.stat(name, layer=L, rank=r)` for every rank (the README's way), the
+                first read of a run just opened in this process (each shard's header read once)
+  stat_loop     the same again, the run still open (least of 2)
   stat_ranks    the same in one call, `run.stat(name, layer=L, ranks=run.ranks)`, in one process (None where the
                 checkout has no `ranks=`)
-  diagnose      `tview.diagnose(run)` (the rank summaries read as the command line reads them)
+  diagnose      `tview.diagnose(run)` (the rank summaries read as the command line reads them); diagnose_cpu: the
+                CPU seconds of this process and its children meanwhile (a figure less moved by a busy machine)
 
     python benchmarks/row_reads.py --run RUN [--code DIR] [--parts network,stat,diagnose]
 """
@@ -43,24 +46,37 @@ def _stat_ranks(run) -> float | None:
     return _best(lambda: run.stat(STAT, layer=LAYER, ranks=run.ranks), 2)
 
 
+def _cpu() -> float:
+    import resource
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _diagnose(path: str) -> dict:
+    import tview
+    t, cpu = time.perf_counter(), _cpu()
+    with tview.open_run(path, skip_bad_shards=True) as run:
+        found = tview.diagnose(run)
+    return {"diagnose": time.perf_counter() - t, "diagnose_cpu": _cpu() - cpu, "findings": len(found),
+            "finding_lines": [f"{f.kind} {f.rank} {f.layer} {f.step}" for f in found]}
+
+
 def figures(path: str, parts: list[str], network_ranks: int | None) -> dict:
     import tview
     from tview.render import scene
     out = {"code": os.path.dirname(os.path.dirname(os.path.abspath(tview.__file__)))}
+    if "diagnose" in parts:  # first: as the command line runs it, in a process that has read nothing
+        out.update(_diagnose(path))
     with tview.open_run(path) as run:
+        if "stat" in parts:
+            out["stat_first"] = _best(lambda: [run.stat(STAT, layer=LAYER, rank=r) for r in run.ranks], 1)
+            out["stat_loop"] = _best(lambda: [run.stat(STAT, layer=LAYER, rank=r) for r in run.ranks], 2)
+            out["stat_ranks"] = _stat_ranks(run)
         ranks = run.ranks[:network_ranks] if network_ranks else run.ranks
         step = int(run.steps(run.ranks[0])[len(run.steps(run.ranks[0])) // 2])
         if "network" in parts:
             out["network"] = _best(lambda: [scene.network(run, r, step) for r in ranks], 1)
             out["network_ranks"] = len(ranks)
-        if "stat" in parts:
-            out["stat_loop"] = _best(lambda: [run.stat(STAT, layer=LAYER, rank=r) for r in run.ranks], 2)
-            out["stat_ranks"] = _stat_ranks(run)
-    if "diagnose" in parts:
-        with tview.open_run(path) as run:
-            t = time.perf_counter()
-            out["findings"] = len(tview.diagnose(run))
-            out["diagnose"] = time.perf_counter() - t
     return out
 
 

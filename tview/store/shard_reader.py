@@ -46,7 +46,7 @@ def _read_only(arrays: tuple) -> tuple:
     return arrays
 
 
-SETTLE_AFTER = 4  # datasets opened before a shard is checked for whether its writer closed it
+SETTLE_AFTER = 3  # datasets opened before a shard is checked for whether its writer closed it
 KEEP_ROWS = 4096  # a table's steps and measured flags are kept (one table per shard) up to this many rows
 
 
