@@ -6,6 +6,7 @@ the same views of a one-rank run (a start-up: pvbatch, MPI, Xvfb, the plugin, on
 reading and reduction cost shows apart. Also checks that every N drew the same picture as -np 1.
 
     python benchmarks/paraview_ranks.py [--run /tmp/r1024] [--np 1,2,4] [--stat grad_norm] [--repeat 1]
+                                        [--views field,mean,spread]
 
 Prints a markdown table to paste into docs/benchmarks.md.
 """
@@ -24,9 +25,10 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-CASES = (("rank x step field", dict(view="rank_field")),
-         ("mean network", dict(view="network", ranks="mean")),
-         ("spread network", dict(view="network", ranks="spread")))
+ALL_CASES = {"field": ("rank x step field", dict(view="rank_field")),
+             "mean": ("mean network", dict(view="network", ranks="mean")),
+             "spread": ("spread network", dict(view="network", ranks="spread"))}
+CASES = tuple(ALL_CASES.values())
 
 
 def parse() -> argparse.Namespace:
@@ -36,6 +38,7 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--np", default="1,2,4", help="process counts to compare, comma separated")
     ap.add_argument("--stat", default="grad_norm", help="the rank x step field's statistic (of the first layer)")
     ap.add_argument("--repeat", type=int, default=1, help="renders per case and N (the least time is kept)")
+    ap.add_argument("--views", default=",".join(ALL_CASES), help=f"which views, of {','.join(ALL_CASES)}")
     ap.add_argument("--limit", type=float, default=240, help="seconds after which a render is stopped and started "
                                                              "again (ParaView 5.11 under mpirun hangs now and then)")
     return ap.parse_args()
@@ -132,7 +135,9 @@ def table(a, counts: list[int], times: dict, checks: dict) -> str:
 
 
 def main() -> None:
+    global CASES
     a = parse()
+    CASES = tuple(ALL_CASES[v] for v in a.views.split(","))
     counts = [int(v) for v in a.np.split(",") if v.strip()]
     if not counts or min(counts) < 1:
         sys.exit("--np: process counts of at least 1, e.g. 1,2,4")

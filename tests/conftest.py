@@ -113,21 +113,25 @@ def live_writer(run_dir, delay: float = 0.02):
         writer.wait()
 
 
-# -- `pytest --check-slow`: a test not marked slow that starts a process (subprocess or fork) fails ------------
+# -- `pytest --check-slow`: a test not marked slow that starts a process (subprocess or fork), itself or through a
+# fixture it uses (a session fixture that started one once counts for every test that uses it), fails ---------------
+PROCESS_FIXTURES: dict[str, str] = {}  # fixture name -> the process it started
+
+
 def pytest_addoption(parser):
     parser.addoption("--check-slow", action="store_true",
-                     help="fail each test not marked slow that starts a process (subprocess, fork, multiprocessing)")
+                     help="fail each test not marked slow that starts a process (subprocess, fork, multiprocessing), "
+                          "itself or through its fixtures")
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_call(item):
-    if not item.config.getoption("--check-slow") or item.get_closest_marker("slow"):
-        yield
-        return
+@contextlib.contextmanager
+def noting_processes():
+    """A list that gets a line for each process started (subprocess, fork, multiprocessing) inside the block."""
     import multiprocessing.process
     import subprocess
     started = []
-    popen_init, fork, mp_start = subprocess.Popen.__init__, os.fork, multiprocessing.process.BaseProcess.start
+    process = multiprocessing.process.BaseProcess
+    popen_init, fork, mp_start = subprocess.Popen.__init__, os.fork, process.start
 
     def noting_popen(self, args, *a, **k):
         started.append(str(args)[:200])
@@ -138,15 +142,42 @@ def pytest_runtest_call(item):
         if pid:
             started.append("fork")
         return pid
+
     def noting_start(self):
         started.append(f"multiprocessing {self.name}")
         return mp_start(self)
-    process = multiprocessing.process.BaseProcess
     subprocess.Popen.__init__, os.fork, process.start = noting_popen, noting_fork, noting_start
     try:
-        yield
+        yield started
     finally:
         subprocess.Popen.__init__, os.fork, process.start = popen_init, fork, mp_start
+
+
+class ProcessFixtures:
+    """Notes the fixtures whose set-up started a process. A plugin of its own: a conftest's hooks do not see the
+    set-up of session fixtures, which belongs to the session, outside the conftest's folder."""
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_fixture_setup(self, fixturedef, request):
+        with noting_processes() as started:
+            yield
+        if started:
+            PROCESS_FIXTURES[fixturedef.argname] = started[0]
+
+
+def pytest_configure(config):
+    if config.getoption("--check-slow"):
+        config.pluginmanager.register(ProcessFixtures(), "tview-process-fixtures")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    if not item.config.getoption("--check-slow") or item.get_closest_marker("slow"):
+        yield
+        return
+    with noting_processes() as started:
+        yield
+    started += [f"fixture {name}: {what}" for name, what in PROCESS_FIXTURES.items() if name in item.fixturenames]
     if started:
         pytest.fail(f"starts a process ({started[0]}) but is not marked slow", pytrace=False)
 

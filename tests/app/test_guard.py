@@ -52,6 +52,7 @@ def test_pure_checks():
     assert bad_callback_body(_overview_body(["a"])) is None
 
 
+@pytest.mark.slow  # runs_root trains the 2-rank demo in 2 processes
 def test_a_symlink_out_of_the_runs_folder_is_not_served(tmp_path, runs_root):
     root = tmp_path / "root"
     run = root / "linked"
