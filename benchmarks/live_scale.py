@@ -7,6 +7,8 @@ Each writer is a real process with its own SWMR shard (tview.store.shard.ShardWr
 once a second, as the recorder's background writer does. Rank N-1 is slowed (its step time is 2x).
 
     python benchmarks/live_scale.py [--ranks 64] [--seconds 90] [--rate 4] [--layers 10] [--every 15]
+
+Issue 21's memory check: --seconds 660 --every 10 (flat within 10% after the first minute, printed last).
 """
 
 from __future__ import annotations
@@ -139,6 +141,10 @@ def report(samples: list[dict], a) -> None:
           f"first figure, worst: overview {max(s['overview'] for s in samples):.2f} s, Ranks page "
           f"{max(s['ranks'] for s in samples):.2f} s; new steps appeared: {'yes' if grew else 'NO'} on reload, "
           f"{'yes' if followed else 'NO'} on the open overview")
+    later = [s["rss"] for s in samples if s["t"] >= 60] or rss
+    print(f"After the first minute ({len(later)} samples): server RSS {later[0]:.0f} -> {later[-1]:.0f} MiB, "
+          f"min {min(later):.0f}, max {max(later):.0f}: max / min {max(later) / min(later):.3f} "
+          f"({'flat within 10%' if max(later) <= 1.1 * min(later) else 'NOT flat within 10%'})")
 
 
 def main(argv=None):

@@ -12,6 +12,11 @@ from torch import nn  # noqa: E402
 
 import tview  # noqa: E402
 
+# One torch thread in the test process: on this 2-core machine shared with other work, torch's default pool of
+# 2 spinning threads made a 300-step TinyCNN run take 37 s instead of 2 s. Processes the tests start get the
+# same (python_env). No test measures speed.
+torch.set_num_threads(1)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -71,6 +76,7 @@ def small_run(tmp_path):
 def python_env():
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")  # as torch.set_num_threads(1) above
     return env
 
 

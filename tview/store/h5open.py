@@ -95,9 +95,12 @@ def open_shard_file(path: str, swmr: bool = True, attempts: int = READ_ATTEMPTS)
     return h5py.File(open_shard_id(path, swmr, attempts))
 
 
-def open_shard_id(path: str, swmr: bool = True, attempts: int = READ_ATTEMPTS) -> h5py.h5f.FileID:
-    """open_shard_file's HDF5 file id without h5py's File object (a third of the cost of opening)."""
-    check_shard_file(path)
+def open_shard_id(path: str, swmr: bool = True, attempts: int = READ_ATTEMPTS, checked: bool = False
+                  ) -> h5py.h5f.FileID:
+    """open_shard_file's HDF5 file id without h5py's File object (a third of the cost of opening); checked: the
+    file was checked when opened before, and is unchanged since (the same identity, shard_header.identity)."""
+    if not checked:
+        check_shard_file(path)
     flags = h5py.h5f.ACC_RDONLY | (h5py.h5f.ACC_SWMR_READ if swmr else 0)
     try:
         fid = h5py.h5f.open(os.fsencode(path), flags, fapl=_file_access(attempts))
