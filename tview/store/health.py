@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tview.errors import TviewError
-from tview.store import parallel, rank_summary, schema
+from tview.store import rank_summary, schema
 from tview.store.lock import H5_FAILURES, from_h5py
 from tview.store.pool import ShardPool
 from tview.store.rank_summary import RankSummary
@@ -39,22 +39,17 @@ class Health:
 
     def summaries(self) -> dict[int, RankSummary]:
         """Per rank (0 to world_size - 1, and any beyond with a shard): its summary; a rank that cannot be read
-        has its problem and no trend. Hundreds of summary files are parsed by several processes
-        (tview.store.parallel: 1024 of them are half a second of JSON)."""
+        has its problem and no trend."""
         pool = self.pool
-        readable = [r for r in sorted(pool.files) if r not in pool.problems]
-        written = parallel.read_across(readable, lambda share: {r: self._written(r) for r in share})
-        self._parsed.update({r: got for r, got in written.items() if got is not None})
         out = {}
         for rank in range(max([pool.world_size] + [r + 1 for r in pool.ranks])):
             summary = None
-            if rank in written:
-                summary = written[rank][1] if written[rank] else self._from_shard(rank)
+            if rank in pool.files and rank not in pool.problems:
+                summary = self._written(rank) or self._from_shard(rank)
             out[rank] = summary or RankSummary.unreadable(rank, pool.problems.get(rank, "missing"))
         return out
 
-    def _written(self, rank: int) -> tuple[tuple, RankSummary] | None:
-        """(stamps of the rank's summary file and shard, its RankSummary) from the file its writer keeps."""
+    def _written(self, rank: int) -> RankSummary | None:
         shard = self.pool.files[rank]
         try:
             key = (*rank_summary.shard_stamp(rank_summary.summary_path(shard)), *rank_summary.shard_stamp(shard))
@@ -62,11 +57,13 @@ class Health:
             return None
         cached = self._parsed.get(rank)
         if cached is not None and cached[0] == key:
-            return cached
+            return cached[1]
         written = rank_summary.read_summary(shard, rank)
         if written is None:
             return None
-        return key, RankSummary.from_dict(written)
+        summary = RankSummary.from_dict(written)
+        self._parsed[rank] = (key, summary)
+        return summary
 
     def _from_shard(self, rank: int) -> RankSummary | None:
         try:
