@@ -9,7 +9,7 @@ import numpy as np
 # A reader keeps 64 shards open at most; diagnosis and the dashboard pass over 256 ranks several times, so each
 # pass reopens them. Of a closed, unchanged file (its identity: inode, size, times) the facts below never change:
 # that it was closed, its scalar names, and each table's step column and measured flags.
-BYTES_KEPT = 48 * 2**20  # the facts of about 256 shards of 1000 rows; the least recently used go first
+BYTES_KEPT = 32 * 2**20  # what diagnosis reads of 256 shards of 1000 rows, twice over; least recently used go first
 
 _FACTS: OrderedDict[tuple, dict] = OrderedDict()  # identity -> {fact name: value}, most recently used last
 _held = 0

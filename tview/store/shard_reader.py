@@ -223,17 +223,17 @@ class ShardReader:
         return steps[keep], values[keep]
 
     def _steps_and_mask(self, step, mask, table: str, rows: range) -> tuple[np.ndarray, np.ndarray]:
-        """(steps, measured [rows, layers]) of those rows of a table, read-only. Of a shard its writer had closed
-        (its rows never change) they are kept (tview.store.settled), small tables only: a read of every layer's
-        column of a table (diagnosis: each layer's per-channel values) reads its steps and flags once."""
+        """(steps (read-only), measured [rows, layers]) of those rows of a table. Of a shard its writer had closed
+        (its rows never change) they are kept (tview.store.settled; the flags as bits, an eighth of the bytes), small
+        tables only: a read of every layer's column of a table (diagnosis: each layer's per-channel values) reads
+        its steps and flags once."""
         def read():
             steps = self._checked_steps(table, self._rows(step, table, schema.STEP, rows))
-            measured = self._rows(mask, table, schema.MEASURED, rows).astype(bool)
-            steps.flags.writeable = measured.flags.writeable = False
-            return steps, measured
-        if len(rows) > KEEP_ROWS:
-            return read()
-        return self._kept(("head", table, rows.start, rows.stop, rows.step), read)
+            steps.flags.writeable = False
+            return steps, np.packbits(self._rows(mask, table, schema.MEASURED, rows).astype(bool), axis=-1)
+        key = ("head", table, rows.start, rows.stop, rows.step)
+        steps, bits = read() if len(rows) > KEEP_ROWS else self._kept(key, read)
+        return steps, np.unpackbits(bits, axis=-1, count=mask.shape[1]).view(bool)
 
     @serialized
     def masked(self, table: str, column: str, max_points: int | None = None):
