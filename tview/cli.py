@@ -125,6 +125,8 @@ def serve_dashboard(root: str, host: str, port: int, debug: bool = False):
         from tview_app import create_app
     except ImportError as exc:
         raise TviewError(f"the dashboard needs dash and plotly: pip install 'tview[app]' ({exc})") from None
+    from tview_app.heap import return_freed_memory
+    return_freed_memory()  # memory flat while following a live run (tview_app.heap)
     app = create_app(root)
     catalog = app.server.config["TVIEW_CATALOG"]
     print(f"tview dashboard: {len(catalog.ids)} run(s) under {catalog.root}")
