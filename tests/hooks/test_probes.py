@@ -85,8 +85,8 @@ def test_activation_histogram_counts_every_element_in_the_full_preset(tmp_path):
 
 def test_default_preset_reads_whole_examples_from_the_batch_start_for_zeros_moments_and_histograms(tmp_path):
     from tview.hooks.schedules import get_preset
-    # conv1's output is 32 x 4 x 8 x 8: 64 values per example and channel, so 16 examples give 1024 per channel
-    run, _, seen, _, _, _ = one_recorded_step(tmp_path, preset=get_preset("default", act_sample=1024))
+    # conv1's output is 32 x 4 x 8 x 8: 64 values per example and channel, so 1000 per channel take 16 examples
+    run, _, seen, _, _, _ = one_recorded_step(tmp_path, preset=get_preset("default", act_sample=1000))
     out = seen["conv1"][0]
     first = out[:16].double()
     _, _, counts = run.histogram("act", "conv1")
@@ -347,3 +347,45 @@ def test_parameter_reductions_agree_between_the_numpy_and_the_torch_path():
                 assert (a is None and b is None) or np.allclose(a, b, rtol=1e-5, equal_nan=True)
         else:
             np.testing.assert_allclose(results[True][k], results[False][k], rtol=1e-5, equal_nan=True, err_msg=k)
+
+
+class InPlaceReLUNet(torch.nn.Module):
+    """Conv, BatchNorm, then ReLU(inplace=True): the ReLU overwrites the BatchNorm's output tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 6, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(6)
+        self.relu = torch.nn.ReLU(inplace=True)
+        self.fc = torch.nn.Linear(6 * 8 * 8, 10)
+
+    def forward(self, x):
+        return self.fc(self.relu(self.bn(self.conv(x))).flatten(1))
+
+
+def test_an_output_a_later_layer_overwrites_in_place_is_measured_as_its_layer_made_it(tmp_path):
+    from tview.hooks.activation_batch import sample_examples
+    torch.manual_seed(0)
+    model, (x, y) = InPlaceReLUNet(), make_data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rec = tview.Recorder(model, str(tmp_path / "r"), every=1, preset="activations", optimizer=opt)
+    seen, handles = capture_outputs(model)  # copies made in the hooks: the BatchNorm's output before the ReLU
+    for _ in range(3):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        rec.step()
+    rec.close()
+    run = tview.open_run(str(tmp_path / "r"))
+    steps, means = run.stat("act_mean", "bn")
+    assert list(steps) == [1, 2]  # step 0 finds the overwrite and leaves the BatchNorm out, never a wrong number
+    for k, s in enumerate(steps):
+        out = seen["bn"][s]
+        first = out[:sample_examples(out)].double()
+        assert means[k] == pytest.approx(first.mean().item(), abs=1e-6)  # pre-ReLU: negative values included
+        assert run.stat("act_min", "bn")[1][k] == pytest.approx(first.min().item(), rel=1e-6)
+        assert first.min() < 0
+    _, relu_zero = run.stat("act_zero_frac", "relu")
+    relu_out = seen["relu"][2]
+    assert relu_zero[-1] == pytest.approx((relu_out[:sample_examples(relu_out)] == 0).double().mean().item(), abs=1e-7)
+    assert run.stat("act_zero_frac", "bn")[1][-1] == 0  # BatchNorm's own output has no exact zeros

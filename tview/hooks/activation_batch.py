@@ -4,9 +4,10 @@ A forward pass keeps a reference to each recorded layer's output (no op); where 
 gathers a sample of every output into one buffer (one `cat`) and reduces it per (layer, channel) row with
 `index_add_` over a row index built once per layout, so a recorded step adds the same few ops whether the
 net has 5 layers or 60. The sample is whole examples from the start of the batch, enough of them for at
-least PER_CHANNEL values per channel (a 32x32 map: 1 example; an 8x8 map: 16; a Linear layer's features:
-the whole batch up to PER_CHANNEL examples). NaN and Inf are looked for over the whole outputs, with one
-multi-tensor norm (a NaN anywhere makes the norm NaN; an Inf, or a sum of squares beyond float32, makes it Inf).
+least PER_CHANNEL values per channel (a 16x16 map: 1 example; an 8x8 map: 4; a Linear layer's features:
+PER_CHANNEL examples, or the whole batch). NaN and Inf are looked for over the whole outputs, with one
+multi-tensor norm (a NaN anywhere makes the norm NaN; an Inf, or a sum of squares beyond float32, makes it Inf);
+on the CPU only where the model's output is not finite (`scan=False` otherwise: see Recorder._reduce_kept).
 Under torch.compile each layer's hook builds a batch of its one output in the graph (inductor fuses it).
 """
 
@@ -21,7 +22,7 @@ import torch
 from tview.hooks.probes import hist_bin_index
 from tview.store import schema
 
-PER_CHANNEL = 1024  # sampled values per channel, at least (fewer where the output holds fewer)
+PER_CHANNEL = 256  # sampled values per channel, at least (fewer where the output holds fewer)
 
 
 def sample_examples(t: torch.Tensor, per_channel: int | None = PER_CHANNEL) -> int:
@@ -108,11 +109,12 @@ class ActivationBatch:
     """The samples of several outputs and the per-row reductions the activation probes share (each computed
     once, on demand). `outputs` are whole outputs; `samples` (optional) replaces the sample of some of them
     (a sample copied in the hook, where a later layer modifies the output in place); `per_channel`: the
-    sample's size (None: every value)."""
+    sample's size (None: every value); `scan=False`: the outputs are known to hold no NaN or Inf, none is read."""
 
     def __init__(self, outputs: list[torch.Tensor], index: RowIndex | None, samples: dict | None = None,
-                 per_channel: int | None = PER_CHANNEL):
+                 per_channel: int | None = PER_CHANNEL, scan: bool = True):
         self.outputs = [t.detach() for t in outputs]
+        self.scan = scan
         flats, layouts = zip(*(flat_sample(t, per_channel) for t in self.outputs))
         flats = [samples.get(k, f) if samples else f for k, f in enumerate(flats)]
         self.layouts = tuple(layouts)
@@ -159,6 +161,8 @@ class ActivationBatch:
         return self._once("norms", self._norms)
 
     def _norms(self) -> torch.Tensor:
+        if not self.scan:  # known finite: zeros stand for the norms (only their NaN and Inf are read)
+            return torch.zeros(len(self.outputs))
         if len(self.outputs) == 1:
             return torch.linalg.vector_norm(self.outputs[0], dtype=torch.float32).reshape(1)
         by_dtype: dict = {}

@@ -93,8 +93,8 @@ class Preset:
     channels: bool = True
     histograms: bool = True
     detail_every: int = 1
-    act_sample: int | None = 1024  # activation statistics on the first examples of the batch, enough for this
-    # many values per channel (a 32x32 map: one example); None: on every value (NaN and Inf: always every value)
+    act_sample: int | None = 256  # activation statistics on the first examples of the batch, enough for this
+    # many values per channel (a 16x16 map: one example); None: on every value (NaN and Inf: always every value)
     trajectory: bool = True
     activations_every_step: bool = True  # False: activation statistics on detail steps only
     sentinels: bool = True  # NaN/Inf counts and zero fractions of every layer's output, every recorded step
