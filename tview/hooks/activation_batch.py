@@ -188,17 +188,17 @@ class ActivationBatch:
         counts = torch.zeros(len(self.outputs) * bins, device=self.device).index_add_(0, flat, ones)
         return counts.view(len(self.outputs), bins)[:, : schema.HIST_BINS]
 
-    def rows_of(self, k: int, t: torch.Tensor) -> torch.Tensor:
-        """The rows of output k in a per-row tensor (a view)."""
-        return t[self.row_start[k]: self.row_start[k + 1]]
+    def sampled(self) -> list[float]:
+        """Values of each output in the sample."""
+        return [float(layout_values(lay) * layout_rows(lay)) for lay in self.layouts]
 
-    def sampled(self, k: int) -> float:
-        """Values of output k in the sample."""
-        return float(layout_values(self.layouts[k]) * layout_rows(self.layouts[k]))
+    def per_row(self) -> list[float]:
+        """Sampled values per row of each output."""
+        return [float(layout_values(lay)) for lay in self.layouts]
 
-    def per_row(self, k: int) -> float:
-        """Sampled values per row of output k."""
-        return float(layout_values(self.layouts[k]))
+    def sizes(self) -> list[float]:
+        """Values of each whole output."""
+        return [float(t.numel()) for t in self.outputs]
 
-    def has_channels(self, k: int) -> bool:
-        return self.layouts[k][0] != "flat"
+    def has_channels(self) -> list[bool]:
+        return [lay[0] != "flat" for lay in self.layouts]
