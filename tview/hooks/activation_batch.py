@@ -8,7 +8,8 @@ least PER_CHANNEL values per channel (a 16x16 map: 1 example; an 8x8 map: 4; a L
 PER_CHANNEL examples, or the whole batch). NaN and Inf are looked for over the whole outputs, with one
 multi-tensor norm (a NaN anywhere makes the norm NaN; an Inf, or a sum of squares beyond float32, makes it Inf);
 on the CPU only where the model's output is not finite (`scan=False` otherwise: see Recorder._reduce_kept).
-Under torch.compile each layer's hook builds a batch of its one output in the graph (inductor fuses it).
+Under torch.compile each layer's hook builds a batch of its one output in the graph, reduced by reshaping
+(inductor fuses it).
 """
 
 from __future__ import annotations
@@ -71,13 +72,16 @@ def row_index_numpy(layouts: tuple) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
-def row_index_traced(layout: tuple, device) -> torch.Tensor:
-    """The same for one output, with torch ops (inside a compiled graph, where no host cache is read)."""
+def reduce_one(src: torch.Tensor, layout: tuple, how: str) -> torch.Tensor:
+    """Per-row reduction of one output's sample by reshaping it (inside a compiled graph: no row index)."""
     if layout[0] == "flat":
-        return torch.zeros(layout[1], dtype=torch.long, device=device)
-    kind, e, c, s = layout
-    ch = torch.arange(c, device=device)
-    return ch.repeat_interleave(s).repeat(e) if kind == "nchw" else ch.repeat(e * s)
+        v, dims = src.reshape(1, -1), (1,)
+    else:
+        kind, e, c, s = layout
+        v, dims = (src.reshape(e, c, s), (0, 2)) if kind == "nchw" else (src.reshape(e * s, c), (0,))
+    if how == "sum":
+        return v.sum(dims, dtype=torch.float32)
+    return v.amin(dims) if how == "amin" else v.amax(dims)
 
 
 def runs_numpy(layouts: tuple) -> tuple[np.ndarray, np.ndarray]:
@@ -159,8 +163,8 @@ class ActivationBatch:
         self.sample = flats[0] if len(flats) == 1 else torch.cat(flats)
         self.device = self.sample.device
         self.host = index is not None and host_shortcuts(self.sample)  # numpy reduces the sample on the CPU
-        if index is None:  # compiled: one output, rows traced
-            self.rows, self.owner = row_index_traced(self.layouts[0], self.device), None
+        if index is None:  # compiled: one output, reduced by reshaping
+            self.rows, self.owner = None, None
         else:
             self.rows, self.owner = index.get(self.layouts, self.device)
             self.runs = index.runs(self.layouts) if self.host else None
@@ -182,6 +186,8 @@ class ActivationBatch:
         than index_add_), elsewhere one index_add_ or scatter_reduce_ over the row index."""
         if self.host:
             return torch.from_numpy(host_per_row(src.numpy(), self.runs, self.n_rows, how))
+        if self.rows is None:
+            return reduce_one(src, self.layouts[0], how)
         if how == "sum":
             return torch.zeros(self.n_rows, dtype=torch.float32, device=self.device).index_add_(
                 0, self.rows, src.float())
@@ -228,7 +234,7 @@ class ActivationBatch:
     def _histograms(self) -> torch.Tensor:
         bins = schema.HIST_BINS + 1  # one more: where NaN goes, dropped
         b = hist_bin_index(self.values()).nan_to_num_(nan=schema.HIST_BINS).long()
-        owner = self.owner[self.rows] if self.owner is not None else torch.zeros_like(b)
+        owner = self.owner[self.rows] if self.rows is not None else torch.zeros_like(b)
         flat = owner.mul_(bins).add_(b)
         ones = torch.ones(1, device=self.device).expand(flat.numel())
         counts = torch.zeros(len(self.outputs) * bins, device=self.device).index_add_(0, flat, ones)
