@@ -497,7 +497,8 @@ class Recorder:
     def _record(self, now: float, loss, batch_size, scalars):
         host_scalars, device_scalars = self._scalars(now, loss, batch_size, scalars)  # a ConfigError is the user's
         try:
-            self._refresh_params()
+            if self._recorded < 2:  # sharding (fully_shard) happens before training: not looked for every step
+                self._refresh_params()
             param = self._param_results()
             snap = self._snapshot_if_due()
             if self._kept:  # a forward that did not end in the model's own forward (its parts called one by one)
