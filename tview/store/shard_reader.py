@@ -250,9 +250,9 @@ class ShardReader:
         column and the measured flags, one read each, never a value column."""
         step_id, mask_id = self._dataset_id(table, schema.STEP), self._dataset_id(table, schema.MEASURED)
         n = min(step_id.shape[0], mask_id.shape[0])
-        steps = self._checked_steps(table, self._rows(step_id, table, schema.STEP, range(n)))
+        steps, measured = self._steps_and_mask(step_id, mask_id, table, range(n))  # kept: a table's next column
         end = n if step is None else int(np.searchsorted(steps, step, side="right"))
-        return steps[:end], self._rows(mask_id, table, schema.MEASURED, range(end)).astype(bool)
+        return steps[:end], measured[:end]
 
     @serialized
     def last_of_rows(self, table: str, column: str, rows: np.ndarray) -> tuple[int, np.ndarray] | None:
