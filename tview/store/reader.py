@@ -156,13 +156,12 @@ class Run:
 
     def _channel_key(self, shard: ShardReader, table: str, name: str, i: int) -> str:
         """The dataset of a per-channel statistic of layer i; KeyError when the layer records no channels."""
-        key = f"{name}/{self.layers[i]}"
-        if not shard.has(table, key):
+        if self.layers[i] not in shard.members(table, name):
             if shard.read(table, schema.MEASURED, slice(None), (i,))[1].any():  # measured, yet its dataset is gone
-                raise CorruptShardError(f"{shard.path}: {table}/{key} is missing though the table measured layer "
-                                        f"{self.layers[i]!r} (damaged or edited shard)")
+                raise CorruptShardError(f"{shard.path}: {table}/{name}/{self.layers[i]} is missing though the table "
+                                        f"measured layer {self.layers[i]!r} (damaged or edited shard)")
             raise KeyError(f"{self.path}: no {name} for layer {self.layers[i]!r} (it has no channels recorded)")
-        return key
+        return f"{name}/{self.layers[i]}"
 
     @guarded
     def stat_matrix(self, name: str, rank: int = 0, max_points: int | None = None):
@@ -340,9 +339,8 @@ class Run:
                                            for r in share}, ranks)
 
     def per_rank(self, work, ranks=None) -> dict:
-        """{rank: work(rank)} over every readable rank (or `ranks`), shared out over processes as stat_across_ranks
-        reads (tview.store.parallel), for a computation on each rank's shard (diagnosis's per-rank checks); work's
-        answers travel pickled."""
+        """{rank: work(rank)} over every readable rank (or `ranks`), split over processes as stat_across_ranks reads
+        (tview.store.parallel): diagnosis's per-rank checks. work's answers travel pickled."""
         return parallel.read_across(list(self.ranks if ranks is None else ranks),
                                     lambda share: {r: work(r) for r in share})
 
