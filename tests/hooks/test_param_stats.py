@@ -96,7 +96,8 @@ def check_weights(run, rec, weights, w0, rtol, update_rtol=None):
             assert run.stat("weight_sum", name)[1][s] == pytest.approx(w.sum().item(), rel=1e-9, abs=1e-9)
             assert run.histogram("weight", name)[2][s].astype(int).sum() == w.numel()
             distance = (w - flat(w0[name])).norm() / flat(w0[name]).norm()
-            assert run.stat("init_distance", name)[1][s] == pytest.approx(distance.item(), rel=2e-2, abs=3e-4)
+            # W0 read back from the kept float32 file: as exact as the other norms
+            assert run.stat("init_distance", name)[1][s] == pytest.approx(distance.item(), rel=rtol * 10, abs=1e-7)
         steps, ratio = run.stat("update_ratio", name)
         assert list(steps) == list(range(1, len(weights)))
         for s in steps:
@@ -137,6 +138,26 @@ def test_bfloat16_model_in_small_chunks_matches_float32_recomputation(tmp_path, 
     check_gradients(run, model, grads, rtol=1e-4)
     # the update W - W_before is taken in bf16 (exact where the two are within a factor 2): ~1e-3 of it
     check_weights(run, rec, weights, w0, rtol=1e-4, update_rtol=3e-3)
+
+
+@pytest.mark.parametrize("device_path", [False, True], ids=["cpu-path", "device-path"])
+def test_float32_model_through_a_bounded_chunk_matches_plain_torch(tmp_path, monkeypatch, device_path):
+    """The bounded-memory path: float32 statistics computed through a scratch chunk of 4 blocks (pieces cross
+    chunk ends) instead of the weight copy, W0 read back from the file beside the shard, never held: the same
+    numbers as plain torch."""
+    monkeypatch.setattr(P, "FORCE_DEVICE_PATH", device_path)
+    monkeypatch.setattr(P, "COPY_AS_SCRATCH", False)
+    monkeypatch.setattr(P, "CHUNK_MIN", 4 * P.BLOCK)
+    monkeypatch.setattr(P, "CHUNK_SHARE", 1000)
+    torch.manual_seed(0)
+    model = UpNet()
+    run, rec, grads, weights, w0 = record(tmp_path, model)
+    ctx = rec.pctx
+    assert len(ctx.chunks) > 3 and ctx.chunk.numel() == 4 * P.BLOCK and ctx.copy.numel() < 1.1 * sum(ctx.numels)
+    init = next(p for p in rec.param_probes if p.table == "init_distance")
+    assert init.origin.host is None and os.path.samefile(init.origin._file.name, ctx.origin_path)
+    check_gradients(run, model, grads, rtol=1e-5)
+    check_weights(run, rec, weights, w0, rtol=1e-5)
 
 
 def test_frozen_layers_are_not_measured_and_nothing_crashes(tmp_path):
@@ -220,7 +241,8 @@ def test_device_path_adds_no_sync_and_ops_independent_of_the_layer_count(tmp_pat
     shallow, deep = parameter_side_ops(tmp_path, 4), parameter_side_ops(tmp_path, 16)
     assert shallow == deep  # detail step (0) and ordinary steps: the same ops for 5 or 17 layers
     assert all(syncs == 0 for _, syncs in deep)
-    assert 0 < deep[2][0] < 30 and deep[0][0] < 80
+    # ordinary step <= 15 ops, detail step <= 41 (foreach ops across tensors, one restore of the weight copy)
+    assert 0 < deep[2][0] <= 15 and deep[0][0] <= 41
 
 
 FSDP_SCRIPT = r'''
