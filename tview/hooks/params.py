@@ -1,15 +1,18 @@
 """Per-parameter-tensor reductions of every recorded layer's weights and gradients, in a few multi-tensor
 ops for the whole model, with no host sync and no parameter-sized scratch: what parameter probes compute with.
 
-Memory: one kept copy of the weights (flat, padded to blocks, in the parameters' dtype: the previous
-recorded step's weights for the update ratio, and a contiguous image of the current ones for block
-reductions) and the initial weights in float16 with a power-of-two scale per parameter tensor (half a float32
-copy; init_distance is exact to about 3e-4 of |W0|). Float32 parameters: the copy is also the scratch of a
-recorded step (gradients copied in, reduced, the weights copied back); other dtypes: one reused float32
-chunk of max(2M elements, a quarter of the parameters). Every parameter tensor starts at a multiple of
-BLOCK elements in the flat layouts, so a [blocks, BLOCK] view reduces per block in one op and blocks sum
-to parameters with one segment_reduce (precomputed offsets, unsafe=True: nothing read back).
-Per-parameter results are summed per layer on the host, in finalize, on the writer thread.
+Memory: one kept copy of the weights (flat, padded to blocks, in the parameters' dtype: the previous recorded
+step's weights for the update ratio, and a contiguous image of the current ones for block reductions). The
+initial weights (init_distance) are not held: they are read back from the float32 file the Recorder keeps
+beside the shard (OriginWeights). Float32 parameters: the copy is also the scratch of a recorded step
+(gradients, W0, trajectory directions, histogram bins written into it in turn; the weights copied back once,
+after the step's last user: ParamStep.scratch); other dtypes (or COPY_AS_SCRATCH False): one reused float32
+chunk of max(2M elements, a quarter of the parameters). Every parameter tensor starts at a multiple of BLOCK
+elements in the flat layouts, so a [blocks, BLOCK] view reduces per block in one op and blocks sum to
+parameters with one segment_reduce (precomputed offsets, unsafe=True: nothing read back); the padding is set
+(zero, or NaN for histograms) within the same multi-tensor copy that loads a chunk. Per-parameter results are
+summed per layer on the host, in finalize, on the writer thread. One transient remains on the device path:
+isnan/isinf of the gradient chunk (a bool per element, a quarter of float32 parameter bytes) on recorded steps.
 """
 
 from __future__ import annotations
@@ -503,7 +506,8 @@ class ParamStep:
 
     def _pass(self, weights: bool, grads: bool) -> dict:
         """The every-step pass, no temporary: the kept copy takes W_before - W (when it holds W_before); one
-        multi-tensor op squares the norms of that update, of the weights and of the gradients; the gradients
+        multi-tensor op squares the norms of that update, of the weights and of the gradients, another takes the
+        gradients' largest magnitudes, one stack holds both; the gradients
         go through the scratch for their sums and NaN/Inf counts; the copy takes W (and its float64 sums)."""
         ctx, w, g, n = self.ctx, self.weights, self.grads, len(self.ctx.params)
         have = [i for i, t in enumerate(g) if t is not None] if grads else []
@@ -513,10 +517,15 @@ class ParamStep:
                 torch._foreach_sub_(ctx.copy_views, w)
                 ctx.copy_state = "update"
             tensors = (ctx.copy_views if update else []) + (w if weights else []) + [g[i] for i in have]
-            sq = ctx.combine(torch.stack(torch._foreach_powsum(tensors, 2, dtype=torch.float32)))
+            sums = list(torch._foreach_powsum(tensors, 2, dtype=torch.float32))
+            peaks = [i for i in have if ctx.numels[i]]  # max |g| (the inf-norm of an empty tensor has no value)
+            both = torch.stack(sums + (list(torch._foreach_norm([g[i] for i in peaks], float("inf"),
+                                                                 dtype=torch.float32)) if peaks else []))
+            sq = ctx.combine(both[:len(sums)])
             out, k = {}, n if update else 0
             if grads:
-                out["grads"] = self._grad_pass(ctx.spread(sq[k + (n if weights else 0):], have))
+                max_abs = ctx.combine(ctx.spread(both[len(sums):], peaks), "max")
+                out["grads"] = self._grad_pass(ctx.spread(sq[k + (n if weights else 0):], have), max_abs)
             if weights:
                 ctx.put_weights(w)
                 ctx.gathered = True
@@ -525,12 +534,11 @@ class ParamStep:
                     out["weights"]["dsq"] = sq[:n]
         return out
 
-    def _grad_pass(self, sq: torch.Tensor) -> dict:
+    def _grad_pass(self, sq: torch.Tensor, max_abs: torch.Tensor) -> dict:
         ctx = self.ctx
         finite = ctx.host and bool(torch.isfinite(sq.sum()))  # CPU only: a finite total means no NaN or Inf
         stats = ctx.combine(ctx.block_stats(self.grads, nonfinite=not finite))
-        return {"sq": sq, "max_abs": ctx.combine(ctx.max_abs(self.grads), "max"), "sum": stats[0], "nan": stats[1],
-                "inf": stats[2]}
+        return {"sq": sq, "max_abs": max_abs, "sum": stats[0], "nan": stats[1], "inf": stats[2]}
 
     @contextmanager
     def scratch(self, user=None):
