@@ -11,8 +11,8 @@ chunk of max(2M elements, a quarter of the parameters). Every parameter tensor s
 elements in the flat layouts, so a [blocks, BLOCK] view reduces per block in one op and blocks sum to
 parameters with one segment_reduce (precomputed offsets, unsafe=True: nothing read back); the padding is set
 (zero, or NaN for histograms) within the same multi-tensor copy that loads a chunk. Per-parameter results are
-summed per layer on the host, in finalize, on the writer thread. One transient remains on the device path:
-isnan/isinf of the gradient chunk (a bool per element, a quarter of float32 parameter bytes) on recorded steps.
+summed per layer on the host, in finalize, on the writer thread. NaN and Inf counts are codes written over the
+scratch and summed per block: no per-element temporary on a recorded step.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ CHUNK_MIN = 1 << 21  # elements of the reused float32 chunk, at least (or the wh
 CHUNK_SHARE = 4  # the chunk holds at least 1/CHUNK_SHARE of the parameters: at most that many chunks
 HIST_WIDTH = schema.HIST_BINS + 1  # a histogram row per parameter tensor: the bins, then NaN
 COPY_AS_SCRATCH = True  # float32 parameters: the weight copy is the scratch (False: a bounded chunk, as other dtypes)
+NAN_CODE = BLOCK + 1  # a NaN's code in the per-block count of non-finite values (an Inf counts 1)
 CPU_ROWS = 4096  # blocks a CPU reduction with a dtype cast takes at once: it casts a copy of its input first
 
 
@@ -125,7 +126,8 @@ class ParamContext:
         self._set_channels(local, dims, groups)
         self._blocks3 = torch.zeros(3, self.nblocks, dtype=torch.float32, device=self.device)  # reused
         self._blocks3_counted = False
-        for constant in ("channel_segments", "_boundaries", "_hist_base", "_one", "_nans", "padding_views"):
+        for constant in ("channel_segments", "_boundaries", "_nonfinite_boundaries", "_hist_base", "_one", "_nans",
+                         "padding_views"):
             getattr(self, constant)  # made now: a host-to-device copy on a recorded step would wait
         if self.use_copy:
             self.copy_padding_views  # noqa: B018 (the copy is the scratch: made now, once)
@@ -364,12 +366,29 @@ class ParamContext:
         for c, (b0, b1) in enumerate(self.chunks):
             x = self.load_chunk(c, tensors).view(-1, BLOCK)
             torch.sum(x, 1, out=blocks[0, b0:b1])
-            for r0, r1 in self.row_ranges(b0, b1) if nonfinite else []:
-                part = x[r0 - b0:r1 - b0]
-                torch.sum(torch.isnan(part), 1, dtype=torch.float32, out=blocks[1, r0:r1])
-                torch.sum(torch.isinf(part), 1, dtype=torch.float32, out=blocks[2, r0:r1])
+            if nonfinite:
+                self._count_nonfinite(x, b0, b1, blocks)
                 self._blocks3_counted = True
         return torch.segment_reduce(blocks, "sum", offsets=self._block_offsets3, axis=1, unsafe=True)
+
+    def _count_nonfinite(self, x: torch.Tensor, b0: int, b1: int, blocks: torch.Tensor) -> None:
+        """Per block NaN and Inf counts of the chunk `x` ([blocks, BLOCK], scratch) into blocks[1] and [2], with
+        no per-element temporary: |x| in place, then each element's code (finite 0, Inf 1, NaN NAN_CODE) written
+        over it as int32 by bucketize, summed per block (at most NAN_CODE * BLOCK: exact in float32) and split."""
+        x.abs_()
+        codes = x.view(torch.int32)
+        torch.bucketize(x, self._nonfinite_boundaries, out_int32=True, out=codes)
+        for r0, r1 in self.row_ranges(b0, b1):  # one range on a device; CPU: bounded casts to float32
+            torch.sum(codes[r0 - b0:r1 - b0], 1, dtype=torch.float32, out=blocks[2, r0:r1])
+        torch.div(blocks[2, b0:b1], NAN_CODE, rounding_mode="floor", out=blocks[1, b0:b1])
+        blocks[2, b0:b1].sub_(blocks[1, b0:b1], alpha=NAN_CODE)
+
+    @cached_property
+    def _nonfinite_boundaries(self) -> torch.Tensor:
+        """bucketize(right=False) counts the boundaries below |x|: finite 0 (none), Inf 1 (the float32 maximum),
+        NaN all of them (never compared true): NAN_CODE, more than a block of Inf codes adds up to."""
+        top = np.float32(np.finfo(np.float32).max)
+        return torch.tensor([top] + [np.inf] * (NAN_CODE - 1), dtype=torch.float32, device=self.device)
 
     def copy_sums64(self) -> torch.Tensor:
         """[tensors] float64 sums of the kept weight copy (float64 accumulation: deterministic, the same
