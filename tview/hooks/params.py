@@ -37,6 +37,8 @@ CHUNK_SHARE = 4  # the chunk holds at least 1/CHUNK_SHARE of the parameters: at 
 HIST_WIDTH = schema.HIST_BINS + 1  # a histogram row per parameter tensor: the bins, then NaN
 COPY_AS_SCRATCH = True  # float32 parameters: the weight copy is the scratch (False: a bounded chunk, as other dtypes)
 NAN_CODE = BLOCK + 1  # a NaN's code in the per-block count of non-finite values (an Inf counts 1)
+CAST_ROWS = 4096  # blocks a device reduction casts at once, at least (1M elements: an 8 MiB float64 image)
+CAST_PIECES = 16  # and at most this many pieces
 CPU_ROWS = 4096  # blocks a CPU reduction with a dtype cast takes at once: it casts a copy of its input first
 
 
@@ -125,6 +127,8 @@ class ParamContext:
         dims = [None if d is False else 0 if d is True else d for d in (channel_dims or [None] * self.n)]
         self._set_channels(local, dims, groups)
         self._blocks3 = torch.zeros(3, self.nblocks, dtype=torch.float32, device=self.device)  # reused
+        self._blocks64 = torch.zeros(self.nblocks, dtype=torch.float64, device=self.device)
+        self._code_sums = torch.zeros(self.nblocks, dtype=torch.int32, device=self.device)
         self._blocks3_counted = False
         for constant in ("channel_segments", "_boundaries", "_nonfinite_boundaries", "_hist_base", "_one", "_nans",
                          "padding_views"):
@@ -350,10 +354,16 @@ class ParamContext:
         torch._foreach_copy_(self.copy_views + gaps, list(weights) + zeros)
         self.copy_state = "weights"
 
-    def row_ranges(self, b0: int, b1: int):
-        """[b0, b1) in one piece on a device (its reductions cast as they load), in CPU_ROWS pieces on the
-        CPU's own path (bounded scratch for the cast)."""
-        step = b1 - b0 if self.device.type != "cpu" or FORCE_DEVICE_PATH else CPU_ROWS
+    def cast_ranges(self, b0: int, b1: int):
+        """[b0, b1) in pieces that bound the copy a reduction to another dtype makes of its input (torch.sum(x,
+        dtype=...) casts x first, on a GPU too: only half/bfloat16 -> float32 casts as it loads): CPU_ROWS
+        blocks on the CPU's own path; on a device at least CAST_ROWS blocks and at most CAST_PIECES pieces
+        (ops bounded; the float64 image of a piece at most 2/CAST_PIECES of float32 parameters' bytes)."""
+        n = b1 - b0
+        if self.device.type == "cpu" and not FORCE_DEVICE_PATH:
+            step = CPU_ROWS
+        else:
+            step = max(CAST_ROWS, -(-n // CAST_PIECES))
         return [(r, min(r + step, b1)) for r in range(b0, b1, max(step, 1))]
 
     def block_stats(self, tensors: list[torch.Tensor | None], nonfinite: bool) -> torch.Tensor:
@@ -378,10 +388,10 @@ class ParamContext:
         x.abs_()
         codes = x.view(torch.int32)
         torch.bucketize(x, self._nonfinite_boundaries, out_int32=True, out=codes)
-        for r0, r1 in self.row_ranges(b0, b1):  # one range on a device; CPU: bounded casts to float32
-            torch.sum(codes[r0 - b0:r1 - b0], 1, dtype=torch.float32, out=blocks[2, r0:r1])
-        torch.div(blocks[2, b0:b1], NAN_CODE, rounding_mode="floor", out=blocks[1, b0:b1])
-        blocks[2, b0:b1].sub_(blocks[1, b0:b1], alpha=NAN_CODE)
+        sums = self._code_sums[b0:b1]
+        torch.sum(codes, 1, dtype=torch.int32, out=sums)  # int32 in and out: nothing cast
+        torch.div(sums, NAN_CODE, rounding_mode="floor", out=blocks[1, b0:b1])
+        torch.sub(sums, blocks[1, b0:b1], alpha=NAN_CODE, out=blocks[2, b0:b1])
 
     @cached_property
     def _nonfinite_boundaries(self) -> torch.Tensor:
@@ -396,7 +406,9 @@ class ParamContext:
         if self.host and self.copy_dtype in (torch.float32, torch.float16):  # numpy casts in small buffers
             blocks = np.add.reduce(self.copy.numpy().reshape(-1, BLOCK), axis=1, dtype=np.float64)
             return torch.from_numpy(np.add.reduceat(blocks, self._block_starts) * (self.numels > 0))
-        blocks = torch.sum(self.copy.view(-1, BLOCK), 1, dtype=torch.float64)  # a GPU casts as it loads
+        rows, blocks = self.copy.view(-1, BLOCK), self._blocks64
+        for r0, r1 in self.cast_ranges(0, self.nblocks):  # float64 images of pieces, not of the whole copy
+            torch.sum(rows[r0:r1], 1, dtype=torch.float64, out=blocks[r0:r1])
         return torch.segment_reduce(blocks, "sum", offsets=self._block_offsets, unsafe=True)
 
     def block_offsets_rows(self, rows: int) -> torch.Tensor:
