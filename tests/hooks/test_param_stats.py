@@ -115,6 +115,7 @@ def check_weights(run, rec, weights, w0, rtol, update_rtol=None):
 @pytest.mark.parametrize("device_path", [False, True], ids=["cpu-path", "device-path"])
 def test_every_parameter_statistic_matches_plain_torch(tmp_path, monkeypatch, device_path):
     monkeypatch.setattr(P, "FORCE_DEVICE_PATH", device_path)
+    monkeypatch.setattr(P, "CAST_ROWS", 4)  # the device path's float64 weight sums through the scratch
     torch.manual_seed(0)
     model = UpNet()
     run, rec, grads, weights, w0 = record(tmp_path, model)
@@ -147,6 +148,7 @@ def test_float32_model_through_a_bounded_chunk_matches_plain_torch(tmp_path, mon
     numbers as plain torch."""
     monkeypatch.setattr(P, "FORCE_DEVICE_PATH", device_path)
     monkeypatch.setattr(P, "COPY_AS_SCRATCH", False)
+    monkeypatch.setattr(P, "CAST_ROWS", 4)  # the device path's float64 weight sums in cast pieces
     monkeypatch.setattr(P, "CHUNK_MIN", 4 * P.BLOCK)
     monkeypatch.setattr(P, "CHUNK_SHARE", 1000)
     torch.manual_seed(0)

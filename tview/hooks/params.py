@@ -11,8 +11,10 @@ chunk of max(2M elements, a quarter of the parameters). Every parameter tensor s
 elements in the flat layouts, so a [blocks, BLOCK] view reduces per block in one op and blocks sum to
 parameters with one segment_reduce (precomputed offsets, unsafe=True: nothing read back); the padding is set
 (zero, or NaN for histograms) within the same multi-tensor copy that loads a chunk. Per-parameter results are
-summed per layer on the host, in finalize, on the writer thread. NaN and Inf counts are codes written over the
-scratch and summed per block: no per-element temporary on a recorded step.
+summed per layer on the host, in finalize, on the writer thread. No per-element temporary on a recorded step:
+NaN and Inf counts are codes written over the scratch and summed per block; torch.sum(x, dtype=float64) would
+copy x in float64 first (a GPU too), so float64 weight sums take the weights into the scratch as float64 in two
+parts (weight_sums64), or cast pieces of bounded size (cast_ranges).
 """
 
 from __future__ import annotations
@@ -411,6 +413,40 @@ class ParamContext:
             torch.sum(rows[r0:r1], 1, dtype=torch.float64, out=blocks[r0:r1])
         return torch.segment_reduce(blocks, "sum", offsets=self._block_offsets, unsafe=True)
 
+    def wide_sums(self) -> bool:
+        """Whether weight_sums64 goes through the scratch (a device, float32 parameters, more than CAST_ROWS
+        blocks: fewer ops than casting pieces, and no cast at all)."""
+        return self.use_copy and not self.host and self.nblocks > CAST_ROWS
+
+    def weight_sums64(self, weights: list[torch.Tensor]) -> torch.Tensor:
+        """copy_sums64's sums of `weights`, taken while the copy is scratch: the bytes of the float32 copy hold
+        half as many float64 values, so the weights go in as float64 in two (or three) parts, each cast as it is
+        copied and summed per block in float64: the same bits as summing a float64 image, with none made."""
+        blocks = self._blocks64
+        self.copy_state = "dirty"
+        for b0, b1, dst, gaps, zeros in self._wide_parts:
+            lo = b0 * BLOCK
+            torch._foreach_copy_(dst + gaps, [weights[i].reshape(-1)[a:b] for i, a, b, _ in self._pieces(
+                lo, b1 * BLOCK)] + zeros)
+            torch.sum(self._wide[:(b1 - b0) * BLOCK].view(-1, BLOCK), 1, out=blocks[b0:b1])
+        return torch.segment_reduce(blocks, "sum", offsets=self._block_offsets, unsafe=True)
+
+    @cached_property
+    def _wide(self) -> torch.Tensor:
+        return self.copy.view(torch.float64)  # total is a multiple of BLOCK: even
+
+    @cached_property
+    def _wide_parts(self) -> list:
+        """(first block, end block, float64 views of its pieces, padding views, their zeros) per part."""
+        per, out = max(self.nblocks // 2, 1), []
+        for b0 in range(0, self.nblocks, per):
+            b1 = min(b0 + per, self.nblocks)
+            pieces = self._pieces(b0 * BLOCK, b1 * BLOCK)
+            spans = [(off, off + b - a) for _, a, b, off in pieces]
+            gaps, zeros = self._gaps(self._wide, spans, (b1 - b0) * BLOCK)
+            out.append((b0, b1, [self._wide[lo:hi] for lo, hi in spans], gaps, zeros))
+        return out
+
     def block_offsets_rows(self, rows: int) -> torch.Tensor:
         """Block offsets repeated for `rows` rows (kept per row count: no copy op on a recorded step)."""
         cache = self.__dict__.setdefault("_offset_rows", {})
@@ -558,9 +594,11 @@ class ParamStep:
                 max_abs = ctx.combine(ctx.spread(both[len(sums):], peaks), "max")
                 out["grads"] = self._grad_pass(ctx.spread(sq[k + (n if weights else 0):], have), max_abs)
             if weights:
+                sums64 = ctx.weight_sums64(w) if ctx.wide_sums() else None  # while the copy is scratch
                 ctx.put_weights(w)
                 ctx.gathered = True
-                out["weights"] = {"sq": sq[k:k + n], "sum": ctx.combine(ctx.copy_sums64())}
+                sums64 = sums64 if sums64 is not None else ctx.copy_sums64()
+                out["weights"] = {"sq": sq[k:k + n], "sum": ctx.combine(sums64)}
                 if update:
                     out["weights"]["dsq"] = sq[:n]
         return out
