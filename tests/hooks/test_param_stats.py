@@ -162,6 +162,42 @@ def test_float32_model_through_a_bounded_chunk_matches_plain_torch(tmp_path, mon
     check_weights(run, rec, weights, w0, rtol=1e-5)
 
 
+def test_a_failing_probe_leaves_the_weight_copy_whole_for_the_next_update_ratio(tmp_path, monkeypatch):
+    """The weight copy is restored once a step, by the last probe that uses it as scratch: when that one fails
+    (said, dropped), the weights still go back, and the next steps' update ratios are plain torch's."""
+    def broken(*args, **kwargs):
+        raise RuntimeError("a probe's bug")
+
+    monkeypatch.setattr(P, "projections", broken)  # the trajectory: the last user of the scratch
+    torch.manual_seed(0)
+    with pytest.warns(RuntimeWarning, match="trajectory"):
+        run, rec, grads, weights, w0 = record(tmp_path, UpNet())
+    assert not any(p.table == "trajectory" for p in rec.param_probes)
+    for name in LAYERS:
+        steps, ratio = run.stat("update_ratio", name)
+        assert list(steps) == [1, 2]
+        for s in steps:
+            w, before = flat(weights[s][name]), flat(weights[s - 1][name])
+            assert ratio[s - 1] == pytest.approx(((w - before).norm() / w.norm()).item(), rel=1e-4)
+
+
+def test_init_distance_without_the_recorders_file_keeps_w0_in_a_temporary_file():
+    """A ParamContext used on its own (no Recorder, no origin file): W0 goes to an unnamed temporary file,
+    read back the same way."""
+    from tview.hooks.param_probes import InitDistance
+    torch.manual_seed(0)
+    a, b = torch.randn(40, 30), torch.randn(30)
+    start = torch.cat([a.reshape(-1), b]).clone()
+    ctx = P.ParamContext([[a, b]], [0])
+    probe = InitDistance()
+    probe.setup(ctx)
+    assert probe.origin.offsets == [0, 4 * a.numel()]
+    a.add_(0.1)
+    parts = {k: np.asarray(v) for k, v in probe.compute(P.ParamStep(ctx)).items()}
+    expected = (torch.cat([a.reshape(-1), b]) - start).norm() / start.norm()
+    assert probe.finalize(parts, ctx)["init_distance"][0] == pytest.approx(expected.item(), rel=1e-5)
+
+
 def test_frozen_layers_are_not_measured_and_nothing_crashes(tmp_path):
     torch.manual_seed(0)
     model = UpNet()
