@@ -59,15 +59,27 @@ def _is_dtensor(t) -> bool:
     return isinstance(t, DTensor)
 
 
-def hist_boundaries(device) -> torch.Tensor:
-    """Float32 boundaries for torch.bucketize(right=False) of float32 values: the count of boundaries < x is
-    x's bin in the fixed signed-log histogram. Each edge e stands as the float32 just below it (b < x exactly
-    when e <= x), so exact zeros are alone in the middle bin; the last boundary, +Inf itself, keeps +Inf in the
-    top bin (-Inf lands in bin 0) and sends NaN (never compared true) to the spare bin HIST_BINS."""
+def _hist_edges() -> np.ndarray:
+    """The fixed signed-log histogram's finite edges, float32: exact zeros alone between 0 and the smallest
+    positive float32."""
     k = schema.HIST_HALF
     mags = 10.0 ** (schema.HIST_LO + np.arange(1, k) / schema.HIST_PER_DECADE)
-    edges = np.concatenate([-mags[::-1], [0.0, np.nextafter(np.float32(0), np.float32(1))], mags]).astype(np.float32)
-    below = np.nextafter(edges, np.float32(-np.inf))
+    return np.concatenate([-mags[::-1], [0.0, np.nextafter(np.float32(0), np.float32(1))], mags]).astype(np.float32)
+
+
+def hist_boundaries(device) -> torch.Tensor:
+    """Float32 boundaries for torch.bucketize(right=True): the count of boundaries <= x is x's bin in the
+    fixed signed-log histogram (exact zeros alone in the middle bin, +-Inf in the outermost ones once
+    mapped to +-3e38); the last boundary, +Inf, sends NaN (never <= anything) to the spare bin HIST_BINS."""
+    return torch.tensor(np.concatenate([_hist_edges(), [np.inf]]), dtype=torch.float32, device=device)
+
+
+def hist_boundaries_below(device) -> torch.Tensor:
+    """The same bins for torch.bucketize(right=False) of float32 values, with no mapping of Inf first: the
+    count of boundaries < x is x's bin. Each edge e stands as the float32 just below it (b < x exactly when
+    e <= x); the last boundary, +Inf itself, keeps +Inf in the top bin (-Inf lands in bin 0) and sends NaN
+    (never compared true) to the spare bin HIST_BINS."""
+    below = np.nextafter(_hist_edges(), np.float32(-np.inf))
     return torch.tensor(np.concatenate([below, [np.inf]]), dtype=torch.float32, device=device)
 
 
@@ -253,7 +265,7 @@ class ParamContext:
 
     @cached_property
     def _boundaries(self) -> torch.Tensor:
-        return hist_boundaries(self.device)
+        return hist_boundaries_below(self.device)
 
     @cached_property
     def _hist_base(self) -> torch.Tensor:
