@@ -40,7 +40,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 CONFIGS = {
-    "params": "parameter statistics alone (default preset without activations and snapshots)",
+    "params": "parameter statistics alone (default preset without activation statistics, sentinels, snapshots)",
     "default": "default preset",
     "full": "full preset (every step a detail step)",
 }
@@ -68,7 +68,7 @@ def recorder(config: str, model, opt, run_dir: str):
     from tview.hooks.schedules import get_preset
     if config == "params":
         return tview.Recorder(model, run_dir, every=1, optimizer=opt, snapshot_every=[],
-                              preset=get_preset("default", activations=False, channels=False))
+                              preset=get_preset("default", activations=False, channels=False, sentinels=False))
     return tview.Recorder(model, run_dir, every=1, optimizer=opt, preset=config)
 
 
