@@ -159,7 +159,6 @@ class ParamContext:
         self.numels = np.asarray(numels, dtype=np.int64)
         blocks = -(-self.numels // BLOCK)
         self.starts = np.concatenate([[0], np.cumsum(blocks)[:-1]]).astype(np.int64) * BLOCK
-        self.padding = blocks * BLOCK - self.numels  # zeros after each tensor, counted in no statistic
         self.nblocks = int(blocks.sum())
         self.total = self.nblocks * BLOCK
         self.block_param = np.repeat(np.arange(len(numels)), blocks)
