@@ -171,6 +171,7 @@ class Recorder:
         origin = None
         if any(isinstance(p, par.InitDistance) for p in self.param_probes):
             path = origin_path(self.run_dir, self.rank)
+            self.pctx.origin_path = path  # init_distance reads W0 back from it (never held in memory)
             if self._mode == "resume" and os.path.exists(path):
                 origin = load_origin(path, self.pctx.params)
             elif self._mode != "resume" or not os.path.exists(self.shard_path):
