@@ -617,9 +617,9 @@ class Recorder:
         for probe, per_layer in calls.items():
             self._finalized(probe, rec, self.rows.activation_row, per_layer)
         snap = item["snapshot"]
-        rec.filters = {k.split("/", 1)[1]: v.astype(np.float32) for k, v in snap.items() if k.startswith("filters/")}
-        rec.feature_maps = {k.split("/", 1)[1]: v.astype(np.float32) for k, v in snap.items()
-                            if k.startswith("feature_maps/")}
+        as32 = {k: v.astype(np.float32, copy=False) for k, v in snap.items()}  # float32 already: no copy
+        rec.filters = {k.split("/", 1)[1]: v for k, v in as32.items() if k.startswith("filters/")}
+        rec.feature_maps = {k.split("/", 1)[1]: v for k, v in as32.items() if k.startswith("feature_maps/")}
         return rec
 
     def _finalized(self, probe, rec: StepRecord, make_row, parts):
