@@ -302,15 +302,13 @@ def train_loop(rank, sc, ddp, opt, rec, inject) -> None:
 
 
 def run_scenario(sc: Scenario, out: str) -> float:
-    """Train every rank of a scenario in forked processes (the demo: tview's own demo); returns seconds."""
+    """Train every rank of a scenario in forked processes (the demo: tview's own demo's ranks, as `tview demo`
+    trains them, forked here rather than spawned); returns seconds."""
     t0 = time.time()
-    if sc.model == "demo":
-        from tview.demo import run_demo
-        run_demo(out, steps=sc.steps)
-        return time.time() - t0
+    target, args = (_demo_rank, (sc, out)) if sc.model == "demo" else (train_rank, (sc, out))
     ctx = mp.get_context("fork")
     port = free_port()
-    procs = [ctx.Process(target=train_rank, args=(r, sc, out, port)) for r in range(sc.ranks)]
+    procs = [ctx.Process(target=target, args=(r, *args, port)) for r in range(sc.ranks)]
     for p in procs:
         p.start()
     for p in procs:
@@ -318,6 +316,23 @@ def run_scenario(sc: Scenario, out: str) -> float:
         if p.is_alive():
             p.kill()
     return time.time() - t0
+
+
+def _demo_rank(rank: int, sc: Scenario, out: str, port: int) -> None:
+    """One rank of tview's demo with run_demo's own settings (its signature's defaults) but the scenario's steps."""
+    import inspect
+
+    from tview.demo import LR, run_demo, train_rank
+    d = {k: v.default for k, v in inspect.signature(run_demo).parameters.items()}
+    train_rank(rank, sc.ranks, out, sc.steps, d["every"], d["snapshot_every"], d["batch"], port, d["mode"], LR,
+               None)
+
+
+def warm_imports() -> None:
+    """Import once, before the ranks fork, what each would import for itself: DDP's constructor imports
+    torch._dynamo (about 2 s of CPU, in every rank of every scenario otherwise)."""
+    import torch._dynamo  # noqa: F401
+    import torch.distributed  # noqa: F401
 
 
 def expected_step(sc: Scenario) -> int | None:
@@ -369,6 +384,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     SETTINGS["preset"] = a.preset
     torch.set_num_threads(1)
+    warm_imports()
     DATA["digits"] = load_digits_tensors()
     chosen = [s for s in SCENARIOS if not a.only or s.name in a.only.split(",")]
     root = a.keep or tempfile.mkdtemp(prefix="tview-faults-")

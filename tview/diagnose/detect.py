@@ -129,16 +129,36 @@ def change_point(flags: np.ndarray, lo: int, hi: int, share: float = 0.7) -> int
     return int(lo + np.argmax(tail[lo:hi + 1]))
 
 
-def sustained_onset(flags: np.ndarray, width: int, least: int, share: float = 0.7) -> int | None:
-    """Where a noisy bool series turns True for good: the final stretch where the centered rolling share of True
-    stays >= share (at least `least` long, reaching the end), its start refined to the change point."""
+def forward_share(flags: np.ndarray, width: int) -> np.ndarray:
+    """Share of True values in each index's forward window [i, i + width) (cut at the end of the series)."""
+    f = np.concatenate([[0.0], np.cumsum(np.asarray(flags, dtype=np.float64))])
+    i = np.arange(len(f) - 1)
+    end = np.minimum(i + max(width, 1), len(f) - 1)
+    return (f[end] - f[i]) / np.maximum(end - i, 1)
+
+
+def held(flags: np.ndarray, width: int, share: float) -> np.ndarray:
+    """Per index: is the noisy bool series mostly True from there on? The share of True is >= share over the
+    `width` records from there and over everything from there to the end; odd records anywhere (the last ones
+    too) do not break it, as they would a rule that every record or every rolling window from there be True."""
     flags = np.asarray(flags, dtype=bool)
-    if len(flags) == 0:
+    tail = np.cumsum(flags[::-1])[::-1] / np.arange(len(flags), 0, -1) if len(flags) else np.zeros(0)
+    return (forward_share(flags, width) >= share) & (tail >= share)
+
+
+def sustained_onset(flags: np.ndarray, width: int, least: int, share: float = 0.7) -> int | None:
+    """Where a noisy bool series turns True for good: the first index from which it is held (see held) with at
+    least `least` records to the end, refined to the change point around it."""
+    start = first_held(held(flags, width, share), least)
+    if start is None:
         return None
-    start = trailing_streak(rolling_mean(flags, width) >= share)
-    if start is None or len(flags) - start < least:
-        return None
-    return change_point(flags, start - width, start + width // 2, share)
+    return change_point(flags, start - width // 2, start + width, share)
+
+
+def first_held(ok: np.ndarray, least: int) -> int | None:
+    """The first index where ok is True with at least `least` records from there to the end, or None."""
+    hit = np.flatnonzero(np.asarray(ok, dtype=bool)[:max(len(ok) - least + 1, 0)])
+    return int(hit[0]) if len(hit) else None
 
 
 def mean_shift(values: np.ndarray, lo: int, hi: int) -> int:
