@@ -129,6 +129,7 @@ SCENARIOS = [
     Scenario("clean-lenet-3ranks-lr0.01", ranks=3, lr=0.01, seed=3),
     Scenario("clean-plain-4ranks", model="plain", ranks=4, steps=90, lr=0.05, seed=4),
     Scenario("clean-demo", model="demo", steps=1500),
+    Scenario("clean-busy-host", seed=5, extra={"hog_cpu": 1}),  # rank 1 shares its core with another process
 ]
 
 
@@ -265,6 +266,8 @@ def train_rank(rank: int, sc: Scenario, out: str, port: int) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
+    if sc.extra.get("hog_cpu") is not None:
+        _pin(rank)
     warnings.filterwarnings("ignore", category=RuntimeWarning)  # the recorder's numpy warnings on NaN weights
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     dist.init_process_group("gloo", rank=rank, world_size=sc.ranks, timeout=datetime.timedelta(seconds=60))
@@ -309,13 +312,39 @@ def run_scenario(sc: Scenario, out: str) -> float:
     ctx = mp.get_context("fork")
     port = free_port()
     procs = [ctx.Process(target=target, args=(r, *args, port)) for r in range(sc.ranks)]
+    hog = _start_hog(ctx, sc.extra.get("hog_cpu"))
     for p in procs:
         p.start()
     for p in procs:
         p.join(timeout=300)
         if p.is_alive():
             p.kill()
+    if hog is not None:
+        hog.kill()
+        hog.join()
     return time.time() - t0
+
+
+def _start_hog(ctx, cpu: int | None):
+    """Another process busy on one CPU (a host shared with other jobs), the ranks pinned one per CPU; None
+    where no CPU is named or the machine has too few."""
+    if cpu is None or cpu >= len(os.sched_getaffinity(0)):
+        return None
+    hog = ctx.Process(target=_spin, args=(cpu,), daemon=True)
+    hog.start()
+    return hog
+
+
+def _spin(cpu: int) -> None:
+    _pin(cpu)
+    while True:
+        pass
+
+
+def _pin(index: int) -> None:
+    """Run on the index-th of the CPUs this process may use (modulo their count)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpus[index % len(cpus)]})
 
 
 def _demo_rank(rank: int, sc: Scenario, out: str, port: int) -> None:

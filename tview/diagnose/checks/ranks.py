@@ -91,7 +91,7 @@ def waited_share(own: np.ndarray, host: np.ndarray | None, step: np.ndarray) -> 
         return lead / step
 
 
-def _waited_for(waited: np.ndarray, step: np.ndarray) -> dict[int, int]:
+def waited_for(waited: np.ndarray, step: np.ndarray) -> dict[int, int]:
     """Onsets of the ranks the others wait for at least SLOW_SHARE of their step and SLOW_MIN_SECONDS (as a median
     from the onset on), the same rank waited for at all step after step (SLOW_ORDER_SHARE of the records)."""
     with np.errstate(invalid="ignore"):
@@ -171,7 +171,7 @@ def check_time(run, max_points=None, rank_summaries: dict | None = None, before:
     step = median_step_time(run, steps, max_points, rank_summaries)
     waited = waited_share(t, host, step)
     found = []
-    for k, start in _waited_for(waited, step).items():
+    for k, start in waited_for(waited, step).items():
         mine = float(detect.nanmedian(t[k, start:]))
         rest = float(detect.nanmedian(np.delete(t, k, axis=0)[:, start:]))
         share = float(detect.nanmedian(waited[k, start:]))
