@@ -4,16 +4,19 @@ net, ranks, expected, first finding, right or wrong. Clean runs (other seeds, ne
 must give no finding beyond true ones. Usage:
     python benchmarks/faults.py [--only NAME[,NAME]] [--keep DIR] [--preset default|full] [--verbose]
 
-How: each rank is a forked process (torch imported once by the parent, 1 thread per rank), training with SGD and
-momentum on its own batches, a Recorder on every step. Faults are real changes to the training: forward hooks that
-put a NaN or Inf in a module's output (or the input batch), autograd functions that scale a module's output
-gradient (NaN, x1e4, x1e-6, one channel x0), a bias that kills channels, a BatchNorm bias that kills a whole ReLU
-layer mid-training, a learning rate multiplied, a layer frozen (requires_grad off from the start, or its param
-group's lr set to 0), a sleep on one rank (before the forward, inside it, or after the optimizer step), a SIGKILL
-of one rank, random labels on one rank, a weight nudged on one rank after the optimizer step.
+How: each rank is a forked process (torch, and the torch._dynamo that DDP imports, imported once by the parent; 1
+thread per rank), training with SGD and momentum on its own batches, a Recorder on every step. Faults are real
+changes to the training: forward hooks that put a NaN or Inf in a module's output (or the input batch), autograd
+functions that scale a module's output gradient (NaN, x1e4, x1e-6, one channel x0), a bias that kills channels, a
+BatchNorm bias that kills a whole ReLU layer mid-training, a learning rate multiplied, a layer frozen (requires_grad
+off from the start, or its param group's lr set to 0), a sleep on one rank (before the forward, inside it, or after
+the optimizer step), a SIGKILL of one rank, random labels on one rank, a weight nudged on one rank after the
+optimizer step. One clean run shares rank 1's CPU with a busy process (the ranks pinned one per CPU): the others
+wait for rank 1, but the host made it slow, not the training.
 The Recorder measures each rank's busy_time (to its last local gradient), wait_time (from there to the start of
-optimizer.step(): its wait for the others) and after_step_time (from the end of optimizer.step() to rec.step()).
-The killed rank calls rec.flush() just before its SIGKILL so the expected step is exact.
+optimizer.step(): its wait for the others), after_step_time (from the end of optimizer.step() to rec.step()) and
+cpu_wait_time (its wait for a CPU). The killed rank calls rec.flush() just before its SIGKILL so the expected step is
+exact.
 """
 
 from __future__ import annotations

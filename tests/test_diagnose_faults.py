@@ -27,7 +27,7 @@ def _faults():
     return mod
 
 
-@pytest.mark.parametrize("name", ["nan-input", "dead-filter", "replicas-differ", "lr-spike"])
+@pytest.mark.parametrize("name", ["nan-input", "nan-gradient", "dead-filter", "replicas-differ", "lr-spike"])
 def test_fault_is_named_first(tmp_path, name):
     faults = _faults()
     sc = next(s for s in faults.SCENARIOS if s.name == name)

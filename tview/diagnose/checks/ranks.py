@@ -31,7 +31,7 @@ DIVERGE_SHARE = 0.7       # ... on at least this share of the records from its o
 SLOW_SHARE = 0.1          # the others wait for a rank at least this share of their step (its own time less the
 #                           lower median rank's: the job runs a tenth slower for it) as a median from its onset on,
 SLOW_MIN_SECONDS = 1e-3   # ... and at least this long ...
-SLOW_ORDER_SHARE = 0.8    # ... and it is above the lower median on at least this share of those records (by
+SLOW_ORDER_SHARE = 0.7    # ... and it is above the lower median on at least this share of those records (by
 #                           chance a rank is, on half or less of the records: the first of two ranks, one of three)
 LAG_FRACTION = 0.05       # a rank whose last step is behind the furthest by more than this share
 WINDOW = 19               # records after an onset that must hold the level (and so must all records to the end)
@@ -82,13 +82,14 @@ def _diverging(loss: np.ndarray, gap: float) -> dict[int, int]:
 
 def waited_share(own: np.ndarray, host: np.ndarray | None, step: np.ndarray) -> np.ndarray:
     """[ranks, steps]: how long the others wait for each rank, as a share of the step (`step`: per column, the
-    median rank's step time): its own time above the lower median rank's, less its wait for a CPU beyond theirs
-    (`host`: the part of its lead that the host took; it cannot make another rank the one waited for)."""
-    lead = own - detect.lower_median(own)
+    median rank's step time): its own time above the lower median rank's, once each rank's own time is less its
+    wait for a CPU beyond the others' (`host`: the host took that part; no lower than the fastest rank's own time,
+    as that wait also counts some of its wait for the others)."""
     if host is not None:
-        lead = lead - host
+        fastest = np.nanmin(np.where(np.isfinite(own), own, np.inf), axis=0)
+        own = own - np.clip(host, 0, np.clip(own - fastest, 0, None))
     with np.errstate(invalid="ignore", divide="ignore"):
-        return lead / step
+        return (own - detect.lower_median(own)) / step
 
 
 def waited_for(waited: np.ndarray, step: np.ndarray) -> dict[int, int]:
