@@ -83,20 +83,22 @@ def test_activation_histogram_counts_every_element_in_the_full_preset(tmp_path):
     assert np.abs(counts[0].astype(np.int64) - ref).sum() <= 2  # float32 vs float64 at bin edges
 
 
-def test_sampled_activation_histogram_is_runs_spread_over_the_whole_tensor(tmp_path):
+def test_default_preset_reads_whole_examples_from_the_batch_start_for_zeros_moments_and_histograms(tmp_path):
     from tview.hooks.schedules import get_preset
-    # histogram of 512 values out of conv1's 32 x 4 x 8 x 8 = 8192 (no example sampling)
-    preset = get_preset("default", act_hist_sample=512, act_sample_examples=None)
-    run, _, seen, _, _, _ = one_recorded_step(tmp_path, preset=preset)
+    # conv1's output is 32 x 4 x 8 x 8: 64 values per example and channel, so 1000 per channel take 16 examples
+    run, _, seen, _, _, _ = one_recorded_step(tmp_path, preset=get_preset("default", act_sample=1000))
+    out = seen["conv1"][0]
+    first = out[:16].double()
     _, _, counts = run.histogram("act", "conv1")
-    assert counts[0].sum() == 512
-    values = seen["conv1"][0].reshape(-1).double().numpy()
-    # the first and the last of the 64 runs of 8 consecutive values: the sample spans the tensor
-    first, last = reference_histogram(values[:8]), reference_histogram(values[-8:])
-    assert np.all(counts[0].astype(np.int64) >= first) and np.all(counts[0].astype(np.int64) >= last)
-    # and its shape is the whole tensor's: total variation distance of the normalised histograms
-    whole = reference_histogram(values) / values.size
-    assert 0.5 * np.abs(counts[0] / 512 - whole).sum() < 0.15
+    np.testing.assert_array_equal(counts[0], reference_histogram(first.reshape(-1).numpy()))
+    np.testing.assert_allclose(stat(run, "act_channel_zero_frac", "conv1"),
+                               (first == 0).double().mean(dim=(0, 2, 3)).numpy(), atol=1e-7)
+    assert stat(run, "act_mean", "conv1") == pytest.approx(first.mean().item(), rel=1e-5, abs=1e-7)
+    assert stat(run, "act_std", "conv1") == pytest.approx(first.std().item(), rel=1e-4)
+    assert stat(run, "act_max", "conv1") == pytest.approx(first.max().item(), rel=1e-6)
+    info = run.stat_info("act_zero_frac", "conv1")  # the reader says what the number is an estimate of
+    assert (info["exact"], info["sample"], info["of"]) == (False, first.numel(), out.numel())
+    assert run.stat_info("act", "conv1")["sample"] == first.numel()
 
 
 def test_histogram_bins_match_numpy_at_zero_edges_infinities_and_nan():
@@ -191,13 +193,15 @@ def test_scalars_loss_lr_examples(tmp_path):
     assert run.scalar("host_rss_bytes")[1][0] > 10e6
 
 
-def test_default_preset_samples_activations_but_counts_nan_everywhere(tmp_path):
+def test_default_preset_samples_activations_but_finds_nan_everywhere(tmp_path):
+    from tview.hooks.schedules import get_preset
     x, y = make_data(n=32)
     x[20, 0, 3, 3] = float("nan")  # in an example outside the 8-example sample
-    run, _, seen, _, _, loss = one_recorded_step(tmp_path, preset="default", x=x, y=y)
+    run, _, seen, _, _, loss = one_recorded_step(tmp_path, preset=get_preset("default", act_sample=512), x=x, y=y)
     conv1 = seen["conv1"][0]
-    assert stat(run, "act_nan", "conv1") == torch.isnan(conv1).sum().item() > 0
-    sample = conv1[:8].double()
+    assert torch.isnan(conv1[20]).any() and not torch.isnan(conv1[:8]).any()
+    assert stat(run, "act_nan", "conv1") == 1 and stat(run, "act_inf", "conv1") == 0
+    sample = conv1[:8].double()  # 512 values per channel of an 8x8 map: the first 8 examples
     assert stat(run, "act_mean", "conv1") == pytest.approx(sample.mean().item(), rel=1e-4, abs=1e-6)
     assert math.isnan(loss)  # NaN is data: training went on, the loss was recorded as NaN
     assert math.isnan(run.scalar("loss")[1][0])
@@ -343,3 +347,45 @@ def test_parameter_reductions_agree_between_the_numpy_and_the_torch_path():
                 assert (a is None and b is None) or np.allclose(a, b, rtol=1e-5, equal_nan=True)
         else:
             np.testing.assert_allclose(results[True][k], results[False][k], rtol=1e-5, equal_nan=True, err_msg=k)
+
+
+class InPlaceReLUNet(torch.nn.Module):
+    """Conv, BatchNorm, then ReLU(inplace=True): the ReLU overwrites the BatchNorm's output tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 6, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(6)
+        self.relu = torch.nn.ReLU(inplace=True)
+        self.fc = torch.nn.Linear(6 * 8 * 8, 10)
+
+    def forward(self, x):
+        return self.fc(self.relu(self.bn(self.conv(x))).flatten(1))
+
+
+def test_an_output_a_later_layer_overwrites_in_place_is_measured_as_its_layer_made_it(tmp_path):
+    from tview.hooks.activation_batch import sample_examples
+    torch.manual_seed(0)
+    model, (x, y) = InPlaceReLUNet(), make_data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rec = tview.Recorder(model, str(tmp_path / "r"), every=1, preset="activations", optimizer=opt)
+    seen, handles = capture_outputs(model)  # copies made in the hooks: the BatchNorm's output before the ReLU
+    for _ in range(3):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        rec.step()
+    rec.close()
+    run = tview.open_run(str(tmp_path / "r"))
+    steps, means = run.stat("act_mean", "bn")
+    assert list(steps) == [1, 2]  # step 0 finds the overwrite and leaves the BatchNorm out, never a wrong number
+    for k, s in enumerate(steps):
+        out = seen["bn"][s]
+        first = out[:sample_examples(out)].double()
+        assert means[k] == pytest.approx(first.mean().item(), abs=1e-6)  # pre-ReLU: negative values included
+        assert run.stat("act_min", "bn")[1][k] == pytest.approx(first.min().item(), rel=1e-6)
+        assert first.min() < 0
+    _, relu_zero = run.stat("act_zero_frac", "relu")
+    relu_out = seen["relu"][2]
+    assert relu_zero[-1] == pytest.approx((relu_out[:sample_examples(relu_out)] == 0).double().mean().item(), abs=1e-7)
+    assert run.stat("act_zero_frac", "bn")[1][-1] == 0  # BatchNorm's own output has no exact zeros

@@ -22,6 +22,7 @@ from torch import nn
 from tview.errors import ConfigError, StoreWriteError, TviewError
 from tview.hooks import activation_probes as act
 from tview.hooks import param_probes as par
+from tview.hooks.activation_batch import ActivationBatch, RowIndex, flat_sample
 from tview.hooks.layers import (
     channel_dim,
     find_wrapper,
@@ -162,6 +163,7 @@ class Recorder:
         self.rows = RowBuilder(self.layer_names, ids, self.pctx)
         self._act_by_mode = {OFF: (), SENTINELS: tuple(p for p in self.act_probes if p.cadence == EVERY),
                              DETAIL_STEP: tuple(self.act_probes)}
+        self._row_index = RowIndex()
 
     def _set_up_param_probes(self):
         """Each parameter probe's setup; init_distance's against the weights the run started from (kept beside
@@ -196,10 +198,13 @@ class Recorder:
         self._recording, self._detail_now, self._act_probes_now = False, False, ()
         self._examples = 0
         self._pending_act: list[tuple[int, int | None, list]] = []
+        self._kept: list[tuple] = []  # (layer index, output, its version, its sample copied or None) this forward
+        self._inplace_victims: set[int] = set()  # layers whose output a later layer modifies in place
         self._problems: set[str] = set()
         self._hooks = [self.outer.register_forward_pre_hook(self._count_examples)]
         if self.act_probes:  # installed once, for good: torch.compile sees them from its first trace on
             self._hooks += [m.register_forward_hook(self._make_forward_hook(i)) for i, (_, m) in enumerate(self.layers)]
+            self._hooks.append(self.outer.register_forward_hook(self._end_forward))
             self._recompile_if_compiled()
         self.clock = StepClock(self.optimizers, [p for ps in self._layer_params() for p in ps])
         self._set_up_local_grads()
@@ -335,17 +340,66 @@ class Recorder:
                 self._activation_parts(index, output, probes)
                 return
             try:
-                self._activation_parts(index, output, probes)
+                self._keep(index, output, probes)
             except Exception as exc:  # tview's failure never stops training: said once, then off
-                self._report("activation statistics", exc)
-                self._act_by_mode = {mode: () for mode in self._act_by_mode}
-                self._act_probes_now = ()
+                self._activations_failed(exc)
         return hook
 
+    def _activations_failed(self, exc: BaseException):
+        self._report("activation statistics", exc)
+        self._act_by_mode = {mode: () for mode in self._act_by_mode}
+        self._act_probes_now = ()
+        self._kept = []
+
+    def _keep(self, index: int, output: torch.Tensor, probes: tuple):
+        """Eager: keep the output for the batch where the forward pass ends (no op; a copy of its sample
+        where a later layer modifies it in place); a probe that reads one output at a time runs here."""
+        single = [p for p in probes if not p.batched]
+        if single:
+            ctx = act.ActivationContext(output)
+            self._pending_act.append((index, _channels(output), [(p, p.compute(ctx)) for p in single]))
+        if len(single) < len(probes):
+            copy = (flat_sample(output, self.preset.act_sample)[0].clone()
+                    if index in self._inplace_victims else None)
+            self._kept.append((index, output.detach(), output._version, copy))
+
+    def _end_forward(self, module, inputs, output):
+        if self._kept and not torch.compiler.is_compiling():
+            try:
+                self._reduce_kept(output)
+            except Exception as exc:
+                self._activations_failed(exc)
+
+    def _reduce_kept(self, model_output=None):
+        """The batched probes over every output kept in this forward pass, in one batch. An output that a
+        later layer modified in place (BatchNorm, then ReLU(inplace=True)) is left out this time; from the
+        next recorded step on, its hook copies its sample (its NaN and Inf are read from the modified tensor:
+        a ReLU keeps both but a -Inf). On the CPU, the outputs are scanned for NaN and Inf only where the
+        model's output holds one (one pass over every activation costs ~5% of a CPU step): a NaN or an Inf
+        in a layer reaches the model's output, but for a -Inf that a ReLU turns into 0."""
+        kept, self._kept = self._kept, []
+        fresh = []
+        for entry in kept:
+            if entry[1]._version != entry[2] and entry[3] is None:
+                self._inplace_victims.add(entry[0])
+            else:
+                fresh.append(entry)
+        probes = [p for p in self._act_probes_now if p.batched]
+        if not fresh or not probes:
+            return
+        batch = ActivationBatch([e[1] for e in fresh], self._row_index, per_channel=self.preset.act_sample,
+                                samples={k: e[3] for k, e in enumerate(fresh) if e[3] is not None},
+                                scan=not _finite_on_host(model_output))
+        parts = [p.compute_batch(batch) for p in probes]
+        for k, (index, output, _, _) in enumerate(fresh):
+            self._pending_act.append((index, _channels(output), [(p, ps[k]) for p, ps in zip(probes, parts)]))
+
     def _activation_parts(self, index: int, output: torch.Tensor, probes: tuple):
-        ctx = act.ActivationContext(output, self.preset.act_sample_examples)
-        channels = output.shape[1] if output.dim() >= 2 else None
-        self._pending_act.append((index, channels, [(p, p.compute(ctx)) for p in probes]))
+        """Compiled: every probe on this one output, in the graph (inductor fuses the reductions)."""
+        batch = ActivationBatch([output], None, per_channel=self.preset.act_sample)
+        ctx = act.ActivationContext(output)
+        self._pending_act.append((index, _channels(output), [
+            (p, p.compute_batch(batch)[0] if p.batched else p.compute(ctx)) for p in probes]))
 
     def _make_grad_hook(self, k: int):
         def hook(grad):
@@ -379,7 +433,7 @@ class Recorder:
             if self._recording:
                 self._record(now, loss, batch_size, scalars)
         finally:
-            self._pending_act = []
+            self._pending_act, self._kept = [], []
             self._examples = 0
             self.clock.reset()
             if self.local_grads is not None:
@@ -443,6 +497,8 @@ class Recorder:
             self._refresh_params()
             param = self._param_results()
             snap = self._snapshot_if_due()
+            if self._kept:  # a forward that did not end in the model's own forward (its parts called one by one)
+                self._reduce_kept()
             pending = self._pending_act
             if not pending and self._act_probes_now:
                 self._hooks_silent()
@@ -613,6 +669,16 @@ class Recorder:
 
     def __repr__(self):
         return f"Recorder({self.run_dir!r}, rank={self.rank}, step={self._step}, preset={self.preset.name})"
+
+
+def _finite_on_host(output) -> bool:
+    """True for a CPU tensor (outside the device code path) with no NaN or Inf."""
+    return (isinstance(output, torch.Tensor) and act.host_shortcuts(output)
+            and bool(torch.isfinite(output.detach()).all()))
+
+
+def _channels(output: torch.Tensor) -> int | None:
+    return output.shape[1] if output.dim() >= 2 else None
 
 
 def filter_weight_shape(m: nn.Module) -> tuple:

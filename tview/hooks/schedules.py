@@ -93,8 +93,8 @@ class Preset:
     channels: bool = True
     histograms: bool = True
     detail_every: int = 1
-    act_sample_examples: int | None = None  # activation statistics on the first k examples
-    act_hist_sample: int | None = 16384  # histogram of a sample of activations (runs spread evenly)
+    act_sample: int | None = 256  # activation statistics on the first examples of the batch, enough for this
+    # many values per channel (a 16x16 map: one example); None: on every value (NaN and Inf: always every value)
     trajectory: bool = True
     activations_every_step: bool = True  # False: activation statistics on detail steps only
     sentinels: bool = True  # NaN/Inf counts and zero fractions of every layer's output, every recorded step
@@ -107,18 +107,15 @@ PRESETS = {
     "economy": Preset("economy", activations=False, channels=False, histograms=False, trajectory=False,
                       detail_every=20, sentinels=False),
     # Gradient and weight statistics, update ratio and scalars on every recorded step; on every 40th
-    # recorded step also activation statistics (moments over the first 8 examples of the batch; zero,
-    # NaN and Inf counts and per-channel statistics over all of it), histograms (activations: a
-    # 16k-value sample), the trajectory, per-channel gradient norms, the distance from initialization
-    # and (by default) the snapshots. Those steps run ~26 forward hooks on a small ResNet, about
-    # 15 ms on 2 CPU cores: every 40th record keeps their share near 1% of training time when
-    # recording every step (every 20th measured 1.058x in all, against the 1.05x target).
-    "default": Preset("default", detail_every=40, act_sample_examples=8, activations_every_step=False),
+    # recorded step also activation statistics (moments, per-channel means, histograms: over the sample of
+    # examples the sentinels read), the trajectory, per-channel gradient norms, the distance from
+    # initialization and (by default) the snapshots.
+    "default": Preset("default", detail_every=40, activations_every_step=False),
     # As default, with the cheap activation statistics on every recorded step and the rest on
     # every 10th recorded step.
-    "activations": Preset("activations", detail_every=10, act_sample_examples=8),
-    # Everything on every recorded step, activation histograms over every element.
-    "full": Preset("full", detail_every=1, act_hist_sample=None),
+    "activations": Preset("activations", detail_every=10),
+    # Everything on every recorded step, activation statistics over every value.
+    "full": Preset("full", detail_every=1, act_sample=None),
 }
 
 

@@ -1,0 +1,204 @@
+"""Activation statistics of every recorded layer at once: one sample of each output, reduced in a few ops.
+
+A forward pass keeps a reference to each recorded layer's output (no op); where it ends, one `ActivationBatch`
+gathers a sample of every output into one buffer (one `cat`) and reduces it per (layer, channel) row with
+`index_add_` over a row index built once per layout, so a recorded step adds the same few ops whether the
+net has 5 layers or 60. The sample is whole examples from the start of the batch, enough of them for at
+least PER_CHANNEL values per channel (a 16x16 map: 1 example; an 8x8 map: 4; a Linear layer's features:
+PER_CHANNEL examples, or the whole batch). NaN and Inf are looked for over the whole outputs, with one
+multi-tensor norm (a NaN anywhere makes the norm NaN; an Inf, or a sum of squares beyond float32, makes it Inf);
+on the CPU only where the model's output is not finite (`scan=False` otherwise: see Recorder._reduce_kept).
+Under torch.compile each layer's hook builds a batch of its one output in the graph (inductor fuses it).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import torch
+
+from tview.hooks.probes import hist_bin_index
+from tview.store import schema
+
+PER_CHANNEL = 256  # sampled values per channel, at least (fewer where the output holds fewer)
+
+
+def sample_examples(t: torch.Tensor, per_channel: int | None = PER_CHANNEL) -> int:
+    """How many examples from the batch's start the sample takes of an output [N, C, ...] (all: None)."""
+    if per_channel is None:
+        return t.shape[0]
+    per_example = math.prod(t.shape[2:])
+    return min(t.shape[0], max(1, math.ceil(per_channel / max(per_example, 1))))
+
+
+def flat_sample(t: torch.Tensor, per_channel: int | None = PER_CHANNEL) -> tuple[torch.Tensor, tuple]:
+    """(the sample as a flat tensor in storage order, a view where the output's layout allows, and its
+    layout: ("flat", n), or ("nchw" | "nhwc", examples, channels, values per example and channel))."""
+    t = t.detach()
+    if t.dim() < 2:
+        return t.reshape(-1), ("flat", t.numel())
+    e = sample_examples(t, per_channel)
+    s = t[:e]
+    layout = (e, t.shape[1], math.prod(t.shape[2:]))
+    if s.dim() == 4 and not s.is_contiguous() and s.is_contiguous(memory_format=torch.channels_last):
+        return s.permute(0, 2, 3, 1).reshape(-1), ("nhwc",) + layout  # a view: channels last in memory
+    return s.reshape(-1), ("nchw",) + layout  # a view where contiguous; a copy of the sample otherwise
+
+
+def layout_rows(layout: tuple) -> int:
+    """Rows (channels; 1 for an output without channels) of one output's sample."""
+    return 1 if layout[0] == "flat" else layout[2]
+
+
+def layout_values(layout: tuple) -> int:
+    """Sampled values per row."""
+    return layout[1] if layout[0] == "flat" else layout[1] * layout[3]
+
+
+def row_index_numpy(layouts: tuple) -> np.ndarray:
+    """Row of each sampled value, for the concatenated samples of outputs of these layouts (host, once)."""
+    parts, base = [], 0
+    for layout in layouts:
+        if layout[0] == "flat":
+            parts.append(np.full(layout[1], base, dtype=np.int64))
+        else:
+            kind, e, c, s = layout
+            ch = np.arange(base, base + c, dtype=np.int64)
+            parts.append(np.tile(np.repeat(ch, s), e) if kind == "nchw" else np.tile(ch, e * s))
+        base += layout_rows(layout)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def row_index_traced(layout: tuple, device) -> torch.Tensor:
+    """The same for one output, with torch ops (inside a compiled graph, where no host cache is read)."""
+    if layout[0] == "flat":
+        return torch.zeros(layout[1], dtype=torch.long, device=device)
+    kind, e, c, s = layout
+    ch = torch.arange(c, device=device)
+    return ch.repeat_interleave(s).repeat(e) if kind == "nchw" else ch.repeat(e * s)
+
+
+class RowIndex:
+    """Row indexes on the device, one per set of layouts seen (a net's layouts repeat step after step)."""
+
+    def __init__(self, limit: int = 8):
+        self.cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.limit = limit
+
+    def get(self, layouts: tuple, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row of each sampled value, output of each row) on `device`."""
+        key = (layouts, str(device))
+        if key not in self.cache:
+            if len(self.cache) >= self.limit:
+                self.cache.pop(next(iter(self.cache)))
+            rows = torch.from_numpy(row_index_numpy(layouts))
+            owner = torch.from_numpy(np.repeat(np.arange(len(layouts)), [layout_rows(lay) for lay in layouts]))
+            self.cache[key] = (_to(rows, device), _to(owner, device))
+        return self.cache[key]
+
+
+def _to(t: torch.Tensor, device) -> torch.Tensor:
+    if torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+class ActivationBatch:
+    """The samples of several outputs and the per-row reductions the activation probes share (each computed
+    once, on demand). `outputs` are whole outputs; `samples` (optional) replaces the sample of some of them
+    (a sample copied in the hook, where a later layer modifies the output in place); `per_channel`: the
+    sample's size (None: every value); `scan=False`: the outputs are known to hold no NaN or Inf, none is read."""
+
+    def __init__(self, outputs: list[torch.Tensor], index: RowIndex | None, samples: dict | None = None,
+                 per_channel: int | None = PER_CHANNEL, scan: bool = True):
+        self.outputs = [t.detach() for t in outputs]
+        self.scan = scan
+        flats, layouts = zip(*(flat_sample(t, per_channel) for t in self.outputs))
+        flats = [samples.get(k, f) if samples else f for k, f in enumerate(flats)]
+        self.layouts = tuple(layouts)
+        self.sample = flats[0] if len(flats) == 1 else torch.cat(flats)
+        self.device = self.sample.device
+        if index is None:  # compiled: one output, rows traced
+            self.rows, self.owner = row_index_traced(self.layouts[0], self.device), None
+        else:
+            self.rows, self.owner = index.get(self.layouts, self.device)
+        self.row_start = [0, *itertools.accumulate(layout_rows(lay) for lay in self.layouts)]  # plain ints: no
+        self.n_rows = self.row_start[-1]  # numpy inside a compiled graph
+        self._memo: dict = {}
+
+    def _once(self, key: str, compute):
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    def values(self) -> torch.Tensor:
+        """The sample in float32 (statistics accumulate in float32 whatever the outputs' dtype)."""
+        return self._once("values", lambda: self.sample.float())
+
+    def _per_row(self, src: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(self.n_rows, dtype=torch.float32, device=self.device).index_add_(0, self.rows, src)
+
+    def row_zeros(self) -> torch.Tensor:
+        """Exact zeros per row."""
+        return self._once("zeros", lambda: self._per_row(self.values().eq(0).float()))
+
+    def row_sums(self) -> torch.Tensor:
+        return self._once("sums", lambda: self._per_row(self.values()))
+
+    def row_sumsq(self) -> torch.Tensor:
+        return self._once("sumsq", lambda: self._per_row(self.values().square()))
+
+    def row_extreme(self, how: str) -> torch.Tensor:
+        """Per-row minimum ("amin") or maximum ("amax")."""
+        start = float("inf") if how == "amin" else float("-inf")
+        return self._once(how, lambda: torch.full((self.n_rows,), start, device=self.device).scatter_reduce_(
+            0, self.rows, self.values(), how))
+
+    def norms(self) -> torch.Tensor:
+        """L2 norm of each whole output (float32): NaN where it holds a NaN, Inf where an Inf."""
+        return self._once("norms", self._norms)
+
+    def _norms(self) -> torch.Tensor:
+        if not self.scan:  # known finite: zeros stand for the norms (only their NaN and Inf are read)
+            return torch.zeros(len(self.outputs))
+        if len(self.outputs) == 1:
+            return torch.linalg.vector_norm(self.outputs[0], dtype=torch.float32).reshape(1)
+        by_dtype: dict = {}
+        for k, t in enumerate(self.outputs):
+            by_dtype.setdefault(t.dtype, []).append(k)
+        order = [k for ks in by_dtype.values() for k in ks]
+        norms = torch.stack([n for ks in by_dtype.values()
+                             for n in torch._foreach_norm([self.outputs[k] for k in ks], 2, dtype=torch.float32)])
+        if order == sorted(order):
+            return norms
+        return norms[torch.as_tensor(np.argsort(order), device=self.device)]
+
+    def histograms(self) -> torch.Tensor:
+        """[outputs, HIST_BINS] counts of the fixed signed-log histogram of each sample (NaN not counted)."""
+        return self._once("hist", self._histograms)
+
+    def _histograms(self) -> torch.Tensor:
+        bins = schema.HIST_BINS + 1  # one more: where NaN goes, dropped
+        b = hist_bin_index(self.values()).nan_to_num_(nan=schema.HIST_BINS).long()
+        owner = self.owner[self.rows] if self.owner is not None else torch.zeros_like(b)
+        flat = owner.mul_(bins).add_(b)
+        ones = torch.ones(1, device=self.device).expand(flat.numel())
+        counts = torch.zeros(len(self.outputs) * bins, device=self.device).index_add_(0, flat, ones)
+        return counts.view(len(self.outputs), bins)[:, : schema.HIST_BINS]
+
+    def rows_of(self, k: int, t: torch.Tensor) -> torch.Tensor:
+        """The rows of output k in a per-row tensor (a view)."""
+        return t[self.row_start[k]: self.row_start[k + 1]]
+
+    def sampled(self, k: int) -> float:
+        """Values of output k in the sample."""
+        return float(layout_values(self.layouts[k]) * layout_rows(self.layouts[k]))
+
+    def per_row(self, k: int) -> float:
+        """Sampled values per row of output k."""
+        return float(layout_values(self.layouts[k]))
+
+    def has_channels(self, k: int) -> bool:
+        return self.layouts[k][0] != "flat"
