@@ -35,24 +35,30 @@ SLOW_ORDER_SHARE = 0.7    # ... and it is above the lower median on at least thi
 #                           chance a rank is, on half or less of the records: the first of two ranks, one of three)
 LAG_FRACTION = 0.05       # a rank whose last step is behind the furthest by more than this share
 WINDOW = 19               # records after an onset that must hold the level (and so must all records to the end)
-STAY = 0.1                # a diverging or slow rank stays so over at least the last tenth of the records
+DIVERGE_STAY = 0.1        # a diverging rank stays so over at least the last tenth of the records
+SLOW_STAY = 0.15          # a slow rank stays slow over at least the last 15% of the records
 
 
-def _outlier_onsets(flags: np.ndarray, level: np.ndarray, share: float, above: np.ndarray | None = None,
-                    order_share: float = 0.0) -> dict[int, int]:
+def _outlier_onsets(flags: np.ndarray, level: np.ndarray | None, share: float, stay: float,
+                    above: np.ndarray | None = None, order_share: float = 0.0) -> dict[int, int]:
     """{row: column where it starts} for the rows of bool [ranks, steps] `flags` (a rank outlying at a step) that
     are True on at least `share` of the records from their onset on, both over the WINDOW records after it and
-    over all records to the end (at least the last STAY of them): a noisy tail does not break it; with `above`,
-    also True there on `order_share` of those records (the same rank stands out step after step). The onset is
-    dated by dated_onset on the row's `level` (how far it is above the others)."""
-    least = max(STAY_LEAST, int(math.ceil(STAY * flags.shape[1])))
+    over all records to the end (at least the last `stay` share of them, and WINDOW): a noisy tail does not break
+    it; with `above`, also True there on `order_share` of those records (the same rank stands out step after
+    step). The onset is dated by dated_onset on the row's `level` (how far it is above the others), or without
+    one where the flags turn mostly True most clearly (detect.change_point: odd flags before do not date it)."""
+    least = max(STAY_LEAST, min(WINDOW, flags.shape[1] // 2), int(math.ceil(stay * flags.shape[1])))
     out = {}
     for k in range(len(flags)):
         ok = detect.held(flags[k], WINDOW, share)
         if above is not None:
             ok &= detect.held(above[k], WINDOW, order_share)
         start = detect.first_held(ok, least)
-        if start is not None:
+        if start is None:
+            continue
+        if level is None:  # noisy flags: where they turn mostly True, most clearly (a one-sided CUSUM)
+            out[k] = detect.change_point(flags[k], start - 2 * WINDOW, len(flags[k]) - least // 2, share)
+        else:
             out[k] = dated_onset(flags[k], level[k], start, least)
     return out
 
@@ -77,7 +83,7 @@ def _diverging(loss: np.ndarray, gap: float) -> dict[int, int]:
     with np.errstate(invalid="ignore", divide="ignore"):
         flags = (loss > DIVERGE_FACTOR * ref) & (loss - ref > gap)
         log_ratio = np.log(loss / ref)
-    return _outlier_onsets(flags, log_ratio, DIVERGE_SHARE)
+    return _outlier_onsets(flags, log_ratio, DIVERGE_SHARE, DIVERGE_STAY)
 
 
 def waited_share(own: np.ndarray, host: np.ndarray | None, step: np.ndarray) -> np.ndarray:
@@ -98,7 +104,7 @@ def waited_for(waited: np.ndarray, step: np.ndarray) -> dict[int, int]:
     with np.errstate(invalid="ignore"):
         flags = (waited >= SLOW_SHARE) & (waited * step >= SLOW_MIN_SECONDS)
         above = waited > 0
-    return _outlier_onsets(flags, np.nan_to_num(waited), 0.5, above, SLOW_ORDER_SHARE)
+    return _outlier_onsets(flags, None, 0.5, SLOW_STAY, above, SLOW_ORDER_SHARE)
 
 
 def check_loss(run, max_points=None, rank_summaries: dict | None = None) -> list[Finding]:
