@@ -10,9 +10,9 @@ changes to the training: forward hooks that put a NaN or Inf in a module's outpu
 functions that scale a module's output gradient (NaN, x1e4, x1e-6, one channel x0), a bias that kills channels, a
 BatchNorm bias that kills a whole ReLU layer mid-training, a learning rate multiplied, a layer frozen (requires_grad
 off from the start, or its param group's lr set to 0), a sleep on one rank (before the forward, inside it, or after
-the optimizer step), a SIGKILL of one rank, random labels on one rank, a weight nudged on one rank after the
-optimizer step. One clean run shares rank 1's CPU with a busy process (the ranks pinned one per CPU): the others
-wait for rank 1, but the host made it slow, not the training.
+the optimizer step) or 30 ms of busy work on its CPU inside the forward, a SIGKILL of one rank, random labels on one
+rank, a weight nudged on one rank after the optimizer step. One clean run shares rank 1's CPU with a busy process
+(the ranks pinned one per CPU): the others wait for rank 1, but the host made it slow, not the training.
 The Recorder measures each rank's busy_time (to its last local gradient), wait_time (from there to the start of
 optimizer.step(): its wait for the others), after_step_time (from the end of optimizer.step() to rec.step()) and
 cpu_wait_time (its wait for a CPU). The killed rank calls rec.flush() just before its SIGKILL so the expected step is
@@ -117,6 +117,8 @@ SCENARIOS = [
     Scenario("straggler-forward-last", model="plain", ranks=4, steps=90, fault=_f("sleep_forward", 50, 3,
                                                                                  "features.3"),
              expected=("slow_rank", 3, None), extra={"sleep": 0.06}),
+    Scenario("straggler-compute-rank0", steps=120, fault=_f("spin_forward", 70, 0, "conv2"),  # CPU-bound, no sleep
+             expected=("slow_rank", 0, None)),
     Scenario("killed", fault=_f("kill", 120, 1), expected=("rank_stopped", 1, None)),
     Scenario("label-noise", ranks=3, fault=_f("bad_labels", 100, 2), expected=("rank_diverges", 2, None)),
     Scenario("label-noise-rank0", model="plain", steps=130, fault=_f("bad_labels", 80, 0),
@@ -174,7 +176,8 @@ def _module(model, name):
     return dict(model.named_modules())[name]
 
 
-FORWARD_FAULTS = ("nan_forward", "inf_forward", "nan_backward", "grad_scale", "freeze_channel", "sleep_forward")
+FORWARD_FAULTS = ("nan_forward", "inf_forward", "nan_backward", "grad_scale", "freeze_channel", "sleep_forward",
+                  "spin_forward")
 
 
 class Injector:
@@ -213,6 +216,10 @@ class Injector:
             return ScaleGrad.apply(out, mask)
         if how == "sleep_forward":
             time.sleep(self.extra.get("sleep", 0.03))
+        if how == "spin_forward":  # work on the CPU (a larger batch, a costlier augmentation), not a sleep
+            end = time.perf_counter() + self.extra.get("sleep", 0.03)
+            while time.perf_counter() < end:
+                pass
         return None
 
     def before_forward(self, rec, opt):

@@ -30,7 +30,7 @@ DIVERGE_GAP = 0.25        # ... and above it by this share of the run's early lo
 DIVERGE_SHARE = 0.7       # ... on at least this share of the records from its onset on
 SLOW_SHARE = 0.1          # the others wait for a rank at least this share of their step (its own time less the
 #                           lower median rank's: the job runs a tenth slower for it) as a median from its onset on,
-SLOW_MIN_SECONDS = 1e-3   # ... and at least this long ...
+SLOW_MIN_SECONDS = 5e-3   # ... and longer than a time slice of the OS or a flush of a writer thread can make it ...
 SLOW_ORDER_SHARE = 0.7    # ... and it is above the lower median on at least this share of those records (by
 #                           chance a rank is, on half or less of the records: the first of two ranks, one of three)
 LAG_FRACTION = 0.05       # a rank whose last step is behind the furthest by more than this share
