@@ -8,7 +8,8 @@ least PER_CHANNEL values per channel (a 16x16 map: 1 example; an 8x8 map: 4; a L
 PER_CHANNEL examples, or the whole batch). NaN and Inf are looked for over the whole outputs, with one
 multi-tensor norm (a NaN anywhere makes the norm NaN; an Inf, or a sum of squares beyond float32, makes it Inf);
 on the CPU only where the model's output is not finite (`scan=False` otherwise: see Recorder._reduce_kept).
-Under torch.compile each layer's hook builds a batch of its one output in the graph (inductor fuses it).
+Under torch.compile each layer's hook builds a batch of its one output in the graph, reduced by reshaping
+(inductor fuses it).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import math
 import numpy as np
 import torch
 
-from tview.hooks.probes import hist_bin_index
+from tview.hooks.params import hist_boundaries
+from tview.hooks.probes import hist_bin_index, host_shortcuts
 from tview.store import schema
 
 PER_CHANNEL = 256  # sampled values per channel, at least (fewer where the output holds fewer)
@@ -71,31 +73,79 @@ def row_index_numpy(layouts: tuple) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
-def row_index_traced(layout: tuple, device) -> torch.Tensor:
-    """The same for one output, with torch ops (inside a compiled graph, where no host cache is read)."""
+def reduce_one(src: torch.Tensor, layout: tuple, how: str) -> torch.Tensor:
+    """Per-row reduction of one output's sample by reshaping it (inside a compiled graph: no row index)."""
     if layout[0] == "flat":
-        return torch.zeros(layout[1], dtype=torch.long, device=device)
-    kind, e, c, s = layout
-    ch = torch.arange(c, device=device)
-    return ch.repeat_interleave(s).repeat(e) if kind == "nchw" else ch.repeat(e * s)
+        v, dims = src.reshape(1, -1), (1,)
+    else:
+        kind, e, c, s = layout
+        v, dims = (src.reshape(e, c, s), (0, 2)) if kind == "nchw" else (src.reshape(e * s, c), (0,))
+    if how == "sum":
+        return v.sum(dims, dtype=torch.float32)
+    return v.amin(dims) if how == "amin" else v.amax(dims)
+
+
+def runs_numpy(layouts: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """(start of each run of consecutive values of one row, the run's row): the host's reduction plan."""
+    lengths, rows, base = [], [], 0
+    for layout in layouts:
+        if layout[0] == "flat":
+            lengths.append([layout[1]])
+            rows.append([base])
+        else:
+            kind, e, c, s = layout
+            run, n = (s, e * c) if kind == "nchw" else (1, e * s * c)
+            lengths.append(np.full(n, run))
+            rows.append(base + np.tile(np.arange(c), n // c))
+        base += layout_rows(layout)
+    lengths = np.concatenate(lengths).astype(np.int64)
+    return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64), np.concatenate(rows).astype(np.int64)
+
+
+def host_per_row(values: np.ndarray, runs: tuple[np.ndarray, np.ndarray], n_rows: int, how: str) -> np.ndarray:
+    """Per-row sum ("sum"), minimum ("amin") or maximum ("amax") on the host: one pass over the sample."""
+    starts, run_rows = runs
+    if how == "sum":
+        per_run = np.add.reduceat(values, starts, dtype=np.float64)
+        return np.bincount(run_rows, weights=per_run, minlength=n_rows).astype(np.float32)
+    ufunc = np.minimum if how == "amin" else np.maximum
+    out = np.full(n_rows, np.inf if how == "amin" else -np.inf, dtype=np.float32)
+    ufunc.at(out, run_rows, ufunc.reduceat(values, starts))
+    return out
 
 
 class RowIndex:
-    """Row indexes on the device, one per set of layouts seen (a net's layouts repeat step after step)."""
+    """Row indexes on the device, one per set of layouts seen (a net's layouts repeat step after step), and
+    the host's runs."""
 
     def __init__(self, limit: int = 8):
         self.cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.host_cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self.limit = limit
 
+    def runs(self, layouts: tuple) -> tuple[np.ndarray, np.ndarray]:
+        if layouts not in self.host_cache:
+            if len(self.host_cache) >= self.limit:
+                self.host_cache.pop(next(iter(self.host_cache)))
+            self.host_cache[layouts] = runs_numpy(layouts)
+        return self.host_cache[layouts]
+
     def get(self, layouts: tuple, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(row of each sampled value, output of each row) on `device`."""
+        """(row of each sampled value, first histogram slot of its output) on `device`."""
         key = (layouts, str(device))
         if key not in self.cache:
             if len(self.cache) >= self.limit:
                 self.cache.pop(next(iter(self.cache)))
             rows = torch.from_numpy(row_index_numpy(layouts))
-            owner = torch.from_numpy(np.repeat(np.arange(len(layouts)), [layout_rows(lay) for lay in layouts]))
-            self.cache[key] = (_to(rows, device), _to(owner, device))
+            sizes = [layout_rows(lay) * layout_values(lay) for lay in layouts]
+            base = torch.from_numpy(np.repeat(np.arange(len(layouts)) * (schema.HIST_BINS + 1), sizes))
+            self.cache[key] = (_to(rows, device), _to(base, device))
+        return self.cache[key]
+
+    def boundaries(self, device) -> torch.Tensor:
+        key = ("boundaries", str(device))
+        if key not in self.cache:
+            self.cache[key] = hist_boundaries(device)
         return self.cache[key]
 
 
@@ -120,10 +170,13 @@ class ActivationBatch:
         self.layouts = tuple(layouts)
         self.sample = flats[0] if len(flats) == 1 else torch.cat(flats)
         self.device = self.sample.device
-        if index is None:  # compiled: one output, rows traced
-            self.rows, self.owner = row_index_traced(self.layouts[0], self.device), None
+        self.host = index is not None and host_shortcuts(self.sample)  # numpy reduces the sample on the CPU
+        self.index = index
+        if index is None:  # compiled: one output, reduced by reshaping
+            self.rows, self.hist_base = None, None
         else:
-            self.rows, self.owner = index.get(self.layouts, self.device)
+            self.rows, self.hist_base = index.get(self.layouts, self.device)
+            self.runs = index.runs(self.layouts) if self.host else None
         self.row_start = [0, *itertools.accumulate(layout_rows(lay) for lay in self.layouts)]  # plain ints: no
         self.n_rows = self.row_start[-1]  # numpy inside a compiled graph
         self._memo: dict = {}
@@ -137,12 +190,22 @@ class ActivationBatch:
         """The sample in float32 (statistics accumulate in float32 whatever the outputs' dtype)."""
         return self._once("values", lambda: self.sample.float())
 
-    def _per_row(self, src: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(self.n_rows, dtype=torch.float32, device=self.device).index_add_(0, self.rows, src)
+    def _per_row(self, src: torch.Tensor, how: str = "sum") -> torch.Tensor:
+        """Per-row reduction of a per-value tensor: on the CPU numpy over runs of consecutive values (3x faster
+        than index_add_), elsewhere one index_add_ or scatter_reduce_ over the row index."""
+        if self.host:
+            return torch.from_numpy(host_per_row(src.numpy(), self.runs, self.n_rows, how))
+        if self.rows is None:
+            return reduce_one(src, self.layouts[0], how)
+        if how == "sum":
+            return torch.zeros(self.n_rows, dtype=torch.float32, device=self.device).index_add_(
+                0, self.rows, src.float())
+        start = float("inf") if how == "amin" else float("-inf")
+        return torch.full((self.n_rows,), start, device=self.device).scatter_reduce_(0, self.rows, src, how)
 
     def row_zeros(self) -> torch.Tensor:
         """Exact zeros per row."""
-        return self._once("zeros", lambda: self._per_row(self.values().eq(0).float()))
+        return self._once("zeros", lambda: self._per_row(self.values().eq(0)))
 
     def row_sums(self) -> torch.Tensor:
         return self._once("sums", lambda: self._per_row(self.values()))
@@ -152,9 +215,7 @@ class ActivationBatch:
 
     def row_extreme(self, how: str) -> torch.Tensor:
         """Per-row minimum ("amin") or maximum ("amax")."""
-        start = float("inf") if how == "amin" else float("-inf")
-        return self._once(how, lambda: torch.full((self.n_rows,), start, device=self.device).scatter_reduce_(
-            0, self.rows, self.values(), how))
+        return self._once(how, lambda: self._per_row(self.values(), how))
 
     def norms(self) -> torch.Tensor:
         """L2 norm of each whole output (float32): NaN where it holds a NaN, Inf where an Inf."""
@@ -181,24 +242,27 @@ class ActivationBatch:
 
     def _histograms(self) -> torch.Tensor:
         bins = schema.HIST_BINS + 1  # one more: where NaN goes, dropped
-        b = hist_bin_index(self.values()).nan_to_num_(nan=schema.HIST_BINS).long()
-        owner = self.owner[self.rows] if self.owner is not None else torch.zeros_like(b)
-        flat = owner.mul_(bins).add_(b)
+        if self.host or self.rows is None:  # CPU: 10 vectorised passes, 7x faster than a binary search per value
+            b = hist_bin_index(self.values()).nan_to_num_(nan=schema.HIST_BINS).long()
+        else:  # GPU: one search per value, fewer launches (NaN goes to the spare bin)
+            v = self.values().nan_to_num(nan=float("nan"), posinf=3e38, neginf=-3e38)
+            b = torch.bucketize(v, self.index.boundaries(self.device), right=True)
+        flat = b.add_(self.hist_base) if self.hist_base is not None else b
         ones = torch.ones(1, device=self.device).expand(flat.numel())
         counts = torch.zeros(len(self.outputs) * bins, device=self.device).index_add_(0, flat, ones)
         return counts.view(len(self.outputs), bins)[:, : schema.HIST_BINS]
 
-    def rows_of(self, k: int, t: torch.Tensor) -> torch.Tensor:
-        """The rows of output k in a per-row tensor (a view)."""
-        return t[self.row_start[k]: self.row_start[k + 1]]
+    def sampled(self) -> list[float]:
+        """Values of each output in the sample."""
+        return [float(layout_values(lay) * layout_rows(lay)) for lay in self.layouts]
 
-    def sampled(self, k: int) -> float:
-        """Values of output k in the sample."""
-        return float(layout_values(self.layouts[k]) * layout_rows(self.layouts[k]))
+    def per_row(self) -> list[float]:
+        """Sampled values per row of each output."""
+        return [float(layout_values(lay)) for lay in self.layouts]
 
-    def per_row(self, k: int) -> float:
-        """Sampled values per row of output k."""
-        return float(layout_values(self.layouts[k]))
+    def sizes(self) -> list[float]:
+        """Values of each whole output."""
+        return [float(t.numel()) for t in self.outputs]
 
-    def has_channels(self, k: int) -> bool:
-        return self.layouts[k][0] != "flat"
+    def has_channels(self) -> list[bool]:
+        return [lay[0] != "flat" for lay in self.layouts]

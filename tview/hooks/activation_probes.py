@@ -40,16 +40,19 @@ class ActivationProbe(Probe):
 
     A probe sees one output in its layer's forward hook (`compute(ctx)`, an ActivationContext), or, where
     it sets `batched = True`, the outputs of every layer at once at the end of the forward pass
-    (`compute_batch(batch)`, an ActivationBatch: a list of partials, one per output): tview's own do."""
+    (`compute_batch(batch)`, an ActivationBatch): tview's own do. A batch's partials cover every output:
+    the parts named in `row_parts` hold one value per row (channel) of every output, the others one entry per
+    output, and "measured" (optional) says which outputs have a value; `output_parts` takes one output's."""
 
     reads = "activation"
     merge: dict[str, str] = {}
     batched = False
+    row_parts: tuple[str, ...] = ()
 
     def compute(self, ctx: ActivationContext) -> dict:
         raise NotImplementedError
 
-    def compute_batch(self, batch) -> list[dict]:
+    def compute_batch(self, batch) -> dict:
         raise NotImplementedError
 
     def finalize(self, parts: dict[str, np.ndarray]) -> dict:
@@ -70,11 +73,11 @@ class ActMoments(ActivationProbe):
     def cadence_for(cls, preset):
         return (EVERY if preset.activations_every_step else DETAIL) if preset.activations else None
 
+    row_parts = ("sum", "sumsq", "min", "max")
+
     def compute_batch(self, b):
-        sums, sumsq, lo, hi = b.row_sums(), b.row_sumsq(), b.row_extreme("amin"), b.row_extreme("amax")
-        return [{"sum": b.rows_of(k, sums), "sumsq": b.rows_of(k, sumsq), "min": b.rows_of(k, lo),
-                 "max": b.rows_of(k, hi), "n": b.sampled(k), "of": float(t.numel())}
-                for k, t in enumerate(b.outputs)]
+        return {"sum": b.row_sums(), "sumsq": b.row_sumsq(), "min": b.row_extreme("amin"),
+                "max": b.row_extreme("amax"), "n": b.sampled(), "of": b.sizes()}
 
     def finalize(self, p):
         n, total, sumsq = p["n"], np.sum(p["sum"]), np.sum(p["sumsq"])
@@ -99,10 +102,10 @@ class ActCounts(ActivationProbe):
     def cadence_for(cls, preset):
         return EVERY if preset.sentinels else None
 
+    row_parts = ("zeros",)
+
     def compute_batch(self, b):
-        zeros, norms = b.row_zeros(), b.norms()
-        return [{"n": b.sampled(k), "of": float(t.numel()), "zeros": b.rows_of(k, zeros), "norm": norms[k]}
-                for k, t in enumerate(b.outputs)]
+        return {"zeros": b.row_zeros(), "norm": b.norms(), "n": b.sampled(), "of": b.sizes()}
 
     def finalize(self, p):
         norm = float(np.sum(p["norm"]))
@@ -124,10 +127,10 @@ class ActChannelZeros(ActivationProbe):
     def cadence_for(cls, preset):
         return EVERY if preset.sentinels else None
 
+    row_parts = ("zeros",)
+
     def compute_batch(self, b):
-        zeros = b.row_zeros()
-        return [{"n": b.per_row(k), "of": float(t.numel()), "zeros": b.rows_of(k, zeros)}
-                if b.has_channels(k) else {} for k, t in enumerate(b.outputs)]
+        return {"zeros": b.row_zeros(), "n": b.per_row(), "of": b.sizes(), "measured": b.has_channels()}
 
     def finalize(self, p):
         if "n" not in p or p["zeros"] is None:
@@ -149,10 +152,10 @@ class ActChannelStats(ActivationProbe):
     def cadence_for(cls, preset):
         return DETAIL if preset.activations and preset.channels else None
 
+    row_parts = ("sum",)
+
     def compute_batch(self, b):
-        sums = b.row_sums()
-        return [{"n": b.per_row(k), "of": float(t.numel()), "sum": b.rows_of(k, sums)}
-                if b.has_channels(k) else {} for k, t in enumerate(b.outputs)]
+        return {"sum": b.row_sums(), "n": b.per_row(), "of": b.sizes(), "measured": b.has_channels()}
 
     def finalize(self, p):
         if "n" not in p or p["sum"] is None:
@@ -175,11 +178,18 @@ class ActHistogram(ActivationProbe):
         return DETAIL if preset.activations and preset.histograms else None
 
     def compute_batch(self, b):
-        hist = b.histograms()
-        return [{"counts": hist[k], "n": b.sampled(k), "of": float(t.numel())} for k, t in enumerate(b.outputs)]
+        return {"counts": b.histograms(), "n": b.sampled(), "of": b.sizes()}
 
     def finalize(self, p):
         return {"act": p["counts"], "sample_n": p["n"], "total_n": p["of"]}
+
+
+def output_parts(probe: ActivationProbe, parts: dict, row_start: list[int], k: int) -> dict:
+    """Output k's partials out of a batch's (host side, numpy); {} where it has none."""
+    if not parts.get("measured", (True,) * (k + 1))[k]:
+        return {}
+    return {key: (v[row_start[k]:row_start[k + 1]] if key in probe.row_parts else v[k])
+            for key, v in parts.items() if key != "measured"}
 
 
 def merge_partials(probe: ActivationProbe, calls: list[dict]) -> dict:

@@ -199,6 +199,7 @@ class Recorder:
         self._examples = 0
         self._pending_act: list[tuple[int, int | None, list]] = []
         self._kept: list[tuple] = []  # (layer index, output, its version, its sample copied or None) this forward
+        self._pending_batches: list[tuple] = []  # (layer indices, channels, row starts, [(probe, partials)])
         self._inplace_victims: set[int] = set()  # layers whose output a later layer modifies in place
         self._problems: set[str] = set()
         self._hooks = [self.outer.register_forward_pre_hook(self._count_examples)]
@@ -390,16 +391,18 @@ class Recorder:
         batch = ActivationBatch([e[1] for e in fresh], self._row_index, per_channel=self.preset.act_sample,
                                 samples={k: e[3] for k, e in enumerate(fresh) if e[3] is not None},
                                 scan=not _finite_on_host(model_output))
-        parts = [p.compute_batch(batch) for p in probes]
-        for k, (index, output, _, _) in enumerate(fresh):
-            self._pending_act.append((index, _channels(output), [(p, ps[k]) for p, ps in zip(probes, parts)]))
+        self._pending_batches.append(([e[0] for e in fresh], [_channels(e[1]) for e in fresh], batch.row_start,
+                                      [(p, p.compute_batch(batch)) for p in probes]))
 
     def _activation_parts(self, index: int, output: torch.Tensor, probes: tuple):
         """Compiled: every probe on this one output, in the graph (inductor fuses the reductions)."""
         batch = ActivationBatch([output], None, per_channel=self.preset.act_sample)
-        ctx = act.ActivationContext(output)
-        self._pending_act.append((index, _channels(output), [
-            (p, p.compute_batch(batch)[0] if p.batched else p.compute(ctx)) for p in probes]))
+        batched = [(p, p.compute_batch(batch)) for p in probes if p.batched]
+        self._pending_batches.append(([index], [_channels(output)], batch.row_start, batched))
+        single = [p for p in probes if not p.batched]
+        if single:
+            ctx = act.ActivationContext(output)
+            self._pending_act.append((index, _channels(output), [(p, p.compute(ctx)) for p in single]))
 
     def _make_grad_hook(self, k: int):
         def hook(grad):
@@ -433,7 +436,7 @@ class Recorder:
             if self._recording:
                 self._record(now, loss, batch_size, scalars)
         finally:
-            self._pending_act, self._kept = [], []
+            self._pending_act, self._kept, self._pending_batches = [], [], []
             self._examples = 0
             self.clock.reset()
             if self.local_grads is not None:
@@ -494,19 +497,21 @@ class Recorder:
     def _record(self, now: float, loss, batch_size, scalars):
         host_scalars, device_scalars = self._scalars(now, loss, batch_size, scalars)  # a ConfigError is the user's
         try:
-            self._refresh_params()
+            if self._recorded < 2:  # sharding (fully_shard) happens before training: not looked for every step
+                self._refresh_params()
             param = self._param_results()
             snap = self._snapshot_if_due()
             if self._kept:  # a forward that did not end in the model's own forward (its parts called one by one)
                 self._reduce_kept()
-            pending = self._pending_act
-            if not pending and self._act_probes_now:
+            pending, batches = self._pending_act, self._pending_batches
+            if not pending and not batches and self._act_probes_now:
                 self._hooks_silent()
-            for index, channels, _ in pending:
+            for index, channels in [e[:2] for e in pending] + [x for b in batches for x in zip(b[0], b[1])]:
                 if channels is not None:
                     self._channels.setdefault(index, int(channels))
             transfer = HostTransfer([device_scalars] + [p for _, p in param] +
-                                    [parts for _, _, results in pending for _, parts in results], native=(snap,))
+                                    [parts for _, _, results in pending for _, parts in results] +
+                                    [parts for *_, results in batches for _, parts in results], native=(snap,))
             if self._layout is None:
                 self._layout = self._make_layout()
         except Exception as exc:  # tview's own failure: said once, the step goes unrecorded, training goes on
@@ -514,6 +519,7 @@ class Recorder:
             return
         self._writer.put(self._layout, {"step": self._step, "wall_time": time.time(), "scalars": host_scalars,
                                         "device_scalars": device_scalars, "param": param, "act": pending,
+                                        "act_batches": batches,
                                         "snapshot": snap, "transfer": transfer})
         self._recorded += 1
 
@@ -602,6 +608,11 @@ class Recorder:
         for layer, _, results in item["act"]:
             for probe, parts in results:
                 calls.setdefault(probe, {}).setdefault(layer, []).append(parts)
+        for layers, _, row_start, results in item["act_batches"]:
+            for probe, parts in results:
+                per_layer = calls.setdefault(probe, {})
+                for k, layer in enumerate(layers):
+                    per_layer.setdefault(layer, []).append(act.output_parts(probe, parts, row_start, k))
         for probe, per_layer in calls.items():
             self._finalized(probe, rec, self.rows.activation_row, per_layer)
         snap = item["snapshot"]

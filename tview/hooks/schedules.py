@@ -97,15 +97,15 @@ class Preset:
     # many values per channel (a 16x16 map: one example); None: on every value (NaN and Inf: always every value)
     trajectory: bool = True
     activations_every_step: bool = True  # False: activation statistics on detail steps only
-    sentinels: bool = True  # NaN/Inf counts and zero fractions of every layer's output, every recorded step
+    sentinels: bool = True  # NaN/Inf flags and zero fractions of every layer's output, every recorded step
 
 
 PRESETS = {
-    # Gradient and weight statistics only: the cheapest useful configuration, with no forward hook at work
-    # (no sentinels: on the CPU they read every activation twice a recorded step).
-    # (per-channel gradient norms and the distance from initialization on every 20th recorded step)
+    # Gradient and weight statistics and the sentinels (NaN, Inf and zero fractions of every layer's output)
+    # only: the cheapest useful configuration (per-channel gradient norms and the distance from
+    # initialization on every 20th recorded step).
     "economy": Preset("economy", activations=False, channels=False, histograms=False, trajectory=False,
-                      detail_every=20, sentinels=False),
+                      detail_every=20),
     # Gradient and weight statistics, update ratio and scalars on every recorded step; on every 40th
     # recorded step also activation statistics (moments, per-channel means, histograms: over the sample of
     # examples the sentinels read), the trajectory, per-channel gradient norms, the distance from
