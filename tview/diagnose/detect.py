@@ -110,25 +110,6 @@ def drift_onset(values: np.ndarray, factor: float, share: float = 0.1, least: in
     return int(idx[hit[0]]) if len(hit) else None
 
 
-def rolling_mean(flags: np.ndarray, width: int) -> np.ndarray:
-    """Centered rolling share of True values along the last axis (windows cut at the ends)."""
-    f = np.asarray(flags, dtype=np.float64)
-    half = width // 2
-    pad = [(0, 0)] * (f.ndim - 1) + [(half, width - 1 - half)]
-    ones = np.pad(np.ones_like(f), pad)
-    windows = np.lib.stride_tricks.sliding_window_view(np.pad(f, pad), width, axis=-1).sum(axis=-1)
-    return windows / np.lib.stride_tricks.sliding_window_view(ones, width, axis=-1).sum(axis=-1)
-
-
-def change_point(flags: np.ndarray, lo: int, hi: int, share: float = 0.7) -> int:
-    """The index j in [lo, hi] after which flags are True more often than `share`, most clearly: the j that
-    maximizes the sum over t >= j of (flag_t - share) (a one-sided CUSUM change point)."""
-    f = np.asarray(flags, dtype=np.float64) - share
-    tail = np.cumsum(f[::-1])[::-1]  # tail[j] = sum of f[j:]
-    lo, hi = max(0, lo), min(len(f) - 1, hi)
-    return int(lo + np.argmax(tail[lo:hi + 1]))
-
-
 def forward_share(flags: np.ndarray, width: int) -> np.ndarray:
     """Share of True values in each index's forward window [i, i + width) (cut at the end of the series)."""
     f = np.concatenate([[0.0], np.cumsum(np.asarray(flags, dtype=np.float64))])
@@ -144,15 +125,6 @@ def held(flags: np.ndarray, width: int, share: float) -> np.ndarray:
     flags = np.asarray(flags, dtype=bool)
     tail = np.cumsum(flags[::-1])[::-1] / np.arange(len(flags), 0, -1) if len(flags) else np.zeros(0)
     return (forward_share(flags, width) >= share) & (tail >= share)
-
-
-def sustained_onset(flags: np.ndarray, width: int, least: int, share: float = 0.7) -> int | None:
-    """Where a noisy bool series turns True for good: the first index from which it is held (see held) with at
-    least `least` records to the end, refined to the change point around it."""
-    start = first_held(held(flags, width, share), least)
-    if start is None:
-        return None
-    return change_point(flags, start - width // 2, start + width, share)
 
 
 def first_held(ok: np.ndarray, least: int) -> int | None:

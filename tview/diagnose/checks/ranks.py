@@ -39,26 +39,21 @@ DIVERGE_STAY = 0.1        # a diverging rank stays so over at least the last ten
 SLOW_STAY = 0.15          # a slow rank stays slow over at least the last 15% of the records
 
 
-def _outlier_onsets(flags: np.ndarray, level: np.ndarray | None, share: float, stay: float,
+def _outlier_onsets(flags: np.ndarray, level: np.ndarray, share: float, stay: float,
                     above: np.ndarray | None = None, order_share: float = 0.0) -> dict[int, int]:
     """{row: column where it starts} for the rows of bool [ranks, steps] `flags` (a rank outlying at a step) that
     are True on at least `share` of the records from their onset on, both over the WINDOW records after it and
-    over all records to the end (at least the last `stay` share of them, and WINDOW): a noisy tail does not break
+    over all records to the end (at least the last `stay` share of them): a noisy tail does not break
     it; with `above`, also True there on `order_share` of those records (the same rank stands out step after
-    step). The onset is dated by dated_onset on the row's `level` (how far it is above the others), or without
-    one where the flags turn mostly True most clearly (detect.change_point: odd flags before do not date it)."""
-    least = max(STAY_LEAST, min(WINDOW, flags.shape[1] // 2), int(math.ceil(stay * flags.shape[1])))
+    step). The onset is dated by dated_onset on the row's `level` (how far it is above the others)."""
+    least = max(STAY_LEAST, int(math.ceil(stay * flags.shape[1])))
     out = {}
     for k in range(len(flags)):
         ok = detect.held(flags[k], WINDOW, share)
         if above is not None:
             ok &= detect.held(above[k], WINDOW, order_share)
         start = detect.first_held(ok, least)
-        if start is None:
-            continue
-        if level is None:  # noisy flags: where they turn mostly True, most clearly (a one-sided CUSUM)
-            out[k] = detect.change_point(flags[k], start - 2 * WINDOW, len(flags[k]) - least // 2, share)
-        else:
+        if start is not None:
             out[k] = dated_onset(flags[k], level[k], start, least)
     return out
 
@@ -104,7 +99,11 @@ def waited_for(waited: np.ndarray, step: np.ndarray) -> dict[int, int]:
     with np.errstate(invalid="ignore"):
         flags = (waited >= SLOW_SHARE) & (waited * step >= SLOW_MIN_SECONDS)
         above = waited > 0
-    return _outlier_onsets(flags, None, 0.5, SLOW_STAY, above, SLOW_ORDER_SHARE)
+    stay = max(SLOW_STAY, WINDOW / max(flags.shape[1], 1))  # a median over a whole window at least
+    # dated on the ranks of its waited shares, not their sizes: a spike of the host's before the onset, or a step
+    # after it where another rank was slower still, counts as one record more or less, not as a level
+    order = np.argsort(np.argsort(np.nan_to_num(waited), axis=1), axis=1).astype(np.float64)
+    return _outlier_onsets(flags, order, 0.5, stay, above, SLOW_ORDER_SHARE)
 
 
 def check_loss(run, max_points=None, rank_summaries: dict | None = None) -> list[Finding]:
