@@ -164,3 +164,15 @@ def browser():
         b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
         yield b
         b.close()
+
+
+def documented_sample(out, per_channel: int = 256, thin_above: int | None = None):
+    """The activation sample the README describes, by plain indexing, as [examples, channels, positions]:
+    whole examples from the batch's start, enough for `per_channel` values per channel; where one example
+    holds more than `thin_above` (on the CPU: per_channel) per channel, every k-th position of the first."""
+    n = out[0, 0].numel()
+    e = min(out.shape[0], max(1, -(-per_channel // n)))
+    x = out[:e].reshape(e, out.shape[1], -1)
+    if e == 1 and n > (per_channel if thin_above is None else thin_above):
+        x = x[:, :, :: n // per_channel]
+    return x

@@ -364,7 +364,7 @@ class InPlaceReLUNet(torch.nn.Module):
 
 
 def test_an_output_a_later_layer_overwrites_in_place_is_measured_as_its_layer_made_it(tmp_path):
-    from tview.hooks.activation_batch import sample_examples
+    from tests.conftest import documented_sample
     torch.manual_seed(0)
     model, (x, y) = InPlaceReLUNet(), make_data()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -381,11 +381,11 @@ def test_an_output_a_later_layer_overwrites_in_place_is_measured_as_its_layer_ma
     assert list(steps) == [1, 2]  # step 0 finds the overwrite and leaves the BatchNorm out, never a wrong number
     for k, s in enumerate(steps):
         out = seen["bn"][s]
-        first = out[:sample_examples(out)].double()
+        first = documented_sample(out).double()
         assert means[k] == pytest.approx(first.mean().item(), abs=1e-6)  # pre-ReLU: negative values included
         assert run.stat("act_min", "bn")[1][k] == pytest.approx(first.min().item(), rel=1e-6)
         assert first.min() < 0
     _, relu_zero = run.stat("act_zero_frac", "relu")
     relu_out = seen["relu"][2]
-    assert relu_zero[-1] == pytest.approx((relu_out[:sample_examples(relu_out)] == 0).double().mean().item(), abs=1e-7)
+    assert relu_zero[-1] == pytest.approx((documented_sample(relu_out) == 0).double().mean().item(), abs=1e-7)
     assert run.stat("act_zero_frac", "bn")[1][-1] == 0  # BatchNorm's own output has no exact zeros

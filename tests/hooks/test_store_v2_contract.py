@@ -9,8 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import tview
-from tests.conftest import make_data
-from tview.hooks.activation_batch import sample_examples
+from tests.conftest import documented_sample, make_data
 from tview.hooks.activation_probes import ActCounts
 
 
@@ -74,13 +73,13 @@ def test_every_statistic_reads_back_only_where_measured_with_exact_counts(tmp_pa
         assert list(steps) == list(range(50))
         for k, s in enumerate(steps):  # over the sample: whole examples from the batch's start
             out = outs[(layer, s)]
-            first = out[:sample_examples(out)]
+            first = documented_sample(out)
             assert zero_frac[k] == pytest.approx((first == 0).double().mean().item(), abs=1e-7)
             assert run.stat("act_nan", layer)[1][k] == 0 and run.stat("act_inf", layer)[1][k] == 0
         if layer.startswith("features"):
             last = outs[(layer, 49)]
             _, czf = run.stat("act_channel_zero_frac", layer)
-            np.testing.assert_allclose(czf[-1], (last[:sample_examples(last)] == 0).double().mean(dim=(0, 2, 3)),
+            np.testing.assert_allclose(czf[-1], (documented_sample(last) == 0).double().mean(dim=(0, 2)),
                                        atol=1e-7)
     # gradient statistics on every step, layers with parameters only
     assert list(run.stat("grad_norm", "features.1")[0]) == list(range(50))
@@ -88,7 +87,7 @@ def test_every_statistic_reads_back_only_where_measured_with_exact_counts(tmp_pa
     out = outs[("features.0", 0)]
     info = run.stat_info("act_mean", "features.0")
     assert not info["exact"] and "estimated from" in info["note"]
-    assert (info["sample"], info["of"]) == (out[:sample_examples(out)].numel(), out.numel())
+    assert (info["sample"], info["of"]) == (documented_sample(out).numel(), out.numel())
     assert run.stat_info("act_zero_frac", "features.0") == info and run.stat_info("grad_norm")["exact"]
 
 

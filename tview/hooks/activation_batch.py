@@ -37,16 +37,22 @@ def sample_examples(t: torch.Tensor, per_channel: int | None = PER_CHANNEL) -> i
 
 def flat_sample(t: torch.Tensor, per_channel: int | None = PER_CHANNEL) -> tuple[torch.Tensor, tuple]:
     """(the sample as a flat tensor in storage order, a view where the output's layout allows, and its
-    layout: ("flat", n), or ("nchw" | "nhwc", examples, channels, values per example and channel))."""
+    layout: ("flat", n), or ("nchw" | "nhwc", examples, channels, values per example and channel)). Where one
+    example holds more than enough values per channel (on the CPU: per_channel; elsewhere 4x that, as each
+    thinning is one more op), every k-th position of the first example is taken (a copy)."""
     t = t.detach()
     if t.dim() < 2:
         return t.reshape(-1), ("flat", t.numel())
-    e = sample_examples(t, per_channel)
+    e, c, n = sample_examples(t, per_channel), t.shape[1], math.prod(t.shape[2:])
     s = t[:e]
-    layout = (e, t.shape[1], math.prod(t.shape[2:]))
-    if s.dim() == 4 and not s.is_contiguous() and s.is_contiguous(memory_format=torch.channels_last):
-        return s.permute(0, 2, 3, 1).reshape(-1), ("nhwc",) + layout  # a view: channels last in memory
-    return s.reshape(-1), ("nchw",) + layout  # a view where contiguous; a copy of the sample otherwise
+    nhwc = s.dim() == 4 and not s.is_contiguous() and s.is_contiguous(memory_format=torch.channels_last)
+    rows = s.permute(0, 2, 3, 1).reshape(e * n, c) if nhwc else s.reshape(e * c, n)  # views
+    thin_above = per_channel if host_shortcuts(t) else 4 * (per_channel or 0)
+    if e == 1 and per_channel and n > thin_above:
+        step = n // per_channel
+        rows = rows[::step] if nhwc else rows[:, ::step]
+        n = len(range(0, n, step))
+    return rows.reshape(-1), ("nhwc" if nhwc else "nchw", e, c, n)
 
 
 def layout_rows(layout: tuple) -> int:
@@ -110,7 +116,8 @@ def host_per_row(values: np.ndarray, runs: tuple[np.ndarray, np.ndarray], n_rows
         return np.bincount(run_rows, weights=per_run, minlength=n_rows).astype(np.float32)
     ufunc = np.minimum if how == "amin" else np.maximum
     out = np.full(n_rows, np.inf if how == "amin" else -np.inf, dtype=np.float32)
-    ufunc.at(out, run_rows, ufunc.reduceat(values, starts))
+    with np.errstate(invalid="ignore"):  # NaN in the sample: NaN extremes, said by act_nan, not a warning
+        ufunc.at(out, run_rows, ufunc.reduceat(values, starts))
     return out
 
 
@@ -130,16 +137,19 @@ class RowIndex:
             self.host_cache[layouts] = runs_numpy(layouts)
         return self.host_cache[layouts]
 
-    def get(self, layouts: tuple, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(row of each sampled value, first histogram slot of its output) on `device`."""
-        key = (layouts, str(device))
+    def get(self, layouts: tuple, device, what: str = "rows") -> torch.Tensor:
+        """On `device`, int32: the row of each sampled value ("rows"), or the first histogram slot of its
+        output ("hist_base")."""
+        key = (layouts, str(device), what)
         if key not in self.cache:
             if len(self.cache) >= self.limit:
                 self.cache.pop(next(iter(self.cache)))
-            rows = torch.from_numpy(row_index_numpy(layouts))
-            sizes = [layout_rows(lay) * layout_values(lay) for lay in layouts]
-            base = torch.from_numpy(np.repeat(np.arange(len(layouts)) * (schema.HIST_BINS + 1), sizes))
-            self.cache[key] = (_to(rows, device), _to(base, device))
+            if what == "rows":
+                index = row_index_numpy(layouts)
+            else:
+                sizes = [layout_rows(lay) * layout_values(lay) for lay in layouts]
+                index = np.repeat(np.arange(len(layouts)) * (schema.HIST_BINS + 1), sizes)
+            self.cache[key] = _to(torch.from_numpy(index.astype(np.int32)), device)
         return self.cache[key]
 
     def boundaries(self, device) -> torch.Tensor:
@@ -172,11 +182,11 @@ class ActivationBatch:
         self.device = self.sample.device
         self.host = index is not None and host_shortcuts(self.sample)  # numpy reduces the sample on the CPU
         self.index = index
-        if index is None:  # compiled: one output, reduced by reshaping
-            self.rows, self.hist_base = None, None
-        else:
-            self.rows, self.hist_base = index.get(self.layouts, self.device)
-            self.runs = index.runs(self.layouts) if self.host else None
+        self.rows, self.runs = None, None  # compiled: one output, reduced by reshaping
+        if self.host:
+            self.runs = index.runs(self.layouts)
+        elif index is not None:
+            self.rows = index.get(self.layouts, self.device)
         self.row_start = [0, *itertools.accumulate(layout_rows(lay) for lay in self.layouts)]  # plain ints: no
         self.n_rows = self.row_start[-1]  # numpy inside a compiled graph
         self._memo: dict = {}
@@ -196,7 +206,7 @@ class ActivationBatch:
         if self.host:
             return torch.from_numpy(host_per_row(src.numpy(), self.runs, self.n_rows, how))
         if self.rows is None:
-            return reduce_one(src, self.layouts[0], how)
+            return reduce_one(src, self.layouts[0], how)  # compiled
         if how == "sum":
             return torch.zeros(self.n_rows, dtype=torch.float32, device=self.device).index_add_(
                 0, self.rows, src.float())
@@ -242,12 +252,12 @@ class ActivationBatch:
 
     def _histograms(self) -> torch.Tensor:
         bins = schema.HIST_BINS + 1  # one more: where NaN goes, dropped
-        if self.host or self.rows is None:  # CPU: 10 vectorised passes, 7x faster than a binary search per value
+        if self.host or self.index is None:  # CPU: 10 vectorised passes, 7x faster than a search per value
             b = hist_bin_index(self.values()).nan_to_num_(nan=schema.HIST_BINS).long()
         else:  # GPU: one search per value, fewer launches (NaN goes to the spare bin)
             v = self.values().nan_to_num(nan=float("nan"), posinf=3e38, neginf=-3e38)
             b = torch.bucketize(v, self.index.boundaries(self.device), right=True)
-        flat = b.add_(self.hist_base) if self.hist_base is not None else b
+        flat = b.add_(self.index.get(self.layouts, self.device, "hist_base")) if self.index is not None else b
         ones = torch.ones(1, device=self.device).expand(flat.numel())
         counts = torch.zeros(len(self.outputs) * bins, device=self.device).index_add_(0, flat, ones)
         return counts.view(len(self.outputs), bins)[:, : schema.HIST_BINS]
