@@ -50,12 +50,12 @@ def test_drift_onset_sees_slow_growth_the_jump_test_misses():
     assert k is not None and g[k - 2] > 1e3 * 0.5  # where the rolling median passes 1000x the early level
 
 
-def test_sustained_onset_is_exact_on_a_noisy_step():
+def test_held_finds_a_noisy_step_and_nothing_in_noise():
     rng = np.random.default_rng(1)
     flags = rng.random(200) < 0.3  # noise before: 30% of the steps flagged
     flags[120:] = rng.random(80) < 0.97
-    assert abs(detect.sustained_onset(flags, 19, 20) - 120) <= 1
-    assert detect.sustained_onset(rng.random(200) < 0.3, 19, 20) is None
+    assert 120 - 19 * 0.4 <= detect.first_held(detect.held(flags, 19, 0.7), 20) <= 120
+    assert detect.first_held(detect.held(rng.random(200) < 0.3, 19, 0.7), 20) is None
 
 
 def test_mean_shift_splits_at_the_largest_jump():

@@ -260,6 +260,17 @@ def test_nan_and_inf_counts_are_exact_in_blocks_full_of_them(monkeypatch, device
     assert stats["inf"].tolist() == [int(torch.isinf(g).sum()), 7]
 
 
+def test_a_nan_local_gradient_stays_nan_and_a_frozen_tensor_adds_nothing():
+    """Regression: the comm hook leaves NaN where a tensor had no local gradient (frozen) and where the gradient
+    itself is NaN; only the first is 'none'. Read as 0, a NaN born in one rank's backward was blamed on every rank."""
+    from tview.hooks.param_probes import LocalGradNorm
+    a, frozen, c = torch.ones(2, requires_grad=True), torch.ones(3), torch.ones(4, requires_grad=True)
+    ctx = P.ParamContext([[a, frozen], [c]], [0, None])
+    probe = LocalGradNorm()
+    out = probe.finalize({"sq": np.array([4.0, np.nan, np.nan])}, ctx)["local_grad_norm"]
+    assert out[0] == 2.0 and np.isnan(out[1])
+
+
 class Stack(nn.Module):
     def __init__(self, depth: int):
         super().__init__()

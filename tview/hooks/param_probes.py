@@ -113,8 +113,9 @@ class LocalGradNorm(ParamProbe):
         return {"sq": local[0], "measured": local[1]}
 
     def finalize(self, p, ctx):
-        sq = np.asarray(p["sq"], dtype=np.float64)  # NaN: a tensor without a local gradient
-        return {"local_grad_norm": np.sqrt(ctx.per_layer_sum(np.nan_to_num(sq, nan=0.0, posinf=np.inf)))}
+        sq = np.asarray(p["sq"], dtype=np.float64)  # NaN: a tensor without a local gradient (frozen), or a NaN one
+        none = np.isnan(sq) & ~np.array([t.requires_grad for t in ctx.params], dtype=bool)
+        return {"local_grad_norm": np.sqrt(ctx.per_layer_sum(np.where(none, 0.0, sq)))}
 
 
 class WeightStats(ParamProbe):

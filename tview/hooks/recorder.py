@@ -484,8 +484,8 @@ class Recorder:
         for the others that makes every rank's step_time equal under DDP; wait_time: from there to the start
         of optimizer.step() (its wait in the all-reduce), plus its wait in DDP's broadcast of buffers at the
         forward's start; after_step_time: from the end of optimizer.step()
-        to step() (logging, checkpoints, evaluation after the step)."""
-        out = {}
+        to step() (logging, checkpoints, evaluation after the step); cpu_wait_time: the step's wait for a CPU."""
+        out = self.clock.cpu_wait_time()
         t_grad = self.local_grads.t_last if self.local_grads is not None else self._t_last_grad
         if t_grad is not None and t_grad > self._t_prev:
             out["busy_time"] = t_grad - self._t_prev - self._forward_wait
