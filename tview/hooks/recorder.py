@@ -202,6 +202,7 @@ class Recorder:
         self._kept: list[tuple] = []  # (layer index, output, its version, its sample copied or None) this forward
         self._pending_batches: list[tuple] = []  # (layer indices, channels, row starts, [(probe, partials)])
         self._inplace_victims: set[int] = set()  # layers whose output a later layer modifies in place
+        self._forward_order: dict[int, int] = {}  # layer index -> the order its hook first fired in
         self._problems: set[str] = set()
         self._hooks = [self.outer.register_forward_pre_hook(self._count_examples)]
         if self.act_probes:  # installed once, for good: torch.compile sees them from its first trace on
@@ -356,6 +357,7 @@ class Recorder:
     def _keep(self, index: int, output: torch.Tensor, probes: tuple):
         """Eager: keep the output for the batch where the forward pass ends (no op; a copy of its sample
         where a later layer modifies it in place); a probe that reads one output at a time runs here."""
+        self._forward_order.setdefault(index, len(self._forward_order))
         single = [p for p in probes if not p.batched]
         if single:
             ctx = act.ActivationContext(output)
@@ -589,6 +591,8 @@ class Recorder:
     def _make_layout(self) -> ShardLayout:
         layers = [dict(info, channels=self._channels.get(i, info["channels"] if info["kind"] == "param" else None))
                   for i, info in enumerate(self.layer_info)]
+        for i, k in self._forward_order.items():  # where the hooks ran (eager): the order the forward pass took
+            layers[i]["forward"] = k
         filter_shapes = {n: tuple(filter_weight_shape(m)) for n, m in self.filter_modules if not is_sharded(m.weight)}
         return ShardLayout(rank=self.rank, world_size=self.world_size,
                            run_id=os.path.basename(os.path.abspath(self.run_dir)), layers=layers,
