@@ -4,16 +4,19 @@ net, ranks, expected, first finding, right or wrong. Clean runs (other seeds, ne
 must give no finding beyond true ones. Usage:
     python benchmarks/faults.py [--only NAME[,NAME]] [--keep DIR] [--preset default|full] [--verbose]
 
-How: each rank is a forked process (torch imported once by the parent, 1 thread per rank), training with SGD and
-momentum on its own batches, a Recorder on every step. Faults are real changes to the training: forward hooks that
-put a NaN or Inf in a module's output (or the input batch), autograd functions that scale a module's output
-gradient (NaN, x1e4, x1e-6, one channel x0), a bias that kills channels, a BatchNorm bias that kills a whole ReLU
-layer mid-training, a learning rate multiplied, a layer frozen (requires_grad off from the start, or its param
-group's lr set to 0), a sleep on one rank (before the forward, inside it, or after the optimizer step), a SIGKILL
-of one rank, random labels on one rank, a weight nudged on one rank after the optimizer step.
+How: each rank is a forked process (torch, and the torch._dynamo that DDP imports, imported once by the parent; 1
+thread per rank), training with SGD and momentum on its own batches, a Recorder on every step. Faults are real
+changes to the training: forward hooks that put a NaN or Inf in a module's output (or the input batch), autograd
+functions that scale a module's output gradient (NaN, x1e4, x1e-6, one channel x0), a bias that kills channels, a
+BatchNorm bias that kills a whole ReLU layer mid-training, a learning rate multiplied, a layer frozen (requires_grad
+off from the start, or its param group's lr set to 0), a sleep on one rank (before the forward, inside it, or after
+the optimizer step) or 30 ms of busy work on its CPU inside the forward, a SIGKILL of one rank, random labels on one
+rank, a weight nudged on one rank after the optimizer step. One clean run shares rank 1's CPU with a busy process
+(the ranks pinned one per CPU): the others wait for rank 1, but the host made it slow, not the training.
 The Recorder measures each rank's busy_time (to its last local gradient), wait_time (from there to the start of
-optimizer.step(): its wait for the others) and after_step_time (from the end of optimizer.step() to rec.step()).
-The killed rank calls rec.flush() just before its SIGKILL so the expected step is exact.
+optimizer.step(): its wait for the others), after_step_time (from the end of optimizer.step() to rec.step()) and
+cpu_wait_time (its wait for a CPU). The killed rank calls rec.flush() just before its SIGKILL so the expected step is
+exact.
 """
 
 from __future__ import annotations
@@ -114,6 +117,8 @@ SCENARIOS = [
     Scenario("straggler-forward-last", model="plain", ranks=4, steps=90, fault=_f("sleep_forward", 50, 3,
                                                                                  "features.3"),
              expected=("slow_rank", 3, None), extra={"sleep": 0.06}),
+    Scenario("straggler-compute-rank0", steps=120, fault=_f("spin_forward", 70, 0, "conv2"),  # CPU-bound, no sleep
+             expected=("slow_rank", 0, None)),
     Scenario("killed", fault=_f("kill", 120, 1), expected=("rank_stopped", 1, None)),
     Scenario("label-noise", ranks=3, fault=_f("bad_labels", 100, 2), expected=("rank_diverges", 2, None)),
     Scenario("label-noise-rank0", model="plain", steps=130, fault=_f("bad_labels", 80, 0),
@@ -129,6 +134,7 @@ SCENARIOS = [
     Scenario("clean-lenet-3ranks-lr0.01", ranks=3, lr=0.01, seed=3),
     Scenario("clean-plain-4ranks", model="plain", ranks=4, steps=90, lr=0.05, seed=4),
     Scenario("clean-demo", model="demo", steps=1500),
+    Scenario("clean-busy-host", seed=5, extra={"hog_cpu": 1}),  # rank 1 shares its core with another process
 ]
 
 
@@ -170,7 +176,8 @@ def _module(model, name):
     return dict(model.named_modules())[name]
 
 
-FORWARD_FAULTS = ("nan_forward", "inf_forward", "nan_backward", "grad_scale", "freeze_channel", "sleep_forward")
+FORWARD_FAULTS = ("nan_forward", "inf_forward", "nan_backward", "grad_scale", "freeze_channel", "sleep_forward",
+                  "spin_forward")
 
 
 class Injector:
@@ -209,6 +216,10 @@ class Injector:
             return ScaleGrad.apply(out, mask)
         if how == "sleep_forward":
             time.sleep(self.extra.get("sleep", 0.03))
+        if how == "spin_forward":  # work on the CPU (a larger batch, a costlier augmentation), not a sleep
+            end = time.perf_counter() + self.extra.get("sleep", 0.03)
+            while time.perf_counter() < end:
+                pass
         return None
 
     def before_forward(self, rec, opt):
@@ -265,6 +276,8 @@ def train_rank(rank: int, sc: Scenario, out: str, port: int) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
+    if sc.extra.get("hog_cpu") is not None:
+        _pin(rank)
     warnings.filterwarnings("ignore", category=RuntimeWarning)  # the recorder's numpy warnings on NaN weights
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     dist.init_process_group("gloo", rank=rank, world_size=sc.ranks, timeout=datetime.timedelta(seconds=60))
@@ -302,22 +315,63 @@ def train_loop(rank, sc, ddp, opt, rec, inject) -> None:
 
 
 def run_scenario(sc: Scenario, out: str) -> float:
-    """Train every rank of a scenario in forked processes (the demo: tview's own demo); returns seconds."""
+    """Train every rank of a scenario in forked processes (the demo: tview's own demo's ranks, as `tview demo`
+    trains them, forked here rather than spawned); returns seconds."""
     t0 = time.time()
-    if sc.model == "demo":
-        from tview.demo import run_demo
-        run_demo(out, steps=sc.steps)
-        return time.time() - t0
+    target, args = (_demo_rank, (sc, out)) if sc.model == "demo" else (train_rank, (sc, out))
     ctx = mp.get_context("fork")
     port = free_port()
-    procs = [ctx.Process(target=train_rank, args=(r, sc, out, port)) for r in range(sc.ranks)]
+    procs = [ctx.Process(target=target, args=(r, *args, port)) for r in range(sc.ranks)]
+    hog = _start_hog(ctx, sc.extra.get("hog_cpu"))
     for p in procs:
         p.start()
     for p in procs:
         p.join(timeout=300)
         if p.is_alive():
             p.kill()
+    if hog is not None:
+        hog.kill()
+        hog.join()
     return time.time() - t0
+
+
+def _start_hog(ctx, cpu: int | None):
+    """Another process busy on one CPU (a host shared with other jobs), the ranks pinned one per CPU; None
+    where no CPU is named or the machine has too few."""
+    if cpu is None or cpu >= len(os.sched_getaffinity(0)):
+        return None
+    hog = ctx.Process(target=_spin, args=(cpu,), daemon=True)
+    hog.start()
+    return hog
+
+
+def _spin(cpu: int) -> None:
+    _pin(cpu)
+    while True:
+        pass
+
+
+def _pin(index: int) -> None:
+    """Run on the index-th of the CPUs this process may use (modulo their count)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpus[index % len(cpus)]})
+
+
+def _demo_rank(rank: int, sc: Scenario, out: str, port: int) -> None:
+    """One rank of tview's demo with run_demo's own settings (its signature's defaults) but the scenario's steps."""
+    import inspect
+
+    from tview.demo import LR, run_demo, train_rank
+    d = {k: v.default for k, v in inspect.signature(run_demo).parameters.items()}
+    train_rank(rank, sc.ranks, out, sc.steps, d["every"], d["snapshot_every"], d["batch"], port, d["mode"], LR,
+               None)
+
+
+def warm_imports() -> None:
+    """Import once, before the ranks fork, what each would import for itself: DDP's constructor imports
+    torch._dynamo (about 2 s of CPU, in every rank of every scenario otherwise)."""
+    import torch._dynamo  # noqa: F401
+    import torch.distributed  # noqa: F401
 
 
 def expected_step(sc: Scenario) -> int | None:
@@ -369,6 +423,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     SETTINGS["preset"] = a.preset
     torch.set_num_threads(1)
+    warm_imports()
     DATA["digits"] = load_digits_tensors()
     chosen = [s for s in SCENARIOS if not a.only or s.name in a.only.split(",")]
     root = a.keep or tempfile.mkdtemp(prefix="tview-faults-")

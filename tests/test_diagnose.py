@@ -50,12 +50,12 @@ def test_drift_onset_sees_slow_growth_the_jump_test_misses():
     assert k is not None and g[k - 2] > 1e3 * 0.5  # where the rolling median passes 1000x the early level
 
 
-def test_sustained_onset_is_exact_on_a_noisy_step():
+def test_held_finds_a_noisy_step_and_nothing_in_noise():
     rng = np.random.default_rng(1)
     flags = rng.random(200) < 0.3  # noise before: 30% of the steps flagged
     flags[120:] = rng.random(80) < 0.97
-    assert abs(detect.sustained_onset(flags, 19, 20) - 120) <= 1
-    assert detect.sustained_onset(rng.random(200) < 0.3, 19, 20) is None
+    assert 120 - 19 * 0.4 <= detect.first_held(detect.held(flags, 19, 0.7), 20) <= 120
+    assert detect.first_held(detect.held(rng.random(200) < 0.3, 19, 0.7), 20) is None
 
 
 def test_mean_shift_splits_at_the_largest_jump():
@@ -332,3 +332,37 @@ def test_a_frozen_layer_is_said_with_the_step_its_weights_stopped(tmp_path):
     _close(recs)
     found = [f for f in diagnose(out) if f.kind == "frozen_layer"]
     assert [(f.layer, f.step) for f in found] == [("fc", 20)]
+
+
+class RegisteredBackwards(torch.nn.Module):
+    """Modules registered in the reverse of the order the forward pass runs them."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4 * 8 * 8, 10)
+        self.conv2 = torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.conv1 = torch.nn.Conv2d(1, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv2(torch.relu(self.conv1(x)))).flatten(1))
+
+
+def test_the_first_nonfinite_layer_is_first_in_the_order_the_forward_pass_ran(tmp_path):
+    torch.manual_seed(0)
+    model, (x, y) = RegisteredBackwards(), make_data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt) as rec:
+        for step in range(4):
+            batch = x.clone()
+            if step == 2:
+                batch[3, 0, 2, 2] = float("nan")  # every layer's output holds NaN from here
+            opt.zero_grad()
+            loss = F.cross_entropy(model(batch), y)
+            loss.backward()
+            opt.step()
+            rec.step(loss=loss)
+    run = tview.open_run(str(tmp_path / "r"))
+    assert run.layers[:3] == ["fc", "conv2", "conv1"]  # the model's module list
+    assert [layer.get("forward") for layer in run.layer_info][:3] == [2, 1, 0]  # the order the hooks fired
+    first = diagnose(run)[0]
+    assert (first.kind, first.layer, first.step) == ("nonfinite", "conv1", 2)

@@ -34,7 +34,8 @@ def test_cuda_statistics_equal_the_cpu_ones_with_one_transfer_a_step(tmp_path):
     # one batched device-to-host copy per recorded step (two on snapshot steps: statistics in float64, snapshots
     # in float32)
     assert len(transfers) == 21 + 1
-    for stat in ("grad_norm", "grad_mean", "grad_max_abs", "weight_norm", "update_ratio", "act_mean", "act_zero_frac"):
+    for stat in ("grad_norm", "grad_mean", "grad_max_abs", "weight_norm", "weight_sum", "update_ratio", "init_distance",
+                 "act_mean", "act_zero_frac"):  # init_distance: W0 from pinned host memory on the GPU
         for layer in ("conv1", "bn1", "conv2", "fc"):
             a, b = cuda.stat(stat, layer)[1], cpu.stat(stat, layer)[1]
             np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-6, equal_nan=True, err_msg=f"{stat} {layer}")

@@ -96,7 +96,8 @@ def check_weights(run, rec, weights, w0, rtol, update_rtol=None):
             assert run.stat("weight_sum", name)[1][s] == pytest.approx(w.sum().item(), rel=1e-9, abs=1e-9)
             assert run.histogram("weight", name)[2][s].astype(int).sum() == w.numel()
             distance = (w - flat(w0[name])).norm() / flat(w0[name]).norm()
-            assert run.stat("init_distance", name)[1][s] == pytest.approx(distance.item(), rel=2e-2, abs=3e-4)
+            # W0 read back from the kept float32 file: as exact as the other norms
+            assert run.stat("init_distance", name)[1][s] == pytest.approx(distance.item(), rel=rtol * 10, abs=1e-7)
         steps, ratio = run.stat("update_ratio", name)
         assert list(steps) == list(range(1, len(weights)))
         for s in steps:
@@ -114,6 +115,7 @@ def check_weights(run, rec, weights, w0, rtol, update_rtol=None):
 @pytest.mark.parametrize("device_path", [False, True], ids=["cpu-path", "device-path"])
 def test_every_parameter_statistic_matches_plain_torch(tmp_path, monkeypatch, device_path):
     monkeypatch.setattr(P, "FORCE_DEVICE_PATH", device_path)
+    monkeypatch.setattr(P, "CAST_ROWS", 4)  # the device path's float64 weight sums through the scratch
     torch.manual_seed(0)
     model = UpNet()
     run, rec, grads, weights, w0 = record(tmp_path, model)
@@ -137,6 +139,63 @@ def test_bfloat16_model_in_small_chunks_matches_float32_recomputation(tmp_path, 
     check_gradients(run, model, grads, rtol=1e-4)
     # the update W - W_before is taken in bf16 (exact where the two are within a factor 2): ~1e-3 of it
     check_weights(run, rec, weights, w0, rtol=1e-4, update_rtol=3e-3)
+
+
+@pytest.mark.parametrize("device_path", [False, True], ids=["cpu-path", "device-path"])
+def test_float32_model_through_a_bounded_chunk_matches_plain_torch(tmp_path, monkeypatch, device_path):
+    """The bounded-memory path: float32 statistics computed through a scratch chunk of 4 blocks (pieces cross
+    chunk ends) instead of the weight copy, W0 read back from the file beside the shard, never held: the same
+    numbers as plain torch."""
+    monkeypatch.setattr(P, "FORCE_DEVICE_PATH", device_path)
+    monkeypatch.setattr(P, "COPY_AS_SCRATCH", False)
+    monkeypatch.setattr(P, "CAST_ROWS", 4)  # the device path's float64 weight sums in cast pieces
+    monkeypatch.setattr(P, "CHUNK_MIN", 4 * P.BLOCK)
+    monkeypatch.setattr(P, "CHUNK_SHARE", 1000)
+    torch.manual_seed(0)
+    model = UpNet()
+    run, rec, grads, weights, w0 = record(tmp_path, model)
+    ctx = rec.pctx
+    assert len(ctx.chunks) > 3 and ctx.chunk.numel() == 4 * P.BLOCK and ctx.copy.numel() < 1.1 * sum(ctx.numels)
+    init = next(p for p in rec.param_probes if p.table == "init_distance")
+    assert init.origin.host is None and os.path.samefile(init.origin._file.name, ctx.origin_path)
+    check_gradients(run, model, grads, rtol=1e-5)
+    check_weights(run, rec, weights, w0, rtol=1e-5)
+
+
+def test_a_failing_probe_leaves_the_weight_copy_whole_for_the_next_update_ratio(tmp_path, monkeypatch):
+    """The weight copy is restored once a step, by the last probe that uses it as scratch: when that one fails
+    (said, dropped), the weights still go back, and the next steps' update ratios are plain torch's."""
+    def broken(*args, **kwargs):
+        raise RuntimeError("a probe's bug")
+
+    monkeypatch.setattr(P, "projections", broken)  # the trajectory: the last user of the scratch
+    torch.manual_seed(0)
+    with pytest.warns(RuntimeWarning, match="trajectory"):
+        run, rec, grads, weights, w0 = record(tmp_path, UpNet())
+    assert not any(p.table == "trajectory" for p in rec.param_probes)
+    for name in LAYERS:
+        steps, ratio = run.stat("update_ratio", name)
+        assert list(steps) == [1, 2]
+        for s in steps:
+            w, before = flat(weights[s][name]), flat(weights[s - 1][name])
+            assert ratio[s - 1] == pytest.approx(((w - before).norm() / w.norm()).item(), rel=1e-4)
+
+
+def test_init_distance_without_the_recorders_file_keeps_w0_in_a_temporary_file():
+    """A ParamContext used on its own (no Recorder, no origin file): W0 goes to an unnamed temporary file,
+    read back the same way."""
+    from tview.hooks.param_probes import InitDistance
+    torch.manual_seed(0)
+    a, b = torch.randn(40, 30), torch.randn(30)
+    start = torch.cat([a.reshape(-1), b]).clone()
+    ctx = P.ParamContext([[a, b]], [0])
+    probe = InitDistance()
+    probe.setup(ctx)
+    assert probe.origin.offsets == [0, 4 * a.numel()]
+    a.add_(0.1)
+    parts = {k: np.asarray(v) for k, v in probe.compute(P.ParamStep(ctx)).items()}
+    expected = (torch.cat([a.reshape(-1), b]) - start).norm() / start.norm()
+    assert probe.finalize(parts, ctx)["init_distance"][0] == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_frozen_layers_are_not_measured_and_nothing_crashes(tmp_path):
@@ -180,6 +239,38 @@ def test_empty_tensors_and_local_gradient_norms_per_tensor():
     assert run(LocalGradNorm())["local_grad_norm"] == pytest.approx([2.0, 3.0])
 
 
+@pytest.mark.parametrize("device_path", [False, True], ids=["cpu-path", "device-path"])
+def test_nan_and_inf_counts_are_exact_in_blocks_full_of_them(monkeypatch, device_path):
+    """NaN and Inf counts come from codes summed per block: a block of NaN only, of +Inf only, of both signs of
+    Inf mixed with NaN, and finite values as large as float32 goes, counted exactly as plain torch counts them."""
+    monkeypatch.setattr(P, "FORCE_DEVICE_PATH", device_path)
+    g = torch.randn(3000)
+    g[:P.BLOCK] = float("nan")  # a whole block
+    g[P.BLOCK:2 * P.BLOCK] = float("inf")  # a whole block of +Inf
+    g[600:900:2], g[601:900:4], g[603:900:4] = float("nan"), float("inf"), -float("inf")  # mixed, across blocks
+    g[1000], g[1001] = torch.finfo(torch.float32).max, -torch.finfo(torch.float32).max  # finite
+    w = torch.zeros(3000, requires_grad=True)
+    w.grad = g
+    b = torch.zeros(7, requires_grad=True)
+    b.grad = torch.full((7,), -float("inf"))
+    ctx = P.ParamContext([[w], [b]])
+    ctx.host = False  # count on the CPU's own path too (it counts only once the norms are not finite)
+    stats = P.ParamStep(ctx).grad_stats
+    assert stats["nan"].tolist() == [int(torch.isnan(g).sum()), 0]
+    assert stats["inf"].tolist() == [int(torch.isinf(g).sum()), 7]
+
+
+def test_a_nan_local_gradient_stays_nan_and_a_frozen_tensor_adds_nothing():
+    """Regression: the comm hook leaves NaN where a tensor had no local gradient (frozen) and where the gradient
+    itself is NaN; only the first is 'none'. Read as 0, a NaN born in one rank's backward was blamed on every rank."""
+    from tview.hooks.param_probes import LocalGradNorm
+    a, frozen, c = torch.ones(2, requires_grad=True), torch.ones(3), torch.ones(4, requires_grad=True)
+    ctx = P.ParamContext([[a, frozen], [c]], [0, None])
+    probe = LocalGradNorm()
+    out = probe.finalize({"sq": np.array([4.0, np.nan, np.nan])}, ctx)["local_grad_norm"]
+    assert out[0] == 2.0 and np.isnan(out[1])
+
+
 class Stack(nn.Module):
     def __init__(self, depth: int):
         super().__init__()
@@ -220,7 +311,8 @@ def test_device_path_adds_no_sync_and_ops_independent_of_the_layer_count(tmp_pat
     shallow, deep = parameter_side_ops(tmp_path, 4), parameter_side_ops(tmp_path, 16)
     assert shallow == deep  # detail step (0) and ordinary steps: the same ops for 5 or 17 layers
     assert all(syncs == 0 for _, syncs in deep)
-    assert 0 < deep[2][0] < 30 and deep[0][0] < 80
+    # ordinary step <= 15 ops, detail step <= 41 (foreach ops across tensors, one restore of the weight copy)
+    assert 0 < deep[2][0] <= 15 and deep[0][0] <= 41
 
 
 FSDP_SCRIPT = r'''

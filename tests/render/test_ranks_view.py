@@ -140,3 +140,9 @@ def test_under_ddp_the_straggler_is_named_by_the_duration_in_which_it_stands_out
     assert ranks_view.standouts(list(range(8)), step_time=equal, other_times={"data_time": data}) == \
         {5: ["slowest by data_time"]}
     assert ranks_view.slowest_by(equal | {2: 0.2}, {"data_time": data}) == (2, "slowest")
+    # two ranks, rank 0 slow in its data loading: rank 1 waits for it in the all-reduce; the waiting rank is
+    # the fast one, never named slow
+    two = {0: 0.055, 1: 0.055}
+    assert ranks_view.slowest_by(two, {"wait_time": {0: 0.0002, 1: 0.030}}) is None
+    assert ranks_view.slowest_by(two, {"wait_time": {0: 0.0002, 1: 0.030}, "data_time": {0: 0.03, 1: 0.0001}}) == \
+        (0, "slowest by data_time")

@@ -110,35 +110,27 @@ def drift_onset(values: np.ndarray, factor: float, share: float = 0.1, least: in
     return int(idx[hit[0]]) if len(hit) else None
 
 
-def rolling_mean(flags: np.ndarray, width: int) -> np.ndarray:
-    """Centered rolling share of True values along the last axis (windows cut at the ends)."""
-    f = np.asarray(flags, dtype=np.float64)
-    half = width // 2
-    pad = [(0, 0)] * (f.ndim - 1) + [(half, width - 1 - half)]
-    ones = np.pad(np.ones_like(f), pad)
-    windows = np.lib.stride_tricks.sliding_window_view(np.pad(f, pad), width, axis=-1).sum(axis=-1)
-    return windows / np.lib.stride_tricks.sliding_window_view(ones, width, axis=-1).sum(axis=-1)
+def forward_share(flags: np.ndarray, width: int) -> np.ndarray:
+    """Share of True values in each index's forward window [i, i + width) (cut at the end of the series)."""
+    f = np.concatenate([[0.0], np.cumsum(np.asarray(flags, dtype=np.float64))])
+    i = np.arange(len(f) - 1)
+    end = np.minimum(i + max(width, 1), len(f) - 1)
+    return (f[end] - f[i]) / np.maximum(end - i, 1)
 
 
-def change_point(flags: np.ndarray, lo: int, hi: int, share: float = 0.7) -> int:
-    """The index j in [lo, hi] after which flags are True more often than `share`, most clearly: the j that
-    maximizes the sum over t >= j of (flag_t - share) (a one-sided CUSUM change point)."""
-    f = np.asarray(flags, dtype=np.float64) - share
-    tail = np.cumsum(f[::-1])[::-1]  # tail[j] = sum of f[j:]
-    lo, hi = max(0, lo), min(len(f) - 1, hi)
-    return int(lo + np.argmax(tail[lo:hi + 1]))
-
-
-def sustained_onset(flags: np.ndarray, width: int, least: int, share: float = 0.7) -> int | None:
-    """Where a noisy bool series turns True for good: the final stretch where the centered rolling share of True
-    stays >= share (at least `least` long, reaching the end), its start refined to the change point."""
+def held(flags: np.ndarray, width: int, share: float) -> np.ndarray:
+    """Per index: is the noisy bool series mostly True from there on? The share of True is >= share over the
+    `width` records from there and over everything from there to the end; odd records anywhere (the last ones
+    too) do not break it, as they would a rule that every record or every rolling window from there be True."""
     flags = np.asarray(flags, dtype=bool)
-    if len(flags) == 0:
-        return None
-    start = trailing_streak(rolling_mean(flags, width) >= share)
-    if start is None or len(flags) - start < least:
-        return None
-    return change_point(flags, start - width, start + width // 2, share)
+    tail = np.cumsum(flags[::-1])[::-1] / np.arange(len(flags), 0, -1) if len(flags) else np.zeros(0)
+    return (forward_share(flags, width) >= share) & (tail >= share)
+
+
+def first_held(ok: np.ndarray, least: int) -> int | None:
+    """The first index where ok is True with at least `least` records from there to the end, or None."""
+    hit = np.flatnonzero(np.asarray(ok, dtype=bool)[:max(len(ok) - least + 1, 0)])
+    return int(hit[0]) if len(hit) else None
 
 
 def mean_shift(values: np.ndarray, lo: int, hi: int) -> int:

@@ -138,18 +138,19 @@ class RowIndex:
         return self.host_cache[layouts]
 
     def get(self, layouts: tuple, device, what: str = "rows") -> torch.Tensor:
-        """On `device`, int32: the row of each sampled value ("rows"), or the first histogram slot of its
-        output ("hist_base")."""
+        """On `device`, int32: the row of each sampled value ("rows"; "rows64": int64, for scatter_reduce_ off
+        the CPU), or the first histogram slot of its output ("hist_base")."""
         key = (layouts, str(device), what)
         if key not in self.cache:
             if len(self.cache) >= self.limit:
                 self.cache.pop(next(iter(self.cache)))
-            if what == "rows":
-                index = row_index_numpy(layouts)
-            else:
+            if what == "hist_base":
                 sizes = [layout_rows(lay) * layout_values(lay) for lay in layouts]
                 index = np.repeat(np.arange(len(layouts)) * (schema.HIST_BINS + 1), sizes)
-            self.cache[key] = _to(torch.from_numpy(index.astype(np.int32)), device)
+            else:
+                index = row_index_numpy(layouts)
+            dtype = np.int64 if what == "rows64" else np.int32
+            self.cache[key] = _to(torch.from_numpy(index.astype(dtype)), device)
         return self.cache[key]
 
     def boundaries(self, device) -> torch.Tensor:
@@ -211,7 +212,8 @@ class ActivationBatch:
             return torch.zeros(self.n_rows, dtype=torch.float32, device=self.device).index_add_(
                 0, self.rows, src.float())
         start = float("inf") if how == "amin" else float("-inf")
-        return torch.full((self.n_rows,), start, device=self.device).scatter_reduce_(0, self.rows, src, how)
+        rows = self.rows if self.device.type == "cpu" else self.index.get(self.layouts, self.device, "rows64")
+        return torch.full((self.n_rows,), start, device=self.device).scatter_reduce_(0, rows, src, how)
 
     def row_zeros(self) -> torch.Tensor:
         """Exact zeros per row."""

@@ -77,12 +77,16 @@ class GradChannelNorm(ParamProbe):
     def cadence_for(cls, preset):
         return DETAIL if preset.grads else None
 
+    def setup(self, ctx):
+        if ctx.total_channels:
+            ctx.use_scratch(self)
+
     def compute(self, step):
-        if not step.has_grad.any() or not step.ctx.total_channels:
-            return None
-        widths = np.asarray(step.ctx.channel_widths)
-        with step.scratch():
+        with step.scratch(self):
+            if not step.has_grad.any() or not step.ctx.total_channels:
+                return None
             sq = step.ctx.channel_sq(step.grads)
+        widths = np.asarray(step.ctx.channel_widths)
         return {"sq": sq, "measured": step.has_grad & (widths > 0)}
 
     def finalize(self, p, ctx):
@@ -109,8 +113,9 @@ class LocalGradNorm(ParamProbe):
         return {"sq": local[0], "measured": local[1]}
 
     def finalize(self, p, ctx):
-        sq = np.asarray(p["sq"], dtype=np.float64)  # NaN: a tensor without a local gradient
-        return {"local_grad_norm": np.sqrt(ctx.per_layer_sum(np.nan_to_num(sq, nan=0.0, posinf=np.inf)))}
+        sq = np.asarray(p["sq"], dtype=np.float64)  # NaN: a tensor without a local gradient (frozen), or a NaN one
+        none = np.isnan(sq) & ~np.array([t.requires_grad for t in ctx.params], dtype=bool)
+        return {"local_grad_norm": np.sqrt(ctx.per_layer_sum(np.where(none, 0.0, sq)))}
 
 
 class WeightStats(ParamProbe):
@@ -162,9 +167,9 @@ class UpdateRatio(ParamProbe):
 
 
 class InitDistance(ParamProbe):
-    """Distance from initialization per layer, |W - W0| / |W0|, W0 being the weights when the
-    Recorder was made (Cockpit's "distance" quantity). W0 is kept as float16 with a power-of-two scale
-    per tensor (half a float32 copy): the distance is exact to about 3e-4 |W0|."""
+    """Distance from initialization per layer, |W - W0| / |W0|, W0 being the weights the run started from
+    (Cockpit's "distance" quantity). W0 is not held in memory: it is read back, in float32, from the file the
+    Recorder keeps beside the shard (see OriginWeights)."""
 
     table = "init_distance"
     reads = "weight"
@@ -176,12 +181,13 @@ class InitDistance(ParamProbe):
 
     def setup(self, ctx):
         ctx.keeps_weights = True
-        self.image, self.neg_scale, init_sq = P.fp16_image(ctx)
-        self.init_norm = np.sqrt(ctx.per_layer_sum(init_sq))
+        ctx.use_scratch(self)
+        self.origin = P.OriginWeights(ctx, ctx.origin_path)
+        self.init_norm = np.sqrt(ctx.per_layer_sum(self.origin.sq_sums()))
 
     def compute(self, step):
-        step.weight_stats  # noqa: B018  (the kept copy holds this step's weights)
-        return {"dsq": P.copy_minus_image(step.ctx, self.image, self.neg_scale, step.weights)}
+        with step.scratch(self):
+            return {"dsq": P.origin_distance_sq(step.ctx, self.origin, step.weights)}
 
     def finalize(self, p, ctx):
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -199,10 +205,13 @@ class GradHistogram(ParamProbe):
     def cadence_for(cls, preset):
         return DETAIL if preset.histograms and preset.grads else None
 
+    def setup(self, ctx):
+        ctx.use_scratch(self)
+
     def compute(self, step):
-        if not step.has_grad.any():
-            return None
-        with step.scratch():
+        with step.scratch(self):
+            if not step.has_grad.any():
+                return None
             counts = step.ctx.combine(step.ctx.histogram(step.grads))
         return {"counts": counts, "missing": step.missing_numel, "measured": step.has_grad}
 
@@ -221,9 +230,12 @@ class WeightHistogram(ParamProbe):
     def cadence_for(cls, preset):
         return DETAIL if preset.histograms and preset.weights else None
 
+    def setup(self, ctx):
+        ctx.use_scratch(self)
+
     def compute(self, step):
-        with step.scratch():  # the kept copy holds this step's weights: histogram it
-            counts = step.ctx.combine(step.ctx.histogram(None))
+        with step.scratch(self):
+            counts = step.ctx.combine(step.ctx.histogram(step.weights))
         return {"counts": counts}
 
     def finalize(self, p, ctx):
@@ -253,6 +265,9 @@ class Trajectory(ParamProbe):
     def setup(self, ctx):
         self.ctx = ctx
         self.norms = P.direction_norms(ctx, self.seed, self.dims)  # [layers, dims]
+        ctx.block_offsets_rows(self.dims)  # made now: not a copy op on a recorded step
+        if not ctx.is_sharded:
+            ctx.use_scratch(self)
 
     @property
     def directions(self) -> P.Directions:
@@ -262,7 +277,7 @@ class Trajectory(ParamProbe):
     def compute(self, step):
         if step.ctx.is_sharded:
             return None
-        with step.scratch():
+        with step.scratch(self):
             return {"dots": P.projections(step.ctx, self.seed, self.dims, step.weights)}
 
     def finalize(self, p, ctx):

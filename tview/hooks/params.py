@@ -1,26 +1,35 @@
 """Per-parameter-tensor reductions of every recorded layer's weights and gradients, in a few multi-tensor
 ops for the whole model, with no host sync and no parameter-sized scratch: what parameter probes compute with.
 
-Memory: one kept copy of the weights (flat, padded to blocks, in the parameters' dtype: the previous
-recorded step's weights for the update ratio, and a contiguous image of the current ones for block
-reductions) and the initial weights in float16 with a power-of-two scale per parameter tensor (half a float32
-copy; init_distance is exact to about 3e-4 of |W0|). Float32 parameters: the copy is also the scratch of a
-recorded step (gradients copied in, reduced, the weights copied back); other dtypes: one reused float32
-chunk of max(2M elements, a quarter of the parameters). Every parameter tensor starts at a multiple of
-BLOCK elements in the flat layouts, so a [blocks, BLOCK] view reduces per block in one op and blocks sum
-to parameters with one segment_reduce (precomputed offsets, unsafe=True: nothing read back).
-Per-parameter results are summed per layer on the host, in finalize, on the writer thread.
+Memory: one kept copy of the weights (flat, padded to blocks, in the parameters' dtype: the previous recorded
+step's weights for the update ratio, and a contiguous image of the current ones for block reductions). The
+initial weights (init_distance) are not held: they are read back from the float32 file the Recorder keeps
+beside the shard (OriginWeights). Float32 parameters: the copy is also the scratch of a recorded step
+(gradients, W0, trajectory directions, histogram bins written into it in turn; the weights copied back once,
+after the step's last user: ParamStep.scratch); other dtypes (or COPY_AS_SCRATCH False): one reused float32
+chunk of max(2M elements, a quarter of the parameters). Every parameter tensor starts at a multiple of BLOCK
+elements in the flat layouts, so a [blocks, BLOCK] view reduces per block in one op and blocks sum to
+parameters with one segment_reduce (precomputed offsets, unsafe=True: nothing read back); the padding is set
+(zero, or NaN for histograms) within the same multi-tensor copy that loads a chunk. Per-parameter results are
+summed per layer on the host, in finalize, on the writer thread. No per-element temporary on a recorded step:
+NaN and Inf counts are codes written over the scratch and summed per block; torch.sum(x, dtype=float64) would
+copy x in float64 first (a GPU too), so float64 weight sums take the weights into the scratch as float64 in two
+parts (weight_sums64), or cast pieces of bounded size (cast_ranges).
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
+import weakref
 from contextlib import contextmanager
 from functools import cached_property
 
 import numpy as np
 import torch
 
+from tview.hooks.origin import origin_offsets
+from tview.hooks.probes import DETAIL, EVERY
 from tview.store import schema
 
 FORCE_DEVICE_PATH = os.environ.get("TVIEW_FORCE_DEVICE_PATH") == "1"
@@ -28,6 +37,10 @@ BLOCK = 256  # elements per block; parameter tensors start on a block boundary i
 CHUNK_MIN = 1 << 21  # elements of the reused float32 chunk, at least (or the whole model if smaller)
 CHUNK_SHARE = 4  # the chunk holds at least 1/CHUNK_SHARE of the parameters: at most that many chunks
 HIST_WIDTH = schema.HIST_BINS + 1  # a histogram row per parameter tensor: the bins, then NaN
+COPY_AS_SCRATCH = True  # float32 parameters: the weight copy is the scratch (False: a bounded chunk, as other dtypes)
+NAN_CODE = BLOCK + 1  # a NaN's code in the per-block count of non-finite values (an Inf counts 1)
+CAST_ROWS = 4096  # blocks a device reduction casts at once, at least (1M elements: an 8 MiB float64 image)
+CAST_PIECES = 16  # and at most this many pieces
 CPU_ROWS = 4096  # blocks a CPU reduction with a dtype cast takes at once: it casts a copy of its input first
 
 
@@ -46,14 +59,28 @@ def _is_dtensor(t) -> bool:
     return isinstance(t, DTensor)
 
 
+def _hist_edges() -> np.ndarray:
+    """The fixed signed-log histogram's finite edges, float32: exact zeros alone between 0 and the smallest
+    positive float32."""
+    k = schema.HIST_HALF
+    mags = 10.0 ** (schema.HIST_LO + np.arange(1, k) / schema.HIST_PER_DECADE)
+    return np.concatenate([-mags[::-1], [0.0, np.nextafter(np.float32(0), np.float32(1))], mags]).astype(np.float32)
+
+
 def hist_boundaries(device) -> torch.Tensor:
     """Float32 boundaries for torch.bucketize(right=True): the count of boundaries <= x is x's bin in the
     fixed signed-log histogram (exact zeros alone in the middle bin, +-Inf in the outermost ones once
     mapped to +-3e38); the last boundary, +Inf, sends NaN (never <= anything) to the spare bin HIST_BINS."""
-    k = schema.HIST_HALF
-    mags = 10.0 ** (schema.HIST_LO + np.arange(1, k) / schema.HIST_PER_DECADE)
-    edges = np.concatenate([-mags[::-1], [0.0, np.nextafter(np.float32(0), np.float32(1))], mags, [np.inf]])
-    return torch.tensor(edges, dtype=torch.float32, device=device)
+    return torch.tensor(np.concatenate([_hist_edges(), [np.inf]]), dtype=torch.float32, device=device)
+
+
+def hist_boundaries_below(device) -> torch.Tensor:
+    """The same bins for torch.bucketize(right=False) of float32 values, with no mapping of Inf first: the
+    count of boundaries < x is x's bin. Each edge e stands as the float32 just below it (b < x exactly when
+    e <= x); the last boundary, +Inf itself, keeps +Inf in the top bin (-Inf lands in bin 0) and sends NaN
+    (never compared true) to the spare bin HIST_BINS."""
+    below = np.nextafter(_hist_edges(), np.float32(-np.inf))
+    return torch.tensor(np.concatenate([below, [np.inf]]), dtype=torch.float32, device=device)
 
 
 def _channel_map(params: list[torch.Tensor], dim: int | None, groups: int) -> tuple[int, list]:
@@ -103,18 +130,25 @@ class ParamContext:
         self.host = self.device.type == "cpu" and not FORCE_DEVICE_PATH and not self.is_sharded
         dtypes = {p.dtype for p in local}
         self.copy_dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
-        self.use_copy = self.copy_dtype == torch.float32  # the weight copy doubles as the scratch buffer
+        self.use_copy = self.copy_dtype == torch.float32 and COPY_AS_SCRATCH  # the copy doubles as the scratch
         self.keeps_weights = False  # set by the probes that read the copy's weights (setup, or first use)
         self.wants_grads = False  # set by the probes that read gradient statistics
-        self.copy_state = "dirty"  # "weights" (the last gathered, padding zero), "clean" (padding zero), "dirty"
+        self.copy_state = "dirty"  # "weights" (the last gathered), "update" (W_before - W), "dirty" (scratch)
         self.gathered = False  # the copy has held weights: an update can be measured against them
+        self.origin_path: str | None = None  # the file of the weights the run started from (set by the Recorder)
+        self.scratch_users: list = []  # probes that use the scratch, in the order they compute (see use_scratch)
         self._set_layout([p.numel() for p in local])
         dims = [None if d is False else 0 if d is True else d for d in (channel_dims or [None] * self.n)]
         self._set_channels(local, dims, groups)
         self._blocks3 = torch.zeros(3, self.nblocks, dtype=torch.float32, device=self.device)  # reused
+        self._blocks64 = torch.zeros(self.nblocks, dtype=torch.float64, device=self.device)
+        self._code_sums = torch.zeros(self.nblocks, dtype=torch.int32, device=self.device)
         self._blocks3_counted = False
-        for constant in ("channel_segments", "_boundaries", "_hist_base", "_padding", "_one"):
+        for constant in ("channel_segments", "_boundaries", "_nonfinite_boundaries", "_hist_base", "_one", "_nans",
+                         "padding_views"):
             getattr(self, constant)  # made now: a host-to-device copy on a recorded step would wait
+        if self.use_copy:
+            self.copy_padding_views  # noqa: B018 (the copy is the scratch: made now, once)
 
     # -- layout -------------------------------------------------------------------------------
     def local_params(self) -> list[torch.Tensor]:
@@ -125,7 +159,6 @@ class ParamContext:
         self.numels = np.asarray(numels, dtype=np.int64)
         blocks = -(-self.numels // BLOCK)
         self.starts = np.concatenate([[0], np.cumsum(blocks)[:-1]]).astype(np.int64) * BLOCK
-        self.padding = blocks * BLOCK - self.numels  # zeros after each tensor, counted in no statistic
         self.nblocks = int(blocks.sum())
         self.total = self.nblocks * BLOCK
         self.block_param = np.repeat(np.arange(len(numels)), blocks)
@@ -199,18 +232,26 @@ class ParamContext:
         return torch.zeros(self.chunk_blocks * BLOCK, dtype=torch.float32, device=self.device)
 
     @cached_property
-    def padding_views(self) -> list[list[torch.Tensor]]:
-        """Per chunk, views of the chunk buffer where no parameter lies (padding)."""
-        out = []
-        for c, (b0, b1) in enumerate(self.chunks):
-            ends = [(off, off + b - a) for _, a, b, off in self.pieces[c]]
-            gaps, at = [], 0
-            for lo, hi in ends + [((b1 - b0) * BLOCK, None)]:
-                if lo > at:
-                    gaps.append(self.chunk[at:lo])
-                at = hi if hi is not None else at
-            out.append(gaps)
-        return out
+    def padding_views(self) -> list[tuple[list[torch.Tensor], list[torch.Tensor]]]:
+        """Per chunk, (views of the chunk buffer where no parameter lies, zeros of the same sizes): appended to
+        a multi-tensor op's lists, they zero the padding in the same op."""
+        return [self._gaps(self.chunk, [(off, off + b - a) for _, a, b, off in self.pieces[c]], (b1 - b0) * BLOCK)
+                for c, (b0, b1) in enumerate(self.chunks)]
+
+    @cached_property
+    def copy_padding_views(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """As padding_views, for the kept copy."""
+        return self._gaps(self.copy, [(int(s), int(s + n)) for s, n in zip(self.starts, self.numels)], self.total)
+
+    @staticmethod
+    def _gaps(buf: torch.Tensor, spans: list[tuple[int, int]], end: int):
+        gaps, at = [], 0
+        for lo, hi in sorted(spans) + [(end, end)]:
+            if lo > at:
+                gaps.append(buf[at:lo])
+            at = max(at, hi)
+        zeros = torch.zeros(max([g.numel() for g in gaps], default=0), dtype=buf.dtype, device=buf.device)
+        return gaps, [zeros[:g.numel()] for g in gaps]
 
     @cached_property
     def copy(self) -> torch.Tensor:
@@ -223,7 +264,7 @@ class ParamContext:
 
     @cached_property
     def _boundaries(self) -> torch.Tensor:
-        return hist_boundaries(self.device)
+        return hist_boundaries_below(self.device)
 
     @cached_property
     def _hist_base(self) -> torch.Tensor:
@@ -233,6 +274,18 @@ class ParamContext:
     @cached_property
     def _one(self) -> torch.Tensor:
         return torch.ones(1, dtype=torch.float64, device=self.device)
+
+    def use_scratch(self, probe) -> None:
+        """Register `probe` (setup) as a user of the scratch: ParamStep.scratch(probe) restores the weights only
+        after the last user due at a step."""
+        self.scratch_users.append(probe)
+
+    def followed(self, user) -> bool:
+        """A later scratch user computes at every step `user` does (every step, or both detail steps only)."""
+        if user is None or user not in self.scratch_users:
+            return False
+        later = self.scratch_users[self.scratch_users.index(user) + 1:]
+        return any(u.cadence == EVERY or user.cadence == DETAIL for u in later)
 
     # -- reductions ---------------------------------------------------------------------------
     def combine(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
@@ -258,6 +311,10 @@ class ParamContext:
         out = torch.zeros(len(self.params), dtype=vector.dtype, device=self.device)
         return out.index_copy_(0, self._index(tuple(which)), vector) if which else out
 
+    def spread_pieces(self, values: list[torch.Tensor], c: int) -> torch.Tensor:
+        """[parameter tensors] float32: chunk c's per-piece values (0-d; a tensor has one piece per chunk)."""
+        return self._spread(values, [i for i, *_ in self.pieces[c]])
+
     def _index(self, which: tuple[int, ...]) -> torch.Tensor:
         """A device index tensor, kept per subset (a subset changes rarely: frozen layers)."""
         cache = self.__dict__.setdefault("_indices", {})
@@ -281,45 +338,45 @@ class ParamContext:
         norms = torch._foreach_norm([tensors[i] for i in which], float("inf"), dtype=torch.float32) if which else []
         return self._spread(norms, which)
 
-    def load_chunk(self, c: int, tensors: list[torch.Tensor | None]) -> torch.Tensor:
-        """Chunk `c` of `tensors` (one per parameter; None: zeros) in the float32 chunk, padding zero."""
+    def load_chunk(self, c: int, tensors: list[torch.Tensor | None], padding: float = 0.0) -> torch.Tensor:
+        """Chunk `c` of `tensors` (one per parameter; None: zeros) in the float32 chunk, the padding set to
+        `padding` in the same op (NaN: a histogram puts it in the spare bin, counted nowhere)."""
         b0, b1 = self.chunks[c]
         buf = self.chunk[:(b1 - b0) * BLOCK]
-        complete = all(tensors[i] is not None for i, *_ in self.pieces[c])
-        if not (self.use_copy and self.copy_state != "dirty" and complete):  # else padding zero, the rest written
-            buf.zero_()
-        self.copy_state = "clean" if self.use_copy else self.copy_state
-        dst, src = [], []
+        if not all(tensors[i] is not None for i, *_ in self.pieces[c]):
+            buf.zero_()  # a tensor without a gradient (frozen): zeros, taken out of histograms on the host
+        self.copy_state = "dirty" if self.use_copy else self.copy_state
+        gaps, zeros = self.padding_views[c]
+        if padding != 0.0:
+            zeros = [self._nans[:z.numel()] for z in zeros]
+        dst, src = list(gaps), list(zeros)
         for i, a, b, off in self.pieces[c]:
             if tensors[i] is not None:
                 dst.append(buf[off:off + b - a])
                 src.append(tensors[i].reshape(-1)[a:b])
-        if src:
-            torch._foreach_copy_(dst, src)
+        torch._foreach_copy_(dst, src)
         return buf
 
-    def copy_chunk(self, c: int) -> torch.Tensor:
-        """Chunk `c` of the kept weight copy, as float32 in the chunk buffer (the copy itself when float32:
-        writing to it leaves it scratch)."""
-        b0, b1 = self.chunks[c]
-        if self.use_copy:
-            self.copy_state = "dirty"  # a histogram overwrites it, padding included
-            return self.copy
-        buf = self.chunk[:(b1 - b0) * BLOCK]
-        buf.copy_(self.copy[b0 * BLOCK:b1 * BLOCK])
-        return buf
+    @cached_property
+    def _nans(self) -> torch.Tensor:
+        return torch.full((BLOCK,), float("nan"), dtype=torch.float32, device=self.device)
 
     def put_weights(self, weights: list[torch.Tensor]) -> None:
-        """The kept copy := `weights`, padding zero."""
-        if self.copy_state == "dirty":
-            self.copy.zero_()
-        torch._foreach_copy_(self.copy_views, weights)
+        """The kept copy := `weights`, padding zero (in the same op)."""
+        gaps, zeros = self.copy_padding_views
+        torch._foreach_copy_(self.copy_views + gaps, list(weights) + zeros)
         self.copy_state = "weights"
 
-    def row_ranges(self, b0: int, b1: int):
-        """[b0, b1) in one piece on a device (its reductions cast as they load), in CPU_ROWS pieces on the
-        CPU's own path (bounded scratch for the cast)."""
-        step = b1 - b0 if self.device.type != "cpu" or FORCE_DEVICE_PATH else CPU_ROWS
+    def cast_ranges(self, b0: int, b1: int):
+        """[b0, b1) in pieces that bound the copy a reduction to another dtype makes of its input (torch.sum(x,
+        dtype=...) casts x first, on a GPU too: only half/bfloat16 -> float32 casts as it loads): CPU_ROWS
+        blocks on the CPU's own path; on a device at least CAST_ROWS blocks and at most CAST_PIECES pieces
+        (ops bounded; the float64 image of a piece at most 2/CAST_PIECES of float32 parameters' bytes)."""
+        n = b1 - b0
+        if self.device.type == "cpu" and not FORCE_DEVICE_PATH:
+            step = CPU_ROWS
+        else:
+            step = max(CAST_ROWS, -(-n // CAST_PIECES))
         return [(r, min(r + step, b1)) for r in range(b0, b1, max(step, 1))]
 
     def block_stats(self, tensors: list[torch.Tensor | None], nonfinite: bool) -> torch.Tensor:
@@ -332,12 +389,29 @@ class ParamContext:
         for c, (b0, b1) in enumerate(self.chunks):
             x = self.load_chunk(c, tensors).view(-1, BLOCK)
             torch.sum(x, 1, out=blocks[0, b0:b1])
-            for r0, r1 in self.row_ranges(b0, b1) if nonfinite else []:
-                part = x[r0 - b0:r1 - b0]
-                torch.sum(torch.isnan(part), 1, dtype=torch.float32, out=blocks[1, r0:r1])
-                torch.sum(torch.isinf(part), 1, dtype=torch.float32, out=blocks[2, r0:r1])
+            if nonfinite:
+                self._count_nonfinite(x, b0, b1, blocks)
                 self._blocks3_counted = True
         return torch.segment_reduce(blocks, "sum", offsets=self._block_offsets3, axis=1, unsafe=True)
+
+    def _count_nonfinite(self, x: torch.Tensor, b0: int, b1: int, blocks: torch.Tensor) -> None:
+        """Per block NaN and Inf counts of the chunk `x` ([blocks, BLOCK], scratch) into blocks[1] and [2], with
+        no per-element temporary: |x| in place, then each element's code (finite 0, Inf 1, NaN NAN_CODE) written
+        over it as int32 by bucketize, summed per block (at most NAN_CODE * BLOCK: exact in float32) and split."""
+        x.abs_()
+        codes = x.view(torch.int32)
+        torch.bucketize(x, self._nonfinite_boundaries, out_int32=True, out=codes)
+        sums = self._code_sums[b0:b1]
+        torch.sum(codes, 1, dtype=torch.int32, out=sums)  # int32 in and out: nothing cast
+        torch.div(sums, NAN_CODE, rounding_mode="floor", out=blocks[1, b0:b1])
+        torch.sub(sums, blocks[1, b0:b1], alpha=NAN_CODE, out=blocks[2, b0:b1])
+
+    @cached_property
+    def _nonfinite_boundaries(self) -> torch.Tensor:
+        """bucketize(right=False) counts the boundaries below |x|: finite 0 (none), Inf 1 (the float32 maximum),
+        NaN all of them (never compared true): NAN_CODE, more than a block of Inf codes adds up to."""
+        top = np.float32(np.finfo(np.float32).max)
+        return torch.tensor([top] + [np.inf] * (NAN_CODE - 1), dtype=torch.float32, device=self.device)
 
     def copy_sums64(self) -> torch.Tensor:
         """[tensors] float64 sums of the kept weight copy (float64 accumulation: deterministic, the same
@@ -345,8 +419,51 @@ class ParamContext:
         if self.host and self.copy_dtype in (torch.float32, torch.float16):  # numpy casts in small buffers
             blocks = np.add.reduce(self.copy.numpy().reshape(-1, BLOCK), axis=1, dtype=np.float64)
             return torch.from_numpy(np.add.reduceat(blocks, self._block_starts) * (self.numels > 0))
-        blocks = torch.sum(self.copy.view(-1, BLOCK), 1, dtype=torch.float64)  # a GPU casts as it loads
+        rows, blocks = self.copy.view(-1, BLOCK), self._blocks64
+        for r0, r1 in self.cast_ranges(0, self.nblocks):  # float64 images of pieces, not of the whole copy
+            torch.sum(rows[r0:r1], 1, dtype=torch.float64, out=blocks[r0:r1])
         return torch.segment_reduce(blocks, "sum", offsets=self._block_offsets, unsafe=True)
+
+    def wide_sums(self) -> bool:
+        """Whether weight_sums64 goes through the scratch (a device, float32 parameters, more than CAST_ROWS
+        blocks: fewer ops than casting pieces, and no cast at all)."""
+        return self.use_copy and not self.host and self.nblocks > CAST_ROWS
+
+    def weight_sums64(self, weights: list[torch.Tensor]) -> torch.Tensor:
+        """copy_sums64's sums of `weights`, taken while the copy is scratch: the bytes of the float32 copy hold
+        half as many float64 values, so the weights go in as float64 in two (or three) parts, each cast as it is
+        copied and summed per block in float64: the same bits as summing a float64 image, with none made."""
+        blocks = self._blocks64
+        self.copy_state = "dirty"
+        for b0, b1, dst, gaps, zeros in self._wide_parts:
+            lo = b0 * BLOCK
+            torch._foreach_copy_(dst + gaps, [weights[i].reshape(-1)[a:b] for i, a, b, _ in self._pieces(
+                lo, b1 * BLOCK)] + zeros)
+            torch.sum(self._wide[:(b1 - b0) * BLOCK].view(-1, BLOCK), 1, out=blocks[b0:b1])
+        return torch.segment_reduce(blocks, "sum", offsets=self._block_offsets, unsafe=True)
+
+    @cached_property
+    def _wide(self) -> torch.Tensor:
+        return self.copy.view(torch.float64)  # total is a multiple of BLOCK: even
+
+    @cached_property
+    def _wide_parts(self) -> list:
+        """(first block, end block, float64 views of its pieces, padding views, their zeros) per part."""
+        per, out = max(self.nblocks // 2, 1), []
+        for b0 in range(0, self.nblocks, per):
+            b1 = min(b0 + per, self.nblocks)
+            pieces = self._pieces(b0 * BLOCK, b1 * BLOCK)
+            spans = [(off, off + b - a) for _, a, b, off in pieces]
+            gaps, zeros = self._gaps(self._wide, spans, (b1 - b0) * BLOCK)
+            out.append((b0, b1, [self._wide[lo:hi] for lo, hi in spans], gaps, zeros))
+        return out
+
+    def block_offsets_rows(self, rows: int) -> torch.Tensor:
+        """Block offsets repeated for `rows` rows (kept per row count: no copy op on a recorded step)."""
+        cache = self.__dict__.setdefault("_offset_rows", {})
+        if rows not in cache:
+            cache[rows] = self._block_offsets.expand(rows, -1).contiguous()
+        return cache[rows]
 
     @cached_property
     def _block_starts(self) -> np.ndarray:
@@ -355,25 +472,17 @@ class ParamContext:
 
     def _histogram_chunk(self, buf: torch.Tensor, b0: int, b1: int, table: torch.Tensor) -> None:
         self.copy_state = "dirty" if self.use_copy else self.copy_state
-        buf.nan_to_num_(nan=float("nan"), posinf=3e38, neginf=-3e38)
         idx = buf.view(torch.int32)  # the bin index overwrites the value it comes from, element by element
-        torch.bucketize(buf, self._boundaries, out_int32=True, right=True, out=idx)
+        torch.bucketize(buf, self._boundaries, out_int32=True, out=idx)
         idx.view(-1, BLOCK).add_(self._hist_base[b0:b1, None])
         table.index_add_(0, idx, self._one.expand(idx.numel()))
 
-    def histogram(self, tensors: list[torch.Tensor | None] | None) -> torch.Tensor:
-        """[tensors * HIST_WIDTH] float64 counts (padding included in the zero bin: see hist_rows);
-        `tensors` None: the kept weight copy."""
+    def histogram(self, tensors: list[torch.Tensor | None]) -> torch.Tensor:
+        """[tensors * HIST_WIDTH] float64 counts, the last of each row NaN and padding (dropped by hist_rows)."""
         table = torch.zeros(len(self.params) * HIST_WIDTH, dtype=torch.float64, device=self.device)
         for c, (b0, b1) in enumerate(self.chunks):
-            buf = self.copy_chunk(c) if tensors is None else self.load_chunk(c, tensors)
-            self._histogram_chunk(buf, b0, b1, table)
-        table.view(-1, HIST_WIDTH)[:, schema.HIST_HALF].sub_(self._padding)  # padding zeros are no values
+            self._histogram_chunk(self.load_chunk(c, tensors, padding=float("nan")), b0, b1, table)
         return table
-
-    @cached_property
-    def _padding(self) -> torch.Tensor:
-        return torch.as_tensor(self.padding, dtype=torch.float64, device=self.device)
 
     def hist_rows(self, table: np.ndarray, zeros_not_values: np.ndarray | None = None) -> np.ndarray:
         """Host side: [layers, HIST_BINS] counts from a histogram table, NaN dropped, and per tensor
@@ -390,7 +499,7 @@ class ParamContext:
         for c in range(len(self.chunks)):
             buf = self.load_chunk(c, tensors)
             out.append(torch.segment_reduce(buf.mul_(buf), "sum", offsets=offsets[c], unsafe=True))
-        return torch.cat(out)
+        return torch.cat(out) if len(out) > 1 else out[0]
 
     # -- host side (finalize) -----------------------------------------------------------------
     def per_layer_sum(self, per_param) -> np.ndarray:
@@ -475,7 +584,8 @@ class ParamStep:
 
     def _pass(self, weights: bool, grads: bool) -> dict:
         """The every-step pass, no temporary: the kept copy takes W_before - W (when it holds W_before); one
-        multi-tensor op squares the norms of that update, of the weights and of the gradients; the gradients
+        multi-tensor op squares the norms of that update, of the weights and of the gradients, another takes the
+        gradients' largest magnitudes, one stack holds both; the gradients
         go through the scratch for their sums and NaN/Inf counts; the copy takes W (and its float64 sums)."""
         ctx, w, g, n = self.ctx, self.weights, self.grads, len(self.ctx.params)
         have = [i for i, t in enumerate(g) if t is not None] if grads else []
@@ -483,38 +593,52 @@ class ParamStep:
             update = weights and ctx.gathered and ctx.copy_state == "weights"
             if update:
                 torch._foreach_sub_(ctx.copy_views, w)
-                ctx.copy_state = "clean"
+                ctx.copy_state = "update"
             tensors = (ctx.copy_views if update else []) + (w if weights else []) + [g[i] for i in have]
-            sq = ctx.combine(torch.stack(torch._foreach_powsum(tensors, 2, dtype=torch.float32)))
+            sums = list(torch._foreach_powsum(tensors, 2, dtype=torch.float32))
+            peaks = [i for i in have if ctx.numels[i]]  # max |g| (the inf-norm of an empty tensor has no value)
+            both = torch.stack(sums + (list(torch._foreach_norm([g[i] for i in peaks], float("inf"),
+                                                                 dtype=torch.float32)) if peaks else []))
+            sq = ctx.combine(both[:len(sums)])
             out, k = {}, n if update else 0
             if grads:
-                out["grads"] = self._grad_pass(ctx.spread(sq[k + (n if weights else 0):], have))
+                max_abs = ctx.combine(ctx.spread(both[len(sums):], peaks), "max")
+                out["grads"] = self._grad_pass(ctx.spread(sq[k + (n if weights else 0):], have), max_abs)
             if weights:
+                sums64 = ctx.weight_sums64(w) if ctx.wide_sums() else None  # while the copy is scratch
                 ctx.put_weights(w)
                 ctx.gathered = True
-                out["weights"] = {"sq": sq[k:k + n], "sum": ctx.combine(ctx.copy_sums64())}
+                sums64 = sums64 if sums64 is not None else ctx.copy_sums64()
+                out["weights"] = {"sq": sq[k:k + n], "sum": ctx.combine(sums64)}
                 if update:
                     out["weights"]["dsq"] = sq[:n]
         return out
 
-    def _grad_pass(self, sq: torch.Tensor) -> dict:
+    def _grad_pass(self, sq: torch.Tensor, max_abs: torch.Tensor) -> dict:
         ctx = self.ctx
         finite = ctx.host and bool(torch.isfinite(sq.sum()))  # CPU only: a finite total means no NaN or Inf
         stats = ctx.combine(ctx.block_stats(self.grads, nonfinite=not finite))
-        return {"sq": sq, "max_abs": ctx.combine(ctx.max_abs(self.grads), "max"), "sum": stats[0], "nan": stats[1],
-                "inf": stats[2]}
+        return {"sq": sq, "max_abs": max_abs, "sum": stats[0], "nan": stats[1], "inf": stats[2]}
 
     @contextmanager
-    def scratch(self):
+    def scratch(self, user=None):
         """Around a use of ctx.chunk: when that is the weight copy, the copy first takes this step's weights
-        (and the update is measured), and gets them back after."""
-        keep = self.ctx.use_copy and self.ctx.keeps_weights
+        (and the update is measured), and gets them back after, unless `user` (a probe registered with
+        ctx.use_scratch) is followed on every step it runs by another user, which will (one restore a step)."""
+        ctx = self.ctx
+        keep = ctx.use_copy and ctx.keeps_weights
         if keep:
             self.weight_stats  # noqa: B018
         with torch.no_grad():
-            yield
-            if keep:
-                self.ctx.put_weights(self.weights)
+            try:
+                yield
+            except BaseException:
+                ctx.scratch_users = [u for u in ctx.scratch_users if u is not user]  # it will be dropped
+                if keep:
+                    ctx.put_weights(self.weights)
+                raise
+            if keep and not ctx.followed(user):
+                ctx.put_weights(self.weights)
 
     @cached_property
     def local(self) -> tuple[torch.Tensor, np.ndarray] | None:
@@ -530,33 +654,92 @@ class ParamStep:
         return sq, self.ctx.present([t is not None for t in loc])
 
 
-def fp16_image(ctx: ParamContext) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """The weights now, compact: (flat float16 image W / s, per block -s, [tensors] exact |W|^2 on the host),
-    s a power of two per tensor that keeps |W / s| <= 2**15."""
-    w = ctx.local_params()
-    with torch.no_grad():
-        peak = ctx.combine(ctx.max_abs(w), "max").clamp(min=1e-30)
-        scale = torch.exp2(torch.ceil(torch.log2(peak)) - 15)
-        image = torch.zeros(ctx.total, dtype=torch.float16, device=ctx.device)
-        for i in ctx.nonempty:
-            s, n, flat = int(ctx.starts[i]), int(ctx.numels[i]), w[i].reshape(-1)
-            for a in range(0, n, 1 << 18):  # in pieces: a division into float16 makes a float32 temporary
-                b = min(a + (1 << 18), n)
-                torch.div(flat[a:b], scale[i], out=image[s + a:s + b])
-        neg_scale = -scale[torch.as_tensor(ctx.block_param, device=ctx.device)]
-        sq = ctx.combine(ctx.sq_sums(w)).double().cpu().numpy()
-    return image, neg_scale, sq
+class OriginWeights:
+    """The weights a run started from (W0), never held in memory: read back at each use from the file the
+    Recorder keeps beside the shard (rank-NNNNN.init.npz, float32 arrays stored uncompressed), or, where that
+    file cannot be read, from an unnamed temporary file of the weights at setup. Off the CPU, W0 is held once
+    in pinned host memory (none on the device) and copied to the device without a wait."""
+
+    READ = 1 << 16  # float32 values a host-side pass (setup) reads at once
+
+    def __init__(self, ctx: ParamContext, path: str | None = None):
+        self.ctx = ctx
+        local = ctx.local_params()
+        offsets = origin_offsets(path, ctx.params) if path else None
+        self._file = open(path, "rb") if offsets is not None else self._write_temporary(local)  # noqa: SIM115
+        self.offsets = offsets if offsets is not None else self._temporary_offsets(local)
+        self._closer = weakref.finalize(self, self._file.close)
+        self.host = None
+        if ctx.device.type != "cpu":
+            self.host = torch.empty(int(ctx.numels.sum()), dtype=torch.float32, pin_memory=True)
+            starts = np.concatenate([[0], np.cumsum(ctx.numels)])
+            for i in ctx.nonempty:
+                self._read(i, 0, int(ctx.numels[i]), self.host[starts[i]:starts[i + 1]])
+            self.host_starts = starts
+
+    @staticmethod
+    def _write_temporary(local: list[torch.Tensor]):
+        f = tempfile.TemporaryFile()  # noqa: SIM115 (kept open: it is the storage)
+        for t in local:  # written from the tensor's memory (no byte-string copy of a float32 CPU tensor)
+            f.write(memoryview(t.detach().float().cpu().contiguous().reshape(-1).numpy()).cast("B"))
+        f.flush()
+        return f
+
+    @staticmethod
+    def _temporary_offsets(local: list[torch.Tensor]) -> list[int]:
+        return np.concatenate([[0], np.cumsum([4 * t.numel() for t in local])[:-1]]).astype(int).tolist()
+
+    def _read(self, i: int, a: int, b: int, out: torch.Tensor) -> None:
+        """Elements [a, b) of tensor i (float32) into the CPU float32 tensor `out`, straight from the file."""
+        view = memoryview(out.numpy()).cast("B")
+        at, pos = 0, self.offsets[i] + 4 * a
+        while at < len(view):
+            got = os.preadv(self._file.fileno(), [view[at:]], pos + at)
+            if got <= 0:
+                raise OSError(f"{self._file.name}: the kept initial weights end early")
+            at += got
+
+    def sq_sums(self) -> np.ndarray:
+        """[tensors] float64 |W0|^2, on the host, read in bounded pieces."""
+        out = np.zeros(len(self.ctx.params))
+        buf = torch.empty(self.READ, dtype=torch.float32)
+        for i in self.ctx.nonempty:
+            n = int(self.ctx.numels[i])
+            for a in range(0, n, self.READ):
+                part = buf[:min(n - a, self.READ)]
+                self._read(i, a, a + part.numel(), part)
+                out[i] += float(np.dot(part.numpy().astype(np.float64), part.numpy()))
+        return self.ctx.combine(torch.from_numpy(out)).numpy() if self.ctx.is_sharded else out
+
+    def load(self, c: int, buf: torch.Tensor, pieces) -> None:
+        """Chunk c's pieces of W0 into `buf` (float32, the chunk's layout)."""
+        if self.host is None:
+            for i, a, b, off in pieces:
+                self._read(i, a, b, buf[off:off + b - a])
+            return
+        s = self.host_starts
+        torch._foreach_copy_([buf[off:off + b - a] for _, a, b, off in pieces],
+                             [self.host[s[i] + a:s[i] + b] for i, a, b, _ in pieces], non_blocking=True)
 
 
-def copy_minus_image(ctx: ParamContext, image: torch.Tensor, neg_scale: torch.Tensor, weights) -> torch.Tensor:
-    """[tensors] squared distances |W - W0|^2, W being the kept copy (restored from `weights` after)."""
+def origin_distance_sq(ctx: ParamContext, origin: OriginWeights, weights: list[torch.Tensor]) -> torch.Tensor:
+    """[tensors] float32 |W - W0|^2: per chunk of the scratch, W0 read in, W subtracted, squares summed per piece
+    (the scratch is left dirty: see ParamStep.scratch)."""
+    out = None
     with torch.no_grad():
-        rows, image_rows = ctx.copy.view(-1, BLOCK), image.view(-1, BLOCK)
-        for r0, r1 in ctx.row_ranges(0, ctx.nblocks):  # a CPU casts the float16 rows in a temporary
-            rows[r0:r1].addcmul_(image_rows[r0:r1], neg_scale[r0:r1, None])
-        dsq = ctx.combine(ctx.sq_sums(ctx.copy_views))
-        torch._foreach_copy_(ctx.copy_views, weights)
-    return dsq
+        for c, (b0, b1) in enumerate(ctx.chunks):
+            pieces = ctx.pieces[c]
+            if not pieces:
+                continue
+            buf = ctx.chunk[:(b1 - b0) * BLOCK]
+            ctx.copy_state = "dirty" if ctx.use_copy else ctx.copy_state
+            origin.load(c, buf, pieces)
+            views = [buf[off:off + b - a] for _, a, b, off in pieces]
+            torch._foreach_sub_(views, [weights[i].reshape(-1)[a:b] for i, a, b, _ in pieces])
+            sums = torch._foreach_powsum(views, 2, dtype=torch.float32)
+            part = ctx.spread_pieces(sums, c)
+            out = part if out is None else out.add_(part)
+    return ctx.combine(out if out is not None else ctx.sq_sums([None] * len(ctx.params)))
 
 
 def unit_chunk_directions(ctx: ParamContext, seed: int, dim: int, c: int, into: torch.Tensor | None = None):
@@ -572,19 +755,18 @@ def unit_chunk_directions(ctx: ParamContext, seed: int, dim: int, c: int, into: 
 
 
 def projections(ctx: ParamContext, seed: int, dims: int, weights: list[torch.Tensor]) -> torch.Tensor:
-    """[dims, tensors] dot products of `weights` with each direction (the padding zeroed)."""
-    blocks = torch.zeros(dims, ctx.nblocks, dtype=torch.float32, device=ctx.device)
+    """[dims, tensors] dot products of `weights` with each direction: per chunk one op multiplies the pieces by
+    the weights and the padding by zero, one sums blocks."""
+    blocks = torch.empty(dims, ctx.nblocks, dtype=torch.float32, device=ctx.device)  # every entry written
     for d in range(dims):
         for c, (b0, b1) in enumerate(ctx.chunks):
             buf = unit_chunk_directions(ctx, seed, d, c)
-            if ctx.padding_views[c]:
-                torch._foreach_zero_(ctx.padding_views[c])
+            gaps, zeros = ctx.padding_views[c]
             pieces = ctx.pieces[c]
-            torch._foreach_mul_([buf[off:off + b - a] for _, a, b, off in pieces],
-                                [weights[i].reshape(-1)[a:b] for i, a, b, _ in pieces])
+            torch._foreach_mul_([buf[off:off + b - a] for _, a, b, off in pieces] + gaps,
+                                [weights[i].reshape(-1)[a:b] for i, a, b, _ in pieces] + zeros)
             torch.sum(buf.view(-1, BLOCK), 1, out=blocks[d, b0:b1])
-    return torch.segment_reduce(blocks, "sum", offsets=ctx._block_offsets.expand(dims, -1).contiguous(),
-                                axis=1, unsafe=True)
+    return torch.segment_reduce(blocks, "sum", offsets=ctx.block_offsets_rows(dims), axis=1, unsafe=True)
 
 
 def _direction_pieces(ctx: ParamContext, seed: int, dims: int, wanted: set[int] | None = None):

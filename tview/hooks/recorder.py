@@ -171,6 +171,7 @@ class Recorder:
         origin = None
         if any(isinstance(p, par.InitDistance) for p in self.param_probes):
             path = origin_path(self.run_dir, self.rank)
+            self.pctx.origin_path = path  # init_distance reads W0 back from it (never held in memory)
             if self._mode == "resume" and os.path.exists(path):
                 origin = load_origin(path, self.pctx.params)
             elif self._mode != "resume" or not os.path.exists(self.shard_path):
@@ -201,6 +202,7 @@ class Recorder:
         self._kept: list[tuple] = []  # (layer index, output, its version, its sample copied or None) this forward
         self._pending_batches: list[tuple] = []  # (layer indices, channels, row starts, [(probe, partials)])
         self._inplace_victims: set[int] = set()  # layers whose output a later layer modifies in place
+        self._forward_order: dict[int, int] = {}  # layer index -> the order its hook first fired in
         self._problems: set[str] = set()
         self._hooks = [self.outer.register_forward_pre_hook(self._count_examples)]
         if self.act_probes:  # installed once, for good: torch.compile sees them from its first trace on
@@ -355,6 +357,7 @@ class Recorder:
     def _keep(self, index: int, output: torch.Tensor, probes: tuple):
         """Eager: keep the output for the batch where the forward pass ends (no op; a copy of its sample
         where a later layer modifies it in place); a probe that reads one output at a time runs here."""
+        self._forward_order.setdefault(index, len(self._forward_order))
         single = [p for p in probes if not p.batched]
         if single:
             ctx = act.ActivationContext(output)
@@ -483,8 +486,8 @@ class Recorder:
         for the others that makes every rank's step_time equal under DDP; wait_time: from there to the start
         of optimizer.step() (its wait in the all-reduce), plus its wait in DDP's broadcast of buffers at the
         forward's start; after_step_time: from the end of optimizer.step()
-        to step() (logging, checkpoints, evaluation after the step)."""
-        out = {}
+        to step() (logging, checkpoints, evaluation after the step); cpu_wait_time: the step's wait for a CPU."""
+        out = self.clock.cpu_wait_time()
         t_grad = self.local_grads.t_last if self.local_grads is not None else self._t_last_grad
         if t_grad is not None and t_grad > self._t_prev:
             out["busy_time"] = t_grad - self._t_prev - self._forward_wait
@@ -588,6 +591,8 @@ class Recorder:
     def _make_layout(self) -> ShardLayout:
         layers = [dict(info, channels=self._channels.get(i, info["channels"] if info["kind"] == "param" else None))
                   for i, info in enumerate(self.layer_info)]
+        for i, k in self._forward_order.items():  # where the hooks ran (eager): the order the forward pass took
+            layers[i]["forward"] = k
         filter_shapes = {n: tuple(filter_weight_shape(m)) for n, m in self.filter_modules if not is_sharded(m.weight)}
         return ShardLayout(rank=self.rank, world_size=self.world_size,
                            run_id=os.path.basename(os.path.abspath(self.run_dir)), layers=layers,
@@ -616,9 +621,9 @@ class Recorder:
         for probe, per_layer in calls.items():
             self._finalized(probe, rec, self.rows.activation_row, per_layer)
         snap = item["snapshot"]
-        rec.filters = {k.split("/", 1)[1]: v.astype(np.float32) for k, v in snap.items() if k.startswith("filters/")}
-        rec.feature_maps = {k.split("/", 1)[1]: v.astype(np.float32) for k, v in snap.items()
-                            if k.startswith("feature_maps/")}
+        as32 = {k: v.astype(np.float32, copy=False) for k, v in snap.items()}  # float32 already: no copy
+        rec.filters = {k.split("/", 1)[1]: v for k, v in as32.items() if k.startswith("filters/")}
+        rec.feature_maps = {k.split("/", 1)[1]: v for k, v in as32.items() if k.startswith("feature_maps/")}
         return rec
 
     def _finalized(self, probe, rec: StepRecord, make_row, parts):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 
 import numpy as np
 import torch
@@ -12,8 +13,8 @@ import torch
 from tview.errors import ConfigError
 from tview.store import schema
 
-BUILTIN_SCALARS = ("step_time", "busy_time", "wait_time", "after_step_time", "examples", "examples_per_sec",
-                   "host_rss_bytes", "cuda_allocated_bytes", "cuda_max_allocated_bytes", "lr")
+BUILTIN_SCALARS = ("step_time", "busy_time", "wait_time", "after_step_time", "cpu_wait_time", "examples",
+                   "examples_per_sec", "host_rss_bytes", "cuda_allocated_bytes", "cuda_max_allocated_bytes", "lr")
 
 
 def is_builtin_scalar(name: str) -> bool:
@@ -33,6 +34,31 @@ def host_rss_bytes() -> float:
     except (OSError, ValueError, IndexError):
         import resource
         return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+_SCHEDSTAT = {"key": None, "fd": -1}
+
+
+def cpu_wait_seconds() -> float | None:
+    """Seconds the calling thread has waited, runnable, for a CPU (Linux: the run-queue time in
+    /proc/thread-self/schedstat, the file kept open for the thread that asks); None where the kernel does not
+    say. A rank made slow by other processes on its cores waits here; one that sleeps or loads data does not."""
+    key = (os.getpid(), threading.get_ident())
+    if _SCHEDSTAT["key"] != key:  # another thread (or a forked child) asks: open its own file
+        _SCHEDSTAT["key"], _SCHEDSTAT["fd"] = key, _open_schedstat()
+    if _SCHEDSTAT["fd"] < 0:
+        return None
+    try:
+        return int(os.pread(_SCHEDSTAT["fd"], 128, 0).split()[1]) * 1e-9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _open_schedstat() -> int:
+    try:
+        return os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+    except OSError:
+        return -1
 
 
 def scalar_value(name: str, value):

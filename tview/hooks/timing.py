@@ -1,6 +1,6 @@
-"""What a step's timeline and optimizers tell the Recorder: the learning rates a step used, each rank's own work
-and its wait for the others (optimizer step hooks), and this rank's gradients before the DDP all-reduce (a DDP
-communication hook that sees each bucket's flat local gradient)."""
+"""What a step's timeline and optimizers tell the Recorder: the learning rates a step used, each rank's own work,
+its wait for the others (optimizer step hooks) and for a CPU, and this rank's gradients before the DDP all-reduce
+(a DDP communication hook that sees each bucket's flat local gradient)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import time
 import torch
 
 from tview.errors import ConfigError
+from tview.hooks.scalars import cpu_wait_seconds
 
 
 def to_device(t: torch.Tensor, device) -> torch.Tensor:
@@ -48,6 +49,7 @@ class StepClock:
         self.lrs: list | None = None
         self.t_opt_start: float | None = None
         self.t_opt_end: float | None = None
+        self.cpu_wait_start = cpu_wait_seconds()
         self._param_ids = {id(p) for p in params}
         self._seen: list = []
         self._seen_lrs: list = []
@@ -84,8 +86,17 @@ class StepClock:
 
     def reset(self) -> None:
         self.t_opt_start = self.t_opt_end = None
+        self.cpu_wait_start = cpu_wait_seconds()
         self.lrs = None
         self._seen, self._seen_lrs = [], []
+
+    def cpu_wait_time(self) -> dict:
+        """{"cpu_wait_time": seconds this thread waited for a CPU since the last reset (the step's start)}, or {}
+        where the kernel does not say."""
+        now = cpu_wait_seconds()
+        if now is None or self.cpu_wait_start is None:
+            return {}
+        return {"cpu_wait_time": now - self.cpu_wait_start}
 
     def current_lrs(self) -> list:
         """The learning rates the step used (read at its optimizer's pre-hook), else the current ones; with no

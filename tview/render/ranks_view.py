@@ -86,11 +86,14 @@ def slowest_by(step_time: dict[int, float | None], other_times: dict[str, dict[i
                ) -> tuple[int, str] | None:
     """(rank, why) of the slowest rank by step time; if none stands out (under DDP the all-reduce makes every
     rank's step take as long as the slowest's), by the first other duration scalar in which one does (e.g. the
-    time a rank spends loading its batch): why is then 'slowest by data_time'."""
+    time a rank spends loading its batch): why is then 'slowest by data_time'. Waits (wait_time, cpu_wait_time)
+    are not read: under DDP the rank that waits longest for the others is the fastest, not the slowest."""
     rank = slowest(step_time)
     if rank is not None:
         return rank, "slowest"
     for name, times in (other_times or {}).items():
+        if "wait" in name:
+            continue
         rank = slowest(times)
         if rank is not None:
             return rank, f"slowest by {name}"

@@ -79,7 +79,7 @@ HIST_BINS = 2 * HIST_HALF + 1
 
 @dataclass(frozen=True)
 class Column:
-    """One statistic a probe writes. `nonfinite`: a count of NaN/Inf values (the writer keeps the first
+    """One statistic a probe writes. `nonfinite`: a count (or a 0/1 flag) of NaN/Inf values (the writer keeps the first
     step where it is > 0); `width`: the row width of a VECTOR column."""
 
     name: str

@@ -25,7 +25,8 @@ from tview.diagnose.findings import Finding, declare, make
 KINDS = declare({
     "dead_filters": ("warning", "activation",
                      "output channels whose activations stay zero (zero fraction >= 0.99) to the end of the run, "
-                     "dated to the recorded step they died"),
+                     "dated to the recorded step they died (a module called at several places in a step, such as "
+                     "one shared ReLU, is judged on all its calls together: the store keeps one row per module)"),
     "dead_units": ("warning", "activation",
                    "units after a fully connected (Linear) layer whose activations stay zero (zero fraction >= 0.99) "
                    "to the end of the run, when they are a quarter of the layer's units or more (dying ReLUs)"),

@@ -105,6 +105,15 @@ def _ranks_text(ranks, run) -> str:
     return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(map(str, ranks))
 
 
+def forward_positions(run) -> list:
+    """Each layer's position in the forward pass: where the Recorder saw its hook fire (stores since this field),
+    else its place in the model's module list; layers never seen run after the others."""
+    info = run.layer_info
+    if not any("forward" in layer for layer in info):
+        return list(range(len(info)))
+    return [(layer.get("forward", len(info)), i) for i, layer in enumerate(info)]
+
+
 def _sources(run, layers: np.ndarray) -> np.ndarray:
     """Of the layers showing NaN/Inf, those that can make it: layers with parameters (an activation module maps
     finite inputs to finite outputs, and one module object may be called at several places, so its position in
@@ -115,10 +124,11 @@ def _sources(run, layers: np.ndarray) -> np.ndarray:
 
 def _nonfinite_finding(run, per, ranks, s, tensor, key, pick) -> Finding:
     layer_of = {}
+    position = forward_positions(run)
     for r in ranks:
         steps, bad, _ = per[r][key][2]
-        layer_of[r] = pick(_sources(run, np.flatnonzero(bad[per[r][key][1]])))
-    best = pick(layer_of.values())
+        layer_of[r] = pick(_sources(run, np.flatnonzero(bad[per[r][key][1]])), key=position.__getitem__)
+    best = pick(layer_of.values(), key=position.__getitem__)
     at = [r for r in ranks if layer_of[r] == best]
     rank = at[0] if len(at) < len(run.ranks) or len(run.ranks) == 1 else None
     layer = run.layers[best]

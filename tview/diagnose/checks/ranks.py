@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from tview.diagnose import detect
-from tview.diagnose.checks.common import STAY_LEAST, Context, aligned_scalar
+from tview.diagnose.checks.common import STAY_LEAST, Context, aligned_scalar, on_steps
 from tview.diagnose.findings import Finding, declare, make
 
 KINDS = declare({
@@ -20,43 +20,90 @@ KINDS = declare({
                                          "that rank)"),
     "slow_rank": ("warning", "time",
                   "the rank the others wait for: its own time per step (step time less its wait for the others in "
-                  "the all-reduce; else its busy time, else its step time) stays well above the other ranks'"),
+                  "the all-reduce, else its busy time, else its step time; less its wait for a CPU) stays above the "
+                  "other ranks' from some step on, step after step"),
     "rank_lags": ("warning", "time", "a rank's last recorded step is well behind the furthest rank's"),
 })
 
 DIVERGE_FACTOR = 2.0      # a rank's smoothed loss above this x the lower median rank's ...
 DIVERGE_GAP = 0.25        # ... and above it by this share of the run's early loss
-SLOW_FACTOR = 1.5         # a rank's own time above this x the lower median rank's (half again: the others wait a third)
-SLOW_MIN_SECONDS = 1e-3   # ... and by at least this much
+DIVERGE_SHARE = 0.7       # ... on at least this share of the records from its onset on
+SLOW_SHARE = 0.1          # the others wait for a rank at least this share of their step (its own time less the
+#                           lower median rank's: the job runs a tenth slower for it) as a median from its onset on,
+SLOW_MIN_SECONDS = 5e-3   # ... and longer than a time slice of the OS or a flush of a writer thread can make it ...
+SLOW_ORDER_SHARE = 0.7    # ... and it is above the lower median on at least this share of those records (by
+#                           chance a rank is, on half or less of the records: the first of two ranks, one of three)
 LAG_FRACTION = 0.05       # a rank whose last step is behind the furthest by more than this share
-SMOOTH = 19               # records in the centered rolling share of outlying losses and times
+WINDOW = 19               # records after an onset that must hold the level (and so must all records to the end)
 DIVERGE_STAY = 0.1        # a diverging rank stays so over at least the last tenth of the records
 SLOW_STAY = 0.15          # a slow rank stays slow over at least the last 15% of the records
 
 
-def _outlier_onsets(values: np.ndarray, factor: float, gap: float, stay: float) -> dict[int, int]:
-    """{row: column where it starts} for the rows of [ranks, steps] that are above factor x the lower median row
-    and by more than `gap` on most steps (a centered rolling share >= 0.7) to the end, over at least the last
-    `stay` share of the columns; the start is where the row's log ratio to the lower median shifts up most
-    clearly (within two smoothing windows before that stretch and the stretch itself; or where its flags turn,
-    when they are mostly up for a whole window before that shift), moved on to the first outlying record from
-    there (an odd high value just before the change, below the factor or the gap, does not date it)."""
-    ref = detect.lower_median(values)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        flags = (values > factor * ref) & (values - ref > gap)
-        log_ratio = np.log(values / ref)
-    least = max(STAY_LEAST, int(math.ceil(stay * values.shape[1])))
+def _outlier_onsets(flags: np.ndarray, level: np.ndarray, share: float, stay: float,
+                    above: np.ndarray | None = None, order_share: float = 0.0) -> dict[int, int]:
+    """{row: column where it starts} for the rows of bool [ranks, steps] `flags` (a rank outlying at a step) that
+    are True on at least `share` of the records from their onset on, both over the WINDOW records after it and
+    over all records to the end (at least the last `stay` share of them): a noisy tail does not break
+    it; with `above`, also True there on `order_share` of those records (the same rank stands out step after
+    step). The onset is dated by dated_onset on the row's `level` (how far it is above the others)."""
+    least = max(STAY_LEAST, int(math.ceil(stay * flags.shape[1])))
     out = {}
-    for k in range(len(values)):
-        start = detect.sustained_onset(flags[k], SMOOTH, least)
+    for k in range(len(flags)):
+        ok = detect.held(flags[k], WINDOW, share)
+        if above is not None:
+            ok &= detect.held(above[k], WINDOW, order_share)
+        start = detect.first_held(ok, least)
         if start is not None:
-            lo = max(1, start - 2 * SMOOTH)
-            shift = lo - 1 + detect.mean_shift(log_ratio[k, lo - 1:], 1, len(values[k]) - lo - least // 2)
-            if shift - start >= SMOOTH and flags[k, start:shift].mean() >= 0.7:
-                shift = start  # a level that rose twice: outlying for a whole window before the largest shift
-            first = np.flatnonzero(flags[k, shift:shift + SMOOTH])
-            out[k] = shift + int(first[0]) if len(first) else shift
+            out[k] = dated_onset(flags[k], level[k], start, least)
     return out
+
+
+def dated_onset(flags: np.ndarray, level: np.ndarray, start: int, least: int) -> int:
+    """The onset of an outlying stretch first held at `start`: where the row's level shifts up most clearly
+    (within two windows before `start` and after it; or `start` itself, when the flags are mostly up for a whole
+    window before that shift: a level that rose twice), moved on to the first outlying record from there (an odd
+    high value just before the change, below the thresholds, does not date it)."""
+    n = len(flags)
+    lo = max(1, start - 2 * WINDOW)
+    shift = lo - 1 + detect.mean_shift(level[lo - 1:], 1, n - lo - least // 2)
+    if shift - start >= WINDOW and flags[start:shift].mean() >= 0.7:
+        shift = start
+    first = np.flatnonzero(flags[shift:shift + WINDOW])
+    return shift + int(first[0]) if len(first) else shift
+
+
+def _diverging(loss: np.ndarray, gap: float) -> dict[int, int]:
+    """Onsets of the ranks whose loss is above DIVERGE_FACTOR x the lower median rank's and by more than `gap`."""
+    ref = detect.lower_median(loss)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        flags = (loss > DIVERGE_FACTOR * ref) & (loss - ref > gap)
+        log_ratio = np.log(loss / ref)
+    return _outlier_onsets(flags, log_ratio, DIVERGE_SHARE, DIVERGE_STAY)
+
+
+def waited_share(own: np.ndarray, host: np.ndarray | None, step: np.ndarray) -> np.ndarray:
+    """[ranks, steps]: how long the others wait for each rank, as a share of the step (`step`: per column, the
+    median rank's step time): its own time above the lower median rank's, once each rank's own time is less its
+    wait for a CPU beyond the others' (`host`: the host took that part; no lower than the fastest rank's own time,
+    as that wait also counts some of its wait for the others)."""
+    if host is not None:
+        fastest = np.nanmin(np.where(np.isfinite(own), own, np.inf), axis=0)
+        own = own - np.clip(host, 0, np.clip(own - fastest, 0, None))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (own - detect.lower_median(own)) / step
+
+
+def waited_for(waited: np.ndarray, step: np.ndarray) -> dict[int, int]:
+    """Onsets of the ranks the others wait for at least SLOW_SHARE of their step and SLOW_MIN_SECONDS (as a median
+    from the onset on), the same rank waited for at all step after step (SLOW_ORDER_SHARE of the records)."""
+    with np.errstate(invalid="ignore"):
+        flags = (waited >= SLOW_SHARE) & (waited * step >= SLOW_MIN_SECONDS)
+        above = waited > 0
+    stay = max(SLOW_STAY, WINDOW / max(flags.shape[1], 1))  # a median over a whole window at least
+    # dated on the ranks of its waited shares, not their sizes: a spike of the host's before the onset, or a step
+    # after it where another rank was slower still, counts as one record more or less, not as a level
+    order = np.argsort(np.argsort(np.nan_to_num(waited), axis=1), axis=1).astype(np.float64)
+    return _outlier_onsets(flags, order, 0.5, stay, above, SLOW_ORDER_SHARE)
 
 
 def check_loss(run, max_points=None, rank_summaries: dict | None = None) -> list[Finding]:
@@ -69,7 +116,7 @@ def check_loss(run, max_points=None, rank_summaries: dict | None = None) -> list
     early = float(detect.nanmedian(loss[:, :max(STAY_LEAST, len(steps) // 10)]))
     gap = DIVERGE_GAP * abs(early) if np.isfinite(early) else 0.0
     found = []
-    for k, start in _outlier_onsets(loss, DIVERGE_FACTOR, gap, DIVERGE_STAY).items():
+    for k, start in _diverging(loss, gap).items():
         mine = float(detect.nanmedian(loss[k, start:]))
         rest = float(detect.nanmedian(np.delete(loss, k, axis=0)[:, start:]))
         found.append(make("rank_diverges", f"rank {ranks[k]}: loss {mine:.3g} from step {steps[start]} on, the other "
@@ -79,44 +126,74 @@ def check_loss(run, max_points=None, rank_summaries: dict | None = None) -> list
 
 
 def own_time(run, max_points=None, rank_summaries: dict | None = None):
-    """(name, steps, ranks, [ranks, steps]) of each rank's own time per step: step_time less wait_time (its wait
-    for the others in the all-reduce) when both are recorded, else busy_time, else step_time (under synchronous
-    data parallelism every rank's step time is the slowest's); None when fewer than 2 ranks have any."""
+    """(how it is measured, the stat it shows best in, steps, ranks, [ranks, steps]) of each rank's own time per
+    step: step_time less wait_time (its wait for the others in the all-reduce) when both are recorded, else
+    busy_time, else step_time (under synchronous data parallelism every rank's step time is the slowest's); None
+    when fewer than 2 ranks have any."""
     step = aligned_scalar(run, "step_time", max_points, rank_summaries)
-    wait = aligned_scalar(run, "wait_time", max_points, rank_summaries)
-    if step is not None and wait is not None and step[1] == wait[1]:
-        common = np.intersect1d(step[0], wait[0])
-        a = step[2][:, np.isin(step[0], common)]
-        b = wait[2][:, np.isin(wait[0], common)]
-        return "own time (step time less wait)", common, step[1], a - b
-    for name in ("busy_time", "step_time"):
-        got = aligned_scalar(run, name, max_points, rank_summaries)
-        if got is not None:
-            return (name, *got)
-    return None
+    got = _less(step, aligned_scalar(run, "wait_time", max_points, rank_summaries))
+    if got is not None:
+        return "step time less its wait for the others", "wait_time", *got
+    got = aligned_scalar(run, "busy_time", max_points, rank_summaries)
+    if got is not None:
+        return "busy_time", "busy_time", *got
+    return None if step is None else ("step_time", "step_time", *step)
+
+
+def _less(a, b):
+    """(steps, ranks, a - b) of two (steps, ranks, [ranks, steps]) on the steps both have; None without both."""
+    if a is None or b is None or a[1] != b[1]:
+        return None
+    common = np.intersect1d(a[0], b[0])
+    return common, a[1], a[2][:, np.isin(a[0], common)] - b[2][:, np.isin(b[0], common)]
+
+
+def host_share(run, steps: np.ndarray, ranks: list, max_points=None, rank_summaries: dict | None = None
+               ) -> np.ndarray:
+    """[ranks, steps] of each rank's wait for a CPU beyond the lower median rank's (cpu_wait_time: runnable, not
+    running, as when other processes share its cores): the part of its own time the host took; 0 where not
+    recorded: None."""
+    got = aligned_scalar(run, "cpu_wait_time", max_points, rank_summaries)
+    if got is None or got[1] != ranks:
+        return None
+    q = np.stack([on_steps(steps, (got[0], row)) for row in got[2]])
+    return np.nan_to_num(np.clip(q - detect.lower_median(q), 0, None))
 
 
 def check_time(run, max_points=None, rank_summaries: dict | None = None, before: int | None = None) -> list[Finding]:
-    """The ranks the others wait for: own time (own_time) that stays above the other ranks' (beyond MAX_RANKS ranks
-    on the rank summaries' trends, see aligned_scalar); before: only steps before this one (the first NaN/Inf:
-    after it the training is broken and its timing says nothing of the ranks)."""
+    """The ranks the others wait for: own time (own_time) above the other ranks', beyond its wait for a CPU
+    (host_share), that stays so (beyond MAX_RANKS ranks on the rank summaries' trends, see aligned_scalar); before:
+    only steps before this one (the first NaN/Inf: after it the training is broken and its timing says nothing of
+    the ranks)."""
     got = own_time(run, max_points, rank_summaries)
     if got is None:
         return []
-    name, steps, ranks, t = got
+    name, stat, steps, ranks, t = got
     keep = slice(1, None if before is None else int(np.searchsorted(steps, before)))
     steps, t = steps[keep], t[:, keep]  # step 0 holds the set-up
     if not len(steps):
         return []
+    host = host_share(run, steps, ranks, max_points, rank_summaries)
+    step = median_step_time(run, steps, max_points, rank_summaries)
+    waited = waited_share(t, host, step)
     found = []
-    for k, start in _outlier_onsets(t, SLOW_FACTOR, SLOW_MIN_SECONDS, SLOW_STAY).items():
+    for k, start in waited_for(waited, step).items():
         mine = float(detect.nanmedian(t[k, start:]))
         rest = float(detect.nanmedian(np.delete(t, k, axis=0)[:, start:]))
-        found.append(make("slow_rank", f"rank {ranks[k]}: {name} {mine * 1e3:.1f} ms per step from step {steps[start]} "
-                          f"on, {mine / rest:.2f}x the other ranks' {rest * 1e3:.1f} ms: the others wait for it",
-                          rank=ranks[k], step=int(steps[start]),
-                          stat="wait_time" if name.startswith("own") else name))
+        share = float(detect.nanmedian(waited[k, start:]))
+        cpu = "" if host is None else ", beyond its wait for a CPU"
+        found.append(make("slow_rank", f"rank {ranks[k]}: own time ({name}) {mine * 1e3:.1f} ms per step from step "
+                          f"{steps[start]} on, the other ranks' {rest * 1e3:.1f} ms: the others wait for it "
+                          f"{share:.0%} of their step{cpu}", rank=ranks[k], step=int(steps[start]), stat=stat))
     return found
+
+
+def median_step_time(run, steps: np.ndarray, max_points=None, rank_summaries: dict | None = None) -> np.ndarray:
+    """Per step, the median over the ranks of step_time (NaN where none recorded it)."""
+    got = aligned_scalar(run, "step_time", max_points, rank_summaries)
+    if got is None:
+        return np.full(len(steps), np.nan)
+    return on_steps(steps, (got[0], detect.nanmedian(got[2], axis=0)))
 
 
 def check_status(run, rank_summaries: dict | None = None) -> list[Finding]:

@@ -1,0 +1,72 @@
+"""tview.diagnose's rank checks on made-up per-step times with known answers: the rank the others wait for is named
+from its onset though some of its records (the last ones too) are ordinary, and not when the host made its lead or
+when it is ahead only now and then."""
+
+import numpy as np
+
+from tview.diagnose import detect
+from tview.diagnose.checks import ranks
+
+STEPS, ONSET = 120, 70
+
+
+def _own_times(rng, ranks_n=3, base=0.05, jitter=0.01) -> np.ndarray:
+    return base + jitter * rng.random((ranks_n, STEPS))
+
+
+def _onsets(own, host=None, step=None):
+    step = np.full(own.shape[1], 0.1) if step is None else step
+    return ranks.waited_for(ranks.waited_share(own, host, step), step)
+
+
+def test_held_ignores_odd_records_anywhere_the_last_ones_too():
+    flags = np.zeros(100, dtype=bool)
+    flags[40:] = True
+    flags[[50, 61, 77, 97, 98, 99]] = False  # a tail that a rule "True to the last record" would not forgive
+    ok = detect.held(flags, 19, 0.7)
+    assert 40 - 19 * 0.3 <= detect.first_held(ok, 10) <= 40  # a few ordinary records may open the window
+    assert detect.first_held(detect.held(np.random.default_rng(0).random(100) < 0.4, 19, 0.7), 10) is None
+
+
+def test_a_slow_rank_is_named_from_its_onset_though_a_quarter_of_its_records_and_its_tail_are_ordinary():
+    rng = np.random.default_rng(3)
+    own = _own_times(rng)
+    slow = rng.random(STEPS) < 0.75  # 30 ms slower on three records in four ...
+    slow[-6:] = False                # ... and not on the last six
+    own[2, ONSET:] += 0.03 * slow[ONSET:]
+    own[2, ONSET] += 0.03 * (not slow[ONSET])
+    assert _onsets(own) == {2: ONSET}
+
+
+def test_a_lead_the_host_made_names_no_rank():
+    """Rank 1 is 40 ms slower from ONSET, all of it spent waiting for a CPU beyond the others' wait (another
+    process on its core): not the training's fault, and no other rank becomes the one waited for."""
+    rng = np.random.default_rng(4)
+    own = _own_times(rng, ranks_n=2)
+    own[1, ONSET:] += 0.04
+    host = np.zeros_like(own)
+    host[1, ONSET:] = 0.04 + 0.01 * rng.random(STEPS - ONSET)  # its CPU wait also counts some of its wait for others
+    assert _onsets(own) == {1: ONSET}
+    assert _onsets(own, host) == {}
+
+
+def test_ranks_each_slow_now_and_then_are_not_the_one_waited_for():
+    """Every rank of three is 50 ms slower on a random eighth of the steps (a busy host): each is waited for now
+    and then, none step after step; one 30 ms slower from ONSET is named through that noise."""
+    rng = np.random.default_rng(5)
+    own = _own_times(rng)
+    own += 0.05 * (rng.random(own.shape) < 1 / 8)
+    assert _onsets(own) == {}
+    own[1, ONSET:] += 0.03  # one of them slower by 30 ms from ONSET on, through the same noise
+    assert list(_onsets(own)) == [1] and abs(_onsets(own)[1] - ONSET) <= 3  # a spike on another rank can mask a record
+
+
+def test_a_lead_must_be_a_tenth_of_the_step_and_beyond_timing_jitter():
+    rng = np.random.default_rng(6)
+    own = _own_times(rng, jitter=0.001)
+    own[1, ONSET:] += 0.008  # 8 ms in a 100 ms step: the job loses 8%
+    assert _onsets(own) == {}
+    assert _onsets(own, step=np.full(STEPS, 0.04)) == {1: ONSET}  # in a 40 ms step: 20%
+    own = _own_times(rng, base=0.004, jitter=0.001)
+    own[1, ONSET:] += 0.003  # 3 ms in a 10 ms step: a time slice of the OS could make it
+    assert _onsets(own, step=np.full(STEPS, 0.01)) == {}
