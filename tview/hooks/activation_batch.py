@@ -65,20 +65,6 @@ def layout_values(layout: tuple) -> int:
     return layout[1] if layout[0] == "flat" else layout[1] * layout[3]
 
 
-def row_index_numpy(layouts: tuple) -> np.ndarray:
-    """Row of each sampled value, for the concatenated samples of outputs of these layouts (host, once)."""
-    parts, base = [], 0
-    for layout in layouts:
-        if layout[0] == "flat":
-            parts.append(np.full(layout[1], base, dtype=np.int64))
-        else:
-            kind, e, c, s = layout
-            ch = np.arange(base, base + c, dtype=np.int64)
-            parts.append(np.tile(np.repeat(ch, s), e) if kind == "nchw" else np.tile(ch, e * s))
-        base += layout_rows(layout)
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-
-
 def reduce_one(src: torch.Tensor, layout: tuple, how: str) -> torch.Tensor:
     """Per-row reduction of one output's sample by reshaping it (inside a compiled graph: no row index)."""
     if layout[0] == "flat":
@@ -91,8 +77,9 @@ def reduce_one(src: torch.Tensor, layout: tuple, how: str) -> torch.Tensor:
     return v.amin(dims) if how == "amin" else v.amax(dims)
 
 
-def runs_numpy(layouts: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """(start of each run of consecutive values of one row, the run's row): the host's reduction plan."""
+def run_plan(layouts: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """(length of each run of consecutive sampled values of one row, the run's row), for the concatenated samples
+    of outputs of these layouts: the host reduces runs; the device's row index repeats each run's row."""
     lengths, rows, base = [], [], 0
     for layout in layouts:
         if layout[0] == "flat":
@@ -104,8 +91,19 @@ def runs_numpy(layouts: tuple) -> tuple[np.ndarray, np.ndarray]:
             lengths.append(np.full(n, run))
             rows.append(base + np.tile(np.arange(c), n // c))
         base += layout_rows(layout)
-    lengths = np.concatenate(lengths).astype(np.int64)
-    return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64), np.concatenate(rows).astype(np.int64)
+    return np.concatenate(lengths).astype(np.int64), np.concatenate(rows).astype(np.int64)
+
+
+def row_index_numpy(layouts: tuple) -> np.ndarray:
+    """Row of each sampled value (host, once per set of layouts)."""
+    lengths, rows = run_plan(layouts)
+    return np.repeat(rows, lengths)
+
+
+def runs_numpy(layouts: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """(start of each run, the run's row): the host's reduction plan."""
+    lengths, rows = run_plan(layouts)
+    return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64), rows
 
 
 def host_per_row(values: np.ndarray, runs: tuple[np.ndarray, np.ndarray], n_rows: int, how: str) -> np.ndarray:
@@ -122,42 +120,38 @@ def host_per_row(values: np.ndarray, runs: tuple[np.ndarray, np.ndarray], n_rows
 
 
 class RowIndex:
-    """Row indexes on the device, one per set of layouts seen (a net's layouts repeat step after step), and
-    the host's runs."""
+    """What the reductions of a set of layouts need, made once (a net's layouts repeat step after step): the
+    host's runs, and on the device the row index, the histogram slots and the histogram's boundaries."""
 
     def __init__(self, limit: int = 8):
-        self.cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.host_cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self.cache: dict[tuple, object] = {}
         self.limit = limit
 
+    def _cached(self, key: tuple, make):
+        if key not in self.cache:
+            if len(self.cache) >= self.limit:
+                self.cache.pop(next(iter(self.cache)))
+            self.cache[key] = make()
+        return self.cache[key]
+
     def runs(self, layouts: tuple) -> tuple[np.ndarray, np.ndarray]:
-        if layouts not in self.host_cache:
-            if len(self.host_cache) >= self.limit:
-                self.host_cache.pop(next(iter(self.host_cache)))
-            self.host_cache[layouts] = runs_numpy(layouts)
-        return self.host_cache[layouts]
+        return self._cached((layouts, "runs"), lambda: runs_numpy(layouts))
 
     def get(self, layouts: tuple, device, what: str = "rows") -> torch.Tensor:
         """On `device`, int32: the row of each sampled value ("rows"; "rows64": int64, for scatter_reduce_ off
         the CPU), or the first histogram slot of its output ("hist_base")."""
-        key = (layouts, str(device), what)
-        if key not in self.cache:
-            if len(self.cache) >= self.limit:
-                self.cache.pop(next(iter(self.cache)))
-            if what == "hist_base":
-                sizes = [layout_rows(lay) * layout_values(lay) for lay in layouts]
-                index = np.repeat(np.arange(len(layouts)) * (schema.HIST_BINS + 1), sizes)
-            else:
-                index = row_index_numpy(layouts)
-            dtype = np.int64 if what == "rows64" else np.int32
-            self.cache[key] = _to(torch.from_numpy(index.astype(dtype)), device)
-        return self.cache[key]
+        return self._cached((layouts, str(device), what), lambda: _to(torch.from_numpy(
+            _index(layouts, what).astype(np.int64 if what == "rows64" else np.int32)), device))
 
     def boundaries(self, device) -> torch.Tensor:
-        key = ("boundaries", str(device))
-        if key not in self.cache:
-            self.cache[key] = hist_boundaries(device)
-        return self.cache[key]
+        return self._cached(("boundaries", str(device)), lambda: hist_boundaries(device))
+
+
+def _index(layouts: tuple, what: str) -> np.ndarray:
+    if what == "hist_base":
+        sizes = [layout_rows(lay) * layout_values(lay) for lay in layouts]
+        return np.repeat(np.arange(len(layouts)) * (schema.HIST_BINS + 1), sizes)
+    return row_index_numpy(layouts)
 
 
 def _to(t: torch.Tensor, device) -> torch.Tensor:
@@ -241,12 +235,11 @@ class ActivationBatch:
         by_dtype: dict = {}
         for k, t in enumerate(self.outputs):
             by_dtype.setdefault(t.dtype, []).append(k)
-        order = [k for ks in by_dtype.values() for k in ks]
-        norms = torch.stack([n for ks in by_dtype.values()
-                             for n in torch._foreach_norm([self.outputs[k] for k in ks], 2, dtype=torch.float32)])
-        if order == sorted(order):
-            return norms
-        return norms[torch.as_tensor(np.argsort(order), device=self.device)]
+        norms: list = [None] * len(self.outputs)  # one multi-tensor norm per dtype, back in the outputs' order
+        for ks in by_dtype.values():
+            for k, n in zip(ks, torch._foreach_norm([self.outputs[k] for k in ks], 2, dtype=torch.float32)):
+                norms[k] = n
+        return torch.stack(norms)
 
     def histograms(self) -> torch.Tensor:
         """[outputs, HIST_BINS] counts of the fixed signed-log histogram of each sample (NaN not counted)."""
