@@ -36,7 +36,7 @@ from tview.hooks.layers import (
 )
 from tview.hooks.origin import load_origin, origin_path, save_origin, weights_set_to
 from tview.hooks.params import ParamContext, ParamStep
-from tview.hooks.probes import EVERY, registered_probes
+from tview.hooks.probes import EVERY, host_shortcuts, registered_probes
 from tview.hooks.rows import RowBuilder
 from tview.hooks.scalars import ScalarNames, host_rss_bytes, scalar_value
 from tview.hooks.schedules import Preset, as_schedule, get_preset
@@ -358,11 +358,7 @@ class Recorder:
         """Eager: keep the output for the batch where the forward pass ends (no op; a copy of its sample
         where a later layer modifies it in place); a probe that reads one output at a time runs here."""
         self._forward_order.setdefault(index, len(self._forward_order))
-        single = [p for p in probes if not p.batched]
-        if single:
-            ctx = act.ActivationContext(output)
-            self._pending_act.append((index, _channels(output), [(p, p.compute(ctx)) for p in single]))
-        if len(single) < len(probes):
+        if self._one_at_a_time(index, output, probes):
             copy = (flat_sample(output, self.preset.act_sample)[0].clone()
                     if index in self._inplace_victims else None)
             self._kept.append((index, output.detach(), output._version, copy))
@@ -402,10 +398,15 @@ class Recorder:
         batch = ActivationBatch([output], None, per_channel=self.preset.act_sample)
         batched = [(p, p.compute_batch(batch)) for p in probes if p.batched]
         self._pending_batches.append(([index], [_channels(output)], batch.row_start, batched))
+        self._one_at_a_time(index, output, probes)
+
+    def _one_at_a_time(self, index: int, output: torch.Tensor, probes: tuple) -> bool:
+        """The probes that read one output at a time, on this one; True where batched probes are left."""
         single = [p for p in probes if not p.batched]
         if single:
             ctx = act.ActivationContext(output)
             self._pending_act.append((index, _channels(output), [(p, p.compute(ctx)) for p in single]))
+        return len(single) < len(probes)
 
     def _make_grad_hook(self, k: int):
         def hook(grad):
@@ -689,7 +690,7 @@ class Recorder:
 
 def _finite_on_host(output) -> bool:
     """True for a CPU tensor (outside the device code path) with no NaN or Inf."""
-    return (isinstance(output, torch.Tensor) and act.host_shortcuts(output)
+    return (isinstance(output, torch.Tensor) and host_shortcuts(output)
             and bool(torch.isfinite(output.detach()).all()))
 
 
