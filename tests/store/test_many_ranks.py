@@ -60,24 +60,30 @@ def test_a_shard_closed_to_make_room_is_reopened_on_use(wide_run, monkeypatch):
             np.testing.assert_array_equal(first[rank], plain_h5py(wide_run, rank, "grad_max_abs", 3)[1])
 
 
-@pytest.mark.slow
-def test_a_read_split_over_processes_equals_the_read_in_one(wide_run, tmp_path):
+def split_script_result(script: str, run_path: str) -> dict:
+    """Run one of this folder's split scripts on a run in a fresh process; its last line, as JSON (skipped on
+    one core, where reads are never split)."""
     import json
-    import shutil
     import subprocess
 
     from tests.conftest import PY, python_env
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one core: reads are never split")
+    done = subprocess.run([PY, os.path.join(os.path.dirname(__file__), script), run_path],
+                          capture_output=True, text=True, timeout=120, env=python_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_a_read_split_over_processes_equals_the_read_in_one(wide_run, tmp_path):
+    import shutil
     path = str(tmp_path / "run")
     shutil.copytree(wide_run, path)
     with open(f"{path}/rank-00004.h5", "r+b") as f:  # rank 4's data damaged: a child finds it
         f.seek(4096)
         f.write(b"\xff" * 60000)
-    if len(os.sched_getaffinity(0)) < 2:
-        pytest.skip("one core: reads are never split")
-    done = subprocess.run([PY, os.path.join(os.path.dirname(__file__), "split_read_script.py"), path],
-                          capture_output=True, text=True, timeout=120, env=python_env())
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = split_script_result("split_read_script.py", path)
     assert out["processes"] >= 2 and 4 in out["before"]
     assert out["split_problems"] == out["whole_problems"] and list(out["split_problems"]) == ["4"]
     assert "rank-00004.h5" in out["split_problems"]["4"]
@@ -87,16 +93,7 @@ def test_a_read_split_over_processes_equals_the_read_in_one(wide_run, tmp_path):
 
 @pytest.mark.slow
 def test_diagnosis_split_over_processes_finds_what_one_process_finds(wide_run):
-    import json
-    import subprocess
-
-    from tests.conftest import PY, python_env
-    if len(os.sched_getaffinity(0)) < 2:
-        pytest.skip("one core: reads are never split")
-    done = subprocess.run([PY, os.path.join(os.path.dirname(__file__), "split_diagnose_script.py"), wide_run],
-                          capture_output=True, text=True, timeout=120, env=python_env())
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = split_script_result("split_diagnose_script.py", wide_run)
     assert out["split"]["processes"] >= 2 and out["whole"]["processes"] == 1
     assert out["split"]["findings"] and out["split"]["findings"] == out["whole"]["findings"]
     assert out["split"]["summaries"] == out["whole"]["summaries"] == {str(r): 40 for r in range(RANKS)}
