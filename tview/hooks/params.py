@@ -67,19 +67,15 @@ def _hist_edges() -> np.ndarray:
     return np.concatenate([-mags[::-1], [0.0, np.nextafter(np.float32(0), np.float32(1))], mags]).astype(np.float32)
 
 
-def hist_boundaries(device) -> torch.Tensor:
-    """Float32 boundaries for torch.bucketize(right=True): the count of boundaries <= x is x's bin in the
-    fixed signed-log histogram (exact zeros alone in the middle bin, +-Inf in the outermost ones once
-    mapped to +-3e38); the last boundary, +Inf, sends NaN (never <= anything) to the spare bin HIST_BINS."""
-    return torch.tensor(np.concatenate([_hist_edges(), [np.inf]]), dtype=torch.float32, device=device)
-
-
 def hist_boundaries_below(device) -> torch.Tensor:
-    """The same bins for torch.bucketize(right=False) of float32 values, with no mapping of Inf first: the
-    count of boundaries < x is x's bin. Each edge e stands as the float32 just below it (b < x exactly when
-    e <= x); the last boundary, +Inf itself, keeps +Inf in the top bin (-Inf lands in bin 0) and sends NaN
-    (never compared true) to the spare bin HIST_BINS."""
-    below = np.nextafter(_hist_edges(), np.float32(-np.inf))
+    """Float32 boundaries for torch.bucketize(right=False) of float32 values, with no mapping of Inf first: the
+    count of boundaries < x is x's bin in the fixed signed-log histogram (exact zeros alone in the middle bin;
+    a magnitude on an edge in the outer bin, on either side, as hist_bin_index puts it). A negative edge -e
+    stands as itself (-e < -e is false: -e stays in the bin below); zero and each positive edge e as the float32
+    just below it (b < e: e goes up). The last boundary, +Inf itself, keeps +Inf in the top bin (-Inf lands in
+    bin 0) and sends NaN (never compared true) to the spare bin HIST_BINS."""
+    edges = _hist_edges()
+    below = np.where(edges < 0, edges, np.nextafter(edges, np.float32(-np.inf)))
     return torch.tensor(np.concatenate([below, [np.inf]]), dtype=torch.float32, device=device)
 
 
