@@ -101,8 +101,14 @@ def test_default_preset_reads_whole_examples_from_the_batch_start_for_zeros_mome
     assert run.stat_info("act", "conv1")["sample"] == first.numel()
 
 
-def test_histogram_bins_match_numpy_at_zero_edges_infinities_and_nan():
-    from tview.hooks.probes import histogram
+@pytest.mark.parametrize("device_path", [False, True], ids=["cpu-path", "device-path"])
+def test_histogram_bins_match_numpy_at_zero_edges_infinities_and_nan(monkeypatch, device_path):
+    from tview.hooks import probes
+    from tview.hooks.activation_batch import ActivationBatch, RowIndex
+    monkeypatch.setattr(probes, "FORCE_DEVICE_PATH", device_path)  # the GPU's bucketize, or the CPU's passes
+
+    def histogram(t):
+        return ActivationBatch([t], RowIndex(), per_channel=None).histograms()[0]
     edges = 10.0 ** (schema.HIST_LO + np.arange(schema.HIST_HALF + 1) / schema.HIST_PER_DECADE)
     values = np.concatenate([[0.0, 0.0, -0.0, 1e-12, -1e-12, 1e9, -1e9, 1.0, -1.0, 0.5, -3e-3],
                              edges[1:-1] * 1.0001, -edges[1:-1] * 1.0001,

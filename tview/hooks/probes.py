@@ -43,12 +43,6 @@ def host_shortcuts(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" and not FORCE_DEVICE_PATH and not torch.compiler.is_compiling()
 
 
-def histogram(values: torch.Tensor) -> torch.Tensor:
-    """Counts [HIST_BINS] of the fixed signed-log histogram."""
-    return torch.histc(hist_bin_index(values.reshape(-1)), bins=schema.HIST_BINS, min=-0.5,
-                       max=schema.HIST_BINS - 0.5)
-
-
 _REGISTRY: list[type] = []  # every concrete probe class, in definition order
 
 
