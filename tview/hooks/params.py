@@ -643,7 +643,8 @@ def _peaks(tensors: list[torch.Tensor], host: bool) -> list[torch.Tensor]:
         return []
     if not host:
         return list(torch._foreach_norm(tensors, float("inf"), dtype=torch.float32))
-    return [torch.maximum(lo.neg(), hi).float() for lo, hi in map(torch.aminmax, tensors)]
+    lo, hi = zip(*map(torch.aminmax, tensors))
+    return list(torch.maximum(torch.stack(lo).neg_(), torch.stack(hi)).float())
 
 
 class OriginWeights:
