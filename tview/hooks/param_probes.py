@@ -219,7 +219,7 @@ class GradHistogram(ParamProbe):
         with step.scratch(self):
             if not step.has_grad.any():
                 return None
-            counts = step.ctx.combine(step.ctx.histogram(step.grads))
+            counts = step.ctx.combine(step.ctx.histogram(step.grads, step.hist_table(0)))
         return {"counts": counts, "missing": step.missing_numel, "measured": step.has_grad}
 
     def finalize(self, p, ctx):
@@ -242,7 +242,7 @@ class WeightHistogram(ParamProbe):
 
     def compute(self, step):
         with step.scratch(self):
-            counts = step.ctx.combine(step.ctx.histogram(step.weights))
+            counts = step.ctx.combine(step.ctx.histogram(step.weights, step.hist_table(1)))
         return {"counts": counts}
 
     def finalize(self, p, ctx):

@@ -460,9 +460,11 @@ class ParamContext:
         idx.view(-1, BLOCK).add_(self._hist_base[b0:b1, None])
         table.index_add_(0, idx, self._one.expand(idx.numel()))
 
-    def histogram(self, tensors: list[torch.Tensor | None]) -> torch.Tensor:
-        """[tensors * HIST_WIDTH] float64 counts, the last of each row NaN and padding (dropped by hist_rows)."""
-        table = torch.zeros(len(self.params) * HIST_WIDTH, dtype=torch.float64, device=self.device)
+    def histogram(self, tensors: list[torch.Tensor | None], table: torch.Tensor | None = None) -> torch.Tensor:
+        """[tensors * HIST_WIDTH] float64 counts, the last of each row NaN and padding (dropped by hist_rows), added
+        into `table` (zeros) when given."""
+        if table is None:
+            table = torch.zeros(len(self.params) * HIST_WIDTH, dtype=torch.float64, device=self.device)
         for c, (b0, b1) in enumerate(self.chunks):
             self._histogram_chunk(self.load_chunk(c, tensors, padding=float("nan")), b0, b1, table)
         return table
@@ -542,6 +544,12 @@ class ParamStep:
     def missing_numel(self) -> np.ndarray:
         """[parameter tensors] elements of the tensors without a gradient (whole tensors')."""
         return self.ctx.param_numel * np.array([p.grad is None for p in self.ctx.params], dtype=np.float64)
+
+    def hist_table(self, row: int) -> torch.Tensor:
+        """Row `row` (0: gradients, 1: weights) of this step's zeroed histogram tables: one op zeroes both."""
+        if "_hist" not in self.__dict__:
+            self._hist = torch.zeros(2, len(self.ctx.params) * HIST_WIDTH, dtype=torch.float64, device=self.ctx.device)
+        return self._hist[row]
 
     @cached_property
     def _done(self) -> dict:
