@@ -279,6 +279,28 @@ def size_by(display, part, array):
     display.ScaleTransferFunction.Points = [low, 0.2, 0.5, 0.0, high if high > low else low + 1, 1.0, 0.5, 0.0]
 
 
+FRAME_PIXELS = 32  # between a 3D scene's outermost points and the picture's edge (room for a dot's radius)
+
+
+def frame_3d(view, source, extra_points=(), margin=FRAME_PIXELS):
+    """Aim the camera (its direction and up kept) at the middle of the data of `source` from as near as lets every
+    corner of its bounds (and every extra point: labels' anchors) lie `margin` pixels inside the picture.
+    ParaView's ResetCamera fits a sphere, which put the nearest slab of a tall network at the picture's edge."""
+    import numpy as np
+
+    from tview.render.layout import box_corners, fit_distance
+    points = np.concatenate([box_corners(bounds(source)), np.reshape(extra_points, (-1, 3))])
+    focal = (points.min(axis=0) + points.max(axis=0)) / 2
+    ahead = np.subtract(view.CameraFocalPoint, view.CameraPosition)
+    ahead /= np.linalg.norm(ahead) or 1.0
+    width, height = view.ViewSize
+    fill = max(0.5, 1.0 - margin / max(min(width, height) / 2, 1))
+    aspect = width / height if width > 0 and height > 0 else 1.0  # a GUI view not laid out yet: square
+    distance = fit_distance(points, focal, ahead, view.CameraViewUp, view.CameraViewAngle, aspect, fill)
+    view.CameraFocalPoint = list(focal)
+    view.CameraPosition = list(focal - ahead * distance)  # ParaView sets the clipping range at each render
+
+
 def network(reader, view, array, layer=None, size=None):
     part = extract(reader, ["/Root/network"])
     display = pv.Show(part, view)
@@ -293,7 +315,7 @@ def network(reader, view, array, layer=None, size=None):
     view.CameraPosition = [34, -46, 28]
     view.CameraFocalPoint = [0, 0, 12]
     view.CameraViewUp = [0, 0, 1]
-    view.ResetCamera()
+    frame_3d(view, part, [xyz for _, xyz in labels])
     caption(view, part, f"network: {array}" + (f" (size: {size})" if size else "") + "\n{run} · {ranks} · step {step}")
     return labels
 
