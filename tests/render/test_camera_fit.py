@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from tview.render.layout import box_corners, fit_distance, network_positions, projected
+from tview.render.layout import box_corners, fit_camera, fit_distance, network_positions, projected
 
 NETWORK_CAMERA = dict(direction=np.array([0, 0, 12]) - np.array([34, -46, 28]), view_up=[0, 0, 1], view_angle=30.0)
 
@@ -30,3 +30,16 @@ def test_a_wide_box_is_fitted_by_its_width():
     d = fit_distance(corners, [0, 0, 0], aspect=2.0, fill=0.8, **camera)
     xy = projected(corners, [0, 0, 0], distance=d, aspect=2.0, **camera)
     assert math.isclose(np.abs(xy[:, 0]).max(), 0.8, rel_tol=1e-6) and np.abs(xy[:, 1]).max() < 0.8
+
+
+def test_the_fitted_picture_is_centred_with_the_margin_on_its_tightest_side():
+    points = network_positions([16] * 20)
+    focal, d = fit_camera(points, aspect=1000 / 800, fill=0.9, **NETWORK_CAMERA)
+    xy = projected(points, focal, distance=d, aspect=1000 / 800, **NETWORK_CAMERA)
+    top, bottom = xy[:, 1].max(), xy[:, 1].min()
+    assert math.isclose(max(top, -bottom), 0.9, rel_tol=1e-6)
+    assert abs(top + bottom) < 0.01  # as much room above as below (fitted from the box's middle: not so)
+    plain = projected(points, (points.min(0) + points.max(0)) / 2, aspect=1000 / 800, **NETWORK_CAMERA,
+                      distance=fit_distance(points, (points.min(0) + points.max(0)) / 2, aspect=1000 / 800,
+                                            fill=0.9, **NETWORK_CAMERA))
+    assert abs(plain[:, 1].max() + plain[:, 1].min()) > 0.05

@@ -86,3 +86,20 @@ def projected(points, focal, direction, view_up, distance: float, view_angle: fl
     depth = distance + rel @ ahead
     t = math.tan(math.radians(view_angle) / 2)
     return np.stack([(rel @ right) / (depth * t * aspect), (rel @ up) / (depth * t)], axis=1)
+
+
+def fit_camera(points, direction, view_up, view_angle: float, aspect: float, fill: float = 0.9,
+               rounds: int = 4) -> tuple[np.ndarray, float]:
+    """(focal point, distance) of a camera looking along `direction` that frames every point within `fill` of the
+    picture with the points' picture centred: fitted from the middle of their box, then panned by where the middle
+    of their picture fell and fitted again (perspective: a few rounds converge)."""
+    pts = np.asarray(points, np.float64).reshape(-1, 3)
+    focal = (pts.min(axis=0) + pts.max(axis=0)) / 2
+    _, up, right = camera_axes(direction, view_up)
+    t = math.tan(math.radians(view_angle) / 2)
+    for _ in range(rounds):
+        d = fit_distance(pts, focal, direction, view_up, view_angle, aspect, fill)
+        xy = projected(pts, focal, direction, view_up, d, view_angle, aspect)
+        mid_x, mid_y = (xy.min(axis=0) + xy.max(axis=0)) / 2
+        focal = focal + right * (mid_x * d * t * aspect) + up * (mid_y * d * t)
+    return focal, fit_distance(pts, focal, direction, view_up, view_angle, aspect, fill)
