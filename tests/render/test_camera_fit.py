@@ -1,10 +1,11 @@
 """Framing a 3D scene (tview.render.layout.fit_distance): every point inside the picture, with the margin asked."""
 
+import itertools
 import math
 
 import numpy as np
 
-from tview.render.layout import box_corners, fit_camera, fit_distance, network_positions, projected
+from tview.render.layout import fit_camera, fit_distance, network_positions, projected
 
 NETWORK_CAMERA = dict(direction=np.array([0, 0, 12]) - np.array([34, -46, 28]), view_up=[0, 0, 1], view_angle=30.0)
 
@@ -25,7 +26,7 @@ def test_every_slab_of_a_tall_network_seen_from_above_lies_inside_the_picture():
 
 
 def test_a_wide_box_is_fitted_by_its_width():
-    corners = box_corners((-10, 10, -1, 1, -1, 1))
+    corners = np.array(list(itertools.product((-10, 10), (-1, 1), (-1, 1))), dtype=float)
     camera = dict(direction=[0, 1, 0], view_up=[0, 0, 1], view_angle=30.0)
     d = fit_distance(corners, [0, 0, 0], aspect=2.0, fill=0.8, **camera)
     xy = projected(corners, [0, 0, 0], distance=d, aspect=2.0, **camera)

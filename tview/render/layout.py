@@ -52,12 +52,6 @@ def tile_gaps(n: int, h: int, w: int, columns: int, gap: int = 1) -> np.ndarray:
     return np.isnan(tile(np.zeros((n, h, w)), columns, gap))
 
 
-def box_corners(bounds) -> np.ndarray:
-    """The 8 corners of (xmin, xmax, ymin, ymax, zmin, zmax)."""
-    xs, ys, zs = bounds[0:2], bounds[2:4], bounds[4:6]
-    return np.array([(x, y, z) for x in xs for y in ys for z in zs], dtype=np.float64)
-
-
 def camera_axes(direction, view_up) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ahead, up, right) unit vectors of a camera looking along `direction` with `view_up` (made square to it)."""
     ahead = np.asarray(direction, np.float64) / (np.linalg.norm(direction) or 1.0)
