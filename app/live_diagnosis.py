@@ -48,7 +48,7 @@ def findings_in_child(folder: str, timeout: float = CHILD_TIMEOUT) -> list[Findi
                              env=child_env(), text=True)
     try:
         os.setpriority(os.PRIO_PROCESS, child.pid, CHILD_NICE)
-    except OSError:  # already gone, or not allowed here: it runs at the server's priority
+    except (OSError, AttributeError):  # already gone, not allowed, or no such call here: the server's priority
         pass
     try:
         out, err = child.communicate(timeout=timeout)
