@@ -360,25 +360,34 @@ class ParamContext:
             step = max(CAST_ROWS, -(-n // CAST_PIECES))
         return [(r, min(r + step, b1)) for r in range(b0, b1, max(step, 1))]
 
-    def grad_block_sums(self, tensors: list[torch.Tensor | None]) -> torch.Tensor:
-        """Per block float32 sums of `tensors` (see tensor_totals), through the scratch."""
+    def grad_sums(self, tensors: list[torch.Tensor | None]):
+        """Float32 sums of `tensors`, as tensor_sums reads them: on the CPU's own path, float32 tensors, one sum per
+        tensor (no copy through the scratch); elsewhere per block, through the float32 scratch (see tensor_totals)."""
+        which = [i for i in self.nonempty if tensors[i] is not None]
+        if self.host and all(tensors[i].dtype == torch.float32 for i in which):
+            return self.per_tensor([tensors[i].sum() for i in which], which)
         for c, (b0, b1) in enumerate(self.chunks):
             torch.sum(self.load_chunk(c, tensors).view(-1, BLOCK), 1, out=self._blocks32[b0:b1])
         return self.tensor_totals(self._blocks32)
 
     def tensor_totals(self, blocks: torch.Tensor) -> torch.Tensor:
-        """Per-block sums ([..., blocks]) as they go to the host: left per block, summed per tensor there
-        (tensor_sums: no op here); under FSDP2 summed per tensor here, then over the ranks."""
-        if not self.is_sharded:
+        """Per-block sums ([..., blocks]) as they go to the host: on the device path left per block, summed per
+        tensor there (tensor_sums: no op here); on the CPU's own path summed per tensor here; under FSDP2 summed
+        per tensor here, then over the ranks."""
+        if not self.is_sharded and not self.host:
             return blocks
         offsets = self._block_offsets if blocks.dim() == 1 else self.block_offsets_rows(blocks.shape[0])
         return self.combine(torch.segment_reduce(blocks, "sum", offsets=offsets, axis=blocks.dim() - 1, unsafe=True))
 
     def tensor_sums(self, values) -> np.ndarray:
-        """Host side: [..., tensors] float64 sums from what tensor_totals sent."""
+        """Host side: [..., tensors] float64 sums from what grad_sums, copy_sums64 or weight_sums64 sent (per
+        block on the device path, unless under FSDP2)."""
         v = np.asarray(values, dtype=np.float64)
-        if self.is_sharded:
-            return v
+        return v if self.host or self.is_sharded else self.blocks_to_tensors(v)
+
+    def blocks_to_tensors(self, values) -> np.ndarray:
+        """Host side: [..., tensors] float64 sums of per-block values [..., blocks]."""
+        v = np.asarray(values, dtype=np.float64)
         return np.add.reduceat(v, self._block_starts, axis=-1) * (self.numels > 0)
 
     def per_tensor(self, values: list[torch.Tensor], which, op: str | None = None):
@@ -396,8 +405,8 @@ class ParamContext:
         """[tensors] float64 sums of the kept weight copy (float64 accumulation: deterministic, the same
         weights give the same bits)."""
         if self.host and self.copy_dtype in (torch.float32, torch.float16):  # numpy casts in small buffers
-            return self.tensor_totals(torch.from_numpy(
-                np.add.reduce(self.copy.numpy().reshape(-1, BLOCK), axis=1, dtype=np.float64)))
+            blocks = np.add.reduce(self.copy.numpy().reshape(-1, BLOCK), axis=1, dtype=np.float64)
+            return torch.from_numpy(self.blocks_to_tensors(blocks))
         rows, blocks = self.copy.view(-1, BLOCK), self._blocks64
         for r0, r1 in self.cast_ranges(0, self.nblocks):  # float64 images of pieces, not of the whole copy
             torch.sum(rows[r0:r1], 1, dtype=torch.float64, out=blocks[r0:r1])
@@ -589,9 +598,9 @@ class ParamStep:
         """Squared norms, largest magnitudes (the inf-norm of an empty tensor has no value: 0) and block sums."""
         ctx, g = self.ctx, self.grads
         peaks = [i for i in have if ctx.numels[i]]
-        peak = list(torch._foreach_norm([g[i] for i in peaks], float("inf"), dtype=torch.float32)) if peaks else []
+        peak = _peaks([g[i] for i in peaks], ctx.host)
         return {"sq": ctx.per_tensor(sq, have), "max_abs": ctx.per_tensor(peak, peaks, "max"),
-                "sum": ctx.grad_block_sums(g)}
+                "sum": ctx.grad_sums(g)}
 
     @contextmanager
     def scratch(self, user=None):
@@ -625,6 +634,17 @@ class ParamStep:
         with torch.no_grad():
             sq = self.ctx.sq_sums([local_tensor(t) for t in loc])
         return sq, self.ctx.present([t is not None for t in loc])
+
+
+def _peaks(tensors: list[torch.Tensor], host: bool) -> list[torch.Tensor]:
+    """Each tensor's largest magnitude (float32; NaN where it holds a NaN): one multi-tensor inf-norm, or on the
+    CPU's own path from aminmax (the inf-norm's CPU kernel is 17x slower)."""
+    if not tensors:
+        return []
+    if not host:
+        return list(torch._foreach_norm(tensors, float("inf"), dtype=torch.float32))
+    lo, hi = zip(*map(torch.aminmax, tensors))
+    return list(torch.maximum(torch.stack(lo).neg_(), torch.stack(hi)).float())
 
 
 class OriginWeights:
@@ -743,7 +763,7 @@ def projections(ctx: ParamContext, pattern: torch.Tensor, weights: list[torch.Te
 
 def projected(ctx: ParamContext, dots, signs: np.ndarray) -> np.ndarray:
     """Host side: [tensors, dims] float64 dot products of the weights with the directions, from projections()."""
-    return ctx.tensor_sums((np.asarray(dots, dtype=np.float64) * signs).T).T
+    return ctx.blocks_to_tensors((np.asarray(dots, dtype=np.float64) * signs).T).T
 
 
 def direction_norms(ctx: ParamContext, pattern: np.ndarray) -> np.ndarray:

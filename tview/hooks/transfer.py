@@ -26,10 +26,11 @@ def _moves(v) -> bool:
 
 
 def _as_tensor(v) -> torch.Tensor:
-    """A list of 0-d tensors (None: 0) as one CPU tensor; a tensor as itself (the host path only)."""
+    """A list of 0-d CPU tensors (None: 0) as one tensor, a tensor as itself (the host path only)."""
     if isinstance(v, torch.Tensor):
         return v
-    return torch.tensor([0.0 if t is None else float(t) for t in v], dtype=torch.float64)
+    zero = torch.zeros((), dtype=next(t for t in v if t is not None).dtype)
+    return torch.stack([zero if t is None else t for t in v])
 
 
 class HostTransfer:
@@ -47,7 +48,7 @@ class HostTransfer:
                    if t is not None]
         if not tensors:
             return
-        if all(host_shortcuts(t) for t in tensors):
+        if host_shortcuts(tensors[0]) and all(t.device.type == "cpu" for t in tensors):
             for d, k, own in self.slots:  # nothing to move: numpy copies now (the tensors may change later)
                 d[k] = cpu_to_numpy(_as_tensor(d[k]), own)
             self.slots = []
