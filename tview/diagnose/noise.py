@@ -69,12 +69,21 @@ def noise_scale_from_norms(local_sq: np.ndarray, global_sq: np.ndarray, local_ba
     |G|^2 = (B|G_B|^2 - b|G_b|^2)/(B - b) and tr(Sigma) = (|G_b|^2 - |G_B|^2)/(1/b - 1/B) are smoothed
     (EMA, skipping undefined steps) before their ratio."""
     local_sq = np.atleast_2d(np.asarray(local_sq, dtype=np.float64))
-    global_sq = np.asarray(global_sq, dtype=np.float64)
-    b, big = float(local_batch), float(local_batch) * world_size
     complete = np.isfinite(local_sq).all(axis=0)
-    finite = complete & np.isfinite(global_sq)
     small = np.where(complete, np.nanmean(np.where(np.isfinite(local_sq), local_sq, np.nan), axis=0)
                      if local_sq.size else np.nan, np.nan)
+    return noise_scale_from_mean(small, global_sq, local_batch, world_size, smoothing)
+
+
+def noise_scale_from_mean(small: np.ndarray, global_sq: np.ndarray, local_batch: float, world_size: int,
+                          smoothing: float = 0.9) -> tuple[np.ndarray, list[str]]:
+    """noise_scale_from_norms from small [steps], the mean over the ranks of their squared local norms (NaN where
+    some rank has no finite one): what a read rank by rank keeps."""
+    small = np.asarray(small, dtype=np.float64)
+    global_sq = np.asarray(global_sq, dtype=np.float64)
+    b, big = float(local_batch), float(local_batch) * world_size
+    complete = np.isfinite(small)
+    finite = complete & np.isfinite(global_sq)
     with np.errstate(all="ignore"):
         g2 = np.where(finite, (big * global_sq - b * small) / (big - b), np.nan)
         trace = np.where(finite, (small - global_sq) / (1 / b - 1 / big), np.nan)
@@ -99,18 +108,76 @@ def _batch(run, max_points) -> float | None:
     return float(np.median(examples)) if len(examples) else None
 
 
-def _norms(run, max_points):
-    """(steps, local [ranks, steps, layers], global [steps, layers]) on the steps every rank recorded."""
+def _global_norms(run, max_points):
+    """(steps, float64 [steps, layers]) of the all-reduced gradient norm (rank 0's shard), or None."""
     from tview.diagnose.checks.common import matrix
-    local = {r: matrix(run, "local_grad_norm", r, max_points) for r in run.ranks}
-    glob = matrix(run, "grad_norm", run.ranks[0], max_points)
-    if glob is None or any(v is None for v in local.values()):
+    return matrix(run, "grad_norm", run.ranks[0], max_points)
+
+
+@dataclass
+class _RankSums:
+    """Sums over the ranks of the squared local gradient norms at the global norm's steps, read one rank's
+    shard at a time (memory: one rank's rows, never every rank's): per layer [steps, layers] and of the
+    whole network (over `params`) [steps]; NaN where a rank's norm is not finite. present: every rank so far
+    recorded the step; seen: some rank's norm is finite there."""
+
+    params: list[int]
+    per_layer: np.ndarray
+    total: np.ndarray
+    present: np.ndarray
+    seen: np.ndarray
+
+    @classmethod
+    def empty(cls, steps: int, layers: int, params: list[int]) -> "_RankSums":
+        return cls(params, np.zeros((steps, layers)), np.zeros(steps), np.ones(steps, bool), np.zeros(steps, bool))
+
+    def add(self, on_grid: np.ndarray, local: np.ndarray) -> None:
+        """One rank's local norms [its rows on the grid, layers] at the grid rows `on_grid` (a mask)."""
+        sq = local ** 2
+        with np.errstate(invalid="ignore"):
+            total = np.where(np.isfinite(local[:, self.params]).any(axis=1), np.nansum(sq[:, self.params], axis=1),
+                             np.nan)
+        self.present &= on_grid
+        self.per_layer[on_grid] += sq
+        self.total[on_grid] += total
+        self.seen[on_grid] |= np.isfinite(local).any(axis=1)
+
+
+def _rank_sums(run, grid: np.ndarray, params: list[int], layers: int, max_points) -> _RankSums | None:
+    """_RankSums over every rank on the grid steps, or None where a rank has no local_grad_norm."""
+    from tview.diagnose.checks.common import matrix
+    sums = _RankSums.empty(len(grid), layers, params)
+    for r in run.ranks:
+        got = matrix(run, "local_grad_norm", r, max_points)
+        if got is None:
+            return None
+        steps, local = got
+        sums.add(np.isin(grid, steps), local[np.isin(steps, grid)])
+    return sums
+
+
+def _norms(run, max_points):
+    """(steps, mean over ranks of the squared local norms per layer [steps, layers] and of the whole network
+    [steps], NaN where a rank lacks a finite one; squared global norms [steps, layers]; the layers with
+    parameters) on the steps every rank recorded; None when a norm is not recorded or no local norm is finite
+    there. Read rank by rank with running sums: memory holds one rank's rows, not every rank's."""
+    glob = _global_norms(run, max_points)
+    if glob is None:
         return None
-    common = glob[0]
-    for steps, _ in local.values():
-        common = np.intersect1d(common, steps)
-    loc = np.stack([m[np.isin(s, common)] for s, m in local.values()])
-    return common, loc, glob[1][np.isin(glob[0], common)]
+    grid, global_norm = glob
+    params = None
+    candidates = [i for i in range(global_norm.shape[1]) if np.isfinite(global_norm[:, i]).any()]
+    while params != candidates:  # again where a layer's global norm is finite only off the common steps (rare)
+        params = candidates
+        sums = _rank_sums(run, grid, params, global_norm.shape[1], max_points)
+        if sums is None:
+            return None
+        keep = sums.present
+        candidates = [i for i in range(global_norm.shape[1]) if np.isfinite(global_norm[keep, i]).any()]
+    if not sums.seen[keep].any():
+        return None
+    world = len(run.ranks)
+    return grid[keep], sums.per_layer[keep] / world, sums.total[keep] / world, global_norm[keep] ** 2, params
 
 
 def _critical(steps, values) -> float | None:
@@ -129,20 +196,17 @@ def noise_scale(run, max_points: int | None = 2000, smoothing: float = 0.9) -> N
     if batch is None:
         return undefined("no batch size recorded (scalar 'examples')")
     got = _norms(run, max_points)
-    if got is None or not np.isfinite(got[1]).any():
+    if not got:
         return undefined("no local_grad_norm recorded (it is recorded under DistributedDataParallel, world size > 1)",
                          batch * len(run.ranks))
-    steps, local, glob = got
+    steps, local_mean, total_mean, global_sq, params = got
     world = len(run.ranks)
-    params = [i for i in range(local.shape[2]) if np.isfinite(glob[:, i]).any()]
     with np.errstate(invalid="ignore"):
-        total_local = np.where(np.isfinite(local[:, :, params]).any(axis=2),
-                               np.nansum(local[:, :, params] ** 2, axis=2), np.nan)
-        total_global = np.where(np.isfinite(glob[:, params]).any(axis=1), np.nansum(glob[:, params] ** 2, axis=1),
+        total_global = np.where(np.isfinite(global_sq[:, params]).any(axis=1), np.nansum(global_sq[:, params], axis=1),
                                 np.nan)
-    values, why = noise_scale_from_norms(total_local, total_global, batch, world, smoothing)
+    values, why = noise_scale_from_mean(total_mean, total_global, batch, world, smoothing)
     whole = NoiseScale(steps, values, why, None, batch * world, _critical(steps, values))
     for i in params:
-        v, w = noise_scale_from_norms(local[:, :, i] ** 2, glob[:, i] ** 2, batch, world, smoothing)
+        v, w = noise_scale_from_mean(local_mean[:, i], global_sq[:, i], batch, world, smoothing)
         whole.layers[run.layers[i]] = NoiseScale(steps, v, w, None, batch * world, _critical(steps, v))
     return whole
