@@ -1,6 +1,7 @@
 """The gradient noise scale read rank by rank (running sums) gives the numbers of the former read of every rank."""
 
 import os
+import tracemalloc
 
 import h5py
 import numpy as np
@@ -89,3 +90,25 @@ def test_a_run_whose_local_norms_are_never_finite_says_so(tmp_path):
         edit(path, rank, "local_grad", "local_grad_norm", slice(None), np.nan)
     ns = noise.noise_scale(tview.open_run(path))
     assert ns.reason.startswith("no local_grad_norm recorded") and len(ns.steps) == 0
+
+
+def peak_of_noise_read(path) -> int:
+    """Bytes allocated at most by noise_scale on an open run (its second read: shards already open)."""
+    run = tview.open_run(path)
+    noise.noise_scale(run)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        noise.noise_scale(run)
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+def test_the_reads_memory_does_not_grow_with_the_ranks(tmp_path):
+    """A Ranks-page request of a 32-rank run holds about what one of a 4-rank run holds (one rank's rows at a time):
+    less than a tenth more, and less than half of every rank x step x layer's norms held at once (the former read
+    peaked at 7x the 4-rank figure)."""
+    few, many = (peak_of_noise_read(write_synthetic_run(str(tmp_path / f"r{n}"), 300, ranks=n, layers=10,
+                                                        channel_tail=10)) for n in (4, 32))
+    assert many < 1.1 * few and many < 32 * 300 * 10 * 8 / 2, (few, many)
