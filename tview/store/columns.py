@@ -102,7 +102,11 @@ class ColumnWriter:
         self.dset.id.write(h5py.h5s.create_simple(block.shape), space, block)
 
     def block(self, values: list) -> np.ndarray:
-        """Rows stacked; a missing row (None) or one of another shape holds the fill value."""
+        """Rows stacked; a missing row (None) or one of another shape holds the fill value. One row of the
+        column's dtype and shape, contiguous, is written from its own memory (a snapshot: no copy of it)."""
+        if len(values) == 1 and isinstance(values[0], np.ndarray) and values[0].shape == self.row_shape \
+                and values[0].dtype == self.dtype and values[0].flags.c_contiguous:
+            return values[0][None]
         out = np.full((len(values),) + self.row_shape, self.fill, dtype=self.dtype)
         for i, v in enumerate(values):
             if v is not None and np.shape(v) == self.row_shape:
