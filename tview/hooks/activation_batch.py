@@ -247,7 +247,12 @@ class ActivationBatch:
 
     def _histograms(self) -> torch.Tensor:
         bins = schema.HIST_BINS + 1  # one more: where NaN goes, dropped
-        if self.host or self.index is None:  # CPU: 10 vectorised passes, 7x faster than a search per value
+        if self.host:  # CPU: 10 vectorised passes, 7x faster than a search per value; counted per output
+            b = hist_bin_index(self.values()).nan_to_num_(nan=schema.HIST_BINS).long().numpy()
+            ends = np.cumsum([layout_rows(lay) * layout_values(lay) for lay in self.layouts])
+            counts = [np.bincount(b[e - n:e], minlength=bins) for e, n in zip(ends, np.diff(ends, prepend=0))]
+            return torch.from_numpy(np.stack(counts)[:, : schema.HIST_BINS].astype(np.float32))
+        if self.index is None:  # compiled: one output
             b = hist_bin_index(self.values()).nan_to_num_(nan=schema.HIST_BINS).long()
         else:  # GPU: one search per value, fewer launches (NaN goes to the spare bin)
             b = torch.bucketize(self.values(), self.index.boundaries(self.device))
