@@ -138,19 +138,19 @@ class RowIndex:
         return self._cached((layouts, "runs"), lambda: runs_numpy(layouts))
 
     def get(self, layouts: tuple, device, what: str = "rows") -> torch.Tensor:
-        """On `device`, int32: the row of each sampled value ("rows"; "rows64": int64, for scatter_reduce_ off
-        the CPU), or the first histogram slot of its output ("hist_base")."""
+        """On `device`, int32: the row of each sampled value ("rows"), or per row the first histogram slot of its
+        output ("row_slot"). Only the one per-value index is kept: scatter_reduce_'s int64 index off the CPU and
+        each value's histogram slot are made from it when a detail step needs them (memory, not kept)."""
         return self._cached((layouts, str(device), what), lambda: _to(torch.from_numpy(
-            _index(layouts, what).astype(np.int64 if what == "rows64" else np.int32)), device))
+            _index(layouts, what).astype(np.int32)), device))
 
     def boundaries(self, device) -> torch.Tensor:
         return self._cached(("boundaries", str(device)), lambda: hist_boundaries_below(device))
 
 
 def _index(layouts: tuple, what: str) -> np.ndarray:
-    if what == "hist_base":
-        sizes = [layout_rows(lay) * layout_values(lay) for lay in layouts]
-        return np.repeat(np.arange(len(layouts)) * (schema.HIST_BINS + 1), sizes)
+    if what == "row_slot":
+        return np.repeat(np.arange(len(layouts)) * (schema.HIST_BINS + 1), [layout_rows(lay) for lay in layouts])
     return row_index_numpy(layouts)
 
 
@@ -206,7 +206,7 @@ class ActivationBatch:
             return torch.zeros(self.n_rows, dtype=torch.float32, device=self.device).index_add_(
                 0, self.rows, src.float())
         start = float("inf") if how == "amin" else float("-inf")
-        rows = self.rows if self.device.type == "cpu" else self.index.get(self.layouts, self.device, "rows64")
+        rows = self.rows if self.device.type == "cpu" else self.rows.long()  # a temporary: not kept
         return torch.full((self.n_rows,), start, device=self.device).scatter_reduce_(0, rows, src, how)
 
     def row_zeros(self) -> torch.Tensor:
@@ -253,10 +253,11 @@ class ActivationBatch:
             counts = [np.bincount(b[e - n:e], minlength=bins) for e, n in zip(ends, np.diff(ends, prepend=0))]
             return torch.from_numpy(np.stack(counts)[:, : schema.HIST_BINS].astype(np.float32))
         if self.index is None:  # compiled: one output
-            b = hist_bin_index(self.values()).nan_to_num_(nan=schema.HIST_BINS).long()
-        else:  # GPU: one search per value, fewer launches (NaN goes to the spare bin)
-            b = torch.bucketize(self.values(), self.index.boundaries(self.device))
-        flat = b.add_(self.index.get(self.layouts, self.device, "hist_base")) if self.index is not None else b
+            flat = hist_bin_index(self.values()).nan_to_num_(nan=schema.HIST_BINS).long()
+        else:  # GPU: one search per value, fewer launches (NaN goes to the spare bin); each value's slot is its
+            # bin plus its row's first slot (taken per value now, a temporary: no per-value index kept for it)
+            flat = torch.bucketize(self.values(), self.index.boundaries(self.device)).add_(
+                self.index.get(self.layouts, self.device, "row_slot").index_select(0, self.rows))
         ones = torch.ones(1, device=self.device).expand(flat.numel())
         counts = torch.zeros(len(self.outputs) * bins, device=self.device).index_add_(0, flat, ones)
         return counts.view(len(self.outputs), bins)[:, : schema.HIST_BINS]
