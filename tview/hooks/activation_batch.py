@@ -140,8 +140,13 @@ class RowIndex:
     def get(self, layouts: tuple, device, what: str = "rows") -> torch.Tensor:
         """On `device`, int32: the row of each sampled value ("rows"), or per row the first histogram slot of its
         output ("row_slot"). Only the one per-value index is kept: scatter_reduce_'s int64 index off the CPU and
-        each value's histogram slot are made from it when a detail step needs them (memory, not kept)."""
-        return self._cached((layouts, str(device), what), lambda: _to(torch.from_numpy(
+        each value's histogram slot are made from it when a detail step needs them (memory, not kept), and only
+        for the last layouts seen (the first step's, before in-place outputs were found, differ from later ones)."""
+        key = (layouts, str(device), what)
+        if what == "rows" and key not in self.cache:
+            for old in [k for k in self.cache if k[-1] == "rows"]:
+                del self.cache[old]
+        return self._cached(key, lambda: _to(torch.from_numpy(
             _index(layouts, what).astype(np.int32)), device))
 
     def boundaries(self, device) -> torch.Tensor:
