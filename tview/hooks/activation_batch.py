@@ -259,9 +259,9 @@ class ActivationBatch:
             return torch.from_numpy(np.stack(counts)[:, : schema.HIST_BINS].astype(np.float32))
         if self.index is None:  # compiled: one output
             flat = hist_bin_index(self.values()).nan_to_num_(nan=schema.HIST_BINS).long()
-        else:  # GPU: one search per value, fewer launches (NaN goes to the spare bin); each value's slot is its
-            # bin plus its row's first slot (taken per value now, a temporary: no per-value index kept for it)
-            flat = torch.bucketize(self.values(), self.index.boundaries(self.device)).add_(
+        else:  # GPU: one search per value (int32 bins), fewer launches (NaN goes to the spare bin); each value's
+            # slot is its bin plus its row's first slot (taken per value now, a temporary: no per-value index kept)
+            flat = torch.bucketize(self.values(), self.index.boundaries(self.device), out_int32=True).add_(
                 self.index.get(self.layouts, self.device, "row_slot").index_select(0, self.rows))
         ones = torch.ones(1, device=self.device).expand(flat.numel())
         counts = torch.zeros(len(self.outputs) * bins, device=self.device).index_add_(0, flat, ones)
