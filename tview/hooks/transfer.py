@@ -54,9 +54,23 @@ class Lease:
         return not self._free.is_set()
 
 
+def _moves(v) -> bool:
+    """A value the transfer moves: a tensor, or a list of 0-d tensors (None: 0), gathered without a stack op."""
+    return isinstance(v, torch.Tensor) or (isinstance(v, list) and any(isinstance(t, torch.Tensor) for t in v))
+
+
+def _as_tensor(v) -> torch.Tensor:
+    """A list of 0-d CPU tensors (None: 0) as one tensor, a tensor as itself (the host path only)."""
+    if isinstance(v, torch.Tensor):
+        return v
+    zero = torch.zeros((), dtype=next(t for t in v if t is not None).dtype)
+    return torch.stack([zero if t is None else t for t in v])
+
+
 class HostTransfer:
     """The tensor values of some dicts, copied to the host in one go. `slots` are (dict, key, native):
     native values (snapshots) travel as float32, the others (statistics) as float64, so counts stay exact.
+    A list of 0-d tensors (None where a value is 0) arrives as one array: its values join the one cat.
     `kept` is (base, dict): views of one kept 1-D tensor `base` (the filters, in the weight copy), moved as
     the one span of `base` they lie in, in its dtype (no device copy of them is made); on the CPU's own path
     they are not copied at all (`borrows`: the writer reads `base` itself, which must then stay as it is
@@ -65,20 +79,22 @@ class HostTransfer:
 
     def __init__(self, dicts: list[dict], native: tuple[dict, ...] = (), kept: tuple | None = None):
         self.slots = [(d, k, own) for ds, own in ((dicts, False), (native, True)) for d in ds
-                      for k, v in d.items() if isinstance(v, torch.Tensor)]
+                      for k, v in d.items() if _moves(v)]
         self.groups: dict[bool, tuple] = {}
         self.event = None
         self.borrows = False
         self.span = None  # (host copy of the kept span, {key: host view}, the kept dict)
-        tensors = [d[k] for d, k, _ in self.slots]
+        tensors = [t for d, k, _ in self.slots for t in (d[k] if isinstance(d[k], list) else [d[k]])
+                   if t is not None]
         base, views = kept if kept is not None and kept[1] else (None, {})
-        if not tensors and base is None:
+        tensors += [base] if base is not None else []
+        if not tensors:
             return
-        if all(host_shortcuts(t) for t in tensors + ([base] if base is not None else [])):
+        if host_shortcuts(tensors[0]) and all(t.device.type == "cpu" for t in tensors):
             for d, k, own in self.slots:  # nothing to move: numpy copies now (the tensors may change later)
-                d[k] = cpu_to_numpy(d[k], own)
+                d[k] = cpu_to_numpy(_as_tensor(d[k]), own)
             self.slots = []
-            if base is not None:
+            if base is not None:  # the writer reads the kept tensor itself (lent to it until written)
                 self.span = (None, dict(views), views)
                 self.borrows = True
             return
@@ -88,19 +104,20 @@ class HostTransfer:
                 self.groups[own] = self._copy(part, torch.float32 if own else torch.float64)
         if base is not None:
             self.span = (*self._copy_span(base, views), views)
-        device = (tensors[0] if tensors else base).device
-        if device.type == "cuda":
+        if tensors[0].device.type == "cuda":
             self.event = torch.cuda.Event()
             self.event.record()
 
     @staticmethod
-    def _copy(tensors: list[torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, list]:
-        """One cat (dtype promotion inside the kernel) and one non-blocking copy into pinned memory."""
-        device = tensors[0].device
-        flat = torch.cat([torch.empty(0, dtype=dtype, device=device)] + [t.detach().reshape(-1) for t in tensors])
+    def _copy(values: list, dtype: torch.dtype) -> tuple[torch.Tensor, list]:
+        """One cat (dtype promotion inside the kernel) and one non-blocking copy into pinned memory. Per value
+        its shape, or for a list its length and where its None are."""
+        parts = [t.detach().reshape(-1) for v in values for t in (v if isinstance(v, list) else [v]) if t is not None]
+        device = parts[0].device
+        flat = torch.cat([torch.empty(0, dtype=dtype, device=device)] + parts)
         host = torch.empty(flat.shape, dtype=dtype, pin_memory=device.type == "cuda")
         host.copy_(flat, non_blocking=True)
-        return host, [tuple(t.shape) for t in tensors]
+        return host, [[t is None for t in v] if isinstance(v, list) else tuple(v.shape) for v in values]
 
     @staticmethod
     def _copy_span(base: torch.Tensor, views: dict) -> tuple[torch.Tensor, dict]:
@@ -131,7 +148,12 @@ class HostTransfer:
         arrays = {own: self.groups[own][0].numpy() for own in self.groups}
         for d, k, own in self.slots:
             shape = next(shapes[own])
-            n = int(np.prod(shape, dtype=np.int64))
-            d[k] = arrays[own][offsets[own]:offsets[own] + n].reshape(shape)
+            if isinstance(shape, list):  # a list: its values, zeros where it held None
+                d[k] = np.zeros(len(shape), dtype=arrays[own].dtype)
+                n = len(shape) - sum(shape)
+                d[k][~np.asarray(shape, dtype=bool)] = arrays[own][offsets[own]:offsets[own] + n]
+            else:
+                n = int(np.prod(shape, dtype=np.int64))
+                d[k] = arrays[own][offsets[own]:offsets[own] + n].reshape(shape)
             offsets[own] += n
         self.slots = []
