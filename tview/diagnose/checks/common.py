@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tview.diagnose import detect
 from tview.diagnose.findings import Finding
 from tview.store.rank_summary import trend_arrays
 
@@ -131,14 +130,13 @@ def stuck_channels(flags: np.ndarray) -> dict[int, int]:
     """{channel: row where it got stuck} for the channels of bool [rows, C] that stay True over their final
     run of rows, that run covering at least the last 10% of the rows (and at least 3)."""
     flags = np.asarray(flags, dtype=bool)
-    out = {}
     if flags.ndim != 2 or len(flags) < STAY_LEAST:
-        return out
-    for c in range(flags.shape[1]):
-        start = detect.trailing_streak(flags[:, c])
-        if start is not None and len(flags) - start >= stay_rows(len(flags)):
-            out[c] = start
-    return out
+        return {}
+    n = len(flags)
+    off = ~flags
+    start = np.where(off.any(axis=0), n - np.argmax(off[::-1], axis=0), 0)  # after each channel's last False
+    stuck = flags[-1] & (n - start >= stay_rows(n))
+    return {int(c): int(start[c]) for c in np.flatnonzero(stuck)}
 
 
 def channel_rows(run, name, layer, rank, max_points):

@@ -95,5 +95,11 @@ def _replica_finding(run, step, layer, name, rtol, values, odd, ranks=None, name
                 stat=name)
 
 
+def reads(ctx: Context) -> tuple[str, ...]:
+    """The fingerprints of every rank, when check_replicas reads every rank's (tview.diagnose.reads)."""
+    every = ctx.rank_summaries is None or len(ctx.run.ranks) <= common.MAX_RANKS
+    return FINGERPRINTS if every else ()
+
+
 def check(ctx: Context) -> list[Finding]:
     return check_replicas(ctx.run, ctx.max_points, ctx.rank_summaries)
