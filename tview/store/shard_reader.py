@@ -224,6 +224,22 @@ class ShardReader:
         keep = measured[:, layer]
         return steps[keep], values[keep]
 
+    @serialized
+    def measured_many(self, table: str, columns: list[tuple[str, int]], max_points: int | None = None) -> list:
+        """measured(table, column, layer, max_points) of each (column, layer) (a per-channel statistic's datasets of
+        several layers), the table's steps and flags read once where the columns hold the same rows."""
+        dids = [self._dataset_id(table, column) for column, _ in columns]
+        held = min([d.shape[0] for d in dids], default=0)
+        rows, steps, measured = self._head_of(table, held, max_points)
+        out = []
+        for did, (column, layer) in zip(dids, columns):
+            if did.shape[0] != held:  # a live writer grows its columns one by one
+                out.append(self.measured(table, column, layer, max_points))
+                continue
+            keep = measured[:, layer]
+            out.append((steps[keep], self._rows(did, table, column, rows)[keep]))
+        return out
+
     def _head_of(self, table: str, held: int, max_points: int | None) -> tuple[range, np.ndarray, np.ndarray]:
         """(rows, steps, measured [rows, layers]) of the rows (at most max_points, strided) that the table's step
         column, its measured flags and a column of `held` rows all hold. Of a shard its writer had closed (its rows

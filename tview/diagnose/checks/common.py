@@ -189,9 +189,22 @@ def aligned_scalar(run, name: str, max_points=None, rank_summaries: dict | None 
             series[r] = got
     if len(series) < 2:
         return None
-    common = None
-    for steps, _ in series.values():
-        common = steps if common is None else np.intersect1d(common, steps)
+    common = common_steps([steps for steps, _ in series.values()])
     ranks = sorted(series)
-    rows = [np.asarray(series[r][1], dtype=np.float64)[np.isin(series[r][0], common)] for r in ranks]
-    return common, ranks, np.stack(rows)
+    return common, ranks, np.stack([np.asarray(series[r][1], dtype=np.float64)[on(series[r][0], common)]
+                                    for r in ranks])
+
+
+def common_steps(step_arrays: list[np.ndarray]) -> np.ndarray:
+    """The steps every one of the (ascending) step arrays holds; an array equal to the ones before costs no
+    intersection (every rank of a run records the same steps, as a rule)."""
+    common = np.asarray(step_arrays[0])
+    for steps in step_arrays[1:]:
+        if not np.array_equal(common, steps):
+            common = np.intersect1d(common, steps)
+    return common
+
+
+def on(steps: np.ndarray, common: np.ndarray):
+    """Index of the rows of `steps` (ascending) that are in `common` (a subset of them): all rows when equal."""
+    return slice(None) if np.array_equal(steps, common) else np.isin(steps, common)

@@ -47,15 +47,19 @@ FINGERPRINTS = ("weight_sum", "weight_norm")
 
 
 def _dead_on_rank(run, rank, layers, max_points) -> dict[int, dict[int, int]]:
-    """{layer index: {channel: step it died}} on one rank."""
+    """{layer index: {channel: step it died}} on one rank (the per-channel zero fractions of all its layers read
+    in one call)."""
+    try:
+        got = run.channel_stats("act_channel_zero_frac", rank, [run.layers[i] for i in layers], max_points)
+    except KeyError:  # not recorded
+        return {}
     out = {}
     for i in layers:
-        got = channel_rows(run, "act_channel_zero_frac", run.layers[i], rank, max_points)
-        if got is None:
+        steps, z = got.get(run.layers[i], ((), np.zeros(0)))
+        if np.ndim(z) != 2 or not len(steps):
             continue
-        steps, z = got
         with np.errstate(invalid="ignore"):
-            stuck = stuck_channels(z >= DEAD_ZERO_FRAC)
+            stuck = stuck_channels(np.asarray(z, dtype=np.float64) >= DEAD_ZERO_FRAC)
         if stuck:
             out[i] = {c: int(steps[k]) for c, k in stuck.items()}
     return out

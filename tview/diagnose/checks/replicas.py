@@ -6,7 +6,7 @@ import numpy as np
 
 from tview.diagnose import detect
 from tview.diagnose.checks import common
-from tview.diagnose.checks.common import Context, aligned_scalar
+from tview.diagnose.checks.common import Context, aligned_scalar, common_steps, on
 from tview.diagnose.findings import Finding, declare, make
 
 KINDS = declare({
@@ -26,11 +26,9 @@ def _fingerprint(run, name, max_points, ranks=None):
     """(steps every rank has, [ranks, steps, layers], float64 stored?) of one per-layer fingerprint (on `ranks`,
     default every readable rank)."""
     got = {r: run.stat_matrix(name, r, max_points=max_points) for r in (run.ranks if ranks is None else ranks)}
-    common = None
-    for steps, _ in got.values():
-        common = np.asarray(steps) if common is None else np.intersect1d(common, steps)
+    common = common_steps([np.asarray(steps) for steps, _ in got.values()])
     exact = all(np.ma.getdata(m).dtype == np.float64 for _, m in got.values())
-    stack = np.stack([np.ma.filled(m.astype(np.float64), np.nan)[np.isin(s, common)] for s, m in got.values()])
+    stack = np.stack([np.ma.filled(m.astype(np.float64), np.nan)[on(s, common)] for s, m in got.values()])
     return common, stack, exact
 
 
