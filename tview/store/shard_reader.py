@@ -113,9 +113,10 @@ class ShardReader:
         """Whether the writer had closed this shard when it was opened here, and the file is unchanged since."""
         return bool(self._settled) and self._settled == self._key[2:4] and self._file_stamp() == self._settled
 
-    def _kept(self, fact, read):
-        """read(), kept per file identity when the writer had closed this shard and it is unchanged since."""
-        if not self._settled_now():
+    def _kept(self, fact, read, settled_now: bool = False):
+        """read(), kept per file identity when the writer had closed this shard and it is unchanged since
+        (settled_now: the caller has just checked that)."""
+        if not (settled_now or self._settled_now()):
             return read()
         value = settled.known(self._key, fact)
         if value is None:
@@ -247,9 +248,9 @@ class ShardReader:
         bytes), small tables only, and their datasets not even opened again: a read of every layer's column of a
         table (diagnosis: each layer's per-channel values) reads its steps and flags once."""
         if self._settled_now():
-            n = min(held, self._kept(("rows", table), lambda: min(d.shape[0] for d in self._head_ids(table))))
+            n = min(held, self._kept(("rows", table), lambda: min(d.shape[0] for d in self._head_ids(table)), True))
             rows = range(*strided(n, max_points).indices(n))
-            return (rows, *self._steps_and_mask(table, rows))
+            return (rows, *self._steps_and_mask(table, rows, settled_now=True))
         step, mask = self._head_ids(table)
         n = min(held, step.shape[0], mask.shape[0])
         rows = range(*strided(n, max_points).indices(n))
@@ -258,7 +259,7 @@ class ShardReader:
     def _head_ids(self, table: str) -> tuple:
         return self._dataset_id(table, schema.STEP), self._dataset_id(table, schema.MEASURED)
 
-    def _steps_and_mask(self, table: str, rows: range, *ids) -> tuple[np.ndarray, np.ndarray]:
+    def _steps_and_mask(self, table: str, rows: range, *ids, settled_now: bool = False) -> tuple:
         """(steps (read-only), measured [rows, layers]) of those rows of a table (`ids`: its step and measured
         datasets, opened here when not given), kept of a closed shard up to KEEP_ROWS rows."""
         def read():
@@ -268,7 +269,7 @@ class ShardReader:
             flags = self._rows(mask, table, schema.MEASURED, rows).astype(bool)
             return steps, np.packbits(flags, axis=-1), flags.shape[-1]
         key = ("head", table, rows.start, rows.stop, rows.step)
-        steps, bits, width = read() if len(rows) > KEEP_ROWS else self._kept(key, read)
+        steps, bits, width = read() if len(rows) > KEEP_ROWS else self._kept(key, read, settled_now)
         return steps, np.unpackbits(bits, axis=-1, count=width).view(bool)
 
     @serialized
