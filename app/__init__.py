@@ -15,6 +15,7 @@ from tview.render.ranks_view import parse_rank, rank_from_query
 
 from . import guard
 from .catalog import RunCatalog
+from .live_diagnosis import LiveDiagnoses
 
 POLL_MS = 2000  # how often the app looks for new steps, ranks and runs (at least)
 POLL_DUTY = 0.25  # a poll that took t seconds waits t / POLL_DUTY before the next: the server stays free
@@ -38,6 +39,7 @@ def create_app(root: str) -> dash.Dash:
                     assets_folder=os.path.join(os.path.dirname(__file__), "assets"),
                     suppress_callback_exceptions=True)
     app.server.config["TVIEW_CATALOG"] = catalog
+    app.server.config["TVIEW_LIVE_DIAGNOSES"] = LiveDiagnoses()
     guard.install(app.server)
     for order, (module, path, name) in enumerate(PAGES):
         mod = importlib.import_module(f"{__name__}.pages.{module}")

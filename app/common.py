@@ -12,6 +12,7 @@ from tview.errors import TviewError
 from tview.render.figures import message_figure
 
 from .catalog import RunCatalog
+from .live_diagnosis import LiveDiagnoses
 
 ALL_RANKS = "all"
 SCALE_OPTIONS = [{"label": " auto (log when values span decades)", "value": "auto"},  # a y axis or colour scale
@@ -24,6 +25,11 @@ log = logging.getLogger("tview_app")
 
 def catalog() -> RunCatalog:
     return flask.current_app.config["TVIEW_CATALOG"]
+
+
+def live_diagnoses() -> LiveDiagnoses:
+    """The last findings of the live runs, made in child processes (app.live_diagnosis)."""
+    return flask.current_app.config["TVIEW_LIVE_DIAGNOSES"]
 
 
 def memo_read(run_id: str, fn, *args):

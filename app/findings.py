@@ -4,7 +4,9 @@ channels in the address; the ranks page for rank faults; the scalars page for th
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from typing import Callable
 from urllib.parse import urlencode
 
 import numpy as np
@@ -14,6 +16,7 @@ from tview.diagnose import CLEAN_MESSAGE, diagnose
 from tview.diagnose.findings import Finding
 
 from .common import log
+from .live_diagnosis import LiveDiagnoses, LiveFindings
 
 # a per-channel statistic's per-layer counterpart: the layer heatmap shows layers x steps
 LAYER_STAT = {"act_channel_zero_frac": "act_zero_frac", "grad_channel_norm": "grad_norm"}
@@ -128,19 +131,49 @@ def findings_list(run_id: str, findings: list[Finding], steps: int | None = None
     return html.Ul(items or [html.Li(CLEAN_MESSAGE, className="tv-ok")], className="tv-health tv-diagnosis")
 
 
-def diagnosis_panel(run_id: str, run, max_points: int | None = None, rank_summaries: dict | None = None) -> html.Div:
-    """The overview's health panel of a run (its only one): a heading and the findings of `run`, read as
-    `tview diagnose` reads them (every recorded step: the same findings, at the same steps; max_points reads
-    fewer, steps then exact to a stride); a run that cannot be diagnosed says why. rank_summaries:
-    run.rank_summaries(), when the caller has read them."""
+def findings_panel(run_id: str, read: Callable[[], tuple[list[Finding], int, str | None]]) -> html.Div:
+    """The overview's health panel of a run (its only one): a heading and what read() returns: the findings, the
+    most steps a rank recorded, and a note shown under them (None: none); a run that cannot be diagnosed says why."""
+    note = None
     try:
-        rank_summaries = rank_summaries if rank_summaries is not None else run.rank_summaries()
-        steps = max((s["steps"] for s in rank_summaries.values()), default=0)
-        body = findings_list(run_id, diagnose(run, max_points, rank_summaries), steps)
+        findings, steps, note = read()
+        body = findings_list(run_id, findings, steps)
     except Exception as exc:  # shown in the panel and logged; the rest of the card still renders
         log.exception("diagnosis of %r failed", run_id)
         body = html.P(f"diagnosis failed: {exc}", className="tv-error")
-    return html.Div([html.H4("diagnosis"), body], className="tv-diagnosis-panel")
+    return html.Div([html.H4("diagnosis"), body] + ([html.P(note, className="tv-note tv-live-note")] if note else []),
+                    className="tv-diagnosis-panel")
+
+
+def most_steps(rank_summaries: dict) -> int:
+    """The most steps a rank recorded (0: none yet)."""
+    return max((s["steps"] for s in rank_summaries.values()), default=0)
+
+
+def diagnosis_panel(run_id: str, run, max_points: int | None = None, rank_summaries: dict | None = None) -> html.Div:
+    """The health panel of a run diagnosed in this process, as `tview diagnose` reads it (every recorded step: the
+    same findings, at the same steps; max_points reads fewer, steps then exact to a stride). rank_summaries:
+    run.rank_summaries(), when the caller has read them."""
+    def read():
+        summaries = rank_summaries if rank_summaries is not None else run.rank_summaries()
+        return diagnose(run, max_points, summaries), most_steps(summaries), None
+    return findings_panel(run_id, read)
+
+
+def live_note(found: LiveFindings) -> str:
+    """When a live run's findings were made, and how."""
+    clock = time.strftime("%H:%M:%S", time.localtime(found.at))
+    return (f"live run: findings as of {clock}, from every recorded step (`tview diagnose` in a process of its "
+            f"own, {found.seconds:.1f} s); made again as the run grows")
+
+
+def live_diagnosis_panel(run_id: str, folder: str, live: LiveDiagnoses, rank_summaries: dict) -> html.Div:
+    """The health panel of a live run: `tview diagnose`'s findings made in a child process (LiveDiagnoses: the
+    server reads none of the run for them, so its memory does not grow with the run), and when they were made."""
+    def read():
+        found = live.findings(folder)
+        return found.findings, most_steps(rank_summaries), live_note(found)
+    return findings_panel(run_id, read)
 
 
 # -- the evidence a "show" link lands on, marked ---------------------------------------------

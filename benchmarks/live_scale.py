@@ -89,6 +89,18 @@ def rss_mib(pid: int) -> float:
         return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)) / 1024
 
 
+def children_rss_mib(pid: int) -> float:
+    """The memory of the server's child processes now (a live run's diagnosis, while one runs)."""
+    total = 0.0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                total += sum(rss_mib(int(c)) for c in f.read().split())
+        except (OSError, AttributeError):  # a child that just exited
+            pass
+    return total
+
+
 def first_figure(page, url: str, drawn: str) -> float:
     page.goto("about:blank")
     t = time.perf_counter()
@@ -118,21 +130,25 @@ def follow(root: str, server_pid: int, base: str, a) -> list[dict]:
             ranks = first_figure(page, f"{base}/ranks?runs=live", RANKS_JS)
             follower.wait_for_timeout(10)
             live_steps = shown_steps(follower) if follower.locator(".run-card").count() else -1
-            samples.append({"t": time.time() - t0, "rss": rss_mib(server_pid), "overview": overview, "ranks": ranks,
+            samples.append({"t": time.time() - t0, "rss": rss_mib(server_pid),
+                            "child": children_rss_mib(server_pid), "overview": overview, "ranks": ranks,
                             "steps": steps, "follower_steps": live_steps})
             s = samples[-1]
-            print(f"t={s['t']:5.0f} s  server RSS {s['rss']:6.0f} MiB  first figure: overview {overview:.2f} s, "
-                  f"Ranks page {ranks:.2f} s  steps shown {steps} (open overview: {live_steps})", flush=True)
+            print(f"t={s['t']:5.0f} s  server RSS {s['rss']:6.0f} MiB (its children {s['child']:4.0f})  "
+                  f"first figure: overview {overview:.2f} s, Ranks page {ranks:.2f} s  steps shown {steps} "
+                  f"(open overview: {live_steps})", flush=True)
             time.sleep(max(0.0, a.every - (time.time() - t0 - s["t"])))
         browser.close()
     return samples
 
 
 def report(samples: list[dict], a) -> None:
-    print("\n| t (s) | server RSS (MiB) | overview first figure (s) | Ranks page first figure (s) | steps shown |")
-    print("|---|---|---|---|---|")
+    print("\n| t (s) | server RSS (MiB) | its children (MiB) | overview first figure (s) | Ranks page first figure (s) "
+          "| steps shown |")
+    print("|---|---|---|---|---|---|")
     for s in samples:
-        print(f"| {s['t']:.0f} | {s['rss']:.0f} | {s['overview']:.2f} | {s['ranks']:.2f} | {s['steps']} |")
+        print(f"| {s['t']:.0f} | {s['rss']:.0f} | {s['child']:.0f} | {s['overview']:.2f} | {s['ranks']:.2f} "
+              f"| {s['steps']} |")
     grew = samples[-1]["steps"] > samples[0]["steps"]
     followed = samples[-1]["follower_steps"] > samples[0]["follower_steps"]
     rss = [s["rss"] for s in samples]
@@ -144,7 +160,8 @@ def report(samples: list[dict], a) -> None:
     later = [s["rss"] for s in samples if s["t"] >= 60] or rss
     print(f"After the first minute ({len(later)} samples): server RSS {later[0]:.0f} -> {later[-1]:.0f} MiB, "
           f"min {min(later):.0f}, max {max(later):.0f}: max / min {max(later) / min(later):.3f} "
-          f"({'flat within 10%' if max(later) <= 1.1 * min(later) else 'NOT flat within 10%'})")
+          f"({'flat within 10%' if max(later) <= 1.1 * min(later) else 'NOT flat within 10%'}); its children "
+          f"(the live diagnosis while one runs): max {max(s['child'] for s in samples):.0f} MiB")
 
 
 def main(argv=None):

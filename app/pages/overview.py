@@ -12,10 +12,9 @@ from dash import ALL, Input, Output, State, callback, html, no_update
 from tview.render import figures, ranks_view, summaries
 from tview.render.style import use_log
 
-from ..common import HOLD_POLL, catalog, graph, log, memo_summarized, rank_button, run_summaries
-from ..findings import diagnosis_panel
+from ..common import HOLD_POLL, catalog, graph, live_diagnoses, log, memo_summarized, rank_button, run_summaries
+from ..findings import diagnosis_panel, live_diagnosis_panel
 
-POINTS = 500      # per rank in the diagnosis (the card and the loss figure read the rank summaries' trends)
 WORST_SHOWN = 5   # ranks listed on the card (the Ranks page pages through all of them)
 
 DIAGNOSIS_SLOT = "run-diagnosis"  # inside each run's card: its diagnosis, filled in by a callback of its own
@@ -123,7 +122,13 @@ def show(refresh, focus, runs):
 
 
 def _diagnosis(run, rank_summaries: dict, run_id: str):
-    return diagnosis_panel(run_id, run, None, rank_summaries)  # every step, as `tview diagnose` reads it
+    """A live run's findings from a child process (the server's memory stays flat while it grows); any other run's
+    read here, once (its signature no longer changes). Both read every step, as `tview diagnose` does."""
+    live = live_diagnoses()
+    if summaries.is_live(summaries.rank_rows(run, rank_summaries)):
+        return live_diagnosis_panel(run_id, run.path, live, rank_summaries)
+    live.forget(run.path)
+    return diagnosis_panel(run_id, run, None, rank_summaries)
 
 
 def diagnosis_of(run_id: str):

@@ -279,6 +279,39 @@ def size_by(display, part, array):
     display.ScaleTransferFunction.Points = [low, 0.2, 0.5, 0.0, high if high > low else low + 1, 1.0, 0.5, 0.0]
 
 
+DOT_PIXELS = 20  # room for a dot's radius and a label's half height beyond a point
+
+
+def points_of(source):
+    """The points of the data `source` shows, as an n x 3 numpy array (fetched: for a network, a few thousand)."""
+    import numpy as np
+    from vtkmodules.util.numpy_support import vtk_to_numpy
+    parts = [vtk_to_numpy(leaf.GetPoints().GetData()) for leaf in _leaves(sm.Fetch(source))
+             if hasattr(leaf, "GetPoints") and leaf.GetPoints() is not None]
+    return np.concatenate(parts).reshape(-1, 3) if parts else np.zeros((0, 3))
+
+
+def frame_3d(view, points, margin=None):
+    """Aim the camera (its direction and up kept) so that every point (the data's, labels' anchors) lies `margin`
+    pixels or more inside the picture (default: below the caption's two lines), the picture centred, as near as
+    that allows. ParaView's ResetCamera fits a sphere around the data's box, which put the nearest slab of a tall
+    network at the picture's edge."""
+    import numpy as np
+
+    from tview.render.layout import fit_camera
+    if not len(points):
+        return
+    margin = 2 * font(view) + DOT_PIXELS if margin is None else margin
+    ahead = np.subtract(view.CameraFocalPoint, view.CameraPosition)
+    ahead /= np.linalg.norm(ahead) or 1.0
+    width, height = view.ViewSize
+    fill = max(0.5, 1.0 - margin / max(min(width, height) / 2, 1))
+    aspect = width / height if width > 0 and height > 0 else 1.0  # a GUI view not laid out yet: square
+    focal, distance = fit_camera(points, ahead, view.CameraViewUp, view.CameraViewAngle, aspect, fill)
+    view.CameraFocalPoint = list(focal)
+    view.CameraPosition = list(focal - ahead * distance)  # ParaView sets the clipping range at each render
+
+
 def network(reader, view, array, layer=None, size=None):
     part = extract(reader, ["/Root/network"])
     display = pv.Show(part, view)
@@ -293,7 +326,7 @@ def network(reader, view, array, layer=None, size=None):
     view.CameraPosition = [34, -46, 28]
     view.CameraFocalPoint = [0, 0, 12]
     view.CameraViewUp = [0, 0, 1]
-    view.ResetCamera()
+    frame_3d(view, [*points_of(part), *(xyz for _, xyz in labels)])
     caption(view, part, f"network: {array}" + (f" (size: {size})" if size else "") + "\n{run} · {ranks} · step {step}")
     return labels
 

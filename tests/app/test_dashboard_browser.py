@@ -130,7 +130,7 @@ def test_damaged_and_empty_runs_are_reported_and_the_app_keeps_serving(server, p
     assert max(traces(page, "layers-heatmap")["points"]) > 0  # rank 0 of the damaged run still shows
 
 
-def test_a_live_run_gains_steps_on_screen(server, runs_root, page):
+def test_a_live_run_gains_steps_on_screen(server, runs_root, page, tmp_path):
     with live_writer(runs_root / "live"):
         page.goto(f"{server}/?runs=live")
         page.locator(".run-card").first.wait_for(timeout=30_000)
@@ -145,6 +145,13 @@ def test_a_live_run_gains_steps_on_screen(server, runs_root, page):
         assert shown_steps() > first
         n1 = max(traces(page, "overview-loss")["points"])
         page.wait_for_function(f"() => Math.max(...({TRACES_JS})('overview-loss').points) > {n1}", timeout=20_000)
+        # the live run's diagnosis: tview diagnose's findings, made in a process of its own, and when
+        note = page.locator(".diagnosis-card .tv-live-note")
+        note.wait_for(timeout=30_000)
+        panel = page.locator(".diagnosis-card").first.inner_text()
+        assert "live run: findings as of" in note.inner_text() and "diagnosis failed" not in panel
+        assert page.locator(".diagnosis-card .tv-health li").count() >= 1
+        page.screenshot(path=str(tmp_path / "live-overview.png"), full_page=True)
 
 
 def test_no_url_reaches_outside_the_folder_it_was_started_on(server, page):

@@ -15,6 +15,7 @@ from tests.conftest import PY, python_env
 from tests.hooks.test_probes import reference_histogram
 from tview.hooks import params as P
 from tview.hooks.opcount import OpCounter
+from tview.hooks.transfer import HostTransfer
 
 LAYERS = ("conv1", "bn", "up", "conv2", "fc")
 
@@ -33,6 +34,13 @@ class UpNet(nn.Module):
     def forward(self, x):
         x = F.relu(self.bn(self.conv1(x)))
         return self.fc(F.relu(self.conv2(F.relu(self.up(x)))).flatten(1))
+
+
+def on_host(parts: dict) -> dict:
+    """A probe's partials as its finalize gets them: through the step's host transfer."""
+    parts = dict(parts)
+    HostTransfer([parts]).finish()
+    return parts
 
 
 def flat(tensors, dtype=torch.float64):
@@ -193,7 +201,7 @@ def test_init_distance_without_the_recorders_file_keeps_w0_in_a_temporary_file()
     probe.setup(ctx)
     assert probe.origin.offsets == [0, 4 * a.numel()]
     a.add_(0.1)
-    parts = {k: np.asarray(v) for k, v in probe.compute(P.ParamStep(ctx)).items()}
+    parts = on_host(probe.compute(P.ParamStep(ctx)))
     expected = (torch.cat([a.reshape(-1), b]) - start).norm() / start.norm()
     assert probe.finalize(parts, ctx)["init_distance"][0] == pytest.approx(expected.item(), rel=1e-5)
 
@@ -228,7 +236,7 @@ def test_empty_tensors_and_local_gradient_norms_per_tensor():
     step = P.ParamStep(ctx, local)
 
     def run(probe):
-        parts = {k: np.asarray(v) for k, v in probe.compute(step).items()}
+        parts = on_host(probe.compute(step))
         parts.pop("measured", None)
         return probe.finalize(parts, ctx)
 
@@ -240,24 +248,26 @@ def test_empty_tensors_and_local_gradient_norms_per_tensor():
 
 
 @pytest.mark.parametrize("device_path", [False, True], ids=["cpu-path", "device-path"])
-def test_nan_and_inf_counts_are_exact_in_blocks_full_of_them(monkeypatch, device_path):
-    """NaN and Inf counts come from codes summed per block: a block of NaN only, of +Inf only, of both signs of
-    Inf mixed with NaN, and finite values as large as float32 goes, counted exactly as plain torch counts them."""
+def test_nan_and_inf_flags_per_layer(monkeypatch, device_path):
+    """grad_nan is 1 where a layer's gradient holds a NaN (here beside Infs of both signs), grad_inf 1 where it
+    holds an Inf and no NaN (a bias of -Inf), both 0 for finite values as large as float32 goes (their squares
+    overflow the float32 sum of squares: not an Inf in the gradient)."""
+    from tview.hooks.param_probes import GradStats
     monkeypatch.setattr(P, "FORCE_DEVICE_PATH", device_path)
     g = torch.randn(3000)
     g[:P.BLOCK] = float("nan")  # a whole block
-    g[P.BLOCK:2 * P.BLOCK] = float("inf")  # a whole block of +Inf
     g[600:900:2], g[601:900:4], g[603:900:4] = float("nan"), float("inf"), -float("inf")  # mixed, across blocks
-    g[1000], g[1001] = torch.finfo(torch.float32).max, -torch.finfo(torch.float32).max  # finite
-    w = torch.zeros(3000, requires_grad=True)
-    w.grad = g
-    b = torch.zeros(7, requires_grad=True)
-    b.grad = torch.full((7,), -float("inf"))
-    ctx = P.ParamContext([[w], [b]])
-    ctx.host = False  # count on the CPU's own path too (it counts only once the norms are not finite)
-    stats = P.ParamStep(ctx).grad_stats
-    assert stats["nan"].tolist() == [int(torch.isnan(g).sum()), 0]
-    assert stats["inf"].tolist() == [int(torch.isinf(g).sum()), 7]
+    big = torch.randn(700)
+    big[10], big[11] = torch.finfo(torch.float32).max, -torch.finfo(torch.float32).max  # finite
+    w, v, b = torch.zeros(3000, requires_grad=True), torch.zeros(700, requires_grad=True), torch.zeros(7)
+    b.requires_grad_(True)
+    w.grad, v.grad, b.grad = g, big, torch.full((7,), -float("inf"))
+    ctx = P.ParamContext([[w], [v], [b]])
+    step = P.ParamStep(ctx)
+    out = GradStats().finalize({**on_host(step.grad_stats), "count": step.grad_count}, ctx)
+    assert out["grad_nan"].tolist() == [1, 0, 0]
+    assert out["grad_inf"].tolist() == [0, 0, 1]
+    assert np.isnan(out["grad_max_abs"][0]) and out["grad_max_abs"][1] == torch.finfo(torch.float32).max
 
 
 def test_a_nan_local_gradient_stays_nan_and_a_frozen_tensor_adds_nothing():

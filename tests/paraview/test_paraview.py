@@ -191,6 +191,20 @@ def test_each_view_renders_a_picture(demo, tmp_path):
         assert set(labels) <= set(drawn_labels), (view, drawn_labels)  # text actors beside their slabs/rows
 
 
+def test_a_tall_network_seen_from_above_is_drawn_whole(tmp_path):
+    """20 slabs (ResetCamera's bounding sphere put the top one, nearest the camera, at the edge: its dots cut)."""
+    from PIL import Image
+
+    from tview.store.synthetic import write_synthetic_run
+    run = write_synthetic_run(str(tmp_path / "tall"), 5, ranks=1, layers=20, channel_tail=10)
+    out = tmp_path / "network.png"
+    text = render(run, out, "--view", "network")
+    img = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    drawn = (np.abs(img - img[-1, -1]).sum(axis=2) > 30).any(axis=1)  # rows with anything on them
+    assert not drawn[:8].any() and not drawn[-8:].any(), "a slab touches the picture's top or bottom edge"
+    assert "block9.relu (16)" in text  # the top slab's label
+
+
 def test_the_movie_has_a_frame_per_step_asked_for_split_across_processes(demo, tmp_path):
     out = render(demo, tmp_path / "train.avi", "--view", "network", "--animate", "--frames", "4", "--processes", "2")
     frames = sorted(os.listdir(tmp_path / "train_frames"))

@@ -25,6 +25,10 @@ from tview.hooks.probes import hist_bin_index, host_shortcuts
 from tview.store import schema
 
 PER_CHANNEL = 256  # sampled values per channel, at least (fewer where the output holds fewer)
+ADDED = ("sums", "sumsq", "zeros")  # per-row statistics that are sums (one index_add_ on the device path)
+EXTREMES = ("amax", "amin")  # and extremes (one scatter_reduce_ each)
+HIST_CELLS = schema.HIST_BINS + 1  # per output: the bins, then where NaN goes (dropped)
+HOW = {"sums": "sum", "sumsq": "sum", "zeros": "sum", "amax": "amax", "amin": "amin"}
 
 
 def sample_examples(t: torch.Tensor, per_channel: int | None = PER_CHANNEL) -> int:
@@ -79,7 +83,7 @@ def reduce_one(src: torch.Tensor, layout: tuple, how: str) -> torch.Tensor:
 
 def run_plan(layouts: tuple) -> tuple[np.ndarray, np.ndarray]:
     """(length of each run of consecutive sampled values of one row, the run's row), for the concatenated samples
-    of outputs of these layouts: the host reduces runs; the device's row index repeats each run's row."""
+    of outputs of these layouts: the device's row index repeats each run's row."""
     lengths, rows, base = [], [], 0
     for layout in layouts:
         if layout[0] == "flat":
@@ -100,28 +104,33 @@ def row_index_numpy(layouts: tuple) -> np.ndarray:
     return np.repeat(rows, lengths)
 
 
-def runs_numpy(layouts: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """(start of each run, the run's row): the host's reduction plan."""
-    lengths, rows = run_plan(layouts)
-    return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64), rows
+def _host_view(values: np.ndarray, layout: tuple) -> tuple[np.ndarray, tuple]:
+    """One output's sample as an array whose rows are reduced over `axes`."""
+    if layout[0] == "flat":
+        return values.reshape(1, -1), (1,)
+    kind, e, c, s = layout
+    return (values.reshape(e, c, s), (0, 2)) if kind == "nchw" else (values.reshape(e * s, c), (0,))
 
 
-def host_per_row(values: np.ndarray, runs: tuple[np.ndarray, np.ndarray], n_rows: int, how: str) -> np.ndarray:
-    """Per-row sum ("sum"), minimum ("amin") or maximum ("amax") on the host: one pass over the sample."""
-    starts, run_rows = runs
-    if how == "sum":
-        per_run = np.add.reduceat(values, starts, dtype=np.float64)
-        return np.bincount(run_rows, weights=per_run, minlength=n_rows).astype(np.float32)
-    ufunc = np.minimum if how == "amin" else np.maximum
-    out = np.full(n_rows, np.inf if how == "amin" else -np.inf, dtype=np.float32)
-    with np.errstate(invalid="ignore"):  # NaN in the sample: NaN extremes, said by act_nan, not a warning
-        ufunc.at(out, run_rows, ufunc.reduceat(values, starts))
-    return out
+def host_per_row(values: np.ndarray, layouts: tuple, how: str) -> np.ndarray:
+    """Per-row sum ("sum", accumulated in float64), minimum ("amin") or maximum ("amax") on the host: one numpy
+    reduction per output over its sample reshaped (NaN in the sample: NaN extremes, said by act_nan)."""
+    out, at = [], 0
+    for layout in layouts:
+        size = layout_rows(layout) * layout_values(layout)
+        v, axes = _host_view(values[at:at + size], layout)
+        at += size
+        if how == "sum":
+            out.append(np.add.reduce(v, axis=axes, dtype=np.float64))
+        else:
+            ufunc = np.minimum if how == "amin" else np.maximum
+            out.append(ufunc.reduce(v, axis=axes, initial=np.inf if how == "amin" else -np.inf))
+    return np.concatenate(out).astype(np.float32)
 
 
 class RowIndex:
-    """What the reductions of a set of layouts need, made once (a net's layouts repeat step after step): the
-    host's runs, and on the device the row index, the histogram slots and the histogram's boundaries."""
+    """What the device path's reductions of a set of layouts need, made once (a net's layouts repeat step after
+    step): the row index, the histogram slots and the histogram's boundaries."""
 
     def __init__(self, limit: int = 8):
         self.cache: dict[tuple, object] = {}
@@ -134,9 +143,6 @@ class RowIndex:
             self.cache[key] = make()
         return self.cache[key]
 
-    def runs(self, layouts: tuple) -> tuple[np.ndarray, np.ndarray]:
-        return self._cached((layouts, "runs"), lambda: runs_numpy(layouts))
-
     def get(self, layouts: tuple, device, what: str = "rows") -> torch.Tensor:
         """On `device`, int32: the row of each sampled value ("rows"; "rows64": int64, for scatter_reduce_ off
         the CPU), or the first histogram slot of its output ("hist_base")."""
@@ -145,6 +151,10 @@ class RowIndex:
 
     def boundaries(self, device) -> torch.Tensor:
         return self._cached(("boundaries", str(device)), lambda: hist_boundaries_below(device))
+
+    def one(self, device) -> torch.Tensor:
+        """A float32 1 on `device` (expanded, the histogram's increments)."""
+        return self._cached(("one", str(device)), lambda: torch.ones(1, device=device))
 
 
 def _index(layouts: tuple, what: str) -> np.ndarray:
@@ -164,12 +174,15 @@ class ActivationBatch:
     """The samples of several outputs and the per-row reductions the activation probes share (each computed
     once, on demand). `outputs` are whole outputs; `samples` (optional) replaces the sample of some of them
     (a sample copied in the hook, where a later layer modifies the output in place); `per_channel`: the
-    sample's size (None: every value); `scan=False`: the outputs are known to hold no NaN or Inf, none is read."""
+    sample's size (None: every value); `scan=False`: the outputs are known to hold no NaN or Inf, none is read.
+    `wants`: the statistics the due probes read (keys of HOW, "hist"; None: all), computed together on the device
+    path (one zeroed table, one index_add_ for the sums, one scatter_reduce_ per extreme)."""
 
     def __init__(self, outputs: list[torch.Tensor], index: RowIndex | None, samples: dict | None = None,
-                 per_channel: int | None = PER_CHANNEL, scan: bool = True):
+                 per_channel: int | None = PER_CHANNEL, scan: bool = True, wants: set | None = None):
         self.outputs = [t.detach() for t in outputs]
         self.scan = scan
+        self.wants = set(HOW) | {"hist"} if wants is None else set(wants)
         flats, layouts = zip(*(flat_sample(t, per_channel) for t in self.outputs))
         flats = [samples.get(k, f) if samples else f for k, f in enumerate(flats)]
         self.layouts = tuple(layouts)
@@ -177,10 +190,8 @@ class ActivationBatch:
         self.device = self.sample.device
         self.host = index is not None and host_shortcuts(self.sample)  # numpy reduces the sample on the CPU
         self.index = index
-        self.rows, self.runs = None, None  # compiled: one output, reduced by reshaping
-        if self.host:
-            self.runs = index.runs(self.layouts)
-        elif index is not None:
+        self.rows = None  # compiled, or the CPU: each output reduced by reshaping
+        if index is not None and not self.host:
             self.rows = index.get(self.layouts, self.device)
         self.row_start = [0, *itertools.accumulate(layout_rows(lay) for lay in self.layouts)]  # plain ints: no
         self.n_rows = self.row_start[-1]  # numpy inside a compiled graph
@@ -196,35 +207,77 @@ class ActivationBatch:
         return self._once("values", lambda: self.sample.float())
 
     def _per_row(self, src: torch.Tensor, how: str = "sum") -> torch.Tensor:
-        """Per-row reduction of a per-value tensor: on the CPU numpy over runs of consecutive values (3x faster
-        than index_add_), elsewhere one index_add_ or scatter_reduce_ over the row index."""
+        """Per-row reduction of a per-value tensor by reshaping each output's sample: on the CPU in numpy (one call
+        per output, 10x faster than index_add_), compiled in the graph."""
         if self.host:
-            return torch.from_numpy(host_per_row(src.numpy(), self.runs, self.n_rows, how))
-        if self.rows is None:
-            return reduce_one(src, self.layouts[0], how)  # compiled
-        if how == "sum":
-            return torch.zeros(self.n_rows, dtype=torch.float32, device=self.device).index_add_(
-                0, self.rows, src.float())
-        start = float("inf") if how == "amin" else float("-inf")
-        rows = self.rows if self.device.type == "cpu" else self.index.get(self.layouts, self.device, "rows64")
-        return torch.full((self.n_rows,), start, device=self.device).scatter_reduce_(0, rows, src, how)
+            return torch.from_numpy(host_per_row(src.numpy(), self.layouts, how))
+        return reduce_one(src, self.layouts[0], how)
+
+    def _row_stat(self, key: str) -> torch.Tensor:
+        if self.rows is not None:  # the device path: every wanted row statistic at once
+            return self._device(key)
+        source = {"sums": self.values, "sumsq": lambda: self.values().square(), "zeros": lambda: self.values().eq(0),
+                  "amax": self.values, "amin": self.values}[key]
+        return self._once(key, lambda: self._per_row(source(), HOW[key]))
+
+    def _device(self, key: str) -> torch.Tensor:
+        """On the device path, the row statistic or the histogram cells `key`: made with every other wanted one
+        not made yet (one not in `wants` is made when asked)."""
+        made = self._memo.setdefault("device", {})
+        if key not in made:
+            made.update(self._device_table((self.wants | {key}) - set(made)))
+        return made[key]
+
+    def _device_table(self, wants: set) -> dict:
+        """The wanted row statistics in one zeroed buffer (with the histogram's cells, when wanted): the sums in
+        one index_add_ of their columns (values, squares, zeros, each written by one op), each extreme in one
+        scatter_reduce_ (include_self=False: the zeros are not compared)."""
+        added = [k for k in ADDED if k in wants]
+        extremes = [k for k in EXTREMES if k in wants]
+        width, cells = len(added) + len(extremes), len(self.outputs) * HIST_CELLS if "hist" in wants else 0
+        store = torch.zeros(self.n_rows * width + cells, device=self.device)
+        table = store[:self.n_rows * width].view(width, self.n_rows)
+        if added:
+            table[:len(added)].index_add_(1, self.rows, self._columns(added))
+        if extremes:
+            rows = self.rows if self.device.type == "cpu" else self.index.get(self.layouts, self.device, "rows64")
+            for j, how in enumerate(extremes, len(added)):
+                table[j].scatter_reduce_(0, rows, self.values(), how, include_self=False)
+        out = {k: table[j] for j, k in enumerate(added + extremes)}
+        if cells:
+            out["hist"] = store[self.n_rows * width:]
+        return out
+
+    def _columns(self, keys: list[str]) -> torch.Tensor:
+        """[keys, values] float32: the sample, its squares, 1 where it is zero (one op each, no temporary)."""
+        v = self.values()
+        out = torch.empty(len(keys), v.numel(), device=self.device)
+        for j, k in enumerate(keys):
+            if k == "sums":
+                out[j].copy_(v)
+            elif k == "sumsq":
+                torch.square(v, out=out[j])
+            else:
+                torch.eq(v, 0, out=out[j])
+        return out
 
     def row_zeros(self) -> torch.Tensor:
         """Exact zeros per row."""
-        return self._once("zeros", lambda: self._per_row(self.values().eq(0)))
+        return self._row_stat("zeros")
 
     def row_sums(self) -> torch.Tensor:
-        return self._once("sums", lambda: self._per_row(self.values()))
+        return self._row_stat("sums")
 
     def row_sumsq(self) -> torch.Tensor:
-        return self._once("sumsq", lambda: self._per_row(self.values().square()))
+        return self._row_stat("sumsq")
 
     def row_extreme(self, how: str) -> torch.Tensor:
         """Per-row minimum ("amin") or maximum ("amax")."""
-        return self._once(how, lambda: self._per_row(self.values(), how))
+        return self._row_stat(how)
 
-    def norms(self) -> torch.Tensor:
-        """L2 norm of each whole output (float32): NaN where it holds a NaN, Inf where an Inf."""
+    def norms(self) -> torch.Tensor | list:
+        """L2 norm of each whole output (float32): NaN where it holds a NaN, Inf where an Inf (several outputs: a
+        list of 0-d tensors, gathered by the step's transfer with no stack op)."""
         return self._once("norms", self._norms)
 
     def _norms(self) -> torch.Tensor:
@@ -239,22 +292,24 @@ class ActivationBatch:
         for ks in by_dtype.values():
             for k, n in zip(ks, torch._foreach_norm([self.outputs[k] for k in ks], 2, dtype=torch.float32)):
                 norms[k] = n
-        return torch.stack(norms)
+        return norms
 
     def histograms(self) -> torch.Tensor:
-        """[outputs, HIST_BINS] counts of the fixed signed-log histogram of each sample (NaN not counted)."""
+        """[outputs, HIST_CELLS] counts of the fixed signed-log histogram of each sample, then of its NaN (the
+        whole buffer travels: a slice would be one more copy)."""
         return self._once("hist", self._histograms)
 
     def _histograms(self) -> torch.Tensor:
-        bins = schema.HIST_BINS + 1  # one more: where NaN goes, dropped
         if self.host or self.index is None:  # CPU: 10 vectorised passes, 7x faster than a search per value
             b = hist_bin_index(self.values()).nan_to_num_(nan=schema.HIST_BINS).long()
-        else:  # GPU: one search per value, fewer launches (NaN goes to the spare bin)
+            counts = torch.zeros(len(self.outputs) * HIST_CELLS, device=self.device)
+            one = torch.ones(1, device=self.device)
+        else:  # GPU: one search per value, fewer launches (NaN goes to the spare bin); cells in the table's buffer
             b = torch.bucketize(self.values(), self.index.boundaries(self.device))
+            counts, one = self._device("hist"), self.index.one(self.device)
         flat = b.add_(self.index.get(self.layouts, self.device, "hist_base")) if self.index is not None else b
-        ones = torch.ones(1, device=self.device).expand(flat.numel())
-        counts = torch.zeros(len(self.outputs) * bins, device=self.device).index_add_(0, flat, ones)
-        return counts.view(len(self.outputs), bins)[:, : schema.HIST_BINS]
+        counts.index_add_(0, flat, one.expand(flat.numel()))
+        return counts.view(len(self.outputs), HIST_CELLS)
 
     def sampled(self) -> list[float]:
         """Values of each output in the sample."""

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from tview.hooks.probes import DETAIL, EVERY, Probe, host_shortcuts
-from tview.store.schema import CHANNEL, HIST, Column
+from tview.store.schema import CHANNEL, HIST, HIST_BINS, Column
 
 
 class ActivationContext:
@@ -48,6 +48,7 @@ class ActivationProbe(Probe):
     merge: dict[str, str] = {}
     batched = False
     row_parts: tuple[str, ...] = ()
+    batch_stats: tuple[str, ...] = ()  # what compute_batch reads of the batch (ActivationBatch's `wants`)
 
     def compute(self, ctx: ActivationContext) -> dict:
         raise NotImplementedError
@@ -74,6 +75,7 @@ class ActMoments(ActivationProbe):
         return (EVERY if preset.activations_every_step else DETAIL) if preset.activations else None
 
     row_parts = ("sum", "sumsq", "min", "max")
+    batch_stats = ("sums", "sumsq", "amin", "amax")
 
     def compute_batch(self, b):
         return {"sum": b.row_sums(), "sumsq": b.row_sumsq(), "min": b.row_extreme("amin"),
@@ -103,6 +105,7 @@ class ActCounts(ActivationProbe):
         return EVERY if preset.sentinels else None
 
     row_parts = ("zeros",)
+    batch_stats = ("zeros",)
 
     def compute_batch(self, b):
         return {"zeros": b.row_zeros(), "norm": b.norms(), "n": b.sampled(), "of": b.sizes()}
@@ -128,6 +131,7 @@ class ActChannelZeros(ActivationProbe):
         return EVERY if preset.sentinels else None
 
     row_parts = ("zeros",)
+    batch_stats = ("zeros",)
 
     def compute_batch(self, b):
         return {"zeros": b.row_zeros(), "n": b.per_row(), "of": b.sizes(), "measured": b.has_channels()}
@@ -153,6 +157,7 @@ class ActChannelStats(ActivationProbe):
         return DETAIL if preset.activations and preset.channels else None
 
     row_parts = ("sum",)
+    batch_stats = ("sums",)
 
     def compute_batch(self, b):
         return {"sum": b.row_sums(), "n": b.per_row(), "of": b.sizes(), "measured": b.has_channels()}
@@ -177,11 +182,13 @@ class ActHistogram(ActivationProbe):
     def cadence_for(cls, preset):
         return DETAIL if preset.activations and preset.histograms else None
 
+    batch_stats = ("hist",)
+
     def compute_batch(self, b):
         return {"counts": b.histograms(), "n": b.sampled(), "of": b.sizes()}
 
     def finalize(self, p):
-        return {"act": p["counts"], "sample_n": p["n"], "total_n": p["of"]}
+        return {"act": np.asarray(p["counts"])[..., :HIST_BINS], "sample_n": p["n"], "total_n": p["of"]}
 
 
 def output_parts(probe: ActivationProbe, parts: dict, row_start: list[int], k: int) -> dict:

@@ -14,6 +14,7 @@ out there (a rank does not hold whole channels).
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from tview.hooks import params as P
 from tview.hooks.params import ParamContext, ParamStep
@@ -35,7 +36,8 @@ class ParamProbe(Probe):
 
 
 class GradStats(ParamProbe):
-    """Per layer gradient norm, mean, std, largest magnitude, NaN and Inf counts (layers with a gradient)."""
+    """Per layer gradient norm, mean, std, largest magnitude (layers with a gradient); grad_nan 1 where the layer's
+    gradient holds a NaN, grad_inf 1 where it holds an Inf (and no NaN), else 0."""
 
     table = "grad"
     reads = "gradient"
@@ -56,11 +58,15 @@ class GradStats(ParamProbe):
 
     def finalize(self, p, ctx):
         total = ctx.per_layer_sum
-        sq, s, nan, inf, counts = total(p["sq"]), total(p["sum"]), total(p["nan"]), total(p["inf"]), p["count"]
+        sq_t, peak_t = np.asarray(p["sq"], dtype=np.float64), np.asarray(p["max_abs"], dtype=np.float64)
+        nan_t = np.isnan(sq_t) | np.isnan(peak_t)  # a NaN makes the sum of squares NaN
+        inf_t = np.isinf(peak_t) & ~nan_t  # an Inf makes the largest magnitude Inf (not looked for beside a NaN)
+        sq, s, counts = total(sq_t), total(ctx.tensor_sums(p["sum"])), p["count"]
         with np.errstate(invalid="ignore", divide="ignore"):  # Inf gradients: Inf - Inf is NaN, the answer
             mean = s / counts
             var = (sq - s * mean) / np.maximum(counts - 1, 1)
-        max_abs = np.where(nan > 0, np.nan, ctx.per_layer_max(p["max_abs"]))
+        nan, inf = ctx.present(nan_t).astype(np.float64), ctx.present(inf_t).astype(np.float64)
+        max_abs = np.where(nan > 0, np.nan, ctx.per_layer_max(peak_t))
         return {"grad_norm": np.sqrt(sq), "grad_mean": mean, "grad_std": np.sqrt(np.maximum(var, 0)),
                 "grad_max_abs": max_abs, "grad_nan": nan, "grad_inf": inf}
 
@@ -138,7 +144,8 @@ class WeightStats(ParamProbe):
         return {"sq": w["sq"], "sum": w["sum"]}
 
     def finalize(self, p, ctx):
-        return {"weight_norm": np.sqrt(ctx.per_layer_sum(p["sq"])), "weight_sum": ctx.per_layer_sum(p["sum"])}
+        return {"weight_norm": np.sqrt(ctx.per_layer_sum(p["sq"])),
+                "weight_sum": ctx.per_layer_sum(ctx.tensor_sums(p["sum"]))}
 
 
 class UpdateRatio(ParamProbe):
@@ -212,7 +219,7 @@ class GradHistogram(ParamProbe):
         with step.scratch(self):
             if not step.has_grad.any():
                 return None
-            counts = step.ctx.combine(step.ctx.histogram(step.grads))
+            counts = step.ctx.combine(step.ctx.histogram(step.grads, step.hist_table(0)))
         return {"counts": counts, "missing": step.missing_numel, "measured": step.has_grad}
 
     def finalize(self, p, ctx):
@@ -235,7 +242,7 @@ class WeightHistogram(ParamProbe):
 
     def compute(self, step):
         with step.scratch(self):
-            counts = step.ctx.combine(step.ctx.histogram(step.weights))
+            counts = step.ctx.combine(step.ctx.histogram(step.weights, step.hist_table(1)))
         return {"counts": counts}
 
     def finalize(self, p, ctx):
@@ -243,10 +250,10 @@ class WeightHistogram(ParamProbe):
 
 
 class Trajectory(ParamProbe):
-    """Each layer's parameters projected on `dims` fixed random unit directions: its path through
-    training. The directions are drawn chunk by chunk from a generator seeded by (seed, direction, chunk)
-    at each use, never kept: every rank and every resumed run of the same model draws the same ones.
-    Left out under FSDP2."""
+    """Each layer's parameters projected on `dims` fixed random unit directions: its path through training.
+    Direction d is, in each block of BLOCK elements of the flat layout, one fixed N(0, 1) pattern times a random
+    sign per block (see params.direction_parts): every rank and every resumed run of the same model draws the
+    same, and a recorded step takes every projection in one matmul over the weight copy. Left out under FSDP2."""
 
     table = "trajectory"
     reads = "weight"
@@ -264,22 +271,23 @@ class Trajectory(ParamProbe):
 
     def setup(self, ctx):
         self.ctx = ctx
-        self.norms = P.direction_norms(ctx, self.seed, self.dims)  # [layers, dims]
-        ctx.block_offsets_rows(self.dims)  # made now: not a copy op on a recorded step
+        self.pattern, self.signs = P.direction_parts(self.seed, self.dims, ctx.nblocks)
+        self.norms = P.direction_norms(ctx, self.pattern)  # [layers, dims]
+        self.on_device = torch.from_numpy(self.pattern).to(ctx.device)
         if not ctx.is_sharded:
             ctx.use_scratch(self)
 
     @property
     def directions(self) -> P.Directions:
-        """Per layer, its [dims, parameters] unit directions (drawn again on each access)."""
-        return P.Directions(self.ctx, self.seed, self.dims, self.norms)
+        """Per layer, its [dims, parameters] unit directions (made on each access)."""
+        return P.Directions(self.ctx, self.pattern, self.signs, self.norms)
 
     def compute(self, step):
         if step.ctx.is_sharded:
             return None
         with step.scratch(self):
-            return {"dots": P.projections(step.ctx, self.seed, self.dims, step.weights)}
+            return {"dots": P.projections(step.ctx, self.on_device, step.weights)}
 
     def finalize(self, p, ctx):
         with np.errstate(divide="ignore", invalid="ignore"):
-            return {"trajectory": ctx.per_layer_sum(np.asarray(p["dots"]).T) / self.norms}
+            return {"trajectory": ctx.per_layer_sum(P.projected(ctx, p["dots"], self.signs)) / self.norms}

@@ -9,12 +9,14 @@ beside the shard (OriginWeights). Float32 parameters: the copy is also the scrat
 after the step's last user: ParamStep.scratch); other dtypes (or COPY_AS_SCRATCH False): one reused float32
 chunk of max(2M elements, a quarter of the parameters). Every parameter tensor starts at a multiple of BLOCK
 elements in the flat layouts, so a [blocks, BLOCK] view reduces per block in one op and blocks sum to
-parameters with one segment_reduce (precomputed offsets, unsafe=True: nothing read back); the padding is set
-(zero, or NaN for histograms) within the same multi-tensor copy that loads a chunk. Per-parameter results are
-summed per layer on the host, in finalize, on the writer thread. No per-element temporary on a recorded step:
-NaN and Inf counts are codes written over the scratch and summed per block; torch.sum(x, dtype=float64) would
-copy x in float64 first (a GPU too), so float64 weight sums take the weights into the scratch as float64 in two
-parts (weight_sums64), or cast pieces of bounded size (cast_ranges).
+parameters on the host, in finalize (the block sums join the step's one transfer: no op to sum them per tensor;
+under FSDP2 one segment_reduce with precomputed offsets, unsafe=True: nothing read back, before the sums over
+the ranks); the padding is set (zero, or NaN for histograms) within the same multi-tensor copy that loads a
+chunk. Per-parameter results are summed per layer on the host, in finalize, on the writer thread; per-tensor
+scalars travel as lists of 0-d tensors (no stack op). NaN and Inf in a gradient are read from its norms (a NaN
+makes the sum of squares NaN; an Inf makes the largest magnitude Inf). No per-element temporary on a recorded
+step: torch.sum(x, dtype=float64) would copy x in float64 first (a GPU too), so float64 weight sums take the
+weights into the scratch as float64 in two parts (weight_sums64), or cast pieces of bounded size (cast_ranges).
 """
 
 from __future__ import annotations
@@ -38,7 +40,6 @@ CHUNK_MIN = 1 << 21  # elements of the reused float32 chunk, at least (or the wh
 CHUNK_SHARE = 4  # the chunk holds at least 1/CHUNK_SHARE of the parameters: at most that many chunks
 HIST_WIDTH = schema.HIST_BINS + 1  # a histogram row per parameter tensor: the bins, then NaN
 COPY_AS_SCRATCH = True  # float32 parameters: the weight copy is the scratch (False: a bounded chunk, as other dtypes)
-NAN_CODE = BLOCK + 1  # a NaN's code in the per-block count of non-finite values (an Inf counts 1)
 CAST_ROWS = 4096  # blocks a device reduction casts at once, at least (1M elements: an 8 MiB float64 image)
 CAST_PIECES = 16  # and at most this many pieces
 CPU_ROWS = 4096  # blocks a CPU reduction with a dtype cast takes at once: it casts a copy of its input first
@@ -136,12 +137,9 @@ class ParamContext:
         self._set_layout([p.numel() for p in local])
         dims = [None if d is False else 0 if d is True else d for d in (channel_dims or [None] * self.n)]
         self._set_channels(local, dims, groups)
-        self._blocks3 = torch.zeros(3, self.nblocks, dtype=torch.float32, device=self.device)  # reused
+        self._blocks32 = torch.zeros(self.nblocks, dtype=torch.float32, device=self.device)  # reused
         self._blocks64 = torch.zeros(self.nblocks, dtype=torch.float64, device=self.device)
-        self._code_sums = torch.zeros(self.nblocks, dtype=torch.int32, device=self.device)
-        self._blocks3_counted = False
-        for constant in ("channel_segments", "_boundaries", "_nonfinite_boundaries", "_hist_base", "_one", "_nans",
-                         "padding_views"):
+        for constant in ("channel_segments", "_boundaries", "_hist_base", "_one", "_nans", "padding_views"):
             getattr(self, constant)  # made now: a host-to-device copy on a recorded step would wait
         if self.use_copy:
             self.copy_padding_views  # noqa: B018 (the copy is the scratch: made now, once)
@@ -158,9 +156,9 @@ class ParamContext:
         self.nblocks = int(blocks.sum())
         self.total = self.nblocks * BLOCK
         self.block_param = np.repeat(np.arange(len(numels)), blocks)
-        offsets = torch.as_tensor(np.concatenate([[0], np.cumsum(blocks)]), device=self.device)
-        self._block_offsets = offsets
-        self._block_offsets3 = offsets.expand(3, -1).contiguous()
+        offsets = np.concatenate([[0], np.cumsum(blocks)]).astype(np.int64)
+        self._block_offsets = torch.as_tensor(offsets, device=self.device)
+        self._block_starts = np.minimum(offsets[:-1], max(self.nblocks - 1, 0))  # for reduceat (empty: zeroed)
         self.nonempty = [i for i, n in enumerate(numels) if n]
         cb = self.nblocks if self.use_copy else max(-(-CHUNK_MIN // BLOCK), -(-self.nblocks // CHUNK_SHARE))
         self.chunk_blocks = max(min(cb, self.nblocks), 1)
@@ -300,13 +298,6 @@ class ParamContext:
             out.index_copy_(0, self._index(tuple(which)), torch.stack(values))
         return out
 
-    def spread(self, vector: torch.Tensor, which: list[int]) -> torch.Tensor:
-        """[parameter tensors]: `vector` (one value per index in `which`) in place, zeros elsewhere."""
-        if len(which) == len(self.params):
-            return vector
-        out = torch.zeros(len(self.params), dtype=vector.dtype, device=self.device)
-        return out.index_copy_(0, self._index(tuple(which)), vector) if which else out
-
     def spread_pieces(self, values: list[torch.Tensor], c: int) -> torch.Tensor:
         """[parameter tensors] float32: chunk c's per-piece values (0-d; a tensor has one piece per chunk)."""
         return self._spread(values, [i for i, *_ in self.pieces[c]])
@@ -327,12 +318,6 @@ class ParamContext:
     def sq_sums(self, tensors: list[torch.Tensor | None]) -> torch.Tensor:
         """[parameter tensors] float32 sums of squares (0 for None), one multi-tensor op."""
         return self.powsums(tensors, 2)
-
-    def max_abs(self, tensors: list[torch.Tensor | None]) -> torch.Tensor:
-        """[parameter tensors] float32 largest |value| (0 for None or empty: inf-norm has no identity)."""
-        which = [i for i in self.nonempty if tensors[i] is not None]
-        norms = torch._foreach_norm([tensors[i] for i in which], float("inf"), dtype=torch.float32) if which else []
-        return self._spread(norms, which)
 
     def load_chunk(self, c: int, tensors: list[torch.Tensor | None], padding: float = 0.0) -> torch.Tensor:
         """Chunk `c` of `tensors` (one per parameter; None: zeros) in the float32 chunk, the padding set to
@@ -375,50 +360,57 @@ class ParamContext:
             step = max(CAST_ROWS, -(-n // CAST_PIECES))
         return [(r, min(r + step, b1)) for r in range(b0, b1, max(step, 1))]
 
-    def block_stats(self, tensors: list[torch.Tensor | None], nonfinite: bool) -> torch.Tensor:
-        """[3, tensors] float32: sums, NaN counts and Inf counts per tensor (zeros for the counts when
-        `nonfinite` is False)."""
-        blocks = self._blocks3
-        if not nonfinite and self._blocks3_counted:  # counts of an earlier step: none this time
-            blocks[1:].zero_()
-            self._blocks3_counted = False
+    def grad_sums(self, tensors: list[torch.Tensor | None]):
+        """Float32 sums of `tensors`, as tensor_sums reads them: on the CPU's own path, float32 tensors, one sum per
+        tensor (no copy through the scratch); elsewhere per block, through the float32 scratch (see tensor_totals)."""
+        which = [i for i in self.nonempty if tensors[i] is not None]
+        if self.host and all(tensors[i].dtype == torch.float32 for i in which):
+            return self.per_tensor([tensors[i].sum() for i in which], which)
         for c, (b0, b1) in enumerate(self.chunks):
-            x = self.load_chunk(c, tensors).view(-1, BLOCK)
-            torch.sum(x, 1, out=blocks[0, b0:b1])
-            if nonfinite:
-                self._count_nonfinite(x, b0, b1, blocks)
-                self._blocks3_counted = True
-        return torch.segment_reduce(blocks, "sum", offsets=self._block_offsets3, axis=1, unsafe=True)
+            torch.sum(self.load_chunk(c, tensors).view(-1, BLOCK), 1, out=self._blocks32[b0:b1])
+        return self.tensor_totals(self._blocks32)
 
-    def _count_nonfinite(self, x: torch.Tensor, b0: int, b1: int, blocks: torch.Tensor) -> None:
-        """Per block NaN and Inf counts of the chunk `x` ([blocks, BLOCK], scratch) into blocks[1] and [2], with
-        no per-element temporary: |x| in place, then each element's code (finite 0, Inf 1, NaN NAN_CODE) written
-        over it as int32 by bucketize, summed per block (at most NAN_CODE * BLOCK: exact in float32) and split."""
-        x.abs_()
-        codes = x.view(torch.int32)
-        torch.bucketize(x, self._nonfinite_boundaries, out_int32=True, out=codes)
-        sums = self._code_sums[b0:b1]
-        torch.sum(codes, 1, dtype=torch.int32, out=sums)  # int32 in and out: nothing cast
-        torch.div(sums, NAN_CODE, rounding_mode="floor", out=blocks[1, b0:b1])
-        torch.sub(sums, blocks[1, b0:b1], alpha=NAN_CODE, out=blocks[2, b0:b1])
+    def tensor_totals(self, blocks: torch.Tensor) -> torch.Tensor:
+        """Per-block sums ([..., blocks]) as they go to the host: on the device path left per block, summed per
+        tensor there (tensor_sums: no op here); on the CPU's own path summed per tensor here; under FSDP2 summed
+        per tensor here, then over the ranks."""
+        if not self.is_sharded and not self.host:
+            return blocks
+        offsets = self._block_offsets if blocks.dim() == 1 else self.block_offsets_rows(blocks.shape[0])
+        return self.combine(torch.segment_reduce(blocks, "sum", offsets=offsets, axis=blocks.dim() - 1, unsafe=True))
 
-    @cached_property
-    def _nonfinite_boundaries(self) -> torch.Tensor:
-        """bucketize(right=False) counts the boundaries below |x|: finite 0 (none), Inf 1 (the float32 maximum),
-        NaN all of them (never compared true): NAN_CODE, more than a block of Inf codes adds up to."""
-        top = np.float32(np.finfo(np.float32).max)
-        return torch.tensor([top] + [np.inf] * (NAN_CODE - 1), dtype=torch.float32, device=self.device)
+    def tensor_sums(self, values) -> np.ndarray:
+        """Host side: [..., tensors] float64 sums from what grad_sums, copy_sums64 or weight_sums64 sent (per
+        block on the device path, unless under FSDP2)."""
+        v = np.asarray(values, dtype=np.float64)
+        return v if self.host or self.is_sharded else self.blocks_to_tensors(v)
+
+    def blocks_to_tensors(self, values) -> np.ndarray:
+        """Host side: [..., tensors] float64 sums of per-block values [..., blocks]."""
+        v = np.asarray(values, dtype=np.float64)
+        return np.add.reduceat(v, self._block_starts, axis=-1) * (self.numels > 0)
+
+    def per_tensor(self, values: list[torch.Tensor], which, op: str | None = None):
+        """[parameter tensors] from `values` (0-d, one per index in `which`; 0 elsewhere): a list the step's
+        transfer gathers in its one cat (no stack op); under FSDP2 one tensor, combined over the ranks by `op`."""
+        if self.is_sharded:
+            t = self._spread(values, list(which))
+            return self.combine(t, op) if op else t
+        out: list = [None] * len(self.params)
+        for i, v in zip(which, values):
+            out[i] = v
+        return out
 
     def copy_sums64(self) -> torch.Tensor:
         """[tensors] float64 sums of the kept weight copy (float64 accumulation: deterministic, the same
         weights give the same bits)."""
         if self.host and self.copy_dtype in (torch.float32, torch.float16):  # numpy casts in small buffers
             blocks = np.add.reduce(self.copy.numpy().reshape(-1, BLOCK), axis=1, dtype=np.float64)
-            return torch.from_numpy(np.add.reduceat(blocks, self._block_starts) * (self.numels > 0))
+            return torch.from_numpy(self.blocks_to_tensors(blocks))
         rows, blocks = self.copy.view(-1, BLOCK), self._blocks64
         for r0, r1 in self.cast_ranges(0, self.nblocks):  # float64 images of pieces, not of the whole copy
             torch.sum(rows[r0:r1], 1, dtype=torch.float64, out=blocks[r0:r1])
-        return torch.segment_reduce(blocks, "sum", offsets=self._block_offsets, unsafe=True)
+        return self.tensor_totals(blocks)
 
     def wide_sums(self) -> bool:
         """Whether weight_sums64 goes through the scratch (a device, float32 parameters, more than CAST_ROWS
@@ -436,7 +428,7 @@ class ParamContext:
             torch._foreach_copy_(dst + gaps, [weights[i].reshape(-1)[a:b] for i, a, b, _ in self._pieces(
                 lo, b1 * BLOCK)] + zeros)
             torch.sum(self._wide[:(b1 - b0) * BLOCK].view(-1, BLOCK), 1, out=blocks[b0:b1])
-        return torch.segment_reduce(blocks, "sum", offsets=self._block_offsets, unsafe=True)
+        return self.tensor_totals(blocks)
 
     @cached_property
     def _wide(self) -> torch.Tensor:
@@ -461,11 +453,6 @@ class ParamContext:
             cache[rows] = self._block_offsets.expand(rows, -1).contiguous()
         return cache[rows]
 
-    @cached_property
-    def _block_starts(self) -> np.ndarray:
-        """Each tensor's first block, clipped for reduceat (an empty tensor's entry is zeroed after)."""
-        return np.minimum(self._block_offsets.cpu().numpy()[:-1], max(self.nblocks - 1, 0))
-
     def _histogram_chunk(self, buf: torch.Tensor, b0: int, b1: int, table: torch.Tensor) -> None:
         self.copy_state = "dirty" if self.use_copy else self.copy_state
         idx = buf.view(torch.int32)  # the bin index overwrites the value it comes from, element by element
@@ -473,9 +460,11 @@ class ParamContext:
         idx.view(-1, BLOCK).add_(self._hist_base[b0:b1, None])
         table.index_add_(0, idx, self._one.expand(idx.numel()))
 
-    def histogram(self, tensors: list[torch.Tensor | None]) -> torch.Tensor:
-        """[tensors * HIST_WIDTH] float64 counts, the last of each row NaN and padding (dropped by hist_rows)."""
-        table = torch.zeros(len(self.params) * HIST_WIDTH, dtype=torch.float64, device=self.device)
+    def histogram(self, tensors: list[torch.Tensor | None], table: torch.Tensor | None = None) -> torch.Tensor:
+        """[tensors * HIST_WIDTH] float64 counts, the last of each row NaN and padding (dropped by hist_rows), added
+        into `table` (zeros) when given."""
+        if table is None:
+            table = torch.zeros(len(self.params) * HIST_WIDTH, dtype=torch.float64, device=self.device)
         for c, (b0, b1) in enumerate(self.chunks):
             self._histogram_chunk(self.load_chunk(c, tensors, padding=float("nan")), b0, b1, table)
         return table
@@ -499,16 +488,28 @@ class ParamContext:
 
     # -- host side (finalize) -----------------------------------------------------------------
     def per_layer_sum(self, per_param) -> np.ndarray:
-        """[layers, ...] float64 sums of per-parameter-tensor values (leading axis: tensors)."""
-        v = np.asarray(per_param, dtype=np.float64)
-        out = np.zeros((self.n,) + v.shape[1:])
-        np.add.at(out, self.layer_of, v)
-        return out
+        """[layers, ...] float64 sums of per-parameter-tensor values (leading axis: tensors, grouped by layer)."""
+        return self._per_layer(np.add, np.asarray(per_param, dtype=np.float64), 0.0)
 
     def per_layer_max(self, per_param) -> np.ndarray:
-        out = np.full(self.n, -np.inf)
-        np.fmax.at(out, self.layer_of, np.asarray(per_param, dtype=np.float64))
+        return self._per_layer(np.fmax, np.asarray(per_param, dtype=np.float64), -np.inf)
+
+    def _per_layer(self, ufunc, v: np.ndarray, empty: float) -> np.ndarray:
+        """ufunc.reduceat over each layer's run of tensors (a layer without tensors: `empty`); ufunc.at is 20x
+        slower."""
+        out = np.full((self.n,) + v.shape[1:], empty)
+        if len(v):
+            have = self._layer_tensor_counts > 0
+            out[have] = ufunc.reduceat(v, self._layer_first[have], axis=0)
         return out
+
+    @cached_property
+    def _layer_tensor_counts(self) -> np.ndarray:
+        return np.bincount(self.layer_of, minlength=self.n)
+
+    @cached_property
+    def _layer_first(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self._layer_tensor_counts)[:-1]]).astype(np.int64)
 
     def channel_values(self, per_segment) -> np.ndarray:
         """[total channels] sums over each channel's segments."""
@@ -556,6 +557,12 @@ class ParamStep:
         """[parameter tensors] elements of the tensors without a gradient (whole tensors')."""
         return self.ctx.param_numel * np.array([p.grad is None for p in self.ctx.params], dtype=np.float64)
 
+    def hist_table(self, row: int) -> torch.Tensor:
+        """Row `row` (0: gradients, 1: weights) of this step's zeroed histogram tables: one op zeroes both."""
+        if "_hist" not in self.__dict__:
+            self._hist = torch.zeros(2, len(self.ctx.params) * HIST_WIDTH, dtype=torch.float64, device=self.ctx.device)
+        return self._hist[row]
+
     @cached_property
     def _done(self) -> dict:
         return {}
@@ -581,8 +588,8 @@ class ParamStep:
     def _pass(self, weights: bool, grads: bool) -> dict:
         """The every-step pass, no temporary: the kept copy takes W_before - W (when it holds W_before); one
         multi-tensor op squares the norms of that update, of the weights and of the gradients, another takes the
-        gradients' largest magnitudes, one stack holds both; the gradients
-        go through the scratch for their sums and NaN/Inf counts; the copy takes W (and its float64 sums)."""
+        gradients' largest magnitudes; the gradients go through the scratch for their block sums; the copy
+        takes W (and its float64 block sums)."""
         ctx, w, g, n = self.ctx, self.weights, self.grads, len(self.ctx.params)
         have = [i for i, t in enumerate(g) if t is not None] if grads else []
         with torch.no_grad():
@@ -591,30 +598,29 @@ class ParamStep:
                 torch._foreach_sub_(ctx.copy_views, w)
                 ctx.copy_state = "update"
             tensors = (ctx.copy_views if update else []) + (w if weights else []) + [g[i] for i in have]
-            sums = list(torch._foreach_powsum(tensors, 2, dtype=torch.float32))
-            peaks = [i for i in have if ctx.numels[i]]  # max |g| (the inf-norm of an empty tensor has no value)
-            both = torch.stack(sums + (list(torch._foreach_norm([g[i] for i in peaks], float("inf"),
-                                                                 dtype=torch.float32)) if peaks else []))
-            sq = ctx.combine(both[:len(sums)])
+            sums = list(torch._foreach_powsum(tensors, 2, dtype=torch.float32)) if tensors else []
+            if ctx.is_sharded and sums:  # FSDP2: the whole tensors' squares, in one all-reduce
+                sums = list(ctx.combine(torch.stack(sums)))
             out, k = {}, n if update else 0
             if grads:
-                max_abs = ctx.combine(ctx.spread(both[len(sums):], peaks), "max")
-                out["grads"] = self._grad_pass(ctx.spread(sq[k + (n if weights else 0):], have), max_abs)
+                out["grads"] = self._grad_pass(sums[k + (n if weights else 0):], have)
             if weights:
                 sums64 = ctx.weight_sums64(w) if ctx.wide_sums() else None  # while the copy is scratch
                 ctx.put_weights(w)
                 ctx.gathered = True
                 sums64 = sums64 if sums64 is not None else ctx.copy_sums64()
-                out["weights"] = {"sq": sq[k:k + n], "sum": ctx.combine(sums64)}
+                out["weights"] = {"sq": ctx.per_tensor(sums[k:k + n], range(n)), "sum": sums64}
                 if update:
-                    out["weights"]["dsq"] = sq[:n]
+                    out["weights"]["dsq"] = ctx.per_tensor(sums[:n], range(n))
         return out
 
-    def _grad_pass(self, sq: torch.Tensor, max_abs: torch.Tensor) -> dict:
-        ctx = self.ctx
-        finite = ctx.host and bool(torch.isfinite(sq.sum()))  # CPU only: a finite total means no NaN or Inf
-        stats = ctx.combine(ctx.block_stats(self.grads, nonfinite=not finite))
-        return {"sq": sq, "max_abs": max_abs, "sum": stats[0], "nan": stats[1], "inf": stats[2]}
+    def _grad_pass(self, sq: list[torch.Tensor], have: list[int]) -> dict:
+        """Squared norms, largest magnitudes (the inf-norm of an empty tensor has no value: 0) and block sums."""
+        ctx, g = self.ctx, self.grads
+        peaks = [i for i in have if ctx.numels[i]]
+        peak = _peaks([g[i] for i in peaks], ctx.host)
+        return {"sq": ctx.per_tensor(sq, have), "max_abs": ctx.per_tensor(peak, peaks, "max"),
+                "sum": ctx.grad_sums(g)}
 
     @contextmanager
     def scratch(self, user=None):
@@ -633,7 +639,7 @@ class ParamStep:
                 if keep:
                     ctx.put_weights(self.weights)
                 raise
-            if keep and not ctx.followed(user):
+            if keep and not ctx.followed(user) and ctx.copy_state != "weights":
                 ctx.put_weights(self.weights)
 
     @cached_property
@@ -648,6 +654,17 @@ class ParamStep:
         with torch.no_grad():
             sq = self.ctx.sq_sums([local_tensor(t) for t in loc])
         return sq, self.ctx.present([t is not None for t in loc])
+
+
+def _peaks(tensors: list[torch.Tensor], host: bool) -> list[torch.Tensor]:
+    """Each tensor's largest magnitude (float32; NaN where it holds a NaN): one multi-tensor inf-norm, or on the
+    CPU's own path from aminmax (the inf-norm's CPU kernel is 17x slower)."""
+    if not tensors:
+        return []
+    if not host:
+        return list(torch._foreach_norm(tensors, float("inf"), dtype=torch.float32))
+    lo, hi = zip(*map(torch.aminmax, tensors))
+    return list(torch.maximum(torch.stack(lo).neg_(), torch.stack(hi)).float())
 
 
 class OriginWeights:
@@ -718,10 +735,10 @@ class OriginWeights:
                              [self.host[s[i] + a:s[i] + b] for i, a, b, _ in pieces], non_blocking=True)
 
 
-def origin_distance_sq(ctx: ParamContext, origin: OriginWeights, weights: list[torch.Tensor]) -> torch.Tensor:
-    """[tensors] float32 |W - W0|^2: per chunk of the scratch, W0 read in, W subtracted, squares summed per piece
-    (the scratch is left dirty: see ParamStep.scratch)."""
-    out = None
+def origin_distance_sq(ctx: ParamContext, origin: OriginWeights, weights: list[torch.Tensor]):
+    """[tensors] float32 |W - W0|^2 (see ParamContext.per_tensor): per chunk of the scratch, W0 read in, W
+    subtracted, squares summed per piece (the scratch is left dirty: see ParamStep.scratch)."""
+    parts = []
     with torch.no_grad():
         for c, (b0, b1) in enumerate(ctx.chunks):
             pieces = ctx.pieces[c]
@@ -732,67 +749,55 @@ def origin_distance_sq(ctx: ParamContext, origin: OriginWeights, weights: list[t
             origin.load(c, buf, pieces)
             views = [buf[off:off + b - a] for _, a, b, off in pieces]
             torch._foreach_sub_(views, [weights[i].reshape(-1)[a:b] for i, a, b, _ in pieces])
-            sums = torch._foreach_powsum(views, 2, dtype=torch.float32)
-            part = ctx.spread_pieces(sums, c)
-            out = part if out is None else out.add_(part)
-    return ctx.combine(out if out is not None else ctx.sq_sums([None] * len(ctx.params)))
+            parts.append((torch._foreach_powsum(views, 2, dtype=torch.float32), c))
+        if len(parts) == 1 and len(ctx.pieces[parts[0][1]]) == len(ctx.nonempty):  # one chunk: no sum of parts
+            return ctx.per_tensor(parts[0][0], ctx.nonempty, "sum")
+        out = ctx.sq_sums([None] * len(ctx.params))
+        for sums, c in parts:  # a tensor split over chunks: its pieces' sums added
+            out.add_(ctx.spread_pieces(sums, c))
+    return ctx.combine(out)
 
 
-def unit_chunk_directions(ctx: ParamContext, seed: int, dim: int, c: int, into: torch.Tensor | None = None):
-    """Chunk `c` of trajectory direction `dim` (unnormalised, N(0, 1) values) in the chunk buffer (or
-    `into`), drawn from a generator seeded by (seed, dim, chunk): the same on every rank and resumed run."""
-    b0, b1 = ctx.chunks[c]
-    g = torch.Generator(device=ctx.device)
-    g.manual_seed((seed * 1_000_003 + dim * 10_007 + c) % (1 << 63))
-    if into is None:
-        into = ctx.chunk
-        ctx.copy_state = "dirty" if ctx.use_copy else ctx.copy_state
-    return into[:(b1 - b0) * BLOCK].normal_(generator=g)
+def direction_parts(seed: int, dims: int, nblocks: int) -> tuple[np.ndarray, np.ndarray]:
+    """The trajectory's directions, as ([BLOCK, dims] float32 N(0, 1) pattern, [blocks, dims] int8 signs): in block
+    b of the flat layout, direction d is signs[b, d] * pattern[:, d]. Drawn from a generator seeded by (seed,
+    dims): the same on every rank and resumed run of the same model."""
+    g = np.random.Generator(np.random.PCG64([seed, dims]))
+    pattern = g.standard_normal((BLOCK, dims)).astype(np.float32)
+    return pattern, g.choice(np.array([-1, 1], dtype=np.int8), size=(nblocks, dims))
 
 
-def projections(ctx: ParamContext, seed: int, dims: int, weights: list[torch.Tensor]) -> torch.Tensor:
-    """[dims, tensors] dot products of `weights` with each direction: per chunk one op multiplies the pieces by
-    the weights and the padding by zero, one sums blocks."""
-    blocks = torch.empty(dims, ctx.nblocks, dtype=torch.float32, device=ctx.device)  # every entry written
-    for d in range(dims):
-        for c, (b0, b1) in enumerate(ctx.chunks):
-            buf = unit_chunk_directions(ctx, seed, d, c)
-            gaps, zeros = ctx.padding_views[c]
-            pieces = ctx.pieces[c]
-            torch._foreach_mul_([buf[off:off + b - a] for _, a, b, off in pieces] + gaps,
-                                [weights[i].reshape(-1)[a:b] for i, a, b, _ in pieces] + zeros)
-            torch.sum(buf.view(-1, BLOCK), 1, out=blocks[d, b0:b1])
-    return torch.segment_reduce(blocks, "sum", offsets=ctx.block_offsets_rows(dims), axis=1, unsafe=True)
+def projections(ctx: ParamContext, pattern: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
+    """[blocks, dims] float32: each block of the weights (flat layout, zero padding) times the directions' pattern,
+    in one matmul over the kept copy (float32 parameters: it holds the weights, or takes them back now, as the
+    last user of the scratch would), else per chunk of the scratch. Signs and sums per tensor: on the host."""
+    if ctx.use_copy:
+        if ctx.copy_state != "weights":
+            ctx.put_weights(weights)
+        return torch.mm(ctx.copy.view(-1, BLOCK), pattern)
+    out = torch.empty(ctx.nblocks, pattern.shape[1], device=ctx.device)
+    for c, (b0, b1) in enumerate(ctx.chunks):
+        torch.mm(ctx.load_chunk(c, weights).view(-1, BLOCK), pattern, out=out[b0:b1])
+    return out
 
 
-def _direction_pieces(ctx: ParamContext, seed: int, dims: int, wanted: set[int] | None = None):
-    """Yield (direction, parameter tensor, first element, end element, values) for every piece of the
-    directions (of the tensors in `wanted`, or all), drawn chunk by chunk as projections() draws them."""
-    if wanted is None and ctx.use_copy and not ctx.gathered:  # setup: the copy holds nothing yet
-        into, ctx.copy_state = ctx.copy, "dirty"
-    else:  # not the chunk: it may hold weights
-        into = torch.empty(ctx.chunk_blocks * BLOCK, device=ctx.device)
-    for d in range(dims):
-        for c in range(len(ctx.chunks)):
-            buf = unit_chunk_directions(ctx, seed, d, c, into)
-            for i, a, b, off in ctx.pieces[c]:
-                if wanted is None or i in wanted:
-                    yield d, i, a, b, buf[off:off + b - a]
+def projected(ctx: ParamContext, dots, signs: np.ndarray) -> np.ndarray:
+    """Host side: [tensors, dims] float64 dot products of the weights with the directions, from projections()."""
+    return ctx.blocks_to_tensors((np.asarray(dots, dtype=np.float64) * signs).T).T
 
 
-def direction_norms(ctx: ParamContext, seed: int, dims: int) -> np.ndarray:
-    """[layers, dims] norms of each layer's part of the directions (setup: one small op per piece)."""
-    sq = np.zeros((len(ctx.params), dims))
-    for d, i, _, _, values in _direction_pieces(ctx, seed, dims):
-        sq[i, d] += float(torch._foreach_powsum([values], 2)[0])  # no temporary
-    return np.sqrt(ctx.per_layer_sum(sq))
+def direction_norms(ctx: ParamContext, pattern: np.ndarray) -> np.ndarray:
+    """[layers, dims] norms of each layer's part of the directions (signs do not change them)."""
+    sq = np.cumsum(np.vstack([np.zeros((1, pattern.shape[1])), pattern.astype(np.float64) ** 2]), axis=0)
+    full, rest = np.divmod(ctx.numels, BLOCK)
+    return np.sqrt(ctx.per_layer_sum(full[:, None] * sq[-1] + sq[rest]))
 
 
 class Directions:
-    """Per layer, its [dims, parameters] unit trajectory directions, drawn again on each access (never kept)."""
+    """Per layer, its [dims, parameters] unit trajectory directions, made on each access (never kept)."""
 
-    def __init__(self, ctx: ParamContext, seed: int, dims: int, norms: np.ndarray):
-        self.ctx, self.seed, self.dims, self.norms = ctx, seed, dims, norms
+    def __init__(self, ctx: ParamContext, pattern: np.ndarray, signs: np.ndarray, norms: np.ndarray):
+        self.ctx, self.pattern, self.signs, self.norms = ctx, pattern, signs, norms
 
     def __len__(self) -> int:
         return self.ctx.n
@@ -800,9 +805,10 @@ class Directions:
     def __getitem__(self, layer: int) -> torch.Tensor:
         ctx = self.ctx
         first = int(np.searchsorted(ctx.layer_of, layer))
-        tensors = list(range(first, first + len(ctx.per_layer[layer])))
-        parts = {i: torch.empty(self.dims, int(ctx.numels[i]), device=ctx.device) for i in tensors}
-        for d, i, a, b, values in _direction_pieces(ctx, self.seed, self.dims, set(tensors)):
-            parts[i][d, a:b] = values
-        out = torch.cat([parts[i] for i in tensors], dim=1)
-        return out / torch.as_tensor(self.norms[layer], dtype=out.dtype, device=out.device)[:, None]
+        parts = []
+        for i in range(first, first + len(ctx.per_layer[layer])):
+            b0, n = int(ctx.starts[i]) // BLOCK, int(ctx.numels[i])
+            blocks = self.signs[b0:b0 + -(-n // BLOCK)].T[:, :, None] * self.pattern.T[:, None, :]
+            parts.append(blocks.reshape(len(self.pattern.T), -1)[:, :n])
+        out = torch.from_numpy(np.concatenate(parts, axis=1).astype(np.float32))
+        return out / torch.as_tensor(self.norms[layer], dtype=out.dtype)[:, None]

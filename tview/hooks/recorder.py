@@ -389,7 +389,8 @@ class Recorder:
             return
         batch = ActivationBatch([e[1] for e in fresh], self._row_index, per_channel=self.preset.act_sample,
                                 samples={k: e[3] for k, e in enumerate(fresh) if e[3] is not None},
-                                scan=not _finite_on_host(model_output))
+                                scan=not _finite_on_host(model_output),
+                                wants={k for p in probes for k in p.batch_stats})
         self._pending_batches.append(([e[0] for e in fresh], [_channels(e[1]) for e in fresh], batch.row_start,
                                       [(p, p.compute_batch(batch)) for p in probes]))
 

@@ -50,3 +50,50 @@ def tile_origins(n: int, h: int, w: int, columns: int, gap: int = 1) -> list[tup
 def tile_gaps(n: int, h: int, w: int, columns: int, gap: int = 1) -> np.ndarray:
     """True on the cells of tile()'s grid that belong to no tile (the gaps between them)."""
     return np.isnan(tile(np.zeros((n, h, w)), columns, gap))
+
+
+def camera_axes(direction, view_up) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ahead, up, right) unit vectors of a camera looking along `direction` with `view_up` (made square to it)."""
+    ahead = np.asarray(direction, np.float64) / (np.linalg.norm(direction) or 1.0)
+    up = np.asarray(view_up, np.float64) - np.dot(view_up, ahead) * ahead
+    up /= np.linalg.norm(up) or 1.0
+    return ahead, up, np.cross(ahead, up)
+
+
+def fit_distance(points, focal, direction, view_up, view_angle: float, aspect: float, fill: float = 0.9) -> float:
+    """How far from `focal` (backwards along `direction`) a perspective camera of vertical `view_angle` degrees on
+    a view `aspect` (width / height) wide must stand for every point to lie within `fill` of the view's half
+    height and half width. Points nearer the camera look bigger, so these decide, not a bounding sphere (fitted
+    to a sphere, the top slab of a network seen from above reached the picture's edge and its dots were cut)."""
+    ahead, up, right = camera_axes(direction, view_up)
+    rel = np.asarray(points, np.float64).reshape(-1, 3) - np.asarray(focal, np.float64)
+    toward = -(rel @ ahead)  # how much nearer the camera than the focal point
+    t = math.tan(math.radians(view_angle) / 2) * fill
+    need = np.maximum(toward + np.abs(rel @ up) / t, toward + np.abs(rel @ right) / (t * aspect))
+    return float(max(need.max(initial=0.0), 1e-6))
+
+
+def projected(points, focal, direction, view_up, distance: float, view_angle: float, aspect: float) -> np.ndarray:
+    """Where points land in the picture of that camera: (x, y) from -1 to 1 across its width and height."""
+    ahead, up, right = camera_axes(direction, view_up)
+    rel = np.asarray(points, np.float64).reshape(-1, 3) - np.asarray(focal, np.float64)
+    depth = distance + rel @ ahead
+    t = math.tan(math.radians(view_angle) / 2)
+    return np.stack([(rel @ right) / (depth * t * aspect), (rel @ up) / (depth * t)], axis=1)
+
+
+def fit_camera(points, direction, view_up, view_angle: float, aspect: float, fill: float = 0.9,
+               rounds: int = 4) -> tuple[np.ndarray, float]:
+    """(focal point, distance) of a camera looking along `direction` that frames every point within `fill` of the
+    picture with the points' picture centred: fitted from the middle of their box, then panned by where the middle
+    of their picture fell and fitted again (perspective: a few rounds converge)."""
+    pts = np.asarray(points, np.float64).reshape(-1, 3)
+    focal = (pts.min(axis=0) + pts.max(axis=0)) / 2
+    _, up, right = camera_axes(direction, view_up)
+    t = math.tan(math.radians(view_angle) / 2)
+    for _ in range(rounds):
+        d = fit_distance(pts, focal, direction, view_up, view_angle, aspect, fill)
+        xy = projected(pts, focal, direction, view_up, d, view_angle, aspect)
+        mid_x, mid_y = (xy.min(axis=0) + xy.max(axis=0)) / 2
+        focal = focal + right * (mid_x * d * t * aspect) + up * (mid_y * d * t)
+    return focal, fit_distance(pts, focal, direction, view_up, view_angle, aspect, fill)
