@@ -106,16 +106,16 @@ def faulty_run(tmp_path_factory):
     return path
 
 
-def _every_series_read_from_the_shards(run) -> list[dict]:
+def _every_series_read_from_the_shards(run, max_points=None) -> list[dict]:
     """The checks over the Run itself (each series read from the shards when a check asks for it)."""
-    ctx = Context(run, None, run.rank_summaries())
+    ctx = Context(run, max_points, run.rank_summaries())
     for check in CHECKS:
         for f in check.check(ctx):
             ctx.found.setdefault(f.kind, []).append(f)
     return [f.to_dict() for f in causes.fold([f for g in ctx.found.values() for f in g], causes.record_stride(run))]
 
 
-@pytest.mark.parametrize("processes", [1, 2])
+@pytest.mark.parametrize("processes", [1, pytest.param(2, marks=pytest.mark.slow)])  # 2: forks
 def test_findings_read_once_equal_those_read_as_each_check_asks(faulty_run, tmp_path, monkeypatch, processes):
     monkeypatch.setattr(parallel, "MAX_PROCESSES", processes)
     monkeypatch.setattr(parallel, "PARALLEL_FROM", 4)
@@ -128,6 +128,8 @@ def test_findings_read_once_equal_those_read_as_each_check_asks(faulty_run, tmp_
     assert {("slow_rank", SLOW), ("rank_diverges", DIVERGES), ("replicas_differ", 3)} <= kinds
     with open_run(faulty_run) as run:
         kinds = {(f.kind, f.rank, f.layer) for f in every_finding(diagnose(run))}
+        thinned = [f.to_dict() for f in diagnose(run, max_points=30)]  # every 3rd step read
+        assert thinned == _every_series_read_from_the_shards(run, 30) and thinned
     assert {("exploding_gradients", 5, "block1.conv"), ("dead_filters", None, "block0.relu"),
             ("dead_filters", 9, "block1.relu")} <= kinds
 
