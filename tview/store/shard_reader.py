@@ -53,11 +53,13 @@ KEEP_ROWS = 4096  # a table's steps and measured flags are kept (one table per s
 class ShardReader:
     """One rank's shard, opened read-only in SWMR mode; `rank`: the rank its file name says."""
 
-    def __init__(self, path: str, rank: int | None = None):
+    def __init__(self, path: str, rank: int | None = None, checked: tuple | None = None):
+        """checked: the identity (shard_header.identity) the file had when check_shard_file passed it, if known."""
         self.path = path
         self._key = key = identity(path)
         header = known_header(key)
-        self.fid = open_shard_id(path, checked=header is not None)  # its file checked when first opened
+        # its file checked when first opened, or by the caller, and unchanged since
+        self.fid = open_shard_id(path, checked=header is not None or key == checked)
         self._file: h5py.File | None = None
         try:
             self._take_header(header or read_header(self), rank)
