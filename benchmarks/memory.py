@@ -4,8 +4,10 @@ Each net (SmallResNet, ConvBNNet, 3C3D, a ResNet-18-sized CNN; 32x32 inputs) is 
 (optimizer state and autograd buffers exist), then a plain step's high-water mark is taken, the Recorder is made
 and training goes on recorded every step. Per net and configuration, each in a fresh process, as multiples of
 the parameters' bytes: the memory held at Recorder() and the peak while it was made; held after the first
-(detail) recorded step and after 10 more; and what the recorded steps add to the process's high-water mark over
-a plain step's (held memory plus each step's temporaries: the issue's "Recorder plus a recorded step's peak").
+(detail) recorded step and after 10 more, written (flushed); and what the recorded steps add to the process's
+high-water mark over a plain step's (held memory plus each step's temporaries: the issue's "Recorder plus a
+recorded step's peak"). Below each line, what the held memory is made of: the weight copy, the activation
+statistics' cached per-value indexes, library pages (file-backed: code faulted in by first use), the rest.
 Configurations: `params` is the parameter side alone (default preset without activation statistics and
 snapshots), `default` the whole Recorder with the default preset, `full` every step a detail step.
 
@@ -55,6 +57,25 @@ def peak_rss() -> int:
     """The process's peak resident memory since start or since the last reset_peak()."""
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
+def file_rss() -> int:
+    """Resident memory backed by files (libraries' code and data pages, faulted in by first use)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssFile:"))
+
+
+def held_parts(rec) -> tuple[int, int]:
+    """(bytes of the weight copy the parameter statistics keep, bytes of the activation statistics' cached
+    per-value indexes): the two parts of what the Recorder holds that grow with the net."""
+    ctx = rec.pctx
+    copy = ctx.__dict__.get("copy") if ctx is not None else None
+    index = getattr(rec, "_row_index", None)
+    cached = list(index.cache.values()) if index is not None else []
+    flat = [x for v in cached for x in (v if isinstance(v, tuple) else (v,))]
+    return ((copy.numel() * copy.element_size() if copy is not None else 0),
+            sum(x.numel() * x.element_size() if isinstance(x, torch.Tensor) else getattr(x, "nbytes", 0)
+                for x in flat))
 
 
 def reset_peak() -> None:
@@ -115,7 +136,7 @@ def measure(config: str, device: str, batch: int, net: str) -> dict:
 
     for _ in range(3):
         step()
-    base = meter.now()
+    base, base_file = meter.now(), file_rss()
     meter.reset()
     step()
     plain_peak = meter.high()  # a plain training step's high-water mark
@@ -130,10 +151,22 @@ def measure(config: str, device: str, batch: int, net: str) -> dict:
         out["first_step"] = minus(meter.now(), base)
         for _ in range(10):
             step(rec)
+        rec.flush()  # what the writer holds once it has written (its first write brings HDF5's own memory)
         out["after_11"] = minus(meter.now(), base)
+        out["copy"], out["act_index"] = held_parts(rec)
+        out["file_pages"] = file_rss() - base_file
         out["peak"] = minus(meter.high(), plain_peak)  # what recorded steps add to a plain step's high-water mark
         rec.close()
     return out
+
+
+def held_line(r: dict, which: int) -> str:
+    """What the memory held after 11 steps is made of, as multiples of the parameters' bytes."""
+    p = r["param_bytes"]
+    rest = r["after_11"][which] - r["copy"] - r["act_index"] - (r["file_pages"] if which == 0 else 0)
+    files = f", library pages {r['file_pages'] / p:.2f}x" if which == 0 else ""
+    return (f"held after 11 steps: weight copy {r['copy'] / p:.2f}x, activation value indexes "
+            f"{r['act_index'] / p:.2f}x{files}, other {rest / p:.2f}x (HDF5, Python, small buffers)")
 
 
 def child_env(malloc: str) -> dict:
@@ -174,6 +207,7 @@ def main(argv=None) -> int:
             print(f"{net:9} {config:8} {r['param_bytes'] / 2**20:>5.1f} MiB "
                   + " ".join(f"{m[k]:>8.2f}x" for k in keys)
                   + f"   ({r['peak'][which] / 2**20:.1f} MiB at the step peak)")
+            print(" " * 20 + held_line(r, which))
     for config in args.configs.split(","):
         print(f"  {config}: {CONFIGS.get(config, '')}")
     print("target (resnet18, default: held and step peak <= 2x):", "met" if ok else "NOT met")

@@ -18,21 +18,24 @@ def record(tmp_path, device, name, steps=21):
     x, y = (t.to(device) for t in make_data())
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     transfers = []
-    real = transfer_module.HostTransfer._copy
+    real, real_span = transfer_module.HostTransfer._copy, transfer_module.HostTransfer._copy_span
     transfer_module.HostTransfer._copy = staticmethod(lambda ts, dtype: transfers.append(len(ts)) or real(ts, dtype))
+    transfer_module.HostTransfer._copy_span = staticmethod(  # the filters: one span of the weight copy
+        lambda base, views: transfers.append(len(views)) or real_span(base, views))
     try:
         with tview.Recorder(model, str(tmp_path / name), every=1, optimizer=opt) as rec:
             train(model, rec, steps, x, y, opt=opt)
     finally:
         transfer_module.HostTransfer._copy = staticmethod(real)
+        transfer_module.HostTransfer._copy_span = staticmethod(real_span)
     return tview.open_run(str(tmp_path / name)), transfers
 
 
 def test_cuda_statistics_equal_the_cpu_ones_with_one_transfer_a_step(tmp_path):
     cuda, transfers = record(tmp_path, "cuda", "gpu")
     cpu, _ = record(tmp_path, "cpu", "cpu")
-    # one batched device-to-host copy per recorded step (two on snapshot steps: statistics in float64, snapshots
-    # in float32)
+    # one batched device-to-host copy per recorded step (two on snapshot steps: statistics in float64, and the
+    # filters as the one span of the kept weight copy they lie in)
     assert len(transfers) == 21 + 1
     for stat in ("grad_norm", "grad_mean", "grad_max_abs", "weight_norm", "weight_sum", "update_ratio", "init_distance",
                  "act_mean", "act_zero_frac"):  # init_distance: W0 from pinned host memory on the GPU

@@ -103,6 +103,32 @@ def test_default_preset_reads_whole_examples_from_the_batch_start_for_zeros_mome
 
 
 @pytest.mark.parametrize("device_path", [False, True], ids=["cpu-path", "device-path"])
+def test_one_example_holding_more_than_the_sample_is_thinned_to_every_kth_position(monkeypatch, device_path):
+    """Where one example holds more values per channel than the sample needs, every k-th position of the first
+    example is taken: per-row sums, zeros and extremes as plain torch computes them over those positions, for
+    contiguous outputs (32x32: k divides the map; 31x31: it does not) and channels-last ones, in one batch."""
+    from tview.hooks import probes
+    from tview.hooks.activation_batch import ActivationBatch, RowIndex
+    monkeypatch.setattr(probes, "FORCE_DEVICE_PATH", device_path)
+    g = torch.Generator().manual_seed(0)
+    outs = [torch.relu(torch.randn(4, 3, 64, 64, generator=g)), torch.relu(torch.randn(2, 5, 63, 63, generator=g)),
+            torch.relu(torch.randn(2, 4, 64, 64, generator=g)).to(memory_format=torch.channels_last)]
+    per_channel = 256 if not device_path else 64  # the device path thins above 4x the sample
+    b = ActivationBatch(outs, RowIndex(), per_channel=per_channel)
+    expected = []
+    for t in outs:
+        first = t[0].reshape(t.shape[1], -1)
+        expected.append(first[:, ::first.shape[1] // per_channel])
+    assert [lay[3] for lay in b.layouts] == [e.shape[1] for e in expected]
+    def per_row(f):
+        return torch.cat([f(e.double()) for e in expected]).numpy()
+    np.testing.assert_allclose(b.row_sums().numpy(), per_row(lambda r: r.sum(1)), rtol=1e-5)
+    np.testing.assert_array_equal(b.row_zeros().numpy(), per_row(lambda r: (r == 0).sum(1)))
+    np.testing.assert_array_equal(b.row_extreme("amax").numpy(), per_row(lambda r: r.amax(1)).astype(np.float32))
+    np.testing.assert_array_equal(b.row_extreme("amin").numpy(), per_row(lambda r: r.amin(1)).astype(np.float32))
+
+
+@pytest.mark.parametrize("device_path", [False, True], ids=["cpu-path", "device-path"])
 def test_histogram_bins_match_numpy_at_zero_edges_infinities_and_nan(monkeypatch, device_path):
     from tview.hooks import probes
     from tview.hooks.activation_batch import ActivationBatch, RowIndex

@@ -100,9 +100,10 @@ def layer_info(name: str, m: nn.Module) -> dict:
             "params": int(sum(p.numel() for p in m.parameters(recurse=False)))}
 
 
-def filter_weight(m: nn.Module):
-    """A conv layer's filters as [out channels, in channels, k...] (ConvTranspose stores them the other way)."""
-    w = m.weight
+def filter_weight(m: nn.Module, w=None):
+    """A conv layer's filters as [out channels, in channels, k...] (ConvTranspose stores them the other way);
+    `w`: a tensor of the weight's shape to read them from (default: the weight)."""
+    w = m.weight if w is None else w
     return w.transpose(0, 1) if isinstance(m, nn.modules.conv._ConvTransposeNd) else w
 
 

@@ -576,6 +576,11 @@ class ParamStep:
         return self._done["grads"]
 
     @property
+    def gathered_now(self) -> bool:
+        """The kept copy took this step's weights (a snapshot may read them from it while they stay there)."""
+        return "weights" in self._done
+
+    @property
     def weight_stats(self) -> dict:
         """Per tensor: sq, sum (float64) and dsq (squared distance to the previous gathered weights, absent
         the first time)."""

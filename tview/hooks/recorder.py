@@ -40,9 +40,9 @@ from tview.hooks.probes import EVERY, host_shortcuts, registered_probes
 from tview.hooks.rows import RowBuilder
 from tview.hooks.scalars import ScalarNames, host_rss_bytes, scalar_value
 from tview.hooks.schedules import Preset, as_schedule, get_preset
-from tview.hooks.snapshots import ProbeBatch, is_sharded, snapshot
+from tview.hooks.snapshots import ProbeBatch, is_sharded, kept_filters, snapshot
 from tview.hooks.timing import LocalGrads, StepClock, as_optimizers, lr_names, lr_names_of, to_device
-from tview.hooks.transfer import HostTransfer
+from tview.hooks.transfer import HostTransfer, Lease
 from tview.store import schema
 from tview.store.background import BackgroundWriter
 from tview.store.manifest import write_manifest
@@ -123,8 +123,10 @@ class Recorder:
                 write_manifest(self.run_dir, self._manifest())
             except OSError as exc:
                 raise StoreWriteError(f"tview could not write {self.run_dir}/{schema.MANIFEST_NAME}: {exc}") from None
+        self._copy_lease = Lease()  # the weight copy, lent to the writer while it writes filters from it
         self._writer = BackgroundWriter(self.shard_path, self._finalize, resume=(mode == "resume"),
-                                        queue_size=queue_size, batch_seconds=float(flush_seconds))
+                                        queue_size=queue_size, batch_seconds=float(flush_seconds),
+                                        done=self._written)
         self._layout: ShardLayout | None = None
         self._recorded = 0
         self._closed = False
@@ -504,8 +506,9 @@ class Recorder:
         try:
             if self._recorded < 2:  # sharding (fully_shard) happens before training: not looked for every step
                 self._refresh_params()
-            param = self._param_results()
-            snap = self._snapshot_if_due()
+            self._copy_lease.wait(self._writer.alive)  # the writer may still be reading the copy's filters
+            param, param_step = self._param_results()
+            snap, kept = self._snapshot_if_due(param_step)
             if self._kept:  # a forward that did not end in the model's own forward (its parts called one by one)
                 self._reduce_kept()
             pending, batches = self._pending_act, self._pending_batches
@@ -516,16 +519,21 @@ class Recorder:
                     self._channels.setdefault(index, int(channels))
             transfer = HostTransfer([device_scalars] + [p for _, p in param] +
                                     [parts for _, _, results in pending for _, parts in results] +
-                                    [parts for *_, results in batches for _, parts in results], native=(snap,))
+                                    [parts for *_, results in batches for _, parts in results], native=(snap,),
+                                    kept=kept)
             if self._layout is None:
                 self._layout = self._make_layout()
         except Exception as exc:  # tview's own failure: said once, the step goes unrecorded, training goes on
             self._report("this step", exc)
             return
-        self._writer.put(self._layout, {"step": self._step, "wall_time": time.time(), "scalars": host_scalars,
-                                        "device_scalars": device_scalars, "param": param, "act": pending,
-                                        "act_batches": batches,
-                                        "snapshot": snap, "transfer": transfer})
+        item = {"step": self._step, "wall_time": time.time(), "scalars": host_scalars,
+                "device_scalars": device_scalars, "param": param, "act": pending, "act_batches": batches,
+                "snapshot": snap, "kept": kept[1] if kept else {}, "transfer": transfer}
+        if transfer.borrows:  # written from the weight copy itself: lent until written, the writer woken now
+            self._copy_lease.lend()
+            item["lease"] = self._copy_lease
+        if not self._writer.put(self._layout, item, urgent=transfer.borrows):
+            self._written(item)
         self._recorded += 1
 
     def _hooks_silent(self):
@@ -543,8 +551,9 @@ class Recorder:
                       "the retrace", RuntimeWarning, stacklevel=4)
         torch._dynamo.reset()
 
-    def _param_results(self) -> list:
-        """(probe, partial results) of each parameter probe due now; a probe that fails is said and dropped."""
+    def _param_results(self) -> tuple[list, ParamStep | None]:
+        """((probe, partial results) of each parameter probe due now, what they read); a probe that fails is
+        said and dropped."""
         param_step = self._param_step()
         param = []
         for probe in list(self.param_probes):
@@ -558,11 +567,16 @@ class Recorder:
                 continue
             if parts is not None:
                 param.append((probe, parts))
-        return param
+        return param, param_step
 
-    def _snapshot_if_due(self) -> dict:
+    def _snapshot_if_due(self, param_step: ParamStep | None) -> tuple[dict, tuple | None]:
+        """(the snapshot's tensors, (the weight copy, its views of the filters) or None): the filters are read
+        from the copy the update ratio keeps where it holds this step's weights (no copy of them is made)."""
         due = self.snapshot_schedule(self._step) if self.snapshot_schedule else self._detail_now
-        return snapshot(self.filter_modules, self.probe) if due else {}
+        if not due:
+            return {}, None
+        kept = kept_filters(self.filter_modules, self.pctx, param_step is not None and param_step.gathered_now)
+        return snapshot(self.filter_modules, self.probe, with_filters=kept is None), kept
 
     def _param_step(self) -> ParamStep | None:
         """What the parameter probes read this step; None for a model without parameters. Local gradients
@@ -622,11 +636,17 @@ class Recorder:
                     per_layer.setdefault(layer, []).append(act.output_parts(probe, parts, row_start, k))
         for probe, per_layer in calls.items():
             self._finalized(probe, rec, self.rows.activation_row, per_layer)
-        snap = item["snapshot"]
+        snap = {**item["snapshot"], **item["kept"]}
         as32 = {k: v.astype(np.float32, copy=False) for k, v in snap.items()}  # float32 already: no copy
         rec.filters = {k.split("/", 1)[1]: v for k, v in as32.items() if k.startswith("filters/")}
         rec.feature_maps = {k.split("/", 1)[1]: v for k, v in as32.items() if k.startswith("feature_maps/")}
         return rec
+
+    @staticmethod
+    def _written(item: dict) -> None:
+        """The writer is done with a queued step (written, failed or dropped): the weight copy it read is free."""
+        if "lease" in item:
+            item.pop("lease").give_back()
 
     def _finalized(self, probe, rec: StepRecord, make_row, parts):
         """A probe's row in the record; a probe whose finalize fails is said once and leaves no row."""

@@ -66,10 +66,29 @@ class ProbeBatch:
         return self.host_copy
 
 
-def snapshot(filter_layers: list[tuple[str, nn.Module]], probe: ProbeBatch | None) -> dict:
-    """Conv filters ([out, in, k...], whole tensors only) and the probe batch's feature maps, keyed
-    'filters/<layer>', 'feature_maps/<layer>'."""
-    out = {f"filters/{name}": filter_weight(m) for name, m in filter_layers if not is_sharded(m.weight)}
+def kept_filters(filter_layers: list[tuple[str, nn.Module]], ctx, gathered_now: bool) -> tuple | None:
+    """(the weight copy, {'filters/<layer>': its view of the layer's filters}) where the copy the update ratio
+    keeps holds this step's weights (`gathered_now`: the parameter probes put them there at this step, and
+    nothing has used it as scratch since): the snapshot is then read from it, and no copy of the filters is
+    made. None where it does not (another preset, sharded parameters): the snapshot copies the filters."""
+    if ctx is None or not gathered_now or ctx.copy_state != "weights" or "copy" not in ctx.__dict__:
+        return None
+    index = {id(p): k for k, p in enumerate(ctx.params)}
+    views = {}
+    for name, m in filter_layers:
+        k = index.get(id(m.weight))
+        if is_sharded(m.weight) or k is None:
+            return None
+        views[f"filters/{name}"] = filter_weight(m, ctx.copy_views[k])
+    return ctx.copy, views
+
+
+def snapshot(filter_layers: list[tuple[str, nn.Module]], probe: ProbeBatch | None, with_filters: bool = True) -> dict:
+    """Conv filters ([out, in, k...], whole tensors only; `with_filters` False: none, they come from the
+    weight copy, see kept_filters) and the probe batch's feature maps, keyed 'filters/<layer>',
+    'feature_maps/<layer>'."""
+    out = {f"filters/{name}": filter_weight(m) for name, m in filter_layers
+           if with_filters and not is_sharded(m.weight)}
     if probe is not None:
         out.update({f"feature_maps/{name}": t for name, t in probe.run().items()})
     return out

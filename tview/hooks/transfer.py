@@ -3,6 +3,8 @@ the writer thread once the copy's event has completed; on the CPU as numpy views
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 
@@ -15,9 +17,41 @@ _NUMPY_DTYPES = {torch.float64: np.float64, torch.float32: np.float32, torch.int
 def cpu_to_numpy(t: torch.Tensor, native: bool) -> np.ndarray:
     """A CPU tensor as a numpy copy: float64, or float32 for a `native` floating tensor (bf16/fp16 too)."""
     t = t.detach()
+    if native and t.is_floating_point() and t.dtype != torch.float32:
+        return t.float().numpy()  # the conversion is the copy (no second one)
     if native:
-        return t.float().numpy().copy() if t.is_floating_point() else t.numpy().copy()
+        return t.numpy().copy()
     return t.to(torch.float64).numpy() if t.dtype not in (torch.float64,) else t.numpy().copy()
+
+
+def as_float32(t: torch.Tensor) -> np.ndarray:
+    """A host tensor as float32 numpy: a view where it is float32, else a converted copy (of this one tensor)."""
+    return t.numpy() if t.dtype == torch.float32 else t.float().numpy()
+
+
+class Lease:
+    """A buffer the training thread keeps (the weight copy) lent to the writer thread, which writes from it
+    without a copy: the training thread waits for it back before it changes the buffer."""
+
+    def __init__(self):
+        self._free = threading.Event()
+        self._free.set()
+
+    def lend(self) -> None:
+        self._free.clear()
+
+    def give_back(self) -> None:
+        self._free.set()
+
+    def wait(self, alive=lambda: True) -> None:
+        """Until the buffer is back (or the writer thread, `alive()` False, is gone: nobody reads it)."""
+        while not self._free.wait(1.0):
+            if not alive():
+                self.give_back()
+
+    @property
+    def lent(self) -> bool:
+        return not self._free.is_set()
 
 
 def _moves(v) -> bool:
@@ -37,26 +71,39 @@ class HostTransfer:
     """The tensor values of some dicts, copied to the host in one go. `slots` are (dict, key, native):
     native values (snapshots) travel as float32, the others (statistics) as float64, so counts stay exact.
     A list of 0-d tensors (None where a value is 0) arrives as one array: its values join the one cat.
-    Made on the training thread; `finish()` on the writer thread puts numpy arrays in place of the tensors."""
+    `kept` is (base, dict): views of one kept 1-D tensor `base` (the filters, in the weight copy), moved as
+    the one span of `base` they lie in, in its dtype (no device copy of them is made); on the CPU's own path
+    they are not copied at all (`borrows`: the writer reads `base` itself, which must then stay as it is
+    until the record is written). Made on the training thread; `finish()` on the writer thread puts numpy
+    arrays in place of the tensors."""
 
-    def __init__(self, dicts: list[dict], native: tuple[dict, ...] = ()):
+    def __init__(self, dicts: list[dict], native: tuple[dict, ...] = (), kept: tuple | None = None):
         self.slots = [(d, k, own) for ds, own in ((dicts, False), (native, True)) for d in ds
                       for k, v in d.items() if _moves(v)]
         self.groups: dict[bool, tuple] = {}
         self.event = None
+        self.borrows = False
+        self.span = None  # (host copy of the kept span, {key: host view}, the kept dict)
         tensors = [t for d, k, _ in self.slots for t in (d[k] if isinstance(d[k], list) else [d[k]])
                    if t is not None]
+        base, views = kept if kept is not None and kept[1] else (None, {})
+        tensors += [base] if base is not None else []
         if not tensors:
             return
         if host_shortcuts(tensors[0]) and all(t.device.type == "cpu" for t in tensors):
             for d, k, own in self.slots:  # nothing to move: numpy copies now (the tensors may change later)
                 d[k] = cpu_to_numpy(_as_tensor(d[k]), own)
             self.slots = []
+            if base is not None:  # the writer reads the kept tensor itself (lent to it until written)
+                self.span = (None, dict(views), views)
+                self.borrows = True
             return
         for own in (False, True):
             part = [d[k] for d, k, o in self.slots if o == own]
             if part:
                 self.groups[own] = self._copy(part, torch.float32 if own else torch.float64)
+        if base is not None:
+            self.span = (*self._copy_span(base, views), views)
         if tensors[0].device.type == "cuda":
             self.event = torch.cuda.Event()
             self.event.record()
@@ -72,12 +119,30 @@ class HostTransfer:
         host.copy_(flat, non_blocking=True)
         return host, [[t is None for t in v] if isinstance(v, list) else tuple(v.shape) for v in values]
 
+    @staticmethod
+    def _copy_span(base: torch.Tensor, views: dict) -> tuple[torch.Tensor, dict]:
+        """The part of `base` the views lie in, in one non-blocking copy into pinned memory (no device
+        temporary), and each view's place in it (same shape and strides: a transposed view stays one)."""
+        offsets = {k: v.storage_offset() - base.storage_offset() for k, v in views.items()}
+        lo = min(offsets.values())
+        hi = max(o + sum((n - 1) * s for n, s in zip(v.shape, v.stride())) + 1 if v.numel() else o
+                 for o, v in zip(offsets.values(), views.values()))
+        host = torch.empty(max(hi - lo, 0), dtype=base.dtype, pin_memory=base.device.type == "cuda")
+        host.copy_(base[lo:hi], non_blocking=True)
+        return host, {k: host.as_strided(v.shape, v.stride(), offsets[k] - lo) for k, v in views.items()}
+
     def finish(self) -> None:
         """Wait for the copy (writer thread), then put the numpy values in place."""
-        if not self.slots:
-            return
         if self.event is not None:
             self.event.synchronize()
+            self.event = None
+        if self.span is not None:
+            _, host_views, views = self.span
+            for k, t in host_views.items():
+                views[k] = as_float32(t.detach())
+            self.span = None
+        if not self.slots:
+            return
         offsets = {own: 0 for own in self.groups}
         shapes = {own: iter(self.groups[own][1]) for own in self.groups}
         arrays = {own: self.groups[own][0].numpy() for own in self.groups}

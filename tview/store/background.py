@@ -20,9 +20,10 @@ _STOP = object()
 
 class BackgroundWriter:
     def __init__(self, path: str, finalize: Callable[[object], StepRecord], resume: bool = False,
-                 queue_size: int = 64, batch_seconds: float = 1.0):
+                 queue_size: int = 64, batch_seconds: float = 1.0, done: Callable[[object], None] | None = None):
         self.path = path
         self.finalize = finalize  # turns what the training thread queued into a StepRecord
+        self.done = done  # called with each queued item once it is written (or failed): what it lent is free
         self.resume = resume
         self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
         # Records are gathered for up to batch_seconds and written (and flushed) together: fewer,
@@ -39,14 +40,15 @@ class BackgroundWriter:
         self._thread = threading.Thread(target=self._run, name=f"tview-writer:{path}", daemon=True)
         self._thread.start()
 
-    def put(self, layout: ShardLayout, item) -> bool:
-        """Queue one step's data; False (and counted) if the queue is full or the writer failed."""
+    def put(self, layout: ShardLayout, item, urgent: bool = False) -> bool:
+        """Queue one step's data; False (and counted) if the queue is full or the writer failed. `urgent`:
+        written now, not at the end of the batch's time (the item lends memory the training thread wants back)."""
         if self.error is not None:
             return False
         self._layout = self._layout or layout
         try:
             self.queue.put_nowait(item)
-            if self.queue.qsize() >= self._wake_at:
+            if urgent or self.queue.qsize() >= self._wake_at:
                 self._wake.set()
             return True
         except queue.Full:
@@ -59,36 +61,45 @@ class BackgroundWriter:
     def _run(self):
         stopping = False
         while not stopping:
-            # Sleep a batch's time, unless woken early (queue half full, flush(), close()): the
-            # training thread's put() does not wake this thread, so no GIL hand-off per step.
+            # Sleep a batch's time, unless woken early (queue half full, flush(), close(), an urgent put()): the
+            # training thread's put() does not otherwise wake this thread, so no GIL hand-off per step.
             self._wake.wait(self.batch_seconds)
             self._wake.clear()
-            batch, flushed = [], []
-            while not stopping:
-                try:
-                    item = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stopping = True
-                elif isinstance(item, threading.Event):  # flush(): set once what came before is written
-                    flushed.append(item)
-                else:
-                    batch.append(item)
+            batch, flushed, stopping = self._drain()
             if batch and self.error is None:
-                try:
-                    records = [self.finalize(x) for x in batch]
-                    if self.writer is None:
-                        self.writer = ShardWriter(self.path, self._layout, resume=self.resume)
-                    self.writer.write(records)
-                    self.writer.set_dropped(self.dropped)
-                    self.written += len(records)
-                    self.writer.flush()  # visible to SWMR readers, and on disk should the process die
-                except BaseException as exc:  # kept for the training thread; the thread goes on draining
-                    self.error = exc
-                    self._abandon()
+                self._write(batch)
+            for item in batch if self.done is not None else ():
+                self.done(item)
             for done in flushed:
                 done.set()
+
+    def _drain(self) -> tuple[list, list, bool]:
+        """(queued items, flush() events, whether close() came) taken from the queue now."""
+        batch, flushed = [], []
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                return batch, flushed, False
+            if item is _STOP:
+                return batch, flushed, True
+            if isinstance(item, threading.Event):  # flush(): set once what came before is written
+                flushed.append(item)
+            else:
+                batch.append(item)
+
+    def _write(self, batch: list):
+        try:
+            records = [self.finalize(x) for x in batch]
+            if self.writer is None:
+                self.writer = ShardWriter(self.path, self._layout, resume=self.resume)
+            self.writer.write(records)
+            self.writer.set_dropped(self.dropped)
+            self.written += len(records)
+            self.writer.flush()  # visible to SWMR readers, and on disk should the process die
+        except BaseException as exc:  # kept for the training thread; the thread goes on draining
+            self.error = exc
+            self._abandon()
 
     def _abandon(self):
         """After a failed write, let go of the file now (HDF5 must not meet it again at exit)."""
@@ -109,6 +120,9 @@ class BackgroundWriter:
             if not done.wait(timeout):
                 raise StoreWriteError(f"tview: writer for {self.path} did not flush within {timeout:.0f} s")
         self.check()
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def check(self):
         """Raise, on the caller's thread, a write failure from the background thread."""

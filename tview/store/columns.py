@@ -14,6 +14,7 @@ from tview.store.records import ShardLayout, StepRecord, TableRow
 _ROWS_PER_CHUNK = 256  # along the step axis, at most
 CHUNK_BYTES = {"every": 16 * 1024, "detail": 4 * 1024}  # small chunks: a short run wastes little space
 _FILL = {"f": np.nan, "u": 0, "i": -1}
+ROW_CHUNK_BYTES = 1 << 20  # a snapshot row's chunks, at most (a row's first-axis slice, at least)
 _SPARE_BYTES = 256 * 1024  # kept free on the disk beyond what a write needs: HDF5 must never meet a full disk
 
 
@@ -54,10 +55,20 @@ def chunk_rows(row_bytes: int, target: int = CHUNK_BYTES["every"]) -> int:
     return int(max(1, min(_ROWS_PER_CHUNK, target // max(row_bytes, 1))))
 
 
+def row_chunk(row_shape: tuple, itemsize: int, limit: int = ROW_CHUNK_BYTES) -> tuple:
+    """A row's chunk: the whole row, or parts of it along its first axis of at most `limit` bytes (at least one
+    slice). HDF5 copies a chunk twice while it writes it through the checksum filter: a 9 MiB conv layer's
+    filters as one chunk made 18 MiB of temporaries on the writer thread."""
+    if not row_shape:
+        return ()
+    per_slice = int(np.prod(row_shape[1:], dtype=np.int64)) * itemsize
+    return (int(max(1, min(row_shape[0], limit // max(per_slice, 1)))),) + tuple(row_shape[1:])
+
+
 def create_column(group: h5py.Group, name: str, row_shape: tuple, dtype, row_chunks: bool = False,
                   target: int = CHUNK_BYTES["every"]) -> h5py.Dataset:
     """An extendable column with a Fletcher-32 checksum per chunk (a damaged chunk fails to read
-    instead of returning wrong numbers); `row_chunks`: one chunk per row (snapshots, written whole).
+    instead of returning wrong numbers); `row_chunks`: one row per chunk, a big row in parts (snapshots).
 
     Nothing is compressed: gzip cost ~16 ms per MB on the training machine (it ran in the flush,
     holding the GIL) and saved 1% on conv filters, 13-34% on feature maps.
@@ -66,7 +77,8 @@ def create_column(group: h5py.Group, name: str, row_shape: tuple, dtype, row_chu
     row_bytes = int(np.prod(row_shape, dtype=np.int64)) * dtype.itemsize
     return group.create_dataset(
         name, shape=(0,) + tuple(row_shape), maxshape=(None,) + tuple(row_shape),
-        chunks=(1 if row_chunks else chunk_rows(row_bytes, target),) + tuple(row_shape),
+        chunks=((1,) + row_chunk(tuple(row_shape), dtype.itemsize) if row_chunks
+                else (chunk_rows(row_bytes, target),) + tuple(row_shape)),
         dtype=dtype, fillvalue=_FILL.get(dtype.kind, 0), fletcher32=True)
 
 
@@ -102,7 +114,11 @@ class ColumnWriter:
         self.dset.id.write(h5py.h5s.create_simple(block.shape), space, block)
 
     def block(self, values: list) -> np.ndarray:
-        """Rows stacked; a missing row (None) or one of another shape holds the fill value."""
+        """Rows stacked; a missing row (None) or one of another shape holds the fill value. One row of the
+        column's dtype and shape, contiguous, is written from its own memory (a snapshot: no copy of it)."""
+        if len(values) == 1 and isinstance(values[0], np.ndarray) and values[0].shape == self.row_shape \
+                and values[0].dtype == self.dtype and values[0].flags.c_contiguous:
+            return values[0][None]
         out = np.full((len(values),) + self.row_shape, self.fill, dtype=self.dtype)
         for i, v in enumerate(values):
             if v is not None and np.shape(v) == self.row_shape:
