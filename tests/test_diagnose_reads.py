@@ -141,7 +141,7 @@ def test_the_reads_kept_are_the_runs_own_and_each_shard_is_opened_once(faulty_ru
     opened = []
     real_init = shard_reader.ShardReader.__init__
     monkeypatch.setattr(shard_reader.ShardReader, "__init__",
-                        lambda self, path, rank=None: (opened.append(rank), real_init(self, path, rank))[1])
+                        lambda self, path, rank=None, *a: (opened.append(rank), real_init(self, path, rank, *a))[1])
     with open_run(faulty_run) as run:
         reads = Reads(run)
         reads.gather(run.ranks, ["grad_norm", "weight_sum"])
