@@ -1,16 +1,20 @@
 """`tview.diagnose(run)`: name the rank, layer, step and tensor where training went wrong, the cause first.
 
 The checks are modules of tview.diagnose.checks (CHECKS), each declaring its kinds (KINDS: kind -> severity,
-tensor, meaning); tview.diagnose.causes folds the findings a cause leads to under it. Only numpy: runs wherever
-tview.store does (ParaView's Python included).
+tensor, meaning) and, if it reads every rank, `reads(ctx)` (the per-layer statistics it reads) and `rank_work(ctx)`
+(what it computes on each rank): done with every rank's scalars in one pass over the shards before the checks run
+(tview.diagnose.reads). tview.diagnose.causes folds the findings a cause leads to under it. Only numpy: runs
+wherever tview.store does (ParaView's Python included).
 """
 
 from __future__ import annotations
 
 from tview.diagnose import causes
 from tview.diagnose.checks import CHECKS, Context
+from tview.diagnose.checks.common import MAX_RANKS
 from tview.diagnose.findings import KINDS, Finding, worst_first
 from tview.diagnose.noise import NoiseScale, noise_scale, noise_scale_from_norms
+from tview.diagnose.reads import Reads
 
 CLEAN_MESSAGE = ("no findings: no NaN/Inf, no jump of the learning rate, the update or the loss, no exploding or "
                  "vanishing gradients, no dead or frozen filters or layers, ranks agree")
@@ -28,12 +32,20 @@ def diagnose(run, max_points: int | None = None, rank_summaries: dict | None = N
             return diagnose(opened, max_points, rank_summaries)
     if rank_summaries is None:
         rank_summaries = run.rank_summaries()
-    ctx = Context(run, max_points, rank_summaries)
+    ctx = Context(Reads(run, max_points), max_points, rank_summaries)
+    ctx.run.gather(run.ranks[:MAX_RANKS], *_declared(ctx))
     for check in CHECKS:
         for f in check.check(ctx):
             ctx.found.setdefault(f.kind, []).append(f)
     found = [f for group in ctx.found.values() for f in group]
     return causes.fold(found, causes.record_stride(run))
+
+
+def _declared(ctx: Context) -> tuple[set[str], dict]:
+    """What the checks read of every rank (their `reads`) and compute on each (their `rank_work`): one pass."""
+    stats = {name for check in CHECKS if hasattr(check, "reads") for name in check.reads(ctx)}
+    work = {check.__name__: check.rank_work(ctx) for check in CHECKS if hasattr(check, "rank_work")}
+    return stats, work
 
 
 def every_finding(findings: list[Finding]) -> list[Finding]:

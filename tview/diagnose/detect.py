@@ -69,26 +69,84 @@ def jump_onset(values: np.ndarray, factor: float, history: int = 20, least: int 
     when the series ends). Non-finite values are skipped."""
     v = np.asarray(values, dtype=np.float64)
     idx = np.flatnonzero(np.isfinite(v))
-    finite = v[idx]
-    if len(finite) <= least:
+    if len(idx) <= least:
         return None
-    padded = np.concatenate([np.full(history, np.nan), finite])
-    windows = np.lib.stride_tricks.sliding_window_view(padded, history)[:len(finite)]
-    if level == "max":
-        with np.errstate(invalid="ignore"):
-            base = np.fmax.reduce(windows, axis=1)
-    else:
-        base = nanmedian(windows, axis=1)
-    n = len(finite)
-    ahead = np.concatenate([finite, np.full(sustain, np.nan)])
-    ahead = np.lib.stride_tricks.sliding_window_view(ahead, sustain)[:n]  # each value and the sustain-1 after it
+    k = _first(_jump_flags(v[idx][None], factor, history, least, sustain, up, level))[0]
+    return None if k is None else int(idx[k])
+
+
+def jump_onsets(rows: np.ndarray, factor: float, history: int = 20, least: int = 5, sustain: int = 2,
+                up: bool = True, level: str = "median") -> list[int | None]:
+    """jump_onset of each row of [series, steps]: the rows with no non-finite value judged in one array pass
+    (all the layers of a rank at once), the others one by one."""
+    m = np.atleast_2d(np.asarray(rows, dtype=np.float64))
+    whole = np.isfinite(m).all(axis=1) if m.shape[1] > least else np.zeros(len(m), bool)
+    out = [None if whole[i] else jump_onset(m[i], factor, history, least, sustain, up, level) for i in range(len(m))]
+    if whole.any():
+        for i, k in zip(np.flatnonzero(whole), _first(_jump_flags(m[whole], factor, history, least, sustain, up,
+                                                                   level))):
+            out[i] = k
+    return out
+
+
+def _first(flags: np.ndarray) -> list[int | None]:
+    """Per row of bool [series, steps], the index of its first True (None where none)."""
+    hit = flags.any(axis=1)
+    first = flags.argmax(axis=1)
+    return [int(k) if h else None for h, k in zip(hit, first)]
+
+
+def _jump_flags(finite: np.ndarray, factor: float, history: int, least: int, sustain: int, up: bool,
+                level: str) -> np.ndarray:
+    """jump_onset's test at every index of each row of finite values [series, n]: bool [series, n]."""
+    k, n = finite.shape
+    padded = np.concatenate([np.full((k, history), np.nan), finite], axis=1)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, history, axis=1)[:, :n]
+    ahead = np.concatenate([finite, np.full((k, sustain), np.nan)], axis=1)
+    ahead = np.lib.stride_tricks.sliding_window_view(ahead, sustain, axis=1)[:, :n]  # a value and sustain-1 after it
+    base = _recent_level(padded, windows, finite, factor, up, level)
     with np.errstate(invalid="ignore"):
-        beyond = (ahead > factor * base[:, None]) if up else (ahead < base[:, None] / factor)
+        beyond = (ahead > factor * base[..., None]) if up else (ahead < base[..., None] / factor)
     # every one of the next `sustain` values beyond the level before the first (fewer at the end of the series)
-    flags = (base > 0) & (beyond | np.isnan(ahead)).all(axis=1) & beyond[:, 0]
-    flags[:least] = False
-    hit = np.flatnonzero(flags)
-    return None if not len(hit) else int(idx[hit[0]])
+    flags = (base > 0) & (beyond | np.isnan(ahead)).all(axis=2) & beyond[..., 0]
+    flags[:, :least] = False
+    return flags
+
+
+def _recent_level(padded: np.ndarray, windows: np.ndarray, finite: np.ndarray, factor: float, up: bool,
+                  level: str) -> np.ndarray:
+    """The level of each window [series, n, history] of padded (NaN before the values) that jump_onset compares a
+    value with. The median is taken only where the value can be beyond it (above factor x the window's least, or
+    below its largest / factor: the median lies between them), NaN elsewhere (no jump there either way): a sort
+    per window is most of the cost."""
+    n, history = finite.shape[1], windows.shape[2]
+    with np.errstate(invalid="ignore"):
+        if level == "max":
+            return window_reduce(np.fmax, padded, history)[:, :n]
+        if up:
+            maybe = finite > factor * window_reduce(np.fmin, padded, history)[:, :n]
+        else:
+            maybe = finite < window_reduce(np.fmax, padded, history)[:, :n] / factor
+    base = np.full(finite.shape, np.nan)
+    if maybe.any():
+        base[maybe] = nanmedian(windows[maybe], axis=1)
+    return base
+
+
+def window_reduce(fn, x: np.ndarray, width: int) -> np.ndarray:
+    """fn (np.fmax or np.fmin: NaN ignored) over x[..., j:j + width] for every j, along the last axis, by doubling
+    (log2(width) passes over x, not width): the same values as fn.reduce over sliding windows."""
+    n = x.shape[-1] - width + 1
+    out, offset, size, block = None, 0, 1, x
+    while width:
+        if width & 1:
+            part = block[..., offset:offset + n]
+            out = part if out is None else fn(out, part)
+            offset += size
+        width >>= 1
+        if width:
+            block, size = fn(block[..., :-size], block[..., size:]), size * 2  # block[j]: over x[j:j + 2 size]
+    return out
 
 
 def drift_onset(values: np.ndarray, factor: float, share: float = 0.1, least: int = 3, width: int = 5,
@@ -100,14 +158,40 @@ def drift_onset(values: np.ndarray, factor: float, share: float = 0.1, least: in
     idx = np.flatnonzero(np.isfinite(v))
     if len(idx) < 2 * least:
         return None
-    finite = v[idx]
-    early = float(np.median(finite[:max(least, int(round(share * len(finite))))]))
-    if not early > 0:
-        return None
-    smooth = rolling_median(finite, width, centered=False)
-    flags = smooth > factor * early if up else smooth < early / factor
-    hit = np.flatnonzero(flags)
-    return int(idx[hit[0]]) if len(hit) else None
+    k = _drift_firsts(v[idx][None], factor, share, least, width, up)[0]
+    return None if k is None else int(idx[k])
+
+
+def drift_onsets(rows: np.ndarray, factor: float, share: float = 0.1, least: int = 3, width: int = 5,
+                 up: bool = True) -> list[int | None]:
+    """drift_onset of each row of [series, steps]: the rows with no non-finite value judged in one array pass."""
+    m = np.atleast_2d(np.asarray(rows, dtype=np.float64))
+    whole = np.isfinite(m).all(axis=1) if m.shape[1] >= 2 * least else np.zeros(len(m), bool)
+    out = [None if whole[i] else drift_onset(m[i], factor, share, least, width, up) for i in range(len(m))]
+    if whole.any():
+        for i, k in zip(np.flatnonzero(whole), _drift_firsts(m[whole], factor, share, least, width, up)):
+            out[i] = k
+    return out
+
+
+def _drift_firsts(finite: np.ndarray, factor: float, share: float, least: int, width: int, up: bool
+                  ) -> list[int | None]:
+    """drift_onset of each row of finite values [series, n] (n >= 2 * least). The trailing median is taken only
+    where it can be beyond the bound (the window's largest above it, or its least below it)."""
+    k, n = finite.shape
+    early = np.median(finite[:, :max(least, int(round(share * n)))], axis=1)
+    bound = factor * early if up else early / factor
+    padded = np.concatenate([np.full((k, width - 1), np.nan), finite], axis=1)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, width, axis=1)[:, :n]
+    with np.errstate(invalid="ignore"):
+        maybe = (window_reduce(np.fmax, padded, width) > bound[:, None]) if up else \
+            (window_reduce(np.fmin, padded, width) < bound[:, None])
+    maybe &= (early > 0)[:, None]
+    flags = np.zeros((k, n), dtype=bool)
+    if maybe.any():
+        smooth = nanmedian(windows[maybe], axis=1)
+        flags[maybe] = smooth > bound[np.nonzero(maybe)[0]] if up else smooth < bound[np.nonzero(maybe)[0]]
+    return _first(flags)
 
 
 def forward_share(flags: np.ndarray, width: int) -> np.ndarray:
@@ -150,6 +234,31 @@ def mean_shift(values: np.ndarray, lo: int, hi: int) -> int:
     return int(j[np.argmax(score)])
 
 
+def median_without(pool: np.ndarray, taken: np.ndarray) -> float:
+    """nanmedian of a pool of values less some of them (the median of the other ranks', for one rank after
+    another): pool, the pool's finite values sorted; taken, values of the pool to leave out. The two middle values
+    found by bisection on counts: no sort of what is left."""
+    taken = np.sort(taken[np.isfinite(taken)])
+    n = len(pool) - len(taken)
+    if n <= 0:
+        return float("nan")
+
+    def kth(j: int) -> float:  # the j-th smallest (from 0) of the pool less taken
+        lo, hi = 0, len(pool) - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            left = np.searchsorted(pool, pool[mid], "right") - np.searchsorted(taken, pool[mid], "right")
+            lo, hi = (lo, mid) if left > j else (mid + 1, hi)
+        return pool[lo]
+    return float((kth((n - 1) // 2) + kth(n // 2)) / 2)
+
+
+def finite_sorted(values: np.ndarray) -> np.ndarray:
+    """The finite values of an array, sorted (median_without's pool)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    return np.sort(v[np.isfinite(v)])
+
+
 def lower_median(matrix: np.ndarray) -> np.ndarray:
     """Per column, the lower median of the finite rows of [ranks, steps] (with 2 ranks, the smaller value):
     a reference that one bad rank cannot pull."""
@@ -167,8 +276,10 @@ def disagreeing(values: np.ndarray, rtol: float) -> tuple[np.ndarray, np.ndarray
     a non-finite value on some ranks only differs too."""
     v = np.asarray(values, dtype=np.float64)
     ref = v[0]
-    with np.errstate(invalid="ignore"):
-        close = (np.abs(v - ref) <= rtol * np.maximum(np.abs(v), np.abs(ref))) | (v == ref)
+    close = v == ref  # with rtol 0, |a - b| <= 0 adds nothing to a == b
+    if rtol:
+        with np.errstate(invalid="ignore"):
+            close |= np.abs(v - ref) <= rtol * np.maximum(np.abs(v), np.abs(ref))
     close |= np.isnan(v) & np.isnan(ref)
     differs = ~close.all(axis=0)
     majority = close.sum(axis=0) * 2 > v.shape[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -12,6 +13,7 @@ from tview.errors import CorruptShardError, TviewError
 from tview.store import schema
 from tview.store.h5open import check_shard_file
 from tview.store.lock import serialized
+from tview.store.shard_header import identity
 from tview.store.shard_reader import ShardReader
 
 _SHARD_RE = re.compile(r"^rank-(\d{5})\.h5$")
@@ -66,6 +68,7 @@ class ShardPool:
         self.problems: dict[int, str] = {}
         self.files: dict[int, str] = {}  # ranks whose shard looks sound, opened or not
         self._open_shards: OrderedDict[int, ShardReader] = OrderedDict()  # least recently used first
+        self._checked: dict[int, tuple] = {}  # rank -> its file's identity when check_shard_file passed it
         self.first: ShardReader | None = None
         self.scan()
 
@@ -98,8 +101,12 @@ class ShardPool:
         for rank, p in sorted(found.items()):
             if rank in self.files:
                 continue
+            checked = None
+            with contextlib.suppress(OSError):  # gone: check_shard_file says so
+                checked = identity(p)
             try:
                 check_shard_file(p)
+                self._checked[rank] = checked  # the reader that opens it need not check it again, if unchanged
                 self.files[rank] = p
                 self.problems.pop(rank, None)
             except TviewError as exc:
@@ -117,7 +124,7 @@ class ShardPool:
             self._open_shards.move_to_end(rank)
             return self._open_shards[rank]
         try:
-            shard = ShardReader(self.files[rank], rank)
+            shard = ShardReader(self.files[rank], rank, self._checked.get(rank))
             self._check_layers(shard)
         except TviewError as exc:
             self._bad(rank, exc)

@@ -152,16 +152,25 @@ class Run:
         i = self.layer_index(layer)
         if col.kind == schema.LAYER:
             return shard.measured(table, name, i, max_points, (i,))
-        return shard.measured(table, self._channel_key(shard, table, name, i), i, max_points)
+        got = self.channel_stats(name, rank, [i], max_points)
+        if self.layers[i] not in got:
+            raise KeyError(f"{self.path}: no {name} for layer {self.layers[i]!r} (it has no channels recorded)")
+        return got[self.layers[i]]
 
-    def _channel_key(self, shard: ShardReader, table: str, name: str, i: int) -> str:
-        """The dataset of a per-channel statistic of layer i; KeyError when the layer records no channels."""
-        if self.layers[i] not in shard.members(table, name):
-            if shard.read(table, schema.MEASURED, slice(None), (i,))[1].any():  # measured, yet its dataset is gone
+    @guarded
+    def channel_stats(self, name: str, rank: int = 0, layers=None, max_points: int | None = None) -> dict:
+        """{layer: stat(name, layer, rank, max_points)} of a per-channel statistic for the `layers` (default all)
+        that record channels, the table's steps and flags read once for them all."""
+        shard, table, _ = self._column(name, rank, (schema.CHANNEL,))
+        held = shard.members(table, name)
+        index = [self.layer_index(x) for x in (self.layers if layers is None else layers)]
+        for i in index:
+            if self.layers[i] not in held and shard.read(table, schema.MEASURED, slice(None), (i,))[1].any():
                 raise CorruptShardError(f"{shard.path}: {table}/{name}/{self.layers[i]} is missing though the table "
                                         f"measured layer {self.layers[i]!r} (damaged or edited shard)")
-            raise KeyError(f"{self.path}: no {name} for layer {self.layers[i]!r} (it has no channels recorded)")
-        return f"{name}/{self.layers[i]}"
+        index = [i for i in index if self.layers[i] in held]
+        got = shard.measured_many(table, [(f"{name}/{self.layers[i]}", i) for i in index], max_points)
+        return {self.layers[i]: series for i, series in zip(index, got)}
 
     @guarded
     def stat_matrix(self, name: str, rank: int = 0, max_points: int | None = None):
@@ -185,7 +194,7 @@ class Run:
             i = self.layer_index(layer)
             n = shard.measured(table, schema.SAMPLE_N, i, 2000, (i,))[1]
             m = shard.measured(table, schema.TOTAL_N, i, 2000, (i,))[1]
-        return _sample_note(n, m)
+        return schema.sample_note(n, m)
 
     @guarded
     def layer_values_at(self, name: str, step: int | None, rank: int = 0):
@@ -380,17 +389,6 @@ class Run:
 
     def __repr__(self):
         return f"Run({self.path!r}, ranks={len(self.ranks)}, layers={len(self.layers)})"
-
-
-def _sample_note(n: np.ndarray, m: np.ndarray) -> dict:
-    """stat_info's answer from the sample sizes (n) and tensor sizes (m) of the measured rows."""
-    if not len(n) or np.isnan(n).all():
-        why = "none measured yet" if not len(n) else "its size was not recorded: converted from store schema 1"
-        return {"exact": False, "sample": None, "of": None, "note": f"estimated from a sample ({why})"}
-    n, m = int(np.median(n)), int(np.median(m))
-    if n >= m:
-        return {"exact": True, "sample": n, "of": m, "note": f"exact: all {m} values"}
-    return {"exact": False, "sample": n, "of": m, "note": f"estimated from {n} of {m} values"}
 
 
 def open_run(path: str, skip_bad_shards: bool = False) -> Run:

@@ -135,3 +135,15 @@ def hist_centers() -> np.ndarray:
 
 def shard_name(rank: int) -> str:
     return SHARD_PATTERN.format(rank=rank)
+
+
+def sample_note(n: np.ndarray, m: np.ndarray) -> dict:
+    """How a sampled statistic was measured (Run.stat_info), from the sample sizes (SAMPLE_N: n) and tensor sizes
+    (TOTAL_N: m) of the measured rows."""
+    if not len(n) or np.isnan(n).all():
+        why = "none measured yet" if not len(n) else "its size was not recorded: converted from store schema 1"
+        return {"exact": False, "sample": None, "of": None, "note": f"estimated from a sample ({why})"}
+    n, m = int(np.median(n)), int(np.median(m))
+    if n >= m:
+        return {"exact": True, "sample": n, "of": m, "note": f"exact: all {m} values"}
+    return {"exact": False, "sample": n, "of": m, "note": f"estimated from {n} of {m} values"}

@@ -115,26 +115,41 @@ class _Attributes:
         return h5py.h5a.exists(self.fid, name.encode())
 
     def __getitem__(self, name: str):
+        return self.read(name)
+
+    def read(self, name: str, dtype=None):
+        """The attribute's value, read as `dtype` (None: its own; a known one saves asking HDF5 for the type, a
+        third of the cost; a stored value that does not convert fails). Its shape is always the stored one: h5py
+        writes a whole attribute into the array given, whatever that array's size."""
         try:
             attr = h5py.h5a.open(self.fid, name.encode())
         except KeyError:
             raise KeyError(f"no attribute {name!r}") from None
-        out = np.empty(attr.shape, attr.dtype)
-        attr.read(out)
+        out = np.empty(attr.shape, attr.dtype if dtype is None else dtype)
+        try:
+            attr.read(out)
+        except OSError:  # no conversion to dtype (text stored as fixed-length bytes): read as stored
+            if dtype is None:
+                raise
+            out = np.empty(attr.shape, attr.dtype)
+            attr.read(out)
         return out[()]
 
-    def get(self, name: str, default=None):
+    def get(self, name: str, default=None, dtype=None):
         try:
-            return self[name]
+            return self.read(name, dtype)
         except KeyError:
             return default
+
+
+_TEXT = h5py.string_dtype()
 
 
 def read_header(shard) -> Header:
     """A shard's root attributes, checked (`shard`: its path, fid and, made on use, h5py file)."""
     attrs = _Attributes(shard.fid)
     try:
-        version = int(attrs[schema.VERSION_ATTR])
+        version = int(attrs.read(schema.VERSION_ATTR, np.int64))
     except KeyError:
         raise CorruptShardError(f"{shard.path}: HDF5 file without {schema.VERSION_ATTR}; "
                                 f"not a tview shard") from None
@@ -143,6 +158,8 @@ def read_header(shard) -> Header:
                                  f"tview reads ({schema.SCHEMA_VERSION}); upgrade tview")
     if version < schema.SCHEMA_VERSION:
         raise SchemaVersionError(_v1_message(shard.path))
-    return Header(version, int(attrs[schema.RANK_ATTR]), _layers_of(shard.path, attrs[schema.LAYERS_ATTR]),
-                   _tables_of(shard, attrs.get(schema.TABLES_ATTR)), int(attrs[schema.WORLD_SIZE_ATTR]))
+    return Header(version, int(attrs.read(schema.RANK_ATTR, np.int64)),
+                  _layers_of(shard.path, attrs.read(schema.LAYERS_ATTR, _TEXT)),
+                  _tables_of(shard, attrs.get(schema.TABLES_ATTR, dtype=_TEXT)),
+                  int(attrs.read(schema.WORLD_SIZE_ATTR, np.int64)))
 

@@ -53,11 +53,13 @@ KEEP_ROWS = 4096  # a table's steps and measured flags are kept (one table per s
 class ShardReader:
     """One rank's shard, opened read-only in SWMR mode; `rank`: the rank its file name says."""
 
-    def __init__(self, path: str, rank: int | None = None):
+    def __init__(self, path: str, rank: int | None = None, checked: tuple | None = None):
+        """checked: the identity (shard_header.identity) the file had when check_shard_file passed it, if known."""
         self.path = path
         self._key = key = identity(path)
         header = known_header(key)
-        self.fid = open_shard_id(path, checked=header is not None)  # its file checked when first opened
+        # its file checked when first opened, or by the caller, and unchanged since
+        self.fid = open_shard_id(path, checked=header is not None or key == checked)
         self._file: h5py.File | None = None
         try:
             self._take_header(header or read_header(self), rank)
@@ -109,9 +111,14 @@ class ShardReader:
                 settled.keep(self._key, schema.CLOSED, True)
         return self._settled is False or self._file_stamp() != self._settled
 
-    def _kept(self, fact, read):
-        """read(), kept per file identity when the writer had closed this shard and it is unchanged since."""
-        if not (self._settled and self._settled == self._key[2:4] and self._file_stamp() == self._settled):
+    def _settled_now(self) -> bool:
+        """Whether the writer had closed this shard when it was opened here, and the file is unchanged since."""
+        return bool(self._settled) and self._settled == self._key[2:4] and self._file_stamp() == self._settled
+
+    def _kept(self, fact, read, settled_now: bool = False):
+        """read(), kept per file identity when the writer had closed this shard and it is unchanged since
+        (settled_now: the caller has just checked that)."""
+        if not (settled_now or self._settled_now()):
             return read()
         value = settled.known(self._key, fact)
         if value is None:
@@ -165,7 +172,9 @@ class ShardReader:
         start, count, stride = _hyperslab(did, rows, layer)
         out = np.empty(count, did.dtype)
         try:
-            if len(rows):
+            if layer is None and rows.start == 0 and rows.step == 1 and len(rows) == did.shape[0] > 0:  # all of it
+                did.read(h5py.h5s.ALL, h5py.h5s.ALL, out)
+            elif len(rows):
                 space = did.get_space()
                 space.select_hyperslab(start, count, stride)
                 did.read(h5py.h5s.create_simple(count), space, out)
@@ -214,44 +223,72 @@ class ShardReader:
         if kept:
             return self._kept(("measured", table, column, layer, max_points, index),
                               lambda: _read_only(self.measured(table, column, layer, max_points, index)))
-        step, mask, dset = (self._dataset_id(table, c) for c in (schema.STEP, schema.MEASURED, column))
-        n = min(step.shape[0], mask.shape[0], dset.shape[0])
-        rows = range(*strided(n, max_points).indices(n))
-        steps, measured = self._steps_and_mask(step, mask, table, rows)
+        dset = self._dataset_id(table, column)
+        rows, steps, measured = self._head_of(table, dset.shape[0], max_points)
         values = self._rows(dset, table, column, rows, index[0] if index else None)
         keep = measured[:, layer]
         return steps[keep], values[keep]
 
-    def _steps_and_mask(self, step, mask, table: str, rows: range) -> tuple[np.ndarray, np.ndarray]:
-        """(steps (read-only), measured [rows, layers]) of those rows of a table. Of a shard its writer had closed
-        (its rows never change) they are kept (tview.store.settled; the flags as bits, an eighth of the bytes), small
-        tables only: a read of every layer's column of a table (diagnosis: each layer's per-channel values) reads
-        its steps and flags once."""
+    @serialized
+    def measured_many(self, table: str, columns: list[tuple[str, int]], max_points: int | None = None) -> list:
+        """measured(table, column, layer, max_points) of each (column, layer) (a per-channel statistic's datasets of
+        several layers), the table's steps and flags read once where the columns hold the same rows."""
+        dids = [self._dataset_id(table, column) for column, _ in columns]
+        held = min([d.shape[0] for d in dids], default=0)
+        rows, steps, measured = self._head_of(table, held, max_points)
+        out = []
+        for did, (column, layer) in zip(dids, columns):
+            if did.shape[0] != held:  # a live writer grows its columns one by one
+                out.append(self.measured(table, column, layer, max_points))
+                continue
+            keep = measured[:, layer]
+            out.append((steps[keep], self._rows(did, table, column, rows)[keep]))
+        return out
+
+    def _head_of(self, table: str, held: int, max_points: int | None) -> tuple[range, np.ndarray, np.ndarray]:
+        """(rows, steps, measured [rows, layers]) of the rows (at most max_points, strided) that the table's step
+        column, its measured flags and a column of `held` rows all hold. Of a shard its writer had closed (its rows
+        never change) the steps and flags are kept (tview.store.settled; the flags as bits, an eighth of the
+        bytes), small tables only, and their datasets not even opened again: a read of every layer's column of a
+        table (diagnosis: each layer's per-channel values) reads its steps and flags once."""
+        if self._settled_now():
+            n = min(held, self._kept(("rows", table), lambda: min(d.shape[0] for d in self._head_ids(table)), True))
+            rows = range(*strided(n, max_points).indices(n))
+            return (rows, *self._steps_and_mask(table, rows, settled_now=True))
+        step, mask = self._head_ids(table)
+        n = min(held, step.shape[0], mask.shape[0])
+        rows = range(*strided(n, max_points).indices(n))
+        return (rows, *self._steps_and_mask(table, rows, step, mask))
+
+    def _head_ids(self, table: str) -> tuple:
+        return self._dataset_id(table, schema.STEP), self._dataset_id(table, schema.MEASURED)
+
+    def _steps_and_mask(self, table: str, rows: range, *ids, settled_now: bool = False) -> tuple:
+        """(steps (read-only), measured [rows, layers]) of those rows of a table (`ids`: its step and measured
+        datasets, opened here when not given), kept of a closed shard up to KEEP_ROWS rows."""
         def read():
+            step, mask = ids or self._head_ids(table)
             steps = self._checked_steps(table, self._rows(step, table, schema.STEP, rows))
             steps.flags.writeable = False
-            return steps, np.packbits(self._rows(mask, table, schema.MEASURED, rows).astype(bool), axis=-1)
+            flags = self._rows(mask, table, schema.MEASURED, rows).astype(bool)
+            return steps, np.packbits(flags, axis=-1), flags.shape[-1]
         key = ("head", table, rows.start, rows.stop, rows.step)
-        steps, bits = read() if len(rows) > KEEP_ROWS else self._kept(key, read)
-        return steps, np.unpackbits(bits, axis=-1, count=mask.shape[1]).view(bool)
+        steps, bits, width = read() if len(rows) > KEEP_ROWS else self._kept(key, read, settled_now)
+        return steps, np.unpackbits(bits, axis=-1, count=width).view(bool)
 
     @serialized
     def masked(self, table: str, column: str, max_points: int | None = None):
         """(steps, values, measured [rows, layers]) of a whole column: every layer, every row the table has."""
-        step, mask, dset = (self._dataset_id(table, c) for c in (schema.STEP, schema.MEASURED, column))
-        n = min(step.shape[0], mask.shape[0], dset.shape[0])
-        rows = range(*strided(n, max_points).indices(n))
-        steps, measured = self._steps_and_mask(step, mask, table, rows)
+        dset = self._dataset_id(table, column)
+        rows, steps, measured = self._head_of(table, dset.shape[0], max_points)
         return steps, self._rows(dset, table, column, rows), measured
 
     @serialized
     def head(self, table: str, step: int | None) -> tuple[np.ndarray, np.ndarray]:
         """(steps, measured [rows, layers]) of the table's rows at or before `step` (None: every row): the step
         column and the measured flags, one read each, never a value column."""
-        step_id, mask_id = self._dataset_id(table, schema.STEP), self._dataset_id(table, schema.MEASURED)
-        n = min(step_id.shape[0], mask_id.shape[0])
-        steps, measured = self._steps_and_mask(step_id, mask_id, table, range(n))  # kept: a table's next column
-        end = n if step is None else int(np.searchsorted(steps, step, side="right"))
+        _, steps, measured = self._head_of(table, np.iinfo(np.int64).max, None)  # kept: a table's next column
+        end = len(steps) if step is None else int(np.searchsorted(steps, step, side="right"))
         return steps[:end], measured[:end]
 
     @serialized

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tview.diagnose import detect
 from tview.diagnose.findings import Finding
 from tview.store.rank_summary import trend_arrays
 
@@ -131,14 +130,13 @@ def stuck_channels(flags: np.ndarray) -> dict[int, int]:
     """{channel: row where it got stuck} for the channels of bool [rows, C] that stay True over their final
     run of rows, that run covering at least the last 10% of the rows (and at least 3)."""
     flags = np.asarray(flags, dtype=bool)
-    out = {}
     if flags.ndim != 2 or len(flags) < STAY_LEAST:
-        return out
-    for c in range(flags.shape[1]):
-        start = detect.trailing_streak(flags[:, c])
-        if start is not None and len(flags) - start >= stay_rows(len(flags)):
-            out[c] = start
-    return out
+        return {}
+    n = len(flags)
+    off = ~flags
+    start = np.where(off.any(axis=0), n - np.argmax(off[::-1], axis=0), 0)  # after each channel's last False
+    stuck = flags[-1] & (n - start >= stay_rows(n))
+    return {int(c): int(start[c]) for c in np.flatnonzero(stuck)}
 
 
 def channel_rows(run, name, layer, rank, max_points):
@@ -191,9 +189,22 @@ def aligned_scalar(run, name: str, max_points=None, rank_summaries: dict | None 
             series[r] = got
     if len(series) < 2:
         return None
-    common = None
-    for steps, _ in series.values():
-        common = steps if common is None else np.intersect1d(common, steps)
+    common = common_steps([steps for steps, _ in series.values()])
     ranks = sorted(series)
-    rows = [np.asarray(series[r][1], dtype=np.float64)[np.isin(series[r][0], common)] for r in ranks]
-    return common, ranks, np.stack(rows)
+    return common, ranks, np.stack([np.asarray(series[r][1], dtype=np.float64)[on(series[r][0], common)]
+                                    for r in ranks])
+
+
+def common_steps(step_arrays: list[np.ndarray]) -> np.ndarray:
+    """The steps every one of the (ascending) step arrays holds; an array equal to the ones before costs no
+    intersection (every rank of a run records the same steps, as a rule)."""
+    common = np.asarray(step_arrays[0])
+    for steps in step_arrays[1:]:
+        if not np.array_equal(common, steps):
+            common = np.intersect1d(common, steps)
+    return common
+
+
+def on(steps: np.ndarray, common: np.ndarray):
+    """Index of the rows of `steps` (ascending) that are in `common` (a subset of them): all rows when equal."""
+    return slice(None) if np.array_equal(steps, common) else np.isin(steps, common)

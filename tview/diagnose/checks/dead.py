@@ -47,15 +47,19 @@ FINGERPRINTS = ("weight_sum", "weight_norm")
 
 
 def _dead_on_rank(run, rank, layers, max_points) -> dict[int, dict[int, int]]:
-    """{layer index: {channel: step it died}} on one rank."""
+    """{layer index: {channel: step it died}} on one rank (the per-channel zero fractions of all its layers read
+    in one call)."""
+    try:
+        got = run.channel_stats("act_channel_zero_frac", rank, [run.layers[i] for i in layers], max_points)
+    except KeyError:  # not recorded
+        return {}
     out = {}
     for i in layers:
-        got = channel_rows(run, "act_channel_zero_frac", run.layers[i], rank, max_points)
-        if got is None:
+        steps, z = got.get(run.layers[i], ((), np.zeros(0)))
+        if np.ndim(z) != 2 or not len(steps):
             continue
-        steps, z = got
         with np.errstate(invalid="ignore"):
-            stuck = stuck_channels(z >= DEAD_ZERO_FRAC)
+            stuck = stuck_channels(np.asarray(z, dtype=np.float64) >= DEAD_ZERO_FRAC)
         if stuck:
             out[i] = {c: int(steps[k]) for c, k in stuck.items()}
     return out
@@ -108,13 +112,28 @@ def worth_naming(run, i: int, maker: int, chans: dict[int, int]) -> bool:
     return len(chans) >= DEAD_UNITS_SHARE * int(run.layer_info[i].get("channels") or 1)
 
 
-def check_dead(run, max_points=None) -> list[Finding]:
+def channel_layers(run) -> list[int]:
+    """The layers whose channels a Conv or Linear layer makes, with channels recorded."""
+    return [i for i, m in enumerate(makers(run)) if m is not None and run.layer_info[i].get("channels")]
+
+
+def rank_work(ctx: Context):
+    """The dead channels of each rank, found in diagnosis's one pass over the shards (tview.diagnose.reads)."""
+    layers, max_points = channel_layers(ctx.run), ctx.max_points
+    return lambda run, rank: _dead_on_rank(run, rank, layers, max_points)
+
+
+def check_dead(run, max_points=None, done: dict | None = None) -> list[Finding]:
     """Channels whose activations stay zero: filters in the conv part (dead_filters), units after a Linear layer
     when DEAD_UNITS_SHARE of the layer's or more are (dead_units); a layer whose dead channels only repeat the
-    previous layer's of the same block (a ReLU after a dead BatchNorm channel) is left out."""
-    made_by = makers(run)
-    layers = [i for i, m in enumerate(made_by) if m is not None and run.layer_info[i].get("channels")]
-    per = run.per_rank(lambda r: _dead_on_rank(run, r, layers, max_points), run.ranks[:common.MAX_RANKS])
+    previous layer's of the same block (a ReLU after a dead BatchNorm channel) is left out. done: {rank:
+    _dead_on_rank's answer} of ranks already looked at (rank_work)."""
+    made_by, layers, ranks = makers(run), channel_layers(run), run.ranks[:common.MAX_RANKS]
+    done = dict(done or {})
+    missing = [r for r in ranks if r not in done]
+    if missing:
+        done.update(run.per_rank(lambda r: _dead_on_rank(run, r, layers, max_points), missing))
+    per = {r: done[r] for r in ranks}
     found = {}
     for r, dead in per.items():
         found[r], prev = [], {}
@@ -215,5 +234,5 @@ def check_frozen_layers(run, max_points=None) -> list[Finding]:
 
 
 def check(ctx: Context) -> list[Finding]:
-    dead = check_dead(ctx.run, ctx.max_points)
+    dead = check_dead(ctx.run, ctx.max_points, getattr(ctx.run, "worked", lambda key: {})(__name__))
     return dead + check_frozen(ctx.run, ctx.max_points, dead) + check_frozen_layers(ctx.run, ctx.max_points)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+
 import numpy as np
 
 from tview.diagnose import detect
@@ -26,16 +29,16 @@ VANISH_DRIFT = 1e3        # ... or its rolling median below 1/this of its early 
 LOSS_SMOOTH = 5           # records in the centered rolling median of the loss the gradients are divided by
 
 
-def _onsets(raw: np.ndarray, judged: np.ndarray, kind: str) -> int | None:
-    """Exploding: the gradient itself above everything it had lately (a loss that blows up with it does not
-    hide it); vanishing: the gradient per unit of loss below its usual level."""
+def _onsets(raw: np.ndarray, judged: np.ndarray, kind: str) -> list[int | None]:
+    """Per row of [layers, steps]: exploding: the gradient itself above everything it had lately (a loss that blows
+    up with it does not hide it); vanishing: the gradient per unit of loss below its usual level. All the layers
+    of a rank in one array pass."""
     if kind == "exploding_gradients":
-        hits = [detect.jump_onset(raw, EXPLODE_JUMP, level="max"), detect.drift_onset(raw, EXPLODE_DRIFT)]
+        hits = zip(detect.jump_onsets(raw, EXPLODE_JUMP, level="max"), detect.drift_onsets(raw, EXPLODE_DRIFT))
     else:
-        hits = [detect.jump_onset(judged, VANISH_JUMP, sustain=5, up=False),
-                detect.drift_onset(judged, VANISH_DRIFT, up=False)]
-    hits = [h for h in hits if h is not None]
-    return min(hits) if hits else None
+        hits = zip(detect.jump_onsets(judged, VANISH_JUMP, sustain=5, up=False),
+                   detect.drift_onsets(judged, VANISH_DRIFT, up=False))
+    return [min((h for h in pair if h is not None), default=None) for pair in hits]
 
 
 def per_loss(grad_norm: np.ndarray, loss: np.ndarray | None) -> np.ndarray:
@@ -57,7 +60,7 @@ def gradient_onsets(steps: np.ndarray, grad_norm: np.ndarray, layers: list[str],
     found = []
     judged = per_loss(grad_norm, loss)
     for kind in ("exploding_gradients", "vanishing_gradients"):
-        onset = {i: _onsets(grad_norm[:, i], judged[:, i], kind) for i in params}
+        onset = dict(zip(params, _onsets(grad_norm[:, params].T, judged[:, params].T, kind)))
         onset = {i: int(steps[k]) for i, k in onset.items() if k is not None}
         if not onset:
             continue
@@ -71,11 +74,17 @@ def gradient_onsets(steps: np.ndarray, grad_norm: np.ndarray, layers: list[str],
     return found
 
 
+def reads(ctx: Context) -> tuple[str, ...]:
+    """The per-layer statistic this check reads of every rank (tview.diagnose.reads)."""
+    return ("grad_norm",)
+
+
 def check(ctx: Context) -> list[Finding]:
     """Exploding/vanishing gradients per rank (steps before the run's first NaN/Inf only); the same finding on
     every rank (all-reduced gradients) is given once, for every rank."""
     run, stop = ctx.run, ctx.first("nonfinite")
     loss = ctx.loss()
+    judged: dict[bytes, list[Finding]] = {}  # all-reduced gradients are the same on every rank: judged once
 
     def on_rank(rank: int) -> list[Finding] | None:
         got = matrix(run, "grad_norm", rank, ctx.max_points)
@@ -85,6 +94,9 @@ def check(ctx: Context) -> list[Finding]:
         if stop is not None:
             keep = steps < stop.step
             steps, g = steps[keep], g[keep]
-        return gradient_onsets(steps, g, run.layers, param_layers(run), rank, on_steps(steps, loss))
+        key = hashlib.sha256(steps.tobytes() + g.tobytes()).digest()
+        if key not in judged:
+            judged[key] = gradient_onsets(steps, g, run.layers, param_layers(run), None, on_steps(steps, loss))
+        return [dataclasses.replace(f, rank=rank) for f in judged[key]]
     per = run.per_rank(on_rank, run.ranks[:common.MAX_RANKS])  # split over processes for 256 ranks and more
     return merge_ranks({r: f for r, f in per.items() if f is not None}, len(run.ranks))

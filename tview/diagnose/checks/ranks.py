@@ -115,14 +115,26 @@ def check_loss(run, max_points=None, rank_summaries: dict | None = None) -> list
     steps, ranks, loss = got
     early = float(detect.nanmedian(loss[:, :max(STAY_LEAST, len(steps) // 10)]))
     gap = DIVERGE_GAP * abs(early) if np.isfinite(early) else 0.0
-    found = []
+    found, others = [], _others(loss)
     for k, start in _diverging(loss, gap).items():
         mine = float(detect.nanmedian(loss[k, start:]))
-        rest = float(detect.nanmedian(np.delete(loss, k, axis=0)[:, start:]))
+        rest = others(k, start)
         found.append(make("rank_diverges", f"rank {ranks[k]}: loss {mine:.3g} from step {steps[start]} on, the other "
                           f"ranks' {rest:.3g} (bad data on this rank?)", rank=ranks[k], step=int(steps[start]),
                           stat="loss"))
     return found
+
+
+def _others(values: np.ndarray):
+    """others(k, start): the median of the other ranks' values of [ranks, steps] from column start on (each
+    column range sorted once for all the ranks named from it)."""
+    pools: dict[int, np.ndarray] = {}
+
+    def others(k: int, start: int) -> float:
+        if start not in pools:
+            pools[start] = detect.finite_sorted(values[:, start:])
+        return detect.median_without(pools[start], values[k, start:])
+    return others
 
 
 def own_time(run, max_points=None, rank_summaries: dict | None = None):
@@ -176,10 +188,10 @@ def check_time(run, max_points=None, rank_summaries: dict | None = None, before:
     host = host_share(run, steps, ranks, max_points, rank_summaries)
     step = median_step_time(run, steps, max_points, rank_summaries)
     waited = waited_share(t, host, step)
-    found = []
+    found, others = [], _others(t)
     for k, start in waited_for(waited, step).items():
         mine = float(detect.nanmedian(t[k, start:]))
-        rest = float(detect.nanmedian(np.delete(t, k, axis=0)[:, start:]))
+        rest = others(k, start)
         share = float(detect.nanmedian(waited[k, start:]))
         cpu = "" if host is None else ", beyond its wait for a CPU"
         found.append(make("slow_rank", f"rank {ranks[k]}: own time ({name}) {mine * 1e3:.1f} ms per step from step "

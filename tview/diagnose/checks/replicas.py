@@ -6,7 +6,7 @@ import numpy as np
 
 from tview.diagnose import detect
 from tview.diagnose.checks import common
-from tview.diagnose.checks.common import Context, aligned_scalar
+from tview.diagnose.checks.common import Context, aligned_scalar, common_steps, on
 from tview.diagnose.findings import Finding, declare, make
 
 KINDS = declare({
@@ -22,16 +22,31 @@ FINGERPRINTS = ("weight_sum", "weight_norm")
 REPLICA_READS = 8  # beyond MAX_RANKS ranks: the ranks the summaries name as differing read in full, at most
 
 
+STEP_BLOCK = 64  # steps compared at a time: the first block where replicas differ ends the search
+
+
 def _fingerprint(run, name, max_points, ranks=None):
-    """(steps every rank has, [ranks, steps, layers], float64 stored?) of one per-layer fingerprint (on `ranks`,
-    default every readable rank)."""
+    """(steps every rank has, per rank its masked [steps, layers] on them, float64 stored?) of one per-layer
+    fingerprint (on `ranks`, default every readable rank)."""
     got = {r: run.stat_matrix(name, r, max_points=max_points) for r in (run.ranks if ranks is None else ranks)}
-    common = None
-    for steps, _ in got.values():
-        common = np.asarray(steps) if common is None else np.intersect1d(common, steps)
+    common = common_steps([np.asarray(steps) for steps, _ in got.values()])
     exact = all(np.ma.getdata(m).dtype == np.float64 for _, m in got.values())
-    stack = np.stack([np.ma.filled(m.astype(np.float64), np.nan)[np.isin(s, common)] for s, m in got.values()])
-    return common, stack, exact
+    return common, [m[on(s, common)] for s, m in got.values()], exact
+
+
+def first_difference(rows: list, rtol: float, end: int):
+    """(row, layer, every rank's value there, which ranks are odd there) of the first of the first `end` rows
+    [steps, layers] (one masked array per rank) where the ranks differ (detect.disagreeing), or None; compared
+    STEP_BLOCK rows at a time, so replicas that differ early are not compared to the end."""
+    for a in range(0, end, STEP_BLOCK):
+        v = np.stack([np.ma.filled(m[a:min(a + STEP_BLOCK, end)].astype(np.float64), np.nan) for m in rows])
+        R, T, L = v.shape
+        differs, odd = detect.disagreeing(v.reshape(R, T * L), rtol)
+        hit = np.flatnonzero(differs)
+        if len(hit):
+            t, layer = divmod(int(hit[0]), L)
+            return a + t, layer, v[:, t, layer], odd[:, hit[0]]
+    return None
 
 
 def replica_suspects(run, rank_summaries: dict) -> tuple[list[int], list[int] | None] | None:
@@ -68,16 +83,13 @@ def check_replicas(run, max_points=None, rank_summaries: dict | None = None) -> 
         ranks, named = suspects
     best = None
     for name in [n for n in FINGERPRINTS if n in run.stat_names()]:
-        steps, v, exact = _fingerprint(run, name, max_points, ranks)
-        if not len(steps):
-            continue
-        R, T, L = v.shape
+        steps, rows, exact = _fingerprint(run, name, max_points, ranks)
         rtol = 0.0 if exact else FLOAT32_RTOL
-        differs, odd = detect.disagreeing(v.reshape(R, T * L), rtol)
-        hit = np.flatnonzero(differs)
-        if len(hit) and (best is None or steps[hit[0] // L] < best[0]):
-            t, layer = divmod(int(hit[0]), L)
-            best = (int(steps[t]), layer, name, rtol, v[:, t, layer], odd[:, hit[0]])
+        end = len(steps) if best is None else int(np.searchsorted(steps, best[0]))  # only an earlier step wins
+        found = first_difference(rows, rtol, end)
+        if found is not None:
+            t, layer, values, odd = found
+            best = (int(steps[t]), layer, name, rtol, values, odd)
     return [] if best is None else [_replica_finding(run, *best, ranks=ranks, named=named)]
 
 
@@ -93,6 +105,12 @@ def _replica_finding(run, step, layer, name, rtol, values, odd, ranks=None, name
     return make("replicas_differ", f"weights of {run.layers[layer]} differ across ranks after the optimizer step "
                 f"at step {step}: {who} ({name}, {how}: {vals})", rank=rank, layer=run.layers[layer], step=step,
                 stat=name)
+
+
+def reads(ctx: Context) -> tuple[str, ...]:
+    """The fingerprints of every rank, when check_replicas reads every rank's (tview.diagnose.reads)."""
+    every = ctx.rank_summaries is None or len(ctx.run.ranks) <= common.MAX_RANKS
+    return FINGERPRINTS if every else ()
 
 
 def check(ctx: Context) -> list[Finding]:
