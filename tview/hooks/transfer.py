@@ -10,9 +10,6 @@ import torch
 
 from tview.hooks.probes import host_shortcuts
 
-_NUMPY_DTYPES = {torch.float64: np.float64, torch.float32: np.float32, torch.int64: np.int64,
-                 torch.int32: np.int32, torch.bool: np.bool_, torch.uint8: np.uint8}
-
 
 def cpu_to_numpy(t: torch.Tensor, native: bool) -> np.ndarray:
     """A CPU tensor as a numpy copy: float64, or float32 for a `native` floating tensor (bf16/fp16 too)."""
