@@ -84,13 +84,16 @@ PY = sys.executable
 
 
 @pytest.fixture(scope="session")
-def runs_root(tmp_path_factory):
+def runs_root(request, tmp_path_factory):
     """A folder of runs: a 2-rank demo run, a copy whose rank 1 shard is cut short, one with no steps yet."""
+    return made_once(request, tmp_path_factory, "runs", make_runs)
+
+
+def make_runs(root):
     import json
     import shutil
 
     from tview.demo import run_demo
-    root = tmp_path_factory.mktemp("runs")
     run_demo(str(root / "demo"), ranks=2, steps=300, every=2, snapshot_every=50, batch=32, mode="new")
     shutil.copytree(root / "demo", root / "broken")
     shard = root / "broken" / "rank-00001.h5"
@@ -98,7 +101,29 @@ def runs_root(tmp_path_factory):
     (root / "empty").mkdir()
     manifest = json.loads((root / "demo" / "run.tview").read_text())
     (root / "empty" / "run.tview").write_text(json.dumps(manifest))  # started, nothing recorded yet
-    return root
+
+
+def made_once(request, tmp_path_factory, name: str, make):
+    """A folder `make(folder)` fills, made once per test session: under pytest-xdist by the first worker that asks
+    (the others wait on a lock, then share it: tests only read it or add folders of their own beside its runs)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = tmp_path_factory.mktemp(name)
+        make(folder)
+        return folder
+    import fcntl
+    import shutil
+    shared = tmp_path_factory.getbasetemp().parent  # the session's temporary folder, above each worker's own
+    folder, done = shared / name, shared / f"{name}.done"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # left by a worker that failed while making it
+            folder.mkdir()
+            make(folder)
+            done.touch()
+        else:  # made by another worker: what it started counts for `--check-slow` here too
+            PROCESS_FIXTURES.setdefault(request.fixturename, f"{make.__name__}, in another pytest-xdist worker")
+    return folder
 
 
 @contextlib.contextmanager
@@ -186,6 +211,40 @@ def pytest_runtest_call(item):
     started += [f"fixture {name}: {what}" for name, what in PROCESS_FIXTURES.items() if name in item.fixturenames]
     if started:
         pytest.fail(f"starts a process ({started[0]}) but is not marked slow", pytrace=False)
+
+
+# -- pytest-xdist (scripts/test.sh: `-n 2 --dist loadfile --no-loadscope-reorder`): a test file is a unit of work, so
+# a module fixture is made once and a file's tests keep their order; tests/app/ is one unit (its tests add runs to
+# runs_root that its one dashboard server lists). The longest units go first (their times in the whole suite,
+# 2026-12-03: 146, 140, 121, 55, 45 and 44 s), so that the two workers end together rather than one running a long
+# file alone at the end. (Not `--dist loadgroup` with xdist_group marks: on pytest 9.2 it silently stops grouping,
+# pytest-xdist issue 1386.)
+LONGEST_FIRST = ["tests/test_benchmarks.py", "tests/app", "tests/paraview/test_paraview.py",
+                 "tests/test_demo_progress.py", "tests/hooks/test_training_stack.py", "tests/store/test_kill.py"]
+
+
+def work_unit(nodeid: str) -> str:
+    """The unit of work a test belongs to under pytest-xdist: its file, or tests/app for the dashboard's tests."""
+    path = nodeid.split("::")[0]
+    return "tests/app" if path.startswith("tests/app/") else path
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByWorkUnit(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+    return ByWorkUnit(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the order the workers report is the order units are handed out
+        rank = {unit: k for k, unit in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda item: rank.get(work_unit(item.nodeid), len(rank)))  # stable: file order otherwise
 
 
 @pytest.fixture(scope="session")
