@@ -247,6 +247,25 @@ def pytest_collection_modifyitems(config, items):
         items.sort(key=lambda item: rank.get(work_unit(item.nodeid), len(rank)))  # stable: file order otherwise
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item):
+    """Under pytest-xdist, a test marked `alone` runs while the other worker waits between two of its tests: each
+    test holds a shared lock, an `alone` one the exclusive lock (a turnstile first, so that it is not starved)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    import fcntl
+    import pathlib
+    shared = pathlib.Path(item.config.getoption("basetemp")).parent  # the workers' temporary folders are inside it
+    alone = item.get_closest_marker("alone") is not None
+    with open(shared / "alone.turnstile", "w") as turnstile, open(shared / "alone.lock", "w") as lock:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)  # waits while an `alone` test waits or runs
+        if not alone:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        yield  # both locks are released when their files close
+
+
 @pytest.fixture(scope="session")
 def browser():
     """Headless Debian Chromium through Playwright, one for the whole session (a second sync_playwright in the

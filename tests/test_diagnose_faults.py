@@ -58,6 +58,7 @@ def test_the_rank_the_others_wait_for_is_named_whether_slow_before_its_forward_o
     #                                                                 true dead units too: not this test's concern)
 
 
+@pytest.mark.alone  # rank 0's core must be free of other tests' work
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs: one rank alone, one with another process")
 def test_a_rank_slowed_by_another_process_on_its_core_is_not_named(tmp_path):
     """Rank 1 shares its CPU with a busy process: the others wait for it, but its lead is its wait for a CPU
