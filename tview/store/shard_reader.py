@@ -45,6 +45,7 @@ def _read_only(arrays: tuple) -> tuple:
     return arrays
 
 
+WHOLE_BYTES = 2**20  # a column up to this size is read whole for one layer of it (its chunks hold every layer)
 KEEP_ROWS = 4096  # a table's steps and measured flags are kept (one table per shard) up to this many rows
 
 
@@ -163,8 +164,11 @@ class ShardReader:
         shape = space.shape
         start, count, stride = _hyperslab(shape, rows, layer)
         out = np.empty(count, did.dtype)
+        whole = rows.start == 0 and rows.step == 1 and len(rows) == shape[0] > 0
+        if whole and layer is not None and out.nbytes * shape[1] <= WHOLE_BYTES:  # one layer of a small column
+            return self._rows(did, table, column, rows)[:, layer]  # read whole: HDF5's selection costs more
         try:
-            if layer is None and rows.start == 0 and rows.step == 1 and len(rows) == shape[0] > 0:  # all of it
+            if whole and layer is None:  # all of it
                 did.read(h5py.h5s.ALL, h5py.h5s.ALL, out)
             elif len(rows):
                 space.select_hyperslab(start, count, stride)
