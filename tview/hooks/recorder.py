@@ -23,6 +23,7 @@ from tview.errors import ConfigError, StoreWriteError, TviewError
 from tview.hooks import activation_probes as act
 from tview.hooks import param_probes as par
 from tview.hooks.activation_batch import ActivationBatch, RowIndex, flat_sample
+from tview.hooks.host_batch import HostBatch
 from tview.hooks.layers import (
     channel_dim,
     find_wrapper,
@@ -202,6 +203,8 @@ class Recorder:
         self._examples = 0
         self._pending_act: list[tuple[int, int | None, list]] = []
         self._kept: list[tuple] = []  # (layer index, output, its version, its sample copied or None) this forward
+        self._host_batch: HostBatch | None = None  # the CPU's own path: this forward's outputs' samples so far
+        self._host_buffer: np.ndarray | None = None  # and the buffer they are copied into, reused
         self._pending_batches: list[tuple] = []  # (layer indices, channels, row starts, [(probe, partials)])
         self._inplace_victims: set[int] = set()  # layers whose output a later layer modifies in place
         self._forward_order: dict[int, int] = {}  # layer index -> the order its hook first fired in
@@ -354,19 +357,30 @@ class Recorder:
         self._report("activation statistics", exc)
         self._act_by_mode = {mode: () for mode in self._act_by_mode}
         self._act_probes_now = ()
-        self._kept = []
+        self._kept, self._host_batch = [], None
 
     def _keep(self, index: int, output: torch.Tensor, probes: tuple):
-        """Eager: keep the output for the batch where the forward pass ends (no op; a copy of its sample
-        where a later layer modifies it in place); a probe that reads one output at a time runs here."""
+        """Eager: keep the output for the batch where the forward pass ends (no op: a hook runs between layers, where
+        every Python call is slow, the CPU's caches holding the layer's data); where a later layer modifies it in
+        place, its sample is copied now. A probe that reads one output at a time runs here."""
         self._forward_order.setdefault(index, len(self._forward_order))
-        if self._one_at_a_time(index, output, probes):
-            copy = (flat_sample(output, self.preset.act_sample)[0].clone()
-                    if index in self._inplace_victims else None)
-            self._kept.append((index, output.detach(), output._version, copy))
+        if not self._one_at_a_time(index, output, probes):
+            return
+        if index not in self._inplace_victims:
+            self._kept.append((index, output, output._version, None))
+        elif host_shortcuts(output):  # the CPU's own path: into the batch's buffer
+            self._host_batch_now().add(output, index)
+        else:
+            self._kept.append((index, output, output._version, flat_sample(output, self.preset.act_sample)[0].clone()))
+
+    def _host_batch_now(self) -> HostBatch:
+        if self._host_batch is None:
+            wants = {k for p in self._act_probes_now if p.batched for k in p.batch_stats}
+            self._host_batch = HostBatch(self.preset.act_sample, wants, self._host_buffer)
+        return self._host_batch
 
     def _end_forward(self, module, inputs, output):
-        if self._kept and not torch.compiler.is_compiling():
+        if (self._kept or self._host_batch is not None) and not torch.compiler.is_compiling():
             try:
                 self._reduce_kept(output)
             except Exception as exc:
@@ -380,6 +394,7 @@ class Recorder:
         model's output holds one (one pass over every activation costs ~5% of a CPU step): a NaN or an Inf
         in a layer reaches the model's output, but for a -Inf that a ReLU turns into 0."""
         kept, self._kept = self._kept, []
+        host, self._host_batch = self._host_batch, None
         fresh = []
         for entry in kept:
             if entry[1]._version != entry[2] and entry[3] is None:
@@ -387,14 +402,28 @@ class Recorder:
             else:
                 fresh.append(entry)
         probes = [p for p in self._act_probes_now if p.batched]
-        if not fresh or not probes:
+        if not probes or not (fresh or host):
             return
-        batch = ActivationBatch([e[1] for e in fresh], self._row_index, per_channel=self.preset.act_sample,
-                                samples={k: e[3] for k, e in enumerate(fresh) if e[3] is not None},
-                                scan=not _finite_on_host(model_output),
-                                wants={k for p in probes for k in p.batch_stats})
-        self._pending_batches.append(([e[0] for e in fresh], [_channels(e[1]) for e in fresh], batch.row_start,
+        if host is not None or host_shortcuts(fresh[0][1]):
+            indices, batch = self._host_reduced(host, fresh, model_output)
+        else:
+            indices = [e[0] for e in fresh]
+            batch = ActivationBatch([e[1] for e in fresh], self._row_index, per_channel=self.preset.act_sample,
+                                    samples={k: e[3] for k, e in enumerate(fresh) if e[3] is not None},
+                                    scan=not _finite_on_host(model_output),
+                                    wants={k for p in probes for k in p.batch_stats})
+        self._pending_batches.append((indices, [_channels(t) for t in batch.outputs], batch.row_start,
                                       [(p, p.compute_batch(batch)) for p in probes]))
+
+    def _host_reduced(self, batch: HostBatch | None, fresh: list, model_output) -> tuple[list, HostBatch]:
+        """The CPU's own path: the kept outputs' samples join the batch (after those copied in the hooks)."""
+        batch = batch or self._host_batch_now()
+        self._host_batch = None
+        for index, output, _, _ in fresh:
+            batch.add(output, index)
+        batch.close(scan=not _finite_on_host(model_output))
+        self._host_buffer = batch.buffer  # reused by the next forward pass (this batch is reduced now)
+        return batch.indices, batch
 
     def _activation_parts(self, index: int, output: torch.Tensor, probes: tuple):
         """Compiled: every probe on this one output, in the graph (inductor fuses the reductions)."""
@@ -443,7 +472,7 @@ class Recorder:
             if self._recording:
                 self._record(now, loss, batch_size, scalars)
         finally:
-            self._pending_act, self._kept, self._pending_batches = [], [], []
+            self._pending_act, self._kept, self._pending_batches, self._host_batch = [], [], [], None
             self._examples = 0
             self.clock.reset()
             if self.local_grads is not None:
