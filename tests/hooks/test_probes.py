@@ -463,3 +463,41 @@ def test_an_output_a_later_layer_overwrites_in_place_is_measured_as_its_layer_ma
     relu_out = seen["relu"][2]
     assert relu_zero[-1] == pytest.approx((documented_sample(relu_out) == 0).double().mean().item(), abs=1e-7)
     assert run.stat("act_zero_frac", "bn")[1][-1] == 0  # BatchNorm's own output has no exact zeros
+
+
+def test_the_writers_batched_finalize_gives_the_rows_the_per_layer_finalize_gives():
+    """ActCounts and ActChannelZeros finalize every output of a batch at once on the writer thread: the same rows
+    as finalizing layer by layer, for maps, a Linear output, a 1-D output without channels, and a NaN and an Inf."""
+    from tview.hooks import activation_probes as act
+    from tview.hooks.host_batch import HostBatch
+    from tview.hooks.rows import RowBuilder
+    g = torch.Generator().manual_seed(2)
+    outs = [torch.relu(torch.randn(4, 3, 8, 8, generator=g)), torch.relu(torch.randn(16, 5, generator=g)),
+            torch.randn(7, generator=g), torch.relu(torch.randn(2, 4, 20, 20, generator=g))]
+    outs[1][0, 2], outs[3][0, 1, 0, 0] = float("nan"), float("inf")
+    batch = HostBatch.of(outs, 64)
+    rows = RowBuilder([f"l{k}" for k in range(6)], [], None)
+    layers = [5, 0, 3, 1]
+
+    def on_host(parts):  # as the step's transfer hands them to the writer: tensors and lists of 0-d ones as arrays
+        return {k: (v.numpy() if isinstance(v, torch.Tensor) else np.array([float(t) for t in v])
+                    if v and isinstance(v[0], torch.Tensor) else v) for k, v in parts.items()}
+    for probe in (act.ActCounts(), act.ActChannelZeros()):
+        parts = on_host(probe.compute_batch(batch))
+        assert act.outputs_finalizer(probe) is not None
+        whole = rows.batch_row(probe, layers, batch.row_start, dict(parts))
+        per_layer = rows.activation_row(probe, {layer: [act.output_parts(probe, parts, batch.row_start, k)]
+                                                for k, layer in enumerate(layers)})
+        np.testing.assert_array_equal(whole.measured, per_layer.measured)
+        np.testing.assert_array_equal(whole.sample_n, per_layer.sample_n)
+        np.testing.assert_array_equal(whole.total_n, per_layer.total_n)
+        for name, value in per_layer.values.items():
+            if isinstance(value, dict):
+                assert sorted(whole.values[name]) == sorted(value)
+                for layer, v in value.items():
+                    np.testing.assert_allclose(whole.values[name][layer], v, rtol=1e-6)
+            else:
+                np.testing.assert_allclose(whole.values[name], value, rtol=1e-6, equal_nan=True)
+    counts = rows.batch_row(act.ActCounts(), layers, batch.row_start, on_host(act.ActCounts().compute_batch(batch)))
+    assert list(counts.values["act_nan"][layers]) == [0, 1, 0, 0]
+    assert list(counts.values["act_inf"][layers]) == [0, 0, 0, 1]

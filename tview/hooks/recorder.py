@@ -654,22 +654,36 @@ class Recorder:
         rec.scalars.update({k: float(np.asarray(v).reshape(-1)[0]) for k, v in item["device_scalars"].items()})
         for probe, parts in item["param"]:
             self._finalized(probe, rec, self.rows.param_row, parts)
-        calls: dict[act.ActivationProbe, dict[int, list[dict]]] = {}
-        for layer, _, results in item["act"]:
-            for probe, parts in results:
-                calls.setdefault(probe, {}).setdefault(layer, []).append(parts)
-        for layers, _, row_start, results in item["act_batches"]:
-            for probe, parts in results:
-                per_layer = calls.setdefault(probe, {})
-                for k, layer in enumerate(layers):
-                    per_layer.setdefault(layer, []).append(act.output_parts(probe, parts, row_start, k))
-        for probe, per_layer in calls.items():
-            self._finalized(probe, rec, self.rows.activation_row, per_layer)
+        self._activation_rows(item, rec)
         snap = {**item["snapshot"], **item["kept"]}
         as32 = {k: v.astype(np.float32, copy=False) for k, v in snap.items()}  # float32 already: no copy
         rec.filters = {k.split("/", 1)[1]: v for k, v in as32.items() if k.startswith("filters/")}
         rec.feature_maps = {k.split("/", 1)[1]: v for k, v in as32.items() if k.startswith("feature_maps/")}
         return rec
+
+    def _activation_rows(self, item: dict, rec: StepRecord) -> None:
+        """The activation probes' rows: where one batch holds the step's outputs, a probe with finalize_outputs
+        finalizes them all at once (but a layer called several times, merged per layer); otherwise per layer."""
+        calls: dict[act.ActivationProbe, dict[int, list[dict]]] = {}
+        for layer, _, results in item["act"]:
+            for probe, parts in results:
+                calls.setdefault(probe, {}).setdefault(layer, []).append(parts)
+        batches, started = item["act_batches"], {}
+        for layers, _, row_start, results in batches:
+            repeated = _repeated(layers) if len(batches) == 1 and 0 not in np.diff(row_start) else None
+            for probe, parts in results:
+                per_layer = calls.setdefault(probe, {})
+                if repeated is not None and act.outputs_finalizer(probe) is not None:
+                    started[probe] = (layers, row_start, parts, repeated)
+                for k, layer in enumerate(layers):
+                    if probe not in started or repeated[k]:
+                        per_layer.setdefault(layer, []).append(act.output_parts(probe, parts, row_start, k))
+        for probe, per_layer in calls.items():
+            self._finalized(probe, rec, self._probe_row, (per_layer, started.get(probe)))
+
+    def _probe_row(self, probe, per_layer: dict, batch: tuple | None):
+        row = self.rows.batch_row(probe, *batch) if batch is not None else None
+        return self.rows.activation_row(probe, per_layer, row)
 
     @staticmethod
     def _written(item: dict) -> None:
@@ -680,7 +694,7 @@ class Recorder:
     def _finalized(self, probe, rec: StepRecord, make_row, parts):
         """A probe's row in the record; a probe whose finalize fails is said once and leaves no row."""
         try:
-            row = make_row(probe, parts)
+            row = make_row(probe, *parts) if isinstance(parts, tuple) else make_row(probe, parts)
         except Exception as exc:
             self._report(f"{probe.table} ({type(probe).__name__}, finalize)", exc)
             return
@@ -742,6 +756,12 @@ def _finite_on_host(output) -> bool:
     """True for a CPU tensor (outside the device code path) with no NaN or Inf."""
     return (isinstance(output, torch.Tensor) and host_shortcuts(output)
             and bool(torch.isfinite(output.detach()).all()))
+
+
+def _repeated(layers: list[int]) -> np.ndarray:
+    """[outputs] True where the output's layer made more than one output (a module called several times)."""
+    ids, counts = np.unique(layers, return_counts=True)
+    return np.isin(layers, ids[counts > 1])
 
 
 def _channels(output: torch.Tensor) -> int | None:
