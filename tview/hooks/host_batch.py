@@ -17,8 +17,7 @@ import numpy as np
 import torch
 
 from tview.hooks.activation_batch import HIST_CELLS, HOW, PER_CHANNEL, ActivationBatch, sample_examples
-from tview.hooks.probes import hist_bin_index
-from tview.store import schema
+from tview.hooks.probes import hist_bins_host
 
 _PLANS: dict[tuple, tuple] = {}  # (shape, strides, per_channel) -> how the sample is taken (see _plan)
 _PLAN_LIMIT = 4096
@@ -148,7 +147,7 @@ class HostBatch(ActivationBatch):
         return out
 
     def _histograms(self) -> torch.Tensor:
-        b = hist_bin_index(torch.from_numpy(self.values_array)).nan_to_num_(nan=schema.HIST_BINS).long().numpy()
+        b = hist_bins_host(self.values_array)
         ends = np.cumsum([self.layout_values(lay) * (1 if lay[0] == "flat" else lay[2]) for lay in self.layouts])
         counts = [np.bincount(b[e - n:e], minlength=HIST_CELLS) for e, n in zip(ends, np.diff(ends, prepend=0))]
         return torch.from_numpy(np.stack(counts).astype(np.float32))
