@@ -286,7 +286,9 @@ class ShardWriter:
         bad = np.zeros(len(first), dtype=bool)
         for col in self.specs[table].columns:
             if col.nonfinite and col.name in row.values:
-                bad |= np.nan_to_num(np.asarray(row.values[col.name], dtype=np.float64)) > 0
+                value = np.asarray(row.values[col.name])
+                if value.any():  # nearly always all 0 (a NaN is truthy): nothing more to look at
+                    bad |= np.nan_to_num(value.astype(np.float64)) > 0
         hit = bad & np.asarray(row.measured, dtype=bool) & (first < 0)
         first[hit] = step
         return bool(hit.any())
