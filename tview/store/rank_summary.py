@@ -151,8 +151,9 @@ def write_summary(shard_path: str, summary: dict) -> None:
     with the shard's size and modification time as they are now (call it after the shard's last write)."""
     path = summary_path(shard_path)
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump({**summary, "shard_stamp": shard_stamp(shard_path)}, f, separators=(",", ":"))
+    text = json.dumps({**summary, "shard_stamp": shard_stamp(shard_path)}, separators=(",", ":"))  # C encoder
+    with open(tmp, "w") as f:  # (json.dump to a file runs the pure-Python one: 5x the time)
+        f.write(text)
     os.replace(tmp, path)
 
 
