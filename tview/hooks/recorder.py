@@ -422,7 +422,8 @@ class Recorder:
         for index, output, _, _ in fresh:
             batch.add(output, index)
         batch.close(scan=not _finite_on_host(model_output))
-        self._host_buffer = batch.buffer  # reused by the next forward pass (this batch is reduced now)
+        # reused by the next forward pass (this batch is reduced now), unless it is big (preset "full": every value)
+        self._host_buffer = batch.buffer if batch.buffer.nbytes <= HOST_BUFFER_KEPT else None
         return batch.indices, batch
 
     def _activation_parts(self, index: int, output: torch.Tensor, probes: tuple):
@@ -756,6 +757,9 @@ def _finite_on_host(output) -> bool:
     """True for a CPU tensor (outside the device code path) with no NaN or Inf."""
     return (isinstance(output, torch.Tensor) and host_shortcuts(output)
             and bool(torch.isfinite(output.detach()).all()))
+
+
+HOST_BUFFER_KEPT = 16 << 20  # bytes of the CPU path's sample buffer kept from one recorded step to the next
 
 
 def _repeated(layers: list[int]) -> np.ndarray:
