@@ -204,7 +204,8 @@ class Recorder:
         self._pending_act: list[tuple[int, int | None, list]] = []
         self._kept: list[tuple] = []  # (layer index, output, its version, its sample copied or None) this forward
         self._host_batch: HostBatch | None = None  # the CPU's own path: this forward's outputs' samples so far
-        self._host_buffer: np.ndarray | None = None  # and the buffer they are copied into, reused
+        self._host_buffer: np.ndarray | None = None  # and the buffer they are copied into, reused when small,
+        self._host_used = 1 << 16  # else made at the size the last forward pass used
         self._pending_batches: list[tuple] = []  # (layer indices, channels, row starts, [(probe, partials)])
         self._inplace_victims: set[int] = set()  # layers whose output a later layer modifies in place
         self._forward_order: dict[int, int] = {}  # layer index -> the order its hook first fired in
@@ -376,7 +377,8 @@ class Recorder:
     def _host_batch_now(self) -> HostBatch:
         if self._host_batch is None:
             wants = {k for p in self._act_probes_now if p.batched for k in p.batch_stats}
-            self._host_batch = HostBatch(self.preset.act_sample, wants, self._host_buffer)
+            buffer = self._host_buffer if self._host_buffer is not None else np.empty(self._host_used, np.float32)
+            self._host_batch = HostBatch(self.preset.act_sample, wants, buffer)
         return self._host_batch
 
     def _end_forward(self, module, inputs, output):
@@ -422,8 +424,11 @@ class Recorder:
         for index, output, _, _ in fresh:
             batch.add(output, index)
         batch.close(scan=not _finite_on_host(model_output))
-        # reused by the next forward pass (this batch is reduced now), unless it is big (preset "full": every value)
-        self._host_buffer = batch.buffer if batch.buffer.nbytes <= HOST_BUFFER_KEPT else None
+        # reused by the next forward pass (this batch is reduced now), unless it is big (preset "full": every value);
+        # one grown by doubling is replaced by one of the size this forward pass used
+        keep, self._host_used = batch.used * 4 <= HOST_BUFFER_KEPT, batch.used
+        self._host_buffer = (batch.buffer if 4 * batch.used >= 3 * batch.buffer.size else
+                             np.empty(batch.used, dtype=np.float32)) if keep else None
         return batch.indices, batch
 
     def _activation_parts(self, index: int, output: torch.Tensor, probes: tuple):
@@ -759,7 +764,8 @@ def _finite_on_host(output) -> bool:
             and bool(torch.isfinite(output.detach()).all()))
 
 
-HOST_BUFFER_KEPT = 16 << 20  # bytes of the CPU path's sample buffer kept from one recorded step to the next
+HOST_BUFFER_KEPT = 4 << 20  # bytes of the CPU path's sample buffer kept from one recorded step to the next (a bigger
+# one is made again at each step: memory held between steps, and glibc serves the same size again without faults)
 
 
 def _repeated(layers: list[int]) -> np.ndarray:
