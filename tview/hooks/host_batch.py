@@ -1,12 +1,12 @@
-"""Activation statistics on the CPU's own path: each output's sample copied as its forward hook fires, reduced
-in a few numpy calls where the forward pass ends.
+"""Activation statistics on the CPU's own path: every output's sample copied into one buffer, channel by channel,
+and each statistic of every channel of every output reduced by one numpy `reduceat` over it.
 
-On the CPU there are no launches to save, only Python calls and memory passes. Each hook copies its output's
-sample (the values ActivationBatch samples) into one reused float32 buffer, channel by channel: a channel's
-values lie together, so every statistic of every channel of every output is one `reduceat` over the buffer.
-The copy is taken before any later layer can modify the output in place (BatchNorm, then ReLU(inplace=True)), and
-the strided view it copies from is worked out once per output layout. NaN and Inf still come from norms of the
-whole outputs, taken where the forward pass ends and only where the model's output is not finite.
+On the CPU there are no launches to save, only Python calls and memory passes. The Recorder keeps each output's
+reference as its hook fires (a hook runs between layers, where every call is slow: the CPU's caches hold the
+layer's data) and copies the samples (the values ActivationBatch samples) where the forward pass ends, in one
+loop; an output that a later layer modifies in place (BatchNorm, then ReLU(inplace=True)) is copied in its own
+hook. How the sample is taken from an output of a given shape and strides is worked out once. NaN and Inf still
+come from norms of the whole outputs, taken only where the model's output is not finite.
 """
 
 from __future__ import annotations
@@ -16,7 +16,15 @@ import math
 import numpy as np
 import torch
 
-from tview.hooks.activation_batch import HIST_CELLS, HOW, PER_CHANNEL, ActivationBatch, sample_examples
+from tview.hooks.activation_batch import (
+    HIST_CELLS,
+    HOW,
+    PER_CHANNEL,
+    ActivationBatch,
+    layout_rows,
+    layout_values,
+    sample_examples,
+)
 from tview.hooks.probes import hist_bins_host
 
 _PLANS: dict[tuple, tuple] = {}  # (shape, strides, per_channel) -> how the sample is taken (see _plan)
@@ -69,23 +77,19 @@ def as_host_array(t: torch.Tensor, per_channel: int | None) -> np.ndarray:
 
 
 class HostBatch(ActivationBatch):
-    """ActivationBatch on the CPU's own path, filled output by output (`add`, in the forward hooks) and closed where
-    the forward pass ends (`close`). `buffer`: a float32 array to reuse for the samples (grown when short; the
-    batch's `buffer` is the one it used)."""
+    """ActivationBatch on the CPU's own path, filled output by output (`add`) and closed where the forward pass ends
+    (`close`); each statistic is reduced from the buffer when a probe first asks for it. `buffer`: a float32 array to
+    reuse for the samples (grown when short; the batch's `buffer` is the one it used)."""
 
-    def __init__(self, per_channel: int | None = PER_CHANNEL, wants: set | None = None,
-                 buffer: np.ndarray | None = None):  # noqa: D107
+    def __init__(self, per_channel: int | None = PER_CHANNEL, buffer: np.ndarray | None = None):  # noqa: D107
         self.per_channel = per_channel
-        self.wants = set(HOW) | {"hist"} if wants is None else set(wants)
         self.buffer = buffer if buffer is not None else np.empty(1 << 16, dtype=np.float32)
-        self.outputs, self.layouts, self.indices, self.used = [], [], [], 0
-        self.host, self.index, self.rows, self.scan = True, None, None, True
+        self.outputs, self.layouts, self.indices, self.used, self.scan = [], [], [], 0, True
         self._memo: dict = {}
 
     @classmethod
-    def of(cls, outputs: list[torch.Tensor], per_channel: int | None = PER_CHANNEL, scan: bool = True,
-           wants: set | None = None) -> HostBatch:
-        batch = cls(per_channel, wants)
+    def of(cls, outputs: list[torch.Tensor], per_channel: int | None = PER_CHANNEL, scan: bool = True) -> HostBatch:
+        batch = cls(per_channel)
         for t in outputs:
             batch.add(t)
         return batch.close(scan)
@@ -95,7 +99,7 @@ class HostBatch(ActivationBatch):
         a = as_host_array(output, self.per_channel)
         plan = sample_plan(a, self.per_channel)
         layout = plan[-1]
-        n = self.layout_values(layout) * (1 if layout[0] == "flat" else layout[2])
+        n = layout_values(layout) * layout_rows(layout)
         if self.used + n > len(self.buffer):
             grown = np.empty(max(2 * len(self.buffer), self.used + n), dtype=np.float32)
             grown[:self.used] = self.buffer[:self.used]
@@ -112,17 +116,13 @@ class HostBatch(ActivationBatch):
         if scan:  # the norms will read the whole outputs
             self.outputs = [t.detach() for t in self.outputs]
         self.layouts = tuple(self.layouts)
-        widths = [1 if lay[0] == "flat" else lay[2] for lay in self.layouts]
+        widths = [layout_rows(lay) for lay in self.layouts]
         self.row_start = [0, *np.cumsum(widths).tolist()]
         self.n_rows = self.row_start[-1]
-        per_row = np.repeat([self.layout_values(lay) for lay in self.layouts], widths)
+        per_row = np.repeat([layout_values(lay) for lay in self.layouts], widths)
         self.starts = np.concatenate([[0], np.cumsum(per_row)[:-1]]).astype(np.intp)
         self.empty = per_row == 0
         return self
-
-    @staticmethod
-    def layout_values(layout: tuple) -> int:
-        return layout[1] if layout[0] == "flat" else layout[1] * layout[3]
 
     @property
     def values_array(self) -> np.ndarray:
@@ -148,6 +148,6 @@ class HostBatch(ActivationBatch):
 
     def _histograms(self) -> torch.Tensor:
         b = hist_bins_host(self.values_array)
-        ends = np.cumsum([self.layout_values(lay) * (1 if lay[0] == "flat" else lay[2]) for lay in self.layouts])
+        ends = np.cumsum([layout_values(lay) * layout_rows(lay) for lay in self.layouts])
         counts = [np.bincount(b[e - n:e], minlength=HIST_CELLS) for e, n in zip(ends, np.diff(ends, prepend=0))]
         return torch.from_numpy(np.stack(counts).astype(np.float32))

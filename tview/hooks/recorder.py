@@ -376,9 +376,8 @@ class Recorder:
 
     def _host_batch_now(self) -> HostBatch:
         if self._host_batch is None:
-            wants = {k for p in self._act_probes_now if p.batched for k in p.batch_stats}
             buffer = self._host_buffer if self._host_buffer is not None else np.empty(self._host_used, np.float32)
-            self._host_batch = HostBatch(self.preset.act_sample, wants, buffer)
+            self._host_batch = HostBatch(self.preset.act_sample, buffer)
         return self._host_batch
 
     def _end_forward(self, module, inputs, output):
