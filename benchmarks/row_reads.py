@@ -5,14 +5,15 @@ Prints one JSON object, seconds (warm the page cache first, e.g. `cat RUN/* > /d
   network       the network of every rank at the middle step (tview.render.scene.network: what ParaView's mean
                 and spread networks read per rank), over --network-ranks ranks (all by default)
   stat_first    one statistic of one layer, `run.stat(name, layer=L, rank=r)` for every rank (the README's way), the
-                first read of a run just opened in this process (each shard's header read once)
+                first read of a run just opened in this process (each shard's header read once); stat_first_cpu: its
+                CPU seconds (with --cold, the run's files are dropped from the page cache first: posix_fadvise)
   stat_loop     the same again, the run still open (least of 2)
   stat_ranks    the same in one call, `run.stat(name, layer=L, ranks=run.ranks)`, in one process (None where the
                 checkout has no `ranks=`)
   diagnose      `tview.diagnose(run)` (the rank summaries read as the command line reads them); diagnose_cpu: the
                 CPU seconds of this process and its children meanwhile (a figure less moved by a busy machine)
 
-    python benchmarks/row_reads.py --run RUN [--code DIR] [--parts network,stat,diagnose]
+    python benchmarks/row_reads.py --run RUN [--code DIR] [--parts network,stat,diagnose] [--cold]
 """
 
 from __future__ import annotations
@@ -52,6 +53,23 @@ def _cpu() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def drop_pages(path: str) -> None:
+    """Drop the run's files from the page cache (the next read comes from the disk)."""
+    for name in os.listdir(path):
+        fd = os.open(os.path.join(path, name), os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def _first_stat(run) -> dict:
+    t, cpu = time.perf_counter(), _cpu()
+    for r in run.ranks:
+        run.stat(STAT, layer=LAYER, rank=r)
+    return {"stat_first": time.perf_counter() - t, "stat_first_cpu": _cpu() - cpu}
+
+
 def _diagnose(path: str) -> dict:
     import tview
     t, cpu = time.perf_counter(), _cpu()
@@ -69,7 +87,7 @@ def figures(path: str, parts: list[str], network_ranks: int | None) -> dict:
         out.update(_diagnose(path))
     with tview.open_run(path) as run:
         if "stat" in parts:
-            out["stat_first"] = _best(lambda: [run.stat(STAT, layer=LAYER, rank=r) for r in run.ranks], 1)
+            out.update(_first_stat(run))
             out["stat_loop"] = _best(lambda: [run.stat(STAT, layer=LAYER, rank=r) for r in run.ranks], 2)
             out["stat_ranks"] = _stat_ranks(run)
         ranks = run.ranks[:network_ranks] if network_ranks else run.ranks
@@ -86,7 +104,10 @@ def main(argv=None):
     ap.add_argument("--code", default=REPO, help="the checkout whose tview is timed")
     ap.add_argument("--parts", default="network,stat,diagnose")
     ap.add_argument("--network-ranks", type=int, default=None)
+    ap.add_argument("--cold", action="store_true", help="drop the run's files from the page cache first")
     a = ap.parse_args(argv)
+    if a.cold:
+        drop_pages(a.run)
     sys.path.insert(0, os.path.abspath(a.code))
     print(json.dumps(figures(a.run, a.parts.split(","), a.network_ranks)))
 

@@ -166,3 +166,23 @@ def test_the_reads_kept_are_the_runs_own_and_each_shard_is_opened_once(faulty_ru
         opened.clear()
         diagnose(run, rank_summaries=summaries)
     assert len(opened) <= len(run.ranks) + 3, opened  # one pass over the ranks (the first one's read again after)
+
+
+def test_the_mean_loss_over_ranks_is_each_steps_mean_to_the_bit(faulty_run, tmp_path):
+    """Ranks on the same steps (one array) and ranks on different steps (a rank behind) give each step's np.mean of
+    the ranks that have it, bit for bit."""
+    import shutil
+
+    from tview.diagnose.checks.common import mean_scalar
+    behind = str(tmp_path / "behind")
+    shutil.copytree(faulty_run, behind)
+    with h5py.File(f"{behind}/rank-00004.h5", "r+") as f:  # rank 4 recorded 60 of the 80 steps
+        for name in ("step", "values", "measured", "wall_time"):
+            f["scalars"][name].resize(60, axis=0)
+    for path in (faulty_run, behind):
+        with open_run(path) as run:
+            per_rank = [run.scalar("loss", r) for r in run.ranks]
+            steps, mean = mean_scalar(run, "loss", None)
+            expected = [np.mean([v[list(s).index(t)] for s, v in per_rank if t in s]) for t in steps.tolist()]
+            np.testing.assert_array_equal(steps, sorted({t for s, _ in per_rank for t in s.tolist()}))
+            assert mean.tobytes() == np.asarray(expected).tobytes()

@@ -109,12 +109,13 @@ def test_one_example_holding_more_than_the_sample_is_thinned_to_every_kth_positi
     contiguous outputs (32x32: k divides the map; 31x31: it does not) and channels-last ones, in one batch."""
     from tview.hooks import probes
     from tview.hooks.activation_batch import ActivationBatch, RowIndex
+    from tview.hooks.host_batch import HostBatch
     monkeypatch.setattr(probes, "FORCE_DEVICE_PATH", device_path)
     g = torch.Generator().manual_seed(0)
     outs = [torch.relu(torch.randn(4, 3, 64, 64, generator=g)), torch.relu(torch.randn(2, 5, 63, 63, generator=g)),
             torch.relu(torch.randn(2, 4, 64, 64, generator=g)).to(memory_format=torch.channels_last)]
     per_channel = 256 if not device_path else 64  # the device path thins above 4x the sample
-    b = ActivationBatch(outs, RowIndex(), per_channel=per_channel)
+    b = ActivationBatch(outs, RowIndex(), per_channel=per_channel) if device_path else HostBatch.of(outs, per_channel)
     expected = []
     for t in outs:
         first = t[0].reshape(t.shape[1], -1)
@@ -128,14 +129,52 @@ def test_one_example_holding_more_than_the_sample_is_thinned_to_every_kth_positi
     np.testing.assert_array_equal(b.row_extreme("amin").numpy(), per_row(lambda r: r.amin(1)).astype(np.float32))
 
 
+def test_the_cpu_paths_batch_takes_the_documented_sample_of_outputs_of_every_shape_and_dtype():
+    """HostBatch (the CPU's own path, samples copied channel by channel as the hooks fire) against plain torch over
+    flat_sample's values: several examples (8x8 maps), a Linear output, a 1-D one, a [N, C, L] one, a transposed
+    (non-contiguous) one, channels-last, bfloat16, and an empty batch."""
+    from tview.hooks.activation_batch import flat_sample
+    from tview.hooks.host_batch import HostBatch
+    g = torch.Generator().manual_seed(1)
+    outs = [torch.relu(torch.randn(8, 6, 8, 8, generator=g)), torch.relu(torch.randn(40, 7, generator=g)),
+            torch.randn(9, generator=g), torch.relu(torch.randn(5, 3, 50, generator=g)),
+            torch.randn(4, 6, 20, 20, generator=g).transpose(2, 3),
+            torch.relu(torch.randn(3, 5, 9, 9, generator=g)).to(memory_format=torch.channels_last),
+            torch.relu(torch.randn(4, 3, 20, 20, generator=g)).bfloat16(), torch.zeros(0, 4, 5, 5)]
+    batch = HostBatch.of(outs, 64)
+    rows = []
+    for t in outs:
+        f, lay = flat_sample(t.float(), 64)
+        if lay[0] == "flat":
+            rows += [f.double().reshape(1, -1)]
+        elif lay[0] == "nchw":
+            rows += list(f.double().reshape(lay[1], lay[2], lay[3]).permute(1, 0, 2).reshape(lay[2], -1))
+        else:
+            rows += list(f.double().reshape(lay[1] * lay[3], lay[2]).t())
+    rows = [r.reshape(-1) for r in rows]
+    assert batch.n_rows == len(rows) == 6 + 7 + 1 + 3 + 6 + 5 + 3 + 4
+    expect = {"zeros": [(r == 0).sum() for r in rows], "sums": [r.sum() for r in rows],
+              "sumsq": [r.square().sum() for r in rows],
+              "amin": [r.min() if r.numel() else torch.tensor(np.inf) for r in rows],
+              "amax": [r.max() if r.numel() else torch.tensor(-np.inf) for r in rows]}
+    for key, values in expect.items():
+        got = batch.row_zeros() if key == "zeros" else (batch.row_sums() if key == "sums" else (
+            batch.row_sumsq() if key == "sumsq" else batch.row_extreme(key)))
+        np.testing.assert_allclose(got.numpy(), torch.stack(values).numpy(), rtol=1e-5, err_msg=key)
+    assert batch.sampled() == [float(sum(r.numel() for r in rows[a:b])) for a, b in
+                               zip(batch.row_start[:-1], batch.row_start[1:])]
+
+
 @pytest.mark.parametrize("device_path", [False, True], ids=["cpu-path", "device-path"])
 def test_histogram_bins_match_numpy_at_zero_edges_infinities_and_nan(monkeypatch, device_path):
     from tview.hooks import probes
     from tview.hooks.activation_batch import ActivationBatch, RowIndex
+    from tview.hooks.host_batch import HostBatch
     monkeypatch.setattr(probes, "FORCE_DEVICE_PATH", device_path)  # the GPU's bucketize, or the CPU's passes
 
     def histogram(t):
-        return ActivationBatch([t], RowIndex(), per_channel=None).histograms()[0][:schema.HIST_BINS]
+        batch = ActivationBatch([t], RowIndex(), per_channel=None) if device_path else HostBatch.of([t], None)
+        return batch.histograms()[0][:schema.HIST_BINS]
     edges = 10.0 ** (schema.HIST_LO + np.arange(schema.HIST_HALF + 1) / schema.HIST_PER_DECADE)
     values = np.concatenate([[0.0, 0.0, -0.0, 1e-12, -1e-12, 1e9, -1e9, 1.0, -1.0, 0.5, -3e-3],
                              edges[1:-1] * 1.0001, -edges[1:-1] * 1.0001,
@@ -424,3 +463,41 @@ def test_an_output_a_later_layer_overwrites_in_place_is_measured_as_its_layer_ma
     relu_out = seen["relu"][2]
     assert relu_zero[-1] == pytest.approx((documented_sample(relu_out) == 0).double().mean().item(), abs=1e-7)
     assert run.stat("act_zero_frac", "bn")[1][-1] == 0  # BatchNorm's own output has no exact zeros
+
+
+def test_the_writers_batched_finalize_gives_the_rows_the_per_layer_finalize_gives():
+    """ActCounts and ActChannelZeros finalize every output of a batch at once on the writer thread: the same rows
+    as finalizing layer by layer, for maps, a Linear output, a 1-D output without channels, and a NaN and an Inf."""
+    from tview.hooks import activation_probes as act
+    from tview.hooks.host_batch import HostBatch
+    from tview.hooks.rows import RowBuilder
+    g = torch.Generator().manual_seed(2)
+    outs = [torch.relu(torch.randn(4, 3, 8, 8, generator=g)), torch.relu(torch.randn(16, 5, generator=g)),
+            torch.randn(7, generator=g), torch.relu(torch.randn(2, 4, 20, 20, generator=g))]
+    outs[1][0, 2], outs[3][0, 1, 0, 0] = float("nan"), float("inf")
+    batch = HostBatch.of(outs, 64)
+    rows = RowBuilder([f"l{k}" for k in range(6)], [], None)
+    layers = [5, 0, 3, 1]
+
+    def on_host(parts):  # as the step's transfer hands them to the writer: tensors and lists of 0-d ones as arrays
+        return {k: (v.numpy() if isinstance(v, torch.Tensor) else np.array([float(t) for t in v])
+                    if v and isinstance(v[0], torch.Tensor) else v) for k, v in parts.items()}
+    for probe in (act.ActCounts(), act.ActChannelZeros()):
+        parts = on_host(probe.compute_batch(batch))
+        assert act.outputs_finalizer(probe) is not None
+        whole = rows.batch_row(probe, layers, batch.row_start, dict(parts))
+        per_layer = rows.activation_row(probe, {layer: [act.output_parts(probe, parts, batch.row_start, k)]
+                                                for k, layer in enumerate(layers)})
+        np.testing.assert_array_equal(whole.measured, per_layer.measured)
+        np.testing.assert_array_equal(whole.sample_n, per_layer.sample_n)
+        np.testing.assert_array_equal(whole.total_n, per_layer.total_n)
+        for name, value in per_layer.values.items():
+            if isinstance(value, dict):
+                assert sorted(whole.values[name]) == sorted(value)
+                for layer, v in value.items():
+                    np.testing.assert_allclose(whole.values[name][layer], v, rtol=1e-6)
+            else:
+                np.testing.assert_allclose(whole.values[name], value, rtol=1e-6, equal_nan=True)
+    counts = rows.batch_row(act.ActCounts(), layers, batch.row_start, on_host(act.ActCounts().compute_batch(batch)))
+    assert list(counts.values["act_nan"][layers]) == [0, 1, 0, 0]
+    assert list(counts.values["act_inf"][layers]) == [0, 0, 0, 1]

@@ -66,7 +66,7 @@ def test_the_shard_gives_the_same_summary_when_the_sidecar_is_gone(recorded):
     assert replace(RankSummary.from_dict(computed), **unstamped) == replace(written, **unstamped)
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "other_rank", "stale"])
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "other_rank", "stale", "series_short", "word_in_series"])
 def test_a_damaged_or_stale_sidecar_is_not_trusted(recorded, tmp_path, damage):
     import shutil
     path = str(tmp_path / "copy")
@@ -79,6 +79,10 @@ def test_a_damaged_or_stale_sidecar_is_not_trusted(recorded, tmp_path, damage):
         open(side, "w").write(text[: len(text) // 2])
     elif damage == "other_rank":
         open(side, "w").write(text.replace('"rank":0', '"rank":3'))
+    elif damage in ("series_short", "word_in_series"):  # one series a point short, or a word among its numbers
+        start = text.index('"loss":[') + len('"loss":[')
+        cut = text.index(",", start) + 1
+        open(side, "w").write(text[:start] + ("" if damage == "series_short" else "oops,") + text[cut:])
     else:  # the shard changed after its summary was written: what a writer killed between the two leaves
         with h5py.File(os.path.join(path, "rank-00000.h5"), "r+") as f:
             f["status/closed"][0] = 0
@@ -165,3 +169,27 @@ def test_the_nan_onset_is_the_earliest_of_layers_and_scalars():
     s = RankSummary.from_dict({"rank": 4, "steps": 7, "tview_summary_version": 1})  # a summary file's keys
     assert (s.rank, s.steps, s.problem, s["steps"], s.get("nope", 1)) == (4, 7, None, 7, 1)
 
+
+
+@pytest.mark.parametrize("trend, lazy", [  # lazy: the series parsed on use; else the whole text at once
+    ({"stride": 2, "step": [0, 2, 4], "loss": [1.5, float("nan"), -float("inf")], "x_time": [1e-300, -2e10, 0]}, True),
+    ({"stride": 2, "step": [0, 2], "loss": [1.5, 2.0], "a}b_time": [1.0, 2.0]}, False),
+    ({"stride": 1, "step": [0], 'q"uo\\te_time': [-float("inf")], "é_time": [3.0]}, False),
+    ({"stride": 1, "step": []}, True),
+    ({}, False),
+])
+@pytest.mark.parametrize("tensors", [{}, {"trend": {"conv1": 4}}])  # another key named trend: parsed whole
+def test_a_summary_read_with_its_trend_parsed_on_use_equals_its_whole_json(trend, lazy, tensors):
+    from tview.store import summary_text
+    summary = {"rank": 0, "first_nonfinite": {"scalars": {"trend": 3}, "tensors": tensors},
+               "trend": trend, "shard_stamp": [1, 2]}
+    text = json.dumps(summary, separators=(",", ":"))
+    got = summary_text.loads(text)
+    expected = json.loads(text)
+    assert got.keys() == expected.keys() and got["first_nonfinite"] == expected["first_nonfinite"]
+    assert list(got["trend"]) == list(expected["trend"])
+    for name in expected["trend"]:
+        assert name in got["trend"]
+        np.testing.assert_array_equal(got["trend"][name], expected["trend"][name])
+    assert summary_text.series_lengths(got["trend"]) == summary_text.series_lengths(expected["trend"])
+    assert isinstance(got["trend"], summary_text.LazyTrend) is (lazy and not tensors)

@@ -91,3 +91,28 @@ def test_a_shard_changed_by_another_process_while_open_is_read_afresh(closed_run
         env = {**python_env(), "HDF5_USE_FILE_LOCKING": "FALSE"}
         subprocess.run([sys.executable, "-c", code], check=True, timeout=60, env=env)
     check_append_read_afresh(closed_run, append_elsewhere)
+
+
+@pytest.mark.slow
+def test_a_shard_read_while_its_writer_runs_follows_it_and_counts_as_settled_once_closed(tmp_path):
+    """A shard whose writer holds it open is refreshed at every read (each read sees the rows flushed since); once
+    the writer closed it (the superblock's flags cleared) it is settled, and a killed writer's never is."""
+    from tests.store.test_store import readable_steps, start_writer, wait_for
+    from tview.store.h5open import check_shard_file
+    path = str(tmp_path / "live")
+    shard = f"{path}/rank-00000.h5"
+    proc = start_writer(path, 40, 0.1)
+    try:
+        wait_for(lambda: readable_steps(path), what="first flushed steps")
+        with tview.open_run(path) as run:
+            seen = [len(run.stat("grad_norm", "conv1", rank=0)[0])]
+            assert check_shard_file(shard) is False  # its writer holds it open
+            wait_for(lambda: (seen.append(len(run.stat("grad_norm", "conv1", rank=0)[0])) or seen[-1]) >= seen[0] + 5,
+                     what="the statistic to grow")
+        assert proc.wait(timeout=120) == 0
+    finally:
+        proc.kill()
+    assert check_shard_file(shard) is True
+    with tview.open_run(path) as run:
+        steps, values = run.stat("grad_norm", "conv1", rank=0)
+        assert list(steps) == list(range(40)) and values.shape == (40,)

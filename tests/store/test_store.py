@@ -14,6 +14,7 @@ import torch
 import tview
 from tests.conftest import PY, TinyCNN, make_data, python_env, train
 from tview.store import schema
+from tview.store.h5open import check_shard_file
 
 WRITER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "writer_script.py")
 
@@ -127,6 +128,7 @@ def test_reader_follows_a_live_writer_then_sigkill_keeps_every_flushed_step(tmp_
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     run.close()
+    assert check_shard_file(os.path.join(path, "rank-00000.h5")) is False  # never taken as closed: always refreshed
     after = tview.open_run(path)
     steps = after.steps()
     assert len(steps) >= before_kill  # everything a reader saw before the kill is still there

@@ -106,30 +106,6 @@ def row_index_numpy(layouts: tuple) -> np.ndarray:
     return np.repeat(rows, lengths)
 
 
-def _host_view(values: np.ndarray, layout: tuple) -> tuple[np.ndarray, tuple]:
-    """One output's sample as an array whose rows are reduced over `axes`."""
-    if layout[0] == "flat":
-        return values.reshape(1, -1), (1,)
-    kind, e, c, s = layout
-    return (values.reshape(e, c, s), (0, 2)) if kind == "nchw" else (values.reshape(e * s, c), (0,))
-
-
-def host_per_row(values: np.ndarray, layouts: tuple, how: str) -> np.ndarray:
-    """Per-row sum ("sum", accumulated in float64), minimum ("amin") or maximum ("amax") on the host: one numpy
-    reduction per output over its sample reshaped (NaN in the sample: NaN extremes, said by act_nan)."""
-    out, at = [], 0
-    for layout in layouts:
-        size = layout_rows(layout) * layout_values(layout)
-        v, axes = _host_view(values[at:at + size], layout)
-        at += size
-        if how == "sum":
-            out.append(np.add.reduce(v, axis=axes, dtype=np.float64))
-        else:
-            ufunc = np.minimum if how == "amin" else np.maximum
-            out.append(ufunc.reduce(v, axis=axes, initial=np.inf if how == "amin" else -np.inf))
-    return np.concatenate(out).astype(np.float32)
-
-
 class RowIndex:
     """What the device path's reductions of a set of layouts need, made once (a net's layouts repeat step after
     step): the row index, the histogram slots and the histogram's boundaries."""
@@ -194,11 +170,8 @@ class ActivationBatch:
         self.layouts = tuple(layouts)
         self.sample = flats[0] if len(flats) == 1 else torch.cat(flats)
         self.device = self.sample.device
-        self.host = index is not None and host_shortcuts(self.sample)  # numpy reduces the sample on the CPU
         self.index = index
-        self.rows = None  # compiled, or the CPU: each output reduced by reshaping
-        if index is not None and not self.host:
-            self.rows = index.get(self.layouts, self.device)
+        self.rows = None if index is None else index.get(self.layouts, self.device)  # None: compiled (reshaping)
         self.row_start = [0, *itertools.accumulate(layout_rows(lay) for lay in self.layouts)]  # plain ints: no
         self.n_rows = self.row_start[-1]  # numpy inside a compiled graph
         self._memo: dict = {}
@@ -213,10 +186,7 @@ class ActivationBatch:
         return self._once("values", lambda: self.sample.float())
 
     def _per_row(self, src: torch.Tensor, how: str = "sum") -> torch.Tensor:
-        """Per-row reduction of a per-value tensor by reshaping each output's sample: on the CPU in numpy (one call
-        per output, 10x faster than index_add_), compiled in the graph."""
-        if self.host:
-            return torch.from_numpy(host_per_row(src.numpy(), self.layouts, how))
+        """Per-row reduction of a per-value tensor by reshaping the one output's sample (compiled, in the graph)."""
         return reduce_one(src, self.layouts[0], how)
 
     def _row_stat(self, key: str) -> torch.Tensor:
@@ -306,11 +276,6 @@ class ActivationBatch:
         return self._once("hist", self._histograms)
 
     def _histograms(self) -> torch.Tensor:
-        if self.host:  # CPU: 10 vectorised passes, 7x faster than a search per value; counted per output
-            b = hist_bin_index(self.values()).nan_to_num_(nan=schema.HIST_BINS).long().numpy()
-            ends = np.cumsum([layout_rows(lay) * layout_values(lay) for lay in self.layouts])
-            counts = [np.bincount(b[e - n:e], minlength=HIST_CELLS) for e, n in zip(ends, np.diff(ends, prepend=0))]
-            return torch.from_numpy(np.stack(counts).astype(np.float32))
         if self.index is None:  # compiled: one output
             flat = hist_bin_index(self.values()).nan_to_num_(nan=schema.HIST_BINS).long()
             counts = torch.zeros(HIST_CELLS, device=self.device)

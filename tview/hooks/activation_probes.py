@@ -59,6 +59,11 @@ class ActivationProbe(Probe):
     def finalize(self, parts: dict[str, np.ndarray]) -> dict:
         raise NotImplementedError
 
+    # Optional, batched probes: finalize every output of a batch at once (the writer's per-layer Python is most of
+    # its time on a CPU step): {column: one value per output (CHANNEL: a list of arrays)}, sample_n and total_n
+    # per output, and optionally "measured" [outputs] bool. Used where each output of the batch is a different layer.
+    finalize_outputs = None
+
 
 class ActMoments(ActivationProbe):
     """Mean, std, min and max of a module's output, over the sample of examples the sentinels read (the
@@ -115,6 +120,12 @@ class ActCounts(ActivationProbe):
         return {"act_zero_frac": np.sum(p["zeros"]) / max(p["n"], 1), "act_nan": float(math.isnan(norm)),
                 "act_inf": float(math.isinf(norm)), "sample_n": p["n"], "total_n": p["of"]}
 
+    def finalize_outputs(self, p, row_start):
+        n, norm = np.asarray(p["n"], dtype=np.float64), np.asarray(p["norm"], dtype=np.float64).reshape(-1)
+        zeros = np.add.reduceat(np.asarray(p["zeros"], dtype=np.float64), row_start[:-1])
+        return {"act_zero_frac": zeros / np.maximum(n, 1), "act_nan": np.isnan(norm).astype(np.float64),
+                "act_inf": np.isinf(norm).astype(np.float64), "sample_n": n, "total_n": np.asarray(p["of"])}
+
 
 class ActChannelZeros(ActivationProbe):
     """Sentinel per output channel (dim 1), every recorded step: the fraction of exact zeros in the sample
@@ -141,6 +152,12 @@ class ActChannelZeros(ActivationProbe):
             return {}  # not measured: no channels, or calls of several widths
         frac = np.asarray(p["zeros"], dtype=np.float64) / p["n"]
         return {"act_channel_zero_frac": frac, "sample_n": p["n"] * len(frac), "total_n": p["of"]}
+
+    def finalize_outputs(self, p, row_start):
+        zeros, n = np.asarray(p["zeros"], dtype=np.float64), np.asarray(p["n"], dtype=np.float64)
+        widths = np.diff(row_start)
+        return {"act_channel_zero_frac": [zeros[a:b] / n[k] for k, (a, b) in enumerate(zip(row_start, row_start[1:]))],
+                "sample_n": n * widths, "total_n": np.asarray(p["of"]), "measured": np.asarray(p["measured"], bool)}
 
 
 class ActChannelStats(ActivationProbe):
@@ -189,6 +206,14 @@ class ActHistogram(ActivationProbe):
 
     def finalize(self, p):
         return {"act": np.asarray(p["counts"])[..., :HIST_BINS], "sample_n": p["n"], "total_n": p["of"]}
+
+
+def outputs_finalizer(probe: ActivationProbe):
+    """The probe's finalize_outputs, or None: absent, or a subclass changed finalize without it."""
+    owner = {name: next((c for c in type(probe).__mro__ if name in c.__dict__), None)
+             for name in ("finalize", "finalize_outputs")}
+    defined = owner["finalize_outputs"] is not None and probe.finalize_outputs is not None
+    return probe.finalize_outputs if defined and issubclass(owner["finalize_outputs"], owner["finalize"]) else None
 
 
 def output_parts(probe: ActivationProbe, parts: dict, row_start: list[int], k: int) -> dict:

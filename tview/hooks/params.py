@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from tview.hooks.origin import origin_offsets
-from tview.hooks.probes import DETAIL, EVERY
+from tview.hooks.probes import DETAIL, EVERY, hist_bins_host
 from tview.store import schema
 
 FORCE_DEVICE_PATH = os.environ.get("TVIEW_FORCE_DEVICE_PATH") == "1"
@@ -42,6 +42,7 @@ HIST_WIDTH = schema.HIST_BINS + 1  # a histogram row per parameter tensor: the b
 COPY_AS_SCRATCH = True  # float32 parameters: the weight copy is the scratch (False: a bounded chunk, as other dtypes)
 CAST_ROWS = 4096  # blocks a device reduction casts at once, at least (1M elements: an 8 MiB float64 image)
 CAST_PIECES = 16  # and at most this many pieces
+HIST_SLICE_BLOCKS = 256  # the CPU's own path bins this many blocks at once (bounded temporaries: 64k values)
 CPU_ROWS = 4096  # blocks a CPU reduction with a dtype cast takes at once: it casts a copy of its input first
 
 
@@ -404,8 +405,8 @@ class ParamContext:
     def copy_sums64(self) -> torch.Tensor:
         """[tensors] float64 sums of the kept weight copy (float64 accumulation: deterministic, the same
         weights give the same bits)."""
-        if self.host and self.copy_dtype in (torch.float32, torch.float16):  # numpy casts in small buffers
-            blocks = np.add.reduce(self.copy.numpy().reshape(-1, BLOCK), axis=1, dtype=np.float64)
+        if self.host and self.copy_dtype in (torch.float32, torch.float16):  # einsum: 2.4x np.add.reduce's speed
+            blocks = np.einsum("ij->i", self.copy.numpy().reshape(-1, BLOCK), dtype=np.float64)
             return torch.from_numpy(self.blocks_to_tensors(blocks))
         rows, blocks = self.copy.view(-1, BLOCK), self._blocks64
         for r0, r1 in self.cast_ranges(0, self.nblocks):  # float64 images of pieces, not of the whole copy
@@ -455,10 +456,26 @@ class ParamContext:
 
     def _histogram_chunk(self, buf: torch.Tensor, b0: int, b1: int, table: torch.Tensor) -> None:
         self.copy_state = "dirty" if self.use_copy else self.copy_state
+        if self.host:
+            self._histogram_chunk_host(buf, b0, b1, table)
+            return
         idx = buf.view(torch.int32)  # the bin index overwrites the value it comes from, element by element
         torch.bucketize(buf, self._boundaries, out_int32=True, out=idx)
         idx.view(-1, BLOCK).add_(self._hist_base[b0:b1, None])
         table.index_add_(0, idx, self._one.expand(idx.numel()))
+
+    def _histogram_chunk_host(self, buf: torch.Tensor, b0: int, b1: int, table: torch.Tensor) -> None:
+        """The CPU's own path: hist_bins_host's vectorised passes (bucketize's search per value took 31 ms for 3C3D's
+        895k parameters) and a bincount, HIST_SLICE_BLOCKS blocks at a time."""
+        base = self.block_param.astype(np.int64) * HIST_WIDTH
+        counts = np.zeros(table.numel())
+        for r0 in range(b0, b1, HIST_SLICE_BLOCKS):
+            r1 = min(r0 + HIST_SLICE_BLOCKS, b1)
+            part = buf[(r0 - b0) * BLOCK:(r1 - b0) * BLOCK]
+            bins = hist_bins_host(part.numpy()).reshape(-1, BLOCK)
+            bins += base[r0:r1, None]
+            counts += np.bincount(bins.reshape(-1), minlength=len(counts))
+        table.add_(torch.from_numpy(counts))
 
     def histogram(self, tensors: list[torch.Tensor | None], table: torch.Tensor | None = None) -> torch.Tensor:
         """[tensors * HIST_WIDTH] float64 counts, the last of each row NaN and padding (dropped by hist_rows), added

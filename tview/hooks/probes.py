@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 
 from tview.store import schema
@@ -34,6 +35,22 @@ def hist_bin_index(values: torch.Tensor) -> torch.Tensor:
     c = v.abs().log10_().sub_(schema.HIST_LO).mul_(schema.HIST_PER_DECADE)
     c = c.clamp_(0, _K - 0.5).floor_().add_(1).mul_(v.sign())  # 10 cheap vectorised passes: on CPU
     return c.add_(_K)  # 7x faster than one torch.bucketize (a binary search per value, not vectorised)
+
+
+def hist_bins_host(values: np.ndarray) -> np.ndarray:
+    """hist_bin_index in numpy on the host (int64; NaN in the spare bin HIST_BINS): the same float32 passes, 6x
+    faster than torch's on the CPU (whose log10 slows down further on the zeros and tiny values of gradients)."""
+    v = np.asarray(values, dtype=np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c = np.log10(np.abs(v))
+        c -= np.float32(schema.HIST_LO)
+        c *= np.float32(schema.HIST_PER_DECADE)
+        np.clip(c, 0, _K - 0.5, out=c)
+        np.floor(c, out=c)
+        c += 1
+        c *= np.sign(v)
+        c += _K
+    return np.nan_to_num(c, copy=False, nan=schema.HIST_BINS).astype(np.int64)
 
 
 def host_shortcuts(t: torch.Tensor) -> bool:

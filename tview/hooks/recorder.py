@@ -23,6 +23,7 @@ from tview.errors import ConfigError, StoreWriteError, TviewError
 from tview.hooks import activation_probes as act
 from tview.hooks import param_probes as par
 from tview.hooks.activation_batch import ActivationBatch, RowIndex, flat_sample
+from tview.hooks.host_batch import HostBatch
 from tview.hooks.layers import (
     channel_dim,
     find_wrapper,
@@ -202,6 +203,9 @@ class Recorder:
         self._examples = 0
         self._pending_act: list[tuple[int, int | None, list]] = []
         self._kept: list[tuple] = []  # (layer index, output, its version, its sample copied or None) this forward
+        self._host_batch: HostBatch | None = None  # the CPU's own path: this forward's outputs' samples so far
+        self._host_buffer: np.ndarray | None = None  # and the buffer they are copied into, reused when small,
+        self._host_used = 1 << 16  # else made at the size the last forward pass used
         self._pending_batches: list[tuple] = []  # (layer indices, channels, row starts, [(probe, partials)])
         self._inplace_victims: set[int] = set()  # layers whose output a later layer modifies in place
         self._forward_order: dict[int, int] = {}  # layer index -> the order its hook first fired in
@@ -354,19 +358,30 @@ class Recorder:
         self._report("activation statistics", exc)
         self._act_by_mode = {mode: () for mode in self._act_by_mode}
         self._act_probes_now = ()
-        self._kept = []
+        self._kept, self._host_batch = [], None
 
     def _keep(self, index: int, output: torch.Tensor, probes: tuple):
-        """Eager: keep the output for the batch where the forward pass ends (no op; a copy of its sample
-        where a later layer modifies it in place); a probe that reads one output at a time runs here."""
+        """Eager: keep the output for the batch where the forward pass ends (no op: a hook runs between layers, where
+        every Python call is slow, the CPU's caches holding the layer's data); where a later layer modifies it in
+        place, its sample is copied now. A probe that reads one output at a time runs here."""
         self._forward_order.setdefault(index, len(self._forward_order))
-        if self._one_at_a_time(index, output, probes):
-            copy = (flat_sample(output, self.preset.act_sample)[0].clone()
-                    if index in self._inplace_victims else None)
-            self._kept.append((index, output.detach(), output._version, copy))
+        if not self._one_at_a_time(index, output, probes):
+            return
+        if index not in self._inplace_victims:
+            self._kept.append((index, output, output._version, None))
+        elif host_shortcuts(output):  # the CPU's own path: into the batch's buffer
+            self._host_batch_now().add(output, index)
+        else:
+            self._kept.append((index, output, output._version, flat_sample(output, self.preset.act_sample)[0].clone()))
+
+    def _host_batch_now(self) -> HostBatch:
+        if self._host_batch is None:
+            buffer = self._host_buffer if self._host_buffer is not None else np.empty(self._host_used, np.float32)
+            self._host_batch = HostBatch(self.preset.act_sample, buffer)
+        return self._host_batch
 
     def _end_forward(self, module, inputs, output):
-        if self._kept and not torch.compiler.is_compiling():
+        if (self._kept or self._host_batch is not None) and not torch.compiler.is_compiling():
             try:
                 self._reduce_kept(output)
             except Exception as exc:
@@ -380,6 +395,7 @@ class Recorder:
         model's output holds one (one pass over every activation costs ~5% of a CPU step): a NaN or an Inf
         in a layer reaches the model's output, but for a -Inf that a ReLU turns into 0."""
         kept, self._kept = self._kept, []
+        host, self._host_batch = self._host_batch, None
         fresh = []
         for entry in kept:
             if entry[1]._version != entry[2] and entry[3] is None:
@@ -387,14 +403,32 @@ class Recorder:
             else:
                 fresh.append(entry)
         probes = [p for p in self._act_probes_now if p.batched]
-        if not fresh or not probes:
+        if not probes or not (fresh or host):
             return
-        batch = ActivationBatch([e[1] for e in fresh], self._row_index, per_channel=self.preset.act_sample,
-                                samples={k: e[3] for k, e in enumerate(fresh) if e[3] is not None},
-                                scan=not _finite_on_host(model_output),
-                                wants={k for p in probes for k in p.batch_stats})
-        self._pending_batches.append(([e[0] for e in fresh], [_channels(e[1]) for e in fresh], batch.row_start,
+        if host is not None or host_shortcuts(fresh[0][1]):
+            indices, batch = self._host_reduced(host, fresh, model_output)
+        else:
+            indices = [e[0] for e in fresh]
+            batch = ActivationBatch([e[1] for e in fresh], self._row_index, per_channel=self.preset.act_sample,
+                                    samples={k: e[3] for k, e in enumerate(fresh) if e[3] is not None},
+                                    scan=not _finite_on_host(model_output),
+                                    wants={k for p in probes for k in p.batch_stats})
+        self._pending_batches.append((indices, [_channels(t) for t in batch.outputs], batch.row_start,
                                       [(p, p.compute_batch(batch)) for p in probes]))
+
+    def _host_reduced(self, batch: HostBatch | None, fresh: list, model_output) -> tuple[list, HostBatch]:
+        """The CPU's own path: the kept outputs' samples join the batch (after those copied in the hooks)."""
+        batch = batch or self._host_batch_now()
+        self._host_batch = None
+        for index, output, _, _ in fresh:
+            batch.add(output, index)
+        batch.close(scan=not _finite_on_host(model_output))
+        # reused by the next forward pass (this batch is reduced now), unless it is big (preset "full": every value);
+        # one grown by doubling is replaced by one of the size this forward pass used
+        keep, self._host_used = batch.used * 4 <= HOST_BUFFER_KEPT, batch.used
+        self._host_buffer = (batch.buffer if 4 * batch.used >= 3 * batch.buffer.size else
+                             np.empty(batch.used, dtype=np.float32)) if keep else None
+        return batch.indices, batch
 
     def _activation_parts(self, index: int, output: torch.Tensor, probes: tuple):
         """Compiled: every probe on this one output, in the graph (inductor fuses the reductions)."""
@@ -443,7 +477,7 @@ class Recorder:
             if self._recording:
                 self._record(now, loss, batch_size, scalars)
         finally:
-            self._pending_act, self._kept, self._pending_batches = [], [], []
+            self._pending_act, self._kept, self._pending_batches, self._host_batch = [], [], [], None
             self._examples = 0
             self.clock.reset()
             if self.local_grads is not None:
@@ -625,22 +659,36 @@ class Recorder:
         rec.scalars.update({k: float(np.asarray(v).reshape(-1)[0]) for k, v in item["device_scalars"].items()})
         for probe, parts in item["param"]:
             self._finalized(probe, rec, self.rows.param_row, parts)
-        calls: dict[act.ActivationProbe, dict[int, list[dict]]] = {}
-        for layer, _, results in item["act"]:
-            for probe, parts in results:
-                calls.setdefault(probe, {}).setdefault(layer, []).append(parts)
-        for layers, _, row_start, results in item["act_batches"]:
-            for probe, parts in results:
-                per_layer = calls.setdefault(probe, {})
-                for k, layer in enumerate(layers):
-                    per_layer.setdefault(layer, []).append(act.output_parts(probe, parts, row_start, k))
-        for probe, per_layer in calls.items():
-            self._finalized(probe, rec, self.rows.activation_row, per_layer)
+        self._activation_rows(item, rec)
         snap = {**item["snapshot"], **item["kept"]}
         as32 = {k: v.astype(np.float32, copy=False) for k, v in snap.items()}  # float32 already: no copy
         rec.filters = {k.split("/", 1)[1]: v for k, v in as32.items() if k.startswith("filters/")}
         rec.feature_maps = {k.split("/", 1)[1]: v for k, v in as32.items() if k.startswith("feature_maps/")}
         return rec
+
+    def _activation_rows(self, item: dict, rec: StepRecord) -> None:
+        """The activation probes' rows: where one batch holds the step's outputs, a probe with finalize_outputs
+        finalizes them all at once (but a layer called several times, merged per layer); otherwise per layer."""
+        calls: dict[act.ActivationProbe, dict[int, list[dict]]] = {}
+        for layer, _, results in item["act"]:
+            for probe, parts in results:
+                calls.setdefault(probe, {}).setdefault(layer, []).append(parts)
+        batches, started = item["act_batches"], {}
+        for layers, _, row_start, results in batches:
+            repeated = _repeated(layers) if len(batches) == 1 and 0 not in np.diff(row_start) else None
+            for probe, parts in results:
+                per_layer = calls.setdefault(probe, {})
+                if repeated is not None and act.outputs_finalizer(probe) is not None:
+                    started[probe] = (layers, row_start, parts, repeated)
+                for k, layer in enumerate(layers):
+                    if probe not in started or repeated[k]:
+                        per_layer.setdefault(layer, []).append(act.output_parts(probe, parts, row_start, k))
+        for probe, per_layer in calls.items():
+            self._finalized(probe, rec, self._probe_row, (per_layer, started.get(probe)))
+
+    def _probe_row(self, probe, per_layer: dict, batch: tuple | None):
+        row = self.rows.batch_row(probe, *batch) if batch is not None else None
+        return self.rows.activation_row(probe, per_layer, row)
 
     @staticmethod
     def _written(item: dict) -> None:
@@ -651,7 +699,7 @@ class Recorder:
     def _finalized(self, probe, rec: StepRecord, make_row, parts):
         """A probe's row in the record; a probe whose finalize fails is said once and leaves no row."""
         try:
-            row = make_row(probe, parts)
+            row = make_row(probe, *parts) if isinstance(parts, tuple) else make_row(probe, parts)
         except Exception as exc:
             self._report(f"{probe.table} ({type(probe).__name__}, finalize)", exc)
             return
@@ -713,6 +761,16 @@ def _finite_on_host(output) -> bool:
     """True for a CPU tensor (outside the device code path) with no NaN or Inf."""
     return (isinstance(output, torch.Tensor) and host_shortcuts(output)
             and bool(torch.isfinite(output.detach()).all()))
+
+
+HOST_BUFFER_KEPT = 4 << 20  # bytes of the CPU path's sample buffer kept from one recorded step to the next (a bigger
+# one is made again at each step: memory held between steps, and glibc serves the same size again without faults)
+
+
+def _repeated(layers: list[int]) -> np.ndarray:
+    """[outputs] True where the output's layer made more than one output (a module called several times)."""
+    ids, counts = np.unique(layers, return_counts=True)
+    return np.isin(layers, ids[counts > 1])
 
 
 def _channels(output: torch.Tensor) -> int | None:

@@ -51,18 +51,47 @@ class RowBuilder:
                 row.values[col.name] = out
         return row
 
-    def activation_row(self, probe: ActivationProbe, calls: dict[int, list[dict]]) -> TableRow | None:
-        """An activation probe's row from its partials per layer index (several calls merged); None
-        when it measured no layer."""
-        n = len(self.layer_names)
-        row = TableRow(np.zeros(n, dtype=bool), {c.name: _empty(c, n) for c in probe.columns})
-        if probe.sampled:
-            row.sample_n, row.total_n = np.zeros(n), np.zeros(n)
+    def activation_row(self, probe: ActivationProbe, calls: dict[int, list[dict]],
+                       row: TableRow | None = None) -> TableRow | None:
+        """An activation probe's row from its partials per layer index (several calls merged), added to `row` (a
+        batch_row's) when given; None when it measured no layer."""
+        row = row if row is not None else self._empty_row(probe)
         for layer, layer_calls in calls.items():
             out = probe.check(probe.finalize(merge_partials(probe, layer_calls)))
             if out:
                 self._put(probe, row, layer, out)
         return row if row.measured.any() else None
+
+    def _empty_row(self, probe: ActivationProbe) -> TableRow:
+        n = len(self.layer_names)
+        row = TableRow(np.zeros(n, dtype=bool), {c.name: _empty(c, n) for c in probe.columns})
+        if probe.sampled:
+            row.sample_n, row.total_n = np.zeros(n), np.zeros(n)
+        return row
+
+    def batch_row(self, probe: ActivationProbe, layers: list[int], row_start: list, parts: dict,
+                  skip: np.ndarray | None = None) -> TableRow:
+        """An activation probe's row from its finalize_outputs over a batch whose outputs are these layers, but for
+        the outputs `skip` marks (a layer called several times: its calls are merged by activation_row)."""
+        out = probe.finalize_outputs(parts, row_start)
+        probe.check({k: v for k, v in out.items() if k != "measured"})
+        row = self._empty_row(probe)
+        ok = np.asarray(out.get("measured", np.ones(len(layers), dtype=bool)), dtype=bool)
+        if skip is not None:
+            ok &= ~skip
+        where = np.asarray(layers, dtype=np.int64)[ok]
+        row.measured[where] = True
+        for col in probe.columns:
+            if col.name not in out:
+                continue
+            if col.kind == schema.CHANNEL:
+                row.values[col.name] = {self.layer_names[layer]: np.asarray(v, dtype=np.float32)
+                                        for layer, v, good in zip(layers, out[col.name], ok) if good}
+            else:
+                row.values[col.name][where] = np.asarray(out[col.name])[ok]
+        if probe.sampled:
+            row.sample_n[where], row.total_n[where] = np.asarray(out["sample_n"])[ok], np.asarray(out["total_n"])[ok]
+        return row
 
     def _put(self, probe: ActivationProbe, row: TableRow, layer: int, out: dict):
         row.measured[layer] = True

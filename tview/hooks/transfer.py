@@ -56,6 +56,13 @@ def _moves(v) -> bool:
     return isinstance(v, torch.Tensor) or (isinstance(v, list) and any(isinstance(t, torch.Tensor) for t in v))
 
 
+def _first(v) -> torch.Tensor | None:
+    """A moved value's tensor (a list's first one that is not None)."""
+    if isinstance(v, torch.Tensor):
+        return v
+    return next((t for t in v if t is not None), None)
+
+
 def _as_tensor(v) -> torch.Tensor:
     """A list of 0-d CPU tensors (None: 0) as one tensor, a tensor as itself (the host path only)."""
     if isinstance(v, torch.Tensor):
@@ -81,13 +88,12 @@ class HostTransfer:
         self.event = None
         self.borrows = False
         self.span = None  # (host copy of the kept span, {key: host view}, the kept dict)
-        tensors = [t for d, k, _ in self.slots for t in (d[k] if isinstance(d[k], list) else [d[k]])
-                   if t is not None]
         base, views = kept if kept is not None and kept[1] else (None, {})
-        tensors += [base] if base is not None else []
-        if not tensors:
+        firsts = [_first(d[k]) for d, k, _ in self.slots] + [base]  # a list's tensors share a device (one per slot)
+        firsts = [t for t in firsts if t is not None]
+        if not firsts:
             return
-        if host_shortcuts(tensors[0]) and all(t.device.type == "cpu" for t in tensors):
+        if host_shortcuts(firsts[0]) and all(t.device.type == "cpu" for t in firsts):
             for d, k, own in self.slots:  # nothing to move: numpy copies now (the tensors may change later)
                 d[k] = cpu_to_numpy(_as_tensor(d[k]), own)
             self.slots = []
@@ -101,7 +107,7 @@ class HostTransfer:
                 self.groups[own] = self._copy(part, torch.float32 if own else torch.float64)
         if base is not None:
             self.span = (*self._copy_span(base, views), views)
-        if tensors[0].device.type == "cuda":
+        if firsts[0].device.type == "cuda":
             self.event = torch.cuda.Event()
             self.event.record()
 

@@ -6,6 +6,7 @@ Only numpy and tview.store: it runs inside ParaView's own Python (numpy 1.24, h5
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,6 +58,7 @@ def network(run: Run, rank: int, step: float | None, layers: list[str] | None = 
     names = [info["name"] for info in infos]
     offsets, sizes = dict(zip(names, np.cumsum([0] + counts))), dict(zip(names, counts))
     layer_rows = run.layer_rows_at([name for name in wanted if name in layer_arrays], step, rank)
+    of_point = np.repeat([run.layer_index(name) for name in names], counts)  # each point's layer, in run.layers
     for name in wanted:
         values = np.full(n, np.nan)
         if name in channel_arrays:  # the latest measured row at or before the step, per layer
@@ -66,14 +68,24 @@ def network(run: Run, rank: int, step: float | None, layers: list[str] | None = 
                     values[offsets[layer]:offsets[layer] + c] = row
         elif name in layer_arrays:  # the latest measured row of [layers] at or before the step
             _, row = layer_rows[name]
-            row = np.ma.filled(np.ma.asarray(row, dtype=np.float64), np.nan)
-            for layer, c in sizes.items():
-                values[offsets[layer]:offsets[layer] + c] = row[run.layer_index(layer)]
+            values[:] = np.where(np.ma.getmaskarray(row), np.nan, np.ma.getdata(row))[of_point]
         out[name] = values
-    positions = network_positions(counts)
+    positions = _positions(tuple(counts))
     labels = [(f"{name} ({c})", _front_left(positions[offsets[name]:offsets[name] + c]))
               for name, c in zip(names, counts)]
     return Points(positions, out, labels=labels)
+
+
+@functools.lru_cache(maxsize=16)
+def _slabs(counts: tuple[int, ...]) -> np.ndarray:
+    positions = network_positions(list(counts))
+    positions.flags.writeable = False
+    return positions
+
+
+def _positions(counts: tuple[int, ...]) -> np.ndarray:
+    """network_positions(counts), computed once for every rank's network of the same layers (a copy each)."""
+    return _slabs(counts).copy()
 
 
 def _front_left(slab: np.ndarray) -> tuple[float, float, float]:

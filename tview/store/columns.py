@@ -103,6 +103,7 @@ class ColumnWriter:
         self.row_shape = tuple(dset.shape[1:])
         self.dtype = dset.dtype
         self.fill = dset.fillvalue
+        self._memory_spaces: dict[int, h5py.h5s.SpaceID] = {}  # per row count written at once: made once
 
     def write(self, n0: int, block: np.ndarray):
         """Grow to n0 + len(block) rows and write block there (HDF5's low-level calls: no h5py checks)."""
@@ -111,7 +112,11 @@ class ColumnWriter:
         space = self.dset.id.get_space()
         space.select_hyperslab((n0,) + (0,) * len(self.row_shape), (k,) + self.row_shape)
         block = np.ascontiguousarray(block, dtype=self.dtype)
-        self.dset.id.write(h5py.h5s.create_simple(block.shape), space, block)
+        memory = self._memory_spaces.get(k)
+        if memory is None:
+            memory = self._memory_spaces.setdefault(k, h5py.h5s.create_simple(block.shape)) if k <= 64 else \
+                h5py.h5s.create_simple(block.shape)
+        self.dset.id.write(memory, space, block)
 
     def block(self, values: list) -> np.ndarray:
         """Rows stacked; a missing row (None) or one of another shape holds the fill value. One row of the

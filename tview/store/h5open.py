@@ -66,10 +66,17 @@ def superblock_eof_address(head: bytes) -> int | None:
     return int.from_bytes(head[start:start + size], "little")
 
 
-def check_shard_file(path: str, settle: float = 0.5) -> None:
+def writer_closed(head: bytes) -> bool:
+    """Whether no HDF5 writer held the file open when its superblock (version 2/3) was read: HDF5 sets the
+    superblock's consistency flags while a writer has it open and clears them when it closes it. False when
+    unknown (older superblocks), or when a writer was killed (it never cleared them)."""
+    return head[:8] == _SIGNATURE and len(head) >= 12 and head[8] in (2, 3) and head[11] == 0
+
+
+def check_shard_file(path: str, settle: float = 0.5) -> bool:
     """Raise CorruptShardError unless `path` is a regular, non-empty HDF5 file no shorter than its
-    superblock says. A live writer may have allocated space it has not written yet, so a short
-    file gets one more look after `settle` seconds."""
+    superblock says; return writer_closed() of it. A live writer may have allocated space it has not
+    written yet, so a short file gets one more look after `settle` seconds."""
     for attempt in range(2):
         try:
             st = os.stat(path)
@@ -84,7 +91,7 @@ def check_shard_file(path: str, settle: float = 0.5) -> None:
                                     f"{'empty' if not head else 'damaged or another kind of file'})")
         eoa = superblock_eof_address(head)
         if eoa is None or st.st_size >= eoa:
-            return
+            return writer_closed(head)
         if attempt == 0:
             time.sleep(settle)
     raise CorruptShardError(f"{path}: truncated: {st.st_size} bytes on disk, its superblock says {eoa}")

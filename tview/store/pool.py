@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import os
 import re
 import time
@@ -68,7 +69,7 @@ class ShardPool:
         self.problems: dict[int, str] = {}
         self.files: dict[int, str] = {}  # ranks whose shard looks sound, opened or not
         self._open_shards: OrderedDict[int, ShardReader] = OrderedDict()  # least recently used first
-        self._checked: dict[int, tuple] = {}  # rank -> its file's identity when check_shard_file passed it
+        self._checked: dict[int, tuple] = {}  # rank -> (identity, writer closed) when check_shard_file passed it
         self.first: ShardReader | None = None
         self.scan()
 
@@ -105,8 +106,8 @@ class ShardPool:
             with contextlib.suppress(OSError):  # gone: check_shard_file says so
                 checked = identity(p)
             try:
-                check_shard_file(p)
-                self._checked[rank] = checked  # the reader that opens it need not check it again, if unchanged
+                # the reader that opens it need not check it again, if unchanged
+                self._checked[rank] = checked, check_shard_file(p)
                 self.files[rank] = p
                 self.problems.pop(rank, None)
             except TviewError as exc:
@@ -138,10 +139,10 @@ class ShardPool:
 
     def _close_least_used(self):
         """Keep at most OPEN_SHARDS shards open (the reference shard stays): memory bounded whatever the ranks."""
-        for rank in list(self._open_shards):
-            if len(self._open_shards) <= OPEN_SHARDS:
-                return
-            if self._open_shards[rank] is not self.first:
+        excess = len(self._open_shards) - OPEN_SHARDS
+        if excess > 0:  # the least used, among which the reference shard may be once
+            least = itertools.islice(self._open_shards.items(), excess + 1)
+            for rank in [r for r, shard in least if shard is not self.first][:excess]:
                 self._open_shards.pop(rank).close()
 
     def _check_layers(self, shard: ShardReader):

@@ -17,12 +17,14 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Callable
 
 import numpy as np
 
-from tview.store import schema
+from tview.store import schema, summary_text
+from tview.store.summary_text import series_lengths
 
 SUMMARY_VERSION = 1
 SUFFIX = ".summary.json"
@@ -149,8 +151,9 @@ def write_summary(shard_path: str, summary: dict) -> None:
     with the shard's size and modification time as they are now (call it after the shard's last write)."""
     path = summary_path(shard_path)
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump({**summary, "shard_stamp": shard_stamp(shard_path)}, f, separators=(",", ":"))
+    text = json.dumps({**summary, "shard_stamp": shard_stamp(shard_path)}, separators=(",", ":"))  # C encoder
+    with open(tmp, "w") as f:  # (json.dump to a file runs the pure-Python one: 5x the time)
+        f.write(text)
     os.replace(tmp, path)
 
 
@@ -158,10 +161,10 @@ def _valid(summary, rank: int) -> bool:
     if not isinstance(summary, dict) or summary.get("tview_summary_version") != SUMMARY_VERSION:
         return False
     trend = summary.get("trend")
-    if summary.get("rank") != rank or not isinstance(trend, dict) or not isinstance(trend.get("step"), list):
+    if summary.get("rank") != rank or not isinstance(trend, Mapping) or "step" not in trend:
         return False
-    n = len(trend["step"])
-    return all(isinstance(v, list) and len(v) == n for k, v in trend.items() if k != "stride")
+    lengths = series_lengths(trend)
+    return lengths["step"] is not None and all(n == lengths["step"] for k, n in lengths.items() if k != "stride")
 
 
 def read_summary(shard_path: str, rank: int) -> dict | None:
@@ -173,7 +176,7 @@ def read_summary(shard_path: str, rank: int) -> dict | None:
             text = f.read(4 * 2**20 + 1)
         if len(text) > 4 * 2**20:
             return None
-        summary = json.loads(text)
+        summary = summary_text.loads(text.decode())
         if not _valid(summary, rank) or summary.get("shard_stamp") != shard_stamp(shard_path):
             return None
     except (OSError, ValueError, RecursionError):

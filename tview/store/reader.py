@@ -236,17 +236,19 @@ class Run:
         `step` (None: the last), for `layers` (default all) that have one: the table's step column and measured
         flags read once, then one row per layer (never a whole column)."""
         shard, table, _ = self._column(name, rank, (schema.CHANNEL,))
-        held = shard.members(table, name)
         steps, measured = shard.head(table, step)
         out = {}
         for i in range(len(self.layers)) if layers is None else [self.layer_index(x) for x in layers]:
             rows = np.flatnonzero(measured[:, i])
-            if self.layers[i] not in held:
-                if len(rows):  # measured, yet its dataset is gone
-                    raise CorruptShardError(f"{shard.path}: {table}/{name}/{self.layers[i]} is missing though the "
-                                            f"table measured layer {self.layers[i]!r} (damaged or edited shard)")
+            if not len(rows):  # no row of it (a layer without channels has no dataset either)
                 continue
-            found = shard.last_of_rows(table, f"{name}/{self.layers[i]}", rows)
+            try:
+                found = shard.last_of_rows(table, f"{name}/{self.layers[i]}", rows)
+            except CorruptShardError:
+                if shard.has(table, f"{name}/{self.layers[i]}"):
+                    raise
+                raise CorruptShardError(f"{shard.path}: {table}/{name}/{self.layers[i]} is missing though the "
+                                        f"table measured layer {self.layers[i]!r} (damaged or edited shard)") from None
             if found is not None:
                 out[self.layers[i]] = (int(steps[found[0]]), found[1])
         return out

@@ -16,17 +16,28 @@ from tview.store import schema
 
 
 @dataclass(frozen=True)
+class Layout:
+    """What a shard's layers and table declarations make of it, made once for every shard that holds the same
+    texts (all ranks of a run do): the layers, the tables, each column's table, each fixed dataset's row shape."""
+
+    layer_info: list
+    tables: dict
+    layers: list  # names
+    columns: dict  # column name -> (table, schema.Column)
+    shapes: dict  # dataset path -> the row shape its declaration fixes
+
+
+@dataclass(frozen=True)
 class Header:
     """What a shard's root attributes say (fixed for a file's life: written before its writer switched to SWMR)."""
 
     version: int
     rank: int
-    layer_info: list
-    tables: dict
+    layout: Layout
     world_size: int
 
 
-_HEADERS: OrderedDict[tuple, Header] = OrderedDict()  # a file's identity() -> its header, most recent last
+_HEADERS: OrderedDict[tuple, tuple[Header, bool]] = OrderedDict()  # identity() -> (header, writer closed)
 HEADERS_KEPT = 4096  # headers of shards opened before, for reopening them without their attributes read again
 
 
@@ -36,13 +47,14 @@ def identity(path: str) -> tuple:
     return path, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns  # ctime: a content change with mtime set back
 
 
-def known_header(key: tuple) -> Header | None:
-    """The header of a file opened before with this identity (None: never, or changed since)."""
+def known_header(key: tuple) -> tuple[Header, bool] | None:
+    """(header, whether no writer held it open then) of a file opened before with this identity (None: never, or
+    changed since)."""
     return _HEADERS.get(key)
 
 
-def remember_header(key: tuple, header: Header) -> None:
-    _HEADERS[key] = header
+def remember_header(key: tuple, header: Header, writer_closed: bool) -> None:
+    _HEADERS[key] = header, writer_closed
     _HEADERS.move_to_end(key)
     while len(_HEADERS) > HEADERS_KEPT:
         _HEADERS.popitem(last=False)
@@ -57,15 +69,21 @@ def _text(value) -> str:
     return value if isinstance(value, str) else bytes(value).decode()
 
 
+def _named_layers(layers) -> bool:
+    return isinstance(layers, list) and all(isinstance(x, dict) and isinstance(x.get("name"), str) for x in layers)
+
+
 @functools.lru_cache(maxsize=64)
-def _parsed(text: str):
-    """JSON parsed once for every shard that holds the same text (all ranks of a run do)."""
-    return json.loads(text)
+def _parsed_layers(text: str) -> list[dict] | None:
+    """The layers a shard's layers_json lists (None: not a list of layers with names), parsed once for every
+    shard that holds the same text."""
+    layers = json.loads(text)
+    return layers if _named_layers(layers) else None
 
 
 def _layers_of(path: str, text) -> list[dict]:
-    layers = _parsed(_text(text))
-    if not isinstance(layers, list) or not all(isinstance(x, dict) and isinstance(x.get("name"), str) for x in layers):
+    layers = _parsed_layers(_text(text))
+    if layers is None:
         raise CorruptShardError(f"{path}: {schema.LAYERS_ATTR} is not a list of layers with names")
     return layers
 
@@ -88,12 +106,12 @@ def _tables_of(shard, text) -> dict[str, schema.TableSpec]:
     return specs
 
 
-def expected_shapes(shard) -> dict[str, tuple]:
+def expected_shapes(n_layers: int, tables: dict[str, schema.TableSpec]) -> dict[str, tuple]:
     """Row shape of each dataset whose shape the declarations fix, by path in the file."""
-    L = len(shard.layers)
+    L = n_layers
     need = {f"{schema.TABLE_SCALARS}/{schema.VALUES}": (schema.MAX_SCALARS,),
             f"{schema.TABLE_SCALARS}/{schema.MEASURED}": (schema.MAX_SCALARS,)}
-    for name, spec in shard.tables.items():
+    for name, spec in tables.items():
         base = schema.table_path(name)
         need.update({f"{base}/{schema.STEP}": (), f"{base}/{schema.MEASURED}": (L,)})
         if spec.sampled:
@@ -104,6 +122,24 @@ def expected_shapes(shard) -> dict[str, tuple]:
     return need
 
 
+def layout(layer_info: list, tables: dict) -> Layout:
+    """What a shard with these layers and tables holds where."""
+    return Layout(layer_info, tables, [x["name"] for x in layer_info],
+                  {c.name: (t, c) for t, spec in tables.items() for c in spec.columns},
+                  expected_shapes(len(layer_info), tables))
+
+
+@functools.lru_cache(maxsize=64)
+def _layout_of(layers_text: str, tables_text: str) -> Layout:
+    """The layout of every shard with these (checked) texts."""
+    return layout(_parsed_layers(layers_text), _table_specs(tables_text))
+
+
+@functools.lru_cache(maxsize=8)
+def _memory_type(dtype: np.dtype) -> h5py.h5t.TypeID:
+    return h5py.h5t.py_create(dtype)  # as h5py makes it for each read (a text's: Python str objects)
+
+
 class _Attributes:
     """A file's root attributes read with HDF5's low-level calls (a third of h5py's cost per attribute);
     strings come back as bytes."""
@@ -111,31 +147,22 @@ class _Attributes:
     def __init__(self, fid: h5py.h5f.FileID):
         self.fid = fid
 
-    def __contains__(self, name: str) -> bool:
-        return h5py.h5a.exists(self.fid, name.encode())
-
-    def __getitem__(self, name: str):
-        return self.read(name)
-
-    def read(self, name: str, dtype=None):
-        """The attribute's value, read as `dtype` (None: its own; a known one saves asking HDF5 for the type, a
-        third of the cost; a stored value that does not convert fails). Its shape is always the stored one: h5py
-        writes a whole attribute into the array given, whatever that array's size."""
+    def read(self, name: str, dtype: np.dtype):
+        """A single-valued attribute's value read as `dtype` (a value of another shape fails: TypeError). Text
+        stored as fixed-length bytes does not convert to variable-length text: it is then read as stored."""
         try:
             attr = h5py.h5a.open(self.fid, name.encode())
         except KeyError:
             raise KeyError(f"no attribute {name!r}") from None
-        out = np.empty(attr.shape, attr.dtype if dtype is None else dtype)
+        out = np.empty((), dtype)
         try:
-            attr.read(out)
-        except OSError:  # no conversion to dtype (text stored as fixed-length bytes): read as stored
-            if dtype is None:
-                raise
-            out = np.empty(attr.shape, attr.dtype)
+            attr.read(out, _memory_type(out.dtype))
+        except OSError:
+            out = np.empty((), attr.dtype)
             attr.read(out)
         return out[()]
 
-    def get(self, name: str, default=None, dtype=None):
+    def get(self, name: str, dtype: np.dtype, default=None):
         try:
             return self.read(name, dtype)
         except KeyError:
@@ -158,8 +185,11 @@ def read_header(shard) -> Header:
                                  f"tview reads ({schema.SCHEMA_VERSION}); upgrade tview")
     if version < schema.SCHEMA_VERSION:
         raise SchemaVersionError(_v1_message(shard.path))
-    return Header(version, int(attrs.read(schema.RANK_ATTR, np.int64)),
-                  _layers_of(shard.path, attrs.read(schema.LAYERS_ATTR, _TEXT)),
-                  _tables_of(shard, attrs.get(schema.TABLES_ATTR, dtype=_TEXT)),
-                  int(attrs.read(schema.WORLD_SIZE_ATTR, np.int64)))
+    rank = int(attrs.read(schema.RANK_ATTR, np.int64))
+    layers_text = attrs.read(schema.LAYERS_ATTR, _TEXT)
+    layers, tables_text = _layers_of(shard.path, layers_text), attrs.get(schema.TABLES_ATTR, _TEXT)
+    tables = _tables_of(shard, tables_text)
+    # made once for all shards with the same texts
+    lay = layout(layers, tables) if tables_text is None else _layout_of(_text(layers_text), _text(tables_text))
+    return Header(version, rank, lay, int(attrs.read(schema.WORLD_SIZE_ATTR, np.int64)))
 

@@ -13,9 +13,9 @@ import numpy as np
 
 from tview.errors import CorruptShardError, TviewError
 from tview.store import schema, settled
-from tview.store.h5open import open_shard_id
+from tview.store.h5open import check_shard_file, open_shard_id
 from tview.store.lock import serialized
-from tview.store.shard_header import Header, expected_shapes, identity, known_header, read_header, remember_header
+from tview.store.shard_header import Header, identity, known_header, read_header, remember_header
 
 _OPEN_FAILURES = (KeyError, OSError, ValueError, TypeError, RuntimeError, AttributeError, RecursionError)
 _READ_FAILURES = (OSError, ValueError, RuntimeError)
@@ -29,10 +29,9 @@ def strided(n: int, max_points: int | None) -> slice:
     return slice(0, n, stride)
 
 
-def _hyperslab(did: h5py.h5d.DatasetID, rows: range, layer: int | None) -> tuple[tuple, tuple, tuple]:
-    """(start, count, stride) selecting `rows` (a stepped range) of a dataset, all of each row or its entry
-    `layer` along axis 1."""
-    shape = did.shape
+def _hyperslab(shape: tuple, rows: range, layer: int | None) -> tuple[tuple, tuple, tuple]:
+    """(start, count, stride) selecting `rows` (a stepped range) of a dataset of that shape, all of each row or its
+    entry `layer` along axis 1."""
     count = (len(rows),) + shape[1:]
     start = (rows.start,) + (0,) * (len(shape) - 1)
     if layer is not None:
@@ -46,7 +45,7 @@ def _read_only(arrays: tuple) -> tuple:
     return arrays
 
 
-SETTLE_AFTER = 3  # datasets opened before a shard is checked for whether its writer closed it
+WHOLE_BYTES = 2**20  # a column up to this size is read whole for one layer of it (its chunks hold every layer)
 KEEP_ROWS = 4096  # a table's steps and measured flags are kept (one table per shard) up to this many rows
 
 
@@ -54,12 +53,14 @@ class ShardReader:
     """One rank's shard, opened read-only in SWMR mode; `rank`: the rank its file name says."""
 
     def __init__(self, path: str, rank: int | None = None, checked: tuple | None = None):
-        """checked: the identity (shard_header.identity) the file had when check_shard_file passed it, if known."""
+        """checked: (identity, writer_closed) of the file when check_shard_file passed it, if known."""
         self.path = path
         self._key = key = identity(path)
-        header = known_header(key)
-        # its file checked when first opened, or by the caller, and unchanged since
-        self.fid = open_shard_id(path, checked=header is not None or key == checked)
+        known = known_header(key)  # its file checked when first opened, and unchanged since
+        header, closed = known if known else (None, checked[1] if checked and checked[0] == key else None)
+        if known is None and closed is None:
+            closed = check_shard_file(path)
+        self.fid = open_shard_id(path, checked=True)
         self._file: h5py.File | None = None
         try:
             self._take_header(header or read_header(self), rank)
@@ -69,7 +70,11 @@ class ShardReader:
         except _OPEN_FAILURES as exc:
             self.close()
             raise CorruptShardError(f"{path}: damaged tview shard: {type(exc).__name__}: {exc}") from None
-        remember_header(key, self._header)
+        remember_header(key, self._header, closed)
+        # HDF5 shares one file's metadata between its opens in a process: one made while a writer had it open
+        # may hold what that writer changed since, so refresh when another is open
+        alone = h5py.h5f.get_obj_count(self.fid, h5py.h5f.OBJ_FILE) == 1
+        self._settled = key[2:4] if closed and alone else False
 
     @property
     def file(self) -> h5py.File:
@@ -84,36 +89,20 @@ class ShardReader:
                                     f"(a copied or renamed shard?)")
         self._header = header
         self.version, self.rank, self.world_size = header.version, header.rank, header.world_size
-        self.layer_info, self.tables = header.layer_info, header.tables
-        self.layers = [layer["name"] for layer in self.layer_info]
-        self.columns = {c.name: (t, c) for t, spec in self.tables.items() for c in spec.columns}
-        self._shapes, self._checked = expected_shapes(self), set()
-        self._settled, self._opened = None, 0
-        if settled.known(self._key, schema.CLOSED):  # closed when opened before, and unchanged since
-            self._settled = self._key[2:4]
+        lay = header.layout  # shared by every shard of the run: never changed here
+        self.layer_info, self.tables, self.layers, self.columns = lay.layer_info, lay.tables, lay.layers, lay.columns
+        self._shapes, self._checked = lay.shapes, set()
+        self._settled = False
 
     def _file_stamp(self) -> tuple[int, int]:
         st = os.stat(self.path)
         return st.st_size, st.st_mtime_ns
 
-    def _needs_refresh(self) -> bool:
-        """Whether a dataset opened now may hold rows its first read of metadata missed: always, unless the
-        writer had closed the shard when it was opened here and the file has not changed since (a refresh is
-        half the cost of opening a dataset, and a read across 1024 ranks opens tens of thousands). Checked
-        once SETTLE_AFTER datasets were opened: a shard read for one series is not worth the check."""
-        if self._settled is None:
-            self._opened += 1
-            if self._opened < SETTLE_AFTER:
-                return True
-            self._settled = False  # while the check itself opens status/closed
-            self._settled = self._file_stamp() if self._closed() else False
-            if self._settled == self._key[2:4]:
-                settled.keep(self._key, schema.CLOSED, True)
-        return self._settled is False or self._file_stamp() != self._settled
-
     def _settled_now(self) -> bool:
-        """Whether the writer had closed this shard when it was opened here, and the file is unchanged since."""
-        return bool(self._settled) and self._settled == self._key[2:4] and self._file_stamp() == self._settled
+        """Whether no writer held this shard open when it was opened here, and its file is unchanged since: its
+        datasets need no refresh (a refresh reloads a dataset's metadata, half the cost of opening it; a read
+        across 1024 ranks opens thousands), and what it holds can be kept (tview.store.settled)."""
+        return bool(self._settled) and self._file_stamp() == self._settled
 
     def _kept(self, fact, read, settled_now: bool = False):
         """read(), kept per file identity when the writer had closed this shard and it is unchanged since
@@ -144,7 +133,9 @@ class ShardReader:
         except KeyError:
             return False
 
-    def _dataset_id(self, table: str, column: str) -> h5py.h5d.DatasetID:
+    def _dataset_id(self, table: str, column: str, settled_now: bool | None = None) -> h5py.h5d.DatasetID:
+        """The dataset opened low-level, refreshed unless the shard is settled (settled_now: the caller has just
+        checked whether it is)."""
         group = self.table_path(table)
         path = f"{group}/{column}"
         try:
@@ -152,7 +143,7 @@ class ShardReader:
             # one file in a process (an open run and `tview info`) holding the same dataset open made
             # HDF5's shared metadata cache fail on refresh ("can't insert duplicate key")
             did = h5py.h5d.open(self.fid, path.encode())
-            if self._needs_refresh():
+            if not (self._settled_now() if settled_now is None else settled_now):
                 did.refresh()
         except (KeyError, FileNotFoundError):
             raise CorruptShardError(f"{self.path}: no {group}/{column} in this shard (damaged or edited?)") from None
@@ -169,13 +160,17 @@ class ShardReader:
     def _rows(self, did: h5py.h5d.DatasetID, table: str, column: str, rows: range, layer: int | None = None):
         """Rows (a stepped range) of a dataset, all of each row or its entry `layer` along axis 1, read with
         HDF5's low-level calls (a hyperslab: only the chunks that hold those rows are read)."""
-        start, count, stride = _hyperslab(did, rows, layer)
+        space = did.get_space()
+        shape = space.shape
+        start, count, stride = _hyperslab(shape, rows, layer)
         out = np.empty(count, did.dtype)
+        whole = rows.start == 0 and rows.step == 1 and len(rows) == shape[0] > 0
+        if whole and layer is not None and out.nbytes * shape[1] <= WHOLE_BYTES:  # one layer of a small column
+            return self._rows(did, table, column, rows)[:, layer]  # read whole: HDF5's selection costs more
         try:
-            if layer is None and rows.start == 0 and rows.step == 1 and len(rows) == did.shape[0] > 0:  # all of it
+            if whole and layer is None:  # all of it
                 did.read(h5py.h5s.ALL, h5py.h5s.ALL, out)
             elif len(rows):
-                space = did.get_space()
                 space.select_hyperslab(start, count, stride)
                 did.read(h5py.h5s.create_simple(count), space, out)
         except _READ_FAILURES as exc:
@@ -223,8 +218,9 @@ class ShardReader:
         if kept:
             return self._kept(("measured", table, column, layer, max_points, index),
                               lambda: _read_only(self.measured(table, column, layer, max_points, index)))
-        dset = self._dataset_id(table, column)
-        rows, steps, measured = self._head_of(table, dset.shape[0], max_points)
+        now = self._settled_now()
+        dset = self._dataset_id(table, column, now)
+        rows, steps, measured = self._head_of(table, dset.shape[0], max_points, now)
         values = self._rows(dset, table, column, rows, index[0] if index else None)
         keep = measured[:, layer]
         return steps[keep], values[keep]
@@ -245,23 +241,29 @@ class ShardReader:
             out.append((steps[keep], self._rows(did, table, column, rows)[keep]))
         return out
 
-    def _head_of(self, table: str, held: int, max_points: int | None) -> tuple[range, np.ndarray, np.ndarray]:
+    def _head_of(self, table: str, held: int, max_points: int | None, settled_now: bool | None = None
+                 ) -> tuple[range, np.ndarray, np.ndarray]:
         """(rows, steps, measured [rows, layers]) of the rows (at most max_points, strided) that the table's step
         column, its measured flags and a column of `held` rows all hold. Of a shard its writer had closed (its rows
         never change) the steps and flags are kept (tview.store.settled; the flags as bits, an eighth of the
         bytes), small tables only, and their datasets not even opened again: a read of every layer's column of a
         table (diagnosis: each layer's per-channel values) reads its steps and flags once."""
-        if self._settled_now():
-            n = min(held, self._kept(("rows", table), lambda: min(d.shape[0] for d in self._head_ids(table)), True))
+        if self._settled_now() if settled_now is None else settled_now:
+            ids = []  # opened when the table's rows are not kept yet: then its steps and flags are not either
+
+            def held_rows():
+                ids.extend(self._head_ids(table, True))
+                return min(d.shape[0] for d in ids)
+            n = min(held, self._kept(("rows", table), held_rows, True))
             rows = range(*strided(n, max_points).indices(n))
-            return (rows, *self._steps_and_mask(table, rows, settled_now=True))
-        step, mask = self._head_ids(table)
+            return (rows, *self._steps_and_mask(table, rows, *ids, settled_now=True))
+        step, mask = self._head_ids(table, False)
         n = min(held, step.shape[0], mask.shape[0])
         rows = range(*strided(n, max_points).indices(n))
         return (rows, *self._steps_and_mask(table, rows, step, mask))
 
-    def _head_ids(self, table: str) -> tuple:
-        return self._dataset_id(table, schema.STEP), self._dataset_id(table, schema.MEASURED)
+    def _head_ids(self, table: str, settled_now: bool | None = None) -> tuple:
+        return self._dataset_id(table, schema.STEP, settled_now), self._dataset_id(table, schema.MEASURED, settled_now)
 
     def _steps_and_mask(self, table: str, rows: range, *ids, settled_now: bool = False) -> tuple:
         """(steps (read-only), measured [rows, layers]) of those rows of a table (`ids`: its step and measured
@@ -390,5 +392,5 @@ class ShardReader:
         if self._file is not None:
             self._file.close()  # h5py closes what it opened in the file too
             self._file = None
-        elif self.fid.valid:
-            self.fid.close()  # every dataset read through the id is closed already
+        elif self.fid.valid:  # every dataset read through the id is closed already; FileID.close would also
+            self.fid._close()  # look at every object h5py holds (6x the cost of closing the file)

@@ -57,12 +57,16 @@ def scalar(run, name: str, rank: int, max_points: int | None):
 
 def mean_scalar(run, name: str, max_points: int | None, ranks=None):
     """(steps, mean over the ranks that have the step) of a scalar over the first MAX_RANKS ranks, or None."""
+    got = [scalar(run, name, r, max_points) for r in (run.ranks if ranks is None else ranks)[:MAX_RANKS]]
+    got = [(np.asarray(s), np.asarray(v, dtype=np.float64)) for s, v in (x for x in got if x is not None)]
+    if got and all(np.array_equal(s, got[0][0]) for s, _ in got):  # every rank on the same steps: one array
+        if not len(got[0][0]):
+            return None
+        by_step = np.ascontiguousarray(np.stack([v for _, v in got]).T)  # each step's row summed as np.mean sums
+        return got[0][0].astype(np.int64), by_step.mean(axis=1)  # a list: the same bits
     sums: dict[int, list[float]] = {}
-    for r in (run.ranks if ranks is None else ranks)[:MAX_RANKS]:
-        got = scalar(run, name, r, max_points)
-        if got is None:
-            continue
-        for s, v in zip(np.asarray(got[0]).tolist(), np.asarray(got[1], dtype=np.float64).tolist()):
+    for steps, values in got:
+        for s, v in zip(steps.tolist(), values.tolist()):
             sums.setdefault(s, []).append(v)
     if not sums:
         return None
