@@ -98,12 +98,9 @@ def _tables_of(shard, text) -> dict[str, schema.TableSpec]:
     if text is None:
         return {name: schema.TableSpec.from_json(g.attrs[schema.SPEC_ATTR])
                 for name, g in shard.file[schema.PROBES].items()}
-    specs = _table_specs(_text(text))
-    held = h5py.h5g.open(shard.fid, schema.PROBES.encode()).get_num_objs()  # a missing one fails when read
-    if held != len(specs):
-        raise CorruptShardError(f"{shard.path}: {schema.TABLES_ATTR} declares {sorted(specs)}, the file holds "
-                                f"{sorted(shard.file[schema.PROBES])}")
-    return specs
+    # A declared table the file lacks is named when it is read (ShardReader._dataset_id): not looked for here, where
+    # opening the probes group cost 4-5% of a first read across 1024 shards.
+    return _table_specs(_text(text))
 
 
 def expected_shapes(n_layers: int, tables: dict[str, schema.TableSpec]) -> dict[str, tuple]:
