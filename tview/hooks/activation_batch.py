@@ -31,8 +31,9 @@ HIST_CELLS = schema.HIST_BINS + 1  # per output: the bins, then where NaN goes (
 HOW = {"sums": "sum", "sumsq": "sum", "zeros": "sum", "amax": "amax", "amin": "amin"}
 
 
-def sample_examples(t: torch.Tensor, per_channel: int | None = PER_CHANNEL) -> int:
-    """How many examples from the batch's start the sample takes of an output [N, C, ...] (all: None)."""
+def sample_examples(t: torch.Tensor | np.ndarray, per_channel: int | None = PER_CHANNEL) -> int:
+    """How many examples from the batch's start the sample takes of an output [N, C, ...] (all: None); a tensor or
+    its numpy array."""
     if per_channel is None:
         return t.shape[0]
     per_example = math.prod(t.shape[2:])

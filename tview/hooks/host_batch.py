@@ -31,15 +31,13 @@ _PLANS: dict[tuple, tuple] = {}  # (shape, strides, per_channel) -> how the samp
 _PLAN_LIMIT = 4096
 
 
-def _plan(shape: tuple, nhwc: bool, per_channel: int | None) -> tuple:
-    """(kind, examples, channels, values per example, thinning step, layout) of the sample of an output of this
-    numpy shape and strides: the values flat_sample takes (whole examples from the start, every k-th position of
-    one example that holds more than enough)."""
-    if len(shape) < 2:
-        n = math.prod(shape)
-        return "flat", 1, 1, n, 1, ("flat", n)
-    c, n = shape[1], math.prod(shape[2:])
-    e = shape[0] if per_channel is None else min(shape[0], max(1, math.ceil(per_channel / max(n, 1))))
+def _plan(a: np.ndarray, nhwc: bool, per_channel: int | None) -> tuple:
+    """(kind, examples, channels, values per example, thinning step, layout) of the sample of output `a`: the values
+    flat_sample takes (whole examples from the start, every k-th position of one example that holds more than
+    enough)."""
+    if a.ndim < 2:
+        return "flat", 1, 1, a.size, 1, ("flat", a.size)
+    c, n, e = a.shape[1], math.prod(a.shape[2:]), sample_examples(a, per_channel)
     step = n // per_channel if e == 1 and per_channel and n > per_channel else 1
     kept = len(range(0, n, step))
     return ("nhwc" if nhwc else "nchw"), e, c, n, step, ("nhwc" if nhwc else "nchw", e, c, kept)
@@ -52,7 +50,7 @@ def sample_plan(a: np.ndarray, per_channel: int | None) -> tuple:
         if len(_PLANS) >= _PLAN_LIMIT:
             _PLANS.clear()
         nhwc = a.ndim == 4 and not a.flags.c_contiguous and a.transpose(0, 2, 3, 1).flags.c_contiguous
-        plan = _PLANS[key] = _plan(a.shape, nhwc, per_channel)
+        plan = _PLANS[key] = _plan(a, nhwc, per_channel)
     return plan
 
 

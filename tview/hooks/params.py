@@ -467,7 +467,7 @@ class ParamContext:
     def _histogram_chunk_host(self, buf: torch.Tensor, b0: int, b1: int, table: torch.Tensor) -> None:
         """The CPU's own path: hist_bins_host's vectorised passes (bucketize's search per value took 31 ms for 3C3D's
         895k parameters) and a bincount, HIST_SLICE_BLOCKS blocks at a time."""
-        base = self.block_param.astype(np.int64) * HIST_WIDTH
+        base = self._hist_base.numpy()  # per block, its tensor's first cell (made at setup, on the CPU here)
         counts = np.zeros(table.numel())
         for r0 in range(b0, b1, HIST_SLICE_BLOCKS):
             r1 = min(r0 + HIST_SLICE_BLOCKS, b1)

@@ -684,7 +684,7 @@ class Recorder:
                     if probe not in started or repeated[k]:
                         per_layer.setdefault(layer, []).append(act.output_parts(probe, parts, row_start, k))
         for probe, per_layer in calls.items():
-            self._finalized(probe, rec, self._probe_row, (per_layer, started.get(probe)))
+            self._finalized(probe, rec, self._probe_row, per_layer, started.get(probe))
 
     def _probe_row(self, probe, per_layer: dict, batch: tuple | None):
         row = self.rows.batch_row(probe, *batch) if batch is not None else None
@@ -696,10 +696,11 @@ class Recorder:
         if "lease" in item:
             item.pop("lease").give_back()
 
-    def _finalized(self, probe, rec: StepRecord, make_row, parts):
-        """A probe's row in the record; a probe whose finalize fails is said once and leaves no row."""
+    def _finalized(self, probe, rec: StepRecord, make_row, *parts):
+        """A probe's row in the record, make_row(probe, *parts); a probe whose finalize fails is said once and leaves
+        no row."""
         try:
-            row = make_row(probe, *parts) if isinstance(parts, tuple) else make_row(probe, parts)
+            row = make_row(probe, *parts)
         except Exception as exc:
             self._report(f"{probe.table} ({type(probe).__name__}, finalize)", exc)
             return

@@ -114,8 +114,9 @@ class ColumnWriter:
         block = np.ascontiguousarray(block, dtype=self.dtype)
         memory = self._memory_spaces.get(k)
         if memory is None:
-            memory = self._memory_spaces.setdefault(k, h5py.h5s.create_simple(block.shape)) if k <= 64 else \
-                h5py.h5s.create_simple(block.shape)
+            memory = h5py.h5s.create_simple(block.shape)
+            if k <= 64:  # a batch's row counts repeat; a bigger one (a resumed backlog) is not kept
+                self._memory_spaces[k] = memory
         self.dset.id.write(memory, space, block)
 
     def block(self, values: list) -> np.ndarray:
