@@ -56,17 +56,21 @@ def overhead_groups() -> list[list[str]]:
     return [tview_names, ["plain", "TensorBoard histograms, every step"], ["plain", "wandb.watch(log='all'), every step"]]
 
 
-def overhead_section(models, steps: int, batch: int, flush_every: int, memory_steps: int = 30) -> list[dict]:
+def overhead_section(models, steps: int, batch: int, flush_every: int, memory_steps: int = 30,
+                     fresh: bool = True) -> list[dict]:
     """tview's configurations against the plain copy trained beside them; each peer against the
     plain baseline of tview's run (the clean one), since its background work slows the plain copy
     beside it too (TensorBoard's writer thread slowed it 2.2x on ResNet), which would hide its cost.
-    The plain copy beside each peer is kept in the row too."""
+    The plain copy beside each peer is kept in the row too. Peak memory is probed first, before this
+    process has trained anything (a forked probe starts from it)."""
     import peers
     from overhead import measure, ratios, spread
     rows = []
     configs = overhead_configs()
+    probe = peak_rss_mib if fresh else forked_peak_rss_mib
+    memories = {model: {name: probe(model, name, batch, memory_steps) for name in configs} for model in models}
     for model in models:
-        memory = {name: peak_rss_mib(model, name, batch, memory_steps) for name in configs}
+        memory = memories[model]
         clean = None
         for k, group in enumerate(overhead_groups()):
             # the peers cost 2-12x a step: half the steps give them a comparable error
@@ -99,7 +103,34 @@ def peak_rss_mib(model: str, config: str, batch: int, steps: int = 30) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def memory_probe(model: str, config: str, batch: int, steps: int):
+def forked_peak_rss_mib(model: str, config: str, batch: int, steps: int = 30) -> float:
+    """Peak resident memory of a process forked from this one (torch and the peers' modules already imported:
+    about 3 s of imports saved a probe) training `steps` steps with one configuration. For --quick: library pages
+    the probe never touches are not counted in a forked process, so its figures run lower than a fresh one's."""
+    import multiprocessing
+    fork = multiprocessing.get_context("fork")
+    received, sent = fork.Pipe(duplex=False)
+    sys.stdout.flush()
+    child = fork.Process(target=_probe_into, args=(sent, model, config, batch, steps))
+    child.start()
+    sent.close()
+    try:
+        peak = received.recv()
+    except EOFError:
+        peak = None
+    child.join()
+    if peak is None or child.exitcode != 0:
+        raise RuntimeError(f"memory probe {model}/{config} failed (exit status {child.exitcode})")
+    return peak
+
+
+def _probe_into(sent, model: str, config: str, batch: int, steps: int) -> None:
+    sent.send(memory_probe(model, config, batch, steps))
+    if "wandb" in sys.modules:  # what the interpreter's exit would do, which a forked child skips
+        sys.modules["wandb"].teardown()
+
+
+def memory_probe(model: str, config: str, batch: int, steps: int) -> float:
     import peers
     from overhead import Trainer, make
     base, x, y = make(model, batch)
@@ -117,7 +148,7 @@ def memory_probe(model: str, config: str, batch: int, steps: int):
             peak = max(peak, rss())
         t.close()
         peers.finish_wandb()
-    print(peak)
+    return peak
 
 
 # -- 2. write throughput ---------------------------------------------------------------------
@@ -407,7 +438,8 @@ def report(results: dict) -> str:
               f"TensorBoard) is flushed as often as tview's writer flushes by itself (every second of plain "
               f"training), timed as part of that step; wandb's work in its own service process is charged only where it slows training. Batch "
               f"{results['params']['batch']}, {results['params']['threads']} torch threads, CPU. Peak memory: "
-              f"a fresh process per configuration, the largest resident set size seen after each of 30 steps.", "",
+              f"{'a process forked from the benchmark per configuration (--quick; lower than a fresh one)' if results['quick'] else 'a fresh process per configuration'}, "
+              f"the largest resident set size seen after each of {results['params'].get('memory_steps', 30)} steps.", "",
               "| model | configuration | time vs plain | target | peak RSS (MiB) | over plain (MiB) | plain beside it |",
               "|---|---|---|---|---|---|---|"]
     for r in ov:
@@ -490,7 +522,8 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.memory_probe:
         model, config, batch, steps = a.memory_probe
-        return memory_probe(model, config, int(batch), int(steps))
+        print(memory_probe(model, config, int(batch), int(steps)))
+        return None
     if a.report_only:
         with open(os.path.join(a.out, "benchmarks.json")) as f:
             results = json.load(f)
@@ -500,14 +533,15 @@ def main(argv=None):
         return None
     import torch
     q = a.quick
-    params = {"steps": 20 if q else 600, "flush_every": None, "batch": 64, "threads": torch.get_num_threads()}
+    params = {"steps": 20 if q else 600, "flush_every": None, "batch": 64, "threads": torch.get_num_threads(),
+              "memory_steps": 3 if q else 30}
     results = {"quick": q, "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
                                       f"torch {torch.__version__}, h5py {h5py.__version__}",
                "date": time.strftime("%Y-%m-%d"), "params": params}
     with tempfile.TemporaryDirectory(prefix="tview-compare-") as root:
         print("1. training overhead", flush=True)
         results["overhead"] = overhead_section(["lenet", "resnet"], params["steps"], params["batch"],
-                                               params["flush_every"], 3 if q else 30)
+                                               params["flush_every"], params["memory_steps"], fresh=not q)
         print("2. write throughput", flush=True)
         results["writer"] = writer_section(200 if q else 2000, 20, 64, 3 if q else 7)
         print("3. store size", flush=True)

@@ -27,14 +27,33 @@ def load_digits_tensors(size: int = 16):
     split into train (first 1,597) and held-out (last 200). Nothing is downloaded."""
     import torch
     import torch.nn.functional as F
-    from sklearn.datasets import load_digits
 
-    digits = load_digits()
-    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    images, target = digits_arrays()
+    x = torch.tensor(images, dtype=torch.float32).unsqueeze(1) / 16.0
     x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     x = (x - 0.5) / 0.5
-    y = torch.tensor(digits.target, dtype=torch.long)
+    y = torch.tensor(target, dtype=torch.long)
     return (x[:1597], y[:1597]), (x[1597:], y[1597:])
+
+
+def digits_arrays():
+    """scikit-learn's digits as (images [1797, 8, 8], labels [1797]): read from the file that `load_digits` reads,
+    without importing scikit-learn (about 1.5 s of CPU in each of the demo's rank processes, which import nothing
+    else of it); through `load_digits` where that file is not found."""
+    import gzip
+    import importlib.util
+
+    import numpy as np
+    spec = importlib.util.find_spec("sklearn")  # finds the package without running it
+    folders = spec.submodule_search_locations if spec is not None else None
+    path = os.path.join(folders[0], "datasets", "data", "digits.csv.gz") if folders else ""
+    if not os.path.exists(path):
+        from sklearn.datasets import load_digits
+        digits = load_digits()
+        return digits.images, digits.target
+    with gzip.open(path, "rt") as f:
+        data = np.loadtxt(f, delimiter=",")  # a row: 64 pixel values, then the label
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
 
 
 def free_port() -> int:
