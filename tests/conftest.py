@@ -215,18 +215,33 @@ def pytest_runtest_call(item):
 
 # -- pytest-xdist (scripts/test.sh: `-n 2 --dist loadfile --no-loadscope-reorder`): a test file is a unit of work, so
 # a module fixture is made once and a file's tests keep their order; tests/app/ is one unit (its tests add runs to
-# runs_root that its one dashboard server lists). The longest units go first (their times in the whole suite,
-# 2026-12-03: 146, 140, 121, 55, 45 and 44 s), so that the two workers end together rather than one running a long
-# file alone at the end. (Not `--dist loadgroup` with xdist_group marks: on pytest 9.2 it silently stops grouping,
-# pytest-xdist issue 1386.)
-LONGEST_FIRST = ["tests/test_benchmarks.py", "tests/app", "tests/paraview/test_paraview.py",
-                 "tests/test_demo_progress.py", "tests/hooks/test_training_stack.py", "tests/store/test_kill.py"]
+# runs_root that its one dashboard server lists). The longest units go first (their times in the whole suite at load
+# 4, 2026-12-03 19:18: 273, 208, 142, 121, 65, 56, 55, 46, 40 s; tests/app first: it makes runs_root, which
+# test_paraview.py waits for), so that the two workers end together rather than one running a long file alone at the
+# end. The tests marked `alone` are one unit of their own, handed out last: an `alone` test waits for the other
+# worker's test to end, and the last units are short (in the middle of the suite the live dashboard test waited 27 s
+# for compare.py's smoke run). (Not `--dist loadgroup` with xdist_group marks: on pytest 9.2 it silently stops
+# grouping, pytest-xdist issue 1386.)
+LONGEST_FIRST = ["tests/app", "tests/paraview/test_paraview.py", "tests/test_benchmarks.py",
+                 "tests/hooks/test_training_stack.py", "tests/test_demo_progress.py", "tests/store/test_kill.py",
+                 "tests/test_ddp_and_cli.py", "tests/test_diagnose_faults.py", "tests/store/test_fuzz.py",
+                 "tests/test_diagnose.py", "tests/paraview/test_gui.py", "tests/store/test_store.py",
+                 "tests/test_wheel.py", "tests/hooks/test_param_stats.py", "tests/integrations/test_lightning.py"]
+ALONE_UNIT = "tests marked alone"
 
 
-def work_unit(nodeid: str) -> str:
-    """The unit of work a test belongs to under pytest-xdist: its file, or tests/app for the dashboard's tests."""
+def work_unit(nodeid: str, alone: frozenset = frozenset()) -> str:
+    """The unit of work a test belongs to under pytest-xdist: its file, tests/app for the dashboard's tests, or
+    ALONE_UNIT for a test marked `alone` (`alone`: the node ids of those)."""
     path = nodeid.split("::")[0]
+    if nodeid in alone:
+        return ALONE_UNIT
     return "tests/app" if path.startswith("tests/app/") else path
+
+
+def alone_tests_file(shared) -> str:
+    """Where the workers write the node ids of the tests marked `alone`, for the main process's scheduler."""
+    return os.path.join(str(shared), "alone.tests")
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -236,15 +251,27 @@ def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
     class ByWorkUnit(LoadScopeScheduling):
+        alone = None
+
         def _split_scope(self, nodeid: str) -> str:
-            return work_unit(nodeid)
+            if self.alone is None:  # written by every worker while collecting, before any asks for work
+                with open(alone_tests_file(config._tmp_path_factory.getbasetemp())) as f:  # the workers' basetemp's
+                    self.alone = frozenset(f.read().splitlines())  # parent, as pytest-xdist makes it
+            return work_unit(nodeid, self.alone)
     return ByWorkUnit(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("PYTEST_XDIST_WORKER"):  # the order the workers report is the order units are handed out
+        import pathlib
+        alone = frozenset(item.nodeid for item in items if item.get_closest_marker("alone"))
+        shared = pathlib.Path(config.getoption("basetemp")).parent
+        written = pathlib.Path(alone_tests_file(shared) + "." + os.environ["PYTEST_XDIST_WORKER"])
+        written.write_text("".join(f"{nodeid}\n" for nodeid in sorted(alone)))
+        written.replace(alone_tests_file(shared))  # whole, whichever worker writes last
         rank = {unit: k for k, unit in enumerate(LONGEST_FIRST)}
-        items.sort(key=lambda item: rank.get(work_unit(item.nodeid), len(rank)))  # stable: file order otherwise
+        rank[ALONE_UNIT] = len(rank) + 1
+        items.sort(key=lambda item: rank.get(work_unit(item.nodeid, alone), len(LONGEST_FIRST)))  # stable
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -256,14 +283,36 @@ def pytest_runtest_protocol(item):
         return
     import fcntl
     import pathlib
+    import time
     shared = pathlib.Path(item.config.getoption("basetemp")).parent  # the workers' temporary folders are inside it
     alone = item.get_closest_marker("alone") is not None
     with open(shared / "alone.turnstile", "w") as turnstile, open(shared / "alone.lock", "w") as lock:
+        asked = time.monotonic()
         fcntl.flock(turnstile, fcntl.LOCK_EX)  # waits while an `alone` test waits or runs
         if not alone:
             fcntl.flock(turnstile, fcntl.LOCK_UN)
         fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        item.user_properties.append((WAITED, (time.monotonic() - asked, alone)))  # reported to the main process
         yield  # both locks are released when their files close
+
+
+WAITED = "waited for the other worker (s), alone"
+WAITS: list[tuple[float, bool, str]] = []  # in the main process: (seconds, alone, test) of each test that waited
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "setup":
+        WAITS.extend((s, alone, report.nodeid) for name, (s, alone) in report.user_properties if name == WAITED)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The time lost to `alone` tests: an `alone` test waits for the other worker's test to end, then the other
+    worker waits for it."""
+    if WAITS:
+        alone = [(s, test) for s, is_alone, test in WAITS if is_alone]
+        others = sum(s for s, is_alone, _ in WAITS if not is_alone)
+        terminalreporter.write_line(f"`alone` tests: {', '.join(f'{test} waited {s:.1f} s' for s, test in alone)}; "
+                                    f"other tests waited {others:.1f} s for them")
 
 
 @pytest.fixture(scope="session")
