@@ -216,13 +216,13 @@ def pytest_runtest_call(item):
 # -- pytest-xdist (scripts/test.sh: `-n 2 --dist loadfile --no-loadscope-reorder`): a test file is a unit of work, so
 # a module fixture is made once and a file's tests keep their order; tests/app/ is one unit (its tests add runs to
 # runs_root that its one dashboard server lists). The longest units go first (their times in the whole suite at load
-# 4, 2026-12-03 19:18: 273, 208, 142, 121, 65, 56, 55, 46, 40 s; tests/app first: it makes runs_root, which
-# test_paraview.py waits for), so that the two workers end together rather than one running a long file alone at the
-# end. The tests marked `alone` are one unit of their own, handed out last: an `alone` test waits for the other
-# worker's test to end, and the last units are short (in the middle of the suite the live dashboard test waited 27 s
-# for compare.py's smoke run). (Not `--dist loadgroup` with xdist_group marks: on pytest 9.2 it silently stops
-# grouping, pytest-xdist issue 1386.)
-LONGEST_FIRST = ["tests/app", "tests/paraview/test_paraview.py", "tests/test_benchmarks.py",
+# 4, 2026-12-03 19:18: 273, 208, 142, 121, 65, 56, 55, 46, 40 s), so that the two workers end together rather than
+# one running a long file alone at the end; but test_paraview.py not beside tests/app at the start: both need
+# runs_root, which one worker makes while the other waits for it (50 s at 19:34). The tests marked `alone` are one
+# unit of their own, handed out last: an `alone` test waits for the other worker's test to end, and the last units
+# are short (in the middle of the suite the live dashboard test waited 27 s for compare.py's smoke run). (Not
+# `--dist loadgroup` with xdist_group marks: on pytest 9.2 it silently stops grouping, pytest-xdist issue 1386.)
+LONGEST_FIRST = ["tests/app", "tests/test_benchmarks.py", "tests/paraview/test_paraview.py",
                  "tests/hooks/test_training_stack.py", "tests/test_demo_progress.py", "tests/store/test_kill.py",
                  "tests/test_ddp_and_cli.py", "tests/test_diagnose_faults.py", "tests/store/test_fuzz.py",
                  "tests/test_diagnose.py", "tests/paraview/test_gui.py", "tests/store/test_store.py",

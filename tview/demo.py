@@ -174,5 +174,17 @@ def run_demo(out: str = "runs/demo", ranks: int = 2, steps: int = 1500, every: i
         train_rank(0, 1, *args)
     else:
         import torch.multiprocessing as mp
-        mp.spawn(train_rank, args=(ranks, *args), nprocs=ranks, join=True)
+        mp.start_processes(train_rank, args=(ranks, *args), nprocs=ranks, join=True, start_method=rank_start_method())
     return time.time() - t0
+
+
+def rank_start_method() -> str:
+    """How the rank processes start: forked from a server process that imported torch and tview once (about 3 s of
+    CPU a rank saved, and the server serves every later run_demo of this process), where the platform forks;
+    as fresh interpreters otherwise. The server forks from a process of its own, which runs no threads."""
+    import multiprocessing
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return "spawn"
+    multiprocessing.set_forkserver_preload(["torch", "torch.distributed", "torch.optim", "tview", "tview.demo",
+                                            "tview.models"])  # ignored once the server runs
+    return "forkserver"
