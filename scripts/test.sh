@@ -2,8 +2,8 @@
 # Installs what the tests need -- Debian's chromium (browser tests), ParaView with Xvfb and Open MPI
 # (plugin tests), openbox, Qt's SVG module (ParaView's toolbar icons) and imagemagick (screenshots of the GUI
 # test), then tview with its test extra -- checks the code with ruff and runs the whole test suite, in two processes
-# (pytest-xdist: tests/conftest.py keeps each file's tests, and tests/app/'s, in one of them; TVIEW_TEST_PROCESSES=0
-# runs it in this one).
+# (pytest-xdist: tests/conftest.py keeps each file's tests, and tests/app/'s, in one of them, the longest files first
+# and the tests marked alone last; TVIEW_TEST_PROCESSES=0 runs it in this one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 APT_PACKAGES="chromium paraview python3-paraview python3-h5py python3-numpy xvfb xauth openmpi-bin openbox
