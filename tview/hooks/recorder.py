@@ -8,6 +8,7 @@ is tview/hooks/layers.py's, and the step's timeline tview/hooks/timing.py's.
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import math
 import os
@@ -678,7 +679,7 @@ class Recorder:
                 calls.setdefault(probe, {}).setdefault(layer, []).append(parts)
         batches, started = item["act_batches"], {}
         for layers, _, row_start, results in batches:
-            repeated = _repeated(layers) if len(batches) == 1 and 0 not in np.diff(row_start) else None
+            repeated = _repeated(tuple(layers)) if len(batches) == 1 and 0 not in np.diff(row_start) else None
             for probe, parts in results:
                 per_layer = calls.setdefault(probe, {})
                 if repeated is not None and act.outputs_finalizer(probe) is not None:
@@ -771,10 +772,14 @@ HOST_BUFFER_KEPT = 4 << 20  # bytes of the CPU path's sample buffer kept from on
 # one is made again at each step: memory held between steps, and glibc serves the same size again without faults)
 
 
-def _repeated(layers: list[int]) -> np.ndarray:
-    """[outputs] True where the output's layer made more than one output (a module called several times)."""
+@functools.lru_cache(maxsize=64)
+def _repeated(layers: tuple[int, ...]) -> np.ndarray:
+    """[outputs] True where the output's layer made more than one output (a module called several times); read-only,
+    worked out once per order of layers (a forward pass takes the same path step after step)."""
     ids, counts = np.unique(layers, return_counts=True)
-    return np.isin(layers, ids[counts > 1])
+    out = np.isin(layers, ids[counts > 1])
+    out.setflags(write=False)
+    return out
 
 
 def _channels(output: torch.Tensor) -> int | None:
