@@ -16,14 +16,10 @@ WHOLE_BYTES = 2**20  # a column up to this size is read whole for one layer of i
 
 
 @functools.lru_cache(maxsize=16)
-def _memory_type(dtype: np.dtype, metadata: str | None) -> h5py.h5t.TypeID:
-    return h5py.h5t.py_create(dtype)
-
-
 def memory_type(dtype: np.dtype) -> h5py.h5t.TypeID:
-    """The HDF5 memory type of a numpy dtype, as h5py makes it for each read (a text's: Python str objects), made
-    once per dtype and metadata (h5py's text and bytes types differ only in metadata, which numpy's == ignores)."""
-    return _memory_type(dtype, None if dtype.metadata is None else repr(dtype.metadata))
+    """The HDF5 memory type of a numpy dtype as h5py makes it for each read, made once (a Python object's, text
+    included, is h5py's opaque object type whatever the dtype's metadata: numpy's == ignores metadata too)."""
+    return h5py.h5t.py_create(dtype)
 
 
 def hyperslab(shape: tuple, rows: range, layer: int | None) -> tuple[tuple, tuple, tuple]:

@@ -144,10 +144,6 @@ def _layout_of(layers_text: str, tables_text: str) -> Layout:
     return layout(_parsed_layers(layers_text), _table_specs(tables_text))
 
 
-_TEXT = h5py.string_dtype()
-_TEXT_TYPE = memory_type(_TEXT)  # made once: a text type's metadata makes memory_type's lookup slower
-
-
 class _Attributes:
     """A file's root attributes read with HDF5's low-level calls (a third of h5py's cost per attribute);
     strings come back as bytes."""
@@ -164,7 +160,7 @@ class _Attributes:
             raise KeyError(f"no attribute {name!r}") from None
         out = np.empty((), dtype)
         try:
-            attr.read(out, _TEXT_TYPE if dtype is _TEXT else memory_type(out.dtype))
+            attr.read(out, memory_type(out.dtype))
         except OSError:
             out = np.empty((), attr.dtype)
             attr.read(out)
@@ -177,6 +173,9 @@ class _Attributes:
             return default
 
 
+
+
+_TEXT = h5py.string_dtype()
 
 
 def read_header(shard) -> Header:
