@@ -43,7 +43,9 @@ def test_bands_heatmap_and_the_ranks_table_at_64_ranks(server, page, wide):
     assert heat["points"] == [RANKS]  # one row per rank
     step = traces(page, "ranks-step-time")
     assert "rank 63 (slowest)" in step["names"]
-    label = page.locator("#ranks-page-label")
+    label = page.locator("#ranks-page-label")  # filled after the figures, by callbacks of its own: wait for it
+    page.wait_for_function("() => { const l = document.querySelector('#ranks-page-label');"
+                           " return l && l.innerText.includes('page 1 of 4'); }", timeout=20_000)
     assert label.inner_text().strip() == "page 1 of 4 (64 ranks)"
     first = page.locator(".ranks-table tr").nth(1)
     assert first.locator("button").inner_text() == "63" and "slowest" in first.inner_text()  # worst first
