@@ -57,7 +57,10 @@ def test_bands_heatmap_and_the_ranks_table_at_64_ranks(server, page, wide):
 
 def test_a_rank_picked_anywhere_is_focused_on_every_page(server, page, wide):
     page.goto(f"{server}/ranks?runs={wide}")
-    traces(page, "ranks-heatmap")
+    traces(page, "ranks-heatmap")  # the summaries' first version is replaced by the shards' one: click that one
+    page.wait_for_function("() => { const el = document.querySelector('#ranks-heatmap .js-plotly-plot');"
+                           " return el && el.layout && el.layout.meta && el.layout.meta.source === 'shards'; }",
+                           timeout=30_000)
     box = page.locator("#ranks-heatmap .nsewdrag").first.bounding_box()
     page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.6)  # a row in the lower half
     page.wait_for_function("() => document.querySelector('#focus-input').value !== ''", timeout=20_000)
