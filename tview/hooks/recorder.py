@@ -199,7 +199,7 @@ class Recorder:
         elif probe_layers:
             raise ConfigError("probe_layers given without probe_batch: pass the batch whose feature maps to keep")
         self._channels: dict[int, int] = {}  # activation widths seen in the forward pass
-        self._recording, self._detail_now, self._act_probes_now = False, False, ()
+        self._recording, self._detail_now, self._act_probes_now, self._singles_now = False, False, (), False
         self._examples = 0
         self._pending_act: list[tuple[int, int | None, list]] = []
         self._kept: list[tuple] = []  # (layer index, output, its version, its sample copied or None) this forward
@@ -329,6 +329,7 @@ class Recorder:
         self._detail_now = self._recording and self._recorded % self.preset.detail_every == 0
         mode = (DETAIL_STEP if self._detail_now else SENTINELS) if self._recording else OFF
         self._act_probes_now = self._act_by_mode[mode]
+        self._singles_now = any(not p.batched for p in self._act_probes_now)  # probes that read one output at a time
         if self.local_grads is not None:
             self.local_grads.active = self._recording
 
@@ -364,8 +365,10 @@ class Recorder:
         """Eager: keep the output for the batch where the forward pass ends (no op: a hook runs between layers, where
         every Python call is slow, the CPU's caches holding the layer's data); where a later layer modifies it in
         place, its sample is copied now. A probe that reads one output at a time runs here."""
-        self._forward_order.setdefault(index, len(self._forward_order))
-        if not self._one_at_a_time(index, output, probes):
+        order = self._forward_order
+        if index not in order:
+            order[index] = len(order)
+        if self._singles_now and not self._one_at_a_time(index, output, probes):
             return
         if index not in self._inplace_victims:
             self._kept.append((index, output, output._version, None))
