@@ -825,7 +825,16 @@ def run_cases(cases: list[Case], base_dir: str, work: str, seed: int = 0, deadli
             results.append(fut.result())
             if progress:
                 progress(results[-1])
-    return results
+    return [_hang_confirmed(c, r, base_dir, work, seed, deadline, base_reads, keep) for c, r in zip(cases, results)]
+
+
+def _hang_confirmed(case: Case, res: Result, base_dir: str, work: str, seed: int, deadline: float, base_reads: dict,
+                    keep: bool) -> Result:
+    """A HANG run again alone with 3x the deadline: a case slowed by the machine's load (the other worker, other
+    jobs) reads in time then; a real hang hangs again and stays a HANG."""
+    if res.outcome != "HANG":
+        return res
+    return run_case(case, base_dir, work, seed, 3 * deadline, base_reads, keep)
 
 
 def effective_deadline(base_dir: str, deadline: float) -> float:

@@ -45,8 +45,10 @@ def test_one_read_per_run_and_key_at_a_time_and_equal_reads_are_shared(tmp_path)
     cat.note_signature("run", [[0, 10, "live", False]])
     running, most, calls = [0], [0], []
     lock = threading.Lock()
+    started = threading.Event()  # set as a read begins
 
     def read():
+        started.set()
         with lock:
             running[0] += 1
             most[0] = max(most[0], running[0])
@@ -65,26 +67,35 @@ def test_one_read_per_run_and_key_at_a_time_and_equal_reads_are_shared(tmp_path)
     assert calls == [1] and got == [1, 1, 1, 1]  # four equal requests: one read, its result for all
     # the run grows while a read is under way: the next read starts after it, never beside it
     first = threading.Thread(target=lambda: cat.memo("run", ("stat2",), read))
+    started.clear()
     first.start()
-    time.sleep(0.05)
+    assert started.wait(30)  # its read is under way
     cat.note_signature("run", [[0, 11, "live", False]])
     assert cat.memo("run", ("stat2",), read) == 3 and most[0] == 1
     first.join()
 
 
-def test_a_slow_read_under_way_answers_others_with_its_last_result_at_once(tmp_path):
+def test_a_slow_read_under_way_answers_others_with_its_last_result_at_once(tmp_path, monkeypatch):
     import threading
-    import time
     cat = RunCatalog(str(tmp_path))
     cat.note_signature("run", [[0, 10, "live", False]])
     assert cat.memo_or_last("run", ("diagnosis",), lambda: "first") == "first"
     cat.note_signature("run", [[0, 11, "live", False]])  # the run grew: diagnosed again, slowly
-    slow = threading.Thread(target=lambda: cat.memo_or_last("run", ("diagnosis",), lambda: time.sleep(0.5) or "second"))
+    reading, release = threading.Event(), threading.Event()
+
+    def slow_read():
+        reading.set()
+        release.wait(60)  # under way until the answer below is checked
+        return "second"
+    slow = threading.Thread(target=lambda: cat.memo_or_last("run", ("diagnosis",), slow_read))
     slow.start()
-    time.sleep(0.1)
-    t = time.perf_counter()
-    assert cat.memo_or_last("run", ("diagnosis",), lambda: "never") == "first"  # the last one, without waiting
-    assert time.perf_counter() - t < 0.2
+    assert reading.wait(30)
+    # a request that waited for the read under way would read itself after MEMO_WAIT, and answer "never"
+    monkeypatch.setattr(catalog_module, "MEMO_WAIT", 1.0)
+    try:
+        assert cat.memo_or_last("run", ("diagnosis",), lambda: "never") == "first"  # the last one, without waiting
+    finally:
+        release.set()
     slow.join()
     assert cat.memo_or_last("run", ("diagnosis",), lambda: "never") == "second"
     assert cat.memo_or_last("other", ("diagnosis",), lambda: "x", missing="none yet") == "x"

@@ -43,7 +43,9 @@ def test_bands_heatmap_and_the_ranks_table_at_64_ranks(server, page, wide):
     assert heat["points"] == [RANKS]  # one row per rank
     step = traces(page, "ranks-step-time")
     assert "rank 63 (slowest)" in step["names"]
-    label = page.locator("#ranks-page-label")
+    label = page.locator("#ranks-page-label")  # filled after the figures, by callbacks of its own: wait for it
+    page.wait_for_function("() => { const l = document.querySelector('#ranks-page-label');"
+                           " return l && l.innerText.includes('page 1 of 4'); }", timeout=20_000)
     assert label.inner_text().strip() == "page 1 of 4 (64 ranks)"
     first = page.locator(".ranks-table tr").nth(1)
     assert first.locator("button").inner_text() == "63" and "slowest" in first.inner_text()  # worst first
@@ -55,7 +57,10 @@ def test_bands_heatmap_and_the_ranks_table_at_64_ranks(server, page, wide):
 
 def test_a_rank_picked_anywhere_is_focused_on_every_page(server, page, wide):
     page.goto(f"{server}/ranks?runs={wide}")
-    traces(page, "ranks-heatmap")
+    traces(page, "ranks-heatmap")  # the summaries' first version is replaced by the shards' one: click that one
+    page.wait_for_function("() => { const el = document.querySelector('#ranks-heatmap .js-plotly-plot');"
+                           " return el && el.layout && el.layout.meta && el.layout.meta.source === 'shards'; }",
+                           timeout=30_000)
     box = page.locator("#ranks-heatmap .nsewdrag").first.bounding_box()
     page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.6)  # a row in the lower half
     page.wait_for_function("() => document.querySelector('#focus-input').value !== ''", timeout=20_000)

@@ -51,6 +51,25 @@ def describe(data):
     return out
 
 
+def timesteps(reader) -> list:
+    """The reader's time steps as a list (ParaView gives a bare number for a single step)."""
+    values = reader.TimestepValues
+    return [] if values is None else (list(values) if hasattr(values, "__len__") else [values])
+
+
+def reload_until_more(reader, than: int, deadline: float) -> list:
+    """File > Reload Files, again and again, until the reader lists more than `than` steps or the deadline (a
+    time.monotonic() value) passes; the steps it lists then."""
+    import time as _time
+    while True:
+        pv.ReloadFiles(reader)
+        reader.UpdatePipelineInformation()
+        steps = timesteps(reader)
+        if len(steps) > than or _time.monotonic() > deadline:
+            return steps
+        _time.sleep(0.3)
+
+
 def main():
     args = json.loads(sys.argv[1])
     pv.LoadPlugin(PLUGIN)
@@ -61,15 +80,15 @@ def main():
         setattr(reader, key, value)
     reader.UpdatePipelineInformation()
     steps = list(reader.TimestepValues) if reader.TimestepValues is not None else []
+    if args.get("reload_until_more"):  # a run still being written: reloaded until it lists a step
+        import time as _time
+        reload_deadline = _time.monotonic() + args["reload_until_more"]
+        steps = steps or reload_until_more(reader, 0, reload_deadline)
     time = args.get("time", steps[-1] if steps else None)
     result = {"steps": steps, "layers": list(reader.GetProperty("LayersInfo")[::2])
               if reader.GetProperty("LayersInfo") else [], "time": time}
-    if args.get("reload_after"):  # File > Reload Files on a run that is still being written
-        import time as _time
-        _time.sleep(args["reload_after"])
-        pv.ReloadFiles(reader)
-        reader.UpdatePipelineInformation()
-        result["steps_after_reload"] = list(reader.TimestepValues) if reader.TimestepValues is not None else []
+    if args.get("reload_until_more"):  # File > Reload Files until the writer's next flush shows more steps
+        result["steps_after_reload"] = reload_until_more(reader, len(steps), reload_deadline)
     if args.get("fetch", True) and steps:
         reader.UpdatePipeline(time)
         result["data"] = describe(sm.Fetch(reader))

@@ -8,7 +8,7 @@ import pytest
 from tests.paraview import gui
 
 pytestmark = pytest.mark.slow
-PAUSE_MS = 15000  # from the layout's ready mark to the "First Frame" press: room for the first screenshot
+PAUSE_MS = 40000  # from the layout's ready mark to the "First Frame" press: room for the first screenshots
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -19,27 +19,50 @@ def need_programs():
                     f"imagemagick)")
 
 
+def drawn(shot, rect) -> bool:
+    """The view holds a picture: not one colour, not nearly empty."""
+    filled, colours = gui.content(shot, rect)
+    return filled > 0.02 and colours > 20
+
+
+def shoot_until(app, path: str, done, until: float):
+    """Screenshots (Qt paints the views a while after ParaView says they are drawn) until done(shot) or the
+    time.monotonic() `until` passes; (the last shot, when it was taken)."""
+    while True:
+        shot = app.screenshot(path)
+        at = time.monotonic()
+        if done(shot) or at > until:
+            return shot, at
+        time.sleep(0.5)
+
+
 def test_tview_paraview_opens_four_drawn_views_that_follow_the_time(runs_root, tmp_path):
     run = str(runs_root / "demo")
     with gui.desktop() as display:
         app = gui.ParaViewGUI(run, display, ["--test-script=" + gui.first_frame_events(str(tmp_path), PAUSE_MS)])
         try:
             ready_at, ready = app.wait_for(gui.READY, 300)  # the layout script's own mark: every view drawn
-            time.sleep(2.0)  # Qt paints the views once the script has returned
-            last = app.screenshot(str(tmp_path / "last_step.png"))
-            shot_at = time.monotonic()
+            sizes = gui.view_sizes(ready)
+
+            def four_drawn(shot):
+                views = gui.find_views(shot, sizes)
+                return len(views) == 4 and all(drawn(shot, rect) for rect in views)
+            last, shot_at = shoot_until(app, str(tmp_path / "last_step.png"), four_drawn,
+                                        ready_at + PAUSE_MS / 1000 - 4)
+            views = gui.find_views(last, sizes)
             app.wait_for(gui.PLAYED, 120)  # ParaView's test player pressed "First Frame"
-            time.sleep(3.0)
-            first = app.screenshot(str(tmp_path / "first_step.png"))
+
+            def moved_and_drawn(shot):
+                return (sum(gui.changed(last, shot, rect) > 0.005 for rect in views) >= 2
+                        and all(drawn(shot, rect) for rect in views))
+            first, _ = shoot_until(app, str(tmp_path / "first_step.png"), moved_and_drawn, time.monotonic() + 60)
         finally:
             app.close()
     assert shot_at - ready_at < PAUSE_MS / 1000 - 2, "the first screenshot came after the time had moved"
     assert "Welcome" not in "".join(app.lines)
-    views = gui.find_views(last, gui.view_sizes(ready))
     assert len(views) == 4, f"found {views} on the screen, expected the 4 views of {ready.group(0)}"
     for rect in views:  # each view holds a picture: not one colour, not nearly empty
         for shot in (last, first):
-            drawn, colours = gui.content(shot, rect)
-            assert drawn > 0.02 and colours > 20, (rect, drawn, colours)
+            assert drawn(shot, rect), (rect, gui.content(shot, rect))
     moved = [gui.changed(last, first, rect) for rect in views]
     assert sum(m > 0.005 for m in moved) >= 2, moved  # network and filters are drawn at the step shown

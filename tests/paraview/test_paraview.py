@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 import warnings
 
 import numpy as np
@@ -228,9 +227,8 @@ def test_bad_input_is_reported_and_paraview_goes_on(runs_root, tmp_path):
 
 def test_reloading_follows_a_live_run(tmp_path):
     live = tmp_path / "live"
-    with live_writer(live):
-        time.sleep(1.5)
-        got, out = probe({"file": f"{live}/run.tview", "fetch": False, "reload_after": 2.0})
+    with live_writer(live):  # the probe reloads until the run lists a step, then until it lists more (30 s at most)
+        got, out = probe({"file": f"{live}/run.tview", "fetch": False, "reload_until_more": 30})
     before, after = got["steps"], got["steps_after_reload"]
     assert 0 < len(before) < len(after), out[-2000:]
     assert after[:len(before)] == before

@@ -39,14 +39,17 @@ def _start_writer(run_dir: str, steps: int = 2000, delay: float = 0.02) -> subpr
                             stderr=subprocess.DEVNULL, text=True, env=python_env())
 
 
-def _kill_after_step(proc: subprocess.Popen, step: int, then: float) -> int:
-    """SIGKILL the writer `then` seconds after it printed STEP `step`; returns the last step it printed."""
+def _kill_after_step(proc: subprocess.Popen, step: int, then: float, run_dir: str | None = None) -> int:
+    """SIGKILL the writer `then` seconds after it printed STEP `step` (with `run_dir`: after its rank summary, which
+    the writer rewrites after each flush of the shard, says that step is flushed); returns the last step it printed."""
     last = -1
     for line in proc.stdout:
         if line.startswith("STEP "):
             last = int(line.split()[1])
             if last >= step:
                 break
+    if run_dir is not None:
+        _wait_flushed(run_dir, step)
     time.sleep(then)
     os.kill(proc.pid, signal.SIGKILL)
     rest = proc.communicate(timeout=30)[0]
@@ -55,9 +58,24 @@ def _kill_after_step(proc: subprocess.Popen, step: int, then: float) -> int:
     return max([last] + steps)
 
 
+def _wait_flushed(run_dir: str, step: int, timeout: float = 60.0) -> None:
+    """Until rank 0's summary says `step` was flushed (a busy machine may take longer than flush_seconds)."""
+    path = os.path.join(run_dir, "rank-00000.summary.json")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(path) as f:
+                if (json.load(f).get("last_step") or -1) >= step:
+                    return
+        except (OSError, ValueError):
+            pass  # not written yet, or replaced while read
+        time.sleep(0.02)
+    pytest.fail(f"the writer did not flush step {step} within {timeout:.0f} s")
+
+
 def test_sigkilled_writer_leaves_shard_readable_up_to_last_flushed_step(tmp_path):
     run_dir = str(tmp_path / "run")
-    printed = _kill_after_step(_start_writer(run_dir), step=30, then=1.6)  # flush_seconds=1: step 30 is on disk
+    printed = _kill_after_step(_start_writer(run_dir), step=30, then=0.0, run_dir=run_dir)  # step 30 is on disk
     read = _read(run_dir)
     assert read["errors"] == [], read["errors"]
     steps = read["steps"]

@@ -27,7 +27,7 @@ def recorded(tmp_path_factory):
     model = TinyCNN()
     x, y = make_data()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    with tview.Recorder(model, path, every=1) as rec:
+    with tview.Recorder(model, path, every=1, queue_size=1024) as rec:  # no step dropped however slow the disk
         train(model, rec, 250, x, y, opt=opt)
         rec.step(loss=float("nan"))
         train(model, rec, STEPS - 251, x, y, opt=opt)
@@ -120,9 +120,9 @@ def test_a_resumed_run_continues_its_trend(tmp_path):
     path = str(tmp_path / "r")
     x, y = make_data()
     model = TinyCNN()
-    with tview.Recorder(model, path, every=1) as rec:
+    with tview.Recorder(model, path, every=1, queue_size=1024) as rec:  # (exact step counts: none dropped)
         train(model, rec, 130, x, y)
-    with tview.Recorder(model, path, every=1, mode="resume") as rec:
+    with tview.Recorder(model, path, every=1, mode="resume", queue_size=1024) as rec:
         train(model, rec, 70, x, y)
     run = tview.open_run(path)
     s = run.rank_summaries()[0]

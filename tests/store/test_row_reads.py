@@ -90,3 +90,54 @@ def test_stat_over_ranks_in_one_call_equals_one_call_per_rank(synthetic):
                 np.testing.assert_array_equal(together[rank][0], steps)
                 np.testing.assert_array_equal(together[rank][1], values)
         assert list(run.stat("grad_norm", layer=0, ranks=[2])) == [2]
+
+
+
+def _with_column_stored_as(synthetic: str, path: str, dtype):
+    """A copy of the run whose rank 0 holds probes/grad/grad_norm in another dtype, same shape (an edited shard)."""
+    import shutil
+    shutil.copytree(synthetic, path)
+    with h5py.File(f"{path}/rank-00000.h5", "a") as f:
+        values = f["probes/grad/grad_norm"][:]
+        del f["probes/grad/grad_norm"]
+        f.create_dataset("probes/grad/grad_norm", data=values.astype(dtype) if dtype != "text" else
+                         np.full(values.shape, b"x", dtype="S8"))
+
+
+def plain_h5py_stat(path: str, rank: int, layer: int, name: str = "grad_norm"):
+    """(steps, values) of a layer statistic read with plain h5py, as docs/store-format.md describes the shard."""
+    with h5py.File(f"{path}/rank-{rank:05d}.h5", "r") as f:
+        table = f["probes/grad"]
+        keep = table["measured"][:, layer].astype(bool)
+        return table["step"][:][keep], table[name][:, layer][keep]
+
+
+def test_the_first_read_of_every_rank_gives_what_plain_h5py_reads(synthetic):
+    with tview.open_run(synthetic) as run:
+        for rank in run.ranks:
+            steps, values = run.stat("grad_norm", layer=4, rank=rank)
+            want_steps, want_values = plain_h5py_stat(synthetic, rank, 4)
+            np.testing.assert_array_equal(steps, want_steps)
+            np.testing.assert_array_equal(values, want_values)
+            assert values.dtype == np.float32
+
+
+def test_a_column_stored_in_another_number_type_is_read_as_declared(synthetic, tmp_path):
+    path = str(tmp_path / "float64")
+    _with_column_stored_as(synthetic, path, np.float64)
+    with tview.open_run(path) as run:
+        steps, values = run.stat("grad_norm", layer=1, rank=0)
+    want_steps, want_values = plain_h5py_stat(synthetic, 0, 1)
+    np.testing.assert_array_equal(steps, want_steps)
+    np.testing.assert_array_equal(values, want_values)
+    assert values.dtype == np.float32  # the declared dtype, as every other rank gives it
+
+
+def test_a_column_stored_as_text_names_the_shard(synthetic, tmp_path):
+    path = str(tmp_path / "text")
+    _with_column_stored_as(synthetic, path, "text")
+    with tview.open_run(path) as run:
+        with pytest.raises(CorruptShardError, match="rank-00000.h5.*grad_norm cannot be read"):
+            run.stat("grad_norm", layer=1, rank=0)
+        assert len(run.stat("grad_norm", layer=1, rank=1)[0])
+

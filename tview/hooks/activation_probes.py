@@ -227,13 +227,19 @@ def output_parts(probe: ActivationProbe, parts: dict, row_start: list[int], k: i
 def merge_partials(probe: ActivationProbe, calls: list[dict]) -> dict:
     """Combine the partials of several calls of one module in one step (host side, numpy)."""
     calls = [c for c in calls if c]
-    if not calls:
-        return {}
-    out = dict(calls[0])
-    for c in calls[1:]:
-        for key in out:
-            if key in c:
-                out[key] = _merged(probe.merge.get(key, "sum"), out[key], c[key])
+    if len(calls) < 2:
+        return dict(calls[0]) if calls else {}
+    return {key: _merged_all(probe.merge.get(key, "sum"), [c[key] for c in calls if key in c]) for key in calls[0]}
+
+
+def _merged_all(rule: str, values: list):
+    """The values of one key over a module's calls, merged by `rule` (in call order, as _merged pairs them)."""
+    if rule in ("sum", "min", "max") and all(isinstance(v, np.ndarray) for v in values) \
+            and len({v.shape for v in values}) == 1:
+        return {"sum": np.add, "min": np.minimum, "max": np.maximum}[rule].reduce(values)
+    out = values[0]
+    for v in values[1:]:
+        out = _merged(rule, out, v)
     return out
 
 

@@ -8,6 +8,7 @@ is tview/hooks/layers.py's, and the step's timeline tview/hooks/timing.py's.
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import math
 import os
@@ -199,7 +200,7 @@ class Recorder:
         elif probe_layers:
             raise ConfigError("probe_layers given without probe_batch: pass the batch whose feature maps to keep")
         self._channels: dict[int, int] = {}  # activation widths seen in the forward pass
-        self._recording, self._detail_now, self._act_probes_now = False, False, ()
+        self._recording, self._detail_now, self._act_probes_now, self._singles_now = False, False, (), False
         self._examples = 0
         self._pending_act: list[tuple[int, int | None, list]] = []
         self._kept: list[tuple] = []  # (layer index, output, its version, its sample copied or None) this forward
@@ -329,6 +330,7 @@ class Recorder:
         self._detail_now = self._recording and self._recorded % self.preset.detail_every == 0
         mode = (DETAIL_STEP if self._detail_now else SENTINELS) if self._recording else OFF
         self._act_probes_now = self._act_by_mode[mode]
+        self._singles_now = any(not p.batched for p in self._act_probes_now)  # probes that read one output at a time
         if self.local_grads is not None:
             self.local_grads.active = self._recording
 
@@ -364,8 +366,10 @@ class Recorder:
         """Eager: keep the output for the batch where the forward pass ends (no op: a hook runs between layers, where
         every Python call is slow, the CPU's caches holding the layer's data); where a later layer modifies it in
         place, its sample is copied now. A probe that reads one output at a time runs here."""
-        self._forward_order.setdefault(index, len(self._forward_order))
-        if not self._one_at_a_time(index, output, probes):
+        order = self._forward_order
+        if index not in order:
+            order[index] = len(order)
+        if self._singles_now and not self._one_at_a_time(index, output, probes):
             return
         if index not in self._inplace_victims:
             self._kept.append((index, output, output._version, None))
@@ -675,7 +679,7 @@ class Recorder:
                 calls.setdefault(probe, {}).setdefault(layer, []).append(parts)
         batches, started = item["act_batches"], {}
         for layers, _, row_start, results in batches:
-            repeated = _repeated(layers) if len(batches) == 1 and 0 not in np.diff(row_start) else None
+            repeated = _repeated(tuple(layers)) if len(batches) == 1 and 0 not in np.diff(row_start) else None
             for probe, parts in results:
                 per_layer = calls.setdefault(probe, {})
                 if repeated is not None and act.outputs_finalizer(probe) is not None:
@@ -768,10 +772,14 @@ HOST_BUFFER_KEPT = 4 << 20  # bytes of the CPU path's sample buffer kept from on
 # one is made again at each step: memory held between steps, and glibc serves the same size again without faults)
 
 
-def _repeated(layers: list[int]) -> np.ndarray:
-    """[outputs] True where the output's layer made more than one output (a module called several times)."""
+@functools.lru_cache(maxsize=64)
+def _repeated(layers: tuple[int, ...]) -> np.ndarray:
+    """[outputs] True where the output's layer made more than one output (a module called several times); read-only,
+    worked out once per order of layers (a forward pass takes the same path step after step)."""
     ids, counts = np.unique(layers, return_counts=True)
-    return np.isin(layers, ids[counts > 1])
+    out = np.isin(layers, ids[counts > 1])
+    out.setflags(write=False)
+    return out
 
 
 def _channels(output: torch.Tensor) -> int | None:

@@ -89,7 +89,7 @@ class Trend:
             self.series.setdefault(name, np.full(len(self.index), np.nan))
         for name, old in self.series.items():
             new = np.asarray(columns[name], dtype=np.float64)[keep] if name in columns else np.full(keep.sum(), np.nan)
-            self.series[name] = np.concatenate([old, new])
+            self.series[name] = np.concatenate([old, new if name in EXACT else _digits7(new)])
         self.index = np.concatenate([self.index, index[keep]])
         self.step = np.concatenate([self.step, np.asarray(steps, dtype=np.int64)[keep]])
         self.wall = np.concatenate([self.wall, np.asarray(walls, dtype=np.float64)[keep]])
@@ -104,11 +104,21 @@ class Trend:
         self.index, self.step, self.wall = self.index[keep], self.step[keep], self.wall[keep]
         self.series = {name: v[keep] for name, v in self.series.items()}
 
+    def keep_digits(self) -> Trend:
+        """Round the series to the digits a summary keeps (a trend rebuilt from a shard, before it is extended)."""
+        self.series = {name: v if name in EXACT else _digits7(v) for name, v in self.series.items()}
+        return self
+
     def as_json(self) -> dict:
         out = {"stride": self.stride, "step": self.step.tolist(), "wall_time": self.wall.tolist()}
         for name, v in self.series.items():
-            out[name] = v.tolist() if name in EXACT else [float(f"{x:.7g}") for x in v.tolist()]
+            out[name] = v.tolist()  # rounded as they came (extend): each point once, not at every flush
         return out
+
+
+def _digits7(values: np.ndarray) -> np.ndarray:
+    """Values at the 7 significant digits a summary keeps (the JSON text is then as short as the digits)."""
+    return np.array([float(f"{x:.7g}") for x in values.tolist()], dtype=np.float64)
 
 
 def first_nonfinite_map(first: dict[str, np.ndarray], layers: list[str], scalar_names: list[str],
@@ -208,7 +218,7 @@ def trend_from_rows(rows: int, read: ReadRows, scalar_names: list[str], tables: 
     trend.index = np.arange(0, rows, k, dtype=np.int64)[:len(steps)]
     trend.step, trend.wall = np.asarray(steps, dtype=np.int64), np.asarray(walls, dtype=np.float64)
     trend.series = {name: np.asarray(v, dtype=np.float64) for name, v in columns.items()}
-    return trend
+    return trend.keep_digits()
 
 
 def _table_trends(read: ReadRows, table: str, names: list[str], n: int, steps: np.ndarray) -> dict[str, np.ndarray]:

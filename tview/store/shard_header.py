@@ -13,6 +13,7 @@ import numpy as np
 
 from tview.errors import CorruptShardError, SchemaVersionError
 from tview.store import schema
+from tview.store.h5dataset import memory_type
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Layout:
     layers: list  # names
     columns: dict  # column name -> (table, schema.Column)
     shapes: dict  # dataset path -> the row shape its declaration fixes
+    dtypes: dict  # dataset path -> the dtype its declaration fixes (rows are read as it)
 
 
 @dataclass(frozen=True)
@@ -119,22 +121,27 @@ def expected_shapes(n_layers: int, tables: dict[str, schema.TableSpec]) -> dict[
     return need
 
 
+def declared_dtypes(tables: dict[str, schema.TableSpec]) -> dict[str, np.dtype]:
+    """The dtype of each probe table's steps, measured flags and columns with one dataset, by path in the file."""
+    need = {}
+    for name, spec in tables.items():
+        base = schema.table_path(name)
+        need.update({f"{base}/{schema.STEP}": np.dtype(np.int64), f"{base}/{schema.MEASURED}": np.dtype(np.uint8)})
+        need.update({f"{base}/{c.name}": np.dtype(c.dtype) for c in spec.columns if c.kind != schema.CHANNEL})
+    return need
+
+
 def layout(layer_info: list, tables: dict) -> Layout:
     """What a shard with these layers and tables holds where."""
     return Layout(layer_info, tables, [x["name"] for x in layer_info],
                   {c.name: (t, c) for t, spec in tables.items() for c in spec.columns},
-                  expected_shapes(len(layer_info), tables))
+                  expected_shapes(len(layer_info), tables), declared_dtypes(tables))
 
 
 @functools.lru_cache(maxsize=64)
 def _layout_of(layers_text: str, tables_text: str) -> Layout:
     """The layout of every shard with these (checked) texts."""
     return layout(_parsed_layers(layers_text), _table_specs(tables_text))
-
-
-@functools.lru_cache(maxsize=8)
-def _memory_type(dtype: np.dtype) -> h5py.h5t.TypeID:
-    return h5py.h5t.py_create(dtype)  # as h5py makes it for each read (a text's: Python str objects)
 
 
 class _Attributes:
@@ -153,7 +160,7 @@ class _Attributes:
             raise KeyError(f"no attribute {name!r}") from None
         out = np.empty((), dtype)
         try:
-            attr.read(out, _memory_type(out.dtype))
+            attr.read(out, memory_type(out.dtype))
         except OSError:
             out = np.empty((), attr.dtype)
             attr.read(out)
@@ -164,6 +171,8 @@ class _Attributes:
             return self.read(name, dtype)
         except KeyError:
             return default
+
+
 
 
 _TEXT = h5py.string_dtype()

@@ -13,6 +13,7 @@ import numpy as np
 
 from tview.errors import CorruptShardError, TviewError
 from tview.store import schema, settled
+from tview.store.h5dataset import OpenDataset
 from tview.store.h5open import check_shard_file, open_shard_id
 from tview.store.lock import serialized
 from tview.store.shard_header import Header, identity, known_header, read_header, remember_header
@@ -29,23 +30,12 @@ def strided(n: int, max_points: int | None) -> slice:
     return slice(0, n, stride)
 
 
-def _hyperslab(shape: tuple, rows: range, layer: int | None) -> tuple[tuple, tuple, tuple]:
-    """(start, count, stride) selecting `rows` (a stepped range) of a dataset of that shape, all of each row or its
-    entry `layer` along axis 1."""
-    count = (len(rows),) + shape[1:]
-    start = (rows.start,) + (0,) * (len(shape) - 1)
-    if layer is not None:
-        count, start = count[:1] + (1,) + count[2:], start[:1] + (layer,) + start[2:]
-    return start, count, (rows.step,) + (1,) * (len(shape) - 1)
-
-
 def _read_only(arrays: tuple) -> tuple:
     for a in arrays:
         a.flags.writeable = False
     return arrays
 
 
-WHOLE_BYTES = 2**20  # a column up to this size is read whole for one layer of it (its chunks hold every layer)
 KEEP_ROWS = 4096  # a table's steps and measured flags are kept (one table per shard) up to this many rows
 
 
@@ -91,7 +81,7 @@ class ShardReader:
         self.version, self.rank, self.world_size = header.version, header.rank, header.world_size
         lay = header.layout  # shared by every shard of the run: never changed here
         self.layer_info, self.tables, self.layers, self.columns = lay.layer_info, lay.tables, lay.layers, lay.columns
-        self._shapes, self._checked = lay.shapes, set()
+        self._shapes, self._dtypes, self._checked = lay.shapes, lay.dtypes, set()
         self._settled = False
 
     def _file_stamp(self) -> tuple[int, int]:
@@ -121,7 +111,7 @@ class ShardReader:
 
     @serialized
     def dataset(self, table: str, column: str) -> h5py.Dataset:
-        return h5py.Dataset(self._dataset_id(table, column))
+        return h5py.Dataset(self._dataset_id(table, column).did)
 
     @serialized
     def has(self, table: str, column: str) -> bool:
@@ -133,9 +123,9 @@ class ShardReader:
         except KeyError:
             return False
 
-    def _dataset_id(self, table: str, column: str, settled_now: bool | None = None) -> h5py.h5d.DatasetID:
+    def _dataset_id(self, table: str, column: str, settled_now: bool | None = None) -> OpenDataset:
         """The dataset opened low-level, refreshed unless the shard is settled (settled_now: the caller has just
-        checked whether it is)."""
+        checked whether it is), its rows read as its declared dtype where it has one."""
         group = self.table_path(table)
         path = f"{group}/{column}"
         try:
@@ -145,37 +135,26 @@ class ShardReader:
             did = h5py.h5d.open(self.fid, path.encode())
             if not (self._settled_now() if settled_now is None else settled_now):
                 did.refresh()
+            ds = OpenDataset(did, self._dtypes.get(path))
         except (KeyError, FileNotFoundError):
             raise CorruptShardError(f"{self.path}: no {group}/{column} in this shard (damaged or edited?)") from None
         except (OSError, RuntimeError, ValueError, AttributeError, TypeError) as exc:
             raise CorruptShardError(f"{self.path}: {group}/{column} cannot be opened (damaged?): {exc}") from None
         if path not in self._checked:  # the shape its declaration fixes, checked once
             want = self._shapes.get(path)
-            if want is not None and tuple(did.shape[1:]) != want:
-                raise CorruptShardError(f"{self.path}: {path} has shape {did.shape}, expected "
+            if want is not None and ds.shape[1:] != want:
+                raise CorruptShardError(f"{self.path}: {path} has shape {ds.shape}, expected "
                                         f"rows of {want} (damaged or edited shard)")
             self._checked.add(path)
-        return did
+        return ds
 
-    def _rows(self, did: h5py.h5d.DatasetID, table: str, column: str, rows: range, layer: int | None = None):
+    def _rows(self, ds: OpenDataset, table: str, column: str, rows: range, layer: int | None = None):
         """Rows (a stepped range) of a dataset, all of each row or its entry `layer` along axis 1, read with
         HDF5's low-level calls (a hyperslab: only the chunks that hold those rows are read)."""
-        space = did.get_space()
-        shape = space.shape
-        start, count, stride = _hyperslab(shape, rows, layer)
-        out = np.empty(count, did.dtype)
-        whole = rows.start == 0 and rows.step == 1 and len(rows) == shape[0] > 0
-        if whole and layer is not None and out.nbytes * shape[1] <= WHOLE_BYTES:  # one layer of a small column
-            return self._rows(did, table, column, rows)[:, layer]  # read whole: HDF5's selection costs more
         try:
-            if whole and layer is None:  # all of it
-                did.read(h5py.h5s.ALL, h5py.h5s.ALL, out)
-            elif len(rows):
-                space.select_hyperslab(start, count, stride)
-                did.read(h5py.h5s.create_simple(count), space, out)
+            return ds.rows(rows, layer)
         except _READ_FAILURES as exc:
             raise CorruptShardError(f"{self.path}: {table}/{column} cannot be read (damaged file?): {exc}") from None
-        return out if layer is None else out.reshape(count[:1] + count[2:])
 
     @serialized
     def length(self, table: str) -> int:
@@ -187,7 +166,7 @@ class ShardReader:
         return self._checked_steps(table, self._rows(did, table, schema.STEP, range(*rows.indices(did.shape[0]))))
 
     def _checked_steps(self, table: str, steps: np.ndarray) -> np.ndarray:
-        if len(steps) and (steps[0] < 0 or (np.diff(steps) <= 0).any()):
+        if len(steps) and (steps[0] < 0 or np.count_nonzero(steps[1:] <= steps[:-1])):
             raise CorruptShardError(f"{self.path}: {table}/{schema.STEP} holds negative or out-of-order steps "
                                     f"(damaged or edited shard)")
         return steps
@@ -267,16 +246,21 @@ class ShardReader:
 
     def _steps_and_mask(self, table: str, rows: range, *ids, settled_now: bool = False) -> tuple:
         """(steps (read-only), measured [rows, layers]) of those rows of a table (`ids`: its step and measured
-        datasets, opened here when not given), kept of a closed shard up to KEEP_ROWS rows."""
-        def read():
-            step, mask = ids or self._head_ids(table)
-            steps = self._checked_steps(table, self._rows(step, table, schema.STEP, rows))
-            steps.flags.writeable = False
-            flags = self._rows(mask, table, schema.MEASURED, rows).astype(bool)
-            return steps, np.packbits(flags, axis=-1), flags.shape[-1]
+        datasets, opened here when not given), kept of a closed shard up to KEEP_ROWS rows (the flags as bits)."""
         key = ("head", table, rows.start, rows.stop, rows.step)
-        steps, bits, width = read() if len(rows) > KEEP_ROWS else self._kept(key, read, settled_now)
-        return steps, np.unpackbits(bits, axis=-1, count=width).view(bool)
+        keep = len(rows) <= KEEP_ROWS and (settled_now or self._settled_now())
+        kept = settled.known(self._key, key) if keep else None
+        if kept is not None:
+            steps, bits, shape = kept
+            return steps, np.unpackbits(bits, count=shape[0] * shape[1]).view(bool).reshape(shape)
+        step, mask = ids or self._head_ids(table)
+        steps = self._checked_steps(table, self._rows(step, table, schema.STEP, rows))
+        steps.flags.writeable = False
+        flags = self._rows(mask, table, schema.MEASURED, rows).astype(bool)
+        if keep:
+            # packed whole: along each row of 20 flags it took 14 times as long
+            settled.keep(self._key, key, (steps, np.packbits(flags.ravel()), flags.shape))
+        return steps, flags
 
     @serialized
     def masked(self, table: str, column: str, max_points: int | None = None):
