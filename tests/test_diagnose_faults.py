@@ -44,6 +44,7 @@ def _straggler(faults, name: str, how: str, rank: int):
     return faults.Scenario(name, steps=90, fault=faults._f(how, 50, rank), expected=("slow_rank", rank, None))
 
 
+@pytest.mark.alone  # the onset within one step: the other test worker's load once moved it to step 52 (load 5)
 @pytest.mark.parametrize("how, rank", [("sleep_data", 1), ("sleep_after", 0)])
 def test_the_rank_the_others_wait_for_is_named_whether_slow_before_its_forward_or_after_its_step(tmp_path, how, rank):
     """Rank `rank` sleeps 30 ms a step from step 50: before its forward (a slow data loader: its own busy time) or
