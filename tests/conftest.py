@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import pathlib
 import sys
 
 import pytest
@@ -112,7 +113,7 @@ def made_once(request, tmp_path_factory, name: str, make):
         return folder
     import fcntl
     import shutil
-    shared = tmp_path_factory.getbasetemp().parent  # the session's temporary folder, above each worker's own
+    shared = workers_folder(request.config)
     folder, done = shared / name, shared / f"{name}.done"
     with open(shared / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -239,6 +240,11 @@ def work_unit(nodeid: str, alone: frozenset = frozenset()) -> str:
     return "tests/app" if path.startswith("tests/app/") else path
 
 
+def workers_folder(config) -> pathlib.Path:
+    """Under pytest-xdist, the session's temporary folder that holds each worker's own (what the workers share)."""
+    return pathlib.Path(config.getoption("basetemp")).parent
+
+
 def alone_tests_file(shared) -> str:
     """Where the workers write the node ids of the tests marked `alone`, for the main process's scheduler."""
     return os.path.join(str(shared), "alone.tests")
@@ -263,9 +269,8 @@ def pytest_xdist_make_scheduler(config, log):
 
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("PYTEST_XDIST_WORKER"):  # the order the workers report is the order units are handed out
-        import pathlib
         alone = frozenset(item.nodeid for item in items if item.get_closest_marker("alone"))
-        shared = pathlib.Path(config.getoption("basetemp")).parent
+        shared = workers_folder(config)
         written = pathlib.Path(alone_tests_file(shared) + "." + os.environ["PYTEST_XDIST_WORKER"])
         written.write_text("".join(f"{nodeid}\n" for nodeid in sorted(alone)))
         written.replace(alone_tests_file(shared))  # whole, whichever worker writes last
@@ -282,9 +287,8 @@ def pytest_runtest_protocol(item):
         yield
         return
     import fcntl
-    import pathlib
     import time
-    shared = pathlib.Path(item.config.getoption("basetemp")).parent  # the workers' temporary folders are inside it
+    shared = workers_folder(item.config)
     alone = item.get_closest_marker("alone") is not None
     with open(shared / "alone.turnstile", "w") as turnstile, open(shared / "alone.lock", "w") as lock:
         asked = time.monotonic()

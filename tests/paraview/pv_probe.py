@@ -4,6 +4,7 @@ got as one JSON line (PROBE {...}), for the test to compare with tview.open_run.
 import json
 import os
 import sys
+import time as _time  # `time` is main()'s requested time step
 
 from paraview import servermanager as sm
 from paraview import simple as pv
@@ -60,7 +61,6 @@ def timesteps(reader) -> list:
 def reload_until_more(reader, than: int, deadline: float) -> list:
     """File > Reload Files, again and again, until the reader lists more than `than` steps or the deadline (a
     time.monotonic() value) passes; the steps it lists then."""
-    import time as _time
     while True:
         pv.ReloadFiles(reader)
         reader.UpdatePipelineInformation()
@@ -79,9 +79,8 @@ def main():
     for key, value in args.get("properties", {}).items():
         setattr(reader, key, value)
     reader.UpdatePipelineInformation()
-    steps = list(reader.TimestepValues) if reader.TimestepValues is not None else []
+    steps = timesteps(reader)
     if args.get("reload_until_more"):  # a run still being written: reloaded until it lists a step
-        import time as _time
         reload_deadline = _time.monotonic() + args["reload_until_more"]
         steps = steps or reload_until_more(reader, 0, reload_deadline)
     time = args.get("time", steps[-1] if steps else None)

@@ -173,8 +173,6 @@ class _Attributes:
             return default
 
 
-
-
 _TEXT = h5py.string_dtype()
 
 
