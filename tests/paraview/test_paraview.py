@@ -338,3 +338,27 @@ def test_mpirun_renders_the_rank_field_as_one_process_does(ragged, tmp_path):
     one, two = pictures
     assert one.shape == two.shape and len(np.unique(one.reshape(-1, 3), axis=0)) > 20
     assert (np.abs(one - two).max(axis=2) > 8).mean() < 0.001  # the same picture, labels included
+
+
+def test_the_private_screen_keeps_its_state_when_its_last_client_leaves():
+    """tview's own Xvfb does not reset when its last client disconnects: a reset drops the connections arriving
+    meanwhile, and under mpirun one pvbatch's connection arrived while another's had just closed ("bad X server
+    connection", 3 of 10 two-process renders). A reset also wipes the root window's properties, which shows it."""
+    from tview.render.paraview_launch import screen
+    env = clean_env()
+    env.pop("DISPLAY", None)
+    with screen(env) as env:
+        subprocess.run(["xprop", "-root", "-f", "TVIEW_MARK", "8s", "-set", "TVIEW_MARK", "kept"], env=env, check=True,
+                       timeout=30)  # this client leaves: it was the last one
+        shown = subprocess.run(["xprop", "-root", "TVIEW_MARK"], env=env, capture_output=True, text=True, timeout=30)
+    assert shown.stdout.strip() == 'TVIEW_MARK(STRING) = "kept"', shown.stdout + shown.stderr
+
+
+def test_mpirun_lets_each_process_use_every_core():
+    """`tview render --processes N` does not pin each process to one core (mpirun's default for N <= 2): pinned,
+    a process rendered with one core however idle the other, and waited whenever other work landed on its own."""
+    from tview.render.paraview_launch import mpi_command
+    cmd = mpi_command(2, [shutil.which("python3"), "-c", "import os; print(sorted(os.sched_getaffinity(0)))"])
+    proc = subprocess.run(cmd, env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [json.loads(line) for line in proc.stdout.splitlines()] == [sorted(os.sched_getaffinity(0))] * 2

@@ -95,14 +95,16 @@ def _read_display(fd: int, proc: subprocess.Popen, timeout: float) -> str:
 @contextlib.contextmanager
 def screen(env: dict, timeout: float = 30) -> Iterator[dict]:
     """`env` with a DISPLAY: its own if it has one, else a private Xvfb that picks a free display number itself
-    (-displayfd: no race between concurrent renders, as `xvfb-run -a` has), stopped on exit."""
+    (-displayfd: no race between concurrent renders, as `xvfb-run -a` has), stopped on exit. -noreset: an X server
+    resets when its last client leaves and drops the connections that arrive meanwhile, which was the "bad X server
+    connection" of pvbatch under mpirun (one process's first connection closed while another's opened)."""
     if env.get("DISPLAY"):
         yield env
         return
     read_fd, write_fd = os.pipe()
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen([find_program("Xvfb"), "-displayfd", str(write_fd), "-screen", "0", SCREEN,
-                             "-nolisten", "tcp"], pass_fds=(write_fd,), stdout=log, stderr=log)
+                             "-nolisten", "tcp", "-noreset"], pass_fds=(write_fd,), stdout=log, stderr=log)
     os.close(write_fd)
     try:
         display = _read_display(read_fd, proc, timeout)
@@ -215,8 +217,11 @@ def _run_pvbatch(cmd: list[str], what: str, timeout: float, echo: bool, attempts
 
 def mpi_command(processes: int, pvbatch: list[str]) -> list[str]:
     """`mpirun -np N` around a pvbatch command line, passing the screen and the clean PYTHONPATH on (2 cores
-    here: --oversubscribe lets N exceed them; a process waiting for the others yields its core)."""
-    return [find_program("mpirun"), "--allow-run-as-root", "--oversubscribe", "--mca", "mpi_yield_when_idle", "1",
+    here: --oversubscribe lets N exceed them; a process waiting for the others yields its core; --bind-to none:
+    mpirun binds each process to one core when N <= 2, and a process then renders with one core however idle
+    the other, and waits whenever other work lands on its own)."""
+    return [find_program("mpirun"), "--allow-run-as-root", "--oversubscribe", "--bind-to", "none",
+            "--mca", "mpi_yield_when_idle", "1",
             "-np", str(processes),
             "-x", "DISPLAY", "-x", "PYTHONPATH", "-x", "PYTHONNOUSERSITE"] + pvbatch
 
