@@ -71,6 +71,11 @@ def _as_tensor(v) -> torch.Tensor:
     return torch.stack([zero if t is None else t for t in v])
 
 
+def _scalars_as_float64(v: list) -> np.ndarray:
+    """A list of 0-d CPU tensors (None: 0) as float64 numpy, value by value (a stack op costs more for a few dozen)."""
+    return np.array([0.0 if t is None else float(t) for t in v], dtype=np.float64)
+
+
 class HostTransfer:
     """The tensor values of some dicts, copied to the host in one go. `slots` are (dict, key, native):
     native values (snapshots) travel as float32, the others (statistics) as float64, so counts stay exact.
@@ -95,7 +100,8 @@ class HostTransfer:
             return
         if host_shortcuts(firsts[0]) and all(t.device.type == "cpu" for t in firsts):
             for d, k, own in self.slots:  # nothing to move: numpy copies now (the tensors may change later)
-                d[k] = cpu_to_numpy(_as_tensor(d[k]), own)
+                v = d[k]
+                d[k] = _scalars_as_float64(v) if isinstance(v, list) and not own else cpu_to_numpy(_as_tensor(v), own)
             self.slots = []
             if base is not None:  # the writer reads the kept tensor itself (lent to it until written)
                 self.span = (None, dict(views), views)
