@@ -200,7 +200,8 @@ class Recorder:
         elif probe_layers:
             raise ConfigError("probe_layers given without probe_batch: pass the batch whose feature maps to keep")
         self._channels: dict[int, int] = {}  # activation widths seen in the forward pass
-        self._recording, self._detail_now, self._act_probes_now, self._singles_now = False, False, (), False
+        self._recording, self._detail_now = False, False
+        self._set_act_probes(())
         self._examples = 0
         self._pending_act: list[tuple[int, int | None, list]] = []
         self._kept: list[tuple] = []  # (layer index, output, its version, its sample copied or None) this forward
@@ -329,8 +330,7 @@ class Recorder:
         self._recording = self._failed_at is None and bool(self.schedule(self._step))
         self._detail_now = self._recording and self._recorded % self.preset.detail_every == 0
         mode = (DETAIL_STEP if self._detail_now else SENTINELS) if self._recording else OFF
-        self._act_probes_now = self._act_by_mode[mode]
-        self._singles_now = any(not p.batched for p in self._act_probes_now)  # probes that read one output at a time
+        self._set_act_probes(self._act_by_mode[mode])
         if self.local_grads is not None:
             self.local_grads.active = self._recording
 
@@ -338,6 +338,12 @@ class Recorder:
         return self._recording and (probe.cadence == EVERY or self._detail_now)
 
     # -- hooks -------------------------------------------------------------------------------
+    def _set_act_probes(self, probes: tuple):
+        """The activation probes the hooks run now, and whether any of them reads one output at a time (kept beside
+        them: the hook asks on every layer)."""
+        self._act_probes_now = probes
+        self._singles_now = any(not p.batched for p in probes)
+
     def _count_examples(self, module, inputs):
         if self._recording and module.training and inputs and isinstance(inputs[0], torch.Tensor) and inputs[0].dim():
             self._examples += inputs[0].shape[0]
@@ -359,7 +365,7 @@ class Recorder:
     def _activations_failed(self, exc: BaseException):
         self._report("activation statistics", exc)
         self._act_by_mode = {mode: () for mode in self._act_by_mode}
-        self._act_probes_now = ()
+        self._set_act_probes(())
         self._kept, self._host_batch = [], None
 
     def _keep(self, index: int, output: torch.Tensor, probes: tuple):
@@ -496,7 +502,7 @@ class Recorder:
         """The writer failed: stop recording (hooks off) and raise its error once, here."""
         self._failed_at = self._step
         self._recording = False
-        self._act_probes_now = ()
+        self._set_act_probes(())
         self._remove_hooks()
         self._writer.check()
 
@@ -739,7 +745,7 @@ class Recorder:
         if self._closed:
             return
         self._closed = True
-        self._act_probes_now = ()
+        self._set_act_probes(())
         self._remove_hooks()
         try:
             with open(self._resume_path, "w") as f:
