@@ -24,6 +24,7 @@ from tview.errors import ConfigError, StoreWriteError, TviewError
 from tview.hooks import activation_probes as act
 from tview.hooks import param_probes as par
 from tview.hooks.activation_batch import ActivationBatch, RowIndex, flat_sample
+from tview.hooks.forward_hooks import ForwardHooks
 from tview.hooks.host_batch import HostBatch
 from tview.hooks.layers import (
     channel_dim,
@@ -212,10 +213,13 @@ class Recorder:
         self._inplace_victims: set[int] = set()  # layers whose output a later layer modifies in place
         self._forward_order: dict[int, int] = {}  # layer index -> the order its hook first fired in
         self._problems: set[str] = set()
-        self._hooks = [self.outer.register_forward_pre_hook(self._count_examples)]
-        if self.act_probes:  # installed once, for good: torch.compile sees them from its first trace on
-            self._hooks += [m.register_forward_hook(self._make_forward_hook(i)) for i, (_, m) in enumerate(self.layers)]
-            self._hooks.append(self.outer.register_forward_hook(self._end_forward))
+        self._hooks = []  # on the parameters (for good)
+        self._forward_hooks = ForwardHooks(self.outer, self.model)  # on from the start: torch.compile traces them
+        self._forward_hooks.add(self.outer, self._count_examples, pre=True)
+        if self.act_probes:
+            for i, (_, m) in enumerate(self.layers):
+                self._forward_hooks.add(m, self._make_forward_hook(i))
+            self._forward_hooks.add(self.outer, self._end_forward)
             self._recompile_if_compiled()
         self.clock = StepClock(self.optimizers, [p for ps in self._layer_params() for p in ps])
         self._set_up_local_grads()
@@ -258,8 +262,8 @@ class Recorder:
         ddp = next((i for i, m in enumerate(chain) if isinstance(m, nn.parallel.DistributedDataParallel)), None)
         if ddp is None or any(is_compiled(m) for m in chain[:ddp]):
             return
-        self._hooks += [chain[ddp].register_forward_pre_hook(self._enter_ddp),
-                        chain[ddp + 1].register_forward_pre_hook(self._enter_model)]
+        self._forward_hooks.add(chain[ddp], self._enter_ddp, pre=True)
+        self._forward_hooks.add(chain[ddp + 1], self._enter_model, pre=True)
 
     def _enter_ddp(self, module, inputs):
         self._t_ddp_enter = time.perf_counter()
@@ -331,6 +335,7 @@ class Recorder:
         self._detail_now = self._recording and self._recorded % self.preset.detail_every == 0
         mode = (DETAIL_STEP if self._detail_now else SENTINELS) if self._recording else OFF
         self._set_act_probes(self._act_by_mode[mode])
+        self._forward_hooks.want(self._recording)
         if self.local_grads is not None:
             self.local_grads.active = self._recording
 
@@ -392,6 +397,7 @@ class Recorder:
 
     def _end_forward(self, module, inputs, output):
         if (self._kept or self._host_batch is not None) and not torch.compiler.is_compiling():
+            self._forward_hooks.eager_seen = True
             try:
                 self._reduce_kept(output)
             except Exception as exc:
@@ -589,10 +595,11 @@ class Recorder:
             return
         self._problems.add("hooks")
         warnings.warn("tview: no activation statistics came from this step's forward pass: the model runs compiled "
-                      "code traced before tview's hooks were installed (torch.compile called before the Recorder "
-                      "was made). tview drops torch.compile's cached code once so the next step traces the hooks; "
-                      "give the Recorder the compiled model, or make it before the first compiled call, to avoid "
-                      "the retrace", RuntimeWarning, stacklevel=4)
+                      "code traced while tview's hooks were not installed (torch.compile called before the Recorder "
+                      "was made, or a model that ran eagerly first compiled on a step tview did not record). tview "
+                      "drops torch.compile's cached code once so the next step traces the hooks; give the Recorder "
+                      "the compiled model, or make it before the first compiled call, to avoid the retrace",
+                      RuntimeWarning, stacklevel=4)
         torch._dynamo.reset()
 
     def _param_results(self) -> tuple[list, ParamStep | None]:
@@ -737,6 +744,7 @@ class Recorder:
         for h in self._hooks:
             h.remove()
         self._hooks = []
+        self._forward_hooks.clear()
         self.clock.remove()
 
     def close(self) -> None:
