@@ -345,13 +345,13 @@ class Recorder:
         self._singles_now = any(not p.batched for p in probes)
 
     def _count_examples(self, module, inputs):
-        if self._recording and module.training and inputs and isinstance(inputs[0], torch.Tensor) and inputs[0].dim():
+        if self._recording and _training(module) and inputs and isinstance(inputs[0], torch.Tensor) and inputs[0].dim():
             self._examples += inputs[0].shape[0]
 
     def _make_forward_hook(self, index: int):
         def hook(module, inputs, output):  # returns at once on a step that records no activation statistics
             probes = self._act_probes_now
-            if not probes or not module.training or not isinstance(output, torch.Tensor):
+            if not probes or not _training(module) or not isinstance(output, torch.Tensor):
                 return
             if torch.compiler.is_compiling():
                 self._activation_parts(index, output, probes)
@@ -766,6 +766,12 @@ class Recorder:
 
     def __repr__(self):
         return f"Recorder({self.run_dir!r}, rank={self.rank}, step={self._step}, preset={self.preset.name})"
+
+
+def _training(module: nn.Module) -> bool:
+    """A training forward: the module in train mode and autograd on (a forward under torch.no_grad() or
+    torch.inference_mode(), in train mode or not, is inference between the steps, not the step's)."""
+    return module.training and torch.is_grad_enabled()
 
 
 def _finite_on_host(output) -> bool:
