@@ -1,7 +1,10 @@
 """The Recorder in setups its authors did not build for, each a new user's short script compared with plain torch:
-inference between training steps."""
+inference between training steps, parameters replaced mid-run."""
+
+import warnings
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -56,4 +59,34 @@ def test_a_train_mode_forward_under_no_grad_between_steps_is_not_recorded(tmp_pa
     run = tview.open_run(str(tmp_path / "r"))
     np.testing.assert_allclose(run.stat("act_mean", layer="0")[1], means, rtol=1e-5)
     assert list(run.scalar("examples")[1]) == [8, 8, 8]
+
+
+def test_a_parameter_replaced_mid_run_is_followed_with_a_warning(tmp_path):
+    """`layer.weight = nn.Parameter(...)` (or load_state_dict(assign=True)) after training began: the layer's
+    statistics are of the new tensor, not of the one it replaced; tview says so once."""
+    model, (x, y) = small_net(), data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    grads, weights = [], []
+    w0 = torch.cat([p.detach().reshape(-1).double().clone() for p in model[0].parameters()])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt, preset="full") as rec:
+            for step in range(5):
+                if step == 3:
+                    model[0].weight = nn.Parameter(model[0].weight.detach() * 0.5)
+                    opt.param_groups[0]["params"][0] = model[0].weight
+                opt.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                grads.append(grad_norm(model[0]))
+                opt.step()
+                weights.append(weight_norm(model[0]))
+                rec.step()
+    run = tview.open_run(str(tmp_path / "r"))
+    np.testing.assert_allclose(run.stat("grad_norm", layer="0")[1], grads, rtol=1e-5)
+    np.testing.assert_allclose(run.stat("weight_norm", layer="0")[1], weights, rtol=1e-5)
+    said = [str(w.message) for w in caught if "replaced" in str(w.message)]
+    assert len(said) == 1 and "'0'" in said[0] and "step 3" in said[0], said
+    w = torch.cat([p.detach().reshape(-1).double() for p in model[0].parameters()])
+    _, dist = run.stat("init_distance", layer="0")  # still measured from the weights the run started from
+    assert dist[-1] == pytest.approx(float((w - w0).norm() / w0.norm()), rel=1e-5)
 

@@ -153,7 +153,7 @@ class Recorder:
     def _layer_params(self) -> list[list[torch.Tensor]]:
         return [list(self.layers[i][1].parameters(recurse=False)) for i in self.param_layer_ids]
 
-    def _set_up_probes(self):
+    def _set_up_probes(self, keep_origin: bool = False):
         ids = self.param_layer_ids
         self.pctx = None
         if ids:
@@ -163,20 +163,20 @@ class Recorder:
             self.preset, [self.layer_names[i] for i in ids], self.world_size > 1, self.trajectory_dims, self._seed)
         if self.pctx is None:
             self.param_probes = []
-        self._set_up_param_probes()
+        self._set_up_param_probes(keep_origin)
         self.rows = RowBuilder(self.layer_names, ids, self.pctx)
         self._act_by_mode = {OFF: (), SENTINELS: tuple(p for p in self.act_probes if p.cadence == EVERY),
                              DETAIL_STEP: tuple(self.act_probes)}
         self._row_index = RowIndex()
 
-    def _set_up_param_probes(self):
+    def _set_up_param_probes(self, keep_origin: bool = False):
         """Each parameter probe's setup; init_distance's against the weights the run started from (kept beside
-        the shard when the run began, read back on resume)."""
+        the shard when the run began, read back on resume and where `keep_origin`: parameters replaced mid-run)."""
         origin = None
         if any(isinstance(p, par.InitDistance) for p in self.param_probes):
             path = origin_path(self.run_dir, self.rank)
             self.pctx.origin_path = path  # init_distance reads W0 back from it (never held in memory)
-            if self._mode == "resume" and os.path.exists(path):
+            if (self._mode == "resume" or keep_origin) and os.path.exists(path):
                 origin = load_origin(path, self.pctx.params)
             elif self._mode != "resume" or not os.path.exists(self.shard_path):
                 save_origin(path, self.pctx.params)
@@ -188,9 +188,29 @@ class Recorder:
                 probe.setup(self.pctx)
 
     def _refresh_params(self):
-        """FSDP2 (fully_shard after the Recorder was made) puts new parameter objects in the layers: follow them."""
-        if self.pctx is not None and [id(p) for ps in self._layer_params() for p in ps] != self._param_ids:
-            self._set_up_probes()
+        """New parameter objects in the layers: follow them. FSDP2 (fully_shard after the Recorder was made) puts
+        them there before training; a user mid-run (`layer.weight = nn.Parameter(...)`,
+        `load_state_dict(..., assign=True)`): said once, init_distance still measured from the run's start."""
+        if self.pctx is None:
+            return
+        params = self._layer_params()
+        if [id(p) for ps in params for p in ps] == self._param_ids:
+            return
+        if self._recorded:
+            old = set(self._param_ids)
+            names = [self.layer_names[i] for i, ps in zip(self.param_layer_ids, params)
+                     if any(id(p) not in old for p in ps)]
+            self._report_replaced(names)
+        self._set_up_probes(keep_origin=self._recorded > 0)
+        self.clock.follow(self.pctx.params)
+
+    def _report_replaced(self, names: list[str]):
+        if "replaced" not in self._problems:
+            self._problems.add("replaced")
+            warnings.warn(f"tview: parameters of {', '.join(map(repr, names))} were replaced by new tensors before "
+                          f"step {self._step} (a module's parameter assigned, or load_state_dict(assign=True)); "
+                          f"tview records the new ones from this step on (update_ratio from the next recorded "
+                          f"step)", RuntimeWarning, stacklevel=4)
 
     def _set_up_hooks(self, probe_batch, probe_layers):
         self.probe = None
@@ -548,8 +568,7 @@ class Recorder:
     def _record(self, now: float, loss, batch_size, scalars):
         host_scalars, device_scalars = self._scalars(now, loss, batch_size, scalars)  # a ConfigError is the user's
         try:
-            if self._recorded < 2:  # sharding (fully_shard) happens before training: not looked for every step
-                self._refresh_params()
+            self._refresh_params()  # fully_shard, or a parameter the user replaced
             self._copy_lease.wait(self._writer.alive)  # the writer may still be reading the copy's filters
             param, param_step = self._param_results()
             snap, kept = self._snapshot_if_due(param_step)

@@ -61,6 +61,10 @@ class StepClock:
             self.handles = [register_optimizer_step_pre_hook(self._pre_any),
                             register_optimizer_step_post_hook(self._post_any)]
 
+    def follow(self, params: list[torch.Tensor]) -> None:
+        """The model's parameters are now these (replaced): an optimizer of theirs is the model's."""
+        self._param_ids = {id(p) for p in params}
+
     def _ours(self, opt) -> bool:
         return any(id(p) in self._param_ids for g in opt.param_groups for p in g["params"][:1])
 
