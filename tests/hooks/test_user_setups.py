@@ -1,5 +1,6 @@
 """The Recorder in setups its authors did not build for, each a new user's short script compared with plain torch:
-inference between training steps, parameters replaced mid-run."""
+inference between training steps, parameters replaced mid-run, two Recorders on one shard, GradScaler's skipped
+steps, channels_last, gradient accumulation."""
 
 import warnings
 
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import tview
+from tview.errors import ConfigError
 
 
 def small_net():
@@ -90,3 +92,15 @@ def test_a_parameter_replaced_mid_run_is_followed_with_a_warning(tmp_path):
     _, dist = run.stat("init_distance", layer="0")  # still measured from the weights the run started from
     assert dist[-1] == pytest.approx(float((w - w0).norm() / w0.norm()), rel=1e-5)
 
+
+def test_a_second_recorder_on_a_shard_another_one_writes_is_refused(tmp_path):
+    model, (x, y) = small_net(), data()
+    with tview.Recorder(model, str(tmp_path / "r"), every=1) as rec:
+        with pytest.raises(ConfigError, match="already writes"):
+            tview.Recorder(model, str(tmp_path / "r"), every=1, mode="resume")
+        F.cross_entropy(model(x), y).backward()
+        rec.step()
+    with tview.Recorder(model, str(tmp_path / "r"), every=1, mode="resume") as rec:  # closed: free again
+        F.cross_entropy(model(x), y).backward()
+        rec.step()
+    assert list(tview.open_run(str(tmp_path / "r")).steps(rank=0)) == [0, 1]

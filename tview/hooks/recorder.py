@@ -112,6 +112,7 @@ class Recorder:
                            else (torch.distributed.get_world_size() if dist_on else 1))
         self._find_layers()
         self.shard_path = os.path.join(self.run_dir, schema.shard_name(self.rank))
+        _refuse_shard_in_use(self.shard_path)
         self._prepare_folder(mode)
         self._step = self._first_step(mode, start_step)
         self._mode = mode
@@ -135,6 +136,7 @@ class Recorder:
         self._failed_at: int | None = None
         self._t_prev = time.perf_counter()
         self._schedule()
+        _WRITING[os.path.realpath(self.shard_path)] = self
         atexit.register(_close_at_exit, weakref.ref(self))
 
     # -- setup ----------------------------------------------------------------------------
@@ -764,6 +766,7 @@ class Recorder:
         if self._closed:
             return
         self._closed = True
+        _WRITING.pop(os.path.realpath(self.shard_path), None)
         self._set_act_probes(())
         self._remove_hooks()
         try:
@@ -785,6 +788,18 @@ class Recorder:
 
     def __repr__(self):
         return f"Recorder({self.run_dir!r}, rank={self.rank}, step={self._step}, preset={self.preset.name})"
+
+
+_WRITING: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # shard -> the open Recorder writing it
+
+
+def _refuse_shard_in_use(path: str) -> None:
+    """One writer per shard: a second Recorder of the same folder and rank (resume, overwrite, or two Recorders of
+    one model into one folder) is refused while the first is open, not failed at its first write."""
+    other = _WRITING.get(os.path.realpath(path))
+    if other is not None:
+        raise ConfigError(f"{path}: {other!r} of this process already writes this shard; close() it first (a "
+                          f"second Recorder of the same model records into a folder of its own)")
 
 
 def _training(module: nn.Module) -> bool:
