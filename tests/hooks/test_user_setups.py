@@ -104,3 +104,30 @@ def test_a_second_recorder_on_a_shard_another_one_writes_is_refused(tmp_path):
         F.cross_entropy(model(x), y).backward()
         rec.step()
     assert list(tview.open_run(str(tmp_path / "r")).steps(rank=0)) == [0, 1]
+
+
+def test_steps_a_grad_scaler_skips_are_recorded_as_skipped(tmp_path):
+    """fp16 autocast with torch.amp.GradScaler: a step whose gradients overflow is skipped (no optimizer.step()); its
+    NaN/Inf gradient statistics are what .grad held, the weights unchanged, and optimizer_skipped says it was skipped
+    (1), the others 0."""
+    model, (x, y) = small_net(), data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 70, backoff_factor=2.0 ** -60)  # step 0 overflows
+    grads, weights = [], []
+    with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt, preset="economy") as rec:
+        for _ in range(3):
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.float16):
+                loss = F.cross_entropy(model(x), y)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            grads.append(grad_norm(model[4]))
+            scaler.step(opt)
+            scaler.update()
+            weights.append(weight_norm(model[4]))
+            rec.step(loss=loss)
+    assert not np.isfinite(grads[0]) and np.isfinite(grads[1:]).all()
+    run = tview.open_run(str(tmp_path / "r"))
+    np.testing.assert_allclose(run.stat("grad_norm", layer="4")[1], grads, rtol=1e-5)
+    np.testing.assert_allclose(run.stat("weight_norm", layer="4")[1], weights, rtol=1e-6)
+    assert list(run.scalar("optimizer_skipped")[1]) == [1, 0, 0]

@@ -542,6 +542,8 @@ class Recorder:
                 "examples_per_sec": examples / step_time if step_time > 0 else float("nan"),
                 "host_rss_bytes": host_rss_bytes()}
         host.update(self._timeline(now))
+        if self.optimizers:  # 1: no optimizer.step() ran this step (GradScaler skipped it: Inf/NaN gradients)
+            host["optimizer_skipped"] = float(self.clock.t_opt_start is None)
         lrs = self.clock.current_lrs()
         for name, lr in zip(lr_names_of(len(lrs)), lrs):
             user[name] = lr.detach().reshape(1) if isinstance(lr, torch.Tensor) else float(lr)
