@@ -131,3 +131,46 @@ def test_steps_a_grad_scaler_skips_are_recorded_as_skipped(tmp_path):
     np.testing.assert_allclose(run.stat("grad_norm", layer="4")[1], grads, rtol=1e-5)
     np.testing.assert_allclose(run.stat("weight_norm", layer="4")[1], weights, rtol=1e-6)
     assert list(run.scalar("optimizer_skipped")[1]) == [1, 0, 0]
+
+
+class Checkpointed(nn.Module):
+    """conv -> relu -> conv under torch.utils.checkpoint, then a linear head."""
+
+    def __init__(self, reentrant: bool):
+        super().__init__()
+        torch.manual_seed(0)
+        self.c1, self.relu, self.c2 = nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 10)
+        self.reentrant = reentrant
+
+    def body(self, x):
+        return self.c2(self.relu(self.c1(x)))
+
+    def forward(self, x):
+        from torch.utils.checkpoint import checkpoint
+        x = x.requires_grad_() if self.reentrant else x
+        return self.fc(checkpoint(self.body, x, use_reentrant=self.reentrant).flatten(1))
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_activation_checkpointing_records_each_layer_once(tmp_path, reentrant):
+    """The layers a checkpoint recomputes in the backward pass are recorded from one forward: their histograms
+    count each value once (non-reentrant: the recomputation counted them twice), their statistics are the step's."""
+    model, (x, y) = Checkpointed(reentrant), data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    outs, means, grads = [], [], []
+    keep_outputs(model.c1, outs)
+    with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt, preset="full") as rec:
+        for _ in range(2):
+            outs.clear()
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            means.append(float(outs[0].mean()))
+            grads.append(grad_norm(model.c1))
+            opt.step()
+            rec.step()
+    run = tview.open_run(str(tmp_path / "r"))
+    for layer in ("c1", "relu", "c2"):
+        assert list(np.asarray(run.histogram("act", layer=layer)[2]).sum(-1)) == [8 * 4 * 8 * 8] * 2, layer
+    np.testing.assert_allclose(run.stat("act_mean", layer="c1")[1], means, rtol=1e-5)
+    np.testing.assert_allclose(run.stat("grad_norm", layer="c1")[1], grads, rtol=1e-5)

@@ -233,6 +233,7 @@ class Recorder:
         self._pending_batches: list[tuple] = []  # (layer indices, channels, row starts, [(probe, partials)])
         self._inplace_victims: set[int] = set()  # layers whose output a later layer modifies in place
         self._forward_order: dict[int, int] = {}  # layer index -> the order its hook first fired in
+        self._forward_seen: set[int] = set()  # layers whose hook fired in this step's forward (not in backward)
         self._problems: set[str] = set()
         self._hooks = [self.outer.register_forward_pre_hook(self._count_examples)]
         if self.act_probes:  # installed once, for good: torch.compile sees them from its first trace on
@@ -394,6 +395,8 @@ class Recorder:
         """Eager: keep the output for the batch where the forward pass ends (no op: a hook runs between layers, where
         every Python call is slow, the CPU's caches holding the layer's data); where a later layer modifies it in
         place, its sample is copied now. A probe that reads one output at a time runs here."""
+        if self._recomputed(index):
+            return
         order = self._forward_order
         if index not in order:
             order[index] = len(order)
@@ -405,6 +408,15 @@ class Recorder:
             self._host_batch_now().add(output, index)
         else:
             self._kept.append((index, output, output._version, flat_sample(output, self.preset.act_sample)[0].clone()))
+
+    def _recomputed(self, index: int) -> bool:
+        """A layer's forward run again in the backward pass, its output kept in this step's forward already:
+        torch.utils.checkpoint (non-reentrant) recomputing it. (Reentrant checkpointing runs the forward under
+        no_grad, left out: its recomputation is the one kept.)"""
+        if _graph_task_id() == -1:
+            self._forward_seen.add(index)
+            return False
+        return index in self._forward_seen
 
     def _host_batch_now(self) -> HostBatch:
         if self._host_batch is None:
@@ -511,6 +523,7 @@ class Recorder:
         finally:
             self._pending_act, self._kept, self._pending_batches, self._host_batch = [], [], [], None
             self._examples = 0
+            self._forward_seen.clear()
             self.clock.reset()
             if self.local_grads is not None:
                 self.local_grads.parts = []
@@ -802,6 +815,12 @@ def _refuse_shard_in_use(path: str) -> None:
     if other is not None:
         raise ConfigError(f"{path}: {other!r} of this process already writes this shard; close() it first (a "
                           f"second Recorder of the same model records into a folder of its own)")
+
+
+def _graph_task_id() -> int:
+    """The autograd graph task running on this thread (-1 outside the backward pass)."""
+    current = getattr(torch._C, "_current_graph_task_id", None)
+    return current() if current is not None else -1
 
 
 def _training(module: nn.Module) -> bool:
