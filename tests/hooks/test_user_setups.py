@@ -174,3 +174,63 @@ def test_activation_checkpointing_records_each_layer_once(tmp_path, reentrant):
         assert list(np.asarray(run.histogram("act", layer=layer)[2]).sum(-1)) == [8 * 4 * 8 * 8] * 2, layer
     np.testing.assert_allclose(run.stat("act_mean", layer="c1")[1], means, rtol=1e-5)
     np.testing.assert_allclose(run.stat("grad_norm", layer="c1")[1], grads, rtol=1e-5)
+
+
+class AuxConv(nn.Module):
+    """A layer of the user's own (parameters of its own) that returns (output, aux)."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4, 1, 3, 3) * 0.3)
+
+    def forward(self, x):
+        h = F.conv2d(x, self.weight, padding=1)
+        return h, h.square().mean()
+
+
+class KeywordNet(nn.Module):
+    """Called as model(x=...) or model(batch={"image": ...}); its first layer returns a tuple, its last a dict."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.aux, self.fc = AuxConv(), nn.Linear(4 * 8 * 8, 10)
+        self.head = DictHead()
+
+    def forward(self, x=None, batch=None):
+        h, aux = self.aux(x if batch is None else batch["image"])
+        return self.head(self.fc(h.flatten(1)))["logits"] + aux
+
+
+class DictHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        return {"logits": x * self.scale}
+
+
+def test_keyword_inputs_are_counted_and_tuple_outputs_recorded(tmp_path):
+    """examples counts a batch passed by keyword or in a dict (it recorded 0); a layer returning (output, aux) has the
+    activation statistics of its output (it had none, unsaid); one returning a dict has none, and tview says so."""
+    model, (x, y) = KeywordNet(), data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    outs, means = [], []
+    model.aux.register_forward_hook(lambda m, i, o: outs.append(o[0].detach().clone()))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt, preset="full") as rec:
+            for step in range(2):
+                outs.clear()
+                opt.zero_grad()
+                out = model(x=x) if step == 0 else model(batch={"image": x})
+                F.cross_entropy(out, y).backward()
+                means.append(float(outs[0].mean()))
+                opt.step()
+                rec.step()
+    run = tview.open_run(str(tmp_path / "r"))
+    assert list(run.scalar("examples")[1]) == [8, 8]
+    np.testing.assert_allclose(run.stat("act_mean", layer="aux")[1], means, rtol=1e-5)
+    said = [str(w.message) for w in caught if "not a tensor" in str(w.message)]
+    assert len(said) == 1 and "'head'" in said[0] and "dict" in said[0], said

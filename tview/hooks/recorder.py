@@ -235,7 +235,7 @@ class Recorder:
         self._forward_order: dict[int, int] = {}  # layer index -> the order its hook first fired in
         self._forward_seen: set[int] = set()  # layers whose hook fired in this step's forward (not in backward)
         self._problems: set[str] = set()
-        self._hooks = [self.outer.register_forward_pre_hook(self._count_examples)]
+        self._hooks = [self.outer.register_forward_pre_hook(self._count_examples, with_kwargs=True)]
         if self.act_probes:  # installed once, for good: torch.compile sees them from its first trace on
             self._hooks += [m.register_forward_hook(self._make_forward_hook(i)) for i, (_, m) in enumerate(self.layers)]
             self._hooks.append(self.outer.register_forward_hook(self._end_forward))
@@ -367,15 +367,23 @@ class Recorder:
         self._act_probes_now = probes
         self._singles_now = any(not p.batched for p in probes)
 
-    def _count_examples(self, module, inputs):
-        if self._recording and _training(module) and inputs and isinstance(inputs[0], torch.Tensor) and inputs[0].dim():
-            self._examples += inputs[0].shape[0]
+    def _count_examples(self, module, args, kwargs):
+        """The batch size: the first dimension of the forward's first tensor, positional or keyword, or inside a
+        dict, list or tuple (model(x), model(x=x), model({"image": x}))."""
+        if self._recording and _training(module):
+            first = _first_tensor((args, kwargs))
+            if first is not None and first.dim():
+                self._examples += first.shape[0]
 
     def _make_forward_hook(self, index: int):
         def hook(module, inputs, output):  # returns at once on a step that records no activation statistics
             probes = self._act_probes_now
-            if not probes or not _training(module) or not isinstance(output, torch.Tensor):
+            if not probes or not _training(module):
                 return
+            if not isinstance(output, torch.Tensor):
+                output = self._main_output(index, output)
+                if output is None:
+                    return
             if torch.compiler.is_compiling():
                 self._activation_parts(index, output, probes)
                 return
@@ -384,6 +392,19 @@ class Recorder:
             except Exception as exc:  # tview's failure never stops training: said once, then off
                 self._activations_failed(exc)
         return hook
+
+    def _main_output(self, index: int, output) -> torch.Tensor | None:
+        """A layer's output that is not a tensor: the first element of a tuple or list that holds a tensor there
+        ((x, aux), nn.MultiheadAttention's (out, weights), an LSTM's (out, (h, c))); of another (a dict, None),
+        no activation statistics, said once."""
+        if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+            return output[0]
+        if f"output of {index}" not in self._problems and not torch.compiler.is_compiling():
+            self._problems.add(f"output of {index}")
+            warnings.warn(f"tview: layer {self.layer_names[index]!r} returns a {type(output).__name__}, not a tensor "
+                          f"(nor a tuple or list led by one): no activation statistics of it", RuntimeWarning,
+                          stacklevel=3)
+        return None
 
     def _activations_failed(self, exc: BaseException):
         self._report("activation statistics", exc)
@@ -815,6 +836,18 @@ def _refuse_shard_in_use(path: str) -> None:
     if other is not None:
         raise ConfigError(f"{path}: {other!r} of this process already writes this shard; close() it first (a "
                           f"second Recorder of the same model records into a folder of its own)")
+
+
+def _first_tensor(value, depth: int = 0) -> torch.Tensor | None:
+    """The first tensor in a forward's inputs (nested in tuples, lists and dicts up to 3 deep), or None."""
+    if isinstance(value, torch.Tensor):
+        return value
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    for item in items if depth < 4 else ():
+        found = _first_tensor(item, depth + 1)
+        if found is not None:
+            return found
+    return None
 
 
 def _graph_task_id() -> int:
