@@ -234,3 +234,19 @@ def test_keyword_inputs_are_counted_and_tuple_outputs_recorded(tmp_path):
     np.testing.assert_allclose(run.stat("act_mean", layer="aux")[1], means, rtol=1e-5)
     said = [str(w.message) for w in caught if "not a tensor" in str(w.message)]
     assert len(said) == 1 and "'head'" in said[0] and "dict" in said[0], said
+
+
+def test_resuming_a_shard_this_process_reads_is_refused_until_the_run_is_closed(tmp_path):
+    """It failed at the first step with a StoreWriteError calling the shard corrupt ('cannot be reopened')."""
+    model, (x, y) = small_net(), data()
+    path = str(tmp_path / "r")
+    for attempt in range(2):
+        with tview.Recorder(model, path, every=1, mode="resume" if attempt else "new") as rec:
+            F.cross_entropy(model(x), y).backward()
+            rec.step()
+        run = tview.open_run(path)
+        assert len(run.steps(rank=0)) == attempt + 1
+        if attempt == 0:
+            with pytest.raises(ConfigError, match="open for reading"):
+                tview.Recorder(model, path, every=1, mode="resume")
+        run.close()

@@ -112,7 +112,7 @@ class Recorder:
                            else (torch.distributed.get_world_size() if dist_on else 1))
         self._find_layers()
         self.shard_path = os.path.join(self.run_dir, schema.shard_name(self.rank))
-        _refuse_shard_in_use(self.shard_path)
+        _refuse_shard_in_use(self.shard_path, mode)
         self._prepare_folder(mode)
         self._step = self._first_step(mode, start_step)
         self._mode = mode
@@ -829,13 +829,26 @@ class Recorder:
 _WRITING: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # shard -> the open Recorder writing it
 
 
-def _refuse_shard_in_use(path: str) -> None:
+def _refuse_shard_in_use(path: str, mode: str) -> None:
     """One writer per shard: a second Recorder of the same folder and rank (resume, overwrite, or two Recorders of
-    one model into one folder) is refused while the first is open, not failed at its first write."""
+    one model into one folder) is refused while the first is open, not failed at its first write; so is resuming a
+    shard that a reader of this process holds open (HDF5 opens a file once per process: read-only, it cannot be
+    written)."""
     other = _WRITING.get(os.path.realpath(path))
     if other is not None:
         raise ConfigError(f"{path}: {other!r} of this process already writes this shard; close() it first (a "
                           f"second Recorder of the same model records into a folder of its own)")
+    if mode == "resume" and os.path.exists(path) and _open_here(path):
+        raise ConfigError(f"{path}: this process has the shard open for reading (tview.open_run): call the run's "
+                          f"close() before resuming the recording into it")
+
+
+def _open_here(path: str) -> bool:
+    """Whether this process holds the HDF5 file at `path` open (h5py)."""
+    import h5py
+    real = os.path.realpath(path)
+    names = [f.name for f in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE)]
+    return any(os.path.realpath(os.fsdecode(n)) == real for n in names)
 
 
 def _first_tensor(value, depth: int = 0) -> torch.Tensor | None:
