@@ -250,3 +250,32 @@ def test_resuming_a_shard_this_process_reads_is_refused_until_the_run_is_closed(
             with pytest.raises(ConfigError, match="open for reading"):
                 tview.Recorder(model, path, every=1, mode="resume")
         run.close()
+
+
+def test_a_parametrized_layer_is_one_layer_with_the_parameters_that_train(tmp_path):
+    """weight_norm / spectral_norm (torch.nn.utils.parametrizations): the conv's statistics are of what trains in it
+    (bias, original0, original1; they were of its bias alone), the parametrization is no layer of its own (it was
+    one, its computed weight recorded as an 'activation'), the filters are the weight the conv uses."""
+    from torch.nn.utils.parametrizations import spectral_norm
+    from torch.nn.utils.parametrizations import weight_norm as weight_normed
+    torch.manual_seed(0)
+    model = nn.Sequential(weight_normed(nn.Conv2d(1, 4, 3, padding=1)), nn.ReLU(), nn.Flatten(),
+                          spectral_norm(nn.Linear(4 * 8 * 8, 10)))
+    x, y = data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    grads, weights, used = [], [], []
+    with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt, probe_batch=(x[:2], y[:2])) as rec:
+        for _ in range(2):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            grads.append(float(torch.cat([p.grad.reshape(-1).double() for p in model[0].parameters()]).norm()))
+            opt.step()
+            weights.append(float(torch.cat([p.detach().reshape(-1).double() for p in model[0].parameters()]).norm()))
+            used.append(model[0].weight.detach().numpy().copy())
+            rec.step()
+    run = tview.open_run(str(tmp_path / "r"))
+    assert run.layers == ["0", "1", "3"]
+    np.testing.assert_allclose(run.stat("grad_norm", layer="0")[1], grads, rtol=1e-5)
+    np.testing.assert_allclose(run.stat("weight_norm", layer="0")[1], weights, rtol=1e-5)
+    step, filters = run.filters("0")
+    np.testing.assert_allclose(filters, used[step], rtol=1e-6)

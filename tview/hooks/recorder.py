@@ -31,6 +31,7 @@ from tview.hooks.layers import (
     is_compiled,
     is_filter_layer,
     layer_info,
+    own_params,
     recorded_layers,
     refuse_unsupported,
     unwrap,
@@ -148,12 +149,12 @@ class Recorder:
         self.layer_names = [n for n, _ in self.layers]
         self.layer_info = [layer_info(n, m) for n, m in self.layers]
         self.param_layer_ids = [i for i, (_, m) in enumerate(self.layers)
-                                if any(True for _ in m.parameters(recurse=False))]
+                                if own_params(m)]
         self.filter_modules = [(n, m) for n, m in self.layers if is_filter_layer(m)]
         self.filter_layers = [n for n, _ in self.filter_modules]
 
     def _layer_params(self) -> list[list[torch.Tensor]]:
-        return [list(self.layers[i][1].parameters(recurse=False)) for i in self.param_layer_ids]
+        return [own_params(self.layers[i][1]) for i in self.param_layer_ids]
 
     def _set_up_probes(self, keep_origin: bool = False):
         ids = self.param_layer_ids
