@@ -279,3 +279,54 @@ def test_a_parametrized_layer_is_one_layer_with_the_parameters_that_train(tmp_pa
     np.testing.assert_allclose(run.stat("weight_norm", layer="0")[1], weights, rtol=1e-5)
     step, filters = run.filters("0")
     np.testing.assert_allclose(filters, used[step], rtol=1e-6)
+
+
+class Fails(nn.Module):
+    """Raises in the forward pass when told to (a batch that runs out of memory)."""
+
+    fire = False
+
+    def forward(self, x):
+        if self.fire:
+            raise RuntimeError("out of memory (simulated)")
+        return x
+
+
+@pytest.mark.parametrize("then_step", [False, True])
+def test_a_forward_that_raised_and_was_skipped_leaves_nothing_in_the_next_step(tmp_path, then_step):
+    """try: model(x) except RuntimeError: skip the batch (and call rec.step() or not): the outputs the failed forward
+    made before it raised are not the step's (they were merged into its activation statistics, its examples
+    counted)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), Fails(), nn.ReLU(), nn.Flatten(), nn.Linear(256, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    outs, means = [], []
+    keep_outputs(model[0], outs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to say (it said the hooks were silent, as of a stale compiled model)
+        record_with_a_failed_forward(model, opt, str(tmp_path / "r"), then_step, outs, means)
+    run = tview.open_run(str(tmp_path / "r"))
+    steps, act_mean = run.stat("act_mean", layer="0")
+    assert list(steps) == ([0, 2, 3] if then_step else [0, 1, 2])
+    np.testing.assert_allclose(act_mean, means, rtol=1e-5)
+    assert list(np.asarray(run.histogram("act", layer="0")[2]).sum(-1)) == [2048] * 3
+    assert list(run.scalar("examples")[1]) == ([8, 0, 8, 8] if then_step else [8, 8, 8])
+
+
+def record_with_a_failed_forward(model, opt, path, then_step, outs, means):
+    x, y = data()
+    with tview.Recorder(model, path, every=1, optimizer=opt, preset="full") as rec:
+        for step in range(3):
+            if step == 1:
+                model[1].fire = True
+                with pytest.raises(RuntimeError):
+                    model(x * 10 + 5)
+                model[1].fire = False
+                if then_step:
+                    rec.step()
+            outs.clear()
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            means.append(float(outs[0].mean()))
+            opt.step()
+            rec.step()

@@ -235,6 +235,7 @@ class Recorder:
         self._inplace_victims: set[int] = set()  # layers whose output a later layer modifies in place
         self._forward_order: dict[int, int] = {}  # layer index -> the order its hook first fired in
         self._forward_seen: set[int] = set()  # layers whose hook fired in this step's forward (not in backward)
+        self._open: tuple | None = None  # a forward begun and not ended: (kept, pending, host batch?, examples) before
         self._problems: set[str] = set()
         self._hooks = [self.outer.register_forward_pre_hook(self._count_examples, with_kwargs=True)]
         if self.act_probes:  # installed once, for good: torch.compile sees them from its first trace on
@@ -372,6 +373,8 @@ class Recorder:
         """The batch size: the first dimension of the forward's first tensor, positional or keyword, or inside a
         dict, list or tuple (model(x), model(x=x), model({"image": x}))."""
         if self._recording and _training(module):
+            if self.act_probes and not torch.compiler.is_compiling():
+                self._forward_begins()
             first = _first_tensor((args, kwargs))
             if first is not None and first.dim():
                 self._examples += first.shape[0]
@@ -446,8 +449,27 @@ class Recorder:
             self._host_batch = HostBatch(self.preset.act_sample, buffer)
         return self._host_batch
 
+    def _forward_begins(self):
+        """A training forward of the model begins (eager): where the last one never ended (it raised, and the
+        training loop caught the error and went on: an out-of-memory batch skipped), what it kept is dropped."""
+        self._drop_unfinished()
+        self._open = (len(self._kept), len(self._pending_act), self._host_batch is not None, self._examples)
+
+    def _drop_unfinished(self):
+        """Drop the outputs and examples of a forward pass that began and never ended."""
+        if self._open is not None:
+            kept, single, had_host, examples = self._open
+            del self._kept[kept:]
+            del self._pending_act[single:]
+            if not had_host:
+                self._host_batch = None
+            self._examples, self._open = examples, None
+
     def _end_forward(self, module, inputs, output):
-        if (self._kept or self._host_batch is not None) and not torch.compiler.is_compiling():
+        if torch.compiler.is_compiling():
+            return
+        self._open = None
+        if self._kept or self._host_batch is not None:
             try:
                 self._reduce_kept(output)
             except Exception as exc:
@@ -546,6 +568,7 @@ class Recorder:
             self._pending_act, self._kept, self._pending_batches, self._host_batch = [], [], [], None
             self._examples = 0
             self._forward_seen.clear()
+            self._open = None
             self.clock.reset()
             if self.local_grads is not None:
                 self.local_grads.parts = []
@@ -605,6 +628,7 @@ class Recorder:
         return out
 
     def _record(self, now: float, loss, batch_size, scalars):
+        self._drop_unfinished()  # a forward that raised: its outputs and examples are not the step's
         host_scalars, device_scalars = self._scalars(now, loss, batch_size, scalars)  # a ConfigError is the user's
         try:
             self._refresh_params()  # fully_shard, or a parameter the user replaced
@@ -643,7 +667,8 @@ class Recorder:
         hooks were installed runs without them (torch.compile of the model, called before the Recorder was
         made, with the Recorder given the plain model). Said once; dynamo's code is dropped so the next call
         traces the model with the hooks."""
-        if "hooks" in self._problems or self.pctx is None or all(p.grad is None for p in self.pctx.params):
+        if ("hooks" in self._problems or self._forward_seen or self.pctx is None
+                or all(p.grad is None for p in self.pctx.params)):  # _forward_seen: they ran (in a forward that raised)
             return
         self._problems.add("hooks")
         warnings.warn("tview: no activation statistics came from this step's forward pass: the model runs compiled "
