@@ -330,3 +330,60 @@ def record_with_a_failed_forward(model, opt, path, then_step, outs, means):
             means.append(float(outs[0].mean()))
             opt.step()
             rec.step()
+
+
+def test_channels_last_with_gradient_accumulation_records_what_plain_torch_computes(tmp_path):
+    """A channels_last model and inputs, two backward passes per optimizer step: grad_norm is the accumulated
+    .grad's, the activation statistics cover both micro-batches (every value: preset full), examples counts both."""
+    model, (x, y) = small_net(), data(16)
+    model = model.to(memory_format=torch.channels_last)
+    x = x.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    outs, grads, means, channel_means = [], [], [], []
+    keep_outputs(model[0], outs)
+    with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt, preset="full") as rec:
+        for _ in range(2):
+            outs.clear()
+            opt.zero_grad()
+            for k in range(2):
+                F.cross_entropy(model(x[8 * k:8 * k + 8]), y[8 * k:8 * k + 8]).backward()
+            assert outs[0].is_contiguous(memory_format=torch.channels_last)
+            grads.append(grad_norm(model[0]))
+            means.append(float(torch.cat(outs).mean()))
+            channel_means.append(torch.cat(outs).mean((0, 2, 3)).numpy())
+            opt.step()
+            rec.step()
+    run = tview.open_run(str(tmp_path / "r"))
+    np.testing.assert_allclose(run.stat("grad_norm", layer="0")[1], grads, rtol=1e-5)
+    np.testing.assert_allclose(run.stat("act_mean", layer="0")[1], means, rtol=1e-5)
+    np.testing.assert_allclose(np.stack(run.stat("act_channel_mean", layer="0")[1]), channel_means, rtol=1e-4,
+                               atol=1e-6)
+    assert list(run.scalar("examples")[1]) == [16, 16]
+
+
+@pytest.mark.parametrize("kind", ["depthwise", "conv1d", "conv3d", "mlp"])
+def test_other_layer_kinds_record_what_plain_torch_computes(tmp_path, kind):
+    torch.manual_seed(0)
+    first, x = {"depthwise": (nn.Conv2d(4, 4, 3, padding=1, groups=4), torch.randn(8, 4, 6, 6)),
+                "conv1d": (nn.Conv1d(4, 4, 3, padding=1), torch.randn(8, 4, 10)),
+                "conv3d": (nn.Conv3d(4, 4, 3, padding=1), torch.randn(8, 4, 3, 3, 3)),
+                "mlp": (nn.Linear(4, 4), torch.randn(8, 4))}[kind]
+    model = nn.Sequential(first, nn.ReLU(), nn.Flatten(), nn.LazyLinear(10))
+    model(x)
+    y = torch.randint(0, 10, (8,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    outs, grads, stds = [], [], []
+    keep_outputs(model[0], outs)
+    with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt, preset="full") as rec:
+        for _ in range(2):
+            outs.clear()
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            grads.append(grad_norm(model[0]))
+            stds.append(float(outs[0].std()))
+            opt.step()
+            rec.step()
+    run = tview.open_run(str(tmp_path / "r"))
+    np.testing.assert_allclose(run.stat("grad_norm", layer="0")[1], grads, rtol=1e-5)
+    np.testing.assert_allclose(run.stat("act_std", layer="0")[1], stds, rtol=1e-4)
+    assert run.stat("weight_norm", layer="0")[1][-1] == pytest.approx(weight_norm(model[0]), rel=1e-6)
