@@ -72,9 +72,10 @@ def is_compiled(model: nn.Module) -> bool:
 def own_params(m: nn.Module) -> list[nn.Parameter]:
     """A layer's own parameters: those it holds, then those of its parametrizations (torch.nn.utils.parametrize:
     weight_norm's original0 and original1, spectral_norm's original), which train in place of its weight."""
-    params = list(m.parameters(recurse=False))
-    if parametrize.is_parametrized(m):
-        params += [p for plist in m.parametrizations.values() for p in plist.parameters(recurse=False)]
+    params = [p for p in m._parameters.values() if p is not None]  # as parameters(recurse=False), read each step
+    plists = m._modules.get("parametrizations")
+    if plists is not None and parametrize.is_parametrized(m):
+        params += [p for plist in plists.values() for p in plist.parameters(recurse=False)]
     return params
 
 
