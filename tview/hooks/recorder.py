@@ -889,10 +889,12 @@ def _first_tensor(value, depth: int = 0) -> torch.Tensor | None:
     return None
 
 
+_CURRENT_GRAPH_TASK = getattr(torch._C, "_current_graph_task_id", None)
+
+
 def _graph_task_id() -> int:
     """The autograd graph task running on this thread (-1 outside the backward pass)."""
-    current = getattr(torch._C, "_current_graph_task_id", None)
-    return current() if current is not None else -1
+    return _CURRENT_GRAPH_TASK() if _CURRENT_GRAPH_TASK is not None else -1
 
 
 def _training(module: nn.Module) -> bool:
