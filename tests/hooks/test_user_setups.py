@@ -387,3 +387,28 @@ def test_other_layer_kinds_record_what_plain_torch_computes(tmp_path, kind):
     np.testing.assert_allclose(run.stat("grad_norm", layer="0")[1], grads, rtol=1e-5)
     np.testing.assert_allclose(run.stat("act_std", layer="0")[1], stds, rtol=1e-4)
     assert run.stat("weight_norm", layer="0")[1][-1] == pytest.approx(weight_norm(model[0]), rel=1e-6)
+
+
+def test_a_frozen_batchnorm_in_eval_mode_inside_the_training_forward_is_recorded(tmp_path):
+    """Fine-tuning with BatchNorm statistics frozen (the model in train mode, its BatchNorm in eval mode): the
+    BatchNorm's output is part of the training forward and has its activation statistics (it had none, unsaid);
+    the model in eval mode (validation) is still left out."""
+    model, (x, y) = small_net(), data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    outs, means = [], []
+    keep_outputs(model[1], outs)
+    with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt, preset="full") as rec:
+        for _ in range(2):
+            model.train()
+            model[1].eval()
+            outs.clear()
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            means.append(float(outs[0].mean()))
+            model.eval()
+            model(x * 3)
+            opt.step()
+            rec.step()
+    run = tview.open_run(str(tmp_path / "r"))
+    np.testing.assert_allclose(run.stat("act_mean", layer="1")[1], means, rtol=1e-5)
+    assert list(run.scalar("examples")[1]) == [8, 8]

@@ -372,9 +372,10 @@ class Recorder:
     def _count_examples(self, module, args, kwargs):
         """The batch size: the first dimension of the forward's first tensor, positional or keyword, or inside a
         dict, list or tuple (model(x), model(x=x), model({"image": x}))."""
-        if self._recording and _training(module):
-            if self.act_probes and not torch.compiler.is_compiling():
-                self._forward_begins()
+        training = self._recording and _training(module)
+        if self.act_probes and not torch.compiler.is_compiling():
+            self._forward_begins(training)
+        if training:
             first = _first_tensor((args, kwargs))
             if first is not None and first.dim():
                 self._examples += first.shape[0]
@@ -382,8 +383,10 @@ class Recorder:
     def _make_forward_hook(self, index: int):
         def hook(module, inputs, output):  # returns at once on a step that records no activation statistics
             probes = self._act_probes_now
-            if not probes or not _training(module):
+            if not probes or not torch.is_grad_enabled():
                 return
+            if not module.training and (torch.compiler.is_compiling() or self._open is None):
+                return  # eval mode, outside the model's training forward (eager: a frozen BatchNorm inside it counts)
             if not isinstance(output, torch.Tensor):
                 output = self._main_output(index, output)
                 if output is None:
@@ -449,11 +452,13 @@ class Recorder:
             self._host_batch = HostBatch(self.preset.act_sample, buffer)
         return self._host_batch
 
-    def _forward_begins(self):
-        """A training forward of the model begins (eager): where the last one never ended (it raised, and the
-        training loop caught the error and went on: an out-of-memory batch skipped), what it kept is dropped."""
+    def _forward_begins(self, training: bool):
+        """A forward of the model begins (eager): where the last one never ended (it raised, and the training loop
+        caught the error and went on: an out-of-memory batch skipped), what it kept is dropped. While a training
+        forward runs (`_open` set), its layers in eval mode (frozen BatchNorm statistics) are recorded too."""
         self._drop_unfinished()
-        self._open = (len(self._kept), len(self._pending_act), self._host_batch is not None, self._examples)
+        if training:
+            self._open = (len(self._kept), len(self._pending_act), self._host_batch is not None, self._examples)
 
     def _drop_unfinished(self):
         """Drop the outputs and examples of a forward pass that began and never ended."""
