@@ -412,3 +412,32 @@ def test_a_frozen_batchnorm_in_eval_mode_inside_the_training_forward_is_recorded
     run = tview.open_run(str(tmp_path / "r"))
     np.testing.assert_allclose(run.stat("act_mean", layer="1")[1], means, rtol=1e-5)
     assert list(run.scalar("examples")[1]) == [8, 8]
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_zero_grad_between_the_optimizer_step_and_the_recorders_step(tmp_path, set_to_none):
+    """loss.backward(); opt.step(); opt.zero_grad(); rec.step() (zero_grad at the loop's end): the gradient
+    statistics are of the gradients optimizer.step() used (they were left out: set_to_none), or, zeroed in place,
+    left out and said (they read grad_norm 0 on every step)."""
+    model, (x, y) = small_net(), data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    grads = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt) as rec:
+            for _ in range(3):
+                F.cross_entropy(model(x), y).backward()
+                grads.append(grad_norm(model[0]))
+                opt.step()
+                opt.zero_grad(set_to_none=set_to_none)
+                rec.step()
+                assert all((p.grad is None) if set_to_none else not p.grad.any() for p in model.parameters())
+    run = tview.open_run(str(tmp_path / "r"))
+    said = [str(w.message) for w in caught if "zeroed in place" in str(w.message)]
+    if set_to_none:
+        np.testing.assert_allclose(run.stat("grad_norm", layer="0")[1], grads, rtol=1e-5)
+        assert not said
+    else:
+        assert len(run.stat("grad_norm", layer="0")[0]) == 0
+        assert len(said) == 1
+    assert len(run.stat("weight_norm", layer="0")[0]) == 3

@@ -8,6 +8,7 @@ is tview/hooks/layers.py's, and the step's timeline tview/hooks/timing.py's.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import json
 import math
@@ -356,6 +357,7 @@ class Recorder:
         self._detail_now = self._recording and self._recorded % self.preset.detail_every == 0
         mode = (DETAIL_STEP if self._detail_now else SENTINELS) if self._recording else OFF
         self._set_act_probes(self._act_by_mode[mode])
+        self.clock.grads_of = self.pctx.params if self._recording and self.pctx is not None else None
         if self.local_grads is not None:
             self.local_grads.active = self._recording
 
@@ -638,7 +640,8 @@ class Recorder:
         try:
             self._refresh_params()  # fully_shard, or a parameter the user replaced
             self._copy_lease.wait(self._writer.alive)  # the writer may still be reading the copy's filters
-            param, param_step = self._param_results()
+            with self._gradients_restored():
+                param, param_step = self._param_results()
             snap, kept = self._snapshot_if_due(param_step)
             if self._kept:  # a forward that did not end in the model's own forward (its parts called one by one)
                 self._reduce_kept()
@@ -682,6 +685,37 @@ class Recorder:
                       "give the Recorder the compiled model, or make it before the first compiled call, to avoid "
                       "the retrace", RuntimeWarning, stacklevel=4)
         torch._dynamo.reset()
+
+    @contextlib.contextmanager
+    def _gradients_restored(self):
+        """The gradients as optimizer.step() left them, while the parameter probes read them: a zero_grad() between
+        optimizer.step() and step() (at the loop's end) set them to None (put back for the read, None again
+        after), or zeroed them in place (set_to_none=False: left out this step, as without a gradient, and said
+        once: they would read 0)."""
+        kept = self.clock.kept_grads
+        if kept is None or self.pctx is None or self.clock.grads_of is not self.pctx.params:  # (params replaced)
+            yield
+            return
+        changed = [(p, p.grad, g) for p, (g, version) in zip(self.pctx.params, kept)
+                   if g is not None and (p.grad is None or (p.grad is g and g._version != version))]
+        if any(now is not None for _, now, _ in changed):
+            self._report_zeroed()
+        try:
+            for p, now, g in changed:
+                p.grad = None if now is not None else g
+            yield
+        finally:
+            for p, now, _ in changed:
+                p.grad = now
+
+    def _report_zeroed(self):
+        if "zeroed" not in self._problems:
+            self._problems.add("zeroed")
+            warnings.warn(f"tview: the gradients were zeroed in place (zero_grad(set_to_none=False)) between "
+                          f"optimizer.step() and Recorder.step() at step {self._step}: their statistics are left "
+                          f"out where they would read 0; call rec.step() before zero_grad(), or zero_grad() at the "
+                          f"start of the step (zero_grad() with set_to_none, the default, is read as it was)",
+                          RuntimeWarning, stacklevel=5)
 
     def _param_results(self) -> tuple[list, ParamStep | None]:
         """((probe, partial results) of each parameter probe due now, what they read); a probe that fails is
