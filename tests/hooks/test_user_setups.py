@@ -441,3 +441,27 @@ def test_zero_grad_between_the_optimizer_step_and_the_recorders_step(tmp_path, s
         assert len(run.stat("grad_norm", layer="0")[0]) == 0
         assert len(said) == 1
     assert len(run.stat("weight_norm", layer="0")[0]) == 3
+
+
+def test_an_embedding_with_sparse_gradients_is_said_and_the_other_layers_recorded(tmp_path):
+    """nn.Embedding(sparse=True): every parameter probe failed on its sparse gradient (aten::aminmax on SparseCPU),
+    so no layer had gradient or weight statistics; now the embedding is named up front and left out of them."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(50, 8, sparse=True), nn.Flatten(), nn.Linear(8 * 5, 10))
+    x, y = torch.randint(0, 50, (8, 5)), torch.randint(0, 10, (8,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    grads = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt) as rec:
+            for _ in range(2):
+                opt.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                grads.append(grad_norm(model[2]))
+                opt.step()
+                rec.step()
+    said = [str(w.message) for w in caught if "tview" in str(w.message)]
+    assert len(said) == 1 and "'0'" in said[0] and "sparse" in said[0], said
+    run = tview.open_run(str(tmp_path / "r"))
+    np.testing.assert_allclose(run.stat("grad_norm", layer="2")[1], grads, rtol=1e-5)
+    assert len(run.stat("grad_norm", layer="0")[0]) == 0 and len(run.stat("act_mean", layer="0")[0]) == 1

@@ -79,6 +79,11 @@ def own_params(m: nn.Module) -> list[nn.Parameter]:
     return params
 
 
+def sparse_grads(m: nn.Module) -> bool:
+    """An embedding with sparse gradients (sparse=True): tview's gradient and weight statistics read dense tensors."""
+    return isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and bool(m.sparse)
+
+
 def _own_params(m: nn.Module) -> bool:
     return bool(own_params(m))
 

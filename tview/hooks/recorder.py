@@ -35,6 +35,7 @@ from tview.hooks.layers import (
     own_params,
     recorded_layers,
     refuse_unsupported,
+    sparse_grads,
     unwrap,
     wrapper_chain,
 )
@@ -149,8 +150,12 @@ class Recorder:
                               f"with parameters of its own to record")
         self.layer_names = [n for n, _ in self.layers]
         self.layer_info = [layer_info(n, m) for n, m in self.layers]
-        self.param_layer_ids = [i for i, (_, m) in enumerate(self.layers)
-                                if own_params(m)]
+        sparse = [n for n, m in self.layers if sparse_grads(m)]
+        if sparse:
+            warnings.warn(f"tview: the embeddings {', '.join(map(repr, sparse))} have sparse gradients (sparse=True): "
+                          f"tview records their activations, not their gradient and weight statistics",
+                          RuntimeWarning, stacklevel=3)
+        self.param_layer_ids = [i for i, (n, m) in enumerate(self.layers) if own_params(m) and n not in sparse]
         self.filter_modules = [(n, m) for n, m in self.layers if is_filter_layer(m)]
         self.filter_layers = [n for n, _ in self.filter_modules]
 
