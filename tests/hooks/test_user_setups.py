@@ -465,3 +465,22 @@ def test_an_embedding_with_sparse_gradients_is_said_and_the_other_layers_recorde
     run = tview.open_run(str(tmp_path / "r"))
     np.testing.assert_allclose(run.stat("grad_norm", layer="2")[1], grads, rtol=1e-5)
     assert len(run.stat("grad_norm", layer="0")[0]) == 0 and len(run.stat("act_mean", layer="0")[0]) == 1
+
+
+def test_training_in_eval_mode_is_said_as_such(tmp_path):
+    """model.eval() for the whole run (dropout off): no activation statistics (eval forwards are validation's), and
+    tview says why; it blamed torch.compile ('compiled code traced before tview's hooks') and dropped dynamo's code."""
+    model, (x, y) = small_net(), data()
+    model.eval()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt) as rec:
+            for _ in range(2):
+                opt.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                opt.step()
+                rec.step()
+    said = [str(w.message) for w in caught if "tview" in str(w.message)]
+    assert len(said) == 1 and "eval mode" in said[0] and "compile" not in said[0], said
+    assert len(tview.open_run(str(tmp_path / "r")).stat("grad_norm", layer="0")[0]) == 2

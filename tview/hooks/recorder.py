@@ -242,6 +242,7 @@ class Recorder:
         self._forward_order: dict[int, int] = {}  # layer index -> the order its hook first fired in
         self._forward_seen: set[int] = set()  # layers whose hook fired in this step's forward (not in backward)
         self._open: tuple | None = None  # a forward begun and not ended: (kept, pending, host batch?, examples) before
+        self._eval_forward = False  # a forward of the model in eval mode with autograd on ran this step
         self._problems: set[str] = set()
         self._hooks = [self.outer.register_forward_pre_hook(self._count_examples, with_kwargs=True)]
         if self.act_probes:  # installed once, for good: torch.compile sees them from its first trace on
@@ -380,6 +381,7 @@ class Recorder:
         """The batch size: the first dimension of the forward's first tensor, positional or keyword, or inside a
         dict, list or tuple (model(x), model(x=x), model({"image": x}))."""
         training = self._recording and _training(module)
+        self._eval_forward |= self._recording and not module.training and torch.is_grad_enabled()
         if self.act_probes and not torch.compiler.is_compiling():
             self._forward_begins(training)
         if training:
@@ -580,7 +582,7 @@ class Recorder:
             self._pending_act, self._kept, self._pending_batches, self._host_batch = [], [], [], None
             self._examples = 0
             self._forward_seen.clear()
-            self._open = None
+            self._open, self._eval_forward = None, False
             self.clock.reset()
             if self.local_grads is not None:
                 self.local_grads.parts = []
@@ -683,6 +685,9 @@ class Recorder:
         if ("hooks" in self._problems or self._forward_seen or self.pctx is None
                 or all(p.grad is None for p in self.pctx.params)):  # _forward_seen: they ran (in a forward that raised)
             return
+        if self._eval_forward:
+            self._trained_in_eval_mode()
+            return
         self._problems.add("hooks")
         warnings.warn("tview: no activation statistics came from this step's forward pass: the model runs compiled "
                       "code traced before tview's hooks were installed (torch.compile called before the Recorder "
@@ -721,6 +726,15 @@ class Recorder:
                           f"out where they would read 0; call rec.step() before zero_grad(), or zero_grad() at the "
                           f"start of the step (zero_grad() with set_to_none, the default, is read as it was)",
                           RuntimeWarning, stacklevel=5)
+
+    def _trained_in_eval_mode(self):
+        """The step's only forward passes ran with the model in eval mode (model.eval(), autograd on): said once."""
+        if "eval" not in self._problems:
+            self._problems.add("eval")
+            warnings.warn(f"tview: the model ran in eval mode (model.eval()) in the forward passes of step "
+                          f"{self._step} and trained: tview records activation statistics and examples of forwards "
+                          f"in train mode only (an eval forward is validation); train with model.train() (a layer "
+                          f"in eval mode inside it, a frozen BatchNorm, is recorded)", RuntimeWarning, stacklevel=5)
 
     def _param_results(self) -> tuple[list, ParamStep | None]:
         """((probe, partial results) of each parameter probe due now, what they read); a probe that fails is
