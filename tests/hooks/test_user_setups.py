@@ -484,3 +484,22 @@ def test_training_in_eval_mode_is_said_as_such(tmp_path):
     said = [str(w.message) for w in caught if "tview" in str(w.message)]
     assert len(said) == 1 and "eval mode" in said[0] and "compile" not in said[0], said
     assert len(tview.open_run(str(tmp_path / "r")).stat("grad_norm", layer="0")[0]) == 2
+
+
+def test_an_empty_batch_measures_nothing(tmp_path):
+    """A forward of 0 examples (the last, empty batch of a filtered loader): its activation statistics are not
+    measured that step (act_zero_frac read 0.0, numpy warned of 0/0 in the writer); nothing is said."""
+    model = small_net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt) as rec:
+            for n in (8, 0, 8):
+                x, y = data(n)
+                opt.zero_grad()
+                (F.cross_entropy(model(x), y) if n else model(x).sum()).backward()
+                opt.step()
+                rec.step()
+    run = tview.open_run(str(tmp_path / "r"))
+    assert list(run.stat("act_zero_frac", layer="2")[0]) == [0, 2]
+    assert list(run.scalar("examples")[1]) == [8, 0, 8]

@@ -403,6 +403,9 @@ class Recorder:
             if torch.compiler.is_compiling():
                 self._activation_parts(index, output, probes)
                 return
+            if not output.numel():  # an empty batch: nothing measured (its statistics would read 0, or 0/0)
+                self._forward_seen.add(index)  # (the hooks ran: not silent)
+                return
             try:
                 self._keep(index, output, probes)
             except Exception as exc:  # tview's failure never stops training: said once, then off
