@@ -503,3 +503,35 @@ def test_an_empty_batch_measures_nothing(tmp_path):
     run = tview.open_run(str(tmp_path / "r"))
     assert list(run.stat("act_zero_frac", layer="2")[0]) == [0, 2]
     assert list(run.scalar("examples")[1]) == [8, 0, 8]
+
+
+def test_a_copy_of_the_recorded_model_can_be_made_and_is_not_recorded(tmp_path):
+    """copy.deepcopy(model) (an EMA model) and torch.save(model) with a Recorder attached raised (TypeError: cannot
+    pickle '_io.BufferedReader'; AttributeError: Can't pickle local object); the copy's forwards are not recorded."""
+    import copy
+    import io
+    model, (x, y) = small_net(), data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    outs, means = [], []
+    with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt, preset="full") as rec:
+        ema = copy.deepcopy(model)
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+        with torch.no_grad():
+            expected = model(x)
+        keep_outputs(model[0], outs)
+        for _ in range(2):
+            outs.clear()
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            means.append(float(outs[0].mean()))
+            F.cross_entropy(ema(x * 3), y).backward()  # the copy, in train mode, autograd on
+            opt.step()
+            rec.step()
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), expected)
+    run = tview.open_run(str(tmp_path / "r"))
+    np.testing.assert_allclose(run.stat("act_mean", layer="0")[1], means, rtol=1e-5)
+    assert list(run.scalar("examples")[1]) == [8, 8]

@@ -133,3 +133,32 @@ def filter_weight(m: nn.Module, w=None):
 def is_filter_layer(m: nn.Module) -> bool:
     return isinstance(m, nn.modules.conv._ConvNd) and (
         not isinstance(m, nn.modules.conv._ConvTransposeNd) or m.groups == 1)
+
+
+class Hook:
+    """A hook of tview's on the user's model (or its parameters). Copied with the model (copy.deepcopy: an EMA
+    model, the best model kept) or pickled with it (torch.save(model)), it becomes a hook that does nothing: the
+    copy is not the recorded model (and a Recorder, with its threads and files, cannot be copied)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+    def __deepcopy__(self, memo):
+        return detached_hook()
+
+    def __reduce__(self):
+        return (detached_hook, ())
+
+
+def _nothing(*args, **kwargs):
+    return None
+
+
+def detached_hook() -> Hook:
+    """What a copy of the model holds in place of tview's hook."""
+    return Hook(_nothing)

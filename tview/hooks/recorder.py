@@ -27,6 +27,7 @@ from tview.hooks import param_probes as par
 from tview.hooks.activation_batch import ActivationBatch, RowIndex, flat_sample
 from tview.hooks.host_batch import HostBatch
 from tview.hooks.layers import (
+    Hook,
     channel_dim,
     find_wrapper,
     is_compiled,
@@ -244,10 +245,10 @@ class Recorder:
         self._open: tuple | None = None  # a forward begun and not ended: (kept, pending, host batch?, examples) before
         self._eval_forward = False  # a forward of the model in eval mode with autograd on ran this step
         self._problems: set[str] = set()
-        self._hooks = [self.outer.register_forward_pre_hook(self._count_examples, with_kwargs=True)]
+        self._hooks = [self.outer.register_forward_pre_hook(Hook(self._count_examples), with_kwargs=True)]
         if self.act_probes:  # installed once, for good: torch.compile sees them from its first trace on
             self._hooks += [m.register_forward_hook(self._make_forward_hook(i)) for i, (_, m) in enumerate(self.layers)]
-            self._hooks.append(self.outer.register_forward_hook(self._end_forward))
+            self._hooks.append(self.outer.register_forward_hook(Hook(self._end_forward)))
             self._recompile_if_compiled()
         self.clock = StepClock(self.optimizers, [p for ps in self._layer_params() for p in ps])
         self._set_up_local_grads()
@@ -279,7 +280,7 @@ class Recorder:
                               f"measured with parameter hooks instead", RuntimeWarning, stacklevel=3)
         for k, p in enumerate(self.pctx.params):
             if p.requires_grad:
-                self._hooks.append(p.register_hook(self._make_grad_hook(k)))
+                self._hooks.append(p.register_hook(Hook(self._make_grad_hook(k))))
 
     def _set_up_forward_wait(self):
         """Under DDP, the time from entering the DDP wrapper to entering the model inside it: the wait in DDP's
@@ -290,8 +291,8 @@ class Recorder:
         ddp = next((i for i, m in enumerate(chain) if isinstance(m, nn.parallel.DistributedDataParallel)), None)
         if ddp is None or any(is_compiled(m) for m in chain[:ddp]):
             return
-        self._hooks += [chain[ddp].register_forward_pre_hook(self._enter_ddp),
-                        chain[ddp + 1].register_forward_pre_hook(self._enter_model)]
+        self._hooks += [chain[ddp].register_forward_pre_hook(Hook(self._enter_ddp)),
+                        chain[ddp + 1].register_forward_pre_hook(Hook(self._enter_model))]
 
     def _enter_ddp(self, module, inputs):
         self._t_ddp_enter = time.perf_counter()
@@ -410,7 +411,7 @@ class Recorder:
                 self._keep(index, output, probes)
             except Exception as exc:  # tview's failure never stops training: said once, then off
                 self._activations_failed(exc)
-        return hook
+        return Hook(hook)  # a copy of the model (deepcopy, pickle) holds a hook that does nothing
 
     def _main_output(self, index: int, output) -> torch.Tensor | None:
         """A layer's output that is not a tensor: the first element of a tuple or list that holds a tensor there
