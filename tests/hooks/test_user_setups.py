@@ -535,3 +535,28 @@ def test_a_copy_of_the_recorded_model_can_be_made_and_is_not_recorded(tmp_path):
     run = tview.open_run(str(tmp_path / "r"))
     np.testing.assert_allclose(run.stat("act_mean", layer="0")[1], means, rtol=1e-5)
     assert list(run.scalar("examples")[1]) == [8, 8]
+
+
+class ScaledNet(nn.Module):
+    """A learnable temperature held by the model itself (CLIP's logit_scale), beside its layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = small_net()
+        self.logit_scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        return self.net(x) * self.logit_scale
+
+
+def test_parameters_of_the_model_itself_are_said_to_be_left_out(tmp_path):
+    """They were left out with nothing said (the model itself is no layer)."""
+    model, (x, y) = ScaledNet(), data()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with tview.Recorder(model, str(tmp_path / "r"), every=1) as rec:
+            F.cross_entropy(model(x), y).backward()
+            rec.step()
+    said = [str(w.message) for w in caught if "tview" in str(w.message)]
+    assert len(said) == 1 and "'logit_scale'" in said[0], said
+    assert "net.0" in tview.open_run(str(tmp_path / "r")).layers

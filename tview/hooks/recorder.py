@@ -151,6 +151,11 @@ class Recorder:
                               f"with parameters of its own to record")
         self.layer_names = [n for n, _ in self.layers]
         self.layer_info = [layer_info(n, m) for n, m in self.layers]
+        top = [n for n, _ in self.model.named_parameters(recurse=False)]
+        if top:
+            warnings.warn(f"tview: the parameters {', '.join(map(repr, top))} belong to the model itself, not to a "
+                          f"module inside it: no layer holds them, they are not recorded (a module of their own, "
+                          f"holding them, would be)", RuntimeWarning, stacklevel=3)
         sparse = [n for n, m in self.layers if sparse_grads(m)]
         if sparse:
             warnings.warn(f"tview: the embeddings {', '.join(map(repr, sparse))} have sparse gradients (sparse=True): "
