@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import gc
 import json
 import math
 import os
@@ -932,8 +933,10 @@ def _refuse_shard_in_use(path: str, mode: str) -> None:
         raise ConfigError(f"{path}: {other!r} of this process already writes this shard; close() it first (a "
                           f"second Recorder of the same model records into a folder of its own)")
     if mode == "resume" and os.path.exists(path) and _open_here(path):
-        raise ConfigError(f"{path}: this process has the shard open for reading (tview.open_run): call the run's "
-                          f"close() before resuming the recording into it")
+        gc.collect()  # a Run dropped but not yet collected (in a reference cycle) closes its files when collected
+        if _open_here(path):
+            raise ConfigError(f"{path}: this process has the shard open for reading (tview.open_run): call the "
+                              f"run's close() before resuming the recording into it")
 
 
 def _open_here(path: str) -> bool:
