@@ -560,3 +560,42 @@ def test_parameters_of_the_model_itself_are_said_to_be_left_out(tmp_path):
     said = [str(w.message) for w in caught if "tview" in str(w.message)]
     assert len(said) == 1 and "'logit_scale'" in said[0], said
     assert "net.0" in tview.open_run(str(tmp_path / "r")).layers
+
+
+class SharedNet(nn.Module):
+    """nn.Identity, nn.Dropout and a conv called twice (its two calls merged in one row)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Identity(), nn.Dropout(0.0))
+        self.shared = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.fc(self.shared(torch.relu(self.shared(x))).flatten(1))
+
+
+def test_a_shared_module_and_clipped_gradients(tmp_path):
+    """A module called twice has the statistics of both calls; gradient statistics are of .grad as the optimizer
+    used it, after clip_grad_norm_."""
+    model, (x, y) = SharedNet(), data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    outs, means, grads = [], [], []
+    keep_outputs(model.shared, outs)
+    with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt, preset="full") as rec:
+        for _ in range(2):
+            outs.clear()
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+            grads.append(grad_norm(model.shared))
+            means.append(float(torch.cat([o.reshape(-1) for o in outs]).mean()))
+            opt.step()
+            rec.step()
+    run = tview.open_run(str(tmp_path / "r"))
+    assert run.layers == ["stem.0", "shared", "fc"]
+    np.testing.assert_allclose(run.stat("grad_norm", layer="shared")[1], grads, rtol=1e-5)
+    np.testing.assert_allclose(run.stat("act_mean", layer="shared")[1], means, rtol=1e-5)
+    assert max(grads) < 0.1
