@@ -21,6 +21,7 @@ def fresh_dynamo():
 
 
 def test_hooks_are_off_between_recorded_steps_and_back_for_recorded_ones(tmp_path):
+    fresh_dynamo()  # an earlier test's compiled graphs would keep them on for good
     torch.manual_seed(0)
     model, (x, y) = TinyCNN(), make_data()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -32,14 +32,14 @@ class ForwardHooks:
 
     def __init__(self, outer: nn.Module, model: nn.Module):
         self.outer, self.model = outer, model
-        self.specs: list[tuple[nn.Module, bool, Callable]] = []  # (module, pre-hook, function)
+        self.specs: list[tuple[nn.Module, bool, Callable, bool]] = []  # (module, pre-hook, function, with kwargs)
         self.handles: list = []
         self.eager_seen = False  # a recorded forward pass ran the hooks eagerly (set by the Recorder)
         self.pinned = False  # on for good: torch.compile is in play
 
-    def add(self, module: nn.Module, fn: Callable, pre: bool = False) -> None:
-        self.specs.append((module, pre, fn))
-        self.handles.append(_install(module, pre, fn))
+    def add(self, module: nn.Module, fn: Callable, pre: bool = False, kwargs: bool = False) -> None:
+        self.specs.append((module, pre, fn, kwargs))
+        self.handles.append(_install(module, pre, fn, kwargs))
 
     def want(self, needed: bool) -> None:
         """On for a step that records; otherwise off where that is safe (see the module text)."""
@@ -69,5 +69,7 @@ class ForwardHooks:
         self.specs = []
 
 
-def _install(module: nn.Module, pre: bool, fn: Callable):
-    return module.register_forward_pre_hook(fn) if pre else module.register_forward_hook(fn)
+def _install(module: nn.Module, pre: bool, fn: Callable, kwargs: bool):
+    if pre:
+        return module.register_forward_pre_hook(fn, with_kwargs=kwargs)
+    return module.register_forward_hook(fn, with_kwargs=kwargs)

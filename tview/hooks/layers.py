@@ -4,6 +4,7 @@ user's model (DDP, DataParallel, torch.compile, FSDP) that tview looks through o
 from __future__ import annotations
 
 from torch import nn
+from torch.nn.utils import parametrize
 
 from tview.errors import ConfigError
 
@@ -68,15 +69,37 @@ def is_compiled(model: nn.Module) -> bool:
     return compiled is not None and find_wrapper(model, compiled) is not None
 
 
+def own_params(m: nn.Module) -> list[nn.Parameter]:
+    """A layer's own parameters: those it holds, then those of its parametrizations (torch.nn.utils.parametrize:
+    weight_norm's original0 and original1, spectral_norm's original), which train in place of its weight."""
+    params = [p for p in m._parameters.values() if p is not None]  # as parameters(recurse=False), read each step
+    plists = m._modules.get("parametrizations")
+    if plists is not None and parametrize.is_parametrized(m):
+        params += [p for plist in plists.values() for p in plist.parameters(recurse=False)]
+    return params
+
+
+def sparse_grads(m: nn.Module) -> bool:
+    """An embedding with sparse gradients (sparse=True): tview's gradient and weight statistics read dense tensors."""
+    return isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and bool(m.sparse)
+
+
 def _own_params(m: nn.Module) -> bool:
-    return any(True for _ in m.parameters(recurse=False))
+    return bool(own_params(m))
+
+
+def _parametrizations(model: nn.Module) -> set[int]:
+    """The modules that compute parametrized tensors (a layer's `parametrizations` and what it holds): part of
+    their layer, not layers (their output is the layer's weight, not an activation)."""
+    return {id(x) for m in model.modules() if parametrize.is_parametrized(m) for x in m.parametrizations.modules()}
 
 
 def recorded_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(name, module) of every Conv, Linear, norm and activation module, and of any other module with
     parameters of its own (a user's own conv, say), in model order."""
+    inner = _parametrizations(model)
     return [(name, m) for name, m in model.named_modules()
-            if name and (isinstance(m, PARAM_LAYER_TYPES + ACTIVATION_TYPES) or _own_params(m))]
+            if name and id(m) not in inner and (isinstance(m, PARAM_LAYER_TYPES + ACTIVATION_TYPES) or _own_params(m))]
 
 
 def channel_dim(m: nn.Module) -> int | None:
@@ -97,7 +120,7 @@ def out_channels(m: nn.Module) -> int | None:
 def layer_info(name: str, m: nn.Module) -> dict:
     kind = "activation" if isinstance(m, ACTIVATION_TYPES) else "param"
     return {"name": name, "type": type(m).__name__, "kind": kind, "channels": out_channels(m),
-            "params": int(sum(p.numel() for p in m.parameters(recurse=False)))}
+            "params": int(sum(p.numel() for p in own_params(m)))}
 
 
 def filter_weight(m: nn.Module, w=None):
@@ -110,3 +133,32 @@ def filter_weight(m: nn.Module, w=None):
 def is_filter_layer(m: nn.Module) -> bool:
     return isinstance(m, nn.modules.conv._ConvNd) and (
         not isinstance(m, nn.modules.conv._ConvTransposeNd) or m.groups == 1)
+
+
+class Hook:
+    """A hook of tview's on the user's model (or its parameters). Copied with the model (copy.deepcopy: an EMA
+    model, the best model kept) or pickled with it (torch.save(model)), it becomes a hook that does nothing: the
+    copy is not the recorded model (and a Recorder, with its threads and files, cannot be copied)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+    def __deepcopy__(self, memo):
+        return detached_hook()
+
+    def __reduce__(self):
+        return (detached_hook, ())
+
+
+def _nothing(*args, **kwargs):
+    return None
+
+
+def detached_hook() -> Hook:
+    """What a copy of the model holds in place of tview's hook."""
+    return Hook(_nothing)

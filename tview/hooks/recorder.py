@@ -8,7 +8,9 @@ is tview/hooks/layers.py's, and the step's timeline tview/hooks/timing.py's.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
+import gc
 import json
 import math
 import os
@@ -27,13 +29,16 @@ from tview.hooks.activation_batch import ActivationBatch, RowIndex, flat_sample
 from tview.hooks.forward_hooks import ForwardHooks
 from tview.hooks.host_batch import HostBatch
 from tview.hooks.layers import (
+    Hook,
     channel_dim,
     find_wrapper,
     is_compiled,
     is_filter_layer,
     layer_info,
+    own_params,
     recorded_layers,
     refuse_unsupported,
+    sparse_grads,
     unwrap,
     wrapper_chain,
 )
@@ -113,6 +118,7 @@ class Recorder:
                            else (torch.distributed.get_world_size() if dist_on else 1))
         self._find_layers()
         self.shard_path = os.path.join(self.run_dir, schema.shard_name(self.rank))
+        _refuse_shard_in_use(self.shard_path, mode)
         self._prepare_folder(mode)
         self._step = self._first_step(mode, start_step)
         self._mode = mode
@@ -136,6 +142,7 @@ class Recorder:
         self._failed_at: int | None = None
         self._t_prev = time.perf_counter()
         self._schedule()
+        _WRITING[os.path.realpath(self.shard_path)] = self
         atexit.register(_close_at_exit, weakref.ref(self))
 
     # -- setup ----------------------------------------------------------------------------
@@ -146,15 +153,24 @@ class Recorder:
                               f"with parameters of its own to record")
         self.layer_names = [n for n, _ in self.layers]
         self.layer_info = [layer_info(n, m) for n, m in self.layers]
-        self.param_layer_ids = [i for i, (_, m) in enumerate(self.layers)
-                                if any(True for _ in m.parameters(recurse=False))]
+        top = [n for n, _ in self.model.named_parameters(recurse=False)]
+        if top:
+            warnings.warn(f"tview: the parameters {', '.join(map(repr, top))} belong to the model itself, not to a "
+                          f"module inside it: no layer holds them, they are not recorded (a module of their own, "
+                          f"holding them, would be)", RuntimeWarning, stacklevel=3)
+        sparse = [n for n, m in self.layers if sparse_grads(m)]
+        if sparse:
+            warnings.warn(f"tview: the embeddings {', '.join(map(repr, sparse))} have sparse gradients (sparse=True): "
+                          f"tview records their activations, not their gradient and weight statistics",
+                          RuntimeWarning, stacklevel=3)
+        self.param_layer_ids = [i for i, (n, m) in enumerate(self.layers) if own_params(m) and n not in sparse]
         self.filter_modules = [(n, m) for n, m in self.layers if is_filter_layer(m)]
         self.filter_layers = [n for n, _ in self.filter_modules]
 
     def _layer_params(self) -> list[list[torch.Tensor]]:
-        return [list(self.layers[i][1].parameters(recurse=False)) for i in self.param_layer_ids]
+        return [own_params(self.layers[i][1]) for i in self.param_layer_ids]
 
-    def _set_up_probes(self):
+    def _set_up_probes(self, keep_origin: bool = False):
         ids = self.param_layer_ids
         self.pctx = None
         if ids:
@@ -164,20 +180,20 @@ class Recorder:
             self.preset, [self.layer_names[i] for i in ids], self.world_size > 1, self.trajectory_dims, self._seed)
         if self.pctx is None:
             self.param_probes = []
-        self._set_up_param_probes()
+        self._set_up_param_probes(keep_origin)
         self.rows = RowBuilder(self.layer_names, ids, self.pctx)
         self._act_by_mode = {OFF: (), SENTINELS: tuple(p for p in self.act_probes if p.cadence == EVERY),
                              DETAIL_STEP: tuple(self.act_probes)}
         self._row_index = RowIndex()
 
-    def _set_up_param_probes(self):
+    def _set_up_param_probes(self, keep_origin: bool = False):
         """Each parameter probe's setup; init_distance's against the weights the run started from (kept beside
-        the shard when the run began, read back on resume)."""
+        the shard when the run began, read back on resume and where `keep_origin`: parameters replaced mid-run)."""
         origin = None
         if any(isinstance(p, par.InitDistance) for p in self.param_probes):
             path = origin_path(self.run_dir, self.rank)
             self.pctx.origin_path = path  # init_distance reads W0 back from it (never held in memory)
-            if self._mode == "resume" and os.path.exists(path):
+            if (self._mode == "resume" or keep_origin) and os.path.exists(path):
                 origin = load_origin(path, self.pctx.params)
             elif self._mode != "resume" or not os.path.exists(self.shard_path):
                 save_origin(path, self.pctx.params)
@@ -189,9 +205,29 @@ class Recorder:
                 probe.setup(self.pctx)
 
     def _refresh_params(self):
-        """FSDP2 (fully_shard after the Recorder was made) puts new parameter objects in the layers: follow them."""
-        if self.pctx is not None and [id(p) for ps in self._layer_params() for p in ps] != self._param_ids:
-            self._set_up_probes()
+        """New parameter objects in the layers: follow them. FSDP2 (fully_shard after the Recorder was made) puts
+        them there before training; a user mid-run (`layer.weight = nn.Parameter(...)`,
+        `load_state_dict(..., assign=True)`): said once, init_distance still measured from the run's start."""
+        if self.pctx is None:
+            return
+        params = self._layer_params()
+        if [id(p) for ps in params for p in ps] == self._param_ids:
+            return
+        if self._recorded:
+            old = set(self._param_ids)
+            names = [self.layer_names[i] for i, ps in zip(self.param_layer_ids, params)
+                     if any(id(p) not in old for p in ps)]
+            self._report_replaced(names)
+        self._set_up_probes(keep_origin=self._recorded > 0)
+        self.clock.follow(self.pctx.params)
+
+    def _report_replaced(self, names: list[str]):
+        if "replaced" not in self._problems:
+            self._problems.add("replaced")
+            warnings.warn(f"tview: parameters of {', '.join(map(repr, names))} were replaced by new tensors before "
+                          f"step {self._step} (a module's parameter assigned, or load_state_dict(assign=True)); "
+                          f"tview records the new ones from this step on (update_ratio from the next recorded "
+                          f"step)", RuntimeWarning, stacklevel=4)
 
     def _set_up_hooks(self, probe_batch, probe_layers):
         self.probe = None
@@ -212,14 +248,17 @@ class Recorder:
         self._pending_batches: list[tuple] = []  # (layer indices, channels, row starts, [(probe, partials)])
         self._inplace_victims: set[int] = set()  # layers whose output a later layer modifies in place
         self._forward_order: dict[int, int] = {}  # layer index -> the order its hook first fired in
+        self._forward_seen: set[int] = set()  # layers whose hook fired in this step's forward (not in backward)
+        self._open: tuple | None = None  # a forward begun and not ended: (kept, pending, host batch?, examples) before
+        self._eval_forward = False  # a forward of the model in eval mode with autograd on ran this step
         self._problems: set[str] = set()
         self._hooks = []  # on the parameters (for good)
         self._forward_hooks = ForwardHooks(self.outer, self.model)  # on from the start: torch.compile traces them
-        self._forward_hooks.add(self.outer, self._count_examples, pre=True)
+        self._forward_hooks.add(self.outer, Hook(self._count_examples), pre=True, kwargs=True)
         if self.act_probes:
             for i, (_, m) in enumerate(self.layers):
                 self._forward_hooks.add(m, self._make_forward_hook(i))
-            self._forward_hooks.add(self.outer, self._end_forward)
+            self._forward_hooks.add(self.outer, Hook(self._end_forward))
             self._recompile_if_compiled()
         self.clock = StepClock(self.optimizers, [p for ps in self._layer_params() for p in ps])
         self._set_up_local_grads()
@@ -251,7 +290,7 @@ class Recorder:
                               f"measured with parameter hooks instead", RuntimeWarning, stacklevel=3)
         for k, p in enumerate(self.pctx.params):
             if p.requires_grad:
-                self._hooks.append(p.register_hook(self._make_grad_hook(k)))
+                self._hooks.append(p.register_hook(Hook(self._make_grad_hook(k))))
 
     def _set_up_forward_wait(self):
         """Under DDP, the time from entering the DDP wrapper to entering the model inside it: the wait in DDP's
@@ -262,8 +301,8 @@ class Recorder:
         ddp = next((i for i, m in enumerate(chain) if isinstance(m, nn.parallel.DistributedDataParallel)), None)
         if ddp is None or any(is_compiled(m) for m in chain[:ddp]):
             return
-        self._forward_hooks.add(chain[ddp], self._enter_ddp, pre=True)
-        self._forward_hooks.add(chain[ddp + 1], self._enter_model, pre=True)
+        self._forward_hooks.add(chain[ddp], Hook(self._enter_ddp), pre=True)
+        self._forward_hooks.add(chain[ddp + 1], Hook(self._enter_model), pre=True)
 
     def _enter_ddp(self, module, inputs):
         self._t_ddp_enter = time.perf_counter()
@@ -336,6 +375,7 @@ class Recorder:
         mode = (DETAIL_STEP if self._detail_now else SENTINELS) if self._recording else OFF
         self._set_act_probes(self._act_by_mode[mode])
         self._forward_hooks.want(self._recording)
+        self.clock.grads_of = self.pctx.params if self._recording and self.pctx is not None else None
         if self.local_grads is not None:
             self.local_grads.active = self._recording
 
@@ -349,23 +389,53 @@ class Recorder:
         self._act_probes_now = probes
         self._singles_now = any(not p.batched for p in probes)
 
-    def _count_examples(self, module, inputs):
-        if self._recording and module.training and inputs and isinstance(inputs[0], torch.Tensor) and inputs[0].dim():
-            self._examples += inputs[0].shape[0]
+    def _count_examples(self, module, args, kwargs):
+        """The batch size: the first dimension of the forward's first tensor, positional or keyword, or inside a
+        dict, list or tuple (model(x), model(x=x), model({"image": x}))."""
+        training = self._recording and _training(module)
+        self._eval_forward |= self._recording and not module.training and torch.is_grad_enabled()
+        if self.act_probes and not torch.compiler.is_compiling():
+            self._forward_begins(training)
+        if training:
+            first = _first_tensor((args, kwargs))
+            if first is not None and first.dim():
+                self._examples += first.shape[0]
 
     def _make_forward_hook(self, index: int):
         def hook(module, inputs, output):  # returns at once on a step that records no activation statistics
             probes = self._act_probes_now
-            if not probes or not module.training or not isinstance(output, torch.Tensor):
+            if not probes or not torch.is_grad_enabled():
                 return
+            if not module.training and (torch.compiler.is_compiling() or self._open is None):
+                return  # eval mode, outside the model's training forward (eager: a frozen BatchNorm inside it counts)
+            if not isinstance(output, torch.Tensor):
+                output = self._main_output(index, output)
+                if output is None:
+                    return
             if torch.compiler.is_compiling():
                 self._activation_parts(index, output, probes)
+                return
+            if not output.numel():  # an empty batch: nothing measured (its statistics would read 0, or 0/0)
+                self._forward_seen.add(index)  # (the hooks ran: not silent)
                 return
             try:
                 self._keep(index, output, probes)
             except Exception as exc:  # tview's failure never stops training: said once, then off
                 self._activations_failed(exc)
-        return hook
+        return Hook(hook)  # a copy of the model (deepcopy, pickle) holds a hook that does nothing
+
+    def _main_output(self, index: int, output) -> torch.Tensor | None:
+        """A layer's output that is not a tensor: the first element of a tuple or list that holds a tensor there
+        ((x, aux), nn.MultiheadAttention's (out, weights), an LSTM's (out, (h, c))); of another (a dict, None),
+        no activation statistics, said once."""
+        if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+            return output[0]
+        if f"output of {index}" not in self._problems and not torch.compiler.is_compiling():
+            self._problems.add(f"output of {index}")
+            warnings.warn(f"tview: layer {self.layer_names[index]!r} returns a {type(output).__name__}, not a tensor "
+                          f"(nor a tuple or list led by one): no activation statistics of it", RuntimeWarning,
+                          stacklevel=3)
+        return None
 
     def _activations_failed(self, exc: BaseException):
         self._report("activation statistics", exc)
@@ -377,6 +447,8 @@ class Recorder:
         """Eager: keep the output for the batch where the forward pass ends (no op: a hook runs between layers, where
         every Python call is slow, the CPU's caches holding the layer's data); where a later layer modifies it in
         place, its sample is copied now. A probe that reads one output at a time runs here."""
+        if self._recomputed(index):
+            return
         order = self._forward_order
         if index not in order:
             order[index] = len(order)
@@ -389,14 +461,44 @@ class Recorder:
         else:
             self._kept.append((index, output, output._version, flat_sample(output, self.preset.act_sample)[0].clone()))
 
+    def _recomputed(self, index: int) -> bool:
+        """A layer's forward run again in the backward pass, its output kept in this step's forward already:
+        torch.utils.checkpoint (non-reentrant) recomputing it. (Reentrant checkpointing runs the forward under
+        no_grad, left out: its recomputation is the one kept.)"""
+        if _graph_task_id() == -1:
+            self._forward_seen.add(index)
+            return False
+        return index in self._forward_seen
+
     def _host_batch_now(self) -> HostBatch:
         if self._host_batch is None:
             buffer = self._host_buffer if self._host_buffer is not None else np.empty(self._host_used, np.float32)
             self._host_batch = HostBatch(self.preset.act_sample, buffer)
         return self._host_batch
 
+    def _forward_begins(self, training: bool):
+        """A forward of the model begins (eager): where the last one never ended (it raised, and the training loop
+        caught the error and went on: an out-of-memory batch skipped), what it kept is dropped. While a training
+        forward runs (`_open` set), its layers in eval mode (frozen BatchNorm statistics) are recorded too."""
+        self._drop_unfinished()
+        if training:
+            self._open = (len(self._kept), len(self._pending_act), self._host_batch is not None, self._examples)
+
+    def _drop_unfinished(self):
+        """Drop the outputs and examples of a forward pass that began and never ended."""
+        if self._open is not None:
+            kept, single, had_host, examples = self._open
+            del self._kept[kept:]
+            del self._pending_act[single:]
+            if not had_host:
+                self._host_batch = None
+            self._examples, self._open = examples, None
+
     def _end_forward(self, module, inputs, output):
-        if (self._kept or self._host_batch is not None) and not torch.compiler.is_compiling():
+        if torch.compiler.is_compiling():
+            return
+        self._open = None
+        if self._kept or self._host_batch is not None:
             self._forward_hooks.eager_seen = True
             try:
                 self._reduce_kept(output)
@@ -495,6 +597,8 @@ class Recorder:
         finally:
             self._pending_act, self._kept, self._pending_batches, self._host_batch = [], [], [], None
             self._examples = 0
+            self._forward_seen.clear()
+            self._open, self._eval_forward = None, False
             self.clock.reset()
             if self.local_grads is not None:
                 self.local_grads.parts = []
@@ -526,6 +630,8 @@ class Recorder:
                 "examples_per_sec": examples / step_time if step_time > 0 else float("nan"),
                 "host_rss_bytes": host_rss_bytes()}
         host.update(self._timeline(now))
+        if self.optimizers:  # 1: no optimizer.step() ran this step (GradScaler skipped it: Inf/NaN gradients)
+            host["optimizer_skipped"] = float(self.clock.t_opt_start is None)
         lrs = self.clock.current_lrs()
         for name, lr in zip(lr_names_of(len(lrs)), lrs):
             user[name] = lr.detach().reshape(1) if isinstance(lr, torch.Tensor) else float(lr)
@@ -552,12 +658,13 @@ class Recorder:
         return out
 
     def _record(self, now: float, loss, batch_size, scalars):
+        self._drop_unfinished()  # a forward that raised: its outputs and examples are not the step's
         host_scalars, device_scalars = self._scalars(now, loss, batch_size, scalars)  # a ConfigError is the user's
         try:
-            if self._recorded < 2:  # sharding (fully_shard) happens before training: not looked for every step
-                self._refresh_params()
+            self._refresh_params()  # fully_shard, or a parameter the user replaced
             self._copy_lease.wait(self._writer.alive)  # the writer may still be reading the copy's filters
-            param, param_step = self._param_results()
+            with self._gradients_restored():
+                param, param_step = self._param_results()
             snap, kept = self._snapshot_if_due(param_step)
             if self._kept:  # a forward that did not end in the model's own forward (its parts called one by one)
                 self._reduce_kept()
@@ -591,7 +698,11 @@ class Recorder:
         hooks were installed runs without them (torch.compile of the model, called before the Recorder was
         made, with the Recorder given the plain model). Said once; dynamo's code is dropped so the next call
         traces the model with the hooks."""
-        if "hooks" in self._problems or self.pctx is None or all(p.grad is None for p in self.pctx.params):
+        if ("hooks" in self._problems or self._forward_seen or self.pctx is None
+                or all(p.grad is None for p in self.pctx.params)):  # _forward_seen: they ran (in a forward that raised)
+            return
+        if self._eval_forward:
+            self._trained_in_eval_mode()
             return
         self._problems.add("hooks")
         warnings.warn("tview: no activation statistics came from this step's forward pass: the model runs compiled "
@@ -601,6 +712,46 @@ class Recorder:
                       "the compiled model, or make it before the first compiled call, to avoid the retrace",
                       RuntimeWarning, stacklevel=4)
         torch._dynamo.reset()
+
+    @contextlib.contextmanager
+    def _gradients_restored(self):
+        """The gradients as optimizer.step() left them, while the parameter probes read them: a zero_grad() between
+        optimizer.step() and step() (at the loop's end) set them to None (put back for the read, None again
+        after), or zeroed them in place (set_to_none=False: left out this step, as without a gradient, and said
+        once: they would read 0)."""
+        kept = self.clock.kept_grads
+        if kept is None or self.pctx is None or self.clock.grads_of is not self.pctx.params:  # (params replaced)
+            yield
+            return
+        changed = [(p, p.grad, g) for p, (g, version) in zip(self.pctx.params, kept)
+                   if g is not None and (p.grad is None or (p.grad is g and g._version != version))]
+        if any(now is not None for _, now, _ in changed):
+            self._report_zeroed()
+        try:
+            for p, now, g in changed:
+                p.grad = None if now is not None else g
+            yield
+        finally:
+            for p, now, _ in changed:
+                p.grad = now
+
+    def _report_zeroed(self):
+        if "zeroed" not in self._problems:
+            self._problems.add("zeroed")
+            warnings.warn(f"tview: the gradients were zeroed in place (zero_grad(set_to_none=False)) between "
+                          f"optimizer.step() and Recorder.step() at step {self._step}: their statistics are left "
+                          f"out where they would read 0; call rec.step() before zero_grad(), or zero_grad() at the "
+                          f"start of the step (zero_grad() with set_to_none, the default, is read as it was)",
+                          RuntimeWarning, stacklevel=5)
+
+    def _trained_in_eval_mode(self):
+        """The step's only forward passes ran with the model in eval mode (model.eval(), autograd on): said once."""
+        if "eval" not in self._problems:
+            self._problems.add("eval")
+            warnings.warn(f"tview: the model ran in eval mode (model.eval()) in the forward passes of step "
+                          f"{self._step} and trained: tview records activation statistics and examples of forwards "
+                          f"in train mode only (an eval forward is validation); train with model.train() (a layer "
+                          f"in eval mode inside it, a frozen BatchNorm, is recorded)", RuntimeWarning, stacklevel=5)
 
     def _param_results(self) -> tuple[list, ParamStep | None]:
         """((probe, partial results) of each parameter probe due now, what they read); a probe that fails is
@@ -753,6 +904,7 @@ class Recorder:
         if self._closed:
             return
         self._closed = True
+        _WRITING.pop(os.path.realpath(self.shard_path), None)
         self._set_act_probes(())
         self._remove_hooks()
         try:
@@ -774,6 +926,59 @@ class Recorder:
 
     def __repr__(self):
         return f"Recorder({self.run_dir!r}, rank={self.rank}, step={self._step}, preset={self.preset.name})"
+
+
+_WRITING: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # shard -> the open Recorder writing it
+
+
+def _refuse_shard_in_use(path: str, mode: str) -> None:
+    """One writer per shard: a second Recorder of the same folder and rank (resume, overwrite, or two Recorders of
+    one model into one folder) is refused while the first is open, not failed at its first write; so is resuming a
+    shard that a reader of this process holds open (HDF5 opens a file once per process: read-only, it cannot be
+    written)."""
+    other = _WRITING.get(os.path.realpath(path))
+    if other is not None:
+        raise ConfigError(f"{path}: {other!r} of this process already writes this shard; close() it first (a "
+                          f"second Recorder of the same model records into a folder of its own)")
+    if mode == "resume" and os.path.exists(path) and _open_here(path):
+        gc.collect()  # a Run dropped but not yet collected (in a reference cycle) closes its files when collected
+        if _open_here(path):
+            raise ConfigError(f"{path}: this process has the shard open for reading (tview.open_run): call the "
+                              f"run's close() before resuming the recording into it")
+
+
+def _open_here(path: str) -> bool:
+    """Whether this process holds the HDF5 file at `path` open (h5py)."""
+    import h5py
+    real = os.path.realpath(path)
+    names = [f.name for f in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE)]
+    return any(os.path.realpath(os.fsdecode(n)) == real for n in names)
+
+
+def _first_tensor(value, depth: int = 0) -> torch.Tensor | None:
+    """The first tensor in a forward's inputs (nested in tuples, lists and dicts up to 3 deep), or None."""
+    if isinstance(value, torch.Tensor):
+        return value
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    for item in items if depth < 4 else ():
+        found = _first_tensor(item, depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
+_CURRENT_GRAPH_TASK = getattr(torch._C, "_current_graph_task_id", None)
+
+
+def _graph_task_id() -> int:
+    """The autograd graph task running on this thread (-1 outside the backward pass)."""
+    return _CURRENT_GRAPH_TASK() if _CURRENT_GRAPH_TASK is not None else -1
+
+
+def _training(module: nn.Module) -> bool:
+    """A training forward: the module in train mode and autograd on (a forward under torch.no_grad() or
+    torch.inference_mode(), in train mode or not, is inference between the steps, not the step's)."""
+    return module.training and torch.is_grad_enabled()
 
 
 def _finite_on_host(output) -> bool:

@@ -53,6 +53,8 @@ class StepClock:
         self._param_ids = {id(p) for p in params}
         self._seen: list = []
         self._seen_lrs: list = []
+        self.grads_of: list[torch.Tensor] | None = None  # on a recorded step: the parameters whose gradients
+        self.kept_grads: list | None = None  # the post hook keeps, [(grad or None, its version)] at optimizer.step()
         if optimizers:
             self.handles = [h for o in optimizers for h in (o.register_step_pre_hook(self._pre),
                                                              o.register_step_post_hook(self._post))]
@@ -60,6 +62,10 @@ class StepClock:
             from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
             self.handles = [register_optimizer_step_pre_hook(self._pre_any),
                             register_optimizer_step_post_hook(self._post_any)]
+
+    def follow(self, params: list[torch.Tensor]) -> None:
+        """The model's parameters are now these (replaced): an optimizer of theirs is the model's."""
+        self._param_ids = {id(p) for p in params}
 
     def _ours(self, opt) -> bool:
         return any(id(p) in self._param_ids for g in opt.param_groups for p in g["params"][:1])
@@ -83,9 +89,12 @@ class StepClock:
 
     def _post(self, opt, args, kwargs):
         self.t_opt_end = time.perf_counter()
+        if self.grads_of is not None:  # a zero_grad() before the Recorder's step() leaves them readable
+            self.kept_grads = [(g, g._version if g is not None else 0) for g in (p.grad for p in self.grads_of)]
 
     def reset(self) -> None:
         self.t_opt_start = self.t_opt_end = None
+        self.kept_grads = None
         self.cpu_wait_start = cpu_wait_seconds()
         self.lrs = None
         self._seen, self._seen_lrs = [], []

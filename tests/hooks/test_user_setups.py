@@ -1,0 +1,601 @@
+"""The Recorder in setups its authors did not build for, each a new user's short script compared with plain torch:
+inference between training steps, parameters replaced mid-run, two Recorders on one shard, GradScaler's skipped
+steps, channels_last, gradient accumulation."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import tview
+from tview.errors import ConfigError
+
+
+def small_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(4 * 8 * 8, 10))
+
+
+def data(n=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def grad_norm(m):
+    return float(torch.cat([p.grad.reshape(-1).double() for p in m.parameters(recurse=False)]).norm())
+
+
+def weight_norm(m):
+    return float(torch.cat([p.detach().reshape(-1).double() for p in m.parameters(recurse=False)]).norm())
+
+
+def keep_outputs(module, outs: list):
+    """Plain torch's record of the module's training outputs."""
+    module.register_forward_hook(lambda mod, i, o: outs.append(o.detach().clone()) if torch.is_grad_enabled() else None)
+
+
+def test_a_train_mode_forward_under_no_grad_between_steps_is_not_recorded(tmp_path):
+    """`with torch.no_grad(): model(x_val)` without model.eval() (BatchNorm in train mode) is inference: its outputs
+    and examples are not the training step's."""
+    model, (x, y) = small_net(), data()
+    x_val = data(seed=1)[0] * 5 + 3
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    outs, means = [], []
+    keep_outputs(model[0], outs)
+    with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt, preset="full") as rec:
+        for _ in range(3):
+            outs.clear()
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            with torch.no_grad():
+                model(x_val)
+            with torch.inference_mode():
+                model(x_val)
+            means.append(float(torch.cat(outs).mean()))
+            opt.step()
+            rec.step()
+    run = tview.open_run(str(tmp_path / "r"))
+    np.testing.assert_allclose(run.stat("act_mean", layer="0")[1], means, rtol=1e-5)
+    assert list(run.scalar("examples")[1]) == [8, 8, 8]
+
+
+def test_a_parameter_replaced_mid_run_is_followed_with_a_warning(tmp_path):
+    """`layer.weight = nn.Parameter(...)` (or load_state_dict(assign=True)) after training began: the layer's
+    statistics are of the new tensor, not of the one it replaced; tview says so once."""
+    model, (x, y) = small_net(), data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    grads, weights = [], []
+    w0 = torch.cat([p.detach().reshape(-1).double().clone() for p in model[0].parameters()])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt, preset="full") as rec:
+            for step in range(5):
+                if step == 3:
+                    model[0].weight = nn.Parameter(model[0].weight.detach() * 0.5)
+                    opt.param_groups[0]["params"][0] = model[0].weight
+                opt.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                grads.append(grad_norm(model[0]))
+                opt.step()
+                weights.append(weight_norm(model[0]))
+                rec.step()
+    run = tview.open_run(str(tmp_path / "r"))
+    np.testing.assert_allclose(run.stat("grad_norm", layer="0")[1], grads, rtol=1e-5)
+    np.testing.assert_allclose(run.stat("weight_norm", layer="0")[1], weights, rtol=1e-5)
+    said = [str(w.message) for w in caught if "replaced" in str(w.message)]
+    assert len(said) == 1 and "'0'" in said[0] and "step 3" in said[0], said
+    w = torch.cat([p.detach().reshape(-1).double() for p in model[0].parameters()])
+    _, dist = run.stat("init_distance", layer="0")  # still measured from the weights the run started from
+    assert dist[-1] == pytest.approx(float((w - w0).norm() / w0.norm()), rel=1e-5)
+
+
+def test_a_second_recorder_on_a_shard_another_one_writes_is_refused(tmp_path):
+    model, (x, y) = small_net(), data()
+    with tview.Recorder(model, str(tmp_path / "r"), every=1) as rec:
+        with pytest.raises(ConfigError, match="already writes"):
+            tview.Recorder(model, str(tmp_path / "r"), every=1, mode="resume")
+        F.cross_entropy(model(x), y).backward()
+        rec.step()
+    with tview.Recorder(model, str(tmp_path / "r"), every=1, mode="resume") as rec:  # closed: free again
+        F.cross_entropy(model(x), y).backward()
+        rec.step()
+    assert list(tview.open_run(str(tmp_path / "r")).steps(rank=0)) == [0, 1]
+
+
+def test_steps_a_grad_scaler_skips_are_recorded_as_skipped(tmp_path):
+    """fp16 autocast with torch.amp.GradScaler: a step whose gradients overflow is skipped (no optimizer.step()); its
+    NaN/Inf gradient statistics are what .grad held, the weights unchanged, and optimizer_skipped says it was skipped
+    (1), the others 0."""
+    model, (x, y) = small_net(), data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 70, backoff_factor=2.0 ** -60)  # step 0 overflows
+    grads, weights = [], []
+    with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt, preset="economy") as rec:
+        for _ in range(3):
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.float16):
+                loss = F.cross_entropy(model(x), y)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            grads.append(grad_norm(model[4]))
+            scaler.step(opt)
+            scaler.update()
+            weights.append(weight_norm(model[4]))
+            rec.step(loss=loss)
+    assert not np.isfinite(grads[0]) and np.isfinite(grads[1:]).all()
+    run = tview.open_run(str(tmp_path / "r"))
+    np.testing.assert_allclose(run.stat("grad_norm", layer="4")[1], grads, rtol=1e-5)
+    np.testing.assert_allclose(run.stat("weight_norm", layer="4")[1], weights, rtol=1e-6)
+    assert list(run.scalar("optimizer_skipped")[1]) == [1, 0, 0]
+
+
+class Checkpointed(nn.Module):
+    """conv -> relu -> conv under torch.utils.checkpoint, then a linear head."""
+
+    def __init__(self, reentrant: bool):
+        super().__init__()
+        torch.manual_seed(0)
+        self.c1, self.relu, self.c2 = nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 10)
+        self.reentrant = reentrant
+
+    def body(self, x):
+        return self.c2(self.relu(self.c1(x)))
+
+    def forward(self, x):
+        from torch.utils.checkpoint import checkpoint
+        x = x.requires_grad_() if self.reentrant else x
+        return self.fc(checkpoint(self.body, x, use_reentrant=self.reentrant).flatten(1))
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_activation_checkpointing_records_each_layer_once(tmp_path, reentrant):
+    """The layers a checkpoint recomputes in the backward pass are recorded from one forward: their histograms
+    count each value once (non-reentrant: the recomputation counted them twice), their statistics are the step's."""
+    model, (x, y) = Checkpointed(reentrant), data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    outs, means, grads = [], [], []
+    keep_outputs(model.c1, outs)
+    with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt, preset="full") as rec:
+        for _ in range(2):
+            outs.clear()
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            means.append(float(outs[0].mean()))
+            grads.append(grad_norm(model.c1))
+            opt.step()
+            rec.step()
+    run = tview.open_run(str(tmp_path / "r"))
+    for layer in ("c1", "relu", "c2"):
+        assert list(np.asarray(run.histogram("act", layer=layer)[2]).sum(-1)) == [8 * 4 * 8 * 8] * 2, layer
+    np.testing.assert_allclose(run.stat("act_mean", layer="c1")[1], means, rtol=1e-5)
+    np.testing.assert_allclose(run.stat("grad_norm", layer="c1")[1], grads, rtol=1e-5)
+
+
+class AuxConv(nn.Module):
+    """A layer of the user's own (parameters of its own) that returns (output, aux)."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4, 1, 3, 3) * 0.3)
+
+    def forward(self, x):
+        h = F.conv2d(x, self.weight, padding=1)
+        return h, h.square().mean()
+
+
+class KeywordNet(nn.Module):
+    """Called as model(x=...) or model(batch={"image": ...}); its first layer returns a tuple, its last a dict."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.aux, self.fc = AuxConv(), nn.Linear(4 * 8 * 8, 10)
+        self.head = DictHead()
+
+    def forward(self, x=None, batch=None):
+        h, aux = self.aux(x if batch is None else batch["image"])
+        return self.head(self.fc(h.flatten(1)))["logits"] + aux
+
+
+class DictHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        return {"logits": x * self.scale}
+
+
+def test_keyword_inputs_are_counted_and_tuple_outputs_recorded(tmp_path):
+    """examples counts a batch passed by keyword or in a dict (it recorded 0); a layer returning (output, aux) has the
+    activation statistics of its output (it had none, unsaid); one returning a dict has none, and tview says so."""
+    model, (x, y) = KeywordNet(), data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    outs, means = [], []
+    model.aux.register_forward_hook(lambda m, i, o: outs.append(o[0].detach().clone()))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt, preset="full") as rec:
+            for step in range(2):
+                outs.clear()
+                opt.zero_grad()
+                out = model(x=x) if step == 0 else model(batch={"image": x})
+                F.cross_entropy(out, y).backward()
+                means.append(float(outs[0].mean()))
+                opt.step()
+                rec.step()
+    run = tview.open_run(str(tmp_path / "r"))
+    assert list(run.scalar("examples")[1]) == [8, 8]
+    np.testing.assert_allclose(run.stat("act_mean", layer="aux")[1], means, rtol=1e-5)
+    said = [str(w.message) for w in caught if "not a tensor" in str(w.message)]
+    assert len(said) == 1 and "'head'" in said[0] and "dict" in said[0], said
+
+
+def test_resuming_a_shard_this_process_reads_is_refused_until_the_run_is_closed(tmp_path):
+    """It failed at the first step with a StoreWriteError calling the shard corrupt ('cannot be reopened')."""
+    model, (x, y) = small_net(), data()
+    path = str(tmp_path / "r")
+    for attempt in range(2):
+        with tview.Recorder(model, path, every=1, mode="resume" if attempt else "new") as rec:
+            F.cross_entropy(model(x), y).backward()
+            rec.step()
+        run = tview.open_run(path)
+        assert len(run.steps(rank=0)) == attempt + 1
+        if attempt == 0:
+            with pytest.raises(ConfigError, match="open for reading"):
+                tview.Recorder(model, path, every=1, mode="resume")
+        run.close()
+
+
+def test_a_parametrized_layer_is_one_layer_with_the_parameters_that_train(tmp_path):
+    """weight_norm / spectral_norm (torch.nn.utils.parametrizations): the conv's statistics are of what trains in it
+    (bias, original0, original1; they were of its bias alone), the parametrization is no layer of its own (it was
+    one, its computed weight recorded as an 'activation'), the filters are the weight the conv uses."""
+    from torch.nn.utils.parametrizations import spectral_norm
+    from torch.nn.utils.parametrizations import weight_norm as weight_normed
+    torch.manual_seed(0)
+    model = nn.Sequential(weight_normed(nn.Conv2d(1, 4, 3, padding=1)), nn.ReLU(), nn.Flatten(),
+                          spectral_norm(nn.Linear(4 * 8 * 8, 10)))
+    x, y = data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    grads, weights, used = [], [], []
+    with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt, probe_batch=(x[:2], y[:2])) as rec:
+        for _ in range(2):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            grads.append(float(torch.cat([p.grad.reshape(-1).double() for p in model[0].parameters()]).norm()))
+            opt.step()
+            weights.append(float(torch.cat([p.detach().reshape(-1).double() for p in model[0].parameters()]).norm()))
+            used.append(model[0].weight.detach().numpy().copy())
+            rec.step()
+    run = tview.open_run(str(tmp_path / "r"))
+    assert run.layers == ["0", "1", "3"]
+    np.testing.assert_allclose(run.stat("grad_norm", layer="0")[1], grads, rtol=1e-5)
+    np.testing.assert_allclose(run.stat("weight_norm", layer="0")[1], weights, rtol=1e-5)
+    step, filters = run.filters("0")
+    np.testing.assert_allclose(filters, used[step], rtol=1e-6)
+
+
+class Fails(nn.Module):
+    """Raises in the forward pass when told to (a batch that runs out of memory)."""
+
+    fire = False
+
+    def forward(self, x):
+        if self.fire:
+            raise RuntimeError("out of memory (simulated)")
+        return x
+
+
+@pytest.mark.parametrize("then_step", [False, True])
+def test_a_forward_that_raised_and_was_skipped_leaves_nothing_in_the_next_step(tmp_path, then_step):
+    """try: model(x) except RuntimeError: skip the batch (and call rec.step() or not): the outputs the failed forward
+    made before it raised are not the step's (they were merged into its activation statistics, its examples
+    counted)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), Fails(), nn.ReLU(), nn.Flatten(), nn.Linear(256, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    outs, means = [], []
+    keep_outputs(model[0], outs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to say (it said the hooks were silent, as of a stale compiled model)
+        record_with_a_failed_forward(model, opt, str(tmp_path / "r"), then_step, outs, means)
+    run = tview.open_run(str(tmp_path / "r"))
+    steps, act_mean = run.stat("act_mean", layer="0")
+    assert list(steps) == ([0, 2, 3] if then_step else [0, 1, 2])
+    np.testing.assert_allclose(act_mean, means, rtol=1e-5)
+    assert list(np.asarray(run.histogram("act", layer="0")[2]).sum(-1)) == [2048] * 3
+    assert list(run.scalar("examples")[1]) == ([8, 0, 8, 8] if then_step else [8, 8, 8])
+
+
+def record_with_a_failed_forward(model, opt, path, then_step, outs, means):
+    x, y = data()
+    with tview.Recorder(model, path, every=1, optimizer=opt, preset="full") as rec:
+        for step in range(3):
+            if step == 1:
+                model[1].fire = True
+                with pytest.raises(RuntimeError):
+                    model(x * 10 + 5)
+                model[1].fire = False
+                if then_step:
+                    rec.step()
+            outs.clear()
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            means.append(float(outs[0].mean()))
+            opt.step()
+            rec.step()
+
+
+def test_channels_last_with_gradient_accumulation_records_what_plain_torch_computes(tmp_path):
+    """A channels_last model and inputs, two backward passes per optimizer step: grad_norm is the accumulated
+    .grad's, the activation statistics cover both micro-batches (every value: preset full), examples counts both."""
+    model, (x, y) = small_net(), data(16)
+    model = model.to(memory_format=torch.channels_last)
+    x = x.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    outs, grads, means, channel_means = [], [], [], []
+    keep_outputs(model[0], outs)
+    with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt, preset="full") as rec:
+        for _ in range(2):
+            outs.clear()
+            opt.zero_grad()
+            for k in range(2):
+                F.cross_entropy(model(x[8 * k:8 * k + 8]), y[8 * k:8 * k + 8]).backward()
+            assert outs[0].is_contiguous(memory_format=torch.channels_last)
+            grads.append(grad_norm(model[0]))
+            means.append(float(torch.cat(outs).mean()))
+            channel_means.append(torch.cat(outs).mean((0, 2, 3)).numpy())
+            opt.step()
+            rec.step()
+    run = tview.open_run(str(tmp_path / "r"))
+    np.testing.assert_allclose(run.stat("grad_norm", layer="0")[1], grads, rtol=1e-5)
+    np.testing.assert_allclose(run.stat("act_mean", layer="0")[1], means, rtol=1e-5)
+    np.testing.assert_allclose(np.stack(run.stat("act_channel_mean", layer="0")[1]), channel_means, rtol=1e-4,
+                               atol=1e-6)
+    assert list(run.scalar("examples")[1]) == [16, 16]
+
+
+@pytest.mark.parametrize("kind", ["depthwise", "conv1d", "conv3d", "mlp"])
+def test_other_layer_kinds_record_what_plain_torch_computes(tmp_path, kind):
+    torch.manual_seed(0)
+    first, x = {"depthwise": (nn.Conv2d(4, 4, 3, padding=1, groups=4), torch.randn(8, 4, 6, 6)),
+                "conv1d": (nn.Conv1d(4, 4, 3, padding=1), torch.randn(8, 4, 10)),
+                "conv3d": (nn.Conv3d(4, 4, 3, padding=1), torch.randn(8, 4, 3, 3, 3)),
+                "mlp": (nn.Linear(4, 4), torch.randn(8, 4))}[kind]
+    model = nn.Sequential(first, nn.ReLU(), nn.Flatten(), nn.LazyLinear(10))
+    model(x)
+    y = torch.randint(0, 10, (8,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    outs, grads, stds = [], [], []
+    keep_outputs(model[0], outs)
+    with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt, preset="full") as rec:
+        for _ in range(2):
+            outs.clear()
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            grads.append(grad_norm(model[0]))
+            stds.append(float(outs[0].std()))
+            opt.step()
+            rec.step()
+    run = tview.open_run(str(tmp_path / "r"))
+    np.testing.assert_allclose(run.stat("grad_norm", layer="0")[1], grads, rtol=1e-5)
+    np.testing.assert_allclose(run.stat("act_std", layer="0")[1], stds, rtol=1e-4)
+    assert run.stat("weight_norm", layer="0")[1][-1] == pytest.approx(weight_norm(model[0]), rel=1e-6)
+
+
+def test_a_frozen_batchnorm_in_eval_mode_inside_the_training_forward_is_recorded(tmp_path):
+    """Fine-tuning with BatchNorm statistics frozen (the model in train mode, its BatchNorm in eval mode): the
+    BatchNorm's output is part of the training forward and has its activation statistics (it had none, unsaid);
+    the model in eval mode (validation) is still left out."""
+    model, (x, y) = small_net(), data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    outs, means = [], []
+    keep_outputs(model[1], outs)
+    with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt, preset="full") as rec:
+        for _ in range(2):
+            model.train()
+            model[1].eval()
+            outs.clear()
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            means.append(float(outs[0].mean()))
+            model.eval()
+            model(x * 3)
+            opt.step()
+            rec.step()
+    run = tview.open_run(str(tmp_path / "r"))
+    np.testing.assert_allclose(run.stat("act_mean", layer="1")[1], means, rtol=1e-5)
+    assert list(run.scalar("examples")[1]) == [8, 8]
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_zero_grad_between_the_optimizer_step_and_the_recorders_step(tmp_path, set_to_none):
+    """loss.backward(); opt.step(); opt.zero_grad(); rec.step() (zero_grad at the loop's end): the gradient
+    statistics are of the gradients optimizer.step() used (they were left out: set_to_none), or, zeroed in place,
+    left out and said (they read grad_norm 0 on every step)."""
+    model, (x, y) = small_net(), data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    grads = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt) as rec:
+            for _ in range(3):
+                F.cross_entropy(model(x), y).backward()
+                grads.append(grad_norm(model[0]))
+                opt.step()
+                opt.zero_grad(set_to_none=set_to_none)
+                rec.step()
+                assert all((p.grad is None) if set_to_none else not p.grad.any() for p in model.parameters())
+    run = tview.open_run(str(tmp_path / "r"))
+    said = [str(w.message) for w in caught if "zeroed in place" in str(w.message)]
+    if set_to_none:
+        np.testing.assert_allclose(run.stat("grad_norm", layer="0")[1], grads, rtol=1e-5)
+        assert not said
+    else:
+        assert len(run.stat("grad_norm", layer="0")[0]) == 0
+        assert len(said) == 1
+    assert len(run.stat("weight_norm", layer="0")[0]) == 3
+
+
+def test_an_embedding_with_sparse_gradients_is_said_and_the_other_layers_recorded(tmp_path):
+    """nn.Embedding(sparse=True): every parameter probe failed on its sparse gradient (aten::aminmax on SparseCPU),
+    so no layer had gradient or weight statistics; now the embedding is named up front and left out of them."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(50, 8, sparse=True), nn.Flatten(), nn.Linear(8 * 5, 10))
+    x, y = torch.randint(0, 50, (8, 5)), torch.randint(0, 10, (8,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    grads = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt) as rec:
+            for _ in range(2):
+                opt.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                grads.append(grad_norm(model[2]))
+                opt.step()
+                rec.step()
+    said = [str(w.message) for w in caught if "tview" in str(w.message)]
+    assert len(said) == 1 and "'0'" in said[0] and "sparse" in said[0], said
+    run = tview.open_run(str(tmp_path / "r"))
+    np.testing.assert_allclose(run.stat("grad_norm", layer="2")[1], grads, rtol=1e-5)
+    assert len(run.stat("grad_norm", layer="0")[0]) == 0 and len(run.stat("act_mean", layer="0")[0]) == 1
+
+
+def test_training_in_eval_mode_is_said_as_such(tmp_path):
+    """model.eval() for the whole run (dropout off): no activation statistics (eval forwards are validation's), and
+    tview says why; it blamed torch.compile ('compiled code traced before tview's hooks') and dropped dynamo's code."""
+    model, (x, y) = small_net(), data()
+    model.eval()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt) as rec:
+            for _ in range(2):
+                opt.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                opt.step()
+                rec.step()
+    said = [str(w.message) for w in caught if "tview" in str(w.message)]
+    assert len(said) == 1 and "eval mode" in said[0] and "compile" not in said[0], said
+    assert len(tview.open_run(str(tmp_path / "r")).stat("grad_norm", layer="0")[0]) == 2
+
+
+def test_an_empty_batch_measures_nothing(tmp_path):
+    """A forward of 0 examples (the last, empty batch of a filtered loader): its activation statistics are not
+    measured that step (act_zero_frac read 0.0, numpy warned of 0/0 in the writer); nothing is said."""
+    model = small_net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt) as rec:
+            for n in (8, 0, 8):
+                x, y = data(n)
+                opt.zero_grad()
+                (F.cross_entropy(model(x), y) if n else model(x).sum()).backward()
+                opt.step()
+                rec.step()
+    run = tview.open_run(str(tmp_path / "r"))
+    assert list(run.stat("act_zero_frac", layer="2")[0]) == [0, 2]
+    assert list(run.scalar("examples")[1]) == [8, 0, 8]
+
+
+def test_a_copy_of_the_recorded_model_can_be_made_and_is_not_recorded(tmp_path):
+    """copy.deepcopy(model) (an EMA model) and torch.save(model) with a Recorder attached raised (TypeError: cannot
+    pickle '_io.BufferedReader'; AttributeError: Can't pickle local object); the copy's forwards are not recorded."""
+    import copy
+    import io
+    model, (x, y) = small_net(), data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    outs, means = [], []
+    with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt, preset="full") as rec:
+        ema = copy.deepcopy(model)
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+        with torch.no_grad():
+            expected = model(x)
+        keep_outputs(model[0], outs)
+        for _ in range(2):
+            outs.clear()
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            means.append(float(outs[0].mean()))
+            F.cross_entropy(ema(x * 3), y).backward()  # the copy, in train mode, autograd on
+            opt.step()
+            rec.step()
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), expected)
+    run = tview.open_run(str(tmp_path / "r"))
+    np.testing.assert_allclose(run.stat("act_mean", layer="0")[1], means, rtol=1e-5)
+    assert list(run.scalar("examples")[1]) == [8, 8]
+
+
+class ScaledNet(nn.Module):
+    """A learnable temperature held by the model itself (CLIP's logit_scale), beside its layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = small_net()
+        self.logit_scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        return self.net(x) * self.logit_scale
+
+
+def test_parameters_of_the_model_itself_are_said_to_be_left_out(tmp_path):
+    """They were left out with nothing said (the model itself is no layer)."""
+    model, (x, y) = ScaledNet(), data()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with tview.Recorder(model, str(tmp_path / "r"), every=1) as rec:
+            F.cross_entropy(model(x), y).backward()
+            rec.step()
+    said = [str(w.message) for w in caught if "tview" in str(w.message)]
+    assert len(said) == 1 and "'logit_scale'" in said[0], said
+    assert "net.0" in tview.open_run(str(tmp_path / "r")).layers
+
+
+class SharedNet(nn.Module):
+    """nn.Identity, nn.Dropout and a conv called twice (its two calls merged in one row)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Identity(), nn.Dropout(0.0))
+        self.shared = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.fc(self.shared(torch.relu(self.shared(x))).flatten(1))
+
+
+def test_a_shared_module_and_clipped_gradients(tmp_path):
+    """A module called twice has the statistics of both calls; gradient statistics are of .grad as the optimizer
+    used it, after clip_grad_norm_."""
+    model, (x, y) = SharedNet(), data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    outs, means, grads = [], [], []
+    keep_outputs(model.shared, outs)
+    with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt, preset="full") as rec:
+        for _ in range(2):
+            outs.clear()
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+            grads.append(grad_norm(model.shared))
+            means.append(float(torch.cat([o.reshape(-1) for o in outs]).mean()))
+            opt.step()
+            rec.step()
+    run = tview.open_run(str(tmp_path / "r"))
+    assert run.layers == ["stem.0", "shared", "fc"]
+    np.testing.assert_allclose(run.stat("grad_norm", layer="shared")[1], grads, rtol=1e-5)
+    np.testing.assert_allclose(run.stat("act_mean", layer="shared")[1], means, rtol=1e-5)
+    assert max(grads) < 0.1
