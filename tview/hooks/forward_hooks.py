@@ -15,7 +15,7 @@ from typing import Callable
 
 from torch import nn
 
-from tview.hooks.layers import is_compiled
+from tview.hooks.layers import runs_compiled
 
 
 def compiled_anything() -> bool:
@@ -53,7 +53,7 @@ class ForwardHooks:
     def _may_be_off(self) -> bool:
         if self.pinned or not self.eager_seen:
             return False
-        if compiled_anything() or is_compiled(self.outer) or getattr(self.model, "_compiled_call_impl", None):
+        if compiled_anything() or runs_compiled(self.outer, self.model):
             self.pinned = True
             return False
         return True

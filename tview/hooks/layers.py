@@ -69,6 +69,12 @@ def is_compiled(model: nn.Module) -> bool:
     return compiled is not None and find_wrapper(model, compiled) is not None
 
 
+def runs_compiled(outer: nn.Module, model: nn.Module) -> bool:
+    """The Recorder's model runs compiled code: a torch.compile wrapper around it, or compiled in place
+    (model.compile())."""
+    return is_compiled(outer) or getattr(model, "_compiled_call_impl", None) is not None
+
+
 def own_params(m: nn.Module) -> list[nn.Parameter]:
     """A layer's own parameters: those it holds, then those of its parametrizations (torch.nn.utils.parametrize:
     weight_norm's original0 and original1, spectral_norm's original), which train in place of its weight."""

@@ -26,7 +26,7 @@ from tview.errors import ConfigError, StoreWriteError, TviewError
 from tview.hooks import activation_probes as act
 from tview.hooks import param_probes as par
 from tview.hooks.activation_batch import ActivationBatch, RowIndex, flat_sample
-from tview.hooks.forward_hooks import ForwardHooks
+from tview.hooks.forward_hooks import ForwardHooks, compiled_anything
 from tview.hooks.host_batch import HostBatch
 from tview.hooks.layers import (
     Hook,
@@ -38,6 +38,7 @@ from tview.hooks.layers import (
     own_params,
     recorded_layers,
     refuse_unsupported,
+    runs_compiled,
     sparse_grads,
     unwrap,
     wrapper_chain,
@@ -267,11 +268,8 @@ class Recorder:
     def _recompile_if_compiled(self):
         """A compiled model that already ran ignores hooks added since (dynamo skips hook guards): drop
         dynamo's compiled code once so the next call traces the model with tview's hooks."""
-        compiled = is_compiled(self.outer) or getattr(self.model, "_compiled_call_impl", None) is not None
-        if compiled:
-            from torch._dynamo.utils import counters
-            if counters["stats"]["unique_graphs"]:
-                torch._dynamo.reset()
+        if runs_compiled(self.outer, self.model) and compiled_anything():
+            torch._dynamo.reset()
 
     def _set_up_local_grads(self):
         """Under DDP, this rank's gradient before the all-reduce: from a DDP communication hook; where the
