@@ -366,3 +366,52 @@ def test_the_first_nonfinite_layer_is_first_in_the_order_the_forward_pass_ran(tm
     assert [layer.get("forward") for layer in run.layer_info][:3] == [2, 1, 0]  # the order the hooks fired
     first = diagnose(run)[0]
     assert (first.kind, first.layer, first.step) == ("nonfinite", "conv1", 2)
+
+
+def _scaled_run(out: str, steps: int, overflow_at=(), nan_from=None) -> list[int]:
+    """TinyCNN trained in fp16 autocast with torch.amp.GradScaler on the CPU: at the steps in `overflow_at` a gradient
+    of conv1 overflows (Inf: the scaler skips the step and backs off, its normal work); from step `nan_from` on,
+    conv2's weight gradient is NaN on every step (a real fault: every step skipped). Returns the steps the scaler
+    skipped, read from plain torch (the weights unchanged)."""
+    torch.manual_seed(0)
+    model, (x, y) = TinyCNN(), make_data(16)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    skipped = []
+    with tview.Recorder(model, out, every=1, optimizer=opt) as rec:
+        for step in range(steps):
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.float16):
+                loss = F.cross_entropy(model(x), y)
+            scaler.scale(loss).backward()
+            if step in overflow_at:
+                model.conv1.weight.grad[0, 0, 0, 0] = float("inf")
+            if nan_from is not None and step >= nan_from:
+                model.conv2.weight.grad[0, 0, 0, 0] = float("nan")
+            before = model.conv2.weight.detach().clone()
+            scaler.step(opt)
+            scaler.update()
+            if torch.equal(before, model.conv2.weight):
+                skipped.append(step)
+            rec.step(loss=loss)
+    return skipped
+
+
+def test_the_grad_scalers_own_skipped_steps_are_no_fault_but_a_run_of_them_is(tmp_path):
+    """fp16 with GradScaler: a step whose gradients overflow is skipped, as the scaler is made to; its Inf/NaN
+    gradients are recorded (optimizer_skipped 1) and are not a finding, nor the shard's first NaN/Inf. A NaN
+    gradient on every step from step 12 (every step skipped from there) is the fault, named at step 12, conv2."""
+    out = str(tmp_path / "skips")
+    assert _scaled_run(out, 20, overflow_at=(0, 9)) == [0, 9]
+    with tview.open_run(out) as run:
+        assert list(np.flatnonzero(run.scalar("optimizer_skipped")[1])) == [0, 9]
+        bad = sum(run.stat_matrix(name, 0)[1] for name in ("grad_nan", "grad_inf")).any(axis=1)
+        assert list(np.flatnonzero(bad)) == [0, 9]  # recorded as they were
+        assert run.first_nonfinite(0)["layers"] == {}
+    assert [f.kind for f in diagnose(out)] == []
+    out = str(tmp_path / "nan")
+    assert _scaled_run(out, 24, overflow_at=(0,), nan_from=12) == [0] + list(range(12, 24))
+    found = [f for f in diagnose(out) if f.kind == "nonfinite"]
+    assert [(f.step, f.layer, f.tensor) for f in found] == [(12, "conv2", "gradient")], found
+    with tview.open_run(out) as run:
+        assert run.first_nonfinite(0)["layers"] == {"conv2": 12}

@@ -53,6 +53,7 @@ class ShardWriter:
         self.scalar_columns = {bytes(n).decode("utf-8", "replace"): i for i, n in enumerate(self._names[:])}
         first = self.file["status/first_nonfinite"]
         self._first = {name: first[name][:] for name in first}
+        self._skips, self._skip_start = 0, -1  # consecutive records the optimizer skipped, and the first's step
         self._dropped = int(self.file["status/dropped"][0])
         self.rebuild_summary()
         # bytes the last write added to the file; before any, what the first chunk of every column takes
@@ -269,6 +270,7 @@ class ShardWriter:
         """Keep status/first_nonfinite/* (held in memory, written when they change)."""
         changed = set()
         for r in records:
+            skip_start = self._skipped_run(r)
             for name, value in r.scalars.items():
                 first = self._first[schema.TABLE_SCALARS]
                 col = self.scalar_columns.get(name)
@@ -276,10 +278,26 @@ class ShardWriter:
                     first[col] = r.step
                     changed.add(schema.TABLE_SCALARS)
             for table, row in r.tables.items():
-                if table in self._first and self._mark_nonfinite(table, row, r.step):
+                step = r.step
+                if skip_start is not None and self.specs.get(table) and self.specs[table].reads == "gradient":
+                    if self._skips < schema.SKIPPED_RUN:
+                        continue  # the scaler's own skip: its NaN/Inf gradients are no fault
+                    step = skip_start  # a run of skips: it counts from its first step
+                if table in self._first and self._mark_nonfinite(table, row, step):
                     changed.add(table)
         for name in changed:
             self.file["status/first_nonfinite"][name][:] = self._first[name]
+
+    def _skipped_run(self, r: StepRecord) -> int | None:
+        """The first step of the run of consecutive skipped records this one belongs to (optimizer_skipped == 1),
+        or None where the optimizer stepped; self._skips counts the run."""
+        if r.scalars.get("optimizer_skipped") != 1:
+            self._skips = 0
+            return None
+        self._skips += 1
+        if self._skips == 1:
+            self._skip_start = r.step
+        return self._skip_start
 
     def _mark_nonfinite(self, table: str, row: TableRow, step: int) -> bool:
         first = self._first[table]

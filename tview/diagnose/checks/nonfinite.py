@@ -7,6 +7,7 @@ import numpy as np
 from tview.diagnose.checks.common import Context, matrix, scalar
 from tview.diagnose.findings import Finding, declare, make
 from tview.store.rank_summary import first_nonfinite_step
+from tview.store.schema import SKIPPED_RUN
 
 KINDS = declare({
     "nonfinite": ("error", None,
@@ -41,10 +42,12 @@ def _rank_nonfinite(run, rank: int, max_points) -> dict:
         out["act"] = _first_bad(act[0], act[1]) + (act,)
     grad = _counts(run, ("grad_nan", "grad_inf"), rank, max_points)
     if grad is not None:
+        benign = _scaler_skips(run, rank, grad[0], max_points)[:, None]
+        grad = (grad[0], grad[1] & ~benign, grad[2])
         out["grad"] = _first_bad(grad[0], grad[1]) + (grad,)
         local = matrix(run, "local_grad_norm", rank, max_points)
         if local is not None and len(local[0]) == len(grad[0]) and np.isfinite(local[1]).any():
-            bad = ~np.isfinite(local[1]) & grad[2]  # measured gradient, local norm missing: not finite
+            bad = ~np.isfinite(local[1]) & grad[2] & ~benign  # measured gradient, local norm missing: not finite
             out["local"] = _first_bad(grad[0], bad) + ((grad[0], bad, grad[2]),)
     loss = scalar(run, "loss", rank, max_points)
     if loss is not None and len(loss[0]):
@@ -52,6 +55,20 @@ def _rank_nonfinite(run, rank: int, max_points) -> dict:
         out["loss"] = (int(loss[0][bad[0]]) if len(bad) else None, None, None)
     out["any"] = (first_nonfinite_step(run.first_nonfinite(rank)), None, None)
     return out
+
+
+def _scaler_skips(run, rank: int, steps: np.ndarray, max_points) -> np.ndarray:
+    """bool per step: the optimizer skipped it (optimizer_skipped 1: GradScaler found NaN/Inf gradients and did not
+    step), outside a run of SKIPPED_RUN or more skipped records: its NaN/Inf gradients are the scaler at work."""
+    skipped = scalar(run, "optimizer_skipped", rank, max_points)
+    if skipped is None:
+        return np.zeros(len(steps), dtype=bool)
+    on = np.isin(steps, np.asarray(skipped[0])[np.asarray(skipped[1]) == 1])
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], on.astype(np.int8), [0]))))
+    for start, end in zip(edges[::2], edges[1::2]):  # each run of skipped steps
+        if end - start >= SKIPPED_RUN:
+            on[start:end] = False
+    return on
 
 
 def first_nonfinite_ranks(run, rank_summaries: dict | None) -> list[int]:
