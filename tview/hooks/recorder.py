@@ -429,10 +429,9 @@ class Recorder:
         if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
             return output[0]
         if f"output of {index}" not in self._problems and not torch.compiler.is_compiling():
-            self._problems.add(f"output of {index}")
-            warnings.warn(f"tview: layer {self.layer_names[index]!r} returns a {type(output).__name__}, not a tensor "
-                          f"(nor a tuple or list led by one): no activation statistics of it", RuntimeWarning,
-                          stacklevel=3)
+            self._say_once(f"output of {index}", f"tview: layer {self.layer_names[index]!r} returns a "
+                           f"{type(output).__name__}, not a tensor (nor a tuple or list led by one): no activation "
+                           f"statistics of it", stacklevel=3)
         return None
 
     def _activations_failed(self, exc: BaseException):
@@ -572,10 +571,15 @@ class Recorder:
 
     def _report(self, what: str, exc: BaseException):
         """Say once per kind of failure what tview stopped recording, and why; training goes on."""
-        if what not in self._problems:
-            self._problems.add(what)
-            warnings.warn(f"tview: recording {what} failed at step {self._step} ({type(exc).__name__}: {exc}); "
-                          f"tview stops recording it, training goes on", RuntimeWarning, stacklevel=3)
+        self._say_once(what, f"tview: recording {what} failed at step {self._step} ({type(exc).__name__}: {exc}); "
+                       f"tview stops recording it, training goes on", stacklevel=3)
+
+    def _say_once(self, key: str, message: str, stacklevel: int) -> None:
+        """A RuntimeWarning, the first time `key` comes up in this Recorder; stacklevel: warnings.warn's, counted
+        from the caller."""
+        if key not in self._problems:
+            self._problems.add(key)
+            warnings.warn(message, RuntimeWarning, stacklevel=stacklevel + 1)
 
     # -- the per-step call ----------------------------------------------------------------
     def step(self, loss=None, batch_size: int | None = None, **scalars) -> None:
@@ -702,13 +706,12 @@ class Recorder:
         if self._eval_forward:
             self._trained_in_eval_mode()
             return
-        self._problems.add("hooks")
-        warnings.warn("tview: no activation statistics came from this step's forward pass: the model runs compiled "
-                      "code traced while tview's hooks were not installed (torch.compile called before the Recorder "
-                      "was made, or a model that ran eagerly first compiled on a step tview did not record). tview "
-                      "drops torch.compile's cached code once so the next step traces the hooks; give the Recorder "
-                      "the compiled model, or make it before the first compiled call, to avoid the retrace",
-                      RuntimeWarning, stacklevel=4)
+        self._say_once("hooks", "tview: no activation statistics came from this step's forward pass: the model runs "
+                       "compiled code traced while tview's hooks were not installed (torch.compile called before the "
+                       "Recorder was made, or a model that ran eagerly first compiled on a step tview did not record). "
+                       "tview drops torch.compile's cached code once so the next step traces the hooks; give the "
+                       "Recorder the compiled model, or make it before the first compiled call, to avoid the retrace",
+                       stacklevel=4)
         torch._dynamo.reset()
 
     @contextlib.contextmanager
@@ -734,22 +737,17 @@ class Recorder:
                 p.grad = now
 
     def _report_zeroed(self):
-        if "zeroed" not in self._problems:
-            self._problems.add("zeroed")
-            warnings.warn(f"tview: the gradients were zeroed in place (zero_grad(set_to_none=False)) between "
-                          f"optimizer.step() and Recorder.step() at step {self._step}: their statistics are left "
-                          f"out where they would read 0; call rec.step() before zero_grad(), or zero_grad() at the "
-                          f"start of the step (zero_grad() with set_to_none, the default, is read as it was)",
-                          RuntimeWarning, stacklevel=5)
+        self._say_once("zeroed", f"tview: the gradients were zeroed in place (zero_grad(set_to_none=False)) between "
+                       f"optimizer.step() and Recorder.step() at step {self._step}: their statistics are left out "
+                       f"where they would read 0; call rec.step() before zero_grad(), or zero_grad() at the start of "
+                       f"the step (zero_grad() with set_to_none, the default, is read as it was)", stacklevel=6)
 
     def _trained_in_eval_mode(self):
         """The step's only forward passes ran with the model in eval mode (model.eval(), autograd on): said once."""
-        if "eval" not in self._problems:
-            self._problems.add("eval")
-            warnings.warn(f"tview: the model ran in eval mode (model.eval()) in the forward passes of step "
-                          f"{self._step} and trained: tview records activation statistics and examples of forwards "
-                          f"in train mode only (an eval forward is validation); train with model.train() (a layer "
-                          f"in eval mode inside it, a frozen BatchNorm, is recorded)", RuntimeWarning, stacklevel=5)
+        self._say_once("eval", f"tview: the model ran in eval mode (model.eval()) in the forward passes of step "
+                       f"{self._step} and trained: tview records activation statistics and examples of forwards in "
+                       f"train mode only (an eval forward is validation); train with model.train() (a layer in eval "
+                       f"mode inside it, a frozen BatchNorm, is recorded)", stacklevel=5)
 
     def _param_results(self) -> tuple[list, ParamStep | None]:
         """((probe, partial results) of each parameter probe due now, what they read); a probe that fails is
