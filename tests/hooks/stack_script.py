@@ -1,7 +1,10 @@
 """A user's distributed training script with the Recorder, on 2 gloo ranks: `ddp_frozen` (DDP with a frozen
-first conv, the fine-tuning classic) or `fsdp2` (fully_shard). Each rank saves the plain-torch numbers the
-test compares with (its local gradient norm before the all-reduce, the full model's gradient and weight norms)."""
+first conv, the fine-tuning classic), `ddp_no_sync` (gradient accumulation over two micro-batches, the first under
+DDP's no_sync()), `fsdp2` (fully_shard) or `fsdp2_bf16` (fully_shard with a bfloat16 MixedPrecisionPolicy). Each
+rank saves the plain-torch numbers the test compares with (its local gradient norm before the all-reduce, the full
+model's gradient and weight norms)."""
 
+import contextlib
 import os
 import sys
 
@@ -83,11 +86,69 @@ def fsdp2(rank, out):
     return ref
 
 
+def ddp_no_sync(rank, out):
+    torch.manual_seed(0)
+    model = TinyCNN()
+    model.bn1.eval()  # (the plain copy must compute what DDP's model does: no buffer broadcast between them)
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.05)
+    ref = {}
+    with tview.Recorder(ddp, out, every=1, optimizer=opt) as rec:
+        for step in range(STEPS):
+            plain = TinyCNN()
+            plain.load_state_dict(model.state_dict())
+            plain.bn1.eval()
+            opt.zero_grad()
+            for micro in range(2):
+                x, y = batch(rank, 10 * step + micro)
+                F.cross_entropy(plain(x), y).backward()  # this rank's accumulated gradient
+                with ddp.no_sync() if micro == 0 else contextlib.nullcontext():
+                    loss = F.cross_entropy(ddp(x), y)
+                    loss.backward()
+            ref[f"local/{step}"] = layer_grad_norm(plain.conv2)
+            ref[f"grad/{step}"] = layer_grad_norm(model.conv2)
+            opt.step()
+            rec.step(loss=loss)
+    return ref
+
+
+def fsdp2_bf16(rank, out):
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    torch.manual_seed(0)
+    nn = torch.nn
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(6 * 64, 10))
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for m in (model[0], model[2], model[5]):
+        fully_shard(m, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    ref = {}
+    with tview.Recorder(model, out, every=1, optimizer=opt) as rec:
+        for step in range(STEPS):
+            x, y = batch(rank, step)
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            ref[f"grad/{step}"] = float(torch.cat([p.grad.full_tensor().reshape(-1) for p in model[2].parameters()])
+                                        .double().norm())
+            opt.step()
+            ref[f"weight/{step}"] = float(torch.cat([p.full_tensor().reshape(-1) for p in model[2].parameters()])
+                                          .double().norm())
+            rec.step(loss=loss)
+    return ref
+
+
+def layer_grad_norm(module) -> float:
+    return float(torch.cat([p.grad.reshape(-1) for p in module.parameters()]).double().norm())
+
+
 def rank_main(rank, world, case, out, port):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    ref = {"ddp_frozen": ddp_frozen, "fsdp2": fsdp2}[case](rank, out)
+    cases = {"ddp_frozen": ddp_frozen, "ddp_no_sync": ddp_no_sync, "fsdp2": fsdp2, "fsdp2_bf16": fsdp2_bf16}
+    ref = cases[case](rank, out)
     np.savez(os.path.join(out, f"reference-{rank}.npz"), **ref)
     dist.destroy_process_group()
 

@@ -269,6 +269,39 @@ def test_fsdp2_norms_equal_the_unsharded_models(tmp_path):
         assert len(run.stat("act_zero_frac", "relu", rank=rank)[0]) == 4
 
 
+@pytest.mark.slow
+def test_ddp_gradient_accumulation_under_no_sync_records_each_ranks_accumulated_gradient(tmp_path):
+    """Two micro-batches a step, the first under ddp.no_sync() (no all-reduce), the second synchronised: the local
+    gradient norm is this rank's gradient accumulated over both (DDP's comm hook sees it once, at the second), the
+    gradient norm the all-reduced one, the examples both micro-batches'."""
+    refs = run_script("ddp_no_sync", str(tmp_path / "r"))
+    run = tview.open_run(str(tmp_path / "r"))
+    for rank, ref in enumerate(refs):
+        steps, local = run.stat("local_grad_norm", "conv2", rank=rank)
+        assert list(steps) == [0, 1, 2, 3]
+        np.testing.assert_allclose(local, [ref[f"local/{s}"] for s in steps], rtol=1e-4)
+        np.testing.assert_allclose(run.stat("grad_norm", "conv2", rank=rank)[1], [ref[f"grad/{s}"] for s in steps],
+                                   rtol=1e-4)
+        assert list(run.scalar("examples", rank=rank)[1]) == [32] * 4
+    local = [run.stat("local_grad_norm", "conv2", rank=r)[1] for r in (0, 1)]
+    assert not np.allclose(*local)  # each rank its own
+
+
+@pytest.mark.slow
+def test_fsdp2_with_a_bfloat16_mixed_precision_policy_records_the_full_tensors_norms(tmp_path):
+    """fully_shard(mp_policy=MixedPrecisionPolicy(param_dtype=bfloat16)): the forward runs in bfloat16 on unsharded
+    copies; the gradient and weight norms are those of the full float32 tensors (DTensor.full_tensor())."""
+    refs = run_script("fsdp2_bf16", str(tmp_path / "r"))
+    run = tview.open_run(str(tmp_path / "r"))
+    for rank, ref in enumerate(refs):
+        steps, grad = run.stat("grad_norm", "2", rank=rank)
+        assert list(steps) == [0, 1, 2, 3]
+        np.testing.assert_allclose(grad, [ref[f"grad/{s}"] for s in steps], rtol=1e-4)
+        np.testing.assert_allclose(run.stat("weight_norm", "2", rank=rank)[1], [ref[f"weight/{s}"] for s in steps],
+                                   rtol=1e-5)
+        assert np.isfinite(run.stat("act_zero_frac", "1", rank=rank)[1]).all()
+
+
 DEVICE_PATH_SCRIPT = """
 import sys, torch, tview, torch.nn.functional as F
 sys.path.insert(0, {repo!r})
