@@ -737,10 +737,11 @@ class Recorder:
                 p.grad = now
 
     def _report_zeroed(self):
-        self._say_once("zeroed", f"tview: the gradients were zeroed in place (zero_grad(set_to_none=False)) between "
-                       f"optimizer.step() and Recorder.step() at step {self._step}: their statistics are left out "
-                       f"where they would read 0; call rec.step() before zero_grad(), or zero_grad() at the start of "
-                       f"the step (zero_grad() with set_to_none, the default, is read as it was)", stacklevel=6)
+        self._say_once("zeroed", f"tview: the gradients were changed in place between optimizer.step() and "
+                       f"Recorder.step() at step {self._step}: zeroed (zero_grad(set_to_none=False)) or added to by "
+                       f"another backward pass (a GAN's generator loss through this discriminator); the gradients the "
+                       f"optimizer used are gone, so their statistics are left out; call rec.step() right after "
+                       f"optimizer.step() (zero_grad() with set_to_none, the default, is read as it was)", stacklevel=6)
 
     def _trained_in_eval_mode(self):
         """The step's only forward passes ran with the model in eval mode (model.eval(), autograd on): said once."""
