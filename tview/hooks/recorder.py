@@ -30,6 +30,7 @@ from tview.hooks.forward_hooks import ForwardHooks, compiled_anything
 from tview.hooks.host_batch import HostBatch
 from tview.hooks.layers import (
     Hook,
+    ModuleWatch,
     channel_dim,
     find_wrapper,
     is_compiled,
@@ -208,7 +209,9 @@ class Recorder:
     def _refresh_params(self):
         """New parameter objects in the layers: follow them. FSDP2 (fully_shard after the Recorder was made) puts
         them there before training; a user mid-run (`layer.weight = nn.Parameter(...)`,
-        `load_state_dict(..., assign=True)`): said once, init_distance still measured from the run's start."""
+        `load_state_dict(..., assign=True)`): said once, init_distance still measured from the run's start.
+        Modules added to the model since: said once."""
+        self._report_unrecorded()
         if self.pctx is None:
             return
         params = self._layer_params()
@@ -228,7 +231,20 @@ class Recorder:
             warnings.warn(f"tview: parameters of {', '.join(map(repr, names))} were replaced by new tensors before "
                           f"step {self._step} (a module's parameter assigned, or load_state_dict(assign=True)); "
                           f"tview records the new ones from this step on (update_ratio from the next recorded "
-                          f"step)", RuntimeWarning, stacklevel=4)
+                          f"step)", RuntimeWarning, stacklevel=5)
+
+    def _report_unrecorded(self):
+        """Modules that joined the model after the Recorder was made are not recorded (a shard's layers are fixed
+        when the Recorder is made): said once, on the first recorded step that finds one, then no longer watched."""
+        names = self._module_watch.unrecorded() if self._module_watch is not None else []
+        if not names:
+            return
+        self._module_watch.remove()
+        self._module_watch = None
+        warnings.warn(f"tview: the modules {', '.join(map(repr, names))} of the model at step {self._step} joined it "
+                      f"after the Recorder was made (added, swapped in, or given parameters): they are not recorded (a "
+                      f"run's layers are fixed when the Recorder is made; a swapped-out module's layer reads the old "
+                      f"one); make the Recorder after the model is complete", RuntimeWarning, stacklevel=5)
 
     def _set_up_hooks(self, probe_batch, probe_layers):
         self.probe = None
@@ -263,6 +279,8 @@ class Recorder:
             self._recompile_if_compiled()
         self.clock = StepClock(self.optimizers, [p for ps in self._layer_params() for p in ps])
         self._set_up_local_grads()
+        self._module_watch = ModuleWatch(self.model, self.layers)
+        self._hooks.append(self._module_watch)  # removed with tview's hooks
         self._set_up_forward_wait()
 
     def _recompile_if_compiled(self):
