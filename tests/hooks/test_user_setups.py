@@ -648,3 +648,37 @@ def test_checking_for_added_modules_walks_no_model_on_an_unchanged_step(tmp_path
     finally:
         watch.remove()
 
+
+@pytest.mark.parametrize("comm_hook", ["tview's", "the user's"])
+def test_a_parameter_replaced_under_ddp_keeps_its_local_gradient_norm(tmp_path, comm_hook):
+    """DDP (one gloo process; the Recorder told of two ranks, so it measures local gradients) with the last layer's
+    weight replaced at step 2 (find_unused_parameters=True: DDP keeps reducing the old one). local_grad_norm read NaN
+    from then on where the user's comm hook made tview hook the parameters (no hook on the new one), and the old
+    weight's stale gradient with tview's comm hook; at world size 1 it is the plain gradient norm."""
+    import torch.distributed as dist
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        model, (x, y) = small_net(), data()
+        ddp = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+        if comm_hook == "the user's":
+            ddp.register_comm_hook(dist.group.WORLD, allreduce_hook)
+        opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+        grads = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the fallback and the replacement, said (tested above)
+            with tview.Recorder(ddp, str(tmp_path / "r"), every=1, optimizer=opt, rank=0, world_size=2) as rec:
+                for step in range(4):
+                    if step == 2:
+                        model[4].weight = nn.Parameter(model[4].weight.detach() * 0.5)
+                        opt.param_groups[0]["params"][-2] = model[4].weight
+                    opt.zero_grad()
+                    F.cross_entropy(ddp(x), y).backward()
+                    grads.append(grad_norm(model[4]))
+                    opt.step()
+                    rec.step()
+    finally:
+        dist.destroy_process_group()
+    run = tview.open_run(str(tmp_path / "r"))
+    np.testing.assert_allclose(run.stat("local_grad_norm", layer="4")[1], grads, rtol=1e-5)
+    np.testing.assert_allclose(run.stat("grad_norm", layer="4")[1], grads, rtol=1e-5)
