@@ -1,6 +1,6 @@
 """The Recorder in setups its authors did not build for, each a new user's short script compared with plain torch:
 inference between training steps, parameters replaced mid-run, two Recorders on one shard, GradScaler's skipped
-steps, channels_last, gradient accumulation."""
+steps, channels_last, gradient accumulation, modules added after the Recorder, replaced parameters under DDP."""
 
 import warnings
 
@@ -599,3 +599,86 @@ def test_a_shared_module_and_clipped_gradients(tmp_path):
     np.testing.assert_allclose(run.stat("grad_norm", layer="shared")[1], grads, rtol=1e-5)
     np.testing.assert_allclose(run.stat("act_mean", layer="shared")[1], means, rtol=1e-5)
     assert max(grads) < 0.1
+
+
+@pytest.mark.parametrize("how", ["attribute", "append"])
+def test_a_module_added_after_the_recorder_was_made_is_said_once(tmp_path, how):
+    """A head attached after Recorder(...) (model.head = ..., or appended to the Sequential) trains unrecorded: the
+    shard's layers are fixed when the Recorder is made. It was unsaid; now the first recorded step that finds it names
+    it, once, and the layers found at the start are recorded as before."""
+    model, (x, y) = small_net(), data()
+    grads = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with tview.Recorder(model, str(tmp_path / "r"), every=1) as rec:
+            for step in range(4):
+                if step == 2:
+                    head = nn.Sequential(nn.ReLU(), nn.Linear(10, 10))
+                    if how == "attribute":
+                        model.head = head
+                    else:
+                        model.append(head)
+                model.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                grads.append(grad_norm(model[4]))
+                rec.step()
+    said = [str(w.message) for w in caught if "tview" in str(w.message)]
+    name = "head" if how == "attribute" else "5"
+    assert len(said) == 1 and f"'{name}.0', '{name}.1'" in said[0] and "step 2" in said[0], said
+    assert all(w.filename == __file__ for w in caught), [w.filename for w in caught]  # the user's line
+    run = tview.open_run(str(tmp_path / "r"))
+    assert run.layers == ["0", "1", "2", "4"]
+    np.testing.assert_allclose(run.stat("grad_norm", layer="4")[1], grads, rtol=1e-5)
+
+
+def test_checking_for_added_modules_walks_no_model_on_an_unchanged_step(tmp_path):
+    """The check on each recorded step reads a flag and three container lengths, not the model's module tree."""
+    from tview.hooks.layers import ModuleWatch, recorded_layers
+    from tview.models import SmallResNet
+    model = SmallResNet(blocks=3)
+    watch = ModuleWatch(model, recorded_layers(model))
+    try:
+        walked = []
+        model.modules = lambda: walked.append(1) or nn.Module.modules(model)
+        for _ in range(100):
+            assert watch.unrecorded() == []
+        assert not walked
+        model.stages[0].extra = nn.Conv2d(16, 16, 1)  # a module deep inside: flagged by the registration hook
+        assert watch.unrecorded() == ["stages.0.extra"] and walked
+    finally:
+        watch.remove()
+
+
+@pytest.mark.parametrize("comm_hook", ["tview's", "the user's"])
+def test_a_parameter_replaced_under_ddp_keeps_its_local_gradient_norm(tmp_path, comm_hook):
+    """DDP (one gloo process; the Recorder told of two ranks, so it measures local gradients) with the last layer's
+    weight replaced at step 2 (find_unused_parameters=True: DDP keeps reducing the old one). local_grad_norm read NaN
+    from then on where the user's comm hook made tview hook the parameters (no hook on the new one), and the old
+    weight's stale gradient with tview's comm hook; at world size 1 it is the plain gradient norm."""
+    import torch.distributed as dist
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        model, (x, y) = small_net(), data()
+        ddp = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+        if comm_hook == "the user's":
+            ddp.register_comm_hook(dist.group.WORLD, allreduce_hook)
+        opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+        grads = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the fallback and the replacement, said (tested above)
+            with tview.Recorder(ddp, str(tmp_path / "r"), every=1, optimizer=opt, rank=0, world_size=2) as rec:
+                for step in range(4):
+                    if step == 2:
+                        model[4].weight = nn.Parameter(model[4].weight.detach() * 0.5)
+                        opt.param_groups[0]["params"][-2] = model[4].weight
+                    opt.zero_grad()
+                    F.cross_entropy(ddp(x), y).backward()
+                    grads.append(grad_norm(model[4]))
+                    opt.step()
+                    rec.step()
+    finally:
+        dist.destroy_process_group()
+    run = tview.open_run(str(tmp_path / "r"))
+    np.testing.assert_allclose(run.stat("local_grad_norm", layer="4")[1], grads, rtol=1e-5)
+    np.testing.assert_allclose(run.stat("grad_norm", layer="4")[1], grads, rtol=1e-5)

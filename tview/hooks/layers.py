@@ -3,6 +3,9 @@ user's model (DDP, DataParallel, torch.compile, FSDP) that tview looks through o
 
 from __future__ import annotations
 
+import functools
+import weakref
+
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -106,6 +109,61 @@ def recorded_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     inner = _parametrizations(model)
     return [(name, m) for name, m in model.named_modules()
             if name and id(m) not in inner and (isinstance(m, PARAM_LAYER_TYPES + ACTIVATION_TYPES) or _own_params(m))]
+
+
+class ModuleWatch:
+    """Notices modules that join the model after its layers were found (a head attached, a module appended or
+    swapped in, parameters given to a module that had none): none of them is recorded. Cheap on each check: global
+    module and parameter registration hooks flag a change to a module of the model (no walk of the model), and the
+    lengths of its Sequential/ModuleList/ModuleDict containers catch insert(), which bypasses them; only then is
+    the model walked for the modules that would be layers and are not."""
+
+    def __init__(self, model: nn.Module, layers: list[tuple[str, nn.Module]]):
+        from torch.nn.modules.module import (
+            register_module_module_registration_hook,
+            register_module_parameter_registration_hook,
+        )
+        self.model = model
+        self.layers = {id(m): m for _, m in layers}  # the recorded layers (held: their ids stay theirs)
+        self.changed = False
+        self._look()
+        ref = weakref.ref(self)  # the global hooks outlive a Recorder never closed: they do not keep it
+        self.handles = [register_module_module_registration_hook(functools.partial(_registered, ref, False)),
+                        register_module_parameter_registration_hook(functools.partial(_registered, ref, True))]
+
+    def _look(self):
+        """The model's modules, its containers and their lengths as they are now."""
+        self.tree = {id(m): m for m in self.model.modules()}
+        self.containers = [m for m in self.tree.values() if isinstance(m, CONTAINER_TYPES)]
+        self.lengths = self._lengths()
+
+    def _lengths(self) -> list[int]:
+        return [len(c._modules) for c in self.containers]
+
+    def unrecorded(self) -> list[str]:
+        """Names of the modules that would be recorded layers and are not (joined the model since); [] at once
+        where nothing was registered into the model and no container changed length."""
+        if not self.changed and self._lengths() == self.lengths:
+            return []
+        self.changed = False
+        self._look()
+        return [n for n, m in recorded_layers(self.model) if id(m) not in self.layers]
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+
+CONTAINER_TYPES = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+def _registered(ref, is_param: bool, parent: nn.Module, name: str, value) -> None:
+    """A module or parameter registered anywhere (a global hook): flags the watch where it joins one of the model's
+    modules (a parameter: one that is not a recorded layer; a layer's replaced parameter is followed anyway)."""
+    watch = ref()
+    if watch is not None and id(parent) in watch.tree and not (is_param and id(parent) in watch.layers):
+        watch.changed = True
 
 
 def channel_dim(m: nn.Module) -> int | None:

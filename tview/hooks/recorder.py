@@ -30,6 +30,7 @@ from tview.hooks.forward_hooks import ForwardHooks, compiled_anything
 from tview.hooks.host_batch import HostBatch
 from tview.hooks.layers import (
     Hook,
+    ModuleWatch,
     channel_dim,
     find_wrapper,
     is_compiled,
@@ -50,7 +51,7 @@ from tview.hooks.rows import RowBuilder
 from tview.hooks.scalars import ScalarNames, host_rss_bytes, scalar_value
 from tview.hooks.schedules import Preset, as_schedule, get_preset
 from tview.hooks.snapshots import ProbeBatch, is_sharded, kept_filters, snapshot
-from tview.hooks.timing import LocalGrads, StepClock, as_optimizers, lr_names, lr_names_of, to_device
+from tview.hooks.timing import LocalGrads, StepClock, as_optimizers, ddp_reduced, lr_names, lr_names_of, to_device
 from tview.hooks.transfer import HostTransfer, Lease
 from tview.store import schema
 from tview.store.background import BackgroundWriter
@@ -208,7 +209,9 @@ class Recorder:
     def _refresh_params(self):
         """New parameter objects in the layers: follow them. FSDP2 (fully_shard after the Recorder was made) puts
         them there before training; a user mid-run (`layer.weight = nn.Parameter(...)`,
-        `load_state_dict(..., assign=True)`): said once, init_distance still measured from the run's start."""
+        `load_state_dict(..., assign=True)`): said once, init_distance still measured from the run's start, the
+        local gradients' hooks moved to the new ones. Modules added to the model since: said once."""
+        self._report_unrecorded()
         if self.pctx is None:
             return
         params = self._layer_params()
@@ -219,8 +222,10 @@ class Recorder:
             names = [self.layer_names[i] for i, ps in zip(self.param_layer_ids, params)
                      if any(id(p) not in old for p in ps)]
             self._report_replaced(names)
+        before = self.pctx.params
         self._set_up_probes(keep_origin=self._recorded > 0)
         self.clock.follow(self.pctx.params)
+        self._follow_local_grads(before)
 
     def _report_replaced(self, names: list[str]):
         if "replaced" not in self._problems:
@@ -228,7 +233,20 @@ class Recorder:
             warnings.warn(f"tview: parameters of {', '.join(map(repr, names))} were replaced by new tensors before "
                           f"step {self._step} (a module's parameter assigned, or load_state_dict(assign=True)); "
                           f"tview records the new ones from this step on (update_ratio from the next recorded "
-                          f"step)", RuntimeWarning, stacklevel=4)
+                          f"step)", RuntimeWarning, stacklevel=5)
+
+    def _report_unrecorded(self):
+        """Modules that joined the model after the Recorder was made are not recorded (a shard's layers are fixed
+        when the Recorder is made): said once, on the first recorded step that finds one, then no longer watched."""
+        names = self._module_watch.unrecorded() if self._module_watch is not None else []
+        if not names:
+            return
+        self._module_watch.remove()
+        self._module_watch = None
+        warnings.warn(f"tview: the modules {', '.join(map(repr, names))} of the model at step {self._step} joined it "
+                      f"after the Recorder was made (added, swapped in, or given parameters): they are not recorded (a "
+                      f"run's layers are fixed when the Recorder is made; a swapped-out module's layer reads the old "
+                      f"one); make the Recorder after the model is complete", RuntimeWarning, stacklevel=5)
 
     def _set_up_hooks(self, probe_batch, probe_layers):
         self.probe = None
@@ -263,6 +281,8 @@ class Recorder:
             self._recompile_if_compiled()
         self.clock = StepClock(self.optimizers, [p for ps in self._layer_params() for p in ps])
         self._set_up_local_grads()
+        self._module_watch = ModuleWatch(self.model, self.layers)
+        self._hooks.append(self._module_watch)  # removed with tview's hooks
         self._set_up_forward_wait()
 
     def _recompile_if_compiled(self):
@@ -276,6 +296,8 @@ class Recorder:
         user registered one already, from hooks on the parameters that take a gradient."""
         self.local_grads, self._t_last_grad = None, None
         self._param_local: dict[int, torch.Tensor] = {}  # the fallback's local gradients, per parameter
+        self._local_hooks: list = []  # the fallback's hooks (in self._hooks too)
+        self._ddp_reduced: dict[int, torch.Tensor] | None = None  # under DDP: the parameters it all-reduces
         if self.pctx is None or not any(isinstance(p, par.LocalGradNorm) for p in self.param_probes):
             return
         ddp = find_wrapper(self.outer, nn.parallel.DistributedDataParallel)
@@ -286,9 +308,40 @@ class Recorder:
             except RuntimeError as exc:  # one comm hook per DDP model: the user's stays
                 warnings.warn(f"tview: DDP already has a communication hook ({exc}); local gradient norms are "
                               f"measured with parameter hooks instead", RuntimeWarning, stacklevel=3)
+            self._ddp_reduced = ddp_reduced(ddp)
+        self._hook_local_grads()
+
+    def _hook_local_grads(self):
+        """The fallback: a hook on each parameter that takes a gradient (at the current positions)."""
         for k, p in enumerate(self.pctx.params):
             if p.requires_grad:
-                self._hooks.append(p.register_hook(Hook(self._make_grad_hook(k))))
+                self._local_hooks.append(p.register_hook(Hook(self._make_grad_hook(k))))
+        self._hooks += self._local_hooks
+
+    def _follow_local_grads(self, before: list[torch.Tensor]):
+        """Parameters replaced (`before`: the old ones): the local gradients follow the new ones. The fallback's
+        hooks move to them, and what the hooks of parameters kept took this step moves to their new positions; a
+        new parameter is outside DDP's buckets (DDP reduces those it was made with), so its gradient (.grad) so far
+        this step, taken before its hook was on it, is this rank's own."""
+        if self.local_grads is not None:
+            self.local_grads.follow(self.pctx.params)
+        if not self._local_hooks:
+            return
+        for h in self._local_hooks:
+            h.remove()
+            self._hooks.remove(h)
+        self._local_hooks = []
+        self._hook_local_grads()
+        now = {id(p): k for k, p in enumerate(self.pctx.params)}
+        taken = {now[id(before[k])]: g for k, g in self._param_local.items() if id(before[k]) in now}
+        self._param_local = {**self._unreduced_grads(), **taken}
+
+    def _unreduced_grads(self) -> dict[int, torch.Tensor]:
+        """Under DDP, the gradients (.grad) of the parameters outside its buckets: this rank's own."""
+        if self._ddp_reduced is None:
+            return {}
+        return {k: p.grad.detach().clone() for k, p in enumerate(self.pctx.params)
+                if id(p) not in self._ddp_reduced and p.grad is not None}
 
     def _set_up_forward_wait(self):
         """Under DDP, the time from entering the DDP wrapper to entering the model inside it: the wait in DDP's

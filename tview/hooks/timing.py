@@ -131,6 +131,12 @@ def _bucket_views(bucket, params: list[torch.Tensor]) -> list[torch.Tensor]:
     return list(torch.split(buf, sizes))
 
 
+def ddp_reduced(ddp: torch.nn.parallel.DistributedDataParallel) -> dict[int, torch.Tensor]:
+    """id -> parameter of the model's parameters now, taken as those DDP all-reduces (it reduces those it was made
+    with; one replaced later never reaches it); held, so that their ids stay theirs."""
+    return {id(p): p for p in ddp.module.parameters()}
+
+
 class LocalGrads:
     """This rank's gradient before the DDP all-reduce, as squared norms per parameter tensor, from a DDP
     communication hook: one multi-tensor norm per bucket (a few per step, whatever the layer count), no copy
@@ -138,14 +144,22 @@ class LocalGrads:
     exactly as DDP's default hook does. `t_last` is when the last bucket was ready: this rank's own work."""
 
     def __init__(self, ddp: torch.nn.parallel.DistributedDataParallel, params: list[torch.Tensor]):
-        self.index = {id(p): k for k, p in enumerate(params)}
-        self.n = len(params)
         self.active = False
         self.parts: list[tuple[list[int], torch.Tensor]] = []
         self.t_last: float | None = None
-        self._ids_cache: dict[tuple, torch.Tensor] = {}
+        self._reduced = ddp_reduced(ddp)
+        self.follow(params)
         ddp.register_comm_hook(state=None, hook=self._hook)
         self._group = ddp.process_group
+
+    def follow(self, params: list[torch.Tensor]) -> None:
+        """The recorded parameters are now these (some replaced mid-run): positions by the new ones (a replaced
+        one, still in DDP's bucket, is no longer read: its stale gradient); a new one never reaches a bucket (DDP
+        reduces those it was made with), its .grad is this rank's own, read in take()."""
+        self.index = {id(p): k for k, p in enumerate(params)}
+        self.n = len(params)
+        self._ids_cache: dict[tuple, torch.Tensor] = {}
+        self.unreduced = [(k, p) for k, p in enumerate(params) if id(p) not in self._reduced]
 
     def _hook(self, state, bucket):
         from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
@@ -162,12 +176,21 @@ class LocalGrads:
     def take(self) -> torch.Tensor | None:
         """[parameter tensors] squared local norms of this step (NaN where a tensor had no gradient), or None."""
         parts, self.parts = self.parts, []
+        parts += self._unreduced_parts()
         if not parts:
             return None
         device = parts[0][1].device
         out = torch.full((self.n + 1,), float("nan"), device=device)  # the last slot: a parameter not recorded
         ids = [k if k >= 0 else self.n for idx, _ in parts for k in idx]
         return out.index_copy_(0, self._device_ids(ids, device), torch.cat([v for _, v in parts]))[:self.n]
+
+    def _unreduced_parts(self) -> list[tuple[list[int], torch.Tensor]]:
+        """(positions, squared norms) of the gradients of parameters outside DDP's buckets (replaced mid-run)."""
+        have = [(k, p.grad) for k, p in self.unreduced if p.grad is not None]
+        if not have:
+            return []
+        norms = torch._foreach_norm([g.detach() for _, g in have], 2, dtype=torch.float32)
+        return [([k for k, _ in have], torch.stack(norms).square())]
 
     def _device_ids(self, ids: list[int], device) -> torch.Tensor:
         """The index tensor for these ids, made once per bucket layout (DDP fixes its buckets early on)."""
