@@ -228,12 +228,10 @@ class Recorder:
         self._follow_local_grads(before)
 
     def _report_replaced(self, names: list[str]):
-        if "replaced" not in self._problems:
-            self._problems.add("replaced")
-            warnings.warn(f"tview: parameters of {', '.join(map(repr, names))} were replaced by new tensors before "
-                          f"step {self._step} (a module's parameter assigned, or load_state_dict(assign=True)); "
-                          f"tview records the new ones from this step on (update_ratio from the next recorded "
-                          f"step)", RuntimeWarning, stacklevel=5)
+        self._say_once("replaced", f"tview: parameters of {', '.join(map(repr, names))} were replaced by new tensors "
+                       f"before step {self._step} (a module's parameter assigned, or load_state_dict(assign=True)); "
+                       f"tview records the new ones from this step on (update_ratio from the next recorded step)",
+                       stacklevel=4)
 
     def _report_unrecorded(self):
         """Modules that joined the model after the Recorder was made are not recorded (a shard's layers are fixed

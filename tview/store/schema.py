@@ -40,8 +40,8 @@ CLOSED = "closed"
 DROPPED = "dropped"
 FIRST_NONFINITE = "first_nonfinite"
 # A NaN/Inf in the gradients of a step the optimizer skipped (scalar optimizer_skipped == 1: torch.amp.GradScaler
-# found them and did not step) is the scaler at work, not a fault, unless the skipped steps run on: from this many
-# consecutive skipped records, the run of skips counts from its first step (the writer's first_nonfinite, diagnose).
+# found them and did not step), its loss finite, is the scaler at work, not a fault, unless the skipped steps run
+# on: from this many consecutive skipped records, the run counts from its first step (first_nonfinite, diagnose).
 SKIPPED_RUN = 8
 FILTERS = "filters"
 FEATURE_MAPS = "feature_maps"

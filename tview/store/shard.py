@@ -289,9 +289,9 @@ class ShardWriter:
             self.file["status/first_nonfinite"][name][:] = self._first[name]
 
     def _skipped_run(self, r: StepRecord) -> int | None:
-        """The first step of the run of consecutive skipped records this one belongs to (optimizer_skipped == 1),
-        or None where the optimizer stepped; self._skips counts the run."""
-        if r.scalars.get("optimizer_skipped") != 1:
+        """The first step of the run of consecutive skipped records this one belongs to (optimizer_skipped == 1, the
+        loss finite where recorded: a NaN loss is a fault whatever the scaler did), or None; self._skips counts it."""
+        if r.scalars.get("optimizer_skipped") != 1 or not np.isfinite(r.scalars.get("loss", 0.0)):
             self._skips = 0
             return None
         self._skips += 1

@@ -59,11 +59,15 @@ def _rank_nonfinite(run, rank: int, max_points) -> dict:
 
 def _scaler_skips(run, rank: int, steps: np.ndarray, max_points) -> np.ndarray:
     """bool per step: the optimizer skipped it (optimizer_skipped 1: GradScaler found NaN/Inf gradients and did not
-    step), outside a run of SKIPPED_RUN or more skipped records: its NaN/Inf gradients are the scaler at work."""
+    step), its loss finite where recorded, outside a run of SKIPPED_RUN or more such records: its NaN/Inf gradients
+    are the scaler at work."""
     skipped = scalar(run, "optimizer_skipped", rank, max_points)
     if skipped is None:
         return np.zeros(len(steps), dtype=bool)
     on = np.isin(steps, np.asarray(skipped[0])[np.asarray(skipped[1]) == 1])
+    loss = scalar(run, "loss", rank, max_points)
+    if loss is not None:  # a NaN/Inf loss is a fault, whatever the scaler did
+        on &= ~np.isin(steps, np.asarray(loss[0])[~np.isfinite(np.asarray(loss[1], dtype=np.float64))])
     edges = np.flatnonzero(np.diff(np.concatenate(([0], on.astype(np.int8), [0]))))
     for start, end in zip(edges[::2], edges[1::2]):  # each run of skipped steps
         if end - start >= SKIPPED_RUN:
