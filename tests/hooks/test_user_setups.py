@@ -682,3 +682,58 @@ def test_a_parameter_replaced_under_ddp_keeps_its_local_gradient_norm(tmp_path, 
     run = tview.open_run(str(tmp_path / "r"))
     np.testing.assert_allclose(run.stat("local_grad_norm", layer="4")[1], grads, rtol=1e-5)
     np.testing.assert_allclose(run.stat("grad_norm", layer="4")[1], grads, rtol=1e-5)
+
+
+def _gan_step(gen, disc, opt_g, opt_d, x, rec_d=None):
+    """One GAN step: the discriminator on real and generated images, then the generator through the discriminator
+    (its backward adds to the discriminator's gradients). With rec_d, the discriminator's step() right after its
+    optimizer's. Returns (discriminator's first conv gradient norm as its optimizer used it, generator's conv's)."""
+    bce = F.binary_cross_entropy_with_logits
+    opt_d.zero_grad()
+    fake = gen(torch.randn(len(x), 16))
+    loss_d = bce(disc(x), torch.ones(len(x), 1)) + bce(disc(fake.detach()), torch.zeros(len(x), 1))
+    loss_d.backward()
+    g_d = grad_norm(disc[0])
+    opt_d.step()
+    if rec_d is not None:
+        rec_d.step(loss=loss_d)
+    opt_g.zero_grad()
+    bce(disc(fake), torch.ones(len(x), 1)).backward()
+    g_g = grad_norm(gen[2])
+    opt_g.step()
+    return g_d, g_g
+
+
+def test_a_gan_records_generator_and_discriminator_each_in_its_own_run(tmp_path):
+    """Two models, two optimizers, two Recorders in one process: each run holds its own model's gradients as its
+    optimizer used them (the generator's backward through the discriminator changes the discriminator's gradients
+    after its optimizer stepped: its step() comes right after that), and the discriminator counts the examples of its
+    forwards between its step() calls (the generator's pass through it falls in its next step). Said where the
+    discriminator's step() comes after the generator's backward instead."""
+    torch.manual_seed(0)
+    gen = nn.Sequential(nn.Linear(16, 64), nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 1, 3, padding=1), nn.Tanh())
+    disc = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.LeakyReLU(0.2), nn.Flatten(), nn.Linear(4 * 64, 1))
+    opt_g, opt_d = torch.optim.Adam(gen.parameters(), 1e-3), torch.optim.Adam(disc.parameters(), 1e-3)
+    x = data()[0]
+    plain_d, plain_g = [], []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with tview.Recorder(gen, str(tmp_path / "g"), every=1, optimizer=opt_g) as rec_g, \
+                tview.Recorder(disc, str(tmp_path / "d"), every=1, optimizer=opt_d) as rec_d:
+            for _ in range(3):
+                g_d, g_g = _gan_step(gen, disc, opt_g, opt_d, x, rec_d)
+                plain_d.append(g_d), plain_g.append(g_g)
+                rec_g.step()
+    assert not [w for w in caught if "tview" in str(w.message)]
+    run_g, run_d = tview.open_run(str(tmp_path / "g")), tview.open_run(str(tmp_path / "d"))
+    np.testing.assert_allclose(run_g.stat("grad_norm", layer="2")[1], plain_g, rtol=1e-5)
+    np.testing.assert_allclose(run_d.stat("grad_norm", layer="0")[1], plain_d, rtol=1e-5)
+    assert list(run_d.scalar("examples")[1]) == [2 * len(x)] + [3 * len(x)] * 2
+    assert list(run_g.scalar("examples")[1]) == [len(x)] * 3
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with tview.Recorder(disc, str(tmp_path / "late"), every=1, optimizer=opt_d) as rec_d:
+            _gan_step(gen, disc, opt_g, opt_d, x)
+            rec_d.step()
+    said = [str(w.message) for w in caught if "tview" in str(w.message)]
+    assert len(said) == 1 and "another backward pass" in said[0], said
