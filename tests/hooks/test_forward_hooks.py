@@ -1,6 +1,8 @@
 """The Recorder's forward hooks are off between recorded steps of an eager model (an unrecorded step pays for none)
 and on for good once torch.compile is in play; recorded steps still get their activations and example counts."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -83,3 +85,21 @@ def test_a_model_first_compiled_on_an_unrecorded_step_is_said_and_recorded_again
                 rec.step()
     steps, _ = tview.open_run(str(tmp_path / "r")).stat("act_zero_frac", "relu")
     assert list(steps) == [0, 2, 6]  # step 4 ran hook-free compiled code: said, retraced, recorded from 6 on
+
+
+def test_a_step_without_a_forward_pass_in_an_eager_model_is_not_blamed_on_torch_compile(tmp_path):
+    """rec.step() twice after one training step (gradients still there, no forward between): nothing is said (the
+    warning about compiled code traced without tview's hooks named torch.compile in a run that never compiled)."""
+    fresh_dynamo()
+    torch.manual_seed(0)
+    model, (x, y) = TinyCNN(), make_data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt) as rec:
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            rec.step()
+            rec.step(loss=1.0)
+    assert not [str(w.message) for w in caught if "tview" in str(w.message)]
+    assert list(tview.open_run(str(tmp_path / "r")).scalar("loss")[0]) == [1]

@@ -757,6 +757,8 @@ class Recorder:
         if self._eval_forward:
             self._trained_in_eval_mode()
             return
+        if not (compiled_anything() or runs_compiled(self.outer, self.model)):
+            return  # eager, no forward this step (step() called again, or gradients kept from the last one)
         self._say_once("hooks", "tview: no activation statistics came from this step's forward pass: the model runs "
                        "compiled code traced while tview's hooks were not installed (torch.compile called before the "
                        "Recorder was made, or a model that ran eagerly first compiled on a step tview did not record). "
