@@ -665,8 +665,8 @@ def test_a_parameter_replaced_under_ddp_keeps_its_local_gradient_norm(tmp_path, 
             ddp.register_comm_hook(dist.group.WORLD, allreduce_hook)
         opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
         grads = []
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the fallback and the replacement, said (tested above)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # the fallback and the replacement, said
             with tview.Recorder(ddp, str(tmp_path / "r"), every=1, optimizer=opt, rank=0, world_size=2) as rec:
                 for step in range(4):
                     if step == 2:
@@ -679,6 +679,8 @@ def test_a_parameter_replaced_under_ddp_keeps_its_local_gradient_norm(tmp_path, 
                     rec.step()
     finally:
         dist.destroy_process_group()
+    said = [str(w.message) for w in caught if "replaced by new tensors" in str(w.message)]
+    assert len(said) == 1 and "'4'" in said[0] and "DDP does not all-reduce" in said[0], said  # the ranks drift apart
     run = tview.open_run(str(tmp_path / "r"))
     np.testing.assert_allclose(run.stat("local_grad_norm", layer="4")[1], grads, rtol=1e-5)
     np.testing.assert_allclose(run.stat("grad_norm", layer="4")[1], grads, rtol=1e-5)

@@ -228,10 +228,13 @@ class Recorder:
         self._follow_local_grads(before)
 
     def _report_replaced(self, names: list[str]):
+        ddp = find_wrapper(self.outer, nn.parallel.DistributedDataParallel) is not None
         self._say_once("replaced", f"tview: parameters of {', '.join(map(repr, names))} were replaced by new tensors "
                        f"before step {self._step} (a module's parameter assigned, or load_state_dict(assign=True)); "
-                       f"tview records the new ones from this step on (update_ratio from the next recorded step)",
-                       stacklevel=4)
+                       f"tview records the new ones from this step on (update_ratio from the next recorded step)"
+                       + (". DDP does not all-reduce a parameter it was not made with: each rank's copy of it now "
+                          "trains apart from the others'; wrap the model in DDP again after replacing parameters"
+                          if ddp else ""), stacklevel=4)
 
     def _report_unrecorded(self):
         """Modules that joined the model after the Recorder was made are not recorded (a shard's layers are fixed
