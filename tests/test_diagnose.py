@@ -415,3 +415,24 @@ def test_the_grad_scalers_own_skipped_steps_are_no_fault_but_a_run_of_them_is(tm
     assert [(f.step, f.layer, f.tensor) for f in found] == [(12, "conv2", "gradient")], found
     with tview.open_run(out) as run:
         assert run.first_nonfinite(0)["layers"] == {"conv2": 12}
+
+
+def test_layers_cut_off_from_the_gradient_are_named_where_the_cut_starts(tmp_path):
+    """bn1's bias pushed to -50 after step 10's backward: the ReLU after it outputs zeros from step 11 on, so no
+    gradient reaches bn1 and conv1 again (their gradient norm exactly 0; conv2 still learns its bias). The finding
+    is gradient_cut at step 11, bn1 (the nearest the loss of the cut layers), on every rank; a run without it has
+    none."""
+    def kill(rank, step, model):
+        if step == 10:
+            with torch.no_grad():
+                model.bn1.bias.fill_(-50.0)
+    out, recs = _record(tmp_path, steps=30, fault=kill)
+    _close(recs)
+    with tview.open_run(out) as run:
+        steps, g = run.stat("grad_norm", "conv1")
+        assert (g[steps <= 10] > 0).all() and (g[steps > 10] == 0).all()  # what plain torch left in .grad
+    cut = [f for f in diagnose(out) if f.kind == "gradient_cut"]
+    assert [(f.step, f.layer, f.rank) for f in cut] == [(11, "bn1", None)], cut
+    out, recs = _record(tmp_path, steps=30, name="clean")
+    _close(recs)
+    assert not [f for f in diagnose(out) if f.kind == "gradient_cut"]

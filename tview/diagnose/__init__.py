@@ -17,7 +17,8 @@ from tview.diagnose.noise import NoiseScale, noise_scale, noise_scale_from_norms
 from tview.diagnose.reads import Reads
 
 CLEAN_MESSAGE = ("no findings: no NaN/Inf, no jump of the learning rate, the update or the loss, no exploding or "
-                 "vanishing gradients, no dead or frozen filters or layers, ranks agree")
+                 "vanishing gradients, no layer cut off from the gradient, no dead or frozen filters or layers, "
+                 "ranks agree")
 
 
 def diagnose(run, max_points: int | None = None, rank_summaries: dict | None = None) -> list[Finding]:

@@ -16,6 +16,11 @@ KINDS = declare({
     "exploding_gradients": ("error", "gradient",
                             "a layer's gradient norm jumped far above the largest it had lately (or grew far above its "
                             "early level): the first step, and the layer nearest the loss where it starts"),
+    "gradient_cut": ("error", "gradient",
+                     "a layer's gradient norm became exactly 0 and stays 0 to the end, with the layers before it: no "
+                     "gradient reaches them (an output that is all zeros or constant before it, a dead block, a "
+                     "detach or a multiplication by 0): the first step, and the layer nearest the loss where it "
+                     "starts"),
     "vanishing_gradients": ("warning", "gradient",
                             "a layer's gradient norm, per unit of loss, fell far below its own recent level and stays "
                             "there (a gradient that shrinks as the loss converges is not vanishing): the first step "
@@ -71,7 +76,24 @@ def gradient_onsets(steps: np.ndarray, grad_norm: np.ndarray, layers: list[str],
         found.append(make(kind, f"gradient norm of {layers[i]}{per} {grew} sharply at step {s} (first "
                                 f"in backward order of {len(first)} layer(s) that step; {len(onset)} layer(s) in all)",
                           rank=rank, layer=layers[i], step=s, stat="grad_norm"))
-    return found
+    return _cut(steps, grad_norm, layers, params, rank) + found
+
+
+def _cut(steps: np.ndarray, grad_norm: np.ndarray, layers: list[str], params: list[int], rank) -> list[Finding]:
+    """gradient_cut: the layers whose gradient norm is exactly 0 over its final records (the last 10%, at least 3)
+    after it was positive; the first step and, among the layers cut then, the one nearest the loss."""
+    g = grad_norm[:, params]
+    since = common.stuck_channels(g == 0)  # {column: first row of its final run of exact zeros}
+    onset = {params[c]: int(steps[k]) for c, k in since.items() if k and (np.nan_to_num(g[:k, c]) > 0).any()}
+    if not onset:
+        return []
+    s = min(onset.values())
+    first = [i for i, v in onset.items() if v == s]
+    i = max(first)
+    return [make("gradient_cut", f"no gradient reaches {layers[i]} from step {s} on: its gradient norm is exactly 0 to "
+                 f"the end, and that of {len(first) - 1} layer(s) before it from the same step ({len(onset)} in all): "
+                 f"its input is all zeros or constant (a dead block before it), or nothing passes the gradient back "
+                 f"to it", rank=rank, layer=layers[i], step=s, stat="grad_norm")]
 
 
 def reads(ctx: Context) -> tuple[str, ...]:
