@@ -9,10 +9,10 @@ from tview.diagnose.findings import KINDS, SEVERITY_ORDER, Finding
 
 # Kinds from most causal to most consequential: at one step a kind earlier here is the cause of one later here.
 CAUSE_ORDER = ("rank_missing", "rank_stopped", "slow_rank", "rank_lags", "lr_jump", "update_ratio_jump",
-               "rank_diverges", "gradient_cut", "exploding_gradients", "nonfinite", "replicas_differ", "dead_filters",
-               "dead_units", "frozen_filters", "frozen_layer", "loss_spike", "vanishing_gradients")
+               "rank_diverges", "exploding_gradients", "nonfinite", "replicas_differ", "dead_filters", "dead_units",
+               "gradient_cut", "frozen_filters", "frozen_layer", "loss_spike", "vanishing_gradients")
 _BLOW_UP = {"update_ratio_jump", "exploding_gradients", "nonfinite", "dead_filters", "dead_units", "loss_spike",
-            "vanishing_gradients", "replicas_differ", "gradient_cut"}
+            "vanishing_gradients", "replicas_differ"}
 # What each kind can lead to (a finding folds only under one that can cause it).
 CONSEQUENCES: dict[str, set[str]] = {
     "rank_stopped": {"rank_stopped", "rank_lags"},
@@ -21,8 +21,7 @@ CONSEQUENCES: dict[str, set[str]] = {
     "exploding_gradients": _BLOW_UP,
     "nonfinite": _BLOW_UP | {"rank_diverges"},
     "rank_diverges": {"loss_spike", "exploding_gradients"},
-    "gradient_cut": {"exploding_gradients", "vanishing_gradients", "loss_spike", "dead_filters", "dead_units",
-                     "frozen_filters", "frozen_layer", "update_ratio_jump"},
+    "gradient_cut": {"exploding_gradients", "vanishing_gradients", "loss_spike", "frozen_filters", "frozen_layer"},
     "dead_filters": {"dead_filters", "dead_units", "vanishing_gradients", "loss_spike", "frozen_filters",
                      "frozen_layer", "gradient_cut"},
     "dead_units": {"dead_filters", "dead_units", "vanishing_gradients", "loss_spike", "frozen_layer", "gradient_cut"},
