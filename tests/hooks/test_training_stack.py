@@ -239,16 +239,20 @@ def run_script(case, out):
     return [dict(np.load(os.path.join(out, f"reference-{r}.npz"))) for r in (0, 1)]
 
 
+def assert_recorded(run, stat: str, layer: str, rank: int, ref: dict, key: str, rtol: float = 1e-4):
+    """The statistic of a layer on a rank, recorded on steps 0-3, equals the script's plain-torch ref[key/step]."""
+    steps, values = run.stat(stat, layer, rank=rank)
+    assert list(steps) == [0, 1, 2, 3], (stat, layer, rank)
+    np.testing.assert_allclose(values, [ref[f"{key}/{s}"] for s in steps], rtol=rtol)
+
+
 @pytest.mark.slow
 def test_ddp_with_a_frozen_layer_records_local_and_global_gradients(tmp_path):
     refs = run_script("ddp_frozen", str(tmp_path / "r"))
     run = tview.open_run(str(tmp_path / "r"))
     for rank, ref in enumerate(refs):
-        steps, local = run.stat("local_grad_norm", "conv2", rank=rank)
-        assert list(steps) == [0, 1, 2, 3]
-        np.testing.assert_allclose(local, [ref[f"local/{s}"] for s in steps], rtol=1e-4)
-        _, grad = run.stat("grad_norm", "conv2", rank=rank)
-        np.testing.assert_allclose(grad, [ref[f"grad/{s}"] for s in steps], rtol=1e-4)
+        assert_recorded(run, "local_grad_norm", "conv2", rank, ref, "local")
+        assert_recorded(run, "grad_norm", "conv2", rank, ref, "grad")
         assert len(run.stat("grad_norm", "conv1", rank=rank)[0]) == 0  # frozen: no gradient, never a made-up one
         assert len(run.stat("weight_norm", "conv1", rank=rank)[0]) == 4
         for name in ("busy_time", "wait_time", "after_step_time"):
@@ -261,11 +265,8 @@ def test_fsdp2_norms_equal_the_unsharded_models(tmp_path):
     run = tview.open_run(str(tmp_path / "r"))
     for rank, ref in enumerate(refs):
         for name in ("conv1", "conv2", "fc"):
-            steps, grad = run.stat("grad_norm", name, rank=rank)
-            assert list(steps) == [0, 1, 2, 3]
-            np.testing.assert_allclose(grad, [ref[f"grad/{name}/{s}"] for s in steps], rtol=1e-4)
-            _, weight = run.stat("weight_norm", name, rank=rank)
-            np.testing.assert_allclose(weight, [ref[f"weight/{name}/{s}"] for s in steps], rtol=1e-4)
+            assert_recorded(run, "grad_norm", name, rank, ref, f"grad/{name}")
+            assert_recorded(run, "weight_norm", name, rank, ref, f"weight/{name}")
         assert len(run.stat("act_zero_frac", "relu", rank=rank)[0]) == 4
 
 
@@ -277,11 +278,8 @@ def test_ddp_gradient_accumulation_under_no_sync_records_each_ranks_accumulated_
     refs = run_script("ddp_no_sync", str(tmp_path / "r"))
     run = tview.open_run(str(tmp_path / "r"))
     for rank, ref in enumerate(refs):
-        steps, local = run.stat("local_grad_norm", "conv2", rank=rank)
-        assert list(steps) == [0, 1, 2, 3]
-        np.testing.assert_allclose(local, [ref[f"local/{s}"] for s in steps], rtol=1e-4)
-        np.testing.assert_allclose(run.stat("grad_norm", "conv2", rank=rank)[1], [ref[f"grad/{s}"] for s in steps],
-                                   rtol=1e-4)
+        assert_recorded(run, "local_grad_norm", "conv2", rank, ref, "local")
+        assert_recorded(run, "grad_norm", "conv2", rank, ref, "grad")
         assert list(run.scalar("examples", rank=rank)[1]) == [32] * 4
     local = [run.stat("local_grad_norm", "conv2", rank=r)[1] for r in (0, 1)]
     assert not np.allclose(*local)  # each rank its own
@@ -294,11 +292,8 @@ def test_fsdp2_with_a_bfloat16_mixed_precision_policy_records_the_full_tensors_n
     refs = run_script("fsdp2_bf16", str(tmp_path / "r"))
     run = tview.open_run(str(tmp_path / "r"))
     for rank, ref in enumerate(refs):
-        steps, grad = run.stat("grad_norm", "2", rank=rank)
-        assert list(steps) == [0, 1, 2, 3]
-        np.testing.assert_allclose(grad, [ref[f"grad/{s}"] for s in steps], rtol=1e-4)
-        np.testing.assert_allclose(run.stat("weight_norm", "2", rank=rank)[1], [ref[f"weight/{s}"] for s in steps],
-                                   rtol=1e-5)
+        assert_recorded(run, "grad_norm", "2", rank, ref, "grad")
+        assert_recorded(run, "weight_norm", "2", rank, ref, "weight", rtol=1e-5)
         assert np.isfinite(run.stat("act_zero_frac", "1", rank=rank)[1]).all()
 
 

@@ -26,6 +26,11 @@ def compiled_anything() -> bool:
     return bool(counters["stats"]["unique_graphs"])
 
 
+def compile_in_play(outer: nn.Module, model: nn.Module) -> bool:
+    """Whether torch.compile has traced a graph in this process or the model is a compiled wrapper."""
+    return compiled_anything() or runs_compiled(outer, model)
+
+
 class ForwardHooks:
     """Forward (and forward-pre) hooks that can be taken off and put back, in the order they were added (put back,
     they run after hooks that others added since)."""
@@ -53,7 +58,7 @@ class ForwardHooks:
     def _may_be_off(self) -> bool:
         if self.pinned or not self.eager_seen:
             return False
-        if compiled_anything() or runs_compiled(self.outer, self.model):
+        if compile_in_play(self.outer, self.model):
             self.pinned = True
             return False
         return True

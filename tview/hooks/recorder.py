@@ -26,7 +26,7 @@ from tview.errors import ConfigError, StoreWriteError, TviewError
 from tview.hooks import activation_probes as act
 from tview.hooks import param_probes as par
 from tview.hooks.activation_batch import ActivationBatch, RowIndex, flat_sample
-from tview.hooks.forward_hooks import ForwardHooks, compiled_anything
+from tview.hooks.forward_hooks import ForwardHooks, compile_in_play, compiled_anything
 from tview.hooks.host_batch import HostBatch
 from tview.hooks.layers import (
     Hook,
@@ -760,7 +760,7 @@ class Recorder:
         if self._eval_forward:
             self._trained_in_eval_mode()
             return
-        if not (compiled_anything() or runs_compiled(self.outer, self.model)):
+        if not compile_in_play(self.outer, self.model):
             return  # eager, no forward this step (step() called again, or gradients kept from the last one)
         self._say_once("hooks", "tview: no activation statistics came from this step's forward pass: the model runs "
                        "compiled code traced while tview's hooks were not installed (torch.compile called before the "

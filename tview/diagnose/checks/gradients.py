@@ -69,14 +69,19 @@ def gradient_onsets(steps: np.ndarray, grad_norm: np.ndarray, layers: list[str],
         onset = {i: int(steps[k]) for i, k in onset.items() if k is not None}
         if not onset:
             continue
-        s = min(onset.values())
-        first = [i for i, v in onset.items() if v == s]
-        i = max(first)
+        s, first, i = _earliest(onset)
         grew, per = ("grew", "") if kind == "exploding_gradients" else ("fell", " per unit of loss")
         found.append(make(kind, f"gradient norm of {layers[i]}{per} {grew} sharply at step {s} (first "
                                 f"in backward order of {len(first)} layer(s) that step; {len(onset)} layer(s) in all)",
                           rank=rank, layer=layers[i], step=s, stat="grad_norm"))
     return _cut(steps, grad_norm, layers, params, rank) + found
+
+
+def _earliest(onset: dict[int, int]) -> tuple[int, list[int], int]:
+    """(the first step of {layer: onset step}, the layers starting then, the one of them nearest the loss)."""
+    s = min(onset.values())
+    first = [i for i, v in onset.items() if v == s]
+    return s, first, max(first)
 
 
 def _cut(steps: np.ndarray, grad_norm: np.ndarray, layers: list[str], params: list[int], rank) -> list[Finding]:
@@ -87,9 +92,7 @@ def _cut(steps: np.ndarray, grad_norm: np.ndarray, layers: list[str], params: li
     onset = {params[c]: int(steps[k]) for c, k in since.items() if k and (np.nan_to_num(g[:k, c]) > 0).any()}
     if not onset:
         return []
-    s = min(onset.values())
-    first = [i for i, v in onset.items() if v == s]
-    i = max(first)
+    s, first, i = _earliest(onset)
     return [make("gradient_cut", f"no gradient reaches {layers[i]} from step {s} on: its gradient norm is exactly 0 to "
                  f"the end, and that of {len(first) - 1} layer(s) before it from the same step ({len(onset)} in all): "
                  f"its input is all zeros or constant (a dead block before it), or nothing passes the gradient back "
