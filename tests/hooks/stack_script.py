@@ -60,8 +60,8 @@ def fsdp2(rank, out):
     twin.load_state_dict(model.state_dict())  # unsharded, on the same data: what the norms must equal
     model.bn1.eval(), twin.bn1.eval()  # batch statistics of a rank's half batch are not the whole batch's
     for m in (model.conv1, model.conv2, model.fc):
-        fully_shard(m)
-    fully_shard(model)
+        fully_shard(m, mesh=cpu_mesh())
+    fully_shard(model, mesh=cpu_mesh())
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     twin_opt = torch.optim.SGD(twin.parameters(), lr=0.05)
     ref = {}
@@ -84,6 +84,12 @@ def fsdp2(rank, out):
             opt.step()
             rec.step(loss=loss)
     return ref
+
+
+def cpu_mesh():
+    """The 2 gloo ranks' mesh on the CPU (fully_shard's default mesh is on the GPU where one is present)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    return init_device_mesh("cpu", (dist.get_world_size(),))
 
 
 def ddp_no_sync(rank, out):
@@ -120,8 +126,8 @@ def fsdp2_bf16(rank, out):
                           nn.Flatten(), nn.Linear(6 * 64, 10))
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     for m in (model[0], model[2], model[5]):
-        fully_shard(m, mp_policy=policy)
-    fully_shard(model, mp_policy=policy)
+        fully_shard(m, mp_policy=policy, mesh=cpu_mesh())
+    fully_shard(model, mp_policy=policy, mesh=cpu_mesh())
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     ref = {}
     with tview.Recorder(model, out, every=1, optimizer=opt) as rec:

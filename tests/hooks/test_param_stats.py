@@ -352,8 +352,10 @@ model = UpNet()
 model.bn.eval()  # batch statistics of half a batch differ from the whole's: not what is compared here
 if world > 1:
     dist.init_process_group("gloo", init_method=f"file://{out}/pg", rank=rank, world_size=world)
+    from torch.distributed.device_mesh import init_device_mesh
+    mesh = init_device_mesh("cpu", (world,))  # fully_shard's default mesh is on the GPU where one is present
     for m in (model.conv1, model.up, model.fc, model):
-        fully_shard(m)
+        fully_shard(m, mesh=mesh)
 train(model, rank, world, os.path.join(out, "sharded" if world > 1 else "whole"))
 if world > 1:
     dist.destroy_process_group()

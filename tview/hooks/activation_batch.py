@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from tview.hooks.params import hist_boundaries_below
-from tview.hooks.probes import hist_bin_index, host_shortcuts
+from tview.hooks.probes import hist_bin_index, host_shortcuts, one_tensor
 from tview.store import schema
 
 PER_CHANNEL = 256  # sampled values per channel, at least (fewer where the output holds fewer)
@@ -45,14 +45,17 @@ def flat_sample(t: torch.Tensor, per_channel: int | None = PER_CHANNEL) -> tuple
     layout: ("flat", n), or ("nchw" | "nhwc", examples, channels, values per example and channel)). Where one
     example holds more than enough values per channel (on the CPU: per_channel; elsewhere 4x that, as each
     thinning is one more op), every k-th position of the first example is taken (a copy)."""
-    t = t.detach()
+    t = t.detach() if torch.is_grad_enabled() else t  # under no_grad (the eager path) none is needed: an op less
     if t.dim() < 2:
         return t.reshape(-1), ("flat", t.numel())
     e, c, n = sample_examples(t, per_channel), t.shape[1], math.prod(t.shape[2:])
+    thin_above = per_channel if host_shortcuts(t) else 4 * (per_channel or 0)
+    prefix = t.is_contiguous() and not (e == 1 and per_channel and n > thin_above)
+    if prefix and not torch.compiler.is_compiling():  # eager: a prefix of its storage, one op (dynamo: views)
+        return t.as_strided((e * c * n,), (1,), t.storage_offset()), ("nchw", e, c, n)
     s = t[:e]
     nhwc = s.dim() == 4 and not s.is_contiguous() and s.is_contiguous(memory_format=torch.channels_last)
     rows = s.permute(0, 2, 3, 1).reshape(e * n, c) if nhwc else s.reshape(e * c, n)  # views
-    thin_above = per_channel if host_shortcuts(t) else 4 * (per_channel or 0)
     if e == 1 and per_channel and n > thin_above:
         step = n // per_channel
         if not nhwc and n % step == 0:  # every k-th value of the whole example: the same values, still a view
@@ -163,19 +166,40 @@ class ActivationBatch:
 
     def __init__(self, outputs: list[torch.Tensor], index: RowIndex | None, samples: dict | None = None,
                  per_channel: int | None = PER_CHANNEL, scan: bool = True, wants: set | None = None):
-        self.outputs = [t.detach() for t in outputs]
+        self.outputs = list(outputs)  # read under no_grad or detached (a detach per output is an op a step)
         self.scan = scan
         self.wants = set(HOW) | {"hist"} if wants is None else set(wants)
-        flats, layouts = zip(*(flat_sample(t, per_channel) for t in self.outputs))
-        flats = [samples.get(k, f) if samples else f for k, f in enumerate(flats)]
-        self.layouts = tuple(layouts)
-        self.sample = flats[0] if len(flats) == 1 else torch.cat(flats)
-        self.device = self.sample.device
+        self._per_channel, self._samples = per_channel, samples
+        self.device = self.outputs[0].device
         self.index = index
-        self.rows = None if index is None else index.get(self.layouts, self.device)  # None: compiled (reshaping)
-        self.row_start = [0, *itertools.accumulate(layout_rows(lay) for lay in self.layouts)]  # plain ints: no
-        self.n_rows = self.row_start[-1]  # numpy inside a compiled graph
+        rows = (1 if t.dim() < 2 else t.shape[1] for t in self.outputs)  # layout_rows of each sample's layout
+        self.row_start = [0, *itertools.accumulate(rows)]  # plain ints: no numpy inside a compiled graph
+        self.n_rows = self.row_start[-1]
         self._memo: dict = {}
+
+    def _sampled(self) -> tuple[tuple, torch.Tensor]:
+        """(the samples' layouts, the samples in one flat tensor): made when a statistic first reads them (an
+        ordinary step's NaN/Inf scan reads the whole outputs: no view op per output)."""
+        def make():
+            flats, layouts = zip(*(flat_sample(t, self._per_channel) for t in self.outputs))
+            flats = [self._samples.get(k, f) if self._samples else f for k, f in enumerate(flats)]
+            return tuple(layouts), flats[0] if len(flats) == 1 else torch.cat(flats)
+        return self._once("sampled", make)
+
+    @property
+    def layouts(self) -> tuple:
+        return self._sampled()[0]
+
+    @property
+    def sample(self) -> torch.Tensor:
+        return self._sampled()[1]
+
+    @property
+    def rows(self) -> torch.Tensor | None:
+        """Each sampled value's row (None: compiled, reduced by reshaping)."""
+        if self.index is None:
+            return None
+        return self._once("rows", lambda: self.index.get(self.layouts, self.device))
 
     def _once(self, key: str, compute):
         if key not in self._memo:
@@ -260,11 +284,17 @@ class ActivationBatch:
     def _norms(self) -> torch.Tensor:
         if not self.scan:  # known finite: zeros stand for the norms (only their NaN and Inf are read)
             return torch.zeros(len(self.outputs))
+        with torch.no_grad():
+            return self._scan_norms()
+
+    def _scan_norms(self) -> torch.Tensor | list:
         if len(self.outputs) == 1:
             return torch.linalg.vector_norm(self.outputs[0], dtype=torch.float32).reshape(1)
         by_dtype: dict = {}
         for k, t in enumerate(self.outputs):
             by_dtype.setdefault(t.dtype, []).append(k)
+        if len(by_dtype) == 1:  # one multi-tensor norm, its results one tensor
+            return one_tensor(torch._foreach_norm(self.outputs, 2, dtype=torch.float32))
         norms: list = [None] * len(self.outputs)  # one multi-tensor norm per dtype, back in the outputs' order
         for ks in by_dtype.values():
             for k, n in zip(ks, torch._foreach_norm([self.outputs[k] for k in ks], 2, dtype=torch.float32)):

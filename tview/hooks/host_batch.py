@@ -79,6 +79,8 @@ class HostBatch(ActivationBatch):
     (`close`); each statistic is reduced from the buffer when a probe first asks for it. `buffer`: a float32 array to
     reuse for the samples (grown when short; the batch's `buffer` is the one it used)."""
 
+    layouts = ()  # the samples' layouts, set as each output is added (not ActivationBatch's lazy view)
+
     def __init__(self, per_channel: int | None = PER_CHANNEL, buffer: np.ndarray | None = None):  # noqa: D107
         self.per_channel = per_channel
         self.buffer = buffer if buffer is not None else np.empty(1 << 16, dtype=np.float32)

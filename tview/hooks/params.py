@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from tview.hooks.origin import origin_offsets
-from tview.hooks.probes import DETAIL, EVERY, hist_bins_host
+from tview.hooks.probes import DETAIL, EVERY, hist_bins_host, one_tensor
 from tview.store import schema
 
 FORCE_DEVICE_PATH = os.environ.get("TVIEW_FORCE_DEVICE_PATH") == "1"
@@ -140,7 +140,8 @@ class ParamContext:
         self._set_channels(local, dims, groups)
         self._blocks32 = torch.zeros(self.nblocks, dtype=torch.float32, device=self.device)  # reused
         self._blocks64 = torch.zeros(self.nblocks, dtype=torch.float64, device=self.device)
-        for constant in ("channel_segments", "_boundaries", "_hist_base", "_one", "_nans", "padding_views"):
+        for constant in ("channel_segments", "_boundaries", "_hist_base", "_one", "_nans", "padding_views",
+                         "piece_views"):
             getattr(self, constant)  # made now: a host-to-device copy on a recorded step would wait
         if self.use_copy:
             self.copy_padding_views  # noqa: B018 (the copy is the scratch: made now, once)
@@ -234,6 +235,22 @@ class ParamContext:
                 for c, (b0, b1) in enumerate(self.chunks)]
 
     @cached_property
+    def piece_views(self) -> list[list[tuple[int, torch.Tensor, slice | None]]]:
+        """Per chunk, (parameter, the chunk buffer's view where its piece goes, None where the piece is the whole
+        tensor, else the slice of its flat values): made once, a whole tensor's view in the tensor's own shape, so
+        a copy into it takes the tensor as it is (no view op on a recorded step)."""
+        shapes = [local_tensor(p).shape for p in self.params]
+        out = []
+        for pieces in self.pieces:
+            row = []
+            for i, a, b, off in pieces:
+                whole = a == 0 and b == self.numels[i]
+                view = self.chunk[off:off + b - a]
+                row.append((i, view.view(shapes[i]) if whole else view, None if whole else slice(a, b)))
+            out.append(row)
+        return out
+
+    @cached_property
     def copy_padding_views(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """As padding_views, for the kept copy."""
         return self._gaps(self.copy, [(int(s), int(s + n)) for s, n in zip(self.starts, self.numels)], self.total)
@@ -290,13 +307,16 @@ class ParamContext:
             torch.distributed.all_reduce(t, op=reduce_op)
         return t
 
-    def _spread(self, values: list[torch.Tensor], which: list[int]) -> torch.Tensor:
-        """[parameter tensors] float32: `values` (0-d, one per index in `which`) in place, zeros elsewhere."""
+    def _spread(self, values: list[torch.Tensor] | torch.Tensor, which: list[int]) -> torch.Tensor:
+        """[parameter tensors] float32: `values` (0-d tensors or one 1-D tensor, one per index in `which`) in
+        place, zeros elsewhere."""
+        if len(which) and not isinstance(values, torch.Tensor):
+            values = one_tensor(values)
         if len(which) == len(self.params):
-            return torch.stack(values)
+            return values
         out = torch.zeros(len(self.params), dtype=torch.float32, device=self.device)
-        if which:
-            out.index_copy_(0, self._index(tuple(which)), torch.stack(values))
+        if len(which):
+            out.index_copy_(0, self._index(tuple(which)), values)
         return out
 
     def spread_pieces(self, values: list[torch.Tensor], c: int) -> torch.Tensor:
@@ -332,10 +352,11 @@ class ParamContext:
         if padding != 0.0:
             zeros = [self._nans[:z.numel()] for z in zeros]
         dst, src = list(gaps), list(zeros)
-        for i, a, b, off in self.pieces[c]:
-            if tensors[i] is not None:
-                dst.append(buf[off:off + b - a])
-                src.append(tensors[i].reshape(-1)[a:b])
+        for i, view, part in self.piece_views[c]:
+            t = tensors[i]
+            if t is not None:
+                dst.append(view)
+                src.append(t if part is None and t.shape == view.shape else t.reshape(-1)[part or slice(None)])
         torch._foreach_copy_(dst, src)
         return buf
 
@@ -394,9 +415,9 @@ class ParamContext:
     def per_tensor(self, values: list[torch.Tensor], which, op: str | None = None):
         """[parameter tensors] from `values` (0-d, one per index in `which`; 0 elsewhere): a list the step's
         transfer gathers in its one cat (no stack op); under FSDP2 one tensor, combined over the ranks by `op`."""
-        if self.is_sharded:
+        if self.is_sharded or isinstance(values, torch.Tensor):
             t = self._spread(values, list(which))
-            return self.combine(t, op) if op else t
+            return self.combine(t, op) if op and self.is_sharded else t
         out: list = [None] * len(self.params)
         for i, v in zip(which, values):
             out[i] = v
@@ -620,9 +641,9 @@ class ParamStep:
                 torch._foreach_sub_(ctx.copy_views, w)
                 ctx.copy_state = "update"
             tensors = (ctx.copy_views if update else []) + (w if weights else []) + [g[i] for i in have]
-            sums = list(torch._foreach_powsum(tensors, 2, dtype=torch.float32)) if tensors else []
-            if ctx.is_sharded and sums:  # FSDP2: the whole tensors' squares, in one all-reduce
-                sums = list(ctx.combine(torch.stack(sums)))
+            sums = one_tensor(torch._foreach_powsum(tensors, 2, dtype=torch.float32)) if tensors else []
+            if ctx.is_sharded and len(sums):  # FSDP2: the whole tensors' squares, in one all-reduce
+                sums = ctx.combine(sums)
             out, k = {}, n if update else 0
             if grads:
                 out["grads"] = self._grad_pass(sums[k + (n if weights else 0):], have)
@@ -678,15 +699,15 @@ class ParamStep:
         return sq, self.ctx.present([t is not None for t in loc])
 
 
-def _peaks(tensors: list[torch.Tensor], host: bool) -> list[torch.Tensor]:
+def _peaks(tensors: list[torch.Tensor], host: bool) -> torch.Tensor | list:
     """Each tensor's largest magnitude (float32; NaN where it holds a NaN): one multi-tensor inf-norm, or on the
     CPU's own path from aminmax (the inf-norm's CPU kernel is 17x slower)."""
     if not tensors:
         return []
     if not host:
-        return list(torch._foreach_norm(tensors, float("inf"), dtype=torch.float32))
+        return one_tensor(torch._foreach_norm(tensors, float("inf"), dtype=torch.float32))
     lo, hi = zip(*map(torch.aminmax, tensors))
-    return list(torch.maximum(torch.stack(lo).neg_(), torch.stack(hi)).float())
+    return torch.maximum(torch.stack(lo).neg_(), torch.stack(hi)).float()
 
 
 class OriginWeights:
@@ -771,7 +792,7 @@ def origin_distance_sq(ctx: ParamContext, origin: OriginWeights, weights: list[t
             origin.load(c, buf, pieces)
             views = [buf[off:off + b - a] for _, a, b, off in pieces]
             torch._foreach_sub_(views, [weights[i].reshape(-1)[a:b] for i, a, b, _ in pieces])
-            parts.append((torch._foreach_powsum(views, 2, dtype=torch.float32), c))
+            parts.append((one_tensor(torch._foreach_powsum(views, 2, dtype=torch.float32)), c))
         if len(parts) == 1 and len(ctx.pieces[parts[0][1]]) == len(ctx.nonempty):  # one chunk: no sum of parts
             return ctx.per_tensor(parts[0][0], ctx.nonempty, "sum")
         out = ctx.sq_sums([None] * len(ctx.params))

@@ -63,6 +63,19 @@ def host_shortcuts(t: torch.Tensor) -> bool:
 _REGISTRY: list[type] = []  # every concrete probe class, in definition order
 
 
+def one_tensor(results: list[torch.Tensor]) -> torch.Tensor:
+    """The 0-d results of a multi-tensor reduction as one 1-D tensor: a view where they are consecutive elements
+    of one buffer (CUDA's _foreach_norm/_foreach_powsum return such views: no op, where a stack of them is a cat
+    of n inputs, 1-3 ms of host time for a few dozen on a GPU), else one stack op (the CPU's per-tensor results)."""
+    first, last, n = results[0], results[-1], len(results)
+    if (first.dim() == 0 and last.dim() == 0 and first.is_contiguous()
+            and last.data_ptr() == first.data_ptr() + (n - 1) * first.element_size()
+            and last.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+            and all(t.data_ptr() == first.data_ptr() + i * first.element_size() for i, t in enumerate(results))):
+        return first.as_strided((n,), (1,), first.storage_offset())
+    return torch.stack(results)
+
+
 class Probe:
     """Base of every probe: the declaration of its table. Subclasses set `table` (the table's name),
     `columns`, `reads` and `sampled`, say on which steps of which presets they run (`cadence_for`),

@@ -46,7 +46,7 @@ from tview.hooks.layers import (
 )
 from tview.hooks.origin import load_origin, origin_path, save_origin, weights_set_to
 from tview.hooks.params import ParamContext, ParamStep
-from tview.hooks.probes import EVERY, host_shortcuts, registered_probes
+from tview.hooks.probes import EVERY, host_shortcuts, one_tensor, registered_probes
 from tview.hooks.rows import RowBuilder
 from tview.hooks.scalars import ScalarNames, host_rss_bytes, scalar_value
 from tview.hooks.schedules import Preset, as_schedule, get_preset
@@ -582,8 +582,9 @@ class Recorder:
                                     samples={k: e[3] for k, e in enumerate(fresh) if e[3] is not None},
                                     scan=not _finite_on_host(model_output),
                                     wants={k for p in probes for k in p.batch_stats})
-        self._pending_batches.append((indices, [_channels(t) for t in batch.outputs], batch.row_start,
-                                      [(p, p.compute_batch(batch)) for p in probes]))
+        with torch.no_grad():  # no detach op per output
+            parts = [(p, p.compute_batch(batch)) for p in probes]
+        self._pending_batches.append((indices, [_channels(t) for t in batch.outputs], batch.row_start, parts))
 
     def _host_reduced(self, batch: HostBatch | None, fresh: list, model_output) -> tuple[list, HostBatch]:
         """The CPU's own path: the kept outputs' samples join the batch (after those copied in the hooks)."""
@@ -847,7 +848,7 @@ class Recorder:
             return None
         n = len(self.pctx.params)
         ks = sorted(self._param_local)
-        sq = torch.stack(torch._foreach_norm([self._param_local[k] for k in ks], 2, dtype=torch.float32)).square()
+        sq = one_tensor(torch._foreach_norm([self._param_local[k] for k in ks], 2, dtype=torch.float32)).square()
         out = torch.full((n,), float("nan"), device=sq.device)
         return out.index_copy_(0, to_device(torch.tensor(ks), sq.device), sq)
 

@@ -9,6 +9,7 @@ import time
 import torch
 
 from tview.errors import ConfigError
+from tview.hooks.probes import one_tensor
 from tview.hooks.scalars import cpu_wait_seconds
 
 
@@ -170,7 +171,7 @@ class LocalGrads:
             ids = [self.index.get(id(p), -1) for p in params]
             norms = torch._foreach_norm(grads, 2, dtype=torch.float32) if grads else []
             if norms:
-                self.parts.append((ids, torch.stack(norms).square()))
+                self.parts.append((ids, one_tensor(norms).square()))
         return allreduce_hook(self._group, bucket)
 
     def take(self) -> torch.Tensor | None:
@@ -190,7 +191,7 @@ class LocalGrads:
         if not have:
             return []
         norms = torch._foreach_norm([g.detach() for _, g in have], 2, dtype=torch.float32)
-        return [([k for k, _ in have], torch.stack(norms).square())]
+        return [([k for k, _ in have], one_tensor(norms).square())]
 
     def _device_ids(self, ids: list[int], device) -> torch.Tensor:
         """The index tensor for these ids, made once per bucket layout (DDP fixes its buckets early on)."""
