@@ -504,3 +504,21 @@ def test_the_writers_batched_finalize_gives_the_rows_the_per_layer_finalize_give
     counts = rows.batch_row(act.ActCounts(), layers, batch.row_start, on_host(act.ActCounts().compute_batch(batch)))
     assert list(counts.values["act_nan"][layers]) == [0, 1, 0, 0]
     assert list(counts.values["act_inf"][layers]) == [0, 0, 0, 1]
+
+
+def test_one_tensor_keeps_consecutive_results_as_one_view_and_stacks_the_others():
+    """A multi-tensor reduction's per-tensor results, as CUDA returns them (0-d views of one buffer), become that
+    buffer without an op; results in separate tensors (the CPU's) are stacked; the values are the same either way."""
+    from tview.hooks.probes import one_tensor
+    buf = torch.arange(5, dtype=torch.float32) * 1.5
+    views = [buf[i] for i in range(5)]
+    joined = one_tensor(views)
+    assert joined.data_ptr() == buf.data_ptr() and torch.equal(joined, buf)
+    parts = [torch.tensor(v) for v in (3.0, -1.0, 2.5)]
+    stacked = one_tensor(parts)
+    assert torch.equal(stacked, torch.tensor([3.0, -1.0, 2.5]))
+    assert stacked.data_ptr() not in {p.data_ptr() for p in parts}
+    gappy = [buf[0], buf[2], buf[3]]  # views of one buffer, not consecutive: stacked, values kept
+    assert torch.equal(one_tensor(gappy), buf[[0, 2, 3]])
+    norms = torch._foreach_norm([torch.ones(3), torch.full((2, 2), 2.0)], 2)
+    assert torch.allclose(one_tensor(norms), torch.tensor([3 ** 0.5, 4.0]))
