@@ -3,6 +3,7 @@ the writer thread once the copy's event has completed; on the CPU as numpy views
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import numpy as np
@@ -52,8 +53,11 @@ class Lease:
 
 
 def _moves(v) -> bool:
-    """A value the transfer moves: a tensor, or a list of 0-d tensors (None: 0), gathered without a stack op."""
-    return isinstance(v, torch.Tensor) or (isinstance(v, list) and any(isinstance(t, torch.Tensor) for t in v))
+    """A value the transfer moves: a tensor, or a list of 0-d tensors (None: 0), gathered without a stack op (a
+    list's first value that is not None says what it holds: a list of numbers stays)."""
+    if isinstance(v, torch.Tensor):
+        return True
+    return isinstance(v, list) and isinstance(next((t for t in v if t is not None), None), torch.Tensor)
 
 
 def _first(v) -> torch.Tensor | None:
@@ -119,14 +123,32 @@ class HostTransfer:
 
     @staticmethod
     def _copy(values: list, dtype: torch.dtype) -> tuple[torch.Tensor, list]:
-        """One cat (dtype promotion inside the kernel) and one non-blocking copy into pinned memory. Per value
-        its shape, or for a list its length and where its None are."""
-        parts = [t.detach().reshape(-1) for v in values for t in (v if isinstance(v, list) else [v]) if t is not None]
-        device = parts[0].device
-        flat = torch.cat([torch.empty(0, dtype=dtype, device=device)] + parts)
+        """One cat per dtype among the values (a cat that promotes dtypes copies input by input on a GPU: a
+        kernel each), each into its span of one buffer, and one non-blocking copy into pinned memory. Per value
+        (its shape, or for a list its length and where its None are; its offset in the buffer)."""
+        pieces = [[t.reshape(-1) for t in (v if isinstance(v, list) else [v]) if t is not None] for v in values]
+        by_dtype: dict = {}
+        for k, ps in enumerate(pieces):
+            by_dtype.setdefault(ps[0].dtype if ps else dtype, []).append(k)
+        order = [k for ks in by_dtype.values() for k in ks]
+        sizes = [sum(p.numel() for p in pieces[k]) for k in range(len(values))]
+        offsets = dict(zip(order, itertools.accumulate([0] + [sizes[k] for k in order])))
+        device = next(p for ps in pieces for p in ps).device
+        with torch.no_grad():
+            flat = torch.empty(sum(sizes), dtype=dtype, device=device)
+            for dt, ks in by_dtype.items():
+                group = [p for k in ks for p in pieces[k]]
+                if not group:
+                    continue
+                span = flat[offsets[ks[0]]:offsets[ks[0]] + sum(sizes[k] for k in ks)]
+                if dt == dtype:
+                    torch.cat(group, out=span)
+                else:
+                    span.copy_(group[0] if len(group) == 1 else torch.cat(group))
         host = torch.empty(flat.shape, dtype=dtype, pin_memory=device.type == "cuda")
         host.copy_(flat, non_blocking=True)
-        return host, [[t is None for t in v] if isinstance(v, list) else tuple(v.shape) for v in values]
+        return host, [([t is None for t in v] if isinstance(v, list) else tuple(v.shape), offsets[k])
+                      for k, v in enumerate(values)]
 
     @staticmethod
     def _copy_span(base: torch.Tensor, views: dict) -> tuple[torch.Tensor, dict]:
@@ -152,17 +174,15 @@ class HostTransfer:
             self.span = None
         if not self.slots:
             return
-        offsets = {own: 0 for own in self.groups}
-        shapes = {own: iter(self.groups[own][1]) for own in self.groups}
+        metas = {own: iter(self.groups[own][1]) for own in self.groups}
         arrays = {own: self.groups[own][0].numpy() for own in self.groups}
         for d, k, own in self.slots:
-            shape = next(shapes[own])
+            shape, at = next(metas[own])
             if isinstance(shape, list):  # a list: its values, zeros where it held None
                 d[k] = np.zeros(len(shape), dtype=arrays[own].dtype)
                 n = len(shape) - sum(shape)
-                d[k][~np.asarray(shape, dtype=bool)] = arrays[own][offsets[own]:offsets[own] + n]
+                d[k][~np.asarray(shape, dtype=bool)] = arrays[own][at:at + n]
             else:
                 n = int(np.prod(shape, dtype=np.int64))
-                d[k] = arrays[own][offsets[own]:offsets[own] + n].reshape(shape)
-            offsets[own] += n
+                d[k] = arrays[own][at:at + n].reshape(shape)
         self.slots = []
