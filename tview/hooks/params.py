@@ -32,6 +32,7 @@ import torch
 
 from tview.hooks.origin import origin_offsets
 from tview.hooks.probes import DETAIL, EVERY, hist_bins_host, one_tensor
+from tview.hooks.transfer import PerBlock
 from tview.store import schema
 
 FORCE_DEVICE_PATH = os.environ.get("TVIEW_FORCE_DEVICE_PATH") == "1"
@@ -407,6 +408,28 @@ class ParamContext:
         v = np.asarray(values, dtype=np.float64)
         return v if self.host or self.is_sharded else self.blocks_to_tensors(v)
 
+    @property
+    def blockwise(self) -> bool:
+        """The every-step pass reduces per block of the flat weight copy (a device, float32 parameters, not
+        sharded): a few reductions over one buffer, where multi-tensor ones allocate a result per tensor."""
+        return self.use_copy and not self.host and not self.is_sharded
+
+    def block_norms(self, reduce: str) -> PerBlock:
+        """The scratch's per-block norms (ord 2 or inf, float32) as per-tensor values on the host: squared
+        norms summed ("sq"), or the largest ("max"; 0 for an empty tensor)."""
+        rows = self.chunk.view(-1, BLOCK)
+        if reduce == "sq":
+            return PerBlock(torch.linalg.vector_norm(rows, 2, dim=1), self._blocks_sq_to_tensors)
+        return PerBlock(torch.linalg.vector_norm(rows, float("inf"), dim=1), self._blocks_max_to_tensors)
+
+    def _blocks_sq_to_tensors(self, norms: np.ndarray) -> np.ndarray:
+        return self.blocks_to_tensors(np.square(norms, dtype=np.float64))
+
+    def _blocks_max_to_tensors(self, peaks: np.ndarray) -> np.ndarray:
+        if not len(peaks):
+            return np.zeros(len(self.numels))
+        return np.where(self.numels > 0, np.maximum.reduceat(peaks.astype(np.float64), self._block_starts), 0.0)
+
     def blocks_to_tensors(self, values) -> np.ndarray:
         """Host side: [..., tensors] float64 sums of per-block values [..., blocks]."""
         v = np.asarray(values, dtype=np.float64)
@@ -635,6 +658,9 @@ class ParamStep:
         takes W (and its float64 block sums)."""
         ctx, w, g, n = self.ctx, self.weights, self.grads, len(self.ctx.params)
         have = [i for i, t in enumerate(g) if t is not None] if grads else []
+        if ctx.blockwise:
+            with torch.no_grad():
+                return self._pass_blockwise(weights, grads, have)
         with torch.no_grad():
             update = weights and ctx.gathered and ctx.copy_state == "weights"
             if update:
@@ -655,6 +681,31 @@ class ParamStep:
                 out["weights"] = {"sq": ctx.per_tensor(sums[k:k + n], range(n)), "sum": sums64}
                 if update:
                     out["weights"]["dsq"] = ctx.per_tensor(sums[:n], range(n))
+        return out
+
+    def _pass_blockwise(self, weights: bool, grads: bool, have: list[int]) -> dict:
+        """_pass through the weight copy's blocks: the update (W_before - W) in the copy, its block norms; the
+        gradients loaded into the copy, their block sums, norms and largest magnitudes; the copy takes W, its
+        block norms and float64 block sums. Each statistic one reduction over the buffer, whatever the tensor
+        count; the host sums the blocks per tensor."""
+        ctx, w, out = self.ctx, self.weights, {}
+        update = weights and ctx.gathered and ctx.copy_state == "weights"
+        if update:
+            torch._foreach_sub_(ctx.copy_views, w)
+            dsq = ctx.block_norms("sq")
+        if grads and have:
+            sums = ctx.grad_sums(self.grads)  # the gradients loaded into the copy: the norms read them there
+            out["grads"] = {"sq": ctx.block_norms("sq"), "max_abs": ctx.block_norms("max"), "sum": sums}
+        elif grads:
+            out["grads"] = self._grad_pass([], [])
+        if weights:
+            sums64 = ctx.weight_sums64(w) if ctx.wide_sums() else None  # while the copy is scratch
+            ctx.put_weights(w)
+            ctx.gathered = True
+            out["weights"] = {"sq": ctx.block_norms("sq"),
+                              "sum": sums64 if sums64 is not None else ctx.copy_sums64()}
+            if update:
+                out["weights"]["dsq"] = dsq
         return out
 
     def _grad_pass(self, sq: list[torch.Tensor], have: list[int]) -> dict:

@@ -52,18 +52,29 @@ class Lease:
         return not self._free.is_set()
 
 
+class PerBlock:
+    """A device tensor of per-block values that reaches the host as per-tensor values: `reduce` (host side, on
+    the writer thread) turns the block values' numpy array into them. A multi-tensor reduction's per-tensor
+    results cost a host allocation and a stack each time; one reduction over the flat buffer's blocks does not."""
+
+    __slots__ = ("tensor", "reduce")
+
+    def __init__(self, tensor: torch.Tensor, reduce):
+        self.tensor, self.reduce = tensor, reduce
+
+
 def _moves(v) -> bool:
     """A value the transfer moves: a tensor, or a list of 0-d tensors (None: 0), gathered without a stack op (a
     list's first value that is not None says what it holds: a list of numbers stays)."""
-    if isinstance(v, torch.Tensor):
+    if isinstance(v, (torch.Tensor, PerBlock)):
         return True
     return isinstance(v, list) and isinstance(next((t for t in v if t is not None), None), torch.Tensor)
 
 
 def _first(v) -> torch.Tensor | None:
     """A moved value's tensor (a list's first one that is not None)."""
-    if isinstance(v, torch.Tensor):
-        return v
+    if isinstance(v, (torch.Tensor, PerBlock)):
+        return v if isinstance(v, torch.Tensor) else v.tensor
     return next((t for t in v if t is not None), None)
 
 
@@ -105,6 +116,9 @@ class HostTransfer:
         if host_shortcuts(firsts[0]) and all(t.device.type == "cpu" for t in firsts):
             for d, k, own in self.slots:  # nothing to move: numpy copies now (the tensors may change later)
                 v = d[k]
+                if isinstance(v, PerBlock):
+                    d[k] = v.reduce(cpu_to_numpy(v.tensor, own))
+                    continue
                 d[k] = _scalars_as_float64(v) if isinstance(v, list) and not own else cpu_to_numpy(_as_tensor(v), own)
             self.slots = []
             if base is not None:  # the writer reads the kept tensor itself (lent to it until written)
@@ -126,6 +140,7 @@ class HostTransfer:
         """One cat per dtype among the values (a cat that promotes dtypes copies input by input on a GPU: a
         kernel each), each into its span of one buffer, and one non-blocking copy into pinned memory. Per value
         (its shape, or for a list its length and where its None are; its offset in the buffer)."""
+        values = [v.tensor if isinstance(v, PerBlock) else v for v in values]
         pieces = [[t.reshape(-1) for t in (v if isinstance(v, list) else [v]) if t is not None] for v in values]
         by_dtype: dict = {}
         for k, ps in enumerate(pieces):
@@ -178,7 +193,10 @@ class HostTransfer:
         arrays = {own: self.groups[own][0].numpy() for own in self.groups}
         for d, k, own in self.slots:
             shape, at = next(metas[own])
-            if isinstance(shape, list):  # a list: its values, zeros where it held None
+            if isinstance(d[k], PerBlock):
+                n = int(np.prod(shape, dtype=np.int64))
+                d[k] = d[k].reduce(arrays[own][at:at + n].reshape(shape))
+            elif isinstance(shape, list):  # a list: its values, zeros where it held None
                 d[k] = np.zeros(len(shape), dtype=arrays[own].dtype)
                 n = len(shape) - sum(shape)
                 d[k][~np.asarray(shape, dtype=bool)] = arrays[own][at:at + n]
