@@ -65,8 +65,9 @@ _REGISTRY: list[type] = []  # every concrete probe class, in definition order
 
 def one_tensor(results: list[torch.Tensor]) -> torch.Tensor:
     """The 0-d results of a multi-tensor reduction as one 1-D tensor: a view where they are consecutive elements
-    of one buffer (CUDA's _foreach_norm/_foreach_powsum return such views: no op, where a stack of them is a cat
-    of n inputs, 1-3 ms of host time for a few dozen on a GPU), else one stack op (the CPU's per-tensor results)."""
+    of one buffer (older CUDA builds of _foreach_norm return such views: no op), else one stack op (the CPU's
+    results, and torch 2.11's CUDA ones, allocated one by one). Where it matters, reduce per block instead
+    (ParamContext.blockwise)."""
     first, last, n = results[0], results[-1], len(results)
     if (first.dim() == 0 and last.dim() == 0 and first.is_contiguous()
             and last.data_ptr() == first.data_ptr() + (n - 1) * first.element_size()
