@@ -437,7 +437,8 @@ class ParamContext:
 
     def per_tensor(self, values: list[torch.Tensor], which, op: str | None = None):
         """[parameter tensors] from `values` (0-d, one per index in `which`; 0 elsewhere): a list the step's
-        transfer gathers in its one cat (no stack op); under FSDP2 one tensor, combined over the ranks by `op`."""
+        transfer gathers in its cat, or where `values` is one 1-D tensor, one tensor (zeros filled in by one index
+        copy where `which` is not every tensor); under FSDP2 one tensor, combined over the ranks by `op`."""
         if self.is_sharded or isinstance(values, torch.Tensor):
             t = self._spread(values, list(which))
             return self.combine(t, op) if op and self.is_sharded else t
@@ -692,6 +693,7 @@ class ParamStep:
         update = weights and ctx.gathered and ctx.copy_state == "weights"
         if update:
             torch._foreach_sub_(ctx.copy_views, w)
+            ctx.copy_state = "update"
             dsq = ctx.block_norms("sq")
         if grads and have:
             sums = ctx.grad_sums(self.grads)  # the gradients loaded into the copy: the norms read them there
