@@ -206,7 +206,9 @@ def test_init_distance_without_the_recorders_file_keeps_w0_in_a_temporary_file()
     assert probe.finalize(parts, ctx)["init_distance"][0] == pytest.approx(expected.item(), rel=1e-5)
 
 
-def test_frozen_layers_are_not_measured_and_nothing_crashes(tmp_path):
+@pytest.mark.parametrize("device_path", [False, True], ids=["cpu-path", "device-path"])
+def test_frozen_layers_are_not_measured_and_nothing_crashes(tmp_path, monkeypatch, device_path):
+    monkeypatch.setattr(P, "FORCE_DEVICE_PATH", device_path)  # the device path: per-block norms of the copy
     torch.manual_seed(0)
     model = UpNet()
     model.conv2.requires_grad_(False)
@@ -222,16 +224,20 @@ def test_frozen_layers_are_not_measured_and_nothing_crashes(tmp_path):
     assert run.stat("grad_norm", "up")[1][1] == pytest.approx(flat(grads[1]["up"]).norm().item(), rel=1e-5)
 
 
-def test_empty_tensors_and_local_gradient_norms_per_tensor():
-    """A parameter with no elements (an FSDP1 view) crashes no multi-tensor op; `local` as a DDP comm hook
-    gives it, squared norms per parameter tensor, becomes per-layer local gradient norms."""
+@pytest.mark.parametrize("device_path", [False, True], ids=["cpu-path", "device-path"])
+def test_empty_tensors_and_local_gradient_norms_per_tensor(monkeypatch, device_path):
+    """A parameter with no elements (an FSDP1 view) crashes no multi-tensor op (nor the device path's per-block
+    norms); `local` as a DDP comm hook gives it, squared norms per parameter tensor, becomes per-layer local
+    gradient norms."""
     from tview.hooks.param_probes import GradStats, LocalGradNorm, WeightStats
+    monkeypatch.setattr(P, "FORCE_DEVICE_PATH", device_path)
     torch.manual_seed(0)
     a, b, c = (torch.randn(4, 3, requires_grad=True), torch.zeros(0, requires_grad=True),
                torch.randn(5, requires_grad=True))
     for t in (a, b, c):
         t.grad = torch.randn_like(t)
     ctx = P.ParamContext([[a, b], [c]], [0, None])
+    assert ctx.blockwise == device_path
     local = torch.tensor([4.0, 0.0, 9.0])
     step = P.ParamStep(ctx, local)
 
