@@ -3,7 +3,10 @@
 Runs the device code path on the CPU (TVIEW_FORCE_DEVICE_PATH=1: torch ops, never numpy shortcuts) and counts,
 with a TorchDispatchMode on the training thread, the ops of one training step (forward, backward, optimizer)
 and what tview adds on an ordinary recorded step and on a detail step, alone and as one rank of a DDP job
-(gloo, world size 1: DDP's reducer and its hooks run). Usage:
+(gloo, world size 1: DDP's reducer and its hooks run). A cat whose inputs differ in dtype counts one op per input
+(CUDA copies them one by one). The host's share, beside: every dispatch tview adds on an ordinary step, view ops
+too ("host calls": each costs 1-3 us of host time on a GPU, where a small net's training is host-bound), and the
+tensors passed to them. Usage:
     python benchmarks/launches.py [--models resnet,convbn,3c3d,resnet18] [--batch 8]
 Targets (issue "Modern training stack"): ordinary <= 0.35x, detail <= 1.0x the training step's ops, 0 syncs.
 """
@@ -82,6 +85,8 @@ def count_model(name: str, batch: int, ddp: bool, tmp: str) -> dict:
     rec.close()
     added = lambda c: c.ops - train.ops
     return {"params": sum(p.numel() for p in model.parameters()), "train": train.ops,
+            "host_calls": ordinary.calls - train.calls, "train_calls": train.calls,
+            "host_tensors": ordinary.tensors - train.tensors,
             "ordinary": added(ordinary), "detail": added(detail), "syncs": ordinary.syncs + detail.syncs,
             "sync_names": dict(ordinary.sync_names + detail.sync_names), "train_syncs": train.syncs,
             "ordinary_names": ordinary.by_name - train.by_name, "detail_names": detail.by_name - train.by_name}
@@ -102,7 +107,8 @@ def main(argv=None) -> int:
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
         init_single_rank_group(tmp)
-        print(f"{'net':10} {'setup':6} {'params':>9} {'train ops':>9} {'ordinary':>14} {'detail':>14} {'syncs':>5}")
+        print(f"{'net':10} {'setup':6} {'params':>9} {'train ops':>9} {'ordinary':>14} {'detail':>14} {'syncs':>5}"
+              f"  {'host calls (ordinary)':>22} {'tensors':>7}")
         for name in args.models.split(","):
             for ddp in (False, True):
                 r = count_model(name, args.batch, ddp, tmp)
@@ -110,6 +116,8 @@ def main(argv=None) -> int:
                 ok &= ro <= 0.35 and rd <= 1.0 and r["syncs"] == 0
                 print(f"{name:10} {'DDP' if ddp else 'alone':6} {r['params']:>9} {r['train']:>9} "
                       f"{r['ordinary']:>5} ({ro:4.2f}x) {r['detail']:>5} ({rd:4.2f}x) {r['syncs']:>5}"
+                      f"  {r['host_calls']:>6} of {r['train_calls']:>4} ({r['host_calls'] / r['train_calls']:4.2f}x)"
+                      f" {r['host_tensors']:>7}"
                       + (f"  sync-prone: {r['sync_names']}" if r["syncs"] else ""))
                 if args.verbose:
                     print("   ordinary adds:", dict(r["ordinary_names"].most_common(12)))

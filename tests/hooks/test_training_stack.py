@@ -380,3 +380,18 @@ def test_the_ops_tview_adds_do_not_grow_with_the_layer_count(tmp_path):
     assert deep["SYNCS"] == shallow["SYNCS"] == 0
     assert deep["ORDINARY"] - shallow["ORDINARY"] <= 6  # one sample copy per BatchNorm overwritten in place
     assert deep["DETAIL"] - shallow["DETAIL"] <= 6
+
+
+def test_the_op_counter_counts_a_cat_of_mixed_dtypes_as_a_copy_per_input():
+    """CUDA runs a cat whose inputs differ in dtype as one copy per input (the H200 profile: 178 kernels a step
+    from tview's transfer, which the counter had counted as one op); the counter says so, and counts every
+    dispatch and the tensors passed (the host's share)."""
+    from tview.hooks.opcount import OpCounter
+    parts = [torch.zeros(2), torch.zeros(3, dtype=torch.float64), torch.zeros(1)]
+    with OpCounter() as mixed:
+        torch.cat(parts)
+    alike = parts[::2]
+    with OpCounter() as same:
+        torch.cat(alike).view(3)
+    assert mixed.ops == 3 and "cat (dtypes differ: a copy per input)" in mixed.by_name
+    assert same.ops == 1 and same.calls == 2 and same.tensors == 3  # the cat's 2 inputs, the view's 1

@@ -1,5 +1,6 @@
 """Counts the ops (kernel launches, as a proxy) that code dispatches, and the ones among them that make the
-host wait for a GPU: measured on any machine, through the device code path (TVIEW_FORCE_DEVICE_PATH=1)."""
+host wait for a GPU: measured on any machine, through the device code path (TVIEW_FORCE_DEVICE_PATH=1). Also
+the host's share: every dispatch, view ops too (each costs 1-3 us of host time on a GPU), and the tensors passed."""
 
 from __future__ import annotations
 
@@ -59,22 +60,47 @@ def _blocking_transfer(args, kwargs) -> bool:
     return len(devices) > 1 and not kwargs.get("non_blocking", args[2] if len(args) > 2 else False)
 
 
+def _tensor_inputs(args) -> list[torch.Tensor]:
+    """The tensors among a call's arguments, lists' elements too."""
+    out = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            out.append(a)
+        elif isinstance(a, (list, tuple)):
+            out.extend(t for t in a if isinstance(t, torch.Tensor))
+    return out
+
+
+def _launches(name: str, args) -> int:
+    """Kernels an op launches on a GPU, as counted here: 1, but a cat of inputs whose dtypes differ, which CUDA
+    runs as a copy per input (its batched kernel takes one dtype)."""
+    if name == "cat" and args and isinstance(args[0], (list, tuple)):
+        dtypes = {t.dtype for t in args[0] if isinstance(t, torch.Tensor) and t.numel()}
+        return len(args[0]) if len(dtypes) > 1 else 1
+    return 1
+
+
 class OpCounter(TorchDispatchMode):
-    """`with OpCounter() as c: ...`: c.ops (ops that launch work), c.syncs (those that make the host wait
-    for a GPU), c.by_name (a Counter of op names), c.sync_names. Counts this thread's dispatches only."""
+    """`with OpCounter() as c: ...`: c.ops (ops that launch work; a cat that promotes dtypes, one per input),
+    c.syncs (those that make the host wait for a GPU), c.by_name (a Counter of op names), c.sync_names; the
+    host's share: c.calls (every dispatch, view ops too) and c.tensors (tensors passed to them). Counts this
+    thread's dispatches only."""
 
     def __init__(self):
         super().__init__()
-        self.ops = self.syncs = 0
+        self.ops = self.syncs = self.calls = self.tensors = 0
         self.by_name: Counter = Counter()
         self.sync_names: Counter = Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = _name(func)
+        self.calls += 1
+        self.tensors += len(_tensor_inputs(args))
         if name not in METADATA_ONLY:
-            self.ops += 1
-            self.by_name[name] += 1
+            n = _launches(name, args)
+            self.ops += n
+            self.by_name[name if n == 1 else "cat (dtypes differ: a copy per input)"] += n
             if _syncs(func, args, kwargs):
                 self.syncs += 1
                 self.sync_names[name] += 1
