@@ -3,7 +3,7 @@ the writer thread once the copy's event has completed; on the CPU as numpy views
 
 from __future__ import annotations
 
-import itertools
+import math
 import threading
 
 import numpy as np
@@ -52,6 +52,16 @@ class Lease:
         return not self._free.is_set()
 
 
+_NUMPY = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16,
+          torch.int64: np.int64, torch.int32: np.int32, torch.int16: np.int16, torch.int8: np.int8,
+          torch.uint8: np.uint8, torch.bool: np.bool_}
+
+
+def _host_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a value travels in: its own, where numpy has it; else float32 (bfloat16)."""
+    return dtype if dtype in _NUMPY else torch.float32
+
+
 class PerBlock:
     """A device tensor of per-block values that reaches the host as per-tensor values: `reduce` (host side, on
     the writer thread) turns the block values' numpy array into them. A multi-tensor reduction's per-tensor
@@ -92,9 +102,9 @@ def _scalars_as_float64(v: list) -> np.ndarray:
 
 
 class HostTransfer:
-    """The tensor values of some dicts, copied to the host in one go. `slots` are (dict, key, native):
-    native values (snapshots) travel as float32, the others (statistics) as float64, so counts stay exact.
-    A list of 0-d tensors (None where a value is 0) arrives as one array: its values join the one cat.
+    """The tensor values of some dicts, copied to the host in one go. `slots` are (dict, key, native): each
+    value travels in its own dtype and arrives as numpy, native values (snapshots) as float32, the others
+    (statistics) as float64. A list of 0-d tensors (None where a value is 0) arrives as one array.
     `kept` is (base, dict): views of one kept 1-D tensor `base` (the filters, in the weight copy), moved as
     the one span of `base` they lie in, in its dtype (no device copy of them is made); on the CPU's own path
     they are not copied at all (`borrows`: the writer reads `base` itself, which must then stay as it is
@@ -104,7 +114,7 @@ class HostTransfer:
     def __init__(self, dicts: list[dict], native: tuple[dict, ...] = (), kept: tuple | None = None):
         self.slots = [(d, k, own) for ds, own in ((dicts, False), (native, True)) for d in ds
                       for k, v in d.items() if _moves(v)]
-        self.groups: dict[bool, tuple] = {}
+        self.moved = None  # (host bytes, per slot (shape, dtype, byte offset)) once copied
         self.event = None
         self.borrows = False
         self.span = None  # (host copy of the kept span, {key: host view}, the kept dict)
@@ -125,10 +135,7 @@ class HostTransfer:
                 self.span = (None, dict(views), views)
                 self.borrows = True
             return
-        for own in (False, True):
-            part = [d[k] for d, k, o in self.slots if o == own]
-            if part:
-                self.groups[own] = self._copy(part, torch.float32 if own else torch.float64)
+        self.moved = self._copy([d[k] for d, k, _ in self.slots])
         if base is not None:
             self.span = (*self._copy_span(base, views), views)
         if firsts[0].device.type == "cuda":
@@ -136,34 +143,44 @@ class HostTransfer:
             self.event.record()
 
     @staticmethod
-    def _copy(values: list, dtype: torch.dtype) -> tuple[torch.Tensor, list]:
-        """One cat per dtype among the values (a cat that promotes dtypes copies input by input on a GPU: a
-        kernel each), each into its span of one buffer, and one non-blocking copy into pinned memory. Per value
-        (its shape, or for a list its length and where its None are; its offset in the buffer)."""
+    def _copy(values: list) -> tuple[torch.Tensor, list]:
+        """Every value in its own dtype (bfloat16, which numpy lacks: float32), one cat per dtype into its span of one
+        byte buffer (a cat that promotes dtypes copies input by input on a GPU: a kernel each), and one non-blocking
+        copy of the buffer into pinned memory. Returns (the host bytes, per value (its shape, or for a list its
+        length and where its None are; its dtype; its byte offset))."""
         values = [v.tensor if isinstance(v, PerBlock) else v for v in values]
         pieces = [[t.reshape(-1) for t in (v if isinstance(v, list) else [v]) if t is not None] for v in values]
-        by_dtype: dict = {}
+        groups: dict = {}
         for k, ps in enumerate(pieces):
-            by_dtype.setdefault(ps[0].dtype if ps else dtype, []).append(k)
-        order = [k for ks in by_dtype.values() for k in ks]
-        sizes = [sum(p.numel() for p in pieces[k]) for k in range(len(values))]
-        offsets = dict(zip(order, itertools.accumulate([0] + [sizes[k] for k in order])))
+            groups.setdefault(_host_dtype(ps[0].dtype) if ps else torch.float32, []).append(k)
+        sizes = [sum(p.numel() for p in ps) for ps in pieces]
         device = next(p for ps in pieces for p in ps).device
+        at, spans, where = 0, [], {}
+        for dt, ks in groups.items():
+            at = lo = -(-at // 8) * 8  # each dtype's span aligned
+            for k in ks:
+                where[k] = at
+                at += sizes[k] * dt.itemsize
+            spans.append((dt, ks, lo, (at - lo) // dt.itemsize))
         with torch.no_grad():
-            flat = torch.empty(sum(sizes), dtype=dtype, device=device)
-            for dt, ks in by_dtype.items():
+            flat = torch.empty(at, dtype=torch.uint8, device=device)
+            for dt, ks, lo, n in spans:
                 group = [p for k in ks for p in pieces[k]]
                 if not group:
                     continue
-                span = flat[offsets[ks[0]]:offsets[ks[0]] + sum(sizes[k] for k in ks)]
-                if dt == dtype:
-                    torch.cat(group, out=span)
-                else:
+                span = flat[lo:lo + n * dt.itemsize].view(dt)
+                if all(p.dtype == dt for p in group):
+                    torch.cat(group, out=span) if len(group) > 1 else span.copy_(group[0])
+                else:  # bfloat16 values: one cat in their dtype, cast as copied
                     span.copy_(group[0] if len(group) == 1 else torch.cat(group))
-        host = torch.empty(flat.shape, dtype=dtype, pin_memory=device.type == "cuda")
+        host = torch.empty(at, dtype=torch.uint8, pin_memory=device.type == "cuda")
         host.copy_(flat, non_blocking=True)
-        return host, [([t is None for t in v] if isinstance(v, list) else tuple(v.shape), offsets[k])
-                      for k, v in enumerate(values)]
+        metas = []
+        for k, v in enumerate(values):
+            dt = _host_dtype(pieces[k][0].dtype) if pieces[k] else torch.float32
+            shape = [t is None for t in v] if isinstance(v, list) else tuple(v.shape)
+            metas.append((shape, dt, where.get(k, 0)))
+        return host, metas
 
     @staticmethod
     def _copy_span(base: torch.Tensor, views: dict) -> tuple[torch.Tensor, dict]:
@@ -189,18 +206,17 @@ class HostTransfer:
             self.span = None
         if not self.slots:
             return
-        metas = {own: iter(self.groups[own][1]) for own in self.groups}
-        arrays = {own: self.groups[own][0].numpy() for own in self.groups}
-        for d, k, own in self.slots:
-            shape, at = next(metas[own])
+        host, metas = self.moved
+        raw = host.numpy()
+        for (d, k, own), (shape, dt, at) in zip(self.slots, metas):
+            out = np.float32 if own else np.float64  # snapshots as float32; statistics as float64 (exact counts)
+            n = len(shape) - sum(shape) if isinstance(shape, list) else math.prod(shape)
+            values = raw[at:at + n * dt.itemsize].view(_NUMPY[dt]).astype(out)
             if isinstance(d[k], PerBlock):
-                n = int(np.prod(shape, dtype=np.int64))
-                d[k] = d[k].reduce(arrays[own][at:at + n].reshape(shape))
+                d[k] = d[k].reduce(values.reshape(shape))
             elif isinstance(shape, list):  # a list: its values, zeros where it held None
-                d[k] = np.zeros(len(shape), dtype=arrays[own].dtype)
-                n = len(shape) - sum(shape)
-                d[k][~np.asarray(shape, dtype=bool)] = arrays[own][at:at + n]
+                d[k] = np.zeros(len(shape), dtype=out)
+                d[k][~np.asarray(shape, dtype=bool)] = values
             else:
-                n = int(np.prod(shape, dtype=np.int64))
-                d[k] = arrays[own][at:at + n].reshape(shape)
-        self.slots = []
+                d[k] = values.reshape(shape)
+        self.slots, self.moved = [], None
