@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from tview.hooks.params import hist_boundaries_below
-from tview.hooks.probes import hist_bin_index, host_shortcuts
+from tview.hooks.probes import hist_bin_index, host_shortcuts, one_tensor
 from tview.store import schema
 
 PER_CHANNEL = 256  # sampled values per channel, at least (fewer where the output holds fewer)
@@ -293,6 +293,8 @@ class ActivationBatch:
         by_dtype: dict = {}
         for k, t in enumerate(self.outputs):
             by_dtype.setdefault(t.dtype, []).append(k)
+        if len(by_dtype) == 1:  # one tensor: a stack costs the host a third of a view per result in the step's cat
+            return one_tensor(torch._foreach_norm(self.outputs, 2, dtype=torch.float32))
         norms: list = [None] * len(self.outputs)  # one multi-tensor norm per dtype, back in the outputs' order
         for ks in by_dtype.values():
             for k, n in zip(ks, torch._foreach_norm([self.outputs[k] for k in ks], 2, dtype=torch.float32)):
