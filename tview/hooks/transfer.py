@@ -211,7 +211,7 @@ class HostTransfer:
         for (d, k, own), (shape, dt, at) in zip(self.slots, metas):
             out = np.float32 if own else np.float64  # snapshots as float32; statistics as float64 (exact counts)
             n = len(shape) - sum(shape) if isinstance(shape, list) else math.prod(shape)
-            values = raw[at:at + n * dt.itemsize].view(_NUMPY[dt]).astype(out)
+            values = raw[at:at + n * dt.itemsize].view(_NUMPY[dt]).astype(out, copy=False)  # a view where it is
             if isinstance(d[k], PerBlock):
                 d[k] = d[k].reduce(values.reshape(shape))
             elif isinstance(shape, list):  # a list: its values, zeros where it held None
