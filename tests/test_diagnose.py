@@ -368,33 +368,42 @@ def test_the_first_nonfinite_layer_is_first_in_the_order_the_forward_pass_ran(tm
     assert (first.kind, first.layer, first.step) == ("nonfinite", "conv1", 2)
 
 
-def _scaled_run(out: str, steps: int, overflow_at=(), nan_from=None) -> list[int]:
+def _scaled_run(out: str, steps: int, overflow_at=(), nan_from=None, resume_at=None) -> list[int]:
     """TinyCNN trained in fp16 autocast with torch.amp.GradScaler on the CPU: at the steps in `overflow_at` a gradient
     of conv1 overflows (Inf: the scaler skips the step and backs off, its normal work); from step `nan_from` on,
-    conv2's weight gradient is NaN on every step (a real fault: every step skipped). Returns the steps the scaler
-    skipped, read from plain torch (the weights unchanged)."""
+    conv2's weight gradient is NaN on every step (a real fault: every step skipped); at step `resume_at` the
+    Recorder is closed and a new one resumes the run (a job restarted). Returns the steps the scaler skipped, read
+    from plain torch (the weights unchanged)."""
     torch.manual_seed(0)
     model, (x, y) = TinyCNN(), make_data(16)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
     skipped = []
-    with tview.Recorder(model, out, every=1, optimizer=opt) as rec:
-        for step in range(steps):
-            opt.zero_grad()
-            with torch.autocast("cpu", dtype=torch.float16):
-                loss = F.cross_entropy(model(x), y)
-            scaler.scale(loss).backward()
-            if step in overflow_at:
-                model.conv1.weight.grad[0, 0, 0, 0] = float("inf")
-            if nan_from is not None and step >= nan_from:
-                model.conv2.weight.grad[0, 0, 0, 0] = float("nan")
-            before = model.conv2.weight.detach().clone()
-            scaler.step(opt)
-            scaler.update()
-            if torch.equal(before, model.conv2.weight):
-                skipped.append(step)
-            rec.step(loss=loss)
+    parts = [(0, resume_at or steps, "new")] + ([(resume_at, steps, "resume")] if resume_at else [])
+    for first, end, mode in parts:
+        with tview.Recorder(model, out, every=1, optimizer=opt, mode=mode) as rec:
+            _scaled_steps(model, opt, scaler, rec, (x, y), range(first, end), overflow_at, nan_from, skipped)
     return skipped
+
+
+def _scaled_steps(model, opt, scaler, rec, data, steps, overflow_at, nan_from, skipped):
+    """_scaled_run's training steps `steps` (appending those the scaler skipped to `skipped`)."""
+    x, y = data
+    for step in steps:
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = F.cross_entropy(model(x), y)
+        scaler.scale(loss).backward()
+        if step in overflow_at:
+            model.conv1.weight.grad[0, 0, 0, 0] = float("inf")
+        if nan_from is not None and step >= nan_from:
+            model.conv2.weight.grad[0, 0, 0, 0] = float("nan")
+        before = model.conv2.weight.detach().clone()
+        scaler.step(opt)
+        scaler.update()
+        if torch.equal(before, model.conv2.weight):
+            skipped.append(step)
+        rec.step(loss=loss)
 
 
 def test_the_grad_scalers_own_skipped_steps_are_no_fault_but_a_run_of_them_is(tmp_path):
@@ -415,6 +424,19 @@ def test_the_grad_scalers_own_skipped_steps_are_no_fault_but_a_run_of_them_is(tm
     assert [(f.step, f.layer, f.tensor) for f in found] == [(12, "conv2", "gradient")], found
     with tview.open_run(out) as run:
         assert run.first_nonfinite(0)["layers"] == {"conv2": 12}
+
+
+def test_a_run_of_skipped_steps_that_a_resume_interrupts_still_counts_from_its_first_step(tmp_path):
+    """The scaler stuck skipping from step 12 (a NaN gradient every step), the job restarted at step 16 and resumed:
+    the run of skips spans the restart, so the fault is still named at step 12 (the resumed shard read back the 4
+    skipped records it ended with), not at step 16 where a count started afresh would put it."""
+    out = str(tmp_path / "resumed")
+    assert _scaled_run(out, 24, overflow_at=(0,), nan_from=12, resume_at=16) == [0] + list(range(12, 24))
+    with tview.open_run(out) as run:
+        assert list(run.scalar("optimizer_skipped")[0]) == list(range(24))  # one run, the steps continued
+        assert run.first_nonfinite(0)["layers"] == {"conv2": 12}
+    found = [f for f in diagnose(out) if f.kind == "nonfinite"]
+    assert [(f.step, f.layer) for f in found] == [(12, "conv2")], found
 
 
 def test_layers_cut_off_from_the_gradient_are_named_where_the_cut_starts(tmp_path):

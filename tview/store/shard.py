@@ -53,7 +53,8 @@ class ShardWriter:
         self.scalar_columns = {bytes(n).decode("utf-8", "replace"): i for i, n in enumerate(self._names[:])}
         first = self.file["status/first_nonfinite"]
         self._first = {name: first[name][:] for name in first}
-        self._skips, self._skip_start = 0, -1  # consecutive records the optimizer skipped, and the first's step
+        # consecutive records the optimizer skipped, and the first's step (a resumed shard: those it ends with)
+        self._skips, self._skip_start = self._trailing_skips() if resume else (0, -1)
         self._dropped = int(self.file["status/dropped"][0])
         self.rebuild_summary()
         # bytes the last write added to the file; before any, what the first chunk of every column takes
@@ -287,6 +288,23 @@ class ShardWriter:
                     changed.add(table)
         for name in changed:
             self.file["status/first_nonfinite"][name][:] = self._first[name]
+
+    def _trailing_skips(self) -> tuple[int, int]:
+        """(records the shard ends with that the optimizer skipped, the first one's step): a run of skips that a
+        resume interrupted goes on counting (read back from the last SKIPPED_RUN records' scalars)."""
+        table = self.file[schema.TABLE_SCALARS]
+        skipped, loss = self.scalar_columns.get("optimizer_skipped"), self.scalar_columns.get("loss")
+        n = int(table["step"].shape[0])
+        if skipped is None or n == 0:
+            return 0, -1
+        lo = max(n - schema.SKIPPED_RUN, 0)
+        values, measured, steps = table["values"][lo:n], table["measured"][lo:n], table["step"][lo:n]
+        run = 0
+        for row, seen in zip(values[::-1], measured[::-1]):
+            if row[skipped] != 1 or (loss is not None and seen[loss] and not np.isfinite(row[loss])):
+                break  # not skipped, or a NaN loss (a fault whatever the scaler did: see _skipped_run)
+            run += 1
+        return (run, int(steps[len(steps) - run])) if run else (0, -1)
 
     def _skipped_run(self, r: StepRecord) -> int | None:
         """The first step of the run of consecutive skipped records this one belongs to (optimizer_skipped == 1, the
