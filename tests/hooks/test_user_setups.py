@@ -631,6 +631,36 @@ def test_a_module_added_after_the_recorder_was_made_is_said_once(tmp_path, how):
     np.testing.assert_allclose(run.stat("grad_norm", layer="4")[1], grads, rtol=1e-5)
 
 
+@pytest.mark.parametrize("how", ["insert", "delete"])
+def test_layers_renamed_or_taken_out_after_the_recorder_was_made_are_said_once(tmp_path, how):
+    """A module inserted into the Sequential before the Linear renames it ('4' becomes '5'), or one deleted ('1',
+    the BatchNorm, taken out: '2' becomes '1', '4' becomes '3'). It was unsaid: the run went on under the first
+    names. Now the first recorded step after says which layer is now named what, and which left; the Linear is
+    still recorded under '4', its gradient norm plain torch's."""
+    model, (x, y) = small_net(), data()
+    grads = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with tview.Recorder(model, str(tmp_path / "r"), every=1) as rec:
+            for step in range(4):
+                if step == 2:
+                    model.insert(3, nn.Identity()) if how == "insert" else model.__delitem__(1)
+                model.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                grads.append(grad_norm(model[-1]))
+                rec.step()
+    said = [str(w.message) for w in caught if "tview" in str(w.message)]
+    assert len(said) == 1 and "step 2" in said[0], said
+    if how == "insert":
+        assert "'4' is now '5'" in said[0] and "'0'" not in said[0].split("renamed")[1], said[0]
+    else:
+        assert "'2' is now '1'" in said[0] and "'4' is now '3'" in said[0], said[0]
+        assert "the layers '1' left it" in said[0], said[0]
+    run = tview.open_run(str(tmp_path / "r"))
+    assert run.layers == ["0", "1", "2", "4"]
+    np.testing.assert_allclose(run.stat("grad_norm", layer="4")[1], grads, rtol=1e-5)
+
+
 def test_checking_for_added_modules_walks_no_model_on_an_unchanged_step(tmp_path):
     """The check on each recorded step reads a flag and three container lengths, not the model's module tree."""
     from tview.hooks.layers import ModuleWatch, recorded_layers

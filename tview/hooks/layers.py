@@ -125,6 +125,7 @@ class ModuleWatch:
         )
         self.model = model
         self.layers = {id(m): m for _, m in layers}  # the recorded layers (held: their ids stay theirs)
+        self.names = {id(m): name for name, m in layers}  # their names when the Recorder was made
         self.changed = False
         self._look()
         ref = weakref.ref(self)  # the global hooks outlive a Recorder never closed: they do not keep it
@@ -143,11 +144,21 @@ class ModuleWatch:
     def unrecorded(self) -> list[str]:
         """Names of the modules that would be recorded layers and are not (joined the model since); [] at once
         where nothing was registered into the model and no container changed length."""
+        return self.changes()[0]
+
+    def changes(self) -> tuple[list[str], list[tuple[str, str]], list[str]]:
+        """(modules that would be recorded layers and are not, (name recorded, name now) of recorded layers whose
+        name changed (a module inserted or deleted before them in a Sequential), recorded layers no longer in the
+        model); all empty at once where nothing was registered into the model and no container changed length."""
         if not self.changed and self._lengths() == self.lengths:
-            return []
+            return [], [], []
         self.changed = False
         self._look()
-        return [n for n, m in recorded_layers(self.model) if id(m) not in self.layers]
+        now = {id(m): n for n, m in self.model.named_modules()}
+        new = [n for n, m in recorded_layers(self.model) if id(m) not in self.layers]
+        renamed = [(old, now[k]) for k, old in self.names.items() if k in now and now[k] != old]
+        gone = [old for k, old in self.names.items() if k not in now]
+        return new, renamed, gone
 
     def remove(self) -> None:
         for h in self.handles:

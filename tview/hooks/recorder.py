@@ -237,17 +237,24 @@ class Recorder:
                           if ddp else ""), stacklevel=4)
 
     def _report_unrecorded(self):
-        """Modules that joined the model after the Recorder was made are not recorded (a shard's layers are fixed
-        when the Recorder is made): said once, on the first recorded step that finds one, then no longer watched."""
-        names = self._module_watch.unrecorded() if self._module_watch is not None else []
-        if not names:
+        """Modules that joined the model after the Recorder was made are not recorded, recorded layers renamed by a
+        module inserted or deleted before them keep their first names, and layers taken out of the model record no
+        more (a shard's layers are fixed when the Recorder is made): said once, on the first recorded step that
+        finds one, then no longer watched."""
+        new, renamed, gone = self._module_watch.changes() if self._module_watch is not None else ([], [], [])
+        if not (new or renamed or gone):
             return
         self._module_watch.remove()
         self._module_watch = None
-        warnings.warn(f"tview: the modules {', '.join(map(repr, names))} of the model at step {self._step} joined it "
-                      f"after the Recorder was made (added, swapped in, or given parameters): they are not recorded (a "
-                      f"run's layers are fixed when the Recorder is made; a swapped-out module's layer reads the old "
-                      f"one); make the Recorder after the model is complete", RuntimeWarning, stacklevel=5)
+        said = [f"the modules {', '.join(map(repr, new))} joined it after the Recorder was made (added, swapped in, "
+                f"or given parameters): they are not recorded" if new else "",
+                "layers were renamed (a module inserted or deleted before them): "
+                + ", ".join(f"{old!r} is now {now!r}" for old, now in renamed)
+                + "; they are recorded under their first names" if renamed else "",
+                f"the layers {', '.join(map(repr, gone))} left it: their rows stop" if gone else ""]
+        warnings.warn(f"tview: the model changed at step {self._step}: " + "; ".join(t for t in said if t)
+                      + " (a run's layers are fixed when the Recorder is made; a swapped-out module's layer reads the "
+                      "old one); make the Recorder after the model is complete", RuntimeWarning, stacklevel=5)
 
     def _set_up_hooks(self, probe_batch, probe_layers):
         self.probe = None
