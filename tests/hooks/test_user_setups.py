@@ -601,11 +601,9 @@ def test_a_shared_module_and_clipped_gradients(tmp_path):
     assert max(grads) < 0.1
 
 
-@pytest.mark.parametrize("how", ["attribute", "append"])
-def test_a_module_added_after_the_recorder_was_made_is_said_once(tmp_path, how):
-    """A head attached after Recorder(...) (model.head = ..., or appended to the Sequential) trains unrecorded: the
-    shard's layers are fixed when the Recorder is made. It was unsaid; now the first recorded step that finds it names
-    it, once, and the layers found at the start are recorded as before."""
+def train_changing_at_step_2(tmp_path, change, last_layer):
+    """small_net recorded every step for 4 steps, `change(model)` before step 2: (what tview said, the gradient norms
+    of `last_layer(model)` by plain torch, the warnings caught)."""
     model, (x, y) = small_net(), data()
     grads = []
     with warnings.catch_warnings(record=True) as caught:
@@ -613,16 +611,27 @@ def test_a_module_added_after_the_recorder_was_made_is_said_once(tmp_path, how):
         with tview.Recorder(model, str(tmp_path / "r"), every=1) as rec:
             for step in range(4):
                 if step == 2:
-                    head = nn.Sequential(nn.ReLU(), nn.Linear(10, 10))
-                    if how == "attribute":
-                        model.head = head
-                    else:
-                        model.append(head)
+                    change(model)
                 model.zero_grad()
                 F.cross_entropy(model(x), y).backward()
-                grads.append(grad_norm(model[4]))
+                grads.append(grad_norm(last_layer(model)))
                 rec.step()
-    said = [str(w.message) for w in caught if "tview" in str(w.message)]
+    return [str(w.message) for w in caught if "tview" in str(w.message)], grads, caught
+
+
+@pytest.mark.parametrize("how", ["attribute", "append"])
+def test_a_module_added_after_the_recorder_was_made_is_said_once(tmp_path, how):
+    """A head attached after Recorder(...) (model.head = ..., or appended to the Sequential) trains unrecorded: the
+    shard's layers are fixed when the Recorder is made. It was unsaid; now the first recorded step that finds it names
+    it, once, and the layers found at the start are recorded as before."""
+    def add_head(model):
+        head = nn.Sequential(nn.ReLU(), nn.Linear(10, 10))
+        if how == "attribute":
+            model.head = head
+        else:
+            model.append(head)
+
+    said, grads, caught = train_changing_at_step_2(tmp_path, add_head, lambda model: model[4])
     name = "head" if how == "attribute" else "5"
     assert len(said) == 1 and f"'{name}.0', '{name}.1'" in said[0] and "step 2" in said[0], said
     assert all(w.filename == __file__ for w in caught), [w.filename for w in caught]  # the user's line
@@ -637,19 +646,10 @@ def test_layers_renamed_or_taken_out_after_the_recorder_was_made_are_said_once(t
     the BatchNorm, taken out: '2' becomes '1', '4' becomes '3'). It was unsaid: the run went on under the first
     names. Now the first recorded step after says which layer is now named what, and which left; the Linear is
     still recorded under '4', its gradient norm plain torch's."""
-    model, (x, y) = small_net(), data()
-    grads = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        with tview.Recorder(model, str(tmp_path / "r"), every=1) as rec:
-            for step in range(4):
-                if step == 2:
-                    model.insert(3, nn.Identity()) if how == "insert" else model.__delitem__(1)
-                model.zero_grad()
-                F.cross_entropy(model(x), y).backward()
-                grads.append(grad_norm(model[-1]))
-                rec.step()
-    said = [str(w.message) for w in caught if "tview" in str(w.message)]
+    def change(model):
+        model.insert(3, nn.Identity()) if how == "insert" else model.__delitem__(1)
+
+    said, grads, _ = train_changing_at_step_2(tmp_path, change, lambda model: model[-1])
     assert len(said) == 1 and "step 2" in said[0], said
     if how == "insert":
         assert "'4' is now '5'" in said[0] and "'0'" not in said[0].split("renamed")[1], said[0]
