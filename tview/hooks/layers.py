@@ -124,8 +124,8 @@ class ModuleWatch:
             register_module_parameter_registration_hook,
         )
         self.model = model
-        self.layers = {id(m): m for _, m in layers}  # the recorded layers (held: their ids stay theirs)
-        self.names = {id(m): name for name, m in layers}  # their names when the Recorder was made
+        # the recorded layers and their names when the Recorder was made (held: their ids stay theirs)
+        self.layers = {id(m): (name, m) for name, m in layers}
         self.changed = False
         self._look()
         ref = weakref.ref(self)  # the global hooks outlive a Recorder never closed: they do not keep it
@@ -156,8 +156,8 @@ class ModuleWatch:
         self._look()
         now = {id(m): n for n, m in self.model.named_modules()}
         new = [n for n, m in recorded_layers(self.model) if id(m) not in self.layers]
-        renamed = [(old, now[k]) for k, old in self.names.items() if k in now and now[k] != old]
-        gone = [old for k, old in self.names.items() if k not in now]
+        renamed = [(old, now[k]) for k, (old, _) in self.layers.items() if k in now and now[k] != old]
+        gone = [old for k, (old, _) in self.layers.items() if k not in now]
         return new, renamed, gone
 
     def remove(self) -> None:

@@ -365,6 +365,22 @@ class ParamContext:
     def _nans(self) -> torch.Tensor:
         return torch.full((BLOCK,), float("nan"), dtype=torch.float32, device=self.device)
 
+    def take_update(self, weights: list[torch.Tensor]) -> bool:
+        """Where the copy holds the weights last gathered: it takes W_before - W (True); else False."""
+        if not (self.gathered and self.copy_state == "weights"):
+            return False
+        torch._foreach_sub_(self.copy_views, weights)
+        self.copy_state = "update"
+        return True
+
+    def gather(self, weights: list[torch.Tensor]) -> torch.Tensor:
+        """The copy takes `weights` (gathered); returns their float64 block sums (copy_sums64's), taken while the
+        copy is still scratch where that is wide_sums' way."""
+        sums64 = self.weight_sums64(weights) if self.wide_sums() else None
+        self.put_weights(weights)
+        self.gathered = True
+        return sums64 if sums64 is not None else self.copy_sums64()
+
     def put_weights(self, weights: list[torch.Tensor]) -> None:
         """The kept copy := `weights`, padding zero (in the same op)."""
         gaps, zeros = self.copy_padding_views
@@ -663,10 +679,7 @@ class ParamStep:
             with torch.no_grad():
                 return self._pass_blockwise(weights, grads, have)
         with torch.no_grad():
-            update = weights and ctx.gathered and ctx.copy_state == "weights"
-            if update:
-                torch._foreach_sub_(ctx.copy_views, w)
-                ctx.copy_state = "update"
+            update = weights and ctx.take_update(w)
             tensors = (ctx.copy_views if update else []) + (w if weights else []) + [g[i] for i in have]
             sums = one_tensor(torch._foreach_powsum(tensors, 2, dtype=torch.float32)) if tensors else []
             if ctx.is_sharded and len(sums):  # FSDP2: the whole tensors' squares, in one all-reduce
@@ -675,10 +688,7 @@ class ParamStep:
             if grads:
                 out["grads"] = self._grad_pass(sums[k + (n if weights else 0):], have)
             if weights:
-                sums64 = ctx.weight_sums64(w) if ctx.wide_sums() else None  # while the copy is scratch
-                ctx.put_weights(w)
-                ctx.gathered = True
-                sums64 = sums64 if sums64 is not None else ctx.copy_sums64()
+                sums64 = ctx.gather(w)
                 out["weights"] = {"sq": ctx.per_tensor(sums[k:k + n], range(n)), "sum": sums64}
                 if update:
                     out["weights"]["dsq"] = ctx.per_tensor(sums[:n], range(n))
@@ -690,10 +700,8 @@ class ParamStep:
         block norms and float64 block sums. Each statistic one reduction over the buffer, whatever the tensor
         count; the host sums the blocks per tensor."""
         ctx, w, out = self.ctx, self.weights, {}
-        update = weights and ctx.gathered and ctx.copy_state == "weights"
+        update = weights and ctx.take_update(w)
         if update:
-            torch._foreach_sub_(ctx.copy_views, w)
-            ctx.copy_state = "update"
             dsq = ctx.block_norms("sq")
         if grads and have:
             sums = ctx.grad_sums(self.grads)  # the gradients loaded into the copy: the norms read them there
@@ -701,11 +709,8 @@ class ParamStep:
         elif grads:
             out["grads"] = self._grad_pass([], [])
         if weights:
-            sums64 = ctx.weight_sums64(w) if ctx.wide_sums() else None  # while the copy is scratch
-            ctx.put_weights(w)
-            ctx.gathered = True
-            out["weights"] = {"sq": ctx.block_norms("sq"),
-                              "sum": sums64 if sums64 is not None else ctx.copy_sums64()}
+            sums64 = ctx.gather(w)
+            out["weights"] = {"sq": ctx.block_norms("sq"), "sum": sums64}
             if update:
                 out["weights"]["dsq"] = dsq
         return out

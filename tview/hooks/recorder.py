@@ -51,7 +51,16 @@ from tview.hooks.rows import RowBuilder
 from tview.hooks.scalars import ScalarNames, host_rss_bytes, scalar_value
 from tview.hooks.schedules import Preset, as_schedule, get_preset
 from tview.hooks.snapshots import ProbeBatch, is_sharded, kept_filters, snapshot
-from tview.hooks.timing import LocalGrads, StepClock, as_optimizers, ddp_reduced, lr_names, lr_names_of, to_device
+from tview.hooks.timing import (
+    LocalGrads,
+    StepClock,
+    as_optimizers,
+    ddp_reduced,
+    lr_names,
+    lr_names_of,
+    to_device,
+    unreduced_grads,
+)
 from tview.hooks.transfer import HostTransfer, Lease
 from tview.store import schema
 from tview.store.background import BackgroundWriter
@@ -348,8 +357,7 @@ class Recorder:
         """Under DDP, the gradients (.grad) of the parameters outside its buckets: this rank's own."""
         if self._ddp_reduced is None:
             return {}
-        return {k: p.grad.detach().clone() for k, p in enumerate(self.pctx.params)
-                if id(p) not in self._ddp_reduced and p.grad is not None}
+        return {k: g.detach().clone() for k, g in unreduced_grads(self.pctx.params, self._ddp_reduced)}
 
     def _set_up_forward_wait(self):
         """Under DDP, the time from entering the DDP wrapper to entering the model inside it: the wait in DDP's

@@ -132,6 +132,12 @@ def _bucket_views(bucket, params: list[torch.Tensor]) -> list[torch.Tensor]:
     return list(torch.split(buf, sizes))
 
 
+def unreduced_grads(params: list[torch.Tensor], reduced: dict[int, torch.Tensor]) -> list[tuple[int, torch.Tensor]]:
+    """(position, .grad) of the parameters outside DDP's buckets (`reduced`: ddp_reduced's) that have a gradient:
+    this rank's own, never all-reduced."""
+    return [(k, p.grad) for k, p in enumerate(params) if id(p) not in reduced and p.grad is not None]
+
+
 def ddp_reduced(ddp: torch.nn.parallel.DistributedDataParallel) -> dict[int, torch.Tensor]:
     """id -> parameter of the model's parameters now, taken as those DDP all-reduces (it reduces those it was made
     with; one replaced later never reaches it); held, so that their ids stay theirs."""
@@ -157,10 +163,10 @@ class LocalGrads:
         """The recorded parameters are now these (some replaced mid-run): positions by the new ones (a replaced
         one, still in DDP's bucket, is no longer read: its stale gradient); a new one never reaches a bucket (DDP
         reduces those it was made with), its .grad is this rank's own, read in take()."""
+        self.params = params
         self.index = {id(p): k for k, p in enumerate(params)}
         self.n = len(params)
         self._ids_cache: dict[tuple, torch.Tensor] = {}
-        self.unreduced = [(k, p) for k, p in enumerate(params) if id(p) not in self._reduced]
 
     def _hook(self, state, bucket):
         from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
@@ -187,7 +193,7 @@ class LocalGrads:
 
     def _unreduced_parts(self) -> list[tuple[list[int], torch.Tensor]]:
         """(positions, squared norms) of the gradients of parameters outside DDP's buckets (replaced mid-run)."""
-        have = [(k, p.grad) for k, p in self.unreduced if p.grad is not None]
+        have = unreduced_grads(self.params, self._reduced)
         if not have:
             return []
         norms = torch._foreach_norm([g.detach() for _, g in have], 2, dtype=torch.float32)

@@ -291,20 +291,18 @@ class ShardWriter:
 
     def _trailing_skips(self) -> tuple[int, int]:
         """(records the shard ends with that the optimizer skipped, the first one's step): a run of skips that a
-        resume interrupted goes on counting (read back from the last SKIPPED_RUN records' scalars)."""
+        resume interrupted goes on counting. The last SKIPPED_RUN records' scalars are read back and counted by
+        _skipped_run, the rule the records written since follow."""
+        self._skips, self._skip_start = 0, -1
         table = self.file[schema.TABLE_SCALARS]
-        skipped, loss = self.scalar_columns.get("optimizer_skipped"), self.scalar_columns.get("loss")
         n = int(table["step"].shape[0])
-        if skipped is None or n == 0:
-            return 0, -1
         lo = max(n - schema.SKIPPED_RUN, 0)
+        names = [(name, col) for name, col in self.scalar_columns.items() if name in ("optimizer_skipped", "loss")]
         values, measured, steps = table["values"][lo:n], table["measured"][lo:n], table["step"][lo:n]
-        run = 0
-        for row, seen in zip(values[::-1], measured[::-1]):
-            if row[skipped] != 1 or (loss is not None and seen[loss] and not np.isfinite(row[loss])):
-                break  # not skipped, or a NaN loss (a fault whatever the scaler did: see _skipped_run)
-            run += 1
-        return (run, int(steps[len(steps) - run])) if run else (0, -1)
+        for row, seen, step in zip(values, measured, steps):
+            self._skipped_run(StepRecord(step=int(step), wall_time=0.0,
+                                         scalars={name: float(row[col]) for name, col in names if seen[col]}))
+        return self._skips, self._skip_start
 
     def _skipped_run(self, r: StepRecord) -> int | None:
         """The first step of the run of consecutive skipped records this one belongs to (optimizer_skipped == 1, the
