@@ -522,3 +522,31 @@ def test_one_tensor_keeps_consecutive_results_as_one_view_and_stacks_the_others(
     assert torch.equal(one_tensor(gappy), buf[[0, 2, 3]])
     norms = torch._foreach_norm([torch.ones(3), torch.full((2, 2), 2.0)], 2)
     assert torch.allclose(one_tensor(norms), torch.tensor([3 ** 0.5, 4.0]))
+
+
+def test_device_transfer_moves_every_dtype_in_one_cat_bit_for_bit(monkeypatch):
+    """The device path's transfer (forced on the CPU): float64, float32, int64, bool, bfloat16, strided and list values
+    reach the host in one cat of words (no cat per dtype, no promoting cat) and each arrives with its exact bits."""
+    from tview.hooks import probes
+    from tview.hooks.opcount import OpCounter
+    monkeypatch.setattr(probes, "FORCE_DEVICE_PATH", True)
+    rng = np.random.default_rng(0)
+    raw64 = rng.integers(0, 2 ** 63, 999, dtype=np.int64)  # every bit pattern, NaN payloads among them
+    values = {"f64": torch.from_numpy(raw64.view(np.float64).copy()), "f32": torch.randn(5),
+              "i64": torch.arange(9)[::3], "flags": torch.tensor([True, False, True]),
+              "bf16": torch.tensor([1.5, -2.25], dtype=torch.bfloat16), "list": [torch.tensor(1.0), None, torch.tensor(2.5)],
+              "nonfinite": torch.tensor([float("nan"), float("inf"), -0.0])}
+    d = dict(values)
+    with OpCounter() as ops:
+        transfer = HostTransfer([d])
+    # one cat of words; the bfloat16 values cast as copied; the buffer's copy to the host; the strided int64 made
+    # contiguous (its words are narrower than its values)
+    assert ops.by_name == {"cat": 1, "copy_": 2, "clone": 1}, ops.by_name
+    transfer.finish()
+    assert np.array_equal(d["f64"].view(np.int64), raw64)  # a float64 arrives as float64: its bits exact
+    np.testing.assert_array_equal(d["f32"], values["f32"].double().numpy())
+    np.testing.assert_array_equal(d["i64"], [0, 3, 6])
+    np.testing.assert_array_equal(d["flags"], [1, 0, 1])
+    np.testing.assert_array_equal(d["bf16"], [1.5, -2.25])
+    np.testing.assert_array_equal(d["list"], [1.0, 0.0, 2.5])
+    assert np.isnan(d["nonfinite"][0]) and d["nonfinite"][1] == np.inf and np.signbit(d["nonfinite"][2])

@@ -73,6 +73,14 @@ class PerBlock:
         self.tensor, self.reduce = tensor, reduce
 
 
+def _words(t: torch.Tensor, word: torch.dtype) -> torch.Tensor:
+    """A 1-D tensor's bits as words of dtype `word`: itself, or a view (a strided tensor of wider values copied
+    first). A copy moves bits as they are, floats' too."""
+    if t.dtype == word:
+        return t
+    return (t if t.element_size() == word.itemsize or t.is_contiguous() else t.contiguous()).view(word)
+
+
 def _moves(v) -> bool:
     """A value the transfer moves: a tensor, or a list of 0-d tensors (None: 0), gathered without a stack op (a
     list's first value that is not None says what it holds: a list of numbers stays)."""
@@ -144,42 +152,41 @@ class HostTransfer:
 
     @staticmethod
     def _copy(values: list) -> tuple[torch.Tensor, list]:
-        """Every value in its own dtype (bfloat16, which numpy lacks: float32), one cat per dtype into its span of one
-        byte buffer (a cat that promotes dtypes copies input by input on a GPU: a kernel each), and one non-blocking
-        copy of the buffer into pinned memory. Returns (the host bytes, per value (its shape, or for a list its
-        length and where its None are; its dtype; its byte offset))."""
+        """Every value in its own dtype (bfloat16, which numpy lacks: float32) in one byte buffer, by one cat: the
+        values, widest dtype first (each stays aligned), viewed as words of the narrowest one's dtype (a cat that
+        promotes dtypes copies input by input on a GPU: a kernel each; a copy moves bits as they are); bfloat16
+        values by a cat in their dtype, cast as copied. Then one non-blocking copy of the buffer into pinned
+        memory. Returns (the host bytes, per value (its shape, or for a list its length and where its None are;
+        its dtype; its byte offset))."""
         values = [v.tensor if isinstance(v, PerBlock) else v for v in values]
         pieces = [[t.reshape(-1) for t in (v if isinstance(v, list) else [v]) if t is not None] for v in values]
-        groups: dict = {}
-        for k, ps in enumerate(pieces):
-            groups.setdefault(_host_dtype(ps[0].dtype) if ps else torch.float32, []).append(k)
-        sizes = [sum(p.numel() for p in ps) for ps in pieces]
+        dts = [_host_dtype(ps[0].dtype) if ps else torch.float32 for ps in pieces]
+        sizes = [sum(p.numel() for p in ps) * dt.itemsize for ps, dt in zip(pieces, dts)]
+        same = sorted((k for k, ps in enumerate(pieces) if ps and ps[0].dtype == dts[k]), key=lambda k: -dts[k].itemsize)
+        cast = [k for k, ps in enumerate(pieces) if ps and ps[0].dtype != dts[k]]
+        where, at = {}, 0
+        for k in same:  # widest first: each value's offset is a multiple of its width
+            where[k], at = at, at + sizes[k]
+        end = at
+        at = -(-at // 8) * 8  # the cast values' float32 span, aligned
+        for k in cast:
+            where[k], at = at, at + sizes[k]
         device = next(p for ps in pieces for p in ps).device
-        at, spans, where = 0, [], {}
-        for dt, ks in groups.items():
-            at = lo = -(-at // 8) * 8  # each dtype's span aligned
-            for k in ks:
-                where[k] = at
-                at += sizes[k] * dt.itemsize
-            spans.append((dt, ks, lo, (at - lo) // dt.itemsize))
         with torch.no_grad():
             flat = torch.empty(at, dtype=torch.uint8, device=device)
-            for dt, ks, lo, n in spans:
-                group = [p for k in ks for p in pieces[k]]
-                if not group:
-                    continue
-                span = flat[lo:lo + n * dt.itemsize].view(dt)
-                if all(p.dtype == dt for p in group):
-                    torch.cat(group, out=span) if len(group) > 1 else span.copy_(group[0])
-                else:  # bfloat16 values: one cat in their dtype, cast as copied
-                    span.copy_(group[0] if len(group) == 1 else torch.cat(group))
+            if same:
+                word = dts[same[-1]]  # the narrowest values' own dtype: those need no view
+                words = [_words(p, word) for k in same for p in pieces[k]]
+                span = flat[:end].view(word)
+                torch.cat(words, out=span) if len(words) > 1 else span.copy_(words[0])
+            if cast:
+                group = [p for k in cast for p in pieces[k]]
+                span = flat[where[cast[0]]:].view(torch.float32)
+                span.copy_(group[0] if len(group) == 1 else torch.cat(group))
         host = torch.empty(at, dtype=torch.uint8, pin_memory=device.type == "cuda")
         host.copy_(flat, non_blocking=True)
-        metas = []
-        for k, v in enumerate(values):
-            dt = _host_dtype(pieces[k][0].dtype) if pieces[k] else torch.float32
-            shape = [t is None for t in v] if isinstance(v, list) else tuple(v.shape)
-            metas.append((shape, dt, where.get(k, 0)))
+        metas = [([t is None for t in v] if isinstance(v, list) else tuple(v.shape), dts[k], where.get(k, 0))
+                 for k, v in enumerate(values)]
         return host, metas
 
     @staticmethod
