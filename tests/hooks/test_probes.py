@@ -534,7 +534,8 @@ def test_device_transfer_moves_every_dtype_in_one_cat_bit_for_bit(monkeypatch):
     raw64 = rng.integers(0, 2 ** 63, 999, dtype=np.int64)  # every bit pattern, NaN payloads among them
     values = {"f64": torch.from_numpy(raw64.view(np.float64).copy()), "f32": torch.randn(5),
               "i64": torch.arange(9)[::3], "flags": torch.tensor([True, False, True]),
-              "bf16": torch.tensor([1.5, -2.25], dtype=torch.bfloat16), "list": [torch.tensor(1.0), None, torch.tensor(2.5)],
+              "bf16": torch.tensor([1.5, -2.25], dtype=torch.bfloat16),
+              "list": [torch.tensor(1.0), None, torch.tensor(2.5)],
               "nonfinite": torch.tensor([float("nan"), float("inf"), -0.0])}
     d = dict(values)
     with OpCounter() as ops:

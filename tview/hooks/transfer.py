@@ -162,7 +162,8 @@ class HostTransfer:
         pieces = [[t.reshape(-1) for t in (v if isinstance(v, list) else [v]) if t is not None] for v in values]
         dts = [_host_dtype(ps[0].dtype) if ps else torch.float32 for ps in pieces]
         sizes = [sum(p.numel() for p in ps) * dt.itemsize for ps, dt in zip(pieces, dts)]
-        same = sorted((k for k, ps in enumerate(pieces) if ps and ps[0].dtype == dts[k]), key=lambda k: -dts[k].itemsize)
+        same = sorted((k for k, ps in enumerate(pieces) if ps and ps[0].dtype == dts[k]),
+                      key=lambda k: -dts[k].itemsize)
         cast = [k for k, ps in enumerate(pieces) if ps and ps[0].dtype != dts[k]]
         where, at = {}, 0
         for k in same:  # widest first: each value's offset is a multiple of its width
