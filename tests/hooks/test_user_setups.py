@@ -2,6 +2,7 @@
 inference between training steps, parameters replaced mid-run, two Recorders on one shard, GradScaler's skipped
 steps, channels_last, gradient accumulation, modules added after the Recorder, replaced parameters under DDP."""
 
+import time
 import warnings
 
 import numpy as np
@@ -769,3 +770,54 @@ def test_a_gan_records_generator_and_discriminator_each_in_its_own_run(tmp_path)
             rec_d.step()
     said = [str(w.message) for w in caught if "tview" in str(w.message)]
     assert len(said) == 1 and "another backward pass" in said[0], said
+
+
+class Sleeps(nn.Module):
+    """A user's layer that takes `seconds` in its forward (its own work, not tview's)."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, x):
+        time.sleep(self.seconds)
+        return x
+
+
+def test_tview_records_its_own_time_and_not_the_users(tmp_path):
+    """tview_time is the time in tview's code on the training thread (here made 30 ms longer in its end-of-forward
+    statistics), never the user's (a layer that sleeps 150 ms); tview_writer_cpu is the writer thread's CPU (made
+    20 ms longer a record)."""
+    model = nn.Sequential(small_net(), Sleeps(0.15))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rec = tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt)
+    reduce_kept, param_row = rec._reduce_kept, rec.rows.param_row
+
+    def slow_reduce(*args, **kwargs):
+        time.sleep(0.03)
+        return reduce_kept(*args, **kwargs)
+
+    def busy_param_row(*args, **kwargs):
+        end = time.thread_time() + 0.02
+        while time.thread_time() < end:
+            pass
+        return param_row(*args, **kwargs)
+
+    rec._reduce_kept, rec.rows.param_row = slow_reduce, busy_param_row
+    x, y = data()
+    cpu0 = time.process_time()
+    for _ in range(4):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        rec.step()
+    rec.close()
+    cpu = time.process_time() - cpu0
+    run = tview.open_run(str(tmp_path / "r"))
+    steps, own = run.scalar("tview_time")
+    _, step_time = run.scalar("step_time")
+    _, writer = run.scalar("tview_writer_cpu")
+    assert list(steps) == [0, 1, 2, 3]
+    assert np.all(own >= 0.03) and np.all(own < 0.15), own  # tview's 30 ms in; the user's 150 ms out
+    assert np.all(step_time[1:] > 0.15 + 0.03)
+    assert np.all(writer >= 0.02) and writer.sum() <= cpu, (writer, cpu)

@@ -14,6 +14,7 @@ import gc
 import json
 import math
 import os
+import threading
 import time
 import warnings
 import weakref
@@ -144,6 +145,7 @@ class Recorder:
             except OSError as exc:
                 raise StoreWriteError(f"tview could not write {self.run_dir}/{schema.MANIFEST_NAME}: {exc}") from None
         self._copy_lease = Lease()  # the weight copy, lent to the writer while it writes filters from it
+        self._writer_cpu_at: tuple[int, float] | None = None  # (writer thread, its CPU seconds) at the last record
         self._writer = BackgroundWriter(self.shard_path, self._finalize, resume=(mode == "resume"),
                                         queue_size=queue_size, batch_seconds=float(flush_seconds),
                                         done=self._written)
@@ -152,6 +154,7 @@ class Recorder:
         self._closed = False
         self._failed_at: int | None = None
         self._t_prev = time.perf_counter()
+        self._own = 0.0  # seconds in tview's code on the training thread since the last record was queued
         self._schedule()
         _WRITING[os.path.realpath(self.shard_path)] = self
         atexit.register(_close_at_exit, weakref.ref(self))
@@ -485,10 +488,12 @@ class Recorder:
             if not output.numel():  # an empty batch: nothing measured (its statistics would read 0, or 0/0)
                 self._forward_seen.add(index)  # (the hooks ran: not silent)
                 return
+            t0 = time.perf_counter()
             try:
                 self._keep(index, output, probes)
             except Exception as exc:  # tview's failure never stops training: said once, then off
                 self._activations_failed(exc)
+            self._own += time.perf_counter() - t0
         return Hook(hook)  # a copy of the model (deepcopy, pickle) holds a hook that does nothing
 
     def _main_output(self, index: int, output) -> torch.Tensor | None:
@@ -565,11 +570,13 @@ class Recorder:
             return
         self._open = None
         if self._kept or self._host_batch is not None:
+            t0 = time.perf_counter()
             self._forward_hooks.eager_seen = True
             try:
                 self._reduce_kept(output)
             except Exception as exc:
                 self._activations_failed(exc)
+            self._own += time.perf_counter() - t0
 
     def _reduce_kept(self, model_output=None):
         """The batched probes over every output kept in this forward pass, in one batch. An output that a
@@ -678,6 +685,7 @@ class Recorder:
             self._forward_wait = 0.0
             self._step += 1
             self._t_prev = now
+            self._own += time.perf_counter() - now  # (_record took its share up to the record: see _own_time)
             self._schedule()
 
     def _fail(self):
@@ -755,6 +763,7 @@ class Recorder:
         except Exception as exc:  # tview's own failure: said once, the step goes unrecorded, training goes on
             self._report("this step", exc)
             return
+        host_scalars["tview_time"] = self._own_time(now)
         item = {"step": self._step, "wall_time": time.time(), "scalars": host_scalars,
                 "device_scalars": device_scalars, "param": param, "act": pending, "act_batches": batches,
                 "snapshot": snap, "kept": kept[1] if kept else {}, "transfer": transfer}
@@ -764,6 +773,17 @@ class Recorder:
         if not self._writer.put(self._layout, item, urgent=transfer.borrows):
             self._written(item)
         self._recorded += 1
+
+    def _own_time(self, now: float) -> float:
+        """tview_time: seconds in tview's code on the training thread since the last record (its hooks, the end of
+        the forward pass, DDP's communication hook, step()), up to now; step(), entered at `now`, counts the rest of
+        itself toward the next record."""
+        t = time.perf_counter()
+        own = self._own + (t - now)
+        if self.local_grads is not None:
+            own, self.local_grads.own = own + self.local_grads.own, 0.0
+        self._own = now - t  # step()'s end adds its whole time: the part after this one is left
+        return own
 
     def _hooks_silent(self):
         """A training step ran (gradients exist) but no forward hook fired: compiled code traced before tview's
@@ -901,7 +921,16 @@ class Recorder:
         as32 = {k: v.astype(np.float32, copy=False) for k, v in snap.items()}  # float32 already: no copy
         rec.filters = {k.split("/", 1)[1]: v for k, v in as32.items() if k.startswith("filters/")}
         rec.feature_maps = {k.split("/", 1)[1]: v for k, v in as32.items() if k.startswith("feature_maps/")}
+        rec.scalars["tview_writer_cpu"] = self._writer_cpu()
         return rec
+
+    def _writer_cpu(self) -> float:
+        """tview_writer_cpu (on the writer thread): its CPU seconds since the last record's finalize ended (this
+        record's finalize, and the writes and flushes between)."""
+        thread, now = threading.get_ident(), time.thread_time()
+        last = self._writer_cpu_at[1] if self._writer_cpu_at and self._writer_cpu_at[0] == thread else 0.0
+        self._writer_cpu_at = (thread, now)
+        return now - last
 
     def _activation_rows(self, item: dict, rec: StepRecord) -> None:
         """The activation probes' rows: where one batch holds the step's outputs, a probe with finalize_outputs

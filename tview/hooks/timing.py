@@ -154,6 +154,7 @@ class LocalGrads:
         self.active = False
         self.parts: list[tuple[list[int], torch.Tensor]] = []
         self.t_last: float | None = None
+        self.own = 0.0  # seconds in the hook's norms since the Recorder last took them (its tview_time)
         self._reduced = ddp_reduced(ddp)
         self.follow(params)
         ddp.register_comm_hook(state=None, hook=self._hook)
@@ -178,6 +179,7 @@ class LocalGrads:
             norms = torch._foreach_norm(grads, 2, dtype=torch.float32) if grads else []
             if norms:
                 self.parts.append((ids, one_tensor(norms).square()))
+            self.own += time.perf_counter() - self.t_last
         return allreduce_hook(self._group, bucket)
 
     def take(self) -> torch.Tensor | None:
