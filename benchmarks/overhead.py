@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -107,11 +108,12 @@ FULL = {"full, every step": recorder(every=1, preset="full")}
 
 
 def measure(model_name: str, steps: int, batch: int, configs=CONFIGS, seed: int = 0,
-             flush_every: int | None = None, warmup: int = 3) -> dict[str, list[float]]:
+             flush_every: int | None = None, warmup: int = 3, reported: dict | None = None) -> dict[str, list[float]]:
     """Per configuration, the wall time of each of its `steps` timed steps (a flush included in
     every `flush_every`-th), the configurations taking turns step by step (see the module text).
     By default a tool is flushed as often as tview's writer flushes by itself: every
-    `flush_seconds` (1 s) of plain training, in steps, from the warm-up."""
+    `flush_seconds` (1 s) of plain training, in steps, from the warm-up. `reported`: filled with what each
+    tview configuration said it cost (self_reported)."""
     base, x, y = make(model_name, batch)
     times = {name: [] for name in configs}
     rng = random.Random(seed)
@@ -135,7 +137,16 @@ def measure(model_name: str, steps: int, batch: int, configs=CONFIGS, seed: int 
         for name, t in trainers.items():
             if t.close():
                 print(f"  note: {name}: {t.rec.dropped} recorded steps dropped by the writer", file=sys.stderr)
+            if reported is not None and isinstance(t.rec, tview.Recorder):
+                reported[name] = self_reported(t.rec.run_dir)
     return times
+
+
+def self_reported(run_dir: str) -> tuple[float, float]:
+    """(seconds tview said it spent on the training thread, CPU seconds its writer said it used): the sums of the
+    run's tview_time and tview_writer_cpu (the warm-up's records included)."""
+    run = tview.open_run(run_dir)
+    return tuple(float(np.nansum(run.scalar(name)[1])) for name in ("tview_time", "tview_writer_cpu"))
 
 
 def ratios(times: dict[str, list[float]]) -> dict[str, float]:
@@ -201,18 +212,23 @@ def main(argv=None):
     global DEVICE, COMPILE
     DEVICE, COMPILE = a.device, a.compile
     torch._dynamo.config.cache_size_limit = 64  # one compiled model per configuration, each traced 2-3 times
+    reported: dict = {}
     times = measure(a.model, a.steps, a.batch, configs={**CONFIGS, **FULL} if a.full else CONFIGS,
-                    flush_every=a.flush_every)
+                    flush_every=a.flush_every, reported=reported)
     where = torch.cuda.get_device_name() if DEVICE != "cpu" else f"cpu, threads={torch.get_num_threads()}"
     print(f"model={a.model} batch={a.batch} steps={a.steps} device={where} compile={COMPILE}")
     print(f"plain mean step: {statistics.mean(times['plain']) * 1e3:.1f} ms")
     targets = {"default, every step": 1.05, "default, every 10th step": 1.01}
     errors, medians = spread(times), median_step_ratios(times)
-    print(f"{'':28s} {'total time':>16s}  {'median step':>11s}")
+    plain = sum(times["plain"])
+    print(f"{'':28s} {'total time':>16s}  {'median step':>11s}  {'tview says':>10s} {'writer CPU':>10s}")
     for name, r in ratios(times).items():
         t = targets.get(name)
         verdict = "" if t is None else (f"  target <= {t:.2f}x: " + ("met" if r <= t else "MISSED"))
-        print(f"{name:28s} {r:6.3f}x +- {errors[name]:.3f}  {medians[name]:10.3f}x{verdict}")
+        said = "".join(f" {v / plain:+10.3f}" for v in reported[name]) if name in reported else " " * 22
+        print(f"{name:28s} {r:6.3f}x +- {errors[name]:.3f}  {medians[name]:10.3f}x {said}{verdict}")
+    print("tview says: its tview_time and its writer's tview_writer_cpu summed over the run, as shares of plain "
+          "training's time")
     if a.short_runs:
         r, e = short_runs(a.model, a.batch, a.short_steps, a.short_runs)
         print(f"{'default every step, ' + str(a.short_steps) + ' steps + close()':28s} {r:6.3f}x +- {e:.3f}")
