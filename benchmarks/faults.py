@@ -10,9 +10,10 @@ changes to the training: forward hooks that put a NaN or Inf in a module's outpu
 functions that scale a module's output gradient (NaN, x1e4, x1e-6, one channel x0), a bias that kills channels, a
 BatchNorm bias that kills a whole ReLU layer mid-training, a learning rate multiplied, a layer frozen (requires_grad
 off from the start, or its param group's lr set to 0), a sleep on one rank (before the forward, inside it, or after
-the optimizer step) or 30 ms of busy work on its CPU inside the forward, a SIGKILL of one rank, random labels on one
-rank, a weight nudged on one rank after the optimizer step. One clean run shares rank 1's CPU with a busy process
-(the ranks pinned one per CPU): the others wait for rank 1, but the host made it slow, not the training.
+the optimizer step) or 30 ms of busy work on its CPU inside the forward, tview's own end-of-forward statistics made
+30 ms slower on one rank (the finding must say tview makes it slow, and only there), a SIGKILL of one rank, random
+labels on one rank, a weight nudged on one rank after the optimizer step. One clean run shares rank 1's CPU with a
+busy process (the ranks pinned one per CPU): the others wait for rank 1, but the host made it slow, not the training.
 The Recorder measures each rank's busy_time (to its last local gradient), wait_time (from there to the start of
 optimizer.step(): its wait for the others), after_step_time (from the end of optimizer.step() to rec.step()) and
 cpu_wait_time (its wait for a CPU). The killed rank calls rec.flush() just before its SIGKILL so the expected step is
@@ -119,6 +120,8 @@ SCENARIOS = [
              expected=("slow_rank", 3, None), extra={"sleep": 0.06}),
     Scenario("straggler-compute-rank0", steps=120, fault=_f("spin_forward", 70, 0, "conv2"),  # CPU-bound, no sleep
              expected=("slow_rank", 0, None)),
+    Scenario("straggler-tview-rank1", steps=120, fault=_f("slow_tview", 70, 1),  # tview's own statistics slow there
+             expected=("slow_rank", 1, None)),
     Scenario("killed", fault=_f("kill", 120, 1), expected=("rank_stopped", 1, None)),
     Scenario("label-noise", ranks=3, fault=_f("bad_labels", 100, 2), expected=("rank_diverges", 2, None)),
     Scenario("label-noise-rank0", model="plain", steps=130, fault=_f("bad_labels", 80, 0),
@@ -231,6 +234,13 @@ class Injector:
                                                            else slice(None)] = -1e3 if how == "kill_channel" else -50
         elif how == "sleep_data" and self.active():
             time.sleep(self.extra.get("sleep", 0.03))
+        elif how == "slow_tview" and self.active(once=True):  # tview itself slow on this rank from here on
+            reduce_kept = rec._reduce_kept
+
+            def slow_reduce_kept(*args, **kwargs):
+                time.sleep(self.extra.get("sleep", 0.03))
+                return reduce_kept(*args, **kwargs)
+            rec._reduce_kept = slow_reduce_kept
         elif how == "kill" and self.active(once=True):
             rec.flush()
             os.kill(os.getpid(), signal.SIGKILL)
@@ -410,6 +420,8 @@ def correct(sc: Scenario, findings) -> bool:
     if not findings:
         return False
     f = findings[0]
+    if f.kind == "slow_rank" and (f.stat == "tview_time") != (sc.fault.how == "slow_tview"):
+        return False  # tview blamed for a slow rank it did not make slow, or not blamed where it did
     return ((f.kind, f.rank, f.layer) == tuple(sc.expected) and f.step is not None
             and abs(f.step - expected_step(sc)) <= 1)
 

@@ -21,7 +21,8 @@ KINDS = declare({
     "slow_rank": ("warning", "time",
                   "the rank the others wait for: its own time per step (step time less its wait for the others in "
                   "the all-reduce, else its busy time, else its step time; less its wait for a CPU) stays above the "
-                  "other ranks' from some step on, step after step"),
+                  "other ranks' from some step on, step after step (where tview's own time there explains it, the "
+                  "finding says so)"),
     "rank_lags": ("warning", "time", "a rank's last recorded step is well behind the furthest rank's"),
 })
 
@@ -37,6 +38,7 @@ LAG_FRACTION = 0.05       # a rank whose last step is behind the furthest by mor
 WINDOW = 19               # records after an onset that must hold the level (and so must all records to the end)
 DIVERGE_STAY = 0.1        # a diverging rank stays so over at least the last tenth of the records
 SLOW_STAY = 0.15          # a slow rank stays slow over at least the last 15% of the records
+TVIEW_SHARE = 0.5         # a slow rank's tview_time above the other ranks' by this share of its lead: tview is why
 
 
 def _outlier_onsets(flags: np.ndarray, level: np.ndarray, share: float, stay: float,
@@ -189,15 +191,37 @@ def check_time(run, max_points=None, rank_summaries: dict | None = None, before:
     step = median_step_time(run, steps, max_points, rank_summaries)
     waited = waited_share(t, host, step)
     found, others = [], _others(t)
+    tview_cost = _tview_cost(run, steps, ranks, max_points, rank_summaries)
     for k, start in waited_for(waited, step).items():
         mine = float(detect.nanmedian(t[k, start:]))
         rest = others(k, start)
         share = float(detect.nanmedian(waited[k, start:]))
         cpu = "" if host is None else ", beyond its wait for a CPU"
+        ours = tview_cost(k, start, mine - rest)
         found.append(make("slow_rank", f"rank {ranks[k]}: own time ({name}) {mine * 1e3:.1f} ms per step from step "
                           f"{steps[start]} on, the other ranks' {rest * 1e3:.1f} ms: the others wait for it "
-                          f"{share:.0%} of their step{cpu}", rank=ranks[k], step=int(steps[start]), stat=stat))
+                          f"{share:.0%} of their step{cpu}{ours}", rank=ranks[k], step=int(steps[start]),
+                          stat="tview_time" if ours else stat))
     return found
+
+
+def _tview_cost(run, steps: np.ndarray, ranks: list, max_points=None, rank_summaries: dict | None = None):
+    """cost(k, start, lead): where tview's own time on rank k (tview_time, on the recorded steps from column start)
+    is at least TVIEW_SHARE of its lead over the other ranks' own time, a sentence that says tview makes it slow;
+    else (or where tview_time is not recorded) ''."""
+    got = aligned_scalar(run, "tview_time", max_points, rank_summaries)
+    if got is None or got[1] != ranks:
+        return lambda k, start, lead: ""
+    own = np.stack([on_steps(steps, (got[0], row)) for row in got[2]])
+    others = _others(own)
+
+    def cost(k: int, start: int, lead: float) -> str:
+        mine, rest = float(detect.nanmedian(own[k, start:])), others(k, start)
+        if not (np.isfinite(mine) and np.isfinite(rest)) or mine - rest < TVIEW_SHARE * lead:
+            return ""
+        return (f"; tview's own time (tview_time) on it is {mine * 1e3:.1f} ms a recorded step, the other ranks' "
+                f"{rest * 1e3:.1f} ms: tview makes it slow (record less often, or a lighter preset)")
+    return cost
 
 
 def median_step_time(run, steps: np.ndarray, max_points=None, rank_summaries: dict | None = None) -> np.ndarray:
