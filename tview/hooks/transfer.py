@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 
 import numpy as np
 import torch
 
 from tview.hooks.probes import host_shortcuts
+
+POLL_SECONDS = 2e-4  # between polls of a copy's event on the writer thread
 
 
 def cpu_to_numpy(t: torch.Tensor, native: bool) -> np.ndarray:
@@ -203,9 +206,12 @@ class HostTransfer:
         return host, {k: host.as_strided(v.shape, v.stride(), offsets[k] - lo) for k, v in views.items()}
 
     def finish(self) -> None:
-        """Wait for the copy (writer thread), then put the numpy values in place."""
+        """Wait for the copy (writer thread), then put the numpy values in place. The wait polls the event and sleeps
+        between polls: CUDA's own synchronize spins a CPU core the training job's data loaders may want (the copy is
+        nearly always done: the writer gathers a second of records first)."""
         if self.event is not None:
-            self.event.synchronize()
+            while not self.event.query():
+                time.sleep(POLL_SECONDS)
             self.event = None
         if self.span is not None:
             _, host_views, views = self.span
