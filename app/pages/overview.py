@@ -33,12 +33,15 @@ def _seconds(s):
 
 
 def _worst_table(rows: list[dict], focus: int | None) -> html.Table:
-    head = ("rank", "state", "steps", "last step", "wall time", "median step (ms)", "first NaN", "dropped", "problem")
+    head = ("rank", "state", "steps", "last step", "wall time", "median step (ms)", "tview's share", "first NaN",
+            "dropped", "problem")
     body = [html.Tr([html.Td(rank_button(r["rank"])),
                      html.Td(r["state"], className=f"state-{r['state'].replace(' ', '-')}"),
                      html.Td(r["steps"]), html.Td("-" if r["last_step"] is None else r["last_step"]),
                      html.Td(_seconds(r["wall_seconds"])),
                      html.Td("-" if r["step_time"] is None else f"{r['step_time'] * 1e3:.1f}"),
+                     html.Td("-" if r.get("tview_share") is None else f"{r['tview_share']:.1%}",
+                             title="tview's time on the training thread over the time of the steps (tview_time)"),
                      html.Td("-" if r["first_nan"] is None else r["first_nan"]), html.Td(r["dropped"]),
                      html.Td(r["problem"] or "")], className="tv-focused" if r["rank"] == focus else None)
             for r in rows]

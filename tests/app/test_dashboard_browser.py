@@ -66,6 +66,8 @@ def test_every_page_loads_and_every_figure_has_data(server, page, tmp_path):
     text = card.inner_text()
     assert "2 of 2 rank(s) readable" in text and "LeNet5" in text
     assert text.count("closed") >= 2
+    # what tview cost each rank (its tview_time over the steps' time), a percentage per rank
+    assert "tview's share" in text and len(re.findall(r"\b\d+\.\d%", text)) == 2, text
     # Health has one source, tview.diagnose, in the run's own card (one card per run): the card's one health list
     # is the diagnosis's; the clean demo run says so in one line
     panel = card.locator(".tv-diagnosis-panel").first

@@ -821,3 +821,6 @@ def test_tview_records_its_own_time_and_not_the_users(tmp_path):
     assert np.all(own >= 0.03) and np.all(own < 0.15), own  # tview's 30 ms in; the user's 150 ms out
     assert np.all(step_time[1:] > 0.15 + 0.03)
     assert np.all(writer >= 0.02) and writer.sum() <= cpu, (writer, cpu)
+    from tview.render import summaries
+    share = summaries.tview_shares(summaries.compact(run.rank_summaries()))[0]  # the Overview's, from the summary
+    assert share == pytest.approx(np.median(own) / np.median(step_time), rel=1e-5)  # (the summary keeps 7 digits)

@@ -106,15 +106,31 @@ def other_trend_times(rank_summaries: dict[int, RankSummary]) -> dict[str, dict[
 
 
 def summary_table(rows: list[dict], rank_summaries: dict[int, RankSummary]) -> list[dict]:
-    """ranks_table from the summaries: rank_rows with each rank's median step time (its trend's) and first
-    NaN/Inf step (exact: the writer keeps it), worst first."""
-    times = trend_medians(rank_summaries, "step_time")
+    """ranks_table from the summaries: rank_rows with each rank's median step time (its trend's), the share of its
+    steps tview took (tview_share) and first NaN/Inf step (exact: the writer keeps it), worst first."""
+    times, shares = trend_medians(rank_summaries, "step_time"), tview_shares(rank_summaries)
     out = []
     for row in rows:
         s = rank_summaries.get(row["rank"])
-        out.append({**row, "step_time": times.get(row["rank"]),
+        out.append({**row, "step_time": times.get(row["rank"]), "tview_share": shares.get(row["rank"]),
                     "first_nan": s.first_nonfinite_step() if s is not None else None})
     return ranks_view.worst_first(out)
+
+
+def tview_shares(rank_summaries: dict[int, RankSummary]) -> dict[int, float | None]:
+    """Per rank with a summary, the share of its steps tview took on the training thread: its median tview_time (a
+    record's, since the record before) over its median step_time times the steps between records (the trend keeps
+    every stride-th record); None where tview_time was not recorded (a run older than it)."""
+    own, step = trend_medians(rank_summaries, "tview_time"), trend_medians(rank_summaries, "step_time")
+    out = {}
+    for rank, s in rank_summaries.items():
+        points = np.asarray(s.trend["step"]) if s.trend else np.zeros(0)
+        if own.get(rank) is None or not step.get(rank) or len(points) < 2:
+            out[rank] = None
+            continue
+        between = float(np.median(np.diff(points))) / s.trend["stride"]  # steps from one record to the next
+        out[rank] = own[rank] / (step[rank] * max(between, 1.0))
+    return out
 
 
 def summary_standouts(ranks: list[int], table: list[dict], rank_summaries: dict[int, RankSummary],
