@@ -179,7 +179,8 @@ class HostTransfer:
         with torch.no_grad():
             flat = torch.empty(at, dtype=torch.uint8, device=device)
             if same:
-                word = dts[same[-1]]  # the narrowest values' own dtype: those need no view
+                word = dts[same[-1]]  # the narrowest values' own dtype: those need no view (bool: bytes, as a
+                word = torch.uint8 if word == torch.bool else word  # bool kernel may copy any nonzero byte as 1)
                 words = [_words(p, word) for k in same for p in pieces[k]]
                 span = flat[:end].view(word)
                 torch.cat(words, out=span) if len(words) > 1 else span.copy_(words[0])
