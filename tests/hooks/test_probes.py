@@ -526,7 +526,8 @@ def test_one_tensor_keeps_consecutive_results_as_one_view_and_stacks_the_others(
 
 def test_device_transfer_moves_every_dtype_in_one_cat_bit_for_bit(monkeypatch):
     """The device path's transfer (forced on the CPU): float64, float32, int64, bool, bfloat16, strided and list values
-    reach the host in one cat of words (no cat per dtype, no promoting cat) and each arrives with its exact bits."""
+    reach the host in one cat of words (no cat per dtype, no promoting cat) and each arrives with its exact bits;
+    a strided value of one element, an empty one, lists that mix dtypes arrive right too."""
     from tview.hooks import probes
     from tview.hooks.opcount import OpCounter
     monkeypatch.setattr(probes, "FORCE_DEVICE_PATH", True)
@@ -551,3 +552,13 @@ def test_device_transfer_moves_every_dtype_in_one_cat_bit_for_bit(monkeypatch):
     np.testing.assert_array_equal(d["bf16"], [1.5, -2.25])
     np.testing.assert_array_equal(d["list"], [1.0, 0.0, 2.5])
     assert np.isnan(d["nonfinite"][0]) and d["nonfinite"][1] == np.inf and np.signbit(d["nonfinite"][2])
+    odd = {"one, strided": torch.arange(6, dtype=torch.float64).reshape(1, 6)[:, 2],  # a batch of 1's column
+           "none, strided": torch.empty(0, 6, dtype=torch.float64)[:, 2], "f32": torch.tensor([1.5]),
+           "list, f32 and f64": [torch.tensor(1.0), None, torch.tensor(2.0, dtype=torch.float64)],
+           "list, f64 and f32": [torch.tensor(2.5, dtype=torch.float64), torch.tensor(3.0)],
+           "list, f32 and bf16": [torch.tensor(1.0), torch.tensor(2.0, dtype=torch.bfloat16)]}
+    d = dict(odd)
+    HostTransfer([d]).finish()
+    assert {k: v.tolist() for k, v in d.items()} == {
+        "one, strided": [2.0], "none, strided": [], "f32": [1.5], "list, f32 and f64": [1.0, 0.0, 2.0],
+        "list, f64 and f32": [2.5, 3.0], "list, f32 and bf16": [1.0, 2.0]}

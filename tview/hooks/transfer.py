@@ -76,12 +76,46 @@ class PerBlock:
         self.tensor, self.reduce = tensor, reduce
 
 
+def _travel_dtype(pieces: list[torch.Tensor]) -> torch.dtype:
+    """The dtype a value travels in: its pieces' dtype (promoted where a list mixes them), as numpy has it."""
+    if not pieces:
+        return torch.float32
+    dt = pieces[0].dtype
+    for other in {p.dtype for p in pieces} - {dt}:  # (promote_types is a dispatch: only where they differ)
+        dt = torch.promote_types(dt, other)
+    return _host_dtype(dt)
+
+
+def _byte_layout(pieces: list[list[torch.Tensor]], dts: list[torch.dtype]) -> tuple[list, dict, dict, int, int]:
+    """Where each value lies in the transfer's bytes: (the values copied as words, widest dtype first; the values
+    cast, by dtype, each kind in its aligned span after; each value's byte offset; where the words end; the size)."""
+    sizes = [sum(p.numel() for p in ps) * dt.itemsize for ps, dt in zip(pieces, dts)]
+    same = sorted((k for k, ps in enumerate(pieces) if ps and all(p.dtype == dts[k] for p in ps)),
+                  key=lambda k: -dts[k].itemsize)
+    cast: dict[torch.dtype, list[int]] = {}
+    for k in sorted(set(k for k, ps in enumerate(pieces) if ps) - set(same)):
+        cast.setdefault(dts[k], []).append(k)
+    where, at = {}, 0
+    for k in same:  # widest first: each value's offset is a multiple of its width
+        where[k], at = at, at + sizes[k]
+    end = at
+    for ks in cast.values():
+        at = -(-at // 8) * 8
+        for k in ks:
+            where[k], at = at, at + sizes[k]
+    return same, cast, where, end, at
+
+
 def _words(t: torch.Tensor, word: torch.dtype) -> torch.Tensor:
     """A 1-D tensor's bits as words of dtype `word`: itself, or a view (a strided tensor of wider values copied
-    first). A copy moves bits as they are, floats' too."""
+    first; one of at most one value viewed with stride 1). A copy moves bits as they are, floats' too."""
     if t.dtype == word:
         return t
-    return (t if t.element_size() == word.itemsize or t.is_contiguous() else t.contiguous()).view(word)
+    if t.numel() <= 1:
+        t = t.as_strided((t.numel(),), (1,))
+    elif t.element_size() != word.itemsize and not t.is_contiguous():
+        t = t.contiguous()
+    return t.view(word)
 
 
 def _moves(v) -> bool:
@@ -155,40 +189,31 @@ class HostTransfer:
 
     @staticmethod
     def _copy(values: list) -> tuple[torch.Tensor, list]:
-        """Every value in its own dtype (bfloat16, which numpy lacks: float32) in one byte buffer, by one cat: the
-        values, widest dtype first (each stays aligned), viewed as words of the narrowest one's dtype (a cat that
-        promotes dtypes copies input by input on a GPU: a kernel each; a copy moves bits as they are); bfloat16
-        values by a cat in their dtype, cast as copied. Then one non-blocking copy of the buffer into pinned
-        memory. Returns (the host bytes, per value (its shape, or for a list its length and where its None are;
-        its dtype; its byte offset))."""
+        """Every value in the dtype it travels in (_travel_dtype) in one byte buffer, by one cat: the values, widest
+        dtype first (each stays aligned), viewed as words of the narrowest one's dtype (a cat that promotes dtypes
+        copies input by input on a GPU: a kernel each; a copy moves bits as they are). A value that must change
+        dtype (bfloat16, which numpy lacks; a list that mixes dtypes) goes by a cat of its kind, cast as copied.
+        Then one non-blocking copy of the buffer into pinned memory. Returns (the host bytes, per value (its shape,
+        or for a list its length and where its None are; its dtype; its byte offset))."""
         values = [v.tensor if isinstance(v, PerBlock) else v for v in values]
         pieces = [[t.reshape(-1) for t in (v if isinstance(v, list) else [v]) if t is not None] for v in values]
-        dts = [_host_dtype(ps[0].dtype) if ps else torch.float32 for ps in pieces]
-        sizes = [sum(p.numel() for p in ps) * dt.itemsize for ps, dt in zip(pieces, dts)]
-        same = sorted((k for k, ps in enumerate(pieces) if ps and ps[0].dtype == dts[k]),
-                      key=lambda k: -dts[k].itemsize)
-        cast = [k for k, ps in enumerate(pieces) if ps and ps[0].dtype != dts[k]]
-        where, at = {}, 0
-        for k in same:  # widest first: each value's offset is a multiple of its width
-            where[k], at = at, at + sizes[k]
-        end = at
-        at = -(-at // 8) * 8  # the cast values' float32 span, aligned
-        for k in cast:
-            where[k], at = at, at + sizes[k]
+        dts = [_travel_dtype(ps) for ps in pieces]
+        same, cast, where, end, total = _byte_layout(pieces, dts)
         device = next(p for ps in pieces for p in ps).device
         with torch.no_grad():
-            flat = torch.empty(at, dtype=torch.uint8, device=device)
+            flat = torch.empty(total, dtype=torch.uint8, device=device)
             if same:
                 word = dts[same[-1]]  # the narrowest values' own dtype: those need no view (bool: bytes, as a
                 word = torch.uint8 if word == torch.bool else word  # bool kernel may copy any nonzero byte as 1)
                 words = [_words(p, word) for k in same for p in pieces[k]]
                 span = flat[:end].view(word)
                 torch.cat(words, out=span) if len(words) > 1 else span.copy_(words[0])
-            if cast:
-                group = [p for k in cast for p in pieces[k]]
-                span = flat[where[cast[0]]:].view(torch.float32)
+            for dt, ks in cast.items():
+                group = [p for k in ks for p in pieces[k]]
+                lo = where[ks[0]]
+                span = flat[lo:lo + sum(p.numel() for p in group) * dt.itemsize].view(dt)
                 span.copy_(group[0] if len(group) == 1 else torch.cat(group))
-        host = torch.empty(at, dtype=torch.uint8, pin_memory=device.type == "cuda")
+        host = torch.empty(total, dtype=torch.uint8, pin_memory=device.type == "cuda")
         host.copy_(flat, non_blocking=True)
         metas = [([t is None for t in v] if isinstance(v, list) else tuple(v.shape), dts[k], where.get(k, 0))
                  for k, v in enumerate(values)]
