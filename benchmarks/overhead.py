@@ -138,15 +138,19 @@ def measure(model_name: str, steps: int, batch: int, configs=CONFIGS, seed: int 
             if t.close():
                 print(f"  note: {name}: {t.rec.dropped} recorded steps dropped by the writer", file=sys.stderr)
             if reported is not None and isinstance(t.rec, tview.Recorder):
-                reported[name] = self_reported(t.rec.run_dir)
+                reported[name] = self_reported(t.rec.run_dir, warmup)
     return times
 
 
-def self_reported(run_dir: str) -> tuple[float, float]:
+def self_reported(run_dir: str, warmup: int) -> tuple[float, float]:
     """(seconds tview said it spent on the training thread, CPU seconds its writer said it used): the sums of the
-    run's tview_time and tview_writer_cpu (the warm-up's records included)."""
-    run = tview.open_run(run_dir)
-    return tuple(float(np.nansum(run.scalar(name)[1])) for name in ("tview_time", "tview_writer_cpu"))
+    run's tview_time and tview_writer_cpu over the timed steps (the warm-up's records left out)."""
+    with tview.open_run(run_dir) as run:
+        out = []
+        for name in ("tview_time", "tview_writer_cpu"):
+            steps, values = run.scalar(name)
+            out.append(float(np.nansum(values[np.asarray(steps) >= warmup])))
+    return tuple(out)
 
 
 def ratios(times: dict[str, list[float]]) -> dict[str, float]:

@@ -65,16 +65,16 @@ def test_standouts_from_summaries_name_the_slowest_by_a_duration_and_the_first_n
     assert named == {2: ["slowest by data_time"], 3: ["first NaN"]}
 
 
-def test_tviews_share_is_its_time_per_record_over_the_steps_between_records():
-    """Every 2nd step recorded: tview_time (2 ms a record) over 2 steps of 10 ms is 10%; a trend that keeps every
-    2nd record (stride 2) gives the same; a run without tview_time has no share."""
-    every_2nd = _summary(0, [0, 2, 4, 6], [1] * 4, [0.01] * 4)
-    every_2nd["trend"]["tview_time"] = [0.002] * 4
+def test_tviews_share_is_its_time_per_record_over_the_time_between_records():
+    """A record every 20 ms of wall time, tview_time 2 ms a record: 10%; a trend that keeps every 2nd record (stride 2,
+    40 ms between its points) gives the same; a run without tview_time has no share."""
+    every_20ms = _summary(0, [0, 2, 4, 6], [1] * 4, [0.01] * 4)
+    every_20ms["trend"].update(wall_time=[100 + 0.02 * i for i in range(4)], tview_time=[0.002] * 4)
     strided = _summary(1, [0, 4, 8, 12], [1] * 4, [0.01] * 4)
-    strided["trend"].update(stride=2, tview_time=[0.002] * 4)
-    s = summaries.compact({0: every_2nd, 1: strided, 2: _summary(2, [0, 2], [1, 1], [0.01, 0.01]), 3: _missing(3)})
+    strided["trend"].update(stride=2, wall_time=[100 + 0.04 * i for i in range(4)], tview_time=[0.002] * 4)
+    s = summaries.compact({0: every_20ms, 1: strided, 2: _summary(2, [0, 2], [1, 1], [0.01, 0.01]), 3: _missing(3)})
     shares = summaries.tview_shares(s)
-    assert shares[0] == shares[1] == 0.1 and shares[2] is None and shares[3] is None
+    assert abs(shares[0] - 0.1) < 1e-9 and abs(shares[1] - 0.1) < 1e-9 and shares[2] is None and shares[3] is None
     rows = summaries.rank_rows(None, s)
     assert {r["rank"]: r["tview_share"] for r in summaries.summary_table(rows, s)} == shares
 

@@ -639,10 +639,11 @@ class Recorder:
 
     def _make_grad_hook(self, k: int):
         def hook(grad):
-            self._t_last_grad = time.perf_counter()
+            self._t_last_grad = t0 = time.perf_counter()
             if self._recording:
                 prev = self._param_local.get(k)
                 self._param_local[k] = grad.detach().clone() if prev is None else prev + grad.detach()
+                self._own += time.perf_counter() - t0
             return None
         return hook
 
@@ -685,8 +686,8 @@ class Recorder:
             self._forward_wait = 0.0
             self._step += 1
             self._t_prev = now
-            self._own += time.perf_counter() - now  # (_record took its share up to the record: see _own_time)
             self._schedule()
+            self._own += time.perf_counter() - now  # (_record took its share up to the record: see _own_time)
 
     def _fail(self):
         """The writer failed: stop recording (hooks off) and raise its error once, here."""

@@ -107,7 +107,7 @@ def other_trend_times(rank_summaries: dict[int, RankSummary]) -> dict[str, dict[
 
 def summary_table(rows: list[dict], rank_summaries: dict[int, RankSummary]) -> list[dict]:
     """ranks_table from the summaries: rank_rows with each rank's median step time (its trend's), the share of its
-    steps tview took (tview_share) and first NaN/Inf step (exact: the writer keeps it), worst first."""
+    time tview took (tview_share) and first NaN/Inf step (exact: the writer keeps it), worst first."""
     times, shares = trend_medians(rank_summaries, "step_time"), tview_shares(rank_summaries)
     out = []
     for row in rows:
@@ -118,18 +118,17 @@ def summary_table(rows: list[dict], rank_summaries: dict[int, RankSummary]) -> l
 
 
 def tview_shares(rank_summaries: dict[int, RankSummary]) -> dict[int, float | None]:
-    """Per rank with a summary, the share of its steps tview took on the training thread: its median tview_time (a
-    record's, since the record before) over its median step_time times the steps between records (the trend keeps
-    every stride-th record); None where tview_time was not recorded (a run older than it)."""
-    own, step = trend_medians(rank_summaries, "tview_time"), trend_medians(rank_summaries, "step_time")
+    """Per rank with a summary, the share of its time tview took on the training thread: its median tview_time (a
+    record's, since the record before) over the median time from one record to the next (its trend's wall times:
+    every stride-th record); None where tview_time was not recorded (a run older than it). Step times would not do:
+    where not every step is recorded, step() of a recorded step ends in an unrecorded step's step_time."""
+    own = trend_medians(rank_summaries, "tview_time")
     out = {}
     for rank, s in rank_summaries.items():
-        points = np.asarray(s.trend["step"]) if s.trend else np.zeros(0)
-        if own.get(rank) is None or not step.get(rank) or len(points) < 2:
-            out[rank] = None
-            continue
-        between = float(np.median(np.diff(points))) / s.trend["stride"]  # steps from one record to the next
-        out[rank] = own[rank] / (step[rank] * max(between, 1.0))
+        wall = np.asarray(s.trend["wall_time"], dtype=np.float64) if s.trend else np.zeros(0)
+        windows = np.diff(wall) / (s.trend["stride"] if s.trend else 1)
+        windows = windows[np.isfinite(windows) & (windows > 0)]
+        out[rank] = own[rank] / float(np.median(windows)) if own.get(rank) is not None and len(windows) else None
     return out
 
 

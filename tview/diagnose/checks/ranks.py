@@ -217,7 +217,7 @@ def _tview_cost(run, steps: np.ndarray, ranks: list, max_points=None, rank_summa
 
     def cost(k: int, start: int, lead: float) -> str:
         mine, rest = float(detect.nanmedian(own[k, start:])), others(k, start)
-        if not (np.isfinite(mine) and np.isfinite(rest)) or mine - rest < TVIEW_SHARE * lead:
+        if not (np.isfinite(mine) and np.isfinite(rest)) or lead <= 0 or mine - rest < TVIEW_SHARE * lead:
             return ""
         return (f"; tview's own time (tview_time) on it is {mine * 1e3:.1f} ms a recorded step, the other ranks' "
                 f"{rest * 1e3:.1f} ms: tview makes it slow (record less often, or a lighter preset)")
