@@ -76,17 +76,23 @@ def _worth_a_look(s, furthest: int | None) -> tuple:
 
 def _rank_lines(run, summaries: dict) -> list[str]:
     """The ranks table: every rank of a small run; of a larger one the RANK_ROWS worth a look first and a tally."""
+    from tview.render.summaries import compact, tview_shares
     from tview.store import schema
     rows = list(summaries.values())
     furthest = max((s.last_step for s in rows if s.last_step is not None), default=None)
     shown = rows if len(rows) <= RANK_ROWS else sorted(rows, key=lambda s: _worth_a_look(s, furthest))[:RANK_ROWS]
-    lines = [f"{'rank':>4}  {'steps':>7}  {'last step':>9}  {'state':<10} {'dropped':>7}  {'size':>9}  problem"]
+    shares = tview_shares(compact({s.rank: s for s in shown}))
+    lines = [f"{'rank':>4}  {'steps':>7}  {'last step':>9}  {'state':<10} {'dropped':>7}  {'size':>9}  "
+             f"{'tview':>6}  problem"]
     for s in shown:
         p = os.path.join(run.path, schema.shard_name(s.rank))
         size = _size(os.path.getsize(p)) if os.path.exists(p) else "-"
         last = "-" if s.last_step is None else str(s.last_step)
+        share = "-" if shares.get(s.rank) is None else f"{shares[s.rank]:.1%}"
         lines.append(f"{s.rank:>4}  {s.steps:>7}  {last:>9}  {_rank_state(s):<10} {s.dropped:>7}  {size:>9}  "
-                     f"{s.problem or ''}")
+                     f"{share:>6}  {s.problem or ''}")
+    lines.append("tview: its share of the rank's time on the training thread (tview_time over the time "
+                 "between records)")
     if len(shown) < len(rows):
         tally = Counter(_rank_state(s) for s in rows)
         lines.append(f"... {len(rows) - len(shown)} more ranks not shown (worst first above); all ranks: "

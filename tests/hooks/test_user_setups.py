@@ -827,8 +827,8 @@ def test_tview_records_its_own_time_and_not_the_users(tmp_path):
 
 def test_tviews_share_on_the_overview_is_its_time_over_the_time_between_records(tmp_path):
     """Every 2nd step recorded, each step 10 ms of the user's, tview's step() made 20 ms longer on recorded steps:
-    tview takes about 20 of every 40 ms. The Overview's share (from the rank summary) agrees with the sums of
-    tview_time over the wall time between records, read from the shard."""
+    tview takes about 20 of every 40 ms. The Overview's share (from the rank summary; `tview info` shows it too)
+    agrees with the sums of tview_time over the wall time between records, read from the shard."""
     model = nn.Sequential(small_net(), Sleeps(0.01))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     rec = tview.Recorder(model, str(tmp_path / "r"), every=2, optimizer=opt)
@@ -853,3 +853,5 @@ def test_tviews_share_on_the_overview_is_its_time_over_the_time_between_records(
     whole = own[1:].sum() / (wall[-1] - wall[0])
     share = summaries.tview_shares(summaries.compact(run.rank_summaries()))[0]
     assert 0.3 <= whole <= 0.7 and abs(share - whole) < 0.1, (share, whole)
+    from tview.cli import info_text
+    assert f"{share:.1%}" in info_text(str(tmp_path / "r"))  # `tview info` shows the same share
