@@ -279,8 +279,8 @@ def _ms(seconds):
 def table(rows: list[dict], focus: int | None, standing: dict) -> html.Table:
     """One page of the ranks table; a rank's button focuses every page on it."""
     furthest = max((r["last_step"] for r in rows if r["last_step"] is not None), default=None)
-    head = ("rank", "state", "steps", "last step", "behind", "median step (ms)", "first NaN", "dropped", "why",
-            "problem")
+    head = ("rank", "state", "steps", "last step", "behind", "median step (ms)", "tview's share", "first NaN",
+            "dropped", "why", "problem")
     body = []
     for r in rows:
         behind = "-" if r["last_step"] is None or furthest is None else furthest - r["last_step"]
@@ -288,6 +288,7 @@ def table(rows: list[dict], focus: int | None, standing: dict) -> html.Table:
             html.Td(rank_button(r["rank"])),
             html.Td(r["state"], className=f"state-{r['state'].replace(' ', '-')}"), html.Td(r["steps"]),
             html.Td("-" if r["last_step"] is None else r["last_step"]), html.Td(behind), html.Td(_ms(r["step_time"])),
+            html.Td("-" if r.get("tview_share") is None else f"{r['tview_share']:.1%}"),
             html.Td("-" if r["first_nan"] is None else r["first_nan"]), html.Td(r["dropped"]),
             html.Td(", ".join(standing.get(str(r["rank"]), []))), html.Td(r["problem"] or "")],
             className="tv-focused" if r["rank"] == focus else None))

@@ -82,6 +82,8 @@ def test_every_page_loads_and_every_figure_has_data(server, page, tmp_path):
     page.wait_for_function("() => document.querySelector('#ranks-page-label').innerText.includes('ranks)')",
                            timeout=20_000)  # the table comes beside the first figure, not before it
     assert page.locator("#ranks-page-label").inner_text().strip() == "page 1 of 1 (2 ranks)"
+    ranks_table = page.locator(".ranks-table").inner_text()
+    assert "tview's share" in ranks_table and len(re.findall(r"\b\d+\.\d%", ranks_table)) == 2, ranks_table
     # The gradient noise scale is tview.diagnose's: the critical batch size next to the batch size in use (2 ranks
     # x 32), the undefined stretches in the legend with their reason, and one layer's estimate on request
     noise = traces(page, "ranks-noise-scale")
