@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import tview
+from tests.conftest import train
 from tview.errors import ConfigError
 
 
@@ -786,28 +787,30 @@ class Sleeps(nn.Module):
 
 def test_tview_records_its_own_time_and_not_the_users(tmp_path):
     """tview_time is the time in tview's code on the training thread (here made 30 ms longer in its end-of-forward
-    statistics from step 4 on), never the user's (a layer that sleeps 150 ms); tview_writer_cpu is the writer
-    thread's CPU (made 20 ms longer a record)."""
+    statistics from step 5 on), never the user's (a layer that sleeps 150 ms); tview_writer_cpu is the writer
+    thread's CPU (made 20 ms longer a record, in numpy calls that let go of the GIL: a writer spinning in Python
+    would make every torch call of the training thread wait for the GIL, inside tview's time or the user's)."""
     model = nn.Sequential(small_net(), Sleeps(0.15))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     rec = tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt)
-    reduce_kept, param_row = rec._reduce_kept, rec.rows.param_row
+    reduce_kept, activation_rows = rec._reduce_kept, rec._activation_rows
+    square = np.random.default_rng(0).random((128, 128))
 
     def slow_reduce(*args, **kwargs):
         time.sleep(0.03)
         return reduce_kept(*args, **kwargs)
 
-    def busy_param_row(*args, **kwargs):
+    def busy_activation_rows(*args, **kwargs):
         end = time.thread_time() + 0.02
         while time.thread_time() < end:
-            pass
-        return param_row(*args, **kwargs)
+            square @ square
+        return activation_rows(*args, **kwargs)
 
-    rec.rows.param_row = busy_param_row
+    rec._activation_rows = busy_activation_rows
     x, y = data()
     cpu0 = time.process_time()
-    for step in range(8):
-        if step == 4:
+    for step in range(10):
+        if step == 5:
             rec._reduce_kept = slow_reduce
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
@@ -818,8 +821,8 @@ def test_tview_records_its_own_time_and_not_the_users(tmp_path):
     run = tview.open_run(str(tmp_path / "r"))
     steps, own = run.scalar("tview_time")
     _, writer = run.scalar("tview_writer_cpu")
-    assert list(steps) == list(range(8))
-    added = np.median(own[4:]) - np.median(own[:4])
+    assert list(steps) == list(range(10))
+    added = np.median(own[5:]) - np.median(own[2:5])  # (steps 0 and 1: the first record's writes, waited for once)
     assert 0.025 <= added <= 0.06, own  # tview's added 30 ms, counted once
     assert np.all(own < 0.15 + 0.03), own  # never the user's 150 ms
     assert np.all(writer >= 0.02) and writer.sum() <= cpu, (writer, cpu)
@@ -839,12 +842,7 @@ def test_tviews_share_on_the_overview_is_its_time_over_the_time_between_records(
         return param_results(*args, **kwargs)
 
     rec._param_results = slow_param_results
-    x, y = data()
-    for _ in range(24):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-        rec.step()
+    train(model, rec, 24, *data(), opt=opt)
     rec.close()
     from tview.render import summaries
     run = tview.open_run(str(tmp_path / "r"))
@@ -852,6 +850,6 @@ def test_tviews_share_on_the_overview_is_its_time_over_the_time_between_records(
     _, wall = run.scalar("wall_time")
     whole = own[1:].sum() / (wall[-1] - wall[0])
     share = summaries.tview_shares(summaries.compact(run.rank_summaries()))[0]
-    assert 0.3 <= whole <= 0.7 and abs(share - whole) < 0.1, (share, whole)
+    assert 0.2 <= whole <= 0.8 and abs(share - whole) < 0.15, (share, whole)  # (step_time's share read 0.96)
     from tview.cli import info_text
     assert f"{share:.1%}" in info_text(str(tmp_path / "r"))  # `tview info` shows the same share
