@@ -53,8 +53,9 @@ class ShardWriter:
         self.scalar_columns = {bytes(n).decode("utf-8", "replace"): i for i, n in enumerate(self._names[:])}
         first = self.file["status/first_nonfinite"]
         self._first = {name: first[name][:] for name in first}
-        # consecutive records the optimizer skipped, and the first's step (a resumed shard: those it ends with)
-        self._skips, self._skip_start = self._trailing_skips() if resume else (0, -1)
+        self._skips, self._skip_start = 0, -1  # consecutive records the optimizer skipped, and the first's step
+        if resume:  # a resumed shard: those it ends with
+            self._count_trailing_skips()
         self._dropped = int(self.file["status/dropped"][0])
         self.rebuild_summary()
         # bytes the last write added to the file; before any, what the first chunk of every column takes
@@ -289,11 +290,10 @@ class ShardWriter:
         for name in changed:
             self.file["status/first_nonfinite"][name][:] = self._first[name]
 
-    def _trailing_skips(self) -> tuple[int, int]:
-        """(records the shard ends with that the optimizer skipped, the first one's step): a run of skips that a
-        resume interrupted goes on counting. The last SKIPPED_RUN records' scalars are read back and counted by
-        _skipped_run, the rule the records written since follow."""
-        self._skips, self._skip_start = 0, -1
+    def _count_trailing_skips(self) -> None:
+        """_skips and _skip_start from the records the shard ends with: a run of skips that a resume interrupted goes
+        on counting. The last SKIPPED_RUN records' scalars are read back and counted by _skipped_run, the rule the
+        records written since follow."""
         table = self.file[schema.TABLE_SCALARS]
         n = int(table["step"].shape[0])
         lo = max(n - schema.SKIPPED_RUN, 0)
@@ -302,7 +302,6 @@ class ShardWriter:
         for row, seen, step in zip(values, measured, steps):
             self._skipped_run(StepRecord(step=int(step), wall_time=0.0,
                                          scalars={name: float(row[col]) for name, col in names if seen[col]}))
-        return self._skips, self._skip_start
 
     def _skipped_run(self, r: StepRecord) -> int | None:
         """The first step of the run of consecutive skipped records this one belongs to (optimizer_skipped == 1, the
