@@ -76,7 +76,7 @@ def _worth_a_look(s, furthest: int | None) -> tuple:
 
 def _rank_lines(run, summaries: dict) -> list[str]:
     """The ranks table: every rank of a small run; of a larger one the RANK_ROWS worth a look first and a tally."""
-    from tview.render.summaries import compact, tview_shares
+    from tview.render.summaries import compact, share_text, tview_shares
     from tview.store import schema
     rows = list(summaries.values())
     furthest = max((s.last_step for s in rows if s.last_step is not None), default=None)
@@ -88,9 +88,8 @@ def _rank_lines(run, summaries: dict) -> list[str]:
         p = os.path.join(run.path, schema.shard_name(s.rank))
         size = _size(os.path.getsize(p)) if os.path.exists(p) else "-"
         last = "-" if s.last_step is None else str(s.last_step)
-        share = "-" if shares.get(s.rank) is None else f"{shares[s.rank]:.1%}"
         lines.append(f"{s.rank:>4}  {s.steps:>7}  {last:>9}  {_rank_state(s):<10} {s.dropped:>7}  {size:>9}  "
-                     f"{share:>6}  {s.problem or ''}")
+                     f"{share_text(shares.get(s.rank)):>6}  {s.problem or ''}")
     lines.append("tview: its share of the rank's time on the training thread (tview_time over the time "
                  "between records)")
     if len(shown) < len(rows):

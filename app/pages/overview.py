@@ -40,8 +40,8 @@ def _worst_table(rows: list[dict], focus: int | None) -> html.Table:
                      html.Td(r["steps"]), html.Td("-" if r["last_step"] is None else r["last_step"]),
                      html.Td(_seconds(r["wall_seconds"])),
                      html.Td("-" if r["step_time"] is None else f"{r['step_time'] * 1e3:.1f}"),
-                     html.Td("-" if r.get("tview_share") is None else f"{r['tview_share']:.1%}",
-                             title="tview's time on the training thread over the time of the steps (tview_time)"),
+                     html.Td(summaries.share_text(r.get("tview_share")),
+                             title="tview's time on the training thread (tview_time) over the time between records"),
                      html.Td("-" if r["first_nan"] is None else r["first_nan"]), html.Td(r["dropped"]),
                      html.Td(r["problem"] or "")], className="tv-focused" if r["rank"] == focus else None)
             for r in rows]

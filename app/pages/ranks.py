@@ -288,7 +288,7 @@ def table(rows: list[dict], focus: int | None, standing: dict) -> html.Table:
             html.Td(rank_button(r["rank"])),
             html.Td(r["state"], className=f"state-{r['state'].replace(' ', '-')}"), html.Td(r["steps"]),
             html.Td("-" if r["last_step"] is None else r["last_step"]), html.Td(behind), html.Td(_ms(r["step_time"])),
-            html.Td("-" if r.get("tview_share") is None else f"{r['tview_share']:.1%}"),
+            html.Td(summaries.share_text(r.get("tview_share"))),
             html.Td("-" if r["first_nan"] is None else r["first_nan"]), html.Td(r["dropped"]),
             html.Td(", ".join(standing.get(str(r["rank"]), []))), html.Td(r["problem"] or "")],
             className="tv-focused" if r["rank"] == focus else None))

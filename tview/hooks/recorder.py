@@ -776,9 +776,9 @@ class Recorder:
         self._recorded += 1
 
     def _own_time(self, now: float) -> float:
-        """tview_time: seconds in tview's code on the training thread since the last record (its hooks, the end of
-        the forward pass, DDP's communication hook, step()), up to now; step(), entered at `now`, counts the rest of
-        itself toward the next record."""
+        """tview_time: seconds in tview's code on the training thread since the last record (its forward and gradient
+        hooks, the end of the forward pass, DDP's communication hook, step()), up to now; step(), entered at `now`,
+        counts the rest of itself toward the next record."""
         t = time.perf_counter()
         own = self._own + (t - now)
         if self.local_grads is not None:

@@ -132,6 +132,11 @@ def tview_shares(rank_summaries: dict[int, RankSummary]) -> dict[int, float | No
     return out
 
 
+def share_text(share: float | None) -> str:
+    """A tview_share as the tables show it: '12.5%', or '-' where not recorded."""
+    return "-" if share is None else f"{share:.1%}"
+
+
 def summary_standouts(ranks: list[int], table: list[dict], rank_summaries: dict[int, RankSummary],
                       values: np.ndarray | None = None) -> dict[int, list[str]]:
     """ranks_view.standouts from a summary_table and the summaries (values [ranks, steps]: a trend across ranks
