@@ -27,6 +27,7 @@ from tview.errors import ConfigError, StoreWriteError, TviewError
 from tview.hooks import activation_probes as act
 from tview.hooks import param_probes as par
 from tview.hooks.activation_batch import ActivationBatch, RowIndex, flat_sample
+from tview.hooks.budget import CostBudget, check_budget
 from tview.hooks.forward_hooks import ForwardHooks, compile_in_play, compiled_anything
 from tview.hooks.host_batch import HostBatch
 from tview.hooks.layers import (
@@ -104,14 +105,16 @@ class Recorder:
     of `probe_batch` (default: the preset's detail steps). `optimizer`: one or a list (their learning rates,
     and the step's timeline). The model may be wrapped in DDP, torch.compile or FSDP2 (fully_shard); FSDP1 is
     refused. The background writer gathers records for `flush_seconds` and writes them together: readers, and
-    what survives a crash, lag by that much (`flush()` writes at once).
+    what survives a crash, lag by that much (`flush()` writes at once). `budget` (a share of training time, 0.05:
+    5%): where recording as scheduled would cost more, only every k-th scheduled step is recorded (k a power of
+    two, from what tview measured it cost; recorded as the scalar `tview_stride`).
     """
 
     def __init__(self, model: nn.Module, run_dir: str, every=10, *, preset="default", snapshot_every=None,
                  probe_batch=None, probe_layers=None, optimizer=None, mode: str = "new",
                  queue_size: int = 64, flush_seconds: float = 1.0, trajectory_dims: int = 3, seed: int = 0,
                  start_step: int | None = None, rank: int | None = None, world_size: int | None = None,
-                 config: dict | None = None):
+                 config: dict | None = None, budget: float | None = None):
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         refuse_unsupported(model)
@@ -122,6 +125,7 @@ class Recorder:
         # default: the preset's detail steps, beside the activation statistics of the same step
         self.snapshot_schedule = as_schedule(snapshot_every, "snapshot_every") if snapshot_every is not None else None
         self.preset = get_preset(preset)
+        self.budget = check_budget(budget)
         self.optimizers = as_optimizers(optimizer)
         self.trajectory_dims = trajectory_dims
         dist_on = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -155,6 +159,9 @@ class Recorder:
         self._failed_at: int | None = None
         self._t_prev = time.perf_counter()
         self._own = 0.0  # seconds in tview's code on the training thread since the last record was queued
+        self._cost = CostBudget(self.budget) if self.budget is not None else None
+        self._scheduled = 0  # scheduled steps so far (the budget's stride counts them)
+        self._spent = 0.0  # tview_time summed over the records so far
         self._schedule()
         _WRITING[os.path.realpath(self.shard_path)] = self
         atexit.register(_close_at_exit, weakref.ref(self))
@@ -430,7 +437,7 @@ class Recorder:
     def _manifest(self) -> dict:
         return {"run_id": os.path.basename(os.path.abspath(self.run_dir)), "created_unix": time.time(),
                 "world_size": self.world_size, "layers": self.layer_info, "model": type(self.model).__name__,
-                "preset": self.preset.name, "schedule": repr(self.schedule),
+                "preset": self.preset.name, "schedule": repr(self.schedule), "budget": self.budget,
                 "snapshot_schedule": repr(self.snapshot_schedule) if self.snapshot_schedule else "detail steps",
                 "probe_layers": self.probe.layer_names if self.probe else [],
                 "filter_layers": self.filter_layers, "trajectory_dims": self.trajectory_dims,
@@ -440,7 +447,7 @@ class Recorder:
 
     def _schedule(self):
         """Decide what the current step records; the hooks read it (they stay installed)."""
-        self._recording = self._failed_at is None and bool(self.schedule(self._step))
+        self._recording = self._failed_at is None and bool(self.schedule(self._step)) and self._within_budget()
         self._detail_now = self._recording and self._recorded % self.preset.detail_every == 0
         mode = (DETAIL_STEP if self._detail_now else SENTINELS) if self._recording else OFF
         self._set_act_probes(self._act_by_mode[mode])
@@ -448,6 +455,13 @@ class Recorder:
         self.clock.grads_of = self.pctx.params if self._recording and self.pctx is not None else None
         if self.local_grads is not None:
             self.local_grads.active = self._recording
+
+    def _within_budget(self) -> bool:
+        """A scheduled step: recorded, unless the budget's stride leaves it out."""
+        if self._cost is None:
+            return True
+        ordinal, self._scheduled = self._scheduled, self._scheduled + 1
+        return self._cost.take(ordinal)
 
     def _due(self, probe) -> bool:
         return self._recording and (probe.cadence == EVERY or self._detail_now)
@@ -765,6 +779,8 @@ class Recorder:
             self._report("this step", exc)
             return
         host_scalars["tview_time"] = self._own_time(now)
+        if self._cost is not None:
+            host_scalars["tview_stride"] = self._keep_budget(now, host_scalars["tview_time"])
         item = {"step": self._step, "wall_time": time.time(), "scalars": host_scalars,
                 "device_scalars": device_scalars, "param": param, "act": pending, "act_batches": batches,
                 "snapshot": snap, "kept": kept[1] if kept else {}, "transfer": transfer}
@@ -774,6 +790,18 @@ class Recorder:
         if not self._writer.put(self._layout, item, urgent=transfer.borrows):
             self._written(item)
         self._recorded += 1
+
+    def _keep_budget(self, now: float, own: float) -> float:
+        """The stride this record was taken at; the next one's from tview's cost so far (its time on the training
+        thread and its writer's CPU). Said once when the stride first goes up."""
+        stride = self._cost.stride
+        self._spent += own
+        self._cost.recorded(now, self._spent + self._writer.cpu_seconds())
+        if self._cost.stride > stride:
+            self._say_once("budget", f"tview: recording as scheduled took {self._cost.over:.1%} of the training time "
+                           f"on rank {self.rank}, over budget={self.budget:g}: recording one scheduled step in "
+                           f"{self._cost.stride} from now on (the scalar tview_stride says the stride)", stacklevel=4)
+        return float(stride)
 
     def _own_time(self, now: float) -> float:
         """tview_time: seconds in tview's code on the training thread since the last record (its forward and gradient

@@ -15,7 +15,7 @@ from tview.store import schema
 
 BUILTIN_SCALARS = ("step_time", "busy_time", "wait_time", "after_step_time", "cpu_wait_time", "examples",
                    "examples_per_sec", "host_rss_bytes", "cuda_allocated_bytes", "cuda_max_allocated_bytes",
-                   "optimizer_skipped", "tview_time", "tview_writer_cpu", "lr")
+                   "optimizer_skipped", "tview_time", "tview_writer_cpu", "tview_stride", "lr")
 
 
 def is_builtin_scalar(name: str) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 import warnings
 from typing import Callable
 
@@ -39,6 +40,8 @@ class BackgroundWriter:
         self._layout: ShardLayout | None = None
         self._thread = threading.Thread(target=self._run, name=f"tview-writer:{path}", daemon=True)
         self._thread.start()
+        self._cpu_clock = _cpu_clock(self._thread)
+        self._cpu_last = 0.0
 
     def put(self, layout: ShardLayout, item, urgent: bool = False) -> bool:
         """Queue one step's data; False (and counted) if the queue is full or the writer failed. `urgent`:
@@ -121,6 +124,15 @@ class BackgroundWriter:
                 raise StoreWriteError(f"tview: writer for {self.path} did not flush within {timeout:.0f} s")
         self.check()
 
+    def cpu_seconds(self) -> float:
+        """The writer thread's CPU seconds so far, read from any thread (0.0 where the platform cannot say)."""
+        if self._cpu_clock is not None:
+            try:
+                self._cpu_last = time.clock_gettime(self._cpu_clock)
+            except OSError:  # the thread has ended: what it used up to the last reading
+                pass
+        return self._cpu_last
+
     def alive(self) -> bool:
         return self._thread.is_alive()
 
@@ -151,3 +163,13 @@ class BackgroundWriter:
                 self.error = self.error or exc
             self.writer = None
         self.check()
+
+
+def _cpu_clock(thread: threading.Thread) -> int | None:
+    """The CPU-time clock of a running thread (POSIX), or None."""
+    try:
+        clock = time.pthread_getcpuclockid(thread.ident)
+        time.clock_gettime(clock)
+        return clock
+    except (AttributeError, OSError, TypeError):
+        return None
