@@ -31,7 +31,6 @@ def test_strides_of_powers_of_two_nest_so_ranks_meet_on_common_steps():
     taken_slow = {n for n in range(200) if slow.take(n)}
     taken_fast = {n for n in range(200) if fast.take(n)}
     assert taken_slow == set(range(0, 200, 8)) and taken_slow <= taken_fast
-    assert slow.skipped == 200 - 25
 
 
 @pytest.mark.parametrize("bad", [0, 1, 1.5, -0.1, True, float("nan"), "5%"])

@@ -35,17 +35,13 @@ class CostBudget:
     def __init__(self, share: float):
         self.share = share
         self.stride = 1
-        self.skipped = 0  # scheduled steps left out
         self._window: tuple | None = None  # (start, spent then, records since); from the first record on (the
         # first record's own cost, its file made, is no measure of the others)
         self.over: float | None = None  # the share measured when the stride last went up
 
     def take(self, ordinal: int) -> bool:
         """Whether the scheduled step number `ordinal` (from 0) is recorded at the current stride."""
-        if ordinal % self.stride == 0:
-            return True
-        self.skipped += 1
-        return False
+        return ordinal % self.stride == 0
 
     def recorded(self, now: float, spent: float) -> None:
         """A step was recorded; `spent`: tview's seconds so far (training thread and writer). Once a window holds
