@@ -15,7 +15,7 @@ from typing import Callable
 
 from torch import nn
 
-from tview.hooks.layers import runs_compiled
+from tview.hooks.layers import is_compiled, runs_compiled
 
 
 def compiled_anything() -> bool:
@@ -41,6 +41,7 @@ class ForwardHooks:
         self.handles: list = []
         self.eager_seen = False  # a recorded forward pass ran the hooks eagerly (set by the Recorder)
         self.pinned = False  # on for good: torch.compile is in play
+        self._wrapped = is_compiled(outer)  # a torch.compile wrapper around the model (asked once: it cannot change)
 
     def add(self, module: nn.Module, fn: Callable, pre: bool = False, kwargs: bool = False) -> None:
         self.specs.append((module, pre, fn, kwargs))
@@ -58,7 +59,7 @@ class ForwardHooks:
     def _may_be_off(self) -> bool:
         if self.pinned or not self.eager_seen:
             return False
-        if compile_in_play(self.outer, self.model):
+        if self._wrapped or compiled_anything() or getattr(self.model, "_compiled_call_impl", None) is not None:
             self.pinned = True
             return False
         return True

@@ -25,6 +25,7 @@ def _fsdp1_type():
         return None
 
 
+@functools.lru_cache(maxsize=None)
 def _compiled_type():
     try:
         from torch._dynamo.eval_frame import OptimizedModule

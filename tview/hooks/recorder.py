@@ -693,7 +693,6 @@ class Recorder:
             self._examples = 0
             self._forward_seen.clear()
             self._open, self._eval_forward = None, False
-            self.clock.reset()
             if self.local_grads is not None:
                 self.local_grads.parts = []
             self._param_local = {}
@@ -701,6 +700,7 @@ class Recorder:
             self._step += 1
             self._t_prev = now
             self._schedule()
+            self.clock.reset(self._recording)
             self._own += time.perf_counter() - now  # (_record took its share up to the record: see _own_time)
 
     def _fail(self):

@@ -93,10 +93,11 @@ class StepClock:
         if self.grads_of is not None:  # a zero_grad() before the Recorder's step() leaves them readable
             self.kept_grads = [(g, g._version if g is not None else 0) for g in (p.grad for p in self.grads_of)]
 
-    def reset(self) -> None:
+    def reset(self, recording: bool = True) -> None:
+        """A step begins; `recording`: it is recorded (its wait for a CPU is read from here; else not read)."""
         self.t_opt_start = self.t_opt_end = None
         self.kept_grads = None
-        self.cpu_wait_start = cpu_wait_seconds()
+        self.cpu_wait_start = cpu_wait_seconds() if recording else None
         self.lrs = None
         self._seen, self._seen_lrs = [], []
 
