@@ -110,7 +110,7 @@ def show(flayer, mlayer, example, rank, step, runs):
         grid = figures.message_figure("no conv filters recorded")
     if not mlayer:
         msg = figures.message_figure("no probe batch recorded (pass probe_batch= to the Recorder)")
-        return grid, msg, msg
+        return grid, figures.message_figure(""), msg  # said once, in the wide panel (the narrow one cut it)
     at, maps = run.feature_maps(mlayer, step, rank)
     i = int(example or 0)
     if not 0 <= i < len(maps):
