@@ -20,13 +20,14 @@ def _size(n: float) -> str:
 
 def info_text(path: str) -> str:
     """A readable summary of a run: ranks, steps, layers, what was recorded, sizes."""
+    from tview.render.summaries import schedule_text
     from tview.store import schema
     from tview.store.reader import open_run
 
     run = open_run(path, skip_bad_shards=True)
     m = run.manifest
     lines = [f"run      {os.path.abspath(run.path)}",
-             f"model    {m.get('model')}  preset {m.get('preset')}  schedule {m.get('schedule')}  "
+             f"model    {m.get('model')}  preset {m.get('preset')}  schedule {schedule_text(m)}  "
              f"snapshots {m.get('snapshot_schedule')}",
              f"ranks    {run.world_size} expected, {len(run.ranks)} readable"]
     summaries = run.rank_summaries()  # one small file per rank: no shard opened for this part

@@ -93,3 +93,42 @@ def test_a_budget_tview_keeps_within_records_every_scheduled_step(tmp_path):
     recorded, stride = run.scalar("tview_stride")
     assert list(recorded) == list(range(0, steps, 3)) and np.all(stride == 1)
     assert run.manifest["budget"] == 0.9
+
+
+def slowed(fn, seconds: float):
+    def slow(*args, **kwargs):
+        time.sleep(seconds)
+        return fn(*args, **kwargs)
+    return slow
+
+
+def test_ranks_at_different_strides_record_nested_steps_and_the_run_says_its_budget(tmp_path):
+    """Two ranks' Recorders (rank= given, one process), tview 30 ms slower on rank 1's records only: rank 1's stride
+    goes higher than rank 0's, and every step rank 1 recorded, rank 0 recorded too. `tview info` says the budget."""
+    from tview.cli import info_text
+    models = []
+    for rank in (0, 1):
+        torch.manual_seed(0)
+        model = nn.Sequential(small_net(), Sleeps(0.005))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        rec = tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt, budget=0.2, rank=rank,
+                             world_size=2)
+        if rank == 1:
+            rec._param_results = slowed(rec._param_results, 0.03)
+        models.append((model, opt, rec))
+    x, y = data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(400):
+            for model, opt, rec in models:
+                opt.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                opt.step()
+                rec.step()
+    for *_, rec in models:
+        rec.close()
+    run = tview.open_run(str(tmp_path / "r"))
+    (steps0, stride0), (steps1, stride1) = (run.scalar("tview_stride", rank=r) for r in (0, 1))
+    assert stride1.max() > stride0.max(), (stride0, stride1)
+    assert set(steps1) <= set(steps0) and len(steps1) < len(steps0)
+    assert "every(1) within a 20% budget" in info_text(str(tmp_path / "r"))

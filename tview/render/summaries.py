@@ -48,10 +48,17 @@ def run_summary(run: Run, rows: list[dict] | None = None) -> dict:
         "steps": max((r["steps"] for r in rows), default=0),
         "last_step": max((r["last_step"] for r in rows if r["last_step"] is not None), default=None),
         "wall_seconds": max(walls) if walls else None, "live": is_live(rows),
-        "preset": m.get("preset"), "schedule": m.get("schedule"), "snapshots": m.get("snapshot_schedule"),
+        "preset": m.get("preset"), "schedule": schedule_text(m), "snapshots": m.get("snapshot_schedule"),
         "filter_layers": m.get("filter_layers", []), "probe_layers": m.get("probe_layers", []),
         "problems": dict(run.problems),
     }
+
+
+def schedule_text(manifest: dict) -> str:
+    """The run's schedule as the Overview and `tview info` say it: 'every(10)', and with a budget
+    'every(1) within a 5% budget'."""
+    budget = manifest.get("budget")
+    return f"{manifest.get('schedule')}" + (f" within a {budget:.0%} budget" if budget else "")
 
 
 # -- from the per-rank summaries (run.rank_summaries(): small files, no shard opened) ----------------------
