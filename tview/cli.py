@@ -91,8 +91,8 @@ def _rank_lines(run, summaries: dict) -> list[str]:
         last = "-" if s.last_step is None else str(s.last_step)
         lines.append(f"{s.rank:>4}  {s.steps:>7}  {last:>9}  {_rank_state(s):<10} {s.dropped:>7}  {size:>9}  "
                      f"{share_text(shares.get(s.rank)):>6}  {s.problem or ''}")
-    lines.append("tview: its share of the rank's time on the training thread (tview_time over the time "
-                 "between records)")
+    lines.append("tview: its share of the rank's time on the training thread (tview_time summed over the later "
+                 "half of the recorded wall time)")
     if len(shown) < len(rows):
         tally = Counter(_rank_state(s) for s in rows)
         lines.append(f"... {len(rows) - len(shown)} more ranks not shown (worst first above); all ranks: "

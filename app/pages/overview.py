@@ -41,7 +41,8 @@ def _worst_table(rows: list[dict], focus: int | None) -> html.Table:
                      html.Td(_seconds(r["wall_seconds"])),
                      html.Td("-" if r["step_time"] is None else f"{r['step_time'] * 1e3:.1f}"),
                      html.Td(summaries.share_text(r.get("tview_share")),
-                             title="tview's time on the training thread (tview_time) over the time between records"),
+                             title="tview's time on the training thread (tview_time, summed) over the later half of "
+                                   "the recorded wall time"),
                      html.Td("-" if r["first_nan"] is None else r["first_nan"]), html.Td(r["dropped"]),
                      html.Td(r["problem"] or "")], className="tv-focused" if r["rank"] == focus else None)
             for r in rows]

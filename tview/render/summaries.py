@@ -125,18 +125,23 @@ def summary_table(rows: list[dict], rank_summaries: dict[int, RankSummary]) -> l
 
 
 def tview_shares(rank_summaries: dict[int, RankSummary]) -> dict[int, float | None]:
-    """Per rank with a summary, the share of its time tview took on the training thread: its median tview_time (a
-    record's, since the record before) over the median time from one record to the next (its trend's wall times:
-    every stride-th record); None where tview_time was not recorded (a run older than it). Step times would not do:
+    """Per rank with a summary, the share of its time tview took on the training thread over the later half of its
+    recorded wall time (where a budget has settled its stride): the records' tview_time (each since the record
+    before; the trend holds every stride-th record, so stride times its points' sum) over that time. None where
+    tview_time was not recorded (a run older than it) or the trend is too short to say. Step times would not do:
     where not every step is recorded, step() of a recorded step ends in an unrecorded step's step_time."""
-    own = trend_medians(rank_summaries, "tview_time")
-    out = {}
-    for rank, s in rank_summaries.items():
-        wall = np.asarray(s.trend["wall_time"], dtype=np.float64) if s.trend else np.zeros(0)
-        windows = np.diff(wall) / (s.trend["stride"] if s.trend else 1)
-        windows = windows[np.isfinite(windows) & (windows > 0)]
-        out[rank] = own[rank] / float(np.median(windows)) if own.get(rank) is not None and len(windows) else None
-    return out
+    return {rank: _later_share(s) if s.trend else None for rank, s in rank_summaries.items()}
+
+
+def _later_share(s: RankSummary) -> float | None:
+    _, own = trend_arrays(s, "tview_time")
+    wall = np.asarray(s.trend["wall_time"], dtype=np.float64)
+    if len(wall) < 3 or not np.isfinite(own).any():
+        return None
+    first = max(1, int(np.searchsorted(wall, (wall[0] + wall[-1]) / 2, side="right")))
+    first = min(first, len(wall) - 1)
+    span = wall[-1] - wall[first - 1]
+    return float(np.nansum(own[first:]) * s.trend["stride"] / span) if span > 0 else None
 
 
 def share_text(share: float | None) -> str:
