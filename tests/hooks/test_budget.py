@@ -77,8 +77,11 @@ def test_a_budget_keeps_tviews_share_of_the_wall_time_under_it(tmp_path):
     said = [str(w.message) for w in caught if "budget=0.1" in str(w.message)]
     assert len(said) == 1 and "over budget" in said[0], said
     assert share <= 0.13, share  # (the stride a power of two: at most the budget, the window's lag aside)
-    steps, stride = tview.open_run(str(tmp_path / "r")).scalar("tview_stride")
+    run = tview.open_run(str(tmp_path / "r"))
+    steps, stride = run.scalar("tview_stride")
     assert stride[0] == 1 and stride.max() >= 16, stride
+    from tview.render import summaries  # the Overview's share: the budget's, not the first window's full rate
+    assert summaries.tview_shares(summaries.compact(run.rank_summaries()))[0] <= 0.13
     assert np.all(steps % stride == 0), (steps, stride)
     assert len(steps) == len(slept) and np.all(np.diff(steps) >= 1)
 
