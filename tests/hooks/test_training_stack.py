@@ -85,6 +85,43 @@ def test_a_compiled_model_records_activations_without_graph_breaks(tmp_path, war
     assert len(run.stat("act_mean", "conv2")[0]) == 1 and out.shape[1] == 6
 
 
+def record_two_copies(tmp_path, compiled: bool) -> list[tuple]:
+    """Two TinyCNN copies of different weights, one fed 100x the other's input, each with its own Recorder (weights
+    fixed: lr 0), trained in turns; per copy, its conv1 activation means and relu zero fractions."""
+    torch._dynamo.reset()
+    x, y = make_data()
+    copies = []
+    for k, scale in enumerate((1.0, 100.0)):
+        torch.manual_seed(k)
+        model = TinyCNN()
+        run = torch.compile(model, backend="aot_eager") if compiled else model
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        copies.append((run, opt, scale, tview.Recorder(run, str(tmp_path / f"{compiled}-{k}"), every=1,
+                                                     optimizer=opt, preset="activations")))
+    for _ in range(3):
+        for run, opt, scale, rec in copies:
+            opt.zero_grad()
+            F.cross_entropy(run(x * scale), y).backward()
+            opt.step()
+            rec.step()
+    out = []
+    for *_, rec in copies:
+        rec.close()
+        stored = tview.open_run(rec.run_dir)
+        out.append((stored.stat("act_mean", "conv1")[1], stored.stat("act_zero_frac", "relu")[1]))
+    return out
+
+
+def test_two_recorders_on_two_compiled_copies_of_one_class_record_what_they_record_eagerly(tmp_path):
+    """Compiled copies of one class share dynamo's cached code: each Recorder still gets its own copy's
+    statistics, the same as eagerly."""
+    eager, compiled = record_two_copies(tmp_path, False), record_two_copies(tmp_path, True)
+    for (mean_e, zeros_e), (mean_c, zeros_c) in zip(eager, compiled):
+        assert len(mean_c) == 3 and np.allclose(mean_c, mean_e, rtol=1e-4), (mean_c, mean_e)
+        assert np.allclose(zeros_c, zeros_e), (zeros_c, zeros_e)
+    assert abs(eager[1][0][0]) > 2 * abs(eager[0][0][0])  # the copies differ: a mix-up would show
+
+
 def test_a_plain_model_trained_through_an_earlier_compiled_copy_is_said_and_recorded_from_the_next_step(tmp_path):
     torch._dynamo.reset()
     torch.manual_seed(0)
