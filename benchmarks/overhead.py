@@ -11,7 +11,7 @@ in blocks of 20 steps, came out at 0.80x over 12 rounds):
 - The figure is total time over total time: every step counts, the rare costly ones too (a median
   of per-step ratios would hide the activation-statistics steps that come every 10th record).
 - A tool's background writer writes when flushed, as often as tview's writer does by itself (once
-  a second of plain training or every 32 records, whichever comes first), and that flush is timed
+  a second of plain training or every 128 records, whichever comes first), and that flush is timed
   as part of its step: the writer's work is charged to the tool, not to whichever configuration
   runs next.
 """
@@ -123,8 +123,8 @@ def measure(model_name: str, steps: int, batch: int, configs=CONFIGS, seed: int 
             t.steps(x, y, warmup)
         if flush_every is None:
             plain_step = statistics.median(trainers["plain"].step(x, y) for _ in range(warmup))
-            # as tview's writer: once a second, or when half its queue (32 records) waits
-            flush_every = max(1, min(round(FLUSH_SECONDS / plain_step), 32))
+            # as tview's writer: once a second, or when half its queue (128 records) waits
+            flush_every = max(1, min(round(FLUSH_SECONDS / plain_step), 128))
             print(f"  flushing every {flush_every} steps ({FLUSH_SECONDS:g} s of plain training)", file=sys.stderr)
         order = list(trainers)
         for k in range(steps):

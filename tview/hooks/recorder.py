@@ -112,7 +112,7 @@ class Recorder:
 
     def __init__(self, model: nn.Module, run_dir: str, every=10, *, preset="default", snapshot_every=None,
                  probe_batch=None, probe_layers=None, optimizer=None, mode: str = "new",
-                 queue_size: int = 64, flush_seconds: float = 1.0, trajectory_dims: int = 3, seed: int = 0,
+                 queue_size: int = 256, flush_seconds: float = 1.0, trajectory_dims: int = 3, seed: int = 0,
                  start_step: int | None = None, rank: int | None = None, world_size: int | None = None,
                  config: dict | None = None, budget: float | None = None):
         if not isinstance(model, nn.Module):

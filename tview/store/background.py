@@ -21,7 +21,7 @@ _STOP = object()
 
 class BackgroundWriter:
     def __init__(self, path: str, finalize: Callable[[object], StepRecord], resume: bool = False,
-                 queue_size: int = 64, batch_seconds: float = 1.0, done: Callable[[object], None] | None = None):
+                 queue_size: int = 256, batch_seconds: float = 1.0, done: Callable[[object], None] | None = None):
         self.path = path
         self.finalize = finalize  # turns what the training thread queued into a StepRecord
         self.done = done  # called with each queued item once it is written (or failed): what it lent is free
