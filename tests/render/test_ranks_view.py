@@ -94,6 +94,14 @@ def test_align_to_grid_keeps_each_ranks_value_at_or_before_each_grid_step():
     assert steps.shape == (0,) and v.shape == (0, 0)
 
 
+def test_align_to_grid_holds_a_sparser_ranks_value_until_its_next_record_and_ends_it_after_its_last():
+    every = (np.arange(0, 40), np.arange(40.0))
+    eighth = (np.array([0, 8, 16]), np.array([1.0, 2.0, 3.0]))  # a budget's stride 8; stopped after step 16
+    steps, v = ranks_view.align_to_grid([every, eighth])
+    assert list(v[1][:24]) == [1.0] * 8 + [2.0] * 8 + [3.0] * 8  # held to its next record, and one interval after
+    assert np.isnan(v[1][24:]).all()  # then nothing: a rank that stopped still shows as stopped
+
+
 def test_ranks_figure_draws_bands_and_named_lines_at_1024_ranks_and_plain_lines_at_2():
     rng = np.random.default_rng(1)
     steps = np.arange(300)

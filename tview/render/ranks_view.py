@@ -184,8 +184,10 @@ def rank_from_query(search: str | None) -> int | None:
 
 def align_to_grid(series: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
     """Several ranks' downsampled (steps, values) on one step grid (the steps of the series with the most
-    recorded steps): each rank's latest value at or before a grid step, if within one grid interval of it.
-    Returns (steps, values [ranks, steps]), NaN where a rank has no value."""
+    recorded steps): each rank's latest value at or before a grid step, held until that rank's next recorded step
+    (a rank recording one step in 8 under a budget shows on every grid step), and past its last one for one grid
+    interval or its own last interval, whichever is longer. Returns (steps, values [ranks, steps]), NaN where a
+    rank has no value."""
     longest = max(series, key=lambda sv: (sv[0][-1] if len(sv[0]) else -1, len(sv[0])), default=None)
     if longest is None or not len(longest[0]):
         return np.zeros(0, dtype=np.int64), np.full((len(series), 0), np.nan)
@@ -197,6 +199,7 @@ def align_to_grid(series: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarr
         if not len(steps):
             continue
         at = np.searchsorted(steps, grid, side="right") - 1
-        ok = (at >= 0) & (grid - steps[np.maximum(at, 0)] < np.maximum(gap, 1))
+        own = np.diff(steps, append=steps[-1] + (steps[-1] - steps[-2] if len(steps) > 1 else 1))  # to its next
+        ok = (at >= 0) & (grid - steps[np.maximum(at, 0)] < np.maximum(np.maximum(gap, 1), own[np.maximum(at, 0)]))
         out[i, ok] = np.asarray(values, dtype=np.float64)[at[ok]]
     return grid, out
