@@ -15,7 +15,7 @@ from typing import Callable
 
 from torch import nn
 
-from tview.hooks.layers import is_compiled, runs_compiled
+from tview.hooks.layers import compiled_in_place, is_compiled, runs_compiled
 
 
 def compiled_anything() -> bool:
@@ -59,7 +59,7 @@ class ForwardHooks:
     def _may_be_off(self) -> bool:
         if self.pinned or not self.eager_seen:
             return False
-        if self._wrapped or compiled_anything() or getattr(self.model, "_compiled_call_impl", None) is not None:
+        if self._wrapped or compiled_anything() or compiled_in_place(self.model):  # compile_in_play, wrapper known
             self.pinned = True
             return False
         return True

@@ -76,7 +76,12 @@ def is_compiled(model: nn.Module) -> bool:
 def runs_compiled(outer: nn.Module, model: nn.Module) -> bool:
     """The Recorder's model runs compiled code: a torch.compile wrapper around it, or compiled in place
     (model.compile())."""
-    return is_compiled(outer) or getattr(model, "_compiled_call_impl", None) is not None
+    return is_compiled(outer) or compiled_in_place(model)
+
+
+def compiled_in_place(model: nn.Module) -> bool:
+    """model.compile() was called on the model itself (it can happen at any time, unlike a wrapper)."""
+    return getattr(model, "_compiled_call_impl", None) is not None
 
 
 def own_params(m: nn.Module) -> list[nn.Parameter]:
