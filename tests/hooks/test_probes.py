@@ -562,3 +562,54 @@ def test_device_transfer_moves_every_dtype_in_one_cat_bit_for_bit(monkeypatch):
     assert {k: v.tolist() for k, v in d.items()} == {
         "one, strided": [2.0], "none, strided": [], "f32": [1.5], "list, f32 and f64": [1.0, 0.0, 2.0],
         "list, f64 and f32": [2.5, 3.0], "list, f32 and bf16": [1.0, 2.0]}
+
+
+class SharedReLUNet(torch.nn.Module):
+    """`act` runs three times on 4-channel outputs (its calls merge row by row); `mixed` on 4 then 8 channels (merged
+    per layer: no per-channel answer); `conv` twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.act, self.mixed = torch.nn.ReLU(), torch.nn.ReLU()
+        self.wide = torch.nn.Conv2d(4, 8, 1)
+        self.fc = torch.nn.Linear(8 * 8 * 8, 10)
+
+    def forward(self, x):
+        x = self.act(self.conv(self.act(self.conv(self.act(self.stem(x))))))
+        return self.fc(self.mixed(self.wide(self.mixed(x))).flatten(1))
+
+
+@pytest.mark.parametrize("device_path", [False, True], ids=["cpu-path", "device-path"])
+def test_a_module_called_several_times_has_the_statistics_of_all_its_calls(tmp_path, monkeypatch, device_path):
+    """Each statistic of a shared module over all its calls against plain torch over their outputs together: moments,
+    zeros, NaN, histogram, and per channel where the calls have the same channels (none where they differ). Four 8x8
+    examples: the sample is the whole batch."""
+    from tview.hooks import params, probes
+    monkeypatch.setattr(probes, "FORCE_DEVICE_PATH", device_path)
+    monkeypatch.setattr(params, "FORCE_DEVICE_PATH", device_path)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(4, 1, 8, 8, generator=g), torch.randint(0, 10, (4,), generator=g)
+    torch.manual_seed(0)
+    run, _, seen, _, _, _ = one_recorded_step(tmp_path, x=x, y=y, model=SharedReLUNet())
+    for layer, calls in (("act", 3), ("conv", 2), ("mixed", 2)):
+        outs = seen[layer]
+        assert len(outs) == calls
+        flat = torch.cat([o.reshape(-1) for o in outs]).double()
+        assert stat(run, "act_mean", layer) == pytest.approx(flat.mean().item(), rel=1e-5, abs=1e-7)
+        assert stat(run, "act_std", layer) == pytest.approx(flat.std().item(), rel=1e-4)
+        assert stat(run, "act_min", layer) == pytest.approx(flat.min().item(), rel=1e-6)
+        assert stat(run, "act_max", layer) == pytest.approx(flat.max().item(), rel=1e-6)
+        assert stat(run, "act_zero_frac", layer) == pytest.approx((flat == 0).double().mean().item(), abs=1e-7)
+        assert stat(run, "act_nan", layer) == 0
+        counts = run.histogram("act", layer)[2][0].astype(np.int64)
+        assert np.abs(counts - reference_histogram(flat.numpy())).sum() <= 2 * calls
+        if layer == "mixed":
+            assert len(run.stat("act_channel_mean", layer)[0]) == 0
+            continue
+        together = torch.cat(outs).double()
+        np.testing.assert_allclose(stat(run, "act_channel_mean", layer), together.mean(dim=(0, 2, 3)).numpy(),
+                                   rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(stat(run, "act_channel_zero_frac", layer),
+                                   (together == 0).double().mean(dim=(0, 2, 3)).numpy(), atol=1e-7)

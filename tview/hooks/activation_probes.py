@@ -10,6 +10,7 @@ sampled probe's table records how many values of how many it read (sample_n of t
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -256,3 +257,53 @@ def _merged(rule: str, a, b):
     if rule == "max":
         return np.maximum(a, b)
     return a + b
+
+
+_UFUNC = {"sum": np.add, "total": np.add, "min": np.minimum, "lowest": np.minimum, "max": np.maximum,
+          "highest": np.maximum}
+
+
+class MergePlan:
+    """How a batch whose layers made several outputs (a module called several times: a ReLU shared by a block)
+    is finalized at once: the calls of a layer whose outputs all have the same rows are merged into one output,
+    row by row (equal widths make every merge rule a row-wise one: "total" and "sum" add, "lowest" and "min" take
+    the least); each layer's merged output stands where its first call stood. The outputs of a layer whose calls
+    differ in width are `leftover` (merged per layer, as merge_partials does)."""
+
+    def __init__(self, layers: tuple[int, ...], row_start: tuple[int, ...]):
+        widths = np.diff(row_start)
+        calls: dict[int, list[int]] = {}
+        for k, layer in enumerate(layers):
+            calls.setdefault(layer, []).append(k)
+        same = {layer: len({int(widths[k]) for k in ks}) == 1 for layer, ks in calls.items()}
+        groups = [ks for layer, ks in calls.items() if same[layer]]
+        self.leftover = np.array([not same[layer] for layer in layers])
+        self.merges = any(len(ks) > 1 for ks in groups)
+        self.layers = [layers[ks[0]] for ks in groups]
+        self.row_start = [0, *np.cumsum([widths[ks[0]] for ks in groups]).tolist()]
+        self._outputs = _reduce_index(groups)
+        self._rows = _reduce_index([[row_start[k] + c for k in ks] for ks in groups for c in range(int(widths[ks[0]]))])
+
+    def merged(self, probe: ActivationProbe, parts: dict) -> dict:
+        """The probe's batch partials with each layer's calls merged (the probe's merge rules; "measured": all)."""
+        if not self.merges and not self.leftover.any():
+            return parts
+        out = {}
+        for key, value in parts.items():
+            rule = "min" if key == "measured" else probe.merge.get(key, "sum")
+            order, starts = self._rows if key in probe.row_parts else self._outputs
+            out[key] = _UFUNC[rule].reduceat(np.asarray(value)[order], starts, axis=0) if len(order) else \
+                np.asarray(value)[order]
+        return out
+
+
+def _reduce_index(groups: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(the members of every group one after another, where each group starts): a ufunc's reduceat merges them."""
+    order = np.array([m for group in groups for m in group], dtype=np.int64)
+    return order, np.cumsum([0] + [len(g) for g in groups[:-1]]).astype(np.int64)
+
+
+@functools.lru_cache(maxsize=16)
+def merge_plan(layers: tuple[int, ...], row_start: tuple[int, ...]) -> MergePlan:
+    """The MergePlan of a batch's order of layers (a forward pass takes the same path step after step)."""
+    return MergePlan(layers, row_start)

@@ -963,20 +963,22 @@ class Recorder:
 
     def _activation_rows(self, item: dict, rec: StepRecord) -> None:
         """The activation probes' rows: where one batch holds the step's outputs, a probe with finalize_outputs
-        finalizes them all at once (but a layer called several times, merged per layer); otherwise per layer."""
+        finalizes them all at once, the calls of a layer called several times merged row by row first (per layer
+        where they differ in width: act.MergePlan); otherwise per layer."""
         calls: dict[act.ActivationProbe, dict[int, list[dict]]] = {}
         for layer, _, results in item["act"]:
             for probe, parts in results:
                 calls.setdefault(probe, {}).setdefault(layer, []).append(parts)
         batches, started = item["act_batches"], {}
         for layers, _, row_start, results in batches:
-            repeated = _repeated(tuple(layers)) if len(batches) == 1 and 0 not in np.diff(row_start) else None
+            one = len(batches) == 1 and 0 not in np.diff(row_start)
+            plan = act.merge_plan(tuple(layers), tuple(row_start)) if one else None
             for probe, parts in results:
                 per_layer = calls.setdefault(probe, {})
-                if repeated is not None and act.outputs_finalizer(probe) is not None:
-                    started[probe] = (layers, row_start, parts, repeated)
+                if plan is not None and act.outputs_finalizer(probe) is not None:
+                    started[probe] = (plan.layers, plan.row_start, plan.merged(probe, parts))
                 for k, layer in enumerate(layers):
-                    if probe not in started or repeated[k]:
+                    if probe not in started or plan.leftover[k]:
                         per_layer.setdefault(layer, []).append(act.output_parts(probe, parts, row_start, k))
         for probe, per_layer in calls.items():
             self._finalized(probe, rec, self._probe_row, per_layer, started.get(probe))
@@ -1119,15 +1121,6 @@ HOST_BUFFER_KEPT = 4 << 20  # bytes of the CPU path's sample buffer kept from on
 
 
 @functools.lru_cache(maxsize=64)
-def _repeated(layers: tuple[int, ...]) -> np.ndarray:
-    """[outputs] True where the output's layer made more than one output (a module called several times); read-only,
-    worked out once per order of layers (a forward pass takes the same path step after step)."""
-    ids, counts = np.unique(layers, return_counts=True)
-    out = np.isin(layers, ids[counts > 1])
-    out.setflags(write=False)
-    return out
-
-
 def _channels(output: torch.Tensor) -> int | None:
     return output.shape[1] if output.dim() >= 2 else None
 

@@ -35,6 +35,7 @@ class BackgroundWriter:
         self._wake_at = max(1, queue_size // 2)
         self.dropped = 0
         self.written = 0
+        self.cpu_split: dict = {}  # CPU seconds of the writer thread: finalize, write, flush; and records written
         self.error: BaseException | None = None
         self.writer: ShardWriter | None = None
         self._layout: ShardLayout | None = None
@@ -93,16 +94,25 @@ class BackgroundWriter:
 
     def _write(self, batch: list):
         try:
+            t0 = time.thread_time()
             records = [self.finalize(x) for x in batch]
             if self.writer is None:
                 self.writer = ShardWriter(self.path, self._layout, resume=self.resume)
+            t1 = time.thread_time()  # the shard's creation (once) is counted nowhere
             self.writer.write(records)
             self.writer.set_dropped(self.dropped)
             self.written += len(records)
+            t2 = time.thread_time()
             self.writer.flush()  # visible to SWMR readers, and on disk should the process die
+            self._count_cpu(len(records), t1 - t0, t2 - t1, time.thread_time() - t2)
         except BaseException as exc:  # kept for the training thread; the thread goes on draining
             self.error = exc
             self._abandon()
+
+    def _count_cpu(self, records: int, finalize: float, write: float, flush: float) -> None:
+        split = self.cpu_split
+        for key, value in (("records", records), ("finalize", finalize), ("write", write), ("flush", flush)):
+            split[key] = split.get(key, 0) + value
 
     def _abandon(self):
         """After a failed write, let go of the file now (HDF5 must not meet it again at exit)."""
