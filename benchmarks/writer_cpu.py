@@ -5,7 +5,7 @@ docs/benchmarks.md, the H200 section), so it is tview's cost there whatever the 
 the default preset recording every step (a detail step every 10th record), then prints per record the
 writer's CPU in each part, and beside it the plain training step's time measured in the same run (the ratio
 is what the writer would add to a host-bound step). Usage:
-    python benchmarks/writer_cpu.py [--models resnet,convbn,3c3d] [--steps 400] [--batch 8] [--device-path]
+    python benchmarks/writer_cpu.py [--models resnet,convbn,3c3d] [--steps 400] [--batch 8] [--device-path] [--compile inductor]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--device-path", action="store_true", help="TVIEW_FORCE_DEVICE_PATH=1 (a GPU's code path)")
+    ap.add_argument("--compile", default=None, metavar="BACKEND", help="train torch.compile(model, backend=BACKEND)")
     a = ap.parse_args(argv)
     if a.device_path:
         os.environ["TVIEW_FORCE_DEVICE_PATH"] = "1"  # before tview is imported
@@ -31,7 +32,7 @@ def main(argv=None) -> int:
     print(f"{'net':8} {'records':>7} {'finalize':>9} {'write':>7} {'flush':>7} {'writer':>7} ms a record"
           f"   {'plain step':>10} ms   writer / step")
     for name in a.models.split(","):
-        split, plain = writer_split(name, a.steps, a.batch)
+        split, plain = writer_split(name, a.steps, a.batch, a.compile)
         n = split["records"]
         part = {k: split[k] / n * 1e3 for k in ("finalize", "write", "flush")}
         total = sum(part.values())
@@ -40,7 +41,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def writer_split(name: str, steps: int, batch: int) -> tuple[dict, float]:
+def writer_split(name: str, steps: int, batch: int, backend: str | None = None) -> tuple[dict, float]:
     """(the writer's cpu_split after `steps` recorded steps, a plain training step's seconds, median of 50)."""
     import torch
     import torch.nn.functional as F
@@ -48,6 +49,8 @@ def writer_split(name: str, steps: int, batch: int) -> tuple[dict, float]:
     import tview
     from benchmarks.overhead import make
     model, x, y = make(name, batch)
+    if backend:
+        model = torch.compile(model, backend=backend)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, foreach=True)
 
     def step(rec=None):

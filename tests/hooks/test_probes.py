@@ -581,21 +581,44 @@ class SharedReLUNet(torch.nn.Module):
         return self.fc(self.mixed(self.wide(self.mixed(x))).flatten(1))
 
 
+def shared_relu_step(tmp_path, micro_batches: int, compiled: bool = False):
+    """SharedReLUNet's one recorded step (preset full) over `micro_batches` forward and backward passes of four 8x8
+    examples each (the sample is the whole batch), maybe compiled: (the run, each module's outputs in call order)."""
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(4 * micro_batches, 1, 8, 8, generator=g), torch.randint(0, 10, (4 * micro_batches,), generator=g)
+    torch.manual_seed(0)
+    model = SharedReLUNet()
+    trained = torch.compile(model, backend="aot_eager") if compiled else model
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rec = tview.Recorder(trained, str(tmp_path / "r"), every=1, preset="full", optimizer=opt)
+    seen, handles = capture_outputs(model)
+    for k in range(micro_batches):
+        F.cross_entropy(trained(x[4 * k:4 * k + 4]), y[4 * k:4 * k + 4]).backward()
+    for h in handles:
+        h.remove()
+    opt.step()
+    rec.step()
+    rec.close()
+    return tview.open_run(str(tmp_path / "r")), seen
+
+
+@pytest.mark.parametrize("micro_batches,compiled", [(1, False), (2, False), (1, True)],
+                         ids=["one-pass", "two-passes", "compiled"])
 @pytest.mark.parametrize("device_path", [False, True], ids=["cpu-path", "device-path"])
-def test_a_module_called_several_times_has_the_statistics_of_all_its_calls(tmp_path, monkeypatch, device_path):
+def test_a_module_called_several_times_has_the_statistics_of_all_its_calls(tmp_path, monkeypatch, device_path,
+                                                                           micro_batches, compiled):
     """Each statistic of a shared module over all its calls against plain torch over their outputs together: moments,
-    zeros, NaN, histogram, and per channel where the calls have the same channels (none where they differ). Four 8x8
-    examples: the sample is the whole batch."""
+    zeros, NaN, histogram, and per channel where the calls have the same channels (none where they differ); with one
+    forward pass per step, two (gradient accumulation: every call of both), and compiled (a batch per output)."""
     from tview.hooks import params, probes
     monkeypatch.setattr(probes, "FORCE_DEVICE_PATH", device_path)
     monkeypatch.setattr(params, "FORCE_DEVICE_PATH", device_path)
-    g = torch.Generator().manual_seed(1)
-    x, y = torch.randn(4, 1, 8, 8, generator=g), torch.randint(0, 10, (4,), generator=g)
-    torch.manual_seed(0)
-    run, _, seen, _, _, _ = one_recorded_step(tmp_path, x=x, y=y, model=SharedReLUNet())
-    for layer, calls in (("act", 3), ("conv", 2), ("mixed", 2)):
+    if compiled:
+        torch._dynamo.reset()
+    run, seen = shared_relu_step(tmp_path, micro_batches, compiled)
+    for layer, calls in (("act", 3), ("conv", 2), ("mixed", 2), ("stem", 1)):
         outs = seen[layer]
-        assert len(outs) == calls
+        assert len(outs) == calls * micro_batches
         flat = torch.cat([o.reshape(-1) for o in outs]).double()
         assert stat(run, "act_mean", layer) == pytest.approx(flat.mean().item(), rel=1e-5, abs=1e-7)
         assert stat(run, "act_std", layer) == pytest.approx(flat.std().item(), rel=1e-4)
@@ -604,7 +627,7 @@ def test_a_module_called_several_times_has_the_statistics_of_all_its_calls(tmp_p
         assert stat(run, "act_zero_frac", layer) == pytest.approx((flat == 0).double().mean().item(), abs=1e-7)
         assert stat(run, "act_nan", layer) == 0
         counts = run.histogram("act", layer)[2][0].astype(np.int64)
-        assert np.abs(counts - reference_histogram(flat.numpy())).sum() <= 2 * calls
+        assert np.abs(counts - reference_histogram(flat.numpy())).sum() <= 2 * len(outs)
         if layer == "mixed":
             assert len(run.stat("act_channel_mean", layer)[0]) == 0
             continue

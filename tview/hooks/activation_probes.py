@@ -303,6 +303,31 @@ def _reduce_index(groups: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     return order, np.cumsum([0] + [len(g) for g in groups[:-1]]).astype(np.int64)
 
 
+def joined_batches(batches: list[tuple]) -> tuple | None:
+    """A step's batches (layers, row_start, results) as one (compiled: a batch per output; several forward passes
+    of one step: a batch each), each part's values one after another; None where their probes or parts differ, or an
+    output has no rows (a finalize_outputs reduces over each output's rows)."""
+    if not batches:
+        return None
+    layers = [layer for b in batches for layer in b[0]]
+    widths = np.concatenate([np.diff(b[1]) for b in batches])
+    keys = [[(p, tuple(parts)) for p, parts in b[2]] for b in batches]
+    if (widths == 0).any() or any(k != keys[0] for k in keys[1:]):
+        return None
+    if len(batches) == 1:
+        return layers, batches[0][1], batches[0][2]
+    results = [(p, {key: _joined([b[2][j][1][key] for b in batches]) for key in parts})
+               for j, (p, parts) in enumerate(batches[0][2])]
+    return layers, [0, *np.cumsum(widths).tolist()], results
+
+
+def _joined(values: list):
+    """One part's values over several batches, one after another (arrays, or lists of numbers)."""
+    if all(isinstance(v, list) for v in values):
+        return np.array([x for v in values for x in v])
+    return np.concatenate([v if isinstance(v, np.ndarray) and v.ndim else np.atleast_1d(np.asarray(v)) for v in values])
+
+
 @functools.lru_cache(maxsize=16)
 def merge_plan(layers: tuple[int, ...], row_start: tuple[int, ...]) -> MergePlan:
     """The MergePlan of a batch's order of layers (a forward pass takes the same path step after step)."""

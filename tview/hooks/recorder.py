@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import functools
 import gc
 import json
 import math
@@ -962,17 +961,17 @@ class Recorder:
         return now - last
 
     def _activation_rows(self, item: dict, rec: StepRecord) -> None:
-        """The activation probes' rows: where one batch holds the step's outputs, a probe with finalize_outputs
-        finalizes them all at once, the calls of a layer called several times merged row by row first (per layer
-        where they differ in width: act.MergePlan); otherwise per layer."""
+        """The activation probes' rows: the step's batches joined in one (act.joined_batches), a probe with
+        finalize_outputs finalizes every output at once, the calls of a layer called several times merged row by row
+        first (per layer where they differ in width: act.MergePlan); otherwise per layer."""
         calls: dict[act.ActivationProbe, dict[int, list[dict]]] = {}
         for layer, _, results in item["act"]:
             for probe, parts in results:
                 calls.setdefault(probe, {}).setdefault(layer, []).append(parts)
-        batches, started = item["act_batches"], {}
-        for layers, _, row_start, results in batches:
-            one = len(batches) == 1 and 0 not in np.diff(row_start)
-            plan = act.merge_plan(tuple(layers), tuple(row_start)) if one else None
+        batches = [(layers, row_start, results) for layers, _, row_start, results in item["act_batches"]]
+        joined, started = act.joined_batches(batches), {}
+        for layers, row_start, results in [joined] if joined is not None else batches:
+            plan = act.merge_plan(tuple(layers), tuple(row_start)) if joined is not None else None
             for probe, parts in results:
                 per_layer = calls.setdefault(probe, {})
                 if plan is not None and act.outputs_finalizer(probe) is not None:
@@ -1120,7 +1119,6 @@ HOST_BUFFER_KEPT = 4 << 20  # bytes of the CPU path's sample buffer kept from on
 # one is made again at each step: memory held between steps, and glibc serves the same size again without faults)
 
 
-@functools.lru_cache(maxsize=64)
 def _channels(output: torch.Tensor) -> int | None:
     return output.shape[1] if output.dim() >= 2 else None
 
