@@ -3,7 +3,7 @@
 # sized for a 15-minute device lease (about 9 minutes; each part has its own time limit): the CUDA tests (device
 # statistics equal the CPU's, one host transfer a step, set_sync_debug_mode("error") around recording, bf16 and
 # compile), the recorder's overhead on three nets, where a recorded step's host time goes (the training thread's
-# forward and rec.step(), the writer thread), the overhead under budget=0.05, memory on the GPU, and a compiled
+# forward and rec.step(), the writer thread), the writer's CPU per record, the overhead under budget=0.05, memory on the GPU, and a compiled
 # model's overhead.
 # `--ranks` also times reads across 1024 ranks on that machine's cores (CPU work: 5 more minutes).
 # The whole log is written to $OUT/gpu_check.log where OUT is set (the device tool's folder), else to ./gpu_check.log.
@@ -25,6 +25,8 @@ for every in 1 10; do
     part "host time by thread, every $every"
     timeout 60 python3 benchmarks/gpu_profile.py --steps 400 --every "$every" --no-profile 2>&1 | tail -4
 done
+part "writer CPU per record"
+timeout 60 python3 benchmarks/writer_cpu.py --device cuda --batch 128 --steps 300 2>&1 | tail -4
 part "budget (0.05)"
 timeout 120 python3 benchmarks/budget.py --device cuda --batch 128 --rounds 2 --steps 400 --adapt 5 2>&1 \
     | grep -v "Warning\|rec.step" | tail -6

@@ -5,7 +5,8 @@ docs/benchmarks.md, the H200 section), so it is tview's cost there whatever the 
 the default preset recording every step (a detail step every 10th record), then prints per record the
 writer's CPU in each part, and beside it the plain training step's time measured in the same run (the ratio
 is what the writer would add to a host-bound step). Usage:
-    python benchmarks/writer_cpu.py [--models resnet,convbn,3c3d] [--steps 400] [--batch 8] [--device-path] [--compile inductor]
+    python benchmarks/writer_cpu.py [--models resnet,convbn,3c3d] [--steps 400] [--batch 8] [--device-path]
+        [--device cuda] [--compile inductor]
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--device-path", action="store_true", help="TVIEW_FORCE_DEVICE_PATH=1 (a GPU's code path)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--compile", default=None, metavar="BACKEND", help="train torch.compile(model, backend=BACKEND)")
     a = ap.parse_args(argv)
     if a.device_path:
@@ -65,6 +67,8 @@ def writer_split(name: str, steps: int, batch: int, backend: str | None = None) 
     for _ in range(60):
         t0 = time.perf_counter()
         step()
+        if x.is_cuda:
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     with tempfile.TemporaryDirectory() as tmp:
         rec = tview.Recorder(model, tmp, every=1, optimizer=opt)

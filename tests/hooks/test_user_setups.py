@@ -789,7 +789,8 @@ def test_tview_records_its_own_time_and_not_the_users(tmp_path):
     """tview_time is the time in tview's code on the training thread (here made 30 ms longer in its end-of-forward
     statistics from step 5 on), never the user's (a layer that sleeps 150 ms); tview_writer_cpu is the writer
     thread's CPU (made 20 ms longer a record, in numpy calls that let go of the GIL: a writer spinning in Python
-    would make every torch call of the training thread wait for the GIL, inside tview's time or the user's)."""
+    would make every torch call of the training thread wait for the GIL, inside tview's time or the user's), and
+    the writer's own split of it counts those 20 ms in finalize."""
     model = nn.Sequential(small_net(), Sleeps(0.15))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     rec = tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt)
@@ -826,6 +827,9 @@ def test_tview_records_its_own_time_and_not_the_users(tmp_path):
     assert 0.025 <= added <= 0.06, own  # tview's added 30 ms, counted once
     assert np.all(own < 0.15 + 0.03), own  # never the user's 150 ms
     assert np.all(writer >= 0.02) and writer.sum() <= cpu, (writer, cpu)
+    split = rec._writer.cpu_split  # benchmarks/writer_cpu.py's figures: the busy 20 ms fall in finalize
+    assert split["records"] == 10 and 0.2 <= split["finalize"] <= writer.sum() + 0.01, (split, writer.sum())
+    assert 0 < split["write"] + split["flush"] < split["finalize"], split
 
 
 def test_tviews_share_on_the_overview_is_its_time_over_the_time_between_records(tmp_path):

@@ -96,6 +96,7 @@ class BackgroundWriter:
         try:
             t0 = time.thread_time()
             records = [self.finalize(x) for x in batch]
+            finalized = time.thread_time() - t0
             if self.writer is None:
                 self.writer = ShardWriter(self.path, self._layout, resume=self.resume)
             t1 = time.thread_time()  # the shard's creation (once) is counted nowhere
@@ -104,7 +105,7 @@ class BackgroundWriter:
             self.written += len(records)
             t2 = time.thread_time()
             self.writer.flush()  # visible to SWMR readers, and on disk should the process die
-            self._count_cpu(len(records), t1 - t0, t2 - t1, time.thread_time() - t2)
+            self._count_cpu(len(records), finalized, t2 - t1, time.thread_time() - t2)
         except BaseException as exc:  # kept for the training thread; the thread goes on draining
             self.error = exc
             self._abandon()

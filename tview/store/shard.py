@@ -8,6 +8,7 @@ which layers it measured), `snapshots`, `probe` (the probe batch) and `status`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 
@@ -250,11 +251,10 @@ class ShardWriter:
         channel_cols = [c.name for c in spec.columns if c.kind == schema.CHANNEL]
         if channel_cols:
             measured = np.array(row.measured, dtype=bool)
-            widths = [self.layout.channel_widths.get(c, {}) for c in channel_cols]
-            for i, layer in enumerate(self.layout.layer_names):
-                if measured[i]:
-                    measured[i] = all(np.shape((row.values.get(c) or {}).get(layer)) == (w.get(layer, -1),)
-                                      for c, w in zip(channel_cols, widths))
+            for c in channel_cols:
+                widths, values = self.layout.channel_widths.get(c, {}), row.values.get(c) or {}
+                right = {layer for layer, v in values.items() if np.shape(v) == (widths.get(layer, -1),)}
+                measured &= [layer in right for layer in self.layout.layer_names]
             row = TableRow(measured, row.values, row.sample_n, row.total_n)
         return row
 
@@ -271,14 +271,15 @@ class ShardWriter:
     def _note_nonfinite(self, records: list[StepRecord]):
         """Keep status/first_nonfinite/* (held in memory, written when they change)."""
         changed = set()
+        first = self._first[schema.TABLE_SCALARS]
         for r in records:
             skip_start = self._skipped_run(r)
             for name, value in r.scalars.items():
-                first = self._first[schema.TABLE_SCALARS]
-                col = self.scalar_columns.get(name)
-                if col is not None and first[col] < 0 and not np.isfinite(value):
-                    first[col] = r.step
-                    changed.add(schema.TABLE_SCALARS)
+                if not math.isfinite(value):  # (a Python float: no numpy call per scalar)
+                    col = self.scalar_columns.get(name)
+                    if col is not None and first[col] < 0:
+                        first[col] = r.step
+                        changed.add(schema.TABLE_SCALARS)
             for table, row in r.tables.items():
                 step = r.step
                 if skip_start is not None and self.specs.get(table) and self.specs[table].reads == "gradient":
