@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -110,6 +112,36 @@ def record_two_copies(tmp_path, compiled: bool) -> list[tuple]:
         stored = tview.open_run(rec.run_dir)
         out.append((stored.stat("act_mean", "conv1")[1], stored.stat("act_zero_frac", "relu")[1]))
     return out
+
+
+@pytest.mark.parametrize("first", ["plain copy", "recorded copy"])
+def test_a_compiled_copy_of_the_recorded_model_does_not_take_its_statistics_away(tmp_path, first):
+    """A teacher or EMA copy of the student's class, compiled beside it and trained in turns: dynamo shares one class's
+    code between copies and by default does not guard on hooks, so the recorded copy ran the plain copy's code
+    (traced without tview's hooks) and lost its activation statistics step after step, said once. tview makes dynamo
+    guard on hooks while it records a compiled model (and puts the setting back at close)."""
+    torch._dynamo.reset()
+    x, y = make_data()
+    torch.manual_seed(0)
+    plain, student = TinyCNN(), TinyCNN()
+    plain_c, student_c = torch.compile(plain, backend="aot_eager"), torch.compile(student, backend="aot_eager")
+    if first == "plain copy":
+        F.cross_entropy(plain_c(x), y).backward()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with tview.Recorder(student_c, str(tmp_path / "r"), every=1) as rec:
+            assert torch._dynamo.config.skip_nnmodule_hook_guards is False
+            for _ in range(5):
+                F.cross_entropy(student_c(x), y).backward()
+                rec.step()
+                F.cross_entropy(plain_c(x), y).backward()
+    assert torch._dynamo.config.skip_nnmodule_hook_guards is True  # torch's default, put back
+    assert not [str(w.message) for w in caught if "tview" in str(w.message)]
+    run = tview.open_run(str(tmp_path / "r"))
+    expected = F.relu(student.bn1(student.conv1(x)))  # relu's first call: (the net is not trained: no optimizer)
+    steps, zeros = run.stat("act_zero_frac", "relu")
+    assert list(steps) == [0, 1, 2, 3, 4]
+    assert 0.2 < zeros[0] < 0.8 and expected.shape[0] == x.shape[0]
 
 
 def test_two_recorders_on_two_compiled_copies_of_one_class_record_what_they_record_eagerly(tmp_path):

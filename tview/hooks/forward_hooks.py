@@ -26,6 +26,29 @@ def compiled_anything() -> bool:
     return bool(counters["stats"]["unique_graphs"])
 
 
+_HOOK_GUARDS = {"users": 0, "before": True}  # Recorders that asked dynamo to guard on hooks; the setting before
+
+
+def guard_hooks() -> None:
+    """Make dynamo guard on modules' hooks (torch._dynamo.config.skip_nnmodule_hook_guards = False) while a Recorder
+    records a compiled model. Compiled copies of one class share dynamo's code: without the guard, a copy with tview's
+    hooks runs code traced for one without them (a teacher or EMA copy compiled beside the student), and its
+    activation statistics are lost step after step. The setting is put back when the last such Recorder closes."""
+    import torch._dynamo
+    if _HOOK_GUARDS["users"] == 0:
+        _HOOK_GUARDS["before"] = torch._dynamo.config.skip_nnmodule_hook_guards
+    _HOOK_GUARDS["users"] += 1
+    torch._dynamo.config.skip_nnmodule_hook_guards = False
+
+
+def unguard_hooks() -> None:
+    """One Recorder that called guard_hooks() is done with it."""
+    import torch._dynamo
+    _HOOK_GUARDS["users"] = max(_HOOK_GUARDS["users"] - 1, 0)
+    if _HOOK_GUARDS["users"] == 0:
+        torch._dynamo.config.skip_nnmodule_hook_guards = _HOOK_GUARDS["before"]
+
+
 def compile_in_play(outer: nn.Module, model: nn.Module) -> bool:
     """Whether torch.compile has traced a graph in this process or the model is a compiled wrapper."""
     return compiled_anything() or runs_compiled(outer, model)

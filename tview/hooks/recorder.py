@@ -27,7 +27,7 @@ from tview.hooks import activation_probes as act
 from tview.hooks import param_probes as par
 from tview.hooks.activation_batch import ActivationBatch, RowIndex, flat_sample
 from tview.hooks.budget import CostBudget, check_budget
-from tview.hooks.forward_hooks import ForwardHooks, compile_in_play, compiled_anything
+from tview.hooks.forward_hooks import ForwardHooks, compile_in_play, compiled_anything, guard_hooks, unguard_hooks
 from tview.hooks.host_batch import HostBatch
 from tview.hooks.layers import (
     Hook,
@@ -297,6 +297,7 @@ class Recorder:
         self._open: tuple | None = None  # a forward begun and not ended: (kept, pending, host batch?, examples) before
         self._eval_forward = False  # a forward of the model in eval mode with autograd on ran this step
         self._problems: set[str] = set()
+        self._unguard = None  # where this Recorder asked dynamo to guard on hooks (guard_hooks): gives it back
         self._hooks = []  # on the parameters (for good)
         self._forward_hooks = ForwardHooks(self.outer, self.model)  # on from the start: torch.compile traces them
         self._forward_hooks.add(self.outer, Hook(self._count_examples), pre=True, kwargs=True)
@@ -312,10 +313,18 @@ class Recorder:
         self._set_up_forward_wait()
 
     def _recompile_if_compiled(self):
-        """A compiled model that already ran ignores hooks added since (dynamo skips hook guards): drop
-        dynamo's compiled code once so the next call traces the model with tview's hooks."""
-        if runs_compiled(self.outer, self.model) and compiled_anything():
-            torch._dynamo.reset()
+        """A compiled model: dynamo guards on hooks from now on (guard_hooks); one that already ran ignores hooks
+        added since (that code was traced without the guard): drop dynamo's compiled code once so the next call
+        traces the model with tview's hooks."""
+        if runs_compiled(self.outer, self.model):
+            self._guard_hooks()
+            if compiled_anything():
+                torch._dynamo.reset()
+
+    def _guard_hooks(self):
+        if self._unguard is None:
+            guard_hooks()
+            self._unguard = weakref.finalize(self, unguard_hooks)  # at close(), or when dropped unclosed
 
     def _set_up_local_grads(self):
         """Under DDP, this rank's gradient before the all-reduce: from a DDP communication hook; where the
@@ -832,6 +841,7 @@ class Recorder:
                        "tview drops torch.compile's cached code once so the next step traces the hooks; give the "
                        "Recorder the compiled model, or make it before the first compiled call, to avoid the retrace",
                        stacklevel=4)
+        self._guard_hooks()
         torch._dynamo.reset()
 
     @contextlib.contextmanager
@@ -1025,6 +1035,8 @@ class Recorder:
         self._hooks = []
         self._forward_hooks.clear()
         self.clock.remove()
+        if self._unguard is not None:  # no hook of tview's left to guard on
+            self._unguard()
 
     def close(self) -> None:
         """Write what is queued, mark the shard closed cleanly, remove the hooks, keep the training step reached
