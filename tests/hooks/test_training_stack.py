@@ -5,7 +5,6 @@ conv module, two optimizers, a scheduler, a refused scalar; recorded numbers aga
 import os
 import subprocess
 import sys
-
 import warnings
 
 import numpy as np

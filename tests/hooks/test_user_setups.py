@@ -234,7 +234,7 @@ def test_keyword_inputs_are_counted_and_tuple_outputs_recorded(tmp_path):
     run = tview.open_run(str(tmp_path / "r"))
     assert list(run.scalar("examples")[1]) == [8, 8]
     np.testing.assert_allclose(run.stat("act_mean", layer="aux")[1], means, rtol=1e-5)
-    said = [str(w.message) for w in caught if "not a tensor" in str(w.message)]
+    said = [str(w.message) for w in caught if "not a floating-point tensor" in str(w.message)]
     assert len(said) == 1 and "'head'" in said[0] and "dict" in said[0], said
 
 
@@ -857,3 +857,111 @@ def test_tviews_share_on_the_overview_is_its_time_over_the_time_between_records(
     assert 0.2 <= whole <= 0.8 and abs(share - whole) < 0.15, (share, whole)  # (step_time's share read 0.96)
     from tview.cli import info_text
     assert f"{share:.1%}" in info_text(str(tmp_path / "r"))  # `tview info` shows the same share
+
+
+def test_lazy_layers_not_made_yet_are_refused_with_what_to_do(tmp_path):
+    """Recorder() right after building a model of lazy modules raised torch's "uninitialized parameter" error from
+    inside tview; it is a ConfigError that names the layers and says to run one forward pass first (then it works)."""
+    model = nn.Sequential(nn.LazyConv2d(4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.LazyLinear(10))
+    x, y = data()
+    with pytest.raises(ConfigError, match=r"'0', '3' have lazy parameters.*one forward pass"):
+        tview.Recorder(model, str(tmp_path / "r"), every=1)
+    model(x)
+    with tview.Recorder(model, str(tmp_path / "r2"), every=1) as rec:
+        F.cross_entropy(model(x), y).backward()
+        rec.step()
+    recorded = tview.open_run(str(tmp_path / "r2")).stat("grad_norm", layer="0")[1]
+    np.testing.assert_allclose(recorded, [grad_norm(model[0])], rtol=1e-5)
+
+
+class Quantizer(nn.Module):
+    """A vector quantizer: (integer codes, the quantized vectors), or the codes alone."""
+
+    def __init__(self, codes_only: bool = False):
+        super().__init__()
+        self.codebook = nn.Parameter(torch.randn(8, 4))
+        self.codes_only = codes_only
+
+    def forward(self, h):
+        codes = torch.cdist(h.mean((2, 3)), self.codebook).argmin(1)
+        return codes if self.codes_only else (codes, self.codebook[codes])
+
+
+class QuantNet(nn.Module):
+    def __init__(self, codes_only: bool = False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.quant, self.fc = nn.Conv2d(1, 4, 3, padding=1), Quantizer(codes_only), nn.Linear(4, 10)
+
+    def forward(self, x):
+        h = self.conv(x)
+        out = self.quant(h)
+        q = self.quant.codebook[out] if self.quant.codes_only else out[1]
+        return self.fc(h.mean((2, 3)) + q), out
+
+
+@pytest.mark.parametrize("codes_only", [False, True], ids=["codes-and-vectors", "codes-only"])
+def test_a_layer_with_integer_outputs_leaves_the_other_layers_statistics_alone(tmp_path, codes_only):
+    """A layer led by an integer tensor (a quantizer's codes), in a model that returns a tuple: the NaN scan met the
+    integer codes and activation statistics stopped for every layer, for good. The layer's first floating-point output
+    is its activation (the quantized vectors); integer codes alone have none, said once."""
+    model, (x, y) = QuantNet(codes_only), data(4)
+    outs, quantized = [], []
+    keep_outputs(model.conv, outs)
+    if not codes_only:
+        model.quant.register_forward_hook(lambda m, i, o: quantized.append(o[1].detach().clone()))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with tview.Recorder(model, str(tmp_path / "r"), every=1, preset="full") as rec:
+            for _ in range(2):
+                model.zero_grad()
+                F.cross_entropy(model(x)[0], y).backward()
+                rec.step()
+    said = [str(w.message) for w in caught if "tview" in str(w.message)]
+    run = tview.open_run(str(tmp_path / "r"))
+    np.testing.assert_allclose(run.stat("act_mean", layer="conv")[1], [float(o.mean()) for o in outs], rtol=1e-5)
+    assert list(run.stat("act_nan", layer="conv")[1]) == [0, 0]
+    if codes_only:
+        assert len(said) == 1 and "'quant' returns a torch.int64 tensor" in said[0], said
+        assert len(run.stat("act_mean", layer="quant")[0]) == 0
+    else:
+        assert not said, said
+        np.testing.assert_allclose(run.stat("act_mean", layer="quant")[1], [float(q.mean()) for q in quantized],
+                                   rtol=1e-5)
+
+
+class FrozenBackbone(nn.Module):
+    """Fine-tuning: the backbone runs under torch.no_grad() inside the training forward, the head trains."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.backbone = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU())
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+
+    def forward(self, x):
+        with torch.no_grad():
+            features = self.backbone(x)
+        return self.head(features)
+
+
+def test_a_backbone_run_under_no_grad_inside_the_training_forward_is_recorded(tmp_path):
+    """Its activations were dropped with nothing said (a NaN born there was blamed on the head). Inside the model's
+    training forward a no_grad part counts; a no_grad forward of the whole model between steps still does not."""
+    model, (x, y) = FrozenBackbone(), data(4)
+    opt = torch.optim.SGD(model.head.parameters(), lr=0.1)
+    outs = []
+    keep = model.backbone[0].register_forward_hook(lambda m, i, o: outs.append(o.detach().clone()))
+    with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt, preset="full") as rec:
+        for _ in range(2):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            with torch.no_grad():
+                model(x)  # an evaluation between steps, in train mode: not the step's
+            rec.step()
+    keep.remove()
+    run = tview.open_run(str(tmp_path / "r"))
+    training = [float(outs[0].mean()), float(outs[2].mean())]  # (outs[1], outs[3]: the evaluations)
+    np.testing.assert_allclose(run.stat("act_mean", layer="backbone.0")[1], training, rtol=1e-5)
+    assert list(run.scalar("examples")[1]) == [4, 4]

@@ -21,6 +21,7 @@ import weakref
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from tview.errors import ConfigError, StoreWriteError, TviewError
 from tview.hooks import activation_probes as act
@@ -172,6 +173,11 @@ class Recorder:
             raise ConfigError(f"{type(self.model).__name__} has no Conv, Linear, norm, activation or other module "
                               f"with parameters of its own to record")
         self.layer_names = [n for n, _ in self.layers]
+        lazy = [n for n, m in self.layers if any(is_lazy(p) for p in own_params(m))]
+        if lazy:
+            raise ConfigError(f"tview: the layers {', '.join(map(repr, lazy))} have lazy parameters not made yet "
+                              f"(LazyConv2d, LazyLinear, ...): run one forward pass of the model before making the "
+                              f"Recorder, so that their shapes are known")
         self.layer_info = [layer_info(n, m) for n, m in self.layers]
         top = [n for n, _ in self.model.named_parameters(recurse=False)]
         if top:
@@ -496,11 +502,11 @@ class Recorder:
     def _make_forward_hook(self, index: int):
         def hook(module, inputs, output):  # returns at once on a step that records no activation statistics
             probes = self._act_probes_now
-            if not probes or not torch.is_grad_enabled():
-                return
+            if not probes or not (torch.is_grad_enabled() or self._open is not None):
+                return  # inference: eager, a no_grad part of the model's training forward counts (a frozen backbone)
             if not module.training and (torch.compiler.is_compiling() or self._open is None):
                 return  # eval mode, outside the model's training forward (eager: a frozen BatchNorm inside it counts)
-            if not isinstance(output, torch.Tensor):
+            if not isinstance(output, torch.Tensor) or not output.is_floating_point():
                 output = self._main_output(index, output)
                 if output is None:
                     return
@@ -519,15 +525,18 @@ class Recorder:
         return Hook(hook)  # a copy of the model (deepcopy, pickle) holds a hook that does nothing
 
     def _main_output(self, index: int, output) -> torch.Tensor | None:
-        """A layer's output that is not a tensor: the first element of a tuple or list that holds a tensor there
-        ((x, aux), nn.MultiheadAttention's (out, weights), an LSTM's (out, (h, c))); of another (a dict, None),
-        no activation statistics, said once."""
-        if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-            return output[0]
+        """A layer's output that is not a floating-point tensor: the first floating-point tensor of a tuple or list
+        ((x, aux), nn.MultiheadAttention's (out, weights), an LSTM's (out, (h, c)), a vector quantizer's (codes,
+        quantized)); of another (a dict, None, integer codes alone), no activation statistics, said once."""
+        if isinstance(output, (tuple, list)):
+            found = next((t for t in output if isinstance(t, torch.Tensor) and t.is_floating_point()), None)
+            if found is not None:
+                return found
         if f"output of {index}" not in self._problems and not torch.compiler.is_compiling():
-            self._say_once(f"output of {index}", f"tview: layer {self.layer_names[index]!r} returns a "
-                           f"{type(output).__name__}, not a tensor (nor a tuple or list led by one): no activation "
-                           f"statistics of it", stacklevel=3)
+            what = f"{output.dtype} tensor" if isinstance(output, torch.Tensor) else type(output).__name__
+            self._say_once(f"output of {index}", f"tview: layer {self.layer_names[index]!r} returns a {what}, not a "
+                           f"floating-point tensor (nor a tuple or list holding one): no activation statistics of it",
+                           stacklevel=3)
         return None
 
     def _activations_failed(self, exc: BaseException):
