@@ -636,3 +636,16 @@ def test_a_module_called_several_times_has_the_statistics_of_all_its_calls(tmp_p
                                    rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(stat(run, "act_channel_zero_frac", layer),
                                    (together == 0).double().mean(dim=(0, 2, 3)).numpy(), atol=1e-7)
+
+
+def test_a_statistic_sampled_on_some_steps_is_not_called_exact(tmp_path):
+    """Batches of 16 then 2 (a loader's last batches): the first two steps sample 4 of 16 examples, the others read
+    every value. stat_info compared the median sample size with the median tensor size and called it exact."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(256, 10))
+    with tview.Recorder(model, str(tmp_path / "r"), every=1, preset="activations") as rec:
+        for b in (16, 16, 2, 2, 2):
+            F.cross_entropy(model(torch.randn(b, 1, 8, 8)), torch.randint(0, 10, (b,))).backward()
+            rec.step()
+    info = tview.open_run(str(tmp_path / "r")).stat_info("act_mean", "0")
+    assert not info["exact"] and "a sample in 2 of 5 measurements" in info["note"], info

@@ -147,7 +147,12 @@ def sample_note(n: np.ndarray, m: np.ndarray) -> dict:
     if not len(n) or np.isnan(n).all():
         why = "none measured yet" if not len(n) else "its size was not recorded: converted from store schema 1"
         return {"exact": False, "sample": None, "of": None, "note": f"estimated from a sample ({why})"}
-    n, m = int(np.median(n)), int(np.median(m))
-    if n >= m:
+    known = ~(np.isnan(n) | np.isnan(m))
+    whole = n[known] >= m[known]  # per row: every value read
+    n, m = int(np.median(n[known])), int(np.median(m[known]))
+    if whole.all():
         return {"exact": True, "sample": n, "of": m, "note": f"exact: all {m} values"}
+    if whole.any():  # (a batch that shrank, layers of several sizes: the medians alone would say exact)
+        return {"exact": False, "sample": n, "of": m, "note": f"estimated from a sample in {int((~whole).sum())} of "
+                f"{len(whole)} measurements (medians: {n} of {m} values)"}
     return {"exact": False, "sample": n, "of": m, "note": f"estimated from {n} of {m} values"}
