@@ -15,7 +15,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 
 
 def main(argv=None) -> int:
@@ -45,38 +44,19 @@ def main(argv=None) -> int:
 
 def writer_split(name: str, steps: int, batch: int, backend: str | None = None) -> tuple[dict, float]:
     """(the writer's cpu_split after `steps` recorded steps, a plain training step's seconds, median of 50)."""
-    import torch
-    import torch.nn.functional as F
-
     import tview
-    from benchmarks.overhead import make
-    model, x, y = make(name, batch)
-    if backend:
-        model = torch.compile(model, backend=backend)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, foreach=True)
-
-    def step(rec=None):
-        opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        if rec is not None:
-            rec.step(loss=loss)
-
-    times = []
-    for _ in range(60):
-        t0 = time.perf_counter()
-        step()
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+    from benchmarks import overhead
+    overhead.COMPILE = backend
+    base, x, y = overhead.make(name, batch)
     with tempfile.TemporaryDirectory() as tmp:
-        rec = tview.Recorder(model, tmp, every=1, optimizer=opt)
+        plain = overhead.Trainer(base, None, tmp)
+        times = sorted(plain.step(x, y) for _ in range(60))[5:55]
+        recorded = overhead.Trainer(base, lambda m, opt, folder: tview.Recorder(m, folder, every=1, optimizer=opt), tmp)
         for _ in range(steps):
-            step(rec)
-        rec.close()
-        split = dict(rec._writer.cpu_split)
-    return split, sorted(times[10:])[len(times[10:]) // 2]
+            recorded.step(x, y)
+        recorded.close()
+        split = dict(recorded.rec._writer.cpu_split)
+    return split, times[len(times) // 2]
 
 
 if __name__ == "__main__":
