@@ -40,20 +40,44 @@ def sample_examples(t: torch.Tensor | np.ndarray, per_channel: int | None = PER_
     return min(t.shape[0], max(1, math.ceil(per_channel / max(per_example, 1))))
 
 
+_PREFIXES: dict[tuple, tuple | None] = {}  # (shape, strides, per_channel, host) -> (values, layout) of a prefix sample
+
+
 def flat_sample(t: torch.Tensor, per_channel: int | None = PER_CHANNEL) -> tuple[torch.Tensor, tuple]:
     """(the sample as a flat tensor in storage order, a view where the output's layout allows, and its
     layout: ("flat", n), or ("nchw" | "nhwc", examples, channels, values per example and channel)). Where one
     example holds more than enough values per channel (on the CPU: per_channel; elsewhere 4x that, as each
-    thinning is one more op), every k-th position of the first example is taken (a copy)."""
+    thinning is one more op), every k-th position of the first example is taken (a copy). Eager, a sample that is a
+    prefix of the output's storage (the common case) is worked out once per shape and strides: a recorded step
+    samples every layer's output, and on a GPU its host time is the step's."""
     t = t.detach() if torch.is_grad_enabled() else t  # under no_grad (the eager path) none is needed: an op less
+    if not torch.compiler.is_compiling():
+        key = (t.shape, t.stride(), per_channel, host_shortcuts(t))
+        if key not in _PREFIXES:
+            if len(_PREFIXES) >= 4096:
+                _PREFIXES.clear()
+            _PREFIXES[key] = _prefix(t, per_channel)
+        if _PREFIXES[key] is not None:
+            size, layout = _PREFIXES[key]
+            return t.as_strided((size,), (1,), t.storage_offset()), layout
+    return _flat_sample(t, per_channel)
+
+
+def _prefix(t: torch.Tensor, per_channel: int | None) -> tuple | None:
+    """(values, layout) where the sample of an output shaped as `t` is a prefix of its storage, else None."""
+    if t.dim() < 2 or not t.is_contiguous():
+        return None
+    e, c, n = sample_examples(t, per_channel), t.shape[1], math.prod(t.shape[2:])
+    thin_above = per_channel if host_shortcuts(t) else 4 * (per_channel or 0)
+    return None if e == 1 and per_channel and n > thin_above else (e * c * n, ("nchw", e, c, n))
+
+
+def _flat_sample(t: torch.Tensor, per_channel: int | None) -> tuple[torch.Tensor, tuple]:
     if t.dim() < 2:
         return t.reshape(-1), ("flat", t.numel())
     e, c, n = sample_examples(t, per_channel), t.shape[1], math.prod(t.shape[2:])
     thin_above = per_channel if host_shortcuts(t) else 4 * (per_channel or 0)
-    prefix = t.is_contiguous() and not (e == 1 and per_channel and n > thin_above)
-    if prefix and not torch.compiler.is_compiling():  # eager: a prefix of its storage, one op (dynamo: views)
-        return t.as_strided((e * c * n,), (1,), t.storage_offset()), ("nchw", e, c, n)
-    s = t[:e]
+    s = t[:e]  # (eager, a prefix of the storage is flat_sample's: one op; dynamo: views)
     nhwc = s.dim() == 4 and not s.is_contiguous() and s.is_contiguous(memory_format=torch.channels_last)
     rows = s.permute(0, 2, 3, 1).reshape(e * n, c) if nhwc else s.reshape(e * c, n)  # views
     if e == 1 and per_channel and n > thin_above:
