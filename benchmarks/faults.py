@@ -109,6 +109,8 @@ SCENARIOS = [
              extra={"scale": 300.0}),
     Scenario("lr-spike-no-optimizer", model="resnet", steps=110, fault=_f("lr_scale", 80),  # lr from global hooks
              expected=("lr_jump", None, None), extra={"scale": 100.0, "no_optimizer": True}),
+    Scenario("lr-spike-one-rank", model="lenet", steps=120, fault=_f("lr_scale", 90, rank=1),  # a rank-local edit
+             expected=("lr_jump", 1, None), extra={"scale": 50.0}),
     Scenario("momentum-blowup", steps=140, fault=_f("momentum_scale", 100), expected=("update_ratio_jump", None, None),
              extra={"scale": 1000.0}),
     # ranks

@@ -28,8 +28,9 @@ def _faults():
 
 
 @pytest.mark.parametrize("name", ["nan-input", "nan-gradient", pytest.param("dead-filter", marks=pytest.mark.alone),
-                                  "replicas-differ", "lr-spike"])  # dead-filter: a warning, the only one here (a
-#   slow rank made by the other test worker's load, also a warning, could come first)
+                                  "replicas-differ", "lr-spike", "lr-spike-one-rank"])
+# (dead-filter: a warning, the only one here: a slow rank made by the other test worker's load, also a warning,
+# could come first)
 def test_fault_is_named_first(tmp_path, name):
     faults = _faults()
     sc = next(s for s in faults.SCENARIOS if s.name == name)

@@ -30,6 +30,7 @@ SPIKE_FACTOR = 3.0        # loss: the median of the next SPIKE_STAY records this
 SPIKE_GAP = 0.25          # ... and above it by this share of the run's early loss
 SPIKE_STAY = 3
 HISTORY, LEAST = 20, 5    # records a level is the median of, and the fewest that make one
+LR_RANKS = 64             # ranks whose learning rates are read (beyond: the first rank's)
 
 
 def lr_onset(lr: np.ndarray) -> int | None:
@@ -49,20 +50,31 @@ def lr_names(run, rank: int) -> list[str]:
 
 
 def check_lr(run, max_points=None) -> list[Finding]:
-    """The first step where any parameter group's learning rate jumps above the largest it had (first rank:
-    every rank's optimizer holds the same)."""
+    """The first step where any parameter group's learning rate jumps above the largest it had, on each rank (the
+    first LR_RANKS ranks; beyond, the first rank's: a job's optimizers hold the same) and named where it is on some
+    ranks only (a rank-local schedule or edit: its replicas then differ)."""
+    ranks = run.ranks if len(run.ranks) <= LR_RANKS else run.ranks[:1]
+    jumps = {rank: jump for rank in ranks if (jump := _lr_jump(run, rank, max_points)) is not None}
+    if not jumps:
+        return []
+    step, name, now, before = min(jumps.values())
+    on = sorted(rank for rank, jump in jumps.items() if jump[0] == step)
+    rank = on[0] if len(on) < len(run.ranks) else None
+    where = f" on rank {rank} only" if rank is not None and len(on) == 1 else ""
+    return [make("lr_jump", f"learning rate {name} {now:.3g} at step {step}{where}, {now / before:.3g}x the largest "
+                 f"before it ({before:.3g})", step=step, stat=name, rank=rank)]
+
+
+def _lr_jump(run, rank: int, max_points=None) -> tuple | None:
+    """(step, scalar, lr then, largest before) of the rank's first learning-rate jump, or None."""
     jumps = []
-    for name in lr_names(run, run.ranks[0]) if run.ranks else []:
-        steps, lr = scalar(run, name, run.ranks[0], max_points)
+    for name in lr_names(run, rank):
+        steps, lr = scalar(run, name, rank, max_points)
         lr = np.asarray(lr, dtype=np.float64)
         k = lr_onset(lr)
         if k is not None:
             jumps.append((int(steps[k]), name, float(lr[k]), float(np.nanmax(lr[:k]))))
-    if not jumps:
-        return []
-    step, name, now, before = min(jumps)
-    return [make("lr_jump", f"learning rate {name} {now:.3g} at step {step}, {now / before:.3g}x the largest before "
-                 f"it ({before:.3g})", step=step, stat=name)]
+    return min(jumps) if jumps else None
 
 
 def update_per_gradient(update: np.ndarray, grad: np.ndarray) -> np.ndarray:
