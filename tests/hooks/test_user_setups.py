@@ -965,3 +965,42 @@ def test_a_backbone_run_under_no_grad_inside_the_training_forward_is_recorded(tm
     training = [float(outs[0].mean()), float(outs[2].mean())]  # (outs[1], outs[3]: the evaluations)
     np.testing.assert_allclose(run.stat("act_mean", layer="backbone.0")[1], training, rtol=1e-5)
     assert list(run.scalar("examples")[1]) == [4, 4]
+
+
+@pytest.mark.parametrize("comm_hook", ["tview's", "the user's"])
+def test_local_gradient_norms_under_a_grad_scaler_are_of_the_unscaled_gradient(tmp_path, comm_hook):
+    """GradScaler under DDP (one gloo process, the Recorder told of two ranks): DDP's buckets, where tview reads each
+    rank's gradient before the all-reduce, hold the scaled gradient, and local_grad_norm read 1024x (the scale) the
+    gradient grad_norm reads. Given the scaler, tview divides by the scale the backward used (it doubles every second
+    step here: scaler.update() changes it before rec.step() runs). At world size 1 the local gradient is the
+    gradient: plain torch's norm after unscale_."""
+    import torch.distributed as dist
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        model, (x, y) = small_net(), data()
+        ddp = nn.parallel.DistributedDataParallel(model)
+        if comm_hook == "the user's":
+            ddp.register_comm_hook(dist.group.WORLD, allreduce_hook)
+        opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+        scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=2)
+        grads, scales = [], []
+        with tview.Recorder(ddp, str(tmp_path / "r"), every=1, optimizer=opt, rank=0, world_size=2,
+                            scaler=scaler) as rec:
+            for _ in range(4):
+                opt.zero_grad()
+                scales.append(float(scaler.get_scale()))
+                scaler.scale(F.cross_entropy(ddp(x), y)).backward()
+                scaler.unscale_(opt)
+                grads.append(grad_norm(model[0]))
+                scaler.step(opt)
+                scaler.update()
+                rec.step()
+    finally:
+        dist.destroy_process_group()
+    assert scales == [1024, 1024, 2048, 2048]
+    run = tview.open_run(str(tmp_path / "r"))
+    np.testing.assert_allclose(run.stat("local_grad_norm", layer="0")[1], grads, rtol=1e-5)
+    np.testing.assert_allclose(run.stat("grad_norm", layer="0")[1], grads, rtol=1e-5)
+    with pytest.raises(ConfigError, match="scaler must be the torch.amp.GradScaler.*got float"):
+        tview.Recorder(small_net(), str(tmp_path / "r2"), scaler=1024.0)

@@ -57,7 +57,9 @@ from tview.hooks.timing import (
     LocalGrads,
     StepClock,
     as_optimizers,
+    check_scaler,
     ddp_reduced,
+    live_scale,
     lr_names,
     lr_names_of,
     to_device,
@@ -114,7 +116,7 @@ class Recorder:
                  probe_batch=None, probe_layers=None, optimizer=None, mode: str = "new",
                  queue_size: int = 256, flush_seconds: float = 1.0, trajectory_dims: int = 3, seed: int = 0,
                  start_step: int | None = None, rank: int | None = None, world_size: int | None = None,
-                 config: dict | None = None, budget: float | None = None):
+                 config: dict | None = None, budget: float | None = None, scaler=None):
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         refuse_unsupported(model)
@@ -126,6 +128,7 @@ class Recorder:
         self.snapshot_schedule = as_schedule(snapshot_every, "snapshot_every") if snapshot_every is not None else None
         self.preset = get_preset(preset)
         self.budget = check_budget(budget)
+        self.scaler = check_scaler(scaler)  # a GradScaler: local gradients are read scaled, divided by its scale
         self.optimizers = as_optimizers(optimizer)
         self.trajectory_dims = trajectory_dims
         dist_on = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -344,7 +347,7 @@ class Recorder:
         ddp = find_wrapper(self.outer, nn.parallel.DistributedDataParallel)
         if ddp is not None:
             try:
-                self.local_grads = LocalGrads(ddp, self.pctx.params)
+                self.local_grads = LocalGrads(ddp, self.pctx.params, self.scaler)
                 return
             except RuntimeError as exc:  # one comm hook per DDP model: the user's stays
                 warnings.warn(f"tview: DDP already has a communication hook ({exc}); local gradient norms are "
@@ -672,8 +675,9 @@ class Recorder:
         def hook(grad):
             self._t_last_grad = t0 = time.perf_counter()
             if self._recording:
-                prev = self._param_local.get(k)
-                self._param_local[k] = grad.detach().clone() if prev is None else prev + grad.detach()
+                prev, scale = self._param_local.get(k), live_scale(self.scaler)
+                local = grad.detach().clone() if scale is None else grad.detach() / scale  # (a copy either way)
+                self._param_local[k] = local if prev is None else prev + local
                 self._own += time.perf_counter() - t0
             return None
         return hook

@@ -145,14 +145,30 @@ def ddp_reduced(ddp: torch.nn.parallel.DistributedDataParallel) -> dict[int, tor
     return {id(p): p for p in ddp.module.parameters()}
 
 
+def live_scale(scaler) -> torch.Tensor | None:
+    """The scale a GradScaler multiplies the loss by now (its device tensor, read as the backward runs: scaler.update()
+    changes it after), or None (no scaler, disabled, or before its first scale())."""
+    if scaler is None or not scaler.is_enabled():
+        return None
+    return getattr(scaler, "_scale", None)
+
+
+def check_scaler(scaler):
+    """A torch.amp.GradScaler (or None), else a ConfigError naming what came."""
+    if scaler is not None and not (callable(getattr(scaler, "is_enabled", None)) and hasattr(scaler, "_scale")):
+        raise ConfigError(f"scaler must be the torch.amp.GradScaler that scales the loss, got {type(scaler).__name__}")
+    return scaler
+
+
 class LocalGrads:
     """This rank's gradient before the DDP all-reduce, as squared norms per parameter tensor, from a DDP
     communication hook: one multi-tensor norm per bucket (a few per step, whatever the layer count), no copy
     of a gradient, no hook on a parameter (frozen ones never reach a bucket). It then all-reduces the bucket
     exactly as DDP's default hook does. `t_last` is when the last bucket was ready: this rank's own work."""
 
-    def __init__(self, ddp: torch.nn.parallel.DistributedDataParallel, params: list[torch.Tensor]):
+    def __init__(self, ddp: torch.nn.parallel.DistributedDataParallel, params: list[torch.Tensor], scaler=None):
         self.active = False
+        self.scaler = scaler  # a GradScaler: the bucket holds the scaled gradient, divided by the scale here
         self.parts: list[tuple[list[int], torch.Tensor]] = []
         self.t_last: float | None = None
         self.own = 0.0  # seconds in the hook's norms since the Recorder last took them (its tview_time)
@@ -179,7 +195,9 @@ class LocalGrads:
             ids = [self.index.get(id(p), -1) for p in params]
             norms = torch._foreach_norm(grads, 2, dtype=torch.float32) if grads else []
             if norms:
-                self.parts.append((ids, one_tensor(norms).square()))
+                scale = live_scale(self.scaler)
+                norms = one_tensor(norms) if scale is None else one_tensor(norms).div(scale)
+                self.parts.append((ids, norms.square()))
             self.own += time.perf_counter() - self.t_last
         return allreduce_hook(self._group, bucket)
 
