@@ -213,6 +213,30 @@ def test_nan_in_one_ranks_activations_names_rank_module_and_step(tmp_path):
     assert (f.kind, f.rank, f.layer, f.step, f.tensor) == ("nonfinite", 1, "conv2", 4, "activation")
 
 
+def test_a_nan_first_seen_after_unrecorded_steps_says_which_steps_it_could_have_come_in(tmp_path):
+    """Recorded every 3rd step, a NaN out of conv2 from step 4: the first record that shows it is step 6, and the
+    finding says so rather than presenting step 6 as where it came (a helper's every=5 runs read as exact)."""
+    torch.manual_seed(0)
+    model, (x, y) = TinyCNN(), make_data(16)
+    now = {"step": 0}
+
+    def poison(module, inputs, output):
+        if now["step"] >= 4:
+            output = output.clone()
+            output.view(-1)[0] = float("nan")
+        return output
+    model.conv2.register_forward_hook(poison)
+    out = str(tmp_path / "r")
+    with tview.Recorder(model, out, every=3) as rec:
+        for step in range(8):
+            now["step"] = step
+            F.cross_entropy(model(x), y).backward()
+            rec.step()
+    f = diagnose(out)[0]
+    assert (f.kind, f.layer, f.step, f.tensor) == ("nonfinite", "conv2", 6, "activation")
+    assert "first at step 6 (first seen there: it came after step 3, the record before)" in f.message, f.message
+
+
 def test_a_rank_that_stopped_without_closing_is_named(tmp_path):
     out, recs = _record(tmp_path, steps=6)
     recs[0].close()

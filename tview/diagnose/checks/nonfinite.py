@@ -156,6 +156,10 @@ def _nonfinite_finding(run, per, ranks, s, tensor, key, pick) -> Finding:
     order = "forward" if tensor == "activation" else "backward"
     extra = " (this rank's own gradient, before the all-reduce)" if key == "local" else ""
     stat = "act_nan" if tensor == "activation" else ("local_grad_norm" if key == "local" else "grad_nan")
-    return make("nonfinite", f"NaN/Inf first at step {s} on {_ranks_text(at, run)}: {tensor}s of {layer}{extra}, "
-                f"the first module with parameters in {order} order", rank=rank, layer=layer, step=s, tensor=tensor,
-                stat=stat)
+    steps = np.asarray(per[at[0]][key][2][0])
+    before = steps[steps < s]
+    since = f" (first seen there: it came after step {int(before.max())}, the record before)" \
+        if len(before) and s - int(before.max()) > 1 else ""
+    return make("nonfinite", f"NaN/Inf first at step {s}{since} on {_ranks_text(at, run)}: {tensor}s of {layer}"
+                f"{extra}, the first module with parameters in {order} order", rank=rank, layer=layer, step=s,
+                tensor=tensor, stat=stat)
