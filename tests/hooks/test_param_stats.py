@@ -265,15 +265,18 @@ def test_nan_and_inf_flags_per_layer(monkeypatch, device_path):
     g[600:900:2], g[601:900:4], g[603:900:4] = float("nan"), float("inf"), -float("inf")  # mixed, across blocks
     big = torch.randn(700)
     big[10], big[11] = torch.finfo(torch.float32).max, -torch.finfo(torch.float32).max  # finite
-    w, v, b = torch.zeros(3000, requires_grad=True), torch.zeros(700, requires_grad=True), torch.zeros(7)
-    b.requires_grad_(True)
-    w.grad, v.grad, b.grad = g, big, torch.full((7,), -float("inf"))
-    ctx = P.ParamContext([[w], [v], [b]])
+    up = torch.randn(600)
+    up[300] = float("inf")  # one +Inf among finite values: the mean is +Inf, as a plain sum makes it
+    w, v, b, u = (torch.zeros(n, requires_grad=True) for n in (3000, 700, 7, 600))
+    w.grad, v.grad, b.grad, u.grad = g, big, torch.full((7,), -float("inf")), up
+    ctx = P.ParamContext([[w], [v], [b], [u]])
     step = P.ParamStep(ctx)
     out = GradStats().finalize({**on_host(step.grad_stats), "count": step.grad_count}, ctx)
-    assert out["grad_nan"].tolist() == [1, 0, 0]
-    assert out["grad_inf"].tolist() == [0, 0, 1]
+    assert out["grad_nan"].tolist() == [1, 0, 0, 0]
+    assert out["grad_inf"].tolist() == [0, 0, 1, 1]
     assert np.isnan(out["grad_max_abs"][0]) and out["grad_max_abs"][1] == torch.finfo(torch.float32).max
+    assert out["grad_mean"][2] == -np.inf and out["grad_mean"][3] == np.inf and np.isnan(out["grad_mean"][0])
+    assert out["grad_norm"][2:].tolist() == [np.inf, np.inf] and out["grad_max_abs"][2:].tolist() == [np.inf] * 2
 
 
 def test_a_nan_local_gradient_stays_nan_and_a_frozen_tensor_adds_nothing():

@@ -57,6 +57,7 @@ class GradStats(ParamProbe):
         return {**step.grad_stats, "count": step.grad_count, "measured": step.has_grad}
 
     def finalize(self, p, ctx):
+        p = {**p, **p["moments"]} if "moments" in p else p  # the device path's per-block moments, made per tensor
         total = ctx.per_layer_sum
         sq_t, peak_t = np.asarray(p["sq"], dtype=np.float64), np.asarray(p["max_abs"], dtype=np.float64)
         nan_t = np.isnan(sq_t) | np.isnan(peak_t)  # a NaN makes the sum of squares NaN

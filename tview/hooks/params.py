@@ -409,6 +409,28 @@ class ParamContext:
             torch.sum(self.load_chunk(c, tensors).view(-1, BLOCK), 1, out=self._blocks32[b0:b1])
         return self.tensor_totals(self._blocks32)
 
+    def grad_moments(self, tensors: list[torch.Tensor | None]) -> PerBlock:
+        """The gradients loaded into the copy (the blockwise pass: one chunk) and reduced per block by two ops,
+        var_mean and aminmax, for what the host makes of them (block_moments): per tensor squared norms and largest
+        magnitudes, per block sums (the sum and sum of squares of a block are its mean and variance scaled)."""
+        rows = self.load_chunk(0, tensors).view(-1, BLOCK)
+        var, mean = torch.var_mean(rows, dim=1, correction=0)
+        lo, hi = torch.aminmax(rows, dim=1)
+        return PerBlock([var, mean, lo, hi], self.block_moments)
+
+    def block_moments(self, values: np.ndarray) -> dict:
+        """Host side, from grad_moments' [4, blocks] (variance, mean, least, largest): {"sq": [tensors] squared
+        norms, "max_abs": [tensors] largest magnitudes, "sum": [blocks] sums}, as plain reductions would give them
+        where a block holds an Inf or a NaN too (its variance and mean are NaN there: the extremes say which)."""
+        var, mean, lo, hi = np.asarray(values, dtype=np.float64).reshape(4, -1)
+        peak = np.maximum(-lo, hi)  # NaN where the block holds a NaN
+        up, down = hi == np.inf, lo == -np.inf
+        with np.errstate(invalid="ignore", over="ignore"):
+            sq = BLOCK * (var + mean * mean)  # NaN beside a finite peak: float32 overflowed (the plain sum's Inf)
+            sq = np.where(np.isfinite(peak), np.where(np.isnan(sq), np.inf, sq), peak)
+            sums = np.where(np.isfinite(peak), BLOCK * mean, np.where(up ^ down, np.where(up, np.inf, -np.inf), np.nan))
+        return {"sq": self.blocks_to_tensors(sq), "max_abs": self._blocks_max_to_tensors(peak), "sum": sums}
+
     def tensor_totals(self, blocks: torch.Tensor) -> torch.Tensor:
         """Per-block sums ([..., blocks]) as they go to the host: on the device path left per block, summed per
         tensor there (tensor_sums: no op here); on the CPU's own path summed per tensor here; under FSDP2 summed
@@ -606,8 +628,9 @@ class ParamStep:
     statistics per parameter tensor, the weights gathered into the kept copy (and the update from the
     previous gathered weights), and this rank's local gradient norms under DDP.
 
-    `local`: a float32 tensor [parameter tensors] of squared local-gradient norms (a DDP comm hook's), or a
-    list of local gradients per parameter tensor (None where there is none), or None."""
+    `local`: a float32 tensor [parameter tensors] of squared local-gradient norms (or a PerBlock that reaches the
+    host as one: a DDP comm hook's), or a list of local gradients per parameter tensor (None where there is none),
+    or None."""
 
     def __init__(self, ctx: ParamContext, local=None):
         self.ctx = ctx
@@ -704,8 +727,7 @@ class ParamStep:
         if update:
             dsq = ctx.block_norms("sq")
         if grads and have:
-            sums = ctx.grad_sums(self.grads)  # the gradients loaded into the copy: the norms read them there
-            out["grads"] = {"sq": ctx.block_norms("sq"), "max_abs": ctx.block_norms("max"), "sum": sums}
+            out["grads"] = {"moments": ctx.grad_moments(self.grads)}  # the gradients loaded into the copy
         elif grads:
             out["grads"] = self._grad_pass([], [])
         if weights:
@@ -748,9 +770,9 @@ class ParamStep:
         """([parameter tensors] squared local-gradient norms, NaN where a tensor had none; [layers] measured:
         those with a trainable tensor), or None. `local` may also be a list of local gradients (None: none)."""
         loc = self._local
-        if loc is None or (not isinstance(loc, torch.Tensor) and all(t is None for t in loc)):
+        if loc is None or (isinstance(loc, list) and all(t is None for t in loc)):
             return None
-        if isinstance(loc, torch.Tensor):
+        if isinstance(loc, (torch.Tensor, PerBlock)):
             return loc, self.ctx.present([p.requires_grad for p in self.ctx.params])
         with torch.no_grad():
             sq = self.ctx.sq_sums([local_tensor(t) for t in loc])

@@ -4,13 +4,16 @@ its wait for the others (optimizer step hooks) and for a CPU, and this rank's gr
 
 from __future__ import annotations
 
+import functools
 import time
 
+import numpy as np
 import torch
 
 from tview.errors import ConfigError
 from tview.hooks.probes import one_tensor
 from tview.hooks.scalars import cpu_wait_seconds
+from tview.hooks.transfer import PerBlock
 
 
 def to_device(t: torch.Tensor, device) -> torch.Tensor:
@@ -184,7 +187,6 @@ class LocalGrads:
         self.params = params
         self.index = {id(p): k for k, p in enumerate(params)}
         self.n = len(params)
-        self._ids_cache: dict[tuple, torch.Tensor] = {}
 
     def _hook(self, state, bucket):
         from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
@@ -192,37 +194,36 @@ class LocalGrads:
         if self.active:
             params = bucket.parameters()
             grads = _bucket_views(bucket, params)
-            ids = [self.index.get(id(p), -1) for p in params]
-            norms = torch._foreach_norm(grads, 2, dtype=torch.float32) if grads else []
-            if norms:
+            if grads:
+                sq = one_tensor(torch._foreach_powsum(grads, 2, dtype=torch.float32))
                 scale = live_scale(self.scaler)
-                norms = one_tensor(norms) if scale is None else one_tensor(norms).div(scale)
-                self.parts.append((ids, norms.square()))
+                self.parts.append(([self.index.get(id(p), -1) for p in params],
+                                   sq if scale is None else sq.div(scale.square())))
             self.own += time.perf_counter() - self.t_last
         return allreduce_hook(self._group, bucket)
 
-    def take(self) -> torch.Tensor | None:
-        """[parameter tensors] squared local norms of this step (NaN where a tensor had no gradient), or None."""
+    def take(self) -> PerBlock | None:
+        """[parameter tensors] squared local norms of this step (NaN where a tensor had no gradient), or None: the
+        buckets' norms as they are, in the step's transfer (no op), put in the parameters' order on the host."""
         parts, self.parts = self.parts, []
         parts += self._unreduced_parts()
         if not parts:
             return None
-        device = parts[0][1].device
-        out = torch.full((self.n + 1,), float("nan"), device=device)  # the last slot: a parameter not recorded
-        ids = [k if k >= 0 else self.n for idx, _ in parts for k in idx]
-        return out.index_copy_(0, self._device_ids(ids, device), torch.cat([v for _, v in parts]))[:self.n]
+        ids = np.array([k for idx, _ in parts for k in idx], dtype=np.int64)
+        return PerBlock([v for _, v in parts], functools.partial(_in_order, ids=ids, n=self.n))
 
     def _unreduced_parts(self) -> list[tuple[list[int], torch.Tensor]]:
         """(positions, squared norms) of the gradients of parameters outside DDP's buckets (replaced mid-run)."""
         have = unreduced_grads(self.params, self._reduced)
         if not have:
             return []
-        norms = torch._foreach_norm([g.detach() for _, g in have], 2, dtype=torch.float32)
-        return [([k for k, _ in have], one_tensor(norms).square())]
+        sq = torch._foreach_powsum([g.detach() for _, g in have], 2, dtype=torch.float32)
+        return [([k for k, _ in have], one_tensor(sq))]
 
-    def _device_ids(self, ids: list[int], device) -> torch.Tensor:
-        """The index tensor for these ids, made once per bucket layout (DDP fixes its buckets early on)."""
-        key = tuple(ids)
-        if key not in self._ids_cache:
-            self._ids_cache[key] = to_device(torch.tensor(ids, dtype=torch.int64), device)
-        return self._ids_cache[key]
+
+def _in_order(values: np.ndarray, ids: np.ndarray, n: int) -> np.ndarray:
+    """Host side: [n] values at positions `ids` (-1: a parameter not recorded, dropped), NaN elsewhere."""
+    out = np.full(n, np.nan)
+    keep = ids >= 0
+    out[ids[keep]] = values[keep]
+    return out

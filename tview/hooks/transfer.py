@@ -66,14 +66,23 @@ def _host_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 class PerBlock:
-    """A device tensor of per-block values that reaches the host as per-tensor values: `reduce` (host side, on
-    the writer thread) turns the block values' numpy array into them. A multi-tensor reduction's per-tensor
-    results cost a host allocation and a stack each time; one reduction over the flat buffer's blocks does not."""
+    """A device tensor of per-block values (or a list of 1-D ones, moved as their concatenation by the step's one
+    cat: no op of its own) that reaches the host as per-tensor values: `reduce` (host side, on the writer thread)
+    turns the block values' numpy array into them. A multi-tensor reduction's per-tensor results cost a host
+    allocation and a stack each time; one reduction over the flat buffer's blocks does not."""
 
     __slots__ = ("tensor", "reduce")
 
-    def __init__(self, tensor: torch.Tensor, reduce):
+    def __init__(self, tensor: torch.Tensor | list[torch.Tensor], reduce):
         self.tensor, self.reduce = tensor, reduce
+
+    @property
+    def parts(self) -> list[torch.Tensor]:
+        return self.tensor if isinstance(self.tensor, list) else [self.tensor]
+
+    def joined(self) -> torch.Tensor:
+        """The values as one tensor (the host path: a list is concatenated there)."""
+        return torch.cat([t.reshape(-1) for t in self.tensor]) if isinstance(self.tensor, list) else self.tensor
 
 
 def _travel_dtype(pieces: list[torch.Tensor]) -> torch.dtype:
@@ -129,8 +138,16 @@ def _moves(v) -> bool:
 def _first(v) -> torch.Tensor | None:
     """A moved value's tensor (a list's first one that is not None)."""
     if isinstance(v, (torch.Tensor, PerBlock)):
-        return v if isinstance(v, torch.Tensor) else v.tensor
+        return v if isinstance(v, torch.Tensor) else v.parts[0]
     return next((t for t in v if t is not None), None)
+
+
+def _shape(v, per_block: bool) -> tuple | list:
+    """How a moved value comes back: a tensor's shape (a PerBlock's parts: their total length), or for a list of
+    0-d tensors where its None are."""
+    if per_block:
+        return tuple(v[0].shape) if len(v) == 1 else (sum(t.numel() for t in v),)
+    return [t is None for t in v] if isinstance(v, list) else tuple(v.shape)
 
 
 def _as_tensor(v) -> torch.Tensor:
@@ -172,7 +189,7 @@ class HostTransfer:
             for d, k, own in self.slots:  # nothing to move: numpy copies now (the tensors may change later)
                 v = d[k]
                 if isinstance(v, PerBlock):
-                    d[k] = v.reduce(cpu_to_numpy(v.tensor, own))
+                    d[k] = v.reduce(cpu_to_numpy(v.joined(), own))
                     continue
                 d[k] = _scalars_as_float64(v) if isinstance(v, list) and not own else cpu_to_numpy(_as_tensor(v), own)
             self.slots = []
@@ -195,7 +212,8 @@ class HostTransfer:
         dtype (bfloat16, which numpy lacks; a list that mixes dtypes) goes by a cat of its kind, cast as copied.
         Then one non-blocking copy of the buffer into pinned memory. Returns (the host bytes, per value (its shape,
         or for a list its length and where its None are; its dtype; its byte offset))."""
-        values = [v.tensor if isinstance(v, PerBlock) else v for v in values]
+        blocks = [isinstance(v, PerBlock) for v in values]
+        values = [v.parts if isinstance(v, PerBlock) else v for v in values]
         pieces = [[t.reshape(-1) for t in (v if isinstance(v, list) else [v]) if t is not None] for v in values]
         dts = [_travel_dtype(ps) for ps in pieces]
         same, cast, where, end, total = _byte_layout(pieces, dts)
@@ -215,8 +233,7 @@ class HostTransfer:
                 span.copy_(group[0] if len(group) == 1 else torch.cat(group))
         host = torch.empty(total, dtype=torch.uint8, pin_memory=device.type == "cuda")
         host.copy_(flat, non_blocking=True)
-        metas = [([t is None for t in v] if isinstance(v, list) else tuple(v.shape), dts[k], where.get(k, 0))
-                 for k, v in enumerate(values)]
+        metas = [(_shape(v, blocks[k]), dts[k], where.get(k, 0)) for k, v in enumerate(values)]
         return host, metas
 
     @staticmethod
