@@ -304,9 +304,11 @@ def test_a_forward_that_raised_and_was_skipped_leaves_nothing_in_the_next_step(t
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     outs, means = [], []
     keep_outputs(model[0], outs)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # nothing to say (it said the hooks were silent, as of a stale compiled model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # (it said the hooks were silent, as of a stale compiled model)
         record_with_a_failed_forward(model, opt, str(tmp_path / "r"), then_step, outs, means)
+    said = [str(w.message) for w in caught if "tview" in str(w.message)]
+    assert len(said) == then_step and all("no backward pass since" in m for m in said)  # step 1 had no gradients
     run = tview.open_run(str(tmp_path / "r"))
     steps, act_mean = run.stat("act_mean", layer="0")
     assert list(steps) == ([0, 2, 3] if then_step else [0, 1, 2])
@@ -1004,3 +1006,32 @@ def test_local_gradient_norms_under_a_grad_scaler_are_of_the_unscaled_gradient(t
     np.testing.assert_allclose(run.stat("grad_norm", layer="0")[1], grads, rtol=1e-5)
     with pytest.raises(ConfigError, match="scaler must be the torch.amp.GradScaler.*got float"):
         tview.Recorder(small_net(), str(tmp_path / "r2"), scaler=1024.0)
+
+
+@pytest.mark.parametrize("device_path", [False, True], ids=["cpu-path", "device-path"])
+def test_a_step_with_no_backward_pass_since_the_last_does_not_repeat_its_gradients(tmp_path, monkeypatch, device_path):
+    """rec.step() called twice for one optimizer step, then in a loop that does not train: the gradients are those
+    the first call read, unchanged; their statistics are left out of the later steps (they would be step 0's under
+    another number) and said once; training again records them again, as plain torch computes them."""
+    from tview.hooks import params as P
+    monkeypatch.setattr(P, "FORCE_DEVICE_PATH", device_path)
+    model, (x, y) = small_net(), data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    grads = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt) as rec:
+            for train_now in (True, False, False, True):
+                if train_now:
+                    opt.zero_grad()
+                    F.cross_entropy(model(x), y).backward()
+                    grads.append(grad_norm(model[0]))
+                    opt.step()
+                rec.step()
+    run = tview.open_run(str(tmp_path / "r"))
+    steps, norms = run.stat("grad_norm", layer="0")
+    assert list(steps) == [0, 3]
+    np.testing.assert_allclose(norms, grads, rtol=1e-5)
+    assert list(run.stat("weight_norm", layer="0")[0]) == [0, 1, 2, 3]
+    said = [str(w.message) for w in caught if "no backward pass since" in str(w.message)]
+    assert len(said) == 1 and "step 1 came with the gradients that step 0 read" in said[0]

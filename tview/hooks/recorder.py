@@ -306,6 +306,7 @@ class Recorder:
         self._open: tuple | None = None  # a forward begun and not ended: (kept, pending, host batch?, examples) before
         self._eval_forward = False  # a forward of the model in eval mode with autograd on ran this step
         self._problems: set[str] = set()
+        self._last_grads: tuple | None = None  # (a weak reference to the gradient last read, its version, the step)
         self._unguard = None  # where this Recorder asked dynamo to guard on hooks (guard_hooks): gives it back
         self._hooks = []  # on the parameters (for good)
         self._forward_hooks = ForwardHooks(self.outer, self.model)  # on from the start: torch.compile traces them
@@ -779,7 +780,7 @@ class Recorder:
         try:
             self._refresh_params()  # fully_shard, or a parameter the user replaced
             self._copy_lease.wait(self._writer.alive)  # the writer may still be reading the copy's filters
-            with self._gradients_restored():
+            with self._gradients_restored(), self._fresh_gradients():
                 param, param_step = self._param_results()
             snap, kept = self._snapshot_if_due(param_step)
             if self._kept:  # a forward that did not end in the model's own forward (its parts called one by one)
@@ -878,6 +879,32 @@ class Recorder:
         finally:
             for p, now, _ in changed:
                 p.grad = now
+
+    @contextlib.contextmanager
+    def _fresh_gradients(self):
+        """Gradients a recorded step read before (the same tensors, unchanged: no backward pass since, as where step()
+        is called twice for one optimizer step or in a loop that does not train) are left out while the parameter
+        probes read, and said once: their statistics would be an earlier step's under this step's number."""
+        params = self.pctx.params if self.pctx is not None else []
+        first = next((p.grad for p in params if p.grad is not None), None)
+        last, self._last_grads = self._last_grads, None
+        if first is not None:
+            self._last_grads = (weakref.ref(first), first._version, self._step)
+        if first is None or last is None or last[0]() is not first or last[1] != first._version:
+            yield
+            return
+        self._say_once("stale", f"tview: step() at step {self._step} came with the gradients that step {last[2]} read, "
+                       f"unchanged: no backward pass since (step() called twice for one optimizer step, for a skipped "
+                       f"batch, or in a loop that does not train); gradient statistics are left out of such steps",
+                       stacklevel=6)
+        held = [(p, p.grad) for p in params if p.grad is not None]
+        try:
+            for p, _ in held:
+                p.grad = None
+            yield
+        finally:
+            for p, g in held:
+                p.grad = g
 
     def _report_zeroed(self):
         self._say_once("zeroed", f"tview: the gradients were changed in place between optimizer.step() and "
