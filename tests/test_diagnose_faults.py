@@ -28,9 +28,12 @@ def _faults():
 
 
 @pytest.mark.parametrize("name", ["nan-input", "nan-gradient", pytest.param("dead-filter", marks=pytest.mark.alone),
-                                  "replicas-differ", "lr-spike", "lr-spike-one-rank"])
+                                  "replicas-differ", "lr-spike", "lr-spike-one-rank", "exploding-one-rank",
+                                  "bad-batch-one-rank", "inf-loss-one-rank", "nan-momentum"])
 # (dead-filter: a warning, the only one here: a slow rank made by the other test worker's load, also a warning,
-# could come first)
+# could come first. exploding-one-rank, bad-batch-one-rank: the all-reduced gradient blows up on every rank, the
+# finding names the rank whose own gradient made it; inf-loss-one-rank: the loss is the first NaN, not the gradients
+# after it; nan-momentum: the weights the step wrote NaN date it, not the forward of the next step)
 def test_fault_is_named_first(tmp_path, name):
     faults = _faults()
     sc = next(s for s in faults.SCENARIOS if s.name == name)

@@ -44,6 +44,11 @@ class Reads:
         kept = self._kept.get(rank)
         return kept if kept is not None and max_points == self.max_points and name in kept else None
 
+    def scalar_names(self, rank: int = 0) -> list[str]:
+        """run.scalar_names(rank), from the scalars gather() kept of this rank (no shard opened again)."""
+        kept = self._kept.get(rank)
+        return list(kept[SCALARS]) if kept is not None and SCALARS in kept else self.run.scalar_names(rank)
+
     def scalar(self, name: str, rank: int = 0, max_points: int | None = None):
         """run.scalar(name, rank, max_points), from what gather() kept when it read this rank."""
         kept = self._kept_of(rank, max_points, SCALARS)

@@ -15,7 +15,8 @@ from tview.diagnose.findings import Finding, declare, make
 KINDS = declare({
     "exploding_gradients": ("error", "gradient",
                             "a layer's gradient norm jumped far above the largest it had lately (or grew far above its "
-                            "early level): the first step, and the layer nearest the loss where it starts"),
+                            "early level): the first step, and the layer nearest the loss where it starts; the rank "
+                            "where one rank's own gradient before the all-reduce made the jump"),
     "gradient_cut": ("error", "gradient",
                      "a layer's gradient norm became exactly 0 and stays 0 to the end, with the layers before it: no "
                      "gradient reaches them (an output that is all zeros or constant before it, a dead block, a "
@@ -32,6 +33,8 @@ EXPLODE_DRIFT = 1e3       # ... or its rolling median this many times its early 
 VANISH_JUMP = 1e3         # gradient per unit of loss below 1/this of its recent level, for 5 records (or to the end)
 VANISH_DRIFT = 1e3        # ... or its rolling median below 1/this of its early level
 LOSS_SMOOTH = 5           # records in the centered rolling median of the loss the gradients are divided by
+ONE_RANK = 10.0           # an all-reduced gradient that explodes comes from one rank when that rank's own gradient
+#                           (local_grad_norm, before the all-reduce) is this many times the median of the others'
 
 
 def _onsets(raw: np.ndarray, judged: np.ndarray, kind: str) -> list[int | None]:
@@ -99,9 +102,36 @@ def _cut(steps: np.ndarray, grad_norm: np.ndarray, layers: list[str], params: li
                  f"to it", rank=rank, layer=layers[i], step=s, stat="grad_norm")]
 
 
+def from_one_rank(run, f: Finding, max_points=None) -> Finding:
+    """An exploding gradient found on every rank (the all-reduced gradient, the same on each) whose layer's own
+    gradient on one rank (local_grad_norm, before the all-reduce) was ONE_RANK times the median of the other ranks'
+    at that step: that rank's finding (a bad batch there, or a scaling applied there only); else f as it is."""
+    if f.kind != "exploding_gradients" or f.rank is not None or f.layer is None or len(run.ranks) < 2:
+        return f
+    layer, at = run.layer_index(f.layer), np.asarray([f.step])
+    local = {}
+    for r in run.ranks[:common.MAX_RANKS]:
+        got = matrix(run, "local_grad_norm", r, max_points)
+        if got is not None:
+            local[r] = float(on_steps(at, (got[0], got[1][:, layer]))[0])
+    local = {r: v for r, v in local.items() if np.isfinite(v)}
+    if len(local) < 2:
+        return f
+    top = max(local, key=local.get)
+    others = float(detect.nanmedian(np.asarray([v for r, v in local.items() if r != top])))
+    if not others > 0 or local[top] < ONE_RANK * others:
+        return f
+    where = (f"; it came from rank {top}: its own gradient of {f.layer} before the all-reduce (local_grad_norm) was "
+             f"{local[top]:.3g} at step {f.step}, {local[top] / others:.3g}x the median of the other ranks' "
+             f"({others:.3g}): a bad batch on rank {top}, or a scaling of its gradient there only")
+    return dataclasses.replace(f, rank=top, stat="local_grad_norm", message=f"all-reduced "
+                               f"{f.message.removesuffix(' (every rank)')}{where}")
+
+
 def reads(ctx: Context) -> tuple[str, ...]:
-    """The per-layer statistic this check reads of every rank (tview.diagnose.reads)."""
-    return ("grad_norm",)
+    """The per-layer statistics this check reads of every rank (tview.diagnose.reads): local_grad_norm where
+    an exploding gradient found on every rank may come from one rank (from_one_rank)."""
+    return ("grad_norm", "local_grad_norm")
 
 
 def check(ctx: Context) -> list[Finding]:
@@ -124,4 +154,5 @@ def check(ctx: Context) -> list[Finding]:
             judged[key] = gradient_onsets(steps, g, run.layers, param_layers(run), None, on_steps(steps, loss))
         return [dataclasses.replace(f, rank=rank) for f in judged[key]]
     per = run.per_rank(on_rank, run.ranks[:common.MAX_RANKS])  # split over processes for 256 ranks and more
-    return merge_ranks({r: f for r, f in per.items() if f is not None}, len(run.ranks))
+    merged = merge_ranks({r: f for r, f in per.items() if f is not None}, len(run.ranks))
+    return [from_one_rank(run, f, ctx.max_points) for f in merged]

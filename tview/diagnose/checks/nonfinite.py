@@ -1,4 +1,5 @@
-"""Check: where NaN/Inf first appeared (the rank, the step, the first module in forward order)."""
+"""Check: where NaN/Inf first appeared (the rank, the step, and the activation, loss, gradient or weight of the
+module where it shows first)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,16 @@ from tview.store.schema import SKIPPED_RUN
 
 KINDS = declare({
     "nonfinite": ("error", None,
-                  "NaN or Inf first appeared: the step, the rank, and the module where it shows first, in forward "
-                  "order for activations (measured on every recorded step), else in backward order for gradients "
-                  "(else the loss)"),
+                  "NaN or Inf first appeared: the step, the rank, and where it shows first, in the order a step makes "
+                  "them: the activations (the first module in forward order), the loss, the gradients (the first "
+                  "module in backward order), the weights after the optimizer step (the first module in forward "
+                  "order)"),
 })
+
+# Where a NaN/Inf can first show within one step, in the order the step makes them: (tensor, key, pick of layers).
+STEP_ORDER = (("activation", "act", min), ("loss", "loss", None), ("gradient", "local", max),
+              ("gradient", "grad", max), ("weight", "weight", min))
+WEIGHT_STATS = ("weight_sum", "weight_norm")  # weight_sum (float64 sums) is NaN/Inf only with a NaN/Inf weight
 
 
 def _first_bad(steps, bad):
@@ -35,11 +42,29 @@ def _counts(run, names, rank, max_points):
 
 
 def _rank_nonfinite(run, rank: int, max_points) -> dict:
-    """Where NaN/Inf show on one rank: first step in activations, gradients, local gradients, the loss."""
+    """Where NaN/Inf show on one rank: {key of STEP_ORDER: (first step, its row, (steps, bad [steps, layers],
+    measured))} for activations, local gradients, gradients and weights; "loss": (first step, None, the loss
+    then); "any": the writer's first step."""
     out = {}
     act = _counts(run, ("act_nan", "act_inf"), rank, max_points)
     if act is not None:
         out["act"] = _first_bad(act[0], act[1]) + (act,)
+    out.update(_rank_gradients(run, rank, max_points))
+    loss = scalar(run, "loss", rank, max_points)
+    if loss is not None and len(loss[0]):
+        bad = np.flatnonzero(~np.isfinite(np.asarray(loss[1], dtype=np.float64)))
+        out["loss"] = (int(loss[0][bad[0]]), None, float(loss[1][bad[0]])) if len(bad) else (None, None, None)
+    weights = _weight_rows(run, rank, max_points)
+    if weights is not None:
+        out["weight"] = _first_bad(weights[0], weights[1]) + (weights,)
+    out["any"] = (first_nonfinite_step(run.first_nonfinite(rank)), None, None)
+    return out
+
+
+def _rank_gradients(run, rank: int, max_points) -> dict:
+    """"grad" (the gradients a rank steps with, the GradScaler's own skips left out) and "local" (its own gradients
+    before the all-reduce) of _rank_nonfinite, where recorded."""
+    out = {}
     grad = _counts(run, ("grad_nan", "grad_inf"), rank, max_points)
     if grad is not None:
         benign = _scaler_skips(run, rank, grad[0], max_points)[:, None]
@@ -49,12 +74,20 @@ def _rank_nonfinite(run, rank: int, max_points) -> dict:
         if local is not None and len(local[0]) == len(grad[0]) and np.isfinite(local[1]).any():
             bad = ~np.isfinite(local[1]) & grad[2] & ~benign  # measured gradient, local norm missing: not finite
             out["local"] = _first_bad(grad[0], bad) + ((grad[0], bad, grad[2]),)
-    loss = scalar(run, "loss", rank, max_points)
-    if loss is not None and len(loss[0]):
-        bad = np.flatnonzero(~np.isfinite(loss[1]))
-        out["loss"] = (int(loss[0][bad[0]]) if len(bad) else None, None, None)
-    out["any"] = (first_nonfinite_step(run.first_nonfinite(rank)), None, None)
     return out
+
+
+def _weight_rows(run, rank: int, max_points):
+    """(steps, bad, measured [steps, layers]) of a rank's weights as the optimizer step left them: bad where the
+    layer's weight_sum (else weight_norm) is NaN/Inf; None when neither is recorded."""
+    for name in WEIGHT_STATS:
+        try:
+            steps, m = run.stat_matrix(name, rank, max_points=max_points)
+        except KeyError:
+            continue
+        measured = ~np.ma.getmaskarray(m)
+        return np.asarray(steps), ~np.isfinite(np.ma.getdata(m).astype(np.float64)) & measured, measured
+    return None
 
 
 def _scaler_skips(run, rank: int, steps: np.ndarray, max_points) -> np.ndarray:
@@ -95,25 +128,48 @@ def first_nonfinite_ranks(run, rank_summaries: dict | None) -> list[int]:
 
 
 def check_nonfinite(run, max_points=None, rank_summaries: dict | None = None) -> list[Finding]:
-    """The first NaN/Inf of the run: earliest step over ranks, then activations (first module in forward order),
-    else this rank's own gradients before the all-reduce, else gradients (first module in backward order). With
-    rank_summaries only the ranks where it first appeared are read (first_nonfinite_ranks)."""
+    """The first NaN/Inf of the run: earliest step over ranks, then in the order the step makes them (STEP_ORDER):
+    activations (first module in forward order), else the loss, else this rank's own gradients before the
+    all-reduce, else gradients (first module in backward order), else the weights optimizer.step() wrote (weight_sum
+    or weight_norm NaN/Inf: first module in forward order). With rank_summaries only the ranks where it first
+    appeared are read (first_nonfinite_ranks): the writer keeps no first step for weights, but a NaN/Inf weight shows
+    in the next recorded forward pass, so its rank is among them unless the run ends first."""
     per = {r: _rank_nonfinite(run, r, max_points) for r in first_nonfinite_ranks(run, rank_summaries)}
     starts = [v[0] for p in per.values() for v in p.values() if v[0] is not None]
     if not starts:
         return []
     s = min(starts)
-    for tensor, key, pick in (("activation", "act", min), ("gradient", "local", max), ("gradient", "grad", max)):
+    for tensor, key, pick in STEP_ORDER:
         ranks = [r for r, p in per.items() if key in p and p[key][0] == s]
+        if ranks and key == "loss":
+            return [_loss_finding(run, per, ranks, s)]
         if ranks:
             return [_nonfinite_finding(run, per, ranks, s, tensor, key, pick)]
-    ranks = [r for r, p in per.items() if p.get("loss", (None,))[0] == s]
-    if ranks:
-        who = ranks[0] if len(ranks) < len(run.ranks) else None
-        return [make("nonfinite", f"loss became NaN/Inf at step {s} on {_ranks_text(ranks, run)} "
-                     "(activations and gradients not measured non-finite at that step)", rank=who, step=s,
-                     tensor="loss", stat="loss")]
     return [make("nonfinite", f"NaN/Inf first recorded at step {s}", step=s)]
+
+
+def _loss_finding(run, per, ranks, s) -> Finding:
+    """The loss is the first NaN/Inf: no activation of the step was recorded NaN/Inf before it (on any rank read),
+    and the step's gradients and weights come from it."""
+    who = ranks[0] if len(ranks) < len(run.ranks) or len(run.ranks) == 1 else None
+    value = per[ranks[0]]["loss"][2]
+    value = "NaN" if np.isnan(value) else ("Inf" if value > 0 else "-Inf")
+    measured = all(_measured_at(per[r].get("act"), s) for r in ranks)
+    acts = ("every activation of that step recorded finite there: the loss computation itself (the loss function, "
+            "or what is done to the model's output before it) made it" if measured else
+            "the activations were not recorded at that step")
+    return make("nonfinite", f"loss was {value} at step {s} on {_ranks_text(ranks, run)}, the first NaN/Inf of the "
+                f"run: {acts}; the gradients of that step came from it", rank=who, step=s, tensor="loss",
+                stat="loss")
+
+
+def _measured_at(rows, s: int) -> bool:
+    """Were any layer's activations measured at step s ((first step, row, (steps, bad, measured)) of a rank)?"""
+    if rows is None:
+        return False
+    steps, _, measured = rows[2]
+    hit = np.flatnonzero(np.asarray(steps) == s)
+    return bool(len(hit) and measured[hit[0]].any())
 
 
 def check(ctx: Context) -> list[Finding]:
@@ -153,13 +209,25 @@ def _nonfinite_finding(run, per, ranks, s, tensor, key, pick) -> Finding:
     at = [r for r in ranks if layer_of[r] == best]
     rank = at[0] if len(at) < len(run.ranks) or len(run.ranks) == 1 else None
     layer = run.layers[best]
-    order = "forward" if tensor == "activation" else "backward"
-    extra = " (this rank's own gradient, before the all-reduce)" if key == "local" else ""
-    stat = "act_nan" if tensor == "activation" else ("local_grad_norm" if key == "local" else "grad_nan")
+    order = "backward" if tensor == "gradient" else "forward"
+    extra, after, stat = _KEY_TEXT[key]
+    if key == "weight":
+        stat = next((n for n in WEIGHT_STATS if n in run.stat_names()), stat)
+        after = after.format(stat=stat, s=s)
     steps = np.asarray(per[at[0]][key][2][0])
     before = steps[steps < s]
     since = f" (first seen there: it came after step {int(before.max())}, the record before)" \
         if len(before) and s - int(before.max()) > 1 else ""
     return make("nonfinite", f"NaN/Inf first at step {s}{since} on {_ranks_text(at, run)}: {tensor}s of {layer}"
-                f"{extra}, the first module with parameters in {order} order", rank=rank, layer=layer, step=s,
+                f"{extra}, the first module with parameters in {order} order{after}", rank=rank, layer=layer, step=s,
                 tensor=tensor, stat=stat)
+
+
+_KEY_TEXT = {  # key -> (what the message adds after "<tensor>s of <layer>", and at its end; the stat that shows it)
+    "act": ("", "", "act_nan"),
+    "local": (" (this rank's own gradient, before the all-reduce)", "", "local_grad_norm"),
+    "grad": ("", "", "grad_nan"),
+    "weight": (" after optimizer.step()", " ({stat} NaN/Inf); no activation, loss or gradient was recorded NaN/Inf at "
+               "step {s}, so the update itself wrote it: look at the optimizer's state (a momentum buffer, Adam's "
+               "moments) or its learning rate", "weight_norm"),
+}
