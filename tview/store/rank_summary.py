@@ -222,19 +222,23 @@ def trend_from_rows(rows: int, read: ReadRows, scalar_names: list[str], tables: 
 
 
 def _table_trends(read: ReadRows, table: str, names: list[str], n: int, steps: np.ndarray) -> dict[str, np.ndarray]:
-    """Whole-network values of a table's columns at `steps` (NaN where the table has no row at that step); the
-    table's measured mask read once for all of them."""
-    sel = slice(0, n, stride_for(n))
-    at, measured = read(table, "measured", sel)
+    """Whole-network values of a table's columns at `steps` (NaN where the table has no row at that step): the rows
+    that hold those steps found in the table's step column (a table may lack a step's row: gradients left out of a
+    step), read as one strided slice where they are evenly spaced (the usual case), else one by one."""
+    at, _ = read(table, schema.STEP, slice(0, n))
     pos = np.searchsorted(at, steps)
     hit = pos < len(at)
     hit[hit] = at[pos[hit]] == steps[hit]
-    out = {}
+    rows, out = pos[hit], {name: np.full(len(steps), np.nan) for name in names}
+    if not len(rows):
+        return out
+    gaps = np.unique(np.diff(rows))
+    sels = [slice(int(rows[0]), int(rows[-1]) + 1, int(gaps[0]) if len(gaps) else 1)] if len(gaps) <= 1 \
+        else [slice(int(r), int(r) + 1) for r in rows]
+    measured = np.concatenate([read(table, "measured", sel)[1] for sel in sels])
     for name in names:
-        _, values = read(table, name, sel)
-        whole = whole_network(name, np.where(measured > 0, values, np.nan))
-        out[name] = np.full(len(steps), np.nan)
-        out[name][hit] = whole[pos[hit]]
+        values = np.concatenate([read(table, name, sel)[1] for sel in sels])
+        out[name][hit] = whole_network(name, np.where(measured > 0, values, np.nan))
     return out
 
 
