@@ -121,7 +121,12 @@ class Probe:
     def check(self, values: dict) -> dict:
         """`values` (what finalize returned), refused with a clear error if it holds a name the probe
         does not declare: the store would have no column for it."""
-        unknown = sorted(set(values) - set(self.names) - {"sample_n", "total_n"})
+        allowed = self.__dict__.get("_allowed")
+        if allowed is None or allowed[0] is not self.columns:  # (once: a record's rows check every probe's names)
+            allowed = self._allowed = (self.columns, frozenset(self.names) | {"sample_n", "total_n"})
+        if allowed[1].issuperset(values):
+            return values
+        unknown = sorted(set(values) - allowed[1])
         if unknown:
             raise ValueError(f"probe {type(self).__name__} returned {unknown}, which its columns do not declare "
                              f"({list(self.names)}); add them to {type(self).__name__}.columns")

@@ -12,14 +12,20 @@ from tview.store import schema
 from tview.store.records import TableRow
 from tview.store.schema import Column
 
+_EMPTY: dict[tuple, np.ndarray] = {}  # (kind, width, dtype, n) -> a row before any value: copied, never handed out
+
 
 def _empty(col: Column, n: int) -> object:
     """A column's row for n layers before any is filled: NaN (or 0 for counts); CHANNEL: a dict."""
     if col.kind == schema.CHANNEL:
         return {}
-    shape = {schema.LAYER: (n,), schema.HIST: (n, schema.HIST_BINS), schema.VECTOR: (n, col.width)}[col.kind]
-    dtype = np.dtype(col.dtype)
-    return np.full(shape, np.nan if dtype.kind == "f" else 0, dtype=dtype)
+    key = (col.kind, col.width, col.dtype, n)
+    row = _EMPTY.get(key)
+    if row is None:
+        shape = {schema.LAYER: (n,), schema.HIST: (n, schema.HIST_BINS), schema.VECTOR: (n, col.width)}[col.kind]
+        dtype = np.dtype(col.dtype)
+        row = _EMPTY[key] = np.full(shape, np.nan if dtype.kind == "f" else 0, dtype=dtype)
+    return row.copy()
 
 
 class RowBuilder:

@@ -22,12 +22,16 @@ def payload_bytes(records: list[StepRecord]) -> int:
     """About how many bytes a batch of records adds to a shard (its arrays; metadata comes on top)."""
     total = 0
     for r in records:
-        total += 1024 + sum(np.asarray(v).nbytes for v in (r.filters or {}).values())
-        total += sum(np.asarray(v).nbytes for v in (r.feature_maps or {}).values())
+        total += 1024 + sum(map(_nbytes, (r.filters or {}).values()))
+        total += sum(map(_nbytes, (r.feature_maps or {}).values()))
         for row in r.tables.values():
             for v in row.values.values():
-                total += sum(np.asarray(x).nbytes for x in v.values()) if isinstance(v, dict) else np.asarray(v).nbytes
+                total += sum(map(_nbytes, v.values())) if isinstance(v, dict) else _nbytes(v)
     return total
+
+
+def _nbytes(v) -> int:
+    return v.nbytes if isinstance(v, np.ndarray) else np.asarray(v).nbytes
 
 
 def free_bytes(path: str) -> int:
@@ -125,10 +129,11 @@ class ColumnWriter:
         if len(values) == 1 and isinstance(values[0], np.ndarray) and values[0].shape == self.row_shape \
                 and values[0].dtype == self.dtype and values[0].flags.c_contiguous:
             return values[0][None]
-        out = np.full((len(values),) + self.row_shape, self.fill, dtype=self.dtype)
-        for i, v in enumerate(values):
-            if v is not None and np.shape(v) == self.row_shape:
-                out[i] = v
+        shape = self.row_shape
+        out = np.empty((len(values),) + shape, dtype=self.dtype)
+        for i, v in enumerate(values):  # (an array's own shape: np.shape is a Python call per value)
+            out[i] = v if v is not None and (v.shape if isinstance(v, np.ndarray) else np.shape(v)) == shape \
+                else self.fill
         return out
 
 

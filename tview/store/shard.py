@@ -253,7 +253,8 @@ class ShardWriter:
             measured = np.array(row.measured, dtype=bool)
             for c in channel_cols:
                 widths, values = self.layout.channel_widths.get(c, {}), row.values.get(c) or {}
-                right = {layer for layer, v in values.items() if np.shape(v) == (widths.get(layer, -1),)}
+                right = {layer for layer, v in values.items()
+                         if (v.shape if isinstance(v, np.ndarray) else np.shape(v)) == (widths.get(layer, -1),)}
                 measured &= [layer in right for layer in self.layout.layer_names]
             row = TableRow(measured, row.values, row.sample_n, row.total_n)
         return row
