@@ -10,23 +10,24 @@ changes to the training: forward hooks that put a NaN or Inf in a module's outpu
 functions that scale a module's output gradient (NaN, x1e4, x1e-6, one channel x0; on every rank or on one), one
 rank's input batches multiplied (a few bad batches), one rank's logits multiplied as the loss gets them (the loss
 overflows, every activation finite), a NaN put in one momentum buffer entry before optimizer.step() (the step writes
-NaN weights), a bias that kills channels, a
-BatchNorm bias that kills a whole ReLU layer mid-training, a learning rate multiplied, a layer frozen (requires_grad
-off from the start, or its param group's lr set to 0), a sleep on one rank (before the forward, inside it, or after
-the optimizer step) or 30 ms of busy work on its CPU inside the forward, tview's own end-of-forward statistics made
-30 ms slower on one rank (the finding must say tview makes it slow, and only there), a SIGKILL of one rank, random
-labels on one rank, a weight nudged on one rank after the optimizer step. One clean run shares rank 1's CPU with a
-busy process (the ranks pinned one per CPU): the others wait for rank 1, but the host made it slow, not the training.
-The Recorder measures each rank's busy_time (to its last local gradient), wait_time (from there to the start of
-optimizer.step(): its wait for the others), after_step_time (from the end of optimizer.step() to rec.step()) and
-cpu_wait_time (its wait for a CPU). The killed rank calls rec.flush() just before its SIGKILL so the expected step is
-exact.
+NaN weights), a bias that kills channels, a BatchNorm bias that kills a whole ReLU layer mid-training, a learning
+rate multiplied (at once, or x1.05 a step from a flat stretch: no single jump), a layer frozen (requires_grad off
+from the start, or its param group's lr set to 0), a sleep on one rank (before the forward, inside it, or after the
+optimizer step; or on every 5th step only) or 30 ms of busy work on its CPU inside the forward, tview's own
+end-of-forward statistics made 30 ms slower on one rank (the finding must say tview makes it slow, and only there),
+a SIGKILL of one rank, random labels on one rank, a weight nudged on one rank after the optimizer step. One clean
+run warms up and decays its lr twice (warm restarts); one shares rank 1's CPU with a busy process (the ranks pinned
+one per CPU): the others wait for rank 1, but the host made it slow, not the training. The Recorder measures each
+rank's busy_time (to its last local gradient), wait_time (from there to the start of optimizer.step(): its wait for
+the others), after_step_time (from the end of optimizer.step() to rec.step()) and cpu_wait_time (its wait for a
+CPU). The killed rank calls rec.flush() just before its SIGKILL so the expected step is exact.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import multiprocessing as mp
 import os
 import signal
@@ -111,6 +112,10 @@ SCENARIOS = [
              expected=("dead_filters", None, "features.5")),
     Scenario("dead-units-last", fault=_f("kill_channel", 80, None, "fc2", range(0, 84, 2)),
              expected=("dead_units", None, "relu4")),
+    Scenario("dead-units-sinking", fault=_f("sink_bias", 80, None, "fc2", range(0, 84, 2)),  # the bias of half of
+             expected=("dead_units", None, "relu4"), extra={"rate": 0.04}, step_slack=3),  # fc2's units lowered
+    #     0.04 a step: each rank sees them die over a few steps, dated by its own batches (rank 0: most at step 0, with
+    #     its units dead from the start); replicas hold the same weights: one finding for every rank
     Scenario("frozen-filter", model="resnet", steps=170, fault=_f("freeze_channel", 80, None, "stages.0.conv2", (3,)),
              expected=("frozen_filters", None, "stages.0.conv2")),
     Scenario("frozen-first-conv-ddp", model="plain", ranks=3, steps=100, fault=_f("frozen_start", 0, None,
@@ -124,6 +129,8 @@ SCENARIOS = [
              expected=("lr_jump", None, None), extra={"scale": 100.0, "no_optimizer": True}),
     Scenario("lr-spike-one-rank", model="lenet", steps=120, fault=_f("lr_scale", 90, rank=1),  # a rank-local edit
              expected=("lr_jump", 1, None), extra={"scale": 50.0}),
+    Scenario("lr-ramp", steps=160, fault=_f("lr_ramp", 80), expected=("lr_jump", None, None),  # x1.05 a step:
+             extra={"factor": 1.05}),  # 10x the lr it trained at by step 127, no step 3x the one before
     Scenario("momentum-blowup", steps=140, fault=_f("momentum_scale", 100), expected=("update_ratio_jump", None, None),
              extra={"scale": 1000.0}),
     # ranks
@@ -133,6 +140,8 @@ SCENARIOS = [
     Scenario("straggler-forward-last", model="plain", ranks=4, steps=90, fault=_f("sleep_forward", 50, 3,
                                                                                  "features.3"),
              expected=("slow_rank", 3, None), extra={"sleep": 0.06}),
+    Scenario("straggler-every-5th", steps=140, fault=_f("sleep_every", 60, 1),  # 60 ms on 1 step in 5 only
+             expected=("slow_rank", 1, None), extra={"sleep": 0.06, "every": 5}),
     Scenario("straggler-compute-rank0", steps=120, fault=_f("spin_forward", 70, 0, "conv2"),  # CPU-bound, no sleep
              expected=("slow_rank", 0, None)),
     Scenario("straggler-tview-rank1", steps=120, fault=_f("slow_tview", 70, 1),  # tview's own statistics slow there
@@ -151,6 +160,8 @@ SCENARIOS = [
     Scenario("clean-resnet-lr0.1", model="resnet", steps=110, lr=0.1, seed=2),
     Scenario("clean-lenet-3ranks-lr0.01", ranks=3, lr=0.01, seed=3),
     Scenario("clean-plain-4ranks", model="plain", ranks=4, steps=90, lr=0.05, seed=4),
+    Scenario("clean-warmup-restarts", model="plain", steps=150, lr=0.05, seed=6,  # lr from lr/100 up, cosine down,
+             extra={"schedule": 75}),  # twice (warm restarts of 75 steps, each warming up over its first 15)
     Scenario("clean-demo", model="demo", steps=1500),
     Scenario("clean-busy-host", seed=5, batch=128, steps=100, extra={"hog_cpu": 1}),  # rank 1 shares its core with
     #     another process; steps long beside the OS time slice (at batch 16, 6 ms: a share of them went unslowed)
@@ -249,6 +260,11 @@ class Injector:
                                                            else slice(None)] = -1e3 if how == "kill_channel" else -50
         elif how == "sleep_data" and self.active():
             time.sleep(self.extra.get("sleep", 0.03))
+        elif how == "sink_bias" and self.active():  # units die one after another, over several steps
+            with torch.no_grad():
+                _module(self.model, self.fault.layer).bias[list(self.fault.channels)] -= self.extra["rate"]
+        elif how == "sleep_every" and self.active() and (self.step - self.fault.step) % self.extra["every"] == 0:
+            time.sleep(self.extra.get("sleep", 0.03))  # a stall on every k-th step only (a loader's refill)
         elif how == "slow_tview" and self.active(once=True):  # tview itself slow on this rank from here on
             reduce_kept = rec._reduce_kept
 
@@ -261,10 +277,18 @@ class Injector:
             os.kill(os.getpid(), signal.SIGKILL)
         elif how in ("momentum_scale", "nan_momentum") and self.active(once=True):
             self.optimizer_state(opt)
-        elif how in ("lr_scale", "freeze_group") and self.active(once=True):
-            groups = opt.param_groups if how == "lr_scale" else opt.param_groups[-1:]
-            for g in groups:
-                g["lr"] = g["lr"] * self.extra["scale"] if how == "lr_scale" else 0.0
+        elif how in ("lr_scale", "freeze_group", "lr_ramp"):
+            self.lr_edit(opt)
+
+    def lr_edit(self, opt):
+        """lr x extra["scale"] once (lr_scale), x extra["factor"] on every step from the fault's (lr_ramp: no single
+        jump), or the last param group's lr set to 0 once (freeze_group)."""
+        how = self.fault.how
+        if not self.active(once=how != "lr_ramp"):
+            return
+        groups = opt.param_groups[-1:] if how == "freeze_group" else opt.param_groups
+        for g in groups:
+            g["lr"] = 0.0 if how == "freeze_group" else g["lr"] * self.extra["scale" if how == "lr_scale" else "factor"]
 
     def optimizer_state(self, opt):
         """An optimizer state gone wrong (a bad load), before this step's optimizer.step(): every momentum buffer
@@ -351,6 +375,8 @@ def train_loop(rank, sc, ddp, opt, rec, inject) -> None:
     mine = torch.arange(rank, len(x), sc.ranks)
     for step in range(sc.steps):
         inject.step = step
+        if sc.extra.get("schedule"):
+            scheduled_lr(sc, opt, step)
         inject.before_forward(rec, opt)
         idx = mine[torch.randint(len(mine), (sc.batch,), generator=gen)]
         opt.zero_grad()
@@ -359,6 +385,16 @@ def train_loop(rank, sc, ddp, opt, rec, inject) -> None:
         opt.step()
         inject.after_step()
         rec.step(loss=loss)
+
+
+def scheduled_lr(sc: Scenario, opt, step: int) -> None:
+    """Warm restarts of extra["schedule"] steps: each warms up linearly from lr/100 over its first fifth, then
+    decays as a cosine to lr/100 (a legitimate schedule: lr rises 100x after a decay, back to the peak it had)."""
+    cycle = sc.extra["schedule"]
+    t, warm = step % cycle, cycle // 5
+    share = (t + 1) / warm if t < warm else 0.5 * (1 + math.cos(math.pi * (t - warm) / (cycle - warm)))
+    for g in opt.param_groups:
+        g["lr"] = sc.lr * (0.01 + 0.99 * share)
 
 
 def run_scenario(sc: Scenario, out: str) -> float:

@@ -28,12 +28,16 @@ def _faults():
 
 
 @pytest.mark.parametrize("name", ["nan-input", "nan-gradient", pytest.param("dead-filter", marks=pytest.mark.alone),
-                                  "replicas-differ", "lr-spike", "lr-spike-one-rank", "exploding-one-rank",
+                                  pytest.param("dead-units-sinking", marks=pytest.mark.alone),
+                                  "replicas-differ", "lr-spike", "lr-spike-one-rank", "lr-ramp", "exploding-one-rank",
                                   "bad-batch-one-rank", "inf-loss-one-rank", "nan-momentum"])
-# (dead-filter: a warning, the only one here: a slow rank made by the other test worker's load, also a warning,
-# could come first. exploding-one-rank, bad-batch-one-rank: the all-reduced gradient blows up on every rank, the
-# finding names the rank whose own gradient made it; inf-loss-one-rank: the loss is the first NaN, not the gradients
-# after it; nan-momentum: the weights the step wrote NaN date it, not the forward of the next step)
+# (dead-filter, dead-units-sinking: warnings, the only ones here: a slow rank made by the other test worker's load,
+# also a warning, could come first; dead-units-sinking: each rank dates the units' death by its own batches, one
+# finding for every rank all the same. exploding-one-rank, bad-batch-one-rank: the all-reduced gradient blows up on
+# every rank, the finding names the rank whose own gradient made it; inf-loss-one-rank: the loss is the first NaN, not
+# the gradients after it; nan-momentum: the weights the step wrote NaN date it, not the forward of the next step;
+# lr-ramp: x1.05 a step, no single jump: lr_jump names the growth from the step it began, not where the gradients blow
+# up)
 def test_fault_is_named_first(tmp_path, name):
     faults = _faults()
     sc = next(s for s in faults.SCENARIOS if s.name == name)
@@ -66,6 +70,23 @@ def test_the_rank_the_others_wait_for_is_named_whether_slow_before_its_forward_o
     #                                                                 true dead units too: not this test's concern)
     blames_tview = "tview makes it slow" in slow[0].message
     assert blames_tview == (how == "slow_tview") and (slow[0].stat == "tview_time") == blames_tview, slow[0].message
+
+
+@pytest.mark.alone  # timing: the other test worker's load must not make stalls of its own
+def test_a_rank_that_stalls_on_every_fifth_step_is_named_with_how_often(tmp_path):
+    """Rank 1 sleeps 60 ms before its forward on every 5th step from step 60 only (a loader that refills now and
+    then): the median of its own time stays level, but the others wait for it a large share of the job's time: it
+    is named from its first stall, and how often it stalls is said."""
+    faults = _faults()
+    faults.warm_imports()
+    sc = next(s for s in faults.SCENARIOS if s.name == "straggler-every-5th")
+    out = str(tmp_path / sc.name)
+    faults.run_scenario(sc, out)
+    with tview.open_run(out) as run:
+        found = tview_diagnose(run)
+    slow = [f for f in found if f.tensor == "time"]
+    assert faults.correct(sc, found) and len(slow) == 1, [f.message for f in found]
+    assert "1 recorded step in 5 (every 5 steps)" in slow[0].message, slow[0].message
 
 
 @pytest.mark.alone  # rank 0's core must be free of other tests' work

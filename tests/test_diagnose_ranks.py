@@ -70,3 +70,40 @@ def test_a_lead_must_be_a_tenth_of_the_step_and_beyond_timing_jitter():
     own = _own_times(rng, base=0.004, jitter=0.001)
     own[1, ONSET:] += 0.003  # 3 ms in a 10 ms step: a time slice of the OS could make it
     assert _onsets(own, step=np.full(STEPS, 0.01)) == {}
+
+
+def _stalls(own):
+    step = own.max(axis=0) + 0.02  # every rank's step time: the slowest's, and the all-reduce
+    return ranks.stalls(ranks.waited_share(own, None, step), step)
+
+
+def test_a_rank_stalled_on_every_fifth_step_is_named_from_its_first_stall_and_a_steady_one_is_not_a_stall():
+    """Rank 1 is 60 ms slower on every 5th step from ONSET (and once, alone, 20 steps before): not slow step after
+    step (waited_for), but the others wait for it 60 ms in every 5 steps; its stalls from ONSET are named, the odd
+    earlier one does not date them. A rank slower on every step is waited_for's, not a stall."""
+    rng = np.random.default_rng(7)
+    own = _own_times(rng)
+    own[1, ONSET::5] += 0.06
+    own[1, ONSET - 20] += 0.06
+    assert _onsets(own) == {}
+    got = _stalls(own)
+    assert list(got) == [1] and got[1][0] == ONSET and list(np.diff(got[1])) == [5] * (len(got[1]) - 1)
+    own = _own_times(rng)
+    own[2, ONSET:] += 0.03
+    assert _stalls(own) == {} and list(_onsets(own)) == [2]
+
+
+def test_stalls_on_every_rank_a_burst_or_a_rare_one_name_no_rank():
+    """Every rank of three stalled 50 ms on a random fifth of the steps (a busy host: each is waited for on a tenth
+    of the steps or more now and then, none more than the others); one rank stalled on 6 consecutive steps near
+    the end (a burst, not now and then); one stalled 60 ms on every 20th step (1 in 20, under a tenth of the
+    records): no stall is named."""
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        own = _own_times(rng)
+        own += 0.05 * (rng.random(own.shape) < 1 / 5)
+        assert _stalls(own) == {}, seed
+    own = _own_times(rng)
+    own[0, STEPS - 12:STEPS - 6] += 0.06
+    own[2, ONSET::20] += 0.06
+    assert _stalls(own) == {}

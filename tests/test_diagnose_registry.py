@@ -17,7 +17,13 @@ def _readme_kinds() -> set[str]:
     start = text.index("- `tview diagnose RUN")
     section = text[start:text.index("\n- `", start + 1)]
     listed = section[section.index("declaring its kinds:"):]
-    return set(re.findall(r"`([a-z_]+)`", listed))
+    return set(re.findall(r"`([a-z_]+)`", listed)) - _readme_statistics(text)
+
+
+def _readme_statistics(text: str) -> set[str]:
+    """The statistic names the README lists (a kind's description may cite one, as `local_grad_norm`)."""
+    start = text.index("The statistics (`run.stat_names()`)")
+    return set(re.findall(r"[a-z_]+", text[start:text.index("histograms", start)]))
 
 
 def test_the_readme_lists_exactly_the_kinds_the_check_modules_declare():
@@ -73,6 +79,30 @@ def test_lr_jump_above_all_it_had_but_not_warm_up_or_restarts():
     spike[60:] = 6.0
     assert optimizer.lr_onset(spike) == 60
     assert optimizer.lr_onset(np.r_[0.0, np.full(10, 0.1)]) is None  # from zero: nothing to compare with
+
+
+def _cosine(n, peak):
+    return peak * (1 + np.cos(np.linspace(0, np.pi, n))) / 2
+
+
+def test_lr_growth_after_a_flat_or_decaying_stretch_but_not_warm_ups_restarts_or_cycles():
+    """A lr x1.05 a step from step 80 (flat before; or a stepwise x2 every 10 steps) is named from the step it
+    began, though no step is 3x the one before; warm-ups from the start (linear, or stepwise with long plateaus),
+    one held back at a lr near 0, warm restarts that warm up again to their old peak, and a triangular cyclic lr
+    (10x from base to peak, every cycle) are not."""
+    ramp = np.r_[np.full(80, 0.02), 0.02 * 1.05 ** np.arange(1, 81)]
+    assert optimizer.lr_onset(ramp) is None and optimizer.lr_growth(ramp) == (80, 127)  # 1.05^48 > 10
+    steps = np.r_[np.linspace(1e-4, 0.02, 20), np.full(60, 0.02), 0.02 * 2.0 ** (np.arange(1, 81) // 10)]
+    assert optimizer.lr_onset(steps) is None and optimizer.lr_growth(steps)[0] == 89
+    legit = {
+        "warm-up, cosine": np.r_[np.linspace(1e-4, 0.1, 50), _cosine(50, 0.1), np.full(20, 0.1)],
+        "stepwise warm-up": np.r_[np.repeat(np.linspace(0.01, 0.1, 10), 25), np.full(50, 0.1)],
+        "held-back warm-up": np.r_[np.full(30, 1e-7), np.geomspace(1e-7, 0.1, 30), np.full(40, 0.1)],
+        "warm restarts": np.tile(np.r_[np.linspace(1e-3, 0.1, 15), _cosine(55, 0.1)], 3),
+        "cyclic": np.tile(np.r_[np.linspace(0.001, 0.01, 25), np.linspace(0.01, 0.001, 25)], 4),
+        "ramp below the old peak": np.r_[0.1 * 0.97 ** np.arange(80), 0.1 * 0.97 ** 79 * 1.05 ** np.arange(1, 81)],
+    }
+    assert {name: optimizer.lr_growth(lr) for name, lr in legit.items()} == dict.fromkeys(legit)
 
 
 def test_loss_spike_needs_a_jump_that_stays_not_one_odd_batch():

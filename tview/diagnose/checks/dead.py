@@ -85,20 +85,23 @@ def _dead_finding(run, r: int, i: int, maker: int, chans: dict[int, int]) -> Fin
                 rank=r, layer=run.layers[i], step=step, channels=sorted(chans), stat="act_channel_zero_frac")
 
 
-def merge_dead(per: dict[int, list[Finding]], n_ranks: int) -> list[Finding]:
-    """A layer dead on every rank at one step becomes one finding for every rank, with the channels dead on all
-    of them (replicas hold the same weights; which units a batch leaves at zero varies a little by rank)."""
+def merge_dead(run, per: dict[int, list[Finding]], dead: dict[int, dict[int, dict[int, int]]]) -> list[Finding]:
+    """A layer with dead channels on every rank becomes one finding for every rank, with the channels dead on all
+    of them, each dated to the step it is dead on all of them from (replicas hold the same weights; which units a
+    batch leaves at zero, and so the step a rank sees them die, varies a little by rank). dead: {rank:
+    _dead_on_rank's answer}."""
     groups: dict[tuple, list[Finding]] = {}
     for found in per.values():
         for f in found:
             groups.setdefault((f.kind, f.layer), []).append(f)
     out = []
     for group in groups.values():
-        common = set.intersection(*(set(f.channels) for f in group))
-        if n_ranks > 1 and len(group) == n_ranks and common and len({f.step for f in group}) == 1:
-            f = group[0]
-            f.rank, f.channels = None, sorted(common)
-            f.message += f" (every rank; {len(common)} channel(s) on all of them)"
+        i = run.layer_index(group[0].layer)
+        common = set.intersection(*(set(dead[f.rank][i]) for f in group))
+        if len(run.ranks) > 1 and len(group) == len(run.ranks) and common:
+            chans = {c: max(dead[f.rank][i][c] for f in group) for c in common}
+            f = _dead_finding(run, None, i, makers(run)[i], chans)
+            f.message += f" (every rank; {len(common)} channel(s) on all of them, dated where dead on all)"
             out.append(f)
         else:
             out.extend(group)
@@ -144,7 +147,7 @@ def check_dead(run, max_points=None, done: dict | None = None) -> list[Finding]:
             if chans and not set(chans) <= set(prev) and worth_naming(run, i, made_by[i], chans):
                 found[r].append(_dead_finding(run, r, i, made_by[i], chans))
             prev = chans
-    return merge_dead(found, len(run.ranks))
+    return merge_dead(run, found, per)
 
 
 def check_frozen(run, max_points=None, dead: list[Finding] | None = None) -> list[Finding]:

@@ -1,4 +1,5 @@
-"""Check: the optimizer's side of a blow-up: a learning rate that jumps above any it had, an update that jumps
+"""Check: the optimizer's side of a blow-up: a learning rate that jumps above any it had (or grows far beyond it
+after a flat or decaying stretch), an update that jumps
 (update ratio per unit of gradient) without a gradient that did, and a loss that jumps and stays up."""
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from tview.diagnose.findings import Finding, declare, make
 KINDS = declare({
     "lr_jump": ("error", "lr",
                 "the learning rate jumped to several times the largest it had before (warm-up and restarts stay "
-                "within it): the step whose update used it"),
+                "within it): the step whose update used it; or it grew step by step to LR_GROWTH x that after a flat "
+                "or decaying stretch (a warm-up from the start, or one held back at a lr near 0, is not named): the "
+                "step the growth began"),
     "update_ratio_jump": ("error", "weight",
                           "the update ratio (|update| / |weight|) per unit of gradient jumped far above its recent "
                           "level: the optimizer stepped much further for the same gradient (a learning rate or "
@@ -31,6 +34,10 @@ SPIKE_GAP = 0.25          # ... and above it by this share of the run's early lo
 SPIKE_STAY = 3
 HISTORY, LEAST = 20, 5    # records a level is the median of, and the fewest that make one
 LR_RANKS = 64             # ranks whose learning rates are read (beyond: the first rank's)
+LR_GROWTH = 10.0          # lr above this x the largest before a growth that follows a settled stretch ...
+LR_SETTLED = HISTORY      # ... this many records or more in a row each at or below the one before (flat or decaying:
+#                           a warm-up is over; a stepwise warm-up's shorter plateaus do not end it)
+LR_NEAR_ZERO = 1e-3       # a lr flat from the first record below this x the lr it grows to: a warm-up held back
 
 
 def lr_onset(lr: np.ndarray) -> int | None:
@@ -44,37 +51,82 @@ def lr_onset(lr: np.ndarray) -> int | None:
     return int(hit[0] + 1) if len(hit) else None
 
 
+def lr_growth(lr: np.ndarray) -> tuple[int, int] | None:
+    """(index where the growth began, first index where it is beyond) of the first learning rate that grows to
+    LR_GROWTH x the largest it had before the growth, the growth following a settled stretch (LR_SETTLED records
+    or more in a row at or below the one before, the last of them just before it); None if none. A warm-up from
+    the start of the run has no settled stretch before it; one held back a while (flat from the first record at a
+    lr below LR_NEAR_ZERO x the one it grows to) is not named; a restart (a warm-up again after a decay) rises back
+    to a peak it had, not beyond it."""
+    lr = np.asarray(lr, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        down = np.r_[False, lr[1:] <= lr[:-1]]
+    idx = np.arange(len(lr))
+    run = idx - np.maximum.accumulate(np.where(down, -1, idx))  # records in a row at or below the one before
+    last = np.maximum.accumulate(np.where(down & (run >= LR_SETTLED), idx, -1))  # end of the latest settled stretch
+    peak = np.maximum.accumulate(np.where(np.isfinite(lr), lr, -np.inf))
+    base = np.where(last >= 0, peak[np.maximum(last, 0)], np.nan)
+    with np.errstate(invalid="ignore"):
+        hit = np.flatnonzero((lr > LR_GROWTH * base) & (base > 0))
+    if not len(hit):
+        return None
+    begin, k = int(last[hit[0]]) + 1, int(hit[0])
+    if np.all(down[1:begin]) and base[k] < LR_NEAR_ZERO * np.nanmax(lr[begin:]):
+        return None  # flat from the first record at a lr near 0, then rising: a delayed warm-up
+    return begin, k
+
+
 def lr_names(run, rank: int) -> list[str]:
     """The learning-rate scalars of a rank: 'lr' (the first parameter group) and 'lr/N' (the others)."""
     return [n for n in run.scalar_names(rank) if n == "lr" or (n.startswith("lr/") and n[3:].isdigit())]
 
 
 def check_lr(run, max_points=None) -> list[Finding]:
-    """The first step where any parameter group's learning rate jumps above the largest it had, on each rank (the
-    first LR_RANKS ranks; beyond, the first rank's: a job's optimizers hold the same) and named where it is on some
-    ranks only (a rank-local schedule or edit: its replicas then differ)."""
+    """The first step where any parameter group's learning rate jumps above the largest it had, or where it began
+    to grow to LR_GROWTH x that after a flat or decaying stretch (lr_growth), on each rank (the first LR_RANKS
+    ranks; beyond, the first rank's: a job's optimizers hold the same) and named where it is on some ranks only (a
+    rank-local schedule or edit: its replicas then differ)."""
     ranks = run.ranks if len(run.ranks) <= LR_RANKS else run.ranks[:1]
-    jumps = {rank: jump for rank in ranks if (jump := _lr_jump(run, rank, max_points)) is not None}
-    if not jumps:
+    events = {rank: event for rank in ranks if (event := _lr_event(run, rank, max_points)) is not None}
+    if not events:
         return []
-    step, name, now, before = min(jumps.values())
-    on = sorted(rank for rank, jump in jumps.items() if jump[0] == step)
+    event = min(events.values(), key=_first_jump)
+    step, name, now, before = event[:4]
+    on = sorted(rank for rank, e in events.items() if e[0] == step)
     rank = on[0] if len(on) < len(run.ranks) else None
     where = f" on rank {rank} only" if rank is not None and len(on) == 1 else ""
-    return [make("lr_jump", f"learning rate {name} {now:.3g} at step {step}{where}, {now / before:.3g}x the largest "
-                 f"before it ({before:.3g})", step=step, stat=name, rank=rank)]
+    if len(event) == 4:
+        message = (f"learning rate {name} {now:.3g} at step {step}{where}, {now / before:.3g}x the largest before it "
+                   f"({before:.3g})")
+    else:
+        at, rate = event[4:]
+        message = (f"learning rate {name} grows from step {step}{where} (x{rate:.3g} a recorded step, no single "
+                   f"jump): {now:.3g} at step {at}, {now / before:.3g}x the largest it had before ({before:.3g}), "
+                   f"after a stretch where it was flat or decaying (not a warm-up)")
+    return [make("lr_jump", message, step=step, stat=name, rank=rank)]
 
 
-def _lr_jump(run, rank: int, max_points=None) -> tuple | None:
-    """(step, scalar, lr then, largest before) of the rank's first learning-rate jump, or None."""
-    jumps = []
+def _lr_event(run, rank: int, max_points=None) -> tuple | None:
+    """The rank's first learning-rate jump (step, scalar, lr then, largest before) or growth (step it began,
+    scalar, lr when beyond LR_GROWTH x, largest before, step beyond, factor a record), or None."""
+    events = []
     for name in lr_names(run, rank):
         steps, lr = scalar(run, name, rank, max_points)
         lr = np.asarray(lr, dtype=np.float64)
         k = lr_onset(lr)
         if k is not None:
-            jumps.append((int(steps[k]), name, float(lr[k]), float(np.nanmax(lr[:k]))))
-    return min(jumps) if jumps else None
+            events.append((int(steps[k]), name, float(lr[k]), float(np.nanmax(lr[:k]))))
+        grew = lr_growth(lr)
+        if grew is not None:
+            s, at = grew
+            rate = (lr[at] / lr[s - 1]) ** (1 / (at - s + 1)) if lr[s - 1] > 0 else float("nan")
+            events.append((int(steps[s]), name, float(lr[at]), float(np.nanmax(lr[:s])), int(steps[at]), rate))
+    return min(events, key=_first_jump) if events else None
+
+
+def _first_jump(event: tuple):
+    """The earliest event; at one step a jump (4 values) before a growth that begins with it."""
+    return event[0], len(event), event[1]
 
 
 def update_per_gradient(update: np.ndarray, grad: np.ndarray) -> np.ndarray:

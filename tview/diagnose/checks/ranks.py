@@ -21,8 +21,9 @@ KINDS = declare({
     "slow_rank": ("warning", "time",
                   "the rank the others wait for: its own time per step (step time less its wait for the others in "
                   "the all-reduce, else its busy time, else its step time; less its wait for a CPU) stays above the "
-                  "other ranks' from some step on, step after step (where tview's own time there explains it, the "
-                  "finding says so)"),
+                  "other ranks' from some step on, step after step, or is far above them on a regular share of the "
+                  "steps (1 in 10 or more, as every 5th step: a stall that costs the job a tenth of its time or more); "
+                  "where tview's own time there explains it, the finding says so"),
     "rank_lags": ("warning", "time", "a rank's last recorded step is well behind the furthest rank's"),
 })
 
@@ -39,6 +40,13 @@ WINDOW = 19               # records after an onset that must hold the level (and
 DIVERGE_STAY = 0.1        # a diverging rank stays so over at least the last tenth of the records
 SLOW_STAY = 0.15          # a slow rank stays slow over at least the last 15% of the records
 TVIEW_SHARE = 0.5         # a slow rank's tview_time above the other ranks' by this share of its lead: tview is why
+STALL_SHARE = 0.1         # a rank slow now and then (a stall: waited for SLOW_SHARE and SLOW_MIN_SECONDS at a
+#                           step) on at least this share of the records from its onset on, over 2 x WINDOW records
+#                           after it and to the end ...
+STALL_OVER = 3.0          # ... this many times as often as the median other rank (a busy host stalls every rank) ...
+STALL_LEAST = 6           # ... at least this many times, the stalls costing SLOW_SHARE of the job's time or more
+STALL_GAP = 3.0           # stalls before a gap longer than this x the median gap between them open no stretch
+PERIOD_SHARE = 0.7        # stalls this share of whose gaps are equal come every that many steps
 
 
 def _outlier_onsets(flags: np.ndarray, level: np.ndarray, share: float, stay: float,
@@ -192,21 +200,81 @@ def check_time(run, max_points=None, rank_summaries: dict | None = None, before:
     waited = waited_share(t, host, step)
     found, others = [], _others(t)
     tview_cost = _tview_cost(run, steps, ranks, max_points, rank_summaries)
-    for k, start in waited_for(waited, step).items():
+    cpu = "" if host is None else ", beyond its wait for a CPU"
+    slow = waited_for(waited, step)
+    for k, start in slow.items():
         mine = float(detect.nanmedian(t[k, start:]))
         rest = others(k, start)
         share = float(detect.nanmedian(waited[k, start:]))
-        cpu = "" if host is None else ", beyond its wait for a CPU"
         ours = tview_cost(k, start, mine - rest)
         found.append(make("slow_rank", f"rank {ranks[k]}: own time ({name}) {mine * 1e3:.1f} ms per step from step "
                           f"{steps[start]} on, the other ranks' {rest * 1e3:.1f} ms: the others wait for it "
                           f"{share:.0%} of their step{cpu}{ours}", rank=ranks[k], step=int(steps[start]),
                           stat="tview_time" if ours else stat))
+    for k, cols in stalls(waited, step).items():
+        if k not in slow:
+            found.append(_stall_finding(steps, ranks[k], t, k, cols, step, (name, stat, cpu), tview_cost))
     return found
 
 
+def stalls(waited: np.ndarray, step: np.ndarray) -> dict[int, np.ndarray]:
+    """{row: its stalls (column indices) from its onset on} of the ranks of [ranks, steps] `waited` (waited_share)
+    that the others wait for now and then but regularly: SLOW_SHARE of the step and SLOW_MIN_SECONDS at a step, on
+    STALL_SHARE of the records or more from the onset on (over the 2 x WINDOW records after it and to the end),
+    STALL_LEAST times at least, STALL_OVER times as often as the median other rank, mostly apart (the median gap
+    between them 2 records or more: not a burst of slow steps), and those stalls SLOW_SHARE or more of the job's time
+    from there (`step`: per column, the median rank's step time, the stalls included). A
+    rank slow on every step is waited_for's."""
+    with np.errstate(invalid="ignore"):
+        flags = (waited >= SLOW_SHARE) & (waited * step >= SLOW_MIN_SECONDS)
+    least = max(STAY_LEAST, int(math.ceil(SLOW_STAY * flags.shape[1])), 2 * WINDOW)
+    out = {}
+    for k in range(len(flags)):
+        start = detect.first_held(detect.held(flags[k], 2 * WINDOW, STALL_SHARE), least)
+        if start is None:
+            continue
+        cols = _stretch(np.flatnonzero(flags[k, start:]) + start)
+        if len(cols) < STALL_LEAST or flags.shape[1] - cols[0] < least or np.median(np.diff(cols)) < 2:
+            continue  # too few, too late, or a burst of slow steps one after the other (not now and then)
+        others = float(np.median(np.delete(flags[:, cols[0]:], k, axis=0).mean(axis=1)))
+        lost = len(cols) * float(np.median(waited[k, cols] * step[cols])) / float(np.nansum(step[cols[0]:]))
+        if flags[k, cols[0]:].mean() >= STALL_OVER * others and lost >= SLOW_SHARE:
+            out[k] = cols
+    return out
+
+
+def _stretch(cols: np.ndarray) -> np.ndarray:
+    """Stall columns less the leading ones each followed by a gap longer than STALL_GAP x the median gap (an odd
+    slow step before the stalls began does not date them)."""
+    gaps = np.diff(cols)
+    if not len(gaps):
+        return cols
+    far = np.flatnonzero(gaps > STALL_GAP * np.median(gaps))
+    far = far[far < len(cols) // 2]  # only before the stretch: a long gap late in it is not its start
+    return cols[far[-1] + 1:] if len(far) else cols
+
+
+def _stall_finding(steps, rank, t, k, cols, step, how, tview_cost) -> Finding:
+    """slow_rank for a rank stalled now and then: how often (every that many steps, where most gaps are equal),
+    its own time on those steps against the other ranks', and the share of the job's time the others wait."""
+    name, stat, cpu = how
+    mine = float(detect.nanmedian(t[k, cols]))
+    rest = float(detect.nanmedian(np.delete(t[:, cols], k, axis=0)))
+    span = len(steps) - cols[0]
+    lost = len(cols) * float(np.median((t[k, cols] - rest))) / float(np.nansum(step[cols[0]:]))
+    gap, count = np.unique(np.diff(steps[cols]), return_counts=True)
+    every = f" (every {gap[np.argmax(count)]} steps)" if count.max() >= PERIOD_SHARE * count.sum() else ""
+    ours = tview_cost(k, cols, mine - rest)
+    return make("slow_rank", f"rank {rank}: slow on 1 recorded step in {span / len(cols):.0f}{every} from step "
+                f"{steps[cols[0]]} on ({len(cols)} of {span} steps), +{(mine - rest) * 1e3:.0f} ms each time: own "
+                f"time ({name}) {mine * 1e3:.1f} ms on those steps, the other ranks' {rest * 1e3:.1f} ms; the others "
+                f"wait for it {max(lost, 0.0):.0%} of the job's time{cpu}{ours}", rank=rank, step=int(steps[cols[0]]),
+                stat="tview_time" if ours else stat)
+
+
 def _tview_cost(run, steps: np.ndarray, ranks: list, max_points=None, rank_summaries: dict | None = None):
-    """cost(k, start, lead): where tview's own time on rank k (tview_time, on the recorded steps from column start)
+    """cost(k, start, lead): where tview's own time on rank k (tview_time, on the recorded steps from column start,
+    or on the columns of an array start)
     is at least TVIEW_SHARE of its lead over the other ranks' own time, a sentence that says tview makes it slow;
     else (or where tview_time is not recorded) ''."""
     got = aligned_scalar(run, "tview_time", max_points, rank_summaries)
@@ -215,8 +283,11 @@ def _tview_cost(run, steps: np.ndarray, ranks: list, max_points=None, rank_summa
     own = np.stack([on_steps(steps, (got[0], row)) for row in got[2]])
     others = _others(own)
 
-    def cost(k: int, start: int, lead: float) -> str:
-        mine, rest = float(detect.nanmedian(own[k, start:])), others(k, start)
+    def cost(k: int, start, lead: float) -> str:
+        if isinstance(start, np.ndarray):  # the columns of a rank's stalls
+            mine, rest = float(detect.nanmedian(own[k, start])), float(detect.nanmedian(np.delete(own[:, start], k, 0)))
+        else:
+            mine, rest = float(detect.nanmedian(own[k, start:])), others(k, start)
         if not (np.isfinite(mine) and np.isfinite(rest)) or lead <= 0 or mine - rest < TVIEW_SHARE * lead:
             return ""
         return (f"; tview's own time (tview_time) on it is {mine * 1e3:.1f} ms a recorded step, the other ranks' "
