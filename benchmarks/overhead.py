@@ -198,8 +198,13 @@ def short_runs(model_name: str, batch: int, steps: int, rounds: int, attach=None
     return sum(tv) / sum(pl), err
 
 
+COMPILED_WARMUP = 41  # steps: every 10th step recorded, its records 0-4 (a detail step, then ordinary ones) seen
+
+
 def measure_pairs(a, configs: dict, reported: dict) -> dict[str, dict[str, list[float]]]:
-    """Compiled: each tview configuration against its own plain copy, dynamo's cache cleared before each pair.
+    """Compiled: each tview configuration against its own plain copy, dynamo's cache cleared before each pair,
+    then COMPILED_WARMUP steps untimed: dynamo compiles the forward once per kind of recorded step (the probes that
+    run differ: a detail step, an ordinary one, none), each a second or two on this CPU, once in a run.
     Compiled copies of one model class share dynamo's cached code; with several Recorders in one process, a
     Recorder that saw a recorded step without its statistics dropped that cache (once each), and every copy,
     plain included, recompiled inside the timed steps (0.5-2 s steps: total-time ratios of 0.5x)."""
@@ -208,7 +213,7 @@ def measure_pairs(a, configs: dict, reported: dict) -> dict[str, dict[str, list[
         if attach is not None:
             torch._dynamo.reset()
             out[name] = measure(a.model, a.steps, a.batch, configs={"plain": None, name: attach},
-                                flush_every=a.flush_every, reported=reported)
+                                flush_every=a.flush_every, reported=reported, warmup=COMPILED_WARMUP)
     return out
 
 

@@ -650,3 +650,28 @@ def test_a_statistic_sampled_on_some_steps_is_not_called_exact(tmp_path):
             rec.step()
     info = tview.open_run(str(tmp_path / "r")).stat_info("act_mean", "0")
     assert not info["exact"] and "a sample in 2 of 5 measurements" in info["note"], info
+
+
+def test_a_compiled_outputs_parts_travel_packed_in_one_tensor_and_come_back_as_they_were():
+    """packed_parts (in the compiled graph: one output per layer, not one per part) and unpacked_parts (host side)
+    give back every part at its shape as float64 (what a statistic's transfer gives), the parts that are not tensors
+    as they were; nothing to pack: as it is."""
+    from tview.hooks import activation_probes as act
+    a, b = act.ActMoments(), act.ActCounts()
+    parts = [(a, {"sum": torch.arange(3, dtype=torch.float32), "max": torch.tensor([[1.5, -2.0]]), "n": 7}),
+             (b, {"zeros": torch.tensor([2, 0, 1]), "norm": torch.tensor([float("nan")]), "of": 12,
+                  "flag": torch.tensor([True, False])})]
+    packed = act.packed_parts(parts)
+    assert len(packed) == 1 and set(packed[0][1]) == {"values"} and packed[0][1]["values"].dtype == torch.float64
+    back = act.unpacked_parts([(packed[0][0], {"values": packed[0][1]["values"].numpy()})])
+    assert [p for p, _ in back] == [a, b]
+    for (_, want), (_, got) in zip(parts, back):
+        assert set(got) == set(want)
+        for k, v in want.items():
+            if isinstance(v, torch.Tensor):
+                assert got[k].dtype == np.float64 and got[k].shape == tuple(v.shape)
+                np.testing.assert_array_equal(got[k], v.double().numpy())
+            else:
+                assert got[k] == v
+    plain = [(a, {"n": 3})]
+    assert act.packed_parts(plain) is plain and act.unpacked_parts(plain) is plain

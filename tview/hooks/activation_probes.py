@@ -303,6 +303,49 @@ def _reduce_index(groups: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     return order, np.cumsum([0] + [len(g) for g in groups[:-1]]).astype(np.int64)
 
 
+class Packed:
+    """Where a compiled output's probe parts lie in the one float64 tensor they were packed in (packed_parts): one
+    graph output and one transfer slot for the output, not one per part. `layout`: (probe, {key: (offset, shape)},
+    {key: the parts that are not tensors})."""
+
+    __slots__ = ("layout",)
+
+    def __init__(self, layout: list[tuple]):
+        self.layout = layout
+
+
+def packed_parts(batched: list[tuple]) -> list[tuple]:
+    """[(probe, parts)] of one output, inside a compiled graph: the tensor parts in one float64 tensor (a statistic
+    reaches the host as float64 in any case), as [(Packed, {"values": tensor})]; as it is where a part's shape is
+    not a plain one (dynamic shapes) or none is a tensor."""
+    flat, layout, at = [], [], 0
+    for p, parts in batched:
+        where, rest = {}, {}
+        for k, v in parts.items():
+            if not isinstance(v, torch.Tensor):
+                rest[k] = v
+                continue
+            shape = tuple(v.shape)
+            if not all(type(d) is int for d in shape):
+                return batched
+            where[k] = (at, shape)
+            at += math.prod(shape)
+            flat.append(v.reshape(-1).to(torch.float64))
+        layout.append((p, where, rest))
+    return [(Packed(layout), {"values": torch.cat(flat)})] if flat else batched
+
+
+def unpacked_parts(results: list[tuple]) -> list[tuple]:
+    """Host side: packed_parts' [(Packed, {"values": float64 array})] back as [(probe, parts)] (views); others as
+    they are."""
+    if len(results) != 1 or not isinstance(results[0][0], Packed):
+        return results
+    packed, parts = results[0]
+    values = np.asarray(parts["values"], dtype=np.float64)
+    return [(p, {**rest, **{k: values[a:a + math.prod(shape)].reshape(shape) for k, (a, shape) in where.items()}})
+            for p, where, rest in packed.layout]
+
+
 def joined_batches(batches: list[tuple]) -> tuple | None:
     """A step's batches (layers, row_start, results) as one (compiled: a batch per output; several forward passes
     of one step: a batch each), each part's values one after another; None where their probes or parts differ, or an

@@ -658,9 +658,10 @@ class Recorder:
         return batch.indices, batch
 
     def _activation_parts(self, index: int, output: torch.Tensor, probes: tuple):
-        """Compiled: every probe on this one output, in the graph (inductor fuses the reductions)."""
+        """Compiled: every probe on this one output, in the graph (inductor fuses the reductions), their parts packed
+        in one tensor (act.packed_parts: a graph output and a transfer slot each cost host time)."""
         batch = ActivationBatch([output], None, per_channel=self.preset.act_sample)
-        batched = [(p, p.compute_batch(batch)) for p in probes if p.batched]
+        batched = act.packed_parts([(p, p.compute_batch(batch)) for p in probes if p.batched])
         self._pending_batches.append(([index], [_channels(output)], batch.row_start, batched))
         self._one_at_a_time(index, output, probes)
 
@@ -1018,7 +1019,8 @@ class Recorder:
         for layer, _, results in item["act"]:
             for probe, parts in results:
                 calls.setdefault(probe, {}).setdefault(layer, []).append(parts)
-        batches = [(layers, row_start, results) for layers, _, row_start, results in item["act_batches"]]
+        batches = [(layers, row_start, act.unpacked_parts(results))
+                   for layers, _, row_start, results in item["act_batches"]]
         joined, started = act.joined_batches(batches), {}
         for layers, row_start, results in [joined] if joined is not None else batches:
             plan = act.merge_plan(tuple(layers), tuple(row_start)) if joined is not None else None
