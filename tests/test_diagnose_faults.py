@@ -48,6 +48,15 @@ def test_fault_is_named_first(tmp_path, name):
     assert faults.correct(sc, found), f"expected {faults.expected_text(sc)}, found {faults.found_text(found)}"
 
 
+def _diagnosed(faults, sc, tmp_path) -> list:
+    """Scenario `sc` run (its ranks forked once the imports are warm) and diagnosed: the findings."""
+    faults.warm_imports()
+    out = str(tmp_path / sc.name)
+    faults.run_scenario(sc, out)
+    with tview.open_run(out) as run:
+        return tview_diagnose(run)
+
+
 def _straggler(faults, name: str, how: str, rank: int):
     return faults.Scenario(name, steps=90, fault=faults._f(how, 50, rank), expected=("slow_rank", rank, None))
 
@@ -60,12 +69,8 @@ def test_the_rank_the_others_wait_for_is_named_whether_slow_before_its_forward_o
     in the next all-reduce), or in tview's own statistics at the end of its forward pass: only then does the finding
     say tview makes it slow (and point at tview_time)."""
     faults = _faults()
-    faults.warm_imports()
     sc = _straggler(faults, f"slow-{how}", how, rank)
-    out = str(tmp_path / sc.name)
-    faults.run_scenario(sc, out)
-    with tview.open_run(out) as run:
-        slow = [f for f in tview_diagnose(run) if f.tensor == "time"]
+    slow = [f for f in _diagnosed(faults, sc, tmp_path) if f.tensor == "time"]
     assert len(slow) == 1 and slow[0].rank == rank and abs(slow[0].step - 50) <= 1, slow  # (a short LeNet run has
     #                                                                 true dead units too: not this test's concern)
     blames_tview = "tview makes it slow" in slow[0].message
@@ -78,12 +83,8 @@ def test_a_rank_that_stalls_on_every_fifth_step_is_named_with_how_often(tmp_path
     then): the median of its own time stays level, but the others wait for it a large share of the job's time: it
     is named from its first stall, and how often it stalls is said."""
     faults = _faults()
-    faults.warm_imports()
     sc = next(s for s in faults.SCENARIOS if s.name == "straggler-every-5th")
-    out = str(tmp_path / sc.name)
-    faults.run_scenario(sc, out)
-    with tview.open_run(out) as run:
-        found = tview_diagnose(run)
+    found = _diagnosed(faults, sc, tmp_path)
     slow = [f for f in found if f.tensor == "time"]
     assert faults.correct(sc, found) and len(slow) == 1, [f.message for f in found]
     assert "1 recorded step in 5 (every 5 steps)" in slow[0].message, slow[0].message
