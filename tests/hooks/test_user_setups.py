@@ -2,6 +2,7 @@
 inference between training steps, parameters replaced mid-run, two Recorders on one shard, GradScaler's skipped
 steps, channels_last, gradient accumulation, modules added after the Recorder, replaced parameters under DDP."""
 
+import contextlib
 import time
 import warnings
 
@@ -25,6 +26,18 @@ def small_net():
 def data(n=8, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+@contextlib.contextmanager
+def small_run(path: str):
+    """small_net(), its data and SGD, recorded every step at `path`, every warning caught: (model, x, y, opt, rec,
+    the warnings)."""
+    model, (x, y) = small_net(), data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with tview.Recorder(model, path, every=1, optimizer=opt) as rec:
+            yield model, x, y, opt, rec, caught
 
 
 def grad_norm(m):
@@ -423,19 +436,15 @@ def test_zero_grad_between_the_optimizer_step_and_the_recorders_step(tmp_path, s
     """loss.backward(); opt.step(); opt.zero_grad(); rec.step() (zero_grad at the loop's end): the gradient
     statistics are of the gradients optimizer.step() used (they were left out: set_to_none), or, zeroed in place,
     left out and said (they read grad_norm 0 on every step)."""
-    model, (x, y) = small_net(), data()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
     grads = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt) as rec:
-            for _ in range(3):
-                F.cross_entropy(model(x), y).backward()
-                grads.append(grad_norm(model[0]))
-                opt.step()
-                opt.zero_grad(set_to_none=set_to_none)
-                rec.step()
-                assert all((p.grad is None) if set_to_none else not p.grad.any() for p in model.parameters())
+    with small_run(str(tmp_path / "r")) as (model, x, y, opt, rec, caught):
+        for _ in range(3):
+            F.cross_entropy(model(x), y).backward()
+            grads.append(grad_norm(model[0]))
+            opt.step()
+            opt.zero_grad(set_to_none=set_to_none)
+            rec.step()
+            assert all((p.grad is None) if set_to_none else not p.grad.any() for p in model.parameters())
     run = tview.open_run(str(tmp_path / "r"))
     said = [str(w.message) for w in caught if "changed in place" in str(w.message)]
     if set_to_none:
@@ -1015,19 +1024,15 @@ def test_a_step_with_no_backward_pass_since_the_last_does_not_repeat_its_gradien
     another number) and said once; training again records them again, as plain torch computes them."""
     from tview.hooks import params as P
     monkeypatch.setattr(P, "FORCE_DEVICE_PATH", device_path)
-    model, (x, y) = small_net(), data()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
     grads = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt) as rec:
-            for train_now in (True, False, False, True):
-                if train_now:
-                    opt.zero_grad()
-                    F.cross_entropy(model(x), y).backward()
-                    grads.append(grad_norm(model[0]))
-                    opt.step()
-                rec.step()
+    with small_run(str(tmp_path / "r")) as (model, x, y, opt, rec, caught):
+        for train_now in (True, False, False, True):
+            if train_now:
+                opt.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                grads.append(grad_norm(model[0]))
+                opt.step()
+            rec.step()
     run = tview.open_run(str(tmp_path / "r"))
     steps, norms = run.stat("grad_norm", layer="0")
     assert list(steps) == [0, 3]
