@@ -306,7 +306,7 @@ def _reduce_index(groups: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
 class Packed:
     """Where a compiled output's probe parts lie in the one float64 tensor they were packed in (packed_parts): one
     graph output and one transfer slot for the output, not one per part. `layout`: (probe, {key: (offset, shape)},
-    {key: the parts that are not tensors})."""
+    {key: the parts that are not tensors}, the keys in their order)."""
 
     __slots__ = ("layout",)
 
@@ -331,7 +331,7 @@ def packed_parts(batched: list[tuple]) -> list[tuple]:
             where[k] = (at, shape)
             at += math.prod(shape)
             flat.append(v.reshape(-1).to(torch.float64))
-        layout.append((p, where, rest))
+        layout.append((p, where, rest, tuple(parts)))
     return [(Packed(layout), {"values": torch.cat(flat)})] if flat else batched
 
 
@@ -342,8 +342,8 @@ def unpacked_parts(results: list[tuple]) -> list[tuple]:
         return results
     packed, parts = results[0]
     values = np.asarray(parts["values"], dtype=np.float64)
-    return [(p, {**rest, **{k: values[a:a + math.prod(shape)].reshape(shape) for k, (a, shape) in where.items()}})
-            for p, where, rest in packed.layout]
+    return [(p, {k: values[where[k][0]:where[k][0] + math.prod(where[k][1])].reshape(where[k][1]) if k in where
+                 else rest[k] for k in order}) for p, where, rest, order in packed.layout]
 
 
 def joined_batches(batches: list[tuple]) -> tuple | None:
