@@ -15,7 +15,8 @@ rate multiplied (at once, or x1.05 a step from a flat stretch: no single jump), 
 from the start, or its param group's lr set to 0), a sleep on one rank (before the forward, inside it, or after the
 optimizer step; or on every 5th step only) or 30 ms of busy work on its CPU inside the forward, tview's own
 end-of-forward statistics made 30 ms slower on one rank (the finding must say tview makes it slow, and only there),
-a SIGKILL of one rank, random labels on one rank, a weight nudged on one rank after the optimizer step. One clean
+a SIGKILL of one rank, random labels on one rank, all-zero input batches on one rank (a broken loader), a weight
+nudged on one rank after the optimizer step. One clean
 run warms up and decays its lr twice (warm restarts); one shares rank 1's CPU with a busy process (the ranks pinned
 one per CPU): the others wait for rank 1, but the host made it slow, not the training. The Recorder measures each
 rank's busy_time (to its last local gradient), wait_time (from there to the start of optimizer.step(): its wait for
@@ -150,6 +151,10 @@ SCENARIOS = [
     Scenario("label-noise", ranks=3, fault=_f("bad_labels", 100, 2), expected=("rank_diverges", 2, None)),
     Scenario("label-noise-rank0", model="plain", steps=130, fault=_f("bad_labels", 80, 0),
              expected=("rank_diverges", 0, None)),
+    Scenario("zero-input-one-rank", ranks=3, fault=_f("zero_input", 90, 1),  # rank 1's loader yields zeros
+             expected=("rank_diverges", 1, None)),
+    Scenario("zero-input-plain-rank0", model="plain", steps=120, fault=_f("zero_input", 70, 0),  # BatchNorm net:
+             expected=("rank_diverges", 0, None)),  # its dead channels there follow from it, not apart
     Scenario("replicas-differ", ranks=3, fault=_f("nudge_weight", 110, 0, "fc2"),
              expected=("replicas_differ", 0, "fc2")),
     Scenario("replicas-last-rank", model="resnet", ranks=4, steps=90, fault=_f("nudge_weight", 60, 3,
@@ -306,6 +311,8 @@ class Injector:
         if self.on and self.fault.how == "nan_input" and self.active(once=True):
             x = x.clone()
             x.view(-1)[0] = float("nan")
+        if self.on and self.fault.how == "zero_input" and self.active():  # a broken loader: zeros from here on
+            x = torch.zeros_like(x)
         if self.on and self.fault.how == "scale_input" and self.active() \
                 and self.step < self.fault.step + self.extra.get("length", 3):  # a bad batch (or a few)
             x = x * self.extra.get("scale", 1e3)

@@ -30,14 +30,16 @@ def _faults():
 @pytest.mark.parametrize("name", ["nan-input", "nan-gradient", pytest.param("dead-filter", marks=pytest.mark.alone),
                                   pytest.param("dead-units-sinking", marks=pytest.mark.alone),
                                   "replicas-differ", "lr-spike", "lr-spike-one-rank", "lr-ramp", "exploding-one-rank",
-                                  "bad-batch-one-rank", "inf-loss-one-rank", "nan-momentum"])
+                                  "bad-batch-one-rank", "inf-loss-one-rank", "nan-momentum",
+                                  pytest.param("zero-input-one-rank", marks=pytest.mark.alone)])
 # (dead-filter, dead-units-sinking: warnings, the only ones here: a slow rank made by the other test worker's load,
 # also a warning, could come first; dead-units-sinking: each rank dates the units' death by its own batches, one
 # finding for every rank all the same. exploding-one-rank, bad-batch-one-rank: the all-reduced gradient blows up on
 # every rank, the finding names the rank whose own gradient made it; inf-loss-one-rank: the loss is the first NaN, not
 # the gradients after it; nan-momentum: the weights the step wrote NaN date it, not the forward of the next step;
 # lr-ramp: x1.05 a step, no single jump: lr_jump names the growth from the step it began, not where the gradients blow
-# up)
+# up; zero-input-one-rank: a warning too; the rank whose batches are all zero is named at the step they turned so, not
+# when its loss has drifted far from the others')
 def test_fault_is_named_first(tmp_path, name):
     faults = _faults()
     sc = next(s for s in faults.SCENARIOS if s.name == name)
@@ -87,7 +89,7 @@ def test_a_rank_that_stalls_on_every_fifth_step_is_named_with_how_often(tmp_path
     found = _diagnosed(faults, sc, tmp_path)
     slow = [f for f in found if f.tensor == "time"]
     assert faults.correct(sc, found) and len(slow) == 1, [f.message for f in found]
-    assert "1 recorded step in 5 (every 5 steps)" in slow[0].message, slow[0].message
+    assert "(every 5 steps)" in slow[0].message, slow[0].message  # (its share, 1 in 4 or 5: load adds slow steps)
 
 
 @pytest.mark.alone  # rank 0's core must be free of other tests' work

@@ -107,3 +107,18 @@ def test_stalls_on_every_rank_a_burst_or_a_rare_one_name_no_rank():
     own[0, STEPS - 12:STEPS - 6] += 0.06
     own[2, ONSET::20] += 0.06
     assert _stalls(own) == {}
+
+
+def test_a_rank_whose_batches_turn_uniform_is_dated_where_its_channels_turn_all_or_none():
+    """Per-channel zero fractions of one layer: a rank fed all-zero batches from ONSET has each channel zero for all
+    of the batch or none (0 or 1 on every channel), the others a share in between; a layer where every rank's are 0
+    or 1 (a conv before its ReLU) says nothing."""
+    from tview.diagnose.checks import uniform
+    rng = np.random.default_rng(0)
+    steps = np.arange(STEPS)
+    z = rng.uniform(0.2, 0.6, (3, STEPS, 6))
+    z[1, ONSET:] = rng.random((STEPS - ONSET, 6)) < 0.5
+    series = [(steps, ((zk <= uniform.UNIFORM_TOL) | (zk >= 1 - uniform.UNIFORM_TOL)).all(axis=1)) for zk in z]
+    assert uniform._layer_onsets(series, [0, 1, 2]) == {1: ONSET}
+    everywhere = [(steps, np.ones(STEPS, dtype=bool))] * 3
+    assert uniform._layer_onsets(everywhere, [0, 1, 2]) == {}

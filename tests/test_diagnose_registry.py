@@ -52,11 +52,33 @@ def test_consequences_fold_under_the_earliest_cause_and_unrelated_findings_stay_
 
 
 def test_at_one_step_the_cause_comes_first_whatever_the_loudest():
-    dead = make("dead_filters", "relu dead", layer="b3.relu", step=120, channels=[0, 1])
+    dead = make("dead_filters", "relu dead", layer="b3.relu", step=120, channels=list(range(16)))  # a whole layer
     vanish = make("vanishing_gradients", "fell", layer="b3.bn", step=120)
     spike = make("loss_spike", "loss up", step=120)  # an error, the others warnings: still a consequence
     roots = causes.fold([spike, vanish, dead])
     assert roots == [dead] and dead.followed_by == [spike, vanish]
+
+
+def test_a_small_natural_death_never_heads_an_error_that_follows_it():
+    """A couple of dead channels (clean training has them too) before an error, or dated with it: the error heads
+    the report, not folded under the death; a whole layer's death still heads what follows it."""
+    small = make("dead_filters", "2 dead", layer="relu2", step=100, channels=[3, 7])
+    spike = make("loss_spike", "loss up", step=110)
+    assert causes.fold([small, spike]) == [spike, small] and not small.followed_by
+    late = make("dead_units", "2 dead", layer="relu3", step=121, channels=[0, 5])  # dated one record after
+    cut = make("gradient_cut", "cut", layer="fc1", step=120)
+    assert causes.fold([late, cut])[0] is cut and not late.followed_by
+    whole = make("dead_filters", "all dead", layer="relu2", step=100, channels=list(range(16)))
+    spike = make("loss_spike", "loss up", step=110)
+    assert causes.fold([whole, spike]) == [whole] and whole.followed_by == [spike]
+
+
+def test_an_error_does_not_fold_under_a_small_death_through_what_followed_it():
+    small = make("dead_filters", "2 dead", layer="relu1", step=100, channels=[1, 2])
+    more = make("dead_filters", "all dead", layer="relu2", step=104, channels=list(range(16)))  # a warning after it
+    spike = make("loss_spike", "loss up", step=110)
+    roots = causes.fold([small, more, spike])
+    assert roots[0] is spike and spike not in every_finding([small])
 
 
 def test_a_cause_found_one_record_late_still_comes_first():

@@ -27,6 +27,8 @@ CONSEQUENCES: dict[str, set[str]] = {
     "dead_units": {"dead_filters", "dead_units", "vanishing_gradients", "loss_spike", "frozen_layer", "gradient_cut"},
     "loss_spike": {"exploding_gradients", "update_ratio_jump", "vanishing_gradients", "dead_filters", "dead_units"},
 }
+SMALL_DEATH = 2    # dead_filters or dead_units on this many channels or fewer: a death clean training has too (a
+#                    couple of ReLU channels), no cause of an error-level finding: it never heads one
 FOLD_RECORDS = 20  # a consequence starts within this many recorded steps after its cause
 JITTER = 1         # onsets found one recorded step apart count as one step (a cause may be dated one late)
 
@@ -35,8 +37,17 @@ def _order(kind: str) -> int:
     return CAUSE_ORDER.index(kind) if kind in CAUSE_ORDER else len(CAUSE_ORDER)
 
 
+def _leads_to(cause: Finding, effect: Finding) -> bool:
+    """The cause's kind can lead to the effect's; a small death (SMALL_DEATH channels or fewer) not to an error."""
+    return effect.kind in CONSEQUENCES.get(cause.kind, ()) and not (_small_death(cause) and effect.severity == "error")
+
+
+def _small_death(f: Finding) -> bool:
+    return f.kind in ("dead_filters", "dead_units") and 0 < len(f.channels) <= SMALL_DEATH
+
+
 def _can_cause(cause: Finding, effect: Finding, window: float) -> bool:
-    if effect.kind not in CONSEQUENCES.get(cause.kind, ()) or cause.step is None or effect.step is None:
+    if not _leads_to(cause, effect) or cause.step is None or effect.step is None:
         return False
     ranks_fit = cause.rank is None or effect.rank is None or cause.rank == effect.rank
     return ranks_fit and -JITTER * window / FOLD_RECORDS <= effect.step - cause.step <= window
@@ -48,7 +59,7 @@ def _in_time_order(findings: list[Finding], stride: float) -> list[Finding]:
     for i in range(len(out) - 1, 0, -1):
         a, b = out[i - 1], out[i]
         if (a.step is not None and b.step is not None and 0 < b.step - a.step <= JITTER * stride
-                and _order(b.kind) < _order(a.kind) and a.kind in CONSEQUENCES.get(b.kind, ())):
+                and _order(b.kind) < _order(a.kind) and _leads_to(b, a)):
             out[i - 1], out[i] = b, a
     return out
 
@@ -63,6 +74,8 @@ def fold(findings: list[Finding], stride: float = 1.0) -> list[Finding]:
     roots: list[Finding] = []
     for i, f in enumerate(ordered):
         cause = next((c for c in ordered[:i] if _can_cause(c, f, window)), None)
+        if cause is not None and f.severity == "error" and _small_death(root_of[id(cause)]):
+            cause = None  # an error never follows a small death, even through a finding that followed it
         if cause is None:
             roots.append(f)
             root_of[id(f)] = f

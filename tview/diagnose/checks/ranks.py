@@ -8,6 +8,7 @@ import math
 import numpy as np
 
 from tview.diagnose import detect
+from tview.diagnose.checks import uniform
 from tview.diagnose.checks.common import STAY_LEAST, Context, aligned_scalar, on_steps
 from tview.diagnose.findings import Finding, declare, make
 
@@ -17,7 +18,9 @@ KINDS = declare({
                      "step is the first step it lacks"),
     "rank_missing": ("error", None, "a rank of the world size has no readable shard"),
     "rank_diverges": ("warning", "loss", "a rank's loss rose well above the other ranks' and stays there (bad data on "
-                                         "that rank)"),
+                                         "that rank), or its batches carry no variation from some step on (every "
+                                         "channel of a layer zero for all or none of the batch, on the other ranks "
+                                         "not: a broken data loader), dated to that step"),
     "slow_rank": ("warning", "time",
                   "the rank the others wait for: its own time per step (step time less its wait for the others in "
                   "the all-reduce, else its busy time, else its step time; less its wait for a CPU) stays above the "
@@ -326,8 +329,49 @@ def check_status(run, rank_summaries: dict | None = None) -> list[Finding]:
     return found
 
 
+def uniform_batches(ctx: Context, diverging: list[Finding]) -> list[Finding]:
+    """rank_diverges of the loss (`diverging`), each dated earlier where that rank's batches turned uniform
+    (uniform.uniform_onsets: a broken data loader, seen at once in its activations) before, and one for each rank
+    whose batches did with no loss finding; the dead channels found on such a rank alone (replicas hold the same
+    weights: its data made them so) follow from it."""
+    found = {f.rank: f for f in diverging}
+    for rank, (step, layer) in uniform.uniform_onsets(ctx.run, _worked(ctx), ctx.max_points).items():
+        seen = found.get(rank)
+        why = (f"from step {step} on every channel of {layer} is zero for all of the batch or for none of it, on the "
+               "other ranks not: its batches carry no variation (a broken data loader: all-zero or constant inputs?)")
+        if seen is not None and seen.step is not None and seen.step <= step:
+            seen.message += f"; {why}"
+        else:
+            loss = f"; its loss then rose: {seen.message.split(': ', 1)[1]}" if seen is not None else ""
+            found[rank] = make("rank_diverges", f"rank {rank}: {why}{loss}", rank=rank, step=step,
+                               tensor="activation", stat="act_channel_zero_frac")
+        found[rank].followed_by += _explained_dead(ctx, rank)
+    return list(found.values())
+
+
+def _explained_dead(ctx: Context, rank: int) -> list[Finding]:
+    """Take out of ctx.found the dead_filters and dead_units found on this rank alone (not every rank's) and return
+    them: over uniform batches a channel is dead or alive as a whole."""
+    out = []
+    for kind in ("dead_filters", "dead_units"):
+        mine = [f for f in ctx.found.get(kind, []) if f.rank == rank]
+        ctx.found[kind] = [f for f in ctx.found.get(kind, []) if f.rank != rank]
+        out += mine
+    return out
+
+
+def _worked(ctx: Context) -> dict:
+    return getattr(ctx.run, "worked", lambda key: {})(__name__)
+
+
+def rank_work(ctx: Context):
+    """Each rank's uniform-batch flags (uniform.uniform_on_rank), read in diagnosis's one pass over the shards."""
+    max_points = ctx.max_points
+    return lambda run, rank: uniform.uniform_on_rank(run, rank, max_points)
+
+
 def check(ctx: Context) -> list[Finding]:
     first_nan = ctx.first("nonfinite")
-    return (check_loss(ctx.run, ctx.max_points, ctx.rank_summaries)
+    return (uniform_batches(ctx, check_loss(ctx.run, ctx.max_points, ctx.rank_summaries))
             + check_time(ctx.run, ctx.max_points, ctx.rank_summaries, first_nan and first_nan.step)
             + check_status(ctx.run, ctx.rank_summaries))

@@ -1,0 +1,75 @@
+"""A rank whose batches carry no variation (its data loader broken: every input zero, or one constant image): each
+channel of a layer is then all zero or all non-zero over the whole batch (the per-channel zero fraction exactly 0
+or 1 on every channel) from the step it broke, while the other ranks' are not. It shows at once, where the loss
+of that rank drifts away from the others' only slowly."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tview.diagnose import detect
+from tview.diagnose.checks.common import MAX_RANKS, STAY_LEAST
+
+UNIFORM_TOL = 1e-3    # a channel's zero fraction within this of 0 or 1: all or none of the batch's values are zero
+UNIFORM_SHARE = 0.9   # a rank uniform (the others not) on at least this share of the records from its onset on
+UNIFORM_STAY = 0.1    # ... over WINDOW records after it and over all to the end (at least the last tenth)
+WINDOW = 19
+OTHERS_SHARE = 0.5    # a layer counts at a step where fewer than this share of the other ranks are uniform there
+
+
+def uniform_on_rank(run, rank: int, max_points=None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{layer: (steps, bool per step: every channel's zero fraction 0 or 1)} of one rank's layers with 2 or more
+    channels recorded; {} where it records no per-channel zero fraction."""
+    try:
+        got = run.channel_stats("act_channel_zero_frac", rank, None, max_points)
+    except KeyError:  # not recorded
+        return {}
+    out = {}
+    for layer, (steps, z) in got.items():
+        z = np.asarray(z, dtype=np.float64)
+        if z.ndim == 2 and z.shape[1] >= 2 and len(steps):
+            with np.errstate(invalid="ignore"):
+                out[layer] = np.asarray(steps), ((z <= UNIFORM_TOL) | (z >= 1 - UNIFORM_TOL)).all(axis=1)
+    return out
+
+
+def uniform_onsets(run, done: dict | None = None, max_points=None) -> dict[int, tuple[int, str]]:
+    """{rank: (step, layer)} of the ranks whose batches turn uniform (uniform_on_rank) on some layer where the
+    other ranks' are not, held from that step to the end; the earliest layer's onset. done: {rank:
+    uniform_on_rank's answer} of ranks already read."""
+    ranks = run.ranks[:MAX_RANKS]
+    done = dict(done or {})
+    missing = [r for r in ranks if r not in done]
+    if missing:
+        done.update(run.per_rank(lambda r: uniform_on_rank(run, r, max_points), missing))
+    if len(ranks) < 2:
+        return {}
+    out: dict[int, tuple[int, str]] = {}
+    for layer in run.layers:
+        for rank, step in _layer_onsets([done.get(r, {}).get(layer) for r in ranks], ranks).items():
+            if rank not in out or step < out[rank][0]:
+                out[rank] = (step, layer)
+    return out
+
+
+def _layer_onsets(series: list, ranks: list) -> dict[int, int]:
+    """{rank: onset step} on one layer: series, each rank's (steps, flags) or None."""
+    if any(s is None for s in series):
+        return {}
+    steps = series[0][0]
+    for s, _ in series[1:]:
+        steps = np.intersect1d(steps, s)
+    if len(steps) < 2 * STAY_LEAST:
+        return {}
+    flags = np.stack([f[np.isin(s, steps)] for s, f in series])
+    least = max(STAY_LEAST, int(math.ceil(UNIFORM_STAY * len(steps))))
+    out = {}
+    for k in range(len(ranks)):
+        others = np.delete(flags, k, axis=0).mean(axis=0)
+        alone = flags[k] & (others < OTHERS_SHARE)
+        start = detect.first_held(detect.held(alone, WINDOW, UNIFORM_SHARE), least)
+        if start is not None:
+            out[ranks[k]] = int(steps[start + int(np.flatnonzero(alone[start:])[0])])
+    return out
