@@ -48,7 +48,7 @@ from tview.hooks.layers import (
 )
 from tview.hooks.origin import load_origin, origin_path, save_origin, weights_set_to
 from tview.hooks.params import ParamContext, ParamStep
-from tview.hooks.probes import EVERY, host_shortcuts, one_tensor, registered_probes
+from tview.hooks.probes import EVERY, host_shortcuts, registered_probes
 from tview.hooks.rows import RowBuilder
 from tview.hooks.scalars import ScalarNames, host_rss_bytes, scalar_value
 from tview.hooks.schedules import Preset, as_schedule, get_preset
@@ -62,10 +62,11 @@ from tview.hooks.timing import (
     live_scale,
     lr_names,
     lr_names_of,
-    to_device,
+    squared_norms,
+    squares_in_order,
     unreduced_grads,
 )
-from tview.hooks.transfer import HostTransfer, Lease
+from tview.hooks.transfer import HostTransfer, Lease, PerBlock
 from tview.store import schema
 from tview.store.background import BackgroundWriter
 from tview.store.manifest import write_manifest
@@ -873,13 +874,8 @@ class Recorder:
                    if g is not None and (p.grad is None or (p.grad is g and g._version != version))]
         if any(now is not None for _, now, _ in changed):
             self._report_zeroed()
-        try:
-            for p, now, g in changed:
-                p.grad = None if now is not None else g
+        with _grads_swapped([(p, None if now is not None else g) for p, now, g in changed]):
             yield
-        finally:
-            for p, now, _ in changed:
-                p.grad = now
 
     @contextlib.contextmanager
     def _fresh_gradients(self):
@@ -898,14 +894,8 @@ class Recorder:
                        f"unchanged: no backward pass since (step() called twice for one optimizer step, for a skipped "
                        f"batch, or in a loop that does not train); gradient statistics are left out of such steps",
                        stacklevel=6)
-        held = [(p, p.grad) for p in params if p.grad is not None]
-        try:
-            for p, _ in held:
-                p.grad = None
+        with _grads_swapped([(p, None) for p in params if p.grad is not None]):
             yield
-        finally:
-            for p, g in held:
-                p.grad = g
 
     def _report_zeroed(self):
         self._say_once("zeroed", f"tview: the gradients were changed in place between optimizer.step() and "
@@ -956,15 +946,12 @@ class Recorder:
         local = self.local_grads.take() if self.local_grads is not None else self._param_local_norms()
         return ParamStep(self.pctx, local)
 
-    def _param_local_norms(self) -> torch.Tensor | None:
+    def _param_local_norms(self) -> PerBlock | None:
         """The parameter hooks' local gradients as squared norms per parameter tensor (NaN where none)."""
         if not self._param_local:
             return None
-        n = len(self.pctx.params)
         ks = sorted(self._param_local)
-        sq = one_tensor(torch._foreach_norm([self._param_local[k] for k in ks], 2, dtype=torch.float32)).square()
-        out = torch.full((n,), float("nan"), device=sq.device)
-        return out.index_copy_(0, to_device(torch.tensor(ks), sq.device), sq)
+        return squares_in_order([(ks, squared_norms([self._param_local[k] for k in ks]))], len(self.pctx.params))
 
     def _channel_widths(self) -> dict[str, dict[str, int]]:
         acts = {self.layer_names[i]: c for i, c in self._channels.items()}
@@ -1171,6 +1158,19 @@ def _finite_on_host(output) -> bool:
 
 HOST_BUFFER_KEPT = 4 << 20  # bytes of the CPU path's sample buffer kept from one recorded step to the next (a bigger
 # one is made again at each step: memory held between steps, and glibc serves the same size again without faults)
+
+
+@contextlib.contextmanager
+def _grads_swapped(swaps: list[tuple[torch.Tensor, torch.Tensor | None]]):
+    """Each parameter's .grad set to the one given while the block runs (None: left out), its own put back after."""
+    before = [(p, p.grad) for p, _ in swaps]
+    try:
+        for p, g in swaps:
+            p.grad = g
+        yield
+    finally:
+        for p, g in before:
+            p.grad = g
 
 
 def _channels(output: torch.Tensor) -> int | None:

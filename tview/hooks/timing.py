@@ -16,13 +16,6 @@ from tview.hooks.scalars import cpu_wait_seconds
 from tview.hooks.transfer import PerBlock
 
 
-def to_device(t: torch.Tensor, device) -> torch.Tensor:
-    """A small host tensor on the device without making the host wait (pinned, non-blocking) on a GPU."""
-    if torch.device(device).type != "cuda":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
-
-
 def as_optimizers(optimizer) -> list:
     """None, one optimizer or a list/tuple of them, as a list; anything else is refused."""
     if optimizer is None:
@@ -195,7 +188,7 @@ class LocalGrads:
             params = bucket.parameters()
             grads = _bucket_views(bucket, params)
             if grads:
-                sq = one_tensor(torch._foreach_powsum(grads, 2, dtype=torch.float32))
+                sq = squared_norms(grads)
                 scale = live_scale(self.scaler)
                 self.parts.append(([self.index.get(id(p), -1) for p in params],
                                    sq if scale is None else sq.div(scale.square())))
@@ -207,18 +200,26 @@ class LocalGrads:
         buckets' norms as they are, in the step's transfer (no op), put in the parameters' order on the host."""
         parts, self.parts = self.parts, []
         parts += self._unreduced_parts()
-        if not parts:
-            return None
-        ids = np.array([k for idx, _ in parts for k in idx], dtype=np.int64)
-        return PerBlock([v for _, v in parts], functools.partial(_in_order, ids=ids, n=self.n))
+        return squares_in_order(parts, self.n) if parts else None
 
     def _unreduced_parts(self) -> list[tuple[list[int], torch.Tensor]]:
         """(positions, squared norms) of the gradients of parameters outside DDP's buckets (replaced mid-run)."""
         have = unreduced_grads(self.params, self._reduced)
         if not have:
             return []
-        sq = torch._foreach_powsum([g.detach() for _, g in have], 2, dtype=torch.float32)
-        return [([k for k, _ in have], one_tensor(sq))]
+        return [([k for k, _ in have], squared_norms([g.detach() for _, g in have]))]
+
+
+def squared_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """[tensors] float32 squared norms: one multi-tensor op (and a stack where its results are not one buffer)."""
+    return one_tensor(torch._foreach_powsum(tensors, 2, dtype=torch.float32))
+
+
+def squares_in_order(parts: list[tuple[list[int], torch.Tensor]], n: int) -> PerBlock:
+    """[n] squared local norms from (positions, squared norms) parts, as they go to the host: the parts' tensors
+    travel as they are in the step's transfer (no op), put in the parameters' order there (NaN where none)."""
+    ids = np.array([k for idx, _ in parts for k in idx], dtype=np.int64)
+    return PerBlock([v for _, v in parts], functools.partial(_in_order, ids=ids, n=n))
 
 
 def _in_order(values: np.ndarray, ids: np.ndarray, n: int) -> np.ndarray:
