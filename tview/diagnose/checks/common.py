@@ -11,6 +11,7 @@ from tview.diagnose.findings import Finding
 from tview.store.rank_summary import trend_arrays
 
 STAY_SHARE, STAY_LEAST = 0.1, 3  # "stays": over the last 10% of the records (at least 3), to the end
+HOLD_WINDOW = 19          # records after a rank's onset that must hold its level (the rank checks' window)
 MAX_RANKS = 256           # per-rank scans (gradients, dead filters) read at most this many ranks; beyond, the loss
 #                           and time checks read the rank summaries' trends
 

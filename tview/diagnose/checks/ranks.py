@@ -9,7 +9,7 @@ import numpy as np
 
 from tview.diagnose import detect
 from tview.diagnose.checks import uniform
-from tview.diagnose.checks.common import STAY_LEAST, Context, aligned_scalar, on_steps
+from tview.diagnose.checks.common import HOLD_WINDOW, STAY_LEAST, Context, aligned_scalar, on_steps
 from tview.diagnose.findings import Finding, declare, make
 
 KINDS = declare({
@@ -39,7 +39,7 @@ SLOW_MIN_SECONDS = 5e-3   # ... and longer than a time slice of the OS or a flus
 SLOW_ORDER_SHARE = 0.7    # ... and it is above the lower median on at least this share of those records (by
 #                           chance a rank is, on half or less of the records: the first of two ranks, one of three)
 LAG_FRACTION = 0.05       # a rank whose last step is behind the furthest by more than this share
-WINDOW = 19               # records after an onset that must hold the level (and so must all records to the end)
+WINDOW = HOLD_WINDOW      # records after an onset that must hold the level (and so must all records to the end)
 DIVERGE_STAY = 0.1        # a diverging rank stays so over at least the last tenth of the records
 SLOW_STAY = 0.15          # a slow rank stays slow over at least the last 15% of the records
 TVIEW_SHARE = 0.5         # a slow rank's tview_time above the other ranks' by this share of its lead: tview is why
@@ -261,8 +261,7 @@ def _stall_finding(steps, rank, t, k, cols, step, how, tview_cost) -> Finding:
     """slow_rank for a rank stalled now and then: how often (every that many steps, where most gaps are equal),
     its own time on those steps against the other ranks', and the share of the job's time the others wait."""
     name, stat, cpu = how
-    mine = float(detect.nanmedian(t[k, cols]))
-    rest = float(detect.nanmedian(np.delete(t[:, cols], k, axis=0)))
+    mine, rest = _mine_and_others(t, k, cols)
     span = len(steps) - cols[0]
     lost = len(cols) * float(np.median((t[k, cols] - rest))) / float(np.nansum(step[cols[0]:]))
     gap, count = np.unique(np.diff(steps[cols]), return_counts=True)
@@ -273,6 +272,11 @@ def _stall_finding(steps, rank, t, k, cols, step, how, tview_cost) -> Finding:
                 f"time ({name}) {mine * 1e3:.1f} ms on those steps, the other ranks' {rest * 1e3:.1f} ms; the others "
                 f"wait for it {max(lost, 0.0):.0%} of the job's time{cpu}{ours}", rank=rank, step=int(steps[cols[0]]),
                 stat="tview_time" if ours else stat)
+
+
+def _mine_and_others(values: np.ndarray, k: int, cols: np.ndarray) -> tuple[float, float]:
+    """(rank k's median of [ranks, steps] `values` at these columns, the other ranks' median there)."""
+    return float(detect.nanmedian(values[k, cols])), float(detect.nanmedian(np.delete(values[:, cols], k, axis=0)))
 
 
 def _tview_cost(run, steps: np.ndarray, ranks: list, max_points=None, rank_summaries: dict | None = None):
@@ -288,7 +292,7 @@ def _tview_cost(run, steps: np.ndarray, ranks: list, max_points=None, rank_summa
 
     def cost(k: int, start, lead: float) -> str:
         if isinstance(start, np.ndarray):  # the columns of a rank's stalls
-            mine, rest = float(detect.nanmedian(own[k, start])), float(detect.nanmedian(np.delete(own[:, start], k, 0)))
+            mine, rest = _mine_and_others(own, k, start)
         else:
             mine, rest = float(detect.nanmedian(own[k, start:])), others(k, start)
         if not (np.isfinite(mine) and np.isfinite(rest)) or lead <= 0 or mine - rest < TVIEW_SHARE * lead:

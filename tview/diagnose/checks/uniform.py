@@ -10,12 +10,11 @@ import math
 import numpy as np
 
 from tview.diagnose import detect
-from tview.diagnose.checks.common import MAX_RANKS, STAY_LEAST
+from tview.diagnose.checks.common import HOLD_WINDOW, MAX_RANKS, STAY_LEAST
 
 UNIFORM_TOL = 1e-3    # a channel's zero fraction within this of 0 or 1: all or none of the batch's values are zero
 UNIFORM_SHARE = 0.9   # a rank uniform (the others not) on at least this share of the records from its onset on
-UNIFORM_STAY = 0.1    # ... over WINDOW records after it and over all to the end (at least the last tenth)
-WINDOW = 19
+UNIFORM_STAY = 0.1    # ... over HOLD_WINDOW records after it and over all to the end (at least the last tenth)
 OTHERS_SHARE = 0.5    # a layer counts at a step where fewer than this share of the other ranks are uniform there
 
 
@@ -69,7 +68,7 @@ def _layer_onsets(series: list, ranks: list) -> dict[int, int]:
     for k in range(len(ranks)):
         others = np.delete(flags, k, axis=0).mean(axis=0)
         alone = flags[k] & (others < OTHERS_SHARE)
-        start = detect.first_held(detect.held(alone, WINDOW, UNIFORM_SHARE), least)
+        start = detect.first_held(detect.held(alone, HOLD_WINDOW, UNIFORM_SHARE), least)
         if start is not None:
             out[ranks[k]] = int(steps[start + int(np.flatnonzero(alone[start:])[0])])
     return out
