@@ -1,12 +1,15 @@
 """A user's distributed training script with the Recorder, on 2 gloo ranks: `ddp_frozen` (DDP with a frozen
-first conv, the fine-tuning classic), `ddp_no_sync` (gradient accumulation over two micro-batches, the first under
+first conv, the fine-tuning classic; variants: as on torch before 2.11, tview's local-gradient hooks failing),
+`ddp_no_sync` (gradient accumulation over two micro-batches, the first under
 DDP's no_sync()), `fsdp2` (fully_shard) or `fsdp2_bf16` (fully_shard with a bfloat16 MixedPrecisionPolicy). Each
 rank saves the plain-torch numbers the test compares with (its local gradient norm before the all-reduce, the full
 model's gradient and weight norms)."""
 
 import contextlib
+import functools
 import os
 import sys
+import warnings
 
 import numpy as np
 import torch
@@ -27,29 +30,53 @@ def batch(rank, step):
     return torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g)
 
 
-def ddp_frozen(rank, out):
+def ddp_frozen(rank, out, variant=""):
+    """`variant`: "" as it is; "no_powsum" as on torch 2.5-2.10 (no torch._foreach_powsum); "hook_fails": tview's
+    norms in DDP's communication hook raise; "param_hook_fails": the user's own comm hook on the model, tview's
+    local gradients from parameter hooks, which raise. ref["said"]: the warnings."""
     torch.manual_seed(0)
     model = TinyCNN()
     model.conv1.requires_grad_(False)
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.SGD([p for p in ddp.parameters() if p.requires_grad], lr=0.05)
     ref = {}
-    with tview.Recorder(ddp, out, every=1, optimizer=opt) as rec:
-        for step in range(STEPS):
-            x, y = batch(rank, step)
-            plain = TinyCNN()
-            plain.load_state_dict(model.state_dict())
-            F.cross_entropy(plain(x), y).backward()
-            ref[f"local/{step}"] = float(plain.conv2.weight.grad.double().square().sum()
-                                         + plain.conv2.bias.grad.double().square().sum()) ** 0.5
-            opt.zero_grad()
-            loss = F.cross_entropy(ddp(x), y)
-            loss.backward()
-            ref[f"grad/{step}"] = float(torch.cat([model.conv2.weight.grad.reshape(-1),
-                                                   model.conv2.bias.grad]).double().norm())
-            opt.step()
-            rec.step(loss=loss)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        _break(variant, ddp)
+        with tview.Recorder(ddp, out, every=1, optimizer=opt) as rec:
+            for step in range(STEPS):
+                x, y = batch(rank, step)
+                plain = TinyCNN()
+                plain.load_state_dict(model.state_dict())
+                F.cross_entropy(plain(x), y).backward()
+                ref[f"local/{step}"] = float(plain.conv2.weight.grad.double().square().sum()
+                                             + plain.conv2.bias.grad.double().square().sum()) ** 0.5
+                opt.zero_grad()
+                loss = F.cross_entropy(ddp(x), y)
+                loss.backward()
+                ref[f"grad/{step}"] = float(torch.cat([model.conv2.weight.grad.reshape(-1),
+                                                       model.conv2.bias.grad]).double().norm())
+                opt.step()
+                rec.step(loss=loss)
+    ref["said"] = np.array([str(w.message) for w in said] or [""])
     return ref
+
+
+def _break(variant, ddp):
+    """Break tview as `variant` says."""
+    from tview.hooks import foreach, recorder, timing
+
+    def injected(*args):
+        raise RuntimeError("injected failure")
+
+    if variant == "no_powsum":
+        foreach.HAS_POWSUM = False
+    elif variant == "hook_fails":
+        timing.squared_norms = injected
+    elif variant == "param_hook_fails":
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+        ddp.register_comm_hook(dist.group.WORLD, allreduce_hook)  # the user's: tview takes parameter hooks
+        recorder.live_scale = injected
 
 
 def fsdp2(rank, out):
@@ -153,7 +180,9 @@ def rank_main(rank, world, case, out, port):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    cases = {"ddp_frozen": ddp_frozen, "ddp_no_sync": ddp_no_sync, "fsdp2": fsdp2, "fsdp2_bf16": fsdp2_bf16}
+    cases = {"ddp_frozen": ddp_frozen, "ddp_no_sync": ddp_no_sync, "fsdp2": fsdp2, "fsdp2_bf16": fsdp2_bf16,
+             **{f"ddp_frozen_{v}": functools.partial(ddp_frozen, variant=v)
+                for v in ("no_powsum", "hook_fails", "param_hook_fails")}}
     ref = cases[case](rank, out)
     np.savez(os.path.join(out, f"reference-{rank}.npz"), **ref)
     dist.destroy_process_group()

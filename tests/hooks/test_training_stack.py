@@ -328,6 +328,34 @@ def test_ddp_with_a_frozen_layer_records_local_and_global_gradients(tmp_path):
 
 
 @pytest.mark.slow
+def test_ddp_on_torch_without_foreach_powsum_records_the_same_norms(tmp_path):
+    """torch 2.5-2.10 lack torch._foreach_powsum: the squared norms come from _foreach_norm, squared in place."""
+    refs = run_script("ddp_frozen_no_powsum", str(tmp_path / "r"))
+    run = tview.open_run(str(tmp_path / "r"))
+    for rank, ref in enumerate(refs):
+        assert_recorded(run, "local_grad_norm", "conv2", rank, ref, "local")
+        assert_recorded(run, "grad_norm", "conv2", rank, ref, "grad")
+        assert not [m for m in ref["said"] if "failed" in m]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["hook_fails", "param_hook_fails"])
+def test_ddp_training_goes_on_when_tviews_local_gradient_hook_fails(tmp_path, where):
+    """tview's part of DDP's communication hook (or of the parameters' gradient hooks, where the user has a comm hook
+    of their own) raises: the all-reduce and the backward pass go on, every step is recorded but local_grad_norm,
+    and each rank says once what failed."""
+    refs = run_script(f"ddp_frozen_{where}", str(tmp_path / "r"))
+    run = tview.open_run(str(tmp_path / "r"))
+    for rank, ref in enumerate(refs):
+        assert_recorded(run, "grad_norm", "conv2", rank, ref, "grad")
+        assert len(run.stat("local_grad_norm", "conv2", rank=rank)[0]) == 0
+        failed = [m for m in ref["said"] if "local_grad_norm" in m and "injected failure" in m]
+        assert len(failed) == 1, list(ref["said"])
+    # the ranks trained on different batches: equal gradients mean the all-reduce took place
+    np.testing.assert_allclose([refs[0][f"grad/{s}"] for s in range(4)], [refs[1][f"grad/{s}"] for s in range(4)])
+
+
+@pytest.mark.slow
 def test_fsdp2_norms_equal_the_unsharded_models(tmp_path):
     refs = run_script("fsdp2", str(tmp_path / "r"))
     run = tview.open_run(str(tmp_path / "r"))
@@ -466,3 +494,44 @@ def test_the_op_counter_counts_a_cat_of_mixed_dtypes_as_a_copy_per_input():
         torch.cat(alike).view(3)
     assert mixed.ops == 3 and "cat (dtypes differ: a copy per input)" in mixed.by_name
     assert same.ops == 1 and same.calls == 2 and same.tensors == 3  # the cat's 2 inputs, the view's 1
+
+
+@pytest.mark.parametrize("has_powsum", [True, False])
+def test_foreach_powsum_equals_plain_sums_of_powers_with_or_without_torchs_op(monkeypatch, has_powsum):
+    from tview.hooks import foreach
+    monkeypatch.setattr(foreach, "HAS_POWSUM", has_powsum and hasattr(torch, "_foreach_powsum"))
+    g = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(5, 3, generator=g), torch.randn(7, generator=g).to(torch.bfloat16), torch.zeros(0),
+               torch.tensor([1.0, float("inf")]), torch.tensor([float("nan"), 2.0]), torch.full((4,), 3e20)]
+    for power in (1, 2):
+        got = [float(t) for t in foreach.foreach_powsum(tensors, power)]
+        want = [float(t.double().abs().pow(power).sum()) for t in tensors]
+        assert all(r.dtype == torch.float32 for r in foreach.foreach_powsum(tensors, power))
+        np.testing.assert_allclose(got[:3], want[:3], rtol=1e-5)
+        assert got[3] == np.inf and np.isnan(got[4])
+        assert got[5] == (np.inf if power == 2 else pytest.approx(want[5], rel=1e-5))  # float32 overflows, as torch's
+
+
+def test_cpu_recording_without_foreach_powsum_records_plain_norms(tmp_path, monkeypatch):
+    """As on torch 2.5-2.10: the CPU's every-step pass takes its squared norms from the fallback."""
+    from tview.hooks import foreach
+    monkeypatch.setattr(foreach, "HAS_POWSUM", False)
+    torch.manual_seed(0)
+    model, (x, y) = TinyCNN(), make_data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    grads, weights = [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing fails, nothing is said
+        with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt) as rec:
+            for _ in range(3):
+                opt.zero_grad()
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                grads.append(plain_grad_norm(model.conv2))
+                opt.step()
+                weights.append(float(torch.cat([p.detach().reshape(-1).double()
+                                                for p in model.conv2.parameters()]).norm()))
+                rec.step(loss=loss)
+    run = tview.open_run(str(tmp_path / "r"))
+    np.testing.assert_allclose(run.stat("grad_norm", "conv2")[1], grads, rtol=1e-5)
+    np.testing.assert_allclose(run.stat("weight_norm", "conv2")[1], weights, rtol=1e-5)

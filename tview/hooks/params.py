@@ -30,6 +30,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
+from tview.hooks.foreach import foreach_powsum
 from tview.hooks.origin import origin_offsets
 from tview.hooks.probes import DETAIL, EVERY, hist_bins_host, one_tensor
 from tview.hooks.transfer import PerBlock
@@ -334,7 +335,7 @@ class ParamContext:
     def powsums(self, tensors: list[torch.Tensor | None], power: float = 2) -> torch.Tensor:
         """[parameter tensors] float32 sums of |value| ** power (0 for None), one multi-tensor op."""
         which = [i for i, t in enumerate(tensors) if t is not None]
-        return self._spread(torch._foreach_powsum([tensors[i] for i in which], power, dtype=torch.float32)
+        return self._spread(foreach_powsum([tensors[i] for i in which], power)
                             if which else [], which)
 
     def sq_sums(self, tensors: list[torch.Tensor | None]) -> torch.Tensor:
@@ -704,7 +705,7 @@ class ParamStep:
         with torch.no_grad():
             update = weights and ctx.take_update(w)
             tensors = (ctx.copy_views if update else []) + (w if weights else []) + [g[i] for i in have]
-            sums = one_tensor(torch._foreach_powsum(tensors, 2, dtype=torch.float32)) if tensors else []
+            sums = one_tensor(foreach_powsum(tensors)) if tensors else []
             if ctx.is_sharded and len(sums):  # FSDP2: the whole tensors' squares, in one all-reduce
                 sums = ctx.combine(sums)
             out, k = {}, n if update else 0
@@ -872,7 +873,7 @@ def origin_distance_sq(ctx: ParamContext, origin: OriginWeights, weights: list[t
             origin.load(c, buf, pieces)
             views = [buf[off:off + b - a] for _, a, b, off in pieces]
             torch._foreach_sub_(views, [weights[i].reshape(-1)[a:b] for i, a, b, _ in pieces])
-            parts.append((one_tensor(torch._foreach_powsum(views, 2, dtype=torch.float32)), c))
+            parts.append((one_tensor(foreach_powsum(views)), c))
         if len(parts) == 1 and len(ctx.pieces[parts[0][1]]) == len(ctx.nonempty):  # one chunk: no sum of parts
             return ctx.per_tensor(parts[0][0], ctx.nonempty, "sum")
         out = ctx.sq_sums([None] * len(ctx.params))

@@ -343,19 +343,23 @@ class Recorder:
         self.local_grads, self._t_last_grad = None, None
         self._param_local: dict[int, torch.Tensor] = {}  # the fallback's local gradients, per parameter
         self._local_hooks: list = []  # the fallback's hooks (in self._hooks too)
+        self._local_failed = False  # the fallback failed once: it takes nothing more
         self._ddp_reduced: dict[int, torch.Tensor] | None = None  # under DDP: the parameters it all-reduces
         if self.pctx is None or not any(isinstance(p, par.LocalGradNorm) for p in self.param_probes):
             return
         ddp = find_wrapper(self.outer, nn.parallel.DistributedDataParallel)
         if ddp is not None:
             try:
-                self.local_grads = LocalGrads(ddp, self.pctx.params, self.scaler)
+                self.local_grads = LocalGrads(ddp, self.pctx.params, self.scaler, failed=self._local_grads_failed)
                 return
             except RuntimeError as exc:  # one comm hook per DDP model: the user's stays
                 warnings.warn(f"tview: DDP already has a communication hook ({exc}); local gradient norms are "
                               f"measured with parameter hooks instead", RuntimeWarning, stacklevel=3)
             self._ddp_reduced = ddp_reduced(ddp)
         self._hook_local_grads()
+
+    def _local_grads_failed(self, exc: BaseException):
+        self._report("local_grad_norm (in DDP's communication hook; the all-reduce goes on)", exc)
 
     def _hook_local_grads(self):
         """The fallback: a hook on each parameter that takes a gradient (at the current positions)."""
@@ -677,13 +681,25 @@ class Recorder:
     def _make_grad_hook(self, k: int):
         def hook(grad):
             self._t_last_grad = t0 = time.perf_counter()
-            if self._recording:
-                prev, scale = self._param_local.get(k), live_scale(self.scaler)
-                local = grad.detach().clone() if scale is None else grad.detach() / scale  # (a copy either way)
-                self._param_local[k] = local if prev is None else prev + local
+            if self._recording and not self._local_failed:
+                try:
+                    self._take_local_grad(k, grad)
+                except Exception as exc:  # never the backward pass: the local norms stop, said once
+                    self._local_grads_off(exc)
                 self._own += time.perf_counter() - t0
             return None
         return hook
+
+    def _take_local_grad(self, k: int, grad: torch.Tensor) -> None:
+        prev, scale = self._param_local.get(k), live_scale(self.scaler)
+        local = grad.detach().clone() if scale is None else grad.detach() / scale  # (a copy either way)
+        self._param_local[k] = local if prev is None else prev + local
+
+    def _local_grads_off(self, exc: BaseException) -> None:
+        """The parameter hooks' local gradients failed: they take none from now on (the hooks stay, doing nothing:
+        removed while autograd runs them, a hook could be skipped), what they took is dropped, said once."""
+        self._report("local_grad_norm (from the parameters' gradient hooks; the backward pass goes on)", exc)
+        self._local_failed, self._param_local = True, {}
 
     def _report(self, what: str, exc: BaseException):
         """Say once per kind of failure what tview stopped recording, and why; training goes on."""
@@ -951,7 +967,11 @@ class Recorder:
         if not self._param_local:
             return None
         ks = sorted(self._param_local)
-        return squares_in_order([(ks, squared_norms([self._param_local[k] for k in ks]))], len(self.pctx.params))
+        try:
+            return squares_in_order([(ks, squared_norms([self._param_local[k] for k in ks]))], len(self.pctx.params))
+        except Exception as exc:  # the step's other statistics are recorded
+            self._local_grads_off(exc)
+            return None
 
     def _channel_widths(self) -> dict[str, dict[str, int]]:
         acts = {self.layer_names[i]: c for i, c in self._channels.items()}

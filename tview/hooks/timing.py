@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from tview.errors import ConfigError
+from tview.hooks.foreach import foreach_powsum
 from tview.hooks.probes import one_tensor
 from tview.hooks.scalars import cpu_wait_seconds
 from tview.hooks.transfer import PerBlock
@@ -162,8 +163,11 @@ class LocalGrads:
     of a gradient, no hook on a parameter (frozen ones never reach a bucket). It then all-reduces the bucket
     exactly as DDP's default hook does. `t_last` is when the last bucket was ready: this rank's own work."""
 
-    def __init__(self, ddp: torch.nn.parallel.DistributedDataParallel, params: list[torch.Tensor], scaler=None):
-        self.active = False
+    def __init__(self, ddp: torch.nn.parallel.DistributedDataParallel, params: list[torch.Tensor], scaler=None,
+                 failed=None):
+        self.active = False  # the step records (set by the Recorder each step)
+        self.failed = failed  # called with the exception where taking the norms failed: they stop for good
+        self.off = False
         self.scaler = scaler  # a GradScaler: the bucket holds the scaled gradient, divided by the scale here
         self.parts: list[tuple[list[int], torch.Tensor]] = []
         self.t_last: float | None = None
@@ -184,23 +188,40 @@ class LocalGrads:
     def _hook(self, state, bucket):
         from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
         self.t_last = time.perf_counter()
-        if self.active:
-            params = bucket.parameters()
-            grads = _bucket_views(bucket, params)
-            if grads:
-                sq = squared_norms(grads)
-                scale = live_scale(self.scaler)
-                self.parts.append(([self.index.get(id(p), -1) for p in params],
-                                   sq if scale is None else sq.div(scale.square())))
+        if self.active and not self.off:
+            try:
+                self._take_norms(bucket)
+            except Exception as exc:  # never the all-reduce, never training: the local norms stop, said once
+                self._fail(exc)
             self.own += time.perf_counter() - self.t_last
         return allreduce_hook(self._group, bucket)
+
+    def _take_norms(self, bucket) -> None:
+        params = bucket.parameters()
+        grads = _bucket_views(bucket, params)
+        if grads:
+            sq = squared_norms(grads)
+            scale = live_scale(self.scaler)
+            positions = [self.index.get(id(p), -1) for p in params]
+            self.parts.append((positions, sq if scale is None else sq.div(scale.square())))
 
     def take(self) -> PerBlock | None:
         """[parameter tensors] squared local norms of this step (NaN where a tensor had no gradient), or None: the
         buckets' norms as they are, in the step's transfer (no op), put in the parameters' order on the host."""
         parts, self.parts = self.parts, []
-        parts += self._unreduced_parts()
+        if self.off:
+            return None
+        try:
+            parts += self._unreduced_parts()
+        except Exception as exc:  # the step's other statistics are recorded
+            self._fail(exc)
+            return None
         return squares_in_order(parts, self.n) if parts else None
+
+    def _fail(self, exc: BaseException) -> None:
+        self.parts, self.off = [], True
+        if self.failed is not None:
+            self.failed(exc)
 
     def _unreduced_parts(self) -> list[tuple[list[int], torch.Tensor]]:
         """(positions, squared norms) of the gradients of parameters outside DDP's buckets (replaced mid-run)."""
@@ -212,7 +233,7 @@ class LocalGrads:
 
 def squared_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
     """[tensors] float32 squared norms: one multi-tensor op (and a stack where its results are not one buffer)."""
-    return one_tensor(torch._foreach_powsum(tensors, 2, dtype=torch.float32))
+    return one_tensor(foreach_powsum(tensors))
 
 
 def squares_in_order(parts: list[tuple[list[int], torch.Tensor]], n: int) -> PerBlock:
