@@ -237,6 +237,30 @@ def test_a_nan_first_seen_after_unrecorded_steps_says_which_steps_it_could_have_
     assert "first at step 6 (first seen there: it came after step 3, the record before)" in f.message, f.message
 
 
+def test_weights_turned_nan_by_the_last_recorded_step_are_named(tmp_path):
+    """The optimizer step writes a NaN into conv2's weight on the last step the job records (the job stops there: no
+    later forward shows it): the shard keeps that first step, and diagnose names it, the layer and the weights."""
+    torch.manual_seed(0)
+    model, (x, y) = TinyCNN(), make_data(16)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    out = str(tmp_path / "r")
+    with tview.Recorder(model, out, every=1, optimizer=opt) as rec:
+        for step in range(5):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            if step == 4:
+                with torch.no_grad():
+                    model.conv2.weight[0, 0, 0, 0] = float("nan")
+            rec.step(loss=loss)
+    with tview.open_run(out) as run:
+        where = run.rank_summaries()[0]["first_nonfinite"]
+        assert where["layers"] == {"conv2": 4} and where["tensors"]["weight"] == {"conv2": 4}
+        f = diagnose(run)[0]
+    assert (f.kind, f.rank, f.layer, f.step, f.tensor) == ("nonfinite", 0, "conv2", 4, "weight"), f.message
+
+
 def test_a_rank_that_stopped_without_closing_is_named(tmp_path):
     out, recs = _record(tmp_path, steps=6)
     recs[0].close()

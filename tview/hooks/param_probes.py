@@ -131,7 +131,7 @@ class WeightStats(ParamProbe):
 
     table = "weight"
     reads = "weight"
-    columns = (Column("weight_norm"), Column("weight_sum", dtype="float64"))
+    columns = (Column("weight_norm"), Column("weight_sum", dtype="float64", nonfinite_value=True))
 
     @classmethod
     def cadence_for(cls, preset):

@@ -84,13 +84,20 @@ HIST_BINS = 2 * HIST_HALF + 1
 @dataclass(frozen=True)
 class Column:
     """One statistic a probe writes. `nonfinite`: a count (or a 0/1 flag) of NaN/Inf values (the writer keeps the first
-    step where it is > 0); `width`: the row width of a VECTOR column."""
+    step where it is > 0); `nonfinite_value`: a value that is NaN/Inf only where its tensor holds a NaN/Inf (a float64
+    sum of the weights: the writer keeps the first step where it is); `width`: the row width of a VECTOR column."""
 
     name: str
     kind: str = LAYER
     dtype: str = "float32"
     nonfinite: bool = False
     width: int = 0
+    nonfinite_value: bool = False
+
+    @property
+    def watched(self) -> bool:
+        """The writer keeps the first step this column shows a NaN/Inf (status/first_nonfinite)."""
+        return self.nonfinite or self.nonfinite_value
 
 
 @dataclass(frozen=True)

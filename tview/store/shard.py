@@ -97,11 +97,11 @@ class ShardWriter:
         status = f.create_group("status")
         checked_array(status, "closed", np.zeros(1, dtype=np.int8))
         checked_array(status, "dropped", np.zeros(1, dtype=np.int64))
-        # First step at which a table's NaN/Inf counts were > 0, per layer, and the same for each
-        # scalar column (-1: never): kept up to date so a reader finds them without a scan.
+        # First step at which a table's NaN/Inf counts were > 0 (or its weight sums NaN/Inf), per layer, and the same
+        # for each scalar column (-1: never): kept up to date so a reader finds them without a scan.
         first = status.create_group("first_nonfinite")
         for spec in lay.tables:
-            if any(c.nonfinite for c in spec.columns):
+            if any(c.watched for c in spec.columns):
                 checked_array(first, spec.name, np.full(len(lay.layers), -1, dtype=np.int64))
         checked_array(first, schema.TABLE_SCALARS, np.full(schema.MAX_SCALARS, -1, dtype=np.int64))
 
@@ -324,6 +324,8 @@ class ShardWriter:
                 value = np.asarray(row.values[col.name])
                 if value.any():  # nearly always all 0 (a NaN is truthy): nothing more to look at
                     bad |= np.nan_to_num(value.astype(np.float64)) > 0
+            elif col.nonfinite_value and col.name in row.values:
+                bad |= ~np.isfinite(np.asarray(row.values[col.name], dtype=np.float64))
         hit = bad & np.asarray(row.measured, dtype=bool) & (first < 0)
         first[hit] = step
         return bool(hit.any())

@@ -25,7 +25,7 @@ SCALARS = ("loss", "lr", "step_time", "examples", "examples_per_sec", "host_rss_
 TABLES = (
     TableSpec("grad", (Column("grad_norm"), Column("grad_max_abs"), Column("grad_nan", nonfinite=True)), "gradient"),
     TableSpec("local_grad", (Column("local_grad_norm"),), "local_gradient"),
-    TableSpec("weight", (Column("weight_norm"), Column("weight_sum", dtype="float64")), "weight"),
+    TableSpec("weight", (Column("weight_norm"), Column("weight_sum", dtype="float64", nonfinite_value=True)), "weight"),
     TableSpec("act", (Column("act_mean"), Column("act_std")), "activation"),
     TableSpec("act_counts", (Column("act_zero_frac"), Column("act_nan", nonfinite=True)), "activation"),
     TableSpec("act_channel", (Column("act_channel_mean", CHANNEL), Column("act_channel_zero_frac", CHANNEL)),

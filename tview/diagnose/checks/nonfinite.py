@@ -132,8 +132,8 @@ def check_nonfinite(run, max_points=None, rank_summaries: dict | None = None) ->
     activations (first module in forward order), else the loss, else this rank's own gradients before the
     all-reduce, else gradients (first module in backward order), else the weights optimizer.step() wrote (weight_sum
     or weight_norm NaN/Inf: first module in forward order). With rank_summaries only the ranks where it first
-    appeared are read (first_nonfinite_ranks): the writer keeps no first step for weights, but a NaN/Inf weight shows
-    in the next recorded forward pass, so its rank is among them unless the run ends first."""
+    appeared are read (first_nonfinite_ranks): the writer keeps the first step of each count and of weight_sum, so a
+    NaN/Inf weight on a run's last record is found too."""
     per = {r: _rank_nonfinite(run, r, max_points) for r in first_nonfinite_ranks(run, rank_summaries)}
     starts = [v[0] for p in per.values() for v in p.values() if v[0] is not None]
     if not starts:
