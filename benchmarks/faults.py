@@ -11,7 +11,8 @@ functions that scale a module's output gradient (NaN, x1e4, x1e-6, one channel x
 rank's input batches multiplied (a few bad batches), one rank's logits multiplied as the loss gets them (the loss
 overflows, every activation finite), a NaN put in one momentum buffer entry before optimizer.step() (the step writes
 NaN weights), a bias that kills channels, a BatchNorm bias that kills a whole ReLU layer mid-training, a learning
-rate multiplied (at once, or x1.05 a step from a flat stretch: no single jump), a layer frozen (requires_grad off
+rate multiplied (at once, or x1.05 a step from a flat stretch: no single jump), weight decay set to 5 (the update
+ratio ramps up over a few steps), a layer frozen (requires_grad off
 from the start, or its param group's lr set to 0), a sleep on one rank (before the forward, inside it, or after the
 optimizer step; or on every 5th step only) or 30 ms of busy work on its CPU inside the forward, tview's own
 end-of-forward statistics made 30 ms slower on one rank (the finding must say tview makes it slow, and only there),
@@ -132,6 +133,8 @@ SCENARIOS = [
              expected=("lr_jump", 1, None), extra={"scale": 50.0}),
     Scenario("lr-ramp", steps=160, fault=_f("lr_ramp", 80), expected=("lr_jump", None, None),  # x1.05 a step:
              extra={"factor": 1.05}),  # 10x the lr it trained at by step 127, no step 3x the one before
+    Scenario("weight-decay-blowup", steps=140, fault=_f("weight_decay", 100),  # the update ratio 6x, 15x, 30x its
+             expected=("update_ratio_jump", None, None), step_slack=0),  # level over 3 steps: dated where it began
     Scenario("momentum-blowup", steps=140, fault=_f("momentum_scale", 100), expected=("update_ratio_jump", None, None),
              extra={"scale": 1000.0}),
     # ranks
@@ -282,14 +285,19 @@ class Injector:
             os.kill(os.getpid(), signal.SIGKILL)
         elif how in ("momentum_scale", "nan_momentum") and self.active(once=True):
             self.optimizer_state(opt)
-        elif how in ("lr_scale", "freeze_group", "lr_ramp"):
+        elif how in ("lr_scale", "freeze_group", "lr_ramp", "weight_decay"):
             self.lr_edit(opt)
 
     def lr_edit(self, opt):
         """lr x extra["scale"] once (lr_scale), x extra["factor"] on every step from the fault's (lr_ramp: no single
-        jump), or the last param group's lr set to 0 once (freeze_group)."""
+        jump), or the last param group's lr set to 0 once (freeze_group); or every group's weight decay set to 5 once
+        (weight_decay)."""
         how = self.fault.how
         if not self.active(once=how != "lr_ramp"):
+            return
+        if how == "weight_decay":  # a config slip: weight decay 5 where 5e-4 was meant
+            for g in opt.param_groups:
+                g["weight_decay"] = self.extra.get("decay", 5.0)
             return
         groups = opt.param_groups[-1:] if how == "freeze_group" else opt.param_groups
         for g in groups:

@@ -28,6 +28,19 @@ def test_trailing_streak_and_first_run():
     assert detect.first_run([0, 0], 1) is None
 
 
+def test_rise_start_dates_a_ramp_where_it_left_its_level_not_where_it_crossed_the_jump_factor():
+    rng = np.random.default_rng(0)
+    v = 1.0 + 0.2 * rng.random(100)
+    v[40] = 4.0  # a lone outlier well before: not part of the ramp
+    v[60:] = [5.0, 12.0, 30.0, 80.0] + [100.0] * 36  # left its level at 60 (5x), crossed 10x at 61
+    k = detect.jump_onset(v, 10.0, sustain=1)
+    assert k == 61
+    assert detect.rise_start(v, k, 3.0) == 60
+    assert detect.rise_start(v, 60, 3.0) == 60  # a jump with no ramp before it stays where it is
+    v[59] = np.nan  # a gap: the walk stops there
+    assert detect.rise_start(v, 61, 3.0) == 60
+
+
 def test_jump_onset_finds_the_first_step_of_a_sustained_jump_and_skips_nan():
     rng = np.random.default_rng(0)
     g = np.exp(rng.normal(size=100) * 0.3)

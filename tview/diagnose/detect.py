@@ -75,6 +75,22 @@ def jump_onset(values: np.ndarray, factor: float, history: int = 20, least: int 
     return None if k is None else int(idx[k])
 
 
+def rise_start(values: np.ndarray, k: int, factor: float, history: int = 20) -> int:
+    """Where the rise that jump_onset found at index k began: walking back from k (at most `history` records), the
+    earliest index of the values in a row before k that are each above factor x the median of the `history` values
+    before it (a ramp that crosses jump_onset's higher factor a few records after it left its level is dated where
+    it left it, not where it crossed)."""
+    v = np.asarray(values, dtype=np.float64)
+    start = k
+    while start > max(k - history, 0):
+        before = v[max(start - 1 - history, 0):start - 1]
+        before = before[np.isfinite(before)]
+        if not len(before) or not v[start - 1] > factor * nanmedian(before) > 0:
+            break
+        start -= 1
+    return start
+
+
 def jump_onsets(rows: np.ndarray, factor: float, history: int = 20, least: int = 5, sustain: int = 2,
                 up: bool = True, level: str = "median") -> list[int | None]:
     """jump_onset of each row of [series, steps]: the rows with no non-finite value judged in one array pass

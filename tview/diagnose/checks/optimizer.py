@@ -27,6 +27,7 @@ KINDS = declare({
 
 LR_JUMP = 3.0             # lr above this x the largest lr before it
 UPDATE_JUMP = 10.0        # update ratio per unit of gradient this many times the median of its previous 20 records
+UPDATE_RISE = 3.0         # ... dated where it rose above this x its level, the records up to the jump all above it
 GRAD_REF = 10             # ... the gradient taken as the largest of its own and the this many records' before (the
 #                           momentum of a spike carries over: the update then follows a gradient already gone)
 SPIKE_FACTOR = 3.0        # loss: the median of the next SPIKE_STAY records this many times the median of the 20 before
@@ -163,6 +164,7 @@ def check_update(run, max_points=None, before: int | None = None) -> list[Findin
     at = [i for i, v in onset.items() if v == k]
     if 2 * len(at) < len(params):
         return []  # one layer's weights moved: an edit from outside the optimizer, not its step
+    k = int(np.floor(np.median([detect.rise_start(u[:, i], k, UPDATE_RISE, HISTORY) for i in at])))  # a ramp: its start
     return [make("update_ratio_jump", f"update ratio per unit of gradient jumped at step {steps[k]} in {len(at)} of "
                  f"{len(params)} layers: the optimizer stepped much further for the same gradient", step=int(steps[k]),
                  stat="update_ratio")]
