@@ -16,8 +16,8 @@ ratio ramps up over a few steps), a layer frozen (requires_grad off
 from the start, or its param group's lr set to 0), a sleep on one rank (before the forward, inside it, or after the
 optimizer step; or on every 5th step only) or 30 ms of busy work on its CPU inside the forward, tview's own
 end-of-forward statistics made 30 ms slower on one rank (the finding must say tview makes it slow, and only there),
-a SIGKILL of one rank, random labels on one rank, all-zero input batches on one rank (a broken loader), a weight
-nudged on one rank after the optimizer step. One clean
+a SIGKILL of one rank, random labels on one rank, every rank's labels shifted by 3 classes, all-zero input batches
+on one rank (a broken loader), a weight nudged on one rank after the optimizer step. One clean
 run warms up and decays its lr twice (warm restarts); one shares rank 1's CPU with a busy process (the ranks pinned
 one per CPU): the others wait for rank 1, but the host made it slow, not the training. The Recorder measures each
 rank's busy_time (to its last local gradient), wait_time (from there to the start of optimizer.step(): its wait for
@@ -133,6 +133,8 @@ SCENARIOS = [
              expected=("lr_jump", 1, None), extra={"scale": 50.0}),
     Scenario("lr-ramp", steps=160, fault=_f("lr_ramp", 80), expected=("lr_jump", None, None),  # x1.05 a step:
              extra={"factor": 1.05}),  # 10x the lr it trained at by step 127, no step 3x the one before
+    Scenario("labels-permuted", steps=140, fault=_f("label_permute", 100),  # a class-index mapping off by 3 on
+             expected=("loss_spike", None, None)),  # every rank: the loss 5x, then the net back at chance (2x)
     Scenario("weight-decay-blowup", steps=140, fault=_f("weight_decay", 100),  # the update ratio 6x, 15x, 30x its
              expected=("update_ratio_jump", None, None), step_slack=0),  # level over 3 steps: dated where it began
     Scenario("momentum-blowup", steps=140, fault=_f("momentum_scale", 100), expected=("update_ratio_jump", None, None),
@@ -336,6 +338,8 @@ class Injector:
     def labels(self, y):
         if self.on and self.fault.how == "bad_labels" and self.active():
             return torch.randint(0, 10, y.shape)
+        if self.on and self.fault.how == "label_permute" and self.active():
+            return (y + 3) % 10
         return y
 
     def after_step(self):

@@ -136,6 +136,13 @@ def test_loss_spike_needs_a_jump_that_stays_not_one_odd_batch():
     up = loss.copy()
     up[120:] = 2.3
     assert optimizer.spike_onset(up) == 120
+    slow = 2.3 - 1.1 * np.arange(200) / 120 + 0.1 * rng.random(200)  # learning slowly: 2.3 down to 1.2 by 120
+    kicked = slow.copy()
+    kicked[120], kicked[121:] = 8.0, 2.3  # blown up (5x its level), fallen back to chance, 2x where it had got to
+    assert optimizer.spike_onset(kicked) == 120
+    back = slow.copy()
+    back[120] = 8.0  # blown up, then on where it was: one odd batch
+    assert optimizer.spike_onset(back) is None
 
 
 def test_update_per_gradient_ignores_a_small_batch_and_momentum_carrying_a_spike():

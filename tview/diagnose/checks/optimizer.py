@@ -33,6 +33,9 @@ GRAD_REF = 10             # ... the gradient taken as the largest of its own and
 SPIKE_FACTOR = 3.0        # loss: the median of the next SPIKE_STAY records this many times the median of the 20 before
 SPIKE_GAP = 0.25          # ... and above it by this share of the run's early loss
 SPIKE_STAY = 3
+SPIKE_JUMP, SPIKE_HOLD, SPIKE_KEEP = 5.0, 10, 1.5  # or: one record this many x, the median of the next SPIKE_HOLD
+#                                                    SPIKE_KEEP x (a blow-up the net falls back from, to a plateau
+#                                                    above where it was: a collapse to chance)
 HISTORY, LEAST = 20, 5    # records a level is the median of, and the fewest that make one
 LR_RANKS = 64             # ranks whose learning rates are read (beyond: the first rank's)
 LR_GROWTH = 10.0          # lr above this x the largest before a growth that follows a settled stretch ...
@@ -171,23 +174,32 @@ def check_update(run, max_points=None, before: int | None = None) -> list[Findin
 
 
 def spike_onset(loss: np.ndarray) -> int | None:
-    """First index where the loss and the median of it and the next SPIKE_STAY - 1 losses are SPIKE_FACTOR x the
-    median of the HISTORY before it and above it by SPIKE_GAP x the early loss."""
+    """First index where the loss leaves its level (the median of the HISTORY before it) and stays up, above it by
+    SPIKE_GAP x the early loss: it and the median of it and the next SPIKE_STAY - 1 losses SPIKE_FACTOR x the level;
+    or it SPIKE_JUMP x the level and the median of the SPIKE_HOLD losses after it SPIKE_KEEP x the median of the LEAST
+    before it (where a falling loss had got to)."""
     v = np.asarray(loss, dtype=np.float64)
     n = len(v)
     if n < LEAST + SPIKE_STAY:
         return None
     early = float(detect.nanmedian(v[:max(LEAST, n // 10)]))
     gap = SPIKE_GAP * abs(early) if np.isfinite(early) else 0.0
-    padded = np.concatenate([np.full(HISTORY, np.nan), v, np.full(SPIKE_STAY, np.nan)])
-    prior = detect.nanmedian(np.lib.stride_tricks.sliding_window_view(padded[:HISTORY + n], HISTORY)[:n], axis=1)
-    after = detect.nanmedian(np.lib.stride_tricks.sliding_window_view(padded[HISTORY:], SPIKE_STAY)[:n], axis=1)
+    prior = _medians(np.concatenate([np.full(HISTORY, np.nan), v]), HISTORY, n)
+    recent = _medians(np.concatenate([np.full(LEAST, np.nan), v]), LEAST, n)  # where a falling loss had got to
+    stay = np.fmin(v, _medians(np.concatenate([v, np.full(SPIKE_STAY, np.nan)]), SPIKE_STAY, n))
+    hold = _medians(np.concatenate([v[1:], np.full(SPIKE_HOLD + 1, np.nan)]), SPIKE_HOLD, n)
     with np.errstate(invalid="ignore"):
-        flags = ((np.fmin(v, after) > SPIKE_FACTOR * prior) & (np.fmin(v, after) - prior > gap) & (prior > 0))
+        flags = (prior > 0) & (((stay > SPIKE_FACTOR * prior) & (stay - prior > gap))
+                               | ((v > SPIKE_JUMP * prior) & (hold > SPIKE_KEEP * recent) & (hold - recent > gap)))
     flags[:LEAST] = False
     flags[n - SPIKE_STAY + 1:] = False
     hit = np.flatnonzero(flags)
     return int(hit[0]) if len(hit) else None
+
+
+def _medians(padded: np.ndarray, width: int, n: int) -> np.ndarray:
+    """The median of each of the first n windows of `width` values of padded (NaN left out)."""
+    return detect.nanmedian(np.lib.stride_tricks.sliding_window_view(padded, width)[:n], axis=1)
 
 
 def check_loss_spike(ctx: Context, before: int | None = None) -> list[Finding]:
@@ -202,9 +214,13 @@ def check_loss_spike(ctx: Context, before: int | None = None) -> list[Finding]:
     if k is None:
         return []
     prior = float(detect.nanmedian(loss[max(0, k - HISTORY):k]))
-    after = float(detect.nanmedian(loss[k:k + SPIKE_STAY]))
-    return [make("loss_spike", f"loss {after:.3g} from step {steps[k]} (median of {SPIKE_STAY} records), "
-                 f"{after / prior:.3g}x its level before ({prior:.3g})", step=int(steps[k]), stat="loss")]
+    recent = float(detect.nanmedian(loss[max(0, k - LEAST):k]))
+    later = loss[k + 1:k + 1 + SPIKE_HOLD]
+    after = float(detect.nanmedian(later)) if len(later) else float("nan")
+    return [make("loss_spike", f"loss {loss[k]:.3g} at step {steps[k]}, {loss[k] / prior:.3g}x its level before "
+                 f"({prior:.3g}); the median of the {len(later)} records after it {after:.3g}, {after / recent:.3g}x "
+                 f"where it had got to ({recent:.3g}, the median of the {LEAST} before)", step=int(steps[k]),
+                 stat="loss")]
 
 
 def check(ctx: Context) -> list[Finding]:
