@@ -70,7 +70,7 @@ def network(stat, rank, step, _, runs):
     when = f"step {max(at)}" if at else "no step"
     label = {o["value"]: o["label"] for o in STAT_OPTIONS}.get(stat, stat)
     return figures3d.network_figure(layers, values, f"{stat} per channel at {when} (rank {rank}), input at the bottom",
-                                    label)
+                                    label, bounds=(0.0, 1.0) if stat.endswith("_frac") else None)
 
 
 @callback(Output("traj-3d", "figure"), Input("traj-layer", "value"), Input("net-rank", "value"),

@@ -28,6 +28,25 @@ def test_nan_and_inf_become_gaps_and_the_figure_serialises():
     json.loads(fig.to_json())  # plotly's JSON has no NaN tokens in it
 
 
+def test_a_series_that_turns_nan_is_marked_and_its_smoothed_line_stops_there():
+    values = np.r_[np.linspace(2.0, 1.0, 10), np.full(10, np.nan)]
+    fig = figures.line_figure([figures.Series("rank 1", np.arange(0, 40, 2), values)], "loss", smoothing=0.9)
+    smoothed = fig.data[1].y
+    assert all(v is not None for v in smoothed[:10]) and all(v is None for v in smoothed[10:])  # not held flat
+    marks = [(shape.x0, a.text) for shape, a in zip(fig.layout.shapes, fig.layout.annotations)]
+    assert marks == [(20, "rank 1: NaN from step 20")]
+    clean = figures.line_figure([figures.Series("r", np.arange(3), np.ones(3))], "x")
+    assert not clean.layout.shapes
+
+
+def test_the_networks_path_ends_where_a_layers_weights_turn_nan():
+    t = np.ones((5, 3, 2))
+    t[:, 2] = np.nan  # a layer with no trajectory: left out
+    t[3:, 1] = np.nan  # a layer's weights NaN from the 4th record
+    total = summaries.sum_layers(t)
+    assert np.array_equal(total[:3], np.full((3, 2), 2.0)) and np.isnan(total[3:]).all()
+
+
 def test_tile_places_each_image_with_nan_gaps():
     imgs = np.arange(5 * 2 * 3, dtype=float).reshape(5, 2, 3)
     out = layout.tile(imgs, 2)

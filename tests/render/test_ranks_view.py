@@ -43,6 +43,18 @@ def test_standouts_slowest_and_first_nan_may_share_a_rank():
     assert ranks_view.standouts([0], None, step_time={0: 1.0}) == {}  # one rank is slowest of nothing
 
 
+def test_at_one_first_nan_step_the_rank_whose_activations_went_first_is_named():
+    """Under DDP a NaN born in rank 1's forward reaches rank 0's gradients in the same step's all-reduce."""
+    from tview.store.rank_summary import first_nonfinite_key
+    born = {"layers": {"conv2": 240}, "scalars": {"loss": 240}, "tensors": {"activation": {"conv2": 240}}}
+    reached = {"layers": {"fc": 240}, "scalars": {}, "tensors": {"gradient": {"fc": 240}, "weight": {"fc": 241}}}
+    keys = {0: first_nonfinite_key(reached), 1: first_nonfinite_key(born)}
+    assert keys == {0: (240, 3), 1: (240, 0)} and first_nonfinite_key({"layers": {}, "scalars": {}}) is None
+    assert ranks_view.standouts([0, 1], None, first_bad=keys) == {1: ["first NaN"]}
+    rows = [_row(0, first_nan=240) | {"first_nan_key": keys[0]}, _row(1, first_nan=240) | {"first_nan_key": keys[1]}]
+    assert [r["rank"] for r in ranks_view.worst_first(rows)] == [1, 0]
+
+
 def _row(rank, state="closed", last_step=99, first_nan=None, step_time=0.05, dropped=0):
     return {"rank": rank, "state": state, "last_step": last_step, "first_nan": first_nan, "step_time": step_time,
             "dropped": dropped}

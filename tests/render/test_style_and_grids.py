@@ -96,6 +96,18 @@ def test_3d_figures_name_layers_steps_and_filters():
     assert [t.name for t in sim.data] == ["in no group (2)", "group 1 (2)"] and list(sim.data[0].text) == ["0", "3"]
 
 
+def test_a_path_whose_weights_turn_nan_ends_there_and_says_so_and_fractions_keep_their_0_to_1_scale():
+    coords = np.random.default_rng(3).normal(size=(10, 3))
+    coords[6:] = np.nan
+    traj = figures3d.trajectory_figure(np.arange(0, 100, 10), coords, "t")
+    assert [a.text for a in traj.layout.scene.annotations] == ["step 0", "step 50"]
+    assert "weights NaN/Inf from step 60: the path ends at step 50" in traj.layout.title.text.replace("<br>", " ")
+    clean = figures3d.trajectory_figure(np.arange(3), np.zeros((3, 3)), "t")
+    assert "NaN" not in clean.layout.title.text
+    net = figures3d.network_figure(["relu"], [np.zeros(4)], "t", "zero fraction", bounds=(0.0, 1.0))
+    assert (net.data[0].marker.cmin, net.data[0].marker.cmax) == (0.0, 1.0)
+
+
 def test_closest_pairs_are_the_most_correlated_filters():
     rng = np.random.default_rng(4)
     a = rng.normal(size=(8, 4, 5, 5))

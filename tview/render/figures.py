@@ -81,13 +81,31 @@ def line_figure(series: list[Series], title: str, y_title: str = "", log_y: bool
             fig.add_trace(go.Scatter(x=x, y=_finite_or_none(y), mode="lines", name=f"{s.name} (raw)",
                                        line=dict(color=colour, width=1), opacity=0.25, showlegend=False,
                                        hoverinfo="skip"))
-            y = ema(y, smoothing)
+            y = np.where(np.isfinite(y), ema(y, smoothing), np.nan)  # no smoothed value carried over a NaN
         fig.add_trace(go.Scatter(x=x, y=_finite_or_none(y), mode="lines", name=s.name,
                                    line=dict(color=colour, width=3 if s.name in (mark or {}) else 1.5)))
+    _mark_nonfinite(fig, series)
     _layout(fig, title, y_title=y_title, legend=dict(orientation="h", y=-0.2))
     if log_y:
         fig.update_yaxes(type="log")
     return fig
+
+
+def _mark_nonfinite(fig: go.Figure, series: list) -> None:
+    """A dotted line at the first NaN/Inf of each series that has one (one per step, naming the series there): a
+    line that stops is otherwise read as a run that stopped."""
+    at: dict[int, list[str]] = {}
+    for s in series:
+        values = np.asarray(s.values, dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(values))
+        if len(bad):
+            kind = "NaN" if np.isnan(values[bad[0]]) else "Inf"
+            at.setdefault(int(np.asarray(s.steps)[bad[0]]), []).append(f"{s.name}: {kind}")
+    for i, (step, names) in enumerate(sorted(at.items())[:4]):  # each text a line below the one before
+        shown = ", ".join(names[:3]) + (f" +{len(names) - 3}" if len(names) > 3 else "")
+        fig.add_vline(x=step, line=dict(color="#d62728", dash="dot", width=1),
+                      annotation=dict(text=f"{shown} from step {step}", font=dict(color="#d62728", size=11),
+                                      y=1 - 0.07 * i, yref="paper", yanchor="top", xanchor="left", showarrow=False))
 
 
 def heatmap_figure(steps: np.ndarray, labels: list[str], values: np.ndarray, title: str,

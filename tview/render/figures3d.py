@@ -20,9 +20,11 @@ def _scene(fig: go.Figure, title: str, uirevision: str, camera: dict = CAMERA, *
     return fig
 
 
-def network_figure(layers: list[str], values: list[np.ndarray], title: str, colour_title: str) -> go.Figure:
+def network_figure(layers: list[str], values: list[np.ndarray], title: str, colour_title: str,
+                   bounds: tuple[float, float] | None = None) -> go.Figure:
     """The network as slabs of channel glyphs stacked bottom (input side) to top, each slab named beside it and
-    coloured by a per-channel value; slabs stand far enough apart that no two meet."""
+    coloured by a per-channel value (on the colour scale's `bounds` where given: a fraction's 0 to 1); slabs stand
+    far enough apart that no two meet."""
     if not layers:
         return message_figure("no layer with per-channel values recorded")
     channels = [len(v) for v in values]
@@ -32,7 +34,8 @@ def network_figure(layers: list[str], values: list[np.ndarray], title: str, colo
     fig = go.Figure(go.Scatter3d(
         x=pos[:, 0], y=pos[:, 1], z=pos[:, 2], mode="markers", text=text, showlegend=False,
         marker=dict(size=3, color=_finite_or_none(colour), colorscale="Viridis", symbol="square", line=dict(width=0),
-                    colorbar=dict(title=dict(text=colour_title), len=0.7)),
+                    colorbar=dict(title=dict(text=colour_title), len=0.7),
+                    **(dict(cmin=bounds[0], cmax=bounds[1]) if bounds else {})),
         hovertemplate="%{text}<br>%{marker.color:.3g}<extra></extra>"))
     sides = slab_sides(channels)
     starts = np.cumsum([0] + channels[:-1])
@@ -59,6 +62,7 @@ def trajectory_figure(steps: np.ndarray, coords: np.ndarray, title: str) -> go.F
     written beside their points."""
     coords = np.asarray(coords, dtype=np.float64)
     keep = np.isfinite(coords).all(axis=1)
+    title += _ends_text(np.asarray(steps), keep)
     steps, coords = np.asarray(steps)[keep], coords[keep]
     if len(steps) == 0:
         return message_figure("no weight trajectory recorded yet")
@@ -75,6 +79,16 @@ def trajectory_figure(steps: np.ndarray, coords: np.ndarray, title: str) -> go.F
     axis = lambda k: dict(title=dict(text=f"dir {k}"), showticklabels=False)
     return _scene(fig, title, "trajectory", xaxis=axis(1), yaxis=axis(2), zaxis=axis(3),
                   annotations=_step_labels(steps, coords))
+
+
+def _ends_text(steps: np.ndarray, finite: np.ndarray) -> str:
+    """A title's second line where the weights went NaN/Inf after a finite start (the path ends there), else ''."""
+    bad = ~finite & (np.cumsum(finite) > 0)
+    if not bad.any():
+        return ""
+    first = int(np.argmax(bad))
+    return (f"<br><span style='color:#d62728'>weights NaN/Inf from step {steps[first]}: the path ends at step "
+            f"{steps[first - 1]}</span>")
 
 
 def similarity_figure(coords: np.ndarray, groups: list[list[int]], title: str) -> go.Figure:

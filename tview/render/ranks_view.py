@@ -104,8 +104,9 @@ def standouts(ranks: list[int], values: np.ndarray | None = None, step_time: dic
               first_bad: dict[int, int | None] | None = None,
               other_times: dict[str, dict[int, float | None]] | None = None) -> dict[int, list[str]]:
     """The few ranks worth naming, rank -> why: 'slowest' (see slowest_by()), 'most divergent' (values [ranks,
-    steps] in `ranks` order; see most_divergent()), 'first NaN' (earliest first non-finite step). At most three
-    ranks; a rank may carry several reasons."""
+    steps] in `ranks` order; see most_divergent()), 'first NaN' (earliest first non-finite step; first_bad: rank ->
+    step, or (step, place in the step): at one step, the rank whose activations went first). At most three ranks; a
+    rank may carry several reasons."""
     named: dict[int, list[str]] = {}
     slow = slowest_by(step_time or {}, other_times)
     if slow is not None:
@@ -130,7 +131,7 @@ def badness(row: dict, furthest: int | None) -> tuple:
     nan_at = row.get("first_nan")
     step_time = row.get("step_time")
     return (SEVERITY.get(row.get("state"), 4),
-            0 if nan_at is not None else 1, nan_at if nan_at is not None else 0,
+            0 if nan_at is not None else 1, row.get("first_nan_key") or (nan_at if nan_at is not None else 0, 0),
             -lag, -(step_time if step_time is not None and math.isfinite(step_time) else -1.0),
             -(row.get("dropped") or 0), row["rank"])
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 
 from tview.render import ranks_view
-from tview.store.rank_summary import RankSummary, first_nonfinite_step, trend_arrays
+from tview.store.rank_summary import RankSummary, first_nonfinite_key, first_nonfinite_step, trend_arrays
 from tview.store.reader import Run
 
 LIVE_SECONDS = 120.0  # a rank that wrote within this many seconds and has not closed is live
@@ -120,7 +120,8 @@ def summary_table(rows: list[dict], rank_summaries: dict[int, RankSummary]) -> l
     for row in rows:
         s = rank_summaries.get(row["rank"])
         out.append({**row, "step_time": times.get(row["rank"]), "tview_share": shares.get(row["rank"]),
-                    "first_nan": s.first_nonfinite_step() if s is not None else None})
+                    "first_nan": s.first_nonfinite_step() if s is not None else None,
+                    "first_nan_key": s.first_nonfinite_key() if s is not None else None})
     return ranks_view.worst_first(out)
 
 
@@ -154,7 +155,7 @@ def summary_standouts(ranks: list[int], table: list[dict], rank_summaries: dict[
     """ranks_view.standouts from a summary_table and the summaries (values [ranks, steps]: a trend across ranks
     for 'most divergent', or None)."""
     return ranks_view.standouts(ranks, values, step_time={r["rank"]: r["step_time"] for r in table},
-                                first_bad={r["rank"]: r["first_nan"] for r in table},
+                                first_bad={r["rank"]: r["first_nan_key"] for r in table},
                                 other_times=other_trend_times(rank_summaries))
 
 
@@ -227,6 +228,7 @@ def ranks_table(run: Run, rows: list[dict] | None = None, max_points: int = 200,
     for row in rows:
         row["step_time"] = times.get(row["rank"])
         row["first_nan"] = first_nonfinite_step(first[row["rank"]]) if row["rank"] in first else None
+        row["first_nan_key"] = first_nonfinite_key(first[row["rank"]]) if row["rank"] in first else None
     return ranks_view.worst_first(rows)
 
 
@@ -270,4 +272,15 @@ def summed_trajectory(run: Run, rank: int) -> tuple[np.ndarray, np.ndarray]:
     steps, t = run.trajectories(rank)
     if not t.size:
         return steps, np.zeros((0, int(run.manifest.get("trajectory_dims", 3))))
-    return steps, np.nansum(t, axis=1)
+    return steps, sum_layers(t)
+
+
+def sum_layers(t: np.ndarray) -> np.ndarray:
+    """[steps, dims] sums over the layers of t [steps, layers, dims], over the layers with a trajectory (finite at
+    some step); NaN at a step where one of them is NaN/Inf (the weights went non-finite: the path ends there, it
+    does not fall to the origin)."""
+    t = np.asarray(t, dtype=np.float64)
+    has = np.isfinite(t).any(axis=(0, 2))
+    with np.errstate(invalid="ignore", over="ignore"):
+        total = t[:, has].sum(axis=1)
+    return np.where(np.isfinite(total), total, np.nan)

@@ -254,6 +254,21 @@ def trend_arrays(summary: dict, name: str) -> tuple[np.ndarray, np.ndarray]:
     return steps[present], values[present]
 
 
+WITHIN_STEP = {"activation": 0, "loss": 1, "local_gradient": 2, "gradient": 3, "weight": 4}  # the order a step makes
+
+
+def first_nonfinite_key(where: dict | None) -> tuple[int, int] | None:
+    """(first step, place in the step) of a rank's first NaN/Inf, from its first_nonfinite map: at one step, a rank
+    whose activations (or loss) went first made it; one whose gradients did had them from the all-reduce, from the
+    other. None when there was none."""
+    step = first_nonfinite_step(where)
+    if step is None:
+        return None
+    kinds = [k for k, layers in where.get("tensors", {}).items() if step in layers.values()]
+    kinds += ["loss"] if where.get("scalars", {}).get("loss") == step else []
+    return step, min((WITHIN_STEP.get(k, len(WITHIN_STEP)) for k in kinds), default=len(WITHIN_STEP))
+
+
 def first_nonfinite_step(where: dict | None) -> int | None:
     """The first step with NaN/Inf anywhere (a layer or a scalar) of a rank's first_nonfinite map (what
     first_nonfinite_map makes); None when there was none. The one place the onset is computed."""
@@ -295,6 +310,9 @@ class RankSummary:
     @classmethod
     def unreadable(cls, rank: int, problem: str) -> RankSummary:
         return cls(rank=rank, problem=problem)
+
+    def first_nonfinite_key(self) -> tuple[int, int] | None:
+        return first_nonfinite_key(self.first_nonfinite)
 
     def first_nonfinite_step(self) -> int | None:
         """The first step with NaN/Inf on this rank, in a layer or a scalar (exact: the writer keeps it)."""
