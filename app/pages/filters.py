@@ -62,24 +62,41 @@ def choices(runs, focus, flayer, mlayer, rank):
     return f, keep_choice(flayer, f), m, keep_choice(mlayer, m), r, rank_choice(rank, r, focused(focus, run))
 
 
+def _snapshot_steps(runs, rank) -> list[int]:
+    try:
+        return [int(s) for s in catalog().get(first_run(runs)).snapshot_steps(int(rank))] if rank is not None else []
+    except Exception:
+        return []
+
+
 @callback(Output("filters-step", "min"), Output("filters-step", "max"), Output("filters-step", "marks"),
-          Output("filters-step", "value"), Output("filters-step-label", "children"),
+          Output("filters-step", "value"),
           Input("filters-rank", "value"), Input("refresh", "data"), Input("filters-tick", "n_intervals"),
           State("runs", "value"), State("filters-step", "value"), State("filters-step", "max"))
 def steps(rank, _, tick, runs, value, old_last):
     """The slider's values are the snapshot steps themselves (only they can be picked); play moves to the next."""
-    try:
-        steps = [int(s) for s in catalog().get(first_run(runs)).snapshot_steps(int(rank))] if rank is not None else []
-    except Exception:
-        steps = []
+    steps = _snapshot_steps(runs, rank)
     if not steps:
-        return 0, 0, {0: "0"}, 0, "no snapshot yet"
+        return 0, 0, {0: "0"}, 0
     if ctx.triggered_id == "filters-tick":
         value = next_snapshot(steps, value)
     elif value is None or value not in steps or value >= (old_last or 0):
         value = steps[-1]  # at the end (or new): follow the newest snapshot
-    label = f"snapshot at step {value} ({steps.index(value) + 1} of {len(steps)})"
-    return steps[0], steps[-1], snapshot_marks(steps), value, label
+    return steps[0], steps[-1], snapshot_marks(steps), value
+
+
+@callback(Output("filters-step-label", "children"), Input("filters-step", "value"), Input("filters-step", "max"),
+          State("filters-rank", "value"), State("runs", "value"))
+def step_label(value, _, rank, runs):
+    """Which snapshot the slider is at, however it got there (moved by hand, by play, or following the newest)."""
+    return snapshot_label(_snapshot_steps(runs, rank), value)
+
+
+def snapshot_label(steps: list[int], value) -> str:
+    if not steps:
+        return "no snapshot yet"
+    where = f" ({steps.index(value) + 1} of {len(steps)})" if value in steps else ""
+    return f"snapshot at step {value}{where}"
 
 
 @callback(Output("filters-tick", "disabled"), Output("filters-play", "children"), Input("filters-play", "n_clicks"))

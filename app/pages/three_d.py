@@ -106,6 +106,14 @@ def similarity(layer, threshold, rank, step, _, runs):
         return figures.message_figure(str(exc)), ""
 
 
+def _below(r: float, threshold: float) -> str:
+    """r to 2 decimals, or to as many as show it below the threshold (0.8996 under 0.90 is not 'r = 0.90')."""
+    for digits in (2, 3, 4, 6):
+        if float(f"{r:.{digits}f}") < threshold or r >= threshold:
+            return f"{r:.{digits}f}"
+    return f"{r:.6f}"
+
+
 def similarity_text(layer: str, threshold: float, groups: list[list[int]], pairs: list[tuple[int, int, float]]):
     """What the similarity view shows, its groups (pruning candidates) or, when there are none, how close the
     nearest pairs came."""
@@ -118,6 +126,6 @@ def similarity_text(layer: str, threshold: float, groups: list[list[int]], pairs
                   for k, g in enumerate(groups)]
     else:
         found = [html.H4(f"no two filters of {layer} correlate at r >= {threshold:.2f}")]
-    closest = [html.P("most alike: " + "; ".join(f"filters {i} and {j} (r = {r:.2f})" for i, j, r in pairs),
-                      className="tv-note")] if pairs else []
+    alike = "; ".join(f"filters {i} and {j} (r = {_below(r, threshold)})" for i, j, r in pairs)
+    closest = [html.P("most alike: " + alike, className="tv-note")] if pairs else []
     return found + closest + [explain]

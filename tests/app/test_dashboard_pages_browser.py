@@ -91,6 +91,10 @@ def test_filters_page_speaks_in_filters_channels_and_steps(server, page, runs_ro
     page.wait_for_function(f"""() => document.querySelector('#filters-step-label').innerText
         .startsWith('snapshot at step {snaps[0]} ')""", timeout=20_000)
     page.locator("#filters-play").click()
+    # moved by hand (the keyboard's End), the label follows the slider
+    page.locator("#filters-step [role=slider]").first.press("End")
+    page.wait_for_function(f"""() => document.querySelector('#filters-step-label').innerText
+        == 'snapshot at step {snaps[-1]} ({len(snaps)} of {len(snaps)})'""", timeout=20_000)
 
 
 def test_3d_page_names_its_axes_layers_and_points(server, page):
