@@ -100,6 +100,9 @@ def histogram(kind, layer, rank, _, runs):
     run = catalog().get(first_run(runs))
     if layer is None or rank is None or kind is None:
         return figures.message_figure("no layer or rank to show yet")
+    why = summaries.no_values_reason(run, kind, layer)
+    if why is not None:
+        return figures.message_figure(why)
     edges = []  # the bin edges the reader returns (the same for every rank)
 
     def read(r):

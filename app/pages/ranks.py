@@ -167,6 +167,10 @@ def stat_across_ranks(stat, layer, log_colour, refresh, focus, runs, shown):
     if stat is None or layer is None:
         return figures.message_figure("no statistic yet"), figures.message_figure("no statistic yet"), no_update
     run_id = first_run(runs)
+    why = None if stat.startswith(SCALAR) or layer == WHOLE else \
+        summaries.no_values_reason(catalog().get(run_id), stat, layer)
+    if why is not None:
+        return figures.message_figure(why), figures.message_figure(why), no_update
     follow = {"run": run_id, "stat": stat, "layer": layer, "at": time.time()}
     if isinstance(shown, dict) and [shown.get(k) for k in ("run", "stat", "layer")] == [run_id, stat, layer]:
         return no_update, no_update, follow

@@ -52,9 +52,9 @@ def names(_, search, runs, current):
     return opts, keep_choice(current, opts, "loss")
 
 
-def _one_run(run, run_id: str, name: str, many_runs: bool) -> tuple[list[figures.Series], dict[str, str]]:
+def _one_run(run, run_id: str, name: str, many_runs: bool, focus=None) -> tuple[list[figures.Series], dict[str, str]]:
     """A run's lines: one per rank (few ranks) or its median rank (many ranks, next to other runs); and the
-    lines of ranks that stand out (named e.g. 'rank 3 (most divergent)'), to be drawn in red."""
+    lines to draw wider: the ranks that stand out (named e.g. 'rank 3 (most divergent)') and the focused rank."""
     if len(run.ranks) > ranks_view.LINES_UP_TO:
         steps, values = memo_read(run_id, summaries.scalar_across_ranks, name, figures.MAX_POINTS)
         return [figures.Series(f"{run_id} (median rank)", steps, ranks_view.quantile_bands(values)["median"])], {}
@@ -68,7 +68,10 @@ def _one_run(run, run_id: str, name: str, many_runs: bool) -> tuple[list[figures
             steps, values = run.scalar(name, rank, max_points=figures.MAX_POINTS)
             label = prefix + ranks_view.standout_label(rank, named.get(rank, []))
             series.append(figures.Series(label, steps, values, None if many_runs else rank_colour(rank)))
-    return series, {prefix + ranks_view.standout_label(r, why): rank_colour(r) for r, why in named.items()}
+    wide, rank = dict(named), focused(focus, run)
+    if rank is not None:
+        wide.setdefault(rank, [])
+    return series, {prefix + ranks_view.standout_label(r, why): rank_colour(r) for r, why in wide.items()}
 
 
 @callback(Output("scalar-graph", "figure"), Input("scalar-name", "value"), Input("scalar-log", "value"),
@@ -89,7 +92,7 @@ def show(name, log, smoothing, _, focus, runs):
                                         focus=focused(focus, run), log_y=use_log(log, values))
     series, mark = [], {}
     for run_id in runs:
-        lines, marked = _one_run(catalog().get(run_id), run_id, name, len(runs) > 1)
+        lines, marked = _one_run(catalog().get(run_id), run_id, name, len(runs) > 1, focus)
         series += lines
         mark.update(marked)
     every_value = np.concatenate([np.asarray(s.values, dtype=np.float64) for s in series]) if series else []

@@ -80,6 +80,9 @@ def trajectory(layer, rank, _, runs):
     run = catalog().get(first_run(runs))
     if rank is None or layer is None:
         return figures.message_figure("no readable rank yet")
+    why = None if layer == WHOLE else summaries.no_values_reason(run, "trajectory", layer)
+    if why is not None:
+        return figures.message_figure(why)
     if layer == WHOLE:
         steps, coords = summaries.summed_trajectory(run, int(rank))
     else:

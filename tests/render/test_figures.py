@@ -108,3 +108,15 @@ def test_noise_scale_figure_shades_undefined_stretches_with_their_reason_and_dra
     assert fig.layout.yaxis.type == "log" and not fig.layout.annotations
     assert "every step" in figures.noise_scale_figure(steps, np.full(len(steps), np.nan), [(0, 198, "x")], "t")\
         .layout.annotations[-1].text
+
+
+def test_a_layer_without_parameters_is_said_to_have_none_not_to_have_nothing_yet(small_run):
+    import tview
+    run = tview.open_run(small_run[0])
+    kinds = {info["name"]: info["kind"] for info in run.layer_info}
+    bare = next(name for name, kind in kinds.items() if kind != "param")
+    held = next(name for name, kind in kinds.items() if kind == "param")
+    assert "holds no parameters of its own" in summaries.no_values_reason(run, "grad", bare)
+    assert "no weight statistics" in summaries.no_values_reason(run, "weight_norm", bare)
+    assert summaries.no_values_reason(run, "grad", held) is None
+    assert summaries.no_values_reason(run, "act", bare) is None  # activations: a ReLU has them

@@ -275,6 +275,20 @@ def summed_trajectory(run: Run, rank: int) -> tuple[np.ndarray, np.ndarray]:
     return steps, sum_layers(t)
 
 
+PARAM_READS = ("gradient", "local_gradient", "weight")
+
+
+def no_values_reason(run: Run, name: str, layer: str) -> str | None:
+    """Why a statistic or histogram kind `name` can have no value for `layer` at any step: it reads parameters and
+    the layer holds none of its own (a ReLU); None otherwise (then an empty figure means not recorded yet)."""
+    reads = next((spec.reads for spec in run.tables().values() if any(c.name == name for c in spec.columns)), None)
+    info = next((i for i in run.layer_info if i.get("name") == layer), None)
+    if reads in PARAM_READS and info is not None and info.get("kind") != "param":
+        return (f"{layer} holds no parameters of its own: it has no {reads.replace('_', ' ')} statistics "
+                f"(pick a layer with parameters)")
+    return None
+
+
 def sum_layers(t: np.ndarray) -> np.ndarray:
     """[steps, dims] sums over the layers of t [steps, layers, dims], over the layers with a trajectory (finite at
     some step); NaN at a step where one of them is NaN/Inf (the weights went non-finite: the path ends there, it
