@@ -89,8 +89,19 @@ def heatmap(stat, rank, log, _, runs):
         with np.errstate(all="ignore"):
             values = np.nanmean(np.where(np.isfinite(values), values, np.nan), axis=0) if len(values) else values
     who = "mean over ranks" if rank == ALL_RANKS else f"rank {rank}"
-    return figures.heatmap_figure(steps, run.layers, values, f"{stat} per layer ({run_id}, {who})", stat,
-                                  log=use_log(log, values))
+    fig = figures.heatmap_figure(steps, run.layers, values, f"{stat} per layer ({run_id}, {who})", stat,
+                                 log=use_log(log, values))
+    return _marked(fig, run, stat, rank)
+
+
+def _marked(fig, run, name: str, rank, layer: str | None = None, steps_down: bool = False):
+    """The figure with its statistic's first NaN/Inf step marked (of `layer`, or the first layer to hold one)."""
+    first = summaries.first_nonfinite_of(run, name, run.ranks if rank == ALL_RANKS else [int(rank)], layer)
+    if first is None or not fig.data:
+        return fig
+    step, where = first
+    return figures.mark_step(fig, step, f"NaN/Inf from step {step}" + ("" if layer else f" ({where} first)"),
+                             steps_down=steps_down)
 
 
 @callback(Output("layers-histogram", "figure"), Input("hist-kind", "value"), Input("hist-layer", "value"),
@@ -113,4 +124,5 @@ def histogram(kind, layer, rank, _, runs):
     if rank == ALL_RANKS:
         counts = counts.sum(axis=0)
     who = "all ranks" if rank == ALL_RANKS else f"rank {rank}"
-    return figures.histogram_figure(steps, edges, counts, f"{kind} histogram of {layer} over steps ({who})")
+    fig = figures.histogram_figure(steps, edges, counts, f"{kind} histogram of {layer} over steps ({who})")
+    return _marked(fig, run, kind, rank, layer, steps_down=True)

@@ -120,3 +120,34 @@ def test_a_layer_without_parameters_is_said_to_have_none_not_to_have_nothing_yet
     assert "no weight statistics" in summaries.no_values_reason(run, "weight_norm", bare)
     assert summaries.no_values_reason(run, "grad", held) is None
     assert summaries.no_values_reason(run, "act", bare) is None  # activations: a ReLU has them
+
+
+def test_a_statistics_first_nan_step_is_found_per_tensor_and_marked(tmp_path):
+    import torch
+    import torch.nn.functional as F
+
+    import tview
+    from tests.conftest import TinyCNN, make_data
+    torch.manual_seed(0)
+    model, (x, y) = TinyCNN(), make_data()
+    step = {"now": 0}
+
+    def poison(module, inputs, output):  # conv2's output NaN from step 4
+        return output * float("nan") if step["now"] >= 4 else output
+    model.conv2.register_forward_hook(poison)
+    with tview.Recorder(model, str(tmp_path / "r"), every=1) as rec:
+        for s in range(6):
+            step["now"] = s
+            F.cross_entropy(model(x), y).backward()
+            rec.step()
+    run = tview.open_run(str(tmp_path / "r"))
+    assert summaries.first_nonfinite_of(run, "act_mean", [0], "conv2") == (4, "conv2")
+    assert summaries.first_nonfinite_of(run, "act_mean", [0])[0] == 4  # (the shared relu, called after conv2 too)
+    assert summaries.first_nonfinite_of(run, "act", [0], "conv1") is None  # before the poisoned layer
+    assert summaries.first_nonfinite_of(run, "grad", [0], "conv1") == (4, "conv1")  # its gradient, from behind
+    fig = figures.mark_step(figures.heatmap_figure(np.arange(3), ["a"], np.ones((3, 1)), "t"), 4, "NaN from step 4")
+    assert fig.layout.shapes[0].x0 == 4 and fig.layout.annotations[-1].text == "NaN from step 4"
+    hist = figures.histogram_figure(np.arange(6), schema.hist_edges(), np.ones((6, schema.HIST_BINS)), "t")
+    hist = figures.mark_step(hist, 4, "NaN from step 4", steps_down=True)
+    assert hist.layout.shapes[0].y0 == 4 and hist.layout.annotations[-1].text == "NaN from step 4"
+    json.loads(hist.to_json())

@@ -103,9 +103,20 @@ def _mark_nonfinite(fig: go.Figure, series: list) -> None:
             at.setdefault(int(np.asarray(s.steps)[bad[0]]), []).append(f"{s.name}: {kind}")
     for i, (step, names) in enumerate(sorted(at.items())[:4]):  # each text a line below the one before
         shown = ", ".join(names[:3]) + (f" +{len(names) - 3}" if len(names) > 3 else "")
-        fig.add_vline(x=step, line=dict(color="#d62728", dash="dot", width=1),
-                      annotation=dict(text=f"{shown} from step {step}", font=dict(color="#d62728", size=11),
-                                      y=1 - 0.07 * i, yref="paper", yanchor="top", xanchor="left", showarrow=False))
+        mark_step(fig, step, f"{shown} from step {step}", line=i)
+
+
+def mark_step(fig: go.Figure, step: int, text: str, steps_down: bool = False, line: int = 0) -> go.Figure:
+    """A red dotted line at `step` with `text` beside it (the first NaN/Inf: values stop, histograms empty there):
+    across the figure where steps run along x, along it where they run down (`steps_down`, histograms)."""
+    style = dict(line=dict(color="#d62728", dash="dot", width=1))
+    note = dict(text=text, font=dict(color="#d62728", size=11), showarrow=False)
+    if steps_down:
+        fig.add_hline(y=step, **style, annotation=note, annotation_position="top left")
+    else:
+        fig.add_vline(x=step, **style, annotation=dict(note, y=1 - 0.07 * line, yref="paper", yanchor="top",
+                                                       xanchor="left"))
+    return fig
 
 
 def heatmap_figure(steps: np.ndarray, labels: list[str], values: np.ndarray, title: str,

@@ -281,12 +281,32 @@ PARAM_READS = ("gradient", "local_gradient", "weight")
 def no_values_reason(run: Run, name: str, layer: str) -> str | None:
     """Why a statistic or histogram kind `name` can have no value for `layer` at any step: it reads parameters and
     the layer holds none of its own (a ReLU); None otherwise (then an empty figure means not recorded yet)."""
-    reads = next((spec.reads for spec in run.tables().values() if any(c.name == name for c in spec.columns)), None)
+    reads = reads_of(run, name)
     info = next((i for i in run.layer_info if i.get("name") == layer), None)
     if reads in PARAM_READS and info is not None and info.get("kind") != "param":
         return (f"{layer} holds no parameters of its own: it has no {reads.replace('_', ' ')} statistics "
                 f"(pick a layer with parameters)")
     return None
+
+
+def reads_of(run: Run, name: str) -> str | None:
+    """What the table holding statistic or histogram kind `name` reads ('gradient', 'activation', ...)."""
+    return next((spec.reads for spec in run.tables().values() if any(c.name == name for c in spec.columns)), None)
+
+
+def first_nonfinite_of(run: Run, name: str, ranks: list[int], layer: str | None = None) -> tuple[int, str] | None:
+    """(step, layer) where the tensor statistic `name` reads (of `layer`, or of any layer) first held NaN/Inf on
+    any of `ranks`, as the writers kept it (exact, no scan); None where it never did. A figure of that statistic
+    marks it: after it the values are NaN (gaps) or the histograms empty, read otherwise as not recorded."""
+    reads, found = reads_of(run, name), []
+    for rank in ranks:
+        try:
+            where = run.first_nonfinite(rank).get("tensors", {}).get(reads, {})
+        except Exception:  # an unreadable rank: its figure says so elsewhere
+            continue
+        found += [(int(step), at) for at, step in where.items() if layer is None or at == layer]
+    order = {n: k for k, n in enumerate(run.layers)}
+    return min(found, key=lambda f: (f[0], order.get(f[1], 0))) if found else None
 
 
 def sum_layers(t: np.ndarray) -> np.ndarray:
