@@ -66,11 +66,14 @@ def network(stat, rank, step, _, runs):
     run = catalog().get(first_run(runs))
     if rank is None:
         return figures.message_figure("no readable rank yet")
-    layers, values, at = summaries.channel_values_at(run, stat, step, int(rank))
+    layers, values, at, bad = summaries.channel_values_shown(run, stat, step, int(rank))
     when = f"step {max(at)}" if at else "no step"
     label = {o["value"]: o["label"] for o in STAT_OPTIONS}.get(stat, stat)
-    return figures3d.network_figure(layers, values, f"{stat} per channel at {when} (rank {rank}), input at the bottom",
-                                    label, bounds=(0.0, 1.0) if stat.endswith("_frac") else None)
+    title = f"{stat} per channel at {when} (rank {rank}), input at the bottom"
+    if bad:
+        title += f"<br><span style='color:#d62728'>NaN/Inf in the output of {', '.join(bad[:4])}" \
+                 f"{' ...' if len(bad) > 4 else ''}: left blank</span>"
+    return figures3d.network_figure(layers, values, title, label, bounds=(0.0, 1.0) if stat.endswith("_frac") else None)
 
 
 @callback(Output("traj-3d", "figure"), Input("traj-layer", "value"), Input("net-rank", "value"),

@@ -151,3 +151,22 @@ def test_a_statistics_first_nan_step_is_found_per_tensor_and_marked(tmp_path):
     hist = figures.mark_step(hist, 4, "NaN from step 4", steps_down=True)
     assert hist.layout.shapes[0].y0 == 4 and hist.layout.annotations[-1].text == "NaN from step 4"
     json.loads(hist.to_json())
+
+
+def test_channels_of_a_layer_whose_output_was_nan_are_blank_not_healthy(tmp_path):
+    import torch
+    import torch.nn.functional as F
+
+    import tview
+    from tests.conftest import TinyCNN, make_data
+    torch.manual_seed(0)
+    model, (x, y) = TinyCNN(), make_data()
+    model.conv2.register_forward_hook(lambda m, i, out: out * float("nan"))
+    with tview.Recorder(model, str(tmp_path / "r"), every=1) as rec:
+        F.cross_entropy(model(x), y).backward()
+        rec.step()
+    run = tview.open_run(str(tmp_path / "r"))
+    layers, values, at, bad = summaries.channel_values_shown(run, "act_channel_zero_frac", None, 0)
+    assert "conv2" in bad and "conv1" not in bad
+    shown = dict(zip(layers, values))
+    assert np.isnan(shown["conv2"]).all() and np.isfinite(shown["conv1"]).all()

@@ -1,6 +1,8 @@
 """The dashboard's shared look as pure functions: rank colours, titles under the toolbar, log scales, image grids in
 the data's units, the snapshot slider, 3D slabs that never meet."""
 
+import json
+
 import numpy as np
 
 from tview.render import analysis, figures, figures3d, image_grids, layout, snapshots, style
@@ -114,3 +116,10 @@ def test_closest_pairs_are_the_most_correlated_filters():
     a[:, 3] = a[:, 1] * 2 + 0.01 * rng.normal(size=(8, 5, 5))
     pairs = analysis.closest_pairs(a, 2)
     assert pairs[0][:2] == (1, 3) and pairs[0][2] > 0.99 and pairs[1][2] < pairs[0][2]
+
+
+def test_channels_without_a_value_are_drawn_grey_and_named_in_the_legend():
+    net = figures3d.network_figure(["conv1", "conv2"], [np.full(4, np.nan), np.arange(6.0) / 6], "t", "zero fraction")
+    assert len(net.data[0].x) == 6 and list(net.data[0].marker.color) == list(np.arange(6.0) / 6)
+    assert len(net.data[1].x) == 4 and net.data[1].name.startswith("no value")
+    json.loads(net.to_json())

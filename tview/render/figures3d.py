@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from tview.render.figures import MAX_POINTS, _finite_or_none, message_figure, titled
+from tview.render.figures import MAX_POINTS, message_figure, titled
 from tview.render.layout import network_positions, slab_sides
 from tview.store.reader import strided
 
@@ -30,13 +30,19 @@ def network_figure(layers: list[str], values: list[np.ndarray], title: str, colo
     channels = [len(v) for v in values]
     pos = network_positions(channels, by_size=True)
     colour = np.concatenate([np.asarray(v, dtype=np.float64) for v in values])
-    text = [f"{layer} channel {i}" for layer, c in zip(layers, channels) for i in range(c)]
+    text = np.array([f"{layer} channel {i}" for layer, c in zip(layers, channels) for i in range(c)])
+    ok = np.isfinite(colour)
     fig = go.Figure(go.Scatter3d(
-        x=pos[:, 0], y=pos[:, 1], z=pos[:, 2], mode="markers", text=text, showlegend=False,
-        marker=dict(size=3, color=_finite_or_none(colour), colorscale="Viridis", symbol="square", line=dict(width=0),
+        x=pos[ok, 0], y=pos[ok, 1], z=pos[ok, 2], mode="markers", text=text[ok], showlegend=False,
+        marker=dict(size=3, color=colour[ok], colorscale="Viridis", symbol="square", line=dict(width=0),
                     colorbar=dict(title=dict(text=colour_title), len=0.7),
                     **(dict(cmin=bounds[0], cmax=bounds[1]) if bounds else {})),
         hovertemplate="%{text}<br>%{marker.color:.3g}<extra></extra>"))
+    if not ok.all():  # NaN/Inf or not measured: grey, said in the legend (a colour scale has no place for them)
+        fig.add_trace(go.Scatter3d(x=pos[~ok, 0], y=pos[~ok, 1], z=pos[~ok, 2], mode="markers", text=text[~ok],
+                                   name="no value (NaN/Inf, or not measured)",
+                                   marker=dict(size=3, color="#bbbbbb", symbol="square", line=dict(width=0)),
+                                   hovertemplate="%{text}: no value<extra></extra>"))
     sides = slab_sides(channels)
     starts = np.cumsum([0] + channels[:-1])
     # each slab's name to its right as seen from SIDE_CAMERA (+y is the screen's right), drawn over the glyphs

@@ -266,6 +266,27 @@ def channel_values_at(run: Run, stat: str, step: int | None, rank: int):
     return layers, values, at
 
 
+def channel_values_shown(run: Run, stat: str, step: int | None, rank: int):
+    """channel_values_at, and the layers whose output held NaN/Inf there: their values NaN (drawn blank, not as the
+    0 zeros a NaN output has), named as the fourth item."""
+    layers, values, at = channel_values_at(run, stat, step, rank)
+    bad = nonfinite_activations_at(run, max(at), rank) if at else []
+    return layers, [np.full(len(v), np.nan) if layer in bad else v for layer, v in zip(layers, values)], at, bad
+
+
+def nonfinite_activations_at(run: Run, step: int | None, rank: int) -> list[str]:
+    """The layers whose output held NaN/Inf in the activation row at or before `step` (None: the last): their
+    per-channel statistics there (a zero fraction of 0, a NaN mean) are not what the layer did."""
+    try:
+        rows = run.layer_rows_at(["act_nan", "act_inf"], step, rank)
+    except KeyError:  # a run without the counts
+        return []
+    bad = np.zeros(len(run.layers), dtype=bool)
+    for _, counts in rows.values():
+        bad |= np.ma.filled(np.ma.asarray(counts, dtype=np.float64), 0.0) != 0
+    return [layer for layer, b in zip(run.layers, bad) if b]
+
+
 def summed_trajectory(run: Run, rank: int) -> tuple[np.ndarray, np.ndarray]:
     """The whole network's path: every layer's projections summed, which is the projection of all
     parameters on one random direction per axis (each layer's directions are independent)."""
