@@ -14,7 +14,8 @@ pv.LoadPlugin(PLUGIN)  # its proxies join paraview.simple, by label; it imports 
 from tview.render.views import DEFAULT_ARRAY, LAYOUT, RANK_MODES, VIEWS, rank_field_array  # noqa: E402,F401
 
 INK = [0.1, 0.1, 0.1]             # text and axes on the white background
-NAN_COLOR = [1.0, 1.0, 0.0]       # ParaView's NaN yellow, kept: a real NaN shows; gaps are never NaN (hidden cells)
+NAN_COLOR = [1.0, 0.0, 1.0]       # magenta: on no preset used here (ParaView's NaN yellow is Viridis' and Inferno's
+#                                   top, a NaN read as the largest value); gaps are never NaN (hidden cells)
 TICKS = "%.3g"                    # one number style for every colour bar's ticks and ends
 GUI = os.environ.get("TVIEW_GUI") == "1"  # inside ParaView's GUI (tview paraview): the GUI sizes the views
 BLOCK_OF = {"network": "network", "trajectory": "trajectories", "filters": "filters", "feature_maps": "feature_maps",
@@ -175,19 +176,24 @@ def style_bar(bar, view, title):
 
 
 def color(display, view, array, association="POINTS", preset="Cool to Warm", symmetric=False, log=False,
-          title=None):
-    """Colour by `array` with a preset, a scalar bar in ink, NaN in ParaView's yellow."""
+          title=None, follow=True):
+    """Colour by `array` with a preset, a scalar bar in ink (a NaN swatch on it), NaN in NAN_COLOR. `follow`: the
+    range follows the data at every step of the time slider (set once, a range taken at the last step hides the
+    others: all NaN there, every earlier value at an end of the bar); a symmetric or log range is set once."""
     pv.ColorBy(display, (association, array))
     lut = pv.GetColorTransferFunction(array)
     lut.ApplyPreset(preset, True)
     lut.NanColor = NAN_COLOR
     display.RescaleTransferFunctionToDataRange(False, True)
+    if follow and not symmetric and not log:
+        lut.AutomaticRescaleRangeMode = "Clamp and update every timestep"
     low, high = lut.RGBPoints[0], lut.RGBPoints[-4]
     if symmetric:
         m = max(abs(low), abs(high)) or 1.0
         lut.RescaleTransferFunction(-m, m)
     display.SetScalarBarVisibility(view, True)
     bar = style_bar(pv.GetScalarBar(lut, view), view, title or array)
+    bar.DrawNanAnnotation, bar.NanAnnotation = 1, "NaN"
     if log and not symmetric and low > 0 and high > 100 * low:  # spans decades: colours spread over the logarithm
         lut.MapControlPointsToLogSpace()
         lut.UseLogScale = 1
@@ -363,7 +369,7 @@ def trajectory(reader, view, array, layer=None):
     if array != "log_step":
         color(display, view, array, preset="Viridis (matplotlib)")
     else:  # log10(step + 1) coloured, the bar annotated in steps: a step axis for the paths
-        lut = color(display, view, "log_step", preset="Viridis (matplotlib)", title="training step")
+        lut = color(display, view, "log_step", preset="Viridis (matplotlib)", title="training step", follow=False)
         high = 10 ** lut.RGBPoints[-4] - 1
         lut.Annotations = [v for s in _nice_steps(high) for v in (f"{math.log10(s + 1):.6g}", str(s))]
         bar = pv.GetScalarBar(lut, view)

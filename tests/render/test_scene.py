@@ -27,6 +27,26 @@ def test_network_points_carry_the_statistics_at_a_step(small_run):
     assert np.isnan(before.arrays["grad_norm"]).all()
 
 
+def test_a_layer_whose_output_was_nan_has_nan_activation_statistics_in_the_network(tmp_path):
+    import torch
+    import torch.nn.functional as F
+
+    from tests.conftest import TinyCNN, make_data
+    torch.manual_seed(0)
+    model, (x, y) = TinyCNN(), make_data()
+    model.conv2.register_forward_hook(lambda m, i, out: out * float("nan"))
+    with tview.Recorder(model, str(tmp_path / "r"), every=1) as rec:
+        F.cross_entropy(model(x), y).backward()
+        rec.step()
+    run = tview.open_run(str(tmp_path / "r"))
+    p = scene.network(run, 0, None)
+    layer = {info["name"]: k for k, info in enumerate(scene.channel_layers(run))}
+    conv1, conv2 = p.arrays["layer"] == layer["conv1"], p.arrays["layer"] == layer["conv2"]
+    assert np.isnan(p.arrays["act_channel_zero_frac"][conv2]).all()  # it read 0: every unit alive
+    assert np.isfinite(p.arrays["act_channel_zero_frac"][conv1]).all()
+    assert (p.arrays["act_nan"][conv2] > 0).all()  # the evidence kept
+
+
 def test_combining_ranks_skips_missing_values():
     a = scene.Points(np.zeros((3, 3)), {"x": np.array([1.0, np.nan, 2.0]), "layer": np.array([0, 0, 1])})
     b = scene.Points(np.zeros((3, 3)), {"x": np.array([3.0, np.nan, np.inf]), "layer": np.array([0, 0, 1])})

@@ -14,7 +14,7 @@ import numpy as np
 from tview.errors import TviewError
 from tview.render.analysis import similarity_layout
 from tview.render.layout import network_positions, tile, tile_gaps, tile_origins
-from tview.render.summaries import channel_values_at
+from tview.render.summaries import channel_values_at, nonfinite_activations_at, reads_of
 from tview.render.views import RANK_MODES, REDUCED  # noqa: F401 (scene.RANK_MODES: the names in one place)
 from tview.store.reader import Run
 
@@ -47,7 +47,9 @@ def channel_layers(run: Run, layers: list[str] | None = None) -> list[dict]:
 def network(run: Run, rank: int, step: float | None, layers: list[str] | None = None,
             arrays: list[str] | None = None) -> Points:
     """Every channel of the chosen layers as a point on its layer's slab, with arrays at `step`: per-channel
-    statistics (latest recorded row at or before it) and layer statistics repeated on the layer's channels."""
+    statistics (latest recorded row at or before it) and layer statistics repeated on the layer's channels. A layer
+    whose output held NaN/Inf there has NaN in its activation statistics (a zero fraction of 0 is not what it did),
+    its NaN/Inf counts kept."""
     infos = channel_layers(run, layers)
     channel_arrays, layer_arrays = run.channel_stat_names(), run.stat_names()
     wanted = list(arrays) if arrays is not None else channel_arrays + layer_arrays
@@ -59,6 +61,7 @@ def network(run: Run, rank: int, step: float | None, layers: list[str] | None = 
     offsets, sizes = dict(zip(names, np.cumsum([0] + counts))), dict(zip(names, counts))
     layer_rows = run.layer_rows_at([name for name in wanted if name in layer_arrays], step, rank)
     of_point = np.repeat([run.layer_index(name) for name in names], counts)  # each point's layer, in run.layers
+    blank = _nonfinite_outputs(run, step, rank, wanted)
     for name in wanted:
         values = np.full(n, np.nan)
         if name in channel_arrays:  # the latest measured row at or before the step, per layer
@@ -69,11 +72,21 @@ def network(run: Run, rank: int, step: float | None, layers: list[str] | None = 
         elif name in layer_arrays:  # the latest measured row of [layers] at or before the step
             _, row = layer_rows[name]
             values[:] = np.where(np.ma.getmaskarray(row), np.nan, np.ma.getdata(row))[of_point]
+        if name in blank:
+            values[np.isin(out["layer"], [names.index(b) for b in blank[name] if b in names])] = np.nan
         out[name] = values
     positions = _positions(tuple(counts))
     labels = [(f"{name} ({c})", _front_left(positions[offsets[name]:offsets[name] + c]))
               for name, c in zip(names, counts)]
     return Points(positions, out, labels=labels)
+
+
+def _nonfinite_outputs(run: Run, step, rank: int, names: list[str]) -> dict[str, list[str]]:
+    """{activation statistic among `names` (not the NaN/Inf counts): the layers whose output held NaN/Inf at `step`}
+    (empty where none did)."""
+    stats = [n for n in names if reads_of(run, n) == "activation" and n not in ("act_nan", "act_inf")]
+    bad = nonfinite_activations_at(run, None if step is None else int(step), rank) if stats else []
+    return {n: bad for n in stats} if bad else {}
 
 
 @functools.lru_cache(maxsize=16)
