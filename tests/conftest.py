@@ -74,6 +74,19 @@ def small_run(tmp_path):
     return path, model, x
 
 
+@pytest.fixture
+def nan_conv2_run(tmp_path):
+    """A one-step run of TinyCNN whose conv2 outputs NaN (every later layer's output, and every gradient, too)."""
+    torch.manual_seed(0)
+    model, (x, y) = TinyCNN(), make_data()
+    model.conv2.register_forward_hook(lambda m, i, out: out * float("nan"))
+    path = str(tmp_path / "nan")
+    with tview.Recorder(model, path, every=1) as rec:
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        rec.step()
+    return path
+
+
 def python_env():
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")

@@ -37,7 +37,9 @@ def test_rise_start_dates_a_ramp_where_it_left_its_level_not_where_it_crossed_th
     assert k == 61
     assert detect.rise_start(v, k, 3.0) == 60
     assert detect.rise_start(v, 60, 3.0) == 60  # a jump with no ramp before it stays where it is
-    v[59] = np.nan  # a gap: the walk stops there
+    v[58:60] = [3.5, 4.0]  # the ramp began at 58
+    assert detect.rise_start(v, 61, 3.0) == 58
+    v[59] = np.nan  # a gap in it: the walk stops there
     assert detect.rise_start(v, 61, 3.0) == 60
 
 

@@ -143,6 +143,16 @@ def test_loss_spike_needs_a_jump_that_stays_not_one_odd_batch():
     back = slow.copy()
     back[120] = 8.0  # blown up, then on where it was: one odd batch
     assert optimizer.spike_onset(back) is None
+    assert optimizer.spike_onset(back[:124]) is None  # a live run, 3 records after it: not judged yet
+    assert optimizer.spike_onset(kicked[:124]) is None and optimizer.spike_onset(kicked[:131]) == 120
+
+
+def test_a_loss_spike_from_a_loss_of_zero_is_said_without_dividing_by_it():
+    class Losses:
+        def loss(self):
+            return np.arange(40), np.r_[np.ones(15), np.zeros(5), np.full(20, 10.0)]
+    found = optimizer.check_loss_spike(Losses())
+    assert [f.step for f in found] == [20] and "above where it had got to (0" in found[0].message
 
 
 def test_update_per_gradient_ignores_a_small_batch_and_momentum_carrying_a_spike():

@@ -67,7 +67,8 @@ def _one_run(run, run_id: str, name: str, many_runs: bool, focus=None) -> tuple[
         if name == "wall_time" or name in run.scalar_names(rank):
             steps, values = run.scalar(name, rank, max_points=figures.MAX_POINTS)
             label = prefix + ranks_view.standout_label(rank, named.get(rank, []))
-            series.append(figures.Series(label, steps, values, None if many_runs else rank_colour(rank)))
+            first = run.first_nonfinite(rank).get("scalars", {}).get(name)  # exact: the values may be every k-th
+            series.append(figures.Series(label, steps, values, None if many_runs else rank_colour(rank), first))
     wide, rank = dict(named), focused(focus, run)
     if rank is not None:
         wide.setdefault(rank, [])

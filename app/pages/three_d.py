@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dash import Input, Output, State, callback, dcc, html
 
 from tview.render import analysis, figures, figures3d, summaries
@@ -113,11 +115,8 @@ def similarity(layer, threshold, rank, step, _, runs):
 
 
 def _below(r: float, threshold: float) -> str:
-    """r to 2 decimals, or to as many as show it below the threshold (0.8996 under 0.90 is not 'r = 0.90')."""
-    for digits in (2, 3, 4, 6):
-        if float(f"{r:.{digits}f}") < threshold or r >= threshold:
-            return f"{r:.{digits}f}"
-    return f"{r:.6f}"
+    """r to 2 decimals, truncated below the threshold (0.8996 under 0.90 is not 'r = 0.90')."""
+    return f"{math.floor(r * 100) / 100:.2f}" if r < threshold else f"{r:.2f}"
 
 
 def similarity_text(layer: str, threshold: float, groups: list[list[int]], pairs: list[tuple[int, int, float]]):

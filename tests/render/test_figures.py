@@ -47,6 +47,12 @@ def test_the_networks_path_ends_where_a_layers_weights_turn_nan():
     assert np.array_equal(total[:3], np.full((3, 2), 2.0)) and np.isnan(total[3:]).all()
 
 
+def test_the_nan_mark_takes_the_exact_first_step_where_the_line_is_every_kth_value():
+    values = np.r_[np.ones(5), np.full(5, np.nan)]  # every 3rd record of a run: the NaN came at step 13, not 15
+    fig = figures.line_figure([figures.Series("rank 0", np.arange(0, 30, 3), values, first_bad=13)], "loss")
+    assert [a.text for a in fig.layout.annotations] == ["rank 0: NaN/Inf from step 13"]
+
+
 def test_tile_places_each_image_with_nan_gaps():
     imgs = np.arange(5 * 2 * 3, dtype=float).reshape(5, 2, 3)
     out = layout.tile(imgs, 2)
@@ -110,16 +116,25 @@ def test_noise_scale_figure_shades_undefined_stretches_with_their_reason_and_dra
         .layout.annotations[-1].text
 
 
-def test_a_layer_without_parameters_is_said_to_have_none_not_to_have_nothing_yet(small_run):
+def test_a_layer_without_parameters_is_said_to_have_none_not_to_have_nothing_yet(tmp_path):
+    import torch
+    import torch.nn.functional as F
+
     import tview
-    run = tview.open_run(small_run[0])
-    kinds = {info["name"]: info["kind"] for info in run.layer_info}
-    bare = next(name for name, kind in kinds.items() if kind != "param")
-    held = next(name for name, kind in kinds.items() if kind == "param")
-    assert "holds no parameters of its own" in summaries.no_values_reason(run, "grad", bare)
-    assert "no weight statistics" in summaries.no_values_reason(run, "weight_norm", bare)
-    assert summaries.no_values_reason(run, "grad", held) is None
-    assert summaries.no_values_reason(run, "act", bare) is None  # activations: a ReLU has them
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.PReLU(4), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 6 * 6, 10))
+    with tview.Recorder(model, str(tmp_path / "r"), every=1) as rec:
+        for _ in range(2):
+            F.cross_entropy(model(torch.randn(8, 1, 8, 8)), torch.randint(0, 10, (8,))).backward()
+            rec.step()
+    run = tview.open_run(str(tmp_path / "r"))
+    assert len(run.stat("grad_norm", "1")[0]) == 2  # the PReLU's weight has gradient statistics ...
+    assert summaries.no_values_reason(run, "grad_norm", "1") is None  # ... and is not said to have none
+    assert "2 holds no parameters of its own" in summaries.no_values_reason(run, "grad", "2")  # the ReLU
+    assert "no weight statistics" in summaries.no_values_reason(run, "weight_norm", "2")
+    assert summaries.no_values_reason(run, "grad", "0") is None
+    assert summaries.no_values_reason(run, "act", "2") is None  # activations: a ReLU has them
 
 
 def test_a_statistics_first_nan_step_is_found_per_tensor_and_marked(tmp_path):
@@ -153,19 +168,9 @@ def test_a_statistics_first_nan_step_is_found_per_tensor_and_marked(tmp_path):
     json.loads(hist.to_json())
 
 
-def test_channels_of_a_layer_whose_output_was_nan_are_blank_not_healthy(tmp_path):
-    import torch
-    import torch.nn.functional as F
-
+def test_channels_of_a_layer_whose_output_was_nan_are_blank_not_healthy(nan_conv2_run):
     import tview
-    from tests.conftest import TinyCNN, make_data
-    torch.manual_seed(0)
-    model, (x, y) = TinyCNN(), make_data()
-    model.conv2.register_forward_hook(lambda m, i, out: out * float("nan"))
-    with tview.Recorder(model, str(tmp_path / "r"), every=1) as rec:
-        F.cross_entropy(model(x), y).backward()
-        rec.step()
-    run = tview.open_run(str(tmp_path / "r"))
+    run = tview.open_run(nan_conv2_run)
     layers, values, at, bad = summaries.channel_values_shown(run, "act_channel_zero_frac", None, 0)
     assert "conv2" in bad and "conv1" not in bad
     shown = dict(zip(layers, values))

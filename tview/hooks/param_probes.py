@@ -107,7 +107,7 @@ class LocalGradNorm(ParamProbe):
 
     table = "local_grad"
     reads = "local_gradient"
-    columns = (Column("local_grad_norm"),)
+    columns = (Column("local_grad_norm", nonfinite_value=True),)
 
     @classmethod
     def create(cls, preset, setting):

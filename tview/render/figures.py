@@ -25,6 +25,7 @@ class Series:
     steps: np.ndarray
     values: np.ndarray
     colour: str | None = None  # e.g. style.rank_colour(rank) for a rank's line
+    first_bad: int | None = None  # its first NaN/Inf step where known exactly (the values may be every k-th only)
 
 
 def _finite_or_none(values: np.ndarray) -> list:
@@ -98,7 +99,9 @@ def _mark_nonfinite(fig: go.Figure, series: list) -> None:
     for s in series:
         values = np.asarray(s.values, dtype=np.float64)
         bad = np.flatnonzero(~np.isfinite(values))
-        if len(bad):
+        if s.first_bad is not None:
+            at.setdefault(int(s.first_bad), []).append(f"{s.name}: NaN/Inf")
+        elif len(bad):
             kind = "NaN" if np.isnan(values[bad[0]]) else "Inf"
             at.setdefault(int(np.asarray(s.steps)[bad[0]]), []).append(f"{s.name}: {kind}")
     for i, (step, names) in enumerate(sorted(at.items())[:4]):  # each text a line below the one before

@@ -270,17 +270,18 @@ def channel_values_shown(run: Run, stat: str, step: int | None, rank: int):
     """channel_values_at, and the layers whose output held NaN/Inf there: their values NaN (drawn blank, not as the
     0 zeros a NaN output has), named as the fourth item."""
     layers, values, at = channel_values_at(run, stat, step, rank)
-    bad = nonfinite_activations_at(run, max(at), rank) if at else []
+    bad_at = {a: set(nonfinite_activations_at(run, a, rank)) for a in set(at)}  # at each layer's own row's step
+    bad = [layer for layer, a in zip(layers, at) if layer in bad_at[a]]
     return layers, [np.full(len(v), np.nan) if layer in bad else v for layer, v in zip(layers, values)], at, bad
 
 
 def nonfinite_activations_at(run: Run, step: int | None, rank: int) -> list[str]:
     """The layers whose output held NaN/Inf in the activation row at or before `step` (None: the last): their
     per-channel statistics there (a zero fraction of 0, a NaN mean) are not what the layer did."""
-    try:
-        rows = run.layer_rows_at(["act_nan", "act_inf"], step, rank)
-    except KeyError:  # a run without the counts
+    names = [n for n in ("act_nan", "act_inf") if n in run.stat_names()]
+    if not names:  # a run without the counts
         return []
+    rows = run.layer_rows_at(names, step, rank)
     bad = np.zeros(len(run.layers), dtype=bool)
     for _, counts in rows.values():
         bad |= np.ma.filled(np.ma.asarray(counts, dtype=np.float64), 0.0) != 0
@@ -304,7 +305,7 @@ def no_values_reason(run: Run, name: str, layer: str) -> str | None:
     the layer holds none of its own (a ReLU); None otherwise (then an empty figure means not recorded yet)."""
     reads = reads_of(run, name)
     info = next((i for i in run.layer_info if i.get("name") == layer), None)
-    if reads in PARAM_READS and info is not None and info.get("kind") != "param":
+    if reads in PARAM_READS and info is not None and info.get("params", 1) == 0:  # (a PReLU has a weight)
         return (f"{layer} holds no parameters of its own: it has no {reads.replace('_', ' ')} statistics "
                 f"(pick a layer with parameters)")
     return None

@@ -189,8 +189,10 @@ def spike_onset(loss: np.ndarray) -> int | None:
     stay = np.fmin(v, _medians(np.concatenate([v, np.full(SPIKE_STAY, np.nan)]), SPIKE_STAY, n))
     hold = _medians(np.concatenate([v[1:], np.full(SPIKE_HOLD + 1, np.nan)]), SPIKE_HOLD, n)
     with np.errstate(invalid="ignore"):
+        whole_hold = np.arange(n) < n - SPIKE_HOLD  # the records after it all there (a live run's tail: not yet)
         flags = (prior > 0) & (((stay > SPIKE_FACTOR * prior) & (stay - prior > gap))
-                               | ((v > SPIKE_JUMP * prior) & (hold > SPIKE_KEEP * recent) & (hold - recent > gap)))
+                               | ((v > SPIKE_JUMP * prior) & (hold > SPIKE_KEEP * recent) & (hold - recent > gap)
+                                  & whole_hold))
     flags[:LEAST] = False
     flags[n - SPIKE_STAY + 1:] = False
     hit = np.flatnonzero(flags)
@@ -217,10 +219,10 @@ def check_loss_spike(ctx: Context, before: int | None = None) -> list[Finding]:
     recent = float(detect.nanmedian(loss[max(0, k - LEAST):k]))
     later = loss[k + 1:k + 1 + SPIKE_HOLD]
     after = float(detect.nanmedian(later)) if len(later) else float("nan")
+    times = f"{after / recent:.3g}x" if recent > 0 else "above"
     return [make("loss_spike", f"loss {loss[k]:.3g} at step {steps[k]}, {loss[k] / prior:.3g}x its level before "
-                 f"({prior:.3g}); the median of the {len(later)} records after it {after:.3g}, {after / recent:.3g}x "
-                 f"where it had got to ({recent:.3g}, the median of the {LEAST} before)", step=int(steps[k]),
-                 stat="loss")]
+                 f"({prior:.3g}); the median of the {len(later)} records after it {after:.3g}, {times} where it had "
+                 f"got to ({recent:.3g}, the median of the {LEAST} before)", step=int(steps[k]), stat="loss")]
 
 
 def check(ctx: Context) -> list[Finding]:
