@@ -82,8 +82,9 @@ def nan_conv2_run(tmp_path):
     model.conv2.register_forward_hook(lambda m, i, out: out * float("nan"))
     path = str(tmp_path / "nan")
     with tview.Recorder(model, path, every=1) as rec:
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        rec.step()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        rec.step(loss=loss)
     return path
 
 

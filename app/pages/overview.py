@@ -66,7 +66,8 @@ def card_data(run, rank_summaries: dict[int, dict] | None = None) -> dict:
     loss = summaries.trend_across_ranks(rank_summaries, "loss", run.ranks)
     named = summaries.summary_standouts(run.ranks, table, rank_summaries, loss[1])
     return {"summary": summaries.run_summary(run, rows), "states": Counter(r["state"] for r in rows), "table": table,
-            "named": named, "loss": loss, "ranks": list(run.ranks)}
+            "named": named, "loss": loss, "ranks": list(run.ranks),
+            "loss_nan": summaries.first_scalar_nonfinite(rank_summaries, "loss")}
 
 
 def run_card(run_id: str, data: dict, focus: int | None) -> html.Div:
@@ -104,7 +105,7 @@ def _loss_figure(runs: list[str], losses: dict, named: dict, focus_rank: dict):
 def show(refresh, focus, runs):
     """The cards and the loss figure, from the rank summaries the poll read (the page's first figure waits for
     the first poll, which reads them once for every page, rather than reading them beside it)."""
-    cards, losses, named, focus_rank = [], {}, {}, {}
+    cards, losses, named, focus_rank, loss_nan = [], {}, {}, {}, {}
     if not runs:
         return html.P("pick a run above"), figures.message_figure("no run picked")
     if refresh is None:
@@ -115,6 +116,7 @@ def show(refresh, focus, runs):
             focus_rank[run_id] = ranks_view.parse_rank(focus, data["ranks"])
             cards.append(run_card(run_id, data, focus_rank[run_id]))
             named[run_id], loss = data["named"], data["loss"]
+            loss_nan[run_id] = data.get("loss_nan")
             if loss[1].size and np.isfinite(loss[1]).any():
                 losses[run_id] = (data["ranks"], *loss)
         except Exception as exc:  # a run that cannot be read says so; the others are still shown
@@ -122,6 +124,11 @@ def show(refresh, focus, runs):
             cards.append(html.Div([html.H3(run_id), html.P(str(exc), className="tv-error"), diagnosis_slot(run_id)],
                                   className="tv-card run-card"))
     fig = _loss_figure(runs, losses, named, focus_rank) if losses else figures.message_figure("no loss recorded yet")
+    first = [(s, r, run_id) for run_id, found in loss_nan.items() if found and run_id in losses for s, r in [found]]
+    if first:  # the trend is every k-th record and leaves NaN out: where the loss went NaN, exactly
+        step, rank, run_id = min(first)
+        where = f"rank {rank}" if len(losses) == 1 else f"{run_id}, rank {rank}"
+        figures.mark_step(fig, step, f"loss NaN/Inf from step {step} ({where})")
     return cards, fig
 
 

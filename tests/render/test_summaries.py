@@ -100,3 +100,10 @@ def test_a_real_runs_summaries_agree_with_its_shards(tmp_path):
 
 def test_warm_up_builds_the_figures_without_error():
     figures.warm_up()
+
+
+def test_the_first_nan_loss_step_comes_from_the_summaries_exactly(nan_conv2_run, small_run):
+    with open_run(nan_conv2_run) as run:
+        assert summaries.first_scalar_nonfinite(run.rank_summaries(), "loss") == (0, 0)
+    with open_run(small_run[0]) as clean:
+        assert summaries.first_scalar_nonfinite(clean.rank_summaries(), "loss") is None

@@ -145,6 +145,13 @@ def _later_share(s: RankSummary) -> float | None:
     return float(np.nansum(own[first:]) * s.trend["stride"] / span) if span > 0 else None
 
 
+def first_scalar_nonfinite(rank_summaries: dict[int, RankSummary], name: str) -> tuple[int, int] | None:
+    """(step, rank) of the earliest NaN/Inf of scalar `name` on any rank, exact (the writers keep it); None if none."""
+    found = [(int(s.first_nonfinite["scalars"][name]), rank) for rank, s in rank_summaries.items()
+             if s.first_nonfinite and name in s.first_nonfinite.get("scalars", {})]
+    return min(found) if found else None
+
+
 def share_text(share: float | None) -> str:
     """A tview_share as the tables show it: '12.5%', or '-' where not recorded."""
     return "-" if share is None else f"{share:.1%}"
