@@ -116,7 +116,7 @@ def show(refresh, focus, runs):
             focus_rank[run_id] = ranks_view.parse_rank(focus, data["ranks"])
             cards.append(run_card(run_id, data, focus_rank[run_id]))
             named[run_id], loss = data["named"], data["loss"]
-            loss_nan[run_id] = data.get("loss_nan")
+            loss_nan[run_id] = data["loss_nan"]
             if loss[1].size and np.isfinite(loss[1]).any():
                 losses[run_id] = (data["ranks"], *loss)
         except Exception as exc:  # a run that cannot be read says so; the others are still shown

@@ -97,11 +97,12 @@ def _mark_nonfinite(fig: go.Figure, series: list) -> None:
     line that stops is otherwise read as a run that stopped."""
     at: dict[int, list[str]] = {}
     for s in series:
-        values = np.asarray(s.values, dtype=np.float64)
-        bad = np.flatnonzero(~np.isfinite(values))
         if s.first_bad is not None:
             at.setdefault(int(s.first_bad), []).append(f"{s.name}: NaN/Inf")
-        elif len(bad):
+            continue
+        values = np.asarray(s.values, dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(values))
+        if len(bad):
             kind = "NaN" if np.isnan(values[bad[0]]) else "Inf"
             at.setdefault(int(np.asarray(s.steps)[bad[0]]), []).append(f"{s.name}: {kind}")
     for i, (step, names) in enumerate(sorted(at.items())[:4]):  # each text a line below the one before

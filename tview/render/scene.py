@@ -14,7 +14,7 @@ import numpy as np
 from tview.errors import TviewError
 from tview.render.analysis import similarity_layout
 from tview.render.layout import network_positions, tile, tile_gaps, tile_origins
-from tview.render.summaries import channel_values_at, nonfinite_activations_at, reads_of
+from tview.render.summaries import blanked_by_nonfinite, channel_values_shown
 from tview.render.views import RANK_MODES, REDUCED  # noqa: F401 (scene.RANK_MODES: the names in one place)
 from tview.store.reader import Run
 
@@ -61,32 +61,23 @@ def network(run: Run, rank: int, step: float | None, layers: list[str] | None = 
     offsets, sizes = dict(zip(names, np.cumsum([0] + counts))), dict(zip(names, counts))
     layer_rows = run.layer_rows_at([name for name in wanted if name in layer_arrays], step, rank)
     of_point = np.repeat([run.layer_index(name) for name in names], counts)  # each point's layer, in run.layers
-    blank = _nonfinite_outputs(run, step, rank, wanted)
     for name in wanted:
         values = np.full(n, np.nan)
         if name in channel_arrays:  # the latest measured row at or before the step, per layer
-            for layer, row, _ in zip(*channel_values_at(run, name, step, rank)):
+            for layer, row, _ in zip(*channel_values_shown(run, name, step, rank)[:3]):
                 c = sizes.get(layer)
                 if c is not None and len(row) == c:
                     values[offsets[layer]:offsets[layer] + c] = row
         elif name in layer_arrays:  # the latest measured row of [layers] at or before the step
-            _, row = layer_rows[name]
+            at, row = layer_rows[name]
             values[:] = np.where(np.ma.getmaskarray(row), np.nan, np.ma.getdata(row))[of_point]
-        if name in blank:
-            values[np.isin(out["layer"], [names.index(b) for b in blank[name] if b in names])] = np.nan
+            blank = [names.index(b) for b in blanked_by_nonfinite(run, name, at, rank) if b in names]
+            values[np.isin(out["layer"], blank)] = np.nan
         out[name] = values
     positions = _positions(tuple(counts))
     labels = [(f"{name} ({c})", _front_left(positions[offsets[name]:offsets[name] + c]))
               for name, c in zip(names, counts)]
     return Points(positions, out, labels=labels)
-
-
-def _nonfinite_outputs(run: Run, step, rank: int, names: list[str]) -> dict[str, list[str]]:
-    """{activation statistic among `names` (not the NaN/Inf counts): the layers whose output held NaN/Inf at `step`}
-    (empty where none did)."""
-    stats = [n for n in names if reads_of(run, n) == "activation" and n not in ("act_nan", "act_inf")]
-    bad = nonfinite_activations_at(run, None if step is None else int(step), rank) if stats else []
-    return {n: bad for n in stats} if bad else {}
 
 
 @functools.lru_cache(maxsize=16)

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 
 from tview.render import ranks_view
-from tview.store.rank_summary import RankSummary, first_nonfinite_key, first_nonfinite_step, trend_arrays
+from tview.store.rank_summary import RankSummary, first_nonfinite_key, trend_arrays
 from tview.store.reader import Run
 
 LIVE_SECONDS = 120.0  # a rank that wrote within this many seconds and has not closed is live
@@ -119,9 +119,9 @@ def summary_table(rows: list[dict], rank_summaries: dict[int, RankSummary]) -> l
     out = []
     for row in rows:
         s = rank_summaries.get(row["rank"])
+        key = s.first_nonfinite_key() if s is not None else None
         out.append({**row, "step_time": times.get(row["rank"]), "tview_share": shares.get(row["rank"]),
-                    "first_nan": s.first_nonfinite_step() if s is not None else None,
-                    "first_nan_key": s.first_nonfinite_key() if s is not None else None})
+                    "first_nan": key[0] if key else None, "first_nan_key": key})
     return ranks_view.worst_first(out)
 
 
@@ -234,8 +234,8 @@ def ranks_table(run: Run, rows: list[dict] | None = None, max_points: int = 200,
     first = first if first is not None else first_nonfinite_per_rank(run)
     for row in rows:
         row["step_time"] = times.get(row["rank"])
-        row["first_nan"] = first_nonfinite_step(first[row["rank"]]) if row["rank"] in first else None
-        row["first_nan_key"] = first_nonfinite_key(first[row["rank"]]) if row["rank"] in first else None
+        row["first_nan_key"] = key = first_nonfinite_key(first.get(row["rank"]))
+        row["first_nan"] = key[0] if key else None
     return ranks_view.worst_first(rows)
 
 
@@ -274,12 +274,20 @@ def channel_values_at(run: Run, stat: str, step: int | None, rank: int):
 
 
 def channel_values_shown(run: Run, stat: str, step: int | None, rank: int):
-    """channel_values_at, and the layers whose output held NaN/Inf there: their values NaN (drawn blank, not as the
-    0 zeros a NaN output has), named as the fourth item."""
+    """channel_values_at, and the layers whose output held NaN/Inf there (blanked_by_nonfinite): their values NaN
+    (drawn blank, not as the 0 zeros a NaN output has), named as the fourth item."""
     layers, values, at = channel_values_at(run, stat, step, rank)
-    bad_at = {a: set(nonfinite_activations_at(run, a, rank)) for a in set(at)}  # at each layer's own row's step
+    bad_at = {a: set(blanked_by_nonfinite(run, stat, a, rank)) for a in set(at)}  # at each layer's own row's step
     bad = [layer for layer, a in zip(layers, at) if layer in bad_at[a]]
     return layers, [np.full(len(v), np.nan) if layer in bad else v for layer, v in zip(layers, values)], at, bad
+
+
+def blanked_by_nonfinite(run: Run, stat: str, row_step: int | None, rank: int) -> list[str]:
+    """The layers whose activation statistic `stat`, read from a row at `row_step`, is not what the layer did: its
+    output held NaN/Inf there (the NaN/Inf counts themselves, and statistics of other tensors, never)."""
+    if row_step is None or reads_of(run, stat) != "activation" or stat in ("act_nan", "act_inf"):
+        return []
+    return nonfinite_activations_at(run, row_step, rank)
 
 
 def nonfinite_activations_at(run: Run, step: int | None, rank: int) -> list[str]:
