@@ -158,6 +158,10 @@ SCENARIOS = [
              expected=("rank_diverges", 0, None)),
     Scenario("zero-input-one-rank", ranks=3, fault=_f("zero_input", 90, 1),  # rank 1's loader yields zeros
              expected=("rank_diverges", 1, None)),
+    Scenario("labels-permuted-one-rank", ranks=3, steps=140, fault=_f("label_permute", 90, 1),  # rank 1's class
+             expected=("rank_diverges", 1, None)),  # mapping off by 3 (a bad shard): its loss 2.5x, then ~1.5x
+    Scenario("stuck-loader-one-rank", ranks=3, steps=140, fault=_f("stuck_batch", 80, 2),  # rank 2's loader
+             expected=("rank_diverges", 2, None)),  # yields one batch again and again: its loss falls below
     Scenario("zero-input-plain-rank0", model="plain", steps=120, fault=_f("zero_input", 70, 0),  # BatchNorm net:
              expected=("rank_diverges", 0, None)),  # its dead channels there follow from it, not apart
     Scenario("replicas-differ", ranks=3, fault=_f("nudge_weight", 110, 0, "fc2"),
@@ -328,6 +332,14 @@ class Injector:
             x = x * self.extra.get("scale", 1e3)
         return x
 
+    def batch(self, idx):
+        """The batch's indices: from the fault step on, the fault step's batch again and again (stuck_batch: a
+        loader stuck on one batch)."""
+        if self.on and self.fault.how == "stuck_batch" and self.active():
+            self.extra.setdefault("stuck", idx)
+            return self.extra["stuck"]
+        return idx
+
     def logits(self, out):
         """The model's output as the loss gets it: x extra["scale"] at the fault step (loss_overflow: a loss
         function that overflows, every activation finite)."""
@@ -397,7 +409,7 @@ def train_loop(rank, sc, ddp, opt, rec, inject) -> None:
         if sc.extra.get("schedule"):
             scheduled_lr(sc, opt, step)
         inject.before_forward(rec, opt)
-        idx = mine[torch.randint(len(mine), (sc.batch,), generator=gen)]
+        idx = inject.batch(mine[torch.randint(len(mine), (sc.batch,), generator=gen)])
         opt.zero_grad()
         loss = F.cross_entropy(inject.logits(ddp(inject.inputs(x[idx]))), inject.labels(y[idx]))
         loss.backward()

@@ -31,7 +31,8 @@ def _faults():
                                   pytest.param("dead-units-sinking", marks=pytest.mark.alone),
                                   "replicas-differ", "lr-spike", "lr-spike-one-rank", "lr-ramp", "exploding-one-rank",
                                   "bad-batch-one-rank", "inf-loss-one-rank", "nan-momentum",
-                                  pytest.param("zero-input-one-rank", marks=pytest.mark.alone)])
+                                  pytest.param("zero-input-one-rank", marks=pytest.mark.alone),
+                                  "labels-permuted-one-rank", "stuck-loader-one-rank"])
 # (dead-filter, dead-units-sinking: warnings, the only ones here: a slow rank made by the other test worker's load,
 # also a warning, could come first; dead-units-sinking: each rank dates the units' death by its own batches, one
 # finding for every rank all the same. exploding-one-rank, bad-batch-one-rank: the all-reduced gradient blows up on
@@ -39,7 +40,10 @@ def _faults():
 # the gradients after it; nan-momentum: the weights the step wrote NaN date it, not the forward of the next step;
 # lr-ramp: x1.05 a step, no single jump: lr_jump names the growth from the step it began, not where the gradients blow
 # up; zero-input-one-rank: a warning too; the rank whose batches are all zero is named at the step they turned so, not
-# when its loss has drifted far from the others')
+# when its loss has drifted far from the others'; labels-permuted-one-rank: one rank of 3 with its class mapping off
+# by 3, its loss 1.3-2x the others', never the 2x the bad-labels rule wants; stuck-loader-one-rank: one rank of 3
+# trains on one batch again and again: named at the first step of that batch by its layers' zeros, which stop
+# changing from step to step, not when its loss has fallen below the others')
 def test_fault_is_named_first(tmp_path, name):
     faults = _faults()
     sc = next(s for s in faults.SCENARIOS if s.name == name)

@@ -122,3 +122,40 @@ def test_a_rank_whose_batches_turn_uniform_is_dated_where_its_channels_turn_all_
     assert uniform._layer_onsets(series, [0, 1, 2]) == {1: ONSET}
     everywhere = [(steps, np.ones(STEPS, dtype=bool))] * 3
     assert uniform._layer_onsets(everywhere, [0, 1, 2]) == {}
+
+
+def test_a_rank_whose_loss_stays_apart_is_named_above_or_below_and_noise_or_two_ranks_name_none():
+    """3 ranks or more: a rank whose loss stays the highest (another label mapping) or the lowest (a repeated batch)
+    and 1.8x (1 / 1.8x) the median rank's from ONSET is named there (within the few records its smoothing takes),
+    with the side, though every loss has per-step noise of +-30%; that noise alone names no rank, nor does a gap
+    between two ranks (which of the two is apart is not known)."""
+    rng = np.random.default_rng(1)
+    decay = np.linspace(2.3, 0.8, STEPS)
+    for side in (1, -1):
+        for n in (3, 4, 6):
+            loss = decay * rng.uniform(0.7, 1.3, (n, STEPS))
+            loss[2, ONSET:] *= 1.8 ** side
+            got = ranks._apart(loss, 0.05 * 2.3)
+            assert list(got) == [2] and got[2][1] == side and -2 <= got[2][0] - ONSET <= 5, (n, side, got)
+    for seed in range(30):
+        noisy = decay * np.random.default_rng(seed).uniform(0.7, 1.3, (3 + seed % 4, STEPS))
+        assert ranks._apart(noisy, 0.05 * 2.3) == {}, seed
+    two = decay * rng.uniform(0.9, 1.1, (2, STEPS))
+    two[1, ONSET:] *= 1.5
+    assert ranks._apart(two, 0.05 * 2.3) == {}
+
+
+def test_a_rank_whose_batches_repeat_is_dated_at_the_batch_that_repeats():
+    """Per-channel zero fractions of one layer: a rank that trains on one batch from ONSET on has zeros that move
+    only with the weights (a drift of 0.001 a step), the others' move with each batch (0.05): named at ONSET, the
+    step whose batch comes again; every rank's zeros steady (full-batch training) names none."""
+    from tview.diagnose.checks import repeated
+    rng = np.random.default_rng(0)
+    steps = np.arange(STEPS)
+    z = rng.uniform(0.2, 0.6, (3, STEPS, 8))
+    z[1, ONSET:] = z[1, ONSET] + 0.001 * np.arange(STEPS - ONSET)[:, None] * rng.choice([-1, 1], 8)
+    series = [repeated.change_of(steps, zk) for zk in z]
+    got = repeated._layer_onsets(series, [0, 1, 2])
+    assert list(got) == [1] and got[1][0] == ONSET and got[1][1] > 50, got
+    steady = [repeated.change_of(steps, z[1, ONSET] + 0.001 * np.arange(STEPS)[:, None])] * 3
+    assert repeated._layer_onsets(steady, [0, 1, 2]) == {}

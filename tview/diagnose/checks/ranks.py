@@ -8,8 +8,8 @@ import math
 import numpy as np
 
 from tview.diagnose import detect
-from tview.diagnose.checks import uniform
-from tview.diagnose.checks.common import HOLD_WINDOW, STAY_LEAST, Context, aligned_scalar, on_steps
+from tview.diagnose.checks import repeated, uniform
+from tview.diagnose.checks.common import HOLD_WINDOW, MAX_RANKS, STAY_LEAST, Context, aligned_scalar, on_steps
 from tview.diagnose.findings import Finding, declare, make
 
 KINDS = declare({
@@ -18,9 +18,12 @@ KINDS = declare({
                      "step is the first step it lacks"),
     "rank_missing": ("error", None, "a rank of the world size has no readable shard"),
     "rank_diverges": ("warning", "loss", "a rank's loss rose well above the other ranks' and stays there (bad data on "
-                                         "that rank), or its batches carry no variation from some step on (every "
+                                         "that rank), or (3 ranks or more) stays the highest or the lowest, apart "
+                                         "from theirs; or its batches carry no variation from some step on (every "
                                          "channel of a layer zero for all or none of the batch, on the other ranks "
-                                         "not: a broken data loader), dated to that step"),
+                                         "not: a broken data loader), or repeat (its layers' zero fractions change "
+                                         "from step to step many times less than on the other ranks: a loader stuck "
+                                         "on one batch), dated to that step"),
     "slow_rank": ("warning", "time",
                   "the rank the others wait for: its own time per step (step time less its wait for the others in "
                   "the all-reduce, else its busy time, else its step time; less its wait for a CPU) stays above the "
@@ -33,6 +36,9 @@ KINDS = declare({
 DIVERGE_FACTOR = 2.0      # a rank's smoothed loss above this x the lower median rank's ...
 DIVERGE_GAP = 0.25        # ... and above it by this share of the run's early loss
 DIVERGE_SHARE = 0.7       # ... on at least this share of the records from its onset on
+APART_FACTOR = 1.3        # 3 ranks or more: a rank's loss the highest (lowest) and this x (1 / this x) the median
+APART_GAP = 0.05          # ... rank's or more (less), apart by this share of the run's early loss, on DIVERGE_SHARE
+APART_WIDTH = 5           # ... the ratio taken as the median of this many records around each (a batch's noise)
 SLOW_SHARE = 0.1          # the others wait for a rank at least this share of their step (its own time less the
 #                           lower median rank's: the job runs a tenth slower for it) as a median from its onset on,
 SLOW_MIN_SECONDS = 5e-3   # ... and longer than a time slice of the OS or a flush of a writer thread can make it ...
@@ -94,6 +100,27 @@ def _diverging(loss: np.ndarray, gap: float) -> dict[int, int]:
     return _outlier_onsets(flags, log_ratio, DIVERGE_SHARE, DIVERGE_STAY)
 
 
+def _apart(loss: np.ndarray, gap: float) -> dict[int, tuple[int, int]]:
+    """{row: (onset, +1 above or -1 below)} of the ranks (3 or more of them: with 2, which one is apart is not
+    known) whose loss is the highest of all ranks (or the lowest) and APART_FACTOR x the median rank's or more
+    (or less; as a median over APART_WIDTH records), by more than `gap`, on DIVERGE_SHARE of the records from its
+    onset on: one rank that sees other data (another label mapping, a repeated batch) while the others agree."""
+    if len(loss) < 3:
+        return {}
+    ref = detect.nanmedian(loss, axis=0)
+    top = np.nanmax(np.where(np.isfinite(loss), loss, np.nan), axis=0)
+    bottom = np.nanmin(np.where(np.isfinite(loss), loss, np.nan), axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        log_ratio = np.log(loss / ref)
+        level = detect.rolling_median(log_ratio, APART_WIDTH)  # a batch's noise smoothed out: the rank's level
+        far = (np.abs(level) >= math.log(APART_FACTOR)) & (np.abs(np.expm1(level)) * ref > gap)
+        above, below = far & (loss >= top) & (level > 0), far & (loss <= bottom) & (level < 0)
+    out = {k: (start, 1) for k, start in _outlier_onsets(above, log_ratio, DIVERGE_SHARE, DIVERGE_STAY).items()}
+    for k, start in _outlier_onsets(below, -log_ratio, DIVERGE_SHARE, DIVERGE_STAY).items():
+        out.setdefault(k, (start, -1))
+    return out
+
+
 def waited_share(own: np.ndarray, host: np.ndarray | None, step: np.ndarray) -> np.ndarray:
     """[ranks, steps]: how long the others wait for each rank, as a share of the step (`step`: per column, the
     median rank's step time): its own time above the lower median rank's, once each rank's own time is less its
@@ -120,21 +147,24 @@ def waited_for(waited: np.ndarray, step: np.ndarray) -> dict[int, int]:
 
 
 def check_loss(run, max_points=None, rank_summaries: dict | None = None) -> list[Finding]:
-    """Ranks whose loss rose well above the other ranks' and stays there (beyond MAX_RANKS ranks: on the rank
-    summaries' trends, see aligned_scalar)."""
+    """Ranks whose loss rose well above the other ranks' and stays there, or (3 ranks or more) stays apart from
+    them, above or below (beyond MAX_RANKS ranks: on the rank summaries' trends, see aligned_scalar)."""
     got = aligned_scalar(run, "loss", max_points, rank_summaries)
     if got is None:
         return []
     steps, ranks, loss = got
     early = float(detect.nanmedian(loss[:, :max(STAY_LEAST, len(steps) // 10)]))
-    gap = DIVERGE_GAP * abs(early) if np.isfinite(early) else 0.0
+    scale = abs(early) if np.isfinite(early) else 0.0
+    onsets = {k: (start, 1) for k, start in _diverging(loss, DIVERGE_GAP * scale).items()}
+    for k, found in _apart(loss, APART_GAP * scale).items():
+        onsets.setdefault(k, found)
     found, others = [], _others(loss)
-    for k, start in _diverging(loss, gap).items():
-        mine = float(detect.nanmedian(loss[k, start:]))
-        rest = others(k, start)
+    for k, (start, side) in sorted(onsets.items()):
+        mine, rest = float(detect.nanmedian(loss[k, start:])), others(k, start)
+        why = ("bad data on this rank?" if side > 0 else
+               "this rank's batches easier than the others', or repeated?")
         found.append(make("rank_diverges", f"rank {ranks[k]}: loss {mine:.3g} from step {steps[start]} on, the other "
-                          f"ranks' {rest:.3g} (bad data on this rank?)", rank=ranks[k], step=int(steps[start]),
-                          stat="loss"))
+                          f"ranks' {rest:.3g} ({why})", rank=ranks[k], step=int(steps[start]), stat="loss"))
     return found
 
 
@@ -335,22 +365,48 @@ def check_status(run, rank_summaries: dict | None = None) -> list[Finding]:
 
 def uniform_batches(ctx: Context, diverging: list[Finding]) -> list[Finding]:
     """rank_diverges of the loss (`diverging`), each dated earlier where that rank's batches turned uniform
-    (uniform.uniform_onsets: a broken data loader, seen at once in its activations) before, and one for each rank
-    whose batches did with no loss finding; the dead channels found on such a rank alone (replicas hold the same
-    weights: its data made them so) follow from it."""
+    (uniform.uniform_onsets: a broken data loader, seen at once in its activations) or began to repeat
+    (repeated.repeated_onsets: a loader stuck on one batch) before, and one for each rank whose batches did with no
+    loss finding; the dead channels found on such a rank alone (replicas hold the same weights: its data made them
+    so) follow from it."""
     found = {f.rank: f for f in diverging}
-    for rank, (step, layer) in uniform.uniform_onsets(ctx.run, _worked(ctx), ctx.max_points).items():
-        seen = found.get(rank)
-        why = (f"from step {step} on every channel of {layer} is zero for all of the batch or for none of it, on the "
-               "other ranks not: its batches carry no variation (a broken data loader: all-zero or constant inputs?)")
-        if seen is not None and seen.step is not None and seen.step <= step:
-            seen.message += f"; {why}"
-        else:
-            loss = f"; its loss then rose: {seen.message.split(': ', 1)[1]}" if seen is not None else ""
-            found[rank] = make("rank_diverges", f"rank {rank}: {why}{loss}", rank=rank, step=step,
-                               tensor="activation", stat="act_channel_zero_frac")
-        found[rank].followed_by += _explained_dead(ctx, rank)
+    signals = _signals(ctx)
+    flat = uniform.uniform_onsets(ctx.run, {r: s["uniform"] for r, s in signals.items()}, ctx.max_points)
+    for rank, (step, layer) in flat.items():
+        _batch_finding(ctx, found, rank, step, layer, (
+            f"from step {step} on every channel of {layer} is zero for all of the batch or for none of it, on the "
+            "other ranks not: its batches carry no variation (a broken data loader: all-zero or constant inputs?)"))
+    again = repeated.repeated_onsets(ctx.run, {r: s["change"] for r, s in signals.items()}, list(signals))
+    for rank, (step, layer, less) in again.items():
+        if rank not in flat:
+            _batch_finding(ctx, found, rank, step, layer, (
+                f"from step {step} on its batches repeat: the zero fractions of {layer}'s channels change from one "
+                f"step to the next {less:.0f}x less than on the other ranks (a data loader stuck on one batch?)"))
     return list(found.values())
+
+
+def _batch_finding(ctx: Context, found: dict, rank: int, step: int, layer: str, why: str) -> None:
+    """Add `why` (a rank's batches went wrong at `step`, seen on `layer`) to found[rank]: appended to its loss
+    finding where that is as early, else a finding of its own dated there (the loss finding's words after it)."""
+    seen = found.get(rank)
+    if seen is not None and seen.step is not None and seen.step <= step:
+        seen.message += f"; {why}"
+    else:
+        loss = f"; its loss then drew apart: {seen.message.split(': ', 1)[1]}" if seen is not None else ""
+        found[rank] = make("rank_diverges", f"rank {rank}: {why}{loss}", rank=rank, step=step,
+                           tensor="activation", stat="act_channel_zero_frac")
+    found[rank].followed_by += _explained_dead(ctx, rank)
+
+
+def _signals(ctx: Context) -> dict:
+    """{rank: uniform.zero_frac_signals} of the first MAX_RANKS ranks: from diagnosis's pass over the shards, the
+    ranks it did not read read now."""
+    ranks = ctx.run.ranks[:MAX_RANKS]
+    done = {r: w for r, w in _worked(ctx).items() if r in ranks}
+    missing = [r for r in ranks if r not in done]
+    if missing:
+        done.update(ctx.run.per_rank(lambda r: uniform.zero_frac_signals(ctx.run, r, ctx.max_points), missing))
+    return {r: done[r] for r in ranks if r in done}
 
 
 def _explained_dead(ctx: Context, rank: int) -> list[Finding]:
@@ -369,9 +425,10 @@ def _worked(ctx: Context) -> dict:
 
 
 def rank_work(ctx: Context):
-    """Each rank's uniform-batch flags (uniform.uniform_on_rank), read in diagnosis's one pass over the shards."""
+    """Each rank's uniform-batch flags and step-to-step changes (uniform.zero_frac_signals), read in diagnosis's one
+    pass over the shards."""
     max_points = ctx.max_points
-    return lambda run, rank: uniform.uniform_on_rank(run, rank, max_points)
+    return lambda run, rank: uniform.zero_frac_signals(run, rank, max_points)
 
 
 def check(ctx: Context) -> list[Finding]:

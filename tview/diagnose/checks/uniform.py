@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from tview.diagnose import detect
+from tview.diagnose.checks import repeated
 from tview.diagnose.checks.common import HOLD_WINDOW, MAX_RANKS, STAY_LEAST
 
 UNIFORM_TOL = 1e-3    # a channel's zero fraction within this of 0 or 1: all or none of the batch's values are zero
@@ -21,16 +22,23 @@ OTHERS_SHARE = 0.5    # a layer counts at a step where fewer than this share of 
 def uniform_on_rank(run, rank: int, max_points=None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{layer: (steps, bool per step: every channel's zero fraction 0 or 1)} of one rank's layers with 2 or more
     channels recorded; {} where it records no per-channel zero fraction."""
+    return zero_frac_signals(run, rank, max_points)["uniform"]
+
+
+def zero_frac_signals(run, rank: int, max_points=None) -> dict[str, dict]:
+    """One read of a rank's per-channel zero fractions, for the layers with 2 or more channels: {"uniform": {layer:
+    (steps, uniform per step)}, "change": {layer: repeated.change_of(...)}} (empty where none is recorded)."""
+    out: dict[str, dict] = {"uniform": {}, "change": {}}
     try:
         got = run.channel_stats("act_channel_zero_frac", rank, None, max_points)
     except KeyError:  # not recorded
-        return {}
-    out = {}
+        return out
     for layer, (steps, z) in got.items():
         z = np.asarray(z, dtype=np.float64)
         if z.ndim == 2 and z.shape[1] >= 2 and len(steps):
             with np.errstate(invalid="ignore"):
-                out[layer] = np.asarray(steps), ((z <= UNIFORM_TOL) | (z >= 1 - UNIFORM_TOL)).all(axis=1)
+                out["uniform"][layer] = np.asarray(steps), ((z <= UNIFORM_TOL) | (z >= 1 - UNIFORM_TOL)).all(axis=1)
+            out["change"][layer] = repeated.change_of(steps, z)
     return out
 
 
