@@ -33,13 +33,13 @@ def _seconds(s):
 
 
 def _worst_table(rows: list[dict], focus: int | None) -> html.Table:
-    head = ("rank", "state", "steps", "last step", "wall time", "median step (ms)", "tview's share", "first NaN",
+    head = ("rank", "state", "steps", "last step", "wall time", "median step time", "tview's share", "first NaN",
             "dropped", "problem")
     body = [html.Tr([html.Td(rank_button(r["rank"])),
                      html.Td(r["state"], className=f"state-{r['state'].replace(' ', '-')}"),
                      html.Td(r["steps"]), html.Td("-" if r["last_step"] is None else r["last_step"]),
                      html.Td(_seconds(r["wall_seconds"])),
-                     html.Td("-" if r["step_time"] is None else f"{r['step_time'] * 1e3:.1f}"),
+                     html.Td(figures.duration_text(r["step_time"])),
                      html.Td(summaries.share_text(r.get("tview_share")),
                              title="tview's time on the training thread (tview_time, summed) over the later half of "
                                    "the recorded wall time"),

@@ -41,6 +41,7 @@ layout = html.Div([
     html.Div([
         control("statistic", dcc.Dropdown(id="ranks-stat", clearable=False, style={"width": "200px"})),
         control("layer", dcc.Dropdown(id="ranks-layer", clearable=False, style={"width": "220px"})),
+        html.Span(id="ranks-layer-hint", className="tv-note tv-hint"),  # why the layer menu is off
         control("heatmap colour", dcc.RadioItems(id="ranks-log", options=SCALE_OPTIONS, value="auto", inline=True)),
     ], className="tv-controls"),
     html.Div([graph("ranks-stat-graph", 400), graph("ranks-heatmap", 400)], className="tv-row"),
@@ -78,6 +79,19 @@ def choices(runs, search, stat, layer):
     layers = [{"label": "whole network", "value": WHOLE}] + options(run.layers)
     return (stats, keep_choice(stat, stats, "local_grad_norm" if len(run.ranks) > 1 else "grad_norm"),
             layers, keep_choice(layer, layers, WHOLE))
+
+
+def layer_control(stat: str | None) -> tuple[bool, str]:
+    """(disabled, hint) of the layer menu for a statistic menu choice: a scalar (loss, step_time, ...) is one number
+    per rank and step, of no layer, so the menu is off and says why."""
+    if stat is not None and stat.startswith(SCALAR):
+        return True, f"{stat[len(SCALAR):]} is a scalar: one value per rank and step, of no layer"
+    return False, ""
+
+
+@callback(Output("ranks-layer", "disabled"), Output("ranks-layer-hint", "children"), Input("ranks-stat", "value"))
+def layer_menu(stat):
+    return layer_control(stat)
 
 
 def summary(run, rank_summaries: dict) -> dict:
@@ -141,13 +155,14 @@ def stat_figures(run_id: str, steps, values, stat: str, where, focus, log_colour
     rank = focused(focus, run)
     how = "per rank" if len(run.ranks) <= ranks_view.LINES_UP_TO else "across ranks"
     what = stat if where is None else f"{stat} of {where}"
+    values, unit = figures.in_units(stat, values) if where is None else (values, "")  # a scalar may be a duration
     bands = figures.ranks_figure(steps, run.ranks, values, f"{what} {how}", stat, named=named, focus=rank,
-                                 log_y=use_log("auto", values))
+                                 log_y=use_log("auto", values), unit=unit)
     bands.update_layout(meta={"source": source})
     if not heatmap:
         return bands, None
     heat = figures.rank_heatmap_figure(steps, run.ranks, values, f"{what}: rank x step (click a rank)",
-                                       stat, log=use_log(log_colour, values), focus=rank)
+                                       stat, log=use_log(log_colour, values), focus=rank, unit=unit)
     heat.update_layout(meta={"source": source})
     return bands, heat
 
@@ -213,8 +228,9 @@ def step_time(follow, focus, runs):
     standing = {int(r): [w for w in why if w.startswith("slowest")]
                 for r, why in memo_summarized(run_id, summary)["standouts"].items()}
     named = {r: ranks_view.standout_label(r, why) for r, why in standing.items() if why}
-    return figures.ranks_figure(steps, run.ranks, values * 1e3, STEP_TIME_TITLES[name], f"{name} (ms)", named=named,
-                                focus=focused(focus, run), log_y=use_log("auto", values))
+    shown, unit = figures.in_units(name, values)
+    return figures.ranks_figure(steps, run.ranks, shown, STEP_TIME_TITLES[name], name, named=named,
+                                focus=focused(focus, run), log_y=use_log("auto", values), unit=unit)
 
 
 STEP_TIME_TITLES = {
@@ -276,14 +292,10 @@ def noise(drawn, choice, runs):
     return fig, opts, choice, noise_note(view)
 
 
-def _ms(seconds):
-    return "-" if seconds is None else f"{seconds * 1e3:.1f}"
-
-
 def table(rows: list[dict], focus: int | None, standing: dict) -> html.Table:
     """One page of the ranks table; a rank's button focuses every page on it."""
     furthest = max((r["last_step"] for r in rows if r["last_step"] is not None), default=None)
-    head = ("rank", "state", "steps", "last step", "behind", "median step (ms)", "tview's share", "first NaN",
+    head = ("rank", "state", "steps", "last step", "behind", "median step time", "tview's share", "first NaN",
             "dropped", "why", "problem")
     body = []
     for r in rows:
@@ -291,7 +303,8 @@ def table(rows: list[dict], focus: int | None, standing: dict) -> html.Table:
         body.append(html.Tr([
             html.Td(rank_button(r["rank"])),
             html.Td(r["state"], className=f"state-{r['state'].replace(' ', '-')}"), html.Td(r["steps"]),
-            html.Td("-" if r["last_step"] is None else r["last_step"]), html.Td(behind), html.Td(_ms(r["step_time"])),
+            html.Td("-" if r["last_step"] is None else r["last_step"]), html.Td(behind),
+            html.Td(figures.duration_text(r["step_time"])),
             html.Td(summaries.share_text(r.get("tview_share"))),
             html.Td("-" if r["first_nan"] is None else r["first_nan"]), html.Td(r["dropped"]),
             html.Td(", ".join(standing.get(str(r["rank"]), []))), html.Td(r["problem"] or "")],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from dash import Input, Output, State, callback, dcc, html
 
@@ -89,13 +91,29 @@ def show(name, log, smoothing, _, focus, runs):
         if len(run.ranks) > ranks_view.LINES_UP_TO:
             steps, values = memo_read(runs[0], summaries.scalar_across_ranks, name, figures.MAX_POINTS)
             named = {r: ranks_view.standout_label(r, why) for r, why in ranks_view.standouts(run.ranks, values).items()}
+            values, unit = figures.in_units(name, values)
             return figures.ranks_figure(steps, run.ranks, values, name, name, named=named,
-                                        focus=focused(focus, run), log_y=use_log(log, values))
+                                        focus=focused(focus, run), log_y=use_log(log, values), unit=unit)
     series, mark = [], {}
     for run_id in runs:
         lines, marked = _one_run(catalog().get(run_id), run_id, name, len(runs) > 1, focus)
         series += lines
         mark.update(marked)
+    series, unit = series_in_units(name, series)
     every_value = np.concatenate([np.asarray(s.values, dtype=np.float64) for s in series]) if series else []
     return figures.line_figure(series, name, name, log_y=use_log(log, every_value), smoothing=float(smoothing or 0),
-                               mark=mark)
+                               mark=mark, unit=unit)
+
+
+def series_in_units(name: str, series: list[figures.Series]) -> tuple[list[figures.Series], str]:
+    """The lines of scalar `name` as shown and their unit ('' where it has none): a duration in one unit for every
+    line (figures.duration_unit of all their values), a clock (wall_time) in seconds from the earliest reading."""
+    every = np.concatenate([np.asarray(s.values, dtype=np.float64) for s in series]) if series else np.zeros(0)
+    if figures.is_duration(name):
+        (factor, unit), offset = figures.duration_unit(every), 0.0
+    elif name in figures.CLOCKS and np.isfinite(every).any():
+        factor, unit, offset = 1.0, "s from the first record", float(every[np.isfinite(every)].min())
+    else:
+        return series, ""
+    return [dataclasses.replace(s, values=(np.asarray(s.values, dtype=np.float64) - offset) * factor)
+            for s in series], unit

@@ -210,6 +210,7 @@ def decades(low, high):
 
 def extract(reader, selectors):
     part = pv.ExtractBlock(Input=reader, Selectors=list(selectors))
+    pv.SetActiveSource(reader)
     part.UpdatePipeline(pv.GetAnimationScene().TimeKeeper.Time)
     return part
 

@@ -64,14 +64,15 @@ def test_a_bf16_model_keeps_float32_snapshots_and_statistics(tmp_path):
     assert run.scalar("loss")[1].dtype.kind == "f" and np.isfinite(run.scalar("loss")[1]).all()
 
 
-@pytest.mark.parametrize("warm_up", [False, True])
-def test_a_compiled_model_records_activations_without_graph_breaks(tmp_path, warm_up):
+@pytest.mark.parametrize("warm_up, fullgraph", [(False, True), (True, False)])
+def test_a_compiled_model_records_activations_without_graph_breaks(tmp_path, warm_up, fullgraph):
+    """fullgraph=True: dynamo raises at a graph break, so tview's hooks (detail steps too) must trace whole."""
     from torch._dynamo.utils import counters
     torch._dynamo.reset()
     counters.clear()
     torch.manual_seed(0)
     model, (x, y) = TinyCNN(), make_data()
-    compiled = torch.compile(model, backend="aot_eager")
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=fullgraph)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     if warm_up:  # the compiled model ran before the Recorder was made
         F.cross_entropy(compiled(x), y).backward()

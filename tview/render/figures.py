@@ -9,6 +9,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from tview.render.analysis import ema
+from tview.render.ranks_view import TIME_SUFFIX
 from tview.render.style import rank_colour, title_layout
 from tview.store.reader import strided
 
@@ -43,6 +44,51 @@ def titled(fig: go.Figure, title: str, **kw) -> go.Figure:
     return fig
 
 
+CLOCKS = ("wall_time",)  # named like durations (ranks_view.TIME_SUFFIX) but clock readings: seconds since the epoch
+OTHER_DURATIONS = ("tview_writer_cpu",)  # durations in seconds named otherwise (CPU seconds)
+
+
+def is_duration(name: str) -> bool:
+    """Whether scalar `name` holds durations in seconds (step_time, busy_time, wait_time, tview_writer_cpu, ...)."""
+    return (name.endswith(TIME_SUFFIX) and name not in CLOCKS) or name in OTHER_DURATIONS
+
+
+def duration_unit(seconds) -> tuple[float, str]:
+    """(factor, unit) that durations are shown in, the one rule of every page: ms where the typical value (the median
+    finite magnitude) is under a second, else s."""
+    v = np.abs(np.asarray(seconds, dtype=np.float64))
+    v = v[np.isfinite(v)]
+    return (1e3, "ms") if not v.size or float(np.median(v)) < 1.0 else (1.0, "s")
+
+
+def in_units(name: str, values) -> tuple[np.ndarray, str]:
+    """The values of scalar `name` as shown, and their unit: a duration in ms or s (duration_unit), anything else as
+    it is with no unit ('')."""
+    values = np.asarray(values, dtype=np.float64)
+    if not is_duration(name):
+        return values, ""
+    factor, unit = duration_unit(values)
+    return values * factor, unit
+
+
+def with_unit(text: str, unit: str) -> str:
+    """An axis or colour-bar title with its unit: 'step_time (ms)'; the text alone where there is none."""
+    return f"{text} ({unit})" if unit else text
+
+
+def duration_text(seconds: float | None) -> str:
+    """One duration as the tables write it, by duration_unit's rule: '8.2 ms', '1.50 s', '-' where there is none."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    factor, unit = duration_unit([seconds])
+    return f"{seconds * factor:.1f} ms" if unit == "ms" else f"{seconds:.2f} s"
+
+
+def _hover(unit: str) -> str:
+    """A line's hover text: its step and value with the value's unit (the trace's name beside it)."""
+    return "step %{x}<br>%{y:.4g}" + (f" {unit}" if unit else "")
+
+
 def _layout(fig: go.Figure, title: str, x_title: str = "step", y_title: str = "", **kw) -> go.Figure:
     return titled(fig, title, xaxis_title=x_title, yaxis_title=y_title, **kw)
 
@@ -66,9 +112,10 @@ def message_figure(message: str) -> go.Figure:
 
 
 def line_figure(series: list[Series], title: str, y_title: str = "", log_y: bool = False, smoothing: float = 0.0,
-                mark: dict[str, str] | None = None) -> go.Figure:
+                mark: dict[str, str] | None = None, unit: str = "") -> go.Figure:
     """Lines over steps, one per series; with smoothing > 0 the raw line stays, faint, under the smoothed one.
-    mark: series name -> colour for lines to single out (e.g. the slowest rank)."""
+    mark: series name -> colour for lines to single out (e.g. the slowest rank); unit: the values' ('ms'), said on
+    the y axis and in the hover text."""
     if not series:
         return message_figure("nothing recorded yet")
     fig = go.Figure()
@@ -83,10 +130,10 @@ def line_figure(series: list[Series], title: str, y_title: str = "", log_y: bool
                                        line=dict(color=colour, width=1), opacity=0.25, showlegend=False,
                                        hoverinfo="skip"))
             y = np.where(np.isfinite(y), ema(y, smoothing), np.nan)  # no smoothed value carried over a NaN
-        fig.add_trace(go.Scatter(x=x, y=_finite_or_none(y), mode="lines", name=s.name,
+        fig.add_trace(go.Scatter(x=x, y=_finite_or_none(y), mode="lines", name=s.name, hovertemplate=_hover(unit),
                                    line=dict(color=colour, width=3 if s.name in (mark or {}) else 1.5)))
     _mark_nonfinite(fig, series)
-    _layout(fig, title, y_title=y_title, legend=dict(orientation="h", y=-0.2))
+    _layout(fig, title, y_title=with_unit(y_title, unit), legend=dict(orientation="h", y=-0.2))
     if log_y:
         fig.update_yaxes(type="log")
     return fig
@@ -182,8 +229,9 @@ _FOCUS_COLOUR = "#111111"  # the focused rank's outline in a heatmap
 _BAND_FILL = {("min", "max"): "rgba(90,90,90,0.12)", ("5%", "95%"): "rgba(90,90,90,0.26)"}  # grey: no rank's colour
 
 
-def _band_traces(steps: np.ndarray, bands: dict[str, np.ndarray], y_title: str) -> list[go.Scatter]:
+def _band_traces(steps: np.ndarray, bands: dict[str, np.ndarray], unit: str = "") -> list[go.Scatter]:
     """min-max and 5%-95% as filled areas, the median as a line: legend entries 'min-max', '5%-95%', 'median'."""
+    suffix = f" {unit}" if unit else ""
     traces = []
     for lo, hi in _BAND_FILL:
         fill = _BAND_FILL[(lo, hi)]
@@ -191,17 +239,19 @@ def _band_traces(steps: np.ndarray, bands: dict[str, np.ndarray], y_title: str) 
                                  showlegend=False, hoverinfo="skip", legendgroup=f"{lo}-{hi}"))
         traces.append(go.Scatter(x=steps, y=_finite_or_none(bands[hi]), mode="lines", line=dict(width=0),
                                  fill="tonexty", fillcolor=fill, name=f"{lo}-{hi} of ranks", legendgroup=f"{lo}-{hi}",
-                                 hovertemplate=f"{hi} %{{y:.4g}}<extra></extra>"))
+                                 hovertemplate=f"{hi} %{{y:.4g}}{suffix}<extra></extra>"))
     traces.append(go.Scatter(x=steps, y=_finite_or_none(bands["median"]), mode="lines", name="median rank",
-                             line=dict(color="#555555", width=2), hovertemplate="median %{y:.4g}<extra></extra>"))
+                             line=dict(color="#555555", width=2), hovertemplate=f"median %{{y:.4g}}{suffix}<extra></extra>"))
     return traces
 
 
 def ranks_figure(steps: np.ndarray, ranks: list[int], values: np.ndarray, title: str, y_title: str = "",
-                 named: dict[int, str] | None = None, focus: int | None = None, log_y: bool = False) -> go.Figure:
+                 named: dict[int, str] | None = None, focus: int | None = None, log_y: bool = False,
+                 unit: str = "") -> go.Figure:
     """One quantity on every rank (values [ranks, steps]). Up to ranks_view.LINES_UP_TO ranks: one line per
     rank; beyond: quantile bands (min, 5%, median, 95%, max over ranks) and a named line for each rank in
-    `named` (rank -> label, e.g. 'rank 7 (slowest)') and for the focused rank."""
+    `named` (rank -> label, e.g. 'rank 7 (slowest)') and for the focused rank. unit: the values' ('ms'), said on
+    the y axis and in the hover text."""
     from tview.render import ranks_view
     values = np.asarray(values, dtype=np.float64)
     if values.size == 0 or not np.isfinite(values).any():
@@ -217,30 +267,33 @@ def ranks_figure(steps: np.ndarray, ranks: list[int], values: np.ndarray, title:
         for i, r in enumerate(ranks):
             if r not in named:
                 fig.add_trace(go.Scatter(x=x, y=_finite_or_none(values[i]), mode="lines", name=f"rank {r}",
-                                         line=dict(color=rank_colour(r), width=1.5)))
+                                         hovertemplate=_hover(unit), line=dict(color=rank_colour(r), width=1.5)))
     else:
-        for trace in _band_traces(x, ranks_view.quantile_bands(values), y_title):
+        for trace in _band_traces(x, ranks_view.quantile_bands(values), unit):
             fig.add_trace(trace)
     for r, label in sorted(named.items(), key=lambda kv: kv[0] != focus):  # named ranks: their colour, drawn wider
         fig.add_trace(go.Scatter(x=x, y=_finite_or_none(values[row[r]]), mode="lines", name=label,
-                                 line=dict(color=rank_colour(r), width=3.5 if r == focus else 2.5,
+                                 hovertemplate=_hover(unit), line=dict(color=rank_colour(r), width=3.5 if r == focus else 2.5,
                                            dash="solid" if r == focus or len(ranks) <= ranks_view.LINES_UP_TO
                                            else "dot")))
-    _layout(fig, title, y_title=y_title, legend=dict(orientation="h", y=-0.2))
+    _layout(fig, title, y_title=with_unit(y_title, unit), legend=dict(orientation="h", y=-0.2))
     if log_y:
         fig.update_yaxes(type="log")
     return fig
 
 
 def rank_heatmap_figure(steps: np.ndarray, ranks: list[int], values: np.ndarray, title: str,
-                        colour_title: str = "", log: bool = False, focus: int | None = None) -> go.Figure:
+                        colour_title: str = "", log: bool = False, focus: int | None = None,
+                        unit: str = "") -> go.Figure:
     """A rank x step heatmap (values [ranks, steps]), ranks down, at most HEATMAP_CELLS cells; the focused
-    rank's row is outlined. Clicking a cell gives its rank as the point's y."""
+    rank's row is outlined. Clicking a cell gives its rank as the point's y. unit: the values' ('ms'), said on
+    the colour bar and in the hover text."""
     values = np.asarray(values, dtype=np.float64)
     if values.size == 0 or not np.isfinite(values).any():
         return message_figure("nothing recorded yet")
     cols = strided(values.shape[1], max(20, HEATMAP_CELLS // max(len(ranks), 1)))
     z = values[:, cols]
+    colour_title = with_unit(colour_title, unit)
     if log:
         with np.errstate(all="ignore"):
             z = np.where(z > 0, np.log10(z), np.nan)
@@ -248,7 +301,7 @@ def rank_heatmap_figure(steps: np.ndarray, ranks: list[int], values: np.ndarray,
     z = np.where(np.isfinite(z), z, np.nan).astype(np.float32)  # sent as typed array: NaN is a gap
     fig = go.Figure(go.Heatmap(x=np.asarray(steps)[cols], y=np.asarray(ranks), z=z, colorscale="Viridis",
                                colorbar=dict(title=colour_title), hoverongaps=False,
-                               hovertemplate="rank %{y}<br>step %{x}<br>%{z:.4g}<extra></extra>"))
+                               hovertemplate=f"rank %{{y}}<br>step %{{x}}<br>{colour_title} %{{z:.4g}}<extra></extra>"))
     _layout(fig, title, y_title="rank")
     fig.update_yaxes(autorange="reversed", tickformat="d")
     if len(ranks) <= 32:  # a tick on every rank, none between two
