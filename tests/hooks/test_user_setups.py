@@ -885,6 +885,20 @@ def test_lazy_layers_not_made_yet_are_refused_with_what_to_do(tmp_path):
     np.testing.assert_allclose(recorded, [grad_norm(model[0])], rtol=1e-5)
 
 
+@pytest.mark.parametrize("where", ["model", "child"])
+def test_a_torchscript_model_or_layer_is_refused_naming_it(tmp_path, where):
+    """torch.jit.script'ed code runs no forward hook added after scripting: Recorder() on a scripted model raised an
+    AttributeError from inside tview ('OrderedModuleDict' has no 'get'); now a ConfigError names the scripted module
+    and what to do, and nothing is written."""
+    stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+    model = nn.Sequential(torch.jit.script(stem) if where == "child" else stem, nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+    model = torch.jit.script(model) if where == "model" else model
+    name = "the model" if where == "model" else "'?0'?"
+    with pytest.raises(ConfigError, match=rf"TorchScript modules \({name} made by torch.jit.*eager model"):
+        tview.Recorder(model, str(tmp_path / "r"), every=1)
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+
+
 class Quantizer(nn.Module):
     """A vector quantizer: (integer codes, the quantized vectors), or the codes alone."""
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import weakref
 
+import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -35,12 +36,29 @@ def _compiled_type():
 
 
 def refuse_unsupported(model: nn.Module) -> None:
-    """FSDP1 (FullyShardedDataParallel) is refused up front: its flat parameters hold no layer's own tensor."""
+    """Refused up front: TorchScript (a scripted or traced model: its compiled forward runs no hook added after it
+    was made) and FSDP1 (FullyShardedDataParallel: its flat parameters hold no layer's own tensor)."""
+    scripted = [name or "the model" for name, m in _named_modules(model) if isinstance(m, torch.jit.ScriptModule)]
+    if scripted:
+        raise ConfigError(f"tview does not record TorchScript modules ({', '.join(scripted[:3])} made by "
+                          "torch.jit.script or torch.jit.trace): scripted code runs no forward hook added after it "
+                          "was made. Give the Recorder the eager model (script or trace it after training), or "
+                          "torch.compile it, which tview records")
     fsdp1 = _fsdp1_type()
     if fsdp1 is not None and any(isinstance(m, fsdp1) for m in model.modules()):
         raise ConfigError("tview does not record FullyShardedDataParallel (FSDP1) models: its flat parameters "
                           "are not the layers' own tensors. Use FSDP2 (torch.distributed.fsdp.fully_shard), "
                           "which tview records (per-layer statistics combined across ranks), or DDP")
+
+
+def _named_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of the model and the modules inside it that are not themselves inside a ScriptModule."""
+    if isinstance(model, torch.jit.ScriptModule):
+        return [("", model)]
+    out = [("", model)]
+    for name, child in model.named_children():
+        out += [(f"{name}.{n}" if n else name, m) for n, m in _named_modules(child)]
+    return out
 
 
 def wrapper_chain(model: nn.Module) -> list[nn.Module]:
