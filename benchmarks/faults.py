@@ -164,6 +164,8 @@ SCENARIOS = [
              expected=("rank_diverges", 2, None)),  # yields one batch again and again: its loss falls below
     Scenario("zero-input-plain-rank0", model="plain", steps=120, fault=_f("zero_input", 70, 0),  # BatchNorm net:
              expected=("rank_diverges", 0, None)),  # its dead channels there follow from it, not apart
+    Scenario("same-batches-every-rank", ranks=3, steps=120, fault=_f("same_data", 0),  # no DistributedSampler:
+             expected=("ranks_same_data", None, None)),  # every rank draws the same batches from the whole set
     Scenario("replicas-differ", ranks=3, fault=_f("nudge_weight", 110, 0, "fc2"),
              expected=("replicas_differ", 0, "fc2")),
     Scenario("replicas-last-rank", model="resnet", ranks=4, steps=90, fault=_f("nudge_weight", 60, 3,
@@ -402,8 +404,9 @@ def train_rank(rank: int, sc: Scenario, out: str, port: int) -> None:
 def train_loop(rank, sc, ddp, opt, rec, inject) -> None:
     import torch.nn.functional as F
     (x, y), _ = DATA["digits"]
-    gen = torch.Generator().manual_seed(1000 * sc.seed + rank)
-    mine = torch.arange(rank, len(x), sc.ranks)
+    same = sc.fault is not None and sc.fault.how == "same_data"  # no DistributedSampler: one shuffle for all
+    gen = torch.Generator().manual_seed(1000 * sc.seed + (0 if same else rank))
+    mine = torch.arange(0 if same else rank, len(x), 1 if same else sc.ranks)
     for step in range(sc.steps):
         inject.step = step
         if sc.extra.get("schedule"):

@@ -146,12 +146,12 @@ def test_noise_scale_recovers_a_known_value_and_says_why_where_undefined():
 
 # -- real recorded runs (ranks recorded side by side in this process, no DDP) ------------------
 def _record(tmp_path, ranks=2, steps=12, fault=None, name="run", setup=None):
-    """Train one TinyCNN copy per rank, step by step interleaved, each with its own Recorder(rank=r);
-    setup(rank, model) runs before the Recorder is made (hooks placed there run before its hooks);
-    fault(rank, step, model) may change a copy between backward and the optimizer step. Returns the run folder
-    and the recorders."""
+    """Train one TinyCNN copy per rank as data parallelism does, each with its own Recorder(rank=r): each rank its own
+    batches, the gradients averaged over the copies (the all-reduce) before the optimizer steps; setup(rank, model)
+    runs before the Recorder is made (hooks placed there run before its hooks); fault(rank, step, model) may change
+    a copy between the all-reduce and the optimizer step. Returns the run folder and the recorders."""
     out = str(tmp_path / name)
-    x, y = make_data(16)
+    data = [make_data(16, seed=r) for r in range(ranks)]
     models, opts, recs = [], [], []
     for r in range(ranks):
         torch.manual_seed(0)
@@ -162,15 +162,28 @@ def _record(tmp_path, ranks=2, steps=12, fault=None, name="run", setup=None):
         opts.append(torch.optim.SGD(m.parameters(), lr=0.05))
         recs.append(tview.Recorder(m, out, every=1, preset="full", rank=r, world_size=ranks, optimizer=opts[-1]))
     for step in range(steps):
+        losses = []
         for r in range(ranks):
             opts[r].zero_grad()
-            loss = F.cross_entropy(models[r](x), y)
-            loss.backward()
+            losses.append(F.cross_entropy(models[r](data[r][0]), data[r][1]))
+            losses[-1].backward()
+        _all_reduce(models)
+        for r in range(ranks):
             if fault is not None:
                 fault(r, step, models[r])
             opts[r].step()
-            recs[r].step(loss=loss)
+            recs[r].step(loss=losses[r])
     return out, recs
+
+
+def _all_reduce(models) -> None:
+    """Every copy's gradients := their mean over the copies (the same bits on each: replicas stay equal)."""
+    for params in zip(*(m.parameters() for m in models)):
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads:
+            mean = torch.stack(grads).mean(0)
+            for p in params:
+                p.grad = mean.clone()
 
 
 def _close(recs):

@@ -32,7 +32,7 @@ def _faults():
                                   "replicas-differ", "lr-spike", "lr-spike-one-rank", "lr-ramp", "exploding-one-rank",
                                   "bad-batch-one-rank", "inf-loss-one-rank", "nan-momentum",
                                   pytest.param("zero-input-one-rank", marks=pytest.mark.alone),
-                                  "labels-permuted-one-rank", "stuck-loader-one-rank"])
+                                  "labels-permuted-one-rank", "stuck-loader-one-rank", "same-batches-every-rank"])
 # (dead-filter, dead-units-sinking: warnings, the only ones here: a slow rank made by the other test worker's load,
 # also a warning, could come first; dead-units-sinking: each rank dates the units' death by its own batches, one
 # finding for every rank all the same. exploding-one-rank, bad-batch-one-rank: the all-reduced gradient blows up on
@@ -43,7 +43,8 @@ def _faults():
 # when its loss has drifted far from the others'; labels-permuted-one-rank: one rank of 3 with its class mapping off
 # by 3, its loss 1.3-2x the others', never the 2x the bad-labels rule wants; stuck-loader-one-rank: one rank of 3
 # trains on one batch again and again: named at the first step of that batch by its layers' zeros, which stop
-# changing from step to step, not when its loss has fallen below the others')
+# changing from step to step, not when its loss has fallen below the others'; same-batches-every-rank: no
+# DistributedSampler, every rank's loss the same at every step)
 def test_fault_is_named_first(tmp_path, name):
     faults = _faults()
     sc = next(s for s in faults.SCENARIOS if s.name == name)

@@ -159,3 +159,20 @@ def test_a_rank_whose_batches_repeat_is_dated_at_the_batch_that_repeats():
     assert list(got) == [1] and got[1][0] == ONSET and got[1][1] > 50, got
     steady = [repeated.change_of(steps, z[1, ONSET] + 0.001 * np.arange(STEPS)[:, None])] * 3
     assert repeated._layer_onsets(steady, [0, 1, 2]) == {}
+
+
+def test_ranks_that_train_on_the_same_batches_are_named_where_their_losses_turn_equal():
+    """Every rank's loss the same at each step while it moves (the same batches: no DistributedSampler) is found
+    from the step it began; ranks with their own batches, or one constant loss on every rank (a network whose output
+    no longer depends on its input: log 10 on every batch), or equal losses for a moment only, are not."""
+    from tview.diagnose.checks import same_data
+    rng = np.random.default_rng(0)
+    own = np.linspace(2.3, 0.8, STEPS) * rng.uniform(0.7, 1.3, (3, STEPS))
+    assert same_data.same_onset(own) is None
+    shared = own.copy()
+    shared[:, ONSET - 40:] = shared[0, ONSET - 40:]
+    assert same_data.same_onset(shared) == ONSET - 40
+    assert same_data.same_onset(np.full((3, STEPS), np.log(10.0))) is None
+    moment = own.copy()
+    moment[:, ONSET:ONSET + 20] = moment[0, ONSET:ONSET + 20]
+    assert same_data.same_onset(moment) is None

@@ -7,9 +7,9 @@ answers its check takes from ctx.run.worked(module name)), done in diagnosis's o
 
 from __future__ import annotations
 
-from tview.diagnose.checks import dead, gradients, nonfinite, optimizer, ranks, replicas
+from tview.diagnose.checks import dead, gradients, nonfinite, optimizer, ranks, replicas, same_data
 from tview.diagnose.checks.common import Context
 
-CHECKS = (nonfinite, optimizer, gradients, dead, ranks, replicas)
+CHECKS = (nonfinite, optimizer, gradients, dead, ranks, replicas, same_data)
 
 __all__ = ["CHECKS", "Context"]
