@@ -1,6 +1,7 @@
-"""ParaView plugin: a reader for tview runs (training steps as time steps) and three filters (a caption naming
-what a block shows, filter-similarity groups, spread between ranks). Thin proxies over tview.store and
-tview.render (the blocks come from tview.render.blocks.BUILDERS, the MPI share from tview.render.mpi_share).
+"""ParaView plugin: a reader for tview runs (training steps as time steps) and four filters (one block of the
+reader's output, a caption naming what a block shows, filter-similarity groups, spread between ranks). Thin
+proxies over tview.store and tview.render (the blocks come from tview.render.blocks.BUILDERS, the MPI share from
+tview.render.mpi_share).
 
 Load it with Tools > Manage Plugins > Load New (this file; `tview paraview --plugin-path` prints its folder),
 or PV_PLUGIN_PATH=<this folder>, or `tview paraview RUN`. It imports the tview package it ships with (this
@@ -53,6 +54,16 @@ RANK_MODE_XML = ('<IntVectorProperty name="RankMode" command="SetRankMode" numbe
                  + '</EnumerationDomain><Documentation>How ranks are shown in the network view and the fields (mean, '
                  'spread and deviation are reduced over MPI under mpirun pvbatch: each process reads its share of the '
                  'ranks).</Documentation></IntVectorProperty>')
+# Rank offers the run's own ranks: an IntRangeDomain updated from the information-only RankRange (0, world_size - 1),
+# which ParaView fetches from GetRankRange after each RequestInformation (vtkSMRangeDomainTemplate::Update takes a
+# required property's two values as the range's min and max)
+RANK_XML = ('<IntVectorProperty name="RankRange" command="GetRankRange" information_only="1" number_of_elements="2" '
+            'default_values="0 0"/>'
+            '<IntVectorProperty name="Rank" command="SetRank" number_of_elements="1" default_values="0">'
+            '<IntRangeDomain name="range" default_mode="min"><RequiredProperties>'
+            '<Property name="RankRange" function="RangeInfo"/></RequiredProperties></IntRangeDomain>'
+            '<Documentation>The rank shown when RankMode is one rank (0 to the run\'s world size - 1).</Documentation>'
+            '</IntVectorProperty>')
 
 
 def _report(message: str, error: bool = True):
@@ -136,10 +147,12 @@ class TviewRunReader(VTKPythonAlgorithmBase):
     def SetRankMode(self, mode):
         self._set("_rank_mode", int(mode))
 
-    @smproperty.intvector(name="Rank", default_values=0)
-    @smdomain.intrange(min=0, max=1024)
+    @smproperty.xml(RANK_XML)
     def SetRank(self, rank):
         self._set("_rank", int(rank))
+
+    def GetRankRange(self):
+        return list(blocks.rank_range(self._run))
 
     @smproperty.intvector(name="ProbeExample", default_values=0)
     def SetProbeExample(self, example):
@@ -235,9 +248,9 @@ class TviewRunReader(VTKPythonAlgorithmBase):
         return 1
 
     def _request(self, run, step, mode, piece, n_pieces, share):
-        rank = self._rank if self._rank in share.all_ranks else share.all_ranks[0]
-        if mode == "one" and self._rank not in share.all_ranks and share.root:
-            _report(f"rank {self._rank} is not readable in {run.path}; showing rank {rank}", error=False)
+        rank, why = blocks.shown_rank(run, self._rank, share.all_ranks)
+        if why and mode == "one" and share.root:
+            _report(why, error=False)
         return blocks.Request(run, step, self._selected("layers", run.layers),
                               self._selected("stats", list(scene.statistic_arrays(run))), rank, mode, piece, n_pieces,
                               share, self._example, self._field_layer)
@@ -306,6 +319,41 @@ class TviewCaption(VTKPythonAlgorithmBase):
         text.SetName("Text")
         text.InsertNextValue(self._template.format_map(_Blank(caption_fields(leaves[0]))) if leaves else "")
         vtkTable.GetData(out_info, 0).AddColumn(text)
+        return 1
+
+
+@smproxy.filter(name="TviewBlock", label="tview Block")
+@smproperty.input(name="Input", port_index=0)
+@smdomain.datatype(dataTypes=["vtkMultiBlockDataSet"], composite_data_supported=True)
+class TviewBlock(VTKPythonAlgorithmBase):
+    """One block of a tview reader's output, named by its Path of block names ('network', 'filters/conv2'), as a
+    multiblock of that block alone: ExtractBlock with a plain text property. (ExtractBlock's selector widget in the
+    GUI sets its selectors again whenever the input's block list is updated, which marks the filter modified: the
+    Apply button was lit at the start of `tview paraview` with nothing to apply.)"""
+
+    def __init__(self):
+        VTKPythonAlgorithmBase.__init__(self, nInputPorts=1, nOutputPorts=1, outputType="vtkMultiBlockDataSet")
+        self._path = "network"
+
+    def FillInputPortInformation(self, port, info):
+        info.Set(vtkAlgorithm.INPUT_REQUIRED_DATA_TYPE(), "vtkMultiBlockDataSet")
+        return 1
+
+    @smproperty.stringvector(name="Path", default_values="network")
+    def SetPath(self, path):
+        if path != self._path:
+            self._path = path
+            self.Modified()
+
+    def RequestData(self, request, in_info, out_info):
+        output = vtkMultiBlockDataSet.GetData(out_info, 0)
+        block = blocks.pick(vtkMultiBlockDataSet.GetData(in_info[0], 0), self._path)
+        output.SetNumberOfBlocks(1)
+        output.GetMetaData(0).Set(vtkMultiBlockDataSet.NAME(), (blocks.path_parts(self._path) or [""])[-1])
+        if block is not None:
+            copy = block.NewInstance()
+            copy.ShallowCopy(block)
+            output.SetBlock(0, copy)
         return 1
 
 

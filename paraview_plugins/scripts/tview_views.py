@@ -209,8 +209,9 @@ def decades(low, high):
 
 
 def extract(reader, selectors):
-    part = pv.ExtractBlock(Input=reader, Selectors=list(selectors))
-    pv.SetActiveSource(reader)
+    """The reader's block at selectors[0] ('/Root/filters/conv2') through the tview Block filter (not ExtractBlock:
+    its selector widget marks it modified in the GUI, and the Apply button was lit with nothing to apply)."""
+    part = pv.tviewBlock(Input=reader, Path=selectors[0])
     part.UpdatePipeline(pv.GetAnimationScene().TimeKeeper.Time)
     return part
 

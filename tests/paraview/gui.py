@@ -155,6 +155,16 @@ def content(shot: np.ndarray, rect) -> tuple[float, int]:
     return float((part < 250).any(axis=1).mean()), len(np.unique(part, axis=0))
 
 
+PANEL = 360  # the Pipeline Browser and Properties panel: the screen's left strip (openbox, 1280x800, --dr)
+
+
+def apply_lit(shot: np.ndarray) -> bool:
+    """Whether the Apply button is lit: its pale green fills about 1500 pixels of the left panel (a grey button
+    leaves a few stray ones: 5 seen)."""
+    r, g, b = (shot[:, :PANEL, k].astype(int) for k in range(3))
+    return int(((g > 200) & (g - r > 30) & (g - b > 30) & (b > 140)).sum()) > 300
+
+
 def changed(a: np.ndarray, b: np.ndarray, rect) -> float:
     """Fraction of a view's pixels that differ between two screenshots."""
     x, y, w, h = rect

@@ -86,13 +86,15 @@ def main():
     time = args.get("time", steps[-1] if steps else None)
     result = {"steps": steps, "layers": list(reader.GetProperty("LayersInfo")[::2])
               if reader.GetProperty("LayersInfo") else [], "time": time}
+    domain = reader.GetProperty("Rank").FindDomain("vtkSMIntRangeDomain")  # what the GUI's Rank slider offers
+    result["rank_domain"] = [domain.GetMinimum(0), domain.GetMaximum(0)] if domain else None
     if args.get("reload_until_more"):  # File > Reload Files until the writer's next flush shows more steps
         result["steps_after_reload"] = reload_until_more(reader, len(steps), reload_deadline)
     if args.get("fetch", True) and steps:
         reader.UpdatePipeline(time)
         result["data"] = describe(sm.Fetch(reader))
     if args.get("caption") and steps:  # {"block": "/Root/filters/conv2", "template": "..."}
-        part = pv.ExtractBlock(Input=reader, Selectors=[args["caption"]["block"]])
+        part = pv.tviewBlock(Input=reader, Path=args["caption"]["block"])
         text = pv.tviewCaption(Input=part, Template=args["caption"]["template"])
         text.UpdatePipeline(time)
         result["caption"] = sm.Fetch(text).GetColumnByName("Text").GetValue(0)

@@ -55,6 +55,7 @@ def test_reader_lists_steps_layers_and_arrays_equal_to_open_run(demo):
     got, _ = probe({"file": f"{demo}/run.tview", "properties": {"RankMode": 0, "Rank": 1}, "time": t})
     assert got["steps"] == [float(s) for s in steps] == [float(s) for s in run.steps(0)]
     assert got["layers"] == run.layers
+    assert got["rank_domain"] == [0, 1]  # Rank offers the run's ranks (it offered 0-1024 whatever the run)
     blocks = got["data"]["blocks"]
     net = blocks["network"]
     assert net["tview_rank"] == 1 and net["points"] == sum(i["channels"] for i in run.layer_info)
@@ -223,6 +224,9 @@ def test_bad_input_is_reported_and_paraview_goes_on(runs_root, tmp_path):
     assert got["steps"] == [] and "unreadable manifest" in out and str(tmp_path / "notarun") in out
     got, out = probe({"file": str(tmp_path / "missing" / "run.tview")})
     assert got["steps"] == [] and "no such folder" in out
+    got, out = probe({"file": f"{runs_root}/demo/run.tview", "properties": {"Rank": 7}})  # typed past the ranks
+    assert "rank 7 is not a rank of demo (ranks 0-1): showing rank 1" in out
+    assert got["data"]["blocks"]["network"]["tview_rank"] == 1
     got, out = probe({"file": f"{runs_root}/broken/run.tview", "properties": {"RankMode": 1}})
     assert "rank-00001.h5" in out and "rank 1 left out" in out
     net = got["data"]["blocks"]["network"]["blocks"]

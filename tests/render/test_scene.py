@@ -37,18 +37,24 @@ def test_a_layer_whose_output_was_nan_has_nan_activation_statistics_in_the_netwo
     assert (p.arrays["act_nan"][conv2] > 0).all()  # the evidence kept
 
 
-def test_combining_ranks_skips_missing_values():
-    a = scene.Points(np.zeros((3, 3)), {"x": np.array([1.0, np.nan, 2.0]), "layer": np.array([0, 0, 1])})
-    b = scene.Points(np.zeros((3, 3)), {"x": np.array([3.0, np.nan, np.inf]), "layer": np.array([0, 0, 1])})
+def test_combining_ranks_leaves_out_what_a_rank_did_not_record_and_keeps_a_recorded_nan():
+    measured = np.array([True, False, True, True])  # rank b recorded nothing at point 1 (it had stopped)
+    a = scene.Points(np.zeros((4, 3)), {"x": np.array([1.0, 5.0, 2.0, 1.0]), "layer": np.array([0, 0, 1, 1])})
+    b = scene.Points(np.zeros((4, 3)), {"x": np.array([3.0, np.nan, np.inf, np.nan]), "layer": np.array([0, 0, 1, 1])},
+                     measured={"x": measured})
     mean = scene.combine([a, b], "mean").arrays
     spread = scene.combine([a, b], "spread").arrays
-    assert np.allclose(mean["x"], [2.0, np.nan, 2.0], equal_nan=True)
-    assert np.allclose(spread["x"], [2.0, np.nan, 0.0], equal_nan=True)
-    assert list(mean["layer"]) == [0, 0, 1]
+    std = scene.combine([a, b], "std").arrays
+    # point 1: b's gap is left out (a's value alone); points 2 and 3: b recorded Inf and NaN, so the combination is
+    # NaN (a diverged rank, not averaged away as a nan-aware mean did: that showed 2.0 and 1.0)
+    assert np.allclose(mean["x"], [2.0, 5.0, np.nan, np.nan], equal_nan=True)
+    assert np.allclose(spread["x"], [2.0, 0.0, np.nan, np.nan], equal_nan=True)
+    assert np.allclose(std["x"], [1.0, 0.0, np.nan, np.nan], equal_nan=True)
+    assert list(mean["layer"]) == [0, 0, 1, 1]
     with pytest.raises(ValueError, match="combine ranks"):
         scene.combine([a], "median")
     with pytest.raises(KeyError, match="missing"):
-        scene.spread_of([a, scene.Points(np.zeros((3, 3)), {})], "x")
+        scene.spread_of([a, scene.Points(np.zeros((4, 3)), {})], "x")
 
 
 def test_fields_leave_out_steps_where_nothing_was_recorded(small_run):
@@ -139,21 +145,30 @@ def mpi_merge(parts):
 def test_partial_reductions_of_shares_equal_numpy_over_all_ranks():
     rng = np.random.default_rng(1)
     values = rng.normal(size=(7, 5, 4)) * 10 + 3
-    values[rng.random(values.shape) < 0.3] = np.nan  # holes: a rank with no value at a point
-    values[2] = np.nan  # a rank with nothing at all
-    values[:, 0, 0] = np.nan  # a point no rank has
-    values[5, 1, 1] = np.inf  # Inf is a missing value too
-    clean = np.where(np.isfinite(values), values, np.nan)
+    measured = rng.random(values.shape) >= 0.3  # holes: a rank that recorded nothing at a point
+    measured[2] = False  # a rank with nothing at all
+    measured[:, 0, 0] = False  # a point no rank has
+    values[~measured] = np.nan
+    values[5, 1, 1], measured[5, 1, 1] = np.inf, True  # a recorded Inf: the combination there is NaN
+    values[3, 2, 2], measured[3, 2, 2] = np.nan, True  # a recorded NaN: likewise
+    values[:, 4, 3], measured[:, 4, 3] = np.nan, True  # every rank recorded NaN there: NaN, not a blank
+    clean = np.where(measured, values, np.nan)
     with np.errstate(invalid="ignore"), pytest.warns(RuntimeWarning):
         expected = {"mean": np.nanmean(clean, 0), "spread": np.nanmax(clean, 0) - np.nanmin(clean, 0),
                     "std": np.nanstd(clean, 0)}
+    poisoned = (measured & ~np.isfinite(values)).any(0)
+    for want in expected.values():
+        want[poisoned] = np.nan
     ranks = list(range(7))
     for n_pieces in (1, 3, 9):  # 9: two processes have no rank at all
-        parts = [scene.partial((values[r] for r in scene.pieces(ranks, k, n_pieces)), (5, 4)) for k in range(n_pieces)]
+        parts = [scene.partial(((values[r], measured[r]) for r in scene.pieces(ranks, k, n_pieces)), (5, 4))
+                 for k in range(n_pieces)]
         for merged in (scene.merge(parts), mpi_merge(parts)):
-            assert np.array_equal(merged.count, np.isfinite(values).sum(0))
+            assert np.array_equal(merged.count, (measured & np.isfinite(values)).sum(0))
+            assert np.array_equal(scene.unmeasured(merged), ~measured.any(0))  # blank, not NaN-coloured
             for mode, want in expected.items():
                 assert np.allclose(scene.finish(merged, mode), want, equal_nan=True, rtol=1e-9, atol=1e-9), mode
+    assert np.isnan(scene.finish(scene.merge(parts), "mean")[[1, 2, 4], [1, 2, 3]]).all()
     nothing = scene.finish(scene.empty_partial((2,)), "mean")
     assert np.isnan(nothing).all()
     with pytest.raises(ValueError, match="shape"):
@@ -210,3 +225,68 @@ def test_mean_network_from_shares_equals_combining_every_rank(ragged):
         assert np.array_equal(got.positions, want.positions) and got.labels == want.labels
         for name in names + ["layer", "channel"]:
             assert np.allclose(got.arrays[name], want.arrays[name], equal_nan=True), (mode, name)
+
+
+def record_nan(run_path, rank, table, column, step):
+    """Write NaN into a rank's shard where it recorded `column` at `step` (every layer, or every channel of one
+    layer for 'name/layer'): what a rank that diverged there leaves."""
+    import h5py
+    with h5py.File(os.path.join(run_path, f"rank-{rank:05d}.h5"), "r+") as f:
+        g = f["probes"][table]
+        row = int(np.flatnonzero(g["step"][:] == step)[0])
+        g[column][row] = np.nan
+
+
+@pytest.fixture(scope="module")
+def ragged_nan(tmp_path_factory):
+    """3 ranks, rank 2 stopped at step 29 of 40; rank 1 recorded a NaN grad_norm at step 10 and a NaN
+    act_channel_mean row of block0.conv at step 35 (the other ranks finite there)."""
+    path = make_ragged_run(str(tmp_path_factory.mktemp("ragged_nan")), ranks=3, short=2)
+    record_nan(path, 1, "grad", "grad_norm", 10)
+    record_nan(path, 1, "act_channel", "act_channel_mean/block0.conv", 35)
+    return path
+
+
+def test_a_nan_one_rank_recorded_makes_the_combination_nan_a_step_a_rank_did_not_record_is_left_out(ragged_nan):
+    run = tview.open_run(ragged_nan)
+    steps = scene.field_steps(run, "grad_norm")
+    grads = [scene.on_steps(steps, *(lambda s, m: (s, np.ma.filled(m.astype(float), np.nan)))(
+        *run.stat_matrix("grad_norm", r))) for r in run.ranks]  # [steps, layers] per rank, NaN off a rank's steps
+    assert np.isnan(grads[1][10]).all() and np.isfinite(grads[0][10]).all() and np.isnan(grads[2][35]).all()
+    for mode in scene.REDUCED:
+        merged = scene.merge([scene.layer_field_partial(run, "grad_norm", [r], steps) for r in run.ranks])
+        at, grid = scene.layer_field_of(run, "grad_norm", steps, merged, mode)
+        values, hidden = grid.values.T, grid.hidden.T  # [steps, layers]
+        assert np.isnan(values[10]).all() and not hidden[10].any(), mode  # drawn as NaN (magenta), not blank
+        with np.errstate(invalid="ignore"):
+            want = {"mean": np.mean, "spread": np.ptp, "std": np.std}[mode](np.stack([grads[0][35], grads[1][35]]), 0)
+        assert np.allclose(values[35], want), mode  # rank 2 had stopped: left out, not a NaN
+        assert np.isfinite(values[np.arange(len(steps)) != 10]).all(), mode
+    # the channel x step field and the network at the step
+    csteps, channels = scene.channel_steps(run, "act_channel_mean", "block0.conv")
+    merged = scene.merge([scene.channel_field_partial(run, "act_channel_mean", "block0.conv", [r], csteps, channels)
+                          for r in run.ranks])
+    at, grid = scene.channel_field_of("act_channel_mean", csteps, merged, "mean")
+    column = list(at).index(35)
+    assert np.isnan(grid.values[:, column]).all() and not grid.hidden[:, column].any()
+    assert np.isfinite(grid.values[:, list(at).index(36)]).all()
+    nets = {step: [scene.network(run, r, step) for r in run.ranks] for step in (10.0, 11.0)}
+    for step, want_nan in ((10.0, True), (11.0, False)):
+        for mode in scene.REDUCED:
+            got = scene.combine(nets[step], mode).arrays["grad_norm"]
+            assert (np.isnan(got) if want_nan else np.isfinite(got)).all(), (step, mode)
+
+
+def test_the_rank_shown_is_one_of_the_runs_ranks_and_a_block_path_names_nested_blocks(ragged):
+    from tview.render import blocks
+    run = tview.open_run(ragged)  # 6 ranks
+    assert blocks.rank_range(run) == (0, 5) and blocks.rank_range(None) == (0, 0)
+    assert blocks.shown_rank(run, 3, run.ranks) == (3, None)
+    rank, why = blocks.shown_rank(run, 9, run.ranks)
+    assert rank == 5 and why.startswith("rank 9 is not a rank of run (ranks 0-5): showing rank 5")
+    rank, why = blocks.shown_rank(run, 2, [0, 1, 4, 5])  # ranks 2 and 3 unreadable (damaged shards)
+    assert rank == 1 and "rank 2 is not readable in run (readable ranks: 0-1, 4-5)" in why
+    names = ["grad_norm", "act_channel_zero_frac/conv2", None]
+    assert blocks.match_names(names, ["act_channel_zero_frac", "conv2"]) == (1, 2)  # a name holding a slash
+    assert blocks.match_names(names, ["grad_norm", "x"]) == (0, 1) and blocks.match_names(names, ["x"]) is None
+    assert blocks.path_parts("/Root/filters/conv2") == blocks.path_parts("filters/conv2") == ["filters", "conv2"]

@@ -50,6 +50,65 @@ class Request:
         return data
 
 
+def rank_range(run: Run | None) -> tuple[int, int]:
+    """The ranks the reader's Rank offers: 0 to the run's world size - 1 (its readable ranks' highest if more)."""
+    if run is None:
+        return 0, 0
+    return 0, max([run.world_size - 1, 0] + list(run.ranks))
+
+
+def _spans(ranks: list[int]) -> str:
+    """Ranks as runs of consecutive numbers: [0, 1, 2, 5] -> '0-2, 5'."""
+    out, start = [], None
+    for i, r in enumerate(ranks):
+        start = r if start is None else start
+        if i + 1 == len(ranks) or ranks[i + 1] != r + 1:
+            out.append(f"{start}" if start == r else f"{start}-{r}")
+            start = None
+    return ", ".join(out)
+
+
+def shown_rank(run: Run, rank: int, readable: list[int]) -> tuple[int, str | None]:
+    """(the rank shown, None) for a readable rank; else (the nearest readable rank, a message naming the run, the
+    rank asked for and the ranks it has): a Rank typed past the run's ranks is clamped, not an empty view."""
+    if rank in readable or not readable:
+        return rank, None
+    shown = min(readable, key=lambda r: (abs(r - rank), r))
+    name = os.path.basename(os.path.normpath(run.path))
+    low, high = rank_range(run)
+    why = f"is not a rank of {name} (ranks {low}-{high})" if not low <= rank <= high else \
+        f"is not readable in {name} (readable ranks: {_spans(sorted(readable))})"
+    return shown, f"rank {rank} {why}: showing rank {shown} ({run.path})"
+
+
+def match_names(names: list[str | None], parts: list[str]) -> tuple[int, int] | None:
+    """(index of the child, how many of the path's parts its name takes) of the child named by the path's first
+    parts (the longest name first: a field block's name 'stat/layer' holds a slash), or None."""
+    for k in range(len(parts), 0, -1):
+        if "/".join(parts[:k]) in names:
+            return names.index("/".join(parts[:k])), k
+    return None
+
+
+def path_parts(path: str) -> list[str]:
+    """A block path ('network', 'filters/conv2', or ExtractBlock's '/Root/filters/conv2') as names."""
+    parts = [p for p in path.strip().split("/") if p]
+    return parts[1:] if parts[:1] == ["Root"] else parts
+
+
+def pick(data, path: str):
+    """The block of a multiblock at `path` (block names from the top; None where there is none)."""
+    parts, node = path_parts(path), data
+    while parts and node is not None and node.IsA("vtkMultiBlockDataSet"):
+        names = [node.GetMetaData(i).Get(node.NAME()) if node.HasMetaData(i) else None
+                 for i in range(node.GetNumberOfBlocks())]
+        found = match_names(names, parts)
+        if found is None:
+            return None
+        node, parts = node.GetBlock(found[0]), parts[found[1]:]
+    return None if parts else node
+
+
 def group(named_blocks):
     """A vtkMultiBlockDataSet of (name, block or None)."""
     from vtkmodules.vtkCommonDataModel import vtkMultiBlockDataSet
@@ -187,7 +246,7 @@ def _reduced_field(q: Request, stat: str, layer: str | None):
         steps = share.from_root(share.on_root(lambda: scene.field_steps(run, stat, ref)))
         merged = share.reduce(scene.layer_field_partial(run, stat, share.ranks, steps, share.skipped))
         share.done_reading()
-        if merged is None or not merged.count.any():
+        if merged is None or scene.unmeasured(merged).all():
             return None
         return scene.layer_field_of(run, stat, steps, merged, q.mode)
 
@@ -201,7 +260,7 @@ def _reduced_field(q: Request, stat: str, layer: str | None):
     part = scene.channel_field_partial(run, stat, layer, share.ranks, steps, channels, share.skipped)
     share.done_reading()
     merged = share.reduce(part)
-    if merged is None or not merged.count.any():
+    if merged is None or scene.unmeasured(merged).all():
         return None
     return scene.channel_field_of(stat, steps, merged, q.mode)
 

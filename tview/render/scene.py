@@ -27,6 +27,8 @@ class Points:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     line: bool = False                        # draw as one polyline through the points
     labels: list[tuple[str, tuple[float, float, float]]] = field(default_factory=list)  # text at a position
+    # per array, True where the rank recorded a value (NaN included: a diverged rank); absent: every value measured
+    measured: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def time_steps(run: Run) -> np.ndarray:
@@ -49,7 +51,7 @@ def network(run: Run, rank: int, step: float | None, layers: list[str] | None = 
     """Every channel of the chosen layers as a point on its layer's slab, with arrays at `step`: per-channel
     statistics (latest recorded row at or before it) and layer statistics repeated on the layer's channels. A layer
     whose output held NaN/Inf there has NaN in its activation statistics (a zero fraction of 0 is not what it did),
-    its NaN/Inf counts kept."""
+    its NaN/Inf counts kept. `measured` tells a recorded NaN (kept by a combination of ranks) from no record."""
     infos = channel_layers(run, layers)
     channel_arrays, layer_arrays = run.channel_stat_names(), run.stat_names()
     wanted = list(arrays) if arrays is not None else channel_arrays + layer_arrays
@@ -61,23 +63,26 @@ def network(run: Run, rank: int, step: float | None, layers: list[str] | None = 
     offsets, sizes = dict(zip(names, np.cumsum([0] + counts))), dict(zip(names, counts))
     layer_rows = run.layer_rows_at([name for name in wanted if name in layer_arrays], step, rank)
     of_point = np.repeat([run.layer_index(name) for name in names], counts)  # each point's layer, in run.layers
+    measured = {}
     for name in wanted:
-        values = np.full(n, np.nan)
+        values, measured[name] = np.full(n, np.nan), np.zeros(n, dtype=bool)
         if name in channel_arrays:  # the latest measured row at or before the step, per layer
             for layer, row, _ in zip(*channel_values_shown(run, name, step, rank)[:3]):
                 c = sizes.get(layer)
                 if c is not None and len(row) == c:
                     values[offsets[layer]:offsets[layer] + c] = row
+                    measured[name][offsets[layer]:offsets[layer] + c] = True
         elif name in layer_arrays:  # the latest measured row of [layers] at or before the step
             at, row = layer_rows[name]
             values[:] = np.where(np.ma.getmaskarray(row), np.nan, np.ma.getdata(row))[of_point]
+            measured[name][:] = ~np.ma.getmaskarray(row)[of_point]
             blank = [names.index(b) for b in blanked_by_nonfinite(run, name, at, rank) if b in names]
             values[np.isin(out["layer"], blank)] = np.nan
         out[name] = values
     positions = _positions(tuple(counts))
     labels = [(f"{name} ({c})", _front_left(positions[offsets[name]:offsets[name] + c]))
               for name, c in zip(names, counts)]
-    return Points(positions, out, labels=labels)
+    return Points(positions, out, labels=labels, measured=measured)
 
 
 @functools.lru_cache(maxsize=16)
@@ -99,7 +104,8 @@ def _front_left(slab: np.ndarray) -> tuple[float, float, float]:
 
 
 def combine(blocks: list[Points], mode: str) -> Points:
-    """One Points from several ranks' networks: 'mean', 'spread' (max - min) or 'std' of every float array."""
+    """One Points from several ranks' networks: 'mean', 'spread' (max - min) or 'std' of every float array; a value
+    a rank did not record is left out, a NaN it recorded makes the result NaN (see accumulate)."""
     check_mode(mode)
     if not blocks:
         raise ValueError("no rank to combine")
@@ -109,7 +115,7 @@ def combine(blocks: list[Points], mode: str) -> Points:
         if name in ("layer", "channel"):
             out[name] = values
             continue
-        out[name] = finish(partial([b.arrays[name] for b in blocks], np.shape(values)), mode)
+        out[name] = finish(partial([(b.arrays[name], b.measured.get(name)) for b in blocks], np.shape(values)), mode)
     return Points(first.positions, out, labels=first.labels)
 
 
@@ -285,13 +291,20 @@ def pieces(ranks: list[int], piece: int, n_pieces: int) -> list[int]:
 @dataclass
 class Partial:
     """Across some ranks, per element: how many ranks had a finite value there, their sum and sum of squares,
-    their min and max (+inf and -inf where none had one: MPI's MIN and MAX know no NaN rule)."""
+    their min and max (+inf and -inf where none had one: MPI's MIN and MAX know no NaN rule), and how many
+    recorded a NaN or Inf there (`bad`: any makes the combined value NaN; a rank that recorded nothing is left
+    out)."""
 
     count: np.ndarray
     total: np.ndarray
     squares: np.ndarray
     low: np.ndarray
     high: np.ndarray
+    bad: np.ndarray = None
+
+    def __post_init__(self):
+        if self.bad is None:
+            self.bad = np.zeros(self.count.shape)
 
     @property
     def shape(self) -> tuple:
@@ -306,16 +319,21 @@ def check_mode(mode: str) -> None:
 def empty_partial(shape) -> Partial:
     """The partial of no rank at all (a process with no share of the ranks)."""
     shape = tuple(shape) if isinstance(shape, (tuple, list)) else (int(shape),)
-    return Partial(np.zeros(shape), np.zeros(shape), np.zeros(shape), np.full(shape, np.inf), np.full(shape, -np.inf))
+    return Partial(np.zeros(shape), np.zeros(shape), np.zeros(shape), np.full(shape, np.inf), np.full(shape, -np.inf),
+                   np.zeros(shape))
 
 
-def accumulate(p: Partial, values) -> Partial:
-    """Add one rank's values to `p` (in place; returned): NaN and +-Inf are a missing value, not counted."""
+def accumulate(p: Partial, values, measured=None) -> Partial:
+    """Add one rank's values to `p` (in place; returned). `measured` (default: everywhere) is where the rank recorded
+    a value: a NaN or Inf recorded there is counted in `bad` (the combination is NaN: one diverged rank is not
+    averaged away); where it recorded nothing (a rank that stopped early), the rank is left out."""
     v = np.asarray(values, dtype=np.float64)
     if v.shape != p.shape:
         raise ValueError(f"a rank's values have shape {v.shape}, the others {p.shape}")
-    ok = np.isfinite(v)
+    seen = np.ones(v.shape, dtype=bool) if measured is None else np.asarray(measured, dtype=bool)
+    ok = np.isfinite(v) & seen
     x = np.where(ok, v, 0.0)
+    p.bad += seen & ~np.isfinite(v)
     p.count += ok
     p.total += x
     p.squares += x * x
@@ -325,10 +343,11 @@ def accumulate(p: Partial, values) -> Partial:
 
 
 def partial(values_per_rank, shape) -> Partial:
-    """The partial of several ranks' values (an iterable: one rank's array in memory at a time)."""
+    """The partial of several ranks' values (an iterable: one rank's array in memory at a time), each an array (every
+    value recorded) or (values, measured) (measured None: every value recorded)."""
     p = empty_partial(shape)
-    for values in values_per_rank:
-        accumulate(p, values)
+    for item in values_per_rank:
+        accumulate(p, *(item if isinstance(item, tuple) else (item,)))
     return p
 
 
@@ -341,6 +360,7 @@ def merge(parts: list[Partial]) -> Partial:
         if q.shape != out.shape:
             raise ValueError(f"partials of shapes {out.shape} and {q.shape} cannot be merged")
         out.count += q.count
+        out.bad += q.bad
         out.total += q.total
         out.squares += q.squares
         np.minimum(out.low, q.low, out=out.low)
@@ -348,8 +368,14 @@ def merge(parts: list[Partial]) -> Partial:
     return out
 
 
+def unmeasured(p: Partial) -> np.ndarray:
+    """Where no rank recorded anything (a blank cell), as opposed to a NaN a rank recorded (a NaN cell)."""
+    return (p.count == 0) & (p.bad == 0)
+
+
 def finish(p: Partial, mode: str) -> np.ndarray:
-    """The mean, spread (max - min) or population std across ranks; NaN where no rank had a value."""
+    """The mean, spread (max - min) or population std across the ranks that recorded a value; NaN where none did
+    and where any recorded a NaN or Inf."""
     check_mode(mode)
     n = np.maximum(p.count, 1)
     with np.errstate(invalid="ignore"):
@@ -359,20 +385,20 @@ def finish(p: Partial, mode: str) -> np.ndarray:
             out = p.high - p.low
         else:
             out = np.sqrt(np.maximum(p.squares / n - (p.total / n) ** 2, 0.0))
-    return np.where(p.count > 0, out, np.nan)
+    return np.where((p.count > 0) & (p.bad == 0), out, np.nan)
 
 
 def pack(p: Partial) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(count, sum and squares as one flat array to SUM; low to MIN; high to MAX) for an MPI reduction."""
-    return (np.concatenate([p.count.ravel(), p.total.ravel(), p.squares.ravel()]),
+    """(count, sum, squares and bad as one flat array to SUM; low to MIN; high to MAX) for an MPI reduction."""
+    return (np.concatenate([p.count.ravel(), p.total.ravel(), p.squares.ravel(), p.bad.ravel()]),
             p.low.ravel().copy(), p.high.ravel().copy())
 
 
 def unpack(sums: np.ndarray, low: np.ndarray, high: np.ndarray, shape) -> Partial:
     """The inverse of pack() (on reduced arrays)."""
-    count, total, squares = np.asarray(sums, dtype=np.float64).reshape((3,) + tuple(shape))
+    count, total, squares, bad = np.asarray(sums, dtype=np.float64).reshape((4,) + tuple(shape))
     return Partial(count, total, squares, np.asarray(low, dtype=np.float64).reshape(shape),
-                   np.asarray(high, dtype=np.float64).reshape(shape))
+                   np.asarray(high, dtype=np.float64).reshape(shape), bad)
 
 
 def _readable(read, ranks, skipped: list | None = None):
@@ -401,7 +427,7 @@ def network_partial(run: Run, ranks: list[int], step: float | None, layers: list
         values = np.stack([p.arrays[name] for name in names]) if names else np.zeros((0, len(p.positions)))
         if values.shape != shape:
             raise KeyError(f"rank {r}'s network has {values.shape[1]} channel points, rank 0's {points}")
-        return values
+        return values, np.stack([p.measured[name] for name in names]) if names else None
     return partial(_readable(read, ranks, skipped), shape)
 
 
@@ -435,18 +461,24 @@ def on_steps(steps: np.ndarray, at: np.ndarray, values: np.ndarray) -> np.ndarra
     return out
 
 
+def measured_on_steps(steps: np.ndarray, at: np.ndarray, measured) -> np.ndarray:
+    """Booleans [len(at), ...] (where a rank recorded a value at `at`) placed on `steps` (False off `at`)."""
+    return on_steps(steps, at, np.asarray(measured, dtype=np.float64)) > 0
+
+
 def layer_field_partial(run: Run, stat: str, ranks: list[int], steps: np.ndarray,
                         skipped: list | None = None) -> Partial:
     """Partial [steps, layers] of one layer statistic over `ranks`, on the common step axis `steps`."""
     def read(r):
         at, m = run.stat_matrix(stat, r)
-        return on_steps(steps, at, np.ma.filled(np.ma.asarray(m, dtype=np.float64), np.nan))
+        return (on_steps(steps, at, np.ma.filled(np.ma.asarray(m, dtype=np.float64), np.nan)),
+                measured_on_steps(steps, at, ~np.ma.getmaskarray(m)))
     return partial(_readable(read, ranks, skipped), (len(steps), len(run.layers)))
 
 
 def layer_field_of(run: Run, stat: str, steps: np.ndarray, p: Partial, mode: str) -> tuple[np.ndarray, Grid]:
     """(steps, Grid) of the layer x step field of the mean/spread/std across ranks (as layer_field)."""
-    m = np.ma.masked_array(finish(p, mode), mask=p.count == 0)
+    m = np.ma.masked_array(finish(p, mode), mask=unmeasured(p))
     return _layer_grid(run, steps, m, f"{stat}")
 
 
@@ -531,14 +563,16 @@ def channel_steps(run: Run, stat: str, layer: str, ref: int | None = None) -> tu
 def channel_field_partial(run: Run, stat: str, layer: str, ranks: list[int], steps: np.ndarray, channels: int,
                           skipped: list | None = None) -> Partial:
     """Partial [steps, channels] of a per-channel statistic of one layer over `ranks`, on the common steps."""
-    def read(r):
+    def read(r):  # every row run.stat gives was measured: a NaN in it was recorded
         at, v = run.stat(stat, layer, r)
-        return on_steps(steps, at, np.asarray(v, dtype=np.float64).reshape(len(at), -1))
+        v = np.asarray(v, dtype=np.float64).reshape(len(at), -1)
+        return on_steps(steps, at, v), measured_on_steps(steps, at, np.ones(v.shape))
     return partial(_readable(read, ranks, skipped), (len(steps), channels))
 
 
 def channel_field_of(stat: str, steps: np.ndarray, p: Partial, mode: str) -> tuple[np.ndarray, Grid]:
     """(steps, Grid) of the channel x step field of the mean/spread/std across ranks (as channel_field)."""
-    keep = (p.count > 0).any(axis=1)
+    blank = unmeasured(p)
+    keep = ~blank.all(axis=1)
     values = finish(p, mode)[keep]
-    return _channel_grid(steps[keep], np.ma.masked_array(values, mask=p.count[keep] == 0), stat)
+    return _channel_grid(steps[keep], np.ma.masked_array(values, mask=blank[keep]), stat)
