@@ -11,8 +11,9 @@ from .testing import CHROMIUM, CHROMIUM_FLAGS, start_dashboard
 
 PAGES = {"overview": "/", "scalars": "/scalars", "layers": "/layers", "ranks": "/ranks", "filters": "/filters",
          "3d": "/3d"}
-DRAWN_JS = """() => { const plots = [...document.querySelectorAll('.js-plotly-plot')];
-  return plots.length > 0 && plots.every(p => p.data && p.data.length > 0)
+DRAWN_JS = """() => { const plots = [...document.querySelectorAll('.js-plotly-plot')];  // drawn: traces or a message
+  return plots.length > 0 && plots.every(p => (p.data && p.data.length > 0)
+                                              || (p.layout && (p.layout.annotations || []).length > 0))
          && !document.querySelector('[data-dash-is-loading="true"]')
          && !document.body.innerText.includes('diagnosing ...'); }"""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dash import Input, Output, State, callback, ctx, dcc, html
 
-from tview.render import figures, image_grids
+from tview.render import figures, image_grids, summaries
 from tview.render.snapshots import next_snapshot, snapshot_marks
 
 from ..common import (
@@ -119,12 +119,7 @@ def show(flayer, mlayer, example, rank, step, runs):
         msg = figures.message_figure("no snapshot recorded yet")
         return msg, msg, msg
     step = int(step or 0)
-    if flayer:
-        at, w = run.filters(flayer, step, rank)
-        grid = image_grids.filter_grid_figure(w, f"filters of {flayer} at step {at} (rank {rank}): weights of each "
-                                                 f"{w.shape[2]} x {w.shape[3]} kernel")
-    else:
-        grid = figures.message_figure("no conv filters recorded")
+    grid = _filter_grid(run, flayer, step, rank) if flayer else figures.message_figure("no conv filters recorded")
     if not mlayer:
         msg = figures.message_figure("no probe batch recorded (pass probe_batch= to the Recorder)")
         return grid, figures.message_figure(""), msg  # said once, in the wide panel (the narrow one cut it)
@@ -135,6 +130,20 @@ def show(flayer, mlayer, example, rank, step, runs):
     inputs = run.probe_inputs(rank)
     probe = (image_grids.probe_input_figure(inputs[i], f"probe example {i} (input)") if inputs is not None
              else figures.message_figure("probe inputs not stored"))
-    fmaps = image_grids.feature_map_figure(maps[i], f"feature maps of {mlayer} for probe example {i} at step {at} "
-                                                    f"(rank {rank})")
+    blank = summaries.nonfinite_snapshot_text(maps[i], f"the feature maps of {mlayer}", at,
+                                              summaries.first_nonfinite_tensor(run, "activation", mlayer, rank))
+    fmaps = figures.message_figure(blank) if blank else image_grids.feature_map_figure(
+        maps[i], f"feature maps of {mlayer} for probe example {i} at step {at} (rank {rank})")
     return grid, probe, fmaps
+
+
+def _filter_grid(run, layer: str, step: int, rank: int):
+    """A conv layer's filters at the snapshot at or before `step`; where they are all NaN/Inf, a message that says so
+    (a grid of blank cells reads as nothing recorded)."""
+    at, w = run.filters(layer, step, rank)
+    blank = summaries.nonfinite_snapshot_text(w, f"the weights of {layer}", at,
+                                              summaries.first_nonfinite_tensor(run, "weight", layer, rank))
+    if blank:
+        return figures.message_figure(blank)
+    return image_grids.filter_grid_figure(w, f"filters of {layer} at step {at} (rank {rank}): weights of each "
+                                             f"{w.shape[2]} x {w.shape[3]} kernel")

@@ -71,10 +71,10 @@ def network(stat, rank, step, _, runs):
     layers, values, at, bad = summaries.channel_values_shown(run, stat, step, int(rank))
     when = f"step {max(at)}" if at else "no step"
     label = {o["value"]: o["label"] for o in STAT_OPTIONS}.get(stat, stat)
-    title = f"{stat} per channel at {when} (rank {rank}), input at the bottom"
+    title = f"{label} per channel at {when} (rank {rank}), input at the bottom"
     if bad:
         title += f"<br><span style='color:#d62728'>NaN/Inf in the output of {', '.join(bad[:4])}" \
-                 f"{' ...' if len(bad) > 4 else ''}: left blank</span>"
+                 f"{' ...' if len(bad) > 4 else ''}: grey</span>"
     return figures3d.network_figure(layers, values, title, label, bounds=(0.0, 1.0) if stat.endswith("_frac") else None)
 
 
@@ -106,6 +106,10 @@ def similarity(layer, threshold, rank, step, _, runs):
         if not layer or rank is None:
             return figures.message_figure("no probe batch recorded (pass probe_batch= to the Recorder)"), ""
         at, maps = run.feature_maps(layer, step, int(rank))
+        blank = summaries.nonfinite_snapshot_text(maps, f"the probe activations of {layer}", at,
+                                                  summaries.first_nonfinite_tensor(run, "activation", layer, int(rank)))
+        if blank:  # no filter can be placed or grouped: not 'no two filters correlate'
+            return figures.message_figure(blank), html.P(blank, className="tv-note")
         coords, groups = analysis.similarity_layout(maps, float(threshold))
         fig = figures3d.similarity_figure(coords, groups, f"filters of {layer} placed by their activations on the "
                                                           f"probe batch at step {at} (PCA; numbers: filter index)")

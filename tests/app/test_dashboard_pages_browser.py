@@ -146,3 +146,20 @@ def test_screenshots_of_every_page_as_the_readme_takes_them(server, browser, tmp
     for path in written:
         width, height = Image.open(path).size
         assert width == 1400 and height >= 1000, (path, width, height)  # the whole page in a 1400 x 1000 window
+
+
+def test_a_scalar_turns_the_ranks_layer_menu_off_and_durations_say_their_unit(server, page):
+    page.goto(f"{server}/ranks?runs=demo&stat=scalar:step_time")
+    page.wait_for_function(f"() => (({TRACES_JS})('ranks-stat-graph') || {{title: ''}}).title"
+                           ".startsWith('step_time per rank')", timeout=30_000)
+    assert page.locator("#ranks-layer").is_disabled()
+    assert "step_time is a scalar" in page.locator("#ranks-layer-hint").inner_text()
+    assert page.evaluate(AXES_JS, "ranks-stat-graph")["y_title"] == "step_time (ms)"
+    traces(page, "ranks-step-time")
+    assert page.evaluate(AXES_JS, "ranks-step-time")["y_title"] in ("busy_time (ms)", "step_time (ms)")
+    page.wait_for_function("() => /\\d+\\.\\d ms/.test(document.querySelector('.ranks-table').innerText)",
+                           timeout=20_000)
+    page.locator("#ranks-stat").click()
+    page.get_by_role("option", name="grad_norm", exact=True).click()
+    page.wait_for_function("() => !document.querySelector('#ranks-layer').disabled", timeout=20_000)
+    assert page.locator("#ranks-layer-hint").inner_text() == ""

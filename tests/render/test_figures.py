@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from tview.render import figures, layout, summaries
 from tview.store import schema
@@ -66,8 +67,81 @@ def test_histogram_figure_trims_bins_empty_at_every_step():
     counts[:, schema.HIST_HALF] = 5           # the exact-zero bin
     counts[1, schema.HIST_HALF + 10] = 2
     fig = figures.histogram_figure(np.arange(3), schema.hist_edges(), counts, "h")
-    assert len(fig.data[0].x) == 11 and fig.data[0].x[0] == "0"
+    # zero, a bin either side, the 6 empty bins between as one blank column, the bin with counts and one either side
+    assert list(fig.data[0].x[:3]) == ["-1.8e-8 to 0 (0 excluded)", "exactly 0", "0 to 1.8e-8 (0 excluded)"]
+    assert len(fig.data[0].x) == 7 and fig.data[0].x[3].startswith("no values from 1.8e-8 to ")
     assert figures.histogram_figure(np.arange(3), schema.hist_edges(), np.zeros((3, 97)), "h").layout.annotations
+
+
+def _gradient_like_counts() -> np.ndarray:
+    """Gradients between about 1e-4 and 1e-1 of either sign, one exact zero: the bins around +-1e-8 stay empty."""
+    counts = np.zeros((4, schema.HIST_BINS))
+    for side in (-1, 1):
+        counts[:, schema.HIST_HALF + side * np.arange(17, 29)] = 50
+    counts[2, schema.HIST_HALF] = 1
+    return counts
+
+
+def test_a_histogram_leaves_out_the_empty_bins_around_zero_and_its_ticks_are_true_bin_edges():
+    edges = schema.hist_edges()
+    fig = figures.histogram_figure(np.arange(4), edges, _gradient_like_counts(), "grad")
+    names = list(fig.data[0].x)
+    # each side: its 12 bins, a margin bin either side, a blank column; in the middle zero and its two margin bins
+    assert len(names) == 2 * (12 + 2 + 1) + 3 and names.index("exactly 0") == len(names) // 2
+    gaps = [n for n in names if n.startswith("no values")]
+    assert gaps == ["no values from -5.6e-5 to -1.8e-8", "no values from 1.8e-8 to 5.6e-5"]  # 14 empty bins each
+    held = {figures.edge_text(v) for v in figures.held_edges(edges)}
+    labels = fig.layout.xaxis.ticktext
+    assert set(labels) <= held and {"-1e-1", "-5.6e-5", "0", "1e-4", "1e-2", "1e-1"} <= set(labels), labels
+    at = dict(zip(labels, fig.layout.xaxis.tickvals))
+    assert at["0"] == names.index("exactly 0") and at["1e-4"] == names.index("5.6e-5 to 1e-4") + 0.5
+
+
+def test_histogram_columns_keep_a_margin_and_fold_only_long_empty_stretches():
+    used = np.zeros(20, dtype=bool)
+    used[[3, 6, 15]] = True
+    # 2..4 and 5..7 with their margins touch; 8..13 (6 bins) fold into one column; 14..16
+    assert figures.histogram_columns(used) == [2, 3, 4, 5, 6, 7, (8, 13), 14, 15, 16]
+    assert figures.histogram_columns(np.zeros(5, dtype=bool)) == []
+
+
+def test_a_histogram_of_zeros_only_says_so_and_a_step_without_values_is_blank_not_zero():
+    counts = np.zeros((3, schema.HIST_BINS))
+    counts[:2, schema.HIST_HALF] = 7  # every value exactly 0; at the third step none at all (all NaN)
+    fig = figures.histogram_figure(np.arange(3), schema.hist_edges(), counts, "grad histogram of fc1")
+    assert "every value is exactly 0" in fig.layout.title.text
+    zero = list(fig.data[0].x).index("exactly 0")
+    assert fig.data[0].z[0][zero] > 0 and all(v is None for v in fig.data[0].z[2])  # a gap, not log10(1 + 0)
+    assert fig.data[0].customdata[0][zero] == 7  # the hover gives the count itself
+    assert "exactly 0" not in figures.histogram_figure(np.arange(4), schema.hist_edges(), _gradient_like_counts(),
+                                                       "grad").layout.title.text
+
+
+def test_durations_are_shown_in_ms_under_a_second_and_in_s_from_a_second_on():
+    for name in ("step_time", "busy_time", "wait_time", "after_step_time", "cpu_wait_time", "tview_time",
+                 "tview_writer_cpu"):
+        assert figures.is_duration(name), name
+    assert not any(figures.is_duration(n) for n in ("wall_time", "loss", "lr", "examples_per_sec"))
+    assert figures.duration_unit([0.004, 0.008, 2.5]) == (1e3, "ms")  # the typical value: one slow step does not
+    assert figures.duration_unit([1.2, 3.0]) == (1.0, "s")
+    shown, unit = figures.in_units("busy_time", np.array([0.0082, np.nan]))
+    assert unit == "ms" and shown[0] == pytest.approx(8.2) and np.isnan(shown[1])
+    assert figures.in_units("loss", np.array([0.5]))[1] == ""
+    assert [figures.duration_text(s) for s in (0.0082, 1.5, None)] == ["8.2 ms", "1.50 s", "-"]
+
+
+def test_a_figure_of_durations_says_its_unit_on_the_axis_the_colour_bar_and_in_the_hover():
+    steps, values = np.arange(5), np.full((2, 5), 8.2)
+    lines = figures.ranks_figure(steps, [0, 1], values, "busy time", "busy_time", unit="ms")
+    assert lines.layout.yaxis.title.text == "busy_time (ms)" and all("ms" in t.hovertemplate for t in lines.data)
+    bands = figures.ranks_figure(steps, list(range(9)), np.full((9, 5), 8.2), "busy time", "busy_time", unit="ms")
+    assert all(t.hovertemplate.count(" ms") == 1 for t in bands.data if t.hovertemplate)
+    heat = figures.rank_heatmap_figure(steps, [0, 1], values, "busy time", "busy_time", unit="ms")
+    assert heat.data[0].colorbar.title.text == "busy_time (ms)" and "busy_time (ms)" in heat.data[0].hovertemplate
+    line = figures.line_figure([figures.Series("rank 0", steps, values[0])], "step_time", "step_time", unit="ms")
+    assert line.layout.yaxis.title.text == "step_time (ms)" and line.data[0].hovertemplate.endswith(" ms")
+    assert figures.line_figure([figures.Series("r", steps, values[0])], "loss", "loss").layout.yaxis.title.text == \
+        "loss"
 
 
 def test_network_positions_stack_layers_as_slabs():
@@ -175,3 +249,10 @@ def test_channels_of_a_layer_whose_output_was_nan_are_blank_not_healthy(nan_conv
     assert "conv2" in bad and "conv1" not in bad
     shown = dict(zip(layers, values))
     assert np.isnan(shown["conv2"]).all() and np.isfinite(shown["conv1"]).all()
+
+
+def test_channels_with_no_value_are_named_in_the_network_figures_legend():
+    from tview.render import figures3d
+    fig = figures3d.network_figure(["conv1", "relu1"], [np.array([0.1, np.nan]), np.array([0.5, 0.2])], "zero fraction",
+                                   "zero fraction")
+    assert [t.name for t in fig.data if t.showlegend] == ["no value (NaN/Inf, or not measured)"]

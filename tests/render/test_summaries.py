@@ -107,3 +107,12 @@ def test_the_first_nan_loss_step_comes_from_the_summaries_exactly(nan_conv2_run,
         assert summaries.first_scalar_nonfinite(run.rank_summaries(), "loss") == (0, 0)
     with open_run(small_run[0]) as clean:
         assert summaries.first_scalar_nonfinite(clean.rank_summaries(), "loss") is None
+
+
+def test_a_snapshot_all_nan_is_said_to_be_so_and_one_with_a_finite_value_is_drawn():
+    w = np.full((6, 1, 5, 5), np.nan)
+    text = summaries.nonfinite_snapshot_text(w, "the weights of conv1", 580, first=240)
+    assert text == ("the weights of conv1 are all NaN/Inf at step 580 (NaN/Inf from step 240 on): nothing to draw; "
+                    "pick an earlier step")
+    w[0, 0, 0, 0] = 0.1
+    assert summaries.nonfinite_snapshot_text(w, "the weights of conv1", 580) is None

@@ -190,29 +190,132 @@ def heatmap_figure(steps: np.ndarray, labels: list[str], values: np.ndarray, tit
     return _layout(fig, title, y_title="layer")
 
 
-def _bin_label(v: float) -> str:
-    return "0" if v == 0 else f"{v:.0e}"
+HIST_MARGIN = 1  # empty bins a histogram keeps either side of the bins that hold counts
+HIST_GAP = 3     # beyond the margins, a stretch of this many empty bins or more is drawn as one blank column
+HistColumn = int | tuple[int, int]  # a bin's index, or (first, last) of a stretch of empty bins left out
+
+
+def histogram_columns(used, margin: int = HIST_MARGIN, gap: int = HIST_GAP) -> list[HistColumn]:
+    """The columns a histogram draws, left to right, from a per-bin flag of the bins holding counts: each such bin and
+    `margin` bins either side; a stretch of `gap` or more other bins between two of them becomes one column
+    (first, last), shorter stretches stay as they are. [] where no bin holds a count."""
+    used = np.asarray(used, dtype=bool)
+    keep = np.convolve(used, np.ones(2 * margin + 1), mode="same") > 0
+    if not keep.any():
+        return []
+    first, last = np.flatnonzero(keep)[[0, -1]]
+    columns: list[HistColumn] = []
+    skipped: list[int] = []
+    for i in range(int(first), int(last) + 1):
+        if not keep[i]:
+            skipped.append(i)
+            continue
+        columns += [(skipped[0], skipped[-1])] if len(skipped) >= gap else skipped
+        columns.append(i)
+        skipped = []
+    return columns
+
+
+def edge_text(v: float) -> str:
+    """A bin edge as the histogram's axis writes it: '1e-8', '-3.2e-3', '0'."""
+    if v == 0:
+        return "0"
+    mantissa, exponent = f"{abs(v):.1e}".split("e")
+    return f"{'-' if v < 0 else ''}{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def held_edges(edges: np.ndarray) -> np.ndarray:
+    """The bin edges as the bins hold values: the middle bin's two edges are 0 (it holds exact zeros alone, the bins
+    beside it every smaller magnitude down to 0)."""
+    out = np.asarray(edges, dtype=np.float64).copy()
+    middle = np.flatnonzero((out[:-1] < 0) & (out[1:] > 0))
+    out[middle], out[middle + 1] = 0.0, 0.0
+    return out
+
+
+def bin_text(edges: np.ndarray, column: HistColumn) -> str:
+    """What one column of the histogram holds (its hover text and its name on the x axis), from held_edges: the values
+    from one edge to the next (0 itself only in the middle bin), the outermost bins also larger magnitudes; a
+    left-out stretch, no values at all."""
+    if isinstance(column, tuple):
+        return f"no values from {edge_text(edges[column[0]])} to {edge_text(edges[column[1] + 1])}"
+    lo, hi, last = edges[column], edges[column + 1], len(edges) - 2
+    if lo == hi == 0:
+        return "exactly 0"
+    if column in (0, last):
+        return f"{edge_text(hi)} and below" if column == 0 else f"{edge_text(lo)} and above"
+    return f"{edge_text(lo)} to {edge_text(hi)}" + (" (0 excluded)" if 0 in (lo, hi) else "")
+
+
+def _is_decade(v: float) -> bool:
+    return v != 0 and abs(math.log10(abs(v)) - round(math.log10(abs(v)))) < 1e-9
+
+
+def _edge_ticks(edges: np.ndarray, columns: list[HistColumn], k: int, zero_shown: bool) -> dict[float, str]:
+    """The ticks on bin column k's two edges: a power of ten, or an end of the drawn range or of a left-out stretch;
+    an edge at 0 only where the zero bin is not drawn (it has its own '0')."""
+    col, ticks = columns[k], {}
+    ends = (k == 0 or isinstance(columns[k - 1], tuple), k == len(columns) - 1 or isinstance(columns[k + 1], tuple))
+    for at, v, end in ((k - 0.5, edges[col], ends[0]), (k + 0.5, edges[col + 1], ends[1])):
+        if (end and not (v == 0 and zero_shown)) or _is_decade(v):
+            ticks[at] = edge_text(v)
+    return ticks
+
+
+def histogram_ticks(edges: np.ndarray, columns: list[HistColumn]) -> tuple[list[float], list[str]]:
+    """Tick positions (column k spans k - 0.5 to k + 0.5) and labels, true values of held_edges `edges`: the edges
+    that are powers of ten, the edges at both ends and beside a left-out stretch, and '0' on the zero bin."""
+    zero_shown = any(_zero_bin(edges, c) for c in columns)
+    ticks: dict[float, str] = {}
+    for k, col in enumerate(columns):
+        if isinstance(col, tuple):
+            ticks[k - 0.5], ticks[k + 0.5] = edge_text(edges[col[0]]), edge_text(edges[col[1] + 1])
+        elif _zero_bin(edges, col):
+            ticks[float(k)] = "0"
+        else:
+            ticks = {**_edge_ticks(edges, columns, k, zero_shown), **ticks}
+    positions = sorted(ticks)
+    return positions, [ticks[p] for p in positions]
+
+
+def _zero_bin(edges: np.ndarray, column: HistColumn) -> bool:
+    """Whether a column is the middle bin, exact zeros (of held_edges `edges`: both its edges 0)."""
+    return not isinstance(column, tuple) and edges[column] == edges[column + 1] == 0
+
+
+def _column_counts(counts: np.ndarray, columns: list[HistColumn]) -> np.ndarray:
+    """counts [steps, bins] as [steps, columns]: NaN in a left-out stretch's column and on a step with no value in
+    any bin (its values all NaN/Inf): drawn blank, not as zero counts."""
+    shown = np.stack([np.full(len(counts), np.nan) if isinstance(c, tuple) else counts[:, c] for c in columns], 1)
+    shown[counts.sum(axis=1) == 0] = np.nan
+    return shown
 
 
 def histogram_figure(steps: np.ndarray, edges: np.ndarray, counts: np.ndarray, title: str) -> go.Figure:
     """Histograms over time (TensorBoard's 'distributions' as a heatmap): steps down, value bins across,
-    colour = log10(1 + count). Bins empty at every step are trimmed."""
+    colour = log10(1 + count). Only the bins that hold counts show, a bin either side (histogram_columns), stretches
+    of empty bins between them as one blank column; the ticks are the true bin edges. A step with no value in any
+    bin (NaN/Inf there) is a blank row, not a row of zero counts; values all exactly 0 are said in the title."""
     counts = np.asarray(counts, dtype=np.float64)
     if counts.size == 0 or counts.sum() == 0:
         return message_figure("no histogram recorded yet for this layer")
     rows = strided(counts.shape[0], MAX_HEATMAP_ROWS)
-    counts, steps = counts[rows], np.asarray(steps)[rows]
+    counts, steps, edges = counts[rows], np.asarray(steps)[rows], held_edges(edges)
     used = np.flatnonzero(counts.sum(axis=0) > 0)
-    lo, hi = used[0], used[-1] + 1
-    edges = np.asarray(edges, dtype=np.float64)
-    centres = [_bin_label(0.0 if (edges[i] < 0 < edges[i + 1]) else
-                          math.copysign(math.sqrt(abs(edges[i] * edges[i + 1])), edges[i] + edges[i + 1]))
-               for i in range(lo, hi)]
-    fig = go.Figure(go.Heatmap(x=centres, y=steps, z=np.log10(1 + counts[:, lo:hi]), colorscale="Magma",
-                               colorbar=dict(title="log10(1+n)"),
-                               hovertemplate="step %{y}<br>bin %{x}<br>log10(1+n) %{z:.2f}<extra></extra>"))
-    _layout(fig, title, x_title="value (signed log bins)", y_title="step")
-    fig.update_xaxes(type="category")
+    columns = histogram_columns(counts.sum(axis=0) > 0)
+    shown = _column_counts(counts, columns)
+    with np.errstate(invalid="ignore"):
+        z = np.log10(1 + shown)
+    fig = go.Figure(go.Heatmap(x=[bin_text(edges, c) for c in columns], y=steps, z=[_finite_or_none(r) for r in z],
+                               customdata=[_finite_or_none(r) for r in shown], colorscale="Magma",
+                               colorbar=dict(title="log10(1+n)"), hoverongaps=False,
+                               hovertemplate="step %{y}<br>%{x}<br>%{customdata:.0f} values<extra></extra>"))
+    zero_only = len(used) == 1 and _zero_bin(edges, int(used[0]))
+    gaps = any(isinstance(c, tuple) for c in columns)
+    _layout(fig, title + ("<br>every value is exactly 0" if zero_only else ""), y_title="step",
+            x_title="value (signed log bins" + ("; a blank column: empty bins left out)" if gaps else ")"))
+    positions, labels = histogram_ticks(edges, columns)
+    fig.update_xaxes(type="category", tickmode="array", tickvals=positions, ticktext=labels, tickangle=-90)
     return fig
 
 
@@ -241,7 +344,8 @@ def _band_traces(steps: np.ndarray, bands: dict[str, np.ndarray], unit: str = ""
                                  fill="tonexty", fillcolor=fill, name=f"{lo}-{hi} of ranks", legendgroup=f"{lo}-{hi}",
                                  hovertemplate=f"{hi} %{{y:.4g}}{suffix}<extra></extra>"))
     traces.append(go.Scatter(x=steps, y=_finite_or_none(bands["median"]), mode="lines", name="median rank",
-                             line=dict(color="#555555", width=2), hovertemplate=f"median %{{y:.4g}}{suffix}<extra></extra>"))
+                             line=dict(color="#555555", width=2),
+                             hovertemplate=f"median %{{y:.4g}}{suffix}<extra></extra>"))
     return traces
 
 
@@ -272,10 +376,10 @@ def ranks_figure(steps: np.ndarray, ranks: list[int], values: np.ndarray, title:
         for trace in _band_traces(x, ranks_view.quantile_bands(values), unit):
             fig.add_trace(trace)
     for r, label in sorted(named.items(), key=lambda kv: kv[0] != focus):  # named ranks: their colour, drawn wider
+        dash = "solid" if r == focus or len(ranks) <= ranks_view.LINES_UP_TO else "dot"
         fig.add_trace(go.Scatter(x=x, y=_finite_or_none(values[row[r]]), mode="lines", name=label,
-                                 hovertemplate=_hover(unit), line=dict(color=rank_colour(r), width=3.5 if r == focus else 2.5,
-                                           dash="solid" if r == focus or len(ranks) <= ranks_view.LINES_UP_TO
-                                           else "dot")))
+                                 hovertemplate=_hover(unit),
+                                 line=dict(color=rank_colour(r), width=3.5 if r == focus else 2.5, dash=dash)))
     _layout(fig, title, y_title=with_unit(y_title, unit), legend=dict(orientation="h", y=-0.2))
     if log_y:
         fig.update_yaxes(type="log")

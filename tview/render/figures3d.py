@@ -40,7 +40,7 @@ def network_figure(layers: list[str], values: list[np.ndarray], title: str, colo
         hovertemplate="%{text}<br>%{marker.color:.3g}<extra></extra>"))
     if not ok.all():  # NaN/Inf or not measured: grey, said in the legend (a colour scale has no place for them)
         fig.add_trace(go.Scatter3d(x=pos[~ok, 0], y=pos[~ok, 1], z=pos[~ok, 2], mode="markers", text=text[~ok],
-                                   name="no value (NaN/Inf, or not measured)",
+                                   name="no value (NaN/Inf, or not measured)", showlegend=True,
                                    marker=dict(size=3, color="#bbbbbb", symbol="square", line=dict(width=0)),
                                    hovertemplate="%{text}: no value<extra></extra>"))
     sides = slab_sides(channels)

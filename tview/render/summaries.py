@@ -355,3 +355,20 @@ def sum_layers(t: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", over="ignore"):
         total = t[:, has].sum(axis=1)
     return np.where(np.isfinite(total), total, np.nan)
+
+
+def nonfinite_snapshot_text(values, what: str, step: int, first: int | None = None) -> str | None:
+    """Why a snapshot's picture would be blank: `what` ("conv1's weights") held no finite value at `step` (first: the
+    step its tensor first held NaN/Inf, where known); None where some value is finite."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0 or np.isfinite(v).any():
+        return None
+    since = f" (NaN/Inf from step {first} on)" if first is not None else ""
+    return f"{what} are all NaN/Inf at step {step}{since}: nothing to draw; pick an earlier step"
+
+
+def first_nonfinite_tensor(run: Run, reads: str, layer: str, rank: int) -> int | None:
+    """The step at which `layer`'s tensor read as `reads` ('weight', 'activation', ...) first held NaN/Inf on `rank`
+    (exact: the writer keeps it), or None."""
+    step = run.first_nonfinite(rank).get("tensors", {}).get(reads, {}).get(layer)
+    return None if step is None else int(step)
