@@ -7,7 +7,7 @@ and what tview adds on an ordinary recorded step and on a detail step, alone and
 (CUDA copies them one by one). The host's share, beside: every dispatch tview adds on an ordinary step, view ops
 too ("host calls": each costs 1-3 us of host time on a GPU, where a small net's training is host-bound), and the
 tensors passed to them. Usage:
-    python benchmarks/launches.py [--models resnet,convbn,3c3d,resnet18] [--batch 8]
+    python benchmarks/launches.py [--models resnet,convbn,3c3d,resnet18,mobilenet,vgg] [--batch 8]
 Targets (issue "Modern training stack"): ordinary <= 0.35x, detail <= 1.0x the training step's ops, 0 syncs.
 """
 
@@ -52,7 +52,53 @@ class ResNet18(torch.nn.Module):
         return self.fc(F.adaptive_avg_pool2d(self.stages(self.relu(self.bn1(self.conv1(x)))), 1).flatten(1))
 
 
-MODELS = {"resnet": SmallResNet, "convbn": ConvBNNet, "3c3d": ThreeC3D, "resnet18": resnet18_sized}
+class MobileNetish(torch.nn.Module):
+    """Depthwise-separable blocks (depthwise conv, BatchNorm, ReLU6(inplace), pointwise conv, BatchNorm, ReLU6): 1.1M
+    parameters, 19 BatchNorms whose outputs an in-place activation overwrites (a net tview was not built on)."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        widths = [(32, 64, 1), (64, 128, 2), (128, 128, 1), (128, 256, 2), (256, 256, 1), (256, 512, 2)]
+        widths += [(512, 512, 1)] * 3
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, 1, 1, bias=False), torch.nn.BatchNorm2d(32),
+                                        torch.nn.ReLU6(inplace=True))
+        self.blocks = torch.nn.Sequential(*[_separable(*w) for w in widths])
+        self.fc = torch.nn.Linear(512, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+def _separable(cin: int, cout: int, stride: int) -> torch.nn.Sequential:
+    nn = torch.nn
+    return nn.Sequential(nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin),
+                         nn.ReLU6(inplace=True), nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU6(inplace=True))
+
+
+class VGGish(torch.nn.Module):
+    """VGG-11-like: 8 convs with ReLU and max-pooling, no BatchNorm, a two-layer classifier with dropout (8.2M)."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        layers, cin = [], 3
+        for v in (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M"):
+            if v == "M":
+                layers.append(torch.nn.MaxPool2d(2))
+            else:
+                layers += [torch.nn.Conv2d(cin, v, 3, padding=1), torch.nn.ReLU()]
+                cin = v
+        self.features = torch.nn.Sequential(*layers)
+        self.fc = torch.nn.Sequential(torch.nn.Dropout(), torch.nn.Linear(512 * 4, 256), torch.nn.ReLU(),
+                                      torch.nn.Linear(256, num_classes))
+
+    def forward(self, x):
+        return self.fc(self.features(x).flatten(1))
+
+
+MODELS = {"resnet": SmallResNet, "convbn": ConvBNNet, "3c3d": ThreeC3D, "resnet18": resnet18_sized,
+          "mobilenet": MobileNetish, "vgg": VGGish}
+DEFAULT_MODELS = "resnet,convbn,3c3d,resnet18"  # the issue's four; mobilenet and vgg: nets tview was not built on
 
 
 def _step(model, opt, x, y, rec=None) -> OpCounter:
@@ -89,7 +135,8 @@ def count_model(name: str, batch: int, ddp: bool, tmp: str) -> dict:
             "host_tensors": ordinary.tensors - train.tensors,
             "ordinary": added(ordinary), "detail": added(detail), "syncs": ordinary.syncs + detail.syncs,
             "sync_names": dict(ordinary.sync_names + detail.sync_names), "train_syncs": train.syncs,
-            "ordinary_names": ordinary.by_name - train.by_name, "detail_names": detail.by_name - train.by_name}
+            "ordinary_names": ordinary.by_name - train.by_name, "detail_names": detail.by_name - train.by_name,
+            "ordinary_takes": train.by_name - ordinary.by_name}
 
 
 def init_single_rank_group(tmp: str) -> None:
@@ -99,7 +146,7 @@ def init_single_rank_group(tmp: str) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--models", default=DEFAULT_MODELS, help=f"some of {','.join(MODELS)}")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--verbose", action="store_true", help="list the ops tview adds")
     args = ap.parse_args(argv)
@@ -121,6 +168,8 @@ def main(argv=None) -> int:
                       + (f"  sync-prone: {r['sync_names']}" if r["syncs"] else ""))
                 if args.verbose:
                     print("   ordinary adds:", dict(r["ordinary_names"].most_common(12)))
+                    if r["ordinary_takes"]:  # DDP with tview's comm hook: the reducer copies where it multiplied
+                        print("   ordinary takes away:", dict(r["ordinary_takes"].most_common(12)))
                     print("   detail adds:  ", dict(r["detail_names"].most_common(12)))
         torch.distributed.destroy_process_group()
     print("targets met" if ok else "targets NOT met")
