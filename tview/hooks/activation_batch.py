@@ -182,9 +182,10 @@ def _to(t: torch.Tensor, device) -> torch.Tensor:
 
 class ActivationBatch:
     """The samples of several outputs and the per-row reductions the activation probes share (each computed
-    once, on demand). `outputs` are whole outputs; `samples` (optional) replaces the sample of some of them
-    (a sample copied in the hook, where a later layer modifies the output in place); `per_channel`: the
-    sample's size (None: every value); `scan=False`: the outputs are known to hold no NaN or Inf, none is read.
+    once, on demand). `outputs` are whole outputs; `samples` (optional: {position: (flat sample, its layout)})
+    replaces the sample of some of them (copied in the hook, where a later layer modifies the output in place);
+    `per_channel`: the sample's size (None: every value); `scan=False`: the outputs are known to hold no NaN or
+    Inf, none is read.
     `wants`: the statistics the due probes read (keys of HOW, "hist"; None: all), computed together on the device
     path (one zeroed table, one index_add_ for the sums, one scatter_reduce_ per extreme)."""
 
@@ -205,8 +206,9 @@ class ActivationBatch:
         """(the samples' layouts, the samples in one flat tensor): made when a statistic first reads them (an
         ordinary step's NaN/Inf scan reads the whole outputs: no view op per output)."""
         def make():
-            flats, layouts = zip(*(flat_sample(t, self._per_channel) for t in self.outputs))
-            flats = [self._samples.get(k, f) if self._samples else f for k, f in enumerate(flats)]
+            kept = self._samples or {}
+            flats, layouts = zip(*(kept[k] if k in kept else flat_sample(t, self._per_channel)
+                                   for k, t in enumerate(self.outputs)))
             return tuple(layouts), flats[0] if len(flats) == 1 else torch.cat(flats)
         return self._once("sampled", make)
 

@@ -508,12 +508,22 @@ class ParamContext:
         copied and summed per block in float64: the same bits as summing a float64 image, with none made."""
         blocks = self._blocks64
         self.copy_state = "dirty"
-        for b0, b1, dst, gaps, zeros in self._wide_parts:
-            lo = b0 * BLOCK
-            torch._foreach_copy_(dst + gaps, [weights[i].reshape(-1)[a:b] for i, a, b, _ in self._pieces(
-                lo, b1 * BLOCK)] + zeros)
+        for (b0, b1, dst, gaps, zeros), src in zip(self._wide_parts, self._wide_sources(weights)):
+            torch._foreach_copy_(dst + gaps, src + zeros)
             torch.sum(self._wide[:(b1 - b0) * BLOCK].view(-1, BLOCK), 1, out=blocks[b0:b1])
         return self.tensor_totals(blocks)
+
+    def _wide_sources(self, weights: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+        """Per part of _wide_parts, the 1-D pieces of `weights` it takes: views made again only where a weight's
+        storage changed (a parameter replaced, `.data` set), else kept: two view ops per tensor a recorded step
+        fewer (on a GPU, host time)."""
+        key = tuple(w.data_ptr() for w in weights)
+        kept = self.__dict__.get("_wide_views")
+        if kept is None or kept[0] != key:
+            views = [[weights[i].reshape(-1)[a:b] for i, a, b, _ in self._pieces(b0 * BLOCK, b1 * BLOCK)]
+                     for b0, b1, *_ in self._wide_parts]
+            kept = self._wide_views = (key, views)
+        return kept[1]
 
     @cached_property
     def _wide(self) -> torch.Tensor:

@@ -569,8 +569,10 @@ class Recorder:
             self._kept.append((index, output, output._version, None))
         elif host_shortcuts(output):  # the CPU's own path: into the batch's buffer
             self._host_batch_now().add(output, index)
-        else:
-            self._kept.append((index, output, output._version, flat_sample(output, self.preset.act_sample)[0].clone()))
+        else:  # (its sample, its layout); under no_grad: no detach op
+            with torch.no_grad():
+                flat, layout = flat_sample(output, self.preset.act_sample)
+                self._kept.append((index, output, output._version, (flat.clone(), layout)))
 
     def _recomputed(self, index: int) -> bool:
         """A layer's forward run again in the backward pass, its output kept in this step's forward already:
