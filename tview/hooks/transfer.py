@@ -214,7 +214,8 @@ class HostTransfer:
         or for a list its length and where its None are; its dtype; its byte offset))."""
         blocks = [isinstance(v, PerBlock) for v in values]
         values = [v.parts if isinstance(v, PerBlock) else v for v in values]
-        pieces = [[t.reshape(-1) for t in (v if isinstance(v, list) else [v]) if t is not None] for v in values]
+        pieces = [[t if t.dim() == 1 else t.reshape(-1) for t in (v if isinstance(v, list) else [v]) if t is not None]
+                  for v in values]  # (a reshape of a 1-D tensor is still a view op: host time on a GPU)
         dts = [_travel_dtype(ps) for ps in pieces]
         same, cast, where, end, total = _byte_layout(pieces, dts)
         device = next(p for ps in pieces for p in ps).device
