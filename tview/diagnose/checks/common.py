@@ -213,3 +213,16 @@ def common_steps(step_arrays: list[np.ndarray]) -> np.ndarray:
 def on(steps: np.ndarray, common: np.ndarray):
     """Index of the rows of `steps` (ascending) that are in `common` (a subset of them): all rows when equal."""
     return slice(None) if np.array_equal(steps, common) else np.isin(steps, common)
+
+
+def stacked_on_common_steps(series: list) -> tuple[np.ndarray, np.ndarray] | None:
+    """(the steps every rank's series has, [ranks, those steps] of their values) of per-rank (steps, values) series;
+    None where a rank has none or fewer than 2 x STAY_LEAST steps are common."""
+    if any(s is None for s in series):
+        return None
+    steps = series[0][0]
+    for s, _ in series[1:]:
+        steps = np.intersect1d(steps, s)
+    if len(steps) < 2 * STAY_LEAST:
+        return None
+    return steps, np.stack([v[np.isin(s, steps)] for s, v in series])

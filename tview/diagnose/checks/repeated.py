@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from tview.diagnose import detect
-from tview.diagnose.checks.common import HOLD_WINDOW, MAX_RANKS, STAY_LEAST
+from tview.diagnose.checks.common import HOLD_WINDOW, MAX_RANKS, STAY_LEAST, stacked_on_common_steps
 
 REPEAT_FACTOR = 0.2   # a rank's step-to-step change of a layer's zero fractions below this x the other ranks' median
 REPEAT_SHARE = 0.9    # ... on at least this share of the records from its onset on
@@ -42,14 +42,10 @@ def repeated_onsets(run, done: dict, ranks: list | None = None) -> dict[int, tup
 def _layer_onsets(series: list, ranks: list) -> dict[int, tuple[int, float]]:
     """{rank: (onset step, the other ranks' median change over its own from there)} on one layer: series, each
     rank's (steps, change) or None."""
-    if any(s is None for s in series):
+    got = stacked_on_common_steps(series)
+    if got is None:
         return {}
-    steps = series[0][0]
-    for s, _ in series[1:]:
-        steps = np.intersect1d(steps, s)
-    if len(steps) < 2 * STAY_LEAST:
-        return {}
-    change = np.stack([c[np.isin(s, steps)] for s, c in series])
+    steps, change = got
     least = max(STAY_LEAST, int(math.ceil(REPEAT_STAY * len(steps))))
     out = {}
     for k in range(len(ranks)):

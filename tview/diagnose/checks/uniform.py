@@ -11,7 +11,7 @@ import numpy as np
 
 from tview.diagnose import detect
 from tview.diagnose.checks import repeated
-from tview.diagnose.checks.common import HOLD_WINDOW, MAX_RANKS, STAY_LEAST
+from tview.diagnose.checks.common import HOLD_WINDOW, MAX_RANKS, STAY_LEAST, stacked_on_common_steps
 
 UNIFORM_TOL = 1e-3    # a channel's zero fraction within this of 0 or 1: all or none of the batch's values are zero
 UNIFORM_SHARE = 0.9   # a rank uniform (the others not) on at least this share of the records from its onset on
@@ -63,14 +63,10 @@ def uniform_onsets(run, done: dict | None = None, max_points=None) -> dict[int, 
 
 def _layer_onsets(series: list, ranks: list) -> dict[int, int]:
     """{rank: onset step} on one layer: series, each rank's (steps, flags) or None."""
-    if any(s is None for s in series):
+    got = stacked_on_common_steps(series)
+    if got is None:
         return {}
-    steps = series[0][0]
-    for s, _ in series[1:]:
-        steps = np.intersect1d(steps, s)
-    if len(steps) < 2 * STAY_LEAST:
-        return {}
-    flags = np.stack([f[np.isin(s, steps)] for s, f in series])
+    steps, flags = got
     least = max(STAY_LEAST, int(math.ceil(UNIFORM_STAY * len(steps))))
     out = {}
     for k in range(len(ranks)):
