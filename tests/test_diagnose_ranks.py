@@ -2,6 +2,8 @@
 from its onset though some of its records (the last ones too) are ordinary, and not when the host made its lead or
 when it is ahead only now and then."""
 
+import warnings
+
 import numpy as np
 
 from tview.diagnose import detect
@@ -143,6 +145,11 @@ def test_a_rank_whose_loss_stays_apart_is_named_above_or_below_and_noise_or_two_
     two = decay * rng.uniform(0.9, 1.1, (2, STEPS))
     two[1, ONSET:] *= 1.5
     assert ranks._apart(two, 0.05 * 2.3) == {}
+    nan = decay * rng.uniform(0.7, 1.3, (3, STEPS))
+    nan[:, ONSET:] = np.nan  # every rank's loss NaN from ONSET (a NaN run): no rank apart, and numpy says nothing
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ranks._apart(nan, 0.05 * 2.3) == {}
 
 
 def test_a_rank_whose_batches_repeat_is_dated_at_the_batch_that_repeats():

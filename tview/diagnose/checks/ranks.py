@@ -108,8 +108,8 @@ def _apart(loss: np.ndarray, gap: float) -> dict[int, tuple[int, int]]:
     if len(loss) < 3:
         return {}
     ref = detect.nanmedian(loss, axis=0)
-    top = np.nanmax(np.where(np.isfinite(loss), loss, np.nan), axis=0)
-    bottom = np.nanmin(np.where(np.isfinite(loss), loss, np.nan), axis=0)
+    finite = np.isfinite(loss)  # (a step where no rank's loss is finite: -inf and inf, apart from nothing)
+    top, bottom = np.where(finite, loss, -np.inf).max(axis=0), np.where(finite, loss, np.inf).min(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         log_ratio = np.log(loss / ref)
         level = detect.rolling_median(log_ratio, APART_WIDTH)  # a batch's noise smoothed out: the rank's level
