@@ -66,6 +66,9 @@ RANK_XML = ('<IntVectorProperty name="RankRange" command="GetRankRange" informat
             '</IntVectorProperty>')
 
 
+PLAIN_REPRESENTATION = "Point Gaussian"  # ParaView sizes its dots from the data's extent: visible at any size
+
+
 def _report(message: str, error: bool = True):
     """An error or warning in ParaView's output messages (and on stderr for pvbatch)."""
     try:
@@ -102,10 +105,13 @@ def _enable_only(selection, names, enabled):
 
 @smproxy.reader(name="TviewRunReader", label="tview Run Reader", extensions="tview",
                 file_description="tview training run")
-@smhint.xml('<RepresentationType view="RenderView" type="Points" />')
+@smhint.xml(f'<RepresentationType view="RenderView" type="{PLAIN_REPRESENTATION}" />')
 class TviewRunReader(VTKPythonAlgorithmBase):
     """Reads a tview run (its run.tview manifest) into the blocks of tview.render.blocks.BUILDERS that are ticked
-    in Blocks (only the network at first: one picture, not every block on top of another). Under `mpirun pvbatch`
+    in Blocks (only the network at first: one picture, not every block on top of another). A plain File > Open and
+    Apply shows it readable as it is: the layers side by side facing ParaView's default camera (scene.network_layout),
+    each channel a shaded dot (the representation hint; Points drew one pixel each), coloured by a statistic every
+    layer has from the first step on (views.network_colour). Under `mpirun pvbatch`
     the ranks are shared out among the processes: each reads only its own ranks' shards, reductions across ranks
     and rank rows travel over MPI."""
 

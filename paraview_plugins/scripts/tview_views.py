@@ -30,6 +30,17 @@ def open_run(manifest, rank=0, example=0, **properties):
     return reader
 
 
+def first_nonfinite(manifest):
+    """(step, rank) where NaN/Inf first appeared in the run (tview.render.scene.first_nonfinite), None if never."""
+    from tview.render import scene
+    from tview.store.reader import open_run as open_tview_run
+    run = open_tview_run(manifest, skip_bad_shards=True)
+    try:
+        return scene.first_nonfinite(run)
+    finally:
+        run.close()
+
+
 def steps_of(reader):
     return list(reader.TimestepValues) if reader.TimestepValues else []
 
@@ -299,6 +310,13 @@ def points_of(source):
     return np.concatenate(parts).reshape(-1, 3) if parts else np.zeros((0, 3))
 
 
+def box_2d(points):
+    """(xmin, xmax, ymin, ymax) of points (n x 3)."""
+    import numpy as np
+    p = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    return [p[:, 0].min(), p[:, 0].max(), p[:, 1].min(), p[:, 1].max()] if len(p) else [0.0, 1.0, 0.0, 1.0]
+
+
 def frame_3d(view, points, margin=None):
     """Aim the camera (its direction and up kept) so that every point (the data's, labels' anchors) lies `margin`
     pixels or more inside the picture (default: below the caption's two lines), the picture centred, as near as
@@ -321,20 +339,21 @@ def frame_3d(view, points, margin=None):
 
 
 def network(reader, view, array, layer=None, size=None):
+    """Each channel a dot on its layer's slab, the slabs side by side facing the camera (straight down z, as
+    ParaView's default camera), named above; dots as wide as 0.7 of the channel spacing, from 3 to 12 pixels."""
     part = extract(reader, ["/Root/network"])
     display = pv.Show(part, view)
     display.SetRepresentationType("Points")
-    display.PointSize = 10 if view.ViewSize[1] >= 500 else 6
     display.RenderPointsAsSpheres = 1
     if size:
         size_by(display, part, size)
     color(display, view, array, preset="Viridis (matplotlib)")
-    labels = labels_of(part)
-    draw_labels(view, labels, size=font(view), justification="Right")
-    view.CameraPosition = [34, -46, 28]
-    view.CameraFocalPoint = [0, 0, 12]
-    view.CameraViewUp = [0, 0, 1]
-    frame_3d(view, [*points_of(part), *(xyz for _, xyz in labels)])
+    text, anchored = font(view), labels_of(part)
+    pixels = frame_2d(view, box_2d([*points_of(part), *(xyz for _, xyz in anchored)]),
+                      (DOT_PIXELS, BAR_PIXELS, 1.6 * text + DOT_PIXELS, 3.4 * text + DOT_PIXELS))
+    display.PointSize = max(3, min(12, round(0.7 * pixels)))
+    labels = spaced(anchored, 0, pixels, lambda t: text_width(t, text) + 6)  # a small view: some names left out
+    draw_labels(view, labels, size=text, justification="Center")
     caption(view, part, f"network: {array}" + (f" (size: {size})" if size else "") + "\n{run} · {ranks} · step {step}")
     return labels
 
@@ -500,9 +519,9 @@ def _layout_of_four():
     return lay, first
 
 
-def layout(reader, manifest, size, array=None, filter_layer=None):
+def layout(reader, manifest, size, array=None, filter_layer=None, note=""):
     """Network, layer x step field, filters and trajectories in one layout of four linked views (one time), on a
-    reader set up with blocks_for(LAYOUT, array)."""
+    reader set up with blocks_for(LAYOUT, array); `note` (where NaN/Inf first appeared) under the network."""
     lay, first = _layout_of_four()
     half = [size[0] // 2, size[1] // 2]
     views, labels = [], []
@@ -516,6 +535,8 @@ def layout(reader, manifest, size, array=None, filter_layer=None):
     for view, name in zip(views, LAYOUT):
         layer = default_layer(manifest, name, filter_layer if name == "filters" else None)
         labels += show(reader, view, name, array if name == "field" else None, layer)
+    if note:
+        fixed_caption(views[0], note)
     for view in views:
         pv.Render(view)  # every view drawn now, not when the time first changes
     return lay, views, labels

@@ -31,6 +31,14 @@ FIRST_FRAME = """<?xml version="1.0" ?>
   <pqevent object="pqClientMainWindow/VCRToolbar/actionVCRFirstFrame" command="activate" arguments="" />
 </pqevents>
 """
+# the same player presses Apply on the Properties panel, as a person does after File > Open
+APPLY = """<?xml version="1.0" ?>
+<pqevents>
+  <pqevent object="pqClientMainWindow" command="pause" arguments="{pause}" />
+  <pqevent object="pqClientMainWindow/propertiesDock/propertiesPanel/Accept" command="activate" arguments="" />
+  <pqevent object="pqClientMainWindow" command="pause" arguments="3000" />
+</pqevents>
+"""
 
 
 def missing_programs() -> list[str]:
@@ -72,10 +80,10 @@ def desktop(size=SCREEN) -> Iterator[str]:
 class ParaViewGUI:
     """`tview paraview RUN [-- PARAVIEW_ARGS]` on a display: its output lines as they come, screenshots."""
 
-    def __init__(self, run: str, display: str, paraview_args: list[str] = ()):
+    def __init__(self, run: str, display: str, paraview_args: list[str] = (), plain: bool = False):
         env = dict(os.environ, DISPLAY=display, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        cmd = [sys.executable, "-m", "tview.cli", "paraview", run] + (["--"] + list(paraview_args) if paraview_args
-                                                                      else [])
+        cmd = [sys.executable, "-m", "tview.cli", "paraview"] + ["--plain"] * plain + [run] + (
+            ["--"] + list(paraview_args) if paraview_args else [])
         self.display = display
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      start_new_session=True)
@@ -172,10 +180,66 @@ def changed(a: np.ndarray, b: np.ndarray, rect) -> float:
 
 
 def first_frame_events(folder: str, pause_ms: int) -> str:
-    path = os.path.join(folder, "first_frame.xml")
+    return _events(folder, "first_frame.xml", FIRST_FRAME, pause_ms)
+
+
+def apply_events(folder: str, pause_ms: int) -> str:
+    return _events(folder, "apply.xml", APPLY, pause_ms)
+
+
+def _events(folder: str, name: str, events: str, pause_ms: int) -> str:
+    path = os.path.join(folder, name)
     with open(path, "w") as f:
-        f.write(FIRST_FRAME.format(pause=pause_ms))
+        f.write(events.format(pause=pause_ms))
     return path
+
+
+BACKGROUND = (82, 87, 110)  # ParaView's own grey behind a plain render view (its default palette)
+
+
+def render_area(shot: np.ndarray, margin: int = 8) -> tuple[int, int, int, int]:
+    """(x, y, w, h) of the single render view of a plain ParaView: the largest block of its background grey."""
+    grey = (np.abs(shot.astype(int) - BACKGROUND).max(axis=2) <= 6)
+    ys, xs = np.nonzero(grey)
+    x0, x1, y0, y1 = np.percentile(xs, 1), np.percentile(xs, 99), np.percentile(ys, 1), np.percentile(ys, 99)
+    return int(x0) + margin, int(y0) + margin, int(x1 - x0) - 2 * margin, int(y1 - y0) - 2 * margin
+
+
+def drawn_box(shot: np.ndarray, rect, right: int = 150) -> tuple[int, int, int, int, float]:
+    """(x, y, w, h, coverage) of what is drawn on the grey of a plain render view (its right strip, the colour
+    bar's, and its lower left corner, the orientation axes', left out): its box and the fraction of that box
+    that is not grey."""
+    x, y, w, h = rect
+    part = shot[y:y + h, x:x + w - right].astype(int)
+    drawn = np.abs(part - BACKGROUND).max(axis=2) > 24
+    drawn[-120:, :120] = False
+    ys, xs = np.nonzero(drawn)
+    if not len(xs):
+        return 0, 0, 0, 0, 0.0
+    box = (int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1))
+    return (*box, float(drawn[box[1]:box[1] + box[3], box[0]:box[0] + box[2]].mean()))
+
+
+def yellow(shot: np.ndarray, rect) -> int:
+    """Pixels of ParaView's default NaN colour (yellow, in its default Cool to Warm map) inside a view, its lower
+    left corner (the orientation axes: a yellow Y) left out."""
+    x, y, w, h = rect
+    r, g, b = (shot[y:y + h, x:x + w, k].astype(int) for k in range(3))
+    found = (r > 200) & (g > 200) & (b < 80)
+    found[-150:, :150] = False
+    return int(found.sum())
+
+
+def solid(shot: np.ndarray, rect) -> int:
+    """Pixels of a view drawn (not its grey) whose 3 x 3 neighbourhood is drawn too: dots, not one-pixel points."""
+    x, y, w, h = rect
+    drawn = np.abs(shot[y:y + h, x:x + w].astype(int) - BACKGROUND).max(axis=2) > 24
+    drawn[-150:, :150] = False
+    inner = drawn[1:-1, 1:-1].copy()
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            inner &= drawn[1 + dy:drawn.shape[0] - 1 + dy, 1 + dx:drawn.shape[1] - 1 + dx]
+    return int(inner.sum())
 
 
 def main(argv: list[str]) -> None:

@@ -244,9 +244,11 @@ def test_reloading_follows_a_live_run(tmp_path):
 
 def test_file_open_in_a_plain_paraview_gui_shows_the_network_coloured(demo, tmp_path):
     """File > Open of run.tview in ParaView's GUI with the plugin (what `tview paraview RUN --plain` does): the tview
-    reader is picked, the time steps are the run's, and Apply shows the network's points coloured by a statistic,
-    not every block on top of another as one solid surface."""
+    reader is picked, the time steps are the run's, and Apply shows the network's points as dots coloured by a
+    statistic every layer has from the first step on, the layers side by side before ParaView's camera, not every
+    block on top of another as one solid surface."""
     from tview.render.paraview_launch import paraview_command, paraview_env, screen
+    from tview.render.views import network_colour
     cmd = paraview_command(demo, plain=True)
     assert cmd[1:] == ["--dr", f"--data={demo}/run.tview"]
     out = tmp_path / "gui.json"
@@ -262,7 +264,7 @@ try:
     json.dump({{"reader": src.GetXMLName(), "steps": len(src.TimestepValues), "blocks": [str(b) for b in src.Blocks],
                "representation": shown.SMProxy.GetProperty("Representation").GetElement(0),
                "colour": [str(c) for c in shown.ColorArrayName], "points": info.GetNumberOfPoints(),
-               "cells": info.GetNumberOfCells()}}, open({str(out)!r}, "w"))
+               "cells": info.GetNumberOfCells(), "bounds": list(info.GetBounds())}}, open({str(out)!r}, "w"))
 finally:
     os._exit(0)
 """)
@@ -275,8 +277,10 @@ finally:
     got = json.loads(out.read_text())
     run = tview.open_run(demo)
     assert got["reader"] == "TviewRunReader" and got["steps"] == len(run.steps(0))
-    assert got["blocks"] == ["network"] and got["representation"] == "Points"
-    assert got["colour"] == ["POINTS", scene.statistic_arrays(run)[0]]  # coloured by a statistic, not solid
+    assert got["blocks"] == ["network"] and got["representation"] == "Point Gaussian"  # dots, not 1-pixel points
+    assert got["colour"] == ["POINTS", network_colour(scene.statistic_arrays(run))]  # act_channel_zero_frac
+    x0, x1, y0, y1, z0, z1 = got["bounds"]
+    assert z0 == z1 == 0 and x1 - x0 > y1 - y0 > 0  # facing ParaView's camera (down -z), the layers side by side
     assert got["points"] == sum(i["channels"] for i in run.layer_info) == got["cells"]  # a point per channel
 
 

@@ -44,3 +44,20 @@ def test_the_fitted_picture_is_centred_with_the_margin_on_its_tightest_side():
                       distance=fit_distance(points, (points.min(0) + points.max(0)) / 2, aspect=1000 / 800,
                                             fill=0.9, **NETWORK_CAMERA))
     assert abs(plain[:, 1].max() + plain[:, 1].min()) > 0.05
+
+
+def test_paraviews_default_camera_sees_every_layer_of_the_network_apart():
+    """The network as ParaView's default camera (views.NETWORK_CAMERA: down -z, +y up; `tview render` and `tview
+    paraview` look the same way) shows it, fitted: every slab inside the picture, no two slabs' pictures overlapping
+    (the slabs stacked along z, seen so, covered each other)."""
+    from tview.render.scene import network_layout
+    from tview.render.views import NETWORK_CAMERA
+    counts = (16,) * 20
+    points, _ = network_layout(counts, tuple(f"block{i // 2}.conv" for i in range(20)))
+    camera = dict(NETWORK_CAMERA, view_angle=30.0)
+    focal, d = fit_camera(points, aspect=1000 / 800, fill=0.9, **camera)
+    xy = projected(points, focal, distance=d, aspect=1000 / 800, **camera)
+    assert np.abs(xy).max() <= 0.9 + 1e-6
+    boxes = [(p[:, 0].min(), p[:, 0].max(), p[:, 1].min(), p[:, 1].max()) for p in np.split(xy, np.cumsum(counts)[:-1])]
+    assert all(a[1] < b[0] or b[1] < a[0] or a[3] < b[2] or b[3] < a[2] for i, a in enumerate(boxes)
+               for b in boxes[i + 1:])

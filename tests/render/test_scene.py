@@ -290,3 +290,62 @@ def test_the_rank_shown_is_one_of_the_runs_ranks_and_a_block_path_names_nested_b
     assert blocks.match_names(names, ["act_channel_zero_frac", "conv2"]) == (1, 2)  # a name holding a slash
     assert blocks.match_names(names, ["grad_norm", "x"]) == (0, 1) and blocks.match_names(names, ["x"]) is None
     assert blocks.path_parts("/Root/filters/conv2") == blocks.path_parts("filters/conv2") == ["filters", "conv2"]
+
+
+LENET = ((6, 6, 16, 16, 120, 120, 84, 84, 10),
+         ("conv1", "relu1", "conv2", "relu2", "fc1", "relu3", "fc2", "relu4", "fc3"))
+TALL = ((16,) * 20, tuple(f"block{i // 2}.{('conv', 'relu')[i % 2]}" for i in range(20)))
+
+
+def slab_boxes(positions, counts):
+    """(xmin, xmax, ymin, ymax) of each layer's channels."""
+    edges = np.cumsum((0,) + tuple(counts))
+    return [(positions[a:b, 0].min(), positions[a:b, 0].max(), positions[a:b, 1].min(), positions[a:b, 1].max())
+            for a, b in zip(edges, edges[1:])]
+
+
+def apart(a, b, gap=0.5):
+    return a[1] + gap < b[0] or b[1] + gap < a[0] or a[3] + gap < b[2] or b[3] + gap < a[2]
+
+
+@pytest.mark.parametrize("counts,names", [LENET, TALL])
+def test_the_network_lies_on_the_xy_plane_its_layers_side_by_side_named_above_them(counts, names):
+    """ParaView's default camera looks down -z with +y up: every layer's slab apart from the others on the x-y plane
+    (slabs stacked along z lay on top of each other there), in the network's order (left to right, rows from the
+    top), its name above it, the names of a row apart, the whole about as wide as a landscape view."""
+    positions, anchors = scene.network_layout(counts, names)
+    assert positions.shape == (sum(counts), 3) and (positions[:, 2] == 0).all()
+    boxes = slab_boxes(positions, counts)
+    assert all(apart(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    for box, (x, y, _) in zip(boxes, anchors):
+        assert box[0] <= x <= box[1] and box[3] < y < box[3] + scene.LABEL_ROOM  # centred above its slab
+    for (x0, y0, _), (x1, y1, _), a, b in zip(anchors, anchors[1:], names, names[1:]):
+        assert (y1 == y0 and x1 > x0) or y1 < y0  # reading order
+        if y1 == y0:  # room for both names (each CHAR_UNITS a character)
+            assert x1 - x0 >= scene.CHAR_UNITS * (len(a) + len(b)) / 2
+    width, height = np.ptp(positions[:, 0]), np.ptp([*positions[:, 1], *(y for _, y, _ in anchors)])
+    assert 1.0 < width / height < 2.6, (width, height)
+
+
+def test_a_plain_file_open_colours_the_network_by_a_statistic_every_layer_has_at_the_first_step(small_run):
+    from tview.render.views import network_colour
+    run = tview.open_run(small_run[0])
+    names = scene.statistic_arrays(run)
+    assert names[0] != network_colour(names) == "act_channel_zero_frac"  # the first: grad_channel_norm
+    first, last = (scene.network(run, 0, float(s)) for s in scene.time_steps(run)[[0, -1]])
+    shown = network_colour(names)  # (TinyCNN's ReLU, used twice, has no per-channel values at any step)
+    assert np.array_equal(np.isfinite(first.arrays[shown]), np.isfinite(last.arrays[shown]))
+    assert np.isnan(first.arrays[names[0]]).any()  # an activation layer has no gradient: NaN (ParaView's yellow)
+    assert network_colour(["grad_norm"]) == "grad_norm" and network_colour([]) is None
+
+
+def test_a_run_opens_where_nan_first_appeared_else_at_its_last_step(nan_conv2_run, small_run):
+    nan_run, clean = tview.open_run(nan_conv2_run), tview.open_run(small_run[0])
+    onset = scene.first_nonfinite(nan_run)
+    assert onset == (0, 0)  # its one step, its one rank
+    assert scene.first_nonfinite(clean) is None
+    assert scene.onset_note(onset) == "first NaN/Inf at step 0, rank 0: opened there" and scene.onset_note(None) == ""
+    steps = [0, 2, 4, 6]
+    assert scene.opening_step(steps, None) == 6.0
+    assert scene.opening_step(steps, (4, 1)) == 4.0 and scene.opening_step(steps, (3, 1)) == 4.0
+    assert scene.opening_step(steps, (9, 0)) == 6.0 and scene.opening_step([], (1, 0)) is None

@@ -13,7 +13,7 @@ import numpy as np
 
 from tview.render import scene, vtk_data
 from tview.render.mpi_share import RankShare
-from tview.render.views import REDUCED
+from tview.render.views import REDUCED, network_colour
 from tview.store.reader import Run
 
 
@@ -132,11 +132,11 @@ def _grid(g: scene.Grid):
 
 
 def _network_colour(data, stats):
-    """The first selected statistic as the active scalars: what a plain ParaView colours the points by."""
-    for name in stats:
-        if data.GetPointData().GetArray(name) is not None:
-            data.GetPointData().SetActiveScalars(name)
-            return data
+    """views.network_colour of the selected statistics as the active scalars: what a plain ParaView colours the
+    points by (a statistic with a value at the first step, on every layer)."""
+    name = network_colour([n for n in stats if data.GetPointData().GetArray(n) is not None])
+    if name is not None:
+        data.GetPointData().SetActiveScalars(name)
     return data
 
 

@@ -7,13 +7,14 @@ Only numpy and tview.store: it runs inside ParaView's own Python (numpy 1.24, h5
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from tview.errors import TviewError
 from tview.render.analysis import similarity_layout
-from tview.render.layout import network_positions, tile, tile_gaps, tile_origins
+from tview.render.layout import slab_sides, tile, tile_gaps, tile_origins
 from tview.render.summaries import blanked_by_nonfinite, channel_values_shown
 from tview.render.views import RANK_MODES, REDUCED  # noqa: F401 (scene.RANK_MODES: the names in one place)
 from tview.store.reader import Run
@@ -34,6 +35,30 @@ class Points:
 def time_steps(run: Run) -> np.ndarray:
     """Recorded steps of the first readable rank: ParaView's time steps."""
     return run.steps(run.ranks[0]) if run.ranks else np.zeros(0, dtype=np.int64)
+
+
+def first_nonfinite(run: Run) -> tuple[int, int] | None:
+    """(step, rank) where NaN/Inf first appeared in the run, from the ranks' summaries (no shard scanned): the
+    earliest step on any rank and, at that step, the rank that made it (its activations or loss went first; the
+    others had it from the all-reduce), the lowest rank on a tie; None for a run without NaN/Inf."""
+    keys = [(*s.first_nonfinite_key(), rank) for rank, s in sorted(run.rank_summaries().items())
+            if s.problem is None and s.first_nonfinite_key() is not None]
+    return (int(min(keys)[0]), int(min(keys)[2])) if keys else None
+
+
+def opening_step(steps, onset: tuple[int, int] | None) -> float | None:
+    """The time step a run opens at: the first recorded step at or after where NaN/Inf first appeared (`onset`,
+    first_nonfinite's), else the last recorded step; None without steps."""
+    steps = np.asarray(steps, dtype=np.float64)
+    if not len(steps):
+        return None
+    after = steps[steps >= onset[0]] if onset is not None else steps[:0]
+    return float(after[0] if len(after) else steps[-1])
+
+
+def onset_note(onset: tuple[int, int] | None) -> str:
+    """What a window opened at the first NaN/Inf says of it ("" for a run without)."""
+    return f"first NaN/Inf at step {onset[0]}, rank {onset[1]}: opened there" if onset is not None else ""
 
 
 def statistic_arrays(run: Run) -> list[str]:
@@ -79,28 +104,67 @@ def network(run: Run, rank: int, step: float | None, layers: list[str] | None = 
             blank = [names.index(b) for b in blanked_by_nonfinite(run, name, at, rank) if b in names]
             values[np.isin(out["layer"], blank)] = np.nan
         out[name] = values
-    positions = _positions(tuple(counts))
-    labels = [(f"{name} ({c})", _front_left(positions[offsets[name]:offsets[name] + c]))
-              for name, c in zip(names, counts)]
-    return Points(positions, out, labels=labels, measured=measured)
+    positions, anchors = network_layout(tuple(counts), tuple(names))
+    labels = [(slab_label(name, c), anchor) for name, c, anchor in zip(names, counts, anchors)]
+    return Points(positions.copy(), out, labels=labels, measured=measured)
+
+
+NETWORK_ASPECT = 1.6  # width / height the network's rows aim at: a landscape view's
+SLAB_GAP = 1.5        # between two slabs' places in a row (in channel spacings)
+LABEL_ROOM = 2.0      # above each row, for its slabs' names
+CHAR_UNITS = 0.7      # how wide a name's character is taken to be (in channel spacings) when slabs are placed
+
+
+def slab_label(name: str, channels: int) -> str:
+    return f"{name} ({channels})"
+
+
+def _slot_widths(sides: list[int], texts: tuple[str, ...]) -> list[float]:
+    """Each slab's place in its row: its side, or its name if that is wider (names never run into each other)."""
+    return [max(float(side), CHAR_UNITS * len(text)) for side, text in zip(sides, texts)]
+
+
+def _row_split(widths: list[float], sides: list[int], aspect: float) -> list[list[int]]:
+    """The slabs of each row, in the network's order: of the splits into rows of equal count, the one whose box is
+    nearest `aspect` wide to tall."""
+    def box(rows):
+        width = max(sum(widths[i] for i in row) + SLAB_GAP * (len(row) - 1) for row in rows)
+        return width / sum(max(sides[i] for i in row) + LABEL_ROOM for row in rows)
+    splits = [[list(range(i, min(i + per, len(widths)))) for i in range(0, len(widths), per)]
+              for per in sorted({-(-len(widths) // r) for r in range(1, len(widths) + 1)})]
+    return min(splits, key=lambda rows: abs(math.log(box(rows) / aspect))) if splits else []
+
+
+def _slab(channels: int, side: int, left: float, top: float) -> np.ndarray:
+    """A layer's channels on a square, row by row from its top left corner (channel 0), on z = 0."""
+    idx = np.arange(channels)
+    return np.stack([left + idx % side, top - idx // side, np.zeros(channels)], axis=1).astype(np.float64)
 
 
 @functools.lru_cache(maxsize=16)
-def _slabs(counts: tuple[int, ...]) -> np.ndarray:
-    positions = network_positions(list(counts))
+def network_layout(counts: tuple[int, ...], names: tuple[str, ...],
+                   aspect: float = NETWORK_ASPECT) -> tuple[np.ndarray, tuple[tuple[float, float, float], ...]]:
+    """(positions [n, 3], each slab's label anchor): every layer a square slab of its channels on the x-y plane, the
+    slabs side by side in the network's order, in rows from the top, their names centred above them, the whole
+    about `aspect` wide to tall and centred on the origin. ParaView's default camera (down -z, +y up) sees every
+    layer apart (slabs stacked along z were drawn on top of each other)."""
+    sides = slab_sides(list(counts))
+    widths = _slot_widths(sides, tuple(slab_label(n, c) for n, c in zip(names, counts)))
+    slabs, anchors, top = [None] * len(counts), [None] * len(counts), 0.0
+    for row in _row_split(widths, sides, aspect):
+        left = 0.0
+        for i in row:
+            middle = left + widths[i] / 2
+            slabs[i] = _slab(counts[i], sides[i], middle - (sides[i] - 1) / 2, top - LABEL_ROOM)
+            anchors[i] = (middle, top - LABEL_ROOM + 0.8, 0.0)
+            left += widths[i] + SLAB_GAP
+        top -= LABEL_ROOM + max(sides[i] for i in row)
+    positions = np.concatenate(slabs) if slabs else np.zeros((0, 3))
+    centre = (positions.min(axis=0) + positions.max(axis=0)) / 2 if len(positions) else np.zeros(3)
+    centre[2] = 0.0
+    positions = positions - centre
     positions.flags.writeable = False
-    return positions
-
-
-def _positions(counts: tuple[int, ...]) -> np.ndarray:
-    """network_positions(counts), computed once for every rank's network of the same layers (a copy each)."""
-    return _slabs(counts).copy()
-
-
-def _front_left(slab: np.ndarray) -> tuple[float, float, float]:
-    """Where a slab's name goes: beside its front left corner (the views look from the front, -y), so that no
-    slab in front hides it."""
-    return float(slab[:, 0].min()) - 1.0, float(slab[:, 1].min()), float(slab[0, 2])
+    return positions, tuple(tuple(float(v) for v in np.subtract(a, centre)) for a in anchors)
 
 
 def combine(blocks: list[Points], mode: str) -> Points:

@@ -11,8 +11,16 @@ DEFAULT_ARRAY = {"network": "act_channel_zero_frac", "trajectory": "log_step", "
 # a rank x step field's statistic when none is named: one measured on each rank before DDP's all-reduce, which
 # differs between ranks (grad_norm is the same on every rank of a DDP run), else grad_norm (a run without DDP)
 RANK_FIELD_ARRAYS = ("local_grad_norm", "grad_norm")
+# the network view's camera: straight at the x-y plane its slabs lie on, as ParaView's default camera (down -z, +y up)
+NETWORK_CAMERA = {"direction": (0.0, 0.0, -1.0), "view_up": (0.0, 1.0, 0.0)}
 
 
 def rank_field_array(available: list[str]) -> str:
     """The statistic a rank x step field shows when none is named (of the `available` ones)."""
     return next((name for name in RANK_FIELD_ARRAYS if name in available), RANK_FIELD_ARRAYS[-1])
+
+
+def network_colour(available: list[str]) -> str | None:
+    """The statistic a plain File > Open colours the network by: DEFAULT_ARRAY's (a sentinel recorded on every
+    recorded step, the first included, on every layer), else the first of the `available` ones."""
+    return DEFAULT_ARRAY["network"] if DEFAULT_ARRAY["network"] in available else next(iter(available), None)
