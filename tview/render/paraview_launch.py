@@ -229,6 +229,7 @@ def mpi_command(processes: int, pvbatch: list[str]) -> list[str]:
 def render(run: str, out: str, timeout: float = 300, processes: int = 1, **kwargs) -> str:
     """Render one view of a run to a PNG through pvbatch; returns pvbatch's output, raises on failure. With
     processes > 1, `mpirun -np N pvbatch`: the reader's processes share the ranks (reductions over MPI)."""
+    _check_out_folder(out)
     cmd = [find_program("pvbatch"), script("render_view.py")] + render_args(run, out, **kwargs)
     if processes > 1:
         cmd = mpi_command(processes, cmd)
@@ -243,6 +244,7 @@ def animate(run: str, out: str, processes: int = 1, timeout: float = 1800, frame
     """A movie of training: one frame per recorded step (or `frames` of them, evenly picked), rendered by
     `processes` pvbatch processes under mpirun (each a share of the frames), as PNGs in <out stem>_frames/,
     then encoded to `out` (.avi, .ogv: ParaView's own writers) or left as the PNG sequence (.png, a folder)."""
+    _check_out_folder(out)
     frames_dir = frames_folder(out)
     os.makedirs(frames_dir, exist_ok=True)
     for old in glob.glob(os.path.join(frames_dir, "frame_*.png")):
@@ -260,6 +262,14 @@ def animate(run: str, out: str, processes: int = 1, timeout: float = 1800, frame
     if os.path.splitext(out)[1].lower() in (".avi", ".ogv"):
         text += encode(frames_dir, out, timeout)
     return text
+
+
+def _check_out_folder(out: str) -> None:
+    """A TviewError naming --out and its folder where that folder does not exist (VTK's PNG writer says only
+    "Ran out of disk space" there, after a render)."""
+    folder = os.path.dirname(os.path.abspath(out.rstrip("/") or out))
+    if not os.path.isdir(folder):
+        raise TviewError(f"--out {out}: the folder {folder} does not exist (make it first)")
 
 
 def frames_folder(out: str) -> str:
