@@ -393,3 +393,27 @@ def test_fsdp2_norms_equal_the_unsharded_models(tmp_path):
                 np.testing.assert_allclose(b.stat(stat, layer, rank=rank)[1], a.stat(stat, layer)[1], rtol=1e-4,
                                            atol=1e-8, err_msg=f"{stat} {layer} rank {rank}")
     assert os.path.exists(tmp_path / "sharded")
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_weight_sums_of_a_large_model_follow_its_weights_on_the_device_path(tmp_path, monkeypatch, memory_format):
+    """The device path's float64 weight sums (over 1M parameters: through the scratch, in parts) keep the pieces of
+    the weights they read from one recorded step to the next; a channels_last conv's pieces are copies, which a
+    kept list held at the first step's weights (weight_sum stayed put while the weights moved): each step's sum is
+    the plain float64 sum of the weights at its rec.step()."""
+    monkeypatch.setattr(P, "FORCE_DEVICE_PATH", True)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(512, 512, 3), nn.Flatten(), nn.Linear(512 * 9, 2)).to(memory_format=memory_format)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    x, y = torch.randn(4, 512, 5, 5).to(memory_format=memory_format), torch.tensor([0, 1, 0, 1])
+    sums = []
+    with tview.Recorder(model, str(tmp_path / "r"), every=1, optimizer=opt) as rec:
+        for _ in range(3):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            with torch.no_grad():
+                model[0].weight.add_(0.01)  # the weights move visibly between records
+            sums.append(float(model[0].weight.double().sum() + model[0].bias.double().sum()))
+            rec.step()
+    np.testing.assert_allclose(tview.open_run(str(tmp_path / "r")).stat("weight_sum", "0")[1], sums, rtol=1e-9)

@@ -516,13 +516,14 @@ class ParamContext:
     def _wide_sources(self, weights: list[torch.Tensor]) -> list[list[torch.Tensor]]:
         """Per part of _wide_parts, the 1-D pieces of `weights` it takes: views made again only where a weight's
         storage changed (a parameter replaced, `.data` set), else kept: two view ops per tensor a recorded step
-        fewer (on a GPU, host time)."""
+        fewer (on a GPU, host time). A weight that is not contiguous (channels_last) reshapes into a copy, never
+        kept: made again every time (a kept copy would hold the first step's weights)."""
         key = tuple(w.data_ptr() for w in weights)
         kept = self.__dict__.get("_wide_views")
         if kept is None or kept[0] != key:
-            views = [[weights[i].reshape(-1)[a:b] for i, a, b, _ in self._pieces(b0 * BLOCK, b1 * BLOCK)]
-                     for b0, b1, *_ in self._wide_parts]
-            kept = self._wide_views = (key, views)
+            kept = (key, [[weights[i].reshape(-1)[a:b] for i, a, b, _ in self._pieces(b0 * BLOCK, b1 * BLOCK)]
+                          for b0, b1, *_ in self._wide_parts])
+            self._wide_views = kept if all(w.is_contiguous() for w in weights) else None
         return kept[1]
 
     @cached_property
