@@ -164,8 +164,12 @@ def test_a_rank_whose_batches_repeat_is_dated_at_the_batch_that_repeats():
     series = [repeated.change_of(steps, zk) for zk in z]
     got = repeated._layer_onsets(series, [0, 1, 2])
     assert list(got) == [1] and got[1][0] == ONSET and got[1][1] > 50, got
-    steady = [repeated.change_of(steps, z[1, ONSET] + 0.001 * np.arange(STEPS)[:, None])] * 3
+    steady = [repeated.change_of(steps, z[k, ONSET] + rng.uniform(0.0005, 0.002, 8) * np.arange(STEPS)[:, None])
+              for k in range(3)]  # every rank's zeros drift by a little: full-batch training, one batch for all
     assert repeated._layer_onsets(steady, [0, 1, 2]) == {}
+    (s, c), rest = series[0], series[1:]  # rank 0 recorded steps ONSET-10.. twice (resumed from an earlier step)
+    again = [(np.r_[s[:ONSET], s[ONSET - 10:]], np.r_[c[:ONSET], c[ONSET - 10:] * 1.01])] + rest
+    assert list(repeated._layer_onsets(again, [0, 1, 2])) == [1]
 
 
 def test_ranks_that_train_on_the_same_batches_are_named_where_their_losses_turn_equal():

@@ -103,6 +103,8 @@ def test_histogram_columns_keep_a_margin_and_fold_only_long_empty_stretches():
     # 2..4 and 5..7 with their margins touch; 8..13 (6 bins) fold into one column; 14..16
     assert figures.histogram_columns(used) == [2, 3, 4, 5, 6, 7, (8, 13), 14, 15, 16]
     assert figures.histogram_columns(np.zeros(5, dtype=bool)) == []
+    assert figures.histogram_columns([True]) == [0] and figures.histogram_columns([False, True]) == [0, 1]  # fewer
+    #                                                                 bins than the margins' kernel: none past the last
 
 
 def test_a_histogram_of_zeros_only_says_so_and_a_step_without_values_is_blank_not_zero():

@@ -200,7 +200,7 @@ def histogram_columns(used, margin: int = HIST_MARGIN, gap: int = HIST_GAP) -> l
     `margin` bins either side; a stretch of `gap` or more other bins between two of them becomes one column
     (first, last), shorter stretches stay as they are. [] where no bin holds a count."""
     used = np.asarray(used, dtype=bool)
-    keep = np.convolve(used, np.ones(2 * margin + 1), mode="same") > 0
+    keep = np.convolve(used, np.ones(2 * margin + 1))[margin:margin + len(used)] > 0  # (any bin count, few too)
     if not keep.any():
         return []
     first, last = np.flatnonzero(keep)[[0, -1]]

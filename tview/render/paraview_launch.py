@@ -244,9 +244,8 @@ def animate(run: str, out: str, processes: int = 1, timeout: float = 1800, frame
     """A movie of training: one frame per recorded step (or `frames` of them, evenly picked), rendered by
     `processes` pvbatch processes under mpirun (each a share of the frames), as PNGs in <out stem>_frames/,
     then encoded to `out` (.avi, .ogv: ParaView's own writers) or left as the PNG sequence (.png, a folder)."""
-    _check_out_folder(out)
     frames_dir = frames_folder(out)
-    os.makedirs(frames_dir, exist_ok=True)
+    os.makedirs(frames_dir, exist_ok=True)  # (and the movie's folder: the frames go beside it)
     for old in glob.glob(os.path.join(frames_dir, "frame_*.png")):
         os.remove(old)
     args = render_args(run, os.path.join(frames_dir, "frame.png"), **kwargs) + ["--animate"]

@@ -220,9 +220,19 @@ def stacked_on_common_steps(series: list) -> tuple[np.ndarray, np.ndarray] | Non
     None where a rank has none or fewer than 2 x STAY_LEAST steps are common."""
     if any(s is None for s in series):
         return None
+    series = [_last_per_step(np.asarray(s), np.asarray(v)) for s, v in series]
     steps = series[0][0]
     for s, _ in series[1:]:
         steps = np.intersect1d(steps, s)
     if len(steps) < 2 * STAY_LEAST:
         return None
     return steps, np.stack([v[np.isin(s, steps)] for s, v in series])
+
+
+def _last_per_step(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ascending steps, values) with each step once, its last record kept (a rank resumed with start_step= at an
+    earlier step records some steps again)."""
+    if len(steps) < 2 or np.all(np.diff(steps) > 0):
+        return steps, values
+    last = len(steps) - 1 - np.unique(steps[::-1], return_index=True)[1]
+    return steps[last], values[last]
