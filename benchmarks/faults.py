@@ -179,6 +179,8 @@ SCENARIOS = [
     Scenario("clean-warmup-restarts", model="plain", steps=150, lr=0.05, seed=6,  # lr from lr/100 up, cosine down,
              extra={"schedule": 75}),  # twice (warm restarts of 75 steps, each warming up over its first 15)
     Scenario("clean-demo", model="demo", steps=1500),
+    Scenario("clean-reduced-loss", ranks=3, seed=7, extra={"reduced_loss": True}),  # each rank logs the mean loss
+    #     over the ranks (an all-reduced loss, as many scripts log it): the same on every rank, batches their own
     Scenario("clean-busy-host", seed=5, batch=128, steps=100, extra={"hog_cpu": 1}),  # rank 1 shares its core with
     #     another process; steps long beside the OS time slice (at batch 16, 6 ms: a share of them went unslowed)
 ]
@@ -418,7 +420,18 @@ def train_loop(rank, sc, ddp, opt, rec, inject) -> None:
         loss.backward()
         opt.step()
         inject.after_step()
-        rec.step(loss=loss)
+        rec.step(loss=_logged(loss, sc))
+
+
+def _logged(loss, sc: Scenario):
+    """The loss the script gives rec.step(): its own, or (extra["reduced_loss"]) the mean over the ranks, as scripts
+    that log an all-reduced loss do (every rank then logs the same number, its batches its own)."""
+    if not sc.extra.get("reduced_loss"):
+        return loss
+    import torch.distributed as dist
+    mean = loss.detach().clone()
+    dist.all_reduce(mean)
+    return mean / sc.ranks
 
 
 def scheduled_lr(sc: Scenario, opt, step: int) -> None:

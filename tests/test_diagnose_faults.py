@@ -115,6 +115,21 @@ def test_a_rank_slowed_by_another_process_on_its_core_is_not_named(tmp_path):
     assert np.median(waited[1, 1:]) > ranks.SLOW_SHARE
 
 
+def test_every_rank_logging_the_all_reduced_loss_is_not_the_same_batches(tmp_path):
+    """3 ranks with batches of their own, each passing the mean loss over the ranks to rec.step() (as scripts that log
+    an all-reduced loss do): every rank's logged loss is the same at every step, yet their layers' zero fractions
+    differ, so ranks_same_data is not said (it was, before the zero fractions were asked), and nothing else is."""
+    faults = _faults()
+    faults.warm_imports()
+    sc = next(s for s in faults.SCENARIOS if s.name == "clean-reduced-loss")
+    out = str(tmp_path / sc.name)
+    faults.run_scenario(sc, out)
+    with tview.open_run(out) as run:
+        losses = [run.scalar("loss", rank=r)[1] for r in run.ranks]
+        assert all(np.array_equal(losses[0], other) for other in losses[1:])  # the same numbers on every rank
+        assert tview_diagnose(run) == []
+
+
 def tview_diagnose(run):
     from tview.diagnose import diagnose
     return diagnose(run)

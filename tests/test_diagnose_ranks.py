@@ -187,3 +187,13 @@ def test_ranks_that_train_on_the_same_batches_are_named_where_their_losses_turn_
     moment = own.copy()
     moment[:, ONSET:ONSET + 20] = moment[0, ONSET:ONSET + 20]
     assert same_data.same_onset(moment) is None
+
+
+def test_the_same_batches_are_told_from_one_all_reduced_loss_by_the_zero_fractions():
+    """batches_alike: the ranks' step-to-step changes of a layer's zero fractions the same numbers (the same batches
+    and weights) or not (batches of their own, an all-reduced loss logged by every rank)."""
+    from tview.diagnose.checks import same_data
+    rng = np.random.default_rng(0)
+    one = rng.uniform(0.01, 0.05, STEPS)
+    assert same_data.batches_alike(np.stack([one, one, one]))
+    assert not same_data.batches_alike(rng.uniform(0.01, 0.05, (3, STEPS)))

@@ -370,7 +370,7 @@ def uniform_batches(ctx: Context, diverging: list[Finding]) -> list[Finding]:
     loss finding; the dead channels found on such a rank alone (replicas hold the same weights: its data made them
     so) follow from it."""
     found = {f.rank: f for f in diverging}
-    signals = _signals(ctx)
+    signals = zero_frac_signals_of(ctx)
     flat = uniform.uniform_onsets(ctx.run, {r: s["uniform"] for r, s in signals.items()}, ctx.max_points)
     for rank, (step, layer) in flat.items():
         _batch_finding(ctx, found, rank, step, layer, (
@@ -398,7 +398,7 @@ def _batch_finding(ctx: Context, found: dict, rank: int, step: int, layer: str, 
     found[rank].followed_by += _explained_dead(ctx, rank)
 
 
-def _signals(ctx: Context) -> dict:
+def zero_frac_signals_of(ctx: Context) -> dict:
     """{rank: uniform.zero_frac_signals} of the first MAX_RANKS ranks: from diagnosis's pass over the shards, the
     ranks it did not read read now."""
     ranks = ctx.run.ranks[:MAX_RANKS]

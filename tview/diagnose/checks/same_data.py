@@ -1,6 +1,8 @@
 """Check: every rank trains on the same batches (a data-parallel job without a DistributedSampler, or every rank's
 loader shuffled with one seed): with one set of weights, the same batch gives every rank the same loss, step after
-step, so N ranks do the work of one."""
+step, so N ranks do the work of one. The same loss on every rank is also what a script logs that passes an
+all-reduced loss to rec.step(): the ranks' per-channel zero fractions, the same numbers only for the same batches,
+confirm it."""
 
 from __future__ import annotations
 
@@ -9,19 +11,21 @@ import math
 import numpy as np
 
 from tview.diagnose import detect
-from tview.diagnose.checks.common import HOLD_WINDOW, STAY_LEAST, Context, aligned_scalar
+from tview.diagnose.checks.common import HOLD_WINDOW, STAY_LEAST, Context, aligned_scalar, stacked_on_common_steps
+from tview.diagnose.checks.ranks import zero_frac_signals_of
 from tview.diagnose.findings import Finding, declare, make
 
 KINDS = declare({
     "ranks_same_data": ("warning", "loss",
-                        "every rank's loss is the same at every step while it changes from one step to the next: "
-                        "the ranks train on the same batches (no DistributedSampler, or every rank's loader seeded "
-                        "alike), so N ranks do the work of one"),
+                        "every rank's loss is the same at every step while it changes from one step to the next, and "
+                        "so are their layers' per-channel zero fractions: the ranks train on the same batches (no "
+                        "DistributedSampler, or every rank's loader seeded alike), so N ranks do the work of one"),
 })
 
 SAME_RTOL = 1e-5     # losses equal within this (the same batch and weights: the same bits on one kind of device)
 SAME_SHARE = 0.9     # ... on at least this share of the records from the onset on, over HOLD_WINDOW records and to
 SAME_STAY = 0.5      # ... the end, at least this share of the run's records (a run of the same data, not a moment)
+SAME_CHANGE = 1e-6   # and the ranks' zero fractions move alike: their step-to-step changes within this (a median)
 
 
 def same_onset(loss: np.ndarray) -> int | None:
@@ -43,13 +47,36 @@ def same_onset(loss: np.ndarray) -> int | None:
     return first - 1 if first > 0 and equal[first - 1] else first  # the record it moved from was equal too
 
 
+def batches_alike(change: np.ndarray) -> bool:
+    """Whether the ranks' per-channel zero fractions of one layer moved alike from step to step ([ranks, steps] of
+    repeated.change_of): with the same batches and weights they are the same numbers on every rank; with the same
+    loss logged on every rank (an all-reduced loss passed to rec.step) and batches of their own, they are not."""
+    with np.errstate(invalid="ignore"):
+        spread = np.nanmax(change, axis=0) - np.nanmin(change, axis=0) if np.isfinite(change).any() else change[0]
+    return bool(np.isfinite(spread).any() and detect.nanmedian(spread) <= SAME_CHANGE)
+
+
+def _confirmed(ctx: Context, ranks: list[int], since: int) -> bool:
+    """The first layer with per-channel zero fractions on every rank says the batches are the same (batches_alike)
+    from step `since` on; False where none is recorded (the loss alone cannot tell the same batches from one
+    all-reduced loss logged by every rank)."""
+    signals = zero_frac_signals_of(ctx)
+    ranks = [r for r in ranks if r in signals]
+    for layer in ctx.run.layers:
+        got = stacked_on_common_steps([signals[r]["change"].get(layer) for r in ranks]) if len(ranks) > 1 else None
+        change = got[1][:, got[0] >= since] if got is not None else np.zeros((0, 0))
+        if change.shape[1] >= STAY_LEAST and detect.nanmedian(change) > SAME_CHANGE:  # zeros that move (a ReLU's;
+            return batches_alike(change)  # a conv's output has none: its fractions stay 0 whatever the batch)
+    return False
+
+
 def check(ctx: Context) -> list[Finding]:
     got = aligned_scalar(ctx.run, "loss", ctx.max_points, ctx.rank_summaries)
     if got is None:
         return []
     steps, ranks, loss = got
     start = same_onset(loss)
-    if start is None:
+    if start is None or not _confirmed(ctx, ranks, int(steps[start])):
         return []
     names = f"ranks {ranks[0]}-{ranks[-1]}" if len(ranks) > 2 else f"ranks {ranks[0]} and {ranks[-1]}"
     return [make("ranks_same_data", f"{names}: the same loss at every step from step {steps[start]} on "
