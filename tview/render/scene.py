@@ -104,9 +104,19 @@ def network(run: Run, rank: int, step: float | None, layers: list[str] | None = 
             blank = [names.index(b) for b in blanked_by_nonfinite(run, name, at, rank) if b in names]
             values[np.isin(out["layer"], blank)] = np.nan
         out[name] = values
+    if _stopped_before(run, rank, step):  # its last rows are not this step's: left out of a combination of ranks
+        measured = {name: np.zeros(n, dtype=bool) for name in measured}
     positions, anchors = network_layout(tuple(counts), tuple(names))
     labels = [(slab_label(name, c), anchor) for name, c, anchor in zip(names, counts, anchors)]
     return Points(positions.copy(), out, labels=labels, measured=measured)
+
+
+def _stopped_before(run: Run, rank: int, step: float | None) -> bool:
+    """Whether the rank's last recorded step is before `step` (it stopped early, in a ragged run)."""
+    if step is None:
+        return False
+    steps = run.steps(rank)
+    return bool(len(steps)) and float(steps[-1]) < float(step)
 
 
 NETWORK_ASPECT = 1.6  # width / height the network's rows aim at: a landscape view's
