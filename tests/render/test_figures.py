@@ -129,6 +129,8 @@ def test_durations_are_shown_in_ms_under_a_second_and_in_s_from_a_second_on():
     shown, unit = figures.in_units("busy_time", np.array([0.0082, np.nan]))
     assert unit == "ms" and shown[0] == pytest.approx(8.2) and np.isnan(shown[1])
     assert figures.in_units("loss", np.array([0.5]))[1] == ""
+    clock, unit = figures.in_units("wall_time", np.array([[1.7e9 + 2, np.nan], [1.7e9, 1.7e9 + 5]]))  # the Ranks page's
+    assert unit == "s from the first record" and np.allclose(clock, [[2, np.nan], [0, 5]], equal_nan=True)  # [r, s]
     assert [figures.duration_text(s) for s in (0.0082, 1.5, None)] == ["8.2 ms", "1.50 s", "-"]
 
 

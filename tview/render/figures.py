@@ -62,9 +62,11 @@ def duration_unit(seconds) -> tuple[float, str]:
 
 
 def in_units(name: str, values) -> tuple[np.ndarray, str]:
-    """The values of scalar `name` as shown, and their unit: a duration in ms or s (duration_unit), anything else as
-    it is with no unit ('')."""
+    """The values of scalar `name` as shown, and their unit: a duration in ms or s (duration_unit), a clock (wall_time)
+    in seconds from its earliest reading, anything else as it is with no unit ('')."""
     values = np.asarray(values, dtype=np.float64)
+    if name in CLOCKS and np.isfinite(values).any():
+        return values - values[np.isfinite(values)].min(), "s from the first record"
     if not is_duration(name):
         return values, ""
     factor, unit = duration_unit(values)
