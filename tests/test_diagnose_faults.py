@@ -102,11 +102,7 @@ def test_a_rank_that_stalls_on_every_fifth_step_is_named_with_how_often(tmp_path
 def test_a_rank_slowed_by_another_process_on_its_core_is_not_named(tmp_path):
     """Rank 1 shares its CPU with a busy process: the others wait for it, but its lead is its wait for a CPU
     (cpu_wait_time), the host's doing: no finding. Its own time shows the lead that would otherwise be named."""
-    faults = _faults()
-    faults.warm_imports()
-    sc = next(s for s in faults.SCENARIOS if s.name == "clean-busy-host")
-    out = str(tmp_path / sc.name)
-    faults.run_scenario(sc, out)
+    out = _scenario_run(tmp_path, "clean-busy-host")
     from tview.diagnose.checks import ranks
     with tview.open_run(out) as run:
         assert tview_diagnose(run) == []
@@ -119,15 +115,21 @@ def test_every_rank_logging_the_all_reduced_loss_is_not_the_same_batches(tmp_pat
     """3 ranks with batches of their own, each passing the mean loss over the ranks to rec.step() (as scripts that log
     an all-reduced loss do): every rank's logged loss is the same at every step, yet their layers' zero fractions
     differ, so ranks_same_data is not said (it was, before the zero fractions were asked), and nothing else is."""
-    faults = _faults()
-    faults.warm_imports()
-    sc = next(s for s in faults.SCENARIOS if s.name == "clean-reduced-loss")
-    out = str(tmp_path / sc.name)
-    faults.run_scenario(sc, out)
+    out = _scenario_run(tmp_path, "clean-reduced-loss")
     with tview.open_run(out) as run:
         losses = [run.scalar("loss", rank=r)[1] for r in run.ranks]
         assert all(np.array_equal(losses[0], other) for other in losses[1:])  # the same numbers on every rank
         assert tview_diagnose(run) == []
+
+
+def _scenario_run(tmp_path, name: str) -> str:
+    """The zoo's scenario `name` run (its ranks forked once the imports are warm) into tmp_path: its folder."""
+    faults = _faults()
+    faults.warm_imports()
+    sc = next(s for s in faults.SCENARIOS if s.name == name)
+    out = str(tmp_path / sc.name)
+    faults.run_scenario(sc, out)
+    return out
 
 
 def tview_diagnose(run):
