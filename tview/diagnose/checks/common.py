@@ -221,12 +221,24 @@ def stacked_on_common_steps(series: list) -> tuple[np.ndarray, np.ndarray] | Non
     if any(s is None for s in series):
         return None
     series = [_last_per_step(np.asarray(s), np.asarray(v)) for s, v in series]
-    steps = series[0][0]
-    for s, _ in series[1:]:
-        steps = np.intersect1d(steps, s)
+    steps = common_steps([s for s, _ in series])
     if len(steps) < 2 * STAY_LEAST:
         return None
-    return steps, np.stack([v[np.isin(s, steps)] for s, v in series])
+    return steps, np.stack([v[on(s, steps)] for s, v in series])
+
+
+def earliest_onsets(layers: list[str], ranks: list, done: dict, layer_onsets) -> dict[int, tuple]:
+    """{rank: (step, layer, *more)}: each rank's earliest onset over the layers, where layer_onsets(series, ranks)
+    gives one layer's ({rank: step or (step, *more)}) from `series`, each rank's done[rank][layer] (None: none)."""
+    out: dict[int, tuple] = {}
+    if len(ranks) < 2:
+        return out
+    for layer in layers:
+        for rank, found in layer_onsets([done.get(r, {}).get(layer) for r in ranks], ranks).items():
+            step, *more = found if isinstance(found, tuple) else (found,)
+            if rank not in out or step < out[rank][0]:
+                out[rank] = (step, layer, *more)
+    return out
 
 
 def _last_per_step(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -371,7 +371,7 @@ def uniform_batches(ctx: Context, diverging: list[Finding]) -> list[Finding]:
     so) follow from it."""
     found = {f.rank: f for f in diverging}
     signals = zero_frac_signals_of(ctx)
-    flat = uniform.uniform_onsets(ctx.run, {r: s["uniform"] for r, s in signals.items()}, ctx.max_points)
+    flat = uniform.uniform_onsets(ctx.run, {r: s["uniform"] for r, s in signals.items()})
     for rank, (step, layer) in flat.items():
         _batch_finding(ctx, found, rank, step, layer, (
             f"from step {step} on every channel of {layer} is zero for all of the batch or for none of it, on the "

@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from tview.diagnose import detect
-from tview.diagnose.checks.common import HOLD_WINDOW, MAX_RANKS, STAY_LEAST, stacked_on_common_steps
+from tview.diagnose.checks.common import HOLD_WINDOW, STAY_LEAST, earliest_onsets, stacked_on_common_steps
 
 REPEAT_FACTOR = 0.2   # a rank's step-to-step change of a layer's zero fractions below this x the other ranks' median
 REPEAT_SHARE = 0.9    # ... on at least this share of the records from its onset on
@@ -24,19 +24,11 @@ def change_of(steps: np.ndarray, zero_frac: np.ndarray) -> tuple[np.ndarray, np.
         return np.asarray(steps)[:-1], np.nanmean(np.abs(np.diff(zero_frac, axis=0)), axis=1)
 
 
-def repeated_onsets(run, done: dict, ranks: list | None = None) -> dict[int, tuple[int, str, float]]:
+def repeated_onsets(run, done: dict, ranks: list) -> dict[int, tuple[int, str, float]]:
     """{rank: (step, layer, how many times less its zeros change than the other ranks')} of the ranks whose batches
     repeat from that step on (the step whose batch comes again), on the earliest layer; done: {rank: {layer: (steps,
     change)}} (change_of of each layer with channels)."""
-    ranks = list(ranks if ranks is not None else run.ranks[:MAX_RANKS])
-    if len(ranks) < 2:
-        return {}
-    out: dict[int, tuple[int, str, float]] = {}
-    for layer in run.layers:
-        for rank, found in _layer_onsets([done.get(r, {}).get(layer) for r in ranks], ranks).items():
-            if rank not in out or found[0] < out[rank][0]:
-                out[rank] = (found[0], layer, found[1])
-    return out
+    return earliest_onsets(run.layers, list(ranks), done, _layer_onsets)
 
 
 def _layer_onsets(series: list, ranks: list) -> dict[int, tuple[int, float]]:

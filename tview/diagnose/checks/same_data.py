@@ -51,9 +51,10 @@ def batches_alike(change: np.ndarray) -> bool:
     """Whether the ranks' per-channel zero fractions of one layer moved alike from step to step ([ranks, steps] of
     repeated.change_of): with the same batches and weights they are the same numbers on every rank; with the same
     loss logged on every rank (an all-reduced loss passed to rec.step) and batches of their own, they are not."""
-    with np.errstate(invalid="ignore"):
-        spread = np.nanmax(change, axis=0) - np.nanmin(change, axis=0) if np.isfinite(change).any() else change[0]
-    return bool(np.isfinite(spread).any() and detect.nanmedian(spread) <= SAME_CHANGE)
+    finite = np.isfinite(change)  # each step's spread over the ranks with a value (no nanmax: no all-NaN warning)
+    spread = np.where(finite, change, -np.inf).max(axis=0) - np.where(finite, change, np.inf).min(axis=0)
+    spread = np.where(finite.any(axis=0), spread, np.nan)
+    return bool(finite.any() and detect.nanmedian(spread) <= SAME_CHANGE)
 
 
 def _confirmed(ctx: Context, ranks: list[int], since: int) -> bool:
@@ -62,9 +63,13 @@ def _confirmed(ctx: Context, ranks: list[int], since: int) -> bool:
     all-reduced loss logged by every rank)."""
     signals = zero_frac_signals_of(ctx)
     ranks = [r for r in ranks if r in signals]
+    if len(ranks) < 2:
+        return False
     for layer in ctx.run.layers:
-        got = stacked_on_common_steps([signals[r]["change"].get(layer) for r in ranks]) if len(ranks) > 1 else None
-        change = got[1][:, got[0] >= since] if got is not None else np.zeros((0, 0))
+        got = stacked_on_common_steps([signals[r]["change"].get(layer) for r in ranks])
+        if got is None:
+            continue
+        change = got[1][:, got[0] >= since]
         if change.shape[1] >= STAY_LEAST and detect.nanmedian(change) > SAME_CHANGE:  # zeros that move (a ReLU's;
             return batches_alike(change)  # a conv's output has none: its fractions stay 0 whatever the batch)
     return False

@@ -11,18 +11,12 @@ import numpy as np
 
 from tview.diagnose import detect
 from tview.diagnose.checks import repeated
-from tview.diagnose.checks.common import HOLD_WINDOW, MAX_RANKS, STAY_LEAST, stacked_on_common_steps
+from tview.diagnose.checks.common import HOLD_WINDOW, MAX_RANKS, STAY_LEAST, earliest_onsets, stacked_on_common_steps
 
 UNIFORM_TOL = 1e-3    # a channel's zero fraction within this of 0 or 1: all or none of the batch's values are zero
 UNIFORM_SHARE = 0.9   # a rank uniform (the others not) on at least this share of the records from its onset on
 UNIFORM_STAY = 0.1    # ... over HOLD_WINDOW records after it and over all to the end (at least the last tenth)
 OTHERS_SHARE = 0.5    # a layer counts at a step where fewer than this share of the other ranks are uniform there
-
-
-def uniform_on_rank(run, rank: int, max_points=None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{layer: (steps, bool per step: every channel's zero fraction 0 or 1)} of one rank's layers with 2 or more
-    channels recorded; {} where it records no per-channel zero fraction."""
-    return zero_frac_signals(run, rank, max_points)["uniform"]
 
 
 def zero_frac_signals(run, rank: int, max_points=None) -> dict[str, dict]:
@@ -42,23 +36,11 @@ def zero_frac_signals(run, rank: int, max_points=None) -> dict[str, dict]:
     return out
 
 
-def uniform_onsets(run, done: dict | None = None, max_points=None) -> dict[int, tuple[int, str]]:
-    """{rank: (step, layer)} of the ranks whose batches turn uniform (uniform_on_rank) on some layer where the
-    other ranks' are not, held from that step to the end; the earliest layer's onset. done: {rank:
-    uniform_on_rank's answer} of ranks already read."""
-    ranks = run.ranks[:MAX_RANKS]
-    done = dict(done or {})
-    missing = [r for r in ranks if r not in done]
-    if missing:
-        done.update(run.per_rank(lambda r: uniform_on_rank(run, r, max_points), missing))
-    if len(ranks) < 2:
-        return {}
-    out: dict[int, tuple[int, str]] = {}
-    for layer in run.layers:
-        for rank, step in _layer_onsets([done.get(r, {}).get(layer) for r in ranks], ranks).items():
-            if rank not in out or step < out[rank][0]:
-                out[rank] = (step, layer)
-    return out
+def uniform_onsets(run, done: dict) -> dict[int, tuple[int, str]]:
+    """{rank: (step, layer)} of the ranks whose batches turn uniform on some layer where the other ranks' are not,
+    held from that step to the end; the earliest layer's onset. done: {rank: zero_frac_signals' "uniform"} of the
+    ranks read (the first MAX_RANKS)."""
+    return earliest_onsets(run.layers, [r for r in run.ranks[:MAX_RANKS] if r in done], done, _layer_onsets)
 
 
 def _layer_onsets(series: list, ranks: list) -> dict[int, int]:
