@@ -38,7 +38,7 @@ def _compiled_type():
 def refuse_unsupported(model: nn.Module) -> None:
     """Refused up front: TorchScript (a scripted or traced model: its compiled forward runs no hook added after it
     was made) and FSDP1 (FullyShardedDataParallel: its flat parameters hold no layer's own tensor)."""
-    scripted = [name or "the model" for name, m in _named_modules(model) if isinstance(m, torch.jit.ScriptModule)]
+    scripted = [name or "the model" for name in _outermost_scripted(model)]
     if scripted:
         raise ConfigError(f"tview does not record TorchScript modules ({', '.join(scripted[:3])} made by "
                           "torch.jit.script or torch.jit.trace): scripted code runs no forward hook added after it "
@@ -51,14 +51,11 @@ def refuse_unsupported(model: nn.Module) -> None:
                           "which tview records (per-layer statistics combined across ranks), or DDP")
 
 
-def _named_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(name, module) of the model and the modules inside it that are not themselves inside a ScriptModule."""
-    if isinstance(model, torch.jit.ScriptModule):
-        return [("", model)]
-    out = [("", model)]
-    for name, child in model.named_children():
-        out += [(f"{name}.{n}" if n else name, m) for n, m in _named_modules(child)]
-    return out
+def _outermost_scripted(model: nn.Module) -> list[str]:
+    """The names of the TorchScript modules in the model ('': the model itself) that are not inside another one."""
+    names = [name for name, m in model.named_modules() if isinstance(m, torch.jit.ScriptModule)]
+    inside = set(names)
+    return [name for name in names if not name or name.rpartition(".")[0] not in inside]
 
 
 def wrapper_chain(model: nn.Module) -> list[nn.Module]:
