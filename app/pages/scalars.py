@@ -109,11 +109,8 @@ def series_in_units(name: str, series: list[figures.Series]) -> tuple[list[figur
     """The lines of scalar `name` as shown and their unit ('' where it has none): a duration in one unit for every
     line (figures.duration_unit of all their values), a clock (wall_time) in seconds from the earliest reading."""
     every = np.concatenate([np.asarray(s.values, dtype=np.float64) for s in series]) if series else np.zeros(0)
-    if figures.is_duration(name):
-        (factor, unit), offset = figures.duration_unit(every), 0.0
-    elif name in figures.CLOCKS and np.isfinite(every).any():
-        factor, unit, offset = 1.0, "s from the first record", float(every[np.isfinite(every)].min())
-    else:
+    factor, offset, unit = figures.shown_units(name, every)
+    if not unit:
         return series, ""
     return [dataclasses.replace(s, values=(np.asarray(s.values, dtype=np.float64) - offset) * factor)
             for s in series], unit

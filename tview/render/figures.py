@@ -61,16 +61,23 @@ def duration_unit(seconds) -> tuple[float, str]:
     return (1e3, "ms") if not v.size or float(np.median(v)) < 1.0 else (1.0, "s")
 
 
-def in_units(name: str, values) -> tuple[np.ndarray, str]:
-    """The values of scalar `name` as shown, and their unit: a duration in ms or s (duration_unit), a clock (wall_time)
-    in seconds from its earliest reading, anything else as it is with no unit ('')."""
+def shown_units(name: str, values) -> tuple[float, float, str]:
+    """(factor, offset, unit) scalar `name` is shown in, for all of `values`: a duration in ms or s (duration_unit),
+    a clock (wall_time) in seconds from its earliest reading, anything else as it is with no unit ('')."""
     values = np.asarray(values, dtype=np.float64)
     if name in CLOCKS and np.isfinite(values).any():
-        return values - values[np.isfinite(values)].min(), "s from the first record"
+        return 1.0, float(values[np.isfinite(values)].min()), "s from the first record"
     if not is_duration(name):
-        return values, ""
+        return 1.0, 0.0, ""
     factor, unit = duration_unit(values)
-    return values * factor, unit
+    return factor, 0.0, unit
+
+
+def in_units(name: str, values) -> tuple[np.ndarray, str]:
+    """The values of scalar `name` as shown (shown_units), and their unit."""
+    values = np.asarray(values, dtype=np.float64)
+    factor, offset, unit = shown_units(name, values)
+    return (values - offset) * factor, unit
 
 
 def with_unit(text: str, unit: str) -> str:
