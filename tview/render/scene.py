@@ -41,9 +41,12 @@ def first_nonfinite(run: Run) -> tuple[int, int] | None:
     """(step, rank) where NaN/Inf first appeared in the run, from the ranks' summaries (no shard scanned): the
     earliest step on any rank and, at that step, the rank that made it (its activations or loss went first; the
     others had it from the all-reduce), the lowest rank on a tie; None for a run without NaN/Inf."""
-    keys = [(*s.first_nonfinite_key(), rank) for rank, s in sorted(run.rank_summaries().items())
-            if s.problem is None and s.first_nonfinite_key() is not None]
-    return (int(min(keys)[0]), int(min(keys)[2])) if keys else None
+    keys = [(*key, rank) for rank, s in sorted(run.rank_summaries().items())
+            if s.problem is None and (key := s.first_nonfinite_key()) is not None]
+    if not keys:
+        return None
+    step, _, rank = min(keys)
+    return int(step), int(rank)
 
 
 def opening_step(steps, onset: tuple[int, int] | None) -> float | None:
